@@ -1,0 +1,59 @@
+//! `AlertProvider`: where a Canary's alerts go.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, SecretRef};
+
+/// A chat or webhook receiver for alerts.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "petrel.dev",
+    version = "v1alpha1",
+    kind = "AlertProvider",
+    namespaced,
+    status = "AlertProviderStatus",
+    shortname = "ap",
+    category = "petrel",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertProviderSpec {
+    /// Receiver type.
+    #[serde(rename = "type")]
+    #[schemars(schema_with = "alert_provider_type_schema")]
+    pub type_: String,
+    /// Channel (Slack). Default `general`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Display name of the sender. Default `petrel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Webhook URL; the Secret's `address` key takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// HTTP proxy for the receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Secret with `address` and optionally `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+}
+
+pub const ALERT_PROVIDER_TYPES: &[&str] = &["slack", "msteams", "discord", "rocket", "gchat", "webhook"];
+
+fn alert_provider_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ALERT_PROVIDER_TYPES,
+        "description": "Receiver type: slack, msteams, discord, rocket, gchat or webhook (generic JSON)."
+    })
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertProviderStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

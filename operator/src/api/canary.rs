@@ -1,0 +1,651 @@
+//! The `Canary` resource: progressive delivery of one Deployment in one cluster.
+//!
+//! Field names and meanings follow Flagger's `flagger.app/v1beta1` Canary wherever the
+//! concept is the same, so that a Flagger manifest is accepted with only its
+//! `apiVersion` changed. Fields petrel accepts but does not act on are documented as such.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, CustomMetadata, IntOrString, ObjectRef, free_form_list, free_form_object, is_false};
+
+/// Spec of a Canary: which Deployment to release, how traffic reaches it, and how each
+/// release is analysed.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "petrel.dev",
+    version = "v1alpha1",
+    kind = "Canary",
+    namespaced,
+    cel,
+    doc = "Progressive delivery of one Deployment in one cluster: traffic shifted step by step while live metrics pass, rolled back when they fail.",
+    status = "CanaryStatus",
+    shortname = "cnry",
+    category = "petrel",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"FailedChecks","type":"integer","jsonPath":".status.failedChecks"}"#,
+    printcolumn = r#"{"name":"Release","type":"string","jsonPath":".status.release","priority":1}"#,
+    printcolumn = r#"{"name":"LastTransition","type":"date","jsonPath":".status.lastTransitionTime"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// Traffic provider: how weights reach requests. One of gatewayapi (also
+    /// `gatewayapi:v1`, `gatewayapi:v1beta1`), istio, linkerd, smi (`smi:v1alpha1..3`),
+    /// nginx, traefik, contour, kubernetes. Defaults to the operator's `--provider` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "provider_schema")]
+    pub provider: Option<String>,
+
+    /// Prometheus address for the builtin metrics; overrides the operator's `--metrics-server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_server: Option<String>,
+
+    /// The Deployment being released. Its pod template is the canary; petrel keeps a
+    /// `<name>-primary` clone that serves stable traffic.
+    pub target_ref: TargetRef,
+
+    /// The target's HorizontalPodAutoscaler; petrel mirrors it as `<name>-primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler_ref: Option<AutoscalerRef>,
+
+    /// The Ingress that NGINX canary annotations are applied to (provider `nginx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_ref: Option<ObjectRef>,
+
+    /// Accepted for Flagger compatibility (APISIX); petrel has no APISIX router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_ref: Option<ObjectRef>,
+
+    /// Accepted for Flagger compatibility (Gloo); petrel has no Gloo router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ref: Option<ObjectRef>,
+
+    /// The Services petrel generates and the routing around them.
+    pub service: CanaryService,
+
+    /// How a release is analysed and how traffic moves.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "canaryAnalysis")]
+    pub analysis: Option<CanaryAnalysis>,
+
+    /// Seconds a canary may stay not ready before the release is rolled back. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i32>,
+
+    /// Promote a new revision without running analysis.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_analysis: bool,
+
+    /// Accepted for Flagger compatibility; petrel does not yet revert on deletion.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub revert_on_deletion: bool,
+
+    /// Stop reconciling this Canary (no traffic changes, no analysis) until unset.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+}
+
+/// Every `provider` string petrel accepts. Anything else is rejected by the API server.
+pub const PROVIDERS: &[&str] = &[
+    "gatewayapi",
+    "gatewayapi:v1",
+    "gatewayapi:v1beta1",
+    "istio",
+    "linkerd",
+    "smi",
+    "smi:v1alpha1",
+    "smi:v1alpha2",
+    "smi:v1alpha3",
+    "nginx",
+    "traefik",
+    "contour",
+    "kubernetes",
+];
+
+fn provider_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": PROVIDERS,
+        "description": "Traffic provider: gatewayapi, istio, linkerd, smi, nginx, traefik, contour or kubernetes (Flagger's versioned spellings such as gatewayapi:v1 are accepted)."
+    })
+}
+
+/// The workload being released. Only Deployments are supported.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    #[serde(default = "default_apps_v1")]
+    pub api_version: String,
+    /// Kind of the target; petrel releases Deployments.
+    #[schemars(schema_with = "deployment_kind_schema")]
+    pub kind: String,
+    #[schemars(length(min = 1))]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("targetRef.name must name the Deployment to release"))]
+    pub name: String,
+}
+
+fn default_apps_v1() -> String {
+    "apps/v1".to_string()
+}
+
+fn deployment_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Deployment"],
+        "description": "Kind of the target. petrel releases Deployments."
+    })
+}
+
+/// Reference to the target's autoscaler.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// HorizontalPodAutoscaler (ScaledObject is accepted for compatibility but not mirrored).
+    pub kind: String,
+    pub name: String,
+    /// Accepted for Flagger compatibility (KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_scaler_queries: Option<BTreeMap<String, String>>,
+    /// Overrides for the primary HPA's replica bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_scaler_replicas: Option<ScalerReplicas>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalerReplicas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+}
+
+/// The Services `<name>`, `<name>-primary`, `<name>-canary` and the routing built on them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryService {
+    /// Name of the apex Service; defaults to the target's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port the Services expose.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Name of the Service port. Default `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+    /// Container port (number or name). Defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// Add every container port of the target to the generated Services.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub port_discovery: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub headless: bool,
+    /// Request timeout written to the route (for example `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Backend request timeout (Gateway API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_timeout: Option<String>,
+    /// Istio gateways the VirtualService binds to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Gateway API parent references of the generated HTTPRoute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_refs: Vec<GatewayRef>,
+    /// Host names the route answers for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Accepted for Flagger compatibility (Istio delegation); not acted on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delegation: bool,
+    /// Istio DestinationRule traffic policy, copied to both DestinationRules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub traffic_policy: Option<serde_json::Value>,
+    /// Istio HTTP match conditions for the whole route.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
+    #[schemars(schema_with = "free_form_list")]
+    pub match_: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub rewrite: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub retries: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub headers: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_list")]
+    pub mirror: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub cors_policy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<String>>,
+    /// Extra labels and annotations for the apex Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apex: Option<CustomMetadata>,
+    /// Extra labels and annotations for the `-primary` Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<CustomMetadata>,
+    /// Extra labels and annotations for the `-canary` Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CustomMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub unmanaged_metadata: Option<serde_json::Value>,
+}
+
+/// A Gateway API parent reference.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+/// Analysis: the schedule, the traffic steps and the checks of one release.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.stepWeights) || self.stepWeights.all(w, w >= 0 && w <= 100)").message("every analysis.stepWeights entry must be between 0 and 100"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.interval) || duration(self.interval) >= duration('1s')").message("analysis.interval must be at least 1s"))]
+pub struct CanaryAnalysis {
+    /// Time between analysis ticks, as a duration such as `30s` or `1m`. Default `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: Option<String>,
+    /// Failed checks tolerated before the release is rolled back. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub threshold: Option<i32>,
+    /// Highest canary weight before promotion (canary strategy). Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_weight: Option<i32>,
+    /// Weight added at each passing tick (canary strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub step_weight: Option<i32>,
+    /// Explicit weight steps, for example `[1, 5, 20, 50]`; used instead of stepWeight/maxWeight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(range(min = 0, max = 100)))]
+    pub step_weights: Option<Vec<i32>>,
+    /// Weight moved back to the primary at each tick while promoting; all at once when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub step_weight_promotion: Option<i32>,
+    /// Number of passing ticks before promotion (A/B with `match`, blue/green without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub iterations: Option<i32>,
+    /// Mirror traffic to the canary (blue/green; or a mirror-only first step for canary).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mirror: bool,
+    /// Percentage of traffic mirrored. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub mirror_weight: Option<i32>,
+    /// Percentage of primary pods that must be available. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub primary_ready_threshold: Option<i32>,
+    /// Percentage of canary pods that must be available. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub canary_ready_threshold: Option<i32>,
+    /// A/B conditions: requests matching any of them go to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
+    pub match_: Option<Vec<HttpMatch>>,
+    /// Accepted for Flagger compatibility; petrel does not yet pin sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub session_affinity: Option<serde_json::Value>,
+    /// Checks run at every tick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<CanaryMetric>,
+    /// Gates and notifications called at defined points of a release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<CanaryWebhook>,
+    /// Alert providers notified of this Canary's events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<CanaryAlert>,
+}
+
+/// One A/B condition (Istio's HTTPMatchRequest shape; headers, cookies through the
+/// `cookie` header, query parameters, URI and method).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatch {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_labels: Option<BTreeMap<String, String>>,
+}
+
+/// A string condition: exactly one of exact, prefix, suffix or regex.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A check run at every analysis tick.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.name in ['request-success-rate', 'request-duration'] || has(self.templateRef) || has(self.query)").message("a metric needs templateRef (or an inline query) unless it is the builtin request-success-rate or request-duration"))]
+pub struct CanaryMetric {
+    /// `request-success-rate`, `request-duration`, or any name with a templateRef.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Range window used in the query (`{{ interval }}`); defaults to the analysis interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Deprecated Flagger field: the maximum accepted value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Accepted range of the value, bounds inclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_range: Option<ThresholdRangeSpec>,
+    /// Deprecated Flagger field: an inline Prometheus query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The MetricTemplate that holds the query and its provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_ref: Option<TemplateRef>,
+    /// Values for `{{ variables.<key> }}` in the template's query.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template_variables: BTreeMap<String, String>,
+    /// petrel extension: also judge the canary against the primary statistically
+    /// (Mann-Whitney U over the values collected during the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<MetricComparison>,
+}
+
+/// Inclusive bounds on a metric value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("thresholdRange.min must not be larger than thresholdRange.max"))]
+pub struct ThresholdRangeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Canary-versus-primary statistical comparison of one metric.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricComparison {
+    /// Which change is bad: `increase` (latency, errors), `decrease` (success rate) or `either`.
+    pub direction: ComparisonDirection,
+    /// Samples needed from each side before the comparison can fail. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2))]
+    pub min_samples: Option<i32>,
+    /// Significance level of the test. Default 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0001, max = 0.5))]
+    pub alpha: Option<f64>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ComparisonDirection {
+    #[default]
+    Increase,
+    Decrease,
+    Either,
+}
+
+/// Reference to a MetricTemplate or AlertProvider, by default in the Canary's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// When a webhook is called.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookType {
+    /// Gate before a new revision is scaled up; a failure keeps the Canary in Waiting.
+    ConfirmRollout,
+    /// Before the first traffic shift; a failure counts as a failed check.
+    PreRollout,
+    /// At every analysis tick before the metrics; a failure counts as a failed check.
+    #[default]
+    Rollout,
+    /// Before every weight increase; a failure holds the weight.
+    ConfirmTrafficIncrease,
+    /// Gate before promotion; a failure keeps the Canary in WaitingPromotion.
+    ConfirmPromotion,
+    /// After promotion or rollback; failures are only reported.
+    PostRollout,
+    /// While progressing or waiting, a 2xx answer rolls the release back.
+    Rollback,
+    /// Called for every Kubernetes Event petrel records for this Canary.
+    Event,
+}
+
+/// An HTTP webhook (POST with a JSON payload, 2xx = success).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryWebhook {
+    pub name: String,
+    /// Defaults to `rollout`.
+    #[serde(default, rename = "type")]
+    pub type_: HookType,
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Per-attempt timeout such as `10s`. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
+    /// Extra attempts after a failed one. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+    #[serde(default, skip_serializing_if = "is_false", rename = "disableTLS")]
+    pub disable_tls: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mute_alert: bool,
+    /// Sent to the webhook as `metadata`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An alert subscription.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryAlert {
+    pub name: String,
+    /// `info` receives everything, `warn` warnings and errors, `error` only errors.
+    #[serde(default)]
+    pub severity: AlertSeverity,
+    pub provider_ref: TemplateRef,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum AlertSeverity {
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// Phases of a Canary, Flagger's names.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Phase {
+    #[default]
+    Initializing,
+    Initialized,
+    Waiting,
+    Progressing,
+    WaitingPromotion,
+    Promoting,
+    Finalising,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Initializing,
+        Phase::Initialized,
+        Phase::Waiting,
+        Phase::Progressing,
+        Phase::WaitingPromotion,
+        Phase::Promoting,
+        Phase::Finalising,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Initializing => "Initializing",
+            Phase::Initialized => "Initialized",
+            Phase::Waiting => "Waiting",
+            Phase::Progressing => "Progressing",
+            Phase::WaitingPromotion => "WaitingPromotion",
+            Phase::Promoting => "Promoting",
+            Phase::Finalising => "Finalising",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// True while a release is under way (analysis or promotion).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising
+        )
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state of a Canary. Everything petrel needs to continue a release after a
+/// restart lives here.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// Failed checks in the current run; reset when a new revision starts.
+    #[serde(default)]
+    pub failed_checks: i32,
+    /// Weight of the canary as last written to the router.
+    #[serde(default)]
+    pub canary_weight: i32,
+    /// Passing ticks so far (A/B and blue/green).
+    #[serde(default)]
+    pub iterations: i32,
+    /// Revision (hash of the target's pod template and tracked configs) being released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_spec: Option<String>,
+    /// Revision the primary runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_promoted_spec: Option<String>,
+    /// Checksums of the ConfigMaps and Secrets the target uses (`configmap/<name>`, `secret/<name>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tracked_configs: BTreeMap<String, String>,
+    /// Release identity: the target's container images, so per-cluster overlays do not split a release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Release identity of the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_release: Option<String>,
+    /// The revision a fleet Rollout approved (mirrors the approval annotation once seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_approved_revision: Option<String>,
+    /// When the current phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<DateTime<Utc>>,
+    /// When the last analysis tick ran; the next is due one interval later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_time: Option<DateTime<Utc>>,
+    /// Results of the last analysis tick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_results: Vec<MetricResult>,
+    /// Values collected during the run for metrics with a comparison (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparison_samples: Vec<ComparisonSamples>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Promoted, Progressing and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One metric's result at one analysis tick.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricResult {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_value: Option<f64>,
+    pub passed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Values collected for a comparison metric during the current run.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComparisonSamples {
+    pub name: String,
+    #[serde(default)]
+    pub canary: Vec<f64>,
+    #[serde(default)]
+    pub primary: Vec<f64>,
+}

@@ -1,0 +1,33 @@
+//! Writes the CRDs generated from the Rust types to `crds/` (or checks them with `--check`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let check = std::env::args().any(|a| a == "--check");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut stale = Vec::new();
+    for (file, crd) in petrel::api::crds() {
+        let yaml = match petrel::api::crd_yaml(&crd) {
+            Ok(y) => y,
+            Err(e) => {
+                eprintln!("cannot render {file}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let path = dir.join(file);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if !stale.is_empty() {
+        eprintln!("stale CRDs (run `cargo run -p petrel --bin crdgen`): {}", stale.join(", "));
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
