@@ -1,0 +1,506 @@
+//! Prometheus HTTP API client: instant queries (`/api/v1/query`) for
+//! threshold checks, range queries (`/api/v1/query_range`) for
+//! statistical comparison.
+//!
+//! Works with anything that serves the Prometheus query API (Prometheus,
+//! Thanos, Cortex, Mimir, VictoriaMetrics). Decoding an answer is a pure
+//! function, [`parse_response`] / [`parse_range_response`]; the client
+//! around them only does I/O.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::http::{HttpClient, parse_address};
+use crate::provider::{MetricProvider, ProviderConfig, QueryError, quote_body, quote_query};
+
+/// The query [`MetricProvider::is_online`] sends; a healthy server answers 1.
+const ONLINE_QUERY: &str = "vector(1)";
+
+/// A Prometheus HTTP API client.
+#[derive(Debug, Clone)]
+pub struct PrometheusProvider {
+    http: HttpClient,
+    /// `{address}/api/v1/`, where the endpoints live.
+    api_url: reqwest::Url,
+}
+
+impl PrometheusProvider {
+    /// Builds a client from `config` (its `kind` is not checked here; see
+    /// [`build_provider`](crate::provider::build_provider)).
+    pub fn new(config: &ProviderConfig) -> Result<Self, QueryError> {
+        Ok(Self {
+            http: HttpClient::new(config)?,
+            api_url: api_url(&config.address)?,
+        })
+    }
+
+    /// The URL instant queries are sent to.
+    pub fn query_url(&self) -> reqwest::Url {
+        self.endpoint("query")
+    }
+
+    fn endpoint(&self, name: &str) -> reqwest::Url {
+        let mut url = self.api_url.clone();
+        url.set_path(&format!("{}{name}", self.api_url.path()));
+        url
+    }
+
+    async fn get(
+        &self,
+        endpoint: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, String), QueryError> {
+        self.http.get(&self.endpoint(endpoint), params).await
+    }
+}
+
+impl MetricProvider for PrometheusProvider {
+    async fn query(&self, query: &str) -> Result<f64, QueryError> {
+        let (status, body) = self.get("query", &[("query", query)]).await?;
+        let value = parse_response(status, &body, query);
+        tracing::debug!(query, status, ?value, "prometheus query");
+        value
+    }
+
+    /// Uses `/api/v1/query_range`; run it once for the canary and once for
+    /// the primary to feed [`compare`](crate::judge::compare).
+    async fn query_range(
+        &self,
+        query: &str,
+        end: SystemTime,
+        window: Duration,
+        step: Duration,
+    ) -> Result<Vec<f64>, QueryError> {
+        if step.is_zero() || window < step {
+            return Err(QueryError::InvalidConfig(format!(
+                "range query needs 0 < step <= window, got step {step:?}, window {window:?}"
+            )));
+        }
+        let end = end
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| QueryError::InvalidConfig("range end is before 1970".into()))?;
+        let start = end.saturating_sub(window);
+        let (start, end, step) = (
+            format!("{:.3}", start.as_secs_f64()),
+            format!("{:.3}", end.as_secs_f64()),
+            format!("{:.3}", step.as_secs_f64()),
+        );
+        let params = [
+            ("query", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", step.as_str()),
+        ];
+        let (status, body) = self.get("query_range", &params).await?;
+        let values = parse_range_response(status, &body, query);
+        tracing::debug!(query, status, samples = ?values.as_ref().map(Vec::len), "prometheus range query");
+        values
+    }
+
+    async fn is_online(&self) -> Result<(), QueryError> {
+        let value = self.query(ONLINE_QUERY).await?;
+        // Exact comparison is right here: Prometheus formats 1 as "1".
+        if value == 1.0 {
+            Ok(())
+        } else {
+            Err(QueryError::BadResponse(format!(
+                "{ONLINE_QUERY} returned {value}, expected 1"
+            )))
+        }
+    }
+}
+
+/// `{address}/api/v1/`, keeping any path prefix of `address`.
+fn api_url(address: &str) -> Result<reqwest::Url, QueryError> {
+    let mut url = parse_address(address, false)?;
+    let path = format!("{}/api/v1/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// The envelope of every Prometheus API answer.
+#[derive(Debug, Deserialize)]
+struct ApiResponse {
+    status: String,
+    data: Option<QueryData>,
+    #[serde(rename = "errorType")]
+    error_type: Option<String>,
+    error: Option<String>,
+}
+
+/// A query result, tagged by `resultType`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum QueryData {
+    Vector(Vec<VectorSample>),
+    Scalar(Sample),
+    Matrix(Vec<MatrixSeries>),
+    String(serde_json::Value),
+}
+
+#[derive(Debug, Deserialize)]
+struct VectorSample {
+    /// `[unix_time, "value"]`; absent for native histogram samples, which
+    /// carry `histogram` instead.
+    value: Option<Sample>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MatrixSeries {
+    /// `[[unix_time, "value"], ...]`; absent for native histogram series.
+    values: Option<Vec<Sample>>,
+}
+
+/// `[unix_time, "value"]`: Prometheus sends values as strings so that
+/// NaN and ±Inf survive JSON. The time is not needed: instant queries are
+/// evaluated "now", and range samples arrive in time order.
+#[derive(Debug, Deserialize)]
+struct Sample(serde::de::IgnoredAny, String);
+
+/// Checks the envelope of an answer and returns its `data`: Prometheus
+/// `status: "error"` bodies, non-2xx statuses and non-API bodies become
+/// errors.
+fn parse_envelope(http_status: u16, body: &str, query: &str) -> Result<QueryData, QueryError> {
+    let parsed: Result<ApiResponse, _> = serde_json::from_str(body);
+    let response = match parsed {
+        // Prometheus answers errors with 4xx/5xx *and* a JSON error body; the
+        // body says more than the status, so it wins.
+        Ok(r) if r.status == "error" => {
+            return Err(QueryError::QueryFailed {
+                error_type: r.error_type.unwrap_or_else(|| "unknown".into()),
+                message: r.error.unwrap_or_default(),
+                query: quote_query(query),
+            });
+        }
+        _ if !(200..300).contains(&http_status) => {
+            return Err(QueryError::Http {
+                status: http_status,
+                body: quote_body(body),
+            });
+        }
+        Ok(r) => r,
+        Err(e) => {
+            return Err(QueryError::BadResponse(format!(
+                "not Prometheus API JSON ({e}): {}",
+                quote_body(body)
+            )));
+        }
+    };
+    if response.status != "success" {
+        return Err(QueryError::BadResponse(format!(
+            "status {:?}, expected \"success\" or \"error\"",
+            response.status
+        )));
+    }
+    response
+        .data
+        .ok_or_else(|| QueryError::BadResponse("success without \"data\"".into()))
+}
+
+/// Exactly one item, or the error a person needs to fix the query.
+fn single<T>(items: Vec<T>, query: &str) -> Result<T, QueryError> {
+    match <[T; 1]>::try_from(items) {
+        Ok([item]) => Ok(item),
+        Err(items) if items.is_empty() => Err(QueryError::NoData {
+            query: quote_query(query),
+        }),
+        Err(items) => Err(QueryError::MultipleSeries {
+            count: items.len(),
+            query: quote_query(query),
+        }),
+    }
+}
+
+fn native_histogram(query: &str) -> QueryError {
+    QueryError::BadResponse(format!(
+        "the series is a native histogram, not a number; use histogram_quantile or similar: {}",
+        quote_query(query)
+    ))
+}
+
+fn string_result(value: &serde_json::Value, query: &str) -> QueryError {
+    QueryError::BadResponse(format!(
+        "the query returns a string ({}), not a number: {}",
+        quote_body(&value.to_string()),
+        quote_query(query)
+    ))
+}
+
+/// Decodes one `/api/v1/query` answer into the single number it must hold:
+/// a scalar, or a vector of exactly one sample that is a finite number.
+///
+/// `query` is used only for error messages.
+pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, QueryError> {
+    let sample = match parse_envelope(http_status, body, query)? {
+        QueryData::Scalar(sample) => sample,
+        QueryData::Vector(samples) => single(samples, query)?
+            .value
+            .ok_or_else(|| native_histogram(query))?,
+        QueryData::Matrix(series) => {
+            return Err(QueryError::BadResponse(format!(
+                "the query returns a range vector ({} series); petrel needs a single value, e.g. wrap it in rate(...) and sum(...): {}",
+                series.len(),
+                quote_query(query)
+            )));
+        }
+        QueryData::String(value) => return Err(string_result(&value, query)),
+    };
+    let value = parse_sample_value(&sample.1)?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(QueryError::NotANumber {
+            value: sample.1,
+            query: quote_query(query),
+        })
+    }
+}
+
+/// Decodes one `/api/v1/query_range` answer into the values of the single
+/// series it must hold, oldest first.
+///
+/// NaN and ±Inf samples are kept: the statistical judge drops and counts
+/// them, so the count can appear in its verdict.
+pub fn parse_range_response(
+    http_status: u16,
+    body: &str,
+    query: &str,
+) -> Result<Vec<f64>, QueryError> {
+    match parse_envelope(http_status, body, query)? {
+        QueryData::Matrix(series) => single(series, query)?
+            .values
+            .ok_or_else(|| native_histogram(query))?
+            .iter()
+            .map(|sample| parse_sample_value(&sample.1))
+            .collect(),
+        QueryData::String(value) => Err(string_result(&value, query)),
+        QueryData::Vector(_) | QueryData::Scalar(_) => Err(QueryError::BadResponse(
+            "range query answered with an instant result".into(),
+        )),
+    }
+}
+
+/// Parses a sample value string; Prometheus writes `NaN`, `+Inf`, `-Inf`,
+/// which Rust's parser accepts too.
+fn parse_sample_value(raw: &str) -> Result<f64, QueryError> {
+    raw.parse()
+        .map_err(|_| QueryError::BadResponse(format!("sample value {raw:?} is not a number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ProviderKind;
+
+    fn vector(values: &[&str]) -> String {
+        let result: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(r#"{{"metric":{{"pod":"p{i}"}},"value":[1700000000.123,"{v}"]}}"#)
+            })
+            .collect();
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+            result.join(",")
+        )
+    }
+
+    #[test]
+    fn one_sample_vector_is_its_value() {
+        assert_eq!(parse_response(200, &vector(&["99.5"]), "q"), Ok(99.5));
+    }
+
+    #[test]
+    fn scalar_is_its_value() {
+        let body =
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+        assert_eq!(parse_response(200, body, "q"), Ok(42.0));
+    }
+
+    #[test]
+    fn empty_vector_is_no_data_naming_the_query() {
+        let err = parse_response(200, &vector(&[]), "sum(rate(x[1m]))").unwrap_err();
+        assert_eq!(
+            err,
+            QueryError::NoData {
+                query: "sum(rate(x[1m]))".into()
+            }
+        );
+        assert!(err.to_string().contains("sum(rate(x[1m]))"));
+    }
+
+    #[test]
+    fn nan_and_inf_are_not_numbers() {
+        for raw in ["NaN", "+Inf", "-Inf"] {
+            assert_eq!(
+                parse_response(200, &vector(&[raw]), "q"),
+                Err(QueryError::NotANumber {
+                    value: raw.into(),
+                    query: "q".into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn two_series_are_refused() {
+        assert_eq!(
+            parse_response(200, &vector(&["1", "2"]), "q"),
+            Err(QueryError::MultipleSeries {
+                count: 2,
+                query: "q".into()
+            })
+        );
+    }
+
+    #[test]
+    fn error_status_surfaces_error_type_and_message_even_with_http_400() {
+        let body = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected right parenthesis ')'"}"#;
+        let err = parse_response(400, body, "sum())").unwrap_err();
+        assert_eq!(
+            err,
+            QueryError::QueryFailed {
+                error_type: "bad_data".into(),
+                message: "1:5: parse error: unexpected right parenthesis ')'".into(),
+                query: "sum())".into()
+            }
+        );
+        assert!(err.to_string().contains("bad_data"));
+    }
+
+    #[test]
+    fn non_json_error_is_http_with_body() {
+        assert_eq!(
+            parse_response(502, "Bad Gateway\n", "q"),
+            Err(QueryError::Http {
+                status: 502,
+                body: "Bad Gateway".into()
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_with_200_is_bad_response() {
+        assert!(matches!(
+            parse_response(200, "<html>login</html>", "q"),
+            Err(QueryError::BadResponse(m)) if m.contains("<html>login</html>")
+        ));
+        assert!(matches!(
+            parse_response(200, &vector(&["abc"]), "q"),
+            Err(QueryError::BadResponse(m)) if m.contains("abc")
+        ));
+    }
+
+    #[test]
+    fn matrix_string_and_histograms_are_bad_responses() {
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#;
+        let string = r#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#;
+        let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#;
+        for body in [matrix, string, histogram] {
+            assert!(
+                matches!(
+                    parse_response(200, body, "q"),
+                    Err(QueryError::BadResponse(_))
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    fn matrix(series: &[&[&str]]) -> String {
+        let result: Vec<String> = series
+            .iter()
+            .map(|values| {
+                let points: Vec<String> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!(r#"[{}.5,"{v}"]"#, 1_700_000_000 + 15 * i))
+                    .collect();
+                format!(
+                    r#"{{"metric":{{"job":"x"}},"values":[{}]}}"#,
+                    points.join(",")
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#,
+            result.join(",")
+        )
+    }
+
+    #[test]
+    fn range_series_values_keep_order_and_non_finite_samples() {
+        let values =
+            parse_range_response(200, &matrix(&[&["1", "2.5", "NaN", "+Inf"]]), "q").unwrap();
+        assert_eq!(values[..2], [1.0, 2.5]);
+        assert!(values[2].is_nan());
+        assert_eq!(values[3], f64::INFINITY);
+    }
+
+    #[test]
+    fn range_results_need_exactly_one_series() {
+        assert_eq!(
+            parse_range_response(200, &matrix(&[]), "q"),
+            Err(QueryError::NoData { query: "q".into() })
+        );
+        assert_eq!(
+            parse_range_response(200, &matrix(&[&["1"], &["2"]]), "q"),
+            Err(QueryError::MultipleSeries {
+                count: 2,
+                query: "q".into()
+            })
+        );
+        assert!(matches!(
+            parse_range_response(200, &vector(&["1"]), "q"),
+            Err(QueryError::BadResponse(_))
+        ));
+        let error = r#"{"status":"error","errorType":"bad_data","error":"exceeded maximum resolution of 11,000 points per timeseries"}"#;
+        assert!(matches!(
+            parse_range_response(400, error, "q"),
+            Err(QueryError::QueryFailed { error_type, .. }) if error_type == "bad_data"
+        ));
+    }
+
+    #[test]
+    fn query_url_keeps_path_prefix_and_rejects_bad_addresses() {
+        let url = |address: &str| {
+            PrometheusProvider::new(&ProviderConfig::new(ProviderKind::Prometheus, address))
+                .map(|p| p.query_url().to_string())
+        };
+        assert_eq!(
+            url("http://prom:9090").unwrap(),
+            "http://prom:9090/api/v1/query"
+        );
+        assert_eq!(
+            url("https://host/prometheus/").unwrap(),
+            "https://host/prometheus/api/v1/query"
+        );
+        for bad in [
+            "",
+            "prom:9090",
+            "ftp://prom",
+            "http://prom?x=1",
+            "not a url",
+        ] {
+            assert!(
+                matches!(api_url(bad), Err(QueryError::InvalidConfig(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Every finite value, written the way Prometheus writes it (Go's
+        /// shortest float formatting, which Rust's `{}` also produces up to
+        /// exponent style), comes back exactly.
+        #[test]
+        fn finite_values_round_trip(value in proptest::num::f64::NORMAL | proptest::num::f64::ZERO) {
+            let body = vector(&[&value.to_string()]);
+            proptest::prop_assert_eq!(parse_response(200, &body, "q"), Ok(value));
+            let body = vector(&[&format!("{value:e}")]);
+            proptest::prop_assert_eq!(parse_response(200, &body, "q"), Ok(value));
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The HTTP providers against real HTTP servers on 127.0.0.1: Prometheus
+//! answers in the JSON shapes its `/api/v1/query` really sends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_providers::{
+    Credentials, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError, build_provider,
+};
+
+/// What the fake Prometheus demands of a request.
+#[derive(Clone, Copy)]
+enum Auth {
+    None,
+    /// Expected `Authorization` header value.
+    Exactly(&'static str),
+}
+
+#[derive(Clone)]
+struct Fake {
+    auth: Auth,
+    /// Every `query` parameter received, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn vector(values: &[&str]) -> String {
+    let result: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            format!(
+                r#"{{"metric":{{"__name__":"up","instance":"pod-{i}:9090"}},"value":[1763776800.781,"{v}"]}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+        result.join(",")
+    )
+}
+
+/// Answers by query text, the way a real Prometheus would for such a query.
+async fn api_query(
+    State(fake): State<Fake>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Auth::Exactly(expected) = fake.auth {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if got != Some(expected) {
+            return (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+        }
+    }
+    let Some(query) = params.get("query").cloned() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": unknown position: parse error: no expression found in input"}"#.into(),
+        );
+    };
+    fake.seen.lock().unwrap().push(query.clone());
+    match query.as_str() {
+        "vector(1)" => json(StatusCode::OK, vector(&["1"])),
+        "scalar(42)" => json(
+            StatusCode::OK,
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1763776800.781,"42"]}}"#
+                .into(),
+        ),
+        "empty" => json(StatusCode::OK, vector(&[])),
+        "nan" => json(StatusCode::OK, vector(&["NaN"])),
+        "two" => json(StatusCode::OK, vector(&["1", "0"])),
+        "sum(" => json(
+            StatusCode::BAD_REQUEST,
+            r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unclosed left parenthesis"}"#.into(),
+        ),
+        "boom" => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            json(StatusCode::OK, vector(&["1"]))
+        }
+        "tenant" => match headers.get("x-scope-orgid").map(|v| v.as_bytes()) {
+            Some(b"team-a") => json(StatusCode::OK, vector(&["7"])),
+            _ => (StatusCode::UNAUTHORIZED, "no org id\n").into_response(),
+        },
+        // Anything else: a one-sample vector, so query encoding can be
+        // checked through `seen`.
+        _ => json(StatusCode::OK, vector(&["99.5"])),
+    }
+}
+
+/// `/api/v1/query_range`: checks the range parameters the way Prometheus
+/// does, then answers a series with one value per step.
+async fn api_query_range(
+    State(fake): State<Fake>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let number = |key: &str| params.get(key).and_then(|v| v.parse::<f64>().ok());
+    let (Some(query), Some(start), Some(end), Some(step)) = (
+        params.get("query"),
+        number("start"),
+        number("end"),
+        number("step"),
+    ) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"status":"error","errorType":"bad_data","error":"invalid parameter"}"#.into(),
+        );
+    };
+    fake.seen
+        .lock()
+        .unwrap()
+        .push(format!("{query} {start} {end} {step}"));
+    let points: Vec<String> = (0..)
+        .map(|i| start + step * f64::from(i))
+        .take_while(|t| *t <= end)
+        .enumerate()
+        .map(|(i, t)| {
+            let value = if query == "with_nan" && i == 1 {
+                "NaN".to_string()
+            } else {
+                i.to_string()
+            };
+            format!(r#"[{t},"{value}"]"#)
+        })
+        .collect();
+    let series = format!(r#"{{"metric":{{}},"values":[{}]}}"#, points.join(","));
+    let result = if query == "two" {
+        format!("{series},{series}")
+    } else {
+        series
+    };
+    json(
+        StatusCode::OK,
+        format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{result}]}}}}"#),
+    )
+}
+
+/// Starts a fake Prometheus under `prefix` and returns its base address.
+async fn start(auth: Auth, prefix: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route(&format!("{prefix}/api/v1/query"), get(api_query))
+        .route(
+            &format!("{prefix}/api/v1/query_range"),
+            get(api_query_range),
+        )
+        .with_state(Fake {
+            auth,
+            seen: seen.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}{prefix}"), seen)
+}
+
+fn provider(address: &str) -> Provider {
+    build_provider(&ProviderConfig::new(ProviderKind::Prometheus, address)).unwrap()
+}
+
+#[tokio::test]
+async fn vector_with_one_sample_is_its_value_and_the_query_arrives_intact() {
+    let (address, seen) = start(Auth::None, "").await;
+    let query = r#"sum(rate(http_requests_total{code!~"5..",path="/a b+c"}[1m])) * 100"#;
+    assert_eq!(provider(&address).query(query).await, Ok(99.5));
+    assert_eq!(seen.lock().unwrap().as_slice(), [query]);
+}
+
+#[tokio::test]
+async fn scalar_result_is_its_value() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(provider(&address).query("scalar(42)").await, Ok(42.0));
+}
+
+#[tokio::test]
+async fn empty_vector_is_no_data() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(
+        provider(&address).query("empty").await,
+        Err(QueryError::NoData {
+            query: "empty".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn nan_sample_is_not_a_number() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(
+        provider(&address).query("nan").await,
+        Err(QueryError::NotANumber {
+            value: "NaN".into(),
+            query: "nan".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn two_series_are_refused() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(
+        provider(&address).query("two").await,
+        Err(QueryError::MultipleSeries {
+            count: 2,
+            query: "two".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn status_error_surfaces_error_type_and_message() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(
+        provider(&address).query("sum(").await,
+        Err(QueryError::QueryFailed {
+            error_type: "bad_data".into(),
+            message: "invalid parameter \"query\": 1:5: parse error: unclosed left parenthesis"
+                .into(),
+            query: "sum(".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn http_500_is_an_http_error_with_the_body() {
+    let (address, _) = start(Auth::None, "").await;
+    assert_eq!(
+        provider(&address).query("boom").await,
+        Err(QueryError::Http {
+            status: 500,
+            body: "internal error".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn slow_answer_times_out_at_the_configured_timeout() {
+    let (address, _) = start(Auth::None, "").await;
+    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    config.timeout = Some(Duration::from_millis(300));
+    let provider = build_provider(&config).unwrap();
+    let started = Instant::now();
+    let result = provider.query("slow").await;
+    assert_eq!(result, Err(QueryError::Timeout(Duration::from_millis(300))));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn bearer_token_is_sent_and_checked() {
+    let (address, _) = start(Auth::Exactly("Bearer s3cret"), "").await;
+    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    assert!(matches!(
+        build_provider(&config).unwrap().query("up").await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+    config.credentials = Credentials::Bearer("wrong".into());
+    assert!(matches!(
+        build_provider(&config).unwrap().query("up").await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+    config.credentials = Credentials::Bearer("s3cret".into());
+    assert_eq!(build_provider(&config).unwrap().query("up").await, Ok(99.5));
+}
+
+#[tokio::test]
+async fn basic_auth_is_sent_and_checked() {
+    // base64("alice:hunter2")
+    let (address, _) = start(Auth::Exactly("Basic YWxpY2U6aHVudGVyMg=="), "").await;
+    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    config.credentials = Credentials::Basic {
+        username: "alice".into(),
+        password: "wrong".into(),
+    };
+    assert!(matches!(
+        build_provider(&config).unwrap().query("up").await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+    config.credentials = Credentials::Basic {
+        username: "alice".into(),
+        password: "hunter2".into(),
+    };
+    assert_eq!(build_provider(&config).unwrap().query("up").await, Ok(99.5));
+}
+
+#[tokio::test]
+async fn custom_headers_are_sent() {
+    let (address, _) = start(Auth::None, "").await;
+    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    assert!(matches!(
+        build_provider(&config).unwrap().query("tenant").await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+    config.headers = BTreeMap::from([("X-Scope-OrgID".to_string(), "team-a".to_string())]);
+    assert_eq!(
+        build_provider(&config).unwrap().query("tenant").await,
+        Ok(7.0)
+    );
+}
+
+#[tokio::test]
+async fn address_path_prefix_is_kept() {
+    let (address, _) = start(Auth::None, "/prometheus").await;
+    assert!(address.ends_with("/prometheus"));
+    assert_eq!(provider(&address).query("up").await, Ok(99.5));
+    assert_eq!(provider(&format!("{address}/")).query("up").await, Ok(99.5));
+}
+
+#[tokio::test]
+async fn is_online_queries_vector_1_and_expects_1() {
+    let (address, seen) = start(Auth::None, "").await;
+    assert_eq!(provider(&address).is_online().await, Ok(()));
+    assert_eq!(seen.lock().unwrap().as_slice(), ["vector(1)"]);
+
+    // A server that needs a token and gets none is not online for us.
+    let (guarded, _) = start(Auth::Exactly("Bearer t"), "").await;
+    assert!(matches!(
+        provider(&guarded).is_online().await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transport_error() {
+    // Bind then drop a listener: the port is then (almost surely) closed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let result = provider(&format!("http://{addr}")).is_online().await;
+    match result {
+        Err(QueryError::Transport(message)) => {
+            assert!(message.contains(&addr.to_string()), "{message}")
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn range_query_sends_window_and_step_and_returns_values_in_order() {
+    let (address, seen) = start(Auth::None, "/prom").await;
+    let end = UNIX_EPOCH + Duration::from_secs(1_763_776_800);
+    let values = provider(&address)
+        .query_range(
+            "with_nan",
+            end,
+            Duration::from_secs(60),
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["with_nan 1763776740 1763776800 15"]
+    );
+    assert_eq!(values.len(), 5);
+    assert!(values[1].is_nan());
+    assert_eq!(
+        [values[0], values[2], values[3], values[4]],
+        [0.0, 2.0, 3.0, 4.0]
+    );
+}
+
+#[tokio::test]
+async fn range_query_refuses_two_series_and_bad_windows() {
+    let (address, seen) = start(Auth::None, "").await;
+    let p = provider(&address);
+    let minute = Duration::from_secs(60);
+    assert!(matches!(
+        p.query_range("two", SystemTime::now(), minute, Duration::from_secs(10))
+            .await,
+        Err(QueryError::MultipleSeries { count: 2, .. })
+    ));
+    for (window, step) in [(minute, Duration::ZERO), (Duration::from_secs(5), minute)] {
+        assert!(matches!(
+            p.query_range("x", SystemTime::now(), window, step).await,
+            Err(QueryError::InvalidConfig(_))
+        ));
+    }
+    // Invalid windows never reach the server.
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn queries_run_on_spawned_tasks() {
+    // The operator runs checks concurrently: the futures must be Send.
+    let (address, _) = start(Auth::None, "").await;
+    let p = provider(&address);
+    let handle = tokio::spawn(async move { p.query("up").await });
+    assert_eq!(handle.await.unwrap(), Ok(99.5));
+}
+
+/// The generic HTTP JSON provider against a real server that checks the
+/// query parameter and the bearer token.
+#[tokio::test]
+async fn http_json_provider_speaks_its_contract() {
+    async fn metric(Query(params): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+        if headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) != Some(b"Bearer tok") {
+            return (StatusCode::UNAUTHORIZED, "no").into_response();
+        }
+        match (
+            params.get("query").map(String::as_str),
+            params.get("tenant"),
+        ) {
+            (Some("error_rate{app=\"web\"}"), Some(t)) if t == "a" => {
+                json(StatusCode::OK, r#"{"value": 0.25, "unit": "%"}"#.into())
+            }
+            (Some("none"), _) => json(StatusCode::OK, "[]".into()),
+            (None, _) => (StatusCode::NOT_FOUND, "say what").into_response(),
+            _ => (StatusCode::BAD_REQUEST, "bad query").into_response(),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().route("/metric", get(metric)))
+            .await
+            .unwrap()
+    });
+
+    let mut config = ProviderConfig::new(
+        ProviderKind::HttpJson,
+        format!("http://{addr}/metric?tenant=a"),
+    );
+    config.credentials = Credentials::Bearer("tok".into());
+    let p = build_provider(&config).unwrap();
+    assert_eq!(p.query("error_rate{app=\"web\"}").await, Ok(0.25));
+    assert_eq!(
+        p.query("none").await,
+        Err(QueryError::NoData {
+            query: "none".into()
+        })
+    );
+    assert_eq!(
+        p.query("other").await,
+        Err(QueryError::Http {
+            status: 400,
+            body: "bad query".into()
+        })
+    );
+    // 404 without a query still proves the endpoint is up.
+    assert_eq!(p.is_online().await, Ok(()));
+    assert!(matches!(
+        p.query_range(
+            "x",
+            SystemTime::now(),
+            Duration::from_secs(60),
+            Duration::from_secs(10)
+        )
+        .await,
+        Err(QueryError::InvalidConfig(_))
+    ));
+
+    config.credentials = Credentials::None;
+    assert!(matches!(
+        build_provider(&config).unwrap().query("none").await,
+        Err(QueryError::Http { status: 401, .. })
+    ));
+}
