@@ -1,0 +1,17 @@
+//! The functional core: every decision petrel makes is a pure function here.
+//!
+//! Nothing in this module performs I/O or reads a clock: time comes in as `now`.
+
+pub mod machine;
+pub mod provider;
+pub mod strategy;
+pub mod transitions;
+
+#[cfg(test)]
+mod machine_tests;
+#[cfg(test)]
+mod machine_props;
+
+pub use machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
+pub use provider::Provider;
+pub use strategy::Strategy;
