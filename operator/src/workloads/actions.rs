@@ -1,0 +1,510 @@
+//! What the reconciler calls: read a Canary's workloads once per reconcile, and apply
+//! the workload actions of the state machine (`ScaleCanaryUp`, `ScaleCanaryToZero`,
+//! `PromoteCanaryToPrimary`) from that reading.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::{Api, Client};
+
+use super::configs::{TrackedConfigs, read_tracked_configs};
+use super::health::{deployment_health, primary_runs_revision};
+use super::hpa::{check_autoscaler_ref, ensure_primary_hpa};
+use super::primary::{ensure_primary, primary_name, promote};
+use super::revision::{release_identity, revision};
+use super::scaling::{primary_replicas, scale_target, scale_up_replicas};
+use super::selector::{PodSelector, pod_selector};
+use super::{WorkloadError, canary_namespace, is_not_found};
+use crate::api::Canary;
+use crate::core::WorkloadHealth;
+use crate::core::strategy::progress_deadline;
+
+/// Default share of pods that must be available, for canary and primary alike.
+const DEFAULT_READY_THRESHOLD_PERCENT: i32 = 100;
+
+/// A Canary's workloads as read at the start of a reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadSnapshot {
+    /// The user's Deployment (the canary).
+    pub target: Deployment,
+    pub selector: PodSelector,
+    /// The ConfigMaps and Secrets the target's pods use (opted-out ones excluded).
+    pub tracked: TrackedConfigs,
+    /// The target's revision: its pod template and the tracked configs' checksums.
+    pub revision: String,
+    /// The target's release identity (its images).
+    pub release: String,
+    /// The `-primary` Deployment, once created.
+    pub primary: Option<Deployment>,
+    /// `minReplicas` of the target's HPA when `spec.autoscalerRef` names one.
+    pub target_hpa_min_replicas: Option<i32>,
+}
+
+impl WorkloadSnapshot {
+    /// Checksums of the tracked configs, for `status.trackedConfigs`.
+    pub fn tracked_checksums(&self) -> BTreeMap<String, String> {
+        self.tracked.checksums()
+    }
+
+    /// Health of the canary (the target) under the Canary's `canaryReadyThreshold`.
+    pub fn canary_health(&self, canary: &Canary, now: DateTime<Utc>) -> WorkloadHealth {
+        let threshold = canary
+            .spec
+            .analysis
+            .as_ref()
+            .and_then(|analysis| analysis.canary_ready_threshold)
+            .unwrap_or(DEFAULT_READY_THRESHOLD_PERCENT);
+        deployment_health(&self.target, threshold, progress_deadline(&canary.spec), now)
+    }
+
+    /// Health of the primary under the Canary's `primaryReadyThreshold`.
+    pub fn primary_health(&self, canary: &Canary, now: DateTime<Utc>) -> WorkloadHealth {
+        let Some(primary) = &self.primary else {
+            return WorkloadHealth::NotReady {
+                reason: format!("Deployment {} not created yet", primary_name(&canary.spec.target_ref.name)),
+            };
+        };
+        let threshold = canary
+            .spec
+            .analysis
+            .as_ref()
+            .and_then(|analysis| analysis.primary_ready_threshold)
+            .unwrap_or(DEFAULT_READY_THRESHOLD_PERCENT);
+        deployment_health(primary, threshold, progress_deadline(&canary.spec), now)
+    }
+
+    /// Whether the primary runs `promoted_revision` (normally `status.lastPromotedSpec`)
+    /// and finished rolling it out.
+    pub fn primary_runs(&self, promoted_revision: &str) -> bool {
+        self.primary.as_ref().is_some_and(|primary| primary_runs_revision(primary, promoted_revision))
+    }
+}
+
+fn hpa_managed(canary: &Canary) -> bool {
+    canary.spec.autoscaler_ref.is_some()
+}
+
+/// Reads the target, its selector label, tracked configs, primary and (when the Canary
+/// names one) the target's HPA. Errors that need a person's fix report
+/// [`WorkloadError::is_stalled`].
+pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<WorkloadSnapshot, WorkloadError> {
+    let namespace = canary_namespace(canary)?;
+    let target_name = canary.spec.target_ref.name.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let target = deployments
+        .get_opt(&target_name)
+        .await
+        .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{target_name}"), e))?
+        .ok_or_else(|| WorkloadError::TargetNotFound { namespace: namespace.clone(), name: target_name.clone() })?;
+    let selector = pod_selector(&target)?;
+    let tracked = read_tracked_configs(client, &target).await?;
+    let template = target.spec.as_ref().map(|spec| spec.template.clone()).unwrap_or_default();
+    let revision = revision(&template, &tracked.checksums());
+    let release = release_identity(&template);
+    let primary_name = primary_name(&target_name);
+    let primary = deployments
+        .get_opt(&primary_name)
+        .await
+        .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{primary_name}"), e))?;
+    let target_hpa_min_replicas = match &canary.spec.autoscaler_ref {
+        None => None,
+        Some(autoscaler) => {
+            check_autoscaler_ref(autoscaler)?;
+            let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+            let hpa = match hpas.get(&autoscaler.name).await {
+                Ok(hpa) => hpa,
+                Err(e) if is_not_found(&e) => {
+                    return Err(WorkloadError::AutoscalerNotFound { namespace, name: autoscaler.name.clone() });
+                }
+                Err(e) => {
+                    return Err(WorkloadError::kube(
+                        format!("reading HorizontalPodAutoscaler {namespace}/{}", autoscaler.name),
+                        e,
+                    ));
+                }
+            };
+            // The API server defaults minReplicas to 1.
+            Some(hpa.spec.min_replicas.unwrap_or(1))
+        }
+    };
+    Ok(WorkloadSnapshot { target, selector, tracked, revision, release, primary, target_hpa_min_replicas })
+}
+
+/// Initialisation: mirrors the HPA and creates the primary (with its config copies)
+/// when missing. An existing primary is left as it is. Returns the primary.
+pub async fn initialize_primary(
+    client: &Client,
+    canary: &Canary,
+    snapshot: &WorkloadSnapshot,
+) -> Result<Deployment, WorkloadError> {
+    ensure_primary_hpa(client, canary).await?;
+    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
+    ensure_primary(
+        client,
+        canary,
+        &snapshot.target,
+        &snapshot.selector,
+        &snapshot.tracked,
+        &snapshot.revision,
+        replicas,
+    )
+    .await
+}
+
+fn target_api(client: &Client, snapshot: &WorkloadSnapshot) -> Api<Deployment> {
+    let namespace = snapshot.target.metadata.namespace.clone().unwrap_or_default();
+    Api::namespaced(client.clone(), &namespace)
+}
+
+fn target_name(snapshot: &WorkloadSnapshot) -> String {
+    snapshot.target.metadata.name.clone().unwrap_or_default()
+}
+
+/// `Action::ScaleCanaryUp`: scales the target to the primary's replicas (or the target
+/// HPA's `minReplicas`). Returns the count written.
+pub async fn scale_canary_up(client: &Client, snapshot: &WorkloadSnapshot) -> Result<i32, WorkloadError> {
+    let replicas = scale_up_replicas(snapshot.primary.as_ref(), snapshot.target_hpa_min_replicas);
+    scale_target(&target_api(client, snapshot), &target_name(snapshot), replicas).await?;
+    Ok(replicas)
+}
+
+/// `Action::ScaleCanaryToZero`.
+pub async fn scale_canary_to_zero(client: &Client, snapshot: &WorkloadSnapshot) -> Result<(), WorkloadError> {
+    scale_target(&target_api(client, snapshot), &target_name(snapshot), 0).await
+}
+
+/// `Action::PromoteCanaryToPrimary`: copies the tracked configs and the target's template
+/// into the primary (storing the primary's previous template as a ControllerRevision).
+/// Returns the applied primary; its pods run `snapshot.revision` once rolled out.
+pub async fn promote_canary_to_primary(
+    client: &Client,
+    canary: &Canary,
+    snapshot: &WorkloadSnapshot,
+) -> Result<Deployment, WorkloadError> {
+    ensure_primary_hpa(client, canary).await?;
+    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
+    promote(client, canary, &snapshot.target, &snapshot.selector, &snapshot.tracked, &snapshot.revision, replicas).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::canary::AutoscalerRef;
+    use crate::workloads::fake_api::FakeApi;
+    use crate::workloads::history::{KEPT_REVISIONS, rollback_primary_to};
+    use crate::workloads::test_support::{canary, deployment};
+    use crate::workloads::{CANARY_LABEL, REVISION_ANNOTATION};
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume};
+    use serde_json::{Value, json};
+
+    const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/apps/deployments";
+    const CONFIG_MAPS: &str = "/api/v1/namespaces/apps/configmaps";
+    const REVISIONS: &str = "/apis/apps/v1/namespaces/apps/controllerrevisions";
+    const HPAS: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers";
+
+    /// Target `podinfo` mounting ConfigMap `settings` and the optional Secret `maybe`.
+    fn target(image: &str) -> Value {
+        let mut target = deployment("podinfo", &[("app", "podinfo")], image);
+        target.spec.as_mut().unwrap().template.spec.as_mut().unwrap().volumes = Some(vec![
+            Volume {
+                name: "settings".into(),
+                config_map: Some(ConfigMapVolumeSource { name: "settings".into(), ..Default::default() }),
+                ..Default::default()
+            },
+            Volume {
+                name: "maybe".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some("maybe".into()),
+                    optional: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]);
+        serde_json::to_value(target).unwrap()
+    }
+
+    fn settings(value: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "settings", "namespace": "apps" },
+            "data": { "greeting": value }
+        })
+    }
+
+    fn world(image: &str, greeting: &str) -> FakeApi {
+        let fake = FakeApi::new();
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target(image));
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), settings(greeting));
+        fake
+    }
+
+    fn primary_image(fake: &FakeApi) -> Value {
+        fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap()["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn read_workloads_tracks_configs_and_computes_the_revision() {
+        let fake = world("podinfo:1", "hello");
+        let snapshot = read_workloads(&fake.client(), &canary("podinfo")).await.unwrap();
+        assert_eq!(snapshot.selector, PodSelector { key: "app".into(), value: "podinfo".into() });
+        assert_eq!(snapshot.release, "podinfo:1");
+        assert_eq!(snapshot.primary, None);
+        let checksums = snapshot.tracked_checksums();
+        assert_eq!(checksums.keys().collect::<Vec<_>>(), vec!["configmap/settings"]);
+        let template = snapshot.target.spec.as_ref().unwrap().template.clone();
+        assert_eq!(snapshot.revision, revision(&template, &checksums));
+
+        let changed = world("podinfo:1", "bonjour");
+        let after = read_workloads(&changed.client(), &canary("podinfo")).await.unwrap();
+        assert_ne!(after.revision, snapshot.revision, "a config change is a new revision");
+        assert_eq!(after.release, snapshot.release, "but not a new release identity");
+    }
+
+    #[tokio::test]
+    async fn missing_target_or_required_config_is_stalled() {
+        let error = read_workloads(&FakeApi::new().client(), &canary("podinfo")).await.unwrap_err();
+        assert!(matches!(error, WorkloadError::TargetNotFound { .. }), "{error}");
+        assert!(error.is_stalled());
+
+        let fake = FakeApi::new();
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:1"));
+        let error = read_workloads(&fake.client(), &canary("podinfo")).await.unwrap_err();
+        assert!(matches!(&error, WorkloadError::MissingConfig { name, .. } if name == "settings"), "{error}");
+        assert!(error.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn initialize_creates_the_primary_and_its_configs_once() {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        assert_eq!(fake.writes(), vec![format!("PATCH {CONFIG_MAPS}/settings-primary"), format!("POST {DEPLOYMENTS}")]);
+        let post = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
+        assert!(post.query.contains("fieldManager=petrel"), "{}", post.query);
+        let primary = fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap();
+        assert_eq!(primary["spec"]["replicas"], 3);
+        assert_eq!(primary["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "settings-primary");
+        assert_eq!(primary["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"], "maybe");
+        assert_eq!(primary["spec"]["template"]["metadata"]["annotations"][REVISION_ANNOTATION], snapshot.revision);
+
+        // Once it exists, the primary is not touched again, even if the target changed.
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let writes_before = fake.writes().len();
+        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        assert_eq!(fake.writes().len(), writes_before);
+        assert_eq!(primary_image(&fake), "podinfo:1");
+    }
+
+    #[tokio::test]
+    async fn scaling_patches_only_the_target_replicas() {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        scale_canary_to_zero(&client, &snapshot).await.unwrap();
+        assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 0);
+        let patch = fake.requests().into_iter().rev().find(|r| r.method == "PATCH").unwrap();
+        assert!(patch.content_type.contains("merge-patch"), "{}", patch.content_type);
+        assert_eq!(patch.body, Some(json!({ "spec": { "replicas": 0 } })));
+        assert!(patch.query.contains("fieldManager=petrel"));
+
+        // Scaling up uses the primary's replicas, not the target's (now 0).
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 3);
+        assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 3);
+    }
+
+    #[tokio::test]
+    async fn promotion_copies_configs_then_stores_history_then_replaces_the_template() {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let first = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &first).await.unwrap();
+
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), settings("bonjour"));
+        let second = read_workloads(&client, &canary).await.unwrap();
+        let writes_before = fake.writes().len();
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        let revision_name = format!("podinfo-primary-{}", first.revision);
+        assert_eq!(
+            fake.writes()[writes_before..].to_vec(),
+            vec![
+                format!("PATCH {CONFIG_MAPS}/settings-primary"),
+                format!("PATCH {REVISIONS}/{revision_name}"),
+                format!("PATCH {DEPLOYMENTS}/podinfo-primary"),
+            ]
+        );
+        assert_eq!(primary_image(&fake), "podinfo:2");
+        assert_eq!(fake.get(&format!("{CONFIG_MAPS}/settings-primary")).unwrap()["data"]["greeting"], "bonjour");
+        let stored = fake.get(&format!("{REVISIONS}/{revision_name}")).unwrap();
+        assert_eq!(stored["revision"], 1);
+        assert_eq!(stored["metadata"]["labels"][CANARY_LABEL], "podinfo");
+        assert_eq!(stored["data"]["release"], "podinfo:1");
+        assert_eq!(stored["data"]["revision"], first.revision.as_str());
+
+        // The primary now runs the second revision (once its rollout finishes).
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let primary = snapshot.primary.as_ref().unwrap();
+        assert_eq!(
+            primary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+                [REVISION_ANNOTATION],
+            second.revision
+        );
+    }
+
+    #[tokio::test]
+    async fn history_keeps_the_newest_ten_and_rollback_restores_a_template() {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let first = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &first).await.unwrap();
+        for n in 1..=KEPT_REVISIONS {
+            fake.insert(
+                &format!("{REVISIONS}/old-{n:02}"),
+                json!({
+                    "apiVersion": "apps/v1", "kind": "ControllerRevision",
+                    "metadata": { "name": format!("old-{n:02}"), "namespace": "apps",
+                                  "labels": { CANARY_LABEL: "podinfo" } },
+                    "revision": n
+                }),
+            );
+        }
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let second = read_workloads(&client, &canary).await.unwrap();
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-01")));
+        let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
+        let stored = revisions.list(&Default::default()).await.unwrap().items;
+        assert_eq!(stored.len(), KEPT_REVISIONS);
+        let newest = stored.iter().max_by_key(|r| r.revision).unwrap().clone();
+        assert_eq!(newest.revision, 11);
+        assert_eq!(newest.metadata.name, Some(format!("podinfo-primary-{}", first.revision)));
+
+        let restored = rollback_primary_to(&client, &canary, "podinfo-primary", &newest).await.unwrap();
+        assert_eq!(primary_image(&fake), "podinfo:1");
+        assert!(primary_runs_revision_annotation(&restored, &first.revision));
+        // The template rolled back from is stored too, so the rollback can be undone.
+        let after = revisions.list(&Default::default()).await.unwrap().items;
+        let newest = after.iter().max_by_key(|r| r.revision).unwrap();
+        assert_eq!(newest.metadata.name, Some(format!("podinfo-primary-{}", second.revision)));
+        assert_eq!(newest.revision, 12);
+        assert_eq!(after.len(), KEPT_REVISIONS);
+    }
+
+    #[tokio::test]
+    async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let first = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &first).await.unwrap();
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let second = read_workloads(&client, &canary).await.unwrap();
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        let revision_writes =
+            |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
+        assert_eq!(revision_writes(&fake), 1);
+
+        let stored: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
+        let only = stored.list(&Default::default()).await.unwrap().items.remove(0);
+        rollback_primary_to(&client, &canary, "podinfo-primary", &only).await.unwrap();
+        assert_eq!(revision_writes(&fake), 2, "rolling back stores the template it leaves");
+        let current = stored
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|r| r.metadata.name != only.metadata.name)
+            .unwrap();
+        rollback_primary_to(&client, &canary, "podinfo-primary", &current).await.unwrap();
+        assert_eq!(primary_image(&fake), "podinfo:2");
+        let writes = fake.writes().len();
+        rollback_primary_to(&client, &canary, "podinfo-primary", &current).await.unwrap();
+        assert_eq!(fake.writes().len(), writes, "second rollback to the same template is a no-op");
+    }
+
+    fn primary_runs_revision_annotation(primary: &Deployment, revision: &str) -> bool {
+        primary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+            [REVISION_ANNOTATION]
+            == revision
+    }
+
+    fn with_hpa(mut canary: Canary) -> Canary {
+        canary.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: Some("autoscaling/v2".into()),
+            kind: "HorizontalPodAutoscaler".into(),
+            name: "podinfo".into(),
+            ..Default::default()
+        });
+        canary
+    }
+
+    #[tokio::test]
+    async fn hpa_is_mirrored_and_leaves_replicas_alone() {
+        let fake = world("podinfo:1", "hello");
+        fake.insert(
+            &format!("{HPAS}/podinfo"),
+            json!({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": { "name": "podinfo", "namespace": "apps" },
+                "spec": {
+                    "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo" },
+                    "minReplicas": 2, "maxReplicas": 6
+                }
+            }),
+        );
+        let client = fake.client();
+        let canary = with_hpa(canary("podinfo"));
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
+        let created = initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        assert_eq!(created.spec.unwrap().replicas, None);
+        let mirrored = fake.get(&format!("{HPAS}/podinfo-primary")).unwrap();
+        assert_eq!(mirrored["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
+        assert_eq!(mirrored["spec"]["maxReplicas"], 6);
+        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_hpa_is_stalled() {
+        let fake = world("podinfo:1", "hello");
+        let error = read_workloads(&fake.client(), &with_hpa(canary("podinfo"))).await.unwrap_err();
+        assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
+        assert!(error.is_stalled());
+        assert!(ensure_primary_hpa(&fake.client(), &with_hpa(canary("podinfo"))).await.is_err());
+    }
+
+    #[test]
+    fn primary_health_before_creation_is_not_ready() {
+        let snapshot = WorkloadSnapshot {
+            target: serde_json::from_value(target("podinfo:1")).unwrap(),
+            selector: PodSelector { key: "app".into(), value: "podinfo".into() },
+            tracked: TrackedConfigs::default(),
+            revision: "r".into(),
+            release: "podinfo:1".into(),
+            primary: None,
+            target_hpa_min_replicas: None,
+        };
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(matches!(
+            snapshot.primary_health(&canary("podinfo"), now),
+            WorkloadHealth::NotReady { reason } if reason.contains("podinfo-primary")
+        ));
+        assert!(!snapshot.primary_runs("r"));
+    }
+}
