@@ -124,7 +124,6 @@ pub struct TargetRef {
     /// Kind of the target; petrel releases Deployments.
     #[schemars(schema_with = "deployment_kind_schema")]
     pub kind: String,
-    #[schemars(length(min = 1))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("targetRef.name must name the Deployment to release"))]
     pub name: String,
 }
@@ -272,7 +271,6 @@ pub struct GatewayRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.stepWeights) || self.stepWeights.all(w, w >= 0 && w <= 100)").message("every analysis.stepWeights entry must be between 0 and 100"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.interval) || duration(self.interval) >= duration('1s')").message("analysis.interval must be at least 1s"))]
 pub struct CanaryAnalysis {
@@ -294,7 +292,7 @@ pub struct CanaryAnalysis {
     pub step_weight: Option<i32>,
     /// Explicit weight steps, for example `[1, 5, 20, 50]`; used instead of stepWeight/maxWeight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(inner(range(min = 0, max = 100)))]
+    #[schemars(inner(range(min = 0, max = 100)), length(max = 100))]
     pub step_weights: Option<Vec<i32>>,
     /// Weight moved back to the primary at each tick while promoting; all at once when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

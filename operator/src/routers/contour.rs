@@ -1,0 +1,186 @@
+//! Provider `contour`: an HTTPProxy `<svc>` (projectcontour.io/v1) whose first route
+//! splits traffic between `<svc>-primary` and `<svc>-canary` by `services[].weight`.
+//!
+//! As in Flagger the proxy has no `virtualhost`: a root HTTPProxy owned by the user
+//! includes it. A/B: one route per `analysis.match` condition (Contour ANDs the conditions
+//! of a route), each with the weights, then a default route to the primary. Contour header
+//! conditions compare exactly, so only `exact` header matches are accepted.
+
+use kube::core::ApiResource;
+use serde_json::{Map, Value, json};
+
+use super::{
+    MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, malformed, manifest,
+    service_port, unsupported, weight_field,
+};
+use crate::api::Canary;
+use crate::api::canary::{HttpMatch, StringMatch};
+
+const PROVIDER: &str = "contour";
+
+pub fn http_proxy_resource() -> ApiResource {
+    api_resource("projectcontour.io", "v1", "HTTPProxy", "httpproxies")
+}
+
+/// The conditions of one A/B route: everything under `/`, plus one exact header condition
+/// per header of the match.
+fn conditions(m: &HttpMatch) -> Result<Vec<Value>, RouterError> {
+    if !m.query_params.is_empty() || m.uri.is_some() || m.method.is_some() || m.source_labels.is_some() {
+        return Err(unsupported(PROVIDER, "match on anything but headers in an A/B route"));
+    }
+    let mut out = vec![json!({ "prefix": "/" })];
+    for (name, value) in &m.headers {
+        match value {
+            StringMatch { exact: Some(exact), prefix: None, suffix: None, regex: None } => {
+                out.push(json!({ "header": { "name": name, "exact": exact } }));
+            }
+            _ => {
+                return Err(unsupported(
+                    PROVIDER,
+                    format!(
+                        "match header {name:?} except by exact value (Contour has no prefix, suffix or regex header match)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn route(canary: &Canary, conditions: Vec<Value>, primary: u8, canary_weight: u8) -> Value {
+    let names = ServiceNames::of(canary);
+    let port = service_port(canary);
+    let mut route = Map::new();
+    route.insert("conditions".into(), Value::Array(conditions));
+    route.insert(
+        "services".into(),
+        json!([
+            { "name": names.primary, "port": port, "weight": primary },
+            { "name": names.canary, "port": port, "weight": canary_weight },
+        ]),
+    );
+    if let Some(timeout) = &canary.spec.service.timeout {
+        route.insert("timeoutPolicy".into(), json!({ "response": timeout }));
+    }
+    if let Some(retries) = &canary.spec.service.retries {
+        // Istio's retry shape (attempts, perTryTimeout) is what the Canary carries.
+        let mut policy = Map::new();
+        if let Some(attempts) = retries.get("attempts") {
+            policy.insert("count".into(), attempts.clone());
+        }
+        if let Some(per_try) = retries.get("perTryTimeout") {
+            policy.insert("perTryTimeout".into(), per_try.clone());
+        }
+        if !policy.is_empty() {
+            route.insert("retryPolicy".into(), Value::Object(policy));
+        }
+    }
+    Value::Object(route)
+}
+
+/// The HTTPProxy `<svc>` for these weights.
+pub fn build_http_proxy(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
+    if weights.mirror() {
+        return Err(unsupported(PROVIDER, "mirror traffic"));
+    }
+    let names = ServiceNames::of(canary);
+    let everything = || vec![json!({ "prefix": "/" })];
+    let matches = ab_matches(canary);
+    let mut routes = Vec::new();
+    for m in matches {
+        routes.push(route(canary, conditions(m)?, weights.primary(), weights.canary()));
+    }
+    if matches.is_empty() {
+        routes.push(route(canary, everything(), weights.primary(), weights.canary()));
+    } else {
+        routes.push(route(canary, everything(), 100, 0));
+    }
+    manifest(&http_proxy_resource(), canary, &names.apex, json!({ "routes": routes }))
+}
+
+/// The weights of an HTTPProxy built by [`build_http_proxy`]: those of its first route.
+pub fn weights_of(proxy: &Value) -> Result<Weights, RouterError> {
+    let bad = |reason: String| malformed("HTTPProxy", proxy, reason);
+    let apex = proxy.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("it has no name".into()))?;
+    let services = proxy
+        .pointer("/spec/routes/0/services")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("its first route has no services".into()))?;
+    let weight_of = |name: String| -> Result<u8, RouterError> {
+        let found = services
+            .iter()
+            .find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()))
+            .ok_or_else(|| bad(format!("its first route does not send to {name}")))?;
+        weight_field(found.get("weight"), bad)
+    };
+    Weights::new(weight_of(format!("{apex}-primary"))?, weight_of(format!("{apex}-canary"))?, false)
+}
+
+pub(crate) struct Contour;
+
+impl MeshRoutes for Contour {
+    const PROVIDER: &'static str = PROVIDER;
+
+    fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
+        Ok(vec![RouteObject { resource: http_proxy_resource(), manifest: build_http_proxy(canary, weights)? }])
+    }
+
+    fn weighted_object(canary: &Canary) -> (ApiResource, String) {
+        (http_proxy_resource(), ServiceNames::of(canary).apex)
+    }
+
+    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
+        vec![Self::weighted_object(canary)]
+    }
+
+    fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
+        weights_of(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
+    use super::*;
+
+    /// Contour can only match headers exactly: keep the header condition, drop the cookie regex.
+    fn exact_ab_canary() -> Canary {
+        let mut canary = ab_canary();
+        canary.spec.analysis.as_mut().unwrap().match_.as_mut().unwrap().truncate(1);
+        canary
+    }
+
+    #[test]
+    fn proxies_match_their_manifests() {
+        assert_manifest(&build_http_proxy(&canary(), weights(100, 0, false)).unwrap(), "contour_100_0.yaml");
+        assert_manifest(&build_http_proxy(&canary(), weights(90, 10, false)).unwrap(), "contour_90_10.yaml");
+        assert_manifest(&build_http_proxy(&exact_ab_canary(), weights(0, 100, false)).unwrap(), "contour_ab.yaml");
+    }
+
+    #[test]
+    fn regex_matches_and_mirroring_are_refused() {
+        let err = build_http_proxy(&ab_canary(), weights(0, 100, false)).unwrap_err();
+        assert!(err.to_string().contains("cookie"), "{err}");
+        assert!(matches!(build_http_proxy(&canary(), weights(100, 0, true)), Err(RouterError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn timeouts_and_retries_are_translated() {
+        let mut canary = canary();
+        canary.spec.service.timeout = Some("15s".into());
+        canary.spec.service.retries = Some(json!({ "attempts": 2, "perTryTimeout": "3s" }));
+        let proxy = build_http_proxy(&canary, weights(100, 0, false)).unwrap();
+        assert_eq!(proxy.pointer("/spec/routes/0/timeoutPolicy"), Some(&json!({ "response": "15s" })));
+        assert_eq!(proxy.pointer("/spec/routes/0/retryPolicy"), Some(&json!({ "count": 2, "perTryTimeout": "3s" })));
+    }
+
+    proptest! {
+        #[test]
+        fn weights_round_trip(w in any_weights(false), ab in any::<bool>()) {
+            let canary = if ab { exact_ab_canary() } else { canary() };
+            prop_assert_eq!(weights_of(&build_http_proxy(&canary, w).unwrap()).unwrap(), w);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Provider `gatewayapi`: an HTTPRoute `<svc>` (gateway.networking.k8s.io `v1`, or
+//! `v1beta1` for provider `gatewayapi:v1beta1`) whose first rule splits traffic between
+//! `<svc>-primary` and `<svc>-canary` by `backendRefs[].weight`.
+//!
+//! A/B: the first rule carries the Canary's `analysis.match` conditions and the weights; a
+//! second rule sends everything else to the primary. Mirroring: a `RequestMirror` filter
+//! on the first rule copies requests to the canary.
+
+use kube::core::ApiResource;
+use serde_json::{Map, Value, json};
+
+use super::{
+    MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
+    manifest, mirror_percent, regex_escape, service_port, weight_field,
+};
+use crate::api::Canary;
+use crate::api::canary::{HttpMatch, StringMatch};
+
+const PROVIDER: &str = "gatewayapi";
+const GROUP: &str = "gateway.networking.k8s.io";
+const KIND: &str = "HTTPRoute";
+
+/// The HTTPRoute version: `v1beta1` only when the Canary says `gatewayapi:v1beta1`.
+pub fn http_route_resource(canary: &Canary) -> ApiResource {
+    let version = match canary.spec.provider.as_deref() {
+        Some("gatewayapi:v1beta1") => "v1beta1",
+        _ => "v1",
+    };
+    api_resource(GROUP, version, KIND, "httproutes")
+}
+
+fn invalid(canary: &Canary, reason: String) -> RouterError {
+    RouterError::InvalidCanary { canary: canary_key(canary), reason }
+}
+
+/// An Istio-style string match as a Gateway API `(type, value)`. Gateway API has no
+/// prefix or suffix match for headers, so those become anchored regular expressions.
+fn string_match(canary: &Canary, what: &str, m: &StringMatch) -> Result<(&'static str, String), RouterError> {
+    match (&m.exact, &m.prefix, &m.suffix, &m.regex) {
+        (Some(exact), None, None, None) => Ok(("Exact", exact.clone())),
+        (None, Some(prefix), None, None) => Ok(("RegularExpression", format!("^{}.*", regex_escape(prefix)))),
+        (None, None, Some(suffix), None) => Ok(("RegularExpression", format!(".*{}$", regex_escape(suffix)))),
+        (None, None, None, Some(regex)) => Ok(("RegularExpression", regex.clone())),
+        _ => Err(invalid(canary, format!("{what} must set exactly one of exact, prefix, suffix or regex"))),
+    }
+}
+
+fn named_matches(
+    canary: &Canary,
+    what: &str,
+    conditions: &std::collections::BTreeMap<String, StringMatch>,
+) -> Result<Vec<Value>, RouterError> {
+    conditions
+        .iter()
+        .map(|(name, m)| {
+            let (kind, value) = string_match(canary, &format!("analysis.match {what} {name:?}"), m)?;
+            Ok(json!({ "type": kind, "name": name, "value": value }))
+        })
+        .collect()
+}
+
+/// One A/B condition as an HTTPRouteMatch (conditions inside a match are ANDed, matches ORed,
+/// as in Istio).
+fn route_match(canary: &Canary, m: &HttpMatch) -> Result<Value, RouterError> {
+    let mut out = Map::new();
+    if let Some(uri) = &m.uri {
+        let path = match (&uri.exact, &uri.prefix) {
+            (Some(exact), None) if uri.suffix.is_none() && uri.regex.is_none() => {
+                json!({ "type": "Exact", "value": exact })
+            }
+            (None, Some(prefix)) if uri.suffix.is_none() && uri.regex.is_none() => {
+                json!({ "type": "PathPrefix", "value": prefix })
+            }
+            _ => {
+                let (_, value) = string_match(canary, "analysis.match uri", uri)?;
+                json!({ "type": "RegularExpression", "value": value })
+            }
+        };
+        out.insert("path".into(), path);
+    }
+    if !m.headers.is_empty() {
+        out.insert("headers".into(), Value::Array(named_matches(canary, "header", &m.headers)?));
+    }
+    if !m.query_params.is_empty() {
+        out.insert("queryParams".into(), Value::Array(named_matches(canary, "query parameter", &m.query_params)?));
+    }
+    if let Some(method) = &m.method {
+        match method {
+            StringMatch { exact: Some(exact), prefix: None, suffix: None, regex: None } => {
+                out.insert("method".into(), Value::String(exact.to_ascii_uppercase()));
+            }
+            _ => {
+                return Err(super::unsupported(PROVIDER, "match a method other than exactly"));
+            }
+        }
+    }
+    if m.source_labels.is_some() {
+        return Err(super::unsupported(PROVIDER, "match on sourceLabels"));
+    }
+    Ok(Value::Object(out))
+}
+
+fn backend_refs(names: &ServiceNames, port: i32, primary: u8, canary: u8) -> Value {
+    json!([
+        { "name": names.primary, "port": port, "weight": primary },
+        { "name": names.canary, "port": port, "weight": canary },
+    ])
+}
+
+fn timeouts(canary: &Canary) -> Option<Value> {
+    let service = &canary.spec.service;
+    let mut timeouts = Map::new();
+    if let Some(request) = &service.timeout {
+        timeouts.insert("request".into(), Value::String(request.clone()));
+    }
+    if let Some(backend) = &service.backend_timeout {
+        timeouts.insert("backendRequest".into(), Value::String(backend.clone()));
+    }
+    (!timeouts.is_empty()).then_some(Value::Object(timeouts))
+}
+
+fn parent_refs(canary: &Canary) -> Value {
+    let refs = canary.spec.service.gateway_refs.iter().map(|g| {
+        let mut parent = Map::new();
+        if let Some(group) = &g.group {
+            parent.insert("group".into(), Value::String(group.clone()));
+        }
+        if let Some(kind) = &g.kind {
+            parent.insert("kind".into(), Value::String(kind.clone()));
+        }
+        if let Some(namespace) = &g.namespace {
+            parent.insert("namespace".into(), Value::String(namespace.clone()));
+        }
+        parent.insert("name".into(), Value::String(g.name.clone()));
+        if let Some(section) = &g.section_name {
+            parent.insert("sectionName".into(), Value::String(section.clone()));
+        }
+        if let Some(port) = g.port {
+            parent.insert("port".into(), json!(port));
+        }
+        Value::Object(parent)
+    });
+    Value::Array(refs.collect())
+}
+
+/// The HTTPRoute `<svc>` for these weights.
+pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
+    let names = ServiceNames::of(canary);
+    let port = service_port(canary);
+    let timeouts = timeouts(canary);
+
+    let mut weighted = Map::new();
+    let matches = ab_matches(canary);
+    if !matches.is_empty() {
+        let matches = matches.iter().map(|m| route_match(canary, m)).collect::<Result<Vec<_>, _>>()?;
+        weighted.insert("matches".into(), Value::Array(matches));
+    }
+    if weights.mirror() {
+        let mut mirror = json!({ "backendRef": { "name": names.canary, "port": port } });
+        let percent = mirror_percent(canary);
+        if percent != 100 {
+            mirror["percent"] = json!(percent);
+        }
+        weighted.insert("filters".into(), json!([{ "type": "RequestMirror", "requestMirror": mirror }]));
+    }
+    weighted.insert("backendRefs".into(), backend_refs(&names, port, weights.primary(), weights.canary()));
+    if let Some(timeouts) = &timeouts {
+        weighted.insert("timeouts".into(), timeouts.clone());
+    }
+
+    let mut rules = vec![Value::Object(weighted)];
+    if !matches.is_empty() {
+        let mut default = Map::new();
+        default.insert("backendRefs".into(), backend_refs(&names, port, 100, 0));
+        if let Some(timeouts) = timeouts {
+            default.insert("timeouts".into(), timeouts);
+        }
+        rules.push(Value::Object(default));
+    }
+
+    let mut spec = Map::new();
+    spec.insert("parentRefs".into(), parent_refs(canary));
+    if !canary.spec.service.hosts.is_empty() {
+        spec.insert("hostnames".into(), json!(canary.spec.service.hosts));
+    }
+    spec.insert("rules".into(), Value::Array(rules));
+    manifest(&http_route_resource(canary), canary, &names.apex, Value::Object(spec))
+}
+
+/// The weights of an HTTPRoute built by [`build_http_route`]: those of its first rule.
+pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
+    let bad = |reason: String| malformed(KIND, route, reason);
+    let apex = route.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("it has no name".into()))?;
+    let rule = route.pointer("/spec/rules/0").ok_or_else(|| bad("it has no rules".into()))?;
+    let refs = rule
+        .get("backendRefs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("its first rule has no backendRefs".into()))?;
+    let weight_of = |service: String| -> Result<u8, RouterError> {
+        let backend = refs
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(service.as_str()))
+            .ok_or_else(|| bad(format!("its first rule has no backendRef to {service}")))?;
+        weight_field(backend.get("weight"), bad)
+    };
+    let primary = weight_of(format!("{apex}-primary"))?;
+    let canary = weight_of(format!("{apex}-canary"))?;
+    let mirror = rule
+        .get("filters")
+        .and_then(Value::as_array)
+        .is_some_and(|filters| filters.iter().any(|f| f.get("type").and_then(Value::as_str) == Some("RequestMirror")));
+    Weights::new(primary, canary, mirror)
+}
+
+pub(crate) struct GatewayApi;
+
+impl MeshRoutes for GatewayApi {
+    const PROVIDER: &'static str = PROVIDER;
+
+    fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
+        Ok(vec![RouteObject { resource: http_route_resource(canary), manifest: build_http_route(canary, weights)? }])
+    }
+
+    fn weighted_object(canary: &Canary) -> (ApiResource, String) {
+        (http_route_resource(canary), ServiceNames::of(canary).apex)
+    }
+
+    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
+        vec![Self::weighted_object(canary)]
+    }
+
+    fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
+        weights_of(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
+    use super::*;
+
+    #[test]
+    fn routes_match_their_manifests() {
+        assert_manifest(&build_http_route(&canary(), weights(100, 0, false)).unwrap(), "gatewayapi_100_0.yaml");
+        assert_manifest(&build_http_route(&canary(), weights(90, 10, false)).unwrap(), "gatewayapi_90_10.yaml");
+        assert_manifest(&build_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "gatewayapi_ab.yaml");
+        assert_manifest(&build_http_route(&canary(), weights(100, 0, true)).unwrap(), "gatewayapi_mirror.yaml");
+    }
+
+    #[test]
+    fn v1beta1_is_used_only_when_asked_for() {
+        let mut canary = canary();
+        canary.spec.provider = Some("gatewayapi:v1beta1".into());
+        let route = build_http_route(&canary, weights(100, 0, false)).unwrap();
+        assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1beta1");
+        for provider in [None, Some("gatewayapi"), Some("gatewayapi:v1")] {
+            canary.spec.provider = provider.map(String::from);
+            let route = build_http_route(&canary, weights(100, 0, false)).unwrap();
+            assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+        }
+    }
+
+    #[test]
+    fn timeouts_and_partial_mirroring_are_written() {
+        let mut canary = canary();
+        canary.spec.service.timeout = Some("30s".into());
+        canary.spec.service.backend_timeout = Some("10s".into());
+        canary.spec.analysis.as_mut().unwrap().mirror_weight = Some(25);
+        let route = build_http_route(&canary, weights(100, 0, true)).unwrap();
+        assert_eq!(
+            route.pointer("/spec/rules/0/timeouts"),
+            Some(&json!({ "request": "30s", "backendRequest": "10s" }))
+        );
+        assert_eq!(route.pointer("/spec/rules/0/filters/0/requestMirror/percent"), Some(&json!(25)));
+    }
+
+    #[test]
+    fn prefix_and_suffix_header_matches_become_anchored_regexes() {
+        let mut canary = ab_canary();
+        let m = &mut canary.spec.analysis.as_mut().unwrap().match_.as_mut().unwrap()[0];
+        m.headers.insert("x-user".into(), StringMatch { prefix: Some("beta.".into()), ..StringMatch::default() });
+        m.headers.insert("x-zone".into(), StringMatch { suffix: Some("-eu".into()), ..StringMatch::default() });
+        let route = build_http_route(&canary, weights(0, 100, false)).unwrap();
+        let headers = route.pointer("/spec/rules/0/matches/0/headers").unwrap();
+        assert!(
+            headers
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "type": "RegularExpression", "name": "x-user", "value": r"^beta\..*" }))
+        );
+        assert!(
+            headers
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "type": "RegularExpression", "name": "x-zone", "value": ".*-eu$" }))
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_string_match_is_rejected() {
+        let mut canary = ab_canary();
+        let m = &mut canary.spec.analysis.as_mut().unwrap().match_.as_mut().unwrap()[0];
+        m.headers.insert(
+            "x-both".into(),
+            StringMatch { exact: Some("a".into()), regex: Some("b".into()), ..StringMatch::default() },
+        );
+        assert!(matches!(build_http_route(&canary, weights(0, 100, false)), Err(RouterError::InvalidCanary { .. })));
+    }
+
+    #[test]
+    fn a_route_without_our_backends_is_malformed() {
+        let mut route = build_http_route(&canary(), weights(90, 10, false)).unwrap();
+        route["spec"]["rules"][0]["backendRefs"][1]["name"] = json!("someone-else");
+        assert!(matches!(weights_of(&route), Err(RouterError::Malformed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn weights_round_trip(w in any_weights(true), ab in any::<bool>()) {
+            let canary = if ab { ab_canary() } else { canary() };
+            prop_assert_eq!(weights_of(&build_http_route(&canary, w).unwrap()).unwrap(), w);
+        }
+    }
+}

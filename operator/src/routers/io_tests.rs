@@ -1,0 +1,319 @@
+//! Tests of the thin I/O layer against a scripted API server: which requests a router
+//! makes, in what order, with which field manager, and that reconcile keeps weights.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::testing::{canary, weights};
+use super::{RouterError, Weights, kubernetes, nginx, router_for, services, smi};
+use crate::api::common::ObjectRef;
+use crate::core::Provider;
+
+/// One request the scripted API server answered.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    uri: String,
+    body: Option<Value>,
+}
+
+impl Call {
+    fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or_default()
+    }
+}
+
+/// The answer to a request: an object, or a 404 Status.
+enum Reply {
+    Object(Value),
+    NotFound,
+    /// Echo the applied object back, as the API server does.
+    Echo,
+}
+
+/// A client whose API server answers with `respond(method, path)` and records every call.
+fn scripted_client(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> (Client, Arc<Mutex<Vec<Call>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let uri = request.uri().to_string();
+            let bytes = request.into_body().collect_bytes().await.expect("request body");
+            let body: Option<Value> = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).expect("JSON body"));
+            let call = Call { method, uri, body };
+            let (status, reply) = match respond(&call.method, call.path()) {
+                Reply::Object(obj) => (200, obj),
+                Reply::Echo => (200, call.body.clone().expect("an applied object")),
+                Reply::NotFound => (
+                    404,
+                    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found" }),
+                ),
+            };
+            seen.lock().expect("calls lock").push(call);
+            let response =
+                Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).expect("JSON")));
+            send.send_response(response.expect("valid response"));
+        }
+    });
+    (Client::new(service, "default"), calls)
+}
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "podinfo", "namespace": "test" },
+        "spec": { "selector": { "matchLabels": { "app": "podinfo" } }, "template": {} },
+    })
+}
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/test/deployments/podinfo";
+const SERVICES: &str = "/api/v1/namespaces/test/services";
+const SPLIT: &str = "/apis/split.smi-spec.io/v1alpha2/namespaces/test/trafficsplits/podinfo";
+
+fn applies(calls: &[Call]) -> Vec<(String, Value)> {
+    calls
+        .iter()
+        .filter(|c| c.method == "PATCH")
+        .map(|c| (c.path().to_string(), c.body.clone().unwrap_or_default()))
+        .collect()
+}
+
+async fn finish<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future).await.expect("router call finished")
+}
+
+#[tokio::test]
+async fn reconcile_creates_services_then_a_primary_only_route() {
+    let (client, calls) = scripted_client(|method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(deployment()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    finish(router_for(Provider::Smi, client).reconcile(&canary())).await.unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    let applied = applies(&calls);
+    let paths: Vec<&str> = applied.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            &format!("{SERVICES}/podinfo-primary"),
+            &format!("{SERVICES}/podinfo-canary"),
+            &format!("{SERVICES}/podinfo"),
+            SPLIT
+        ]
+    );
+    assert_eq!(applied[3].1, smi::build_traffic_split(&canary(), Weights::primary_only()).unwrap());
+    assert_eq!(applied[2].1["spec"]["selector"], json!({ "app": "podinfo-primary" }));
+    for call in calls.iter().filter(|c| c.method == "PATCH") {
+        assert!(call.uri.contains("fieldManager=petrel") && call.uri.contains("force=true"), "{}", call.uri);
+    }
+}
+
+#[tokio::test]
+async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
+    let (client, calls) = scripted_client(|method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(deployment()),
+        ("GET", SPLIT) => Reply::Object(smi::build_traffic_split(&canary(), weights(70, 30, false)).unwrap()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let router = router_for(Provider::Linkerd, client);
+    finish(router.reconcile(&canary())).await.unwrap();
+    assert_eq!(finish(router.get_routes(&canary())).await.unwrap(), weights(70, 30, false));
+
+    let applied = applies(&calls.lock().unwrap());
+    let (_, split) = applied.iter().find(|(p, _)| p == SPLIT).expect("the split was applied");
+    assert_eq!(smi::weights_of(split).unwrap(), weights(70, 30, false));
+}
+
+#[tokio::test]
+async fn reconcile_keeps_a_blue_green_switch() {
+    let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
+    let on_canary = kubernetes::build_apex(&canary(), &selector, Weights::canary_only()).unwrap();
+    let apex_path = format!("{SERVICES}/podinfo");
+    let (client, calls) = scripted_client(move |method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(deployment()),
+        ("GET", p) if p == apex_path => Reply::Object(serde_json::to_value(&on_canary).unwrap()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let router = router_for(Provider::Kubernetes, client);
+    finish(router.reconcile(&canary())).await.unwrap();
+    let applied = applies(&calls.lock().unwrap());
+    let (_, apex) = applied.iter().find(|(p, _)| p == &format!("{SERVICES}/podinfo")).expect("apex applied");
+    assert_eq!(apex["spec"]["selector"], json!({ "app": "podinfo" }));
+}
+
+#[tokio::test]
+async fn kubernetes_router_refuses_a_split_before_touching_the_apex() {
+    let (client, calls) = scripted_client(|method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(deployment()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let router = router_for(Provider::Kubernetes, client);
+    let err = finish(router.set_routes(&canary(), weights(90, 10, false))).await.unwrap_err();
+    assert!(matches!(err, RouterError::Unsupported { .. }), "{err}");
+    assert!(applies(&calls.lock().unwrap()).is_empty());
+
+    finish(router.set_routes(&canary(), Weights::canary_only())).await.unwrap();
+    let applied = applies(&calls.lock().unwrap());
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].1["spec"]["selector"], json!({ "app": "podinfo" }));
+}
+
+#[tokio::test]
+async fn nginx_writes_only_the_clone() {
+    let user_ingress = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": { "name": "web", "namespace": "test" },
+        "spec": { "rules": [{ "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "podinfo", "port": { "number": 9898 } } } }] } }] },
+    });
+    let (client, calls) = scripted_client(move |method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(deployment()),
+        ("GET", "/apis/networking.k8s.io/v1/namespaces/test/ingresses/web") => Reply::Object(user_ingress.clone()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let router = router_for(Provider::Nginx, client);
+
+    let err = finish(router.reconcile(&canary())).await.unwrap_err();
+    assert!(matches!(err, RouterError::InvalidCanary { .. }), "a Canary without ingressRef: {err}");
+
+    let mut with_ingress = canary();
+    with_ingress.spec.ingress_ref = Some(ObjectRef { name: "web".into(), ..ObjectRef::default() });
+    finish(router.set_routes(&with_ingress, weights(80, 20, false))).await.unwrap();
+    let applied = applies(&calls.lock().unwrap());
+    assert_eq!(applied.len(), 1, "only the clone is written: {applied:?}");
+    assert_eq!(applied[0].0, "/apis/networking.k8s.io/v1/namespaces/test/ingresses/web-canary");
+    let clone: k8s_openapi::api::networking::v1::Ingress = serde_json::from_value(applied[0].1.clone()).unwrap();
+    assert_eq!(nginx::weights_of(&clone).unwrap(), weights(80, 20, false));
+}
+
+#[tokio::test]
+async fn finalize_deletes_route_objects_and_tolerates_missing_ones() {
+    let (client, calls) = scripted_client(|method, _| match method {
+        "DELETE" => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    finish(router_for(Provider::Istio, client).finalize(&canary())).await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    let deleted: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(Call::path).collect();
+    assert_eq!(
+        deleted,
+        [
+            "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+            "/apis/networking.istio.io/v1/namespaces/test/destinationrules/podinfo-primary",
+            "/apis/networking.istio.io/v1/namespaces/test/destinationrules/podinfo-canary",
+        ]
+    );
+    assert_eq!(calls.len(), 3, "finalize leaves the Services alone");
+}
+
+/// The routers against a real API server: `KUBECONFIG` must point at a cluster with the
+/// CRDs of `crds/` and `e2e/crds/third-party/` installed. Run deliberately with
+/// `cargo test -p petrel --lib routers::io_tests::live -- --ignored`.
+mod live {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    use super::*;
+    use crate::api::Canary;
+
+    const NAMESPACE: &str = "petrel-router-live";
+
+    async fn apply<K>(api: &Api<K>, obj: Value) -> K
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let name = obj["metadata"]["name"].as_str().expect("named object").to_string();
+        api.patch(&name, &PatchParams::apply("petrel-live-test").force(), &Patch::Apply(&obj)).await.expect("apply")
+    }
+
+    async fn setup(client: &Client) -> Canary {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        apply(&namespaces, json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } })).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+        apply(
+            &deployments,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": "podinfo", "namespace": NAMESPACE },
+                "spec": { "replicas": 0, "selector": { "matchLabels": { "app": "podinfo" } },
+                    "template": { "metadata": { "labels": { "app": "podinfo" } },
+                        "spec": { "containers": [{ "name": "podinfo", "image": "podinfo:1" }] } } },
+            }),
+        )
+        .await;
+        let ingresses: Api<Ingress> = Api::namespaced(client.clone(), NAMESPACE);
+        apply(&ingresses, json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": { "name": "podinfo", "namespace": NAMESPACE },
+            "spec": { "rules": [{ "host": "app.example.com", "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                "backend": { "service": { "name": "podinfo", "port": { "number": 9898 } } } }] } }] },
+        }))
+        .await;
+        let mut desired = canary();
+        desired.metadata.namespace = Some(NAMESPACE.into());
+        desired.metadata.uid = None;
+        desired.spec.ingress_ref = Some(ObjectRef { name: "podinfo".into(), ..ObjectRef::default() });
+        let canaries: Api<Canary> = Api::namespaced(client.clone(), NAMESPACE);
+        apply(&canaries, serde_json::to_value(&desired).expect("Canary serialises")).await
+    }
+
+    #[tokio::test]
+    #[ignore = "needs a live API server (KUBECONFIG) with petrel's and e2e/crds/third-party CRDs"]
+    async fn every_router_round_trips_through_a_real_api_server() {
+        let client = Client::try_default().await.expect("KUBECONFIG points at a cluster");
+        let stored = setup(&client).await;
+        for (provider, name, split) in [
+            (Provider::GatewayApi, "gatewayapi", weights(90, 10, false)),
+            (Provider::GatewayApi, "gatewayapi:v1beta1", weights(60, 40, true)),
+            (Provider::Istio, "istio", weights(90, 10, true)),
+            (Provider::Linkerd, "linkerd", weights(75, 25, false)),
+            (Provider::Traefik, "traefik", weights(90, 10, false)),
+            (Provider::Contour, "contour", weights(50, 50, false)),
+            (Provider::Nginx, "nginx", weights(80, 20, false)),
+            (Provider::Kubernetes, "kubernetes", Weights::canary_only()),
+        ] {
+            let mut canary = stored.clone();
+            canary.spec.provider = Some(name.into());
+            let router = router_for(provider, client.clone());
+            router.reconcile(&canary).await.unwrap_or_else(|e| panic!("{name} reconcile: {e}"));
+            assert_eq!(
+                router.get_routes(&canary).await.unwrap(),
+                Weights::primary_only(),
+                "{name} starts on the primary"
+            );
+            router.set_routes(&canary, split).await.unwrap_or_else(|e| panic!("{name} set_routes: {e}"));
+            assert_eq!(router.get_routes(&canary).await.unwrap(), split, "{name} reads back what it wrote");
+            router.reconcile(&canary).await.unwrap_or_else(|e| panic!("{name} second reconcile: {e}"));
+            assert_eq!(router.get_routes(&canary).await.unwrap(), split, "{name} reconcile keeps the weights");
+            router.finalize(&canary).await.unwrap_or_else(|e| panic!("{name} finalize: {e}"));
+            match provider {
+                Provider::Kubernetes => {
+                    assert_eq!(router.get_routes(&canary).await.unwrap(), Weights::primary_only(), "{name} finalize")
+                }
+                _ => assert!(
+                    matches!(router.get_routes(&canary).await, Err(RouterError::NotFound { .. })),
+                    "{name}: finalize removed the route"
+                ),
+            }
+        }
+        let ingresses: Api<Ingress> = Api::namespaced(client.clone(), NAMESPACE);
+        let user = ingresses.get("podinfo").await.expect("user Ingress");
+        assert!(user.metadata.annotations.unwrap_or_default().is_empty(), "the user's Ingress was left alone");
+    }
+}

@@ -1,0 +1,691 @@
+//! Traffic routers: the objects that decide which pods a request reaches.
+//!
+//! Every router has the same four verbs as Flagger's (`reconcile`, `set_routes`,
+//! `get_routes`, `finalize`). Each provider lives in its own file whose heart is a pure
+//! builder (`build_*`: Canary + weights -> manifest) and its inverse (`weights_of`:
+//! manifest -> weights); the I/O around them is a server-side apply, a get or a delete.
+//!
+//! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
+//! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
+
+pub mod contour;
+pub mod gatewayapi;
+pub mod istio;
+pub mod kubernetes;
+pub mod nginx;
+pub mod services;
+pub mod smi;
+pub mod traefik;
+
+#[cfg(test)]
+mod io_tests;
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::Value;
+
+use crate::api::Canary;
+use crate::core::Provider;
+
+/// Field manager of every server-side apply petrel makes.
+pub const FIELD_MANAGER: &str = "petrel";
+
+/// Label put on every object a router generates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Annotations that keep Flux from pruning or reverting objects petrel owns, should a
+/// copy of them also live in Git (Flagger sets the same ones).
+pub const GITOPS_ANNOTATIONS: [(&str, &str); 2] =
+    [("kustomize.toolkit.fluxcd.io/reconcile", "disabled"), ("helm.toolkit.fluxcd.io/driftDetection", "disabled")];
+
+/// How traffic is split between the primary and the canary.
+///
+/// The fields are private so that a `Weights` that does not add up to 100 cannot exist:
+/// the only way in is [`Weights::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Weights {
+    primary: u8,
+    canary: u8,
+    mirror: bool,
+}
+
+impl Weights {
+    /// Weights in percent; `primary + canary` must be exactly 100. `mirror` also copies
+    /// the primary's traffic to the canary (responses of the copy are discarded).
+    pub fn new(primary: u8, canary: u8, mirror: bool) -> Result<Self, RouterError> {
+        if u16::from(primary) + u16::from(canary) != 100 {
+            return Err(RouterError::InvalidWeights { primary, canary });
+        }
+        Ok(Weights { primary, canary, mirror })
+    }
+
+    /// All traffic to the primary, no mirroring: the state outside a release.
+    pub const fn primary_only() -> Self {
+        Weights { primary: 100, canary: 0, mirror: false }
+    }
+
+    /// All traffic to the canary, no mirroring.
+    pub const fn canary_only() -> Self {
+        Weights { primary: 0, canary: 100, mirror: false }
+    }
+
+    pub const fn primary(self) -> u8 {
+        self.primary
+    }
+
+    pub const fn canary(self) -> u8 {
+        self.canary
+    }
+
+    pub const fn mirror(self) -> bool {
+        self.mirror
+    }
+}
+
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "primary {}% / canary {}%", self.primary, self.canary)?;
+        if self.mirror {
+            f.write_str(" (mirrored)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong while building or writing routes.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("traffic weights must add up to 100, got primary {primary} + canary {canary}")]
+    InvalidWeights { primary: u8, canary: u8 },
+
+    #[error("provider {provider} cannot {what}")]
+    Unsupported { provider: &'static str, what: String },
+
+    #[error("Canary {canary}: {reason}")]
+    InvalidCanary { canary: String, reason: String },
+
+    #[error("{kind} {namespace}/{name} is not what petrel expects: {reason}")]
+    Malformed { kind: String, namespace: String, name: String, reason: String },
+
+    #[error("{kind} {namespace}/{name} does not exist: {reason}")]
+    NotFound { kind: String, namespace: String, name: String, reason: String },
+
+    #[error("failed to {verb} {kind} {namespace}/{name}: {source}")]
+    Api {
+        verb: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error("failed to convert {kind} {name} to or from JSON: {source}")]
+    Json {
+        kind: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One traffic router, chosen at run time from the Canary's provider.
+pub trait TrafficRouter: Send + Sync {
+    /// Creates or updates the Services and route objects (idempotent). A new route starts
+    /// at 100% primary; an existing one keeps the weights it has.
+    fn reconcile<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// Writes these weights to the route objects.
+    fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// Reads the weights back from the route objects as the API server has them.
+    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>>;
+
+    /// Removes the routing petrel added, leaving traffic on the primary. Services stay:
+    /// removing the apex Service would cut traffic; they go with the Canary by owner reference.
+    fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+}
+
+/// The router for a provider. The provider was parsed with [`Provider::parse`], so an
+/// unknown name never gets this far.
+pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> {
+    match provider {
+        Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client)),
+        Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client)),
+        Provider::Linkerd | Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client)),
+        Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client)),
+        Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client)),
+        Provider::Nginx => Box::new(nginx::NginxRouter::new(client)),
+        Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and metadata shared by every builder.
+
+/// The three Service names of a Canary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceNames {
+    /// `spec.service.name`, or the target's name.
+    pub apex: String,
+    pub primary: String,
+    pub canary: String,
+}
+
+impl ServiceNames {
+    pub fn of(canary: &Canary) -> Self {
+        let apex = canary
+            .spec
+            .service
+            .name
+            .clone()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| canary.spec.target_ref.name.clone());
+        ServiceNames { primary: format!("{apex}-primary"), canary: format!("{apex}-canary"), apex }
+    }
+}
+
+/// `namespace/name` of a Canary, for error messages.
+pub(crate) fn canary_key(canary: &Canary) -> String {
+    format!("{}/{}", canary.namespace().unwrap_or_default(), canary.name_any())
+}
+
+pub(crate) fn namespace_of(canary: &Canary) -> Result<String, RouterError> {
+    canary.namespace().ok_or_else(|| RouterError::InvalidCanary {
+        canary: canary.name_any(),
+        reason: "has no namespace; Canaries are namespaced".into(),
+    })
+}
+
+/// The owner reference that makes the Canary's deletion remove what petrel generated.
+pub(crate) fn owner_reference(canary: &Canary) -> Result<OwnerReference, RouterError> {
+    let uid = canary.metadata.uid.clone().ok_or_else(|| RouterError::InvalidCanary {
+        canary: canary_key(canary),
+        reason: "has no uid yet, so generated objects cannot point back to it".into(),
+    })?;
+    Ok(OwnerReference {
+        api_version: Canary::api_version(&()).into_owned(),
+        kind: Canary::kind(&()).into_owned(),
+        name: canary.name_any(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// Metadata of a generated object: namespace, owner, petrel's label and the GitOps
+/// annotations, plus any extra labels and annotations (which never override petrel's).
+pub(crate) fn generated_metadata(
+    canary: &Canary,
+    name: &str,
+    extra_labels: &BTreeMap<String, String>,
+    extra_annotations: &BTreeMap<String, String>,
+) -> Result<ObjectMeta, RouterError> {
+    let mut labels = extra_labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
+    let mut annotations = extra_annotations.clone();
+    for (key, value) in GITOPS_ANNOTATIONS {
+        annotations.insert(key.into(), value.into());
+    }
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace_of(canary)?),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        owner_references: Some(vec![owner_reference(canary)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// A third-party object as JSON: `apiVersion`, `kind`, generated metadata and `spec`.
+pub(crate) fn manifest(resource: &ApiResource, canary: &Canary, name: &str, spec: Value) -> Result<Value, RouterError> {
+    let metadata = generated_metadata(canary, name, &BTreeMap::new(), &BTreeMap::new())?;
+    let metadata = serde_json::to_value(metadata).map_err(|source| RouterError::Json {
+        kind: resource.kind.clone(),
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(serde_json::json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": metadata,
+        "spec": spec,
+    }))
+}
+
+/// The service port every route points at.
+pub(crate) fn service_port(canary: &Canary) -> i32 {
+    canary.spec.service.port
+}
+
+/// Reads a weight field that must be an integer between 0 and 100.
+pub(crate) fn weight_field(
+    value: Option<&Value>,
+    malformed: impl Fn(String) -> RouterError,
+) -> Result<u8, RouterError> {
+    let value = value.ok_or_else(|| malformed("a backend has no weight".into()))?;
+    value
+        .as_u64()
+        .and_then(|w| u8::try_from(w).ok())
+        .filter(|w| *w <= 100)
+        .ok_or_else(|| malformed(format!("weight {value} is not an integer between 0 and 100")))
+}
+
+/// The `metadata.name` and `metadata.namespace` of a JSON manifest, for messages.
+fn name_of(obj: &Value) -> (String, String) {
+    let field = |key: &str| obj.pointer(&format!("/metadata/{key}")).and_then(Value::as_str).unwrap_or("").to_string();
+    (field("namespace"), field("name"))
+}
+
+/// An error about an object that does not hold what its builder writes.
+pub(crate) fn malformed(kind: &str, obj: &Value, reason: impl Into<String>) -> RouterError {
+    let (namespace, name) = name_of(obj);
+    RouterError::Malformed { kind: kind.to_string(), namespace, name, reason: reason.into() }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routers whose whole state is third-party objects written by server-side apply.
+
+/// One object a mesh router writes.
+pub(crate) struct RouteObject {
+    pub resource: ApiResource,
+    pub manifest: Value,
+}
+
+/// The pure half of a router that writes third-party objects.
+pub(crate) trait MeshRoutes: Send + Sync + 'static {
+    /// Provider name for messages.
+    const PROVIDER: &'static str;
+
+    /// Every object this router writes, built for these weights.
+    fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError>;
+
+    /// The object that holds the weights, and its name.
+    fn weighted_object(canary: &Canary) -> (ApiResource, String);
+
+    /// Every object `build` writes, by resource and name (for `finalize`).
+    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)>;
+
+    /// Reads weights from the weighted object.
+    fn weights_of(obj: &Value) -> Result<Weights, RouterError>;
+}
+
+pub(crate) struct MeshRouter<R> {
+    client: Client,
+    routes: PhantomData<fn() -> R>,
+}
+
+impl<R: MeshRoutes> MeshRouter<R> {
+    pub(crate) fn new(client: Client) -> Self {
+        MeshRouter { client, routes: PhantomData }
+    }
+
+    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
+        let namespace = namespace_of(canary)?;
+        let (resource, name) = R::weighted_object(canary);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
+        let found = api.get_opt(&name).await.map_err(|source| RouterError::Api {
+            verb: "read",
+            kind: resource.kind.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        let Some(found) = found else { return Ok(None) };
+        let found = serde_json::to_value(found).map_err(|source| RouterError::Json {
+            kind: resource.kind.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        R::weights_of(&found).map(Some)
+    }
+
+    async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
+        let namespace = namespace_of(canary)?;
+        for object in R::build(canary, weights)? {
+            apply_dynamic(&self.client, &namespace, &object).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
+    fn reconcile<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            services::ensure_services(&self.client, canary).await?;
+            // Reconcile runs on every tick, also mid-release: keep the weights in place.
+            let weights = self.current_weights(canary).await?.unwrap_or_else(Weights::primary_only);
+            self.apply(canary, weights).await
+        })
+    }
+
+    fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(self.apply(canary, weights))
+    }
+
+    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
+        Box::pin(async move {
+            self.current_weights(canary).await?.ok_or_else(|| {
+                let (resource, name) = R::weighted_object(canary);
+                RouterError::NotFound {
+                    kind: resource.kind,
+                    namespace: canary.namespace().unwrap_or_default(),
+                    name,
+                    reason: format!("the {} router has not created it yet", R::PROVIDER),
+                }
+            })
+        })
+    }
+
+    fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            let namespace = namespace_of(canary)?;
+            for (resource, name) in R::all_objects(canary) {
+                delete_dynamic(&self.client, &namespace, &resource, &name).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -> Result<(), RouterError> {
+    let (_, name) = name_of(&object.manifest);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await.map_err(
+        |source| RouterError::Api {
+            verb: "apply",
+            kind: object.resource.kind.clone(),
+            namespace: namespace.to_string(),
+            name,
+            source: Box::new(source),
+        },
+    )?;
+    Ok(())
+}
+
+async fn delete_dynamic(
+    client: &Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+) -> Result<(), RouterError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(RouterError::Api {
+            verb: "delete",
+            kind: resource.kind.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// The ApiResource of a third-party kind, with its plural spelled out (never guessed).
+pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&kube::core::GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// Every third-party resource a router writes (for RBAC rules and for the CRDs test
+/// clusters need). Services and Ingresses are built in and not listed.
+pub fn third_party_resources() -> Vec<ApiResource> {
+    vec![
+        api_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+        api_resource("gateway.networking.k8s.io", "v1beta1", "HTTPRoute", "httproutes"),
+        istio::virtual_service_resource(),
+        istio::destination_rule_resource(),
+        smi::traffic_split_resource(),
+        traefik::traefik_service_resource(),
+        contour::http_proxy_resource(),
+    ]
+}
+
+/// An error for an A/B or mirror request the provider cannot carry out.
+pub(crate) fn unsupported(provider: &'static str, what: impl Into<String>) -> RouterError {
+    RouterError::Unsupported { provider, what: what.into() }
+}
+
+/// Whether the Canary asks for A/B routing (requests matching conditions go to the canary).
+pub(crate) fn ab_matches(canary: &Canary) -> &[crate::api::canary::HttpMatch] {
+    canary.spec.analysis.as_ref().and_then(|a| a.match_.as_deref()).unwrap_or(&[])
+}
+
+/// Percentage of traffic mirrored when mirroring (default 100).
+pub(crate) fn mirror_percent(canary: &Canary) -> i32 {
+    canary.spec.analysis.as_ref().and_then(|a| a.mirror_weight).unwrap_or(100)
+}
+
+/// Escapes a literal for use inside a regular expression (RE2 and ECMAScript agree on these).
+pub(crate) fn regex_escape(literal: &str) -> String {
+    let mut escaped = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn weights_exist_only_when_they_add_up_to_100(primary in any::<u8>(), canary in any::<u8>(), mirror in any::<bool>()) {
+            let made = Weights::new(primary, canary, mirror);
+            if u16::from(primary) + u16::from(canary) == 100 {
+                let made = made.unwrap();
+                prop_assert_eq!((made.primary(), made.canary(), made.mirror()), (primary, canary, mirror));
+            } else {
+                let is_invalid_weights = matches!(made, Err(RouterError::InvalidWeights { .. }));
+                prop_assert!(is_invalid_weights);
+            }
+        }
+    }
+
+    /// Sum of `weight` over the objects at `list` in every element of `groups`.
+    fn split_sums(obj: &Value, groups: &str, list: &str) -> Vec<u64> {
+        obj.pointer(groups)
+            .and_then(Value::as_array)
+            .expect("the object has its route list")
+            .iter()
+            .map(|group| {
+                let backends = group.get(list).and_then(Value::as_array).expect("every route has backends");
+                backends.iter().map(|b| b["weight"].as_u64().expect("integer weight")).sum()
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// DESIGN rule 4: every split petrel writes, in every rule of every router, sums to 100.
+        #[test]
+        fn every_written_split_sums_to_100(w in testing::any_weights(false), ab in any::<bool>()) {
+            let canary = if ab { testing::ab_canary() } else { testing::canary() };
+            let mut exact_ab = canary.clone();
+            if let Some(m) = exact_ab.spec.analysis.as_mut().and_then(|a| a.match_.as_mut()) {
+                m.truncate(1);
+            }
+            let mut sums = split_sums(&gatewayapi::build_http_route(&canary, w).unwrap(), "/spec/rules", "backendRefs");
+            sums.extend(split_sums(&istio::build_virtual_service(&canary, w).unwrap(), "/spec/http", "route"));
+            sums.extend(split_sums(&contour::build_http_proxy(&exact_ab, w).unwrap(), "/spec/routes", "services"));
+            if !ab {
+                let split = smi::build_traffic_split(&canary, w).unwrap();
+                sums.extend(split_sums(&json!([split["spec"]]), "", "backends"));
+                let traefik = traefik::build_traefik_service(&canary, w).unwrap();
+                sums.extend(split_sums(&json!([traefik["spec"]["weighted"]]), "", "services"));
+            }
+            prop_assert!(sums.len() >= 3);
+            prop_assert!(sums.iter().all(|s| *s == 100), "{:?}", sums);
+        }
+    }
+
+    fn build_for(provider: Provider, canary: &Canary, w: Weights) -> Result<Vec<RouteObject>, RouterError> {
+        match provider {
+            Provider::GatewayApi => gatewayapi::GatewayApi::build(canary, w),
+            Provider::Istio => istio::Istio::build(canary, w),
+            Provider::Linkerd | Provider::Smi => smi::Smi::build(canary, w),
+            Provider::Traefik => traefik::Traefik::build(canary, w),
+            Provider::Contour => contour::Contour::build(canary, w),
+            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+        }
+    }
+
+    fn all_objects_for(provider: Provider, canary: &Canary) -> (Vec<(ApiResource, String)>, (ApiResource, String)) {
+        match provider {
+            Provider::GatewayApi => {
+                (gatewayapi::GatewayApi::all_objects(canary), gatewayapi::GatewayApi::weighted_object(canary))
+            }
+            Provider::Istio => (istio::Istio::all_objects(canary), istio::Istio::weighted_object(canary)),
+            Provider::Linkerd | Provider::Smi => (smi::Smi::all_objects(canary), smi::Smi::weighted_object(canary)),
+            Provider::Traefik => (traefik::Traefik::all_objects(canary), traefik::Traefik::weighted_object(canary)),
+            Provider::Contour => (contour::Contour::all_objects(canary), contour::Contour::weighted_object(canary)),
+            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+        }
+    }
+
+    const MESH_PROVIDERS: [Provider; 6] =
+        [Provider::GatewayApi, Provider::Istio, Provider::Linkerd, Provider::Smi, Provider::Traefik, Provider::Contour];
+
+    /// `finalize` deletes `all_objects` and `get_routes` reads `weighted_object`: both must
+    /// name exactly what `build` writes.
+    #[test]
+    fn mesh_routers_finalize_and_read_what_they_write() {
+        let canary = testing::canary();
+        for provider in MESH_PROVIDERS {
+            let built: Vec<(ApiResource, String)> = build_for(provider, &canary, Weights::primary_only())
+                .unwrap()
+                .into_iter()
+                .map(|o| {
+                    let name = o.manifest["metadata"]["name"].as_str().unwrap().to_string();
+                    assert_eq!(o.manifest["apiVersion"], o.resource.api_version.as_str(), "{provider}");
+                    assert_eq!(o.manifest["kind"], o.resource.kind.as_str(), "{provider}");
+                    (o.resource, name)
+                })
+                .collect();
+            let (mut all, weighted) = all_objects_for(provider, &canary);
+            assert!(built.contains(&weighted), "{provider}: {weighted:?} is not written");
+            let mut built = built;
+            let key = |o: &(ApiResource, String)| (o.0.kind.clone(), o.1.clone());
+            built.sort_by_key(key);
+            all.sort_by_key(key);
+            assert_eq!(built, all, "{provider}");
+        }
+    }
+
+    /// What a router refuses must agree with what `Provider` advertises (the state machine
+    /// plans by the latter).
+    #[test]
+    fn routers_refuse_exactly_what_the_provider_does_not_support() {
+        let mirrored = Weights::new(100, 0, true).unwrap();
+        let mut exact_ab = testing::ab_canary();
+        exact_ab.spec.analysis.as_mut().unwrap().match_.as_mut().unwrap().truncate(1);
+        for provider in MESH_PROVIDERS {
+            let mirror = build_for(provider, &testing::canary(), mirrored);
+            assert_eq!(mirror.is_ok(), provider.supports_mirroring(), "{provider} mirroring");
+            let ab = build_for(provider, &exact_ab, Weights::canary_only());
+            assert_eq!(ab.is_ok(), provider.supports_matching(), "{provider} A/B");
+        }
+        let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
+        assert!(kubernetes::build_apex(&testing::canary(), &selector, mirrored).is_err());
+        assert!(kubernetes::build_apex(&exact_ab, &selector, Weights::canary_only()).is_err());
+        assert!(!Provider::Kubernetes.supports_mirroring() && !Provider::Kubernetes.supports_matching());
+    }
+
+    #[test]
+    fn weights_that_overflow_a_byte_are_rejected() {
+        assert!(Weights::new(200, 156, false).is_err());
+        assert!(Weights::new(90, 20, false).is_err());
+        assert!(Weights::new(0, 0, false).is_err());
+    }
+
+    #[test]
+    fn apex_name_defaults_to_the_target() {
+        let mut canary = testing::canary();
+        canary.spec.service.name = None;
+        assert_eq!(ServiceNames::of(&canary).apex, "podinfo");
+        canary.spec.service.name = Some("web".into());
+        let names = ServiceNames::of(&canary);
+        assert_eq!(
+            (names.apex.as_str(), names.primary.as_str(), names.canary.as_str()),
+            ("web", "web-primary", "web-canary")
+        );
+    }
+
+    #[test]
+    fn regex_escape_quotes_every_metacharacter() {
+        assert_eq!(regex_escape("a.b*c(d)"), r"a\.b\*c\(d\)");
+        assert_eq!(regex_escape("plain"), "plain");
+    }
+
+    #[test]
+    fn gateway_api_versions_listed_are_the_ones_built() {
+        let mut canary = testing::canary();
+        for provider in ["gatewayapi", "gatewayapi:v1beta1"] {
+            canary.spec.provider = Some(provider.into());
+            let built = gatewayapi::http_route_resource(&canary);
+            assert!(third_party_resources().contains(&built), "{provider}: {built:?} not listed");
+        }
+    }
+
+    /// The e2e clusters install `e2e/crds/third-party/`; every resource a router writes
+    /// must be served there, or server-side apply fails with 404.
+    #[test]
+    fn e2e_crds_serve_every_third_party_resource() {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/crds/third-party");
+        let mut served = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("e2e/crds/third-party exists") {
+            let path = entry.expect("readable dir entry").path();
+            let text = std::fs::read_to_string(&path).expect("readable CRD file");
+            let crd: CustomResourceDefinition =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
+            let spec = &crd.spec;
+            assert_eq!(crd.metadata.name.as_deref(), Some(format!("{}.{}", spec.names.plural, spec.group).as_str()));
+            assert_eq!(
+                spec.versions.iter().filter(|v| v.storage).count(),
+                1,
+                "{}: one storage version",
+                path.display()
+            );
+            // The API server refuses CRDs in its own protected groups without this annotation.
+            if spec.group.ends_with(".k8s.io") || spec.group.ends_with(".kubernetes.io") {
+                let approved = crd.metadata.annotations.as_ref().and_then(|a| a.get("api-approved.kubernetes.io"));
+                assert!(approved.is_some(), "{} needs api-approved.kubernetes.io", path.display());
+            }
+            for version in spec.versions.iter().filter(|v| v.served) {
+                served.push((
+                    spec.group.clone(),
+                    version.name.clone(),
+                    spec.names.kind.clone(),
+                    spec.names.plural.clone(),
+                ));
+            }
+        }
+        for r in third_party_resources() {
+            let wanted = (r.group.clone(), r.version.clone(), r.kind.clone(), r.plural.clone());
+            assert!(served.contains(&wanted), "no CRD in {} serves {wanted:?}", dir.display());
+        }
+    }
+
+    #[test]
+    fn a_canary_without_uid_cannot_own_objects() {
+        let mut canary = testing::canary();
+        canary.metadata.uid = None;
+        assert!(matches!(owner_reference(&canary), Err(RouterError::InvalidCanary { .. })));
+    }
+}

@@ -1,0 +1,109 @@
+//! Test helpers shared by the router tests: a representative Canary and the comparison
+//! of built objects with the expected manifests under `operator/tests/fixtures/routers/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::Weights;
+use crate::api::canary::{CanaryAnalysis, CanaryService, GatewayRef, HttpMatch, StringMatch, TargetRef};
+use crate::api::{Canary, CanarySpec};
+
+/// A Canary for Deployment `podinfo` in namespace `test`, port 9898, with hosts and
+/// gateway references filled in (routers that do not use them must ignore them).
+pub fn canary() -> Canary {
+    let mut canary = Canary::new(
+        "podinfo",
+        CanarySpec {
+            provider: None,
+            target_ref: TargetRef { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "podinfo".into() },
+            service: CanaryService {
+                port: 9898,
+                hosts: vec!["app.example.com".into()],
+                gateways: vec!["public-gateway".into()],
+                gateway_refs: vec![GatewayRef {
+                    name: "public".into(),
+                    namespace: Some("gateways".into()),
+                    ..GatewayRef::default()
+                }],
+                ..CanaryService::default()
+            },
+            analysis: Some(CanaryAnalysis {
+                interval: Some("1m".into()),
+                threshold: Some(5),
+                step_weight: Some(10),
+                max_weight: Some(50),
+                ..CanaryAnalysis::default()
+            }),
+            ..CanarySpec::default()
+        },
+    );
+    canary.metadata.namespace = Some("test".into());
+    canary.metadata.uid = Some("2f9a6b0e-1c55-4c77-9d1e-6f0f2a8f3b10".into());
+    canary
+}
+
+/// The same Canary in A/B mode: requests with header `x-canary: insider` or a cookie
+/// `canary=always` go to the canary.
+pub fn ab_canary() -> Canary {
+    let mut canary = canary();
+    let analysis = canary.spec.analysis.get_or_insert_with(CanaryAnalysis::default);
+    analysis.iterations = Some(10);
+    analysis.match_ = Some(vec![
+        HttpMatch {
+            headers: BTreeMap::from([(
+                "x-canary".to_string(),
+                StringMatch { exact: Some("insider".into()), ..StringMatch::default() },
+            )]),
+            ..HttpMatch::default()
+        },
+        HttpMatch {
+            headers: BTreeMap::from([(
+                "cookie".to_string(),
+                StringMatch { regex: Some("^(.*?;)?(canary=always)(;.*)?$".into()), ..StringMatch::default() },
+            )]),
+            ..HttpMatch::default()
+        },
+    ]);
+    canary
+}
+
+pub fn weights(primary: u8, canary: u8, mirror: bool) -> Weights {
+    Weights::new(primary, canary, mirror).expect("test weights add up to 100")
+}
+
+/// Any valid weights; mirrored only when `mirror_allowed`.
+pub fn any_weights(mirror_allowed: bool) -> impl Strategy<Value = Weights> {
+    (0u8..=100, any::<bool>()).prop_map(move |(canary, mirror)| weights(100 - canary, canary, mirror && mirror_allowed))
+}
+
+fn fixture_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/routers").join(file)
+}
+
+/// Compares a built object with the expected manifest `file`. With
+/// `PETREL_UPDATE_FIXTURES=1` the fixture is (re)written instead: do that only
+/// deliberately, and review the diff.
+pub fn assert_manifest(actual: &impl serde::Serialize, file: &str) {
+    let actual = serde_json::to_value(actual).expect("built objects serialise");
+    let path = fixture_path(file);
+    if std::env::var_os("PETREL_UPDATE_FIXTURES").is_some() {
+        std::fs::create_dir_all(path.parent().expect("fixture path has a parent")).expect("create fixture dir");
+        let yaml = serde_yaml::to_string(&actual).expect("JSON converts to YAML");
+        std::fs::write(&path, yaml).expect("write fixture");
+        return;
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read fixture {}: {e} (PETREL_UPDATE_FIXTURES=1 creates it)", path.display())
+    });
+    let expected: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("fixture {file} is not YAML: {e}"));
+    if actual != expected {
+        panic!(
+            "built object differs from fixture {file}\n--- expected\n{}\n--- actual\n{}",
+            serde_yaml::to_string(&expected).unwrap_or_default(),
+            serde_yaml::to_string(&actual).unwrap_or_default()
+        );
+    }
+}
