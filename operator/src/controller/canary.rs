@@ -1,0 +1,355 @@
+//! One reconcile of one Canary: read, decide (pure), act, write the status once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::{Api, ResourceExt};
+use tracing::{debug, instrument, warn};
+
+use super::conditions::set_condition;
+use super::{Context, Error, provider_of};
+use crate::analysis::alerts::{Alert, send_alerts};
+use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
+use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
+use crate::analysis::{KubeSource, MetricSource};
+use crate::api::canary::{AlertSeverity, CanaryStatus, HookType};
+use crate::api::{Canary, MetricTemplate};
+use crate::core::strategy::interval_of;
+use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
+use crate::routers::{TrafficRouter, Weights, router_for};
+use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
+
+/// Field manager of petrel's status writes.
+const STATUS_MANAGER: &str = "petrel";
+/// Annotation a fleet hub sets on a member Canary to make it wait for approvals.
+pub const FLEET_ROLLOUT_ANNOTATION: &str = "petrel.dev/rollout";
+/// Annotation the fleet hub sets to approve exactly one revision.
+pub const APPROVED_REVISION_ANNOTATION: &str = "petrel.dev/approved-revision";
+/// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
+const STALLED_RECHECK: Duration = Duration::from_secs(30);
+/// Per-query timeout of metric checks.
+const METRIC_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reconciles one Canary.
+#[instrument(skip_all, fields(canary = %canary.name_any(), namespace = canary.namespace().unwrap_or_default()))]
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
+    let status = canary.status.clone().unwrap_or_default();
+    if canary.spec.suspend {
+        debug!("suspended: not reconciling");
+        return Ok(Requeue::await_change());
+    }
+
+    // Bad input: a visible Stalled condition and an Event; traffic is not touched.
+    let provider = match provider_of(&canary, &ctx.settings) {
+        Ok(provider) => provider,
+        Err(e) => return stall(&ctx, &canary, status, "UnknownProvider", &e.to_string()).await,
+    };
+    let snapshot = match workloads::read_workloads(&ctx.client, &canary).await {
+        Ok(snapshot) => snapshot,
+        Err(e) if e.is_stalled() => return stall(&ctx, &canary, status, stall_reason(&e), &e.to_string()).await,
+        Err(e) => return Err(workload_error("reading the target", e)),
+    };
+    if let Err(message) = check_service_port(&canary, &snapshot.target) {
+        return stall(&ctx, &canary, status, "ServicePortNotFound", &message).await;
+    }
+    if let Err(e) = interval_of(&canary.spec) {
+        return stall(&ctx, &canary, status, "InvalidInterval", &e.to_string()).await;
+    }
+    let source = KubeSource::new(ctx.client.clone());
+    if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
+        return stall(&ctx, &canary, status, "MetricTemplateNotFound", &message).await;
+    }
+
+    // Generated objects: primary (created once), its HPA, Services and routes.
+    workloads::initialize_primary(&ctx.client, &canary, &snapshot)
+        .await
+        .map_err(|e| workload_error("creating the primary", e))?;
+    let router = router_for(provider, ctx.client.clone());
+    router.reconcile(&canary).await.map_err(|e| Error::Router {
+        context: "creating the Services and routes".into(),
+        message: e.to_string(),
+    })?;
+
+    // Observe, run what the core asks for, decide.
+    let now = Utc::now();
+    let fleet = fleet_gate(&canary, &snapshot.revision);
+    let plan = core::plan(&canary.spec, &status, provider, &snapshot.revision, &fleet, now);
+    let mut gates = run_plan(&ctx, &source, &canary, provider, &plan, &status, &snapshot).await;
+    if let Some(results) = gates.metrics.as_mut() {
+        let metrics = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+        apply_comparisons(metrics, results, &status.comparison_samples);
+    }
+    let promoting_revision = status.last_applied_spec.clone().unwrap_or_else(|| snapshot.revision.clone());
+    let observation = Observation {
+        now,
+        target_revision: snapshot.revision.clone(),
+        target_release: snapshot.release.clone(),
+        canary: snapshot.canary_health(&canary, now),
+        primary: snapshot.primary_health(&canary, now),
+        primary_updated: snapshot.primary_runs(&promoting_revision),
+        fleet,
+        gates,
+    };
+    let decision = core::decide(&canary.spec, &status, provider, &observation);
+
+    apply_actions(&ctx, &source, &canary, &snapshot, router.as_ref(), &decision.actions, &decision.status).await?;
+
+    let mut next = decision.status;
+    next.tracked_configs = snapshot.tracked_checksums();
+    next.observed_generation = canary.metadata.generation;
+    set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
+    write_status(&ctx, &canary, &status, next).await?;
+    Ok(Requeue::requeue(decision.requeue_after))
+}
+
+/// Runs the hooks and metrics the plan names, in order, and collects their outcomes.
+async fn run_plan(
+    ctx: &Context,
+    source: &KubeSource,
+    canary: &Canary,
+    provider: Provider,
+    plan: &Plan,
+    status: &CanaryStatus,
+    snapshot: &WorkloadSnapshot,
+) -> GateResults {
+    let mut results = GateResults::default();
+    let hook_ctx = HookContext {
+        phase: status.phase,
+        checksum: status.last_applied_spec.clone().unwrap_or_else(|| snapshot.revision.clone()),
+        event: None,
+    };
+    for hook_type in &plan.hooks {
+        let outcome = run_hooks(&ctx.http, canary, *hook_type, &hook_ctx).await.map_err(|e| e.to_string());
+        results.hooks.insert(*hook_type, outcome);
+    }
+    if plan.run_metrics {
+        let deps = MetricDeps {
+            source: source.clone(),
+            default_metrics_server: Some(ctx.settings.metrics_server.clone()),
+            query_timeout: METRIC_QUERY_TIMEOUT,
+        };
+        results.metrics = Some(run_metrics(&deps, canary, provider).await);
+    }
+    results
+}
+
+/// Applies the core's actions in order. A failing action stops the reconcile before the
+/// status is written, so the next reconcile decides again from the same status; every
+/// action is idempotent for that reason.
+async fn apply_actions(
+    ctx: &Context,
+    source: &KubeSource,
+    canary: &Canary,
+    snapshot: &WorkloadSnapshot,
+    router: &dyn TrafficRouter,
+    actions: &[Action],
+    next: &CanaryStatus,
+) -> Result<(), Error> {
+    for action in actions {
+        match action {
+            Action::SetRoutes { primary, canary: canary_weight, mirror } => {
+                let weights = Weights::new(*primary, *canary_weight, *mirror).map_err(|e| Error::Router {
+                    context: "checking the weights the core decided".into(),
+                    message: e.to_string(),
+                })?;
+                router.set_routes(canary, weights).await.map_err(|e| Error::Router {
+                    context: format!("setting routes to {weights}"),
+                    message: e.to_string(),
+                })?;
+            }
+            Action::ScaleCanaryUp => {
+                workloads::scale_canary_up(&ctx.client, snapshot)
+                    .await
+                    .map_err(|e| workload_error("scaling the canary up", e))?;
+            }
+            Action::ScaleCanaryToZero => {
+                workloads::scale_canary_to_zero(&ctx.client, snapshot)
+                    .await
+                    .map_err(|e| workload_error("scaling the canary to zero", e))?;
+            }
+            Action::PromoteCanaryToPrimary => {
+                workloads::promote_canary_to_primary(&ctx.client, canary, snapshot)
+                    .await
+                    .map_err(|e| workload_error("promoting the canary", e))?;
+            }
+            Action::FireHooks(hook_type) => {
+                let hook_ctx = HookContext {
+                    phase: next.phase,
+                    checksum: next.last_applied_spec.clone().unwrap_or_else(|| snapshot.revision.clone()),
+                    event: None,
+                };
+                if let Err(e) = run_hooks(&ctx.http, canary, *hook_type, &hook_ctx).await {
+                    ctx.events.publish(canary, "WebhookFailed", &e.to_string(), true).await;
+                }
+            }
+            Action::Event { reason, message, warning } => {
+                publish(ctx, source, canary, next, reason, message, *warning).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records an Event and forwards it to `event` webhooks and alert subscriptions. Neither
+/// forwarding can fail the reconcile.
+async fn publish(
+    ctx: &Context,
+    source: &KubeSource,
+    canary: &Canary,
+    next: &CanaryStatus,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
+    ctx.events.publish(canary, reason, message, warning).await;
+    let has_event_hooks = canary
+        .spec
+        .analysis
+        .as_ref()
+        .is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == HookType::Event));
+    if has_event_hooks {
+        let hook_ctx = HookContext {
+            phase: next.phase,
+            checksum: next.last_applied_spec.clone().unwrap_or_default(),
+            event: Some(HookEvent {
+                message: message.to_string(),
+                event_type: if warning { "Warning" } else { "Normal" }.to_string(),
+                timestamp_ms: Utc::now().timestamp_millis(),
+            }),
+        };
+        if let Err(e) = run_hooks(&ctx.http, canary, HookType::Event, &hook_ctx).await {
+            warn!(error = %e, "event webhook failed");
+        }
+    }
+    let has_alerts = canary.spec.analysis.as_ref().is_some_and(|a| !a.alerts.is_empty());
+    if has_alerts {
+        let alert = Alert {
+            cluster: ctx.settings.cluster_name.clone(),
+            namespace: canary.namespace().unwrap_or_default(),
+            name: canary.name_any(),
+            phase: next.phase,
+            message: message.to_string(),
+            severity: if warning { AlertSeverity::Error } else { AlertSeverity::Info },
+        };
+        for e in send_alerts(&ctx.http, source, canary, &alert).await {
+            ctx.events.publish(canary, "AlertFailed", &e.to_string(), true).await;
+        }
+    }
+}
+
+/// Marks the Canary Stalled with a reason a person can act on, records an Event when the
+/// reason is new, and leaves traffic alone.
+async fn stall(
+    ctx: &Context,
+    canary: &Canary,
+    status: CanaryStatus,
+    reason: &str,
+    message: &str,
+) -> Result<Requeue, Error> {
+    let already = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Stalled" && c.is_true() && c.reason == reason && c.message == message);
+    if !already {
+        ctx.events.publish(canary, reason, message, true).await;
+    }
+    let mut next = status.clone();
+    set_condition(&mut next.conditions, "Stalled", true, reason, message, Utc::now());
+    next.observed_generation = canary.metadata.generation;
+    write_status(ctx, canary, &status, next).await?;
+    Ok(Requeue::requeue(STALLED_RECHECK))
+}
+
+fn stall_reason(e: &WorkloadError) -> &'static str {
+    match e {
+        WorkloadError::TargetNotFound { .. } => "TargetNotFound",
+        WorkloadError::NoSelectorLabel { .. } => "TargetSelectorInvalid",
+        WorkloadError::MissingConfig { .. } => "ConfigNotFound",
+        WorkloadError::AutoscalerNotFound { .. } => "AutoscalerNotFound",
+        WorkloadError::UnsupportedAutoscaler { .. } => "AutoscalerNotSupported",
+        _ => "InvalidWorkload",
+    }
+}
+
+fn workload_error(context: &str, e: WorkloadError) -> Error {
+    Error::Workload { context: context.to_string(), message: e.to_string() }
+}
+
+/// The Service's target port must exist on the target's containers: a named port by name,
+/// a number as a declared container port (a number no container declares still works in
+/// Kubernetes, so only names are checked strictly).
+pub(crate) fn check_service_port(canary: &Canary, target: &Deployment) -> Result<(), String> {
+    let service = &canary.spec.service;
+    let Some(IntOrString::String(port_name)) = &service.target_port else {
+        return Ok(());
+    };
+    let declared = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|pod| {
+            pod.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .any(|p| p.name.as_deref() == Some(port_name.as_str()))
+        })
+        .unwrap_or(false);
+    if declared {
+        Ok(())
+    } else {
+        Err(format!(
+            "spec.service.targetPort {port_name:?} is not a port name of any container of Deployment {}",
+            canary.spec.target_ref.name
+        ))
+    }
+}
+
+/// The first metric whose MetricTemplate does not exist, as a message.
+async fn missing_metric_template(source: &KubeSource, canary: &Canary, namespace: &str) -> Option<String> {
+    let metrics = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+    for metric in metrics {
+        let Some(template) = &metric.template_ref else { continue };
+        let template_namespace = template.namespace.as_deref().unwrap_or(namespace);
+        let found: Result<MetricTemplate, _> = source.metric_template(template_namespace, &template.name).await;
+        if let Err(e) = found {
+            return Some(format!("metric {}: {e}", metric.name));
+        }
+    }
+    None
+}
+
+/// How the fleet hub gates this Canary, from the annotations only the hub writes.
+pub(crate) fn fleet_gate(canary: &Canary, revision: &str) -> FleetGate {
+    let annotations = canary.annotations();
+    if !annotations.contains_key(FLEET_ROLLOUT_ANNOTATION) {
+        return FleetGate::NotInFleet;
+    }
+    match annotations.get(APPROVED_REVISION_ANNOTATION) {
+        Some(approved) if approved == revision => FleetGate::Approved { revision: approved.clone() },
+        approved => FleetGate::Pending { approved: approved.cloned() },
+    }
+}
+
+/// Writes the status with server-side apply, once, and only when it changed.
+async fn write_status(ctx: &Context, canary: &Canary, old: &CanaryStatus, next: CanaryStatus) -> Result<(), Error> {
+    if &next == old && canary.status.is_some() {
+        return Ok(());
+    }
+    let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "petrel.dev/v1alpha1",
+        "kind": "Canary",
+        "status": next,
+    });
+    api.patch_status(&canary.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("writing the Canary status"))?;
+    Ok(())
+}
