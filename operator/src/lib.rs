@@ -4,6 +4,12 @@
 //! shell (the controller, routers and workload management) that reads the world, calls
 //! the core and applies its actions.
 
+/// Field manager of every write petrel makes (server-side apply and status).
+pub const FIELD_MANAGER: &str = "petrel";
+
+/// Standard label on every object petrel generates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
 pub mod api;
 pub mod controller;
 pub mod core;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{AlertSource, SecretData, SourceError, excerpt};
+use super::{AlertSource, SecretData, SourceError, error_chain, excerpt};
 use crate::api::Canary;
 use crate::api::alert_provider::AlertProviderSpec;
 use crate::api::canary::{AlertSeverity, CanaryAlert, Phase};
@@ -296,17 +296,6 @@ async fn post(client: &reqwest::Client, subscription: &str, request: &AlertReque
     }
     let body = response.text().await.map(|text| excerpt(&text, MAX_QUOTED_BODY)).unwrap_or_default();
     Err(AlertError::Status { alert: subscription.into(), url: request.url.clone(), status: status.as_u16(), body })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Sends `alert` to every subscription of `canary` whose severity filter selects it,

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{excerpt, parse_duration};
+use super::{error_chain, excerpt};
+use crate::core::strategy::parse_duration;
 use crate::api::Canary;
 use crate::api::canary::{CanaryWebhook, HookType, Phase};
 
@@ -59,20 +60,6 @@ pub struct HookEvent {
     pub timestamp_ms: i64,
 }
 
-/// The name Flagger and the CRD use for a hook type (`confirm-rollout`, ...).
-pub fn hook_type_name(hook_type: HookType) -> &'static str {
-    match hook_type {
-        HookType::ConfirmRollout => "confirm-rollout",
-        HookType::PreRollout => "pre-rollout",
-        HookType::Rollout => "rollout",
-        HookType::ConfirmTrafficIncrease => "confirm-traffic-increase",
-        HookType::ConfirmPromotion => "confirm-promotion",
-        HookType::PostRollout => "post-rollout",
-        HookType::Rollback => "rollback",
-        HookType::Event => "event",
-    }
-}
-
 /// The JSON body sent to `webhook` (see the [module docs](self) for its shape).
 pub fn payload(canary_name: &str, namespace: &str, webhook: &CanaryWebhook, ctx: &HookContext) -> Value {
     let mut metadata: Map<String, Value> =
@@ -90,7 +77,7 @@ pub fn payload(canary_name: &str, namespace: &str, webhook: &CanaryWebhook, ctx:
         "namespace": namespace,
         "phase": ctx.phase.as_str(),
         "checksum": ctx.checksum,
-        "type": hook_type_name(webhook.type_),
+        "type": webhook.type_.as_str(),
         "metadata": metadata,
     })
 }
@@ -263,19 +250,6 @@ async fn attempt(client: &reqwest::Client, url: &str, body: &Value, timeout: Dur
     Attempt::Status { status: status.as_u16(), body }
 }
 
-/// An error with its causes: reqwest's own message ("error sending request") hides the
-/// useful part ("connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -367,7 +341,7 @@ mod tests {
             HookType::Rollback,
             HookType::Event,
         ] {
-            assert_eq!(serde_json::to_value(hook_type).unwrap(), json!(hook_type_name(hook_type)));
+            assert_eq!(serde_json::to_value(hook_type).unwrap(), json!(hook_type.as_str()));
         }
     }
 

@@ -466,6 +466,22 @@ pub enum HookType {
     Event,
 }
 
+impl HookType {
+    /// The name Flagger and the CRD use for the hook type (`confirm-rollout`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookType::ConfirmRollout => "confirm-rollout",
+            HookType::PreRollout => "pre-rollout",
+            HookType::Rollout => "rollout",
+            HookType::ConfirmTrafficIncrease => "confirm-traffic-increase",
+            HookType::ConfirmPromotion => "confirm-promotion",
+            HookType::PostRollout => "post-rollout",
+            HookType::Rollback => "rollback",
+            HookType::Event => "event",
+        }
+    }
+}
+
 /// An HTTP webhook (POST with a JSON payload, 2xx = success).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

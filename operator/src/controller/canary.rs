@@ -24,8 +24,6 @@ use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provi
 use crate::routers::{TrafficRouter, Weights, router_for};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
 
-/// Field manager of petrel's status writes.
-const STATUS_MANAGER: &str = "petrel";
 /// Annotation a fleet hub sets on a member Canary to make it wait for approvals.
 pub const FLEET_ROLLOUT_ANNOTATION: &str = "petrel.dev/rollout";
 /// Annotation the fleet hub sets to approve exactly one revision.
@@ -348,7 +346,7 @@ async fn write_status(ctx: &Context, canary: &Canary, old: &CanaryStatus, next: 
         "kind": "Canary",
         "status": next,
     });
-    api.patch_status(&canary.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch))
+    api.patch_status(&canary.name_any(), &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::kube("writing the Canary status"))?;
     Ok(())

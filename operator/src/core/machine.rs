@@ -331,7 +331,7 @@ fn everything_planned_ran(plan: &Plan, gates: &GateResults) -> bool {
 fn failed_check(plan: &Plan, gates: &GateResults) -> Option<String> {
     for hook in [HookType::PreRollout, HookType::Rollout] {
         if let HookOutcome::Failed(message) = hook_outcome(plan, gates, hook) {
-            return Some(format!("{} webhook failed: {message}", hook_name(hook)));
+            return Some(format!("{} webhook failed: {message}", hook.as_str()));
         }
     }
     if !plan.run_metrics {
@@ -355,19 +355,6 @@ fn describe_metric(metric: &MetricResult) -> String {
         format!("metric {} = {value}", metric.name)
     } else {
         format!("metric {} = {value} ({})", metric.name, metric.message)
-    }
-}
-
-fn hook_name(hook: HookType) -> &'static str {
-    match hook {
-        HookType::ConfirmRollout => "confirm-rollout",
-        HookType::PreRollout => "pre-rollout",
-        HookType::Rollout => "rollout",
-        HookType::ConfirmTrafficIncrease => "confirm-traffic-increase",
-        HookType::ConfirmPromotion => "confirm-promotion",
-        HookType::PostRollout => "post-rollout",
-        HookType::Rollback => "rollback",
-        HookType::Event => "event",
     }
 }
 

@@ -35,11 +35,7 @@ use serde_json::Value;
 use crate::api::Canary;
 use crate::core::Provider;
 
-/// Field manager of every server-side apply petrel makes.
-pub const FIELD_MANAGER: &str = "petrel";
-
-/// Label put on every object a router generates.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 
 /// Annotations that keep Flux from pruning or reverting objects petrel owns, should a
 /// copy of them also live in Git (Flagger sets the same ones).

@@ -46,14 +46,11 @@ use kube::Resource;
 
 use crate::api::Canary;
 
-/// Field manager of every write petrel makes.
-pub const FIELD_MANAGER: &str = "petrel";
+pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 
 /// Label on generated objects naming the Canary they belong to.
 pub const CANARY_LABEL: &str = "petrel.dev/canary";
 
-/// Standard label saying who manages an object.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
 /// Pod-template annotation on the primary naming the revision it runs, so that a
 /// promotion that only changed ConfigMaps/Secrets still rolls the primary's pods, and
