@@ -191,22 +191,14 @@ impl Workload {
 
 /// The builtin `metric` query for the canary workload of a Canary using
 /// `mesh`, with `vars.interval` as the rate window.
-pub fn builtin_query(
-    mesh: Mesh,
-    metric: BuiltinMetric,
-    vars: &QueryVars,
-) -> Result<String, BuiltinError> {
+pub fn builtin_query(mesh: Mesh, metric: BuiltinMetric, vars: &QueryVars) -> Result<String, BuiltinError> {
     query_for(mesh, metric, vars, Workload::Canary)
 }
 
 /// The same query as [`builtin_query`], selecting the primary workload
 /// (`<target>-primary`, `<service>-primary`, or NGINX's non-canary
 /// traffic), so canary and primary can be compared side by side.
-pub fn builtin_query_primary(
-    mesh: Mesh,
-    metric: BuiltinMetric,
-    vars: &QueryVars,
-) -> Result<String, BuiltinError> {
+pub fn builtin_query_primary(mesh: Mesh, metric: BuiltinMetric, vars: &QueryVars) -> Result<String, BuiltinError> {
     query_for(mesh, metric, vars, Workload::Primary)
 }
 
@@ -225,19 +217,10 @@ enum Duration<'a> {
     /// A histogram's `_bucket` series; `to_ms` converts its unit.
     Histogram { bucket: &'a str, to_ms: &'a str },
     /// Only `_sum` and `_count` exist: the mean.
-    Mean {
-        sum: &'a str,
-        count: &'a str,
-        to_ms: &'a str,
-    },
+    Mean { sum: &'a str, count: &'a str, to_ms: &'a str },
 }
 
-fn query_for(
-    mesh: Mesh,
-    metric: BuiltinMetric,
-    vars: &QueryVars,
-    workload: Workload,
-) -> Result<String, BuiltinError> {
+fn query_for(mesh: Mesh, metric: BuiltinMetric, vars: &QueryVars, workload: Workload) -> Result<String, BuiltinError> {
     let ns = &vars.namespace;
     let series = match mesh {
         Mesh::GatewayApi | Mesh::Kubernetes => MeshSeries {
@@ -246,17 +229,11 @@ fn query_for(
             selector: format!(
                 "kubernetes_namespace=\"{}\",kubernetes_pod_name=~\"{}\"",
                 label(ns),
-                label(&format!(
-                    "{}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)",
-                    regex_quote(&workload.workload_name(&vars.target))
-                ))
+                label(&format!("{}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)", regex_quote(&workload.workload_name(&vars.target))))
             ),
             requests: "http_request_duration_seconds_count",
             success: "status!~\"5.*\"",
-            duration: Duration::Histogram {
-                bucket: "http_request_duration_seconds_bucket",
-                to_ms: " * 1000",
-            },
+            duration: Duration::Histogram { bucket: "http_request_duration_seconds_bucket", to_ms: " * 1000" },
         },
         Mesh::Istio => MeshSeries {
             selector: format!(
@@ -266,10 +243,7 @@ fn query_for(
             ),
             requests: "istio_requests_total",
             success: "response_code!~\"5.*\"",
-            duration: Duration::Histogram {
-                bucket: "istio_request_duration_milliseconds_bucket",
-                to_ms: "",
-            },
+            duration: Duration::Histogram { bucket: "istio_request_duration_milliseconds_bucket", to_ms: "" },
         },
         Mesh::Linkerd | Mesh::Smi => MeshSeries {
             selector: format!(
@@ -279,20 +253,14 @@ fn query_for(
             ),
             requests: "response_total",
             success: "classification!=\"failure\"",
-            duration: Duration::Histogram {
-                bucket: "response_latency_ms_bucket",
-                to_ms: "",
-            },
+            duration: Duration::Histogram { bucket: "response_latency_ms_bucket", to_ms: "" },
         },
         Mesh::Nginx => {
-            let ingress = vars
-                .ingress
-                .as_deref()
-                .ok_or(BuiltinError::MissingVariable {
-                    mesh,
-                    metric,
-                    needs: "spec.ingressRef (the ingress name)",
-                })?;
+            let ingress = vars.ingress.as_deref().ok_or(BuiltinError::MissingVariable {
+                mesh,
+                metric,
+                needs: "spec.ingressRef (the ingress name)",
+            })?;
             // The controller labels requests it sent to the canary backend
             // with `canary`; the rest went to the primary.
             let side = match workload {
@@ -300,11 +268,7 @@ fn query_for(
                 Workload::Primary => "canary=\"\"",
             };
             MeshSeries {
-                selector: format!(
-                    "namespace=\"{}\",ingress=\"{}\",{side}",
-                    label(ns),
-                    label(ingress)
-                ),
+                selector: format!("namespace=\"{}\",ingress=\"{}\",{side}", label(ns), label(ingress)),
                 requests: "nginx_ingress_controller_requests",
                 success: "status!~\"5.*\"",
                 duration: Duration::Mean {
@@ -327,10 +291,7 @@ fn query_for(
             ),
             requests: "envoy_cluster_upstream_rq",
             success: "envoy_response_code!~\"5.*\"",
-            duration: Duration::Histogram {
-                bucket: "envoy_cluster_upstream_rq_time_bucket",
-                to_ms: "",
-            },
+            duration: Duration::Histogram { bucket: "envoy_cluster_upstream_rq_time_bucket", to_ms: "" },
         },
         Mesh::Traefik => MeshSeries {
             // Traefik service `<ns>-<target>-canary-<port>@kubernetescrd`.
@@ -363,12 +324,12 @@ fn render(series: &MeshSeries<'_>, metric: BuiltinMetric, interval: &str) -> Str
             ok = series.success,
         ),
         BuiltinMetric::RequestDuration => match &series.duration {
-            Duration::Histogram { bucket, to_ms } => format!(
-                "histogram_quantile(0.99, sum(rate({bucket}{{{sel}}}[{interval}])) by (le)){to_ms}"
-            ),
-            Duration::Mean { sum, count, to_ms } => format!(
-                "sum(rate({sum}{{{sel}}}[{interval}])) / sum(rate({count}{{{sel}}}[{interval}])){to_ms}"
-            ),
+            Duration::Histogram { bucket, to_ms } => {
+                format!("histogram_quantile(0.99, sum(rate({bucket}{{{sel}}}[{interval}])) by (le)){to_ms}")
+            }
+            Duration::Mean { sum, count, to_ms } => {
+                format!("sum(rate({sum}{{{sel}}}[{interval}])) / sum(rate({count}{{{sel}}}[{interval}])){to_ms}")
+            }
         },
     }
 }
@@ -538,10 +499,7 @@ mod tests {
         v.target = "web.v2".into();
         let query = builtin_query(Mesh::Kubernetes, Sr, &v).unwrap();
         // `\.` in the regex is written `\\.` inside the PromQL string.
-        assert!(
-            query.contains(r#"kubernetes_pod_name=~"web\\.v2-[0-9a-zA-Z]+"#),
-            "{query}"
-        );
+        assert!(query.contains(r#"kubernetes_pod_name=~"web\\.v2-[0-9a-zA-Z]+"#), "{query}");
     }
 
     /// A light PromQL well-formedness check: brackets balance and nest,
@@ -564,9 +522,7 @@ mod tests {
                 },
                 '(' | '[' | '{' => stack.push(c),
                 ')' | ']' | '}' => {
-                    let open = stack
-                        .pop()
-                        .unwrap_or_else(|| panic!("unbalanced {c} in {query}"));
+                    let open = stack.pop().unwrap_or_else(|| panic!("unbalanced {c} in {query}"));
                     let expected = match c {
                         ')' => '(',
                         ']' => '[',
@@ -579,10 +535,7 @@ mod tests {
         }
         assert!(stack.is_empty(), "unclosed {stack:?} in {query}");
         assert!(!query.contains("{{"), "{query}");
-        assert!(
-            query.starts_with("sum(") || query.starts_with("histogram_quantile(0.99, sum("),
-            "{query}"
-        );
+        assert!(query.starts_with("sum(") || query.starts_with("histogram_quantile(0.99, sum("), "{query}");
         assert!(query.contains("[1m]"), "{query}");
     }
 
@@ -601,11 +554,7 @@ mod tests {
 
     #[test]
     fn the_checker_itself_rejects_broken_queries() {
-        for broken in [
-            "sum(rate(x[1m])",
-            "sum(rate(x{a=\"b}[1m]))",
-            "sum(rate(x[1m)])",
-        ] {
+        for broken in ["sum(rate(x[1m])", "sum(rate(x{a=\"b}[1m]))", "sum(rate(x[1m)])"] {
             assert!(std::panic::catch_unwind(|| assert_plausible_promql(broken)).is_err());
         }
     }
@@ -618,10 +567,7 @@ mod tests {
             assert_eq!(mesh.as_str().parse(), Ok(mesh));
         }
         for unknown in ["appmesh", "gloo", "Istio", ""] {
-            assert_eq!(
-                unknown.parse::<Mesh>(),
-                Err(BuiltinError::UnsupportedMesh(unknown.into()))
-            );
+            assert_eq!(unknown.parse::<Mesh>(), Err(BuiltinError::UnsupportedMesh(unknown.into())));
         }
         assert_eq!(BuiltinMetric::from_name("request-duration"), Ok(Dur));
         assert_eq!(BuiltinMetric::from_name("request-success-rate"), Ok(Sr));

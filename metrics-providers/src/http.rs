@@ -21,9 +21,7 @@ impl HttpClient {
     pub(crate) fn new(config: &ProviderConfig) -> Result<Self, QueryError> {
         let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
-            return Err(QueryError::InvalidConfig(
-                "timeout must be more than 0".into(),
-            ));
+            return Err(QueryError::InvalidConfig("timeout must be more than 0".into()));
         }
         let client = reqwest::Client::builder()
             .default_headers(header_map(&config.headers)?)
@@ -31,28 +29,18 @@ impl HttpClient {
             .tls_danger_accept_invalid_certs(config.insecure_skip_verify)
             .build()
             .map_err(|e| QueryError::InvalidConfig(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            credentials: config.credentials.clone(),
-            timeout,
-        })
+        Ok(Self { client, credentials: config.credentials.clone(), timeout })
     }
 
     /// GETs `url` with `params` appended to its query string, returning the
     /// status and body of any answer (non-2xx included: callers decode
     /// error bodies).
-    pub(crate) async fn get(
-        &self,
-        url: &reqwest::Url,
-        params: &[(&str, &str)],
-    ) -> Result<(u16, String), QueryError> {
+    pub(crate) async fn get(&self, url: &reqwest::Url, params: &[(&str, &str)]) -> Result<(u16, String), QueryError> {
         let request = self.client.get(url.clone()).query(params);
         let request = match &self.credentials {
             Credentials::None => request,
             Credentials::Bearer(token) => request.bearer_auth(token),
-            Credentials::Basic { username, password } => {
-                request.basic_auth(username, Some(password))
-            }
+            Credentials::Basic { username, password } => request.basic_auth(username, Some(password)),
         };
         let failed = |e: reqwest::Error| self.transport_error(url, e);
         let response = request.send().await.map_err(failed)?;
@@ -94,12 +82,10 @@ fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, QueryErro
     headers
         .iter()
         .map(|(name, value)| {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                QueryError::InvalidConfig(format!("invalid HTTP header name {name:?}"))
-            })?;
-            let value = HeaderValue::from_str(value).map_err(|_| {
-                QueryError::InvalidConfig(format!("invalid value for HTTP header {name}"))
-            })?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| QueryError::InvalidConfig(format!("invalid HTTP header name {name:?}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| QueryError::InvalidConfig(format!("invalid value for HTTP header {name}")))?;
             Ok((name, value))
         })
         .collect()
@@ -142,13 +128,7 @@ mod tests {
     fn addresses_are_checked() {
         for bad in ["", "prom:9090", "ftp://prom", "http://prom#x", "not a url"] {
             for allow_query in [false, true] {
-                assert!(
-                    matches!(
-                        parse_address(bad, allow_query),
-                        Err(QueryError::InvalidConfig(_))
-                    ),
-                    "{bad:?}"
-                );
+                assert!(matches!(parse_address(bad, allow_query), Err(QueryError::InvalidConfig(_))), "{bad:?}");
             }
         }
         assert!(parse_address("http://prom?x=1", false).is_err());
@@ -159,9 +139,6 @@ mod tests {
     fn zero_timeout_is_a_config_error() {
         let mut config = ProviderConfig::new(crate::ProviderKind::Prometheus, "http://p");
         config.timeout = Some(Duration::ZERO);
-        assert!(matches!(
-            HttpClient::new(&config),
-            Err(QueryError::InvalidConfig(_))
-        ));
+        assert!(matches!(HttpClient::new(&config), Err(QueryError::InvalidConfig(_))));
     }
 }

@@ -36,10 +36,7 @@ impl HttpJsonProvider {
     /// Builds a client from `config` (its `kind` is not checked here; see
     /// [`build_provider`](crate::provider::build_provider)).
     pub fn new(config: &ProviderConfig) -> Result<Self, QueryError> {
-        Ok(Self {
-            http: HttpClient::new(config)?,
-            url: parse_address(&config.address, true)?,
-        })
+        Ok(Self { http: HttpClient::new(config)?, url: parse_address(&config.address, true)? })
     }
 }
 
@@ -68,24 +65,14 @@ impl MetricProvider for HttpJsonProvider {
 
     async fn is_online(&self) -> Result<(), QueryError> {
         let (status, body) = self.http.get(&self.url, &[]).await?;
-        if status < 500 {
-            Ok(())
-        } else {
-            Err(QueryError::Http {
-                status,
-                body: quote_body(&body),
-            })
-        }
+        if status < 500 { Ok(()) } else { Err(QueryError::Http { status, body: quote_body(&body) }) }
     }
 }
 
 /// Decodes an answer under the contract in the [module docs](self).
 pub fn parse_json_response(http_status: u16, body: &str, query: &str) -> Result<f64, QueryError> {
     if !(200..300).contains(&http_status) {
-        return Err(QueryError::Http {
-            status: http_status,
-            body: quote_body(body),
-        });
+        return Err(QueryError::Http { status: http_status, body: quote_body(body) });
     }
     let json: Value = serde_json::from_str(body)
         .map_err(|e| QueryError::BadResponse(format!("not JSON ({e}): {}", quote_body(body))))?;
@@ -94,10 +81,7 @@ pub fn parse_json_response(http_status: u16, body: &str, query: &str) -> Result<
             Ok([item]) => item,
             Err(items) if items.is_empty() => Value::Null,
             Err(items) => {
-                return Err(QueryError::MultipleSeries {
-                    count: items.len(),
-                    query: quote_query(query),
-                });
+                return Err(QueryError::MultipleSeries { count: items.len(), query: quote_query(query) });
             }
         },
         other => other,
@@ -108,9 +92,7 @@ pub fn parse_json_response(http_status: u16, body: &str, query: &str) -> Result<
     };
     let (value, raw) = match scalar {
         Value::Null => {
-            return Err(QueryError::NoData {
-                query: quote_query(query),
-            });
+            return Err(QueryError::NoData { query: quote_query(query) });
         }
         // serde_json numbers are always finite; `as_f64` is None only for
         // arbitrary-precision numbers, which this crate does not enable.
@@ -125,14 +107,8 @@ pub fn parse_json_response(http_status: u16, body: &str, query: &str) -> Result<
     };
     match value {
         Some(v) if v.is_finite() => Ok(v),
-        Some(_) => Err(QueryError::NotANumber {
-            value: raw,
-            query: quote_query(query),
-        }),
-        None => Err(QueryError::BadResponse(format!(
-            "value {} is not a number",
-            quote_body(&raw)
-        ))),
+        Some(_) => Err(QueryError::NotANumber { value: raw, query: quote_query(query) }),
+        None => Err(QueryError::BadResponse(format!("value {} is not a number", quote_body(&raw)))),
     }
 }
 
@@ -161,42 +137,17 @@ mod tests {
     #[test]
     fn no_data_shapes() {
         for body in ["null", "[]", "{\"value\": null}", "{}", "[null]"] {
-            assert_eq!(
-                parse(body),
-                Err(QueryError::NoData { query: "q".into() }),
-                "{body}"
-            );
+            assert_eq!(parse(body), Err(QueryError::NoData { query: "q".into() }), "{body}");
         }
     }
 
     #[test]
     fn refusals() {
-        assert_eq!(
-            parse("[1, 2]"),
-            Err(QueryError::MultipleSeries {
-                count: 2,
-                query: "q".into()
-            })
-        );
-        assert_eq!(
-            parse("\"NaN\""),
-            Err(QueryError::NotANumber {
-                value: "NaN".into(),
-                query: "q".into()
-            })
-        );
+        assert_eq!(parse("[1, 2]"), Err(QueryError::MultipleSeries { count: 2, query: "q".into() }));
+        assert_eq!(parse("\"NaN\""), Err(QueryError::NotANumber { value: "NaN".into(), query: "q".into() }));
         for body in ["true", "\"abc\"", "{\"value\": [1]}", "<html>"] {
-            assert!(
-                matches!(parse(body), Err(QueryError::BadResponse(_))),
-                "{body}"
-            );
+            assert!(matches!(parse(body), Err(QueryError::BadResponse(_))), "{body}");
         }
-        assert_eq!(
-            parse_json_response(503, "down", "q"),
-            Err(QueryError::Http {
-                status: 503,
-                body: "down".into()
-            })
-        );
+        assert_eq!(parse_json_response(503, "down", "q"), Err(QueryError::Http { status: 503, body: "down".into() }));
     }
 }

@@ -86,12 +86,7 @@ pub struct CompareConfig {
 impl Default for CompareConfig {
     /// Higher is bad, alpha 0.05, at least 5 samples each, no minimum shift.
     fn default() -> Self {
-        Self {
-            direction: Direction::Increase,
-            alpha: 0.05,
-            min_samples: 5,
-            min_shift: 0.0,
-        }
+        Self { direction: Direction::Increase, alpha: 0.05, min_samples: 5, min_shift: 0.0 }
     }
 }
 
@@ -130,12 +125,7 @@ pub struct Comparison {
 /// evenly spaced quantiles of each side beyond that, so time and memory
 /// stay bounded whatever the operator passes in.
 pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Comparison {
-    let finite = |xs: &[f64]| {
-        xs.iter()
-            .copied()
-            .filter(|x| x.is_finite())
-            .collect::<Vec<_>>()
-    };
+    let finite = |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
     let (x, y) = (finite(canary), finite(baseline));
     let dropped = (canary.len() - x.len()) + (baseline.len() - y.len());
     let not_run = |verdict| Comparison {
@@ -149,18 +139,11 @@ pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Compari
     };
 
     if !(cfg.alpha > 0.0 && cfg.alpha < 1.0) {
-        return not_run(Verdict::Inconclusive(format!(
-            "alpha {} must be between 0 and 1",
-            cfg.alpha
-        )));
+        return not_run(Verdict::Inconclusive(format!("alpha {} must be between 0 and 1", cfg.alpha)));
     }
     let need = cfg.min_samples.max(1);
     if x.len() < need || y.len() < need {
-        let dropped_note = if dropped > 0 {
-            format!(" after dropping {dropped} NaN/Inf")
-        } else {
-            String::new()
-        };
+        let dropped_note = if dropped > 0 { format!(" after dropping {dropped} NaN/Inf") } else { String::new() };
         return not_run(Verdict::Inconclusive(format!(
             "too few samples: canary {}, baseline {}{dropped_note}; need at least {need} each",
             x.len(),
@@ -210,20 +193,14 @@ fn mann_whitney(x: &[f64], y: &[f64], direction: Direction) -> UTest {
     let n = n1 + n2;
 
     // Rank the pooled sample, giving tied values their average rank.
-    let mut pooled: Vec<(f64, bool)> = x
-        .iter()
-        .map(|&v| (v, true))
-        .chain(y.iter().map(|&v| (v, false)))
-        .collect();
+    let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
     pooled.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut rank_sum_x = 0.0;
     let mut tie_term = 0.0; // Σ (t³ − t) over groups of t tied values
     let mut start = 0;
     while start < pooled.len() {
-        let end = pooled[start..]
-            .iter()
-            .position(|p| p.0 != pooled[start].0)
-            .map_or(pooled.len(), |offset| start + offset);
+        let end =
+            pooled[start..].iter().position(|p| p.0 != pooled[start].0).map_or(pooled.len(), |offset| start + offset);
         let t = (end - start) as f64;
         // Ranks are 1-based: positions start..end hold ranks start+1..=end.
         let average_rank = (start + 1 + end) as f64 / 2.0;
@@ -248,10 +225,7 @@ fn mann_whitney(x: &[f64], y: &[f64], direction: Direction) -> UTest {
         Direction::Decrease => normal.cdf((u - mean + 0.5) / sigma),
         Direction::Either => 2.0 * normal.sf(((u - mean).abs() - 0.5) / sigma),
     };
-    UTest {
-        u,
-        p_value: p.clamp(0.0, 1.0),
-    }
+    UTest { u, p_value: p.clamp(0.0, 1.0) }
 }
 
 /// Most canary/baseline pairs [`hodges_lehmann`] will form.
@@ -269,10 +243,7 @@ fn hodges_lehmann(x: &[f64], y: &[f64]) -> f64 {
     } else {
         (x.to_vec(), y.to_vec())
     };
-    let mut diffs: Vec<f64> = x
-        .iter()
-        .flat_map(|&a| y.iter().map(move |&b| a - b))
-        .collect();
+    let mut diffs: Vec<f64> = x.iter().flat_map(|&a| y.iter().map(move |&b| a - b)).collect();
     let len = diffs.len();
     let mid = len / 2;
     let (lower, &mut upper_mid, _) = diffs.select_nth_unstable_by(mid, f64::total_cmp);
@@ -293,9 +264,7 @@ fn quantiles(values: &[f64], keep: usize) -> Vec<f64> {
     sorted.sort_by(f64::total_cmp);
     let len = sorted.len();
     // (2i + 1)·len / (2·keep) < len for i < keep: always in bounds.
-    (0..keep)
-        .map(|i| sorted[(2 * i + 1) * len / (2 * keep)])
-        .collect()
+    (0..keep).map(|i| sorted[(2 * i + 1) * len / (2 * keep)]).collect()
 }
 
 #[cfg(test)]
@@ -304,10 +273,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn cfg(direction: Direction) -> CompareConfig {
-        CompareConfig {
-            direction,
-            ..CompareConfig::default()
-        }
+        CompareConfig { direction, ..CompareConfig::default() }
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -316,30 +282,14 @@ mod tests {
 
     #[test]
     fn threshold_bounds_are_inclusive() {
-        let range = ThresholdRange {
-            min: Some(99.0),
-            max: Some(100.0),
-        };
+        let range = ThresholdRange { min: Some(99.0), max: Some(100.0) };
         assert_eq!(range.check(99.0), Verdict::Pass);
         assert_eq!(range.check(100.0), Verdict::Pass);
-        assert_eq!(
-            range.check(98.5),
-            Verdict::Fail("value 98.5 is below the minimum 99".into())
-        );
-        assert_eq!(
-            range.check(100.5),
-            Verdict::Fail("value 100.5 is above the maximum 100".into())
-        );
+        assert_eq!(range.check(98.5), Verdict::Fail("value 98.5 is below the minimum 99".into()));
+        assert_eq!(range.check(100.5), Verdict::Fail("value 100.5 is above the maximum 100".into()));
         assert!(!range.check(f64::NAN).is_pass());
         assert!(ThresholdRange::default().check(-1e300).is_pass());
-        assert!(
-            !ThresholdRange {
-                min: Some(f64::NAN),
-                max: None
-            }
-            .check(1.0)
-            .is_pass()
-        );
+        assert!(!ThresholdRange { min: Some(f64::NAN), max: None }.check(1.0).is_pass());
     }
 
     /// Hand check of the first case: pooled ranks 11y 12y 16x 17y 19x 20y
@@ -356,11 +306,7 @@ mod tests {
                 &[19.0, 22.0, 16.0, 29.0, 24.0],
                 &[20.0, 11.0, 17.0, 12.0],
                 17.0,
-                [
-                    0.055673443266570206,
-                    0.9669037101389033,
-                    0.11134688653314041,
-                ],
+                [0.055673443266570206, 0.9669037101389033, 0.11134688653314041],
                 7.0,
             ),
             // With ties on both sides (tie correction matters here).
@@ -375,29 +321,15 @@ mod tests {
                 &[10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0],
                 &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
                 64.0,
-                [
-                    0.00046955284955859495,
-                    0.9996789556020677,
-                    0.0009391056991171899,
-                ],
+                [0.00046955284955859495, 0.9996789556020677, 0.0009391056991171899],
                 9.0,
             ),
         ];
         for (x, y, u, [greater, less, two_sided], shift) in cases {
-            for (direction, p) in [
-                (Direction::Increase, greater),
-                (Direction::Decrease, less),
-                (Direction::Either, two_sided),
-            ] {
-                let c = compare(
-                    x,
-                    y,
-                    &CompareConfig {
-                        direction,
-                        min_samples: 4,
-                        ..CompareConfig::default()
-                    },
-                );
+            for (direction, p) in
+                [(Direction::Increase, greater), (Direction::Decrease, less), (Direction::Either, two_sided)]
+            {
+                let c = compare(x, y, &CompareConfig { direction, min_samples: 4, ..CompareConfig::default() });
                 assert_eq!(c.u, Some(u));
                 let got = c.p_value.unwrap();
                 assert!((got - p).abs() < 1e-7, "{direction:?}: {got} vs {p}");
@@ -439,34 +371,16 @@ mod tests {
 
     #[test]
     fn too_few_samples_is_inconclusive_not_pass() {
-        let c = compare(
-            &[1.0, 2.0],
-            &[1.0, 2.0, 3.0, 4.0, 5.0],
-            &CompareConfig::default(),
-        );
+        let c = compare(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0, 5.0], &CompareConfig::default());
         assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
-        let c = compare(
-            &[],
-            &[],
-            &CompareConfig {
-                min_samples: 0,
-                ..CompareConfig::default()
-            },
-        );
+        let c = compare(&[], &[], &CompareConfig { min_samples: 0, ..CompareConfig::default() });
         assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
     }
 
     #[test]
     fn invalid_alpha_is_inconclusive() {
         for alpha in [0.0, 1.0, f64::NAN, -0.1] {
-            let c = compare(
-                &[1.0; 5],
-                &[2.0; 5],
-                &CompareConfig {
-                    alpha,
-                    ..CompareConfig::default()
-                },
-            );
+            let c = compare(&[1.0; 5], &[2.0; 5], &CompareConfig { alpha, ..CompareConfig::default() });
             assert!(matches!(c.verdict, Verdict::Inconclusive(ref m) if m.contains("alpha")));
         }
     }
@@ -477,14 +391,7 @@ mod tests {
         let canary: Vec<f64> = base.iter().map(|v| v + 0.5).collect();
         let strict = compare(&canary, &base, &CompareConfig::default());
         assert!(matches!(strict.verdict, Verdict::Fail(_)));
-        let tolerant = compare(
-            &canary,
-            &base,
-            &CompareConfig {
-                min_shift: 1.0,
-                ..CompareConfig::default()
-            },
-        );
+        let tolerant = compare(&canary, &base, &CompareConfig { min_shift: 1.0, ..CompareConfig::default() });
         assert_eq!(tolerant.verdict, Verdict::Pass);
     }
 

@@ -76,7 +76,7 @@ pub use http_json::HttpJsonProvider;
 pub use judge::{CompareConfig, Comparison, Direction, ThresholdRange, Verdict, compare};
 pub use prometheus::PrometheusProvider;
 pub use provider::{
-    Credentials, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind,
-    QueryError, UnknownProviderKind, build_provider,
+    Credentials, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError,
+    UnknownProviderKind, build_provider,
 };
 pub use template::{QueryVars, TemplateError, render_query};

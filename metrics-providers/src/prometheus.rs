@@ -29,10 +29,7 @@ impl PrometheusProvider {
     /// Builds a client from `config` (its `kind` is not checked here; see
     /// [`build_provider`](crate::provider::build_provider)).
     pub fn new(config: &ProviderConfig) -> Result<Self, QueryError> {
-        Ok(Self {
-            http: HttpClient::new(config)?,
-            api_url: api_url(&config.address)?,
-        })
+        Ok(Self { http: HttpClient::new(config)?, api_url: api_url(&config.address)? })
     }
 
     /// The URL instant queries are sent to.
@@ -46,11 +43,7 @@ impl PrometheusProvider {
         url
     }
 
-    async fn get(
-        &self,
-        endpoint: &str,
-        params: &[(&str, &str)],
-    ) -> Result<(u16, String), QueryError> {
+    async fn get(&self, endpoint: &str, params: &[(&str, &str)]) -> Result<(u16, String), QueryError> {
         self.http.get(&self.endpoint(endpoint), params).await
     }
 }
@@ -77,21 +70,15 @@ impl MetricProvider for PrometheusProvider {
                 "range query needs 0 < step <= window, got step {step:?}, window {window:?}"
             )));
         }
-        let end = end
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| QueryError::InvalidConfig("range end is before 1970".into()))?;
+        let end =
+            end.duration_since(UNIX_EPOCH).map_err(|_| QueryError::InvalidConfig("range end is before 1970".into()))?;
         let start = end.saturating_sub(window);
         let (start, end, step) = (
             format!("{:.3}", start.as_secs_f64()),
             format!("{:.3}", end.as_secs_f64()),
             format!("{:.3}", step.as_secs_f64()),
         );
-        let params = [
-            ("query", query),
-            ("start", start.as_str()),
-            ("end", end.as_str()),
-            ("step", step.as_str()),
-        ];
+        let params = [("query", query), ("start", start.as_str()), ("end", end.as_str()), ("step", step.as_str())];
         let (status, body) = self.get("query_range", &params).await?;
         let values = parse_range_response(status, &body, query);
         tracing::debug!(query, status, samples = ?values.as_ref().map(Vec::len), "prometheus range query");
@@ -104,9 +91,7 @@ impl MetricProvider for PrometheusProvider {
         if value == 1.0 {
             Ok(())
         } else {
-            Err(QueryError::BadResponse(format!(
-                "{ONLINE_QUERY} returned {value}, expected 1"
-            )))
+            Err(QueryError::BadResponse(format!("{ONLINE_QUERY} returned {value}, expected 1")))
         }
     }
 }
@@ -174,17 +159,11 @@ fn parse_envelope(http_status: u16, body: &str, query: &str) -> Result<QueryData
             });
         }
         _ if !(200..300).contains(&http_status) => {
-            return Err(QueryError::Http {
-                status: http_status,
-                body: quote_body(body),
-            });
+            return Err(QueryError::Http { status: http_status, body: quote_body(body) });
         }
         Ok(r) => r,
         Err(e) => {
-            return Err(QueryError::BadResponse(format!(
-                "not Prometheus API JSON ({e}): {}",
-                quote_body(body)
-            )));
+            return Err(QueryError::BadResponse(format!("not Prometheus API JSON ({e}): {}", quote_body(body))));
         }
     };
     if response.status != "success" {
@@ -193,22 +172,15 @@ fn parse_envelope(http_status: u16, body: &str, query: &str) -> Result<QueryData
             response.status
         )));
     }
-    response
-        .data
-        .ok_or_else(|| QueryError::BadResponse("success without \"data\"".into()))
+    response.data.ok_or_else(|| QueryError::BadResponse("success without \"data\"".into()))
 }
 
 /// Exactly one item, or the error a person needs to fix the query.
 fn single<T>(items: Vec<T>, query: &str) -> Result<T, QueryError> {
     match <[T; 1]>::try_from(items) {
         Ok([item]) => Ok(item),
-        Err(items) if items.is_empty() => Err(QueryError::NoData {
-            query: quote_query(query),
-        }),
-        Err(items) => Err(QueryError::MultipleSeries {
-            count: items.len(),
-            query: quote_query(query),
-        }),
+        Err(items) if items.is_empty() => Err(QueryError::NoData { query: quote_query(query) }),
+        Err(items) => Err(QueryError::MultipleSeries { count: items.len(), query: quote_query(query) }),
     }
 }
 
@@ -234,9 +206,7 @@ fn string_result(value: &serde_json::Value, query: &str) -> QueryError {
 pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, QueryError> {
     let sample = match parse_envelope(http_status, body, query)? {
         QueryData::Scalar(sample) => sample,
-        QueryData::Vector(samples) => single(samples, query)?
-            .value
-            .ok_or_else(|| native_histogram(query))?,
+        QueryData::Vector(samples) => single(samples, query)?.value.ok_or_else(|| native_histogram(query))?,
         QueryData::Matrix(series) => {
             return Err(QueryError::BadResponse(format!(
                 "the query returns a range vector ({} series); petrel needs a single value, e.g. wrap it in rate(...) and sum(...): {}",
@@ -250,10 +220,7 @@ pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, 
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(QueryError::NotANumber {
-            value: sample.1,
-            query: quote_query(query),
-        })
+        Err(QueryError::NotANumber { value: sample.1, query: quote_query(query) })
     }
 }
 
@@ -262,11 +229,7 @@ pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, 
 ///
 /// NaN and ±Inf samples are kept: the statistical judge drops and counts
 /// them, so the count can appear in its verdict.
-pub fn parse_range_response(
-    http_status: u16,
-    body: &str,
-    query: &str,
-) -> Result<Vec<f64>, QueryError> {
+pub fn parse_range_response(http_status: u16, body: &str, query: &str) -> Result<Vec<f64>, QueryError> {
     match parse_envelope(http_status, body, query)? {
         QueryData::Matrix(series) => single(series, query)?
             .values
@@ -275,17 +238,16 @@ pub fn parse_range_response(
             .map(|sample| parse_sample_value(&sample.1))
             .collect(),
         QueryData::String(value) => Err(string_result(&value, query)),
-        QueryData::Vector(_) | QueryData::Scalar(_) => Err(QueryError::BadResponse(
-            "range query answered with an instant result".into(),
-        )),
+        QueryData::Vector(_) | QueryData::Scalar(_) => {
+            Err(QueryError::BadResponse("range query answered with an instant result".into()))
+        }
     }
 }
 
 /// Parses a sample value string; Prometheus writes `NaN`, `+Inf`, `-Inf`,
 /// which Rust's parser accepts too.
 fn parse_sample_value(raw: &str) -> Result<f64, QueryError> {
-    raw.parse()
-        .map_err(|_| QueryError::BadResponse(format!("sample value {raw:?} is not a number")))
+    raw.parse().map_err(|_| QueryError::BadResponse(format!("sample value {raw:?} is not a number")))
 }
 
 #[cfg(test)]
@@ -297,14 +259,9 @@ mod tests {
         let result: Vec<String> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                format!(r#"{{"metric":{{"pod":"p{i}"}},"value":[1700000000.123,"{v}"]}}"#)
-            })
+            .map(|(i, v)| format!(r#"{{"metric":{{"pod":"p{i}"}},"value":[1700000000.123,"{v}"]}}"#))
             .collect();
-        format!(
-            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
-            result.join(",")
-        )
+        format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
     }
 
     #[test]
@@ -314,20 +271,14 @@ mod tests {
 
     #[test]
     fn scalar_is_its_value() {
-        let body =
-            r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+        let body = r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
         assert_eq!(parse_response(200, body, "q"), Ok(42.0));
     }
 
     #[test]
     fn empty_vector_is_no_data_naming_the_query() {
         let err = parse_response(200, &vector(&[]), "sum(rate(x[1m]))").unwrap_err();
-        assert_eq!(
-            err,
-            QueryError::NoData {
-                query: "sum(rate(x[1m]))".into()
-            }
-        );
+        assert_eq!(err, QueryError::NoData { query: "sum(rate(x[1m]))".into() });
         assert!(err.to_string().contains("sum(rate(x[1m]))"));
     }
 
@@ -336,10 +287,7 @@ mod tests {
         for raw in ["NaN", "+Inf", "-Inf"] {
             assert_eq!(
                 parse_response(200, &vector(&[raw]), "q"),
-                Err(QueryError::NotANumber {
-                    value: raw.into(),
-                    query: "q".into()
-                })
+                Err(QueryError::NotANumber { value: raw.into(), query: "q".into() })
             );
         }
     }
@@ -348,16 +296,14 @@ mod tests {
     fn two_series_are_refused() {
         assert_eq!(
             parse_response(200, &vector(&["1", "2"]), "q"),
-            Err(QueryError::MultipleSeries {
-                count: 2,
-                query: "q".into()
-            })
+            Err(QueryError::MultipleSeries { count: 2, query: "q".into() })
         );
     }
 
     #[test]
     fn error_status_surfaces_error_type_and_message_even_with_http_400() {
-        let body = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected right parenthesis ')'"}"#;
+        let body =
+            r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected right parenthesis ')'"}"#;
         let err = parse_response(400, body, "sum())").unwrap_err();
         assert_eq!(
             err,
@@ -374,10 +320,7 @@ mod tests {
     fn non_json_error_is_http_with_body() {
         assert_eq!(
             parse_response(502, "Bad Gateway\n", "q"),
-            Err(QueryError::Http {
-                status: 502,
-                body: "Bad Gateway".into()
-            })
+            Err(QueryError::Http { status: 502, body: "Bad Gateway".into() })
         );
     }
 
@@ -395,17 +338,12 @@ mod tests {
 
     #[test]
     fn matrix_string_and_histograms_are_bad_responses() {
-        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#;
+        let matrix =
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#;
         let string = r#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#;
         let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#;
         for body in [matrix, string, histogram] {
-            assert!(
-                matches!(
-                    parse_response(200, body, "q"),
-                    Err(QueryError::BadResponse(_))
-                ),
-                "{body}"
-            );
+            assert!(matches!(parse_response(200, body, "q"), Err(QueryError::BadResponse(_))), "{body}");
         }
     }
 
@@ -418,22 +356,15 @@ mod tests {
                     .enumerate()
                     .map(|(i, v)| format!(r#"[{}.5,"{v}"]"#, 1_700_000_000 + 15 * i))
                     .collect();
-                format!(
-                    r#"{{"metric":{{"job":"x"}},"values":[{}]}}"#,
-                    points.join(",")
-                )
+                format!(r#"{{"metric":{{"job":"x"}},"values":[{}]}}"#, points.join(","))
             })
             .collect();
-        format!(
-            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#,
-            result.join(",")
-        )
+        format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#, result.join(","))
     }
 
     #[test]
     fn range_series_values_keep_order_and_non_finite_samples() {
-        let values =
-            parse_range_response(200, &matrix(&[&["1", "2.5", "NaN", "+Inf"]]), "q").unwrap();
+        let values = parse_range_response(200, &matrix(&[&["1", "2.5", "NaN", "+Inf"]]), "q").unwrap();
         assert_eq!(values[..2], [1.0, 2.5]);
         assert!(values[2].is_nan());
         assert_eq!(values[3], f64::INFINITY);
@@ -441,21 +372,12 @@ mod tests {
 
     #[test]
     fn range_results_need_exactly_one_series() {
-        assert_eq!(
-            parse_range_response(200, &matrix(&[]), "q"),
-            Err(QueryError::NoData { query: "q".into() })
-        );
+        assert_eq!(parse_range_response(200, &matrix(&[]), "q"), Err(QueryError::NoData { query: "q".into() }));
         assert_eq!(
             parse_range_response(200, &matrix(&[&["1"], &["2"]]), "q"),
-            Err(QueryError::MultipleSeries {
-                count: 2,
-                query: "q".into()
-            })
+            Err(QueryError::MultipleSeries { count: 2, query: "q".into() })
         );
-        assert!(matches!(
-            parse_range_response(200, &vector(&["1"]), "q"),
-            Err(QueryError::BadResponse(_))
-        ));
+        assert!(matches!(parse_range_response(200, &vector(&["1"]), "q"), Err(QueryError::BadResponse(_))));
         let error = r#"{"status":"error","errorType":"bad_data","error":"exceeded maximum resolution of 11,000 points per timeseries"}"#;
         assert!(matches!(
             parse_range_response(400, error, "q"),
@@ -469,25 +391,10 @@ mod tests {
             PrometheusProvider::new(&ProviderConfig::new(ProviderKind::Prometheus, address))
                 .map(|p| p.query_url().to_string())
         };
-        assert_eq!(
-            url("http://prom:9090").unwrap(),
-            "http://prom:9090/api/v1/query"
-        );
-        assert_eq!(
-            url("https://host/prometheus/").unwrap(),
-            "https://host/prometheus/api/v1/query"
-        );
-        for bad in [
-            "",
-            "prom:9090",
-            "ftp://prom",
-            "http://prom?x=1",
-            "not a url",
-        ] {
-            assert!(
-                matches!(api_url(bad), Err(QueryError::InvalidConfig(_))),
-                "{bad:?}"
-            );
+        assert_eq!(url("http://prom:9090").unwrap(), "http://prom:9090/api/v1/query");
+        assert_eq!(url("https://host/prometheus/").unwrap(), "https://host/prometheus/api/v1/query");
+        for bad in ["", "prom:9090", "ftp://prom", "http://prom?x=1", "not a url"] {
+            assert!(matches!(api_url(bad), Err(QueryError::InvalidConfig(_))), "{bad:?}");
         }
     }
 

@@ -87,9 +87,7 @@ pub enum QueryError {
     #[error("unexpected response from metrics server: {0}")]
     BadResponse(String),
     /// The provider kind is known but petrel cannot query it (yet).
-    #[error(
-        "metric provider type {0:?} is not supported by petrel; supported types: prometheus, http-json"
-    )]
+    #[error("metric provider type {0:?} is not supported by petrel; supported types: prometheus, http-json")]
     Unsupported(String),
     /// The provider configuration cannot work (bad address, header, secret).
     #[error("invalid metric provider configuration: {0}")]
@@ -232,10 +230,7 @@ impl FromStr for ProviderKind {
     /// Parses a `spec.provider.type` value (exact, lower case, as Flagger's
     /// CRD enum spells it).
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
-            .ok_or_else(|| UnknownProviderKind(name.to_owned()))
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name).ok_or_else(|| UnknownProviderKind(name.to_owned()))
     }
 }
 
@@ -264,11 +259,9 @@ impl fmt::Debug for Credentials {
         match self {
             Self::None => f.write_str("None"),
             Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-            Self::Basic { username, .. } => f
-                .debug_struct("Basic")
-                .field("username", username)
-                .field("password", &"<redacted>")
-                .finish(),
+            Self::Basic { username, .. } => {
+                f.debug_struct("Basic").field("username", username).field("password", &"<redacted>").finish()
+            }
         }
     }
 }
@@ -286,9 +279,8 @@ impl Credentials {
         let text = |key: &str| -> Result<Option<String>, QueryError> {
             data.get(key)
                 .map(|bytes| {
-                    String::from_utf8(bytes.clone()).map_err(|_| {
-                        QueryError::InvalidConfig(format!("secret key {key:?} is not UTF-8 text"))
-                    })
+                    String::from_utf8(bytes.clone())
+                        .map_err(|_| QueryError::InvalidConfig(format!("secret key {key:?} is not UTF-8 text")))
                 })
                 .transpose()
         };
@@ -299,12 +291,10 @@ impl Credentials {
                 "secret has neither key \"token\" nor keys \"username\" and \"password\"".into(),
             )),
             (Some(_), _, _) => Err(QueryError::InvalidConfig(
-                "secret has both \"token\" and \"username\"/\"password\"; keep only one kind"
-                    .into(),
+                "secret has both \"token\" and \"username\"/\"password\"; keep only one kind".into(),
             )),
             (None, Some(_), None) | (None, None, Some(_)) => Err(QueryError::InvalidConfig(
-                "secret must have both \"username\" and \"password\" for basic authentication"
-                    .into(),
+                "secret must have both \"username\" and \"password\" for basic authentication".into(),
             )),
         }
     }
@@ -404,10 +394,7 @@ mod tests {
         for kind in ProviderKind::ALL {
             assert_eq!(kind.as_str().parse::<ProviderKind>(), Ok(kind));
         }
-        assert_eq!(
-            "Prometheus".parse::<ProviderKind>(),
-            Err(UnknownProviderKind("Prometheus".into()))
-        );
+        assert_eq!("Prometheus".parse::<ProviderKind>(), Err(UnknownProviderKind("Prometheus".into())));
     }
 
     #[test]
@@ -427,10 +414,7 @@ mod tests {
     #[test]
     fn credentials_from_secret_follow_flagger_keys() {
         let secret = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect()
+            pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
         };
         assert_eq!(
             Credentials::from_secret_data(&secret(&[("token", "t0k"), ("address", "x")])),
@@ -438,10 +422,7 @@ mod tests {
         );
         assert_eq!(
             Credentials::from_secret_data(&secret(&[("username", "u"), ("password", "p")])),
-            Ok(Credentials::Basic {
-                username: "u".into(),
-                password: "p".into()
-            })
+            Ok(Credentials::Basic { username: "u".into(), password: "p".into() })
         );
         for bad in [
             secret(&[]),
@@ -449,10 +430,7 @@ mod tests {
             secret(&[("password", "p")]),
             secret(&[("token", "t"), ("username", "u"), ("password", "p")]),
         ] {
-            assert!(matches!(
-                Credentials::from_secret_data(&bad),
-                Err(QueryError::InvalidConfig(_))
-            ));
+            assert!(matches!(Credentials::from_secret_data(&bad), Err(QueryError::InvalidConfig(_))));
         }
         let mut not_utf8 = BTreeMap::new();
         not_utf8.insert("token".to_string(), vec![0xff, 0xfe]);
@@ -467,10 +445,7 @@ mod tests {
         let shown = format!(
             "{:?} {:?}",
             Credentials::Bearer("s3cret-token".into()),
-            Credentials::Basic {
-                username: "alice".into(),
-                password: "hunter2".into()
-            }
+            Credentials::Basic { username: "alice".into(), password: "hunter2".into() }
         );
         assert!(!shown.contains("s3cret-token"));
         assert!(!shown.contains("hunter2"));
@@ -480,9 +455,7 @@ mod tests {
     #[test]
     fn long_queries_are_truncated_and_folded_in_messages() {
         let query = format!("sum(\n  rate({}[1m])\n)", "x".repeat(500));
-        let err = QueryError::NoData {
-            query: quote_query(&query),
-        };
+        let err = QueryError::NoData { query: quote_query(&query) };
         let message = err.to_string();
         assert!(message.contains("sum( rate(xxx"));
         assert!(message.ends_with('…'));
@@ -493,11 +466,7 @@ mod tests {
 
     #[test]
     fn multiple_series_message_tells_the_reader_to_fix_the_query() {
-        let message = QueryError::MultipleSeries {
-            count: 2,
-            query: "up".into(),
-        }
-        .to_string();
+        let message = QueryError::MultipleSeries { count: 2, query: "up".into() }.to_string();
         assert!(message.contains("2 series"));
         assert!(message.contains("fix the query"));
         assert!(message.contains("up"));

@@ -79,9 +79,7 @@ pub fn render_query(template: &str, vars: &QueryVars) -> Result<String, Template
     // template name, set explicitly so that can never change under us).
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
-    let compiled = env
-        .template_from_str(template)
-        .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+    let compiled = env.template_from_str(template).map_err(|e| TemplateError::Syntax(describe(&e)))?;
 
     // Name every missing variable up front: minijinja's strict mode stops at
     // the first one and does not say which it was.
@@ -110,9 +108,7 @@ pub fn render_query(template: &str, vars: &QueryVars) -> Result<String, Template
     if let Some(route) = &vars.route {
         ctx.insert("route", Value::from(route.as_str()));
     }
-    compiled
-        .render(ctx)
-        .map_err(|e| TemplateError::Syntax(describe(&e)))
+    compiled.render(ctx).map_err(|e| TemplateError::Syntax(describe(&e)))
 }
 
 /// Whether a name reported by `undeclared_variables(true)` (either `x` or
@@ -134,10 +130,8 @@ fn is_available(used: &str, vars: &QueryVars) -> bool {
 }
 
 fn available_names(vars: &QueryVars) -> Vec<String> {
-    let mut names: Vec<String> = ["name", "namespace", "target", "service", "interval"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut names: Vec<String> =
+        ["name", "namespace", "target", "service", "interval"].into_iter().map(String::from).collect();
     if vars.ingress.is_some() {
         names.push("ingress".into());
     }
@@ -223,12 +217,8 @@ sum(
     #[test]
     fn no_html_escaping() {
         let mut v = vars();
-        v.variables
-            .insert("sel".into(), r#"code!~"5..",a>b&c<d"#.into());
-        assert_eq!(
-            render_query("{{ variables.sel }}", &v).unwrap(),
-            r#"code!~"5..",a>b&c<d"#
-        );
+        v.variables.insert("sel".into(), r#"code!~"5..",a>b&c<d"#.into());
+        assert_eq!(render_query("{{ variables.sel }}", &v).unwrap(), r#"code!~"5..",a>b&c<d"#);
     }
 
     #[test]

@@ -39,15 +39,10 @@ fn vector(values: &[&str]) -> String {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            format!(
-                r#"{{"metric":{{"__name__":"up","instance":"pod-{i}:9090"}},"value":[1763776800.781,"{v}"]}}"#
-            )
+            format!(r#"{{"metric":{{"__name__":"up","instance":"pod-{i}:9090"}},"value":[1763776800.781,"{v}"]}}"#)
         })
         .collect();
-    format!(
-        r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
-        result.join(",")
-    )
+    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
 }
 
 /// Answers by query text, the way a real Prometheus would for such a query.
@@ -57,9 +52,7 @@ async fn api_query(
     headers: HeaderMap,
 ) -> Response {
     if let Auth::Exactly(expected) = fake.auth {
-        let got = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let got = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if got != Some(expected) {
             return (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
         }
@@ -102,49 +95,29 @@ async fn api_query(
 
 /// `/api/v1/query_range`: checks the range parameters the way Prometheus
 /// does, then answers a series with one value per step.
-async fn api_query_range(
-    State(fake): State<Fake>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+async fn api_query_range(State(fake): State<Fake>, Query(params): Query<HashMap<String, String>>) -> Response {
     let number = |key: &str| params.get(key).and_then(|v| v.parse::<f64>().ok());
-    let (Some(query), Some(start), Some(end), Some(step)) = (
-        params.get("query"),
-        number("start"),
-        number("end"),
-        number("step"),
-    ) else {
+    let (Some(query), Some(start), Some(end), Some(step)) =
+        (params.get("query"), number("start"), number("end"), number("step"))
+    else {
         return json(
             StatusCode::BAD_REQUEST,
             r#"{"status":"error","errorType":"bad_data","error":"invalid parameter"}"#.into(),
         );
     };
-    fake.seen
-        .lock()
-        .unwrap()
-        .push(format!("{query} {start} {end} {step}"));
+    fake.seen.lock().unwrap().push(format!("{query} {start} {end} {step}"));
     let points: Vec<String> = (0..)
         .map(|i| start + step * f64::from(i))
         .take_while(|t| *t <= end)
         .enumerate()
         .map(|(i, t)| {
-            let value = if query == "with_nan" && i == 1 {
-                "NaN".to_string()
-            } else {
-                i.to_string()
-            };
+            let value = if query == "with_nan" && i == 1 { "NaN".to_string() } else { i.to_string() };
             format!(r#"[{t},"{value}"]"#)
         })
         .collect();
     let series = format!(r#"{{"metric":{{}},"values":[{}]}}"#, points.join(","));
-    let result = if query == "two" {
-        format!("{series},{series}")
-    } else {
-        series
-    };
-    json(
-        StatusCode::OK,
-        format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{result}]}}}}"#),
-    )
+    let result = if query == "two" { format!("{series},{series}") } else { series };
+    json(StatusCode::OK, format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{result}]}}}}"#))
 }
 
 /// Starts a fake Prometheus under `prefix` and returns its base address.
@@ -152,14 +125,8 @@ async fn start(auth: Auth, prefix: &str) -> (String, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let app = Router::new()
         .route(&format!("{prefix}/api/v1/query"), get(api_query))
-        .route(
-            &format!("{prefix}/api/v1/query_range"),
-            get(api_query_range),
-        )
-        .with_state(Fake {
-            auth,
-            seen: seen.clone(),
-        });
+        .route(&format!("{prefix}/api/v1/query_range"), get(api_query_range))
+        .with_state(Fake { auth, seen: seen.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -187,12 +154,7 @@ async fn scalar_result_is_its_value() {
 #[tokio::test]
 async fn empty_vector_is_no_data() {
     let (address, _) = start(Auth::None, "").await;
-    assert_eq!(
-        provider(&address).query("empty").await,
-        Err(QueryError::NoData {
-            query: "empty".into()
-        })
-    );
+    assert_eq!(provider(&address).query("empty").await, Err(QueryError::NoData { query: "empty".into() }));
 }
 
 #[tokio::test]
@@ -200,10 +162,7 @@ async fn nan_sample_is_not_a_number() {
     let (address, _) = start(Auth::None, "").await;
     assert_eq!(
         provider(&address).query("nan").await,
-        Err(QueryError::NotANumber {
-            value: "NaN".into(),
-            query: "nan".into()
-        })
+        Err(QueryError::NotANumber { value: "NaN".into(), query: "nan".into() })
     );
 }
 
@@ -212,10 +171,7 @@ async fn two_series_are_refused() {
     let (address, _) = start(Auth::None, "").await;
     assert_eq!(
         provider(&address).query("two").await,
-        Err(QueryError::MultipleSeries {
-            count: 2,
-            query: "two".into()
-        })
+        Err(QueryError::MultipleSeries { count: 2, query: "two".into() })
     );
 }
 
@@ -226,8 +182,7 @@ async fn status_error_surfaces_error_type_and_message() {
         provider(&address).query("sum(").await,
         Err(QueryError::QueryFailed {
             error_type: "bad_data".into(),
-            message: "invalid parameter \"query\": 1:5: parse error: unclosed left parenthesis"
-                .into(),
+            message: "invalid parameter \"query\": 1:5: parse error: unclosed left parenthesis".into(),
             query: "sum(".into()
         })
     );
@@ -238,10 +193,7 @@ async fn http_500_is_an_http_error_with_the_body() {
     let (address, _) = start(Auth::None, "").await;
     assert_eq!(
         provider(&address).query("boom").await,
-        Err(QueryError::Http {
-            status: 500,
-            body: "internal error".into()
-        })
+        Err(QueryError::Http { status: 500, body: "internal error".into() })
     );
 }
 
@@ -261,15 +213,9 @@ async fn slow_answer_times_out_at_the_configured_timeout() {
 async fn bearer_token_is_sent_and_checked() {
     let (address, _) = start(Auth::Exactly("Bearer s3cret"), "").await;
     let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
-    assert!(matches!(
-        build_provider(&config).unwrap().query("up").await,
-        Err(QueryError::Http { status: 401, .. })
-    ));
+    assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
     config.credentials = Credentials::Bearer("wrong".into());
-    assert!(matches!(
-        build_provider(&config).unwrap().query("up").await,
-        Err(QueryError::Http { status: 401, .. })
-    ));
+    assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
     config.credentials = Credentials::Bearer("s3cret".into());
     assert_eq!(build_provider(&config).unwrap().query("up").await, Ok(99.5));
 }
@@ -279,18 +225,9 @@ async fn basic_auth_is_sent_and_checked() {
     // base64("alice:hunter2")
     let (address, _) = start(Auth::Exactly("Basic YWxpY2U6aHVudGVyMg=="), "").await;
     let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
-    config.credentials = Credentials::Basic {
-        username: "alice".into(),
-        password: "wrong".into(),
-    };
-    assert!(matches!(
-        build_provider(&config).unwrap().query("up").await,
-        Err(QueryError::Http { status: 401, .. })
-    ));
-    config.credentials = Credentials::Basic {
-        username: "alice".into(),
-        password: "hunter2".into(),
-    };
+    config.credentials = Credentials::Basic { username: "alice".into(), password: "wrong".into() };
+    assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
+    config.credentials = Credentials::Basic { username: "alice".into(), password: "hunter2".into() };
     assert_eq!(build_provider(&config).unwrap().query("up").await, Ok(99.5));
 }
 
@@ -303,10 +240,7 @@ async fn custom_headers_are_sent() {
         Err(QueryError::Http { status: 401, .. })
     ));
     config.headers = BTreeMap::from([("X-Scope-OrgID".to_string(), "team-a".to_string())]);
-    assert_eq!(
-        build_provider(&config).unwrap().query("tenant").await,
-        Ok(7.0)
-    );
+    assert_eq!(build_provider(&config).unwrap().query("tenant").await, Ok(7.0));
 }
 
 #[tokio::test]
@@ -325,10 +259,7 @@ async fn is_online_queries_vector_1_and_expects_1() {
 
     // A server that needs a token and gets none is not online for us.
     let (guarded, _) = start(Auth::Exactly("Bearer t"), "").await;
-    assert!(matches!(
-        provider(&guarded).is_online().await,
-        Err(QueryError::Http { status: 401, .. })
-    ));
+    assert!(matches!(provider(&guarded).is_online().await, Err(QueryError::Http { status: 401, .. })));
 }
 
 #[tokio::test]
@@ -351,24 +282,13 @@ async fn range_query_sends_window_and_step_and_returns_values_in_order() {
     let (address, seen) = start(Auth::None, "/prom").await;
     let end = UNIX_EPOCH + Duration::from_secs(1_763_776_800);
     let values = provider(&address)
-        .query_range(
-            "with_nan",
-            end,
-            Duration::from_secs(60),
-            Duration::from_secs(15),
-        )
+        .query_range("with_nan", end, Duration::from_secs(60), Duration::from_secs(15))
         .await
         .unwrap();
-    assert_eq!(
-        seen.lock().unwrap().as_slice(),
-        ["with_nan 1763776740 1763776800 15"]
-    );
+    assert_eq!(seen.lock().unwrap().as_slice(), ["with_nan 1763776740 1763776800 15"]);
     assert_eq!(values.len(), 5);
     assert!(values[1].is_nan());
-    assert_eq!(
-        [values[0], values[2], values[3], values[4]],
-        [0.0, 2.0, 3.0, 4.0]
-    );
+    assert_eq!([values[0], values[2], values[3], values[4]], [0.0, 2.0, 3.0, 4.0]);
 }
 
 #[tokio::test]
@@ -377,15 +297,11 @@ async fn range_query_refuses_two_series_and_bad_windows() {
     let p = provider(&address);
     let minute = Duration::from_secs(60);
     assert!(matches!(
-        p.query_range("two", SystemTime::now(), minute, Duration::from_secs(10))
-            .await,
+        p.query_range("two", SystemTime::now(), minute, Duration::from_secs(10)).await,
         Err(QueryError::MultipleSeries { count: 2, .. })
     ));
     for (window, step) in [(minute, Duration::ZERO), (Duration::from_secs(5), minute)] {
-        assert!(matches!(
-            p.query_range("x", SystemTime::now(), window, step).await,
-            Err(QueryError::InvalidConfig(_))
-        ));
+        assert!(matches!(p.query_range("x", SystemTime::now(), window, step).await, Err(QueryError::InvalidConfig(_))));
     }
     // Invalid windows never reach the server.
     assert_eq!(seen.lock().unwrap().len(), 1);
@@ -408,10 +324,7 @@ async fn http_json_provider_speaks_its_contract() {
         if headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) != Some(b"Bearer tok") {
             return (StatusCode::UNAUTHORIZED, "no").into_response();
         }
-        match (
-            params.get("query").map(String::as_str),
-            params.get("tenant"),
-        ) {
+        match (params.get("query").map(String::as_str), params.get("tenant")) {
             (Some("error_rate{app=\"web\"}"), Some(t)) if t == "a" => {
                 json(StatusCode::OK, r#"{"value": 0.25, "unit": "%"}"#.into())
             }
@@ -422,48 +335,21 @@ async fn http_json_provider_speaks_its_contract() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, Router::new().route("/metric", get(metric)))
-            .await
-            .unwrap()
-    });
+    tokio::spawn(async move { axum::serve(listener, Router::new().route("/metric", get(metric))).await.unwrap() });
 
-    let mut config = ProviderConfig::new(
-        ProviderKind::HttpJson,
-        format!("http://{addr}/metric?tenant=a"),
-    );
+    let mut config = ProviderConfig::new(ProviderKind::HttpJson, format!("http://{addr}/metric?tenant=a"));
     config.credentials = Credentials::Bearer("tok".into());
     let p = build_provider(&config).unwrap();
     assert_eq!(p.query("error_rate{app=\"web\"}").await, Ok(0.25));
-    assert_eq!(
-        p.query("none").await,
-        Err(QueryError::NoData {
-            query: "none".into()
-        })
-    );
-    assert_eq!(
-        p.query("other").await,
-        Err(QueryError::Http {
-            status: 400,
-            body: "bad query".into()
-        })
-    );
+    assert_eq!(p.query("none").await, Err(QueryError::NoData { query: "none".into() }));
+    assert_eq!(p.query("other").await, Err(QueryError::Http { status: 400, body: "bad query".into() }));
     // 404 without a query still proves the endpoint is up.
     assert_eq!(p.is_online().await, Ok(()));
     assert!(matches!(
-        p.query_range(
-            "x",
-            SystemTime::now(),
-            Duration::from_secs(60),
-            Duration::from_secs(10)
-        )
-        .await,
+        p.query_range("x", SystemTime::now(), Duration::from_secs(60), Duration::from_secs(10)).await,
         Err(QueryError::InvalidConfig(_))
     ));
 
     config.credentials = Credentials::None;
-    assert!(matches!(
-        build_provider(&config).unwrap().query("none").await,
-        Err(QueryError::Http { status: 401, .. })
-    ));
+    assert!(matches!(build_provider(&config).unwrap().query("none").await, Err(QueryError::Http { status: 401, .. })));
 }

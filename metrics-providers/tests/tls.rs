@@ -15,7 +15,8 @@ use tokio_rustls::rustls;
 const CERT: &[u8] = include_bytes!("fixtures/test-only-cert.pem");
 const KEY: &[u8] = include_bytes!("fixtures/test-only-key.pem");
 
-const BODY: &str = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1763776800.781,"1"]}]}}"#;
+const BODY: &str =
+    r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1763776800.781,"1"]}]}}"#;
 
 /// A minimal HTTPS/1.1 server: reads one request head and answers `BODY`.
 async fn start_https() -> String {

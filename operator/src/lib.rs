@@ -10,9 +10,12 @@ pub const FIELD_MANAGER: &str = "petrel";
 /// Standard label on every object petrel generates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
+pub mod analysis;
 pub mod api;
 pub mod controller;
 pub mod core;
-pub mod analysis;
+pub mod fleet;
+pub mod plugin;
 pub mod routers;
+pub mod telemetry;
 pub mod workloads;

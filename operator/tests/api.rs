@@ -196,7 +196,10 @@ fn missing_target_ref_or_service_port_is_rejected() {
     assert_rejected(without(base(), "/spec/targetRef"), "\"targetRef\" is a required property");
     assert_rejected(without(base(), "/spec/service/port"), "\"port\" is a required property");
     assert_rejected(with(base(), "/spec/service/port", 70000.into()), "70000 is greater than the maximum of 65535");
-    assert_rejected(with(base(), "/spec/targetRef/name", "".into()), "targetRef.name must name the Deployment to release");
+    assert_rejected(
+        with(base(), "/spec/targetRef/name", "".into()),
+        "targetRef.name must name the Deployment to release",
+    );
 }
 
 #[test]

@@ -28,9 +28,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{error_chain, excerpt};
-use crate::core::strategy::parse_duration;
 use crate::api::Canary;
 use crate::api::canary::{CanaryWebhook, HookType, Phase};
+use crate::core::strategy::parse_duration;
 
 /// Per-attempt timeout when a webhook sets none (Flagger's default).
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);

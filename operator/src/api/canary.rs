@@ -90,6 +90,13 @@ pub struct CanarySpec {
     pub suspend: bool,
 }
 
+/// Annotation a fleet hub sets on a member Canary: the Canary waits for the hub's approval
+/// of each new revision (value: `<namespace>/<name>` of the Rollout).
+pub const FLEET_ROLLOUT_ANNOTATION: &str = "petrel.dev/rollout";
+
+/// Annotation the fleet hub sets to approve exactly one revision of a member Canary.
+pub const APPROVED_REVISION_ANNOTATION: &str = "petrel.dev/approved-revision";
+
 /// Every `provider` string petrel accepts. Anything else is rejected by the API server.
 pub const PROVIDERS: &[&str] = &[
     "gatewayapi",
@@ -573,10 +580,7 @@ impl Phase {
 
     /// True while a release is under way (analysis or promotion).
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising
-        )
+        matches!(self, Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising)
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use petrel::controller::{self, Context, EventSink, Settings};
+use petrel::telemetry::{self, Metrics, Readiness};
 
 /// Progressive delivery for Kubernetes: the per-cluster Canary controller.
 #[derive(Parser, Debug)]
@@ -28,6 +29,9 @@ struct Args {
     /// Path of a kubeconfig (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "PETREL_KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
+    /// Address of the metrics and health server (`/metrics`, `/livez`, `/readyz`).
+    #[arg(long, env = "PETREL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
 }
 
 fn init_tracing(json: bool) {
@@ -64,6 +68,11 @@ async fn main() -> anyhow::Result<()> {
         .user_agent(concat!("petrel/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("creating the HTTP client")?;
+    // Bound before anything else starts, so a taken port fails the start-up at once.
+    let listener = telemetry::bind(&args.metrics_addr).await?;
+    tracing::info!(addr = %listener.local_addr().context("reading the metrics address")?, "serving /metrics, /livez and /readyz");
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::new();
     let ctx = Arc::new(Context {
         events: EventSink::new(client.clone(), std::env::var("POD_NAME").ok()),
         client,
@@ -73,6 +82,14 @@ async fn main() -> anyhow::Result<()> {
             metrics_server: args.metrics_server,
             cluster_name: args.cluster_name,
         },
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
     });
-    controller::run(ctx, args.namespace).await
+    // The server lives as long as the controller; it stops with it.
+    tokio::select! {
+        result = controller::run(ctx, args.namespace) => result,
+        result = telemetry::serve(listener, metrics, readiness, std::future::pending()) => {
+            result.context("serving metrics and health checks")
+        }
+    }
 }

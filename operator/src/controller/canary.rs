@@ -17,17 +17,15 @@ use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
 use crate::analysis::{KubeSource, MetricSource};
-use crate::api::canary::{AlertSeverity, CanaryStatus, HookType};
+use crate::api::canary::{
+    APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
+};
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::interval_of;
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
 use crate::routers::{TrafficRouter, Weights, router_for};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
 
-/// Annotation a fleet hub sets on a member Canary to make it wait for approvals.
-pub const FLEET_ROLLOUT_ANNOTATION: &str = "petrel.dev/rollout";
-/// Annotation the fleet hub sets to approve exactly one revision.
-pub const APPROVED_REVISION_ANNOTATION: &str = "petrel.dev/approved-revision";
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
 const STALLED_RECHECK: Duration = Duration::from_secs(30);
 /// Per-query timeout of metric checks.
@@ -36,6 +34,7 @@ const METRIC_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconciles one Canary.
 #[instrument(skip_all, fields(canary = %canary.name_any(), namespace = canary.namespace().unwrap_or_default()))]
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     if canary.spec.suspend {
@@ -69,16 +68,18 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
     let router = router_for(provider, ctx.client.clone());
-    router.reconcile(&canary).await.map_err(|e| Error::Router {
-        context: "creating the Services and routes".into(),
-        message: e.to_string(),
-    })?;
+    router
+        .reconcile(&canary)
+        .await
+        .map_err(|e| Error::Router { context: "creating the Services and routes".into(), message: e.to_string() })?;
 
     // Observe, run what the core asks for, decide.
     let now = Utc::now();
     let fleet = fleet_gate(&canary, &snapshot.revision);
     let plan = core::plan(&canary.spec, &status, provider, &snapshot.revision, &fleet, now);
+    let analysis_started = std::time::Instant::now();
     let mut gates = run_plan(&ctx, &source, &canary, provider, &plan, &status, &snapshot).await;
+    let analysis_time = plan.run_metrics.then(|| analysis_started.elapsed());
     if let Some(results) = gates.metrics.as_mut() {
         let metrics = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
         apply_comparisons(metrics, results, &status.comparison_samples);
@@ -102,7 +103,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
     set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
-    write_status(&ctx, &canary, &status, next).await?;
+    write_status(&ctx, &canary, &status, next.clone()).await?;
+    ctx.metrics.observe_canary(&canary, &status, &next, provider, analysis_time);
     Ok(Requeue::requeue(decision.requeue_after))
 }
 
@@ -206,11 +208,8 @@ async fn publish(
     warning: bool,
 ) {
     ctx.events.publish(canary, reason, message, warning).await;
-    let has_event_hooks = canary
-        .spec
-        .analysis
-        .as_ref()
-        .is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == HookType::Event));
+    let has_event_hooks =
+        canary.spec.analysis.as_ref().is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == HookType::Event));
     if has_event_hooks {
         let hook_ctx = HookContext {
             phase: next.phase,

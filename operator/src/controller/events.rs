@@ -31,13 +31,23 @@ impl EventSink {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
             note: Some(truncate(message, 1000)),
-            action: reason.to_string(),
+            action: event_action(reason, message),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &canary.object_ref(&())).await {
             warn!(canary = %canary_name(canary), reason, error = %e, "could not record event");
         }
     }
+}
+
+/// The Event's `action`. kube's `Recorder` folds Events with the same type, reason and
+/// action into one series that keeps the *first* note, so with `action = reason` every
+/// "WeightIncreased" read "weight 0 → 10" and a new release's "NewRevision" named the
+/// previous revision. A digest of the note in the action folds only true repeats.
+fn event_action(reason: &str, note: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(note.as_bytes());
+    format!("{reason}-{}", hex::encode(&digest[..4]))
 }
 
 fn canary_name(canary: &Canary) -> String {
@@ -53,4 +63,17 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_action;
+
+    #[test]
+    fn only_events_with_the_same_note_share_an_action() {
+        let weight_10 = event_action("WeightIncreased", "Canary weight 0 → 10 (max 50)");
+        assert_eq!(weight_10, event_action("WeightIncreased", "Canary weight 0 → 10 (max 50)"));
+        assert_ne!(weight_10, event_action("WeightIncreased", "Canary weight 10 → 20 (max 50)"));
+        assert!(weight_10.starts_with("WeightIncreased-") && weight_10.len() <= 128, "{weight_10}");
+    }
 }

@@ -42,6 +42,10 @@ pub struct Context {
     pub http: reqwest::Client,
     pub events: EventSink,
     pub settings: Settings,
+    /// Prometheus metrics, recorded by every reconcile.
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// Turns ready once the Canary cache has synced (`/readyz`).
+    pub readiness: crate::telemetry::Readiness,
 }
 
 /// Errors of one reconcile. Bad input is not an error here: it becomes a `Stalled`
@@ -79,8 +83,9 @@ impl Error {
     }
 }
 
-fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), %error, "reconcile failed");
+    ctx.metrics.record_reconcile_error(crate::telemetry::CANARY_CONTROLLER, error);
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -112,8 +117,7 @@ fn canaries_tracking(store: &Store<Canary>, namespace: Option<String>, key: Stri
         .state()
         .iter()
         .filter(|c| {
-            c.namespace() == namespace
-                && c.status.as_ref().is_some_and(|s| s.tracked_configs.contains_key(&key))
+            c.namespace() == namespace && c.status.as_ref().is_some_and(|s| s.tracked_configs.contains_key(&key))
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -127,13 +131,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
         None => Api::all(client.clone()),
     };
     if let Err(e) = canaries.list(&kube::api::ListParams::default().limit(1)).await {
-        anyhow::bail!(
-            "cannot list Canaries ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/"
-        );
+        anyhow::bail!("cannot list Canaries ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
     let api_for = |c: &Client| -> (Api<Deployment>, Api<ConfigMap>, Api<Secret>) {
         match &namespace {
-            Some(ns) => (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns)),
+            Some(ns) => {
+                (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns))
+            }
             None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
         }
     };
@@ -141,6 +145,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
 
     let controller = Controller::new(canaries, watcher::Config::default().any_semantic());
     let store = controller.store();
+    // Readiness and the sweep of deleted Canaries' metric series follow the cache.
+    let telemetry =
+        tokio::spawn(crate::telemetry::track_canary_store(store.clone(), ctx.readiness.clone(), ctx.metrics.clone()));
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
     controller
@@ -160,11 +167,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
             }
         })
         .await;
+    telemetry.abort();
     info!("Canary controller stopped");
     Ok(())
 }
 
 /// The provider a Canary uses: its own, or the operator's default.
-pub(crate) fn provider_of(canary: &Canary, settings: &Settings) -> Result<Provider, crate::core::provider::UnknownProvider> {
+pub(crate) fn provider_of(
+    canary: &Canary,
+    settings: &Settings,
+) -> Result<Provider, crate::core::provider::UnknownProvider> {
     Provider::parse(canary.spec.provider.as_deref().unwrap_or(&settings.default_provider))
 }

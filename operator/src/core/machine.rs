@@ -18,8 +18,8 @@ use crate::api::canary::{CanarySpec, CanaryStatus, HookType, MetricResult};
 use crate::api::common::Condition;
 use crate::core::provider::Provider;
 use crate::core::strategy::{
-    NextStep, Routes, StepKind, Strategy, analysis_interval, promotion_step, strategy_of,
-    threshold_of, weight_after_promotion_step,
+    NextStep, Routes, StepKind, Strategy, analysis_interval, promotion_step, strategy_of, threshold_of,
+    weight_after_promotion_step,
 };
 use crate::core::transitions::{Effect, Event, is_idle, transition};
 
@@ -88,11 +88,7 @@ pub struct Observation {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Write route weights. `primary + canary == 100` always.
-    SetRoutes {
-        primary: u8,
-        canary: u8,
-        mirror: bool,
-    },
+    SetRoutes { primary: u8, canary: u8, mirror: bool },
     /// Scale the target (canary) up to its desired replicas.
     ScaleCanaryUp,
     /// Scale the target (canary) to zero.
@@ -103,11 +99,7 @@ pub enum Action {
     /// (post-rollout).
     FireHooks(HookType),
     /// Record a Kubernetes Event (and forward it to event webhooks and alerts).
-    Event {
-        reason: &'static str,
-        message: String,
-        warning: bool,
-    },
+    Event { reason: &'static str, message: String, warning: bool },
 }
 
 /// The result of [`decide`].
@@ -176,8 +168,7 @@ fn time_to_tick(spec: &CanarySpec, status: &CanaryStatus, now: DateTime<Utc>) ->
     let Some(last) = status.last_analysis_time else {
         return Duration::ZERO;
     };
-    let next =
-        last + chrono::Duration::from_std(analysis_interval(spec)).unwrap_or(chrono::Duration::MAX);
+    let next = last + chrono::Duration::from_std(analysis_interval(spec)).unwrap_or(chrono::Duration::MAX);
     (next - now).to_std().unwrap_or(Duration::ZERO)
 }
 
@@ -203,31 +194,18 @@ fn assess(
         Phase::Initializing => Situation::Initializing,
         // Reverting to the promoted template is not a release (Flagger's manual rollback).
         phase if is_idle(phase) && (applied || promoted) => Situation::Idle,
-        phase if is_idle(phase) => Situation::Gate {
-            approved,
-            due: true,
-        },
+        phase if is_idle(phase) => Situation::Gate { approved, due: true },
         // Waiting holds a revision that never started, so anything not promoted is pending.
         Phase::Waiting if promoted => Situation::RevertedToPromoted,
-        Phase::Waiting => Situation::Gate {
-            approved,
-            due: is_due(spec, status, now),
-        },
-        Phase::Progressing | Phase::WaitingPromotion if promoted && !applied => {
-            Situation::RevertedToPromoted
-        }
-        Phase::Progressing | Phase::WaitingPromotion if !applied => {
-            Situation::RevisionChanged { approved }
-        }
+        Phase::Waiting => Situation::Gate { approved, due: is_due(spec, status, now) },
+        Phase::Progressing | Phase::WaitingPromotion if promoted && !applied => Situation::RevertedToPromoted,
+        Phase::Progressing | Phase::WaitingPromotion if !applied => Situation::RevisionChanged { approved },
         Phase::Progressing | Phase::WaitingPromotion if !approved => Situation::ApprovalWithdrawn,
         Phase::Progressing | Phase::WaitingPromotion => {
             let tick = is_due(spec, status, now).then(|| {
                 let weight = clamp_weight(status.canary_weight);
                 let iterations = status.iterations.max(0) as u32;
-                Tick {
-                    first: weight == 0 && iterations == 0,
-                    step: strategy.next_step(weight, iterations),
-                }
+                Tick { first: weight == 0 && iterations == 0, step: strategy.next_step(weight, iterations) }
             });
             Situation::Analysis { tick }
         }
@@ -244,19 +222,14 @@ fn clamp_weight(weight: i32) -> u8 {
 }
 
 fn has_hooks(spec: &CanarySpec, hook: HookType) -> bool {
-    spec.analysis
-        .as_ref()
-        .is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == hook))
+    spec.analysis.as_ref().is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == hook))
 }
 
 fn plan_for(spec: &CanarySpec, status: &CanaryStatus, situation: &Situation) -> Plan {
     let mut hooks = Vec::new();
     let mut run_metrics = false;
     match situation {
-        Situation::Gate {
-            approved: true,
-            due: true,
-        } => {
+        Situation::Gate { approved: true, due: true } => {
             if status.phase == Phase::Waiting {
                 hooks.push(HookType::Rollback);
             }
@@ -323,8 +296,7 @@ fn hook_outcome<'a>(plan: &Plan, gates: &'a GateResults, hook: HookType) -> Hook
 }
 
 fn everything_planned_ran(plan: &Plan, gates: &GateResults) -> bool {
-    plan.hooks.iter().all(|hook| gates.hooks.contains_key(hook))
-        && (!plan.run_metrics || gates.metrics.is_some())
+    plan.hooks.iter().all(|hook| gates.hooks.contains_key(hook)) && (!plan.run_metrics || gates.metrics.is_some())
 }
 
 /// Why a tick failed, for the event message.
@@ -337,20 +309,12 @@ fn failed_check(plan: &Plan, gates: &GateResults) -> Option<String> {
     if !plan.run_metrics {
         return None;
     }
-    let failed: Vec<String> = gates
-        .metrics
-        .iter()
-        .flatten()
-        .filter(|m| !m.passed)
-        .map(describe_metric)
-        .collect();
+    let failed: Vec<String> = gates.metrics.iter().flatten().filter(|m| !m.passed).map(describe_metric).collect();
     (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 fn describe_metric(metric: &MetricResult) -> String {
-    let value = metric
-        .value
-        .map_or_else(|| "no value".to_string(), |v| format!("{v}"));
+    let value = metric.value.map_or_else(|| "no value".to_string(), |v| format!("{v}"));
     if metric.message.is_empty() {
         format!("metric {} = {value}", metric.name)
     } else {
@@ -369,18 +333,10 @@ struct Classified {
 
 impl Classified {
     fn just(event: Event) -> Self {
-        Classified {
-            event,
-            consumed: false,
-            detail: None,
-        }
+        Classified { event, consumed: false, detail: None }
     }
     fn consumed(event: Event, detail: Option<String>) -> Self {
-        Classified {
-            event,
-            consumed: true,
-            detail,
-        }
+        Classified { event, consumed: true, detail }
     }
 }
 
@@ -398,33 +354,20 @@ fn classify(
     match situation {
         Situation::Suspended => Classified::just(Event::Suspended),
         Situation::Idle => Classified::just(Event::NothingToDo),
-        Situation::Initializing if obs.primary == WorkloadHealth::Ready => {
-            Classified::just(Event::PrimaryReady)
-        }
+        Situation::Initializing if obs.primary == WorkloadHealth::Ready => Classified::just(Event::PrimaryReady),
         Situation::Initializing => Classified::just(Event::NothingToDo),
         Situation::RevertedToPromoted => Classified::just(Event::RevertedToPromoted),
-        Situation::RevisionChanged { approved: true } => {
-            Classified::just(Event::RevisionChangedMidRun)
-        }
-        Situation::RevisionChanged { approved: false } => {
-            Classified::just(Event::RevisionChangedNotApproved)
-        }
+        Situation::RevisionChanged { approved: true } => Classified::just(Event::RevisionChangedMidRun),
+        Situation::RevisionChanged { approved: false } => Classified::just(Event::RevisionChangedNotApproved),
         Situation::ApprovalWithdrawn => Classified::just(Event::FleetNotApproved),
-        Situation::Gate {
-            approved: false, ..
-        } => Classified::just(Event::FleetNotApproved),
+        Situation::Gate { approved: false, .. } => Classified::just(Event::FleetNotApproved),
         Situation::Gate { due: false, .. } => Classified::just(Event::NothingToDo),
-        Situation::Gate { .. } if !everything_planned_ran(plan, gates) => {
-            Classified::just(Event::NothingToDo)
-        }
+        Situation::Gate { .. } if !everything_planned_ran(plan, gates) => Classified::just(Event::NothingToDo),
         Situation::Gate { .. } => {
             if let HookOutcome::Passed = hook_outcome(plan, gates, HookType::Rollback)
                 && plan.hooks.contains(&HookType::Rollback)
             {
-                return Classified::consumed(
-                    Event::RollbackRequested,
-                    Some("a rollback webhook answered 2xx".into()),
-                );
+                return Classified::consumed(Event::RollbackRequested, Some("a rollback webhook answered 2xx".into()));
             }
             match hook_outcome(plan, gates, HookType::ConfirmRollout) {
                 HookOutcome::Failed(message) => {
@@ -439,11 +382,7 @@ fn classify(
             }
             match &obs.canary {
                 WorkloadHealth::NotReady { reason } => {
-                    return Classified {
-                        event: Event::CanaryNotReady,
-                        consumed: false,
-                        detail: Some(reason.clone()),
-                    };
+                    return Classified { event: Event::CanaryNotReady, consumed: false, detail: Some(reason.clone()) };
                 }
                 WorkloadHealth::DeadlineExceeded { reason } => {
                     return Classified {
@@ -466,26 +405,18 @@ fn classify(
             if plan.hooks.contains(&HookType::Rollback)
                 && let HookOutcome::Passed = hook_outcome(plan, gates, HookType::Rollback)
             {
-                return Classified::consumed(
-                    Event::RollbackRequested,
-                    Some("a rollback webhook answered 2xx".into()),
-                );
+                return Classified::consumed(Event::RollbackRequested, Some("a rollback webhook answered 2xx".into()));
             }
             if let Some(why) = failed_check(plan, gates) {
-                let event = if failed_checks + 1 >= threshold {
-                    Event::ThresholdReached
-                } else {
-                    Event::CheckFailed
-                };
+                let event = if failed_checks + 1 >= threshold { Event::ThresholdReached } else { Event::CheckFailed };
                 return Classified::consumed(event, Some(why));
             }
             match tick.step {
                 NextStep::Advance { kind, .. } if kind.increases_traffic() => {
                     match hook_outcome(plan, gates, HookType::ConfirmTrafficIncrease) {
-                        HookOutcome::Failed(message) => Classified::consumed(
-                            Event::TrafficIncreaseRejected,
-                            Some(message.to_string()),
-                        ),
+                        HookOutcome::Failed(message) => {
+                            Classified::consumed(Event::TrafficIncreaseRejected, Some(message.to_string()))
+                        }
                         _ => Classified::consumed(Event::StepPassed, None),
                     }
                 }
@@ -499,27 +430,19 @@ fn classify(
             }
         }
         Situation::Promoting => match &obs.primary {
-            WorkloadHealth::DeadlineExceeded { reason } => Classified {
-                event: Event::PrimaryStuck,
-                consumed: false,
-                detail: Some(reason.clone()),
-            },
-            WorkloadHealth::NotReady { reason } => Classified {
-                event: Event::PrimaryRollingOut,
-                consumed: false,
-                detail: Some(reason.clone()),
-            },
-            WorkloadHealth::Ready if !obs.primary_updated => {
-                Classified::just(Event::PrimaryRollingOut)
+            WorkloadHealth::DeadlineExceeded { reason } => {
+                Classified { event: Event::PrimaryStuck, consumed: false, detail: Some(reason.clone()) }
             }
+            WorkloadHealth::NotReady { reason } => {
+                Classified { event: Event::PrimaryRollingOut, consumed: false, detail: Some(reason.clone()) }
+            }
+            WorkloadHealth::Ready if !obs.primary_updated => Classified::just(Event::PrimaryRollingOut),
             WorkloadHealth::Ready => {
                 let step = promotion_step(spec).filter(|_| strategy.steps_promotion());
                 let weight = clamp_weight(status.canary_weight);
                 match step {
                     None => Classified::just(Event::PrimaryRolledOut),
-                    Some(_) if !is_due(spec, status, obs.now) => {
-                        Classified::just(Event::NothingToDo)
-                    }
+                    Some(_) if !is_due(spec, status, obs.now) => Classified::just(Event::NothingToDo),
                     Some(_) if weight_after_promotion_step(weight, step) > 0 => {
                         Classified::consumed(Event::PromotionStepDone, None)
                     }
@@ -533,21 +456,9 @@ fn classify(
 
 /// Decides what to do with a Canary given what the reconciler observed, after it ran the
 /// gates and checks [`plan`] asked for.
-pub fn decide(
-    spec: &CanarySpec,
-    status: &CanaryStatus,
-    provider: Provider,
-    obs: &Observation,
-) -> Decision {
+pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs: &Observation) -> Decision {
     let strategy = strategy_of(spec, provider);
-    let situation = assess(
-        spec,
-        status,
-        &strategy,
-        &obs.target_revision,
-        &obs.fleet,
-        obs.now,
-    );
+    let situation = assess(spec, status, &strategy, &obs.target_revision, &obs.fleet, obs.now);
     let plan = plan_for(spec, status, &situation);
     let classified = classify(spec, status, &strategy, &situation, &plan, obs);
     let Some((to, effect)) = transition(status.phase, classified.event) else {
@@ -566,16 +477,9 @@ pub fn decide(
             requeue_after: analysis_interval(spec),
         };
     };
-    let mut decision = Apply {
-        spec,
-        status,
-        strategy: &strategy,
-        obs,
-        situation: &situation,
-        plan: &plan,
-        classified: &classified,
-    }
-    .apply(to, effect);
+    let mut decision =
+        Apply { spec, status, strategy: &strategy, obs, situation: &situation, plan: &plan, classified: &classified }
+            .apply(to, effect);
     set_conditions(&mut decision.status, obs.now);
     decision
 }
@@ -592,27 +496,15 @@ struct Apply<'a> {
 }
 
 fn routes(routes: Routes) -> Action {
-    Action::SetRoutes {
-        primary: routes.primary,
-        canary: routes.canary,
-        mirror: routes.mirror,
-    }
+    Action::SetRoutes { primary: routes.primary, canary: routes.canary, mirror: routes.mirror }
 }
 
 fn info(reason: &'static str, message: String) -> Action {
-    Action::Event {
-        reason,
-        message,
-        warning: false,
-    }
+    Action::Event { reason, message, warning: false }
 }
 
 fn warn(reason: &'static str, message: String) -> Action {
-    Action::Event {
-        reason,
-        message,
-        warning: true,
-    }
+    Action::Event { reason, message, warning: true }
 }
 
 fn reset_run(status: &mut CanaryStatus) {
@@ -859,11 +751,7 @@ impl Apply<'_> {
         }
 
         let requeue_after = self.requeue(&new);
-        Decision {
-            status: new,
-            actions,
-            requeue_after,
-        }
+        Decision { status: new, actions, requeue_after }
     }
 
     fn advance(&self, new: &mut CanaryStatus, actions: &mut Vec<Action>) {
@@ -871,13 +759,7 @@ impl Apply<'_> {
         let Situation::Analysis { tick: Some(tick) } = self.situation else {
             return;
         };
-        let NextStep::Advance {
-            kind,
-            routes: next_routes,
-            weight,
-            iterations,
-        } = tick.step
-        else {
+        let NextStep::Advance { kind, routes: next_routes, weight, iterations } = tick.step else {
             return;
         };
         new.canary_weight = i32::from(weight);
@@ -886,26 +768,26 @@ impl Apply<'_> {
         if tick.first {
             actions.push(info(
                 "AnalysisStarted",
-                format!(
-                    "Starting {} analysis of revision {}",
-                    self.strategy.name(),
-                    short(&self.obs.target_revision)
-                ),
+                format!("Starting {} analysis of revision {}", self.strategy.name(), short(&self.obs.target_revision)),
             ));
         }
         let (reason, message) = match (kind, self.strategy) {
-            (StepKind::Mirror, _) => ("MirroringStarted", "Mirroring traffic to the canary before shifting weight".to_string()),
+            (StepKind::Mirror, _) => {
+                ("MirroringStarted", "Mirroring traffic to the canary before shifting weight".to_string())
+            }
             (StepKind::Weight, strategy) => (
                 "WeightIncreased",
                 format!("Canary weight {} → {weight} (max {})", old.canary_weight, strategy.max_weight()),
             ),
-            (StepKind::Iteration, Strategy::AbTesting { iterations: needed }) => (
-                "IterationPassed",
-                format!("A/B iteration {iterations}/{needed}: matching requests go to the canary"),
-            ),
+            (StepKind::Iteration, Strategy::AbTesting { iterations: needed }) => {
+                ("IterationPassed", format!("A/B iteration {iterations}/{needed}: matching requests go to the canary"))
+            }
             (StepKind::Iteration, Strategy::BlueGreen { iterations: needed, mirror }) => (
                 "IterationPassed",
-                format!("Blue/green iteration {iterations}/{needed}{}", if *mirror { " (mirroring traffic to the canary)" } else { "" }),
+                format!(
+                    "Blue/green iteration {iterations}/{needed}{}",
+                    if *mirror { " (mirroring traffic to the canary)" } else { "" }
+                ),
             ),
             (StepKind::Iteration, _) => ("IterationPassed", format!("Iteration {iterations}")),
             (StepKind::SwitchToCanary, _) => (
@@ -919,12 +801,7 @@ impl Apply<'_> {
     fn collect_samples(&self, new: &mut CanaryStatus, metrics: &[MetricResult]) {
         /// Bound on stored samples per side, so the status stays small.
         const MAX_SAMPLES: usize = 100;
-        let compared = self
-            .spec
-            .analysis
-            .iter()
-            .flat_map(|a| &a.metrics)
-            .filter(|m| m.comparison.is_some());
+        let compared = self.spec.analysis.iter().flat_map(|a| &a.metrics).filter(|m| m.comparison.is_some());
         for metric in compared {
             let Some(result) = metrics.iter().find(|r| r.name == metric.name) else {
                 continue;
@@ -932,18 +809,13 @@ impl Apply<'_> {
             let (Some(canary), Some(primary)) = (result.value, result.primary_value) else {
                 continue;
             };
-            let index = match new
-                .comparison_samples
-                .iter()
-                .position(|s| s.name == metric.name)
-            {
+            let index = match new.comparison_samples.iter().position(|s| s.name == metric.name) {
                 Some(index) => index,
                 None => {
-                    new.comparison_samples
-                        .push(crate::api::canary::ComparisonSamples {
-                            name: metric.name.clone(),
-                            ..Default::default()
-                        });
+                    new.comparison_samples.push(crate::api::canary::ComparisonSamples {
+                        name: metric.name.clone(),
+                        ..Default::default()
+                    });
                     new.comparison_samples.len() - 1
                 }
             };
@@ -966,12 +838,8 @@ impl Apply<'_> {
             (Event::CanaryNotReady | Event::PrimaryRollingOut, _) => POD_WAIT,
             (_, Phase::Initializing) => POD_WAIT,
             (_, Phase::Progressing | Phase::WaitingPromotion) => until_tick,
-            (_, Phase::Waiting) if approved_for(&self.obs.fleet, &self.obs.target_revision) => {
-                until_tick
-            }
-            (_, Phase::Promoting)
-                if promotion_step(self.spec).is_some() && self.strategy.steps_promotion() =>
-            {
+            (_, Phase::Waiting) if approved_for(&self.obs.fleet, &self.obs.target_revision) => until_tick,
+            (_, Phase::Promoting) if promotion_step(self.spec).is_some() && self.strategy.steps_promotion() => {
                 until_tick.min(interval)
             }
             (_, Phase::Promoting) => POD_WAIT,
@@ -1013,71 +881,25 @@ fn set_condition(
 /// `Stalled` belongs to the reconciler and is left alone.
 fn set_conditions(new: &mut CanaryStatus, now: DateTime<Utc>) {
     let phase = new.phase;
-    let revision = new
-        .last_applied_spec
-        .as_deref()
-        .map(short)
-        .unwrap_or("?")
-        .to_string();
+    let revision = new.last_applied_spec.as_deref().map(short).unwrap_or("?").to_string();
     let (promoted, promoted_message) = match phase {
         Phase::Initialized => ("True", "Primary initialized".to_string()),
         Phase::Succeeded => ("True", format!("Revision {revision} promoted")),
-        Phase::Failed => (
-            "False",
-            format!("Revision {revision} failed its analysis and was rolled back"),
-        ),
+        Phase::Failed => ("False", format!("Revision {revision} failed its analysis and was rolled back")),
         _ => ("Unknown", format!("Revision {revision} is {phase}")),
     };
-    set_condition(
-        &mut new.conditions,
-        "Promoted",
-        promoted,
-        phase.as_str(),
-        promoted_message,
-        now,
-    );
+    set_condition(&mut new.conditions, "Promoted", promoted, phase.as_str(), promoted_message, now);
     let (ready, ready_reason, ready_message) = match phase {
-        Phase::Initializing => (
-            "False",
-            "Initializing",
-            "Waiting for the primary to become ready".to_string(),
-        ),
-        _ => (
-            "True",
-            "PrimaryServing",
-            "The primary serves stable traffic".to_string(),
-        ),
+        Phase::Initializing => ("False", "Initializing", "Waiting for the primary to become ready".to_string()),
+        _ => ("True", "PrimaryServing", "The primary serves stable traffic".to_string()),
     };
-    set_condition(
-        &mut new.conditions,
-        "Ready",
-        ready,
-        ready_reason,
-        ready_message,
-        now,
-    );
+    set_condition(&mut new.conditions, "Ready", ready, ready_reason, ready_message, now);
     let (progressing, progressing_message) = match phase {
-        Phase::Progressing => (
-            "True",
-            format!(
-                "Analysing revision {revision} at weight {}",
-                new.canary_weight
-            ),
-        ),
-        Phase::WaitingPromotion => (
-            "True",
-            format!("Revision {revision} waits for confirm-promotion"),
-        ),
+        Phase::Progressing => ("True", format!("Analysing revision {revision} at weight {}", new.canary_weight)),
+        Phase::WaitingPromotion => ("True", format!("Revision {revision} waits for confirm-promotion")),
         Phase::Promoting | Phase::Finalising => ("True", format!("Promoting revision {revision}")),
         Phase::Waiting => ("Unknown", "A new revision waits for approval".to_string()),
         _ => ("False", "No release under way".to_string()),
     };
-    set_condition(
-        &mut new.conditions,
-        "Progressing",
-        progressing,
-        phase.as_str(),
-        progressing_message,
-        now,
-    );
+    set_condition(&mut new.conditions, "Progressing", progressing, phase.as_str(), progressing_message, now);
 }

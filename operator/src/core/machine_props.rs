@@ -11,12 +11,9 @@ use chrono::Duration as Span;
 use proptest::prelude::*;
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch,
-    MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
 };
-use crate::core::machine::{
-    Action, Decision, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan,
-};
+use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan};
 use crate::core::machine_tests::start;
 use crate::core::provider::Provider;
 use crate::core::strategy::{strategy_of, threshold_of};
@@ -48,26 +45,19 @@ fn provider() -> impl Strategy<Value = Provider> {
 /// Traffic settings of the four shapes the API accepts (validated ranges).
 fn traffic() -> impl Strategy<Value = CanaryAnalysis> {
     prop_oneof![
-        (0..=100i32)
-            .prop_flat_map(|max| (Just(max), 0..=max))
-            .prop_map(|(max, step)| CanaryAnalysis {
-                max_weight: Some(max),
-                step_weight: Some(step),
-                ..Default::default()
-            }),
-        proptest::collection::vec(0..=100i32, 0..5).prop_map(|weights| CanaryAnalysis {
-            step_weights: Some(weights),
+        (0..=100i32).prop_flat_map(|max| (Just(max), 0..=max)).prop_map(|(max, step)| CanaryAnalysis {
+            max_weight: Some(max),
+            step_weight: Some(step),
             ..Default::default()
         }),
+        proptest::collection::vec(0..=100i32, 0..5)
+            .prop_map(|weights| CanaryAnalysis { step_weights: Some(weights), ..Default::default() }),
         (1..5i32).prop_map(|n| CanaryAnalysis {
             iterations: Some(n),
             match_: Some(vec![HttpMatch::default()]),
             ..Default::default()
         }),
-        (1..5i32).prop_map(|n| CanaryAnalysis {
-            iterations: Some(n),
-            ..Default::default()
-        }),
+        (1..5i32).prop_map(|n| CanaryAnalysis { iterations: Some(n), ..Default::default() }),
         Just(CanaryAnalysis::default()),
     ]
 }
@@ -84,39 +74,32 @@ fn spec() -> impl Strategy<Value = CanarySpec> {
         prop_oneof![9 => Just(false), 1 => Just(true)],
         prop_oneof![19 => Just(false), 1 => Just(true)],
     )
-        .prop_map(
-            |(traffic, interval, threshold, mirror, promotion, hooks, metrics, skip, suspend)| {
-                CanarySpec {
-                    analysis: Some(CanaryAnalysis {
-                        interval: Some(interval.into()),
-                        threshold: Some(threshold),
-                        mirror,
-                        step_weight_promotion: promotion,
-                        webhooks: HOOK_TYPES
-                            .iter()
-                            .zip(hooks)
-                            .filter(|(_, on)| *on)
-                            .map(|(type_, _)| CanaryWebhook {
-                                name: format!("{type_:?}"),
-                                type_: *type_,
-                                url: "http://h".into(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        metrics: (0..metrics)
-                            .map(|i| CanaryMetric {
-                                name: format!("metric-{i}"),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..traffic
-                    }),
-                    skip_analysis: skip,
-                    suspend,
-                    ..Default::default()
-                }
-            },
-        )
+        .prop_map(|(traffic, interval, threshold, mirror, promotion, hooks, metrics, skip, suspend)| CanarySpec {
+            analysis: Some(CanaryAnalysis {
+                interval: Some(interval.into()),
+                threshold: Some(threshold),
+                mirror,
+                step_weight_promotion: promotion,
+                webhooks: HOOK_TYPES
+                    .iter()
+                    .zip(hooks)
+                    .filter(|(_, on)| *on)
+                    .map(|(type_, _)| CanaryWebhook {
+                        name: format!("{type_:?}"),
+                        type_: *type_,
+                        url: "http://h".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                metrics: (0..metrics)
+                    .map(|i| CanaryMetric { name: format!("metric-{i}"), ..Default::default() })
+                    .collect(),
+                ..traffic
+            }),
+            skip_analysis: skip,
+            suspend,
+            ..Default::default()
+        })
 }
 
 fn health() -> impl Strategy<Value = WorkloadHealth> {
@@ -151,10 +134,7 @@ fn world() -> impl Strategy<Value = World> {
         health(),
         prop_oneof![3 => Just(true), 1 => Just(false)],
         prop_oneof![3 => Just(true), 1 => Just(false)],
-        proptest::collection::vec(
-            prop_oneof![5 => Just(true), 1 => Just(false)],
-            HOOK_TYPES.len(),
-        ),
+        proptest::collection::vec(prop_oneof![5 => Just(true), 1 => Just(false)], HOOK_TYPES.len()),
         prop_oneof![29 => Just(false), 1 => Just(true)],
         prop_oneof![5 => Just(true), 1 => Just(false)],
     )
@@ -198,20 +178,18 @@ fn status() -> impl Strategy<Value = CanaryStatus> {
         revision(),
         proptest::option::of(0..300i64),
     )
-        .prop_map(
-            |(phase, failed_checks, canary_weight, iterations, applied, promoted, analysed_ago)| {
-                CanaryStatus {
-                    phase,
-                    failed_checks,
-                    canary_weight,
-                    iterations,
-                    last_applied_spec: applied,
-                    last_promoted_spec: promoted,
-                    last_analysis_time: analysed_ago.map(|ago| start() - Span::seconds(ago)),
-                    ..Default::default()
-                }
-            },
-        )
+        .prop_map(|(phase, failed_checks, canary_weight, iterations, applied, promoted, analysed_ago)| {
+            CanaryStatus {
+                phase,
+                failed_checks,
+                canary_weight,
+                iterations,
+                last_applied_spec: applied,
+                last_promoted_spec: promoted,
+                last_analysis_time: analysed_ago.map(|ago| start() - Span::seconds(ago)),
+                ..Default::default()
+            }
+        })
 }
 
 fn observe(
@@ -248,8 +226,7 @@ fn observe(
             })
             .collect()
     });
-    let passing_tick =
-        plan.run_metrics && rollout_passed && metrics.iter().flatten().all(|m| m.passed);
+    let passing_tick = plan.run_metrics && rollout_passed && metrics.iter().flatten().all(|m| m.passed);
     let obs = Observation {
         now,
         target_revision: revision.to_string(),
@@ -265,9 +242,7 @@ fn observe(
 
 fn set_routes(decision: &Decision) -> impl Iterator<Item = (u8, u8)> + '_ {
     decision.actions.iter().filter_map(|a| match a {
-        Action::SetRoutes {
-            primary, canary, ..
-        } => Some((*primary, *canary)),
+        Action::SetRoutes { primary, canary, .. } => Some((*primary, *canary)),
         _ => None,
     })
 }
@@ -300,17 +275,13 @@ fn drive(
     let threshold = threshold_of(&spec) as i32;
     let needed = strategy_of(&spec, provider).steps_to_promotion();
     let mut now = start();
-    let mut revision = status
-        .last_applied_spec
-        .clone()
-        .unwrap_or_else(|| "r0".to_string());
+    let mut revision = status.last_applied_spec.clone().unwrap_or_else(|| "r0".to_string());
     // The run under analysis and its passing metric ticks (known only when `fresh`).
     let mut run: Option<String> = None;
     let mut passing_ticks = 0u32;
     let mut promoted_in_run = false;
-    let mut failed_revision: Option<String> = (status.phase == Phase::Failed)
-        .then(|| status.last_applied_spec.clone())
-        .flatten();
+    let mut failed_revision: Option<String> =
+        (status.phase == Phase::Failed).then(|| status.last_applied_spec.clone()).flatten();
 
     for world in worlds {
         now += Span::seconds(world.wait_secs);
@@ -319,12 +290,8 @@ fn drive(
         }
         let fleet = match (in_fleet, world.fleet_approves) {
             (false, _) => FleetGate::NotInFleet,
-            (true, true) => FleetGate::Approved {
-                revision: revision.clone(),
-            },
-            (true, false) => FleetGate::Pending {
-                approved: Some("r0".into()),
-            },
+            (true, true) => FleetGate::Approved { revision: revision.clone() },
+            (true, false) => FleetGate::Pending { approved: Some("r0".into()) },
         };
         let approved = !matches!(fleet, FleetGate::Pending { .. });
         let (obs, passing_tick) = observe(&spec, &status, provider, &world, &revision, now, fleet);
@@ -332,18 +299,11 @@ fn drive(
         let decision = decide(&spec, &old, provider, &obs);
         let new = &decision.status;
 
-        prop_assert!(
-            !reasons(&decision).contains(&"InvalidTransition"),
-            "{:?}",
-            decision.actions
-        );
+        prop_assert!(!reasons(&decision).contains(&"InvalidTransition"), "{:?}", decision.actions);
 
         // (a) every SetRoutes sums to 100, weights within 0..=100.
         for (primary, canary) in set_routes(&decision) {
-            prop_assert!(
-                primary <= 100 && canary <= 100 && primary + canary == 100,
-                "routes {primary}/{canary}"
-            );
+            prop_assert!(primary <= 100 && canary <= 100 && primary + canary == 100, "routes {primary}/{canary}");
         }
         prop_assert!((0..=100).contains(&new.canary_weight));
 
@@ -357,10 +317,7 @@ fn drive(
                 "failed {failed} got traffic: {:?}",
                 decision.actions
             );
-            prop_assert!(
-                !decision.actions.contains(&Action::ScaleCanaryUp),
-                "failed {failed} scaled up"
-            );
+            prop_assert!(!decision.actions.contains(&Action::ScaleCanaryUp), "failed {failed} scaled up");
         }
 
         // (d) failedChecks reaching the threshold rolls back; nothing keeps analysing past it.
@@ -399,25 +356,17 @@ fn drive(
         }
 
         // (b) promotion only after the declared analysis passed (or skipAnalysis).
-        let run_started = decision.actions.contains(&Action::ScaleCanaryUp)
-            || reasons(&decision).contains(&"RestartedAnalysis");
+        let run_started =
+            decision.actions.contains(&Action::ScaleCanaryUp) || reasons(&decision).contains(&"RestartedAnalysis");
         if run_started {
             run = new.last_applied_spec.clone();
             passing_ticks = 0;
             promoted_in_run = false;
-        } else if passing_tick
-            && analysing(old.phase)
-            && same_run
-            && new.last_analysis_time == Some(now)
-        {
+        } else if passing_tick && analysing(old.phase) && same_run && new.last_analysis_time == Some(now) {
             passing_ticks += 1;
         }
         if fresh && decision.actions.contains(&Action::PromoteCanaryToPrimary) {
-            prop_assert_eq!(
-                &run,
-                &new.last_applied_spec,
-                "promoted a revision whose run was not seen"
-            );
+            prop_assert_eq!(&run, &new.last_applied_spec, "promoted a revision whose run was not seen");
             prop_assert!(new.failed_checks < threshold);
             prop_assert!(
                 spec.skip_analysis || passing_ticks >= needed,
@@ -425,15 +374,8 @@ fn drive(
             );
             promoted_in_run = true;
         }
-        if fresh
-            && new.phase == Phase::Succeeded
-            && new.last_promoted_spec != old.last_promoted_spec
-        {
-            prop_assert!(
-                promoted_in_run,
-                "Succeeded without promoting: {:?}",
-                decision.actions
-            );
+        if fresh && new.phase == Phase::Succeeded && new.last_promoted_spec != old.last_promoted_spec {
+            prop_assert!(promoted_in_run, "Succeeded without promoting: {:?}", decision.actions);
             prop_assert_eq!(&new.last_promoted_spec, &run);
         }
 
@@ -480,10 +422,7 @@ fn generated_runs_reach_promotion_and_rollback() {
     for _ in 0..300 {
         let spec = spec().new_tree(&mut runner).unwrap().current();
         let provider = provider().new_tree(&mut runner).unwrap().current();
-        let worlds = proptest::collection::vec(world(), 60..80)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
+        let worlds = proptest::collection::vec(world(), 60..80).new_tree(&mut runner).unwrap().current();
         let mut status = CanaryStatus::default();
         let mut now = start();
         let mut revision = "r0".to_string();
@@ -492,25 +431,12 @@ fn generated_runs_reach_promotion_and_rollback() {
             if let Some(i) = world.new_revision {
                 revision = REVISIONS[i].to_string();
             }
-            let (obs, _) = observe(
-                &spec,
-                &status,
-                provider,
-                &world,
-                &revision,
-                now,
-                FleetGate::NotInFleet,
-            );
+            let (obs, _) = observe(&spec, &status, provider, &world, &revision, now, FleetGate::NotInFleet);
             let decision = decide(&spec, &status, provider, &obs);
             promotions += usize::from(decision.actions.contains(&Action::PromoteCanaryToPrimary));
-            rollbacks += usize::from(
-                decision.status.phase == Phase::Failed && status.phase != Phase::Failed,
-            );
+            rollbacks += usize::from(decision.status.phase == Phase::Failed && status.phase != Phase::Failed);
             status = decision.status;
         }
     }
-    assert!(
-        promotions > 30 && rollbacks > 30,
-        "promotions {promotions}, rollbacks {rollbacks}"
-    );
+    assert!(promotions > 30 && rollbacks > 30, "promotions {promotions}, rollbacks {rollbacks}");
 }

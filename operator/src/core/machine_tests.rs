@@ -6,12 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch,
-    MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
 };
-use crate::core::machine::{
-    Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan,
-};
+use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
 use crate::core::provider::Provider;
 
 /// A Canary and the world around it, driven one reconcile at a time.
@@ -55,23 +52,12 @@ impl Sim {
 
     /// One reconcile now: plan, run what it asks for, decide, keep the new status.
     pub fn reconcile(&mut self) -> Decision {
-        let plan = plan(
-            &self.spec,
-            &self.status,
-            self.provider,
-            &self.revision,
-            &self.fleet,
-            self.now,
-        );
+        let plan = plan(&self.spec, &self.status, self.provider, &self.revision, &self.fleet, self.now);
         let hooks: BTreeMap<_, _> = plan
             .hooks
             .iter()
             .map(|hook| {
-                let outcome = if self.failing_hooks.contains(hook) {
-                    Err(format!("{hook:?} said no"))
-                } else {
-                    Ok(())
-                };
+                let outcome = if self.failing_hooks.contains(hook) { Err(format!("{hook:?} said no")) } else { Ok(()) };
                 (*hook, outcome)
             })
             .collect();
@@ -133,10 +119,7 @@ pub(crate) fn analysis(a: CanaryAnalysis) -> CanarySpec {
     CanarySpec {
         analysis: Some(CanaryAnalysis {
             interval: Some("30s".into()),
-            metrics: vec![CanaryMetric {
-                name: "request-success-rate".into(),
-                ..Default::default()
-            }],
+            metrics: vec![CanaryMetric { name: "request-success-rate".into(), ..Default::default() }],
             ..a
         }),
         ..Default::default()
@@ -144,12 +127,7 @@ pub(crate) fn analysis(a: CanaryAnalysis) -> CanarySpec {
 }
 
 pub(crate) fn hook(type_: HookType) -> CanaryWebhook {
-    CanaryWebhook {
-        name: format!("{type_:?}"),
-        type_,
-        url: "http://hooks".into(),
-        ..Default::default()
-    }
+    CanaryWebhook { name: format!("{type_:?}"), type_, url: "http://hooks".into(), ..Default::default() }
 }
 
 pub(crate) fn routes_of(decision: &Decision) -> Vec<(u8, u8, bool)> {
@@ -157,11 +135,7 @@ pub(crate) fn routes_of(decision: &Decision) -> Vec<(u8, u8, bool)> {
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::SetRoutes {
-                primary,
-                canary,
-                mirror,
-            } => Some((*primary, *canary, *mirror)),
+            Action::SetRoutes { primary, canary, mirror } => Some((*primary, *canary, *mirror)),
             _ => None,
         })
         .collect()
@@ -185,9 +159,7 @@ fn has(decision: &Decision, action: &Action) -> bool {
 #[test]
 fn initializing_waits_for_the_primary_then_records_its_revision() {
     let mut sim = Sim::new(analysis(CanaryAnalysis::default()), Provider::Istio);
-    sim.primary = WorkloadHealth::NotReady {
-        reason: "0/2 ready".into(),
-    };
+    sim.primary = WorkloadHealth::NotReady { reason: "0/2 ready".into() };
     let waiting = sim.reconcile();
     assert_eq!(waiting.status.phase, Phase::Initializing);
     assert_eq!(waiting.requeue_after, Duration::from_secs(2));
@@ -199,33 +171,17 @@ fn initializing_waits_for_the_primary_then_records_its_revision() {
     assert_eq!(ready.status.last_promoted_spec.as_deref(), Some("r0"));
     assert_eq!(routes_of(&ready), vec![(100, 0, false)]);
     assert_eq!(reasons(&ready), vec!["Initialized"]);
-    let promoted = ready
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Promoted")
-        .unwrap();
-    assert_eq!(
-        (promoted.status.as_str(), promoted.reason.as_str()),
-        ("True", "Initialized")
-    );
+    let promoted = ready.status.conditions.iter().find(|c| c.type_ == "Promoted").unwrap();
+    assert_eq!((promoted.status.as_str(), promoted.reason.as_str()), ("True", "Initialized"));
 
     let idle = sim.after(Duration::from_secs(30));
-    assert!(
-        idle.actions.is_empty(),
-        "nothing changes without a new revision: {:?}",
-        idle.actions
-    );
+    assert!(idle.actions.is_empty(), "nothing changes without a new revision: {:?}", idle.actions);
 }
 
 #[test]
 fn canary_walks_the_weights_then_promotes() {
     let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            max_weight: Some(50),
-            ..Default::default()
-        }),
+        analysis(CanaryAnalysis { step_weight: Some(20), max_weight: Some(50), ..Default::default() }),
         Provider::Istio,
     );
     let started = sim.initialized_then_release("r1");
@@ -236,25 +192,12 @@ fn canary_walks_the_weights_then_promotes() {
     assert_eq!(started.requeue_after, Duration::from_secs(30));
 
     // Not due yet: nothing to run, nothing to change.
-    assert_eq!(
-        plan(
-            &sim.spec,
-            &sim.status,
-            sim.provider,
-            "r1",
-            &sim.fleet,
-            sim.now
-        ),
-        Plan::default()
-    );
+    assert_eq!(plan(&sim.spec, &sim.status, sim.provider, "r1", &sim.fleet, sim.now), Plan::default());
 
     let first = sim.next_tick();
     assert_eq!(reasons(&first), vec!["AnalysisStarted", "WeightIncreased"]);
     assert_eq!(routes_of(&first), vec![(80, 20, false)]);
-    assert!(
-        !sim.last_plan.run_metrics,
-        "the first tick only runs pre-rollout hooks"
-    );
+    assert!(!sim.last_plan.run_metrics, "the first tick only runs pre-rollout hooks");
 
     let second = sim.next_tick();
     assert!(sim.last_plan.run_metrics);
@@ -292,11 +235,7 @@ fn canary_walks_the_weights_then_promotes() {
 #[test]
 fn failed_checks_reaching_the_threshold_roll_back_and_stay_failed() {
     let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(10),
-            threshold: Some(2),
-            ..Default::default()
-        }),
+        analysis(CanaryAnalysis { step_weight: Some(10), threshold: Some(2), ..Default::default() }),
         Provider::GatewayApi,
     );
     sim.initialized_then_release("r1");
@@ -308,23 +247,12 @@ fn failed_checks_reaching_the_threshold_roll_back_and_stay_failed() {
     let failed = sim.next_tick();
     assert_eq!(failed.status.phase, Phase::Progressing);
     assert_eq!(failed.status.failed_checks, 1);
-    assert_eq!(
-        failed.status.canary_weight, 20,
-        "a failed check holds the weight"
-    );
+    assert_eq!(failed.status.canary_weight, 20, "a failed check holds the weight");
     assert!(routes_of(&failed).is_empty());
     assert_eq!(reasons(&failed), vec!["CheckFailed"]);
-    let Action::Event {
-        message, warning, ..
-    } = &failed.actions[0]
-    else {
-        panic!()
-    };
+    let Action::Event { message, warning, .. } = &failed.actions[0] else { panic!() };
     assert!(*warning);
-    assert!(
-        message.contains("1/2") && message.contains("request-success-rate = 80"),
-        "{message}"
-    );
+    assert!(message.contains("1/2") && message.contains("request-success-rate = 80"), "{message}");
 
     let rolled_back = sim.next_tick();
     assert_eq!(rolled_back.status.phase, Phase::Failed);
@@ -372,18 +300,10 @@ fn ab_testing_routes_matching_traffic_for_each_iteration() {
 
 #[test]
 fn blue_green_mirrors_during_iterations_then_switches_for_one_tick() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            iterations: Some(2),
-            mirror: true,
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim =
+        Sim::new(analysis(CanaryAnalysis { iterations: Some(2), mirror: true, ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
-    let seen: Vec<_> = (0..3)
-        .map(|_| (routes_of(&sim.next_tick()), sim.status.phase))
-        .collect();
+    let seen: Vec<_> = (0..3).map(|_| (routes_of(&sim.next_tick()), sim.status.phase)).collect();
     assert_eq!(
         seen,
         vec![
@@ -397,13 +317,7 @@ fn blue_green_mirrors_during_iterations_then_switches_for_one_tick() {
 
 #[test]
 fn a_new_revision_mid_run_restarts_the_analysis() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
     sim.next_tick();
     sim.next_tick();
@@ -423,13 +337,7 @@ fn a_new_revision_mid_run_restarts_the_analysis() {
 
 #[test]
 fn reverting_to_the_promoted_template_withdraws_the_release() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
     sim.next_tick();
     sim.revision = "r0".into();
@@ -443,11 +351,7 @@ fn reverting_to_the_promoted_template_withdraws_the_release() {
 
 #[test]
 fn confirm_promotion_holds_in_waiting_promotion_while_checks_keep_running() {
-    let mut spec = analysis(CanaryAnalysis {
-        step_weight: Some(50),
-        threshold: Some(3),
-        ..Default::default()
-    });
+    let mut spec = analysis(CanaryAnalysis { step_weight: Some(50), threshold: Some(3), ..Default::default() });
     spec.analysis.as_mut().unwrap().webhooks = vec![hook(HookType::ConfirmPromotion)];
     let mut sim = Sim::new(spec, Provider::Istio);
     sim.failing_hooks = vec![HookType::ConfirmPromotion];
@@ -463,10 +367,7 @@ fn confirm_promotion_holds_in_waiting_promotion_while_checks_keep_running() {
 
     sim.metrics_pass = false;
     let failed = sim.next_tick();
-    assert!(
-        sim.last_plan.run_metrics,
-        "metrics keep running in WaitingPromotion"
-    );
+    assert!(sim.last_plan.run_metrics, "metrics keep running in WaitingPromotion");
     assert_eq!(failed.status.failed_checks, 1);
     assert_eq!(failed.status.phase, Phase::WaitingPromotion);
 
@@ -479,10 +380,7 @@ fn confirm_promotion_holds_in_waiting_promotion_while_checks_keep_running() {
 
 #[test]
 fn confirm_traffic_increase_holds_the_weight() {
-    let mut spec = analysis(CanaryAnalysis {
-        step_weight: Some(50),
-        ..Default::default()
-    });
+    let mut spec = analysis(CanaryAnalysis { step_weight: Some(50), ..Default::default() });
     spec.analysis.as_mut().unwrap().webhooks = vec![hook(HookType::ConfirmTrafficIncrease)];
     let mut sim = Sim::new(spec, Provider::Istio);
     sim.initialized_then_release("r1");
@@ -521,13 +419,8 @@ fn step_weight_promotion_walks_traffic_back_one_tick_at_a_time() {
 
 #[test]
 fn kubernetes_provider_runs_blue_green_with_ten_iterations() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(10),
-            ..Default::default()
-        }),
-        Provider::Kubernetes,
-    );
+    let mut sim =
+        Sim::new(analysis(CanaryAnalysis { step_weight: Some(10), ..Default::default() }), Provider::Kubernetes);
     sim.initialized_then_release("r1");
     let mut ticks = 0;
     while sim.status.phase == Phase::Progressing {
@@ -547,28 +440,18 @@ fn kubernetes_provider_runs_blue_green_with_ten_iterations() {
 #[test]
 fn a_pending_fleet_gate_waits_without_traffic() {
     let mut sim = Sim::new(analysis(CanaryAnalysis::default()), Provider::Istio);
-    sim.fleet = FleetGate::Pending {
-        approved: Some("r0".into()),
-    };
+    sim.fleet = FleetGate::Pending { approved: Some("r0".into()) };
     let waiting = sim.initialized_then_release("r1");
     assert_eq!(waiting.status.phase, Phase::Waiting);
     assert!(!has(&waiting, &Action::ScaleCanaryUp));
     assert_eq!(reasons(&waiting), vec!["WaitingForFleetApproval"]);
-    assert!(
-        sim.after(Duration::from_secs(60)).actions.is_empty(),
-        "no event spam while waiting"
-    );
+    assert!(sim.after(Duration::from_secs(60)).actions.is_empty(), "no event spam while waiting");
 
-    sim.fleet = FleetGate::Approved {
-        revision: "r1".into(),
-    };
+    sim.fleet = FleetGate::Approved { revision: "r1".into() };
     let started = sim.after(Duration::from_secs(1));
     assert_eq!(started.status.phase, Phase::Progressing);
     assert!(has(&started, &Action::ScaleCanaryUp));
-    assert_eq!(
-        started.status.fleet_approved_revision.as_deref(),
-        Some("r1")
-    );
+    assert_eq!(started.status.fleet_approved_revision.as_deref(), Some("r1"));
 }
 
 #[test]
@@ -581,17 +464,7 @@ fn confirm_rollout_rejection_waits_and_asks_again_each_interval() {
     assert_eq!(waiting.status.phase, Phase::Waiting);
     assert_eq!(reasons(&waiting), vec!["WaitingForApproval"]);
     assert_eq!(waiting.requeue_after, Duration::from_secs(30));
-    assert_eq!(
-        plan(
-            &sim.spec,
-            &sim.status,
-            sim.provider,
-            "r1",
-            &sim.fleet,
-            sim.now
-        ),
-        Plan::default()
-    );
+    assert_eq!(plan(&sim.spec, &sim.status, sim.provider, "r1", &sim.fleet, sim.now), Plan::default());
 
     sim.failing_hooks.clear();
     let started = sim.next_tick();
@@ -601,28 +474,17 @@ fn confirm_rollout_rejection_waits_and_asks_again_each_interval() {
 #[test]
 fn an_unready_canary_holds_and_a_stuck_one_rolls_back() {
     let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            threshold: Some(5),
-            ..Default::default()
-        }),
+        analysis(CanaryAnalysis { step_weight: Some(20), threshold: Some(5), ..Default::default() }),
         Provider::Istio,
     );
     sim.initialized_then_release("r1");
-    sim.canary = WorkloadHealth::NotReady {
-        reason: "1/3 available".into(),
-    };
+    sim.canary = WorkloadHealth::NotReady { reason: "1/3 available".into() };
     let held = sim.next_tick();
     assert_eq!(held.status.phase, Phase::Progressing);
-    assert_eq!(
-        held.status.failed_checks, 0,
-        "pods not ready is not a failed check"
-    );
+    assert_eq!(held.status.failed_checks, 0, "pods not ready is not a failed check");
     assert!(held.actions.is_empty());
 
-    sim.canary = WorkloadHealth::DeadlineExceeded {
-        reason: "ProgressDeadlineExceeded".into(),
-    };
+    sim.canary = WorkloadHealth::DeadlineExceeded { reason: "ProgressDeadlineExceeded".into() };
     let rolled_back = sim.after(Duration::from_secs(2));
     assert_eq!(rolled_back.status.phase, Phase::Failed);
     assert_eq!(routes_of(&rolled_back), vec![(100, 0, false)]);
@@ -640,11 +502,7 @@ fn skip_analysis_promotes_once_the_canary_is_ready() {
     assert_eq!(
         promoted.actions[..4],
         [
-            Action::SetRoutes {
-                primary: 100,
-                canary: 0,
-                mirror: false
-            },
+            Action::SetRoutes { primary: 100, canary: 0, mirror: false },
             Action::PromoteCanaryToPrimary,
             Action::ScaleCanaryToZero,
             Action::FireHooks(HookType::PostRollout)
@@ -655,10 +513,7 @@ fn skip_analysis_promotes_once_the_canary_is_ready() {
 
 #[test]
 fn a_rollback_webhook_answering_2xx_rolls_back() {
-    let mut spec = analysis(CanaryAnalysis {
-        step_weight: Some(20),
-        ..Default::default()
-    });
+    let mut spec = analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() });
     spec.analysis.as_mut().unwrap().webhooks = vec![hook(HookType::Rollback)];
     let mut sim = Sim::new(spec, Provider::Istio);
     // A rollback hook "fails" (non-2xx) while nobody asks for a rollback.
@@ -673,13 +528,7 @@ fn a_rollback_webhook_answering_2xx_rolls_back() {
 
 #[test]
 fn suspend_touches_nothing() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
     sim.spec.suspend = true;
     let before = sim.status.clone();
@@ -691,25 +540,12 @@ fn suspend_touches_nothing() {
 
 #[test]
 fn a_tick_whose_checks_did_not_run_changes_nothing() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(20),
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
     sim.next_tick();
     sim.now += chrono::Duration::seconds(30);
     let before = sim.status.clone();
-    let planned = plan(
-        &sim.spec,
-        &sim.status,
-        sim.provider,
-        "r1",
-        &sim.fleet,
-        sim.now,
-    );
+    let planned = plan(&sim.spec, &sim.status, sim.provider, "r1", &sim.fleet, sim.now);
     assert!(planned.run_metrics);
     let obs = Observation {
         now: sim.now,
@@ -724,24 +560,16 @@ fn a_tick_whose_checks_did_not_run_changes_nothing() {
     let decision = decide(&sim.spec, &before, sim.provider, &obs);
     assert!(decision.actions.is_empty(), "{:?}", decision.actions);
     assert_eq!(decision.status.canary_weight, before.canary_weight);
-    assert_eq!(
-        decision.status.last_analysis_time, before.last_analysis_time,
-        "the tick stays due"
-    );
+    assert_eq!(decision.status.last_analysis_time, before.last_analysis_time, "the tick stays due");
     assert_eq!(decision.requeue_after, Duration::from_secs(1));
 }
 
 #[test]
 fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
     use crate::api::canary::{ComparisonDirection, MetricComparison};
-    let mut spec = analysis(CanaryAnalysis {
-        step_weight: Some(10),
-        ..Default::default()
-    });
-    spec.analysis.as_mut().unwrap().metrics[0].comparison = Some(MetricComparison {
-        direction: ComparisonDirection::Decrease,
-        ..Default::default()
-    });
+    let mut spec = analysis(CanaryAnalysis { step_weight: Some(10), ..Default::default() });
+    spec.analysis.as_mut().unwrap().metrics[0].comparison =
+        Some(MetricComparison { direction: ComparisonDirection::Decrease, ..Default::default() });
     let mut sim = Sim::new(spec, Provider::Istio);
     sim.initialized_then_release("r1");
     sim.next_tick();
@@ -766,10 +594,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
             primary: WorkloadHealth::Ready,
             primary_updated: true,
             fleet: FleetGate::NotInFleet,
-            gates: GateResults {
-                hooks: BTreeMap::new(),
-                metrics: metrics.clone(),
-            },
+            gates: GateResults { hooks: BTreeMap::new(), metrics: metrics.clone() },
         };
         sim.status = decide(&sim.spec, &sim.status, sim.provider, &obs).status;
     }
@@ -784,39 +609,15 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
 
 #[test]
 fn conditions_follow_the_phase_and_keep_their_transition_time() {
-    let mut sim = Sim::new(
-        analysis(CanaryAnalysis {
-            step_weight: Some(50),
-            ..Default::default()
-        }),
-        Provider::Istio,
-    );
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(50), ..Default::default() }), Provider::Istio);
     sim.initialized_then_release("r1");
-    let condition = |sim: &Sim, type_: &str| {
-        sim.status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .cloned()
-            .unwrap()
-    };
+    let condition = |sim: &Sim, type_: &str| sim.status.conditions.iter().find(|c| c.type_ == type_).cloned().unwrap();
     let progressing = condition(&sim, "Progressing");
-    assert_eq!(
-        (progressing.status.as_str(), progressing.reason.as_str()),
-        ("True", "Progressing")
-    );
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "Progressing"));
     assert_eq!(condition(&sim, "Promoted").status, "Unknown");
     assert_eq!(condition(&sim, "Ready").status, "True");
     let since = progressing.last_transition_time;
     sim.next_tick();
-    assert_eq!(
-        condition(&sim, "Progressing").last_transition_time,
-        since,
-        "unchanged status keeps its time"
-    );
-    assert_eq!(
-        sim.status.last_transition_time,
-        Some(since),
-        "no phase change, no new lastTransitionTime"
-    );
+    assert_eq!(condition(&sim, "Progressing").last_transition_time, since, "unchanged status keeps its time");
+    assert_eq!(sim.status.last_transition_time, Some(since), "no phase change, no new lastTransitionTime");
 }

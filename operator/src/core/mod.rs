@@ -8,9 +8,9 @@ pub mod strategy;
 pub mod transitions;
 
 #[cfg(test)]
-mod machine_tests;
-#[cfg(test)]
 mod machine_props;
+#[cfg(test)]
+mod machine_tests;
 
 pub use machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
 pub use provider::Provider;

@@ -19,7 +19,9 @@ pub enum Provider {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown traffic provider {0:?}: expected one of gatewayapi, istio, linkerd, smi, nginx, traefik, contour, kubernetes")]
+#[error(
+    "unknown traffic provider {0:?}: expected one of gatewayapi, istio, linkerd, smi, nginx, traefik, contour, kubernetes"
+)]
 pub struct UnknownProvider(pub String);
 
 impl Provider {

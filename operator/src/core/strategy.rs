@@ -51,23 +51,11 @@ impl Routes {
     /// Canary gets `canary` percent (clamped to 100), the primary the rest.
     pub fn canary_weight(canary: u8, mirror: bool) -> Self {
         let canary = canary.min(100);
-        Routes {
-            primary: 100 - canary,
-            canary,
-            mirror,
-        }
+        Routes { primary: 100 - canary, canary, mirror }
     }
 
-    pub const ALL_PRIMARY: Routes = Routes {
-        primary: 100,
-        canary: 0,
-        mirror: false,
-    };
-    pub const ALL_CANARY: Routes = Routes {
-        primary: 0,
-        canary: 100,
-        mirror: false,
-    };
+    pub const ALL_PRIMARY: Routes = Routes { primary: 100, canary: 0, mirror: false };
+    pub const ALL_CANARY: Routes = Routes { primary: 0, canary: 100, mirror: false };
 }
 
 /// What a passing step does.
@@ -86,10 +74,7 @@ pub enum StepKind {
 impl StepKind {
     /// Whether the step sends more traffic to the canary, so confirm-traffic-increase gates it.
     pub fn increases_traffic(self) -> bool {
-        matches!(
-            self,
-            StepKind::Mirror | StepKind::Weight | StepKind::SwitchToCanary
-        )
+        matches!(self, StepKind::Mirror | StepKind::Weight | StepKind::SwitchToCanary)
     }
 }
 
@@ -97,12 +82,7 @@ impl StepKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextStep {
     /// Move to the given routes and status counters.
-    Advance {
-        kind: StepKind,
-        routes: Routes,
-        weight: u8,
-        iterations: u32,
-    },
+    Advance { kind: StepKind, routes: Routes, weight: u8, iterations: u32 },
     /// Every step passed: promote.
     Promote,
 }
@@ -120,18 +100,12 @@ pub fn strategy_of(spec: &CanarySpec, provider: Provider) -> Strategy {
     let mirror = analysis.mirror && provider.supports_mirroring();
 
     if provider == Provider::Kubernetes {
-        return Strategy::BlueGreen {
-            iterations: iterations.unwrap_or(DEFAULT_KUBERNETES_ITERATIONS),
-            mirror: false,
-        };
+        return Strategy::BlueGreen { iterations: iterations.unwrap_or(DEFAULT_KUBERNETES_ITERATIONS), mirror: false };
     }
     match iterations {
         Some(iterations) if has_match => Strategy::AbTesting { iterations },
         Some(iterations) => Strategy::BlueGreen { iterations, mirror },
-        None => Strategy::Canary {
-            weights: canary_weights(analysis),
-            mirror_first: mirror,
-        },
+        None => Strategy::Canary { weights: canary_weights(analysis), mirror_first: mirror },
     }
 }
 
@@ -143,12 +117,8 @@ pub fn strategy_of(spec: &CanarySpec, provider: Provider) -> Strategy {
 /// means one step straight to `maxWeight` (Flagger would never move; petrel does not
 /// leave a release stuck at 0%).
 pub fn canary_weights(analysis: &CanaryAnalysis) -> Vec<u8> {
-    let explicit: Vec<u8> = analysis
-        .step_weights
-        .iter()
-        .flatten()
-        .map(|w| clamp_percent(*w))
-        .fold(Vec::new(), |mut kept, w| {
+    let explicit: Vec<u8> =
+        analysis.step_weights.iter().flatten().map(|w| clamp_percent(*w)).fold(Vec::new(), |mut kept, w| {
             if w > kept.last().copied().unwrap_or(0) {
                 kept.push(w);
             }
@@ -157,18 +127,11 @@ pub fn canary_weights(analysis: &CanaryAnalysis) -> Vec<u8> {
     if !explicit.is_empty() {
         return explicit;
     }
-    let max = analysis
-        .max_weight
-        .map(clamp_percent)
-        .unwrap_or(DEFAULT_MAX_WEIGHT);
+    let max = analysis.max_weight.map(clamp_percent).unwrap_or(DEFAULT_MAX_WEIGHT);
     if max == 0 {
         return Vec::new();
     }
-    let step = analysis
-        .step_weight
-        .map(clamp_percent)
-        .filter(|s| *s > 0)
-        .unwrap_or(max);
+    let step = analysis.step_weight.map(clamp_percent).filter(|s| *s > 0).unwrap_or(max);
     let mut weights = Vec::new();
     let mut weight = 0u8;
     while weight < max {
@@ -187,20 +150,13 @@ impl Strategy {
     /// The step a passing tick takes from the current weight and iterations.
     pub fn next_step(&self, weight: u8, iterations: u32) -> NextStep {
         match self {
-            Strategy::Canary {
-                weights,
-                mirror_first,
-            } => {
+            Strategy::Canary { weights, mirror_first } => {
                 if weight >= self.max_weight() {
                     NextStep::Promote
                 } else if *mirror_first && weight == 0 && iterations == 0 {
                     NextStep::Advance {
                         kind: StepKind::Mirror,
-                        routes: Routes {
-                            primary: 100,
-                            canary: 0,
-                            mirror: true,
-                        },
+                        routes: Routes { primary: 100, canary: 0, mirror: true },
                         weight: 0,
                         iterations: 1,
                     }
@@ -228,18 +184,11 @@ impl Strategy {
                     NextStep::Promote
                 }
             }
-            Strategy::BlueGreen {
-                iterations: needed,
-                mirror,
-            } => {
+            Strategy::BlueGreen { iterations: needed, mirror } => {
                 if iterations < *needed {
                     NextStep::Advance {
                         kind: StepKind::Iteration,
-                        routes: Routes {
-                            primary: 100,
-                            canary: 0,
-                            mirror: *mirror,
-                        },
+                        routes: Routes { primary: 100, canary: 0, mirror: *mirror },
                         weight: 0,
                         iterations: iterations + 1,
                     }
@@ -268,10 +217,7 @@ impl Strategy {
     /// Number of steps (= passing metric ticks) between the start of a run and promotion.
     pub fn steps_to_promotion(&self) -> u32 {
         match self {
-            Strategy::Canary {
-                weights,
-                mirror_first,
-            } => weights.len() as u32 + u32::from(*mirror_first),
+            Strategy::Canary { weights, mirror_first } => weights.len() as u32 + u32::from(*mirror_first),
             Strategy::AbTesting { iterations } => *iterations,
             Strategy::BlueGreen { iterations, .. } => iterations + 1,
         }
@@ -304,21 +250,12 @@ pub fn weight_after_promotion_step(canary_weight: u8, step: Option<u8>) -> u8 {
 
 /// `analysis.stepWeightPromotion`, when set to a positive percentage.
 pub fn promotion_step(spec: &CanarySpec) -> Option<u8> {
-    spec.analysis
-        .as_ref()
-        .and_then(|a| a.step_weight_promotion)
-        .map(clamp_percent)
-        .filter(|s| *s > 0)
+    spec.analysis.as_ref().and_then(|a| a.step_weight_promotion).map(clamp_percent).filter(|s| *s > 0)
 }
 
 /// Failed checks tolerated before rollback.
 pub fn threshold_of(spec: &CanarySpec) -> u32 {
-    spec.analysis
-        .as_ref()
-        .and_then(|a| a.threshold)
-        .filter(|t| *t > 0)
-        .map(|t| t as u32)
-        .unwrap_or(DEFAULT_THRESHOLD)
+    spec.analysis.as_ref().and_then(|a| a.threshold).filter(|t| *t > 0).map(|t| t as u32).unwrap_or(DEFAULT_THRESHOLD)
 }
 
 /// Time between analysis ticks. The API server validates the format (pattern and CEL
@@ -348,9 +285,7 @@ pub fn progress_deadline(spec: &CanarySpec) -> Duration {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {text:?}: {why} (expected Go-style durations such as 30s, 1m, 1m30s, 500ms, 1.5h)"
-)]
+#[error("invalid duration {text:?}: {why} (expected Go-style durations such as 30s, 1m, 1m30s, 500ms, 1.5h)")]
 pub struct DurationError {
     pub text: String,
     pub why: &'static str,
@@ -359,10 +294,7 @@ pub struct DurationError {
 /// Parses a Go `time.ParseDuration` string without sign: one or more `<number><unit>`
 /// with units ns, us (µs), ms, s, m, h and optional fractions (`1.5h`). `0` alone is zero.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let error = |why| DurationError {
-        text: text.to_string(),
-        why,
-    };
+    let error = |why| DurationError { text: text.to_string(), why };
     if text == "0" {
         return Ok(Duration::ZERO);
     }
@@ -372,17 +304,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let mut rest = text;
     let mut total_nanos: f64 = 0.0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_len);
         if number.is_empty() {
             return Err(error("a number must come before each unit"));
         }
         let value: f64 = number.parse().map_err(|_| error("malformed number"))?;
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         let nanos_per_unit = match unit {
             "ns" => 1.0,
@@ -410,10 +338,7 @@ mod tests {
     use crate::api::canary::HttpMatch;
 
     fn spec_with(analysis: CanaryAnalysis) -> CanarySpec {
-        CanarySpec {
-            analysis: Some(analysis),
-            ..Default::default()
-        }
+        CanarySpec { analysis: Some(analysis), ..Default::default() }
     }
 
     fn walk(strategy: &Strategy) -> Vec<NextStep> {
@@ -423,17 +348,10 @@ mod tests {
             let step = strategy.next_step(weight, iterations);
             steps.push(step);
             match step {
-                NextStep::Advance {
-                    weight: w,
-                    iterations: i,
-                    ..
-                } => (weight, iterations) = (w, i),
+                NextStep::Advance { weight: w, iterations: i, .. } => (weight, iterations) = (w, i),
                 NextStep::Promote => return steps,
             }
-            assert!(
-                steps.len() < 500,
-                "strategy {strategy:?} never reaches promotion"
-            );
+            assert!(steps.len() < 500, "strategy {strategy:?} never reaches promotion");
         }
     }
 
@@ -473,30 +391,14 @@ mod tests {
         assert_eq!(analysis_interval(&spec), Duration::from_secs(60));
         assert_eq!(threshold_of(&spec), 1);
         assert_eq!(progress_deadline(&spec), Duration::from_secs(600));
-        assert_eq!(
-            strategy_of(&spec, Provider::Istio),
-            Strategy::Canary {
-                weights: vec![100],
-                mirror_first: false
-            }
-        );
+        assert_eq!(strategy_of(&spec, Provider::Istio), Strategy::Canary { weights: vec![100], mirror_first: false });
     }
 
     #[test]
     fn step_weight_walks_up_to_max_weight_and_clamps_the_last_step() {
-        let spec = spec_with(CanaryAnalysis {
-            step_weight: Some(20),
-            max_weight: Some(50),
-            ..Default::default()
-        });
+        let spec = spec_with(CanaryAnalysis { step_weight: Some(20), max_weight: Some(50), ..Default::default() });
         let strategy = strategy_of(&spec, Provider::GatewayApi);
-        assert_eq!(
-            strategy,
-            Strategy::Canary {
-                weights: vec![20, 40, 50],
-                mirror_first: false
-            }
-        );
+        assert_eq!(strategy, Strategy::Canary { weights: vec![20, 40, 50], mirror_first: false });
         assert_eq!(weights_walked(&strategy), vec![20, 40, 50]);
         assert_eq!(strategy.steps_to_promotion(), 3);
         assert_eq!(strategy.max_weight(), 50);
@@ -516,24 +418,12 @@ mod tests {
 
     #[test]
     fn mirror_adds_one_mirror_step_only_where_the_provider_mirrors() {
-        let analysis = CanaryAnalysis {
-            step_weight: Some(50),
-            mirror: true,
-            ..Default::default()
-        };
+        let analysis = CanaryAnalysis { step_weight: Some(50), mirror: true, ..Default::default() };
         let istio = strategy_of(&spec_with(analysis.clone()), Provider::Istio);
         let steps = walk(&istio);
         assert!(matches!(
             steps[0],
-            NextStep::Advance {
-                kind: StepKind::Mirror,
-                routes: Routes {
-                    primary: 100,
-                    canary: 0,
-                    mirror: true
-                },
-                ..
-            }
+            NextStep::Advance { kind: StepKind::Mirror, routes: Routes { primary: 100, canary: 0, mirror: true }, .. }
         ));
         assert_eq!(weights_walked(&istio), vec![0, 50, 100]);
         assert_eq!(istio.steps_to_promotion(), 3);
@@ -557,26 +447,14 @@ mod tests {
 
     #[test]
     fn iterations_alone_is_blue_green_ending_with_all_traffic_on_the_canary() {
-        let spec = spec_with(CanaryAnalysis {
-            iterations: Some(2),
-            mirror: true,
-            ..Default::default()
-        });
+        let spec = spec_with(CanaryAnalysis { iterations: Some(2), mirror: true, ..Default::default() });
         let strategy = strategy_of(&spec, Provider::GatewayApi);
-        assert_eq!(
-            strategy,
-            Strategy::BlueGreen {
-                iterations: 2,
-                mirror: true
-            }
-        );
+        assert_eq!(strategy, Strategy::BlueGreen { iterations: 2, mirror: true });
         let steps = walk(&strategy);
         let kinds: Vec<_> = steps
             .iter()
             .map(|s| match s {
-                NextStep::Advance { kind, routes, .. } => {
-                    Some((*kind, routes.canary, routes.mirror))
-                }
+                NextStep::Advance { kind, routes, .. } => Some((*kind, routes.canary, routes.mirror)),
                 NextStep::Promote => None,
             })
             .collect();
@@ -594,39 +472,22 @@ mod tests {
 
     #[test]
     fn kubernetes_provider_forces_blue_green_without_mirroring() {
-        let canary_spec = spec_with(CanaryAnalysis {
-            step_weight: Some(10),
-            mirror: true,
-            ..Default::default()
-        });
+        let canary_spec = spec_with(CanaryAnalysis { step_weight: Some(10), mirror: true, ..Default::default() });
         assert_eq!(
             strategy_of(&canary_spec, Provider::Kubernetes),
-            Strategy::BlueGreen {
-                iterations: 10,
-                mirror: false
-            }
+            Strategy::BlueGreen { iterations: 10, mirror: false }
         );
         let ab_spec = spec_with(CanaryAnalysis {
             iterations: Some(4),
             match_: Some(vec![HttpMatch::default()]),
             ..Default::default()
         });
-        assert_eq!(
-            strategy_of(&ab_spec, Provider::Kubernetes),
-            Strategy::BlueGreen {
-                iterations: 4,
-                mirror: false
-            }
-        );
+        assert_eq!(strategy_of(&ab_spec, Provider::Kubernetes), Strategy::BlueGreen { iterations: 4, mirror: false });
     }
 
     #[test]
     fn zero_max_weight_promotes_without_steps() {
-        let spec = spec_with(CanaryAnalysis {
-            max_weight: Some(0),
-            step_weight: Some(0),
-            ..Default::default()
-        });
+        let spec = spec_with(CanaryAnalysis { max_weight: Some(0), step_weight: Some(0), ..Default::default() });
         let strategy = strategy_of(&spec, Provider::Istio);
         assert_eq!(strategy.next_step(0, 0), NextStep::Promote);
         assert_eq!(strategy.steps_to_promotion(), 0);
@@ -637,10 +498,7 @@ mod tests {
         assert_eq!(weight_after_promotion_step(50, Some(20)), 30);
         assert_eq!(weight_after_promotion_step(10, Some(20)), 0);
         assert_eq!(weight_after_promotion_step(50, None), 0);
-        let spec = spec_with(CanaryAnalysis {
-            step_weight_promotion: Some(0),
-            ..Default::default()
-        });
+        let spec = spec_with(CanaryAnalysis { step_weight_promotion: Some(0), ..Default::default() });
         assert_eq!(promotion_step(&spec), None);
     }
 
@@ -655,5 +513,4 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
     }
-
 }

@@ -147,16 +147,13 @@ pub const TRANSITIONS: &[(&[Phase], Event, Next, Effect)] = &[
 
 /// Looks `(phase, event)` up in [`TRANSITIONS`].
 pub fn transition(phase: Phase, event: Event) -> Option<(Phase, Effect)> {
-    TRANSITIONS
-        .iter()
-        .find(|(from, e, _, _)| *e == event && from.contains(&phase))
-        .map(|(_, _, next, effect)| {
-            let to = match next {
-                Stay => phase,
-                To(to) => *to,
-            };
-            (to, *effect)
-        })
+    TRANSITIONS.iter().find(|(from, e, _, _)| *e == event && from.contains(&phase)).map(|(_, _, next, effect)| {
+        let to = match next {
+            Stay => phase,
+            To(to) => *to,
+        };
+        (to, *effect)
+    })
 }
 
 /// Idle phases in which only a new revision starts work.
@@ -171,14 +168,8 @@ mod tests {
     #[test]
     fn every_phase_can_be_suspended_and_hold() {
         for phase in Phase::ALL {
-            assert_eq!(
-                transition(phase, Event::Suspended),
-                Some((phase, Effect::Hold))
-            );
-            assert_eq!(
-                transition(phase, Event::NothingToDo),
-                Some((phase, Effect::Hold))
-            );
+            assert_eq!(transition(phase, Event::Suspended), Some((phase, Effect::Hold)));
+            assert_eq!(transition(phase, Event::NothingToDo), Some((phase, Effect::Hold)));
         }
     }
 
@@ -189,28 +180,15 @@ mod tests {
             .filter(|(from, _, next, _)| from.contains(&Phase::Failed) && *next != Stay)
             .map(|(_, event, _, _)| *event)
             .collect();
-        assert_eq!(
-            exits,
-            vec![
-                Event::NewRevision,
-                Event::FleetNotApproved,
-                Event::ConfirmRolloutRejected
-            ]
-        );
+        assert_eq!(exits, vec![Event::NewRevision, Event::FleetNotApproved, Event::ConfirmRolloutRejected]);
     }
 
     #[test]
     fn rows_are_not_shadowed() {
         for (i, (from, event, _, _)) in TRANSITIONS.iter().enumerate() {
             for phase in from.iter() {
-                let first = TRANSITIONS
-                    .iter()
-                    .position(|(f, e, _, _)| e == event && f.contains(phase));
-                assert_eq!(
-                    first,
-                    Some(i),
-                    "row {i} ({phase:?}, {event:?}) is shadowed by an earlier row"
-                );
+                let first = TRANSITIONS.iter().position(|(f, e, _, _)| e == event && f.contains(phase));
+                assert_eq!(first, Some(i), "row {i} ({phase:?}, {event:?}) is shadowed by an earlier row");
             }
         }
     }

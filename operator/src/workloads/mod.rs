@@ -51,7 +51,6 @@ pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 /// Label on generated objects naming the Canary they belong to.
 pub const CANARY_LABEL: &str = "petrel.dev/canary";
 
-
 /// Pod-template annotation on the primary naming the revision it runs, so that a
 /// promotion that only changed ConfigMaps/Secrets still rolls the primary's pods, and
 /// so that "does the primary run revision X" is a lookup rather than a guess.
