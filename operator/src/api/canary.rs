@@ -624,6 +624,10 @@ pub struct CanaryStatus {
     /// The revision a fleet Rollout approved (mirrors the approval annotation once seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_approved_revision: Option<String>,
+    /// Verb requests (`petrel.dev/abort|promote|retry`) already handled: annotation key →
+    /// the value last handled, so a request left on the object is acted on (or ignored) once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handled_requests: BTreeMap<String, String>,
     /// When the current phase began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<DateTime<Utc>>,

@@ -89,8 +89,11 @@ pub struct CanaryRef {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "match_labels_schema")]
     pub match_labels: BTreeMap<String, String>,
+    // Bounded so the API server can bound the cost of the CEL rules below it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub match_expressions: Vec<LabelRequirement>,
 }
 
@@ -107,10 +110,11 @@ impl ClusterSelector {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)").message("matchExpressions: In and NotIn need values; Exists and DoesNotExist take none"))]
 pub struct LabelRequirement {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 317))]
     pub key: String,
     pub operator: LabelOperator,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     pub values: Vec<String>,
 }
 
@@ -166,7 +170,7 @@ pub struct Wave {
     /// Bake time after the wave succeeded before the next wave opens, as a duration
     /// such as `30m` or `1h`. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"))]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"), length(max = 32))]
     pub soak: Option<String>,
 
     /// `Automatic` (default) or `Manual`: a manual wave opens only after
@@ -177,14 +181,24 @@ pub struct Wave {
     /// How long a member of this wave may take to report the release (or stay
     /// unreachable) before it counts as failed. Default `30m`; never unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
     pub progress_deadline: Option<String>,
+}
+
+/// Schema of label matches: bounded, like Kubernetes label keys and values.
+fn match_labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": { "type": "string", "maxLength": 63 }
+    })
 }
 
 /// Schema of an `int-or-string` count or percentage (`3` or `25%`).
 fn count_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
+        "maxLength": 8,
         "description": "A count (3) or a percentage of the wave's members (25%)."
     })
 }
@@ -284,13 +298,13 @@ pub struct WaveStatus {
     pub approved_release: Option<String>,
     /// Members in this wave.
     #[serde(default)]
-    pub members: u32,
+    pub members: i32,
     /// Members that report the release promoted.
     #[serde(default)]
-    pub succeeded: u32,
+    pub succeeded: i32,
     /// Members that failed or timed out (what the failure budget counts).
     #[serde(default)]
-    pub failed: u32,
+    pub failed: i32,
 }
 
 impl WaveStatus {
@@ -386,15 +400,15 @@ pub enum MemberState {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSummary {
-    pub total: u32,
-    pub pending: u32,
-    pub progressing: u32,
-    pub succeeded: u32,
+    pub total: i32,
+    pub pending: i32,
+    pub progressing: i32,
+    pub succeeded: i32,
     /// Failed plus timed out.
-    pub failed: u32,
-    pub unreachable: u32,
-    pub other_release: u32,
-    pub unassigned: u32,
+    pub failed: i32,
+    pub unreachable: i32,
+    pub other_release: i32,
+    pub unassigned: i32,
     /// Waves finished and soaked out of all waves, for example `2/4`.
     #[serde(default)]
     pub waves_done: String,

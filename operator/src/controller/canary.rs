@@ -76,6 +76,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     // Observe, run what the core asks for, decide.
     let now = Utc::now();
     let fleet = fleet_gate(&canary, &snapshot.revision);
+    let requests = core::requests::pending_requests(canary.annotations(), &status);
     let plan = core::plan(&canary.spec, &status, provider, &snapshot.revision, &fleet, now);
     let analysis_started = std::time::Instant::now();
     let mut gates = run_plan(&ctx, &source, &canary, provider, &plan, &status, &snapshot).await;
@@ -94,6 +95,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         primary_updated: snapshot.primary_runs(&promoting_revision),
         fleet,
         gates,
+        requests,
     };
     let decision = core::decide(&canary.spec, &status, provider, &observation);
 

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use crate::api::canary::Phase;
 use crate::api::canary::{CanarySpec, CanaryStatus, HookType, MetricResult};
 use crate::api::common::Condition;
+use crate::api::verbs::VerbRequest;
 use crate::core::provider::Provider;
+use crate::core::requests::{Triage, triage};
 use crate::core::strategy::{
     NextStep, Routes, StepKind, Strategy, analysis_interval, promotion_step, strategy_of, threshold_of,
     weight_after_promotion_step,
@@ -82,6 +84,9 @@ pub struct Observation {
     pub primary_updated: bool,
     pub fleet: FleetGate,
     pub gates: GateResults,
+    /// Pending verb requests (see [`super::requests::pending_requests`]). [`decide`] skips
+    /// any already recorded in `status.handledRequests` as well, so none acts twice.
+    pub requests: Vec<VerbRequest>,
 }
 
 /// A side effect the reconciler applies, in order.
@@ -460,7 +465,21 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
     let strategy = strategy_of(spec, provider);
     let situation = assess(spec, status, &strategy, &obs.target_revision, &obs.fleet, obs.now);
     let plan = plan_for(spec, status, &situation);
-    let classified = classify(spec, status, &strategy, &situation, &plan, obs);
+    // Suspended means touch nothing: requests wait, unhandled, until it resumes.
+    let requests = if situation == Situation::Suspended {
+        Triage::default()
+    } else {
+        triage(&obs.requests, status, &obs.target_revision, &obs.fleet)
+    };
+    let classified = match &requests.acting {
+        // A person's request overrides this reconcile's gates and checks.
+        Some((request, event)) => Classified {
+            event: *event,
+            consumed: false,
+            detail: Some(format!("{}={}", request.verb.annotation(), request.value)),
+        },
+        None => classify(spec, status, &strategy, &situation, &plan, obs),
+    };
     let Some((to, effect)) = transition(status.phase, classified.event) else {
         // The classifier produced a pair the table does not allow: keep everything as it
         // is and say so loudly rather than guess.
@@ -480,6 +499,15 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
     let mut decision =
         Apply { spec, status, strategy: &strategy, obs, situation: &situation, plan: &plan, classified: &classified }
             .apply(to, effect);
+    for request in requests.handled() {
+        decision.status.handled_requests.insert(request.verb.annotation().to_string(), request.value.clone());
+    }
+    for (request, reason) in requests.ignored {
+        decision.actions.push(warn(
+            "RequestIgnored",
+            format!("Ignored the {} request {}={}: {reason}", request.verb, request.verb.annotation(), request.value),
+        ));
+    }
     set_conditions(&mut decision.status, obs.now);
     decision
 }
@@ -595,10 +623,17 @@ impl Apply<'_> {
                 } else {
                     format!("{} analysis starts in {}", self.strategy.name(), human(interval))
                 };
-                actions.push(info(
-                    "NewRevision",
-                    format!("New revision {} ({}) detected, scaling the canary up; {how}", short(revision), obs.target_release),
-                ));
+                if event == Event::RetryRequested {
+                    actions.push(info(
+                        "Retrying",
+                        format!("Retry requested ({detail}): revision {} starts again with its counters reset, scaling the canary up; {how}", short(revision)),
+                    ));
+                } else {
+                    actions.push(info(
+                        "NewRevision",
+                        format!("New revision {} ({}) detected, scaling the canary up; {how}", short(revision), obs.target_release),
+                    ));
+                }
             }
             Effect::Wait => {
                 if old.phase != Phase::Waiting {
@@ -609,6 +644,15 @@ impl Apply<'_> {
                     reset_run(&mut new);
                 }
                 new.canary_weight = 0;
+                if event == Event::RetryAwaitingFleet {
+                    reset_run(&mut new);
+                    // The failed run's last tick must not delay the start once the hub approves.
+                    new.last_analysis_time = None;
+                    actions.push(info(
+                        "Retrying",
+                        format!("Retry requested ({detail}): revision {} starts again with its counters reset, at the fleet gate", short(revision)),
+                    ));
+                }
                 match event {
                     Event::ConfirmRolloutRejected => actions.push(info(
                         "WaitingForApproval",
@@ -679,6 +723,7 @@ impl Apply<'_> {
                         "DeadlineExceeded",
                         format!("canary not ready within progressDeadlineSeconds ({detail})"),
                     ),
+                    Event::AbortRequested => ("Aborted", format!("abort requested ({detail})")),
                     _ => ("RollbackRequested", detail.clone()),
                 };
                 actions.push(warn(
@@ -700,6 +745,18 @@ impl Apply<'_> {
                 ));
             }
             Effect::Advance => self.advance(&mut new, &mut actions),
+            Effect::StartPromotion if event == Event::PromoteRequested => {
+                actions.push(Action::PromoteCanaryToPrimary);
+                actions.push(info(
+                    "PromotedByRequest",
+                    format!(
+                        "Promotion requested ({detail}): revision {} skips its remaining analysis at weight {} (failed checks {}/{threshold}); copying the canary template to the primary",
+                        short(revision),
+                        old.canary_weight,
+                        old.failed_checks
+                    ),
+                ));
+            }
             Effect::StartPromotion => {
                 actions.push(Action::PromoteCanaryToPrimary);
                 actions.push(info(

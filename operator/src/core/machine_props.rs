@@ -13,9 +13,11 @@ use proptest::prelude::*;
 use crate::api::canary::{
     CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
 };
+use crate::api::verbs::{Verb, VerbRequest, verb_requests};
 use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan};
 use crate::core::machine_tests::start;
 use crate::core::provider::Provider;
+use crate::core::requests::is_pending;
 use crate::core::strategy::{strategy_of, threshold_of};
 
 const REVISIONS: [&str; 4] = ["r0", "r1", "r2", "r3"];
@@ -124,6 +126,30 @@ struct World {
     hooks_pass: Vec<bool>,
     rollback_requested: bool,
     metrics_pass: bool,
+    /// A person annotates the Canary with a verb request before this reconcile.
+    request: Option<Request>,
+}
+
+/// A verb request as `kubectl petrel` (or a person with `kubectl annotate`) writes it.
+#[derive(Clone, Debug)]
+struct Request {
+    verb: Verb,
+    /// `None`: the revision in `status.lastAppliedSpec`, as the plugin names it.
+    revision: Option<usize>,
+    /// Few ids, so the same value is written again after it was handled.
+    id: u8,
+}
+
+fn request() -> impl Strategy<Value = Option<Request>> {
+    prop_oneof![
+        11 => Just(None),
+        1 => (
+            (0..Verb::ALL.len()).prop_map(|i| Verb::ALL[i]),
+            prop_oneof![3 => Just(None), 1 => (0..REVISIONS.len()).prop_map(Some)],
+            0..3u8,
+        )
+            .prop_map(|(verb, revision, id)| Some(Request { verb, revision, id })),
+    ]
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -137,6 +163,7 @@ fn world() -> impl Strategy<Value = World> {
         proptest::collection::vec(prop_oneof![5 => Just(true), 1 => Just(false)], HOOK_TYPES.len()),
         prop_oneof![29 => Just(false), 1 => Just(true)],
         prop_oneof![5 => Just(true), 1 => Just(false)],
+        request(),
     )
         .prop_map(
             |(
@@ -149,6 +176,7 @@ fn world() -> impl Strategy<Value = World> {
                 hooks_pass,
                 rollback_requested,
                 metrics_pass,
+                request,
             )| World {
                 wait_secs,
                 new_revision,
@@ -159,6 +187,7 @@ fn world() -> impl Strategy<Value = World> {
                 hooks_pass,
                 rollback_requested,
                 metrics_pass,
+                request,
             },
         )
 }
@@ -236,6 +265,7 @@ fn observe(
         primary_updated: world.primary_updated,
         fleet,
         gates: GateResults { hooks, metrics },
+        requests: Vec::new(),
     };
     (obs, passing_tick)
 }
@@ -262,6 +292,22 @@ fn analysing(phase: Phase) -> bool {
     matches!(phase, Phase::Progressing | Phase::WaitingPromotion)
 }
 
+/// The Event reason of a request of `verb` that acted.
+fn acted_reason(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Abort => "Aborted",
+        Verb::Promote => "PromotedByRequest",
+        Verb::Retry => "Retrying",
+    }
+}
+
+/// Requests a driven run saw handled, so a guard can tell the generators reach them.
+#[derive(Debug, Default)]
+struct Handled {
+    acted: BTreeMap<Verb, usize>,
+    ignored: usize,
+}
+
 /// Drives the machine through `worlds` and checks every invariant at every step.
 /// `fresh` says the run history is known from the start (status starts Initializing).
 fn drive(
@@ -271,7 +317,9 @@ fn drive(
     in_fleet: bool,
     worlds: Vec<World>,
     fresh: bool,
-) -> Result<(), TestCaseError> {
+) -> Result<Handled, TestCaseError> {
+    let mut handled = Handled::default();
+    let mut annotations = BTreeMap::new();
     let threshold = threshold_of(&spec) as i32;
     let needed = strategy_of(&spec, provider).steps_to_promotion();
     let mut now = start();
@@ -294,12 +342,54 @@ fn drive(
             (true, false) => FleetGate::Pending { approved: Some("r0".into()) },
         };
         let approved = !matches!(fleet, FleetGate::Pending { .. });
-        let (obs, passing_tick) = observe(&spec, &status, provider, &world, &revision, now, fleet);
+        if let Some(request) = &world.request {
+            let named = match request.revision {
+                Some(i) => REVISIONS[i].to_string(),
+                None => status.last_applied_spec.clone().unwrap_or_default(),
+            };
+            annotations
+                .insert(request.verb.annotation().to_string(), VerbRequest::value_for(&named, &request.id.to_string()));
+        }
+        let (mut obs, passing_tick) = observe(&spec, &status, provider, &world, &revision, now, fleet);
+        // Every request on the object, handled or not: `decide` must skip the handled ones.
+        obs.requests = verb_requests(&annotations);
         let old = status.clone();
         let decision = decide(&spec, &old, provider, &obs);
         let new = &decision.status;
 
         prop_assert!(!reasons(&decision).contains(&"InvalidTransition"), "{:?}", decision.actions);
+
+        // (g) every pending request is handled exactly once: acted on or reported with a
+        // reason, and recorded; a handled one never fires again; suspended, they wait.
+        let pending: Vec<&VerbRequest> = obs.requests.iter().filter(|r| is_pending(r, &old)).collect();
+        let acted: Vec<Verb> =
+            Verb::ALL.into_iter().filter(|verb| reasons(&decision).contains(&acted_reason(*verb))).collect();
+        let ignored = reasons(&decision).iter().filter(|reason| **reason == "RequestIgnored").count();
+        if spec.suspend {
+            prop_assert_eq!(&new.handled_requests, &old.handled_requests, "suspended: requests wait");
+            prop_assert!(acted.is_empty() && ignored == 0, "{:?}", decision.actions);
+        } else {
+            prop_assert!(acted.len() <= 1, "{:?}", decision.actions);
+            prop_assert_eq!(acted.len() + ignored, pending.len(), "{:?} for {:?}", decision.actions, pending);
+            for request in &pending {
+                prop_assert_eq!(new.handled_requests.get(request.verb.annotation()), Some(&request.value));
+            }
+        }
+        // (h) a request acts only on the revision it names, which is both the one under
+        // release and the target; promote never in a fleet (its hub approves releases).
+        for verb in &acted {
+            let request = pending.iter().find(|r| r.verb == *verb);
+            prop_assert!(request.is_some_and(|r| r.is_for(&revision)), "{verb} acted on {revision}: {pending:?}");
+            prop_assert_eq!(old.last_applied_spec.as_deref(), Some(revision.as_str()));
+            prop_assert!(*verb != Verb::Promote || !in_fleet, "promoted a fleet member by request");
+            *handled.acted.entry(*verb).or_default() += 1;
+        }
+        handled.ignored += ignored;
+        let promoted_by_request = acted.contains(&Verb::Promote);
+        // Exception to (c): a retry request sends traffic to the failed revision again.
+        if acted.contains(&Verb::Retry) {
+            failed_revision = None;
+        }
 
         // (a) every SetRoutes sums to 100, weights within 0..=100.
         for (primary, canary) in set_routes(&decision) {
@@ -339,6 +429,7 @@ fn drive(
             && analysing(old.phase)
             && same_run
             && approved
+            && !promoted_by_request
             && matches!(obs.canary, WorkloadHealth::DeadlineExceeded { .. })
         {
             prop_assert_eq!(new.phase, Phase::Failed);
@@ -368,8 +459,9 @@ fn drive(
         if fresh && decision.actions.contains(&Action::PromoteCanaryToPrimary) {
             prop_assert_eq!(&run, &new.last_applied_spec, "promoted a revision whose run was not seen");
             prop_assert!(new.failed_checks < threshold);
+            // Exception: a promote request skips the remaining analysis.
             prop_assert!(
-                spec.skip_analysis || passing_ticks >= needed,
+                spec.skip_analysis || promoted_by_request || passing_ticks >= needed,
                 "promoted after {passing_ticks} passing ticks, {needed} needed"
             );
             promoted_in_run = true;
@@ -384,7 +476,7 @@ fn drive(
         }
         status = decision.status;
     }
-    Ok(())
+    Ok(handled)
 }
 
 proptest! {
@@ -439,4 +531,28 @@ fn generated_runs_reach_promotion_and_rollback() {
         }
     }
     assert!(promotions > 30 && rollbacks > 30, "promotions {promotions}, rollbacks {rollbacks}");
+}
+
+/// Guards the request generator: every verb must be seen acting and being ignored.
+#[test]
+fn generated_runs_act_on_and_ignore_requests() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut total = Handled::default();
+    for _ in 0..300 {
+        let spec = spec().new_tree(&mut runner).unwrap().current();
+        let provider = provider().new_tree(&mut runner).unwrap().current();
+        let in_fleet = any::<bool>().new_tree(&mut runner).unwrap().current();
+        let worlds = proptest::collection::vec(world(), 60..80).new_tree(&mut runner).unwrap().current();
+        let handled = drive(spec, provider, CanaryStatus::default(), in_fleet, worlds, true).unwrap();
+        for (verb, count) in handled.acted {
+            *total.acted.entry(verb).or_default() += count;
+        }
+        total.ignored += handled.ignored;
+    }
+    for verb in Verb::ALL {
+        assert!(total.acted.get(&verb).copied().unwrap_or(0) > 10, "{verb} acted too rarely: {total:?}");
+    }
+    assert!(total.ignored > 50, "{total:?}");
 }

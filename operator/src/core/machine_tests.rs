@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::api::canary::{
     CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
 };
+use crate::api::verbs::verb_requests;
 use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
 use crate::core::provider::Provider;
 
@@ -26,6 +27,8 @@ pub(crate) struct Sim {
     pub failing_hooks: Vec<HookType>,
     pub metrics_pass: bool,
     pub last_plan: Plan,
+    /// The Canary's annotations (verb requests).
+    pub annotations: BTreeMap<String, String>,
 }
 
 pub(crate) fn start() -> DateTime<Utc> {
@@ -47,6 +50,7 @@ impl Sim {
             failing_hooks: Vec::new(),
             metrics_pass: true,
             last_plan: Plan::default(),
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -84,6 +88,8 @@ impl Sim {
             primary_updated: self.primary_updated,
             fleet: self.fleet.clone(),
             gates: GateResults { hooks, metrics },
+            // Every request on the object, handled or not: `decide` must skip handled ones.
+            requests: verb_requests(&self.annotations),
         };
         let decision = decide(&self.spec, &self.status, self.provider, &obs);
         self.status = decision.status.clone();
@@ -556,6 +562,7 @@ fn a_tick_whose_checks_did_not_run_changes_nothing() {
         primary_updated: true,
         fleet: FleetGate::NotInFleet,
         gates: GateResults::default(),
+        requests: Vec::new(),
     };
     let decision = decide(&sim.spec, &before, sim.provider, &obs);
     assert!(decision.actions.is_empty(), "{:?}", decision.actions);
@@ -595,6 +602,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
             primary_updated: true,
             fleet: FleetGate::NotInFleet,
             gates: GateResults { hooks: BTreeMap::new(), metrics: metrics.clone() },
+            requests: Vec::new(),
         };
         sim.status = decide(&sim.spec, &sim.status, sim.provider, &obs).status;
     }

@@ -4,6 +4,7 @@
 
 pub mod machine;
 pub mod provider;
+pub mod requests;
 pub mod strategy;
 pub mod transitions;
 
@@ -11,6 +12,8 @@ pub mod transitions;
 mod machine_props;
 #[cfg(test)]
 mod machine_tests;
+#[cfg(test)]
+mod request_tests;
 
 pub use machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
 pub use provider::Provider;

@@ -58,6 +58,15 @@ pub enum Event {
     PrimaryRolledOut,
     /// Finalising: the canary can be scaled down.
     Finalised,
+    /// `kubectl petrel abort` for the revision under release: roll it back now.
+    AbortRequested,
+    /// `kubectl petrel promote` for the revision under release: skip the remaining steps.
+    PromoteRequested,
+    /// `kubectl petrel retry` for the failed revision: run its analysis again.
+    RetryRequested,
+    /// A retry request while the fleet Rollout has not approved the revision: the run
+    /// starts again at the fleet gate.
+    RetryAwaitingFleet,
 }
 
 /// What applying a row does (actions and status fields, see `machine::apply`).
@@ -143,6 +152,11 @@ pub const TRANSITIONS: &[(&[Phase], Event, Next, Effect)] = &[
     (&[P::Promoting],           E::PromotionStepDone,          Stay,                    F::ShiftToPrimary),
     (&[P::Promoting],           E::PrimaryRolledOut,           To(P::Finalising),       F::RouteAllToPrimary),
     (&[P::Finalising],          E::Finalised,                  To(P::Succeeded),        F::Finalise),
+    // Requests a person made with `kubectl petrel` (see `super::requests`).
+    (ANALYSING_OR_WAITING,      E::AbortRequested,             To(P::Failed),           F::Rollback),
+    (ANALYSING_OR_WAITING,      E::PromoteRequested,           To(P::Promoting),        F::StartPromotion),
+    (&[P::Failed],              E::RetryRequested,             To(P::Progressing),      F::StartRun),
+    (&[P::Failed],              E::RetryAwaitingFleet,         To(P::Waiting),          F::Wait),
 ];
 
 /// Looks `(phase, event)` up in [`TRANSITIONS`].
@@ -174,13 +188,40 @@ mod tests {
     }
 
     #[test]
-    fn failed_only_leaves_through_a_new_revision_or_its_gates() {
+    fn failed_only_leaves_through_a_new_revision_its_gates_or_a_retry_request() {
         let exits: Vec<_> = TRANSITIONS
             .iter()
             .filter(|(from, _, next, _)| from.contains(&Phase::Failed) && *next != Stay)
             .map(|(_, event, _, _)| *event)
             .collect();
-        assert_eq!(exits, vec![Event::NewRevision, Event::FleetNotApproved, Event::ConfirmRolloutRejected]);
+        assert_eq!(
+            exits,
+            vec![
+                Event::NewRevision,
+                Event::FleetNotApproved,
+                Event::ConfirmRolloutRejected,
+                Event::RetryRequested,
+                Event::RetryAwaitingFleet
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_act_only_on_a_release_in_flight_or_a_failed_one() {
+        for phase in Phase::ALL {
+            let in_flight = matches!(phase, Phase::Waiting | Phase::Progressing | Phase::WaitingPromotion);
+            assert_eq!(transition(phase, Event::AbortRequested).is_some(), in_flight, "abort from {phase:?}");
+            assert_eq!(transition(phase, Event::PromoteRequested).is_some(), in_flight, "promote from {phase:?}");
+            let failed = phase == Phase::Failed;
+            assert_eq!(transition(phase, Event::RetryRequested).is_some(), failed, "retry from {phase:?}");
+            assert_eq!(transition(phase, Event::RetryAwaitingFleet).is_some(), failed, "retry from {phase:?}");
+        }
+        assert_eq!(transition(Phase::Progressing, Event::AbortRequested), Some((Phase::Failed, Effect::Rollback)));
+        assert_eq!(
+            transition(Phase::WaitingPromotion, Event::PromoteRequested),
+            Some((Phase::Promoting, Effect::StartPromotion))
+        );
+        assert_eq!(transition(Phase::Failed, Event::RetryAwaitingFleet), Some((Phase::Waiting, Effect::Wait)));
     }
 
     #[test]

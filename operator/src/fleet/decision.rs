@@ -257,7 +257,7 @@ pub fn decide_waves(
             status.opened_at = previously_opened;
             for &index in &by_wave[w] {
                 let verdict = classify(index, &members[index], release, wave, w, None, now);
-                status.succeeded += u32::from(verdict.state == MemberState::Succeeded);
+                status.succeeded += i32::from(verdict.state == MemberState::Succeeded);
                 verdicts[index] = Some(verdict);
             }
             let waits_here = match shut {
@@ -522,8 +522,8 @@ fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTi
     }
 }
 
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn unreachable_since(at: Option<DateTime<Utc>>) -> String {
