@@ -1,0 +1,149 @@
+//! A `petrel` operator process per member, logging to a file.
+//!
+//! Like the fleet's components: its own process group (a terminal's Ctrl-C
+//! reaches only the demo, which then tears down in order), and
+//! `PR_SET_PDEATHSIG = SIGKILL` so it dies with the demo even if the demo is
+//! SIGKILLed. PDEATHSIG fires when the *thread* that forked the child
+//! exits, so children are forked by one thread that lives as long as the
+//! process.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+/// Grace between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+fn spawn_on_keeper_thread(cmd: Command) -> io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let sender = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        // Lives as long as the process: the receiver never sees all senders gone.
+        std::thread::Builder::new()
+            .name("petrel-demo-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| eprintln!("cannot start the spawner thread: {e}"));
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?
+}
+
+/// A running child process, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct ChildProcess {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ChildProcess {
+    /// Starts `program args…` with stdout and stderr appended to `log`.
+    pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildProcess> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening log {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log file handle")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and only calls the
+        // async-signal-safe prctl, getppid and _exit.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The demo died between fork and prctl: do not outlive it.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = spawn_on_keeper_thread(cmd).with_context(|| format!("starting {}", program.display()))?;
+        Ok(ChildProcess { name: name.to_owned(), log: log.to_owned(), child: Some(child) })
+    }
+
+    /// Error with the log's tail if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else { return Err(anyhow!("{} was stopped", self.name)) };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(anyhow!(
+                "{} exited ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log, 20)
+            )),
+            Err(e) => Err(anyhow!("{}: {e}", self.name)),
+        }
+    }
+
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM without waiting (see [`ChildProcess::stop`]).
+    pub fn terminate(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            // SAFETY: kill has no memory effects; the pid is our child's and is
+            // not reaped yet (try_wait just said so), so it cannot name another process.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace; reaps the child.
+    pub fn stop(&mut self) {
+        self.terminate();
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(None) = child.try_wait() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,11 @@
+//! e2e harness for petrel.
+//!
+//! [`fleet`] starts a fleet of real Kubernetes control planes (kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok over one shared etcd) on
+//! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
+
+pub mod fleet;
+pub mod prometheus;
+pub mod scenario;
+pub mod simulator;
+pub mod demo;
