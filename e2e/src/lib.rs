@@ -4,8 +4,8 @@
 //! kube-controller-manager, kube-scheduler and kwok over one shared etcd) on
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
+pub mod demo;
 pub mod fleet;
 pub mod prometheus;
 pub mod scenario;
 pub mod simulator;
-pub mod demo;

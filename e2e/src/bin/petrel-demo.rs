@@ -22,7 +22,8 @@ struct Cli {
     /// Number of member clusters (1 to 3; the staging canary cluster comes first).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
     members: Option<u8>,
-    /// Work dir (kubeconfigs, logs, Prometheus data); kept afterwards.
+    /// Work dir (kubeconfigs, logs, Prometheus data); its `fleet/` and `members/`
+    /// are replaced at the start and kept afterwards for post-mortems.
     #[arg(long, default_value = "/tmp/petrel-demo")]
     work_dir: PathBuf,
     /// The `petrel` binary (default: next to this one).
