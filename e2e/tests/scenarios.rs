@@ -32,8 +32,16 @@ async fn healthy_release_steps_weights_and_promotes() {
     assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V0);
     assert_eq!(env.replicas_of(APP).await.unwrap(), 0, "the target is scaled to 0 once initialized");
 
+    let patched_at = chrono::Utc::now();
     env.set_image(IMAGE_V1).await.unwrap();
     env.wait_phase(Phase::Progressing, SETUP).await.unwrap();
+    // A figure, not an assertion: how long from the change of the target to the run
+    // starting (petrel stamps lastTransitionTime when it decides; same machine clock).
+    if let Some(started) =
+        env.statuses().iter().find(|s| s.phase == Phase::Progressing).and_then(|s| s.last_transition_time)
+    {
+        eprintln!("[healthy] new revision to Progressing: {} ms", (started - patched_at).num_milliseconds());
+    }
     env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
 
     let history =

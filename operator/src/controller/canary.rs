@@ -352,3 +352,71 @@ async fn write_status(ctx: &Context, canary: &Canary, old: &CanaryStatus, next: 
         .map_err(Error::kube("writing the Canary status"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canary(extra: serde_json::Value) -> Canary {
+        let mut manifest = json!({
+            "apiVersion": "petrel.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "service": {"port": 9898}
+            }
+        });
+        merge(&mut manifest, extra);
+        serde_json::from_value(manifest).unwrap()
+    }
+
+    fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+        match (base, extra) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+                for (k, v) in e {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, e) => *b = e,
+        }
+    }
+
+    fn deployment_with_port(name: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {"spec": {"containers": [{"name": "app", "image": "podinfo:1", "ports": [{"name": name, "containerPort": 9898}]}]}}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_named_target_port_must_exist_on_the_target() {
+        let named = canary(json!({"spec": {"service": {"targetPort": "http"}}}));
+        assert!(check_service_port(&named, &deployment_with_port("http")).is_ok());
+        let err = check_service_port(&named, &deployment_with_port("metrics")).unwrap_err();
+        assert!(err.contains("\"http\" is not a port name"), "{err}");
+        // Numbers are not checked: Kubernetes routes to undeclared container ports too.
+        let numbered = canary(json!({"spec": {"service": {"targetPort": 8080}}}));
+        assert!(check_service_port(&numbered, &deployment_with_port("http")).is_ok());
+    }
+
+    #[test]
+    fn fleet_gate_reads_only_the_hub_annotations() {
+        assert_eq!(fleet_gate(&canary(json!({})), "r1"), FleetGate::NotInFleet);
+        let member = |approved: Option<&str>| {
+            let mut annotations = json!({FLEET_ROLLOUT_ANNOTATION: "hub/podinfo"});
+            if let Some(a) = approved {
+                annotations[APPROVED_REVISION_ANNOTATION] = json!(a);
+            }
+            canary(json!({"metadata": {"annotations": annotations}}))
+        };
+        assert_eq!(fleet_gate(&member(None), "r1"), FleetGate::Pending { approved: None });
+        assert_eq!(fleet_gate(&member(Some("r0")), "r1"), FleetGate::Pending { approved: Some("r0".into()) });
+        assert_eq!(fleet_gate(&member(Some("r1")), "r1"), FleetGate::Approved { revision: "r1".into() });
+    }
+}
