@@ -94,7 +94,7 @@ fn event_of(
             request.revision
         ));
     }
-    if false && !request.is_for(target_revision) {
+    if !request.is_for(target_revision) {
         return Err(format!("the target moved on to revision {target_revision}, which gets a run of its own"));
     }
     if request.verb == Verb::Promote && *fleet != FleetGate::NotInFleet {
