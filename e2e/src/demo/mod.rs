@@ -225,7 +225,8 @@ pub struct Demo {
     opts: DemoOptions,
     kubectl: PathBuf,
     outcome: DemoOutcome,
-    // Declared last so it is dropped last: petrel must not outlive its API servers' logs of it.
+    // Declared last so it drops last: petrel, Prometheus and the simulators stop before
+    // the API servers they talk to.
     fleet: Fleet,
 }
 
