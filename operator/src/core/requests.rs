@@ -97,6 +97,11 @@ fn event_of(
     if !request.is_for(target_revision) {
         return Err(format!("the target moved on to revision {target_revision}, which gets a run of its own"));
     }
+    // A Canary that waits at a new revision from an idle phase still records the promoted
+    // revision as applied: aborting or promoting "it" would act on what already runs.
+    if request.verb != Verb::Retry && status.last_promoted_spec.as_deref() == Some(applied) {
+        return Err(format!("revision {applied} is already promoted: no release is under way to {}", request.verb));
+    }
     if request.verb == Verb::Promote && *fleet != FleetGate::NotInFleet {
         return Err("the Canary belongs to a fleet Rollout, whose hub approves releases; promote it there".to_string());
     }

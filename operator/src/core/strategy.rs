@@ -151,15 +151,17 @@ impl Strategy {
     pub fn next_step(&self, weight: u8, iterations: u32) -> NextStep {
         match self {
             Strategy::Canary { weights, mirror_first } => {
-                if weight >= self.max_weight() {
-                    NextStep::Promote
-                } else if *mirror_first && weight == 0 && iterations == 0 {
+                // The mirror-only step comes first even when there is no weight to add
+                // (maxWeight 0): it is part of the analysis the spec declared.
+                if *mirror_first && weight == 0 && iterations == 0 {
                     NextStep::Advance {
                         kind: StepKind::Mirror,
                         routes: Routes { primary: 100, canary: 0, mirror: true },
                         weight: 0,
                         iterations: 1,
                     }
+                } else if weight >= self.max_weight() {
+                    NextStep::Promote
                 } else {
                     // `weight < max_weight` and the last entry is the max, so one exists.
                     let next = weights.iter().copied().find(|w| *w > weight).unwrap_or(100);
@@ -512,5 +514,16 @@ mod tests {
         for bad in ["", "10", "s", "10x", "1..5s", "-1s", "10 s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn the_mirror_step_comes_first_even_without_weight_to_add() {
+        let spec = CanarySpec {
+            analysis: Some(CanaryAnalysis { max_weight: Some(0), mirror: true, ..CanaryAnalysis::default() }),
+            ..CanarySpec::default()
+        };
+        let strategy = strategy_of(&spec, Provider::GatewayApi);
+        assert!(matches!(strategy.next_step(0, 0), NextStep::Advance { kind: StepKind::Mirror, .. }));
+        assert_eq!(strategy.next_step(0, 1), NextStep::Promote);
     }
 }
