@@ -15,6 +15,7 @@ pub mod api;
 pub mod controller;
 pub mod core;
 pub mod fleet;
+pub mod hub;
 pub mod plugin;
 pub mod routers;
 pub mod telemetry;

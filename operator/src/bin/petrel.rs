@@ -3,14 +3,26 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use petrel::controller::{self, Context, EventSink, Settings};
 use petrel::telemetry::{self, Metrics, Readiness};
 
-/// Progressive delivery for Kubernetes: the per-cluster Canary controller.
+/// What this process runs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The per-cluster Canary controller (every cluster of a fleet runs it).
+    Member,
+    /// The fleet hub: orders Rollouts across the member Clusters declared here.
+    Hub,
+}
+
+/// Progressive delivery for Kubernetes: the per-cluster Canary controller, or the fleet hub.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// `member` runs the Canary controller; `hub` runs the fleet Rollout controller.
+    #[arg(long, env = "PETREL_MODE", value_enum, default_value = "member")]
+    mode: Mode,
     /// Traffic provider for Canaries that name none.
     #[arg(long, env = "PETREL_PROVIDER", default_value = "kubernetes")]
     provider: String,
@@ -73,6 +85,17 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr().context("reading the metrics address")?, "serving /metrics, /livez and /readyz");
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::new();
+    if args.mode == Mode::Hub {
+        let hub = Arc::new(petrel::hub::HubContext::new(client, std::env::var("POD_NAME").ok()));
+        // The hub has no cache to warm before it can serve: ready once it starts.
+        readiness.mark_ready();
+        return tokio::select! {
+            result = petrel::hub::run(hub) => result,
+            result = telemetry::serve(listener, metrics, readiness, std::future::pending()) => {
+                result.context("serving metrics and health checks")
+            }
+        };
+    }
     let ctx = Arc::new(Context {
         events: EventSink::new(client.clone(), std::env::var("POD_NAME").ok()),
         client,

@@ -1,0 +1,639 @@
+//! The hub controller's pure steps around [`crate::fleet::decide_waves`]: turning what
+//! was read from the members into observations, choosing the release, and deciding
+//! which annotations, events and status to write. No I/O here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+
+use crate::api::common::Condition;
+use crate::api::rollout::{CONDITION_PROGRESSING, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase};
+use crate::api::{Canary, Cluster, Rollout};
+use crate::fleet::{
+    APPROVED_REVISION_ANNOTATION, CanaryObservation, FLEET_ROLLOUT_ANNOTATION, MemberObservation, Membership,
+    ReleaseHistory, RolloutPlan, WaveDecision, assign_waves,
+};
+
+/// How often the hub looks at the members when nothing else is due: member Canaries
+/// live in other clusters, so the hub cannot watch them and polls instead.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The value of [`FLEET_ROLLOUT_ANNOTATION`]: `<namespace>/<name>` of the Rollout.
+pub fn rollout_key(rollout: &Rollout) -> String {
+    format!("{}/{}", rollout.namespace().unwrap_or_default(), rollout.name_any())
+}
+
+/// What reading one member gave.
+#[derive(Clone, Debug)]
+pub enum MemberRead {
+    /// The member answered; its Canary (`None` when it does not exist there).
+    Reached(Option<Box<Canary>>),
+    /// No answer, or no client: why, for the status.
+    Unreachable(String),
+}
+
+/// What the hub knows of a member after reading it now. An unreachable member keeps
+/// its last contact and its Canary as the previous status recorded them, so facts it
+/// reported before dropping off (promoted, failed) still count.
+pub fn observe_member(
+    cluster: &Cluster,
+    read: &MemberRead,
+    previous: Option<&MemberStatus>,
+    now: DateTime<Utc>,
+) -> MemberObservation {
+    let (reachable, last_contact, canary) = match read {
+        MemberRead::Reached(canary) => (true, Some(now), canary.as_deref().map(CanaryObservation::from_canary)),
+        MemberRead::Unreachable(_) => {
+            (false, previous.and_then(|p| p.last_contact), previous.and_then(last_seen_canary))
+        }
+    };
+    MemberObservation {
+        cluster: cluster.name_any(),
+        labels: cluster.labels().clone(),
+        reachable,
+        last_contact,
+        approved_at: None,
+        canary,
+    }
+}
+
+/// The member's Canary as the previous status recorded it. A member recorded as
+/// Succeeded had its revision promoted; that is the one fact the status cannot carry
+/// directly.
+pub fn last_seen_canary(previous: &MemberStatus) -> Option<CanaryObservation> {
+    let phase = previous.phase?;
+    Some(CanaryObservation {
+        phase,
+        release: previous.release.clone(),
+        revision: previous.revision.clone(),
+        promoted_revision: (previous.state == MemberState::Succeeded).then(|| previous.revision.clone()).flatten(),
+        approved_revision: None,
+        failed_checks: previous.failed_checks,
+        weight: previous.weight,
+        last_transition: None,
+    })
+}
+
+/// Sets each member's approval time from the history of the chosen release.
+pub fn with_approvals(members: &mut [MemberObservation], history: &ReleaseHistory) {
+    for member in members {
+        member.approved_at = history.approvals.get(&member.cluster).copied();
+    }
+}
+
+/// Whether the previous status describes a release still moving through the fleet.
+fn in_flight(status: &RolloutStatus) -> bool {
+    matches!(
+        status.phase,
+        Some(RolloutPhase::Progressing | RolloutPhase::Soaking | RolloutPhase::WaitingApproval | RolloutPhase::Paused)
+    )
+}
+
+/// The release to roll out: the one in the status while it is still in flight (a new
+/// commit waits until the current release finished or failed); otherwise the newest
+/// release reported by the members of the first wave that has members — newest by the
+/// Canary's last transition, ties broken by name so the choice is stable. `None` when
+/// nothing reports a release yet.
+pub fn choose_release(
+    plan: &RolloutPlan,
+    previous: Option<&RolloutStatus>,
+    members: &[MemberObservation],
+) -> Option<String> {
+    let previous_release = previous.and_then(|s| s.release.clone());
+    if previous.is_some_and(in_flight) && previous_release.is_some() {
+        return previous_release;
+    }
+    let memberships = assign_waves(plan, members.iter().map(|m| &m.labels));
+    let first_wave = memberships
+        .iter()
+        .filter_map(|m| match m {
+            Membership::Wave(w) => Some(*w),
+            _ => None,
+        })
+        .min();
+    let newest = first_wave.and_then(|first| {
+        members
+            .iter()
+            .zip(&memberships)
+            .filter(|(_, m)| **m == Membership::Wave(first))
+            .filter_map(|(member, _)| member.canary.as_ref())
+            .filter_map(|c| Some((c.last_transition, c.release.clone()?)))
+            .max()
+            .map(|(_, release)| release)
+    });
+    newest.or(previous_release)
+}
+
+/// The annotations the hub owns on a member Canary (applied together: with server-side
+/// apply, an owned annotation left out of an apply is removed). `None` when the Canary
+/// already carries exactly these.
+///
+/// The approval is the new one when there is one; it is dropped when the approval is
+/// withdrawn; otherwise the current one is kept as it is.
+pub fn hub_annotations(
+    rollout_key: &str,
+    current: &BTreeMap<String, String>,
+    approval: Option<&str>,
+    withdraw: bool,
+) -> Option<BTreeMap<String, String>> {
+    let mut desired = BTreeMap::from([(FLEET_ROLLOUT_ANNOTATION.to_string(), rollout_key.to_string())]);
+    let approved =
+        if withdraw { None } else { approval.or(current.get(APPROVED_REVISION_ANNOTATION).map(String::as_str)) };
+    if let Some(revision) = approved {
+        desired.insert(APPROVED_REVISION_ANNOTATION.to_string(), revision.to_string());
+    }
+    let unchanged = [FLEET_ROLLOUT_ANNOTATION, APPROVED_REVISION_ANNOTATION]
+        .iter()
+        .all(|key| current.get(*key) == desired.get(*key));
+    (!unchanged).then_some(desired)
+}
+
+/// The server-side apply body carrying only the hub's annotations: no spec, so a GitOps
+/// tool owning the Canary's spec is never fought.
+pub fn annotation_patch(namespace: &str, name: &str, annotations: &BTreeMap<String, String>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "petrel.dev/v1alpha1",
+        "kind": "Canary",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+    })
+}
+
+/// An Event the hub publishes on the Rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubEvent {
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
+}
+
+/// The Events a decision is worth: waves that open now, approvals sent, and a failure
+/// budget breached now (not the ones already recorded in `history`).
+pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &str) -> Vec<HubEvent> {
+    let before = |name: &str| history.waves.iter().find(|w| w.name == name);
+    let mut events = Vec::new();
+    for wave in &decision.waves {
+        if wave.opened_at.is_some() && before(&wave.name).is_none_or(|w| w.opened_at.is_none()) {
+            events.push(HubEvent {
+                reason: "WaveOpened",
+                message: format!("wave {} opened for release {release} ({} clusters)", wave.name, wave.members),
+                warning: false,
+            });
+        }
+    }
+    for approval in &decision.approve {
+        events.push(HubEvent {
+            reason: "MemberApproved",
+            message: format!(
+                "approved revision {} on cluster {} (release {release})",
+                approval.revision, approval.cluster
+            ),
+            warning: false,
+        });
+    }
+    if let Some(name) = &decision.budget_breached
+        && before(name).is_none_or(|w| w.phase != WavePhase::Failed)
+    {
+        let failed = decision.waves.iter().find(|w| &w.name == name).map_or(0, |w| w.failed);
+        events.push(HubEvent {
+            reason: "WaveFailed",
+            message: format!(
+                "wave {name} breached its failure budget for release {release} ({failed} cluster(s) failed or timed out)"
+            ),
+            warning: true,
+        });
+    }
+    events
+}
+
+/// When to look again: when the decision says something falls due, and at least every
+/// [`POLL_INTERVAL`] since members cannot be watched.
+pub fn requeue_after(recheck_after: Option<Duration>) -> Duration {
+    recheck_after.map_or(POLL_INTERVAL, |d| d.clamp(Duration::from_secs(1), POLL_INTERVAL))
+}
+
+/// How stale a recorded last contact may get before the status is rewritten for it
+/// alone. Deadlines of unreachable members run from the recorded contact, so it must
+/// stay close; rewriting it at every poll would make every reconcile trigger the next.
+pub const CONTACT_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Whether `next` is worth a write: something other than contact times changed, or a
+/// recorded contact is [`CONTACT_REFRESH`] old.
+pub fn status_worth_writing(previous: Option<&RolloutStatus>, next: &RolloutStatus) -> bool {
+    let Some(previous) = previous else { return true };
+    let without_contacts = |status: &RolloutStatus| {
+        let mut status = status.clone();
+        for member in &mut status.members {
+            member.last_contact = None;
+        }
+        status
+    };
+    if without_contacts(previous) != without_contacts(next) {
+        return true;
+    }
+    next.members.iter().any(|member| {
+        let recorded = previous.members.iter().find(|p| p.cluster == member.cluster).and_then(|p| p.last_contact);
+        match (recorded, member.last_contact) {
+            (Some(recorded), Some(seen)) => seen - recorded >= CONTACT_REFRESH,
+            (None, Some(_)) => true,
+            _ => false,
+        }
+    })
+}
+
+/// Adds why the hub could not reach a member to that member's message.
+pub fn explain_unreachable(status: &mut RolloutStatus, errors: &BTreeMap<String, String>) {
+    for member in &mut status.members {
+        if let Some(error) = errors.get(&member.cluster) {
+            member.message =
+                if member.message.is_empty() { error.clone() } else { format!("{}: {error}", member.message) };
+        }
+    }
+}
+
+/// The previous status with `Progressing=False` for a reason the hub cannot go on
+/// (an invalid spec, no release reported yet). Everything else — wave history,
+/// approvals — is kept, so nothing restarts once the reason is gone.
+pub fn blocked_status(
+    previous: Option<&RolloutStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> RolloutStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    let last_transition_time = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_PROGRESSING && c.status == "False")
+        .map_or(now, |c| c.last_transition_time);
+    status.conditions.retain(|c| c.type_ != CONDITION_PROGRESSING);
+    status.conditions.push(Condition {
+        type_: CONDITION_PROGRESSING.to_string(),
+        status: "False".to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    });
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::canary::{CanaryStatus, Phase};
+    use crate::api::cluster::{ClusterSpec, KubeconfigSecretRef};
+    use crate::api::rollout::{RolloutSpec, WaveStatus};
+    use crate::fleet::MemberApproval;
+    use chrono::{TimeDelta, TimeZone};
+    use serde_json::json;
+
+    const OLD: &str = "podinfo:6.0.0";
+    const NEW: &str = "podinfo:6.1.0";
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 3, minute, 0).unwrap()
+    }
+
+    fn plan() -> RolloutPlan {
+        let spec: RolloutSpec = serde_json::from_value(json!({
+            "canaryRef": {"namespace": "test", "name": "podinfo"},
+            "waves": [
+                {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}}},
+                {"name": "rest"},
+            ]
+        }))
+        .unwrap();
+        RolloutPlan::from_spec(&spec).unwrap()
+    }
+
+    fn cluster(name: &str, role: &str) -> Cluster {
+        let mut cluster = Cluster::new(
+            name,
+            ClusterSpec {
+                kubeconfig_secret_ref: KubeconfigSecretRef {
+                    name: name.into(),
+                    namespace: "petrel-system".into(),
+                    key: "kubeconfig".into(),
+                },
+                display_name: None,
+            },
+        );
+        cluster.metadata.labels = Some([("role".to_string(), role.to_string())].into());
+        cluster
+    }
+
+    fn canary(phase: Phase, release: &str, revision: &str, promoted: &str) -> Canary {
+        let mut canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {"targetRef": {"kind": "Deployment", "name": "podinfo"}, "service": {"port": 9898}}
+        }))
+        .unwrap();
+        canary.status = Some(CanaryStatus {
+            phase,
+            release: Some(release.into()),
+            last_applied_spec: Some(revision.into()),
+            last_promoted_spec: Some(promoted.into()),
+            canary_weight: 20,
+            failed_checks: 1,
+            ..CanaryStatus::default()
+        });
+        canary
+    }
+
+    fn member_status(cluster: &str, state: MemberState, phase: Option<Phase>) -> MemberStatus {
+        MemberStatus {
+            cluster: cluster.into(),
+            wave: Some("canary".into()),
+            state,
+            phase,
+            weight: 0,
+            failed_checks: 2,
+            release: Some(NEW.into()),
+            revision: Some("rev-2".into()),
+            approved_at: Some(at(1)),
+            last_contact: Some(at(2)),
+            message: String::new(),
+        }
+    }
+
+    fn observed(cluster: &str, role: &str, release: &str, transition: u32) -> MemberObservation {
+        MemberObservation {
+            cluster: cluster.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            reachable: true,
+            last_contact: Some(at(0)),
+            approved_at: None,
+            canary: Some(CanaryObservation {
+                phase: Phase::Waiting,
+                release: Some(release.into()),
+                revision: Some(format!("rev-{release}")),
+                last_transition: Some(at(transition)),
+                ..CanaryObservation::default()
+            }),
+        }
+    }
+
+    fn status(release: &str, phase: RolloutPhase) -> RolloutStatus {
+        RolloutStatus { release: Some(release.into()), phase: Some(phase), ..RolloutStatus::default() }
+    }
+
+    #[test]
+    fn a_reached_member_is_observed_as_read_now() {
+        let read = MemberRead::Reached(Some(Box::new(canary(Phase::Progressing, NEW, "rev-2", "rev-1"))));
+        let previous = member_status("eu-1", MemberState::Unreachable, Some(Phase::Waiting));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&previous), at(9));
+        assert!(m.reachable);
+        assert_eq!(m.last_contact, Some(at(9)));
+        assert_eq!(m.labels.get("role").map(String::as_str), Some("canary"));
+        let c = m.canary.unwrap();
+        assert_eq!((c.phase, c.weight), (Phase::Progressing, 20));
+        assert_eq!(m.approved_at, None, "approvals come from the chosen release's history");
+
+        let m = observe_member(&cluster("eu-1", "canary"), &MemberRead::Reached(None), Some(&previous), at(9));
+        assert!(m.reachable && m.canary.is_none());
+    }
+
+    #[test]
+    fn an_unreachable_member_keeps_what_it_last_reported() {
+        let read = MemberRead::Unreachable("no answer".into());
+        let promoted = member_status("eu-1", MemberState::Succeeded, Some(Phase::Succeeded));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&promoted), at(9));
+        assert!(!m.reachable);
+        assert_eq!(m.last_contact, Some(at(2)));
+        assert!(m.canary.as_ref().unwrap().reports_promoted(NEW), "a promotion seen before still counts");
+
+        let progressing = member_status("eu-1", MemberState::Progressing, Some(Phase::Progressing));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&progressing), at(9));
+        let c = m.canary.unwrap();
+        assert!(!c.reports_promoted(NEW));
+        assert_eq!((c.phase, c.failed_checks, c.revision.as_deref()), (Phase::Progressing, 2, Some("rev-2")));
+
+        let m = observe_member(&cluster("eu-1", "canary"), &read, None, at(9));
+        assert_eq!((m.last_contact, m.canary), (None, None), "never contacted: nothing is known");
+    }
+
+    #[test]
+    fn a_member_without_a_recorded_phase_has_no_last_seen_canary() {
+        assert_eq!(last_seen_canary(&member_status("eu-1", MemberState::Unreachable, None)), None);
+    }
+
+    #[test]
+    fn approvals_come_from_the_history() {
+        let mut members = vec![observed("a", "canary", NEW, 0), observed("b", "rest", NEW, 0)];
+        let history = ReleaseHistory { waves: vec![], approvals: [("b".to_string(), at(5))].into() };
+        with_approvals(&mut members, &history);
+        assert_eq!((members[0].approved_at, members[1].approved_at), (None, Some(at(5))));
+    }
+
+    #[test]
+    fn a_release_in_flight_is_finished_before_a_newer_one_starts() {
+        let members = vec![observed("a", "canary", NEW, 5)];
+        for phase in
+            [RolloutPhase::Progressing, RolloutPhase::Soaking, RolloutPhase::WaitingApproval, RolloutPhase::Paused]
+        {
+            assert_eq!(choose_release(&plan(), Some(&status(OLD, phase)), &members).as_deref(), Some(OLD), "{phase:?}");
+        }
+        for phase in [RolloutPhase::Succeeded, RolloutPhase::Failed] {
+            assert_eq!(choose_release(&plan(), Some(&status(OLD, phase)), &members).as_deref(), Some(NEW), "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn the_newest_release_of_the_first_wave_is_chosen() {
+        let members = vec![
+            observed("a", "canary", OLD, 1),
+            observed("b", "canary", NEW, 7),
+            observed("c", "canary", OLD, 3),
+            // Later waves never choose the release, however new.
+            observed("d", "worker", "podinfo:9.9.9", 30),
+        ];
+        assert_eq!(choose_release(&plan(), None, &members).as_deref(), Some(NEW));
+        // With no canary-role member the first wave with members ("rest") decides.
+        let members = vec![observed("d", "worker", OLD, 1), observed("e", "worker", NEW, 2)];
+        assert_eq!(choose_release(&plan(), None, &members).as_deref(), Some(NEW));
+    }
+
+    #[test]
+    fn without_any_reported_release_the_previous_one_stays() {
+        let mut silent = observed("a", "canary", NEW, 0);
+        silent.canary = None;
+        let members = vec![silent];
+        assert_eq!(choose_release(&plan(), None, &members), None);
+        let done = status(OLD, RolloutPhase::Succeeded);
+        assert_eq!(choose_release(&plan(), Some(&done), &members).as_deref(), Some(OLD));
+    }
+
+    fn annotations(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_rollout_marker_is_added_and_other_annotations_are_left_out() {
+        let current = annotations(&[("team", "web")]);
+        let desired = hub_annotations("fleet/podinfo", &current, None, false).unwrap();
+        assert_eq!(desired, annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]));
+    }
+
+    #[test]
+    fn an_approval_is_written_with_the_marker_and_kept_afterwards() {
+        let marked = annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]);
+        let desired = hub_annotations("fleet/podinfo", &marked, Some("rev-2"), false).unwrap();
+        let approved =
+            annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo"), (APPROVED_REVISION_ANNOTATION, "rev-2")]);
+        assert_eq!(desired, approved);
+        assert_eq!(hub_annotations("fleet/podinfo", &approved, None, false), None, "nothing to change");
+        assert_eq!(hub_annotations("fleet/podinfo", &approved, Some("rev-2"), false), None, "already approved");
+        let next = hub_annotations("fleet/podinfo", &approved, Some("rev-3"), false).unwrap();
+        assert_eq!(next.get(APPROVED_REVISION_ANNOTATION).map(String::as_str), Some("rev-3"));
+    }
+
+    #[test]
+    fn a_withdrawn_approval_is_left_out_of_the_apply() {
+        let approved =
+            annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo"), (APPROVED_REVISION_ANNOTATION, "rev-2")]);
+        let desired = hub_annotations("fleet/podinfo", &approved, None, true).unwrap();
+        assert_eq!(desired, annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]));
+        let marked = annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]);
+        assert_eq!(hub_annotations("fleet/podinfo", &marked, None, true), None);
+    }
+
+    #[test]
+    fn the_annotation_patch_carries_no_spec() {
+        let patch = annotation_patch("test", "podinfo", &annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]));
+        assert_eq!(patch["kind"], "Canary");
+        assert_eq!(patch["metadata"]["namespace"], "test");
+        assert_eq!(patch["metadata"]["annotations"][FLEET_ROLLOUT_ANNOTATION], "fleet/podinfo");
+        assert_eq!(patch.as_object().unwrap().keys().collect::<Vec<_>>(), ["apiVersion", "kind", "metadata"]);
+    }
+
+    fn decision(waves: Vec<WaveStatus>) -> WaveDecision {
+        WaveDecision {
+            approve: vec![],
+            timed_out: vec![],
+            budget_breached: None,
+            rollback: vec![],
+            withdraw: vec![],
+            unassigned: vec![],
+            current_wave: Some(0),
+            phase: RolloutPhase::Progressing,
+            waves,
+            members: vec![],
+            recheck_after: None,
+        }
+    }
+
+    fn wave(name: &str, phase: WavePhase, opened: Option<u32>) -> WaveStatus {
+        WaveStatus { phase, opened_at: opened.map(at), members: 2, failed: 1, ..WaveStatus::pending(name) }
+    }
+
+    #[test]
+    fn events_report_what_changed_now() {
+        let history =
+            ReleaseHistory { waves: vec![wave("canary", WavePhase::Progressing, Some(1))], approvals: [].into() };
+        let mut d = decision(vec![
+            wave("canary", WavePhase::Progressing, Some(1)),
+            wave("rest", WavePhase::Progressing, Some(4)),
+        ]);
+        d.approve = vec![MemberApproval { cluster: "eu-1".into(), revision: "rev-2".into() }];
+        let events = hub_events(&history, &d, NEW);
+        let reasons: Vec<_> = events.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["WaveOpened", "MemberApproved"]);
+        assert_eq!(events[0].message, format!("wave rest opened for release {NEW} (2 clusters)"));
+        assert!(events[1].message.contains("rev-2") && events[1].message.contains("eu-1"));
+    }
+
+    #[test]
+    fn a_breached_budget_is_reported_once() {
+        let mut d = decision(vec![wave("canary", WavePhase::Failed, Some(1))]);
+        d.budget_breached = Some("canary".into());
+        let open =
+            ReleaseHistory { waves: vec![wave("canary", WavePhase::Progressing, Some(1))], approvals: [].into() };
+        let events = hub_events(&open, &d, NEW);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].reason == "WaveFailed", "{events:?}");
+        let failed = ReleaseHistory { waves: vec![wave("canary", WavePhase::Failed, Some(1))], approvals: [].into() };
+        assert_eq!(hub_events(&failed, &d, NEW), vec![]);
+    }
+
+    #[test]
+    fn requeues_are_bounded_by_the_poll_interval() {
+        assert_eq!(requeue_after(None), POLL_INTERVAL);
+        assert_eq!(requeue_after(Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(requeue_after(Some(Duration::from_secs(3600))), POLL_INTERVAL);
+        assert_eq!(requeue_after(Some(Duration::ZERO)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unreachable_reasons_are_added_to_member_messages() {
+        let mut s = RolloutStatus {
+            members: vec![
+                MemberStatus {
+                    message: "unreachable since x".into(),
+                    ..member_status("a", MemberState::Unreachable, None)
+                },
+                MemberStatus { message: String::new(), ..member_status("b", MemberState::Unreachable, None) },
+                member_status("c", MemberState::Succeeded, None),
+            ],
+            ..RolloutStatus::default()
+        };
+        let errors: BTreeMap<String, String> =
+            [("a".to_string(), "Secret missing".to_string()), ("b".to_string(), "timeout".to_string())].into();
+        explain_unreachable(&mut s, &errors);
+        let messages: Vec<_> = s.members.iter().map(|m| m.message.as_str()).collect();
+        assert_eq!(messages, ["unreachable since x: Secret missing", "timeout", ""]);
+    }
+
+    #[test]
+    fn a_blocked_rollout_keeps_its_history() {
+        let mut previous = status(OLD, RolloutPhase::Progressing);
+        previous.waves = vec![wave("canary", WavePhase::Progressing, Some(1))];
+        let s = blocked_status(Some(&previous), Some(3), "InvalidSpec", "bad soak".into(), at(5));
+        assert_eq!((s.release.as_deref(), s.waves.len(), s.observed_generation), (Some(OLD), 1, Some(3)));
+        let progressing: Vec<_> = s.conditions.iter().filter(|c| c.type_ == CONDITION_PROGRESSING).collect();
+        assert_eq!(progressing.len(), 1);
+        assert_eq!((progressing[0].status.as_str(), progressing[0].reason.as_str()), ("False", "InvalidSpec"));
+        assert_eq!(progressing[0].last_transition_time, at(5));
+        // Still blocked later: the transition time does not move.
+        let again = blocked_status(Some(&s), Some(3), "InvalidSpec", "bad soak".into(), at(9));
+        assert_eq!(again.conditions.len(), 1);
+        assert_eq!(again.conditions[0].last_transition_time, at(5));
+    }
+
+    #[test]
+    fn contact_times_alone_are_written_only_when_stale() {
+        let mut previous = status(NEW, RolloutPhase::Progressing);
+        previous.members = vec![member_status("a", MemberState::Progressing, Some(Phase::Progressing))];
+        assert!(status_worth_writing(None, &previous));
+        assert!(!status_worth_writing(Some(&previous), &previous));
+        let mut next = previous.clone();
+        next.members[0].last_contact = Some(at(2) + TimeDelta::seconds(59));
+        assert!(!status_worth_writing(Some(&previous), &next), "a fresh contact alone is not worth a write");
+        next.members[0].last_contact = Some(at(3));
+        assert!(status_worth_writing(Some(&previous), &next), "a minute-old contact is refreshed");
+        let mut changed = previous.clone();
+        changed.members[0].weight = 40;
+        assert!(status_worth_writing(Some(&previous), &changed));
+        let mut first_contact = previous.clone();
+        previous.members[0].last_contact = None;
+        first_contact.members[0].last_contact = Some(at(2));
+        assert!(status_worth_writing(Some(&previous), &first_contact));
+    }
+
+    #[test]
+    fn the_rollout_key_is_namespace_slash_name() {
+        let rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1",
+            "kind": "Rollout",
+            "metadata": {"name": "podinfo", "namespace": "fleet"},
+            "spec": {"canaryRef": {"namespace": "test", "name": "podinfo"}, "waves": [{"name": "all"}]}
+        }))
+        .unwrap();
+        assert_eq!(rollout_key(&rollout), "fleet/podinfo");
+    }
+}

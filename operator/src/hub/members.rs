@@ -1,0 +1,239 @@
+//! Clients for the member clusters of a fleet, built from the kubeconfig Secrets the
+//! `Cluster` objects name.
+//!
+//! A client is cached per Cluster together with a fingerprint of the kubeconfig it was
+//! built from: a rotated Secret (new credentials, new endpoint) gets a new client at the
+//! next reconcile, an unchanged one reuses the connection pool.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::{Api, Client, Config, ResourceExt};
+
+use crate::api::Cluster;
+use crate::api::cluster::KubeconfigSecretRef;
+
+/// How long connecting to a member's API server may take: an unreachable member must
+/// not hold up the reconcile of the whole fleet.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request to a member may wait for an answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the hub has no client for a member.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberClientError {
+    #[error("cluster {cluster}: kubeconfig Secret {namespace}/{name} does not exist on the hub")]
+    SecretMissing { cluster: String, namespace: String, name: String },
+    #[error("cluster {cluster}: cannot read kubeconfig Secret {namespace}/{name}: {source}")]
+    SecretUnreadable {
+        cluster: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("cluster {cluster}: Secret {namespace}/{name} has no key {key:?} (keys: {present})")]
+    KeyMissing { cluster: String, namespace: String, name: String, key: String, present: String },
+    #[error("cluster {cluster}: key {key:?} of Secret {namespace}/{name} is not UTF-8 text")]
+    NotText { cluster: String, namespace: String, name: String, key: String },
+    #[error("cluster {cluster}: the kubeconfig is invalid: {source}")]
+    InvalidKubeconfig {
+        cluster: String,
+        #[source]
+        source: Box<KubeconfigError>,
+    },
+    #[error("cluster {cluster}: cannot create a client from the kubeconfig: {source}")]
+    Client {
+        cluster: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+/// The kubeconfig text stored under the Secret's key. Pure.
+pub fn kubeconfig_text(
+    cluster: &str,
+    secret_ref: &KubeconfigSecretRef,
+    secret: &Secret,
+) -> Result<String, MemberClientError> {
+    let data = secret.data.as_ref();
+    let Some(bytes) = data.and_then(|d| d.get(&secret_ref.key)) else {
+        let keys: Vec<&str> = data.map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
+        return Err(MemberClientError::KeyMissing {
+            cluster: cluster.to_string(),
+            namespace: secret_ref.namespace.clone(),
+            name: secret_ref.name.clone(),
+            key: secret_ref.key.clone(),
+            present: if keys.is_empty() { "none".to_string() } else { keys.join(", ") },
+        });
+    };
+    String::from_utf8(bytes.0.clone()).map_err(|_| MemberClientError::NotText {
+        cluster: cluster.to_string(),
+        namespace: secret_ref.namespace.clone(),
+        name: secret_ref.name.clone(),
+        key: secret_ref.key.clone(),
+    })
+}
+
+/// A fingerprint of a kubeconfig: equal text, equal fingerprint. Pure.
+pub fn kubeconfig_fingerprint(kubeconfig: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(kubeconfig.as_bytes()))
+}
+
+/// The client configuration for a member, with the hub's short timeouts.
+pub async fn member_config(cluster: &str, kubeconfig: &str) -> Result<Config, MemberClientError> {
+    let invalid =
+        |source| MemberClientError::InvalidKubeconfig { cluster: cluster.to_string(), source: Box::new(source) };
+    let parsed = Kubeconfig::from_yaml(kubeconfig).map_err(invalid)?;
+    let mut config = Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default()).await.map_err(invalid)?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.write_timeout = Some(READ_TIMEOUT);
+    Ok(config)
+}
+
+/// Member clients, cached per Cluster name with the fingerprint of their kubeconfig.
+pub struct MemberClients {
+    hub: Client,
+    cache: Mutex<HashMap<String, (String, Client)>>,
+}
+
+impl MemberClients {
+    pub fn new(hub: Client) -> Self {
+        Self { hub, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// A client for the member `cluster` describes, from its kubeconfig Secret.
+    pub async fn client_for(&self, cluster: &Cluster) -> Result<Client, MemberClientError> {
+        let name = cluster.name_any();
+        let secret_ref = &cluster.spec.kubeconfig_secret_ref;
+        let secrets: Api<Secret> = Api::namespaced(self.hub.clone(), &secret_ref.namespace);
+        let secret = secrets
+            .get_opt(&secret_ref.name)
+            .await
+            .map_err(|source| MemberClientError::SecretUnreadable {
+                cluster: name.clone(),
+                namespace: secret_ref.namespace.clone(),
+                name: secret_ref.name.clone(),
+                source: Box::new(source),
+            })?
+            .ok_or_else(|| MemberClientError::SecretMissing {
+                cluster: name.clone(),
+                namespace: secret_ref.namespace.clone(),
+                name: secret_ref.name.clone(),
+            })?;
+        let text = kubeconfig_text(&name, secret_ref, &secret)?;
+        let fingerprint = kubeconfig_fingerprint(&text);
+        if let Some(client) = self.cached(&name, &fingerprint) {
+            return Ok(client);
+        }
+        let config = member_config(&name, &text).await?;
+        let client = Client::try_from(config)
+            .map_err(|source| MemberClientError::Client { cluster: name.clone(), source: Box::new(source) })?;
+        self.lock().insert(name, (fingerprint, client.clone()));
+        Ok(client)
+    }
+
+    /// Puts a client in the cache as if built from `kubeconfig`, so tests can reach a
+    /// fake member without a real API server.
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&self, cluster: &str, kubeconfig: &str, client: Client) {
+        self.lock().insert(cluster.to_string(), (kubeconfig_fingerprint(kubeconfig), client));
+    }
+
+    fn cached(&self, cluster: &str, fingerprint: &str) -> Option<Client> {
+        self.lock().get(cluster).filter(|(cached, _)| cached == fingerprint).map(|(_, client)| client.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Client)>> {
+        // A panic while holding the lock cannot leave the map half-updated (single
+        // insert or get), so a poisoned lock is still safe to use.
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret_ref() -> KubeconfigSecretRef {
+        KubeconfigSecretRef { name: "eu-1".into(), namespace: "petrel-system".into(), key: "kubeconfig".into() }
+    }
+
+    fn secret(entries: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            ..Default::default()
+        }
+    }
+
+    const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: eu-1
+  cluster:
+    server: https://127.0.0.1:6443
+    insecure-skip-tls-verify: true
+users:
+- name: hub
+  user:
+    token: abc
+contexts:
+- name: eu-1
+  context: {cluster: eu-1, user: hub}
+current-context: eu-1
+"#;
+
+    #[test]
+    fn the_kubeconfig_is_read_from_the_named_key() {
+        let text = kubeconfig_text("eu-1", &secret_ref(), &secret(&[("kubeconfig", b"apiVersion: v1")])).unwrap();
+        assert_eq!(text, "apiVersion: v1");
+    }
+
+    #[test]
+    fn a_missing_key_names_the_secret_and_the_keys_it_has() {
+        let error = kubeconfig_text("eu-1", &secret_ref(), &secret(&[("config", b"x"), ("token", b"y")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, r#"cluster eu-1: Secret petrel-system/eu-1 has no key "kubeconfig" (keys: config, token)"#);
+        let empty = kubeconfig_text("eu-1", &secret_ref(), &Secret::default()).unwrap_err().to_string();
+        assert!(empty.ends_with("(keys: none)"), "{empty}");
+    }
+
+    #[test]
+    fn binary_data_is_not_a_kubeconfig() {
+        let error = kubeconfig_text("eu-1", &secret_ref(), &secret(&[("kubeconfig", &[0xff, 0xfe])])).unwrap_err();
+        assert!(matches!(error, MemberClientError::NotText { .. }), "{error}");
+    }
+
+    #[test]
+    fn fingerprints_change_with_the_kubeconfig_only() {
+        assert_eq!(kubeconfig_fingerprint(KUBECONFIG), kubeconfig_fingerprint(KUBECONFIG));
+        assert_ne!(kubeconfig_fingerprint(KUBECONFIG), kubeconfig_fingerprint(&KUBECONFIG.replace("abc", "abd")));
+        assert_eq!(kubeconfig_fingerprint("").len(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_valid_kubeconfig_gets_the_hub_timeouts() {
+        let config = member_config("eu-1", KUBECONFIG).await.unwrap();
+        assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
+        assert_eq!(config.connect_timeout, Some(CONNECT_TIMEOUT));
+        assert_eq!(config.read_timeout, Some(READ_TIMEOUT));
+    }
+
+    #[tokio::test]
+    async fn a_broken_kubeconfig_is_an_error_for_that_cluster() {
+        let error = member_config("eu-1", "clusters: [").await.unwrap_err();
+        assert!(matches!(error, MemberClientError::InvalidKubeconfig { .. }), "{error}");
+        assert!(error.to_string().starts_with("cluster eu-1: the kubeconfig is invalid"), "{error}");
+        // Parses, but names no context to use.
+        let error = member_config("eu-1", "apiVersion: v1\nkind: Config\n").await.unwrap_err();
+        assert!(error.to_string().starts_with("cluster eu-1:"), "{error}");
+    }
+}
