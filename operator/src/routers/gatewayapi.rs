@@ -225,10 +225,6 @@ impl MeshRoutes for GatewayApi {
         (http_route_resource(canary), ServiceNames::of(canary).apex)
     }
 
-    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
-        vec![Self::weighted_object(canary)]
-    }
-
     fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
         weights_of(obj)
     }

@@ -307,8 +307,11 @@ pub(crate) trait MeshRoutes: Send + Sync + 'static {
     /// The object that holds the weights, and its name.
     fn weighted_object(canary: &Canary) -> (ApiResource, String);
 
-    /// Every object `build` writes, by resource and name (for `finalize`).
-    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)>;
+    /// Every object `build` writes, by resource and name (for `finalize`). Most
+    /// providers write only the weighted object.
+    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
+        vec![Self::weighted_object(canary)]
+    }
 
     /// Reads weights from the weighted object.
     fn weights_of(obj: &Value) -> Result<Weights, RouterError>;

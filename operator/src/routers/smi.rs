@@ -65,10 +65,6 @@ impl MeshRoutes for Smi {
         (traffic_split_resource(), ServiceNames::of(canary).apex)
     }
 
-    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
-        vec![Self::weighted_object(canary)]
-    }
-
     fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
         weights_of(obj)
     }

@@ -72,10 +72,6 @@ impl MeshRoutes for Traefik {
         (traefik_service_resource(), ServiceNames::of(canary).apex)
     }
 
-    fn all_objects(canary: &Canary) -> Vec<(ApiResource, String)> {
-        vec![Self::weighted_object(canary)]
-    }
-
     fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
         weights_of(obj)
     }
