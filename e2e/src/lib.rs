@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod fleet;
+pub mod fleet_scenario;
 pub mod prometheus;
 pub mod scenario;
 pub mod simulator;

@@ -624,6 +624,13 @@ pub struct CanaryStatus {
     /// The revision a fleet Rollout approved (mirrors the approval annotation once seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_approved_revision: Option<String>,
+    /// In phase `Waiting`: the revision waiting at the gate (never started, so not in
+    /// `lastAppliedSpec`). A fleet hub approves exactly this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_revision: Option<String>,
+    /// In phase `Waiting`: the release identity of [`Self::waiting_revision`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_release: Option<String>,
     /// Verb requests (`petrel.dev/abort|promote|retry`) already handled: annotation key →
     /// the value last handled, so a request left on the object is acted on (or ignored) once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

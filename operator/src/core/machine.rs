@@ -636,6 +636,10 @@ impl Apply<'_> {
                 }
             }
             Effect::Wait => {
+                // The hub cannot compute a member's revision (overlays differ per cluster):
+                // it reads the one waiting here and approves exactly that.
+                new.waiting_revision = Some(revision.to_string());
+                new.waiting_release = Some(obs.target_release.clone());
                 if old.phase != Phase::Waiting {
                     actions.push(routes(Routes::ALL_PRIMARY));
                 }

@@ -451,6 +451,10 @@ fn a_pending_fleet_gate_waits_without_traffic() {
     assert_eq!(waiting.status.phase, Phase::Waiting);
     assert!(!has(&waiting, &Action::ScaleCanaryUp));
     assert_eq!(reasons(&waiting), vec!["WaitingForFleetApproval"]);
+    // The hub reads what to approve from here; the run fields still name the last run.
+    assert_eq!(waiting.status.waiting_revision.as_deref(), Some("r1"));
+    assert!(waiting.status.waiting_release.is_some());
+    assert_ne!(waiting.status.last_applied_spec.as_deref(), Some("r1"));
     assert!(sim.after(Duration::from_secs(60)).actions.is_empty(), "no event spam while waiting");
 
     sim.fleet = FleetGate::Approved { revision: "r1".into() };

@@ -95,10 +95,18 @@ impl CanaryObservation {
     /// Reads a member's Canary as the hub sees it.
     pub fn from_canary(canary: &Canary) -> Self {
         let status = canary.status.clone().unwrap_or_default();
+        // A Waiting Canary has not started its new revision: `lastAppliedSpec` and
+        // `release` still name the previous run, the waiting fields the one to approve.
+        let waiting = status.phase == Phase::Waiting && status.waiting_revision.is_some();
+        let (release, revision) = if waiting {
+            (status.waiting_release.or(status.release), status.waiting_revision)
+        } else {
+            (status.release, status.last_applied_spec)
+        };
         Self {
             phase: status.phase,
-            release: status.release,
-            revision: status.last_applied_spec,
+            release,
+            revision,
             promoted_revision: status.last_promoted_spec,
             approved_revision: canary.annotations().get(APPROVED_REVISION_ANNOTATION).cloned(),
             failed_checks: status.failed_checks,

@@ -495,3 +495,32 @@ fn observations_are_read_from_the_cluster_the_canary_and_the_history() {
     assert!(!m.reachable, "a Cluster the hub never contacted is not reachable");
     assert_eq!(m.approved_at, None);
 }
+
+#[test]
+fn a_waiting_canary_is_read_at_the_revision_it_waits_with() {
+    let canary: crate::api::Canary = serde_json::from_value(serde_json::json!({
+        "apiVersion": "petrel.dev/v1alpha1",
+        "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": "test"},
+        "spec": {
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "service": {"port": 9898},
+        },
+        "status": {
+            "phase": "Waiting",
+            "lastAppliedSpec": "rev-1", "lastPromotedSpec": "rev-1", "release": OLD_RELEASE,
+            "waitingRevision": "rev-2", "waitingRelease": RELEASE,
+        },
+    }))
+    .unwrap();
+    let c = CanaryObservation::from_canary(&canary);
+    assert_eq!((c.revision.as_deref(), c.release.as_deref()), (Some("rev-2"), Some(RELEASE)));
+
+    // Once it runs, the run fields count again (the waiting ones are left behind).
+    let mut running = canary.clone();
+    let status = running.status.as_mut().unwrap();
+    status.phase = Phase::Progressing;
+    status.last_applied_spec = Some("rev-3".into());
+    let c = CanaryObservation::from_canary(&running);
+    assert_eq!((c.revision.as_deref(), c.release.as_deref()), (Some("rev-3"), Some(OLD_RELEASE)));
+}

@@ -1,0 +1,457 @@
+//! A fleet scenario (`e2e/tests/fleet.rs`): a hub and three member control planes,
+//! each member with the podinfo app, its Canary, a traffic simulator, Prometheus and
+//! a real `petrel` (member mode); the hub with a `Cluster` per member (kubeconfig
+//! Secret in [`HUB_NAMESPACE`]), a `Rollout` over them and a real `petrel --mode hub`.
+//!
+//! Dropping a [`FleetEnv`] while a test panics prints every operator's log tail and
+//! the Rollout status, so a failure explains itself.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use petrel::api::canary::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION, Phase};
+use petrel::api::rollout::RolloutPhase;
+use petrel::api::{Canary, Cluster, Rollout};
+use serde_json::{Value, json};
+
+use crate::fleet::{Fleet, FleetOptions};
+use crate::prometheus::Prometheus;
+use crate::scenario::{APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE, eventually, podinfo_deployment};
+use crate::simulator::{App, AppCoords, Provider, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile};
+
+/// Name of the hub cluster.
+pub const HUB: &str = "hub";
+/// The canary cluster (first wave).
+pub const MEMBER_CANARY: &str = "member-canary";
+/// Production members (second wave).
+pub const MEMBER_A: &str = "member-a";
+pub const MEMBER_B: &str = "member-b";
+/// Namespace of the hub's kubeconfig Secrets and the Rollout.
+pub const HUB_NAMESPACE: &str = "petrel-system";
+/// Name of the Rollout.
+pub const ROLLOUT: &str = "podinfo";
+/// Soak of the canary wave.
+pub const CANARY_SOAK: Duration = Duration::from_secs(5);
+const TEST_MANAGER: &str = "e2e-test";
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(TEST_MANAGER).force()
+}
+
+/// A child process with its log in a file, SIGKILLed when dropped or when the test dies.
+pub struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(binary: &Path, args: &[String], log: PathBuf) -> Result<Process> {
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env("RUST_LOG", "info,petrel=debug,kube=warn,tower=warn,hyper=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().context("duplicating the log handle")?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the
+        // child if the test process dies without running Drop.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Process { child: Some(child), log })
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running kubectl {args:?}"))?;
+    ensure!(out.status.success(), "kubectl {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One member cluster of the scenario.
+pub struct Member {
+    pub name: String,
+    pub client: Client,
+    pub simulator: Simulator,
+    pub recorder: RouteRecorder,
+    pub operator: Process,
+    _prometheus: Prometheus,
+}
+
+impl Member {
+    pub fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    /// The member's Canary now.
+    pub async fn canary(&self) -> Result<Canary> {
+        self.canaries().get(APP).await.with_context(|| format!("[{}] reading the Canary", self.name))
+    }
+
+    /// Sets the target's image, as a GitOps sync of a new release would.
+    pub async fn set_image(&self, image: &str) -> Result<()> {
+        Api::<Deployment>::namespaced(self.client.clone(), NAMESPACE)
+            .patch(APP, &ssa(), &Patch::Apply(podinfo_deployment(image)))
+            .await
+            .with_context(|| format!("[{}] setting the image to {image}", self.name))?;
+        Ok(())
+    }
+
+    /// Image of the first container of a Deployment of the app's namespace.
+    pub async fn image_of(&self, deployment: &str) -> Result<String> {
+        let d = Api::<Deployment>::namespaced(self.client.clone(), NAMESPACE)
+            .get(deployment)
+            .await
+            .with_context(|| format!("[{}] reading {deployment}", self.name))?;
+        crate::scenario::first_container(&d)
+            .and_then(|c| c.image.clone())
+            .with_context(|| format!("[{}] {deployment} has no container image", self.name))
+    }
+
+    /// The canary weights the route recorder saw, consecutive duplicates removed.
+    pub fn canary_weights(&self) -> Vec<u32> {
+        crate::scenario::canary_weights(&self.recorder.history())
+    }
+}
+
+/// The scenario's world: the fleet, the members, the hub.
+pub struct FleetEnv {
+    pub name: String,
+    pub dir: PathBuf,
+    pub hub: Client,
+    pub members: Vec<Member>,
+    pub hub_operator: Process,
+    started: Instant,
+    // Last: the control planes stop after the processes that talk to them.
+    pub fleet: Fleet,
+}
+
+/// Labels of the members: what the Rollout's waves select.
+pub fn member_labels(name: &str) -> BTreeMap<String, String> {
+    let labels: &[(&str, &str)] = if name == MEMBER_CANARY { &[("role", "canary")] } else { &[("env", "prod")] };
+    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The Canary of every member: short steps (2s, one step to 50%), a threshold of 2 and
+/// the builtin success-rate check.
+pub fn member_canary() -> CanaryOptions {
+    CanaryOptions {
+        interval: "2s".into(),
+        step_weight: Some(50),
+        max_weight: Some(50),
+        threshold: 2,
+        metric_interval: "10s".into(),
+        ..CanaryOptions::canary(Provider::GatewayApi)
+    }
+}
+
+/// The Rollout: the canary cluster first (soak [`CANARY_SOAK`]), then prod one at a time.
+pub fn rollout_manifest() -> Value {
+    json!({
+        "apiVersion": "petrel.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": ROLLOUT, "namespace": HUB_NAMESPACE},
+        "spec": {
+            "canaryRef": {"namespace": NAMESPACE, "name": APP},
+            "waves": [
+                {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}},
+                 "soak": format!("{}s", CANARY_SOAK.as_secs())},
+                {"name": "prod", "clusterSelector": {"matchLabels": {"env": "prod"}}, "maxConcurrency": 1},
+            ],
+        }
+    })
+}
+
+async fn setup_member(
+    dir: &Path,
+    kubectl_bin: &Path,
+    petrel: &Path,
+    cluster: &crate::fleet::Cluster,
+) -> Result<Member> {
+    let name = cluster.name.clone();
+    let client = cluster.client().await?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            NAMESPACE,
+            &ssa(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})),
+        )
+        .await
+        .with_context(|| format!("[{name}] creating the namespace"))?;
+    let config = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
+        "data": {"PODINFO_UI_MESSAGE": "hello from v0"},
+    });
+    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE).patch(CONFIG_MAP, &ssa(), &Patch::Apply(config)).await?;
+    Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .patch(APP, &ssa(), &Patch::Apply(podinfo_deployment(IMAGE_V0)))
+        .await
+        .with_context(|| format!("[{name}] applying the Deployment"))?;
+
+    let coords = AppCoords::new(NAMESPACE, APP, Provider::GatewayApi);
+    let profile = TrafficProfile { requests_per_second: 100.0, ..TrafficProfile::default() };
+    let simulator = Simulator::start(
+        SimulatorConfig::default(),
+        vec![App::from_cluster(client.clone(), coords.clone()).profile(profile)],
+    )
+    .await?;
+    let member_dir = dir.join(&name);
+    std::fs::create_dir_all(&member_dir)?;
+    let prometheus = Prometheus::start(&member_dir, &[simulator.addr()]).await?;
+    let recorder = eventually("the route kind to be served", Duration::from_secs(30), async || {
+        RouteRecorder::start(client.clone(), &coords).await.ok()
+    })
+    .await?;
+    let _ = kubectl_bin;
+    let args = vec![
+        "--kubeconfig".to_string(),
+        cluster.kubeconfig_path.to_string_lossy().into_owned(),
+        "--provider".into(),
+        "gatewayapi".into(),
+        "--metrics-server".into(),
+        prometheus.url(),
+        "--cluster-name".into(),
+        name.clone(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let operator = Process::start(petrel, &args, member_dir.join("petrel.log"))?;
+    Api::<Canary>::namespaced(client.clone(), NAMESPACE)
+        .patch(APP, &ssa(), &Patch::Apply(member_canary().manifest()))
+        .await
+        .with_context(|| format!("[{name}] applying the Canary"))?;
+    Ok(Member { name, client, simulator, recorder, operator, _prometheus: prometheus })
+}
+
+impl FleetEnv {
+    /// Starts the fleet, the members (app, Canary Initialized, simulator, Prometheus,
+    /// petrel) and the hub (Clusters, Rollout, `petrel --mode hub`); returns once the hub
+    /// has marked every member's Canary with its Rollout.
+    pub async fn start(name: &str) -> Result<FleetEnv> {
+        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!("petrel-e2e-fleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bin_dir = tokio::task::spawn_blocking(crate::fleet::ensure_binaries).await??;
+        let petrel = tokio::task::spawn_blocking(crate::scenario::petrel_binary).await??;
+
+        let mut opts = FleetOptions::new(dir.join("fleet"), [HUB, MEMBER_CANARY, MEMBER_A, MEMBER_B]);
+        opts.bin_dir = Some(bin_dir);
+        opts.nodes_per_cluster = 2;
+        let fleet = Fleet::start(opts).await.context("starting the fleet")?;
+        let kubectl_bin = fleet.binaries().path("kubectl");
+        let root = crate::scenario::workspace_root();
+        for cluster in fleet.clusters() {
+            for crds in ["crds", "e2e/crds/third-party"].map(|c| root.join(c)) {
+                let crds = crds.to_string_lossy().into_owned();
+                kubectl(
+                    &kubectl_bin,
+                    &cluster.kubeconfig_path,
+                    &["apply", "--server-side", "--field-manager", TEST_MANAGER, "-f", &crds],
+                )
+                .with_context(|| format!("[{}] installing the CRDs", cluster.name))?;
+            }
+            kubectl(
+                &kubectl_bin,
+                &cluster.kubeconfig_path,
+                &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+            )?;
+        }
+        eprintln!("[{name}] fleet and CRDs ready after {:.1?}", started.elapsed());
+
+        let member_setups = [MEMBER_CANARY, MEMBER_A, MEMBER_B].map(|m| {
+            let (dir, kubectl_bin, petrel) = (&dir, &kubectl_bin, &petrel);
+            let cluster = fleet.cluster(m).cloned();
+            async move { setup_member(dir, kubectl_bin, petrel, &*cluster?).await }
+        });
+        let members: Vec<Member> = futures::future::try_join_all(member_setups).await?;
+        for member in &members {
+            eventually(
+                &format!("[{}] the Canary to be Initialized", member.name),
+                Duration::from_secs(90),
+                async || {
+                    let canary = member.canary().await.ok()?;
+                    (canary.status?.phase == Phase::Initialized).then_some(())
+                },
+            )
+            .await?;
+        }
+        eprintln!("[{name}] members Initialized after {:.1?}", started.elapsed());
+
+        // The hub: a kubeconfig Secret and a labelled Cluster per member, the Rollout, petrel.
+        let hub_cluster = fleet.cluster(HUB)?;
+        let hub = hub_cluster.client().await?;
+        Api::<Namespace>::all(hub.clone())
+            .patch(
+                HUB_NAMESPACE,
+                &ssa(),
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": HUB_NAMESPACE}})),
+            )
+            .await?;
+        for member in &members {
+            let secret_name = format!("{}-kubeconfig", member.name);
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": secret_name, "namespace": HUB_NAMESPACE},
+                "stringData": {"kubeconfig": fleet.cluster(&member.name)?.kubeconfig_yaml()?},
+            });
+            Api::<Secret>::namespaced(hub.clone(), HUB_NAMESPACE)
+                .patch(&secret_name, &ssa(), &Patch::Apply(secret))
+                .await
+                .context("applying a kubeconfig Secret")?;
+            let cluster = json!({
+                "apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
+                "metadata": {"name": member.name, "labels": member_labels(&member.name)},
+                "spec": {"kubeconfigSecretRef": {"name": secret_name, "namespace": HUB_NAMESPACE, "key": "kubeconfig"}},
+            });
+            Api::<Cluster>::all(hub.clone())
+                .patch(&member.name, &ssa(), &Patch::Apply(cluster))
+                .await
+                .with_context(|| format!("registering Cluster {}", member.name))?;
+        }
+        Api::<Rollout>::namespaced(hub.clone(), HUB_NAMESPACE)
+            .patch(ROLLOUT, &ssa(), &Patch::Apply(rollout_manifest()))
+            .await
+            .context("applying the Rollout")?;
+        let hub_args = vec![
+            "--mode".to_string(),
+            "hub".into(),
+            "--kubeconfig".into(),
+            hub_cluster.kubeconfig_path.to_string_lossy().into_owned(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let hub_operator = Process::start(&petrel, &hub_args, dir.join("hub.log"))?;
+        let env = FleetEnv { name: name.into(), dir, hub, members, hub_operator, started, fleet };
+        for member in &env.members {
+            eventually(
+                &format!("[{}] the hub's Rollout annotation", member.name),
+                Duration::from_secs(60),
+                async || member.canary().await.ok()?.metadata.annotations?.get(FLEET_ROLLOUT_ANNOTATION).map(|_| ()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", env.dump()))?;
+        }
+        // A release lands on a settled fleet: the hub first rolls out what the members
+        // were initialised with (every member already runs it).
+        eventually("the Rollout of the initial release to succeed", Duration::from_secs(60), async || {
+            let status = env.rollout().await.ok()?.status?;
+            (status.release.as_deref() == Some(IMAGE_V0) && status.phase == Some(RolloutPhase::Succeeded)).then_some(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", env.dump()))?;
+        eprintln!(
+            "[{name}] hub marked every member and rolled out the initial release after {:.1?} (work dir {})",
+            env.started.elapsed(),
+            env.dir.display()
+        );
+        Ok(env)
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        // The names are this module's constants; a typo is a bug of the test.
+        self.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The Rollout on the hub.
+    pub async fn rollout(&self) -> Result<Rollout> {
+        Api::<Rollout>::namespaced(self.hub.clone(), HUB_NAMESPACE).get(ROLLOUT).await.context("reading the Rollout")
+    }
+
+    /// How long since the environment started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether every operator (members and hub) still runs.
+    pub fn operators_running(&mut self) -> bool {
+        self.hub_operator.is_running() && self.members.iter_mut().all(|m| m.operator.is_running())
+    }
+
+    /// The hub's whole log.
+    pub fn hub_log(&self) -> String {
+        self.hub_operator.log_text()
+    }
+
+    /// Diagnostics: every operator's log tail.
+    pub fn dump(&self) -> String {
+        let mut out =
+            format!("===== [{}] hub log (last 80 lines) =====\n{}\n", self.name, self.hub_operator.log_tail(80));
+        for member in &self.members {
+            out.push_str(&format!(
+                "===== [{}] {} petrel log (last 40 lines) =====\n{}\n===== {} weights {:?}\n",
+                self.name,
+                member.name,
+                member.operator.log_tail(40),
+                member.name,
+                member.canary_weights()
+            ));
+        }
+        out.push_str(&format!("===== [{}] work dir {} (kept) =====", self.name, self.dir.display()));
+        out
+    }
+}
+
+impl Drop for FleetEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        } else if std::env::var_os("PETREL_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The hub's approval on a Canary, if any.
+pub fn approved_revision(canary: &Canary) -> Option<String> {
+    canary.metadata.annotations.as_ref()?.get(APPROVED_REVISION_ANNOTATION).cloned()
+}
