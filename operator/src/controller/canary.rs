@@ -310,7 +310,7 @@ pub(crate) fn check_service_port(canary: &Canary, target: &Deployment) -> Result
 }
 
 /// The first metric whose MetricTemplate does not exist, as a message.
-async fn missing_metric_template(source: &KubeSource, canary: &Canary, namespace: &str) -> Option<String> {
+async fn missing_metric_template(source: &impl MetricSource, canary: &Canary, namespace: &str) -> Option<String> {
     let metrics = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
     for metric in metrics {
         let Some(template) = &metric.template_ref else { continue };
@@ -418,5 +418,55 @@ mod tests {
         assert_eq!(fleet_gate(&member(None), "r1"), FleetGate::Pending { approved: None });
         assert_eq!(fleet_gate(&member(Some("r0")), "r1"), FleetGate::Pending { approved: Some("r0".into()) });
         assert_eq!(fleet_gate(&member(Some("r1")), "r1"), FleetGate::Approved { revision: "r1".into() });
+    }
+
+    /// A source that knows one MetricTemplate, `istio-system/not-found-percentage`.
+    struct OneTemplate;
+
+    impl MetricSource for OneTemplate {
+        async fn metric_template(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<MetricTemplate, crate::analysis::SourceError> {
+            if (namespace, name) == ("istio-system", "not-found-percentage") {
+                Ok(MetricTemplate::new(name, Default::default()))
+            } else {
+                Err(crate::analysis::SourceError::NotFound {
+                    kind: "MetricTemplate",
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+        }
+
+        async fn secret(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<crate::analysis::SecretData, crate::analysis::SourceError> {
+            Err(crate::analysis::SourceError::NotFound {
+                kind: "Secret",
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_metric_naming_a_missing_template_stalls_the_canary() {
+        let metric = |namespace: &str| {
+            json!({"spec": {"analysis": {"metrics": [
+                {"name": "request-success-rate", "thresholdRange": {"min": 99}},
+                {"name": "not-found", "templateRef": {"name": "not-found-percentage", "namespace": namespace}}
+            ]}}})
+        };
+        assert_eq!(missing_metric_template(&OneTemplate, &canary(metric("istio-system")), "test").await, None);
+        let message = missing_metric_template(&OneTemplate, &canary(metric("elsewhere")), "test").await;
+        let message = message.expect("a missing template is reported");
+        assert!(
+            message.contains("metric not-found") && message.contains("elsewhere/not-found-percentage"),
+            "{message}"
+        );
     }
 }
