@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,17 +62,8 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(file.try_clone().context("duplicating the log handle")?)
             .stderr(file);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the
-        // child if the test process dies without running Drop.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let child =
+            crate::fleet::spawn_tied_to_process(command).with_context(|| format!("starting {}", binary.display()))?;
         Ok(Process { child: Some(child), log })
     }
 

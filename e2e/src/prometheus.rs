@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -326,22 +325,8 @@ impl Prometheus {
             // Its own process group: a terminal's Ctrl-C reaches the test,
             // which then tears it down.
             .process_group(0);
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and only calls the
-        // async-signal-safe prctl, getppid and _exit.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The test died between fork and prctl: do not outlive it.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let child = spawn_on_keeper_thread(cmd).map_err(io_err(format!("starting {}", self.binary.display())))?;
+        let child =
+            crate::fleet::spawn_tied_to_process(cmd).map_err(io_err(format!("starting {}", self.binary.display())))?;
         self.child = Some(child);
         self.wait_ready().await
     }
@@ -510,38 +495,6 @@ async fn apt_get(args: &[&str]) -> Result<(), PrometheusError> {
             String::from_utf8_lossy(&output.stderr).trim()
         ),
     })
-}
-
-type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
-
-/// Forks `cmd` from a thread that lives as long as the process.
-///
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-/// not the process; tokio's worker and blocking threads come and go, so a
-/// child forked from one of them could be killed mid-test.
-fn spawn_on_keeper_thread(cmd: Command) -> io::Result<Child> {
-    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let sender = KEEPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let spawned = std::thread::Builder::new().name("prometheus-spawner".into()).spawn(move || {
-            // The sender lives in a static, so this loop runs until the
-            // process exits.
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start the prometheus spawner thread");
-        }
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    sender
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("the prometheus spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| io::Error::other("the prometheus spawner thread is gone"))?
 }
 
 #[cfg(test)]

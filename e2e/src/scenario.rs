@@ -9,7 +9,6 @@
 //! weight the route recorder saw, so a failure explains itself.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,18 +112,9 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log handle")?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the
-        // operator if the test process dies without running Drop.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         self.starts += 1;
-        let child = command.spawn().with_context(|| format!("starting {}", self.binary.display()))?;
+        let child = crate::fleet::spawn_tied_to_process(command)
+            .with_context(|| format!("starting {}", self.binary.display()))?;
         *self.child.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(child);
         Ok(())
     }

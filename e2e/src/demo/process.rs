@@ -8,44 +8,15 @@
 //! process.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
 /// Grace between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-
-type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
-
-fn spawn_on_keeper_thread(cmd: Command) -> io::Result<Child> {
-    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let sender = KEEPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        // Lives as long as the process: the receiver never sees all senders gone.
-        std::thread::Builder::new()
-            .name("petrel-demo-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| eprintln!("cannot start the spawner thread: {e}"));
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    sender
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?
-}
 
 /// A running child process, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct ChildProcess {
@@ -65,22 +36,8 @@ impl ChildProcess {
         let err = out.try_clone().context("duplicating the log file handle")?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and only calls the
-        // async-signal-safe prctl, getppid and _exit.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The demo died between fork and prctl: do not outlive it.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let child = spawn_on_keeper_thread(cmd).with_context(|| format!("starting {}", program.display()))?;
+        let child =
+            crate::fleet::spawn_tied_to_process(cmd).with_context(|| format!("starting {}", program.display()))?;
         Ok(ChildProcess { name: name.to_owned(), log: log.to_owned(), child: Some(child) })
     }
 

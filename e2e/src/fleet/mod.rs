@@ -42,6 +42,8 @@ mod binaries;
 mod pki;
 mod process;
 
+pub use process::spawn_tied_to_process;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};

@@ -79,9 +79,16 @@ fn spawn_now(spec: &ProcSpec) -> Result<Child> {
         .with_context(|| format!("opening log {}", spec.log.display()))?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-    // SAFETY: the closure runs between fork and exec and only calls the
-    // async-signal-safe prctl/getppid/_exit.
+    die_with_parent(&mut cmd);
+    cmd.spawn().with_context(|| format!("starting {} ({})", spec.name, spec.program.display()))
+}
+
+/// Makes the child of `cmd` receive SIGKILL when the thread that forks it exits
+/// (`PR_SET_PDEATHSIG`), so it never outlives a harness that was SIGKILLed.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only calls the
+    // async-signal-safe prctl, getppid and _exit.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
@@ -94,7 +101,34 @@ fn spawn_now(spec: &ProcSpec) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn().with_context(|| format!("starting {} ({})", spec.name, spec.program.display()))
+}
+
+type KeeperRequest = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it dies with the test or tool process: `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child exits, and tokio's worker and
+/// blocking threads come and go, so the fork happens on one keeper thread that
+/// lives as long as the process.
+pub fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<KeeperRequest>>> = std::sync::OnceLock::new();
+    die_with_parent(&mut cmd);
+    let sender = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<KeeperRequest>();
+        let spawned = std::thread::Builder::new().name("petrel-e2e-spawner".into()).spawn(move || {
+            // The sender lives in a static, so this loop runs until the process exits.
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the spawner thread");
+        }
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let gone = || std::io::Error::other("the spawner thread is gone");
+    sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send((cmd, reply_tx)).map_err(|_| gone())?;
+    reply_rx.recv().map_err(|_| gone())?
 }
 
 /// A running (or stopped) component.
