@@ -341,13 +341,24 @@ pub fn decide_waves(
         decision.waves.push(status);
     }
 
-    let verdicts: Vec<MemberVerdict> = verdicts.into_iter().flatten().collect();
+    let mut verdicts: Vec<MemberVerdict> = verdicts.into_iter().flatten().collect();
     if decision.budget_breached.is_some() && plan.on_failure == FailurePolicy::RollbackAll {
-        for v in &verdicts {
+        // The member's own Canary keeps reporting the release promoted (its target still
+        // holds it); only the verdict can tell a reader the hub took it back.
+        for v in &mut verdicts {
             let cluster = &members[v.index].cluster;
             match v.state {
-                MemberState::Succeeded => decision.rollback.push(cluster.clone()),
-                MemberState::Approved | MemberState::Progressing => decision.withdraw.push(cluster.clone()),
+                MemberState::Succeeded => {
+                    decision.rollback.push(cluster.clone());
+                    v.message = with_note(
+                        &v.message,
+                        "promoted, then rolled back to the previous release (onFailure: RollbackAll)",
+                    );
+                }
+                MemberState::Approved | MemberState::Progressing => {
+                    decision.withdraw.push(cluster.clone());
+                    v.message = with_note(&v.message, "approval withdrawn (onFailure: RollbackAll)");
+                }
                 _ => {}
             }
         }
@@ -521,6 +532,10 @@ pub(crate) fn occupies_slot(verdict: &MemberVerdict, member: &MemberObservation,
                     .canary
                     .as_ref()
                     .is_some_and(|c| c.is_at(release) && (c.phase.is_active() || c.approval_delivered()))))
+}
+
+fn with_note(message: &str, note: &str) -> String {
+    if message.is_empty() { note.to_string() } else { format!("{note}; {message}") }
 }
 
 fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {

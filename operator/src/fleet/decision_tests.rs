@@ -222,6 +222,14 @@ fn rollback_all_lists_every_member_that_promoted_the_release() {
     assert_eq!(d.withdraw, ["eu-3"]);
     assert!(d.approve.is_empty());
     assert!(!d.rollback.contains(&"us-1".to_string()));
+    // The status tells which members were taken back, not only the Events.
+    let message = |name: &str| {
+        let v = d.members.iter().find(|v| members[v.index].cluster == name).unwrap();
+        v.message.clone()
+    };
+    assert!(message("eu-1").contains("rolled back"), "{}", message("eu-1"));
+    assert!(message("eu-3").contains("withdrawn"), "{}", message("eu-3"));
+    assert!(!message("eu-2").contains("rolled back"), "{}", message("eu-2"));
 }
 
 #[test]

@@ -1,15 +1,18 @@
 //! The hub's Rollout controller: the I/O shell around [`crate::fleet`].
 //!
-//! Each reconcile reads the selected Clusters and their member Canaries, decides with
-//! [`decide_waves`], writes the hub's annotations on the member Canaries (server-side
-//! apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]), rolls members
-//! back when the policy says so, writes the Rollout status once and publishes Events.
+//! Each reconcile reads the selected Clusters and their member Canaries — from the
+//! member watches' caches while fresh ([`super::watches`]), by a GET otherwise —,
+//! decides with [`decide_waves`], writes the hub's annotations on the member Canaries
+//! (server-side apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]),
+//! rolls members back when the policy says so, writes the Rollout status once and
+//! publishes Events. A change of a watched member Canary, or of a member's
+//! reachability, wakes the reconciles; a slower safety requeue catches anything else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -19,19 +22,29 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::clusters;
 use super::decisions::{
-    MemberRead, annotation_patch, blocked_status, choose_release, explain_unreachable, hub_annotations, hub_events,
-    observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
+    MemberRead, SAFETY_REQUEUE, annotation_patch, blocked_status, choose_release, explain_unreachable, hub_annotations,
+    hub_events, observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
+};
+use super::input::{
+    CANARY_NOT_FOUND, INVALID_SPEC, InputProblem, canary_problem, overlap_problem, problem_events, set_condition,
+    sort_problems, transition_events, unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
+use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
-use crate::fleet::{RolloutPlan, build_status, decide_waves, history_for_release};
+use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
+use crate::telemetry::Metrics;
 use crate::workloads;
 
 /// Field manager of every write the hub makes (annotations on member Canaries, the
-/// Rollout status): distinct from the member controller's `petrel`.
+/// Rollout and Cluster statuses): distinct from the member controller's `petrel`.
 pub const HUB_FIELD_MANAGER: &str = "petrel-hub";
+
+/// `controller` label of the hub's metrics (reconcile durations and errors).
+pub const ROLLOUT_CONTROLLER: &str = "rollout";
 
 /// How long reading one member's Canary may take before the member counts as unreachable.
 pub const MEMBER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,12 +54,26 @@ pub struct HubContext {
     pub client: Client,
     pub members: MemberClients,
     pub recorder: Recorder,
+    pub watches: MemberWatches,
+    pub metrics: Arc<Metrics>,
 }
 
 impl HubContext {
+    /// A context with its own metrics registry (tests, tools).
     pub fn new(client: Client, instance: Option<String>) -> Self {
+        Self::with_metrics(client, instance, Arc::new(Metrics::default()))
+    }
+
+    /// A context recording into `metrics` (the registry `/metrics` serves).
+    pub fn with_metrics(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: "petrel-hub".into(), instance };
-        Self { members: MemberClients::new(client.clone()), recorder: Recorder::new(client.clone(), reporter), client }
+        Self {
+            members: MemberClients::new(client.clone()),
+            recorder: Recorder::new(client.clone(), reporter),
+            watches: MemberWatches::new(),
+            metrics,
+            client,
+        }
     }
 }
 
@@ -65,6 +92,25 @@ pub enum HubError {
     },
 }
 
+impl HubError {
+    /// The `error` label of `petrel_reconcile_errors`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HubError::MissingNamespace => "MissingNamespace",
+            HubError::ListClusters(_) => "ListClusters",
+            HubError::WriteStatus { .. } => "WriteStatus",
+        }
+    }
+
+    /// The Kubernetes API error behind this one, if any.
+    pub fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            HubError::MissingNamespace => None,
+            HubError::ListClusters(source) | HubError::WriteStatus { source, .. } => Some(source),
+        }
+    }
+}
+
 fn apply_params() -> PatchParams {
     PatchParams::apply(HUB_FIELD_MANAGER).force()
 }
@@ -74,16 +120,55 @@ struct Reading {
     cluster: Cluster,
     client: Option<Client>,
     read: MemberRead,
+    /// When a Canary read from the watch cache was last confirmed by the member; `None`
+    /// for a direct read (the member answered now).
+    contact: Option<DateTime<Utc>>,
+    /// Why the hub has no client: a problem with the input (Secret, kubeconfig).
+    client_problem: Option<InputProblem>,
+    /// The member's watch, when the hub has a client.
+    watch: Option<(WatchKey, WantedWatch)>,
 }
 
-async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster) -> Reading {
-    let client = match ctx.members.client_for(&cluster).await {
-        Ok(client) => client,
-        Err(e) => return Reading { cluster, client: None, read: MemberRead::Unreachable(e.to_string()) },
+async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now: DateTime<Utc>) -> Reading {
+    let connection = match ctx.members.connect(&cluster).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            let problem = InputProblem::new(e.reason(), e.to_string());
+            return Reading {
+                cluster,
+                client: None,
+                read: MemberRead::Unreachable(e.to_string()),
+                contact: None,
+                client_problem: Some(problem),
+                watch: None,
+            };
+        }
     };
     let canary_ref = &rollout.spec.canary_ref;
+    let key = WatchKey {
+        cluster: cluster.name_any(),
+        namespace: canary_ref.namespace.clone(),
+        name: canary_ref.name.clone(),
+    };
+    let (read, contact) = match ctx.watches.read(&key, &connection.fingerprint, now) {
+        CacheVerdict::Fresh(canary, contact) => {
+            (MemberRead::Reached(canary.map(|c| Box::new(Canary::clone(&c)))), Some(contact))
+        }
+        CacheVerdict::Failed(error) => (
+            MemberRead::Unreachable(format!("watching Canary {}/{}: {error}", canary_ref.namespace, canary_ref.name)),
+            None,
+        ),
+        CacheVerdict::Stale => (get_canary(&connection.client, rollout).await, None),
+    };
+    let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.watch_client };
+    Reading { cluster, client: Some(connection.client), read, contact, client_problem: None, watch: Some((key, watch)) }
+}
+
+/// Reads a member Canary directly, for when no fresh watch cache stands for it.
+async fn get_canary(client: &Client, rollout: &Rollout) -> MemberRead {
+    let canary_ref = &rollout.spec.canary_ref;
     let canaries: Api<Canary> = Api::namespaced(client.clone(), &canary_ref.namespace);
-    let read = match tokio::time::timeout(MEMBER_READ_TIMEOUT, canaries.get_opt(&canary_ref.name)).await {
+    match tokio::time::timeout(MEMBER_READ_TIMEOUT, canaries.get_opt(&canary_ref.name)).await {
         Ok(Ok(canary)) => MemberRead::Reached(canary.map(Box::new)),
         Ok(Err(e)) => {
             MemberRead::Unreachable(format!("reading Canary {}/{}: {e}", canary_ref.namespace, canary_ref.name))
@@ -94,8 +179,61 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster) -> R
             canary_ref.name,
             MEMBER_READ_TIMEOUT.as_secs()
         )),
-    };
-    Reading { cluster, client: Some(client), read }
+    }
+}
+
+/// The problems with what the hub was given, most serious first. Pure.
+fn input_problems(rollout: &Rollout, plan: &RolloutPlan, readings: &[Reading]) -> Vec<InputProblem> {
+    let mut problems: Vec<InputProblem> = readings.iter().filter_map(|r| r.client_problem.clone()).collect();
+    let labels: Vec<(String, &BTreeMap<String, String>)> =
+        readings.iter().map(|r| (r.cluster.name_any(), r.cluster.labels())).collect();
+    problems.extend(overlap_problem(plan, labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
+    let memberships = assign_waves(plan, labels.iter().map(|(_, labels)| *labels));
+    let unassigned: Vec<String> = labels
+        .iter()
+        .zip(&memberships)
+        .filter(|(_, m)| **m == Membership::Unassigned)
+        .map(|((name, _), _)| name.clone())
+        .collect();
+    problems.extend(unassigned_problem(&unassigned));
+    // Only members in a wave need the Canary.
+    let in_waves = readings.iter().zip(&memberships).filter(|(_, m)| matches!(m, Membership::Wave(_)));
+    let mut missing = Vec::new();
+    let mut present = 0;
+    for (reading, _) in in_waves {
+        match &reading.read {
+            MemberRead::Reached(None) => missing.push(reading.cluster.name_any()),
+            MemberRead::Reached(Some(_)) => present += 1,
+            MemberRead::Unreachable(_) => {}
+        }
+    }
+    let canary_ref = &rollout.spec.canary_ref;
+    problems.extend(canary_problem(&format!("{}/{}", canary_ref.namespace, canary_ref.name), &missing, present));
+    sort_problems(&mut problems);
+    problems
+}
+
+/// The newest phase transition any reached member Canary reports.
+fn latest_member_change(readings: &[Reading]) -> Option<DateTime<Utc>> {
+    readings
+        .iter()
+        .filter_map(|r| match &r.read {
+            MemberRead::Reached(Some(canary)) => canary.status.as_ref().and_then(|s| s.last_transition_time),
+            _ => None,
+        })
+        .max()
+}
+
+/// Adds the `Valid` condition for `problems` to `status`.
+fn with_validity(
+    status: &mut RolloutStatus,
+    previous: Option<&RolloutStatus>,
+    problems: &[InputProblem],
+    now: DateTime<Utc>,
+) {
+    let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
+    let condition = valid_condition(previous_conditions, problems, status.observed_generation, now);
+    set_condition(&mut status.conditions, condition);
 }
 
 async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &str, warning: bool) {
@@ -132,10 +270,17 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     let namespace = rollout.namespace().ok_or(HubError::MissingNamespace)?;
     // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ApiResource::erase::<Rollout>(&()));
+    // Approvals of manual waves belong to whoever approved (kubectl-petrel's field
+    // manager); applying them as the hub would take ownership and fight that manager.
+    let mut owned = status.clone();
+    for wave in &mut owned.waves {
+        wave.approved_at = None;
+        wave.approved_release = None;
+    }
     let body = serde_json::json!({
         "apiVersion": Rollout::api_version(&()),
         "kind": Rollout::kind(&()),
-        "status": status,
+        "status": owned,
     });
     api.patch_status(&rollout.name_any(), &apply_params(), &Patch::Apply(&body))
         .await
@@ -154,8 +299,10 @@ async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Re
     let primary_name = workloads::primary_name(&canary.spec.target_ref.name);
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &namespace);
+    // The template, not the finished rollout: while the old pods come back, each
+    // reconcile would otherwise announce the same rollback again.
     if let Ok(primary) = deployments.get(&primary_name).await
-        && workloads::primary_runs_revision(&primary, &target_revision)
+        && workloads::primary_template_is_revision(&primary, &target_revision)
     {
         return Ok(None);
     }
@@ -166,18 +313,47 @@ async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Re
     )))
 }
 
-/// Reconciles one Rollout.
+/// Reconciles one Rollout, timed and with its failures counted.
 pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Action, HubError> {
+    let _timer = ctx.metrics.time_reconcile(ROLLOUT_CONTROLLER);
+    let result = reconcile_rollout(&rollout, &ctx).await;
+    if let Err(e) = &result {
+        ctx.metrics.record_reconcile_failure(ROLLOUT_CONTROLLER, e.kind(), e.api_error());
+    }
+    result
+}
+
+/// Publishes the Events, records the metrics and writes the status of a Rollout the
+/// hub cannot go on with (`reason` on `Progressing`), keeping its history.
+async fn block(
+    ctx: &HubContext,
+    rollout: &Rollout,
+    reason: &str,
+    message: String,
+    problems: &[InputProblem],
+    now: DateTime<Utc>,
+) -> Result<(), HubError> {
+    let previous = rollout.status.as_ref();
+    let mut status = blocked_status(previous, rollout.metadata.generation, reason, message, now);
+    with_validity(&mut status, previous, problems, now);
+    for event in problem_events(previous.map_or(&[][..], |s| &s.conditions), problems) {
+        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
+    }
+    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
+    write_status_if_changed(rollout, &status, &ctx.client).await
+}
+
+async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action, HubError> {
     let now = Utc::now();
     let generation = rollout.metadata.generation;
     let previous = rollout.status.as_ref();
+    let key = rollout_key(rollout);
     let plan = match RolloutPlan::from_spec(&rollout.spec) {
         Ok(plan) => plan,
         Err(e) => {
             let message = format!("the spec cannot be rolled out: {e}");
-            publish(&ctx, &rollout, "InvalidSpec", &message, true).await;
-            let status = blocked_status(previous, generation, "InvalidSpec", message, now);
-            write_status_if_changed(&rollout, &status, &ctx.client).await?;
+            let problems = [InputProblem::new(INVALID_SPEC, message.clone())];
+            block(ctx, rollout, INVALID_SPEC, message, &problems, now).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -192,12 +368,25 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
         .filter(|c| rollout.spec.clusters.matches(c.labels()))
         .collect();
     let readings: Vec<Reading> =
-        futures::future::join_all(selected.into_iter().map(|c| read_member(&ctx, &rollout, c))).await;
+        futures::future::join_all(selected.into_iter().map(|c| read_member(ctx, rollout, c, now))).await;
+    ctx.watches.want(&key, readings.iter().filter_map(|r| r.watch.clone()).collect());
+
+    let problems = input_problems(rollout, &plan, &readings);
+    if let Some(not_found) = problems.iter().find(|p| p.reason == CANARY_NOT_FOUND) {
+        block(ctx, rollout, CANARY_NOT_FOUND, not_found.message.clone(), &problems, now).await?;
+        return Ok(Action::requeue(SAFETY_REQUEUE));
+    }
 
     let previous_member = |name: &str| previous.and_then(|s| s.members.iter().find(|m| m.cluster == name));
     let mut observations: Vec<_> = readings
         .iter()
-        .map(|r| observe_member(&r.cluster, &r.read, previous_member(&r.cluster.name_any()), now))
+        .map(|r| {
+            let previous = previous_member(&r.cluster.name_any());
+            // A cached read is as recent as its last confirmation, never older than
+            // a contact already recorded.
+            let contact = r.contact.map_or(now, |c| previous.and_then(|p| p.last_contact).map_or(c, |p| c.max(p)));
+            observe_member(&r.cluster, &r.read, previous, contact)
+        })
         .collect();
     let unreachable: BTreeMap<String, String> = readings
         .iter()
@@ -208,14 +397,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
         .collect();
 
     let Some(release) = choose_release(&plan, previous, &observations) else {
-        let status = blocked_status(
-            previous,
-            generation,
-            "NoRelease",
-            "no member of the first wave reports a release yet".to_string(),
-            now,
-        );
-        write_status_if_changed(&rollout, &status, &ctx.client).await?;
+        let message = "no member of the first wave reports a release yet".to_string();
+        block(ctx, rollout, "NoRelease", message, &problems, now).await?;
         return Ok(Action::requeue(requeue_after(None)));
     };
     let history = history_for_release(previous, &release);
@@ -223,8 +406,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
     let decision = decide_waves(&plan, &release, &history.waves, &observations, now);
 
     // Annotations: the Rollout marker everywhere, approvals and withdrawals where decided.
-    let key = rollout_key(&rollout);
     let mut write_errors: BTreeMap<String, String> = BTreeMap::new();
+    let mut withdrawn = Vec::new();
     for reading in &readings {
         let (Some(client), MemberRead::Reached(Some(canary))) = (&reading.client, &reading.read) else {
             continue;
@@ -236,16 +419,39 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
             continue;
         };
         let namespace = canary.namespace().unwrap_or_default();
+        // Dynamic: a member's answer that does not parse as petrel's Canary (another
+        // petrel version) must not turn a successful write into an error.
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &namespace, &ApiResource::erase::<Canary>(&()));
         let body = annotation_patch(&namespace, &canary.name_any(), &annotations);
-        if let Err(e) = api.patch(&canary.name_any(), &apply_params(), &Patch::Apply(&body)).await {
-            write_errors.insert(name, format!("annotating Canary {namespace}/{}: {e}", canary.name_any()));
+        match api.patch(&canary.name_any(), &apply_params(), &Patch::Apply(&body)).await {
+            Ok(written) => {
+                if let Some(revision) = approval {
+                    // How quickly the hub acts on the members: time from the newest member
+                    // status change (the likely cause of this approval) to the write.
+                    let since_latest_member_change_ms =
+                        latest_member_change(&readings).map(|t| (Utc::now() - t).num_milliseconds());
+                    info!(rollout = %key, cluster = %name, revision, ?since_latest_member_change_ms, "approval written");
+                }
+                if withdraw && canary.annotations().contains_key(crate::fleet::APPROVED_REVISION_ANNOTATION) {
+                    withdrawn.push(name.clone());
+                }
+                if let (Some((key, _)), Ok(written)) = (&reading.watch, written.try_parse::<Canary>()) {
+                    ctx.watches.wrote(key, written);
+                }
+            }
+            Err(e) => {
+                write_errors.insert(name, format!("annotating Canary {namespace}/{}: {e}", canary.name_any()));
+            }
         }
     }
 
     for event in hub_events(&history, &decision, &release) {
-        publish(&ctx, &rollout, event.reason, &event.message, event.warning).await;
+        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
+    }
+    for name in withdrawn {
+        let message = format!("withdrew the approval of cluster {name} (release {release}): its Canary aborts");
+        publish(ctx, rollout, "ApprovalWithdrawn", &message, true).await;
     }
 
     // RollbackAll: best effort; what failed is shown on the member and as an Event.
@@ -257,12 +463,12 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
         };
         match roll_back_member(client, canary, &release).await {
             Ok(Some(done)) => {
-                publish(&ctx, &rollout, "MemberRolledBack", &format!("cluster {name}: {done}"), false).await
+                publish(ctx, rollout, "MemberRolledBack", &format!("cluster {name}: {done}"), false).await
             }
             Ok(None) => {}
             Err(e) => {
                 let message = format!("rollback failed: {e}");
-                publish(&ctx, &rollout, "RollbackFailed", &format!("cluster {name}: {message}"), true).await;
+                publish(ctx, rollout, "RollbackFailed", &format!("cluster {name}: {message}"), true).await;
                 write_errors.insert(name.clone(), message);
             }
         }
@@ -279,7 +485,15 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
     );
     explain_unreachable(&mut status, &unreachable);
     explain_unreachable(&mut status, &write_errors);
-    write_status_if_changed(&rollout, &status, &ctx.client).await?;
+    with_validity(&mut status, previous, &problems, now);
+    let events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
+        .into_iter()
+        .chain(transition_events(previous, &status));
+    for event in events {
+        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
+    }
+    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
+    write_status_if_changed(rollout, &status, &ctx.client).await?;
     Ok(Action::requeue(requeue_after(decision.recheck_after)))
 }
 
@@ -288,7 +502,22 @@ fn error_policy(rollout: Arc<Rollout>, error: &HubError, _ctx: Arc<HubContext>) 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the hub's Rollout controller until a shutdown signal.
+/// Aborts the hub's helper tasks when [`run`] ends or is dropped (a lost leader
+/// lease drops it): a hub that no longer leads must not probe, watch or write.
+struct AbortOnDrop(MemberWatches, Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.1 {
+            task.abort();
+        }
+        self.0.stop_all();
+    }
+}
+
+/// Runs the hub until a shutdown signal: the Rollout controller, the member watches'
+/// manager, the member probes (and Cluster statuses), and a sweep that forgets the
+/// watches and metrics of deleted Rollouts.
 pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
     let rollouts: Api<Rollout> = Api::all(ctx.client.clone());
     if let Err(e) = rollouts.list(&kube::api::ListParams::default().limit(1)).await {
@@ -297,6 +526,29 @@ pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
     let clusters: Api<Cluster> = Api::all(ctx.client.clone());
     let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let _helpers = AbortOnDrop(
+        ctx.watches.clone(),
+        vec![
+            tokio::spawn(ctx.watches.clone().manage()),
+            tokio::spawn(clusters::run_probes(ctx.clone())),
+            tokio::spawn({
+                let (ctx, store) = (ctx.clone(), store.clone());
+                async move {
+                    if store.wait_until_ready().await.is_err() {
+                        return;
+                    }
+                    loop {
+                        let live: Vec<Arc<Rollout>> = store.state();
+                        ctx.watches.retain_rollouts(&live.iter().map(|r| rollout_key(r)).collect());
+                        let names: Vec<(String, String)> =
+                            live.iter().map(|r| (r.namespace().unwrap_or_default(), r.name_any())).collect();
+                        ctx.metrics.retain_rollouts(names.iter().map(|(ns, name)| (ns.as_str(), name.as_str())));
+                        tokio::time::sleep(MANAGE_INTERVAL).await;
+                    }
+                }
+            }),
+        ],
+    );
     info!("starting the hub Rollout controller");
     controller
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
@@ -304,6 +556,10 @@ pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
         .watches(clusters, watcher::Config::default().any_semantic(), move |_: Cluster| {
             store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
         })
+        // A member Canary changed, or a member's reachability: every Rollout looks again
+        // (kube's per-object `reconcile_on` is still behind an unstable feature; a
+        // Rollout a change does not concern reads the caches and writes nothing).
+        .reconcile_all_on(ctx.watches.reconcile_trigger())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

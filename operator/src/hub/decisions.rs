@@ -16,9 +16,10 @@ use crate::fleet::{
     ReleaseHistory, RolloutPlan, WaveDecision, assign_waves,
 };
 
-/// How often the hub looks at the members when nothing else is due: member Canaries
-/// live in other clusters, so the hub cannot watch them and polls instead.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the hub looks at a Rollout when nothing else is due. Member changes wake
+/// the reconcile through the member watches ([`super::watches`]); this is the safety
+/// net for a change a watch missed.
+pub const SAFETY_REQUEUE: Duration = Duration::from_secs(30);
 
 /// The value of [`FLEET_ROLLOUT_ANNOTATION`]: `<namespace>/<name>` of the Rollout.
 pub fn rollout_key(rollout: &Rollout) -> String {
@@ -168,7 +169,7 @@ pub struct HubEvent {
     pub warning: bool,
 }
 
-/// The Events a decision is worth: waves that open now, approvals sent, and a failure
+/// The Events a decision is worth: waves that open now, new approvals, and a failure
 /// budget breached now (not the ones already recorded in `history`).
 pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &str) -> Vec<HubEvent> {
     let before = |name: &str| history.waves.iter().find(|w| w.name == name);
@@ -182,7 +183,9 @@ pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &s
             });
         }
     }
-    for approval in &decision.approve {
+    // An approval the history records already is being re-sent (the annotation did not
+    // arrive yet); it was announced when it was given.
+    for approval in decision.approve.iter().filter(|a| !history.approvals.contains_key(&a.cluster)) {
         events.push(HubEvent {
             reason: "MemberApproved",
             message: format!(
@@ -207,15 +210,15 @@ pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &s
     events
 }
 
-/// When to look again: when the decision says something falls due, and at least every
-/// [`POLL_INTERVAL`] since members cannot be watched.
+/// When to look again: when the decision says something falls due (a soak ends, a
+/// deadline passes), and at least every [`SAFETY_REQUEUE`].
 pub fn requeue_after(recheck_after: Option<Duration>) -> Duration {
-    recheck_after.map_or(POLL_INTERVAL, |d| d.clamp(Duration::from_secs(1), POLL_INTERVAL))
+    recheck_after.map_or(SAFETY_REQUEUE, |d| d.clamp(Duration::from_secs(1), SAFETY_REQUEUE))
 }
 
 /// How stale a recorded last contact may get before the status is rewritten for it
 /// alone. Deadlines of unreachable members run from the recorded contact, so it must
-/// stay close; rewriting it at every poll would make every reconcile trigger the next.
+/// stay close; rewriting it at every reconcile would make every reconcile trigger the next.
 pub const CONTACT_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Whether `next` is worth a write: something other than contact times changed, or a
@@ -562,10 +565,23 @@ mod tests {
     }
 
     #[test]
-    fn requeues_are_bounded_by_the_poll_interval() {
-        assert_eq!(requeue_after(None), POLL_INTERVAL);
+    fn an_approval_sent_again_is_not_announced_again() {
+        let history = ReleaseHistory { waves: vec![], approvals: [("eu-1".to_string(), at(1))].into() };
+        let mut d = decision(vec![]);
+        d.approve = vec![
+            MemberApproval { cluster: "eu-1".into(), revision: "rev-2".into() },
+            MemberApproval { cluster: "eu-2".into(), revision: "rev-2".into() },
+        ];
+        let events = hub_events(&history, &d, NEW);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].message.contains("eu-2"), "{events:?}");
+    }
+
+    #[test]
+    fn requeues_are_bounded_by_the_safety_requeue() {
+        assert_eq!(requeue_after(None), SAFETY_REQUEUE);
         assert_eq!(requeue_after(Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(requeue_after(Some(Duration::from_secs(3600))), POLL_INTERVAL);
+        assert_eq!(requeue_after(Some(Duration::from_secs(3600))), SAFETY_REQUEUE);
         assert_eq!(requeue_after(Some(Duration::ZERO)), Duration::from_secs(1));
     }
 

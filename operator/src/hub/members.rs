@@ -96,10 +96,45 @@ pub async fn member_config(cluster: &str, kubeconfig: &str) -> Result<Config, Me
     Ok(config)
 }
 
+impl MemberClientError {
+    /// The reason a condition or Event gives for this error: a missing Secret, one the
+    /// hub may not read, or a Secret whose content is no usable kubeconfig.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MemberClientError::SecretMissing { .. } => "KubeconfigSecretMissing",
+            MemberClientError::SecretUnreadable { .. } => "KubeconfigSecretUnreadable",
+            MemberClientError::KeyMissing { .. }
+            | MemberClientError::NotText { .. }
+            | MemberClientError::InvalidKubeconfig { .. }
+            | MemberClientError::Client { .. } => "KubeconfigInvalid",
+        }
+    }
+}
+
+/// The clients for one member, built from one kubeconfig.
+#[derive(Clone)]
+pub struct MemberConnection {
+    /// For requests: short connect and read timeouts.
+    pub client: Client,
+    /// For watches: no read timeout, since a quiet watch is not a dead one (the watcher
+    /// has its own idle timeout, and the hub probes each member separately).
+    pub watch_client: Client,
+    /// [`kubeconfig_fingerprint`] of the kubeconfig both were built from.
+    pub fingerprint: String,
+}
+
+/// The client configuration for a member's watches: the request configuration without
+/// its read timeout.
+pub async fn member_watch_config(cluster: &str, kubeconfig: &str) -> Result<Config, MemberClientError> {
+    let mut config = member_config(cluster, kubeconfig).await?;
+    config.read_timeout = None;
+    Ok(config)
+}
+
 /// Member clients, cached per Cluster name with the fingerprint of their kubeconfig.
 pub struct MemberClients {
     hub: Client,
-    cache: Mutex<HashMap<String, (String, Client)>>,
+    cache: Mutex<HashMap<String, MemberConnection>>,
 }
 
 impl MemberClients {
@@ -109,6 +144,13 @@ impl MemberClients {
 
     /// A client for the member `cluster` describes, from its kubeconfig Secret.
     pub async fn client_for(&self, cluster: &Cluster) -> Result<Client, MemberClientError> {
+        self.connect(cluster).await.map(|connection| connection.client)
+    }
+
+    /// The clients for the member `cluster` describes, from its kubeconfig Secret (read
+    /// at every call, so a rotated Secret is picked up; the clients are rebuilt only
+    /// when the kubeconfig changed).
+    pub async fn connect(&self, cluster: &Cluster) -> Result<MemberConnection, MemberClientError> {
         let name = cluster.name_any();
         let secret_ref = &cluster.spec.kubeconfig_secret_ref;
         let secrets: Api<Secret> = Api::namespaced(self.hub.clone(), &secret_ref.namespace);
@@ -128,28 +170,39 @@ impl MemberClients {
             })?;
         let text = kubeconfig_text(&name, secret_ref, &secret)?;
         let fingerprint = kubeconfig_fingerprint(&text);
-        if let Some(client) = self.cached(&name, &fingerprint) {
-            return Ok(client);
+        if let Some(connection) = self.cached(&name, &fingerprint) {
+            return Ok(connection);
         }
-        let config = member_config(&name, &text).await?;
-        let client = Client::try_from(config)
-            .map_err(|source| MemberClientError::Client { cluster: name.clone(), source: Box::new(source) })?;
-        self.lock().insert(name, (fingerprint, client.clone()));
-        Ok(client)
+        let build = |config| {
+            Client::try_from(config)
+                .map_err(|source| MemberClientError::Client { cluster: name.clone(), source: Box::new(source) })
+        };
+        let client = build(member_config(&name, &text).await?)?;
+        let watch_client = build(member_watch_config(&name, &text).await?)?;
+        let connection = MemberConnection { client, watch_client, fingerprint };
+        self.lock().insert(name, connection.clone());
+        Ok(connection)
     }
 
     /// Puts a client in the cache as if built from `kubeconfig`, so tests can reach a
     /// fake member without a real API server.
     #[cfg(test)]
     pub(crate) fn insert_for_test(&self, cluster: &str, kubeconfig: &str, client: Client) {
-        self.lock().insert(cluster.to_string(), (kubeconfig_fingerprint(kubeconfig), client));
+        let connection =
+            MemberConnection { watch_client: client.clone(), client, fingerprint: kubeconfig_fingerprint(kubeconfig) };
+        self.lock().insert(cluster.to_string(), connection);
     }
 
-    fn cached(&self, cluster: &str, fingerprint: &str) -> Option<Client> {
-        self.lock().get(cluster).filter(|(cached, _)| cached == fingerprint).map(|(_, client)| client.clone())
+    fn cached(&self, cluster: &str, fingerprint: &str) -> Option<MemberConnection> {
+        self.lock().get(cluster).filter(|cached| cached.fingerprint == fingerprint).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Client)>> {
+    /// Drops the clients of Clusters that no longer exist.
+    pub fn retain(&self, clusters: &std::collections::BTreeSet<String>) {
+        self.lock().retain(|name, _| clusters.contains(name));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberConnection>> {
         // A panic while holding the lock cannot leave the map half-updated (single
         // insert or get), so a poisoned lock is still safe to use.
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -228,9 +281,28 @@ current-context: eu-1
     }
 
     #[tokio::test]
+    async fn watches_get_no_read_timeout() {
+        let config = member_watch_config("eu-1", KUBECONFIG).await.unwrap();
+        assert_eq!((config.connect_timeout, config.read_timeout), (Some(CONNECT_TIMEOUT), None));
+    }
+
+    #[test]
+    fn errors_name_their_reason() {
+        let missing = MemberClientError::SecretMissing {
+            cluster: "eu-1".into(),
+            namespace: "petrel-system".into(),
+            name: "eu-1".into(),
+        };
+        assert_eq!(missing.reason(), "KubeconfigSecretMissing");
+        let not_text = kubeconfig_text("eu-1", &secret_ref(), &secret(&[("kubeconfig", &[0xff])])).unwrap_err();
+        assert_eq!(not_text.reason(), "KubeconfigInvalid");
+    }
+
+    #[tokio::test]
     async fn a_broken_kubeconfig_is_an_error_for_that_cluster() {
         let error = member_config("eu-1", "clusters: [").await.unwrap_err();
         assert!(matches!(error, MemberClientError::InvalidKubeconfig { .. }), "{error}");
+        assert_eq!(error.reason(), "KubeconfigInvalid");
         assert!(error.to_string().starts_with("cluster eu-1: the kubeconfig is invalid"), "{error}");
         // Parses, but names no context to use.
         let error = member_config("eu-1", "apiVersion: v1\nkind: Config\n").await.unwrap_err();

@@ -1,15 +1,21 @@
 //! The fleet hub (`petrel --mode hub`): orders a release across member clusters.
 //!
-//! The decisions live in [`crate::fleet`] and [`decisions`]; [`members`] builds clients
-//! for the members from their kubeconfig Secrets; [`controller`] is the I/O shell that
-//! reads the members, writes approvals and the Rollout status.
+//! The decisions live in [`crate::fleet`], [`decisions`] and [`input`] (bad input,
+//! transition Events); [`members`] builds clients for the members from their kubeconfig
+//! Secrets; [`watches`] keeps one watch per member Canary and wakes the reconciles;
+//! [`clusters`] probes the members and writes the Cluster statuses; [`controller`] is
+//! the I/O shell that reads the members, writes approvals and the Rollout status.
 
+pub mod clusters;
 pub mod controller;
 pub mod decisions;
+pub mod input;
 pub mod members;
+pub mod watches;
 
-pub use controller::{HUB_FIELD_MANAGER, HubContext, HubError, reconcile, run};
-pub use members::{MemberClientError, MemberClients};
+pub use controller::{HUB_FIELD_MANAGER, HubContext, HubError, ROLLOUT_CONTROLLER, reconcile, run};
+pub use members::{MemberClientError, MemberClients, MemberConnection};
+pub use watches::MemberWatches;
 
 #[cfg(test)]
 mod reconcile_tests;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::controller::{HubContext, reconcile};
+use super::members::kubeconfig_fingerprint;
+use super::watches::WatchKey;
 use crate::api::Rollout;
 use crate::fleet::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION};
 
@@ -120,7 +122,198 @@ async fn the_first_wave_is_opened_and_its_member_approved() {
     let message = member("prod-2")["message"].as_str().unwrap().to_string();
     assert!(message.contains("Secret petrel-system/prod-2 does not exist on the hub"), "{message}");
 
-    assert_eq!(events(&hub), ["WaveOpened", "MemberApproved"]);
+    assert_eq!(events(&hub), ["WaveOpened", "MemberApproved", "KubeconfigSecretMissing", "MemberUnreachable"]);
+    let valid = condition(status, "Valid");
+    assert_eq!((valid["status"].as_str(), valid["reason"].as_str()), (Some("False"), Some("KubeconfigSecretMissing")));
+    assert!(valid["message"].as_str().unwrap().contains("cluster prod-2"), "{valid}");
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap_or_default()
+}
+
+fn last_status(hub: &FakeApi) -> Value {
+    hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).expect("a status write").body.unwrap()["status"].clone()
+}
+
+fn cluster_list(clusters: Vec<Value>) -> Value {
+    json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "ClusterList", "metadata": {}, "items": clusters})
+}
+
+fn labelled(name: &str, labels: Value) -> Value {
+    let mut c = cluster(name, "none");
+    c["metadata"]["labels"] = labels;
+    c
+}
+
+#[tokio::test]
+async fn a_canary_that_exists_in_no_member_blocks_the_rollout_once() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![cluster("canary-1", "canary"), cluster("prod-1", "prod")]),
+    );
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/prod-1", secret("prod-1"));
+    let (canary_member, prod_member) = (FakeApi::new(), FakeApi::new());
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    ctx.members.insert_for_test("canary-1", "kubeconfig", canary_member.client());
+    ctx.members.insert_for_test("prod-1", "kubeconfig", prod_member.client());
+    reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
+
+    assert!(canary_member.writes().is_empty() && prod_member.writes().is_empty(), "nothing is approved");
+    let status = last_status(&hub);
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(
+        (progressing["status"].as_str(), progressing["reason"].as_str()),
+        (Some("False"), Some("CanaryNotFound"))
+    );
+    let valid = condition(&status, "Valid");
+    assert_eq!(valid["reason"], "CanaryNotFound");
+    let message = valid["message"].as_str().unwrap();
+    assert!(message.contains("Canary test/podinfo exists in none of the 2 cluster(s) that answered"), "{message}");
+    assert_eq!(events(&hub), ["CanaryNotFound"]);
+
+    let mut again = rollout();
+    again.status = Some(serde_json::from_value(status).unwrap());
+    reconcile(Arc::new(again), ctx).await.unwrap();
+    assert_eq!(events(&hub), ["CanaryNotFound"], "announced once");
+}
+
+#[tokio::test]
+async fn overlapping_waves_and_left_out_members_are_reported_and_never_approved_wrongly() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![
+            labelled("canary-1", json!({"role": "canary", "region": "eu"})),
+            labelled("eu-1", json!({"region": "eu"})),
+            labelled("lab-1", json!({"region": "lab"})),
+        ]),
+    );
+    let members: Vec<(&str, FakeApi)> =
+        ["canary-1", "eu-1", "lab-1"].into_iter().map(|n| (n, FakeApi::new())).collect();
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    for (name, member) in &members {
+        hub.insert(&format!("/api/v1/namespaces/petrel-system/secrets/{name}"), secret(name));
+        member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+        ctx.members.insert_for_test(name, "kubeconfig", member.client());
+    }
+    let mut spec = rollout();
+    spec.spec.waves = serde_json::from_value(json!([
+        {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}}},
+        {"name": "eu", "clusterSelector": {"matchLabels": {"region": "eu"}}}
+    ]))
+    .unwrap();
+    reconcile(Arc::new(spec), ctx).await.unwrap();
+
+    // The first wave wins: only canary-1 is approved; eu-1 waits, lab-1 never gets it.
+    let approved: Vec<&str> = members
+        .iter()
+        .filter(|(_, m)| applied_annotations(m).iter().any(|a| a.get(APPROVED_REVISION_ANNOTATION).is_some()))
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(approved, ["canary-1"]);
+    let status = last_status(&hub);
+    let valid = condition(&status, "Valid");
+    assert_eq!((valid["status"].as_str(), valid["reason"].as_str()), (Some("False"), Some("WavesOverlap")));
+    let message = valid["message"].as_str().unwrap();
+    assert!(message.contains("canary-1 (waves canary, eu: goes to canary)"), "{message}");
+    assert!(message.contains("will not get the release: lab-1"), "{message}");
+    assert_eq!(events(&hub), ["WaveOpened", "MemberApproved", "WavesOverlap", "ClustersUnassigned"]);
+}
+
+#[tokio::test]
+async fn a_broken_kubeconfig_names_the_cluster_and_leaves_it_unreachable() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![cluster("canary-1", "canary"), cluster("prod-1", "prod")]),
+    );
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    let mut broken = secret("prod-1");
+    // "clusters: [" base64-encoded: not YAML.
+    broken["data"]["kubeconfig"] = json!("Y2x1c3RlcnM6IFs=");
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/prod-1", broken);
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    reconcile(Arc::new(rollout()), ctx).await.unwrap();
+
+    let status = last_status(&hub);
+    let prod = status["members"].as_array().unwrap().iter().find(|m| m["cluster"] == "prod-1").unwrap().clone();
+    assert_eq!(prod["state"], "Unreachable");
+    let valid = condition(&status, "Valid");
+    assert_eq!(valid["reason"], "KubeconfigInvalid");
+    assert!(valid["message"].as_str().unwrap().starts_with("cluster prod-1: the kubeconfig is invalid"), "{valid}");
+    assert!(events(&hub).contains(&"KubeconfigInvalid".to_string()), "{:?}", events(&hub));
+}
+
+fn watch_key(cluster: &str) -> WatchKey {
+    WatchKey { cluster: cluster.into(), namespace: "test".into(), name: "podinfo".into() }
+}
+
+#[tokio::test]
+async fn a_fresh_watch_cache_replaces_the_get_and_a_failed_watch_is_unreachable() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![cluster("canary-1", "canary"), cluster("prod-1", "prod")]),
+    );
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/prod-1", secret("prod-1"));
+    let (canary_member, prod_member) = (FakeApi::new(), FakeApi::new());
+    // The member's copy (for the apply); the cache says Waiting at rev-new.
+    canary_member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    ctx.members.insert_for_test("canary-1", "kubeconfig", canary_member.client());
+    ctx.members.insert_for_test("prod-1", "kubeconfig", prod_member.client());
+    let fingerprint = kubeconfig_fingerprint("kubeconfig");
+    let cached: crate::api::Canary =
+        serde_json::from_value(member_canary("Waiting", NEW, "rev-new", "rev-old")).unwrap();
+    let now = chrono::Utc::now();
+    ctx.watches.insert_cache_for_test(watch_key("canary-1"), &fingerprint, Some(cached), None, now);
+    ctx.watches.insert_cache_for_test(watch_key("prod-1"), &fingerprint, None, Some("connection refused"), now);
+    reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
+
+    assert!(
+        canary_member.requests().iter().all(|r| r.method != "GET"),
+        "read from the cache: {:?}",
+        canary_member.calls()
+    );
+    assert!(prod_member.requests().is_empty(), "a failed watch is not read around");
+    assert_eq!(
+        applied_annotations(&canary_member),
+        [json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo", APPROVED_REVISION_ANNOTATION: "rev-new"})]
+    );
+    let status = last_status(&hub);
+    let prod = status["members"].as_array().unwrap().iter().find(|m| m["cluster"] == "prod-1").unwrap().clone();
+    assert_eq!(prod["state"], "Unreachable");
+    assert!(prod["message"].as_str().unwrap().contains("watching Canary test/podinfo: connection refused"), "{prod}");
+    // The reconcile asked for both watches (the manager would start them).
+    assert_eq!(ctx.watches.wanted(), [watch_key("canary-1"), watch_key("prod-1")].into());
+}
+
+#[tokio::test]
+async fn the_hub_exports_its_rollout_metrics_and_reconcile_time() {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
+    let text = ctx.metrics.render();
+    for line in [
+        r#"petrel_rollout_phase{namespace="fleet",name="podinfo",phase="Progressing"} 1"#,
+        r#"petrel_rollout_wave{namespace="fleet",name="podinfo",wave="canary",phase="Progressing"} 1"#,
+        r#"petrel_rollout_member{namespace="fleet",name="podinfo",cluster="canary-1",wave="canary",state="Pending"} 1"#,
+        r#"petrel_reconcile_duration_seconds_count{controller="rollout"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -221,7 +414,9 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
 
     let rolled_back = promoted.get(PRIMARY).unwrap();
     assert_eq!(rolled_back["spec"]["template"]["spec"]["containers"][0]["image"], OLD);
-    assert_eq!(events(&hub), ["WaveOpened", "WaveFailed", "MemberRolledBack"]);
+    // eu-1 had promoted the release (and is rolled back), eu-2 failed it.
+    let announced = ["WaveOpened", "WaveFailed", "MemberRolledBack", "MemberSucceeded", "MemberFailed"];
+    assert_eq!(events(&hub), announced);
     let written = hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).unwrap().body.unwrap();
     assert_eq!(written["status"]["phase"], "Failed");
 
@@ -231,5 +426,70 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
     spec.status = Some(serde_json::from_value(written["status"].clone()).unwrap());
     reconcile(Arc::new(spec), ctx).await.unwrap();
     assert_eq!(primary_writes(&promoted), before);
-    assert_eq!(events(&hub), ["WaveOpened", "WaveFailed", "MemberRolledBack"]);
+    assert_eq!(events(&hub), announced, "nothing new to announce");
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "36", "gitVersion": "v1.36.0", "gitCommit": "abc", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"
+    })
+}
+
+fn cluster_status_writes(hub: &FakeApi) -> Vec<(String, Value)> {
+    hub.requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status") && r.path.contains("/clusters/"))
+        .map(|r| {
+            assert!(r.query.contains("fieldManager=petrel-hub"), "{}", r.query);
+            (r.path, r.body.unwrap()["status"].clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn probes_write_each_clusters_status_and_only_when_it_changed() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![cluster("canary-1", "canary"), cluster("prod-1", "prod")]),
+    );
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    // prod-1's Secret is missing.
+    let member = FakeApi::new();
+    member.insert("/version", version());
+    member.insert(
+        "/apis/petrel.dev/v1alpha1",
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "petrel.dev/v1alpha1", "resources": [
+            {"name": "canaries", "singularName": "canary", "namespaced": true, "kind": "Canary", "verbs": ["get", "list", "watch"]}
+        ]}),
+    );
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    super::clusters::probe_all(&ctx).await;
+
+    let writes = cluster_status_writes(&hub);
+    let status_of = |name: &str| {
+        writes.iter().find(|(path, _)| path.ends_with(&format!("/clusters/{name}/status"))).unwrap().1.clone()
+    };
+    let canary = status_of("canary-1");
+    assert_eq!(canary["serverVersion"], "v1.36.0");
+    assert!(canary["lastContactTime"].is_string());
+    let ready = canary["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("CanaryAPIServed")));
+    let prod = status_of("prod-1");
+    let reachable = prod["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Reachable").unwrap().clone();
+    assert_eq!(reachable["reason"], "KubeconfigSecretMissing");
+    assert!(reachable["message"].as_str().unwrap().contains("petrel-system/prod-1"), "{reachable}");
+    assert!(ctx.watches.probe("canary-1").unwrap().reached() && !ctx.watches.probe("prod-1").unwrap().reached());
+    assert!(ctx.metrics.render().contains(r#"petrel_cluster_reachable{cluster="prod-1"} 0"#));
+
+    // The next probe finds the same: the recorded statuses stand, nothing is written.
+    let mut canary_cluster = cluster("canary-1", "canary");
+    canary_cluster["status"] = canary;
+    let mut prod_cluster = cluster("prod-1", "prod");
+    prod_cluster["status"] = prod;
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![canary_cluster, prod_cluster]));
+    super::clusters::probe_all(&ctx).await;
+    assert_eq!(cluster_status_writes(&hub).len(), 2, "no write storm");
 }

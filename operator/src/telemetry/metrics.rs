@@ -21,11 +21,37 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::Canary;
 use crate::api::canary::{CanaryStatus, Phase};
+use crate::api::rollout::{MemberState, RolloutPhase, RolloutStatus, WavePhase};
 use crate::core::strategy::strategy_of;
 use crate::core::{Provider, Strategy};
 
 /// `controller` label of the per-cluster Canary controller.
 pub const CANARY_CONTROLLER: &str = "canary";
+
+/// Every phase of a Rollout, for one-hot series.
+const ROLLOUT_PHASES: [RolloutPhase; 6] = [
+    RolloutPhase::Progressing,
+    RolloutPhase::Soaking,
+    RolloutPhase::WaitingApproval,
+    RolloutPhase::Paused,
+    RolloutPhase::Succeeded,
+    RolloutPhase::Failed,
+];
+/// Every phase of a wave, for one-hot series.
+const WAVE_PHASES: [WavePhase; 5] =
+    [WavePhase::Pending, WavePhase::Progressing, WavePhase::Soaking, WavePhase::Succeeded, WavePhase::Failed];
+/// Every state of a member, for one-hot series.
+const MEMBER_STATES: [MemberState; 9] = [
+    MemberState::Pending,
+    MemberState::Approved,
+    MemberState::Progressing,
+    MemberState::Succeeded,
+    MemberState::Failed,
+    MemberState::Unreachable,
+    MemberState::TimedOut,
+    MemberState::OtherRelease,
+    MemberState::Unassigned,
+];
 
 /// Buckets of one reconcile: most are API round trips (milliseconds); a reconcile that
 /// runs the analysis waits on metric queries and webhooks (seconds).
@@ -89,6 +115,52 @@ struct VersionLabels {
     version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutInfoLabels {
+    namespace: String,
+    name: String,
+    release: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaveLabels {
+    namespace: String,
+    name: String,
+    wave: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    namespace: String,
+    name: String,
+    cluster: String,
+    wave: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberWeightLabels {
+    namespace: String,
+    name: String,
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+/// Series a Rollout owns whose label values come from its status, so they can be
+/// removed when they leave it.
+#[derive(Default)]
+struct RolloutSeries {
+    release: Option<String>,
+    waves: BTreeSet<String>,
+    /// (cluster, wave label) of every member series.
+    members: BTreeSet<(String, String)>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn reconcile_histogram() -> Histogram {
@@ -122,6 +194,16 @@ pub struct Metrics {
     reconcile_duration: HistogramFamily<ControllerLabels>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     api_errors: Family<ApiErrorLabels, Counter>,
+    rollout_info: Family<RolloutInfoLabels, Gauge>,
+    rollout_phase: Family<PhaseLabels, Gauge>,
+    rollout_wave: Family<WaveLabels, Gauge>,
+    rollout_member: Family<MemberLabels, Gauge>,
+    rollout_member_weight: Family<MemberWeightLabels, Gauge>,
+    cluster_reachable: Family<ClusterLabels, Gauge>,
+    /// Per Rollout, the label values of its status-driven series.
+    rollout_series: Mutex<BTreeMap<CanaryLabels, RolloutSeries>>,
+    /// Clusters with a `petrel_cluster_reachable` series.
+    clusters_seen: Mutex<BTreeSet<String>>,
     /// Per Canary, the label values of its variable series. A `Mutex` is enough: it is
     /// held for a few map operations per reconcile, never across an await.
     series: Mutex<BTreeMap<CanaryLabels, CanarySeries>>,
@@ -148,6 +230,12 @@ impl Metrics {
         let reconcile_duration: HistogramFamily<ControllerLabels> = Family::new_with_constructor(reconcile_histogram);
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let api_errors = Family::<ApiErrorLabels, Counter>::default();
+        let rollout_info = Family::<RolloutInfoLabels, Gauge>::default();
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        let rollout_wave = Family::<WaveLabels, Gauge>::default();
+        let rollout_member = Family::<MemberLabels, Gauge>::default();
+        let rollout_member_weight = Family::<MemberWeightLabels, Gauge>::default();
+        let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
 
         registry.register(
             "petrel",
@@ -203,6 +291,36 @@ impl Metrics {
             "Failed Kubernetes API calls that failed a reconcile, by the API server's reason",
             api_errors.clone(),
         );
+        registry.register(
+            "petrel_rollout_info",
+            "The release a fleet Rollout is rolling out (hub); always 1",
+            rollout_info.clone(),
+        );
+        registry.register(
+            "petrel_rollout_phase",
+            "Phase of a fleet Rollout (hub): 1 for the current phase, 0 for the others",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "petrel_rollout_wave",
+            "Phase of each wave of a fleet Rollout (hub): 1 for the current phase, 0 for the others",
+            rollout_wave.clone(),
+        );
+        registry.register(
+            "petrel_rollout_member",
+            "State of each member cluster of a fleet Rollout (hub): 1 for the current state, 0 for the others",
+            rollout_member.clone(),
+        );
+        registry.register(
+            "petrel_rollout_member_weight",
+            "Percentage of traffic each member cluster routes to its canary, as the hub last saw it",
+            rollout_member_weight.clone(),
+        );
+        registry.register(
+            "petrel_cluster_reachable",
+            "Whether the hub's last probe reached the member cluster (1) or not (0)",
+            cluster_reachable.clone(),
+        );
 
         Self {
             registry,
@@ -217,6 +335,14 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             api_errors,
+            rollout_info,
+            rollout_phase,
+            rollout_wave,
+            rollout_member,
+            rollout_member_weight,
+            cluster_reachable,
+            rollout_series: Mutex::new(BTreeMap::new()),
+            clusters_seen: Mutex::new(BTreeSet::new()),
             series: Mutex::new(BTreeMap::new()),
         }
     }
@@ -370,6 +496,176 @@ impl Metrics {
     }
 }
 
+/// The hub's metrics: Rollouts, their waves and members, and member reachability.
+impl Metrics {
+    /// Records where a Rollout stands after a reconcile computed `status` for it.
+    pub fn observe_rollout(&self, namespace: &str, name: &str, status: &RolloutStatus) {
+        let key = CanaryLabels { namespace: namespace.to_string(), name: name.to_string() };
+        let mut all = self.rollout_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let owned = all.entry(key).or_default();
+
+        if owned.release != status.release {
+            if let Some(old) = owned.release.take() {
+                self.rollout_info.remove(&RolloutInfoLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    release: old,
+                });
+            }
+            if let Some(release) = &status.release {
+                let labels =
+                    RolloutInfoLabels { namespace: namespace.into(), name: name.into(), release: release.clone() };
+                self.rollout_info.get_or_create(&labels).set(1);
+            }
+            owned.release = status.release.clone();
+        }
+        for phase in ROLLOUT_PHASES {
+            let labels = PhaseLabels { namespace: namespace.into(), name: name.into(), phase: label_of(&phase) };
+            self.rollout_phase.get_or_create(&labels).set(i64::from(status.phase == Some(phase)));
+        }
+
+        let waves: BTreeSet<String> = status.waves.iter().map(|w| w.name.clone()).collect();
+        for gone in owned.waves.difference(&waves) {
+            for phase in WAVE_PHASES {
+                self.rollout_wave.remove(&wave_labels(namespace, name, gone, phase));
+            }
+        }
+        for wave in &status.waves {
+            for phase in WAVE_PHASES {
+                self.rollout_wave
+                    .get_or_create(&wave_labels(namespace, name, &wave.name, phase))
+                    .set(i64::from(wave.phase == phase));
+            }
+        }
+        owned.waves = waves;
+
+        let members: BTreeSet<(String, String)> =
+            status.members.iter().map(|m| (m.cluster.clone(), m.wave.clone().unwrap_or_default())).collect();
+        for (cluster, wave) in owned.members.difference(&members) {
+            for state in MEMBER_STATES {
+                self.rollout_member.remove(&member_labels(namespace, name, cluster, wave, state));
+            }
+            if !members.iter().any(|(c, _)| c == cluster) {
+                self.rollout_member_weight.remove(&MemberWeightLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    cluster: cluster.clone(),
+                });
+            }
+        }
+        for member in &status.members {
+            let wave = member.wave.clone().unwrap_or_default();
+            for state in MEMBER_STATES {
+                self.rollout_member
+                    .get_or_create(&member_labels(namespace, name, &member.cluster, &wave, state))
+                    .set(i64::from(member.state == state));
+            }
+            let labels =
+                MemberWeightLabels { namespace: namespace.into(), name: name.into(), cluster: member.cluster.clone() };
+            self.rollout_member_weight.get_or_create(&labels).set(i64::from(member.weight.clamp(0, 100)));
+        }
+        owned.members = members;
+    }
+
+    /// Removes every series of one Rollout.
+    pub fn forget_rollout(&self, namespace: &str, name: &str) {
+        let key = CanaryLabels { namespace: namespace.to_string(), name: name.to_string() };
+        let owned = self.rollout_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
+        for phase in ROLLOUT_PHASES {
+            self.rollout_phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                phase: label_of(&phase),
+            });
+        }
+        let Some(owned) = owned else { return };
+        if let Some(release) = owned.release {
+            self.rollout_info.remove(&RolloutInfoLabels { namespace: namespace.into(), name: name.into(), release });
+        }
+        for wave in &owned.waves {
+            for phase in WAVE_PHASES {
+                self.rollout_wave.remove(&wave_labels(namespace, name, wave, phase));
+            }
+        }
+        for (cluster, wave) in &owned.members {
+            for state in MEMBER_STATES {
+                self.rollout_member.remove(&member_labels(namespace, name, cluster, wave, state));
+            }
+            self.rollout_member_weight.remove(&MemberWeightLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                cluster: cluster.clone(),
+            });
+        }
+    }
+
+    /// Removes every series of the Rollouts not in `live` (namespace, name).
+    pub fn retain_rollouts<'a>(&self, live: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let live: BTreeSet<(&str, &str)> = live.into_iter().collect();
+        let gone: Vec<CanaryLabels> = {
+            let series = self.rollout_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            series.keys().filter(|k| !live.contains(&(k.namespace.as_str(), k.name.as_str()))).cloned().collect()
+        };
+        for key in gone {
+            self.forget_rollout(&key.namespace, &key.name);
+        }
+    }
+
+    /// Records whether the hub's last probe reached a member.
+    pub fn observe_cluster(&self, cluster: &str, reachable: bool) {
+        self.cluster_reachable.get_or_create(&ClusterLabels { cluster: cluster.to_string() }).set(i64::from(reachable));
+        // prometheus-client cannot list a family's label sets: remember them to remove.
+        self.clusters_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(cluster.to_string());
+    }
+
+    /// Removes the series of Clusters not in `live`.
+    pub fn retain_clusters<'a>(&self, live: impl IntoIterator<Item = &'a str>) {
+        let live: BTreeSet<&str> = live.into_iter().collect();
+        let mut seen = self.clusters_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.retain(|cluster| {
+            let keep = live.contains(cluster.as_str());
+            if !keep {
+                self.cluster_reachable.remove(&ClusterLabels { cluster: cluster.clone() });
+            }
+            keep
+        });
+    }
+
+    /// Records a failed reconcile of a controller whose errors are not
+    /// [`crate::controller::Error`]s: `kind` is the error's kind, `api_error` the
+    /// Kubernetes API error behind it, if any.
+    pub fn record_reconcile_failure(&self, controller: &str, kind: &str, api_error: Option<&kube::Error>) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller: controller.to_string(), error: kind.to_string() })
+            .inc();
+        if let Some(error) = api_error {
+            self.record_api_error(controller, error);
+        }
+    }
+}
+
+/// The label value of an API enum: its serialized name (what `kubectl` shows).
+fn label_of<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{value:?}"),
+    }
+}
+
+fn wave_labels(namespace: &str, name: &str, wave: &str, phase: WavePhase) -> WaveLabels {
+    WaveLabels { namespace: namespace.into(), name: name.into(), wave: wave.into(), phase: label_of(&phase) }
+}
+
+fn member_labels(namespace: &str, name: &str, cluster: &str, wave: &str, state: MemberState) -> MemberLabels {
+    MemberLabels {
+        namespace: namespace.into(),
+        name: name.into(),
+        cluster: cluster.into(),
+        wave: wave.into(),
+        state: label_of(&state),
+    }
+}
+
 /// Measures one reconcile; see [`Metrics::time_reconcile`].
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
@@ -416,5 +712,143 @@ pub fn api_error_reason(error: &kube::Error) -> String {
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::HttpError(_) => "Transport".into(),
         kube::Error::SerdeError(_) | kube::Error::FromUtf8(_) => "InvalidResponse".into(),
         _ => "Client".into(),
+    }
+}
+
+#[cfg(test)]
+mod hub_tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn series(metrics: &Metrics, prefix: &str) -> BTreeSet<String> {
+        metrics.render().lines().filter(|l| l.starts_with(prefix)).map(String::from).collect()
+    }
+
+    fn ones(metrics: &Metrics, prefix: &str) -> BTreeSet<String> {
+        series(metrics, prefix).into_iter().filter(|l| l.ends_with(" 1")).collect()
+    }
+
+    fn set(lines: &[&str]) -> BTreeSet<String> {
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+
+    fn status(value: serde_json::Value) -> RolloutStatus {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn progressing() -> RolloutStatus {
+        status(json!({
+            "release": "podinfo:6.1.0",
+            "phase": "Progressing",
+            "currentWave": "prod",
+            "waves": [{"name": "canary", "phase": "Succeeded"}, {"name": "prod", "phase": "Progressing"}],
+            "members": [
+                {"cluster": "canary-1", "wave": "canary", "state": "Succeeded", "weight": 0},
+                {"cluster": "prod-1", "wave": "prod", "state": "Progressing", "weight": 50},
+                {"cluster": "lab-1", "state": "Unassigned"}
+            ]
+        }))
+    }
+
+    #[test]
+    fn a_rollout_exports_its_release_phase_waves_and_members() {
+        let metrics = Metrics::new("1.2.3");
+        metrics.observe_rollout("fleet", "podinfo", &progressing());
+        assert_eq!(
+            series(&metrics, "petrel_rollout_info"),
+            set(&[r#"petrel_rollout_info{namespace="fleet",name="podinfo",release="podinfo:6.1.0"} 1"#])
+        );
+        assert_eq!(series(&metrics, "petrel_rollout_phase").len(), 6, "one series per phase");
+        assert_eq!(
+            ones(&metrics, "petrel_rollout_phase"),
+            set(&[r#"petrel_rollout_phase{namespace="fleet",name="podinfo",phase="Progressing"} 1"#])
+        );
+        assert_eq!(series(&metrics, "petrel_rollout_wave").len(), 10, "two waves, five phases each");
+        assert_eq!(
+            ones(&metrics, "petrel_rollout_wave"),
+            set(&[
+                r#"petrel_rollout_wave{namespace="fleet",name="podinfo",wave="canary",phase="Succeeded"} 1"#,
+                r#"petrel_rollout_wave{namespace="fleet",name="podinfo",wave="prod",phase="Progressing"} 1"#,
+            ])
+        );
+        assert_eq!(series(&metrics, "petrel_rollout_member{").len(), 27, "three members, nine states each");
+        assert_eq!(
+            ones(&metrics, "petrel_rollout_member{"),
+            set(&[
+                r#"petrel_rollout_member{namespace="fleet",name="podinfo",cluster="canary-1",wave="canary",state="Succeeded"} 1"#,
+                r#"petrel_rollout_member{namespace="fleet",name="podinfo",cluster="prod-1",wave="prod",state="Progressing"} 1"#,
+                r#"petrel_rollout_member{namespace="fleet",name="podinfo",cluster="lab-1",wave="",state="Unassigned"} 1"#,
+            ])
+        );
+        assert_eq!(
+            series(&metrics, "petrel_rollout_member_weight"),
+            set(&[
+                r#"petrel_rollout_member_weight{namespace="fleet",name="podinfo",cluster="canary-1"} 0"#,
+                r#"petrel_rollout_member_weight{namespace="fleet",name="podinfo",cluster="prod-1"} 50"#,
+                r#"petrel_rollout_member_weight{namespace="fleet",name="podinfo",cluster="lab-1"} 0"#,
+            ])
+        );
+    }
+
+    #[test]
+    fn series_that_leave_the_status_leave_the_scrape() {
+        let metrics = Metrics::new("1.2.3");
+        metrics.observe_rollout("fleet", "podinfo", &progressing());
+        // A new release, the lab cluster removed, prod-1 moved to another wave.
+        metrics.observe_rollout(
+            "fleet",
+            "podinfo",
+            &status(json!({
+                "release": "podinfo:6.2.0",
+                "phase": "Progressing",
+                "waves": [{"name": "canary", "phase": "Progressing"}],
+                "members": [
+                    {"cluster": "canary-1", "wave": "canary", "state": "Approved"},
+                    {"cluster": "prod-1", "wave": "canary", "state": "Pending"}
+                ]
+            })),
+        );
+        let info = series(&metrics, "petrel_rollout_info");
+        assert_eq!(info, set(&[r#"petrel_rollout_info{namespace="fleet",name="podinfo",release="podinfo:6.2.0"} 1"#]));
+        assert!(series(&metrics, "petrel_rollout_wave").iter().all(|l| l.contains(r#"wave="canary""#)));
+        let members = series(&metrics, "petrel_rollout_member{");
+        assert_eq!(members.len(), 18);
+        assert!(members.iter().all(|l| !l.contains("lab-1") && !l.contains(r#"wave="prod""#)), "{members:?}");
+        assert_eq!(series(&metrics, "petrel_rollout_member_weight").len(), 2);
+
+        metrics.retain_rollouts([("fleet", "other")]);
+        assert!(series(&metrics, "petrel_rollout_").is_empty(), "a deleted Rollout leaves nothing behind");
+    }
+
+    #[test]
+    fn cluster_reachability_is_exported_until_the_cluster_goes() {
+        let metrics = Metrics::new("1.2.3");
+        metrics.observe_cluster("eu-1", true);
+        metrics.observe_cluster("eu-2", false);
+        assert_eq!(
+            series(&metrics, "petrel_cluster_reachable"),
+            set(&[r#"petrel_cluster_reachable{cluster="eu-1"} 1"#, r#"petrel_cluster_reachable{cluster="eu-2"} 0"#])
+        );
+        metrics.retain_clusters(["eu-1"]);
+        assert_eq!(
+            series(&metrics, "petrel_cluster_reachable"),
+            set(&[r#"petrel_cluster_reachable{cluster="eu-1"} 1"#])
+        );
+    }
+
+    #[test]
+    fn hub_reconciles_are_timed_and_their_failures_counted() {
+        let metrics = Metrics::new("1.2.3");
+        drop(metrics.time_reconcile("rollout"));
+        metrics.record_reconcile_failure("rollout", "WriteStatus", None);
+        let text = metrics.render();
+        assert!(text.contains(r#"petrel_reconcile_duration_seconds_count{controller="rollout"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"petrel_reconcile_errors_total{controller="rollout",error="WriteStatus"} 1"#),
+            "{text}"
+        );
     }
 }

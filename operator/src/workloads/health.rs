@@ -122,14 +122,7 @@ pub fn deployment_health(
 /// Whether the primary runs `revision` (the revision petrel promoted) and its rollout
 /// finished: observed, every replica updated, no old replica left, all available.
 pub fn primary_runs_revision(primary: &Deployment, revision: &str) -> bool {
-    let runs = primary
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.template.metadata.as_ref())
-        .and_then(|meta| meta.annotations.as_ref())
-        .and_then(|annotations| annotations.get(REVISION_ANNOTATION))
-        .is_some_and(|annotated| annotated == revision);
-    if !runs {
+    if !primary_template_is_revision(primary, revision) {
         return false;
     }
     let status = primary.status.clone().unwrap_or_default();
@@ -139,6 +132,17 @@ pub fn primary_runs_revision(primary: &Deployment, revision: &str) -> bool {
         && updated >= desired
         && status.replicas.unwrap_or(0) <= updated
         && status.available_replicas.unwrap_or(0) >= updated
+}
+
+/// Whether the primary's pod template is this stored revision, finished rolling out or not.
+pub fn primary_template_is_revision(primary: &Deployment, revision: &str) -> bool {
+    primary
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|meta| meta.annotations.as_ref())
+        .and_then(|annotations| annotations.get(REVISION_ANNOTATION))
+        .is_some_and(|annotated| annotated == revision)
 }
 
 /// Whether the primary runs the target's current template (with these tracked config

@@ -29,7 +29,7 @@ pub use configs::{
     copy_configs_to_primary, read_tracked_configs, referenced_configs, resolve_tracked_configs, rewrite_config_refs,
     secret_checksum, tracking_disabled,
 };
-pub use health::{deployment_health, primary_runs_revision, primary_runs_template};
+pub use health::{deployment_health, primary_runs_revision, primary_runs_template, primary_template_is_revision};
 pub use history::{
     build_controller_revision, controller_revision_name, list_primary_revisions, next_revision_number,
     previous_release_revision, prune_revisions, record_primary_revision, revisions_to_prune, rollback_primary_to,

@@ -1,0 +1,276 @@
+//! The hub's member probes and the `Cluster` status they produce.
+//!
+//! Every [`PROBE_INTERVAL`] the hub reads each Cluster's kubeconfig Secret, asks the
+//! member's API server for its version and whether it serves petrel's Canary API, and
+//! writes the Cluster status (server-side apply, field manager `petrel-hub`) when
+//! something other than the contact time changed or the recorded contact is
+//! [`CONTACT_REFRESH`] old — so a healthy fleet costs one write a minute per Cluster.
+//! The probes also keep the member watches' caches honest (see [`super::watches`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::warn;
+
+use super::controller::{HUB_FIELD_MANAGER, HubContext, MEMBER_READ_TIMEOUT};
+use super::decisions::CONTACT_REFRESH;
+use super::watches::ProbeResult;
+use crate::api::Cluster;
+use crate::api::cluster::{CONDITION_REACHABLE, CONDITION_READY, ClusterStatus};
+use crate::api::common::Condition;
+
+/// How often each member is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The API group version of petrel's member-side resources.
+const CANARY_API: &str = "petrel.dev/v1alpha1";
+
+/// The status a Cluster should have after a probe. A member that does not answer keeps
+/// its last contact time and server version. Pure.
+pub fn cluster_status(
+    previous: Option<&ClusterStatus>,
+    generation: Option<i64>,
+    probe: &ProbeResult,
+    now: DateTime<Utc>,
+) -> ClusterStatus {
+    let previous_conditions = previous.map_or(&[][..], |p| &p.conditions);
+    let condition = |type_: &str, value: bool, reason: &str, message: String| {
+        let status = if value { "True" } else { "False" };
+        let last_transition_time = previous_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(now, |c| c.last_transition_time);
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        }
+    };
+    let kept_contact = previous.and_then(|p| p.last_contact_time);
+    let kept_version = previous.and_then(|p| p.server_version.clone());
+    let (reachable, ready, last_contact_time, server_version) = match probe {
+        ProbeResult::Reached { server_version, canary_api } => (
+            condition(CONDITION_REACHABLE, true, "Contacted", format!("the API server answered ({server_version})")),
+            if *canary_api {
+                condition(CONDITION_READY, true, "CanaryAPIServed", "the member serves petrel's Canary API".into())
+            } else {
+                condition(
+                    CONDITION_READY,
+                    false,
+                    "CanaryAPIMissing",
+                    format!(
+                        "the member does not serve {CANARY_API} canaries: install petrel's CRDs there and run petrel in member mode"
+                    ),
+                )
+            },
+            Some(now),
+            Some(server_version.clone()),
+        ),
+        ProbeResult::Unreachable(why) => (
+            condition(CONDITION_REACHABLE, false, "Unreachable", why.clone()),
+            condition(CONDITION_READY, false, "Unreachable", "the hub cannot reach the member".into()),
+            kept_contact,
+            kept_version,
+        ),
+        ProbeResult::NoClient { reason, message } => (
+            condition(CONDITION_REACHABLE, false, reason, message.clone()),
+            condition(CONDITION_READY, false, reason, message.clone()),
+            kept_contact,
+            kept_version,
+        ),
+    };
+    ClusterStatus {
+        conditions: vec![ready, reachable],
+        last_contact_time,
+        server_version,
+        observed_generation: generation,
+    }
+}
+
+/// Whether `next` is worth a write over `previous`: something other than the contact
+/// time changed, or the recorded contact is [`CONTACT_REFRESH`] old. Pure.
+pub fn cluster_status_worth_writing(previous: Option<&ClusterStatus>, next: &ClusterStatus) -> bool {
+    let Some(previous) = previous else { return true };
+    let without_contact = |s: &ClusterStatus| ClusterStatus { last_contact_time: None, ..s.clone() };
+    if without_contact(previous) != without_contact(next) {
+        return true;
+    }
+    match (previous.last_contact_time, next.last_contact_time) {
+        (Some(recorded), Some(seen)) => seen - recorded >= CONTACT_REFRESH,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+/// Asks a member for its version and whether it serves the Canary API.
+async fn probe_member(client: &Client) -> ProbeResult {
+    let version = match tokio::time::timeout(MEMBER_READ_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(info)) => info.git_version,
+        Ok(Err(e)) => return ProbeResult::Unreachable(format!("reading the API server version: {e}")),
+        Err(_) => {
+            return ProbeResult::Unreachable(format!(
+                "the API server did not answer within {}s",
+                MEMBER_READ_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let canary_api = match tokio::time::timeout(MEMBER_READ_TIMEOUT, client.list_api_group_resources(CANARY_API)).await
+    {
+        Ok(Ok(resources)) => resources.resources.iter().any(|r| r.name == "canaries"),
+        // The version answered a moment ago: a failure here is the API missing, or a
+        // blip the next probe corrects.
+        Ok(Err(_)) | Err(_) => false,
+    };
+    ProbeResult::Reached { server_version: version, canary_api }
+}
+
+/// Probes one member and writes its Cluster status when worth it.
+async fn probe_and_report(ctx: &HubContext, cluster: &Cluster) {
+    let name = cluster.name_any();
+    let result = match ctx.members.connect(cluster).await {
+        Ok(connection) => probe_member(&connection.client).await,
+        Err(e) => ProbeResult::NoClient { reason: e.reason(), message: e.to_string() },
+    };
+    let now = Utc::now();
+    ctx.watches.record_probe(&name, result.clone(), now);
+    ctx.metrics.observe_cluster(&name, matches!(result, ProbeResult::Reached { .. }));
+    let status = cluster_status(cluster.status.as_ref(), cluster.metadata.generation, &result, now);
+    if !cluster_status_worth_writing(cluster.status.as_ref(), &status) {
+        return;
+    }
+    // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::erase::<Cluster>(&()));
+    let body = serde_json::json!({
+        "apiVersion": Cluster::api_version(&()),
+        "kind": Cluster::kind(&()),
+        "status": status,
+    });
+    if let Err(e) = api.patch_status(&name, &PatchParams::apply(HUB_FIELD_MANAGER).force(), &Patch::Apply(&body)).await
+    {
+        ctx.metrics.record_api_error(super::controller::ROLLOUT_CONTROLLER, &e);
+        warn!(cluster = %name, error = %e, "could not write the Cluster status");
+    }
+}
+
+/// Probes every Cluster once.
+pub async fn probe_all(ctx: &HubContext) {
+    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
+    let clusters = match clusters.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            warn!(error = %e, "could not list Clusters to probe them");
+            return;
+        }
+    };
+    let names: BTreeSet<String> = clusters.iter().map(|c| c.name_any()).collect();
+    ctx.watches.retain_probes(&names);
+    ctx.members.retain(&names);
+    ctx.metrics.retain_clusters(names.iter().map(String::as_str));
+    futures::future::join_all(clusters.iter().map(|c| probe_and_report(ctx, c))).await;
+}
+
+/// Probes the members every [`PROBE_INTERVAL`] until the process stops.
+pub async fn run_probes(ctx: Arc<HubContext>) {
+    loop {
+        probe_all(&ctx).await;
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 4, 0, 0).unwrap() + TimeDelta::seconds(second)
+    }
+
+    fn reached(canary_api: bool) -> ProbeResult {
+        ProbeResult::Reached { server_version: "v1.36.0".into(), canary_api }
+    }
+
+    fn condition<'a>(status: &'a ClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_reached_member_with_the_canary_api_is_ready() {
+        let s = cluster_status(None, Some(2), &reached(true), at(0));
+        assert_eq!((s.last_contact_time, s.server_version.as_deref()), (Some(at(0)), Some("v1.36.0")));
+        assert_eq!(s.observed_generation, Some(2));
+        assert!(s.is_reachable());
+        let ready = condition(&s, CONDITION_READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "CanaryAPIServed"));
+    }
+
+    #[test]
+    fn a_member_without_the_canary_api_is_reachable_but_not_ready() {
+        let s = cluster_status(None, None, &reached(false), at(0));
+        assert!(s.is_reachable());
+        let ready = condition(&s, CONDITION_READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "CanaryAPIMissing"));
+        assert!(ready.message.contains("member mode"), "{}", ready.message);
+    }
+
+    #[test]
+    fn an_unreachable_member_keeps_its_last_contact_and_version() {
+        let before = cluster_status(None, None, &reached(true), at(0));
+        let s = cluster_status(Some(&before), None, &ProbeResult::Unreachable("connection refused".into()), at(30));
+        assert!(!s.is_reachable());
+        assert_eq!((s.last_contact_time, s.server_version.as_deref()), (Some(at(0)), Some("v1.36.0")));
+        let reachable = condition(&s, CONDITION_REACHABLE);
+        assert_eq!((reachable.reason.as_str(), reachable.message.as_str()), ("Unreachable", "connection refused"));
+        assert_eq!(reachable.last_transition_time, at(30));
+    }
+
+    #[test]
+    fn a_missing_secret_is_named_in_both_conditions() {
+        let probe = ProbeResult::NoClient {
+            reason: "KubeconfigSecretMissing",
+            message: "cluster eu-1: kubeconfig Secret petrel-system/eu-1 does not exist on the hub".into(),
+        };
+        let s = cluster_status(None, None, &probe, at(0));
+        for type_ in [CONDITION_READY, CONDITION_REACHABLE] {
+            let c = condition(&s, type_);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "KubeconfigSecretMissing"));
+            assert!(c.message.contains("petrel-system/eu-1"), "{}", c.message);
+        }
+        assert_eq!(s.last_contact_time, None);
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_flips() {
+        let first = cluster_status(None, None, &reached(true), at(0));
+        let again = cluster_status(Some(&first), None, &reached(true), at(15));
+        assert_eq!(condition(&again, CONDITION_REACHABLE).last_transition_time, at(0));
+    }
+
+    #[test]
+    fn only_changes_or_a_minute_old_contact_are_written() {
+        let first = cluster_status(None, None, &reached(true), at(0));
+        assert!(cluster_status_worth_writing(None, &first));
+        let fifteen = cluster_status(Some(&first), None, &reached(true), at(15));
+        assert!(!cluster_status_worth_writing(Some(&first), &fifteen), "only the contact time moved");
+        let minute = cluster_status(Some(&first), None, &reached(true), at(60));
+        assert!(cluster_status_worth_writing(Some(&first), &minute));
+        let lost = cluster_status(Some(&first), None, &ProbeResult::Unreachable("refused".into()), at(15));
+        assert!(cluster_status_worth_writing(Some(&first), &lost));
+        let still_lost = cluster_status(Some(&lost), None, &ProbeResult::Unreachable("refused".into()), at(120));
+        assert!(!cluster_status_worth_writing(Some(&lost), &still_lost), "nothing new while it stays lost");
+        let upgraded = cluster_status(
+            Some(&first),
+            None,
+            &ProbeResult::Reached { server_version: "v1.37.0".into(), canary_api: true },
+            at(15),
+        );
+        assert!(cluster_status_worth_writing(Some(&first), &upgraded));
+    }
+}
