@@ -16,6 +16,7 @@ pub mod controller;
 pub mod core;
 pub mod fleet;
 pub mod hub;
+pub mod leader;
 pub mod plugin;
 pub mod routers;
 pub mod telemetry;

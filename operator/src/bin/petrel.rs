@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use petrel::controller::{self, Context, EventSink, Settings};
+use petrel::leader::{self, LeaderElection};
 use petrel::telemetry::{self, Metrics, Readiness};
 
 /// What this process runs.
@@ -44,6 +45,47 @@ struct Args {
     /// Address of the metrics and health server (`/metrics`, `/livez`, `/readyz`).
     #[arg(long, env = "PETREL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: String,
+    /// Run only while holding a Lease, so that several replicas can run with one active.
+    #[arg(long, env = "PETREL_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader election Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "PETREL_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease (default: `petrel-member` or `petrel-hub`).
+    #[arg(long, env = "PETREL_LEADER_ELECTION_LEASE_NAME")]
+    leader_election_lease_name: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal: how soon a standby takes
+    /// over from a leader that died.
+    #[arg(long, env = "PETREL_LEADER_ELECTION_LEASE_DURATION", default_value_t = 15)]
+    leader_election_lease_duration: u64,
+    /// Seconds before expiry at which the leader renews its Lease.
+    #[arg(long, env = "PETREL_LEADER_ELECTION_RENEW_BEFORE", default_value_t = 5)]
+    leader_election_renew_before: u64,
+}
+
+impl Args {
+    fn leader_election(&self) -> Option<LeaderElection> {
+        if !self.leader_elect {
+            return None;
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mode = match self.mode {
+            Mode::Member => "member",
+            Mode::Hub => "hub",
+        };
+        let host = env("HOSTNAME");
+        Some(LeaderElection {
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "default".to_string()),
+            lease_name: self.leader_election_lease_name.clone().unwrap_or_else(|| leader::default_lease_name(mode)),
+            identity: leader::identity(env("POD_NAME").as_deref(), host.as_deref(), std::process::id()),
+            lease_duration_seconds: self.leader_election_lease_duration,
+            renew_before_seconds: self.leader_election_renew_before,
+        })
+    }
 }
 
 fn init_tracing(json: bool) {
@@ -75,6 +117,10 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
+    let election = args.leader_election();
+    if let Some(election) = &election {
+        election.validate()?;
+    }
     let client = client(args.kubeconfig.as_deref()).await?;
     let http = reqwest::Client::builder()
         .user_agent(concat!("petrel/", env!("CARGO_PKG_VERSION")))
@@ -85,34 +131,53 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr().context("reading the metrics address")?, "serving /metrics, /livez and /readyz");
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::new();
-    if args.mode == Mode::Hub {
-        let hub = Arc::new(petrel::hub::HubContext::new(client, std::env::var("POD_NAME").ok()));
-        // The hub has no cache to warm before it can serve: ready once it starts.
-        readiness.mark_ready();
-        return tokio::select! {
-            result = petrel::hub::run(hub) => result,
-            result = telemetry::serve(listener, metrics, readiness, std::future::pending()) => {
-                result.context("serving metrics and health checks")
+    let standby = readiness.clone();
+    // The server runs from the start, also while a standby waits for the lease.
+    let serve = telemetry::serve(listener, metrics.clone(), readiness.clone(), std::future::pending());
+    let lease_client = client.clone();
+    let work = async move {
+        if args.mode == Mode::Hub {
+            // The hub records its Rollout, wave, member and reconcile metrics into the
+            // registry the server serves on /metrics.
+            let hub = Arc::new(petrel::hub::HubContext::with_metrics(
+                client,
+                std::env::var("POD_NAME").ok(),
+                metrics.clone(),
+            ));
+            // The hub has no cache to warm before it can serve: ready once it starts.
+            readiness.mark_ready();
+            return petrel::hub::run(hub).await;
+        }
+        let ctx = Arc::new(Context {
+            events: EventSink::new(client.clone(), std::env::var("POD_NAME").ok()),
+            client,
+            http,
+            settings: Settings {
+                default_provider: args.provider,
+                metrics_server: args.metrics_server,
+                cluster_name: args.cluster_name,
+            },
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+        });
+        controller::run(ctx, args.namespace).await
+    };
+    let leading = async {
+        match &election {
+            None => work.await,
+            Some(election) => {
+                standby.set_standby(true);
+                let work = async {
+                    standby.set_standby(false);
+                    work.await
+                };
+                leader::run_while_leading(lease_client, election, work).await?
             }
-        };
-    }
-    let ctx = Arc::new(Context {
-        events: EventSink::new(client.clone(), std::env::var("POD_NAME").ok()),
-        client,
-        http,
-        settings: Settings {
-            default_provider: args.provider,
-            metrics_server: args.metrics_server,
-            cluster_name: args.cluster_name,
-        },
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-    });
+        }
+    };
     // The server lives as long as the controller; it stops with it.
     tokio::select! {
-        result = controller::run(ctx, args.namespace) => result,
-        result = telemetry::serve(listener, metrics, readiness, std::future::pending()) => {
-            result.context("serving metrics and health checks")
-        }
+        result = leading => result,
+        result = serve => result.context("serving metrics and health checks"),
     }
 }

@@ -19,9 +19,15 @@ const READY_POLL: Duration = Duration::from_millis(250);
 
 /// Whether the controller is ready to serve: set once, after the first full list of
 /// Canaries reached its cache. Cheap to clone; every clone sees the same flag.
+///
+/// A standby replica (leader election on, another replica leading) counts as ready: it
+/// is ready to take over, and a Deployment's rolling update waits for the new replica to
+/// be ready before it stops the old leader, so an unready standby would never get the
+/// lease.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -30,7 +36,18 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) || self.standby.load(Ordering::Acquire)
+    }
+
+    /// Whether this replica waits for the leader election lease.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    /// Sets whether this replica waits for the lease; once leading, readiness is the
+    /// cache's again.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Release);
     }
 
     pub fn mark_ready(&self) {

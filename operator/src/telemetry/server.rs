@@ -40,7 +40,9 @@ async fn livez() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Shared>) -> (StatusCode, &'static str) {
-    if shared.readiness.is_ready() {
+    if shared.readiness.is_standby() {
+        (StatusCode::OK, "standby: another replica holds the leader election lease\n")
+    } else if shared.readiness.is_ready() {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "the Canary cache has not synced yet\n")
