@@ -1,8 +1,14 @@
-//! The `kubectl petrel` plugin's logic: rendering Canaries and planning verbs, as pure
-//! functions. The binary (`src/bin/kubectl-petrel.rs`) only reads, patches and prints.
+//! The `kubectl petrel` plugin's logic: rendering Canaries and fleet Rollouts, planning
+//! verbs, approvals and wave plans, as pure functions. The binary (`src/bin/kubectl-petrel.rs`) only reads, patches and prints.
 
+pub mod approve;
+pub mod fleet_plan;
+pub mod fleet_render;
 pub mod render;
 pub mod verbs;
 
+pub use approve::{ApprovalPatch, PLUGIN_FIELD_MANAGER, plan_approval};
+pub use fleet_plan::render_plan;
+pub use fleet_render::{render_rollout, render_rollout_table};
 pub use render::{render_canary, render_table};
-pub use verbs::{Command, Refusal, VerbPatch, plan_command};
+pub use verbs::{Command, Refusal, VerbPatch, plan_command, plan_rollout_command};

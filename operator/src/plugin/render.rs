@@ -118,7 +118,7 @@ fn render_conditions(status: &CanaryStatus, now: DateTime<Utc>) -> String {
 }
 
 /// Appends rows as tree branches with aligned columns; empty trailing cells are dropped.
-fn push_tree(out: &mut String, rows: &[Vec<String>]) {
+pub(super) fn push_tree(out: &mut String, rows: &[Vec<String>]) {
     let widths = column_widths(rows);
     for (i, row) in rows.iter().enumerate() {
         let branch = if i + 1 == rows.len() { "└── " } else { "├── " };
@@ -166,14 +166,14 @@ pub fn render_table(canaries: &[Canary], all_namespaces: bool, now: DateTime<Utc
     rows.iter().map(|row| aligned(row, &widths, "   ") + "\n").collect()
 }
 
-fn column_widths(rows: &[Vec<String>]) -> Vec<usize> {
+pub(super) fn column_widths(rows: &[Vec<String>]) -> Vec<usize> {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     (0..columns)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect()
 }
 
-fn aligned(row: &[String], widths: &[usize], gap: &str) -> String {
+pub(super) fn aligned(row: &[String], widths: &[usize], gap: &str) -> String {
     let last = row.iter().rposition(|cell| !cell.is_empty()).map_or(0, |i| i + 1);
     row[..last]
         .iter()

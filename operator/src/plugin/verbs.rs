@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::Canary;
 use crate::api::canary::Phase;
 use crate::api::verbs::{Verb, VerbRequest};
+use crate::api::{Canary, Rollout};
 
 use crate::api::canary::FLEET_ROLLOUT_ANNOTATION;
 
@@ -127,6 +127,54 @@ pub fn plan_command(command: Command, canary: &Canary, now: DateTime<Utc>) -> Re
         kubectl: format!("kubectl annotate canary/{name} -n {namespace} --overwrite {annotation}={value}"),
         patch,
         summary,
+    })
+}
+
+/// The patch `command` makes on a fleet `rollout` (`kubectl petrel pause rollout/NAME`),
+/// or why it makes none. Only pause and resume apply to a Rollout (`spec.paused`); the
+/// others act on one member's Canary, and the refusal says what to run instead.
+pub fn plan_rollout_command(command: Command, rollout: &Rollout) -> Result<VerbPatch, Refusal> {
+    let name = rollout.name_any();
+    let namespace = rollout.namespace().unwrap_or_else(|| "default".to_string());
+    let paused = rollout.spec.paused;
+    let pause = match command {
+        Command::Pause => true,
+        Command::Resume => false,
+        Command::Promote => {
+            return Err(Refusal(format!(
+                "a fleet Rollout is not promoted as a whole: the hub releases wave by wave; approve a Manual wave with `kubectl petrel approve {name} <wave> -n {namespace}`"
+            )));
+        }
+        Command::Abort => {
+            return Err(Refusal(format!(
+                "a fleet Rollout is not aborted as a whole: `kubectl petrel pause rollout/{name} -n {namespace}` stops the hub from releasing to more members; `kubectl petrel abort` on a member cluster's Canary rolls that member back"
+            )));
+        }
+        Command::Retry => {
+            return Err(Refusal(format!(
+                "a fleet Rollout has no retry: a wave that breached its failure budget stays failed for release {}; a new release starts from the first wave",
+                rollout.status.as_ref().and_then(|s| s.release.as_deref()).unwrap_or("-")
+            )));
+        }
+    };
+    if pause == paused {
+        return Err(Refusal(if paused {
+            format!("Rollout {name} is already paused (spec.paused is true)")
+        } else {
+            format!("Rollout {name} is not paused: nothing to resume")
+        }));
+    }
+    let patch = json!({ "spec": { "paused": pause } });
+    Ok(VerbPatch {
+        kubectl: format!("kubectl patch rollouts.petrel.dev/{name} -n {namespace} --type merge -p '{patch}'"),
+        patch,
+        summary: if pause {
+            format!(
+                "Rollout {name} paused: the hub approves no more members and opens no wave until resumed; members already released go on"
+            )
+        } else {
+            format!("Rollout {name} resumed")
+        },
     })
 }
 
@@ -265,6 +313,44 @@ mod tests {
         let mut fresh = canary(Phase::Progressing, false);
         fresh.status.as_mut().unwrap().last_applied_spec = None;
         assert!(plan_command(Command::Abort, &fresh, now()).unwrap_err().0.contains("no revision"));
+    }
+
+    fn rollout(paused: bool) -> Rollout {
+        serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1",
+            "kind": "Rollout",
+            "metadata": { "name": "podinfo", "namespace": "fleet" },
+            "spec": { "canaryRef": { "namespace": "test", "name": "podinfo" }, "waves": [{ "name": "all" }], "paused": paused }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_is_paused_and_resumed_through_spec_paused() {
+        let pause = plan_rollout_command(Command::Pause, &rollout(false)).unwrap();
+        assert_eq!(pause.patch, json!({"spec": {"paused": true}}));
+        assert_eq!(
+            pause.kubectl,
+            r#"kubectl patch rollouts.petrel.dev/podinfo -n fleet --type merge -p '{"spec":{"paused":true}}'"#
+        );
+        let resume = plan_rollout_command(Command::Resume, &rollout(true)).unwrap();
+        assert_eq!(resume.patch, json!({"spec": {"paused": false}}));
+        assert_eq!(
+            plan_rollout_command(Command::Pause, &rollout(true)).unwrap_err().0,
+            "Rollout podinfo is already paused (spec.paused is true)"
+        );
+        assert_eq!(
+            plan_rollout_command(Command::Resume, &rollout(false)).unwrap_err().0,
+            "Rollout podinfo is not paused: nothing to resume"
+        );
+    }
+
+    #[test]
+    fn the_canary_verbs_on_a_rollout_say_what_to_run_instead() {
+        let refused = |command| plan_rollout_command(command, &rollout(false)).unwrap_err().0;
+        assert!(refused(Command::Promote).contains("kubectl petrel approve podinfo <wave> -n fleet"));
+        assert!(refused(Command::Abort).contains("kubectl petrel pause rollout/podinfo -n fleet"));
+        assert!(refused(Command::Retry).starts_with("a fleet Rollout has no retry"));
     }
 
     #[test]
