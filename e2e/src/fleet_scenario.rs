@@ -6,7 +6,7 @@
 //! Dropping a [`FleetEnv`] while a test panics prints every operator's log tail and
 //! the Rollout status, so a failure explains itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use petrel::api::canary::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION, Phase};
 use petrel::api::rollout::RolloutPhase;
 use petrel::api::{Canary, Cluster, Rollout};
@@ -40,6 +41,8 @@ pub const HUB_NAMESPACE: &str = "petrel-system";
 pub const ROLLOUT: &str = "podinfo";
 /// Soak of the canary wave.
 pub const CANARY_SOAK: Duration = Duration::from_secs(5);
+/// The label that puts each prod member in a wave of its own (see [`member_labels`]).
+pub const RING_LABEL: &str = "ring";
 const TEST_MANAGER: &str = "e2e-test";
 
 fn ssa() -> PatchParams {
@@ -53,6 +56,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Sends SIGKILL and reaps the process (no-op when it already exited).
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn start(binary: &Path, args: &[String], log: PathBuf) -> Result<Process> {
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(binary);
@@ -159,14 +170,26 @@ pub struct FleetEnv {
     pub hub: Client,
     pub members: Vec<Member>,
     pub hub_operator: Process,
+    /// How to start the hub again (see [`FleetEnv::restart_hub`]).
+    hub_command: (PathBuf, Vec<String>),
+    /// Logs of hub processes killed before the current one, oldest first.
+    earlier_hub_logs: Vec<PathBuf>,
+    /// Members whose control plane the test stopped: their operator may exit.
+    stopped: BTreeSet<String>,
     started: Instant,
     // Last: the control planes stop after the processes that talk to them.
     pub fleet: Fleet,
 }
 
-/// Labels of the members: what the Rollout's waves select.
+/// Labels of the members: what the Rollout's waves select. `role=canary` for the canary
+/// cluster; `env=prod` for both prod members, which also carry [`RING_LABEL`] `2`
+/// (member-a) or `3` (member-b) so a Rollout can give each a wave of its own.
 pub fn member_labels(name: &str) -> BTreeMap<String, String> {
-    let labels: &[(&str, &str)] = if name == MEMBER_CANARY { &[("role", "canary")] } else { &[("env", "prod")] };
+    let labels: &[(&str, &str)] = match name {
+        MEMBER_CANARY => &[("role", "canary")],
+        MEMBER_A => &[("env", "prod"), (RING_LABEL, "2")],
+        _ => &[("env", "prod"), (RING_LABEL, "3")],
+    };
     labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
@@ -185,19 +208,59 @@ pub fn member_canary() -> CanaryOptions {
 
 /// The Rollout: the canary cluster first (soak [`CANARY_SOAK`]), then prod one at a time.
 pub fn rollout_manifest() -> Value {
-    json!({
+    rollout_with(
+        vec![
+            wave("canary", ("role", "canary"), json!({"soak": format!("{}s", CANARY_SOAK.as_secs())})),
+            wave("prod", ("env", "prod"), json!({"maxConcurrency": 1})),
+        ],
+        json!({}),
+    )
+}
+
+/// A Rollout of the app over `waves`, with `spec` fields (`onFailure`, ...) merged in.
+pub fn rollout_with(waves: Vec<Value>, spec: Value) -> Value {
+    let mut manifest = json!({
         "apiVersion": "petrel.dev/v1alpha1",
         "kind": "Rollout",
         "metadata": {"name": ROLLOUT, "namespace": HUB_NAMESPACE},
-        "spec": {
-            "canaryRef": {"namespace": NAMESPACE, "name": APP},
-            "waves": [
-                {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}},
-                 "soak": format!("{}s", CANARY_SOAK.as_secs())},
-                {"name": "prod", "clusterSelector": {"matchLabels": {"env": "prod"}}, "maxConcurrency": 1},
-            ],
-        }
-    })
+        "spec": {"canaryRef": {"namespace": NAMESPACE, "name": APP}, "waves": waves},
+    });
+    merge(&mut manifest["spec"], spec);
+    manifest
+}
+
+/// A wave selecting the Clusters labelled `key=value`, with `fields` (`soak`,
+/// `maxFailures`, ...) merged in.
+pub fn wave(name: &str, (key, value): (&str, &str), fields: Value) -> Value {
+    let mut wave = json!({"name": name, "clusterSelector": {"matchLabels": {key: value}}});
+    merge(&mut wave, fields);
+    wave
+}
+
+/// Three waves, one member each: `canary` (member-canary), `wave-2` (member-a) and
+/// `wave-3` (member-b), each with its `fields` merged in.
+pub fn three_waves(canary: Value, wave_2: Value, wave_3: Value) -> Vec<Value> {
+    vec![
+        wave("canary", ("role", "canary"), canary),
+        wave("wave-2", (RING_LABEL, "2"), wave_2),
+        wave("wave-3", (RING_LABEL, "3"), wave_3),
+    ]
+}
+
+fn merge(into: &mut Value, fields: Value) {
+    if let (Some(into), Value::Object(fields)) = (into.as_object_mut(), fields) {
+        into.extend(fields);
+    }
+}
+
+/// One Event the hub recorded on the Rollout.
+#[derive(Clone, Debug)]
+pub struct HubEvent {
+    pub reason: String,
+    pub note: String,
+    pub warning: bool,
+    /// How many times it happened (an Event series counts its repeats).
+    pub count: i32,
 }
 
 async fn setup_member(
@@ -267,6 +330,11 @@ impl FleetEnv {
     /// petrel) and the hub (Clusters, Rollout, `petrel --mode hub`); returns once the hub
     /// has marked every member's Canary with its Rollout.
     pub async fn start(name: &str) -> Result<FleetEnv> {
+        Self::start_with(name, rollout_manifest()).await
+    }
+
+    /// [`FleetEnv::start`] with another Rollout manifest (see [`rollout_with`]).
+    pub async fn start_with(name: &str, rollout: Value) -> Result<FleetEnv> {
         let started = Instant::now();
         let dir = std::env::temp_dir().join(format!("petrel-e2e-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -349,7 +417,7 @@ impl FleetEnv {
                 .with_context(|| format!("registering Cluster {}", member.name))?;
         }
         Api::<Rollout>::namespaced(hub.clone(), HUB_NAMESPACE)
-            .patch(ROLLOUT, &ssa(), &Patch::Apply(rollout_manifest()))
+            .patch(ROLLOUT, &ssa(), &Patch::Apply(rollout))
             .await
             .context("applying the Rollout")?;
         let hub_args = vec![
@@ -361,7 +429,18 @@ impl FleetEnv {
             "127.0.0.1:0".into(),
         ];
         let hub_operator = Process::start(&petrel, &hub_args, dir.join("hub.log"))?;
-        let env = FleetEnv { name: name.into(), dir, hub, members, hub_operator, started, fleet };
+        let env = FleetEnv {
+            name: name.into(),
+            dir,
+            hub,
+            members,
+            hub_operator,
+            hub_command: (petrel, hub_args),
+            earlier_hub_logs: Vec::new(),
+            stopped: BTreeSet::new(),
+            started,
+            fleet,
+        };
         for member in &env.members {
             eventually(
                 &format!("[{}] the hub's Rollout annotation", member.name),
@@ -402,14 +481,71 @@ impl FleetEnv {
         self.started.elapsed()
     }
 
-    /// Whether every operator (members and hub) still runs.
+    /// Whether every operator (members and hub) still runs; the operator of a member
+    /// whose control plane the test stopped may have exited.
     pub fn operators_running(&mut self) -> bool {
-        self.hub_operator.is_running() && self.members.iter_mut().all(|m| m.operator.is_running())
+        let stopped = &self.stopped;
+        self.hub_operator.is_running()
+            && self.members.iter_mut().filter(|m| !stopped.contains(&m.name)).all(|m| m.operator.is_running())
     }
 
-    /// The hub's whole log.
+    /// The hub's whole log, over every hub process the test started.
     pub fn hub_log(&self) -> String {
-        self.hub_operator.log_text()
+        let mut text: String = self
+            .earlier_hub_logs
+            .iter()
+            .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.push_str(&self.hub_operator.log_text());
+        text
+    }
+
+    /// SIGKILLs the hub (no graceful shutdown, as a node loss would).
+    pub fn kill_hub(&mut self) {
+        self.hub_operator.kill();
+    }
+
+    /// Starts a new hub process with the same arguments, logging to a new file.
+    pub fn restart_hub(&mut self) -> Result<()> {
+        self.hub_operator.kill();
+        let (petrel, args) = &self.hub_command;
+        let log = self.dir.join(format!("hub-{}.log", self.earlier_hub_logs.len() + 1));
+        let next = Process::start(petrel, args, log)?;
+        let previous = std::mem::replace(&mut self.hub_operator, next);
+        self.earlier_hub_logs.push(previous.log.clone());
+        Ok(())
+    }
+
+    /// Stops a member's control plane (API server and all), as an outage would; the
+    /// member's petrel, simulator and Prometheus keep running.
+    pub fn stop_member_cluster(&mut self, name: &str) -> Result<()> {
+        tokio::task::block_in_place(|| self.fleet.stop_cluster(name))?;
+        self.stopped.insert(name.to_string());
+        Ok(())
+    }
+
+    /// The Events the hub recorded on the Rollout, oldest first.
+    pub async fn hub_events(&self) -> Result<Vec<HubEvent>> {
+        let events = Api::<Event>::namespaced(self.hub.clone(), HUB_NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .context("listing the hub's Events")?;
+        let mut on_rollout: Vec<Event> = events
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Rollout")))
+            .collect();
+        on_rollout.sort_by(|a, b| a.event_time.cmp(&b.event_time));
+        Ok(on_rollout
+            .into_iter()
+            .map(|e| HubEvent {
+                reason: e.reason.unwrap_or_default(),
+                note: e.note.unwrap_or_default(),
+                warning: e.type_.as_deref() == Some("Warning"),
+                count: e.series.as_ref().map_or(1, |s| s.count.max(1)),
+            })
+            .collect())
     }
 
     /// Diagnostics: every operator's log tail.

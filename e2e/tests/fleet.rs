@@ -5,31 +5,56 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use petrel::api::canary::Phase;
-use petrel::api::rollout::{MemberState, RolloutPhase, RolloutStatus};
-use petrel_e2e::fleet_scenario::{CANARY_SOAK, FleetEnv, MEMBER_A, MEMBER_B, MEMBER_CANARY, Member, approved_revision};
-use petrel_e2e::scenario::{IMAGE_V0, IMAGE_V1};
+use petrel::api::rollout::{MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase, WaveStatus};
+use petrel_e2e::fleet_scenario::{
+    CANARY_SOAK, FleetEnv, HubEvent, MEMBER_A, MEMBER_B, MEMBER_CANARY, Member, approved_revision, rollout_with,
+    three_waves, wave,
+};
+use petrel_e2e::scenario::{IMAGE_V0, IMAGE_V1, eventually};
 use petrel_e2e::simulator::VersionBehaviour;
+use serde_json::json;
 
 const ALL: [&str; 3] = [MEMBER_CANARY, MEMBER_A, MEMBER_B];
 const PROD: [&str; 2] = [MEMBER_A, MEMBER_B];
+/// What the simulator matches the first release's image by.
+const V1_TAG: &str = "podinfo:6.0.1";
 
 /// Phases in which a member's Canary sends traffic to (or promotes) the new release.
 fn releasing(phase: Phase) -> bool {
     matches!(phase, Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising)
 }
 
+/// Every member's (phase, hub approval annotation) at one sample.
+type Sample = BTreeMap<String, (Phase, Option<String>)>;
+
 /// What the test saw of every member, sampled every 200 ms after the release.
-#[derive(Default)]
 struct Timeline {
+    release: Instant,
     /// Per member: (time since the release, phase), consecutive duplicates removed.
     phases: BTreeMap<String, Vec<(Duration, Phase)>>,
+    /// Per member: the hub's approval annotation, consecutive duplicates removed.
+    approvals: BTreeMap<String, Vec<Option<String>>>,
+    /// Per member: (when, state) as the Rollout status said, consecutive duplicates removed.
+    states: BTreeMap<String, Vec<(DateTime<Utc>, MemberState)>>,
     /// Samples where both prod members were releasing at once.
     concurrent_prod: Vec<Duration>,
     last_rollout: Option<RolloutStatus>,
 }
 
 impl Timeline {
+    fn new(release: Instant) -> Self {
+        Timeline {
+            release,
+            phases: BTreeMap::new(),
+            approvals: BTreeMap::new(),
+            states: BTreeMap::new(),
+            concurrent_prod: Vec::new(),
+            last_rollout: None,
+        }
+    }
+
     fn first(&self, member: &str, mut pred: impl FnMut(Phase) -> bool) -> Option<Duration> {
         self.phases.get(member)?.iter().find(|(_, p)| pred(*p)).map(|(t, _)| *t)
     }
@@ -37,54 +62,149 @@ impl Timeline {
     fn seen(&self, member: &str) -> Vec<Phase> {
         self.phases.get(member).map(|v| v.iter().map(|(_, p)| *p).collect()).unwrap_or_default()
     }
+
+    /// When the Rollout status first showed `member` in `state`.
+    fn first_state(&self, member: &str, state: MemberState) -> Option<DateTime<Utc>> {
+        self.states.get(member)?.iter().find(|(_, s)| *s == state).map(|(t, _)| *t)
+    }
+
+    fn status(&self) -> &RolloutStatus {
+        self.last_rollout.as_ref().expect("a Rollout status")
+    }
+
+    fn record(&mut self, sample: &Sample) {
+        let at = self.release.elapsed();
+        for (name, (phase, approval)) in sample {
+            let phases = self.phases.entry(name.clone()).or_default();
+            if phases.last().map(|(_, p)| p) != Some(phase) {
+                phases.push((at, *phase));
+            }
+            let approvals = self.approvals.entry(name.clone()).or_default();
+            if approvals.last() != Some(approval) {
+                approvals.push(approval.clone());
+            }
+        }
+        if PROD.iter().all(|m| sample.get(*m).is_some_and(|(p, _)| releasing(*p))) {
+            self.concurrent_prod.push(at);
+        }
+        let now = Utc::now();
+        for member in self.last_rollout.iter().flat_map(|r| &r.members) {
+            let states = self.states.entry(member.cluster.clone()).or_default();
+            if states.last().map(|(_, s)| *s) != Some(member.state) {
+                states.push((now, member.state));
+            }
+        }
+    }
 }
 
-/// Samples every member's phase (and the Rollout status) until `done` holds or `timeout`.
-async fn follow(
+/// Samples every member (phase, approval) and the Rollout status every 200 ms until
+/// `done` holds (true) or `timeout` passes (false). Panics if an operator exits.
+async fn follow_until(
     env: &mut FleetEnv,
-    release: Instant,
+    timeline: &mut Timeline,
     timeout: Duration,
-    done: impl Fn(&BTreeMap<String, (Phase, Option<String>)>, Option<&RolloutStatus>) -> bool,
-) -> Timeline {
-    let mut timeline = Timeline::default();
+    done: impl Fn(&Sample, Option<&RolloutStatus>) -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let mut now: BTreeMap<String, (Phase, Option<String>)> = BTreeMap::new();
+        let mut sample = Sample::new();
         for member in &env.members {
             if let Ok(canary) = member.canary().await {
                 let phase = canary.status.as_ref().map(|s| s.phase).unwrap_or_default();
-                now.insert(member.name.clone(), (phase, approved_revision(&canary)));
-                let seen = timeline.phases.entry(member.name.clone()).or_default();
-                if seen.last().map(|(_, p)| *p) != Some(phase) {
-                    seen.push((release.elapsed(), phase));
-                }
+                sample.insert(member.name.clone(), (phase, approved_revision(&canary)));
             }
-        }
-        if PROD.iter().all(|m| now.get(*m).is_some_and(|(p, _)| releasing(*p))) {
-            timeline.concurrent_prod.push(release.elapsed());
         }
         if let Ok(rollout) = env.rollout().await {
             timeline.last_rollout = rollout.status;
         }
-        if done(&now, timeline.last_rollout.as_ref()) {
-            return timeline;
+        timeline.record(&sample);
+        if done(&sample, timeline.last_rollout.as_ref()) {
+            return true;
         }
         assert!(env.operators_running(), "an operator exited\n{}", env.dump());
         if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?}; phases seen: {:?}\nrollout: {:#?}",
-                timeline.phases, timeline.last_rollout
-            );
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn release_everywhere(env: &FleetEnv, image: &str) -> Instant {
+/// [`follow_until`], failing the test on timeout.
+async fn follow(
+    env: &mut FleetEnv,
+    timeline: &mut Timeline,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Sample, Option<&RolloutStatus>) -> bool,
+) {
+    if !follow_until(env, timeline, timeout, done).await {
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; phases seen: {:?}\nrollout: {:#?}",
+            timeline.phases, timeline.last_rollout
+        );
+    }
+}
+
+/// Watches for `quiet` and fails the test if one of `members` starts releasing: gives a
+/// wave that wrongly opens time to show itself.
+async fn assert_never_release(env: &mut FleetEnv, timeline: &mut Timeline, members: &[&str], quiet: Duration) {
+    let released = follow_until(env, timeline, quiet, |now, _| {
+        members.iter().any(|m| now.get(*m).is_some_and(|(p, _)| releasing(*p)))
+    })
+    .await;
+    assert!(!released, "one of {members:?} released: {:?}", timeline.phases);
+}
+
+/// Releases `image` everywhere; the timeline starts with each member's approval
+/// annotation from before the release.
+async fn release_everywhere(env: &FleetEnv, image: &str) -> Timeline {
+    let mut approvals = BTreeMap::new();
+    for member in &env.members {
+        let canary = member.canary().await.expect("the Canary before the release");
+        approvals.insert(member.name.clone(), vec![approved_revision(&canary)]);
+    }
     // As GitOps would: every member gets the new template at (nearly) the same time.
     let writes = env.members.iter().map(|m: &Member| m.set_image(image));
     futures::future::try_join_all(writes).await.expect("releasing the new image");
-    Instant::now()
+    Timeline { approvals, ..Timeline::new(Instant::now()) }
+}
+
+fn phase_is(sample: &Sample, member: &str, phase: Phase) -> bool {
+    sample.get(member).is_some_and(|(p, _)| *p == phase)
+}
+
+fn rollout_phase_is(rollout: Option<&RolloutStatus>, phase: RolloutPhase) -> bool {
+    rollout.is_some_and(|r| r.phase == Some(phase))
+}
+
+fn member_status<'a>(status: &'a RolloutStatus, name: &str) -> &'a MemberStatus {
+    status.members.iter().find(|m| m.cluster == name).unwrap_or_else(|| panic!("{name} missing in {status:#?}"))
+}
+
+fn wave_status<'a>(status: &'a RolloutStatus, name: &str) -> &'a WaveStatus {
+    status.waves.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("wave {name} missing in {status:#?}"))
+}
+
+fn condition_true(status: &RolloutStatus, type_: &str) -> bool {
+    status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// How many times the hub published `reason` with a note containing `needle`.
+fn occurrences(events: &[HubEvent], reason: &str, needle: &str) -> i32 {
+    events.iter().filter(|e| e.reason == reason && e.note.contains(needle)).map(|e| e.count).sum()
+}
+
+/// A member that never took part in the release: no approval, no canary traffic, the
+/// primary on the old image, still waiting at the gate.
+async fn assert_untouched(member: &Member, timeline: &Timeline) {
+    let name = &member.name;
+    let canary = member.canary().await.expect("the Canary");
+    assert_eq!(canary.status.as_ref().map(|s| s.phase), Some(Phase::Waiting), "{name} left Waiting");
+    assert_eq!(approved_revision(&canary), None, "{name} was approved");
+    let weights = member.canary_weights();
+    assert!(weights.iter().all(|w| *w == 0), "{name} sent canary traffic: {weights:?}");
+    assert!(timeline.first(name, releasing).is_none(), "{name} released: {:?}", timeline.seen(name));
+    assert_eq!(member.image_of("podinfo-primary").await.expect("primary image"), IMAGE_V0, "{name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -93,13 +213,18 @@ async fn healthy_release_goes_canary_cluster_first_then_waves() {
     let mut env = FleetEnv::start("healthy").await.expect("starting the fleet");
     let setup = t0.elapsed();
 
-    let release = release_everywhere(&env, IMAGE_V1).await;
-    let timeline = follow(&mut env, release, Duration::from_secs(240), |now, rollout| {
-        ALL.iter().all(|m| now.get(*m).is_some_and(|(p, _)| *p == Phase::Succeeded))
-            && rollout.is_some_and(|r| r.phase == Some(RolloutPhase::Succeeded))
-    })
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    follow(
+        &mut env,
+        &mut timeline,
+        "every member and the Rollout to succeed",
+        Duration::from_secs(240),
+        |now, rollout| {
+            ALL.iter().all(|m| phase_is(now, m, Phase::Succeeded)) && rollout_phase_is(rollout, RolloutPhase::Succeeded)
+        },
+    )
     .await;
-    let run = release.elapsed();
+    let run = timeline.release.elapsed();
     eprintln!("phases since the release: {:?}", timeline.phases);
 
     // The canary cluster succeeded before either prod member started releasing.
@@ -120,10 +245,8 @@ async fn healthy_release_goes_canary_cluster_first_then_waves() {
     );
 
     // The Rollout status: every member with its wave and state, the soak, one prod at a time.
-    let status = timeline.last_rollout.clone().expect("a Rollout status");
-    let member = |name: &str| {
-        status.members.iter().find(|m| m.cluster == name).unwrap_or_else(|| panic!("{name} missing in {status:#?}"))
-    };
+    let status = timeline.status().clone();
+    let member = |name: &str| member_status(&status, name);
     for (name, wave) in [(MEMBER_CANARY, "canary"), (MEMBER_A, "prod"), (MEMBER_B, "prod")] {
         let m = member(name);
         assert_eq!(m.wave.as_deref(), Some(wave), "{name}: {m:#?}");
@@ -131,7 +254,7 @@ async fn healthy_release_goes_canary_cluster_first_then_waves() {
         assert!(m.approved_at.is_some(), "{name} has no approval time: {m:#?}");
     }
     assert_eq!(status.members.len(), 3, "{status:#?}");
-    let canary_wave = status.waves.iter().find(|w| w.name == "canary").expect("canary wave in the status");
+    let canary_wave = wave_status(&status, "canary");
     let canary_succeeded = canary_wave.succeeded_at.expect("canary wave succeededAt");
     let mut prod_approvals: Vec<_> = PROD.iter().map(|p| member(p).approved_at.expect("prod approval")).collect();
     prod_approvals.sort();
@@ -163,43 +286,350 @@ async fn failing_release_in_the_canary_cluster_halts_the_fleet() {
     let setup = t0.elapsed();
     env.member(MEMBER_CANARY)
         .simulator
-        .set_version("podinfo:6.0.1", VersionBehaviour::new(0.2, 20.0))
+        .set_version(V1_TAG, VersionBehaviour::new(0.2, 20.0))
         .expect("making 6.0.1 fail on member-canary");
 
-    let release = release_everywhere(&env, IMAGE_V1).await;
-    let timeline = follow(&mut env, release, Duration::from_secs(180), |now, rollout| {
-        now.get(MEMBER_CANARY).is_some_and(|(p, _)| *p == Phase::Failed)
-            && rollout.is_some_and(|r| r.phase == Some(RolloutPhase::Failed))
-    })
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    follow(
+        &mut env,
+        &mut timeline,
+        "member-canary and the Rollout to fail",
+        Duration::from_secs(180),
+        |now, rollout| phase_is(now, MEMBER_CANARY, Phase::Failed) && rollout_phase_is(rollout, RolloutPhase::Failed),
+    )
     .await;
-    // Give a wrongly opened prod wave time to show itself: a prod member releasing ends
-    // this watch early, which fails the test.
-    let watch = follow(&mut env, Instant::now(), Duration::from_secs(60), |now, _| {
-        PROD.iter().any(|m| now.get(*m).is_some_and(|(p, _)| releasing(*p)))
-    });
-    let prod_released = tokio::time::timeout(Duration::from_secs(8), watch).await;
-    if let Ok(late) = prod_released {
-        panic!("a prod member released after the canary cluster failed: {:?}", late.phases);
-    }
-    let run = release.elapsed();
+    assert_never_release(&mut env, &mut timeline, &PROD, Duration::from_secs(8)).await;
+    let run = timeline.release.elapsed();
     eprintln!("phases since the release: {:?}", timeline.phases);
 
     let canary = env.member(MEMBER_CANARY);
     assert_eq!(canary.image_of("podinfo-primary").await.expect("primary image"), IMAGE_V0, "rolled back");
     let status = env.rollout().await.expect("the Rollout").status.expect("a Rollout status");
-    let prod_wave = status.waves.iter().find(|w| w.name == "prod").expect("prod wave in the status");
+    let prod_wave = wave_status(&status, "prod");
     assert!(prod_wave.opened_at.is_none(), "the prod wave opened: {status:#?}");
     for prod in PROD {
-        let m = env.member(prod);
-        let c = m.canary().await.expect("prod Canary");
-        assert_eq!(c.status.as_ref().map(|s| s.phase), Some(Phase::Waiting), "{prod} left Waiting");
-        assert_eq!(approved_revision(&c), None, "{prod} was approved");
-        let weights = m.canary_weights();
-        assert!(weights.iter().all(|w| *w == 0), "{prod} sent canary traffic: {weights:?}");
-        assert!(timeline.first(prod, releasing).is_none(), "{prod} released: {:?}", timeline.seen(prod));
-        assert_eq!(m.image_of("podinfo-primary").await.expect("primary image"), IMAGE_V0, "{prod}");
-        let st = status.members.iter().find(|s| s.cluster == prod).expect("prod member in the status");
+        assert_untouched(env.member(prod), &timeline).await;
+        let st = member_status(&status, prod);
         assert_eq!(st.state, MemberState::Pending, "{prod}: {st:#?}");
     }
     eprintln!("failing fleet release: setup {setup:.1?}, release to halted {run:.1?}, total {:.1?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_all_after_a_failure_in_wave_2_puts_every_member_back() {
+    let t0 = Instant::now();
+    let waves = three_waves(json!({"soak": "2s"}), json!({}), json!({}));
+    let rollout = rollout_with(waves, json!({"onFailure": "RollbackAll"}));
+    let mut env = FleetEnv::start_with("rollback-all", rollout).await.expect("starting the fleet");
+    let setup = t0.elapsed();
+    env.member(MEMBER_A)
+        .simulator
+        .set_version(V1_TAG, VersionBehaviour::new(0.2, 20.0))
+        .expect("making 6.0.1 fail on member-a");
+
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    follow(&mut env, &mut timeline, "member-a and the Rollout to fail", Duration::from_secs(180), |now, rollout| {
+        phase_is(now, MEMBER_A, Phase::Failed) && rollout_phase_is(rollout, RolloutPhase::Failed)
+    })
+    .await;
+    // member-canary promoted the release in wave 1; RollbackAll takes it back.
+    let canary = env.member(MEMBER_CANARY);
+    eventually("member-canary's primary to be back on the old image", Duration::from_secs(60), async || {
+        (canary.image_of("podinfo-primary").await.ok()? == IMAGE_V0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+    assert_never_release(&mut env, &mut timeline, &[MEMBER_B], Duration::from_secs(8)).await;
+    let run = timeline.release.elapsed();
+    eprintln!("phases since the release: {:?}", timeline.phases);
+
+    // The release really went out before the failure: member-canary promoted it, member-a
+    // analysed it with live traffic.
+    let canary_done = timeline.first(MEMBER_CANARY, |p| p == Phase::Succeeded).expect("member-canary Succeeded");
+    let a_started = timeline.first(MEMBER_A, releasing).expect("member-a released");
+    assert!(a_started > canary_done, "member-a released at {a_started:?}, before member-canary succeeded");
+    assert!(env.member(MEMBER_A).canary_weights().iter().any(|w| *w > 0), "member-a sent no canary traffic");
+
+    // Every member's primary runs the previous version.
+    for name in ALL {
+        let image = env.member(name).image_of("podinfo-primary").await.expect("primary image");
+        assert_eq!(image, IMAGE_V0, "{name}'s primary is not on the previous version");
+    }
+    // wave-3 never opened: member-b never sent traffic to the failed release.
+    assert_untouched(env.member(MEMBER_B), &timeline).await;
+
+    let status = env.rollout().await.expect("the Rollout").status.expect("a Rollout status");
+    assert_eq!(status.phase, Some(RolloutPhase::Failed), "{status:#?}");
+    assert_eq!(status.release.as_deref(), Some(IMAGE_V1), "{status:#?}");
+    assert!(condition_true(&status, "Degraded"), "no Degraded condition: {status:#?}");
+    assert_eq!(wave_status(&status, "canary").phase, WavePhase::Succeeded, "{status:#?}");
+    let wave_2 = wave_status(&status, "wave-2");
+    assert_eq!((wave_2.phase, wave_2.failed), (WavePhase::Failed, 1), "{wave_2:#?}");
+    let wave_3 = wave_status(&status, "wave-3");
+    assert!(wave_3.opened_at.is_none() && wave_3.phase == WavePhase::Pending, "wave-3 opened: {wave_3:#?}");
+    let rolled_back = member_status(&status, MEMBER_CANARY);
+    assert!(
+        rolled_back.message.contains("rolled back"),
+        "status does not say member-canary was rolled back: {rolled_back:#?}"
+    );
+    assert!(!rolled_back.message.contains("rollback failed"), "{rolled_back:#?}");
+    assert_eq!(member_status(&status, MEMBER_A).state, MemberState::Failed, "{status:#?}");
+    assert_eq!(member_status(&status, MEMBER_B).state, MemberState::Pending, "{status:#?}");
+
+    // Hub Events: the failure, and a rollback for each member that promoted (only
+    // member-canary: member-a rolled itself back, member-b never got the release).
+    let events = env.hub_events().await.expect("the hub's Events");
+    let wave_failed = events.iter().find(|e| e.reason == "WaveFailed" && e.note.contains("wave-2"));
+    assert!(wave_failed.is_some_and(|e| e.warning), "no WaveFailed warning for wave-2: {events:#?}");
+    // Once: a primary the member's petrel put back on the release would be rolled back again.
+    let rollbacks = occurrences(&events, "MemberRolledBack", &format!("cluster {MEMBER_CANARY}:"));
+    assert_eq!(rollbacks, 1, "member-canary rolled back {rollbacks} times: {events:#?}");
+    for name in PROD {
+        assert_eq!(occurrences(&events, "MemberRolledBack", &format!("cluster {name}:")), 0, "{events:#?}");
+    }
+    assert_eq!(occurrences(&events, "MemberApproved", &format!("on cluster {MEMBER_B} ")), 0, "{events:#?}");
+    eprintln!(
+        "rollback-all fleet release: setup {setup:.1?}, release to rolled back {run:.1?}, total {:.1?}",
+        t0.elapsed()
+    );
+}
+
+/// member-a's progressDeadline in the unreachable scenarios.
+const UNREACHABLE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// An unreachable-member run: member-a (alone in wave-2, `maxFailures` as given) had its
+/// control plane stopped as soon as the hub approved it.
+struct UnreachableRun {
+    env: FleetEnv,
+    timeline: Timeline,
+    setup: Duration,
+    /// When member-a's API server was gone.
+    stopped_at: DateTime<Utc>,
+    /// member-a's entry in the Rollout status when it was first reported Unreachable.
+    seen_unreachable: MemberStatus,
+}
+
+/// Runs the scenario until the Rollout reaches `settles_as`, then checks what holds
+/// whatever the budget: member-a reported Unreachable with its last contact, counted as
+/// failed (TimedOut) only after its progressDeadline, and the hub reaching the others.
+async fn stop_member_a_during_wave_2(name: &str, max_failures: u32, settles_as: RolloutPhase) -> UnreachableRun {
+    let t0 = Instant::now();
+    let wave_2 =
+        json!({"progressDeadline": format!("{}s", UNREACHABLE_DEADLINE.as_secs()), "maxFailures": max_failures});
+    let rollout = rollout_with(three_waves(json!({"soak": "2s"}), wave_2, json!({})), json!({}));
+    let mut env = FleetEnv::start_with(name, rollout).await.expect("starting the fleet");
+    let setup = t0.elapsed();
+
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    follow(&mut env, &mut timeline, "the hub to approve member-a", Duration::from_secs(120), |now, _| {
+        now.get(MEMBER_A).is_some_and(|(p, approval)| approval.is_some() || releasing(*p))
+    })
+    .await;
+    env.stop_member_cluster(MEMBER_A).expect("stopping member-a's control plane");
+    // Taken once the API server is gone: it answers while it shuts down.
+    let stopped_at = Utc::now();
+    eprintln!("[{name}] stopped member-a's control plane {:.1?} after the release", timeline.release.elapsed());
+
+    let unreachable = |rollout: Option<&RolloutStatus>| {
+        rollout.is_some_and(|r| r.members.iter().any(|m| m.cluster == MEMBER_A && m.state == MemberState::Unreachable))
+    };
+    follow(&mut env, &mut timeline, "member-a to be reported Unreachable", Duration::from_secs(60), |_, rollout| {
+        unreachable(rollout)
+    })
+    .await;
+    let seen_unreachable = member_status(timeline.status(), MEMBER_A).clone();
+    follow(
+        &mut env,
+        &mut timeline,
+        &format!("the Rollout to end {settles_as:?}"),
+        Duration::from_secs(120),
+        |_, rollout| rollout_phase_is(rollout, settles_as),
+    )
+    .await;
+    eprintln!("[{name}] member-a states in the Rollout status: {:?}", timeline.states.get(MEMBER_A));
+
+    // Unreachable, with the last time the hub reached it (before the stop).
+    let last_contact = seen_unreachable.last_contact.expect("an Unreachable member shows its last contact");
+    assert!(last_contact <= stopped_at, "last contact {last_contact} is after the stop at {stopped_at}");
+    assert!(seen_unreachable.message.contains("unreachable"), "{seen_unreachable:#?}");
+
+    // After its deadline (not before) it counts as failed.
+    let status = timeline.status().clone();
+    let a = member_status(&status, MEMBER_A);
+    assert_eq!(a.state, MemberState::TimedOut, "{a:#?}");
+    assert!(a.message.contains("progressDeadline"), "{a:#?}");
+    let deadline = member_a_deadline(&status);
+    let timed_out = timeline.first_state(MEMBER_A, MemberState::TimedOut).expect("member-a TimedOut");
+    assert!(timed_out >= deadline, "member-a timed out at {timed_out}, before its deadline {deadline}");
+    let wave_2 = wave_status(&status, "wave-2");
+    assert_eq!(wave_2.failed, 1, "{wave_2:#?}");
+    assert_eq!(member_status(&status, MEMBER_CANARY).state, MemberState::Succeeded, "{status:#?}");
+
+    // The hub kept reaching the other members while member-a was down.
+    for other in [MEMBER_CANARY, MEMBER_B] {
+        let m = member_status(&status, other);
+        assert!(m.last_contact.is_some_and(|t| t > stopped_at), "hub stopped reaching {other}: {m:#?}");
+    }
+    UnreachableRun { env, timeline, setup, stopped_at, seen_unreachable }
+}
+
+/// When member-a (approved in wave-2) counts as failed if it never finishes.
+fn member_a_deadline(status: &RolloutStatus) -> DateTime<Utc> {
+    let approved_at = member_status(status, MEMBER_A).approved_at.expect("member-a's approval time");
+    approved_at + chrono::Duration::from_std(UNREACHABLE_DEADLINE).expect("a small duration")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_stopped_mid_run_times_out_and_max_failures_0_fails_its_wave() {
+    let t0 = Instant::now();
+    let run = stop_member_a_during_wave_2("unreachable-0", 0, RolloutPhase::Failed).await;
+    let UnreachableRun { mut env, mut timeline, setup, .. } = run;
+    assert_never_release(&mut env, &mut timeline, &[MEMBER_B], Duration::from_secs(8)).await;
+    let elapsed = timeline.release.elapsed();
+
+    // maxFailures 0: the timed-out member fails wave-2; wave-3 never opens.
+    let status = timeline.status().clone();
+    let wave_2 = wave_status(&status, "wave-2");
+    assert_eq!(wave_2.phase, WavePhase::Failed, "{wave_2:#?}");
+    assert!(wave_2.failed_at.is_some_and(|t| t >= member_a_deadline(&status)), "{wave_2:#?}");
+    assert!(condition_true(&status, "Degraded"), "{status:#?}");
+    let wave_3 = wave_status(&status, "wave-3");
+    assert!(wave_3.opened_at.is_none(), "wave-3 opened: {wave_3:#?}");
+    assert_untouched(env.member(MEMBER_B), &timeline).await;
+    let events = env.hub_events().await.expect("the hub's Events");
+    assert!(occurrences(&events, "WaveFailed", "wave-2") >= 1, "no WaveFailed Event: {events:#?}");
+    eprintln!(
+        "unreachable, maxFailures 0: setup {setup:.1?}, release to wave failed {elapsed:.1?}, total {:.1?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_stopped_mid_run_times_out_within_max_failures_1_and_the_release_goes_on() {
+    let t0 = Instant::now();
+    let run = stop_member_a_during_wave_2("unreachable-1", 1, RolloutPhase::Succeeded).await;
+    let UnreachableRun { env, timeline, setup, stopped_at, seen_unreachable } = run;
+    let elapsed = timeline.release.elapsed();
+
+    // maxFailures 1: wave-2 succeeds with its one failure; wave-3 opens only then, and
+    // member-b gets the release while member-a is still down.
+    let status = timeline.status().clone();
+    let deadline = member_a_deadline(&status);
+    let wave_2 = wave_status(&status, "wave-2");
+    assert_eq!(wave_2.phase, WavePhase::Succeeded, "{wave_2:#?}");
+    assert!(
+        wave_2.succeeded_at.is_some_and(|t| t >= deadline),
+        "wave-2 succeeded before member-a's deadline: {wave_2:#?}"
+    );
+    let wave_3 = wave_status(&status, "wave-3");
+    assert!(wave_3.opened_at.is_some_and(|t| t >= deadline), "wave-3 opened before member-a's deadline: {wave_3:#?}");
+    assert!(!condition_true(&status, "Degraded"), "{status:#?}");
+    let b = member_status(&status, MEMBER_B);
+    assert_eq!(b.state, MemberState::Succeeded, "{b:#?}");
+    assert!(b.last_contact.is_some_and(|t| t > stopped_at), "{b:#?}");
+    assert_eq!(env.member(MEMBER_B).image_of("podinfo-primary").await.expect("primary image"), IMAGE_V1);
+    assert!(timeline.first(MEMBER_B, releasing).is_some(), "member-b never released: {:?}", timeline.seen(MEMBER_B));
+    // member-a stays counted as failed; it is not shown as a pass.
+    assert_eq!(member_status(&status, MEMBER_A).state, MemberState::TimedOut, "{status:#?}");
+    assert_eq!(status.summary.failed, 1, "{:#?}", status.summary);
+    eprintln!("member-a when first unreachable: {seen_unreachable:?}");
+    eprintln!(
+        "unreachable, maxFailures 1: setup {setup:.1?}, release to all waves done {elapsed:.1?}, total {:.1?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hub_killed_mid_run_resumes_without_repeating_or_skipping() {
+    const SOAK: Duration = Duration::from_secs(10);
+    // How long the hub stays down after each SIGKILL.
+    const DOWN: Duration = Duration::from_secs(6);
+    let t0 = Instant::now();
+    let rollout = rollout_with(
+        vec![
+            wave("canary", ("role", "canary"), json!({"soak": format!("{}s", SOAK.as_secs())})),
+            wave("prod", ("env", "prod"), json!({"maxConcurrency": 1})),
+        ],
+        json!({}),
+    );
+    let mut env = FleetEnv::start_with("hub-restart", rollout).await.expect("starting the fleet");
+    let setup = t0.elapsed();
+
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    // 1. Killed while the canary wave soaks.
+    follow(&mut env, &mut timeline, "the canary wave to soak", Duration::from_secs(120), |_, rollout| {
+        rollout_phase_is(rollout, RolloutPhase::Soaking)
+    })
+    .await;
+    let soak_started = wave_status(timeline.status(), "canary").succeeded_at.expect("canary wave succeededAt");
+    env.kill_hub();
+    tokio::time::sleep(DOWN).await;
+    let first_restart = Utc::now();
+    env.restart_hub().expect("restarting the hub");
+    eprintln!("hub SIGKILLed while soaking and restarted {:.1?} after the release", timeline.release.elapsed());
+
+    // 2. Killed while the first prod member releases.
+    follow(&mut env, &mut timeline, "a prod member to release", Duration::from_secs(90), |now, _| {
+        PROD.iter().any(|m| now.get(*m).is_some_and(|(p, _)| releasing(*p)))
+    })
+    .await;
+    let before_second_kill = timeline.status().clone();
+    env.kill_hub();
+    tokio::time::sleep(DOWN).await;
+    env.restart_hub().expect("restarting the hub");
+    eprintln!("hub SIGKILLed during the prod wave and restarted {:.1?} after the release", timeline.release.elapsed());
+
+    follow(
+        &mut env,
+        &mut timeline,
+        "every member and the Rollout to succeed",
+        Duration::from_secs(150),
+        |now, rollout| {
+            ALL.iter().all(|m| phase_is(now, m, Phase::Succeeded)) && rollout_phase_is(rollout, RolloutPhase::Succeeded)
+        },
+    )
+    .await;
+    let run = timeline.release.elapsed();
+    eprintln!("phases since the release: {:?}\napprovals: {:?}", timeline.phases, timeline.approvals);
+    let status = timeline.status().clone();
+
+    // The soak was neither restarted nor skipped.
+    let canary_wave = wave_status(&status, "canary");
+    assert_eq!(canary_wave.succeeded_at, Some(soak_started), "the soak restarted: {canary_wave:#?}");
+    let soak = chrono::Duration::from_std(SOAK).expect("a small duration");
+    let first_prod_approval =
+        PROD.iter().filter_map(|p| member_status(&status, p).approved_at).min().expect("prod approved");
+    assert!(
+        first_prod_approval >= soak_started + soak,
+        "prod approved at {first_prod_approval}, before the soak from {soak_started} ended"
+    );
+    assert!(
+        first_prod_approval < first_restart + soak,
+        "prod approved at {first_prod_approval}: the soak restarted with the hub at {first_restart}"
+    );
+
+    // Each member approved once, for the revision it released; approvals recorded before
+    // the second kill kept their time.
+    let events = env.hub_events().await.expect("the hub's Events");
+    for name in ALL {
+        let canary = env.member(name).canary().await.expect("the Canary");
+        let revision = canary.status.as_ref().and_then(|s| s.last_applied_spec.clone()).expect("a released revision");
+        // The first entry is the annotation from before the release.
+        let seen = timeline.approvals.get(name).cloned().unwrap_or_default();
+        assert_eq!(seen.get(1..), Some(&[Some(revision.clone())][..]), "{name}: approval annotations seen {seen:?}");
+        let approved = occurrences(&events, "MemberApproved", &format!("on cluster {name} (release {IMAGE_V1})"));
+        assert_eq!(approved, 1, "{name} approved {approved} times: {events:#?}");
+        let m = member_status(&status, name);
+        assert_eq!(m.revision.as_ref(), Some(&revision), "{m:#?}");
+        if let Some(before) = member_status(&before_second_kill, name).approved_at {
+            assert_eq!(m.approved_at, Some(before), "{name}'s approval time changed across the restart");
+        }
+        assert_eq!(env.member(name).image_of("podinfo-primary").await.expect("primary image"), IMAGE_V1, "{name}");
+    }
+    assert!(
+        timeline.concurrent_prod.is_empty(),
+        "both prod members released at once at {:?}",
+        timeline.concurrent_prod
+    );
+    eprintln!("hub restarts: setup {setup:.1?}, release to all Succeeded {run:.1?}, total {:.1?}", t0.elapsed());
 }
