@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Build the e2e control-plane binaries from the Go modules pinned in
-# e2e/versions.env: kube-apiserver, kube-controller-manager, kube-scheduler and
-# kubectl as one multi-call `k8s` binary (module e2e/controlplane), etcd
-# (module e2e/etcd), and kwok (`go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION`,
-# kept out of the controlplane module so it cannot raise k8s's dependencies),
-# plus kwok's default Stages (kwok-stages.yaml).
+# Build the e2e binaries from the Go modules pinned in e2e/versions.env:
+# - the control plane: kube-apiserver, kube-controller-manager, kube-scheduler and
+#   kubectl as one multi-call `k8s` binary (module e2e/controlplane), etcd
+#   (module e2e/etcd), and kwok (`go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION`,
+#   kept out of the controlplane module so it cannot raise k8s's dependencies),
+#   plus kwok's default Stages (kwok-stages.yaml);
+# - helm (`go install helm.sh/helm/v4/cmd/helm@$HELM_VERSION`, with helm's own
+#   go.sum), for the chart tests (e2e/tests/helm.rs).
 #
-#   e2e/scripts/build-binaries.sh         # prints the bin dir on its last stdout line
+#   e2e/scripts/build-binaries.sh               # both; prints the control-plane bin dir on its last stdout line
+#   e2e/scripts/build-binaries.sh controlplane  # the control plane only; same output
+#   e2e/scripts/build-binaries.sh helm          # helm only; prints helm's bin dir on its last stdout line
 #
 # Output: ${PETREL_CACHE_DIR:-$HOME/.cache/petrel}/bin/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/
+# and .../bin/helm-$HELM_VERSION/helm. Each directory has its own recipe and lock, so
+# a helm bump never rebuilds the control plane and the other way round.
 # Idempotent: a complete directory is reused as is (no Go invoked). Atomic: the
 # build goes to a temporary sibling directory that is renamed into place only
 # after every binary is built, so an interrupted build is never taken for a
@@ -22,14 +28,78 @@ e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$e2e/versions.env"
 
 cache="${PETREL_CACHE_DIR:-$HOME/.cache/petrel}"
+jobs="${PETREL_GO_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+what="${1:-all}"
+case "$what" in
+  all | controlplane | helm) ;;
+  *) echo "usage: $0 [all|controlplane|helm]" >&2; exit 2 ;;
+esac
+
+need_go() {
+  command -v go >/dev/null || { echo "build-binaries: go not found (need Go >= 1.21; it fetches the 1.26 toolchain itself)" >&2; exit 1; }
+  # The modules say `go 1.26.0`; Go >= 1.21 downloads that toolchain from the
+  # module proxy by itself (GOTOOLCHAIN=auto, the default) when it is older.
+  local gominor
+  gominor="$(GOTOOLCHAIN=local go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+  if [[ -z "$gominor" || "$gominor" -lt 21 ]]; then
+    echo "build-binaries: need Go >= 1.21 (>= 1.26 or toolchain download), have $(go version)" >&2; exit 1
+  fi
+}
+
+# >>> helm (this section is left out of the control plane's recipe)
+# Builds helm once into $cache/bin/helm-$HELM_VERSION/ and prints that directory.
+build_helm() {
+  local name="helm-$HELM_VERSION"
+  local dir="$cache/bin/$name"
+  local recipe
+  recipe="$(cd "$e2e" && { grep '^HELM_VERSION=' versions.env; sed -n '/^# >>> helm/,/^# <<< helm/p' scripts/build-binaries.sh; } \
+    | sha256sum | cut -c1-16)"
+  helm_complete() { grep -qx "recipe=$recipe" "$dir/.complete" 2>/dev/null && [[ -x "$dir/helm" ]]; }
+  if helm_complete; then echo "$dir"; return 0; fi
+  mkdir -p "$cache/bin"
+  exec 8>"$cache/bin/.$name.lock"
+  if command -v flock >/dev/null; then flock 8; fi
+  if helm_complete; then exec 8>&-; echo "$dir"; return 0; fi   # another process built it meanwhile
+  rm -rf "$cache/bin/.$name.tmp."*
+  need_go
+  local tmp start=$SECONDS
+  tmp="$(mktemp -d "$cache/bin/.$name.tmp.XXXXXX")"
+  chmod 755 "$tmp"
+  echo "build-binaries: building $name into $dir (go install -p $jobs)" >&2
+  # `go install pkg@version` builds with helm's own go.mod and go.sum (checked against
+  # sum.golang.org): no module of ours can shift helm's dependencies.
+  if ! (cd "$tmp" && CGO_ENABLED=0 GOWORK=off GOBIN="$tmp" go install -p "$jobs" -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+      "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") >&2; then
+    rm -rf "$tmp"
+    echo "build-binaries: building helm $HELM_VERSION failed" >&2
+    exit 1
+  fi
+  "$tmp/helm" version >&2
+  printf 'recipe=%s\nbuilt in %ss on %s\n' "$recipe" "$((SECONDS - start))" "$(date -u +%FT%TZ)" > "$tmp/.complete"
+  rm -rf "$dir"
+  mv -T "$tmp" "$dir"
+  exec 8>&-
+  echo "build-binaries: helm done in $((SECONDS - start))s" >&2
+  echo "$dir"
+}
+# <<< helm
+
+case "$what" in
+  helm) build_helm; exit 0 ;;
+  all) build_helm >/dev/null ;;
+esac
+
 name="k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 bin="$cache/bin/$name"
 tools=(k8s kube-apiserver kube-controller-manager kube-scheduler kubectl kwok etcd)
 
 # Everything the build depends on besides the module proxy: a change to any of
 # these (not only to versions.env) rebuilds the directory.
-recipe="$(cd "$e2e" && cat versions.env scripts/build-binaries.sh controlplane/go.mod controlplane/go.sum \
-  controlplane/main.go etcd/go.mod etcd/go.sum etcd/main.go | sha256sum | cut -c1-16)"
+# helm's pin and build section are left out: they have their own recipe (build_helm).
+recipe="$(cd "$e2e" && { grep -v '^HELM_VERSION=' versions.env; sed '/^# >>> helm/,/^# <<< helm/d' scripts/build-binaries.sh
+  cat controlplane/go.mod controlplane/go.sum controlplane/main.go etcd/go.mod etcd/go.sum etcd/main.go; } \
+  | sha256sum | cut -c1-16)"
 
 is_complete() {
   grep -qx "recipe=$recipe" "$bin/.complete" 2>/dev/null || return 1
@@ -47,13 +117,7 @@ if is_complete; then echo "$bin"; exit 0; fi   # another process built it meanwh
 # Leftovers of interrupted builds (we hold the lock, so nobody is using them).
 rm -rf "$cache/bin/.$name.tmp."*
 
-command -v go >/dev/null || { echo "build-binaries: go not found (need Go >= 1.21; it fetches the 1.26 toolchain itself)" >&2; exit 1; }
-# The modules say `go 1.26.0`; Go >= 1.21 downloads that toolchain from the
-# module proxy by itself (GOTOOLCHAIN=auto, the default) when it is older.
-gominor="$(GOTOOLCHAIN=local go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-if [[ -z "$gominor" || "$gominor" -lt 21 ]]; then
-  echo "build-binaries: need Go >= 1.21 (>= 1.26 or toolchain download), have $(go version)" >&2; exit 1
-fi
+need_go
 
 # The go.mod files are generated (controlplane/gen-replaces.sh, etcd/gen-gomod.sh)
 # and committed with their go.sum; refuse to build if they disagree with versions.env.
@@ -67,7 +131,6 @@ tmp="$(mktemp -d "$cache/bin/.$name.tmp.XXXXXX")"
 chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-jobs="${PETREL_GO_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 kv="$KUBERNETES_VERSION"
 major="${kv#v}"; major="${major%%.*}"
 minor="${kv#v*.}"; minor="${minor%%.*}"

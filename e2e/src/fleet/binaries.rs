@@ -20,6 +20,8 @@ pub struct Versions {
     pub etcd: String,
     /// e.g. `v0.8.0`
     pub kwok: String,
+    /// e.g. `v4.3.1` (the chart tests' helm)
+    pub helm: String,
 }
 
 impl Versions {
@@ -40,7 +42,12 @@ impl Versions {
             .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
             .collect();
         let get = |k: &str| vars.get(k).map(|v| v.to_string()).with_context(|| format!("{k} missing"));
-        Ok(Self { kubernetes: get("KUBERNETES_VERSION")?, etcd: get("ETCD_VERSION")?, kwok: get("KWOK_VERSION")? })
+        Ok(Self {
+            kubernetes: get("KUBERNETES_VERSION")?,
+            etcd: get("ETCD_VERSION")?,
+            kwok: get("KWOK_VERSION")?,
+            helm: get("HELM_VERSION")?,
+        })
     }
 }
 
@@ -81,11 +88,11 @@ impl Binaries {
 
 /// Makes sure the control-plane binaries exist and returns their directory.
 ///
-/// Runs `e2e/scripts/build-binaries.sh`, which is a no-op (milliseconds)
-/// when `${PETREL_CACHE_DIR:-~/.cache/petrel}/bin/<versions>/` is complete and
-/// otherwise builds everything from the Go module proxy (minutes; its progress
-/// goes to this process's stderr). If `PETREL_BIN_DIR` is set, that directory
-/// is used as is and nothing is built.
+/// Runs `e2e/scripts/build-binaries.sh controlplane`, which is a no-op
+/// (milliseconds) when `${PETREL_CACHE_DIR:-~/.cache/petrel}/bin/<versions>/` is
+/// complete and otherwise builds everything from the Go module proxy (minutes;
+/// its progress goes to this process's stderr). If `PETREL_BIN_DIR` is set, that
+/// directory is used as is and nothing is built.
 ///
 /// Blocking: from async code call it through `tokio::task::spawn_blocking`
 /// (which [`crate::fleet::Fleet::start`] does).
@@ -95,15 +102,44 @@ pub fn ensure_binaries() -> Result<PathBuf> {
         bins.check().context("PETREL_BIN_DIR")?;
         return Ok(bins.dir);
     }
+    let bins = Binaries::new(run_build_script("controlplane")?);
+    bins.check()?;
+    Ok(bins.dir)
+}
+
+/// Makes sure `helm` (the version pinned as `HELM_VERSION`) exists and returns its path.
+///
+/// Runs `e2e/scripts/build-binaries.sh helm`: a no-op when
+/// `${PETREL_CACHE_DIR:-~/.cache/petrel}/bin/helm-<version>/helm` is complete, else a
+/// build from the Go module proxy (about 3 minutes cold on 2 cores). `PETREL_HELM`
+/// points at a helm binary instead (nothing is built). Blocking, like [`ensure_binaries`].
+pub fn ensure_helm() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PETREL_HELM") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("PETREL_HELM: {} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let helm = run_build_script("helm")?.join("helm");
+    if !helm.is_file() {
+        bail!("{} is missing after build-binaries.sh helm", helm.display());
+    }
+    Ok(helm)
+}
+
+/// Runs `e2e/scripts/build-binaries.sh <what>` and returns the directory it prints last.
+fn run_build_script(what: &str) -> Result<PathBuf> {
     let script = e2e_dir().join("scripts/build-binaries.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .arg(what)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("running {}", script.display()))?;
+        .with_context(|| format!("running {} {what}", script.display()))?;
     if !out.status.success() {
-        bail!("{} failed ({}); its output is above on stderr", script.display(), out.status);
+        bail!("{} {what} failed ({}); its output is above on stderr", script.display(), out.status);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let dir = stdout
@@ -111,10 +147,8 @@ pub fn ensure_binaries() -> Result<PathBuf> {
         .rev()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .with_context(|| format!("{} printed no bin dir", script.display()))?;
-    let bins = Binaries::new(Path::new(dir));
-    bins.check()?;
-    Ok(bins.dir)
+        .with_context(|| format!("{} {what} printed no bin dir", script.display()))?;
+    Ok(Path::new(dir).to_path_buf())
 }
 
 #[cfg(test)]
@@ -127,5 +161,6 @@ mod tests {
         assert!(v.kubernetes.starts_with("v1.36."), "{v:?}");
         assert!(v.etcd.starts_with("v3.6."), "{v:?}");
         assert!(v.kwok.starts_with("v0.8."), "{v:?}");
+        assert!(v.helm.starts_with("v4."), "{v:?}");
     }
 }

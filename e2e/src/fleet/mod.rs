@@ -60,7 +60,7 @@ use kube::{Client, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries};
+pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries, ensure_helm};
 pub use process::ProcSpec;
 use process::{Proc, Spawner, stop_all};
 

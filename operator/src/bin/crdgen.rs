@@ -1,11 +1,13 @@
-//! Writes the CRDs generated from the Rust types to `crds/` (or checks them with `--check`).
+//! Writes the CRDs generated from the Rust types to `crds/` and to the Helm chart's
+//! `charts/petrel/crds/` (or checks both with `--check`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dirs = [root.join("crds"), root.join("charts/petrel/crds")];
     let mut stale = Vec::new();
     for (file, crd) in petrel::api::crds() {
         let yaml = match petrel::api::crd_yaml(&crd) {
@@ -15,14 +17,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let path = dir.join(file);
-        if check {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                stale.push(path.display().to_string());
+        for dir in &dirs {
+            let path = dir.join(file);
+            if check {
+                if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                    stale.push(path.display().to_string());
+                }
+            } else if let Err(e) = std::fs::write(&path, &yaml) {
+                eprintln!("cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
             }
-        } else if let Err(e) = std::fs::write(&path, yaml) {
-            eprintln!("cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
         }
     }
     if !stale.is_empty() {

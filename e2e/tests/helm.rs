@@ -1,0 +1,859 @@
+//! The Helm chart `charts/petrel`: `helm lint`, `helm template` checked object by object,
+//! the values schema refusing bad values, and `helm install` into a real control plane,
+//! after which the CRDs are served, the ServiceAccounts can do what petrel's code calls and
+//! nothing more (SubjectAccessReviews, as `kubectl auth can-i --as` asks), and the real `petrel` binary, started with the
+//! chart's arguments and the member ServiceAccount's token, initializes a Canary, and
+//! `petrel --mode hub` with the hub release's token reports it in a Rollout.
+//!
+//! helm comes from `e2e/scripts/build-binaries.sh helm` (pinned in e2e/versions.env).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use petrel::api::canary::Phase;
+use petrel::api::{Canary, Cluster, Rollout};
+use petrel_e2e::fleet::{Fleet, FleetOptions, ensure_binaries, ensure_helm, spawn_tied_to_process};
+use petrel_e2e::scenario::{
+    APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE as APP_NAMESPACE, eventually, petrel_binary,
+    podinfo_deployment, workspace_root,
+};
+use petrel_e2e::simulator::Provider;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const RELEASE_NAMESPACE: &str = "petrel-system";
+const HUB_NAMESPACE: &str = "petrel-hub";
+
+fn chart_dir() -> PathBuf {
+    workspace_root().join("charts/petrel")
+}
+
+fn helm() -> PathBuf {
+    static HELM: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| ensure_helm().map_err(|e| format!("{e:#}"))).clone().expect("helm binary")
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", program.display()))
+}
+
+fn stdout_of(program: &Path, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed ({}):\n{}",
+        program.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every object of a multi-document YAML stream (empty documents left out).
+fn parse_documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("helm rendered invalid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `helm template petrel charts/petrel -n petrel-system <args>`, parsed.
+fn template(args: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut all = vec!["template", "petrel", chart.to_str().expect("utf-8 path"), "-n", RELEASE_NAMESPACE];
+    all.extend_from_slice(args);
+    parse_documents(&stdout_of(&helm(), &all))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", kinds(docs)))
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+}
+
+/// (apiGroup, resource) → verbs, over every rule of a Role or ClusterRole.
+fn grants(role: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                out.entry((group.clone(), resource)).or_default().extend(strings(&rule["verbs"]));
+            }
+        }
+    }
+    out
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args_of(deployment: &Value) -> Vec<String> {
+    strings(&container(deployment)["args"])
+}
+
+/// The checks every rendering's Deployment passes: hardened, probed on the metrics port.
+fn assert_hardened_and_probed(deployment: &Value) {
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{pod:#}");
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{pod:#}");
+    let c = container(deployment);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc:#}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc:#}");
+    assert_eq!(sc["privileged"], false, "{sc:#}");
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{sc:#}");
+    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{c:#}");
+
+    // The probes hit /livez and /readyz on the named port petrel's --metrics-addr listens on.
+    let port = c["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "metrics").expect("a metrics port");
+    let metrics_addr = args_of(deployment)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--metrics-addr=").map(str::to_string))
+        .expect("--metrics-addr");
+    assert_eq!(metrics_addr, format!("0.0.0.0:{}", port["containerPort"]), "container port and --metrics-addr differ");
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}: {:#}", c[probe]);
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}: {:#}", c[probe]);
+    }
+    // The Lease identity and namespace come from the Downward API.
+    let env: BTreeMap<String, Value> = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap_or("").to_string(), e.clone()))
+        .collect();
+    assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+}
+
+fn dashboard_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("dashboards"))
+        .map(|dir| dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_chart_crds_are_the_generated_ones() {
+    let root = workspace_root();
+    let listing = |dir: &Path| -> BTreeMap<String, String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect()
+    };
+    let generated = listing(&root.join("crds"));
+    let in_chart = listing(&chart_dir().join("crds"));
+    assert!(generated.len() >= 5, "crds/ holds {:?}", generated.keys());
+    assert_eq!(
+        in_chart.keys().collect::<Vec<_>>(),
+        generated.keys().collect::<Vec<_>>(),
+        "charts/petrel/crds/ must hold exactly the files of crds/; refresh with: cp crds/*.yaml charts/petrel/crds/"
+    );
+    for (name, text) in &generated {
+        assert!(
+            in_chart[name] == *text,
+            "charts/petrel/crds/{name} differs from crds/{name}; refresh with: cp crds/*.yaml charts/petrel/crds/"
+        );
+    }
+}
+
+#[test]
+fn helm_lint_passes_in_both_modes() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for mode in ["mode=member", "mode=hub"] {
+        let out =
+            stdout_of(&helm(), &["lint", "--strict", chart, "--set", mode, "--set", "serviceMonitor.enabled=true"]);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn the_member_rendering_is_hardened_and_least_privilege() {
+    let docs = template(&[]);
+    let deployment = find(&docs, "Deployment", "petrel");
+    assert_hardened_and_probed(deployment);
+    let args = args_of(deployment);
+    for expected in [
+        "--mode=member",
+        "--leader-elect",
+        "--leader-election-namespace=petrel-system",
+        "--leader-election-lease-name=petrel-member",
+        "--log-json",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
+    }
+    assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], "petrel");
+
+    // Member RBAC: a ClusterRole, nothing of the hub's.
+    let role = find(&docs, "ClusterRole", "petrel-member");
+    let granted = grants(role);
+    let key = |g: &str, r: &str| (g.to_string(), r.to_string());
+    assert_eq!(granted[&key("petrel.dev", "canaries/status")], BTreeSet::from(["patch".to_string()]));
+    assert!(!granted.contains_key(&key("petrel.dev", "rollouts")), "{granted:?}");
+    for ((group, resource), verbs) in &granted {
+        for forbidden in ["*", "update", "deletecollection", "escalate", "bind", "impersonate"] {
+            assert!(!verbs.contains(forbidden), "{group}/{resource} grants {forbidden}");
+        }
+        assert!(!["pods", "nodes", "namespaces", "*"].contains(&resource.as_str()), "grants {resource}");
+    }
+    // Every route kind a router writes (routers::third_party_resources()) is granted.
+    for resource in petrel::routers::third_party_resources() {
+        let verbs = granted.get(&key(&resource.group, &resource.plural)).cloned().unwrap_or_default();
+        for verb in ["get", "create", "patch", "delete"] {
+            assert!(verbs.contains(verb), "{verb} {}.{} not granted", resource.plural, resource.group);
+        }
+    }
+    let binding = find(&docs, "ClusterRoleBinding", "petrel-member");
+    assert_eq!(binding["roleRef"]["name"], "petrel-member");
+    assert_eq!(
+        binding["subjects"][0],
+        json!({"kind": "ServiceAccount", "name": "petrel", "namespace": "petrel-system"})
+    );
+
+    // The Lease: a Role in the release namespace, get/patch only on its own name.
+    let lease_role = find(&docs, "Role", "petrel-leader-election");
+    assert_eq!(lease_role["metadata"]["namespace"], RELEASE_NAMESPACE);
+    let named = lease_role["rules"].as_array().unwrap().iter().find(|r| r["verbs"] == json!(["get", "patch"])).unwrap();
+    assert_eq!(named["resourceNames"], json!(["petrel-member"]));
+
+    // No ServiceMonitor unless asked; the dashboards ConfigMap for the Grafana sidecar.
+    assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"), "{:?}", kinds(&docs));
+    let files = dashboard_files();
+    if files.is_empty() {
+        assert!(!docs.iter().any(|d| d["kind"] == "ConfigMap"), "a dashboards ConfigMap without dashboards");
+    } else {
+        let cm = find(&docs, "ConfigMap", "petrel-dashboards");
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{:#}", cm["metadata"]);
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&file).unwrap();
+            let in_cm = cm["data"][&name].as_str().unwrap_or_else(|| panic!("{name} not in the ConfigMap"));
+            assert_eq!(in_cm.trim_end(), text.trim_end(), "{name} changed on its way into the ConfigMap");
+            serde_json::from_str::<Value>(in_cm).unwrap_or_else(|e| panic!("{name} in the ConfigMap is not JSON: {e}"));
+        }
+    }
+}
+
+#[test]
+fn a_watch_namespace_turns_the_member_role_namespaced() {
+    let docs = template(&["--set", "member.watchNamespace=apps"]);
+    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"), "{:?}", kinds(&docs));
+    assert_eq!(find(&docs, "Role", "petrel-member")["metadata"]["namespace"], "apps");
+    assert_eq!(find(&docs, "RoleBinding", "petrel-member")["roleRef"]["kind"], "Role");
+    assert!(args_of(find(&docs, "Deployment", "petrel")).contains(&"--namespace=apps".to_string()));
+}
+
+#[test]
+fn the_hub_rendering_reads_secrets_only_where_kubeconfigs_live() {
+    let docs = template(&["--set", "mode=hub", "--set", "serviceMonitor.enabled=true"]);
+    let deployment = find(&docs, "Deployment", "petrel");
+    assert_hardened_and_probed(deployment);
+    let args = args_of(deployment);
+    assert!(
+        args.contains(&"--mode=hub".to_string()) && args.contains(&"--leader-election-lease-name=petrel-hub".into())
+    );
+    assert!(!args.iter().any(|a| a.starts_with("--provider")), "member flags on the hub: {args:?}");
+
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "petrel-member"), "{:?}", kinds(&docs));
+    let granted = grants(find(&docs, "ClusterRole", "petrel-hub"));
+    assert!(
+        !granted.keys().any(|(group, resource)| group.is_empty() && resource == "secrets"),
+        "cluster-wide secrets: {granted:?}"
+    );
+    assert!(granted.contains_key(&("petrel.dev".to_string(), "rollouts/status".to_string())), "{granted:?}");
+    let kubeconfigs = find(&docs, "Role", "petrel-hub-kubeconfigs");
+    assert_eq!(kubeconfigs["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(kubeconfigs["rules"], json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]));
+
+    // The ServiceMonitor scrapes the metrics Service, which selects the Deployment's pods.
+    let monitor = find(&docs, "ServiceMonitor", "petrel");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let service = find(&docs, "Service", "petrel-metrics");
+    let selects =
+        |selector: &Value, labels: &Value| selector.as_object().expect("selector").iter().all(|(k, v)| labels[k] == *v);
+    assert!(selects(&monitor["spec"]["selector"]["matchLabels"], &service["metadata"]["labels"]));
+    assert!(selects(&service["spec"]["selector"], &deployment["spec"]["template"]["metadata"]["labels"]));
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+
+    let elsewhere = template(&["--set", "mode=hub", "--set", "hub.kubeconfigSecretNamespaces={fleet-a,fleet-b}"]);
+    let namespaces: BTreeSet<&str> = elsewhere
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "petrel-hub-kubeconfigs")
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(namespaces, BTreeSet::from(["fleet-a", "fleet-b"]));
+}
+
+#[test]
+fn the_values_schema_and_the_chart_refuse_bad_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    // The control: the same command with good values renders.
+    assert!(run(&helm(), &["template", "petrel", chart, "--set", "replicas=2", "--set", "mode=hub"]).status.success());
+    for (args, says) in [
+        (&["--set", "mode=bogus"][..], "/mode"),
+        (&["--set-string", "replicas=x"][..], "/replicas"),
+        (&["--set", "serviceMonitor.enable=true"][..], "'enable' not allowed"),
+        (&["--set", "securityContext.allowPrivilegeEscalation=true"][..], "/securityContext/allowPrivilegeEscalation"),
+        (&["--set", "member.provider=linkerd2"][..], "/member/provider"),
+        (&["--set", "replicas=2", "--set", "leaderElection.enabled=false"][..], "needs leaderElection.enabled"),
+        (&["--set", "leaderElection.renewBeforeSeconds=15"][..], "renewBeforeSeconds must be smaller"),
+    ] {
+        let mut all = vec!["template", "petrel", chart];
+        all.extend_from_slice(args);
+        let out = run(&helm(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "helm template {args:?} rendered");
+        assert!(stderr.contains(says), "helm template {args:?} failed without naming {says:?}: {stderr}");
+    }
+    // Every provider the schema accepts is one petrel knows.
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap()).unwrap();
+    let providers = strings(&schema["properties"]["member"]["properties"]["provider"]["enum"]);
+    assert!(providers.len() >= 8, "{providers:?}");
+    for provider in providers {
+        assert!(
+            petrel::core::provider::Provider::parse(&provider).is_ok(),
+            "the schema accepts {provider}, petrel does not"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// helm install into a real control plane
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn output(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running kubectl {args:?}: {e}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// What `kubectl auth can-i --as=system:serviceaccount:<sa>` asks, as a SubjectAccessReview:
+/// the ServiceAccount's user name and the groups its token authenticates with.
+/// `resource` is `<resource>[.<group>][/<name>][:<subresource>]`.
+async fn can_i(
+    client: &kube::Client,
+    service_account: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> Result<bool> {
+    let (resource, subresource) = match resource.split_once(':') {
+        Some((resource, sub)) => (resource, Some(sub.to_string())),
+        None => (resource, None),
+    };
+    let (resource, name) = match resource.split_once('/') {
+        Some((resource, name)) => (resource, Some(name.to_string())),
+        None => (resource, None),
+    };
+    let (resource, group) = match resource {
+        "*" => ("*", "*"),
+        _ => resource.split_once('.').unwrap_or((resource, "")),
+    };
+    let sa_namespace = service_account.split(':').next().unwrap_or_default();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{service_account}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{sa_namespace}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource,
+                name,
+                namespace: namespace.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .with_context(|| format!("reviewing {verb} {resource}"))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// (verb, `<resource>[/<name>][:<subresource>]`, namespace: None = every namespace)
+type Check = (&'static str, String, Option<&'static str>);
+
+fn check(verb: &'static str, resource: &str, namespace: Option<&'static str>) -> Check {
+    (verb, resource.to_string(), namespace)
+}
+
+/// Asks every check (concurrently) and returns the ones whose answer is not `expected`.
+async fn wrong_answers(
+    client: &kube::Client,
+    service_account: &str,
+    checks: &[Check],
+    expected: bool,
+) -> Result<Vec<String>> {
+    let answers = futures::future::try_join_all(
+        checks.iter().map(|(verb, resource, namespace)| can_i(client, service_account, verb, resource, *namespace)),
+    )
+    .await?;
+    Ok(checks
+        .iter()
+        .zip(answers)
+        .filter(|(_, answer)| *answer != expected)
+        .map(|((verb, resource, namespace), _)| {
+            format!("{verb} {resource} in {}", namespace.unwrap_or("all namespaces"))
+        })
+        .collect())
+}
+
+fn member_needs() -> Vec<Check> {
+    let mut checks = vec![
+        check("list", "canaries.petrel.dev", None),
+        check("watch", "canaries.petrel.dev", None),
+        check("patch", "canaries.petrel.dev:status", Some("apps")),
+        check("get", "metrictemplates.petrel.dev", Some("apps")),
+        check("get", "alertproviders.petrel.dev", Some("apps")),
+        check("watch", "deployments.apps", None),
+        check("create", "deployments.apps", Some("apps")),
+        check("patch", "deployments.apps", Some("apps")),
+        check("list", "controllerrevisions.apps", Some("apps")),
+        check("patch", "controllerrevisions.apps", Some("apps")),
+        check("delete", "controllerrevisions.apps", Some("apps")),
+        check("watch", "configmaps", None),
+        check("patch", "configmaps", Some("apps")),
+        check("watch", "secrets", None),
+        check("create", "secrets", Some("apps")),
+        check("create", "services", Some("apps")),
+        check("patch", "services", Some("apps")),
+        check("patch", "horizontalpodautoscalers.autoscaling", Some("apps")),
+        check("delete", "ingresses.networking.k8s.io", Some("apps")),
+        check("create", "events.events.k8s.io", Some("apps")),
+        check("patch", "events.events.k8s.io", Some("apps")),
+        check("create", "leases.coordination.k8s.io", Some(RELEASE_NAMESPACE)),
+        check("get", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("patch", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+    ];
+    for resource in petrel::routers::third_party_resources() {
+        for verb in ["get", "create", "patch", "delete"] {
+            checks.push(check(verb, &format!("{}.{}", resource.plural, resource.group), Some("apps")));
+        }
+    }
+    checks
+}
+
+fn member_must_not() -> Vec<Check> {
+    vec![
+        check("delete", "deployments.apps", Some("apps")),
+        check("update", "deployments.apps", Some("apps")),
+        check("create", "pods", Some("apps")),
+        check("delete", "pods", Some("apps")),
+        check("create", "pods:exec", Some("apps")),
+        check("delete", "secrets", Some("apps")),
+        check("delete", "configmaps", Some("apps")),
+        check("delete", "services", Some("apps")),
+        check("patch", "canaries.petrel.dev", Some("apps")),
+        check("delete", "canaries.petrel.dev", Some("apps")),
+        check("patch", "metrictemplates.petrel.dev", Some("apps")),
+        check("list", "rollouts.petrel.dev", None),
+        check("patch", "clusters.petrel.dev:status", None),
+        check("delete", "namespaces", None),
+        check("get", "nodes", None),
+        check("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+        check("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+        check("bind", "clusterroles.rbac.authorization.k8s.io", None),
+        check("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+        check("create", "rolebindings.rbac.authorization.k8s.io", Some("apps")),
+        check("impersonate", "serviceaccounts", Some("apps")),
+        check("create", "serviceaccounts:token", Some(RELEASE_NAMESPACE)),
+        check("create", "leases.coordination.k8s.io", Some("kube-system")),
+        check("patch", "leases.coordination.k8s.io/petrel-hub", Some(RELEASE_NAMESPACE)),
+        check("delete", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("*", "*", None),
+    ]
+}
+
+fn hub_needs() -> Vec<Check> {
+    vec![
+        check("watch", "rollouts.petrel.dev", None),
+        check("list", "clusters.petrel.dev", None),
+        check("watch", "clusters.petrel.dev", None),
+        check("patch", "rollouts.petrel.dev:status", Some("apps")),
+        check("patch", "clusters.petrel.dev:status", None),
+        check("create", "events.events.k8s.io", Some("apps")),
+        check("get", "secrets", Some(HUB_NAMESPACE)),
+        check("create", "leases.coordination.k8s.io", Some(HUB_NAMESPACE)),
+        check("patch", "leases.coordination.k8s.io/petrel-hub-hub", Some(HUB_NAMESPACE)),
+    ]
+}
+
+fn hub_must_not() -> Vec<Check> {
+    vec![
+        check("get", "secrets", Some("default")),
+        check("get", "secrets", Some(RELEASE_NAMESPACE)),
+        check("list", "secrets", Some(HUB_NAMESPACE)),
+        check("watch", "secrets", None),
+        check("patch", "rollouts.petrel.dev", Some("apps")),
+        check("delete", "clusters.petrel.dev", None),
+        check("list", "canaries.petrel.dev", None),
+        check("get", "deployments.apps", Some("apps")),
+        check("create", "pods", Some("apps")),
+        check("delete", "namespaces", None),
+        check("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+        check("bind", "clusterroles.rbac.authorization.k8s.io", None),
+        check("impersonate", "users", None),
+        check("patch", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("*", "*", None),
+    ]
+}
+
+/// The admin kubeconfig with its user replaced by a ServiceAccount token.
+fn token_kubeconfig(admin: &Path, token: &str, out: &Path) -> Result<()> {
+    let mut config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(admin)?).context("parsing the admin kubeconfig")?;
+    let users = config["users"].as_array_mut().context("kubeconfig without users")?;
+    ensure!(users.len() == 1, "expected one user in {}", admin.display());
+    users[0]["user"] = json!({"token": token});
+    std::fs::write(out, serde_yaml::to_string(&config)?)?;
+    Ok(())
+}
+
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("===== petrel log ({}) =====\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+impl Operator {
+    /// Nothing petrel tried was refused: a refused Event or status write is only logged.
+    fn assert_never_refused(&mut self) -> Result<()> {
+        let log = self.log();
+        ensure!(!log.to_lowercase().contains("forbidden"), "petrel was refused something:\n{log}");
+        ensure!(self.child.try_wait()?.is_none(), "petrel exited:\n{log}");
+        Ok(())
+    }
+}
+
+/// What starts the real petrel as an installed release would run it.
+struct Release<'a> {
+    helm: &'a Path,
+    kubectl: &'a Kubectl,
+    binary: &'a Path,
+    dir: &'a Path,
+}
+
+impl Release<'_> {
+    /// Runs `petrel` with the arguments of the release's Deployment (as `helm get manifest`
+    /// shows them) and only its ServiceAccount's token, as the pod would run.
+    fn run_petrel(&self, release: &str, namespace: &str, service_account: &str, pod_name: &str) -> Result<Operator> {
+        let token = self.kubectl.ok(&["create", "token", service_account, "-n", namespace, "--duration=1h"]);
+        let kubeconfig = self.dir.join(format!("{release}-sa.kubeconfig"));
+        token_kubeconfig(&self.kubectl.kubeconfig, token.trim(), &kubeconfig)?;
+        let admin = self.kubectl.kubeconfig.to_string_lossy().into_owned();
+        let manifest = stdout_of(self.helm, &["get", "manifest", release, "--kubeconfig", &admin, "-n", namespace]);
+        let rendered = parse_documents(&manifest);
+        let mut args: Vec<String> = args_of(find(&rendered, "Deployment", release))
+            .into_iter()
+            .filter(|a| !a.starts_with("--metrics-addr="))
+            .collect();
+        ensure!(args.contains(&"--leader-elect".to_string()), "the chart's arguments lost --leader-elect: {args:?}");
+        // Side by side with other tests: a free port instead of the pod's 8080; the token
+        // kubeconfig instead of the in-cluster one.
+        args.extend(["--metrics-addr=127.0.0.1:0".to_string(), format!("--kubeconfig={}", kubeconfig.display())]);
+        let log = self.dir.join(format!("{release}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(self.binary);
+        command
+            .args(&args)
+            .env("POD_NAME", pod_name)
+            .env("POD_NAMESPACE", namespace)
+            .env("RUST_LOG", "info,petrel=debug,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        Ok(Operator { child: spawn_tied_to_process(command)?, log })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_serves_the_crds_and_grants_petrel_exactly_what_it_needs() -> Result<()> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("petrel-e2e-helm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let helm = tokio::task::spawn_blocking(helm).await?;
+    let operator_binary = tokio::task::spawn_blocking(petrel_binary).await??;
+    let bin_dir = tokio::task::spawn_blocking(ensure_binaries).await??;
+    let mut opts = FleetOptions::new(dir.join("fleet"), ["helm"]);
+    opts.bin_dir = Some(bin_dir);
+    opts.nodes_per_cluster = 1;
+    let fleet = Fleet::start(opts).await.context("starting the control plane")?;
+    let cluster = fleet.cluster("helm")?;
+    let client = cluster.client().await?;
+    let kubectl = Kubectl { bin: fleet.binaries().path("kubectl"), kubeconfig: cluster.kubeconfig_path.clone() };
+    let kubeconfig = cluster.kubeconfig_path.to_string_lossy().into_owned();
+    let chart = chart_dir().to_string_lossy().into_owned();
+    eprintln!("[helm] control plane up after {:.1?}", started.elapsed());
+
+    // The route kinds' CRDs, so can-i resolves them as a user's cluster with the meshes would.
+    let third_party = workspace_root().join("e2e/crds/third-party").to_string_lossy().into_owned();
+    kubectl.ok(&["apply", "--server-side", "-f", &third_party]);
+    for ns in ["apps", APP_NAMESPACE] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?)
+            .await?;
+    }
+
+    // Both modes, as a hub cluster that is also a member would run them. --wait: the
+    // Deployments become available (kwok runs their pods).
+    let install = |release: &str, namespace: &str, extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            release,
+            chart.as_str(),
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "-n",
+            namespace,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "120s",
+            "--set",
+            "clusterName=helm-e2e",
+        ];
+        args.extend_from_slice(extra);
+        let t0 = Instant::now();
+        let out = stdout_of(&helm, &args);
+        eprintln!("[helm] helm install {release} in {:.1?}", t0.elapsed());
+        out
+    };
+    install("petrel", RELEASE_NAMESPACE, &[]);
+    install("petrel-hub", HUB_NAMESPACE, &["--set", "mode=hub"]);
+
+    // The CRDs of the chart are served (established, listable).
+    let served = kubectl.ok(&["api-resources", "--api-group=petrel.dev", "-o", "name"]);
+    for plural in ["canaries", "metrictemplates", "alertproviders", "rollouts", "clusters"] {
+        let resource = format!("{plural}.petrel.dev");
+        assert!(served.lines().any(|l| l == resource), "{resource} not served: {served}");
+        kubectl.ok(&["get", &resource, "-A"]);
+    }
+    let deployment: Deployment = Api::namespaced(client.clone(), RELEASE_NAMESPACE).get("petrel").await?;
+    assert_eq!(deployment.status.and_then(|s| s.available_replicas), Some(1), "helm --wait returned early");
+
+    // RBAC: what petrel's code calls, yes; a sample of what it must never do, no. Asked as
+    // SubjectAccessReviews (what `kubectl auth can-i --as` sends), concurrently: a kubectl
+    // process per question costs a quarter second of CPU each.
+    let t0 = Instant::now();
+    let member = format!("{RELEASE_NAMESPACE}:petrel");
+    let hub = format!("{HUB_NAMESPACE}:petrel-hub");
+    let mut wrong = Vec::new();
+    for (who, checks, expected, label) in [
+        (&member, member_needs(), true, "member cannot"),
+        (&member, member_must_not(), false, "member can"),
+        (&hub, hub_needs(), true, "hub cannot"),
+        (&hub, hub_must_not(), false, "hub can"),
+    ] {
+        wrong.extend(wrong_answers(&client, who, &checks, expected).await?.into_iter().map(|w| format!("{label} {w}")));
+    }
+    assert!(wrong.is_empty(), "RBAC answers:\n{}", wrong.join("\n"));
+    eprintln!(
+        "[helm] {} can-i checks in {:.1?}",
+        member_needs().len() + member_must_not().len() + hub_needs().len() + hub_must_not().len(),
+        t0.elapsed()
+    );
+
+    // The proof RBAC suffices: the real petrel, with the chart's own arguments and only the
+    // member ServiceAccount's token, initializes a Canary.
+    let release = Release { helm: &helm, kubectl: &kubectl, binary: &operator_binary, dir: &dir };
+    let mut operator = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-e2e")?;
+
+    let ssa = PatchParams::apply("e2e-test").force();
+    Api::<ConfigMap>::namespaced(client.clone(), APP_NAMESPACE)
+        .patch(
+            CONFIG_MAP,
+            &ssa,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP}, "data": {"A": "b"}}),
+            ),
+        )
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), APP_NAMESPACE)
+        .patch(APP, &ssa, &Patch::Apply(podinfo_deployment(IMAGE_V0)))
+        .await?;
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    canaries.patch(APP, &ssa, &Patch::Apply(CanaryOptions::canary(Provider::Kubernetes).manifest())).await?;
+
+    let t0 = Instant::now();
+    let initialized = eventually("the Canary to be Initialized", Duration::from_secs(90), async || {
+        if let Ok(Some(status)) = operator.child.try_wait() {
+            return Some(Err(anyhow::anyhow!("petrel exited ({status})")));
+        }
+        let phase = canaries.get(APP).await.ok()?.status?.phase;
+        (phase == Phase::Initialized).then_some(Ok(()))
+    })
+    .await
+    .and_then(|exited| exited);
+    if let Err(e) = initialized {
+        bail!("{e:#}; petrel's log:\n{}", operator.log());
+    }
+    eprintln!("[helm] Canary Initialized {:.1?} after petrel started", t0.elapsed());
+
+    // What initializing wrote, each through a grant of the chart.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    ensure!(deployments.get_opt(&format!("{APP}-primary")).await?.is_some(), "no primary Deployment");
+    let services: Api<Service> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    for name in [APP.to_string(), format!("{APP}-primary"), format!("{APP}-canary")] {
+        ensure!(services.get_opt(&name).await?.is_some(), "no Service {name}");
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    ensure!(config_maps.get_opt(&format!("{CONFIG_MAP}-primary")).await?.is_some(), "no primary ConfigMap copy");
+    let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE).get("petrel-member").await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("petrel-e2e"));
+    let events = eventually("an Event about the Canary", Duration::from_secs(30), async || {
+        let events = Api::<Event>::namespaced(client.clone(), APP_NAMESPACE).list(&ListParams::default()).await.ok()?;
+        let ours: Vec<String> = events
+            .items
+            .into_iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("petrel"))
+            .filter_map(|e| e.reason)
+            .collect();
+        (!ours.is_empty()).then_some(ours)
+    })
+    .await?;
+    eprintln!("[helm] petrel recorded Events {events:?}");
+
+    operator.assert_never_refused()?;
+
+    // The hub, likewise with the hub release's arguments and token: it reads the member's
+    // kubeconfig Secret from its namespace, reaches the member (this same cluster) and
+    // writes the Rollout's status.
+    let mut hub_operator = release.run_petrel("petrel-hub", HUB_NAMESPACE, "petrel-hub", "petrel-hub-e2e")?;
+    Api::<Secret>::namespaced(client.clone(), HUB_NAMESPACE)
+        .patch(
+            "self",
+            &ssa,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "self"},
+                "stringData": {"kubeconfig": std::fs::read_to_string(&cluster.kubeconfig_path)?},
+            })),
+        )
+        .await?;
+    Api::<Cluster>::all(client.clone())
+        .patch(
+            "self",
+            &ssa,
+            &Patch::Apply(json!({
+                "apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
+                "metadata": {"name": "self", "labels": {"role": "canary"}},
+                "spec": {"kubeconfigSecretRef": {"name": "self", "namespace": HUB_NAMESPACE}},
+            })),
+        )
+        .await?;
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), "apps");
+    rollouts
+        .patch(
+            APP,
+            &ssa,
+            &Patch::Apply(json!({
+                "apiVersion": "petrel.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": APP},
+                "spec": {
+                    "canaryRef": {"namespace": APP_NAMESPACE, "name": APP},
+                    "waves": [{"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}}}],
+                },
+            })),
+        )
+        .await?;
+    let t0 = Instant::now();
+    let reached = eventually("the hub to report the member's Canary", Duration::from_secs(60), async || {
+        if let Ok(Some(status)) = hub_operator.child.try_wait() {
+            return Some(Err(anyhow::anyhow!("petrel --mode hub exited ({status})")));
+        }
+        let status = rollouts.get(APP).await.ok()?.status?;
+        let member = status.members.into_iter().find(|m| m.cluster == "self")?;
+        (member.phase == Some(Phase::Initialized)).then_some(Ok(()))
+    })
+    .await
+    .and_then(|exited| exited);
+    if let Err(e) = reached {
+        bail!("{e:#}; the hub's log:\n{}", hub_operator.log());
+    }
+    eprintln!("[helm] the hub reported the member's Canary {:.1?} after it started", t0.elapsed());
+    let lease = Api::<Lease>::namespaced(client.clone(), HUB_NAMESPACE).get("petrel-hub-hub").await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("petrel-hub-e2e"));
+    hub_operator.assert_never_refused()?;
+    operator.assert_never_refused()?;
+    drop(hub_operator);
+    drop(operator);
+
+    eprintln!("[helm] done in {:.1?}", started.elapsed());
+    drop(fleet);
+    if std::env::var_os("PETREL_E2E_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
