@@ -533,3 +533,176 @@ mod tests {
         assert_eq!(err, "bad_data: parse error");
     }
 }
+
+/// One series of an instant query's answer: its labels and value (NaN kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Labels of the series (`__name__` included when the query keeps it).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The value at the query's time.
+    pub value: f64,
+}
+
+/// One series of a range query's answer: its labels and `(unix seconds, value)` points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSeries {
+    /// Labels of the series.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Points in time order.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl Prometheus {
+    /// Evaluates `promql` now and returns every series of the answer (a scalar is one
+    /// series without labels). A parse error is an `Err`, so callers can tell a broken
+    /// expression from one without data.
+    pub async fn query_series(&self, promql: &str) -> Result<Vec<Sample>, PrometheusError> {
+        let body = self.api_get("query", &[("query", promql.to_owned())]).await?;
+        let data =
+            success_data(&body).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })?;
+        parse_samples(data).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
+    }
+
+    /// Evaluates `promql` at every `step` from `start` to `end` (unix seconds), as a
+    /// Grafana panel does (`/api/v1/query_range`).
+    pub async fn query_range(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+        step: Duration,
+    ) -> Result<Vec<RangeSeries>, PrometheusError> {
+        let params = [
+            ("query", promql.to_owned()),
+            ("start", format!("{start:.3}")),
+            ("end", format!("{end:.3}")),
+            ("step", format!("{}", step.as_secs_f64())),
+        ];
+        let body = self.api_get("query_range", &params).await?;
+        let data =
+            success_data(&body).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })?;
+        parse_matrix(data).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
+    }
+
+    async fn api_get(&self, endpoint: &str, params: &[(&str, String)]) -> Result<Value, PrometheusError> {
+        let url = format!("{}/api/v1/{endpoint}", self.url());
+        let response = self
+            .http
+            .get(&url)
+            .query(params)
+            .send()
+            .await
+            .map_err(|source| PrometheusError::Http { action: format!("querying {url}"), source })?;
+        response
+            .json()
+            .await
+            .map_err(|source| PrometheusError::Http { action: format!("reading the answer of {url}"), source })
+    }
+}
+
+/// The `data` of a successful API answer, or the error Prometheus gave.
+fn success_data(body: &Value) -> Result<&Value, String> {
+    if body.get("status").and_then(Value::as_str) != Some("success") {
+        return Err(format!(
+            "{}: {}",
+            body.get("errorType").and_then(Value::as_str).unwrap_or("error"),
+            body.get("error").and_then(Value::as_str).unwrap_or("no error message")
+        ));
+    }
+    body.get("data").ok_or_else(|| "no data in the answer".to_owned())
+}
+
+fn parse_labels(series: &Value) -> std::collections::BTreeMap<String, String> {
+    series
+        .get("metric")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// `[time, "value"]` as numbers.
+fn parse_point(point: &Value) -> Result<(f64, f64), String> {
+    let time = point.get(0).and_then(Value::as_f64).ok_or("point without a time")?;
+    let text = point.get(1).and_then(Value::as_str).ok_or("point is not [time, \"value\"]")?;
+    let value = text.parse().map_err(|_| format!("value {text:?} is not a number"))?;
+    Ok((time, value))
+}
+
+fn parse_samples(data: &Value) -> Result<Vec<Sample>, String> {
+    match data.get("resultType").and_then(Value::as_str) {
+        Some("vector") => data
+            .get("result")
+            .and_then(Value::as_array)
+            .ok_or("vector without result")?
+            .iter()
+            .map(|s| {
+                let (_, value) = parse_point(s.get("value").ok_or("sample without value")?)?;
+                Ok(Sample { labels: parse_labels(s), value })
+            })
+            .collect(),
+        Some("scalar") => {
+            let (_, value) = parse_point(data.get("result").ok_or("scalar without result")?)?;
+            Ok(vec![Sample { labels: Default::default(), value }])
+        }
+        other => Err(format!("result type {other:?}, expected a vector or scalar")),
+    }
+}
+
+fn parse_matrix(data: &Value) -> Result<Vec<RangeSeries>, String> {
+    if data.get("resultType").and_then(Value::as_str) != Some("matrix") {
+        return Err(format!("result type {:?}, expected a matrix", data.get("resultType")));
+    }
+    data.get("result")
+        .and_then(Value::as_array)
+        .ok_or("matrix without result")?
+        .iter()
+        .map(|s| {
+            let points = s
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or("series without values")?
+                .iter()
+                .map(parse_point)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RangeSeries { labels: parse_labels(s), points })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn samples_keep_every_series_and_nan() {
+        let data = json!({"resultType": "vector", "result": [
+            {"metric": {"phase": "Progressing"}, "value": [1.0, "1"]},
+            {"metric": {"phase": "Failed"}, "value": [1.0, "NaN"]}
+        ]});
+        let samples = parse_samples(&data).unwrap();
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].labels["phase"], "Progressing");
+        assert_eq!(samples[0].value, 1.0);
+        assert!(samples[1].value.is_nan());
+        assert_eq!(parse_samples(&json!({"resultType": "vector", "result": []})).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn matrices_keep_points_in_order() {
+        let data = json!({"resultType": "matrix", "result": [
+            {"metric": {"workload": "canary"}, "values": [[10.0, "0"], [11.5, "20"]]}
+        ]});
+        let series = parse_matrix(&data).unwrap();
+        assert_eq!(series[0].labels["workload"], "canary");
+        assert_eq!(series[0].points, vec![(10.0, 0.0), (11.5, 20.0)]);
+        assert!(parse_matrix(&json!({"resultType": "vector", "result": []})).is_err());
+    }
+
+    #[test]
+    fn errors_carry_prometheus_message() {
+        let err = success_data(&json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}))
+            .unwrap_err();
+        assert_eq!(err, "bad_data: parse error at char 5");
+    }
+}

@@ -744,3 +744,63 @@ pub fn canary_weights(history: &[RecordedSplit]) -> Vec<u32> {
     }
     out
 }
+
+impl TestEnv {
+    /// Where the operator serves `/metrics` (it binds `127.0.0.1:0`; the address is in
+    /// its start-up log line). Waits for that line.
+    pub async fn operator_metrics_addr(&self, timeout: Duration) -> Result<std::net::SocketAddr> {
+        eventually("the operator to log its metrics address", timeout, async || {
+            metrics_addr_in_log(&self.operator.log_text())
+        })
+        .await
+    }
+
+    /// Makes Prometheus scrape the operator's `/metrics` too (besides the simulator), so
+    /// `petrel_*` series can be queried next to the app's request metrics. Returns once
+    /// Prometheus has scraped the operator: a reload restarts the scrapes of the job and
+    /// Prometheus hands the targets over only every 5 s, which leaves a gap in every
+    /// series of the simulator too.
+    pub async fn scrape_operator(&mut self, timeout: Duration) -> Result<std::net::SocketAddr> {
+        let operator = self.operator_metrics_addr(timeout).await?;
+        let targets = [self.simulator.addr(), operator];
+        self.prometheus.set_scrape_targets(&targets).await.context("adding the operator to Prometheus' targets")?;
+        let scraped = format!("count(up{{instance=~\"{}|{operator}\"}} == 1)", self.simulator.addr());
+        self.prometheus
+            .wait_for_query(&scraped, "show both targets scraped", timeout, |v| v == 2.0)
+            .await
+            .context("waiting for Prometheus to scrape the operator")?;
+        Ok(operator)
+    }
+}
+
+/// The address of the operator's "serving /metrics" log line (ANSI colours or not).
+pub fn metrics_addr_in_log(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines()
+        .rev()
+        .filter(|line| line.contains("serving /metrics"))
+        .filter_map(|line| {
+            line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).find_map(|token| token.parse().ok())
+        })
+        .next()
+}
+
+#[cfg(test)]
+mod metrics_addr_tests {
+    use super::metrics_addr_in_log;
+
+    #[test]
+    fn finds_the_address_with_or_without_colours() {
+        let plain = "2026-01-01T00:00:00Z  INFO petrel: serving /metrics, /livez and /readyz addr=127.0.0.1:43121";
+        assert_eq!(metrics_addr_in_log(plain), Some("127.0.0.1:43121".parse().unwrap()));
+        let coloured = "\x1b[32m INFO\x1b[0m \x1b[2mpetrel\x1b[0m: serving /metrics, /livez and /readyz \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:5001";
+        assert_eq!(metrics_addr_in_log(coloured), Some("127.0.0.1:5001".parse().unwrap()));
+        assert_eq!(metrics_addr_in_log("INFO petrel: starting\n"), None);
+    }
+
+    #[test]
+    fn a_restart_logs_the_new_address_last() {
+        let log =
+            "serving /metrics addr=127.0.0.1:1000\n===== restart #1 =====\nserving /metrics addr=127.0.0.1:2000\n";
+        assert_eq!(metrics_addr_in_log(log), Some("127.0.0.1:2000".parse().unwrap()));
+    }
+}
