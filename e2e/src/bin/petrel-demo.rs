@@ -1,6 +1,8 @@
 //! `petrel-demo`: a local fleet (a hub and one member per GitOps overlay of
-//! `examples/podinfo`), petrel releasing podinfo 6.7.1 canary cluster first,
-//! then a bad 6.7.2 that petrel rolls back; progress shown live.
+//! `examples/podinfo`); petrel's hub releases podinfo 6.7.1 canary cluster
+//! first, production after the canary wave soaked, then halts a bad 6.7.2
+//! the canary cluster rolled back; progress shown live. Exits 1 unless the
+//! story happened as expected.
 //!
 //! Run it through `./scripts/demo`, which installs what it needs and builds
 //! the binaries first. Ctrl-C or SIGTERM tears everything down.
@@ -35,6 +37,9 @@ struct Cli {
     /// Print one line per change even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Short analysis steps and a 5s soak (what the e2e test runs): the story in about a minute.
+    #[arg(long)]
+    fast: bool,
 }
 
 fn default_petrel_bin() -> PathBuf {
@@ -50,31 +55,41 @@ fn summary(outcome: &DemoOutcome) -> Vec<String> {
         "summary".into(),
         format!("  fleet start (hub + members, cached binaries): {:.1}s", outcome.fleet_start.as_secs_f64()),
         format!(
-            "  setup (CRDs, app, simulators, Prometheus, petrel, Initialized): {:.1}s",
+            "  setup (CRDs, app, simulators, Prometheus, petrel, hub manifests, Initialized): {:.1}s",
             outcome.setup.as_secs_f64()
         ),
+        format!("  hub took the fleet into its Rollout in {:.1}s", outcome.hub_ready.as_secs_f64()),
     ];
-    for (i, (results, took)) in outcome.healthy_waves.iter().enumerate() {
-        let clusters: Vec<String> = results.iter().map(|r| format!("{} {}", r.member, r.phase)).collect();
-        lines.push(format!("  healthy release, wave {}: {:.0}s ({})", i + 1, took.as_secs_f64(), clusters.join(", ")));
-    }
-    let bad: Vec<String> = outcome.bad.iter().map(|r| format!("{} {}", r.member, r.phase)).collect();
-    lines.push(format!(
-        "  bad release, canary wave: rolled back in {:.0}s ({})",
-        outcome.bad_took.as_secs_f64(),
-        bad.join(", ")
-    ));
-    for (member, release) in &outcome.untouched {
-        lines.push(format!("  {member} kept {release}"));
+    for record in outcome.healthy.iter().chain(&outcome.bad) {
+        lines.push(format!("  release {} ({:.0}s):", record.tag, record.took.as_secs_f64()));
+        for wave in &record.status.waves {
+            let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%H:%M:%S").to_string());
+            lines.push(format!(
+                "    wave {:<11} {:<10} opened {:<8} succeeded {:<8} failed {}",
+                wave.name,
+                format!("{:?}", wave.phase),
+                at(wave.opened_at).unwrap_or_else(|| "never".into()),
+                at(wave.succeeded_at).unwrap_or_else(|| "-".into()),
+                at(wave.failed_at).unwrap_or_else(|| "-".into()),
+            ));
+        }
+        for check in &record.checks {
+            lines.push(format!("    {} {} ({})", if check.passed { "ok  " } else { "FAIL" }, check.what, check.detail));
+        }
     }
     lines.push(format!("  total: {:.0}s", outcome.total.as_secs_f64()));
+    lines.push(if outcome.story_happened() {
+        "the story happened: canary cluster first, production after the soak, the bad release halted".into()
+    } else {
+        "the story did NOT happen as expected (see FAIL above); exit code 1".into()
+    });
     lines
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let work_dir = std::path::absolute(&cli.work_dir).context("resolving --work-dir")?;
     // A previous run's etcd data and Prometheus TSDB would confuse this one.
-    for sub in ["fleet", "members"] {
+    for sub in ["fleet", "members", "hub"] {
         let _ = std::fs::remove_dir_all(work_dir.join(sub));
     }
     let mut opts = DemoOptions::new(
@@ -82,6 +97,9 @@ async fn run(cli: Cli) -> Result<()> {
         cli.repo_root.unwrap_or_else(repo_root),
         cli.petrel_bin.unwrap_or_else(default_petrel_bin),
     );
+    if cli.fast {
+        opts = opts.fast();
+    }
     opts.members = cli.members.map(usize::from);
     if cli.plain && opts.output == Output::Terminal {
         opts.output = Output::Lines;
@@ -96,8 +114,13 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.keep {
         print_line("\nthe fleet keeps running; Ctrl-C to stop it");
         for (name, kubeconfig) in demo.kubeconfigs() {
+            let what = if name == petrel_e2e::demo::HUB {
+                "get rollouts.petrel.dev,clusters.petrel.dev -A"
+            } else {
+                "get canaries -A"
+            };
             print_line(&format!(
-                "  {} --kubeconfig {} get canaries -A   # {name}",
+                "  {} --kubeconfig {} {what}   # {name}",
                 demo.kubectl().display(),
                 kubeconfig.display()
             ));
@@ -110,10 +133,14 @@ async fn run(cli: Cli) -> Result<()> {
     for (name, log) in demo.petrel_logs() {
         print_line(&format!("  petrel log of {name}: {}", log.display()));
     }
+    let story_happened = outcome.story_happened();
     print_line("tearing down: petrel, Prometheus, simulators, then the fleet");
     let t = Instant::now();
     demo.shutdown().await?;
     print_line(&format!("every process stopped in {:.1}s", t.elapsed().as_secs_f64()));
+    if !story_happened {
+        anyhow::bail!("the story did not happen as expected");
+    }
     Ok(())
 }
 

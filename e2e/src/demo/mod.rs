@@ -1,19 +1,26 @@
-//! `petrel-demo`: a local fleet releasing the example app with petrel,
-//! shown live.
+//! `petrel-demo`: a local fleet releasing the example app with petrel's
+//! hub, shown live.
 //!
 //! [`Demo::start`] brings up a hub and one member per GitOps overlay of
 //! `examples/podinfo/clusters/<env>/<region>` (real control planes, see
-//! [`crate::fleet`]), installs the CRDs, applies the overlay with
-//! `kubectl apply -k`, and runs per member a traffic simulator, a real
-//! Prometheus scraping it and a real `petrel` process. [`Demo::run_flow`]
-//! then releases a healthy version wave by wave (canary cluster first) and
-//! a bad one to the canary cluster only, which petrel rolls back. Until
-//! petrel's hub orders waves (the fleet issue), the demo driver does.
+//! [`crate::fleet`]). Each member gets petrel's CRDs, its overlay
+//! (`kubectl apply -k`), a traffic simulator, a real Prometheus and a real
+//! `petrel`. The hub gets the hub CRDs, `examples/podinfo/hub` (the
+//! Clusters and the Rollout, `kubectl apply -k`), a kubeconfig Secret per
+//! member where its Cluster points, and a real `petrel --mode hub`.
+//!
+//! [`Demo::run_flow`] then only does what Git and Flux would: it gives
+//! every member the same new image at once. The hub decides who releases
+//! when (canary cluster first, production after the canary wave soaked),
+//! and each member's petrel runs its own analysis. The demo watches and
+//! checks afterwards that the story happened ([`story`]).
 //!
 //! Everything is torn down when the [`Demo`] is dropped.
 
+pub mod live;
 pub mod plan;
 pub mod process;
+pub mod story;
 pub mod view;
 
 use std::io::{IsTerminal, Write as _};
@@ -21,12 +28,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
 use futures::future::try_join_all;
-use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use petrel::api::{Canary, CanaryStatus, Phase};
+use petrel::api::Canary;
+use petrel::api::canary::{FLEET_ROLLOUT_ANNOTATION, Phase};
+use petrel::api::rollout::{Rollout, RolloutPhase, RolloutStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
@@ -35,7 +44,7 @@ use crate::prometheus::Prometheus;
 use crate::simulator::{App, AppCoords, Provider, Simulator, SimulatorConfig, TrafficProfile, VersionBehaviour};
 use plan::{AnalysisTuning, MemberSpec};
 use process::ChildProcess;
-use view::{EventView, MemberView, ResultView, Screen};
+use story::{Check, MemberSample, Timeline, WaveSpec};
 
 /// The example app's image repository.
 pub const APP_REPOSITORY: &str = "ghcr.io/stefanprodan/podinfo";
@@ -45,8 +54,12 @@ pub const APP_NAME: &str = "podinfo";
 /// The example's overlays, relative to `examples/podinfo/`.
 pub const OVERLAYS: [&str; 3] =
     ["clusters/staging/eu-west-1", "clusters/production/eu-west-1", "clusters/production/us-east-1"];
+/// The hub's manifests (Clusters, Rollout), relative to `examples/podinfo/`.
+pub const HUB_MANIFESTS: &str = "hub";
 /// petrel's CRDs a member cluster needs, in `crds/`.
 pub const MEMBER_CRDS: [&str; 3] = ["canaries.yaml", "metrictemplates.yaml", "alertproviders.yaml"];
+/// petrel's CRDs the hub needs, in `crds/`.
+pub const HUB_CRDS: [&str; 2] = ["clusters.yaml", "rollouts.yaml"];
 /// Name of the hub cluster.
 pub const HUB: &str = "hub";
 
@@ -79,8 +92,10 @@ pub struct DemoOptions {
     pub members: Option<usize>,
     /// Analysis numbers changed on the rendered Canary (fast test mode).
     pub tuning: AnalysisTuning,
+    /// Soak of every wave that soaks, instead of the committed one (fast test mode).
+    pub soak: Option<String>,
     pub output: Output,
-    /// The `petrel` operator binary.
+    /// The `petrel` operator binary (member and hub mode).
     pub petrel_bin: PathBuf,
     /// The healthy release's tag (the example runs 6.7.0).
     pub healthy_tag: String,
@@ -90,27 +105,49 @@ pub struct DemoOptions {
     pub bad_error_rate: f64,
     /// Requests per second the simulator sends each member's app.
     pub requests_per_second: f64,
-    /// How long one cluster may take to finish a release.
+    /// How long the fleet may take to finish (or halt) one release.
     pub release_timeout: Duration,
+    /// How long to keep watching after the hub halted the bad release: a
+    /// later wave wrongly opening would show in this time.
+    pub hold_after_halt: Duration,
 }
 
 impl DemoOptions {
     /// The demo as the README runs it: three members, the GitOps tree's
-    /// own analysis numbers.
+    /// own analysis numbers and soak.
     pub fn new(work_dir: PathBuf, repo_root: PathBuf, petrel_bin: PathBuf) -> DemoOptions {
         DemoOptions {
             work_dir,
             repo_root,
             members: None,
             tuning: AnalysisTuning::default(),
+            soak: None,
             output: Output::detect(),
             petrel_bin,
             healthy_tag: "6.7.1".into(),
             bad_tag: "6.7.2".into(),
             bad_error_rate: 0.2,
             requests_per_second: 100.0,
-            release_timeout: Duration::from_secs(300),
+            release_timeout: Duration::from_secs(420),
+            hold_after_halt: Duration::from_secs(10),
         }
+    }
+
+    /// Fast mode (`--fast`, the e2e test): short analysis steps and a 5s soak.
+    pub fn fast(mut self) -> DemoOptions {
+        self.tuning = AnalysisTuning {
+            interval: Some("2s".into()),
+            step_weight: Some(25),
+            max_weight: Some(50),
+            // The first check after a weight change can find no data yet (one
+            // scrape after 2s), which counts as failed: leave room for one.
+            threshold: Some(3),
+            metric_interval: Some("10s".into()),
+        };
+        self.soak = Some("5s".into());
+        self.release_timeout = Duration::from_secs(180);
+        self.hold_after_halt = Duration::from_secs(6);
+        self
     }
 
     fn example_dir(&self) -> PathBuf {
@@ -123,32 +160,45 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// How one cluster ended one release.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterResult {
-    pub member: String,
-    /// The Canary's phase when the release ended.
-    pub phase: String,
-    /// `status.failedChecks` then.
-    pub failed_checks: i32,
-    /// `status.promotedRelease` then: what the primary serves.
-    pub primary_release: String,
+/// One release across the fleet as the demo saw it.
+#[derive(Debug, Clone)]
+pub struct ReleaseRecord {
+    pub tag: String,
+    /// From the Git change to the end (or the timeout).
     pub took: Duration,
+    /// The Rollout's waves as declared.
+    pub waves: Vec<WaveSpec>,
+    /// The hub's Rollout status at the end.
+    pub status: RolloutStatus,
+    /// Every member's Canary over the release.
+    pub timeline: Timeline,
+    /// Whether the story of this release happened.
+    pub checks: Vec<Check>,
 }
 
 /// What happened, for the summary and for tests.
 #[derive(Debug, Clone, Default)]
 pub struct DemoOutcome {
     pub fleet_start: Duration,
+    /// Members installed and Initialized, hub manifests applied.
     pub setup: Duration,
-    /// Per wave of the healthy release: each cluster's end and the wave's time.
-    pub healthy_waves: Vec<(Vec<ClusterResult>, Duration)>,
-    /// The bad release on the canary wave.
-    pub bad: Vec<ClusterResult>,
-    pub bad_took: Duration,
-    /// Members that never received the bad release, with the release they run.
-    pub untouched: Vec<(String, String)>,
+    /// From starting the hub until it marked every member and rolled out the running release.
+    pub hub_ready: Duration,
+    pub healthy: Option<ReleaseRecord>,
+    pub bad: Option<ReleaseRecord>,
     pub total: Duration,
+}
+
+impl DemoOutcome {
+    /// Every check of both releases.
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.healthy.iter().chain(&self.bad).flat_map(|r| &r.checks)
+    }
+
+    /// Whether the whole story happened: both releases ran and every check passed.
+    pub fn story_happened(&self) -> bool {
+        self.healthy.is_some() && self.bad.is_some() && self.checks().all(|c| c.passed)
+    }
 }
 
 /// The stage line and the driver's narration, shared with the live view.
@@ -160,7 +210,6 @@ pub struct Board {
 
 #[derive(Default)]
 struct BoardState {
-    note: String,
     stage: String,
     log: Vec<String>,
     live: bool,
@@ -216,10 +265,21 @@ struct Member {
     simulator: Simulator,
 }
 
-/// A running demo. Dropping it stops the live view, every petrel,
-/// Prometheus and simulator, then the fleet.
+/// The hub cluster and what the demo put on it.
+struct HubSide {
+    client: Client,
+    kubeconfig: PathBuf,
+    /// `(namespace, name)` of the Rollout from `examples/podinfo/hub`.
+    rollout: (String, String),
+    /// `petrel --mode hub`, once started.
+    petrel: Option<ChildProcess>,
+}
+
+/// A running demo. Dropping it stops the live view, the hub's and every
+/// member's petrel, Prometheus and the simulators, then the fleet.
 pub struct Demo {
     view: Option<JoinHandle<()>>,
+    hub: HubSide,
     members: Vec<Member>,
     board: Arc<Board>,
     opts: DemoOptions,
@@ -236,9 +296,13 @@ impl Drop for Demo {
             view.abort();
         }
         // SIGTERM every petrel at once, then wait for each: teardown in parallel.
+        if let Some(hub) = self.hub.petrel.as_mut() {
+            hub.terminate();
+        }
         for m in &mut self.members {
             m.petrel.terminate();
         }
+        self.hub.petrel = None;
         self.members.clear();
     }
 }
@@ -263,6 +327,17 @@ async fn run_kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Op
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+async fn install_crds(kubectl: &Path, kubeconfig: &Path, paths: &[PathBuf], who: &str) -> Result<()> {
+    for path in paths {
+        run_kubectl(kubectl, kubeconfig, &["apply", "--server-side", "-f", &path.display().to_string()], None)
+            .await
+            .with_context(|| format!("{who}: installing the CRDs in {}", path.display()))?;
+    }
+    run_kubectl(kubectl, kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None)
+        .await?;
+    Ok(())
+}
+
 async fn canary_api_ready(client: &Client, deadline: Instant) -> Result<()> {
     let canaries: Api<Canary> = Api::namespaced(client.clone(), APP_NAMESPACE);
     loop {
@@ -274,19 +349,16 @@ async fn canary_api_ready(client: &Client, deadline: Instant) -> Result<()> {
     }
 }
 
-async fn petrel_supports(petrel: &Path, flag: &str) -> bool {
-    let out = tokio::process::Command::new(petrel).arg("--help").output().await;
-    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+/// The tag of the app's image in rendered manifests (`6.7.0`).
+fn tag_of(rendered: &str) -> Result<String> {
+    let image = plan::image_of(rendered, APP_REPOSITORY)?;
+    Ok(plan::split_image(&image).1.unwrap_or("latest").to_owned())
 }
 
 impl Demo {
-    /// Brings the fleet up and installs the app, the simulators, Prometheus
-    /// and petrel on every member; returns once every Canary is Initialized.
+    /// Brings the fleet up, installs the members and the hub, starts the
+    /// hub; returns once the hub has taken every member's Canary into its
+    /// Rollout and rolled out the release they run.
     pub async fn start(opts: DemoOptions) -> Result<Demo> {
         let board = Board::new(opts.output);
         let example = opts.example_dir();
@@ -296,6 +368,9 @@ impl Demo {
             if !dir.join("kustomization.yaml").is_file() {
                 bail!("overlay {} not found (is --repo-root right?)", dir.display());
             }
+        }
+        if !example.join(HUB_MANIFESTS).join("kustomization.yaml").is_file() {
+            bail!("hub manifests {} not found (is --repo-root right?)", example.join(HUB_MANIFESTS).display());
         }
         if !opts.petrel_bin.is_file() {
             bail!("petrel binary {} not found; build it with: cargo build -p petrel", opts.petrel_bin.display());
@@ -315,153 +390,329 @@ impl Demo {
             board.say(format!("  {:<22} {}  ({labels})", c.name, c.api_url));
         }
         let kubectl = fleet.binaries().path("kubectl");
+        let hub_cluster = fleet.cluster(HUB)?.clone();
+
+        let t1 = Instant::now();
+        board.stage(
+            "installing: per member the CRDs, the example app (kubectl apply -k), a traffic simulator, Prometheus \
+             and petrel; on the hub examples/podinfo/hub and the members' kubeconfig Secrets",
+        );
+        let setups = specs.iter().map(|spec| {
+            let cluster = fleet.cluster(&spec.name).cloned();
+            let (opts, kubectl, board) = (&opts, &kubectl, &board);
+            async move { setup_member(opts, kubectl, board, cluster?, spec.clone()).await }
+        });
+        let (members, rollout) =
+            tokio::try_join!(try_join_all(setups), setup_hub(&opts, &kubectl, &board, &fleet, &specs))?;
+        let hub = HubSide {
+            client: hub_cluster.client().await?,
+            kubeconfig: hub_cluster.kubeconfig_path.clone(),
+            rollout,
+            petrel: None,
+        };
         let mut demo = Demo {
             view: None,
-            members: Vec::new(),
+            hub,
+            members,
             board: board.clone(),
             opts,
             kubectl,
             outcome: DemoOutcome { fleet_start, ..DemoOutcome::default() },
             fleet,
         };
-
-        let t1 = Instant::now();
-        board.stage("installing CRDs, the example app (kubectl apply -k), a traffic simulator, Prometheus and petrel");
-        let metrics_addr_flag = petrel_supports(&demo.opts.petrel_bin, "--metrics-addr").await;
-        let setups = specs.iter().map(|spec| {
-            let cluster = demo.fleet.cluster(&spec.name).cloned();
-            let (opts, kubectl, board) = (&demo.opts, &demo.kubectl, &board);
-            async move { setup_member(opts, kubectl, board, cluster?, spec.clone(), metrics_addr_flag).await }
-        });
-        let (members, ()) = tokio::try_join!(try_join_all(setups), demo.register_members_on_hub(&specs))?;
-        demo.members = members;
-        demo.start_view();
-        demo.board.stage("waiting for petrel to initialize every Canary (primary Deployment, Services, HTTPRoute)");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for i in 0..demo.members.len() {
-            demo.wait_phase(i, None, Phase::Initialized, deadline).await?;
-        }
+        demo.board.stage("waiting for petrel to initialize every member's Canary (primary, Services, HTTPRoute)");
+        demo.wait_initialized(Instant::now() + Duration::from_secs(120)).await?;
         demo.outcome.setup = t1.elapsed();
         demo.board.say(format!("every member initialized; setup took {:.1}s", demo.outcome.setup.as_secs_f64()));
+
+        let t2 = Instant::now();
+        demo.start_hub()?;
+        demo.start_view();
+        demo.wait_hub_ready(Instant::now() + Duration::from_secs(120)).await?;
+        demo.outcome.hub_ready = t2.elapsed();
         Ok(demo)
     }
 
-    /// Declares the members as `Cluster`s on the hub with their labels. The
-    /// hub controller that acts on them is the fleet issue's; until then this
-    /// is what `kubectl get clusters` on the hub shows, and a failure here
-    /// is reported but does not stop the demo.
-    async fn register_members_on_hub(&self, specs: &[MemberSpec]) -> Result<()> {
-        let result = async {
-            let hub = self.fleet.cluster(HUB)?;
-            let crd = self.opts.repo_root.join("crds/clusters.yaml");
-            run_kubectl(
-                &self.kubectl,
-                &hub.kubeconfig_path,
-                &["apply", "--server-side", "-f", &crd.display().to_string()],
-                None,
-            )
-            .await?;
-            run_kubectl(
-                &self.kubectl,
-                &hub.kubeconfig_path,
-                &["wait", "--for=condition=Established", "crd/clusters.petrel.dev", "--timeout=30s"],
-                None,
-            )
-            .await?;
-            let mut members = Vec::new();
-            for spec in specs {
-                members.push((spec.clone(), self.fleet.cluster(&spec.name)?.kubeconfig_yaml()?));
+    async fn wait_initialized(&mut self, deadline: Instant) -> Result<()> {
+        for i in 0..self.members.len() {
+            let canaries: Api<Canary> = Api::namespaced(self.members[i].client.clone(), APP_NAMESPACE);
+            loop {
+                self.members[i].petrel.check_alive()?;
+                let phase = canaries.get_opt(APP_NAME).await.ok().flatten().and_then(|c| c.status).map(|s| s.phase);
+                if phase == Some(Phase::Initialized) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: the Canary is not Initialized in time (phase {phase:?}); petrel log {}",
+                        self.members[i].spec.name,
+                        self.members[i].petrel.log.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let list = plan::hub_registration(&members).to_string();
-            run_kubectl(&self.kubectl, &hub.kubeconfig_path, &["apply", "-f", "-"], Some(&list)).await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => self.board.say(format!(
-                "hub: {} member Clusters registered with their labels (kubectl get clusters.petrel.dev --show-labels)",
-                specs.len()
-            )),
-            Err(e) => self.board.say(format!("hub: could not register the member Clusters ({e:#}); continuing")),
         }
         Ok(())
     }
 
-    fn start_view(&mut self) {
-        let sources: Vec<(String, String, Client)> =
-            self.members.iter().map(|m| (m.spec.name.clone(), m.spec.labels_text(), m.client.clone())).collect();
-        self.board.lock().live = true;
-        self.view = Some(tokio::spawn(live_view(self.board.clone(), sources)));
+    fn start_hub(&mut self) -> Result<()> {
+        let dir = self.opts.work_dir.join("hub");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let args = vec![
+            "--mode=hub".to_owned(),
+            format!("--kubeconfig={}", self.hub.kubeconfig.display()),
+            "--metrics-addr=127.0.0.1:0".into(),
+        ];
+        let petrel = ChildProcess::start("hub/petrel", &self.opts.petrel_bin, &args, &dir.join("petrel.log"))?;
+        self.board.stage(format!(
+            "petrel --mode hub (pid {}, log {}) takes the members' Canaries into Rollout {}/{}",
+            petrel.pid().unwrap_or(0),
+            petrel.log.display(),
+            self.hub.rollout.0,
+            self.hub.rollout.1
+        ));
+        self.hub.petrel = Some(petrel);
+        Ok(())
     }
 
-    /// The healthy release wave by wave, then the bad one on the first
-    /// wave only.
+    /// The tag Git gives every member now (they all render the same base).
+    fn running_tag(&self) -> Result<String> {
+        let first = self.members.first().context("the demo has no member")?;
+        tag_of(&first.rendered)
+    }
+
+    fn check_petrels(&mut self) -> Result<()> {
+        if let Some(hub) = self.hub.petrel.as_mut() {
+            hub.check_alive()?;
+        }
+        for m in &mut self.members {
+            m.petrel.check_alive()?;
+        }
+        Ok(())
+    }
+
+    fn rollouts(&self) -> Api<Rollout> {
+        Api::namespaced(self.hub.client.clone(), &self.hub.rollout.0)
+    }
+
+    /// Waits until the hub marked every member's Canary as part of its
+    /// Rollout and rolled out what the members run already, so the first
+    /// release lands on a settled fleet.
+    async fn wait_hub_ready(&mut self, deadline: Instant) -> Result<()> {
+        let running = self.running_tag()?;
+        let mut last = String::from("no Rollout status yet");
+        loop {
+            self.check_petrels()?;
+            let mut unmarked = Vec::new();
+            for m in &self.members {
+                let canary = Api::<Canary>::namespaced(m.client.clone(), APP_NAMESPACE).get_opt(APP_NAME).await;
+                let marked = canary
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.metadata.annotations)
+                    .is_some_and(|a| a.contains_key(FLEET_ROLLOUT_ANNOTATION));
+                if !marked {
+                    unmarked.push(m.spec.name.clone());
+                }
+            }
+            let status = self.rollouts().get_opt(&self.hub.rollout.1).await.ok().flatten().and_then(|r| r.status);
+            if let Some(s) = &status {
+                last = format!("{:?} for {}", s.phase, s.release.as_deref().unwrap_or("-"));
+            }
+            let settled = status.is_some_and(|s| {
+                story::is_release(s.release.as_deref(), &running) && s.phase == Some(RolloutPhase::Succeeded)
+            });
+            if unmarked.is_empty() && settled {
+                self.board.say(format!(
+                    "hub: every member's Canary belongs to the Rollout ({FLEET_ROLLOUT_ANNOTATION}), \
+                     the running release {running} is Succeeded"
+                ));
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let hub_log = self.hub.petrel.as_ref().map(|p| p.log.display().to_string()).unwrap_or_default();
+                bail!(
+                    "the hub did not take the fleet in time: unmarked {unmarked:?}, Rollout {last}; hub log {hub_log}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn start_view(&mut self) {
+        let sources = live::Sources {
+            hub: self.hub.client.clone(),
+            rollout: self.hub.rollout.clone(),
+            members: self.members.iter().map(|m| (m.spec.name.clone(), m.client.clone())).collect(),
+        };
+        self.board.lock().live = true;
+        self.view = Some(tokio::spawn(live::run(self.board.clone(), sources)));
+    }
+
+    /// The story: a healthy release the hub takes through every wave, then
+    /// a bad one it halts after the canary cluster rolled it back.
     pub async fn run_flow(&mut self) -> Result<DemoOutcome> {
-        let members: Vec<MemberSpec> = self.members.iter().map(|m| m.spec.clone()).collect();
-        let waves = plan::release_waves(&members);
         let healthy = self.opts.healthy_tag.clone();
         let bad = self.opts.bad_tag.clone();
-        let current = plan::image_of(&self.members[0].rendered, APP_REPOSITORY)?;
-        self.board.say(format!(
-            "release {healthy}: {current} → {APP_REPOSITORY}:{healthy} in Git, in {} wave(s): {}",
-            waves.len(),
-            waves.iter().map(|w| w.join("+")).collect::<Vec<_>>().join(" then ")
-        ));
-        let note = format!(
-            "waves ordered by the demo driver (canary cluster first); petrel's hub takes this over in the fleet issue (hub {} idle)",
-            self.fleet.cluster(HUB).map_or_else(|_| "-".to_owned(), |c| c.api_url.clone())
-        );
-        self.board.lock().note = note.clone();
-        self.board.say(note);
-        for (i, wave) in waves.iter().enumerate() {
-            self.board.stage(format!(
-                "release {healthy}, wave {}/{}: {} (next wave opens only after this one Succeeded)",
-                i + 1,
-                waves.len(),
-                wave.join(", ")
-            ));
-            let t = Instant::now();
-            let results = self.release(wave, &healthy, Phase::Succeeded).await?;
-            let took = t.elapsed();
-            self.board.say(format!("wave {} Succeeded in {:.0}s", i + 1, took.as_secs_f64()));
-            self.outcome.healthy_waves.push((results, took));
-        }
+        let healthy_record = self.release(&healthy, RolloutPhase::Succeeded).await?;
+        self.report(&healthy_record);
+        self.outcome.healthy = Some(healthy_record);
 
-        let first = waves.first().cloned().unwrap_or_default();
-        self.board.stage(format!(
-            "bad release {bad} ({:.0}% errors) to the canary wave only: {}",
-            self.opts.bad_error_rate * 100.0,
-            first.join(", ")
-        ));
         let behaviour = VersionBehaviour::new(self.opts.bad_error_rate, 20.0);
         for m in &self.members {
             m.simulator.set_version(&format!("podinfo:{bad}"), behaviour)?;
         }
-        let t = Instant::now();
-        self.outcome.bad = self.release(&first, &bad, Phase::Failed).await?;
-        self.outcome.bad_took = t.elapsed();
         self.board.say(format!(
-            "petrel rolled {bad} back on its own after {:.0}s; the demo driver halts the release here",
-            self.outcome.bad_took.as_secs_f64()
+            "the simulators answer {:.0}% of {bad}'s requests with errors, wherever it gets traffic",
+            self.opts.bad_error_rate * 100.0
         ));
-        for m in self.members.iter().filter(|m| !first.contains(&m.spec.name)) {
-            let canaries: Api<Canary> = Api::namespaced(m.client.clone(), APP_NAMESPACE);
-            let canary = canaries.get(APP_NAME).await?;
-            let release = canary.status.and_then(|s| s.promoted_release).unwrap_or_default();
-            if release.contains(&format!(":{bad}")) {
-                bail!("{} runs the bad release {bad} although it never was released there", m.spec.name);
-            }
-            self.board.say(format!("{} never received {bad}: it serves {release}", m.spec.name));
-            self.outcome.untouched.push((m.spec.name.clone(), release));
-        }
+        let bad_record = self.release(&bad, RolloutPhase::Failed).await?;
+        self.report(&bad_record);
+        self.outcome.bad = Some(bad_record);
+
         self.outcome.total = self.board.started.elapsed();
-        self.board.stage(format!(
-            "done: {healthy} released to every member, {bad} rolled back on the canary cluster ({:.0}s in all)",
-            self.outcome.total.as_secs_f64()
-        ));
+        let failed = self.outcome.checks().filter(|c| !c.passed).count();
+        self.board.stage(if failed == 0 {
+            format!(
+                "done: the hub released {healthy} canary cluster first, then production; it halted {bad} after the \
+                 canary cluster rolled it back ({:.0}s in all)",
+                self.outcome.total.as_secs_f64()
+            )
+        } else {
+            format!("done, but {failed} check(s) of the story failed: see the summary")
+        });
         // Let the view draw the last state before the caller prints below it.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         Ok(self.outcome.clone())
+    }
+
+    fn report(&self, record: &ReleaseRecord) {
+        let failed: Vec<&Check> = record.checks.iter().filter(|c| !c.passed).collect();
+        if failed.is_empty() {
+            self.board.say(format!("release {}: all {} checks passed", record.tag, record.checks.len()));
+        }
+        for c in failed {
+            self.board.say(format!("release {}: FAILED {} ({})", record.tag, c.what, c.detail));
+        }
+    }
+
+    /// Git gets `tag` for every member at once (render the overlay, bump the
+    /// image, apply: what Flux syncing one commit does); then the demo only
+    /// watches until the Rollout of `tag` reaches `end` (or the other end,
+    /// or the timeout) and checks the story against what it saw.
+    async fn release(&mut self, tag: &str, end: RolloutPhase) -> Result<ReleaseRecord> {
+        let running = self.running_tag()?;
+        self.board.stage(match end {
+            RolloutPhase::Failed => format!(
+                "bad release {tag}: Git gets it for every cluster; the canary cluster should roll it back and the hub \
+                 keep production shut"
+            ),
+            _ => format!(
+                "release {tag}: Git gets it for every cluster; the hub approves the canary cluster first, production \
+                 after the canary wave soaked"
+            ),
+        });
+        let mut applies = Vec::new();
+        for m in &self.members {
+            let manifests = plan::set_image_tag(&m.rendered, APP_REPOSITORY, tag)?;
+            let (kubectl, kubeconfig, name) = (&self.kubectl, &m.kubeconfig, &m.spec.name);
+            applies.push(async move {
+                run_kubectl(kubectl, kubeconfig, &["apply", "-f", "-"], Some(&manifests))
+                    .await
+                    .with_context(|| format!("{name}: applying release {tag}"))
+            });
+        }
+        self.board.say(format!(
+            "Git: podinfo {running} → {tag} in examples/podinfo/base; every member syncs it (kubectl kustomize, \
+             image bumped, kubectl apply)"
+        ));
+        let t0 = Instant::now();
+        try_join_all(applies).await?;
+        self.board.say(format!("every member synced {tag} in {:.1}s", t0.elapsed().as_secs_f64()));
+
+        let deadline = t0 + self.opts.release_timeout;
+        let mut timeline = Timeline::default();
+        let mut rollout: Option<Rollout> = None;
+        let mut ended_at: Option<Instant> = None;
+        let timed_out = loop {
+            self.check_petrels()?;
+            let now = Utc::now();
+            for m in &self.members {
+                let canary = Api::<Canary>::namespaced(m.client.clone(), APP_NAMESPACE).get_opt(APP_NAME).await;
+                if let Ok(Some(Canary { status: Some(status), .. })) = canary {
+                    timeline.record(&m.spec.name, MemberSample::new(now, &status));
+                }
+            }
+            if let Ok(Some(r)) = self.rollouts().get_opt(&self.hub.rollout.1).await {
+                rollout = Some(r);
+            }
+            let status = rollout.as_ref().and_then(|r| r.status.as_ref());
+            let phase = status.filter(|s| story::is_release(s.release.as_deref(), tag)).and_then(|s| s.phase);
+            // The hub says Succeeded once members report the release promoted; the demo
+            // also waits to see it in each member's own Canary. A Failed Rollout is an
+            // end whatever the members show.
+            let settled = match phase {
+                Some(RolloutPhase::Succeeded) => self.members.iter().all(|m| {
+                    timeline
+                        .last(&m.spec.name)
+                        .is_some_and(|s| s.phase == Phase::Succeeded && story::is_release(s.primary.as_deref(), tag))
+                }),
+                Some(RolloutPhase::Failed) => true,
+                _ => false,
+            };
+            if settled && ended_at.is_none() {
+                ended_at = Some(Instant::now());
+                if phase == Some(RolloutPhase::Failed) {
+                    self.board.say(format!(
+                        "hub: Rollout of {tag} Failed after {:.0}s; watching {:.0}s more to see no later wave open",
+                        t0.elapsed().as_secs_f64(),
+                        self.opts.hold_after_halt.as_secs_f64()
+                    ));
+                }
+            }
+            let hold = if phase == Some(RolloutPhase::Failed) { self.opts.hold_after_halt } else { Duration::ZERO };
+            if ended_at.is_some_and(|at| at.elapsed() >= hold) {
+                break false;
+            }
+            if Instant::now() > deadline {
+                break true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        // Until the end, without the hold after a halt.
+        let took = ended_at.map_or_else(|| t0.elapsed(), |end| end.duration_since(t0));
+        let spec_waves = rollout.as_ref().map(|r| r.spec.waves.clone()).unwrap_or_default();
+        let waves: Vec<WaveSpec> = spec_waves
+            .iter()
+            .map(|w| WaveSpec {
+                name: w.name.clone(),
+                soak: w
+                    .soak
+                    .as_deref()
+                    .and_then(|s| petrel::core::strategy::parse_duration(s).ok())
+                    .unwrap_or(Duration::ZERO),
+            })
+            .collect();
+        let status = rollout.and_then(|r| r.status).unwrap_or_default();
+        let mut checks = match end {
+            RolloutPhase::Failed => story::halted_checks(tag, &running, &waves, &status, &timeline),
+            _ => story::healthy_checks(tag, &waves, &status, &timeline),
+        };
+        checks.insert(
+            0,
+            Check {
+                what: format!("the fleet finished {tag} within {:.0}s", self.opts.release_timeout.as_secs_f64()),
+                passed: !timed_out,
+                detail: format!("took {:.0}s", took.as_secs_f64()),
+            },
+        );
+        for m in &mut self.members {
+            m.rendered = plan::set_image_tag(&m.rendered, APP_REPOSITORY, tag)?;
+        }
+        // Git keeps what it was given: after a failed release the members'
+        // targets still name the bad image (the primary serves the good one),
+        // exactly as a real GitOps repository would until someone reverts.
+        Ok(ReleaseRecord { tag: tag.to_owned(), took, waves, status, timeline, checks })
     }
 
     /// Stops the live view (its last frame stays on screen).
@@ -482,99 +733,15 @@ impl Demo {
         &self.kubectl
     }
 
-    /// Log files of each member's petrel.
+    /// Log files of the hub's and each member's petrel.
     pub fn petrel_logs(&self) -> Vec<(String, PathBuf)> {
-        self.members.iter().map(|m| (m.spec.name.clone(), m.petrel.log.clone())).collect()
+        let hub = self.hub.petrel.iter().map(|p| (HUB.to_owned(), p.log.clone()));
+        hub.chain(self.members.iter().map(|m| (m.spec.name.clone(), m.petrel.log.clone()))).collect()
     }
 
-    /// Git gets `tag` for the members of `wave`: render the overlay, bump
-    /// the image, apply; then wait until each cluster ends the release in
-    /// `expect`.
-    async fn release(&mut self, wave: &[String], tag: &str, expect: Phase) -> Result<Vec<ClusterResult>> {
-        let t0 = Instant::now();
-        let mut indexes = Vec::new();
-        let mut applies = Vec::new();
-        for name in wave {
-            let i =
-                self.members.iter().position(|m| &m.spec.name == name).ok_or_else(|| anyhow!("no member {name}"))?;
-            let m = &self.members[i];
-            let manifests = plan::set_image_tag(&m.rendered, APP_REPOSITORY, tag)?;
-            self.board.say(format!(
-                "{name}: Git gets podinfo {tag}: kubectl kustomize {}, image bumped in memory, kubectl apply",
-                m.spec.overlay
-            ));
-            let (kubectl, kubeconfig) = (&self.kubectl, &m.kubeconfig);
-            applies.push(async move {
-                run_kubectl(kubectl, kubeconfig, &["apply", "-f", "-"], Some(&manifests))
-                    .await
-                    .with_context(|| format!("{name}: applying release {tag}"))
-            });
-            indexes.push(i);
-        }
-        // A wave opens at once, as a hub would open it.
-        try_join_all(applies).await?;
-        let deadline = Instant::now() + self.opts.release_timeout;
-        let mut results = Vec::new();
-        for i in indexes {
-            let status = self.wait_phase(i, Some(tag), expect, deadline).await?;
-            let name = self.members[i].spec.name.clone();
-            self.board.say(format!("{name}: {tag} {} after {:.0}s", status.phase, t0.elapsed().as_secs_f64()));
-            results.push(ClusterResult {
-                member: name,
-                phase: status.phase.to_string(),
-                failed_checks: status.failed_checks,
-                primary_release: status.promoted_release.unwrap_or_default(),
-                took: t0.elapsed(),
-            });
-        }
-        Ok(results)
-    }
-
-    /// Waits until member `i`'s Canary is in `want` for release `tag` (any
-    /// release when `None`). Fails early when it ends the other way or its
-    /// petrel exits.
-    async fn wait_phase(
-        &mut self,
-        i: usize,
-        tag: Option<&str>,
-        want: Phase,
-        deadline: Instant,
-    ) -> Result<CanaryStatus> {
-        let canaries: Api<Canary> = Api::namespaced(self.members[i].client.clone(), APP_NAMESPACE);
-        let name = self.members[i].spec.name.clone();
-        let mut last = String::from("no status yet");
-        loop {
-            self.members[i].petrel.check_alive()?;
-            if let Ok(Some(canary)) = canaries.get_opt(APP_NAME).await
-                && let Some(status) = canary.status
-            {
-                let on_release =
-                    tag.is_none_or(|t| status.release.as_deref().is_some_and(|r| r.contains(&format!(":{t}"))));
-                last = format!(
-                    "phase {}, release {}, weight {}%, failed checks {}",
-                    status.phase,
-                    status.release.as_deref().unwrap_or("-"),
-                    status.canary_weight,
-                    status.failed_checks
-                );
-                if on_release && status.phase == want {
-                    return Ok(status);
-                }
-                let terminal = matches!(status.phase, Phase::Succeeded | Phase::Failed);
-                if tag.is_some() && on_release && terminal {
-                    bail!(
-                        "{name}: release {} ended {} instead of {want}; petrel log {}",
-                        tag.unwrap_or_default(),
-                        status.phase,
-                        self.members[i].petrel.log.display()
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("{name}: not {want} in time (last: {last}); petrel log {}", self.members[i].petrel.log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    /// `namespace/name` of the hub's Rollout.
+    pub fn rollout_name(&self) -> String {
+        format!("{}/{}", self.hub.rollout.0, self.hub.rollout.1)
     }
 
     /// Stops everything without blocking the runtime.
@@ -583,13 +750,56 @@ impl Demo {
     }
 }
 
+/// The hub's side: CRDs, `examples/podinfo/hub` (fitted to the members the
+/// demo runs, and to the fast soak when asked), and a kubeconfig Secret per
+/// Cluster. Returns the Rollout's `(namespace, name)`.
+async fn setup_hub(
+    opts: &DemoOptions,
+    kubectl: &Path,
+    board: &Board,
+    fleet: &Fleet,
+    specs: &[MemberSpec],
+) -> Result<(String, String)> {
+    let hub = fleet.cluster(HUB)?;
+    let kc = &hub.kubeconfig_path;
+    let crds: Vec<PathBuf> = HUB_CRDS.iter().map(|f| opts.repo_root.join("crds").join(f)).collect();
+    install_crds(kubectl, kc, &crds, HUB).await?;
+    let dir = opts.example_dir().join(HUB_MANIFESTS);
+    let dir_arg = dir.display().to_string();
+    let rendered = run_kubectl(kubectl, kc, &["kustomize", &dir_arg], None).await?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let fitted = plan::fit_hub_manifests(&rendered, &names, opts.soak.as_deref())?;
+    let every_cluster = plan::kubeconfig_secret_refs(&rendered)?.len() == names.len();
+    if every_cluster && opts.soak.is_none() {
+        run_kubectl(kubectl, kc, &["apply", "-k", &dir_arg], None).await?;
+        board.say("hub: kubectl apply -k examples/podinfo/hub (namespace, a Cluster per member, the Rollout)");
+    } else {
+        run_kubectl(kubectl, kc, &["apply", "-f", "-"], Some(&fitted)).await?;
+        board.say(format!(
+            "hub: applied examples/podinfo/hub with the Clusters of {} only{}",
+            names.join(", "),
+            opts.soak.as_ref().map(|s| format!(" and soak {s}")).unwrap_or_default()
+        ));
+    }
+    let mut secrets = Vec::new();
+    for secret_ref in plan::kubeconfig_secret_refs(&fitted)? {
+        let kubeconfig = fleet.cluster(&secret_ref.cluster)?.kubeconfig_yaml()?;
+        secrets.push(plan::kubeconfig_secret(&secret_ref, &kubeconfig));
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": secrets}).to_string();
+    run_kubectl(kubectl, kc, &["apply", "-f", "-"], Some(&list))
+        .await
+        .context("hub: applying the kubeconfig Secrets")?;
+    board.say(format!("hub: {} kubeconfig Secret(s) generated where the Clusters point", secrets.len()));
+    Ok(plan::rollout_ref(&fitted)?)
+}
+
 async fn setup_member(
     opts: &DemoOptions,
     kubectl: &Path,
     board: &Board,
     cluster: Arc<Cluster>,
     spec: MemberSpec,
-    metrics_addr_flag: bool,
 ) -> Result<Member> {
     let name = spec.name.clone();
     let kc = cluster.kubeconfig_path.clone();
@@ -599,12 +809,7 @@ async fn setup_member(
     // A member runs the Canary controller only: the hub's CRDs (Cluster, Rollout) stay off it.
     let mut crds: Vec<PathBuf> = MEMBER_CRDS.iter().map(|f| opts.repo_root.join("crds").join(f)).collect();
     crds.push(opts.repo_root.join("e2e/crds/third-party"));
-    for path in &crds {
-        run_kubectl(kubectl, &kc, &["apply", "--server-side", "-f", &path.display().to_string()], None)
-            .await
-            .with_context(|| format!("{name}: installing the CRDs in {}", path.display()))?;
-    }
-    run_kubectl(kubectl, &kc, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None).await?;
+    install_crds(kubectl, &kc, &crds, &name).await?;
     canary_api_ready(&client, Instant::now() + Duration::from_secs(30)).await?;
 
     let overlay = opts.example_dir().join(&spec.overlay);
@@ -627,15 +832,13 @@ async fn setup_member(
             .with_context(|| format!("{name}: starting the traffic simulator"))?;
     let prometheus =
         Prometheus::start(&dir, &[simulator.addr()]).await.with_context(|| format!("{name}: starting Prometheus"))?;
-    let mut args = vec![
+    let args = vec![
         format!("--kubeconfig={}", kc.display()),
         "--provider=gatewayapi".into(),
         format!("--metrics-server={}", prometheus.url()),
         format!("--cluster-name={name}"),
+        "--metrics-addr=127.0.0.1:0".into(),
     ];
-    if metrics_addr_flag {
-        args.push(format!("--metrics-addr=127.0.0.1:{}", free_port()?));
-    }
     let petrel = ChildProcess::start(&format!("{name}/petrel"), &opts.petrel_bin, &args, &dir.join("petrel.log"))?;
     board.say(format!(
         "{name}: simulator {} ({} req/s), Prometheus {}, petrel pid {} (log {})",
@@ -654,128 +857,4 @@ pub fn print_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
-}
-
-/// Terminal (columns, rows), or 120x50 when unknown.
-fn terminal_size() -> (usize, usize) {
-    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCGWINSZ writes a winsize into the pointer we pass, which is valid.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    let cols = if ok && size.ws_col > 0 { usize::from(size.ws_col) } else { 120 };
-    let rows = if ok && size.ws_row > 0 { usize::from(size.ws_row) } else { 50 };
-    (cols, rows)
-}
-
-fn hms(epoch_secs: i64) -> String {
-    let s = epoch_secs.rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
-}
-
-fn event_view(e: &Event) -> EventView {
-    let at = e
-        .series
-        .as_ref()
-        .map(|s| s.last_observed_time.0)
-        .or_else(|| e.event_time.as_ref().map(|t| t.0))
-        .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .map_or(0, |t| t.as_microsecond());
-    EventView {
-        at,
-        time: hms(at.div_euclid(1_000_000)),
-        warning: e.type_.as_deref() == Some("Warning"),
-        reason: e.reason.clone().unwrap_or_default(),
-        message: e.note.clone().unwrap_or_default().replace('\n', " "),
-        count: e.series.as_ref().map_or(e.deprecated_count.unwrap_or(1), |s| s.count),
-    }
-}
-
-/// Reads one member's Canary and its Events.
-pub async fn read_member(name: &str, labels: &str, client: &Client) -> MemberView {
-    let mut view = MemberView { name: name.to_owned(), labels: labels.to_owned(), ..MemberView::default() };
-    let canaries: Api<Canary> = Api::namespaced(client.clone(), APP_NAMESPACE);
-    match canaries.get_opt(APP_NAME).await {
-        Ok(Some(canary)) => {
-            view.threshold = canary.spec.analysis.as_ref().and_then(|a| a.threshold).unwrap_or(0);
-            let status = canary.status.unwrap_or_default();
-            view.phase = Some(status.phase.to_string());
-            view.weight = status.canary_weight;
-            view.failed_checks = status.failed_checks;
-            view.results = status
-                .analysis_results
-                .iter()
-                .map(|r| ResultView { name: r.name.clone(), value: r.value, passed: r.passed })
-                .collect();
-            view.release = status.release;
-            view.primary_image = status.promoted_release;
-        }
-        Ok(None) => {}
-        Err(e) => view.error = Some(format!("reading the Canary: {e}")),
-    }
-    let events: Api<Event> = Api::namespaced(client.clone(), APP_NAMESPACE);
-    match events.list(&ListParams::default()).await {
-        Ok(list) => {
-            let mut evs: Vec<EventView> = list
-                .items
-                .iter()
-                .filter(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Canary")))
-                .map(event_view)
-                .collect();
-            evs.sort_by_key(|e| std::cmp::Reverse(e.at));
-            evs.truncate(view::EVENTS_PER_MEMBER);
-            view.events = evs;
-        }
-        Err(e) => view.error = Some(format!("listing Events: {e}")),
-    }
-    view
-}
-
-async fn snapshot(board: &Board, sources: &[(String, String, Client)]) -> Screen {
-    let members = futures::future::join_all(sources.iter().map(|(n, l, c)| read_member(n, l, c))).await;
-    let state = board.lock();
-    Screen {
-        title: "petrel demo: progressive delivery of podinfo across a local fleet".into(),
-        note: state.note.clone(),
-        stage: state.stage.clone(),
-        elapsed_secs: board.started.elapsed().as_secs(),
-        members,
-        log: state.log.clone(),
-    }
-}
-
-async fn live_view(board: Arc<Board>, sources: Vec<(String, String, Client)>) {
-    let mut last = Screen::default();
-    let mut first = true;
-    loop {
-        let screen = snapshot(&board, &sources).await;
-        match board.output {
-            Output::Terminal => {
-                let mut out = String::new();
-                if first {
-                    out.push_str("\x1b[2J");
-                }
-                out.push_str("\x1b[H");
-                let (cols, rows) = terminal_size();
-                // One row spare: the cursor sits below the last line.
-                for line in view::render_fitting(&screen, cols, rows.saturating_sub(1)) {
-                    out.push_str(&line);
-                    out.push_str("\x1b[K\n");
-                }
-                out.push_str("\x1b[J");
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(out.as_bytes());
-                let _ = stdout.flush();
-            }
-            Output::Lines => {
-                let stamp = board.stamp();
-                for line in view::changes(&Screen { stage: screen.stage.clone(), ..last.clone() }, &screen) {
-                    print_line(&format!("{stamp} {line}"));
-                }
-            }
-            Output::Quiet => {}
-        }
-        first = false;
-        last = screen;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

@@ -1,6 +1,7 @@
-//! The demo's decisions, free of I/O: which members exist and in which order
-//! they receive a release, and how a release changes the rendered GitOps
-//! manifests.
+//! The demo's decisions, free of I/O: which members exist, how a release
+//! changes the rendered GitOps manifests, and how the hub's manifests
+//! (`examples/podinfo/hub`) are fitted to the members the demo runs. Which
+//! member gets a release when is the hub's decision, not the demo's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +23,16 @@ pub enum ManifestError {
     /// The rendered manifests hold no Canary to tune.
     #[error("no Canary in the rendered manifests")]
     NoCanary,
+    /// The hub's manifests hold no Rollout.
+    #[error("no Rollout in the hub's manifests")]
+    NoRollout,
+    /// A member of the demo has no Cluster in the hub's manifests: the hub would never
+    /// release to it.
+    #[error("no Cluster named {0} in the hub's manifests (examples/podinfo/hub/clusters.yaml)")]
+    NoCluster(String),
+    /// A Cluster lacks its `spec.kubeconfigSecretRef` name or namespace.
+    #[error("Cluster {0} has no complete spec.kubeconfigSecretRef")]
+    NoSecretRef(String),
 }
 
 /// One member cluster of the demo fleet, named after its GitOps overlay.
@@ -78,18 +89,6 @@ pub fn members(overlays: &[&str], limit: Option<usize>) -> Vec<MemberSpec> {
     members
 }
 
-/// Release waves: all canary clusters first, then everyone else at once.
-/// This is the ordering petrel's hub `Rollout` will own; the demo driver
-/// applies it by hand until then. Empty waves are left out.
-pub fn release_waves(members: &[MemberSpec]) -> Vec<Vec<String>> {
-    let (canary, rest): (Vec<&MemberSpec>, Vec<&MemberSpec>) = members.iter().partition(|m| m.is_canary());
-    [canary, rest]
-        .into_iter()
-        .filter(|wave| !wave.is_empty())
-        .map(|wave| wave.into_iter().map(|m| m.name.clone()).collect())
-        .collect()
-}
-
 /// `ghcr.io/stefanprodan/podinfo:6.7.0` → (`ghcr.io/stefanprodan/podinfo`, `6.7.0`).
 /// A port in the registry (`host:5000/app`) is not a tag.
 pub fn split_image(image: &str) -> (&str, Option<&str>) {
@@ -98,39 +97,6 @@ pub fn split_image(image: &str) -> (&str, Option<&str>) {
         Some(i) => (&image[..name_start + i], Some(&image[name_start + i + 1..])),
         None => (image, None),
     }
-}
-
-/// Namespace on the hub holding the members' kubeconfig Secrets.
-pub const HUB_NAMESPACE: &str = "petrel-system";
-
-/// What registers the members on the hub, as one `v1/List` for
-/// `kubectl apply`: the namespace, a kubeconfig Secret per member and a
-/// `Cluster` carrying the member's labels (what a `Rollout`'s waves select).
-pub fn hub_registration(members: &[(MemberSpec, String)]) -> serde_json::Value {
-    let mut items = vec![serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": HUB_NAMESPACE},
-    })];
-    for (member, kubeconfig) in members {
-        let secret = format!("{}-kubeconfig", member.name);
-        items.push(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": secret, "namespace": HUB_NAMESPACE},
-            "stringData": {"kubeconfig": kubeconfig},
-        }));
-        items.push(serde_json::json!({
-            "apiVersion": "petrel.dev/v1alpha1",
-            "kind": "Cluster",
-            "metadata": {"name": member.name, "labels": member.labels},
-            "spec": {
-                "kubeconfigSecretRef": {"name": secret, "namespace": HUB_NAMESPACE, "key": "kubeconfig"},
-                "displayName": member.name,
-            },
-        }));
-    }
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 /// Analysis numbers to set on the rendered Canary (the fast test mode); the
@@ -260,6 +226,84 @@ pub fn tune_analysis(rendered: &str, tuning: &AnalysisTuning) -> Result<String, 
     render_documents(&docs)
 }
 
+fn name(doc: &Value) -> Option<&str> {
+    doc.get("metadata")?.get("name")?.as_str()
+}
+
+/// The hub's rendered manifests (`kubectl kustomize examples/podinfo/hub`) fitted
+/// to the demo: only the Clusters of `members` (a Cluster whose kubeconfig
+/// Secret never comes would be a broken Cluster the hub refuses to release
+/// around), and every wave that soaks soaking `soak` instead (fast mode).
+pub fn fit_hub_manifests(rendered: &str, members: &[String], soak: Option<&str>) -> Result<String, ManifestError> {
+    let mut docs = parse_documents(rendered)?;
+    for member in members {
+        if !docs.iter().any(|d| kind(d) == Some("Cluster") && name(d) == Some(member)) {
+            return Err(ManifestError::NoCluster(member.clone()));
+        }
+    }
+    docs.retain(|d| kind(d) != Some("Cluster") || name(d).is_some_and(|n| members.iter().any(|m| m == n)));
+    let mut rollouts = docs.iter_mut().filter(|d| kind(d) == Some("Rollout")).peekable();
+    if rollouts.peek().is_none() {
+        return Err(ManifestError::NoRollout);
+    }
+    if let Some(soak) = soak {
+        for rollout in rollouts {
+            let waves = rollout.get_mut("spec").and_then(|s| s.get_mut("waves")).and_then(Value::as_sequence_mut);
+            for wave in waves.into_iter().flatten() {
+                if wave.get("soak").is_some() {
+                    wave["soak"] = Value::String(soak.to_owned());
+                }
+            }
+        }
+    }
+    render_documents(&docs)
+}
+
+/// Where the hub expects one member's kubeconfig, as its Cluster says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigSecretRef {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// The kubeconfig Secret each Cluster of the hub's manifests refers to.
+pub fn kubeconfig_secret_refs(rendered: &str) -> Result<Vec<KubeconfigSecretRef>, ManifestError> {
+    let docs = parse_documents(rendered)?;
+    let mut refs = Vec::new();
+    for cluster in docs.iter().filter(|d| kind(d) == Some("Cluster")) {
+        let cluster_name = name(cluster).unwrap_or_default().to_owned();
+        let secret_ref = cluster.get("spec").and_then(|s| s.get("kubeconfigSecretRef"));
+        let field = |f: &str| secret_ref.and_then(|r| r.get(f)).and_then(Value::as_str).map(str::to_owned);
+        let (Some(namespace), Some(secret)) = (field("namespace"), field("name")) else {
+            return Err(ManifestError::NoSecretRef(cluster_name));
+        };
+        // The API's default key, as the hub reads it.
+        let key = field("key").unwrap_or_else(|| "kubeconfig".into());
+        refs.push(KubeconfigSecretRef { cluster: cluster_name, namespace, name: secret, key });
+    }
+    Ok(refs)
+}
+
+/// The Secret holding a member's kubeconfig where its Cluster points.
+pub fn kubeconfig_secret(secret_ref: &KubeconfigSecretRef, kubeconfig: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_ref.name, "namespace": secret_ref.namespace},
+        "stringData": {(secret_ref.key.clone()): kubeconfig},
+    })
+}
+
+/// `(namespace, name)` of the (first) Rollout in the hub's manifests.
+pub fn rollout_ref(rendered: &str) -> Result<(String, String), ManifestError> {
+    let docs = parse_documents(rendered)?;
+    let rollout = docs.iter().find(|d| kind(d) == Some("Rollout")).ok_or(ManifestError::NoRollout)?;
+    let namespace = rollout.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    Ok((namespace.unwrap_or("default").to_owned(), name(rollout).unwrap_or_default().to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,36 +373,6 @@ spec:
     }
 
     #[test]
-    fn waves_open_the_canary_clusters_before_production() {
-        let overlays = ["clusters/production/eu-west-1", "clusters/staging/eu-west-1", "clusters/production/us-east-1"];
-        assert_eq!(
-            release_waves(&members(&overlays, None)),
-            vec![
-                vec!["staging-eu-west-1".to_owned()],
-                vec!["production-eu-west-1".into(), "production-us-east-1".into()]
-            ]
-        );
-        assert_eq!(release_waves(&members(&overlays, Some(1))), vec![vec!["staging-eu-west-1".to_owned()]]);
-        // Without a canary cluster everything is one wave.
-        assert_eq!(release_waves(&members(&["clusters/production/eu-west-1"], None)).len(), 1);
-    }
-
-    #[test]
-    fn the_hub_gets_a_secret_and_a_labelled_cluster_per_member() {
-        let staging = MemberSpec::from_overlay("clusters/staging/eu-west-1").unwrap();
-        let list = hub_registration(&[(staging, "apiVersion: v1\nkind: Config\n".into())]);
-        let items = list["items"].as_array().unwrap();
-        let kinds: Vec<&str> = items.iter().map(|i| i["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "Secret", "Cluster"]);
-        assert_eq!(items[1]["stringData"]["kubeconfig"], "apiVersion: v1\nkind: Config\n");
-        let cluster = &items[2];
-        assert_eq!(cluster["metadata"]["labels"]["role"], "canary");
-        assert_eq!(cluster["metadata"]["labels"]["env"], "staging");
-        assert_eq!(cluster["spec"]["kubeconfigSecretRef"]["name"], items[1]["metadata"]["name"]);
-        assert_eq!(cluster["spec"]["kubeconfigSecretRef"]["namespace"], HUB_NAMESPACE);
-    }
-
-    #[test]
     fn images_split_into_repository_and_tag() {
         assert_eq!(split_image("ghcr.io/stefanprodan/podinfo:6.7.0"), ("ghcr.io/stefanprodan/podinfo", Some("6.7.0")));
         assert_eq!(split_image("localhost:5000/podinfo"), ("localhost:5000/podinfo", None));
@@ -407,5 +421,113 @@ spec:
         assert_eq!(windows, vec![Value::String("10s".into()), Value::String("10s".into())]);
         let no_canary = "kind: Namespace\nmetadata: {name: x}\n";
         assert_eq!(tune_analysis(no_canary, &tuning), Err(ManifestError::NoCanary));
+    }
+
+    const HUB: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: petrel-system
+---
+apiVersion: petrel.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: staging-eu-west-1
+  labels: {env: staging, role: canary}
+spec:
+  kubeconfigSecretRef: {name: staging-kc, namespace: petrel-system, key: kubeconfig}
+---
+apiVersion: petrel.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: production-eu-west-1
+  labels: {env: production}
+spec:
+  kubeconfigSecretRef: {name: prod-kc, namespace: petrel-system}
+---
+apiVersion: petrel.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: podinfo
+  namespace: petrel-system
+spec:
+  canaryRef: {namespace: podinfo, name: podinfo}
+  waves:
+  - name: canary
+    clusterSelector: {matchLabels: {role: canary}}
+    soak: 20s
+  - name: production
+    clusterSelector: {matchLabels: {env: production}}
+"#;
+
+    #[test]
+    fn the_hub_keeps_only_the_demos_clusters_and_takes_the_fast_soak() {
+        let fitted = fit_hub_manifests(HUB, &["staging-eu-west-1".into()], Some("3s")).unwrap();
+        let docs = parse_documents(&fitted).unwrap();
+        let clusters: Vec<_> = docs.iter().filter(|d| kind(d) == Some("Cluster")).filter_map(name).collect();
+        assert_eq!(clusters, ["staging-eu-west-1"]);
+        let rollout = docs.iter().find(|d| kind(d) == Some("Rollout")).unwrap();
+        let waves = rollout["spec"]["waves"].as_sequence().unwrap();
+        assert_eq!(waves[0]["soak"].as_str(), Some("3s"));
+        assert!(waves[1].get("soak").is_none(), "a wave without soak stays without: {fitted}");
+        assert_eq!(docs.iter().filter_map(kind).collect::<Vec<_>>(), ["Namespace", "Cluster", "Rollout"]);
+        // Without a fast soak the committed soak stays.
+        let kept = fit_hub_manifests(HUB, &["staging-eu-west-1".into()], None).unwrap();
+        assert!(kept.contains("soak: 20s"), "{kept}");
+    }
+
+    #[test]
+    fn a_member_without_a_cluster_or_a_hub_without_rollout_is_an_error() {
+        assert_eq!(
+            fit_hub_manifests(HUB, &["production-us-east-1".into()], None),
+            Err(ManifestError::NoCluster("production-us-east-1".into()))
+        );
+        let no_rollout = &HUB[..HUB.rfind("---").unwrap()];
+        assert_eq!(fit_hub_manifests(no_rollout, &[], None), Err(ManifestError::NoRollout));
+        assert_eq!(rollout_ref(no_rollout), Err(ManifestError::NoRollout));
+        assert_eq!(rollout_ref(HUB).unwrap(), ("petrel-system".to_owned(), "podinfo".to_owned()));
+    }
+
+    #[test]
+    fn secrets_go_where_the_clusters_point() {
+        let refs = kubeconfig_secret_refs(HUB).unwrap();
+        assert_eq!(
+            refs[1],
+            KubeconfigSecretRef {
+                cluster: "production-eu-west-1".into(),
+                namespace: "petrel-system".into(),
+                name: "prod-kc".into(),
+                key: "kubeconfig".into(),
+            }
+        );
+        let secret = kubeconfig_secret(&refs[0], "apiVersion: v1\nkind: Config\n");
+        assert_eq!(secret["metadata"]["name"], "staging-kc");
+        assert_eq!(secret["stringData"]["kubeconfig"], "apiVersion: v1\nkind: Config\n");
+        let broken = HUB.replace("{name: prod-kc, namespace: petrel-system}", "{name: prod-kc}");
+        assert_eq!(kubeconfig_secret_refs(&broken), Err(ManifestError::NoSecretRef("production-eu-west-1".into())));
+    }
+
+    /// The committed hub manifests name exactly the members the overlays make,
+    /// with the labels the waves select and a Secret per Cluster.
+    #[test]
+    fn the_committed_hub_manifests_match_the_overlays() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/podinfo/hub");
+        let files = ["namespace.yaml", "clusters.yaml", "rollout.yaml"];
+        let text: Vec<String> = files.iter().map(|f| std::fs::read_to_string(root.join(f)).unwrap()).collect();
+        let rendered = text.join("\n---\n");
+        let docs = parse_documents(&rendered).unwrap();
+        let overlays = ["clusters/staging/eu-west-1", "clusters/production/eu-west-1", "clusters/production/us-east-1"];
+        for member in members(&overlays, None) {
+            let cluster = docs
+                .iter()
+                .find(|d| kind(d) == Some("Cluster") && name(d) == Some(&member.name))
+                .unwrap_or_else(|| panic!("no Cluster {} in examples/podinfo/hub", member.name));
+            for (k, v) in &member.labels {
+                assert_eq!(cluster["metadata"]["labels"][k.as_str()].as_str(), Some(v.as_str()), "{}", member.name);
+            }
+        }
+        assert_eq!(kubeconfig_secret_refs(&rendered).unwrap().len(), 3);
+        assert_eq!(rollout_ref(&rendered).unwrap(), ("petrel-system".to_owned(), "podinfo".to_owned()));
+        let kustomization = std::fs::read_to_string(root.join("kustomization.yaml")).unwrap();
+        assert!(files.iter().all(|f| kustomization.contains(f)), "{kustomization}");
     }
 }
