@@ -459,3 +459,67 @@ async fn release_with_an_hpa_mirrors_it_onto_the_primary() {
     assert_only_no_data_failures(&env).await;
     eprintln!("[hpa] passed in {:.1?}", t0.elapsed());
 }
+
+/// Issue 5's bad input: an AlertProvider whose receiver is down and one whose Secret is
+/// missing. The release still promotes; each failure is an `AlertFailed` Event and a
+/// `petrel_alert_failures_total` series on the operator's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_alerts_never_block_a_release() {
+    let t0 = Instant::now();
+    let env = TestEnv::start("alerts", Provider::GatewayApi).await.unwrap();
+    // A port nothing listens on: bound, read, released.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let providers = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "petrel.dev/v1alpha1",
+                "kind": "AlertProvider",
+                "metadata": {"name": "receiver-down", "namespace": NAMESPACE},
+                "spec": {"type": "webhook", "address": format!("http://127.0.0.1:{closed_port}/hook")}
+            },
+            {
+                "apiVersion": "petrel.dev/v1alpha1",
+                "kind": "AlertProvider",
+                "metadata": {"name": "secret-missing", "namespace": NAMESPACE},
+                "spec": {"type": "slack", "channel": "releases", "secretRef": {"name": "no-such-secret"}}
+            }
+        ]
+    });
+    let file = std::env::temp_dir().join(format!("petrel-alert-providers-{}.json", std::process::id()));
+    std::fs::write(&file, providers.to_string()).unwrap();
+    env.kubectl(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&file);
+
+    let mut canary = CanaryOptions::canary(Provider::GatewayApi).manifest();
+    canary["spec"]["analysis"]["alerts"] = json!([
+        {"name": "on-call", "severity": "info", "providerRef": {"name": "receiver-down"}},
+        {"name": "team-chat", "severity": "info", "providerRef": {"name": "secret-missing"}},
+    ]);
+    env.create_raw_canary(canary).await.unwrap();
+    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
+    env.set_image(IMAGE_V1).await.unwrap();
+    env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V1, "the release promoted despite the alerts");
+
+    let (_, down) = env.wait_event("AlertFailed", SETUP, |m| m.contains("on-call")).await.unwrap();
+    assert!(down.contains(&format!("127.0.0.1:{closed_port}")), "names the receiver: {down}");
+    let (_, missing) = env.wait_event("AlertFailed", SETUP, |m| m.contains("team-chat")).await.unwrap();
+    assert!(missing.contains("no-such-secret") || missing.contains("Secret"), "names the Secret: {missing}");
+    eprintln!("[alerts] events: {down} | {missing}");
+
+    let metrics_addr = env.operator_metrics_addr(SETUP).await.unwrap();
+    let scrape = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let failures: Vec<&str> = scrape.lines().filter(|l| l.starts_with("petrel_alert_failures_total{")).collect();
+    let count = |alert: &str, reason: &str| -> f64 {
+        failures
+            .iter()
+            .filter(|l| l.contains(&format!("alert=\"{alert}\"")) && l.contains(&format!("reason=\"{reason}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("on-call", "transport") >= 1.0, "receiver down is counted: {failures:?}");
+    assert!(count("team-chat", "secret") >= 1.0, "missing Secret is counted: {failures:?}");
+    eprintln!("[alerts] passed in {:.1?}: {failures:?}", t0.elapsed());
+}

@@ -83,6 +83,32 @@ pub enum AlertError {
     Transport { alert: String, url: String, reason: String },
 }
 
+impl AlertError {
+    /// The Canary's alert (its `analysis.alerts[].name`) that failed.
+    pub fn alert(&self) -> &str {
+        match self {
+            Self::Provider { alert, .. }
+            | Self::Secret { alert, .. }
+            | Self::NoAddress { alert, .. }
+            | Self::Invalid { alert, .. }
+            | Self::Status { alert, .. }
+            | Self::Transport { alert, .. } => alert,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Provider { .. } => "provider",
+            Self::Secret { .. } => "secret",
+            Self::NoAddress { .. } => "no_address",
+            Self::Invalid { .. } => "invalid",
+            Self::Status { .. } => "status",
+            Self::Transport { .. } => "transport",
+        }
+    }
+}
+
 /// A ready-to-send alert: where, what, and the bearer token if any.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlertRequest {

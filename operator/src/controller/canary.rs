@@ -237,6 +237,7 @@ async fn publish(
             severity: if warning { AlertSeverity::Error } else { AlertSeverity::Info },
         };
         for e in send_alerts(&ctx.http, source, canary, &alert).await {
+            ctx.metrics.record_alert_failure(canary, e.alert(), e.kind());
             ctx.events.publish(canary, "AlertFailed", &e.to_string(), true).await;
         }
     }

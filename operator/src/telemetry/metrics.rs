@@ -94,6 +94,14 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertFailureLabels {
+    namespace: String,
+    name: String,
+    alert: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
     controller: String,
 }
@@ -178,6 +186,8 @@ struct CanarySeries {
     analysis_metrics: BTreeSet<String>,
     /// Strategies with success/failure counters.
     strategies: BTreeSet<String>,
+    /// (alert, reason) pairs with an alert-failure counter.
+    alert_failures: BTreeSet<(String, String)>,
 }
 
 /// Every metric petrel exports, registered once at start-up.
@@ -191,6 +201,7 @@ pub struct Metrics {
     canary_analysis_duration: HistogramFamily<CanaryLabels>,
     canary_successes: Family<OutcomeLabels, Counter>,
     canary_failures: Family<OutcomeLabels, Counter>,
+    alert_failures: Family<AlertFailureLabels, Counter>,
     reconcile_duration: HistogramFamily<ControllerLabels>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     api_errors: Family<ApiErrorLabels, Counter>,
@@ -227,6 +238,7 @@ impl Metrics {
         let canary_analysis_duration: HistogramFamily<CanaryLabels> = Family::new_with_constructor(analysis_histogram);
         let canary_successes = Family::<OutcomeLabels, Counter>::default();
         let canary_failures = Family::<OutcomeLabels, Counter>::default();
+        let alert_failures = Family::<AlertFailureLabels, Counter>::default();
         let reconcile_duration: HistogramFamily<ControllerLabels> = Family::new_with_constructor(reconcile_histogram);
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let api_errors = Family::<ApiErrorLabels, Counter>::default();
@@ -275,6 +287,11 @@ impl Metrics {
         );
         registry.register("petrel_canary_successes", "Releases promoted", canary_successes.clone());
         registry.register("petrel_canary_failures", "Releases rolled back", canary_failures.clone());
+        registry.register(
+            "petrel_alert_failures",
+            "Alerts of a Canary that could not be delivered, by alert and reason",
+            alert_failures.clone(),
+        );
         registry.register_with_unit(
             "petrel_reconcile_duration",
             "Time one reconcile took",
@@ -332,6 +349,7 @@ impl Metrics {
             canary_analysis_duration,
             canary_successes,
             canary_failures,
+            alert_failures,
             reconcile_duration,
             reconcile_errors,
             api_errors,
@@ -470,6 +488,29 @@ impl Metrics {
             self.canary_successes.remove(&labels);
             self.canary_failures.remove(&labels);
         }
+        for (alert, reason) in owned.alert_failures {
+            self.alert_failures.remove(&AlertFailureLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                alert,
+                reason,
+            });
+        }
+    }
+
+    /// Counts one alert of a Canary that could not be delivered (`reason`: a short kind
+    /// of failure, such as `status` or `transport`).
+    pub fn record_alert_failure(&self, canary: &Canary, alert: &str, reason: &str) {
+        let key = canary_key(canary);
+        let labels = AlertFailureLabels {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            alert: alert.to_string(),
+            reason: reason.to_string(),
+        };
+        self.alert_failures.get_or_create(&labels).inc();
+        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        series.entry(key).or_default().alert_failures.insert((alert.to_string(), reason.to_string()));
     }
 
     /// Starts timing one reconcile of `controller`; the time is recorded when the guard

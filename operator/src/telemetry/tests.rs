@@ -165,6 +165,24 @@ fn metric_series_follow_the_last_tick() {
 }
 
 #[test]
+fn undelivered_alerts_are_counted_per_alert_and_reason_until_the_canary_goes() {
+    let metrics = Metrics::new("1.2.3");
+    let podinfo = canary("podinfo", None);
+    metrics.record_alert_failure(&podinfo, "on-call", "status");
+    metrics.record_alert_failure(&podinfo, "on-call", "status");
+    metrics.record_alert_failure(&podinfo, "team", "transport");
+    assert_eq!(
+        series(&metrics, "petrel_alert_failures_total"),
+        set(&[
+            r#"petrel_alert_failures_total{namespace="test",name="podinfo",alert="on-call",reason="status"} 2"#,
+            r#"petrel_alert_failures_total{namespace="test",name="podinfo",alert="team",reason="transport"} 1"#,
+        ])
+    );
+    metrics.retain_canaries([("test", "other")]);
+    assert!(series(&metrics, "petrel_alert_failures_total").is_empty());
+}
+
+#[test]
 fn a_deleted_canary_loses_every_series() {
     let metrics = Metrics::new("1.2.3");
     let finalising = status(Phase::Finalising, 0, 0, &[("latency", Some(1.0))]);
