@@ -12,7 +12,7 @@ use petrel_e2e::fleet_scenario::{
     CANARY_SOAK, FleetEnv, HubEvent, MEMBER_A, MEMBER_B, MEMBER_CANARY, Member, approved_revision, rollout_with,
     three_waves, wave,
 };
-use petrel_e2e::scenario::{IMAGE_V0, IMAGE_V1, eventually};
+use petrel_e2e::scenario::{IMAGE_V0, IMAGE_V1, IMAGE_V2, eventually};
 use petrel_e2e::simulator::VersionBehaviour;
 use serde_json::json;
 
@@ -390,6 +390,86 @@ async fn rollback_all_after_a_failure_in_wave_2_puts_every_member_back() {
     assert_eq!(occurrences(&events, "MemberApproved", &format!("on cluster {MEMBER_B} ")), 0, "{events:#?}");
     eprintln!(
         "rollback-all fleet release: setup {setup:.1?}, release to rolled back {run:.1?}, total {:.1?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_release_mid_run_restarts_the_plan_from_the_canary_cluster() {
+    let t0 = Instant::now();
+    let rollout = rollout_with(three_waves(json!({"soak": "2s"}), json!({}), json!({})), json!({}));
+    let mut env = FleetEnv::start_with("superseded", rollout).await.expect("starting the fleet");
+    let setup = t0.elapsed();
+
+    // 6.0.1 passes the canary cluster and reaches member-a in wave-2...
+    let mut first = release_everywhere(&env, IMAGE_V1).await;
+    follow(&mut env, &mut first, "member-a to release 6.0.1", Duration::from_secs(150), |now, _| {
+        now.get(MEMBER_A).is_some_and(|(p, _)| releasing(*p))
+    })
+    .await;
+    // ...when Git moves on to 6.0.2 on every member.
+    let mut second = release_everywhere(&env, IMAGE_V2).await;
+    follow(
+        &mut env,
+        &mut second,
+        "every member and the Rollout to succeed with 6.0.2",
+        Duration::from_secs(240),
+        |now, rollout| {
+            ALL.iter().all(|m| phase_is(now, m, Phase::Succeeded))
+                && rollout_phase_is(rollout, RolloutPhase::Succeeded)
+                && rollout.is_some_and(|r| r.release.as_deref() == Some(IMAGE_V2))
+        },
+    )
+    .await;
+    let run = second.release.elapsed();
+    eprintln!("phases before 6.0.2: {:?}\nphases since 6.0.2: {:?}", first.phases, second.phases);
+
+    // member-a dropped 6.0.1 at once: back at its gate, no canary traffic, never promoted.
+    let a_seen = second.seen(MEMBER_A);
+    let back_at_gate = a_seen.iter().position(|p| *p == Phase::Waiting);
+    let before_gate =
+        &a_seen[..back_at_gate.unwrap_or_else(|| panic!("member-a never went back to its gate: {a_seen:?}"))];
+    assert!(before_gate.iter().all(|p| *p == Phase::Progressing), "member-a went on with 6.0.1: {a_seen:?}");
+    // The plan started again from the canary cluster: each prod member released 6.0.2
+    // only after member-canary succeeded with it. (A member's first samples after the
+    // write may still show 6.0.1's run; 6.0.2's starts at the member's gate.)
+    let after_gate = |member: &str, pred: fn(Phase) -> bool| {
+        let phases = second.phases.get(member)?;
+        let gate = phases.iter().position(|(_, p)| *p == Phase::Waiting)?;
+        phases[gate..].iter().find(|(_, p)| pred(*p)).map(|(t, _)| *t)
+    };
+    let canary_done = after_gate(MEMBER_CANARY, |p| p == Phase::Succeeded).expect("member-canary Succeeded with 6.0.2");
+    for prod in PROD {
+        let seen = second.seen(prod);
+        let started = after_gate(prod, releasing).unwrap_or_else(|| panic!("{prod} never released: {seen:?}"));
+        assert!(started > canary_done, "{prod} released 6.0.2 at {started:?}, before member-canary at {canary_done:?}");
+    }
+    // member-b (wave-3) never received 6.0.1.
+    assert!(first.first(MEMBER_B, releasing).is_none(), "member-b released 6.0.1: {:?}", first.seen(MEMBER_B));
+
+    // Every primary runs 6.0.2; only member-canary ever promoted 6.0.1.
+    for name in ALL {
+        let member = env.member(name);
+        assert_eq!(member.image_of("podinfo-primary").await.expect("primary image"), IMAGE_V2, "{name}");
+        let canary = member.canary().await.expect("the Canary");
+        let revisions = petrel::workloads::list_primary_revisions(&member.client, &canary).await.expect("revisions");
+        let stored: Vec<&str> = revisions.iter().filter_map(petrel::workloads::stored_release).collect();
+        assert_eq!(stored.contains(&IMAGE_V1), name == MEMBER_CANARY, "{name}'s stored primary releases: {stored:?}");
+        assert!(member.recorder.splits_not_summing_to(100).is_empty(), "{name}: splits not summing to 100");
+    }
+
+    let status = env.rollout().await.expect("the Rollout").status.expect("a Rollout status");
+    assert_eq!(status.release.as_deref(), Some(IMAGE_V2), "{status:#?}");
+    for name in ALL {
+        assert_eq!(member_status(&status, name).state, MemberState::Succeeded, "{status:#?}");
+    }
+    let events = env.hub_events().await.expect("the hub's Events");
+    let superseded = format!("release {IMAGE_V2} supersedes {IMAGE_V1} mid-run");
+    assert_eq!(occurrences(&events, "ReleaseStarted", &superseded), 1, "{events:#?}");
+    let approved_b = occurrences(&events, "MemberApproved", &format!("on cluster {MEMBER_B} (release {IMAGE_V1})"));
+    assert_eq!(approved_b, 0, "member-b was approved for 6.0.1: {events:#?}");
+    eprintln!(
+        "superseded fleet release: setup {setup:.1?}, 6.0.2 to all Succeeded {run:.1?}, total {:.1?}",
         t0.elapsed()
     );
 }

@@ -28,8 +28,8 @@ use super::decisions::{
     hub_events, observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
 };
 use super::input::{
-    CANARY_NOT_FOUND, INVALID_SPEC, InputProblem, canary_problem, overlap_problem, problem_events, set_condition,
-    sort_problems, transition_events, unassigned_problem, valid_condition,
+    CANARY_NOT_FOUND, INVALID_SPEC, InputProblem, canary_problem, overlap_problem, problem_events, release_started,
+    set_condition, sort_problems, transition_events, unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
@@ -446,7 +446,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         }
     }
 
-    for event in hub_events(&history, &decision, &release) {
+    let started = release_started(previous, &release);
+    for event in started.into_iter().chain(hub_events(&history, &decision, &release)) {
         publish(ctx, rollout, event.reason, &event.message, event.warning).await;
     }
     for name in withdrawn {

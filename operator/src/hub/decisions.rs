@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
+use crate::api::canary::Phase;
 use crate::api::common::Condition;
 use crate::api::rollout::{CONDITION_PROGRESSING, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase};
 use crate::api::{Canary, Cluster, Rollout};
@@ -92,20 +93,22 @@ fn in_flight(status: &RolloutStatus) -> bool {
     )
 }
 
-/// The release to roll out: the one in the status while it is still in flight (a new
-/// commit waits until the current release finished or failed); otherwise the newest
-/// release reported by the members of the first wave that has members — newest by the
-/// Canary's last transition, ties broken by name so the choice is stable. `None` when
-/// nothing reports a release yet.
+/// The release to roll out, newest by the Canary's last transition among the members
+/// of the first wave that has members (ties broken by name, so the choice is stable).
+///
+/// While a release is in flight, a first-wave member held at the gate for another
+/// release since that run began is a new commit in Git: the plan restarts with it
+/// (canary wave first), as a new revision restarts a Canary's analysis. Members that
+/// were releasing the old one are already back at their gates (a new revision the hub
+/// has not approved withdraws their canary traffic). A first-wave member that merely
+/// still reports an older release (not synced yet, or held since before this run) does
+/// not interrupt the run. `None` when nothing reports a release yet.
 pub fn choose_release(
     plan: &RolloutPlan,
     previous: Option<&RolloutStatus>,
     members: &[MemberObservation],
 ) -> Option<String> {
     let previous_release = previous.and_then(|s| s.release.clone());
-    if previous.is_some_and(in_flight) && previous_release.is_some() {
-        return previous_release;
-    }
     let memberships = assign_waves(plan, members.iter().map(|m| &m.labels));
     let first_wave = memberships
         .iter()
@@ -114,17 +117,30 @@ pub fn choose_release(
             _ => None,
         })
         .min();
-    let newest = first_wave.and_then(|first| {
+    let first_wave_canaries = || {
         members
             .iter()
             .zip(&memberships)
-            .filter(|(_, m)| **m == Membership::Wave(first))
-            .filter_map(|(member, _)| member.canary.as_ref())
-            .filter_map(|c| Some((c.last_transition, c.release.clone()?)))
+            .filter(move |(_, m)| first_wave.is_some_and(|first| **m == Membership::Wave(first)))
+            .filter_map(|(member, _)| Some((member.cluster.as_str(), member.canary.as_ref()?)))
+    };
+    let newest = |candidates: &mut dyn Iterator<Item = (&str, &CanaryObservation)>| {
+        candidates
+            .filter_map(|(cluster, c)| Some((c.last_transition, cluster, c.release.clone()?)))
             .max()
-            .map(|(_, release)| release)
-    });
-    newest.or(previous_release)
+            .map(|(_, _, release)| release)
+    };
+    if let (Some(status), Some(current)) = (previous.filter(|s| in_flight(s)), previous_release.as_deref()) {
+        // The run began when its first wave opened; before that nothing was approved.
+        let run_began = status.waves.iter().filter_map(|w| w.opened_at).min();
+        let mut superseding = first_wave_canaries().filter(|(_, c)| {
+            c.phase == Phase::Waiting
+                && c.release.as_deref().is_some_and(|r| r != current)
+                && run_began.is_none_or(|began| c.last_transition.is_some_and(|t| t > began))
+        });
+        return newest(&mut superseding).or(previous_release);
+    }
+    newest(&mut first_wave_canaries()).or(previous_release)
 }
 
 /// The annotations the hub owns on a member Canary (applied together: with server-side
@@ -434,16 +450,70 @@ mod tests {
         assert_eq!((members[0].approved_at, members[1].approved_at), (None, Some(at(5))));
     }
 
-    #[test]
-    fn a_release_in_flight_is_finished_before_a_newer_one_starts() {
-        let members = vec![observed("a", "canary", NEW, 5)];
-        for phase in
-            [RolloutPhase::Progressing, RolloutPhase::Soaking, RolloutPhase::WaitingApproval, RolloutPhase::Paused]
-        {
-            assert_eq!(choose_release(&plan(), Some(&status(OLD, phase)), &members).as_deref(), Some(OLD), "{phase:?}");
+    const IN_FLIGHT: [RolloutPhase; 4] =
+        [RolloutPhase::Progressing, RolloutPhase::Soaking, RolloutPhase::WaitingApproval, RolloutPhase::Paused];
+
+    /// A Rollout status of `release` in `phase` whose canary wave opened at minute `opened`.
+    fn opened(release: &str, phase: RolloutPhase, opened: u32) -> RolloutStatus {
+        let wave = WaveStatus { opened_at: Some(at(opened)), ..WaveStatus::pending("canary") };
+        RolloutStatus { waves: vec![wave, WaveStatus::pending("rest")], ..status(release, phase) }
+    }
+
+    fn with_phase(mut member: MemberObservation, phase: Phase) -> MemberObservation {
+        if let Some(canary) = member.canary.as_mut() {
+            canary.phase = phase;
         }
-        for phase in [RolloutPhase::Succeeded, RolloutPhase::Failed] {
+        member
+    }
+
+    #[test]
+    fn a_new_release_at_the_first_waves_gate_restarts_a_run_in_flight() {
+        let members = vec![
+            with_phase(observed("a", "canary", OLD, 3), Phase::Progressing),
+            observed("b", "canary", NEW, 5),
+            observed("c", "rest", OLD, 1),
+        ];
+        for phase in IN_FLIGHT {
+            let status = opened(OLD, phase, 2);
+            assert_eq!(choose_release(&plan(), Some(&status), &members).as_deref(), Some(NEW), "{phase:?}");
+        }
+        // Before any wave opened there is no run to protect either.
+        for phase in IN_FLIGHT {
             assert_eq!(choose_release(&plan(), Some(&status(OLD, phase)), &members).as_deref(), Some(NEW), "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn a_first_wave_member_still_at_an_older_release_does_not_interrupt_the_run() {
+        // "a" has waited at the gate for OLD since before the run of NEW began (minute 4);
+        // "b" never synced NEW and still reports OLD promoted, with a newer transition.
+        let members = vec![
+            observed("a", "canary", OLD, 1),
+            with_phase(observed("b", "canary", OLD, 9), Phase::Succeeded),
+            with_phase(observed("c", "canary", NEW, 6), Phase::Progressing),
+        ];
+        for phase in IN_FLIGHT {
+            let status = opened(NEW, phase, 4);
+            assert_eq!(choose_release(&plan(), Some(&status), &members).as_deref(), Some(NEW), "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_release_in_a_later_wave_never_restarts_the_run() {
+        let members = vec![
+            with_phase(observed("a", "canary", OLD, 3), Phase::Succeeded),
+            observed("c", "rest", "podinfo:9.9.9", 30),
+        ];
+        let status = opened(OLD, RolloutPhase::Progressing, 2);
+        assert_eq!(choose_release(&plan(), Some(&status), &members).as_deref(), Some(OLD));
+    }
+
+    #[test]
+    fn after_a_release_finished_the_newest_one_of_the_first_wave_starts() {
+        let members = vec![observed("a", "canary", NEW, 5)];
+        for phase in [RolloutPhase::Succeeded, RolloutPhase::Failed] {
+            let status = opened(OLD, phase, 2);
+            assert_eq!(choose_release(&plan(), Some(&status), &members).as_deref(), Some(NEW), "{phase:?}");
         }
     }
 

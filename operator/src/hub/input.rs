@@ -182,13 +182,33 @@ pub fn problem_events(previous: &[Condition], problems: &[InputProblem]) -> Vec<
         .collect()
 }
 
+/// The Event of a release the hub starts rolling out, saying which one it supersedes
+/// mid-run; `None` when `release` is the one the previous status already rolls out.
+pub fn release_started(previous: Option<&RolloutStatus>, release: &str) -> Option<HubEvent> {
+    if previous.and_then(|p| p.release.as_deref()) == Some(release) {
+        return None;
+    }
+    let before = previous.and_then(|p| Some((p.release.as_deref()?, p.phase?, p.current_wave.as_deref())));
+    let message = match before {
+        Some((old, RolloutPhase::Succeeded | RolloutPhase::Failed, _)) => {
+            format!("release {release} started (the previous release {old} had ended)")
+        }
+        Some((old, _, wave)) => format!(
+            "release {release} supersedes {old} mid-run{}: the plan starts again from the first wave",
+            wave.map(|w| format!(" (at wave {w})")).unwrap_or_default()
+        ),
+        None => format!("release {release} started"),
+    };
+    Some(HubEvent { reason: "ReleaseStarted", message, warning: false })
+}
+
 /// Events for what changed between two statuses of the same release: members that
 /// failed, timed out, became unreachable or promoted; waves that succeeded; the
 /// release done. A status of another release counts as no status.
 pub fn transition_events(previous: Option<&RolloutStatus>, next: &RolloutStatus) -> Vec<HubEvent> {
+    let mut events = Vec::new();
     let previous = previous.filter(|p| p.release.is_some() && p.release == next.release);
     let release = next.release.as_deref().unwrap_or("unknown");
-    let mut events = Vec::new();
     for member in &next.members {
         let before = previous.and_then(|p| p.members.iter().find(|m| m.cluster == member.cluster));
         if before.is_some_and(|b| b.state == member.state) {
@@ -434,6 +454,22 @@ mod tests {
             status("r2", RolloutPhase::Progressing, vec![member("a", MemberState::TimedOut)], WavePhase::Progressing);
         let events = transition_events(Some(&old), &new);
         assert_eq!(events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["MemberTimedOut"]);
+        let started = release_started(Some(&old), "r2").unwrap();
+        assert_eq!((started.reason, started.warning), ("ReleaseStarted", false));
+        assert_eq!(started.message, "release r2 started (the previous release r1 had ended)");
+    }
+
+    #[test]
+    fn a_release_superseding_one_in_flight_says_so() {
+        let mut old = status("r1", RolloutPhase::Progressing, vec![], WavePhase::Progressing);
+        old.current_wave = Some("prod".into());
+        let started = release_started(Some(&old), "r2").unwrap();
+        assert_eq!(
+            started.message,
+            "release r2 supersedes r1 mid-run (at wave prod): the plan starts again from the first wave"
+        );
+        assert_eq!(release_started(Some(&old), "r1"), None, "the same release is no news");
+        assert_eq!(release_started(None, "r2").unwrap().message, "release r2 started");
     }
 
     #[test]

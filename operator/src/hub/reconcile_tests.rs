@@ -122,7 +122,10 @@ async fn the_first_wave_is_opened_and_its_member_approved() {
     let message = member("prod-2")["message"].as_str().unwrap().to_string();
     assert!(message.contains("Secret petrel-system/prod-2 does not exist on the hub"), "{message}");
 
-    assert_eq!(events(&hub), ["WaveOpened", "MemberApproved", "KubeconfigSecretMissing", "MemberUnreachable"]);
+    assert_eq!(
+        events(&hub),
+        ["ReleaseStarted", "WaveOpened", "MemberApproved", "KubeconfigSecretMissing", "MemberUnreachable"]
+    );
     let valid = condition(status, "Valid");
     assert_eq!((valid["status"].as_str(), valid["reason"].as_str()), (Some("False"), Some("KubeconfigSecretMissing")));
     assert!(valid["message"].as_str().unwrap().contains("cluster prod-2"), "{valid}");
@@ -220,7 +223,7 @@ async fn overlapping_waves_and_left_out_members_are_reported_and_never_approved_
     let message = valid["message"].as_str().unwrap();
     assert!(message.contains("canary-1 (waves canary, eu: goes to canary)"), "{message}");
     assert!(message.contains("will not get the release: lab-1"), "{message}");
-    assert_eq!(events(&hub), ["WaveOpened", "MemberApproved", "WavesOverlap", "ClustersUnassigned"]);
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved", "WavesOverlap", "ClustersUnassigned"]);
 }
 
 #[tokio::test]
