@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
@@ -21,6 +21,12 @@ use crate::api::cluster::KubeconfigSecretRef;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request to a member may wait for an answer.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member's kubeconfig Secret, once read, stands without reading it again.
+/// Reading it at every reconcile cost one GET on the hub per member per reconcile
+/// (1,000 for a 1,000-cluster fleet; docs/benchmarks.md); a rotated Secret is now
+/// picked up within this time (the probes, every 15 s, read it when it is due), and at
+/// once when the Cluster names another Secret.
+pub const KUBECONFIG_REFRESH: Duration = Duration::from_secs(30);
 
 /// Why the hub has no client for a member.
 #[derive(Debug, thiserror::Error)]
@@ -131,15 +137,30 @@ pub async fn member_watch_config(cluster: &str, kubeconfig: &str) -> Result<Conf
     Ok(config)
 }
 
+/// A connection cached for a Cluster, with where and when its kubeconfig was read.
+struct Cached {
+    connection: MemberConnection,
+    secret_ref: KubeconfigSecretRef,
+    /// When the Secret was last read and found unchanged; `None`: read it next time.
+    read_at: Option<Instant>,
+}
+
 /// Member clients, cached per Cluster name with the fingerprint of their kubeconfig.
 pub struct MemberClients {
     hub: Client,
-    cache: Mutex<HashMap<String, MemberConnection>>,
+    cache: Mutex<HashMap<String, Cached>>,
+    refresh: Duration,
 }
 
 impl MemberClients {
     pub fn new(hub: Client) -> Self {
-        Self { hub, cache: Mutex::new(HashMap::new()) }
+        Self { hub, cache: Mutex::new(HashMap::new()), refresh: KUBECONFIG_REFRESH }
+    }
+
+    /// Member clients whose Secrets are read again after `refresh` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_refresh(hub: Client, refresh: Duration) -> Self {
+        Self { refresh, ..Self::new(hub) }
     }
 
     /// A client for the member `cluster` describes, from its kubeconfig Secret.
@@ -147,12 +168,16 @@ impl MemberClients {
         self.connect(cluster).await.map(|connection| connection.client)
     }
 
-    /// The clients for the member `cluster` describes, from its kubeconfig Secret (read
-    /// at every call, so a rotated Secret is picked up; the clients are rebuilt only
-    /// when the kubeconfig changed).
+    /// The clients for the member `cluster` describes, from its kubeconfig Secret. The
+    /// Secret is read again once [`KUBECONFIG_REFRESH`] passed since the last read (or
+    /// the Cluster names another Secret), so a rotated Secret is picked up; the clients
+    /// are rebuilt only when the kubeconfig changed. Failures are never cached.
     pub async fn connect(&self, cluster: &Cluster) -> Result<MemberConnection, MemberClientError> {
         let name = cluster.name_any();
         let secret_ref = &cluster.spec.kubeconfig_secret_ref;
+        if let Some(connection) = self.recently_read(&name, secret_ref) {
+            return Ok(connection);
+        }
         let secrets: Api<Secret> = Api::namespaced(self.hub.clone(), &secret_ref.namespace);
         let secret = secrets
             .get_opt(&secret_ref.name)
@@ -170,7 +195,7 @@ impl MemberClients {
             })?;
         let text = kubeconfig_text(&name, secret_ref, &secret)?;
         let fingerprint = kubeconfig_fingerprint(&text);
-        if let Some(connection) = self.cached(&name, &fingerprint) {
+        if let Some(connection) = self.still_current(&name, secret_ref, &fingerprint) {
             return Ok(connection);
         }
         let build = |config| {
@@ -180,21 +205,46 @@ impl MemberClients {
         let client = build(member_config(&name, &text).await?)?;
         let watch_client = build(member_watch_config(&name, &text).await?)?;
         let connection = MemberConnection { client, watch_client, fingerprint };
-        self.lock().insert(name, connection.clone());
+        let cached =
+            Cached { connection: connection.clone(), secret_ref: secret_ref.clone(), read_at: Some(Instant::now()) };
+        self.lock().insert(name, cached);
         Ok(connection)
     }
 
     /// Puts a client in the cache as if built from `kubeconfig`, so tests can reach a
-    /// fake member without a real API server.
+    /// fake member without a real API server. The Secret counts as unread: the next
+    /// connect reads it (and records which Secret it was).
     #[cfg(test)]
     pub(crate) fn insert_for_test(&self, cluster: &str, kubeconfig: &str, client: Client) {
         let connection =
             MemberConnection { watch_client: client.clone(), client, fingerprint: kubeconfig_fingerprint(kubeconfig) };
-        self.lock().insert(cluster.to_string(), connection);
+        let secret_ref =
+            KubeconfigSecretRef { name: cluster.into(), namespace: String::new(), key: "kubeconfig".into() };
+        self.lock().insert(cluster.to_string(), Cached { connection, secret_ref, read_at: None });
     }
 
-    fn cached(&self, cluster: &str, fingerprint: &str) -> Option<MemberConnection> {
-        self.lock().get(cluster).filter(|cached| cached.fingerprint == fingerprint).cloned()
+    /// The cached connection when its Secret was read within the refresh time.
+    fn recently_read(&self, cluster: &str, secret_ref: &KubeconfigSecretRef) -> Option<MemberConnection> {
+        self.lock()
+            .get(cluster)
+            .filter(|c| &c.secret_ref == secret_ref)
+            .filter(|c| c.read_at.is_some_and(|at| at.elapsed() < self.refresh))
+            .map(|c| c.connection.clone())
+    }
+
+    /// The cached connection when the Secret just read holds the kubeconfig it was
+    /// built from; records the read.
+    fn still_current(
+        &self,
+        cluster: &str,
+        secret_ref: &KubeconfigSecretRef,
+        fingerprint: &str,
+    ) -> Option<MemberConnection> {
+        let mut cache = self.lock();
+        let cached = cache.get_mut(cluster).filter(|c| c.connection.fingerprint == fingerprint)?;
+        cached.secret_ref = secret_ref.clone();
+        cached.read_at = Some(Instant::now());
+        Some(cached.connection.clone())
     }
 
     /// Drops the clients of Clusters that no longer exist.
@@ -202,7 +252,7 @@ impl MemberClients {
         self.lock().retain(|name, _| clusters.contains(name));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         // A panic while holding the lock cannot leave the map half-updated (single
         // insert or get), so a poisoned lock is still safe to use.
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::controller::{HubContext, reconcile};
-use super::members::kubeconfig_fingerprint;
+use super::members::{MemberClients, kubeconfig_fingerprint};
 use super::watches::WatchKey;
 use crate::api::Rollout;
 use crate::fleet::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION};
@@ -495,4 +495,89 @@ async fn probes_write_each_clusters_status_and_only_when_it_changed() {
     hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![canary_cluster, prod_cluster]));
     super::clusters::probe_all(&ctx).await;
     assert_eq!(cluster_status_writes(&hub).len(), 2, "no write storm");
+}
+
+fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster:\n    server: {server}\n\
+         users:\n- name: hub\n  user:\n    token: abc\ncontexts:\n- name: m\n  context: {{cluster: m, user: hub}}\n\
+         current-context: m\n"
+    )
+}
+
+fn kubeconfig_secret(name: &str, kubeconfig: &str) -> Value {
+    let data = serde_json::to_value(k8s_openapi::ByteString(kubeconfig.as_bytes().to_vec())).unwrap();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "petrel-system"},
+        "data": {"kubeconfig": data}
+    })
+}
+
+fn secret_reads(hub: &FakeApi, name: &str) -> usize {
+    let path = format!("/api/v1/namespaces/petrel-system/secrets/{name}");
+    hub.requests().iter().filter(|r| r.method == "GET" && r.path == path).count()
+}
+
+#[tokio::test]
+async fn a_kubeconfig_secret_is_read_again_only_once_due() {
+    let hub = FakeApi::new();
+    let path = "/api/v1/namespaces/petrel-system/secrets/eu-1";
+    let first_config = kubeconfig("https://10.0.0.1:6443");
+    hub.insert(path, kubeconfig_secret("eu-1", &first_config));
+    let eu_1: crate::api::Cluster = serde_json::from_value(cluster("eu-1", "prod")).unwrap();
+    let clients = MemberClients::new(hub.client());
+
+    let first = clients.connect(&eu_1).await.unwrap();
+    assert_eq!(first.fingerprint, kubeconfig_fingerprint(&first_config));
+    // Reconciles and probes within the refresh time reuse the connection unread.
+    hub.insert(path, kubeconfig_secret("eu-1", &kubeconfig("https://10.0.0.2:6443")));
+    for _ in 0..5 {
+        assert_eq!(clients.connect(&eu_1).await.unwrap().fingerprint, first.fingerprint);
+    }
+    assert_eq!(secret_reads(&hub, "eu-1"), 1);
+
+    // A Cluster naming another Secret has it read at once.
+    let mut moved = eu_1.clone();
+    moved.spec.kubeconfig_secret_ref.name = "eu-1-v2".into();
+    let moved_config = kubeconfig("https://10.0.0.3:6443");
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/eu-1-v2", kubeconfig_secret("eu-1-v2", &moved_config));
+    assert_eq!(clients.connect(&moved).await.unwrap().fingerprint, kubeconfig_fingerprint(&moved_config));
+    assert_eq!(secret_reads(&hub, "eu-1-v2"), 1);
+}
+
+#[tokio::test]
+async fn once_due_a_rotated_secret_gets_new_clients_and_an_unchanged_one_keeps_them() {
+    let hub = FakeApi::new();
+    let path = "/api/v1/namespaces/petrel-system/secrets/eu-1";
+    hub.insert(path, kubeconfig_secret("eu-1", &kubeconfig("https://10.0.0.1:6443")));
+    let eu_1: crate::api::Cluster = serde_json::from_value(cluster("eu-1", "prod")).unwrap();
+    // Every connect is due.
+    let clients = MemberClients::with_refresh(hub.client(), std::time::Duration::ZERO);
+
+    let first = clients.connect(&eu_1).await.unwrap();
+    let same = clients.connect(&eu_1).await.unwrap();
+    assert_eq!(same.fingerprint, first.fingerprint);
+    let rotated_config = kubeconfig("https://10.0.0.2:6443");
+    hub.insert(path, kubeconfig_secret("eu-1", &rotated_config));
+    let rotated = clients.connect(&eu_1).await.unwrap();
+    assert_eq!(rotated.fingerprint, kubeconfig_fingerprint(&rotated_config));
+    assert_eq!(secret_reads(&hub, "eu-1"), 3);
+}
+
+#[tokio::test]
+async fn a_missing_or_broken_secret_is_never_cached() {
+    let hub = FakeApi::new();
+    let path = "/api/v1/namespaces/petrel-system/secrets/eu-1";
+    let eu_1: crate::api::Cluster = serde_json::from_value(cluster("eu-1", "prod")).unwrap();
+    let clients = MemberClients::new(hub.client());
+
+    let missing = clients.connect(&eu_1).await.err().unwrap();
+    assert_eq!(missing.reason(), "KubeconfigSecretMissing");
+    hub.insert(path, kubeconfig_secret("eu-1", "clusters: ["));
+    assert_eq!(clients.connect(&eu_1).await.err().unwrap().reason(), "KubeconfigInvalid");
+    let fixed = kubeconfig("https://10.0.0.1:6443");
+    hub.insert(path, kubeconfig_secret("eu-1", &fixed));
+    assert_eq!(clients.connect(&eu_1).await.unwrap().fingerprint, kubeconfig_fingerprint(&fixed));
+    assert_eq!(secret_reads(&hub, "eu-1"), 3, "each failure was read again at the next connect");
 }
