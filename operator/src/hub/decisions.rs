@@ -517,6 +517,91 @@ mod tests {
         }
     }
 
+    mod choose_release_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const RELEASES: [&str; 3] = ["podinfo:1", "podinfo:2", "podinfo:3"];
+        const PHASES: [Phase; 4] = [Phase::Waiting, Phase::Progressing, Phase::Succeeded, Phase::Failed];
+        const ROLLOUT_PHASES: [RolloutPhase; 6] = [
+            RolloutPhase::Progressing,
+            RolloutPhase::Soaking,
+            RolloutPhase::WaitingApproval,
+            RolloutPhase::Paused,
+            RolloutPhase::Succeeded,
+            RolloutPhase::Failed,
+        ];
+
+        fn member() -> impl Strategy<Value = MemberObservation> {
+            (any::<bool>(), 0..3usize, 0..4usize, 0..20u32, any::<bool>()).prop_map(
+                |(canary_role, release, phase, transition, has_canary)| {
+                    let role = if canary_role { "canary" } else { "worker" };
+                    let mut m = with_phase(observed("m", role, RELEASES[release], transition), PHASES[phase]);
+                    if !has_canary {
+                        m.canary = None;
+                    }
+                    m
+                },
+            )
+        }
+
+        fn previous() -> impl Strategy<Value = Option<RolloutStatus>> {
+            proptest::option::of((0..3usize, 0..6usize, proptest::option::of(0..20u32))).prop_map(|p| {
+                p.map(|(release, phase, opened_at)| match opened_at {
+                    Some(minute) => opened(RELEASES[release], ROLLOUT_PHASES[phase], minute),
+                    None => status(RELEASES[release], ROLLOUT_PHASES[phase]),
+                })
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// The release is the previous one or one a first-wave member reports; a run
+            /// in flight only ever gives way to a release a first-wave member is held at
+            /// the gate for, since that run began.
+            #[test]
+            fn a_release_changes_only_for_what_the_first_wave_reports(
+                members in proptest::collection::vec(member(), 0..6),
+                previous in previous(),
+            ) {
+                let members: Vec<MemberObservation> = members
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| MemberObservation { cluster: format!("m{i}"), ..m })
+                    .collect();
+                let first_wave_role = if members.iter().any(|m| m.labels["role"] == "canary") { "canary" } else { "worker" };
+                let first_wave: Vec<&CanaryObservation> = members
+                    .iter()
+                    .filter(|m| m.labels["role"] == first_wave_role)
+                    .filter_map(|m| m.canary.as_ref())
+                    .collect();
+                let previous_release = previous.as_ref().and_then(|p| p.release.clone());
+                let chosen = choose_release(&plan(), previous.as_ref(), &members);
+
+                match &chosen {
+                    None => prop_assert!(previous_release.is_none() && first_wave.is_empty()),
+                    Some(release) => prop_assert!(
+                        previous_release.as_ref() == Some(release)
+                            || first_wave.iter().any(|c| c.release.as_ref() == Some(release)),
+                        "{release} comes from nowhere"
+                    ),
+                }
+                if let Some(status) = previous.as_ref().filter(|s| in_flight(s))
+                    && chosen != previous_release
+                {
+                    let began = status.waves.iter().filter_map(|w| w.opened_at).min();
+                    let held = first_wave.iter().any(|c| {
+                        c.phase == Phase::Waiting
+                            && c.release == chosen
+                            && began.is_none_or(|b| c.last_transition.is_some_and(|t| t > b))
+                    });
+                    prop_assert!(held, "the run of {previous_release:?} gave way to {chosen:?} with no member held for it");
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_newest_release_of_the_first_wave_is_chosen() {
         let members = vec![
