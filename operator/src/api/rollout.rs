@@ -272,6 +272,17 @@ pub enum RolloutPhase {
     Failed,
 }
 
+impl RolloutPhase {
+    pub const ALL: [RolloutPhase; 6] = [
+        RolloutPhase::Progressing,
+        RolloutPhase::Soaking,
+        RolloutPhase::WaitingApproval,
+        RolloutPhase::Paused,
+        RolloutPhase::Succeeded,
+        RolloutPhase::Failed,
+    ];
+}
+
 /// State of one wave for the current release.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -28,6 +28,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use kube::{Client, Config};
 use petrel::api::Rollout;
+use petrel::api::rollout::RolloutPhase;
 use petrel::fleet::APPROVED_REVISION_ANNOTATION;
 use petrel::hub::{HubContext, clusters, reconcile};
 use serde_json::{Value, json};
@@ -175,7 +176,7 @@ async fn bench(members: usize, steady: usize) -> Result<()> {
     let started = Instant::now();
     loop {
         let rollout = fake.rollout().await?;
-        if phase(&rollout) == Some("Succeeded") {
+        if rollout.status.as_ref().and_then(|s| s.phase) == Some(RolloutPhase::Succeeded) {
             break;
         }
         if release.len() > 200 {
@@ -197,12 +198,10 @@ async fn bench(members: usize, steady: usize) -> Result<()> {
     }
     let release_time = started.elapsed();
     println!(
-        "release to Succeeded: {} reconciles in {:.2} s; per reconcile median {} p99 {} max {} (the first builds every member's clients)",
+        "release to Succeeded: {} reconciles in {:.2} s; per reconcile {} (the first builds every member's clients)",
         release.len(),
         release_time.as_secs_f64(),
-        fmt(release.quantile(0.5)),
-        fmt(release.quantile(0.99)),
-        fmt(release.max()),
+        release.summary(),
     );
 
     // Steady, warm caches.
@@ -210,12 +209,7 @@ async fn bench(members: usize, steady: usize) -> Result<()> {
     let warm = run_steady(&fake, &ctx, steady).await?;
     let counts = fake.take_counts().await?;
     let rss_hub = proc_status_kib("VmRSS:").unwrap_or(0);
-    println!(
-        "steady reconcile, member watches warm ({steady} runs): median {} p99 {} max {}",
-        fmt(warm.quantile(0.5)),
-        fmt(warm.quantile(0.99)),
-        fmt(warm.max())
-    );
+    println!("steady reconcile, member watches warm ({steady} runs): {}", warm.summary());
     print_counts(&counts, steady);
     println!(
         "hub resident memory with {members} members watched and probed: {:.1} MiB (+{:.1} MiB over the process before the hub started, {:.0} KiB per member)",
@@ -235,12 +229,7 @@ async fn bench(members: usize, steady: usize) -> Result<()> {
     fake.take_counts().await?;
     let cold = run_steady(&fake, &cold_ctx, cold_runs).await?;
     let cold_counts = fake.take_counts().await?;
-    println!(
-        "steady reconcile, no watches ({cold_runs} runs): median {} p99 {} max {}",
-        fmt(cold.quantile(0.5)),
-        fmt(cold.quantile(0.99)),
-        fmt(cold.max())
-    );
+    println!("steady reconcile, no watches ({cold_runs} runs): {}", cold.summary());
     print_counts(&cold_counts, cold_runs);
     fake.stop().await;
     Ok(())
@@ -263,18 +252,6 @@ fn print_counts(counts: &BTreeMap<String, u64>, runs: usize) {
     println!("  requests per reconcile: {}", if per_run.is_empty() { "none".into() } else { per_run.join(", ") });
 }
 
-fn phase(rollout: &Rollout) -> Option<&'static str> {
-    use petrel::api::rollout::RolloutPhase::*;
-    rollout.status.as_ref()?.phase.map(|p| match p {
-        Progressing => "Progressing",
-        Soaking => "Soaking",
-        WaitingApproval => "WaitingApproval",
-        Paused => "Paused",
-        Succeeded => "Succeeded",
-        Failed => "Failed",
-    })
-}
-
 #[derive(Default)]
 struct Samples(Vec<Duration>);
 
@@ -295,6 +272,10 @@ impl Samples {
     }
     fn max(&self) -> Duration {
         self.0.iter().max().copied().unwrap_or_default()
+    }
+    /// `median … p99 … max …`.
+    fn summary(&self) -> String {
+        format!("median {} p99 {} max {}", fmt(self.quantile(0.5)), fmt(self.quantile(0.99)), fmt(self.max()))
     }
 }
 

@@ -523,14 +523,6 @@ mod tests {
 
         const RELEASES: [&str; 3] = ["podinfo:1", "podinfo:2", "podinfo:3"];
         const PHASES: [Phase; 4] = [Phase::Waiting, Phase::Progressing, Phase::Succeeded, Phase::Failed];
-        const ROLLOUT_PHASES: [RolloutPhase; 6] = [
-            RolloutPhase::Progressing,
-            RolloutPhase::Soaking,
-            RolloutPhase::WaitingApproval,
-            RolloutPhase::Paused,
-            RolloutPhase::Succeeded,
-            RolloutPhase::Failed,
-        ];
 
         fn member() -> impl Strategy<Value = MemberObservation> {
             (any::<bool>(), 0..3usize, 0..4usize, 0..20u32, any::<bool>()).prop_map(
@@ -548,8 +540,8 @@ mod tests {
         fn previous() -> impl Strategy<Value = Option<RolloutStatus>> {
             proptest::option::of((0..3usize, 0..6usize, proptest::option::of(0..20u32))).prop_map(|p| {
                 p.map(|(release, phase, opened_at)| match opened_at {
-                    Some(minute) => opened(RELEASES[release], ROLLOUT_PHASES[phase], minute),
-                    None => status(RELEASES[release], ROLLOUT_PHASES[phase]),
+                    Some(minute) => opened(RELEASES[release], RolloutPhase::ALL[phase], minute),
+                    None => status(RELEASES[release], RolloutPhase::ALL[phase]),
                 })
             })
         }

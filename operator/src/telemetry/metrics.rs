@@ -28,15 +28,6 @@ use crate::core::{Provider, Strategy};
 /// `controller` label of the per-cluster Canary controller.
 pub const CANARY_CONTROLLER: &str = "canary";
 
-/// Every phase of a Rollout, for one-hot series.
-const ROLLOUT_PHASES: [RolloutPhase; 6] = [
-    RolloutPhase::Progressing,
-    RolloutPhase::Soaking,
-    RolloutPhase::WaitingApproval,
-    RolloutPhase::Paused,
-    RolloutPhase::Succeeded,
-    RolloutPhase::Failed,
-];
 /// Every phase of a wave, for one-hot series.
 const WAVE_PHASES: [WavePhase; 5] =
     [WavePhase::Pending, WavePhase::Progressing, WavePhase::Soaking, WavePhase::Succeeded, WavePhase::Failed];
@@ -560,7 +551,7 @@ impl Metrics {
             }
             owned.release = status.release.clone();
         }
-        for phase in ROLLOUT_PHASES {
+        for phase in RolloutPhase::ALL {
             let labels = PhaseLabels { namespace: namespace.into(), name: name.into(), phase: label_of(&phase) };
             self.rollout_phase.get_or_create(&labels).set(i64::from(status.phase == Some(phase)));
         }
@@ -612,7 +603,7 @@ impl Metrics {
     pub fn forget_rollout(&self, namespace: &str, name: &str) {
         let key = CanaryLabels { namespace: namespace.to_string(), name: name.to_string() };
         let owned = self.rollout_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
-        for phase in ROLLOUT_PHASES {
+        for phase in RolloutPhase::ALL {
             self.rollout_phase.remove(&PhaseLabels {
                 namespace: namespace.into(),
                 name: name.into(),
