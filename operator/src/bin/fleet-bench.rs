@@ -5,12 +5,16 @@
 //! Run: `cargo run --release -p petrel --bin fleet-bench [-- --runs N]`
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use petrel::api::canary::Phase;
 use petrel::api::rollout::{Approval, ClusterSelector, FailurePolicy, LabelOperator, LabelRequirement};
 use petrel::fleet::{CanaryObservation, MemberObservation, RolloutPlan, Share, WavePlan, build_status, decide_waves};
+
+#[path = "shared/figures.rs"]
+mod figures;
+use figures::{fmt, proc_status_kib};
 
 const RELEASE: &str = "ghcr.io/stefanprodan/podinfo:6.5.0";
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
@@ -53,7 +57,7 @@ fn main() {
             }
         }
     }
-    match peak_rss_kib() {
+    match proc_status_kib("VmHWM:") {
         Some(kib) => println!("peak resident memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0),
         None => println!("peak resident memory: unavailable (no /proc/self/status)"),
     }
@@ -203,21 +207,4 @@ fn fleet(size: usize, waves: usize, scenario: Scenario) -> (RolloutPlan, Vec<Mem
         }
     };
     (plan, members, history)
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-/// Peak resident set size of this process, from `/proc/self/status` (Linux).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -34,6 +34,10 @@ use petrel::hub::{HubContext, clusters, reconcile};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+#[path = "shared/figures.rs"]
+mod figures;
+use figures::{fmt, proc_status_kib};
+
 const OLD: &str = "ghcr.io/stefanprodan/podinfo:6.4.0";
 const NEW: &str = "ghcr.io/stefanprodan/podinfo:6.5.0";
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
@@ -62,7 +66,7 @@ fn main() -> Result<()> {
         let members = members.parse().context("--fake-api takes a number of members")?;
         return runtime.block_on(serve_fake(members));
     }
-    println!("hub-bench: whole hub reconciles against an in-process fake API (hub + members on 127.0.0.1)");
+    println!("hub-bench: whole hub reconciles against a fake API in a child process (hub + members on 127.0.0.1)");
     for members in sizes {
         runtime.block_on(bench(members, steady))?;
     }
@@ -277,23 +281,6 @@ impl Samples {
     fn summary(&self) -> String {
         format!("median {} p99 {} max {}", fmt(self.quantile(0.5)), fmt(self.quantile(0.99)), fmt(self.max()))
     }
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.0} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-/// A field of `/proc/self/status` in KiB (Linux).
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -619,10 +606,8 @@ fn member_request(
             // Server-side apply of the hub's annotations: the hub's set replaces what it
             // applied before; other annotations stay.
             let applied = body["metadata"]["annotations"].as_object().cloned().unwrap_or_default();
-            let member = world.members.get_mut(cluster).map(|m| m.canary.clone()).unwrap_or_default();
-            let mut canary = member;
-            let annotations = canary["metadata"]["annotations"].as_object_mut();
-            if let Some(annotations) = annotations {
+            let mut canary = world.members[cluster].canary.clone();
+            if let Some(annotations) = canary["metadata"]["annotations"].as_object_mut() {
                 annotations.retain(|k, _| !k.starts_with("petrel.dev/"));
                 annotations.extend(applied);
             }

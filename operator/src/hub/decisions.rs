@@ -117,30 +117,31 @@ pub fn choose_release(
             _ => None,
         })
         .min();
-    let first_wave_canaries = || {
-        members
-            .iter()
-            .zip(&memberships)
-            .filter(move |(_, m)| first_wave.is_some_and(|first| **m == Membership::Wave(first)))
-            .filter_map(|(member, _)| Some((member.cluster.as_str(), member.canary.as_ref()?)))
-    };
-    let newest = |candidates: &mut dyn Iterator<Item = (&str, &CanaryObservation)>| {
-        candidates
-            .filter_map(|(cluster, c)| Some((c.last_transition, cluster, c.release.clone()?)))
-            .max()
-            .map(|(_, _, release)| release)
-    };
+    let first_wave_canaries: Vec<(&str, &CanaryObservation)> = members
+        .iter()
+        .zip(&memberships)
+        .filter(|(_, m)| first_wave.is_some_and(|first| **m == Membership::Wave(first)))
+        .filter_map(|(member, _)| Some((member.cluster.as_str(), member.canary.as_ref()?)))
+        .collect();
     if let (Some(status), Some(current)) = (previous.filter(|s| in_flight(s)), previous_release.as_deref()) {
         // The run began when its first wave opened; before that nothing was approved.
         let run_began = status.waves.iter().filter_map(|w| w.opened_at).min();
-        let mut superseding = first_wave_canaries().filter(|(_, c)| {
+        let superseding = first_wave_canaries.iter().copied().filter(|(_, c)| {
             c.phase == Phase::Waiting
                 && c.release.as_deref().is_some_and(|r| r != current)
                 && run_began.is_none_or(|began| c.last_transition.is_some_and(|t| t > began))
         });
-        return newest(&mut superseding).or(previous_release);
+        return newest_release(superseding).or(previous_release);
     }
-    newest(&mut first_wave_canaries()).or(previous_release)
+    newest_release(first_wave_canaries.into_iter()).or(previous_release)
+}
+
+/// The release of the Canary with the newest last transition, ties broken by cluster name.
+fn newest_release<'a>(candidates: impl Iterator<Item = (&'a str, &'a CanaryObservation)>) -> Option<String> {
+    candidates
+        .filter_map(|(cluster, c)| Some((c.last_transition, cluster, c.release.as_deref()?)))
+        .max()
+        .map(|(_, _, release)| release.to_string())
 }
 
 /// The annotations the hub owns on a member Canary (applied together: with server-side
