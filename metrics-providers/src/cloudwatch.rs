@@ -219,8 +219,8 @@ impl CloudWatchProvider {
             )));
         };
         Ok(Self {
-            http: HttpClient::new(config)?,
-            credentials_http: HttpClient::for_credentials(config)?,
+            http: HttpClient::new(config)?.redacting(env_secrets.iter().map(String::as_str)),
+            credentials_http: HttpClient::for_credentials(config)?.redacting(env_secrets.iter().map(String::as_str)),
             url,
             region,
             source,
@@ -288,7 +288,11 @@ impl CloudWatchProvider {
                 .body(body.clone()),
         )?;
         sign_request(&mut request, &body, &credentials, &self.region, SystemTime::now())?;
-        self.http.execute(request).await
+        let mut response = self.http.execute(request).await?;
+        // Role credentials are no Secret values, but credentials all the same.
+        let fetched = [Some(credentials.secret_access_key()), credentials.session_token()];
+        response.body = Redactor::default().with(fetched.into_iter().flatten()).scrub(&response.body);
+        Ok(response)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! As in Flagger, the query is written as render API parameters, not a bare
 //! target: `target=summarize(...)`, optionally with `&from=-10min` and the
-//! like (runs of whitespace are folded to one space first, so a template may
-//! span lines). `format=json` is always set. Basic authentication comes
+//! like (runs of whitespace are folded to one space first and trimmed from
+//! names and values, so a template may span lines). `format=json` is always set. Basic authentication comes
 //! from the Secret's `username` and `password`, which a Secret must hold
 //! when the template names one (as in Flagger).
 //!
@@ -49,7 +49,7 @@ pub(crate) fn render_params(query: &str) -> Result<Vec<(String, String)>, QueryE
         .map_err(|e| QueryError::InvalidConfig(format!("the graphite query is not render API parameters ({e})")))?
         .query_pairs()
         .filter(|(name, _)| name != "format")
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .collect();
     if !params.iter().any(|(name, value)| name == "target" && !value.trim().is_empty()) {
         return Err(QueryError::InvalidConfig(format!(

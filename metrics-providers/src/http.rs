@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::provider::{Credentials, DEFAULT_TIMEOUT, ProviderConfig, QueryError, quote_body, truncate};
+use crate::secret::Redactor;
 
 /// A client configured from a [`ProviderConfig`]: headers, credentials,
 /// timeout and TLS verification.
@@ -15,6 +16,9 @@ pub(crate) struct HttpClient {
     client: reqwest::Client,
     credentials: Credentials,
     timeout: Duration,
+    /// Scrubs secret values from every answer before it is decoded, so no
+    /// error quoting a body (even cut short) can carry one.
+    redactor: Redactor,
 }
 
 impl HttpClient {
@@ -29,7 +33,7 @@ impl HttpClient {
             .tls_danger_accept_invalid_certs(config.insecure_skip_verify)
             .build()
             .map_err(|e| QueryError::InvalidConfig(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { client, credentials: config.credentials.clone(), timeout })
+        Ok(Self { client, credentials: config.credentials.clone(), timeout, redactor: config.redactor() })
     }
 
     /// A client for a backend's token or credentials service: the same
@@ -38,7 +42,14 @@ impl HttpClient {
     pub(crate) fn for_credentials(config: &ProviderConfig) -> Result<Self, QueryError> {
         let mut plain = ProviderConfig::new(config.kind, "");
         plain.timeout = config.timeout;
-        Self::new(&plain)
+        Ok(Self { redactor: config.redactor(), ..Self::new(&plain)? })
+    }
+
+    /// The same client, also scrubbing `values` (secrets that are not in the
+    /// template's Secret, e.g. from the operator's environment).
+    pub(crate) fn redacting<'a>(mut self, values: impl IntoIterator<Item = &'a str>) -> Self {
+        self.redactor = self.redactor.with(values);
+        self
     }
 
     /// A request to `url` with the configured credentials; the caller adds
@@ -78,7 +89,7 @@ impl HttpClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .map(|value| truncate(value.trim(), MAX_RETRY_AFTER));
-        let body = response.text().await.map_err(failed)?;
+        let body = self.redactor.scrub(&response.text().await.map_err(failed)?);
         Ok(HttpResponse { status, retry_after, body })
     }
 

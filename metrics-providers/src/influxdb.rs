@@ -119,6 +119,7 @@ pub(crate) fn parse_response(response: &HttpResponse, query: &str) -> Result<f64
     let mut datatypes: Option<csv::StringRecord> = None;
     let mut header: Option<csv::StringRecord> = None;
     let mut rows = Vec::new();
+    let mut annotated = false;
     for record in reader.records() {
         let record = record.map_err(|e| garbage(e.to_string()))?;
         let first = record.get(0).unwrap_or_default();
@@ -127,8 +128,14 @@ pub(crate) fn parse_response(response: &HttpResponse, query: &str) -> Result<f64
             if first == "#datatype" {
                 datatypes = Some(record);
             }
+            annotated = true;
             header = None;
             continue;
+        }
+        if !annotated {
+            // petrel asks for annotations: a body without them is not an
+            // answer of the query API (a proxy's page, say).
+            return Err(garbage("no #datatype annotation".into()));
         }
         let Some(columns) = &header else {
             header = Some(record);
@@ -202,6 +209,10 @@ mod tests {
             parse_response(&ok(&two_tables), "q"),
             Err(QueryError::MultipleSeries { count: 2, query: "q".into() })
         );
+        assert!(matches!(
+            parse_response(&ok("<html><body>Bad Gateway</body></html>"), "q"),
+            Err(QueryError::BadResponse(_))
+        ));
         let string = ONE_ROW.replace(",double,", ",string,").replace("12.5", "abc");
         assert!(matches!(parse_response(&ok(&string), "q"), Err(QueryError::BadResponse(m)) if m.contains("string")));
     }

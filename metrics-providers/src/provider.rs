@@ -412,13 +412,18 @@ impl ProviderConfig {
 
     /// Every value that must never appear in a message: the Secret's values
     /// and the credentials'.
-    fn redactor(&self) -> Redactor {
-        let credentials: Vec<&str> = match &self.credentials {
+    pub(crate) fn redactor(&self) -> Redactor {
+        use base64::Engine;
+        let credentials: Vec<String> = match &self.credentials {
             Credentials::None => vec![],
-            Credentials::Bearer(token) => vec![token],
-            Credentials::Basic { username, password } => vec![username, password],
+            Credentials::Bearer(token) => vec![token.clone()],
+            Credentials::Basic { username, password } => {
+                // The header form too: it is the password, merely encoded.
+                let header = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                vec![username.clone(), password.clone(), header]
+            }
         };
-        Redactor::new(self.secret.as_ref(), credentials)
+        Redactor::new(self.secret.as_ref(), credentials.iter().map(String::as_str))
     }
 }
 

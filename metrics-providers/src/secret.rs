@@ -97,12 +97,24 @@ impl Redactor {
     /// A redactor for every value of `secret` and every `extra` value (e.g.
     /// a password handed over as [`Credentials`](crate::Credentials)).
     pub fn new<'a>(secret: Option<&SecretData>, extra: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut values: Vec<String> = secret
-            .into_iter()
-            .flat_map(SecretData::values)
-            .chain(extra.into_iter().map(|value| value.trim().to_owned()))
-            .filter(|value| value.chars().count() >= MIN_REDACTED_LEN)
-            .collect();
+        Self::from_values(
+            secret
+                .into_iter()
+                .flat_map(SecretData::values)
+                .chain(extra.into_iter().map(|value| value.trim().to_owned())),
+        )
+    }
+
+    /// This redactor, also replacing `extra` values.
+    pub fn with<'a>(&self, extra: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut values = self.values.clone();
+        values.extend(extra.into_iter().map(|value| value.trim().to_owned()));
+        Self::from_values(values)
+    }
+
+    fn from_values(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> =
+            values.into_iter().filter(|value| value.chars().count() >= MIN_REDACTED_LEN).collect();
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Self { values }

@@ -34,6 +34,7 @@ use crate::http::{
     HttpClient, HttpResponse, address_or, endpoint, no_range_queries, parse_address, secret_header, unix_now,
 };
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
+use crate::secret::Redactor;
 
 /// The Monitoring API.
 pub const DEFAULT_ADDRESS: &str = "https://monitoring.googleapis.com";
@@ -235,7 +236,9 @@ impl MetricProvider for StackdriverProvider {
             .request(Method::POST, &self.query_url)
             .header(AUTHORIZATION, authorization)
             .json(&json!({"query": query}));
-        let response = self.http.send(request).await?;
+        let mut response = self.http.send(request).await?;
+        // The token is no Secret value, but a credential all the same.
+        response.body = Redactor::default().with([token.as_str()]).scrub(&response.body);
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "cloud monitoring query");
         value
