@@ -423,7 +423,14 @@ impl ProviderConfig {
                 vec![username.clone(), password.clone(), header]
             }
         };
-        Redactor::new(self.secret.as_ref(), credentials.iter().map(String::as_str))
+        // An address from the Secret comes back in messages as its host alone.
+        let secret_host = self
+            .secret
+            .as_ref()
+            .and_then(|secret| secret.text("address").ok().flatten())
+            .and_then(|address| reqwest::Url::parse(&address).ok())
+            .and_then(|url| url.host_str().map(str::to_owned));
+        Redactor::new(self.secret.as_ref(), credentials.iter().chain(&secret_host).map(String::as_str))
     }
 }
 

@@ -120,15 +120,34 @@ impl Redactor {
         Self { values }
     }
 
-    /// `text` with every secret value replaced.
+    /// `text` with every secret value replaced, ignoring ASCII case (a URL's host comes
+    /// back lower-cased).
     pub fn scrub(&self, text: &str) -> String {
-        self.values.iter().fold(text.to_owned(), |text, value| text.replace(value.as_str(), REDACTED))
+        self.values.iter().fold(text.to_owned(), |text, value| replace_ignoring_case(&text, value))
     }
 
     /// `error` with every secret value in its text replaced.
     pub fn scrub_error(&self, error: QueryError) -> QueryError {
         if self.values.is_empty() { error } else { error.map_text(|text| self.scrub(&text)) }
     }
+}
+
+/// `text` with every ASCII-case-insensitive occurrence of `value` replaced by [`REDACTED`].
+fn replace_ignoring_case(text: &str, value: &str) -> String {
+    // ASCII lower-casing keeps every byte offset, so matches found in the lowered copy
+    // are char boundaries of the original too.
+    let (lowered, needle) = (text.to_ascii_lowercase(), value.to_ascii_lowercase());
+    let mut scrubbed = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (start, _) in lowered.match_indices(&needle) {
+        if start >= rest {
+            scrubbed.push_str(&text[rest..start]);
+            scrubbed.push_str(REDACTED);
+            rest = start + needle.len();
+        }
+    }
+    scrubbed.push_str(&text[rest..]);
+    scrubbed
 }
 
 #[cfg(test)]
@@ -165,6 +184,10 @@ mod tests {
         assert_eq!(
             redactor.scrub("key topsecret-and-more, then topsecret, hunter22, abc"),
             "key <redacted>, then <redacted>, <redacted>, abc"
+        );
+        assert_eq!(
+            redactor.scrub("http://TopSecret:1 and héllo topsecret"),
+            "http://<redacted>:1 and héllo <redacted>"
         );
         let error = redactor.scrub_error(QueryError::Http { status: 403, body: "bad key topsecret".into() });
         assert_eq!(error, QueryError::Http { status: 403, body: "bad key <redacted>".into() });

@@ -13,6 +13,7 @@
 //! without an API server; [`KubeSource`] is the real implementation.
 
 pub mod alerts;
+pub mod keptn;
 pub mod metrics;
 pub mod webhooks;
 
@@ -49,6 +50,22 @@ pub trait MetricSource: Send + Sync {
     ) -> impl Future<Output = Result<MetricTemplate, SourceError>> + Send;
 
     fn secret(&self, namespace: &str, name: &str) -> impl Future<Output = Result<SecretData, SourceError>> + Send;
+
+    /// A KeptnMetric object (`metrics.keptn.sh`), as JSON, for the `keptn` provider.
+    /// Sources without a Kubernetes API (most test fakes) cannot read one.
+    fn keptn_metric(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<serde_json::Value, SourceError>> + Send {
+        let error = SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: "this source has no Kubernetes API".into(),
+        };
+        async move { Err(error) }
+    }
 }
 
 /// Reads the objects alerts refer to.
@@ -118,6 +135,28 @@ impl MetricSource for KubeSource {
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
         self.secret_data(namespace, name).await
+    }
+
+    async fn keptn_metric(&self, namespace: &str, name: &str) -> Result<serde_json::Value, SourceError> {
+        let resource = keptn::keptn_metric_resource();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let found = api.get_opt(name).await.map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })?;
+        let object = found.ok_or_else(|| SourceError::NotFound {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+        serde_json::to_value(object).map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{debug, instrument, warn};
 use super::conditions::set_condition;
 use super::{Context, Error, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
-use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
+use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
 use crate::analysis::{KubeSource, MetricSource};
 use crate::api::canary::{
@@ -61,6 +61,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     let source = KubeSource::new(ctx.client.clone());
     if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
         return stall(&ctx, &canary, status, "MetricTemplateNotFound", &message).await;
+    }
+    if let Some(message) = invalid_metric_provider(&metric_deps(&ctx, &source), &canary).await {
+        return stall(&ctx, &canary, status, "MetricProviderInvalid", &message).await;
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
@@ -131,14 +134,17 @@ async fn run_plan(
         results.hooks.insert(*hook_type, outcome);
     }
     if plan.run_metrics {
-        let deps = MetricDeps {
-            source: source.clone(),
-            default_metrics_server: Some(ctx.settings.metrics_server.clone()),
-            query_timeout: METRIC_QUERY_TIMEOUT,
-        };
-        results.metrics = Some(run_metrics(&deps, canary, provider).await);
+        results.metrics = Some(run_metrics(&metric_deps(ctx, source), canary, provider).await);
     }
     results
+}
+
+fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
+    MetricDeps {
+        source: source.clone(),
+        default_metrics_server: Some(ctx.settings.metrics_server.clone()),
+        query_timeout: METRIC_QUERY_TIMEOUT,
+    }
 }
 
 /// Applies the core's actions in order. A failing action stops the reconcile before the
