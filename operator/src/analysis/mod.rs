@@ -288,4 +288,33 @@ mod tests {
             "{broken}"
         );
     }
+
+    /// The keptn provider through the real source: the KeptnMetric is read from the
+    /// Kubernetes API at the path of metrics.keptn.sh/v1beta1.
+    #[tokio::test]
+    async fn keptn_provider_reads_the_keptn_metric_from_the_api() {
+        use metrics_providers::{MetricProvider, QueryError};
+
+        let updated = chrono::Utc::now().to_rfc3339();
+        let metric = serde_json::json!({
+            "apiVersion": "metrics.keptn.sh/v1beta1", "kind": "KeptnMetric",
+            "metadata": {"name": "error-rate", "namespace": "keptn-system"},
+            "spec": {"provider": {"name": "prometheus"}, "query": "sum(rate(errors[1m]))", "fetchIntervalSeconds": 10},
+            "status": {"value": "0.42", "rawValue": "MC40Mg==", "lastUpdated": updated},
+        });
+        let source = KubeSource::new(fake_api(BTreeMap::from([(
+            "/apis/metrics.keptn.sh/v1beta1/namespaces/keptn-system/keptnmetrics/error-rate".to_string(),
+            metric,
+        )])));
+        let keptn = keptn::KeptnProvider::new(&source);
+
+        assert_eq!(keptn.query("keptnmetric/keptn-system/error-rate").await, Ok(0.42));
+        let missing = keptn.query("keptnmetric/keptn-system/latency").await.unwrap_err();
+        assert!(
+            matches!(&missing, QueryError::InvalidConfig(m) if m.contains("KeptnMetric keptn-system/latency not found")),
+            "{missing}"
+        );
+        let broken = keptn.query("keptnmetric/broken/error-rate").await.unwrap_err();
+        assert!(matches!(&broken, QueryError::Transport(m) if m.contains("etcd is on fire")), "{broken}");
+    }
 }
