@@ -127,7 +127,7 @@ impl std::fmt::Debug for CredentialSource {
 }
 
 /// A CloudWatch `GetMetricData` client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CloudWatchProvider {
     http: HttpClient,
     /// For STS and container credentials, without the template's headers.
@@ -530,6 +530,13 @@ pub(crate) fn parse_response(response: &HttpResponse, query: &str) -> Result<f64
     }
     // Values come newest first (ScanBy's default, TimestampDescending).
     result.values.first().copied().ok_or_else(|| QueryError::NoData { query: quote_query(query) })
+}
+
+/// Prints no field: several hold values read from the Secret.
+impl std::fmt::Debug for CloudWatchProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloudWatchProvider(..)")
+    }
 }
 
 #[cfg(test)]

@@ -470,12 +470,19 @@ macro_rules! on_backend {
 }
 
 /// A ready-to-query metrics backend, built by [`build_provider`]. Its errors
-/// never carry a value of the Secret or credentials it was built from.
-#[derive(Debug, Clone)]
+/// never carry a value of the Secret or credentials it was built from, and
+/// its `Debug` shows only the backend type.
+#[derive(Clone)]
 pub struct Provider {
     kind: ProviderKind,
     backend: Backend,
     redactor: Redactor,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Provider({})", self.kind)
+    }
 }
 
 impl Provider {
@@ -594,6 +601,43 @@ mod tests {
             Credentials::from_secret_data(&not_utf8),
             Err(QueryError::InvalidConfig(m)) if m.contains("token")
         ));
+    }
+
+    #[test]
+    fn debug_of_built_providers_never_prints_secrets() {
+        let secret: SecretData = [
+            ("datadog_api_key", "dd-key-SECRET1"),
+            ("datadog_application_key", "dd-app-SECRET2"),
+            ("newrelic_account_id", "7654321"),
+            ("newrelic_query_key", "nr-SECRET3"),
+            ("token", "influx-SECRET4"),
+            ("org", "org-SECRET5"),
+            ("dynatrace_token", "dt-SECRET6"),
+            ("sf_token_key", "sf-SECRET7"),
+            ("aws_access_key_id", "AKIA-SECRET8"),
+            ("aws_secret_access_key", "aws-SECRET9"),
+            ("project", "project-SECRET10"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect::<BTreeMap<_, _>>()
+        .into();
+        for kind in [
+            ProviderKind::Datadog,
+            ProviderKind::NewRelic,
+            ProviderKind::InfluxDb,
+            ProviderKind::Dynatrace,
+            ProviderKind::Splunk,
+            ProviderKind::CloudWatch,
+            ProviderKind::Stackdriver,
+        ] {
+            let mut config = ProviderConfig::new(kind, "http://127.0.0.1:1");
+            config.secret = Some(secret.clone());
+            config.region = Some("us-east-1".into());
+            let provider = build_provider(&config).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let shown = format!("{provider:?} {config:?}");
+            assert!(!shown.contains("SECRET") && !shown.contains("7654321"), "{kind}: {shown}");
+        }
     }
 
     #[test]

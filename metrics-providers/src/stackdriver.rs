@@ -88,7 +88,7 @@ impl std::fmt::Debug for TokenSource {
 }
 
 /// A Cloud Monitoring MQL client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StackdriverProvider {
     http: HttpClient,
     /// For the token requests, without the template's headers.
@@ -318,6 +318,13 @@ pub(crate) fn parse_response(response: &HttpResponse, query: &str) -> Result<f64
     });
     number
         .ok_or_else(|| QueryError::BadResponse(format!("the value {} is not a number", quote_body(&value.to_string()))))
+}
+
+/// Prints no field: several hold values read from the Secret.
+impl std::fmt::Debug for StackdriverProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StackdriverProvider(..)")
+    }
 }
 
 #[cfg(test)]
