@@ -13,8 +13,12 @@ pub enum Verdict {
     Pass,
     /// The check failed; the reason is written for a Kubernetes Event.
     Fail(String),
-    /// Not enough information to judge (e.g. too few samples). The caller
-    /// decides how to count it; petrel's rule is that it is not a pass.
+    /// Too few samples so far: more may come, and the comparison is judged
+    /// then. Not a pass; petrel counts it neither as a pass nor as a failed
+    /// check, and never promotes while a comparison is pending.
+    Pending(String),
+    /// Cannot be judged whatever more comes (e.g. an invalid alpha). The
+    /// caller decides how to count it; petrel's rule is that it is not a pass.
     Inconclusive(String),
 }
 
@@ -75,7 +79,7 @@ pub struct CompareConfig {
     pub direction: Direction,
     /// Significance level: the canary fails when the p-value is below it.
     pub alpha: f64,
-    /// Fewer finite samples than this on either side is inconclusive.
+    /// Fewer finite samples than this on either side is pending.
     pub min_samples: usize,
     /// Smallest estimated shift (in the metric's unit, in the bad direction)
     /// that may fail the canary, so a statistically significant but tiny
@@ -93,7 +97,8 @@ impl Default for CompareConfig {
 /// The result of [`compare`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
-    /// Pass, Fail (significant change in the bad direction) or Inconclusive.
+    /// Pass, Fail (significant change in the bad direction), Pending (too few
+    /// samples yet) or Inconclusive.
     pub verdict: Verdict,
     /// p-value of the test in the configured direction, in `[0, 1]`;
     /// `None` when the test was not run.
@@ -117,7 +122,7 @@ pub struct Comparison {
 /// `cfg.direction` calls bad.
 ///
 /// Non-finite samples are dropped and counted. Fewer than
-/// `cfg.min_samples` on either side is inconclusive. When every sample on
+/// `cfg.min_samples` on either side is pending. When every sample on
 /// both sides is the same value, nothing changed: pass with p = 1.
 ///
 /// The shift estimate looks at every canary/baseline pair: exact up to
@@ -144,8 +149,8 @@ pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Compari
     let need = cfg.min_samples.max(1);
     if x.len() < need || y.len() < need {
         let dropped_note = if dropped > 0 { format!(" after dropping {dropped} NaN/Inf") } else { String::new() };
-        return not_run(Verdict::Inconclusive(format!(
-            "too few samples: canary {}, baseline {}{dropped_note}; need at least {need} each",
+        return not_run(Verdict::Pending(format!(
+            "too few samples yet: canary {}, baseline {}{dropped_note}; need at least {need} each",
             x.len(),
             y.len()
         )));
@@ -356,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn nan_is_dropped_and_counted_and_can_make_it_inconclusive() {
+    fn nan_is_dropped_and_counted_and_can_keep_it_pending() {
         let canary = [1.0, f64::NAN, 2.0, 3.0, f64::INFINITY, 4.0];
         let baseline = [1.0, 2.0, 3.0, 4.0, 5.0, f64::NAN];
         let c = compare(&canary, &baseline, &CompareConfig::default());
@@ -364,17 +369,21 @@ mod tests {
         assert_eq!((c.canary_samples, c.baseline_samples), (4, 5));
         assert!(matches!(
             c.verdict,
-            Verdict::Inconclusive(ref m) if m.contains("canary 4") && m.contains("dropping 3")
+            Verdict::Pending(ref m) if m.contains("canary 4") && m.contains("dropping 3")
         ));
         assert_eq!(c.p_value, None);
     }
 
     #[test]
-    fn too_few_samples_is_inconclusive_not_pass() {
+    fn too_few_samples_is_pending_not_pass() {
         let c = compare(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0, 5.0], &CompareConfig::default());
-        assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
+        assert!(matches!(c.verdict, Verdict::Pending(_)));
+        assert!(!c.verdict.is_pass());
         let c = compare(&[], &[], &CompareConfig { min_samples: 0, ..CompareConfig::default() });
-        assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
+        assert!(matches!(c.verdict, Verdict::Pending(_)));
+        // A clearly worse canary is still pending below min_samples, not failed.
+        let c = compare(&[900.0; 4], &[10.0; 9], &CompareConfig::default());
+        assert!(matches!(c.verdict, Verdict::Pending(ref m) if m.contains("canary 4")), "{c:?}");
     }
 
     #[test]

@@ -417,19 +417,66 @@ pub struct ThresholdRangeSpec {
 }
 
 /// Canary-versus-primary statistical comparison of one metric.
+///
+/// At every analysis tick the metric is read for the canary and for the primary, and the
+/// pair is kept in `status.comparisonSamples`. Until each side has `minSamples` values
+/// the comparison is *pending*: not a failed check, but the run is never promoted (nor
+/// all traffic moved to the canary) while it is. Then it is judged over all the run's
+/// values with a Mann-Whitney U test at `alpha`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricComparison {
     /// Which change is bad: `increase` (latency, errors), `decrease` (success rate) or `either`.
     pub direction: ComparisonDirection,
-    /// Samples needed from each side before the comparison can fail. Default 5.
+    /// Values needed from each side before the comparison is judged. Default 5, at most
+    /// 100 (the values a run keeps). A Canary whose steps give fewer analysis ticks is
+    /// reported Stalled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 2))]
+    #[schemars(range(min = 2, max = 100))]
     pub min_samples: Option<i32>,
     /// Significance level of the test. Default 0.05.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0001, max = 0.5))]
     pub alpha: Option<f64>,
+    /// What a comparison still pending at the run's last step does: `Hold` (default) or
+    /// `Fail` (see [`InsufficientSamples`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_insufficient_samples: Option<InsufficientSamples>,
+}
+
+/// Values a comparison needs from each side when `minSamples` is unset.
+pub const DEFAULT_MIN_SAMPLES: usize = 5;
+/// Values a run keeps per side and comparison metric (so the status stays small); also
+/// the largest `minSamples` the API accepts.
+pub const MAX_COMPARISON_SAMPLES: usize = 100;
+
+impl MetricComparison {
+    /// `minSamples`, or its default; never below 2 (a test needs two values a side).
+    pub fn min_samples(&self) -> usize {
+        self.min_samples
+            .map_or(DEFAULT_MIN_SAMPLES, |n| usize::try_from(n).unwrap_or(0))
+            .clamp(2, MAX_COMPARISON_SAMPLES)
+    }
+
+    /// `onInsufficientSamples`, or its default `Hold`.
+    pub fn on_insufficient_samples(&self) -> InsufficientSamples {
+        self.on_insufficient_samples.unwrap_or_default()
+    }
+}
+
+/// What happens when the run reaches its last step with this comparison still pending
+/// (values were lost, for example ticks without data): `Hold` (default) keeps the last
+/// step and its ticks until the comparison is judged, and fails the run once
+/// `progressDeadlineSeconds` have passed since the hold began; `Fail` fails the run at
+/// once. Never a pass.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InsufficientSamples {
+    /// Keep the last step, and its ticks, until the comparison is judged; fail the run
+    /// when `progressDeadlineSeconds` pass first.
+    #[default]
+    Hold,
+    /// Fail the run at once.
+    Fail,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -647,6 +694,11 @@ pub struct CanaryStatus {
     /// Values collected during the run for metrics with a comparison (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub comparison_samples: Vec<ComparisonSamples>,
+    /// When the run began holding at its last step because a comparison was still
+    /// pending (`onInsufficientSamples: Hold`); it fails `progressDeadlineSeconds` later
+    /// unless every comparison is judged first. Cleared when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison_pending_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Promoted, Progressing and Stalled.
@@ -663,9 +715,53 @@ pub struct MetricResult {
     pub value: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_value: Option<f64>,
-    pub passed: bool,
+    /// Passed, Failed (a failed check) or Pending (a comparison still collecting values).
+    #[serde(default)]
+    pub outcome: MetricOutcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl MetricResult {
+    pub fn passed(&self) -> bool {
+        self.outcome == MetricOutcome::Passed
+    }
+
+    pub fn failed(&self) -> bool {
+        self.outcome == MetricOutcome::Failed
+    }
+
+    pub fn pending(&self) -> bool {
+        self.outcome == MetricOutcome::Pending
+    }
+}
+
+/// The outcome of one metric at one tick.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricOutcome {
+    Passed,
+    /// A failed check. Also what a result that says nothing counts as: never a pass.
+    #[default]
+    Failed,
+    /// Not judged yet: a comparison with fewer than `minSamples` values a side. Neither
+    /// a pass nor a failed check; no run is promoted while one of its metrics is pending.
+    Pending,
+}
+
+impl MetricOutcome {
+    /// Both judgements of one metric together (its threshold and its comparison): a
+    /// failure wins, then pending; passed only when both passed.
+    pub fn and(self, other: MetricOutcome) -> MetricOutcome {
+        match (self, other) {
+            (MetricOutcome::Failed, _) | (_, MetricOutcome::Failed) => MetricOutcome::Failed,
+            (MetricOutcome::Pending, _) | (_, MetricOutcome::Pending) => MetricOutcome::Pending,
+            (MetricOutcome::Passed, MetricOutcome::Passed) => MetricOutcome::Passed,
+        }
+    }
+
+    pub fn from_passed(passed: bool) -> MetricOutcome {
+        if passed { MetricOutcome::Passed } else { MetricOutcome::Failed }
+    }
 }
 
 /// Values collected for a comparison metric during the current run.
