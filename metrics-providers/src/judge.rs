@@ -130,7 +130,8 @@ pub struct Comparison {
 /// evenly spaced quantiles of each side beyond that, so time and memory
 /// stay bounded whatever the operator passes in.
 pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Comparison {
-    let finite = |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
+    let finite =
+        |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).map(without_float_noise).collect::<Vec<_>>();
     let (x, y) = (finite(canary), finite(baseline));
     let dropped = (canary.len() - x.len()) + (baseline.len() - y.len());
     let not_run = |verdict| Comparison {
@@ -185,6 +186,23 @@ pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Compari
         baseline_samples: y.len(),
         dropped,
     }
+}
+
+/// Significant digits a sample keeps before it is ranked.
+const SIGNIFICANT_DIGITS: usize = 12;
+
+/// `value` rounded to [`SIGNIFICANT_DIGITS`] significant digits.
+///
+/// Two queries for the same quantity rarely return the same bits: Prometheus computes
+/// `19.95` for one side and `19.950000000000003` for the other from equal histograms.
+/// A rank test sees every such pair as a strict order, so five "equal" values a side
+/// that happen to round the same way would fail a canary at p = 0.004. Rounding away
+/// the last few bits of a double makes them the ties they are. Exact decimal rounding
+/// (through the scientific notation) works for every finite value, however large or
+/// small.
+fn without_float_noise(value: f64) -> f64 {
+    let rounded: Option<f64> = format!("{value:.prec$e}", prec = SIGNIFICANT_DIGITS - 1).parse().ok();
+    rounded.filter(|r| r.is_finite()).unwrap_or(value)
 }
 
 struct UTest {
@@ -350,6 +368,27 @@ mod tests {
         assert!((c.p_value.unwrap() - 0.0019883758548943256).abs() < 1e-9);
         assert!(matches!(c.verdict, Verdict::Fail(ref m) if m.contains("higher than")));
         assert_eq!(c.shift_estimate, Some(2.0));
+    }
+
+    #[test]
+    fn values_equal_but_for_float_noise_are_ties() {
+        // What Prometheus answered for two equal histograms in an end-to-end run.
+        let canary = [19.950000000000003; 5];
+        let baseline = [19.95; 5];
+        for direction in [Direction::Increase, Direction::Decrease, Direction::Either] {
+            let c = compare(&canary, &baseline, &cfg(direction));
+            assert_eq!(c.verdict, Verdict::Pass, "{direction:?}: {c:?}");
+            assert_eq!(c.p_value, Some(1.0));
+        }
+        // A real difference in the twelfth significant digit still counts.
+        let c = compare(&[100.000000001; 5], &[100.0; 5], &cfg(Direction::Increase));
+        assert!(matches!(c.verdict, Verdict::Fail(_)), "{c:?}");
+        assert_eq!(without_float_noise(-1.5e-300), -1.5e-300);
+        assert_eq!(without_float_noise(-1.234567890123456e-305), -1.23456789012e-305);
+        assert_eq!(without_float_noise(1.234567890123456e200), 1.23456789012e200);
+        assert_eq!(without_float_noise(0.0), 0.0);
+        assert!(without_float_noise(f64::MAX).is_finite());
+        assert_eq!(without_float_noise(0.1 + 0.2), 0.3);
     }
 
     #[test]
