@@ -528,7 +528,8 @@ async fn undeliverable_alerts_never_block_a_release() {
 /// Issue 12: a canary whose P99 latency is twice the primary's, still within every fixed
 /// threshold of the Canary, is rolled back by the comparison (Mann-Whitney against the
 /// primary); the next release, as fast as the primary, is promoted. Before that, a
-/// Canary whose steps cannot collect `minSamples` is Stalled and touches nothing.
+/// Canary whose steps cannot collect `minSamples` is Stalled and touches nothing; after
+/// it, a comparison added mid-run holds the last step until it is judged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     let t0 = Instant::now();
@@ -539,7 +540,12 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     env.simulator.set_version("podinfo:6.0.1", VersionBehaviour::new(0.0, 40.0)).unwrap();
     env.simulator.set_version("podinfo:6.0.2", VersionBehaviour::new(0.0, 20.0)).unwrap();
     let manager = PatchParams::apply("e2e-comparison").force();
-    let manifest = |step_weight: i32, max_weight: i32| {
+    // minSamples is left at its default, 5, unless `comparison` says otherwise.
+    let manifest = |step_weight: i32, max_weight: i32, comparison: Option<serde_json::Value>| {
+        let mut duration = json!({"name": "request-duration", "interval": "10s", "thresholdRange": {"max": 500}});
+        if let Some(comparison) = comparison {
+            duration["comparison"] = comparison;
+        }
         let mut manifest = CanaryOptions::canary(Provider::GatewayApi).manifest();
         merge(
             &mut manifest["spec"]["analysis"],
@@ -548,21 +554,16 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
                 "maxWeight": max_weight,
                 "metrics": [
                     {"name": "request-success-rate", "interval": "10s", "thresholdRange": {"min": 99}},
-                    {
-                        "name": "request-duration",
-                        "interval": "10s",
-                        "thresholdRange": {"max": 500},
-                        // minSamples is left at its default, 5.
-                        "comparison": {"direction": "increase"},
-                    },
+                    duration,
                 ],
             }),
         );
         manifest
     };
+    let increase = || Some(json!({"direction": "increase"}));
 
     // 20/40 gives two ticks with metrics before promotion: refused as Stalled.
-    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(20, 40))).await.unwrap();
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(20, 40, increase()))).await.unwrap();
     let stalled = env
         .wait_status("Stalled/TooFewTicksForComparison", SETUP, |s| {
             s.conditions.iter().any(|c| c.type_ == "Stalled" && c.is_true() && c.reason == "TooFewTicksForComparison")
@@ -576,7 +577,7 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     eprintln!("[comparison] stalled: {message}");
 
     // 10..50 gives five.
-    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50))).await.unwrap();
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50, increase()))).await.unwrap();
     env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
 
     env.set_image(IMAGE_V1).await.unwrap();
@@ -615,7 +616,10 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
         failed.failed_checks
     );
 
-    // The next release is as fast as the primary: judged equal, promoted.
+    // The next release is as fast as the primary: judged equal, promoted. It comes after
+    // the metric window (10s), or its first canary value would still include requests the
+    // rolled-back version answered (the canary query selects the target's pods by name).
+    tokio::time::sleep(Duration::from_secs(10)).await;
     env.set_image(IMAGE_V2).await.unwrap();
     let succeeded = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
     env.wait_weights("route back to 100/0", SETUP, |h| h.last().is_some_and(|r| r.canary() == 0)).await.unwrap();
@@ -628,5 +632,33 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     assert_eq!(judged.outcome, MetricOutcome::Passed, "{judged:?}");
     assert!(judged.message.contains("not significantly worse than the primary"), "{judged:?}");
     eprintln!("[comparison] equal release promoted: {} (values {samples:?})", judged.message);
+
+    // Git adds the comparison while a release is at weight 30: the two ticks left (at 40
+    // and 50) cannot give minSamples 4, so the run holds at its last step, visibly, and
+    // promotes once it has them (onInsufficientSamples defaults to Hold).
+    env.simulator.set_version("podinfo:6.0.1", VersionBehaviour::new(0.0, 20.0)).unwrap();
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50, None))).await.unwrap();
+    env.set_image(IMAGE_V1).await.unwrap();
+    env.wait_weights("canary weight 30", RELEASE, |h| h.last().is_some_and(|r| r.canary() == 30)).await.unwrap();
+    let with_comparison = manifest(10, 50, Some(json!({"direction": "increase", "minSamples": 4})));
+    env.canaries().patch(APP, &manager, &Patch::Apply(with_comparison)).await.unwrap();
+    let (_, held) = env.wait_event("ComparisonPending", RELEASE, |m| m.contains("weight 50")).await.unwrap();
+    assert!(held.contains("request-duration") && held.contains("progressDeadlineSeconds"), "{held}");
+    let holding = env
+        .wait_status("the ComparisonPending condition", RELEASE, |s| {
+            s.comparison_pending_since.is_some()
+                && s.conditions.iter().any(|c| c.type_ == "Progressing" && c.reason == "ComparisonPending")
+        })
+        .await
+        .unwrap();
+    assert_eq!(holding.canary_weight, 50, "held at the last step, never all traffic on the canary");
+    eprintln!("[comparison] held: {held}");
+    let succeeded = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    assert_eq!(succeeded.comparison_pending_since, None);
+    let samples = succeeded.comparison_samples.iter().find(|s| s.name == "request-duration").unwrap();
+    assert!(finite(&samples.canary).len() >= 4, "promoted once judged: {samples:?}");
+    assert!(env.recorder.max_canary_weight() <= 50, "weights: {:?}", env.weights());
+    env.assert_weights_sum_to_100();
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V1);
     eprintln!("[comparison] passed in {:.1?}", t0.elapsed());
 }

@@ -121,7 +121,8 @@ pub struct Comparison {
 /// (normal approximation, tie- and continuity-corrected) in the direction
 /// `cfg.direction` calls bad.
 ///
-/// Non-finite samples are dropped and counted. Fewer than
+/// Non-finite samples are dropped and counted; the others are rounded to 12
+/// significant digits, so values equal but for float noise tie. Fewer than
 /// `cfg.min_samples` on either side is pending. When every sample on
 /// both sides is the same value, nothing changed: pass with p = 1.
 ///
@@ -130,8 +131,7 @@ pub struct Comparison {
 /// evenly spaced quantiles of each side beyond that, so time and memory
 /// stay bounded whatever the operator passes in.
 pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Comparison {
-    let finite =
-        |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).map(without_float_noise).collect::<Vec<_>>();
+    let finite = |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).map(without_float_noise).collect::<Vec<_>>();
     let (x, y) = (finite(canary), finite(baseline));
     let dropped = (canary.len() - x.len()) + (baseline.len() - y.len());
     let not_run = |verdict| Comparison {
