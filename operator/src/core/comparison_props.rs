@@ -12,13 +12,13 @@ use chrono::Duration as Span;
 use proptest::prelude::*;
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, ComparisonDirection, HookType,
-    InsufficientSamples, MetricComparison, MetricOutcome, MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, ComparisonDirection, HookType, InsufficientSamples,
+    MetricComparison, MetricOutcome, MetricResult, Phase,
 };
 use crate::api::verbs::{Verb, VerbRequest, verb_requests};
-use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan};
+use crate::core::machine::{Action, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan};
 use crate::core::machine_props::{REVISIONS, health, provider, status, traffic};
-use crate::core::machine_tests::start;
+use crate::core::machine_tests::{hook, reasons, start};
 use crate::core::provider::Provider;
 use crate::core::strategy::{Strategy as Steps, progress_deadline, strategy_of};
 
@@ -63,17 +63,7 @@ fn spec() -> impl Strategy<Value = CanarySpec> {
                     threshold: Some(threshold),
                     mirror,
                     metrics: plain.chain(compared).collect(),
-                    webhooks: HOOKS
-                        .iter()
-                        .zip(hooks)
-                        .filter(|(_, on)| *on)
-                        .map(|(type_, _)| CanaryWebhook {
-                            name: format!("{type_:?}"),
-                            type_: *type_,
-                            url: "http://h".into(),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    webhooks: HOOKS.iter().zip(hooks).filter(|(_, on)| *on).map(|(type_, _)| hook(*type_)).collect(),
                     ..traffic
                 }),
                 progress_deadline_seconds: Some(deadline),
@@ -142,17 +132,6 @@ fn comparisons_judged(spec: &CanarySpec, results: Option<&[MetricResult]>) -> bo
             .iter()
             .filter(|m| m.comparison.is_some())
             .all(|m| results.iter().any(|r| r.name == m.name && !r.pending()))
-}
-
-fn reasons(decision: &Decision) -> Vec<&'static str> {
-    decision
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Event { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
 }
 
 /// What a driven run saw, so a guard can tell the generators reach every path.

@@ -35,6 +35,23 @@ fn step_20_40(on_insufficient: Option<InsufficientSamples>) -> CanarySpec {
     compared(CanaryAnalysis { step_weight: Some(20), max_weight: Some(40), ..Default::default() }, on_insufficient)
 }
 
+/// A release of `spec` started, with the comparison's result pending at every tick.
+fn pending_release(spec: CanarySpec) -> Sim {
+    let mut sim = Sim::new(spec, Provider::Istio);
+    sim.pending_metrics = vec![COMPARED.into()];
+    sim.initialized_then_release("r1");
+    sim
+}
+
+/// The 20/40 release at weight 40, its last step: the next tick would promote.
+fn at_last_step() -> Sim {
+    let mut sim = pending_release(step_20_40(None));
+    sim.next_tick();
+    sim.next_tick();
+    assert_eq!(sim.status.canary_weight, 40);
+    sim
+}
+
 fn condition_reason(sim: &Sim, type_: &str) -> String {
     sim.status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
 }
@@ -52,9 +69,7 @@ fn event_message(decision: &crate::core::Decision, reason: &str) -> String {
 
 #[test]
 fn pending_before_the_last_step_advances_and_says_so() {
-    let mut sim = Sim::new(step_20_40(None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
+    let mut sim = pending_release(step_20_40(None));
     let first = sim.next_tick();
     assert_eq!(routes_of(&first), vec![(80, 20, false)], "the first tick runs no metrics and is not the last step");
     let second = sim.next_tick();
@@ -67,11 +82,7 @@ fn pending_before_the_last_step_advances_and_says_so() {
 
 #[test]
 fn pending_at_the_last_step_holds_then_fails_at_the_progress_deadline() {
-    let mut sim = Sim::new(step_20_40(None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
-    sim.next_tick();
-    sim.next_tick();
+    let mut sim = at_last_step();
     let held = sim.next_tick();
     let since = sim.now;
     assert_eq!(held.status.phase, Phase::Progressing);
@@ -105,9 +116,7 @@ fn pending_at_the_last_step_holds_then_fails_at_the_progress_deadline() {
 
 #[test]
 fn pending_at_the_last_step_with_fail_fails_at_once() {
-    let mut sim = Sim::new(step_20_40(Some(InsufficientSamples::Fail)), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
+    let mut sim = pending_release(step_20_40(Some(InsufficientSamples::Fail)));
     sim.next_tick();
     let advanced = sim.next_tick();
     assert_eq!(advanced.status.canary_weight, 40, "Fail does not hold the steps before the last one");
@@ -119,11 +128,7 @@ fn pending_at_the_last_step_with_fail_fails_at_once() {
 
 #[test]
 fn a_hold_ends_in_promotion_once_the_comparison_is_judged() {
-    let mut sim = Sim::new(step_20_40(None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
-    sim.next_tick();
-    sim.next_tick();
+    let mut sim = at_last_step();
     assert_eq!(reasons(&sim.next_tick()), vec!["ComparisonPending"]);
     sim.pending_metrics.clear();
     let judged = sim.next_tick();
@@ -136,9 +141,7 @@ fn a_hold_ends_in_promotion_once_the_comparison_is_judged() {
 fn a_failure_wins_over_pending() {
     let mut spec = step_20_40(None);
     spec.analysis.as_mut().unwrap().threshold = Some(2);
-    let mut sim = Sim::new(spec, Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
+    let mut sim = pending_release(spec);
     sim.next_tick();
     sim.metrics_pass = false;
     let failed = sim.next_tick();
@@ -149,20 +152,14 @@ fn a_failure_wins_over_pending() {
 #[test]
 fn pending_never_moves_all_traffic_to_the_canary() {
     // Weights 50, 100: the step to 100 leaves the primary without traffic.
-    let mut sim =
-        Sim::new(compared(CanaryAnalysis { step_weight: Some(50), ..Default::default() }, None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
+    let mut sim = pending_release(compared(CanaryAnalysis { step_weight: Some(50), ..Default::default() }, None));
     assert_eq!(routes_of(&sim.next_tick()), vec![(50, 50, false)]);
     let held = sim.next_tick();
     assert!(routes_of(&held).is_empty(), "{:?}", held.actions);
     assert_eq!(reasons(&held), vec!["ComparisonPending"]);
 
     // Blue/green: the iterations go on, the switch to the canary waits.
-    let mut sim =
-        Sim::new(compared(CanaryAnalysis { iterations: Some(2), ..Default::default() }, None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
+    let mut sim = pending_release(compared(CanaryAnalysis { iterations: Some(2), ..Default::default() }, None));
     sim.next_tick();
     assert_eq!(sim.next_tick().status.iterations, 2);
     let held = sim.next_tick();
@@ -206,11 +203,7 @@ fn steps_too_few_for_min_samples_are_reported_with_both_counts() {
 
 #[test]
 fn the_hold_requeues_at_the_next_tick() {
-    let mut sim = Sim::new(step_20_40(None), Provider::Istio);
-    sim.pending_metrics = vec![COMPARED.into()];
-    sim.initialized_then_release("r1");
-    sim.next_tick();
-    sim.next_tick();
+    let mut sim = at_last_step();
     let held = sim.next_tick();
     assert_eq!(held.requeue_after, Duration::from_secs(30));
 }
