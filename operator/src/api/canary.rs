@@ -707,19 +707,73 @@ pub struct CanaryStatus {
 }
 
 /// One metric's result at one analysis tick.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+///
+/// Written with both `outcome` and the `passed` of earlier versions (true only when the
+/// outcome is `Passed`), so an older petrel (a hub or member upgraded later) still reads
+/// it, and a status written by one reads as `Passed` or `Failed`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(from = "MetricResultFields", into = "MetricResultFields")]
 pub struct MetricResult {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_value: Option<f64>,
-    /// Passed, Failed (a failed check) or Pending (a comparison still collecting values).
-    #[serde(default)]
     pub outcome: MetricOutcome,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// [`MetricResult`] as stored in the status.
+#[derive(JsonSchema, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "MetricResult", description = "One metric's result at one analysis tick.")]
+struct MetricResultFields {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary_value: Option<f64>,
+    /// Passed, Failed (a failed check) or Pending (a comparison still collecting values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<MetricOutcome>,
+    /// Whether `outcome` is Passed; kept for readers of earlier versions.
+    #[serde(default)]
+    passed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+impl From<MetricResultFields> for MetricResult {
+    fn from(fields: MetricResultFields) -> Self {
+        MetricResult {
+            name: fields.name,
+            value: fields.value,
+            primary_value: fields.primary_value,
+            outcome: fields.outcome.unwrap_or(MetricOutcome::from_passed(fields.passed)),
+            message: fields.message,
+        }
+    }
+}
+
+impl From<MetricResult> for MetricResultFields {
+    fn from(result: MetricResult) -> Self {
+        MetricResultFields {
+            passed: result.passed(),
+            name: result.name,
+            value: result.value,
+            primary_value: result.primary_value,
+            outcome: Some(result.outcome),
+            message: result.message,
+        }
+    }
+}
+
+impl JsonSchema for MetricResult {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        MetricResultFields::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        MetricResultFields::json_schema(generator)
+    }
 }
 
 impl MetricResult {
@@ -736,7 +790,8 @@ impl MetricResult {
     }
 }
 
-/// The outcome of one metric at one tick.
+/// Passed, Failed (a failed check; also what a result that says nothing counts as) or
+/// Pending (not judged yet: a comparison still collecting values).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MetricOutcome {
     Passed,
@@ -773,4 +828,31 @@ pub struct ComparisonSamples {
     pub canary: Vec<f64>,
     #[serde(default)]
     pub primary: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_results_are_read_and_written_with_both_outcome_and_passed() {
+        let read = |json: serde_json::Value| serde_json::from_value::<MetricResult>(json).unwrap().outcome;
+        // Written by an earlier petrel: `passed` only.
+        assert_eq!(read(serde_json::json!({"name": "m", "passed": true})), MetricOutcome::Passed);
+        assert_eq!(read(serde_json::json!({"name": "m", "passed": false})), MetricOutcome::Failed);
+        assert_eq!(read(serde_json::json!({"name": "m"})), MetricOutcome::Failed, "nothing said is never a pass");
+        // `outcome` wins.
+        assert_eq!(
+            read(serde_json::json!({"name": "m", "outcome": "Pending", "passed": false})),
+            MetricOutcome::Pending
+        );
+
+        let pending = MetricResult { name: "m".into(), outcome: MetricOutcome::Pending, ..Default::default() };
+        let written = serde_json::to_value(&pending).unwrap();
+        assert_eq!(written, serde_json::json!({"name": "m", "outcome": "Pending", "passed": false}));
+        let passed = MetricResult { outcome: MetricOutcome::Passed, value: Some(1.5), ..pending };
+        let written = serde_json::to_value(&passed).unwrap();
+        assert_eq!(written, serde_json::json!({"name": "m", "value": 1.5, "outcome": "Passed", "passed": true}));
+        assert_eq!(serde_json::from_value::<MetricResult>(written).unwrap(), passed);
+    }
 }
