@@ -149,6 +149,14 @@ fn assert_hardened_and_probed(deployment: &Value) {
         .collect();
     assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
     assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    // After SIGTERM petrel gives its controllers --shutdown-grace-seconds, then releases its
+    // Lease (at most 2 s): the kubelet must not SIGKILL it before that.
+    let grace: u64 = args_of(deployment)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--shutdown-grace-seconds=").and_then(|g| g.parse().ok()))
+        .expect("--shutdown-grace-seconds");
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(grace + 2 < termination, "shutdown grace {grace}s + 2s release must fit in {termination}s");
 }
 
 fn dashboard_files() -> Vec<PathBuf> {

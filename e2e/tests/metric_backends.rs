@@ -83,7 +83,7 @@ async fn keptn_metric_gates_a_release_and_a_broken_provider_stalls() {
     let read = env
         .statuses()
         .iter()
-        .any(|s| s.analysis_results.iter().any(|r| r.name == "keptn-error-rate" && r.value == Some(0.5) && r.passed));
+        .any(|s| s.analysis_results.iter().any(|r| r.name == "keptn-error-rate" && r.value == Some(0.5) && r.passed()));
     assert!(read, "an analysis tick read the KeptnMetric's 0.5");
     eprintln!("[backends] keptn-gated release promoted at {:.1?}", t0.elapsed());
 

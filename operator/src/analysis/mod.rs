@@ -17,6 +17,9 @@ pub mod keptn;
 pub mod metrics;
 pub mod webhooks;
 
+#[cfg(test)]
+mod calibration_tests;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 

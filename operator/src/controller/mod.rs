@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::api::Canary;
 use crate::core::Provider;
+use crate::shutdown::Shutdown;
 
 pub use canary::reconcile;
 pub use events::EventSink;
@@ -123,8 +124,9 @@ fn canaries_tracking(store: &Store<Canary>, namespace: Option<String>, key: Stri
         .collect()
 }
 
-/// Runs the Canary controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result<()> {
+/// Runs the Canary controller until `shutdown` is requested; the reconciles in flight
+/// finish first.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let canaries: Api<Canary> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -159,7 +161,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
         .watches(secrets, watcher::Config::default().any_semantic(), move |s: Secret| {
             canaries_tracking(&s3, s.namespace(), format!("secret/{}", s.name_any()))
         })
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
