@@ -12,13 +12,16 @@
 //!
 //! Every way a metric can fail to produce a passing value (no data, NaN, a query or HTTP
 //! error, a missing MetricTemplate or Secret, an unsupported backend, an unknown builtin)
-//! is a [`MetricResult`] with `passed: false` and a message for the Event; never a pass.
+//! is a [`MetricResult`] with outcome `Failed` and a message for the Event; never a pass.
 //! Among them is "no data" for the builtin success rate before any traffic reaches the
 //! canary, exactly as Flagger counts it.
 //!
 //! A metric with a `comparison` also queries the primary (`<target>-primary`) with the
 //! same query and returns both values. The statistical verdict over the whole run is
-//! [`judge_comparison`]; [`fold_comparisons`] records this tick's values and applies it.
+//! [`judge_comparison`]: passed, failed, or *pending* while either side has fewer than
+//! `minSamples` values; [`fold_comparisons`] records this tick's values and applies it.
+//! A pending comparison is neither a pass nor a failed check: the state machine takes
+//! no step past the last one while any metric is pending (see `core::machine`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,14 +33,14 @@ use metrics_providers::{
 
 use super::{MetricSource, SecretData};
 use crate::api::Canary;
-use crate::api::canary::{CanaryMetric, ComparisonDirection, ComparisonSamples, MetricComparison, MetricResult};
+use crate::api::canary::{
+    CanaryMetric, ComparisonDirection, ComparisonSamples, MetricComparison, MetricOutcome, MetricResult,
+};
 use crate::api::metric_template::MetricProviderSpec;
 use crate::core::Provider;
 
 /// Range window of a query when neither the metric nor the analysis sets an interval.
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
-/// Samples each side needs before a comparison can fail, when the metric does not say.
-pub const DEFAULT_MIN_SAMPLES: usize = 5;
 /// Significance level of a comparison, when the metric does not say.
 pub const DEFAULT_ALPHA: f64 = 0.05;
 
@@ -75,7 +78,13 @@ pub async fn run_metrics<S: MetricSource>(
 }
 
 fn failed(metric: &CanaryMetric, message: String) -> MetricResult {
-    MetricResult { name: metric.name.clone(), value: None, primary_value: None, passed: false, message }
+    MetricResult {
+        name: metric.name.clone(),
+        value: None,
+        primary_value: None,
+        outcome: MetricOutcome::Failed,
+        message,
+    }
 }
 
 /// The query (or queries) one metric runs, and where.
@@ -132,7 +141,7 @@ fn judge_values(
                 name: metric.name.clone(),
                 value: Some(value),
                 primary_value: None,
-                passed: false,
+                outcome: MetricOutcome::Failed,
                 message: format!("the primary's value for the comparison could not be read: {error}"),
             };
         }
@@ -140,7 +149,13 @@ fn judge_values(
     if let Some(primary) = primary_value {
         message.push_str(&format!(" (primary {primary})"));
     }
-    MetricResult { name: metric.name.clone(), value: Some(value), primary_value, passed, message }
+    MetricResult {
+        name: metric.name.clone(),
+        value: Some(value),
+        primary_value,
+        outcome: MetricOutcome::from_passed(passed),
+        message,
+    }
 }
 
 /// The accepted range of a metric: `thresholdRange`, or the deprecated `threshold` as
@@ -164,7 +179,7 @@ pub fn check_threshold(metric: &CanaryMetric, value: f64) -> (bool, String) {
     };
     match range.check(value) {
         Verdict::Pass => (true, format!("value {value} within {}", describe_range(&range))),
-        Verdict::Fail(reason) | Verdict::Inconclusive(reason) => (false, reason),
+        Verdict::Fail(reason) | Verdict::Pending(reason) | Verdict::Inconclusive(reason) => (false, reason),
     }
 }
 
@@ -308,24 +323,14 @@ pub fn template_provider_config(
     })
 }
 
-/// The statistical verdict of a comparison metric over the samples of the run so far:
-/// `(passed, message)`.
+/// The statistical verdict of a comparison metric over the samples of the run so far,
+/// with a message for the Event.
 ///
-/// Until both sides have `minSamples` finite values the comparison cannot fail (it
-/// passes, saying it is still collecting); after that it fails when the canary is
-/// significantly worse than the primary in `direction` (Mann-Whitney U at `alpha`).
-pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> (bool, String) {
-    let min_samples = cfg.min_samples.map_or(DEFAULT_MIN_SAMPLES, |n| usize::try_from(n).unwrap_or(0)).max(2);
-    let finite = |values: &[f64]| values.iter().filter(|v| v.is_finite()).count();
-    let (canary_count, primary_count) = (finite(&samples.canary), finite(&samples.primary));
-    if canary_count < min_samples || primary_count < min_samples {
-        return (
-            true,
-            format!(
-                "comparison with the primary pending: {canary_count} canary and {primary_count} primary samples, {min_samples} needed each"
-            ),
-        );
-    }
+/// Pending until both sides have `minSamples` finite values (NaN and infinite values,
+/// such as a ratio over no requests, do not count); then failed when the canary is
+/// significantly worse than the primary in `direction` (Mann-Whitney U at `alpha`),
+/// passed otherwise. Never passed while values are missing.
+pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> (MetricOutcome, String) {
     let config = CompareConfig {
         direction: match cfg.direction {
             ComparisonDirection::Increase => Direction::Increase,
@@ -333,21 +338,26 @@ pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> 
             ComparisonDirection::Either => Direction::Either,
         },
         alpha: cfg.alpha.unwrap_or(DEFAULT_ALPHA),
-        min_samples,
+        min_samples: cfg.min_samples(),
         min_shift: 0.0,
     };
     let comparison = compare(&samples.canary, &samples.primary, &config);
+    let counts = format!("{} canary and {} primary values", comparison.canary_samples, comparison.baseline_samples);
     match comparison.verdict {
         Verdict::Pass => (
-            true,
+            MetricOutcome::Passed,
             format!(
-                "canary not significantly worse than the primary (Mann-Whitney p={:.4}, {canary_count} vs {primary_count} samples)",
+                "canary not significantly worse than the primary (Mann-Whitney p={:.4}, {counts})",
                 comparison.p_value.unwrap_or(1.0)
             ),
         ),
-        Verdict::Fail(reason) => (false, reason),
-        // Enough samples were checked above, so this is a configuration problem (alpha).
-        Verdict::Inconclusive(reason) => (false, format!("comparison could not be judged: {reason}")),
+        Verdict::Fail(reason) => (MetricOutcome::Failed, format!("{reason}, {counts}")),
+        Verdict::Pending(_) => (
+            MetricOutcome::Pending,
+            format!("comparison with the primary pending: {counts}, {} needed each", config.min_samples),
+        ),
+        // Only a configuration problem (alpha) gets here: it cannot get better.
+        Verdict::Inconclusive(reason) => (MetricOutcome::Failed, format!("comparison could not be judged: {reason}")),
     }
 }
 
@@ -365,8 +375,9 @@ pub fn apply_comparisons(metrics: &[CanaryMetric], results: &mut [MetricResult],
 ///
 /// Returns the new `status.comparisonSamples`: one entry per comparison metric, the
 /// previous values plus this tick's (when both sides were read), keeping the last
-/// `max_samples` per side. A failed comparison fails its result in `results`; a pending
-/// or passing one adds its note to the message.
+/// `max_samples` per side. Each comparison metric's outcome becomes its threshold
+/// outcome together with the comparison's ([`MetricOutcome::and`]): a failure wins,
+/// then pending; the comparison's note is added to the message.
 pub fn fold_comparisons(
     metrics: &[CanaryMetric],
     results: &mut [MetricResult],
@@ -394,8 +405,8 @@ pub fn fold_comparisons(
                 keep_last(&mut samples.canary);
                 keep_last(&mut samples.primary);
             }
-            let (passed, message) = judge_comparison(&samples, comparison);
-            result.passed &= passed;
+            let (outcome, message) = judge_comparison(&samples, comparison);
+            result.outcome = result.outcome.and(outcome);
             result.message = if result.message.is_empty() { message } else { format!("{}; {message}", result.message) };
         }
         next.push(samples);
@@ -557,42 +568,52 @@ mod tests {
     }
 
     fn increase() -> MetricComparison {
-        MetricComparison { direction: ComparisonDirection::Increase, min_samples: Some(5), alpha: None }
+        MetricComparison { direction: ComparisonDirection::Increase, min_samples: Some(5), ..Default::default() }
     }
 
     #[test]
-    fn comparison_cannot_fail_before_min_samples() {
-        let (passed, message) = judge_comparison(&samples(&[900.0; 4], &[10.0; 9]), &increase());
-        assert!(passed);
-        assert!(message.contains("pending") && message.contains("4 canary"), "{message}");
-        let (passed, _) = judge_comparison(&samples(&[900.0, 901.0, 902.0, 903.0, f64::NAN], &[10.0; 9]), &increase());
-        assert!(passed, "NaN samples do not count towards minSamples");
+    fn comparison_is_pending_not_passed_before_min_samples() {
+        let (outcome, message) = judge_comparison(&samples(&[900.0; 4], &[10.0; 9]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "{message}");
+        assert!(
+            message.contains("pending") && message.contains("4 canary") && message.contains("5 needed"),
+            "{message}"
+        );
+        let (outcome, _) = judge_comparison(&samples(&[900.0, 901.0, 902.0, 903.0, f64::NAN], &[10.0; 9]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "NaN samples do not count towards minSamples");
+        let (outcome, _) = judge_comparison(&samples(&[100.0; 9], &[100.0; 4]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "the primary needs minSamples too");
+        let (outcome, _) = judge_comparison(&samples(&[], &[]), &MetricComparison::default());
+        assert_eq!(outcome, MetricOutcome::Pending, "no values at all");
     }
 
     #[test]
     fn comparison_fails_a_clearly_worse_canary_in_the_bad_direction_only() {
         let slow = [200.0, 210.0, 205.0, 220.0, 215.0, 208.0, 212.0];
         let fast = [100.0, 102.0, 98.0, 101.0, 99.0, 103.0, 100.5];
-        let (passed, message) = judge_comparison(&samples(&slow, &fast), &increase());
-        assert!(!passed, "{message}");
-        assert!(message.contains("higher"), "{message}");
+        let (outcome, message) = judge_comparison(&samples(&slow, &fast), &increase());
+        assert_eq!(outcome, MetricOutcome::Failed, "{message}");
+        assert!(message.contains("higher") && message.contains("7 canary"), "{message}");
 
-        let (passed, message) = judge_comparison(&samples(&fast, &slow), &increase());
-        assert!(passed, "a faster canary is not a regression: {message}");
+        let (outcome, message) = judge_comparison(&samples(&fast, &slow), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "a faster canary is not a regression: {message}");
 
         let decrease = MetricComparison { direction: ComparisonDirection::Decrease, ..increase() };
-        assert!(!judge_comparison(&samples(&fast, &slow), &decrease).0);
+        assert_eq!(judge_comparison(&samples(&fast, &slow), &decrease).0, MetricOutcome::Failed);
         let either = MetricComparison { direction: ComparisonDirection::Either, ..increase() };
-        assert!(!judge_comparison(&samples(&fast, &slow), &either).0);
+        assert_eq!(judge_comparison(&samples(&fast, &slow), &either).0, MetricOutcome::Failed);
     }
 
     #[test]
     fn comparison_passes_similar_samples() {
         let a = [100.0, 102.0, 98.0, 101.0, 99.0, 103.0];
         let b = [101.0, 99.5, 100.0, 102.5, 98.5, 100.5];
-        let (passed, message) = judge_comparison(&samples(&a, &b), &increase());
-        assert!(passed, "{message}");
+        let (outcome, message) = judge_comparison(&samples(&a, &b), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "{message}");
         assert!(message.contains("p="), "{message}");
+        // Equal histograms as Prometheus answered for them in an end-to-end run.
+        let (outcome, message) = judge_comparison(&samples(&[19.950000000000003; 5], &[19.95; 5]), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "equal but for float noise: {message}");
     }
 
     #[test]
@@ -606,18 +627,23 @@ mod tests {
                 name: "request-duration".into(),
                 value: Some(230.0),
                 primary_value: Some(102.0),
-                passed: true,
+                outcome: MetricOutcome::Passed,
                 message: "value 230".into(),
             },
-            MetricResult { name: "plain".into(), value: Some(1.0), passed: true, ..Default::default() },
+            MetricResult {
+                name: "plain".into(),
+                value: Some(1.0),
+                outcome: MetricOutcome::Passed,
+                ..Default::default()
+            },
         ];
 
         let next = fold_comparisons(&metrics, &mut results, &previous, 4);
 
         assert_eq!(next, vec![samples(&[210.0, 205.0, 220.0, 230.0], &[101.0, 99.0, 100.0, 102.0])]);
-        assert!(!results[0].passed, "{}", results[0].message);
+        assert!(results[0].failed(), "{}", results[0].message);
         assert!(results[0].message.starts_with("value 230; "), "{}", results[0].message);
-        assert!(results[1].passed, "metrics without comparison are untouched");
+        assert!(results[1].passed(), "metrics without comparison are untouched");
     }
 
     #[test]
@@ -629,28 +655,37 @@ mod tests {
             name: "request-duration".into(),
             value: Some(value),
             primary_value: Some(100.5),
-            passed: true,
+            outcome: MetricOutcome::Passed,
             message: String::new(),
         };
 
         let mut results = vec![tick(230.0)];
         apply_comparisons(std::slice::from_ref(&m), &mut results, &recorded);
-        assert!(!results[0].passed, "5th sample reaches minSamples: {}", results[0].message);
+        assert!(results[0].failed(), "5th sample reaches minSamples: {}", results[0].message);
 
         let mut results = vec![tick(230.0)];
         apply_comparisons(std::slice::from_ref(&m), &mut results, &[]);
-        assert!(results[0].passed, "one sample is pending: {}", results[0].message);
+        assert!(results[0].pending(), "one sample is pending, not passed: {}", results[0].message);
         assert!(results[0].message.contains("pending"), "{}", results[0].message);
+
+        // A failed threshold stays failed while the comparison is pending.
+        let mut results = vec![MetricResult { outcome: MetricOutcome::Failed, ..tick(230.0) }];
+        apply_comparisons(std::slice::from_ref(&m), &mut results, &[]);
+        assert!(results[0].failed(), "{}", results[0].message);
     }
 
     #[test]
     fn fold_comparisons_skips_ticks_without_both_values() {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
-        let mut results = vec![MetricResult { name: "request-duration".into(), passed: false, ..Default::default() }];
+        let mut results = vec![MetricResult {
+            name: "request-duration".into(),
+            outcome: MetricOutcome::Failed,
+            ..Default::default()
+        }];
         let next = fold_comparisons(&[m], &mut results, &[], 10);
         assert_eq!(next, vec![ComparisonSamples { name: "request-duration".into(), ..Default::default() }]);
-        assert!(!results[0].passed, "a pending comparison never turns a failed tick into a pass");
+        assert!(results[0].failed(), "a pending comparison never turns a failed tick into a pass or pending");
     }
 
     // ---- against a fake Prometheus ----
@@ -760,11 +795,11 @@ mod tests {
 
         assert_eq!(results.len(), 2);
         assert_eq!(
-            (results[0].name.as_str(), results[0].value, results[0].passed),
+            (results[0].name.as_str(), results[0].value, results[0].passed()),
             ("request-success-rate", Some(99.5), true)
         );
         assert_eq!(
-            (results[1].name.as_str(), results[1].value, results[1].passed),
+            (results[1].name.as_str(), results[1].value, results[1].passed()),
             ("request-duration", Some(250.0), false)
         );
         assert!(results[1].message.contains("250") && results[1].message.contains("200"), "{}", results[1].message);
@@ -784,7 +819,7 @@ mod tests {
         let results =
             run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![success]), Provider::Linkerd).await;
 
-        assert!(!results[0].passed);
+        assert!(results[0].failed());
         assert_eq!(results[0].value, None);
         assert!(results[0].message.contains("no data"), "{}", results[0].message);
     }
@@ -805,8 +840,8 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(!results[0].passed && results[0].message.contains("NaN"), "{}", results[0].message);
-        assert!(!results[1].passed && results[1].message.contains("503"), "{}", results[1].message);
+        assert!(results[0].failed() && results[0].message.contains("NaN"), "{}", results[0].message);
+        assert!(results[1].failed() && results[1].message.contains("503"), "{}", results[1].message);
     }
 
     #[tokio::test]
@@ -817,8 +852,8 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(!results[0].passed && results[0].message.contains("not a builtin metric"), "{}", results[0].message);
-        assert!(!results[1].passed && results[1].message.contains("--metrics-server"), "{}", results[1].message);
+        assert!(results[0].failed() && results[0].message.contains("not a builtin metric"), "{}", results[0].message);
+        assert!(results[1].failed() && results[1].message.contains("--metrics-server"), "{}", results[1].message);
     }
 
     #[tokio::test]
@@ -832,7 +867,7 @@ mod tests {
         c.spec.metrics_server = Some(url);
         let results =
             run_metrics(&deps(FakeSource::default(), Some("http://127.0.0.1:1".into())), &c, Provider::Istio).await;
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(fake.queries.lock().unwrap().len(), 1);
     }
 
@@ -865,7 +900,7 @@ mod tests {
 
         let results = run_metrics(&deps(source, None), &canary(vec![m]), Provider::Istio).await;
 
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(results[0].value, Some(0.5));
         let queries = fake.queries.lock().unwrap();
         assert_eq!(
@@ -910,7 +945,7 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(results.iter().all(|r| !r.passed && r.value.is_none()), "{results:?}");
+        assert!(results.iter().all(|r| r.failed() && r.value.is_none()), "{results:?}");
         assert!(results[0].message.contains("MetricTemplate test/not-there not found"), "{}", results[0].message);
         assert!(results[1].message.contains("\"datadog\" is not supported"), "{}", results[1].message);
         assert!(results[2].message.contains("Secret test/absent not found"), "{}", results[2].message);
@@ -929,7 +964,7 @@ mod tests {
         let source = FakeSource { templates: BTreeMap::from([template("test", "t", spec)]), ..Default::default() };
         let results =
             run_metrics(&deps(source, None), &canary(vec![template_metric("t", "t", None)]), Provider::Istio).await;
-        assert!(!results[0].passed && results[0].message.contains("ingress"), "{}", results[0].message);
+        assert!(results[0].failed() && results[0].message.contains("ingress"), "{}", results[0].message);
     }
 
     #[tokio::test]
@@ -943,7 +978,7 @@ mod tests {
         m.query = Some("sum(my_metric{a=\"b\"})".into());
         m.threshold = Some(5.0);
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(fake.queries.lock().unwrap()[0].0, "sum(my_metric{a=\"b\"})");
     }
 
@@ -960,7 +995,7 @@ mod tests {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert_eq!((results[0].value, results[0].primary_value, results[0].passed), (Some(150.0), Some(120.0), true));
+        assert_eq!((results[0].value, results[0].primary_value, results[0].passed()), (Some(150.0), Some(120.0), true));
         assert_eq!(fake.queries.lock().unwrap().len(), 2);
     }
 
@@ -977,7 +1012,7 @@ mod tests {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert!(!results[0].passed && results[0].message.contains("primary"), "{}", results[0].message);
+        assert!(results[0].failed() && results[0].message.contains("primary"), "{}", results[0].message);
         assert_eq!(results[0].value, Some(150.0));
     }
 
@@ -1021,7 +1056,7 @@ mod tests {
         let started = std::time::Instant::now();
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(metrics), Provider::Istio).await;
 
-        assert!(results.iter().all(|r| r.passed), "{results:?}");
+        assert!(results.iter().all(|r| r.passed()), "{results:?}");
         let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["m0", "m1", "m2", "m3"], "results keep the declaration order");
         assert!(
@@ -1045,7 +1080,7 @@ mod tests {
         let results = run_metrics(&deps, &canary(vec![metric("request-success-rate")]), Provider::Istio).await;
 
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-        assert!(!results[0].passed);
+        assert!(results[0].failed());
         assert!(results[0].message.contains("did not answer within 300ms"), "{}", results[0].message);
     }
 }

@@ -16,6 +16,9 @@ pub mod alerts;
 pub mod metrics;
 pub mod webhooks;
 
+#[cfg(test)]
+mod calibration_tests;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 

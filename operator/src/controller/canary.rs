@@ -21,7 +21,7 @@ use crate::api::canary::{
     APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
 };
 use crate::api::{Canary, MetricTemplate};
-use crate::core::strategy::interval_of;
+use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
 use crate::routers::{TrafficRouter, Weights, router_for};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
@@ -57,6 +57,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     }
     if let Err(e) = interval_of(&canary.spec) {
         return stall(&ctx, &canary, status, "InvalidInterval", &e.to_string()).await;
+    }
+    if let Some(message) = comparison_shortfall(&canary.spec, provider) {
+        return stall(&ctx, &canary, status, "TooFewTicksForComparison", &message).await;
     }
     let source = KubeSource::new(ctx.client.clone());
     if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
