@@ -57,30 +57,46 @@ pub fn workspace_root() -> PathBuf {
 /// `PETREL_OPERATOR_BIN` points at a prebuilt binary instead.
 pub fn petrel_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("PETREL_OPERATOR_BIN") {
-                return Ok(PathBuf::from(path));
-            }
-            let root = workspace_root();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let out = Command::new(cargo)
-                .args(["build", "-p", "petrel", "--bin", "petrel"])
-                .current_dir(&root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .status()
-                .map_err(|e| format!("running cargo build -p petrel: {e}"))?;
-            if !out.success() {
-                return Err(format!("cargo build -p petrel --bin petrel failed ({out})"));
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            let bin = target.join("debug").join("petrel");
-            if bin.is_file() { Ok(bin) } else { Err(format!("{} missing after the build", bin.display())) }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    workspace_binary(&BINARY, "petrel", "PETREL_OPERATOR_BIN")
+}
+
+/// Builds the `kubectl-petrel` plugin once per test process and returns its path.
+/// `PETREL_PLUGIN_BIN` points at a prebuilt binary instead.
+pub fn plugin_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    workspace_binary(&BINARY, "kubectl-petrel", "PETREL_PLUGIN_BIN")
+}
+
+/// A binary of the `petrel` package, built once per test process (cached in `cell`), or
+/// the prebuilt one `override_var` names.
+fn workspace_binary(
+    cell: &OnceLock<std::result::Result<PathBuf, String>>,
+    name: &str,
+    override_var: &str,
+) -> Result<PathBuf> {
+    cell.get_or_init(|| {
+        if let Some(path) = std::env::var_os(override_var) {
+            return Ok(PathBuf::from(path));
+        }
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "petrel", "--bin", name])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(|e| format!("running cargo build -p petrel --bin {name}: {e}"))?;
+        if !out.success() {
+            return Err(format!("cargo build -p petrel --bin {name} failed ({out})"));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug").join(name);
+        if bin.is_file() { Ok(bin) } else { Err(format!("{} missing after the build", bin.display())) }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
 /// The operator under test, as a child process with its log in a file.

@@ -31,9 +31,15 @@ struct Args {
     /// Prometheus address for the builtin metrics.
     #[arg(long, env = "PETREL_METRICS_SERVER", default_value = "http://prometheus:9090")]
     metrics_server: String,
-    /// Name of this cluster, shown in alerts and events.
+    /// Name of this cluster, shown in alerts and events, and published in its
+    /// ClusterIdentity for the fleet hub to check against its Cluster object.
     #[arg(long, env = "PETREL_CLUSTER_NAME", default_value = "cluster")]
     cluster_name: String,
+    /// The ConfigMap the platform team keeps this cluster's identity labels in (env,
+    /// region, compliance zone …), as NAME (in $POD_NAMESPACE, else petrel-system) or
+    /// NAMESPACE/NAME. Each key is a label the hub compares with the Cluster's labels.
+    #[arg(long, env = "PETREL_IDENTITY_CONFIGMAP", default_value = "petrel-cluster-identity")]
+    identity_configmap: String,
     /// Watch Canaries in this namespace only (all namespaces when unset).
     #[arg(long, env = "PETREL_NAMESPACE")]
     namespace: Option<String>,
@@ -146,6 +152,13 @@ async fn main() -> anyhow::Result<()> {
     let serve = telemetry::serve(listener, metrics.clone(), readiness.clone(), std::future::pending());
     let lease_client = client.clone();
     let controllers_shutdown = shutdown.clone();
+    let identity_config_map = match args.identity_configmap.split_once('/') {
+        Some((namespace, name)) => (namespace.to_string(), name.to_string()),
+        None => (
+            std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()).unwrap_or_else(|| "petrel-system".into()),
+            args.identity_configmap.clone(),
+        ),
+    };
     let controllers = async move {
         if args.mode == Mode::Hub {
             // The hub records its Rollout, wave, member and reconcile metrics into the
@@ -167,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
                 default_provider: args.provider,
                 metrics_server: args.metrics_server,
                 cluster_name: args.cluster_name,
+                identity_config_map,
             },
             metrics: metrics.clone(),
             readiness: readiness.clone(),

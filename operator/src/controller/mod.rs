@@ -6,6 +6,7 @@
 mod canary;
 mod conditions;
 mod events;
+pub mod identity;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,10 @@ pub struct Settings {
     pub default_provider: String,
     /// Prometheus address for the builtin metrics when a Canary names none.
     pub metrics_server: String,
-    /// Name of this cluster, in alerts and events.
+    /// Name of this cluster, in alerts and events, and in the identity it publishes.
     pub cluster_name: String,
+    /// Namespace and name of the ConfigMap holding this cluster's identity labels.
+    pub identity_config_map: (String, String),
 }
 
 /// Everything a reconcile needs, shared across reconciles.
@@ -150,6 +153,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     // Readiness and the sweep of deleted Canaries' metric series follow the cache.
     let telemetry =
         tokio::spawn(crate::telemetry::track_canary_store(store.clone(), ctx.readiness.clone(), ctx.metrics.clone()));
+    // Who this cluster is, for the fleet hub to verify before it approves a release here.
+    let (identity_namespace, identity_name) = ctx.settings.identity_config_map.clone();
+    let identity = tokio::spawn(identity::publish(
+        client.clone(),
+        identity::IdentitySource {
+            cluster_name: ctx.settings.cluster_name.clone(),
+            config_map_namespace: identity_namespace,
+            config_map_name: identity_name,
+        },
+        shutdown.clone(),
+    ));
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
     controller
@@ -170,6 +184,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         })
         .await;
     telemetry.abort();
+    identity.abort();
     info!("Canary controller stopped");
     Ok(())
 }

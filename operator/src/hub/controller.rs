@@ -28,13 +28,15 @@ use super::decisions::{
     hub_events, observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
 };
 use super::input::{
-    CANARY_NOT_FOUND, INVALID_SPEC, InputProblem, canary_problem, overlap_problem, problem_events, release_started,
-    set_condition, sort_problems, transition_events, unassigned_problem, valid_condition,
+    CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
+    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, transition_events,
+    unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
+use crate::fleet::identity::{ExpectedIdentity, IdentityVerdict, verify_identity};
 use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -128,6 +130,9 @@ struct Reading {
     client_problem: Option<InputProblem>,
     /// The member's watch, when the hub has a client.
     watch: Option<(WatchKey, WantedWatch)>,
+    /// Whether the member is the cluster its Cluster describes, as the last probe
+    /// through the kubeconfig in use found.
+    identity: IdentityVerdict,
 }
 
 async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now: DateTime<Utc>) -> Reading {
@@ -142,9 +147,22 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
                 contact: None,
                 client_problem: Some(problem),
                 watch: None,
+                identity: IdentityVerdict::Unverified("the hub has no client for the member".into()),
             };
         }
     };
+    let name = cluster.name_any();
+    let pinned = cluster.status.as_ref().and_then(|s| s.identity.as_ref()).and_then(|i| i.pinned_uid.as_deref());
+    let observed = ctx.watches.probe(&name).and_then(|probe| probe.identity);
+    let identity = verify_identity(
+        ExpectedIdentity {
+            cluster: &name,
+            labels: cluster.labels(),
+            pinned_uid: pinned,
+            kubeconfig: &connection.fingerprint,
+        },
+        observed.as_ref(),
+    );
     let canary_ref = &rollout.spec.canary_ref;
     let key = WatchKey {
         cluster: cluster.name_any(),
@@ -162,7 +180,15 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
         CacheVerdict::Stale => (get_canary(&connection.client, rollout).await, None),
     };
     let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.watch_client };
-    Reading { cluster, client: Some(connection.client), read, contact, client_problem: None, watch: Some((key, watch)) }
+    Reading {
+        cluster,
+        client: Some(connection.client),
+        read,
+        contact,
+        client_problem: None,
+        watch: Some((key, watch)),
+        identity,
+    }
 }
 
 /// Reads a member Canary directly, for when no fresh watch cache stands for it.
@@ -238,10 +264,22 @@ fn with_validity(
 }
 
 async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &str, warning: bool) {
+    publish_on(ctx, &rollout.object_ref(&()), reason, message, warning).await;
+}
+
+/// Records an Event on a hub object (a Rollout or a Cluster) and logs it.
+pub(crate) async fn publish_on(
+    ctx: &HubContext,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
+    let (kind, name) = (object.kind.as_deref().unwrap_or_default(), object.name.as_deref().unwrap_or_default());
     if warning {
-        warn!(rollout = %rollout.name_any(), reason, message, "event");
+        warn!(kind, name, reason, message, "event");
     } else {
-        info!(rollout = %rollout.name_any(), reason, message, "event");
+        info!(kind, name, reason, message, "event");
     }
     let event = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
@@ -250,8 +288,8 @@ async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &st
         action: event_action(reason, message),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
-        warn!(rollout = %rollout.name_any(), reason, error = %e, "could not record event");
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
+        warn!(kind, name, reason, error = %e, "could not record event");
     }
 }
 
@@ -372,9 +410,21 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         futures::future::join_all(selected.into_iter().map(|c| read_member(ctx, rollout, c, now))).await;
     ctx.watches.want(&key, readings.iter().filter_map(|r| r.watch.clone()).collect());
 
-    let problems = input_problems(rollout, &plan, &readings);
-    if let Some(not_found) = problems.iter().find(|p| p.reason == CANARY_NOT_FOUND) {
-        block(ctx, rollout, CANARY_NOT_FOUND, not_found.message.clone(), &problems, now).await?;
+    let mut problems = input_problems(rollout, &plan, &readings);
+    let observed_uids: Vec<(String, String)> = readings
+        .iter()
+        .filter_map(|r| {
+            let name = r.cluster.name_any();
+            let uid = ctx.watches.probe(&name)?.identity?.kube_system_uid.ok()?;
+            Some((name, uid))
+        })
+        .collect();
+    problems.extend(shared_identity_problem(observed_uids.iter().map(|(n, u)| (n.as_str(), u.as_str()))));
+    sort_problems(&mut problems);
+    if let Some(blocking) =
+        problems.iter().find(|p| p.reason == CANARY_NOT_FOUND || p.reason == CLUSTERS_SHARE_IDENTITY)
+    {
+        block(ctx, rollout, blocking.reason, blocking.message.clone(), &problems, now).await?;
         return Ok(Action::requeue(SAFETY_REQUEUE));
     }
 
@@ -386,7 +436,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
             // A cached read is as recent as its last confirmation, never older than
             // a contact already recorded.
             let contact = r.contact.map_or(now, |c| previous.and_then(|p| p.last_contact).map_or(c, |p| c.max(p)));
-            observe_member(&r.cluster, &r.read, previous, contact)
+            observe_member(&r.cluster, &r.read, previous, r.identity.clone(), contact)
         })
         .collect();
     let unreachable: BTreeMap<String, String> = readings

@@ -32,7 +32,7 @@ pub const CANARY_CONTROLLER: &str = "canary";
 const WAVE_PHASES: [WavePhase; 5] =
     [WavePhase::Pending, WavePhase::Progressing, WavePhase::Soaking, WavePhase::Succeeded, WavePhase::Failed];
 /// Every state of a member, for one-hot series.
-const MEMBER_STATES: [MemberState; 9] = [
+const MEMBER_STATES: [MemberState; 10] = [
     MemberState::Pending,
     MemberState::Approved,
     MemberState::Progressing,
@@ -42,6 +42,7 @@ const MEMBER_STATES: [MemberState; 9] = [
     MemberState::TimedOut,
     MemberState::OtherRelease,
     MemberState::Unassigned,
+    MemberState::IdentityMismatch,
 ];
 
 /// Buckets of one reconcile: most are API round trips (milliseconds); a reconcile that
