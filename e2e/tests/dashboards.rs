@@ -325,7 +325,13 @@ fn the_canary_dashboard_has_the_panels_the_issue_asks_for() {
 fn the_fleet_dashboard_has_the_panels_the_issue_asks_for() {
     let dashboard = load(FLEET_DASHBOARD);
     let exprs: Vec<String> = targets(&dashboard).into_iter().map(|t| t.expr).collect();
-    for metric in ["petrel_rollout_phase", "petrel_rollout_wave", "petrel_rollout_member"] {
+    for metric in [
+        "petrel_rollout_phase",
+        "petrel_rollout_wave",
+        "petrel_rollout_member",
+        "petrel_fleet_member_release",
+        "petrel_fleet_member_drift_seconds",
+    ] {
         assert!(exprs.iter().any(|e| e.contains(metric)), "no panel queries {metric}");
     }
 }
