@@ -750,7 +750,8 @@ async fn record_statuses(
     synced: tokio::sync::watch::Sender<bool>,
 ) {
     let api: Api<Canary> = Api::namespaced(client, NAMESPACE);
-    let events = watcher(api, watcher::Config::default().fields(&format!("metadata.name={APP}"))).default_backoff();
+    let events = watcher(api, watcher::Config::default().fields(&format!("metadata.name={APP}")))
+        .backoff(petrel::controller::watches::RetryBackoff::default());
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         match event {

@@ -39,7 +39,7 @@ fn count_of(counts: &BTreeMap<(String, String), i32>, reason: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_killed_mid_release_applies_no_transition_twice() {
     let t0 = Instant::now();
-    let env = TestEnv::start("apiserver-restart", Provider::GatewayApi).await.unwrap();
+    let env = TestEnv::start_audited("apiserver-restart", Provider::GatewayApi).await.unwrap();
     let options = CanaryOptions {
         step_weight: Some(10),
         max_weight: Some(50),
@@ -92,6 +92,15 @@ async fn api_server_killed_mid_release_applies_no_transition_twice() {
     for reason in ["NewRevision", "AnalysisStarted", "PromotionStarted", "Promoted"] {
         assert_eq!(count_of(&counts, reason), 1, "{reason} once; events: {counts:?}");
     }
+    // The API server's own count of route writes (one per weight, unless a write's answer
+    // was lost with the API server and it went out again).
+    let route_writes = env
+        .petrel_requests(chrono::DateTime::<chrono::Utc>::MIN_UTC, chrono::Utc::now())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.resource == "httproutes" && matches!(r.verb.as_str(), "patch" | "create" | "update"))
+        .count();
+    eprintln!("[apiserver-restart] route writes by petrel: {route_writes} for 7 weights (0, 10 … 50, 0)");
     let status = env.canary_status().await.unwrap();
     assert_eq!(status.canary_weight, 0);
     assert_eq!(status.last_promoted_spec, status.last_applied_spec);

@@ -62,7 +62,17 @@ where
 {
     health.register(name);
     let health = health.clone();
-    events.backoff(RetryBackoff::default()).inspect(move |event| health.observe(name, event))
+    events
+        .inspect(move |event| health.observe(name, event))
+        // An expired resourceVersion is no failure of the API server: the watcher has
+        // already dropped it and re-lists on the next poll, which must not wait.
+        .filter(|event| std::future::ready(!is_expired(event)))
+        .backoff(RetryBackoff::default())
+}
+
+/// Whether the watch said its resourceVersion is too old (410 Gone).
+fn is_expired<K>(event: &watcher::Result<watcher::Event<K>>) -> bool {
+    matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410)
 }
 
 /// Only the objects of a stream: its errors were recorded (and logged) by [`kept`], and

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Metrics;
 use crate::api::Canary;
@@ -118,13 +118,14 @@ impl WatchHealth {
         let now = Instant::now();
         let mut watches = self.lock();
         let state = watches.entry(name).or_default();
-        let was_kept = state.synced && state.problem(now).is_none();
+        let in_trouble = state.trouble_since.is_some();
         state.observe(event, now);
         match event {
-            Err(error) => warn!(watch = name, %error, "watch failed; its cache may be stale until it recovers"),
-            Ok(_) if !was_kept && state.synced && state.problem(now).is_none() => {
-                info!(watch = name, "watch keeps its cache again")
+            Err(error) if !in_trouble => {
+                warn!(watch = name, %error, "watch failed; its cache may be stale until it recovers")
             }
+            Err(error) => debug!(watch = name, %error, "watch still failing"),
+            Ok(_) if in_trouble && state.trouble_since.is_none() => info!(watch = name, "watch keeps its cache again"),
             Ok(_) => {}
         }
     }
