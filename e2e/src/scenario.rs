@@ -841,27 +841,6 @@ pub fn metrics_addr_in_log(log: &str) -> Option<std::net::SocketAddr> {
         .next()
 }
 
-#[cfg(test)]
-mod metrics_addr_tests {
-    use super::metrics_addr_in_log;
-
-    #[test]
-    fn finds_the_address_with_or_without_colours() {
-        let plain = "2026-01-01T00:00:00Z  INFO petrel: serving /metrics, /livez and /readyz addr=127.0.0.1:43121";
-        assert_eq!(metrics_addr_in_log(plain), Some("127.0.0.1:43121".parse().unwrap()));
-        let coloured = "\x1b[32m INFO\x1b[0m \x1b[2mpetrel\x1b[0m: serving /metrics, /livez and /readyz \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:5001";
-        assert_eq!(metrics_addr_in_log(coloured), Some("127.0.0.1:5001".parse().unwrap()));
-        assert_eq!(metrics_addr_in_log("INFO petrel: starting\n"), None);
-    }
-
-    #[test]
-    fn a_restart_logs_the_new_address_last() {
-        let log =
-            "serving /metrics addr=127.0.0.1:1000\n===== restart #1 =====\nserving /metrics addr=127.0.0.1:2000\n";
-        assert_eq!(metrics_addr_in_log(log), Some("127.0.0.1:2000".parse().unwrap()));
-    }
-}
-
 /// Samples the operator's `/readyz` every 200 ms in the background, from its start until
 /// dropped, so a test can tell when it answered not ready and when ready again.
 pub struct ReadyzProbe {
@@ -903,5 +882,26 @@ impl ReadyzProbe {
 impl Drop for ReadyzProbe {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod metrics_addr_tests {
+    use super::metrics_addr_in_log;
+
+    #[test]
+    fn finds_the_address_with_or_without_colours() {
+        let plain = "2026-01-01T00:00:00Z  INFO petrel: serving /metrics, /livez and /readyz addr=127.0.0.1:43121";
+        assert_eq!(metrics_addr_in_log(plain), Some("127.0.0.1:43121".parse().unwrap()));
+        let coloured = "\x1b[32m INFO\x1b[0m \x1b[2mpetrel\x1b[0m: serving /metrics, /livez and /readyz \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:5001";
+        assert_eq!(metrics_addr_in_log(coloured), Some("127.0.0.1:5001".parse().unwrap()));
+        assert_eq!(metrics_addr_in_log("INFO petrel: starting\n"), None);
+    }
+
+    #[test]
+    fn a_restart_logs_the_new_address_last() {
+        let log =
+            "serving /metrics addr=127.0.0.1:1000\n===== restart #1 =====\nserving /metrics addr=127.0.0.1:2000\n";
+        assert_eq!(metrics_addr_in_log(log), Some("127.0.0.1:2000".parse().unwrap()));
     }
 }

@@ -163,7 +163,11 @@ mod tests {
         let petrel = requests_between(&records, "petrel/", at("2026-01-01T00:00:00Z"), at("2026-01-01T00:01:00Z"));
         assert_eq!(
             tally(petrel.iter().copied()),
-            vec![("get deployments".to_string(), 1), ("patch canaries/status".to_string(), 1), ("watch canaries".to_string(), 1)]
+            vec![
+                ("get deployments".to_string(), 1),
+                ("patch canaries/status".to_string(), 1),
+                ("watch canaries".to_string(), 1)
+            ]
         );
         assert_eq!(petrel[2].code, Some(409));
         let window = requests_between(&records, "petrel/", at("2026-01-01T00:00:02Z"), at("2026-01-01T00:00:04Z"));

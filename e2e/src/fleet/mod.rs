@@ -61,9 +61,9 @@ use kube::{Client, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries, ensure_helm};
-pub use audit::{AuditRecord, parse_audit_log, read_audit_log, requests_between, tally};
 use audit::{AUDIT_LOG, AUDIT_POLICY};
+pub use audit::{AuditRecord, parse_audit_log, read_audit_log, requests_between, tally};
+pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries, ensure_helm};
 pub use process::ProcSpec;
 use process::{Proc, Spawner, stop_all};
 
@@ -431,7 +431,15 @@ impl Fleet {
 
         let mut clusters = Vec::new();
         for name in &opts.clusters {
-            clusters.push(Arc::new(new_cluster(name, &dir, &bins, &etcd_url, ports.get()?, opts.nodes_per_cluster, opts.audit_log)?));
+            clusters.push(Arc::new(new_cluster(
+                name,
+                &dir,
+                &bins,
+                &etcd_url,
+                ports.get()?,
+                opts.nodes_per_cluster,
+                opts.audit_log,
+            )?));
         }
 
         let fleet = Fleet { dir, bins, etcd: Mutex::new(None), etcd_url, clusters, spawner: Spawner::new()? };

@@ -92,7 +92,8 @@ impl RouteRecorder {
                 let api: Api<Service> = Api::namespaced(client.clone(), &coords.namespace);
                 let coords = coords.clone();
                 tokio::spawn(async move {
-                    let events = watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
+                    let events =
+                        watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
                     futures::pin_mut!(events);
                     while let Some(event) = events.next().await {
                         match event {
@@ -136,7 +137,8 @@ impl RouteRecorder {
                     }
                 }));
                 tokio::spawn(async move {
-                    let events = watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
+                    let events =
+                        watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
                     futures::pin_mut!(events);
                     while let Some(event) = events.next().await {
                         match event {

@@ -88,8 +88,11 @@ pub struct SourceCaches {
     /// Whether each watch has synced: before that a lookup reads from the API server.
     pub health: WatchHealth,
     /// The data of Secrets in use, with the resourceVersion it was read at.
-    secret_data: Arc<Mutex<HashMap<(String, String), (String, SecretData)>>>,
+    secret_data: Arc<Mutex<SecretDataCache>>,
 }
+
+/// `(namespace, name)` → (the resourceVersion it was read at, the data).
+type SecretDataCache = HashMap<(String, String), (String, SecretData)>;
 
 /// The writers of [`SourceCaches`]' stores, for the watches that fill them.
 pub struct SourceWriters {
@@ -105,12 +108,15 @@ impl SourceCaches {
         let (alert_providers, alert_provider_writer) = store();
         let (secrets, secret_writer) = store();
         let caches = SourceCaches { templates, alert_providers, secrets, health, secret_data: Default::default() };
-        let writers =
-            SourceWriters { templates: template_writer, alert_providers: alert_provider_writer, secrets: secret_writer };
+        let writers = SourceWriters {
+            templates: template_writer,
+            alert_providers: alert_provider_writer,
+            secrets: secret_writer,
+        };
         (caches, writers)
     }
 
-    fn secret_data_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, SecretData)>> {
+    fn secret_data_cache(&self) -> std::sync::MutexGuard<'_, SecretDataCache> {
         // A panic while holding the lock leaves a consistent map (every change is one call).
         self.secret_data.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -215,8 +221,7 @@ impl KubeSource {
             + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     {
-        let cached =
-            self.caches.as_ref().and_then(|c| from_cache(store(c), c.health.synced(watch), namespace, name));
+        let cached = self.caches.as_ref().and_then(|c| from_cache(store(c), c.health.synced(watch), namespace, name));
         match cached {
             Some(Some(object)) => Ok(K::clone(&object)),
             Some(None) => Err(Self::not_found(kind, namespace, name)),
@@ -391,7 +396,8 @@ mod tests {
             })
         };
         // Only the Secret is on the API server: a template read would be a 404.
-        let source_api = fake_api(BTreeMap::from([("/api/v1/namespaces/monitoring/secrets/auth".to_string(), secret("7"))]));
+        let source_api =
+            fake_api(BTreeMap::from([("/api/v1/namespaces/monitoring/secrets/auth".to_string(), secret("7"))]));
         let health = WatchHealth::default();
         let (caches, mut writers) = SourceCaches::new(health.clone());
         let synced = |name| {

@@ -140,7 +140,8 @@ async fn main() -> anyhow::Result<()> {
         if args.mode == Mode::Hub {
             // The hub records its Rollout, wave, member and reconcile metrics into the
             // registry the server serves on /metrics.
-            let mut hub = petrel::hub::HubContext::with_metrics(client, std::env::var("POD_NAME").ok(), metrics.clone());
+            let mut hub =
+                petrel::hub::HubContext::with_metrics(client, std::env::var("POD_NAME").ok(), metrics.clone());
             // Ready once it starts, and while its Rollout and Cluster watches keep their caches.
             hub.health = readiness.watches().clone();
             let hub = Arc::new(hub);

@@ -24,9 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::analysis::{
-    ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH, SourceCaches, SourceWriters,
-};
+use crate::analysis::{ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH, SourceCaches, SourceWriters};
 use crate::api::{AlertProvider, Canary, MetricTemplate};
 use crate::core::Provider;
 use crate::routers::{RouterMemory, WriteLedger};
@@ -182,9 +180,10 @@ fn canaries_using_template(store: &Store<Canary>, namespace: Option<String>, nam
         .iter()
         .filter(|c| {
             let metrics = c.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
-            metrics.iter().filter_map(|m| m.template_ref.as_ref()).any(|t| {
-                t.name == name && t.namespace.clone().or_else(|| c.namespace()) == namespace
-            })
+            metrics
+                .iter()
+                .filter_map(|m| m.template_ref.as_ref())
+                .any(|t| t.name == name && t.namespace.clone().or_else(|| c.namespace()) == namespace)
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -221,15 +220,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
 
     let (store, canary_writer) = reflector::store();
     let canary_events = kept("canaries", watcher(canaries, config()), &health).reflect(canary_writer);
-    let deployments = kept("deployments", watcher(api_in::<PartialObjectMeta<Deployment>>(&client, &namespace), config()), &health);
-    let configmaps = kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
-    let secrets = kept(SECRET_WATCH, watcher(api_in::<PartialObjectMeta<Secret>>(&client, &namespace), config()), &health)
-        .reflect(source_writers.secrets);
-    let templates = kept(METRIC_TEMPLATE_WATCH, watcher(api_in::<MetricTemplate>(&client, &namespace), config()), &health)
-        .reflect(source_writers.templates);
+    let deployments =
+        kept("deployments", watcher(api_in::<PartialObjectMeta<Deployment>>(&client, &namespace), config()), &health);
+    let configmaps =
+        kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
+    let secrets =
+        kept(SECRET_WATCH, watcher(api_in::<PartialObjectMeta<Secret>>(&client, &namespace), config()), &health)
+            .reflect(source_writers.secrets);
+    let templates =
+        kept(METRIC_TEMPLATE_WATCH, watcher(api_in::<MetricTemplate>(&client, &namespace), config()), &health)
+            .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
-    let services = kept("services", watcher(api_in::<PartialObjectMeta<Service>>(&client, &namespace), generated), &health)
-        .reflect(service_writer);
+    let services =
+        kept("services", watcher(api_in::<PartialObjectMeta<Service>>(&client, &namespace), generated), &health)
+            .reflect(service_writer);
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =
         kept(ALERT_PROVIDER_WATCH, watcher(api_in::<AlertProvider>(&client, &namespace), config()), &health)
@@ -246,7 +250,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
         async move {
             loop {
                 tokio::time::sleep(crate::telemetry::SWEEP_INTERVAL).await;
-                let live = store.state().iter().map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any())).collect();
+                let live = store
+                    .state()
+                    .iter()
+                    .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
+                    .collect();
                 versions.retain(&live);
             }
         }

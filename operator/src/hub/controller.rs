@@ -35,8 +35,8 @@ use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
-use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::controller::watches::{kept, objects_only};
+use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::telemetry::Metrics;
 use crate::workloads;
 
@@ -593,9 +593,12 @@ pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
     Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
-        .watches_stream(objects_only(cluster_events.touched_objects()), move |_: kube::core::PartialObjectMeta<Cluster>| {
-            store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
-        })
+        .watches_stream(
+            objects_only(cluster_events.touched_objects()),
+            move |_: kube::core::PartialObjectMeta<Cluster>| {
+                store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
+            },
+        )
         // A member Canary changed, or a member's reachability: every Rollout looks again
         // (kube's per-object `reconcile_on` is still behind an unstable feature; a
         // Rollout a change does not concern reads the caches and writes nothing).

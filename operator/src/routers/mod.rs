@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use futures::future::BoxFuture;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -191,7 +191,9 @@ impl RouterMemory {
         match &self.services {
             None => Observed::Unknown,
             Some(store) => Observed::Version(
-                store.get(&ObjectRef::new(name).within(namespace)).and_then(|meta| meta.metadata.resource_version.clone()),
+                store
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .and_then(|meta| meta.metadata.resource_version.clone()),
             ),
         }
     }

@@ -70,7 +70,10 @@ impl WatchState {
             Err(error) => {
                 // After a quiet recovery (see WATCH_QUIET) a new error starts new trouble.
                 let recovered_quietly = !self.relisting
-                    && self.last_error.as_ref().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WATCH_QUIET);
+                    && self
+                        .last_error
+                        .as_ref()
+                        .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WATCH_QUIET);
                 if recovered_quietly {
                     self.trouble_since = None;
                 }
@@ -137,7 +140,10 @@ impl WatchHealth {
 
     /// The watches whose caches are not kept at `now`, with why.
     pub fn problems(&self, now: Instant) -> Vec<String> {
-        self.lock().iter().filter_map(|(name, state)| state.problem(now).map(|p| format!("the {name} watch {p}"))).collect()
+        self.lock()
+            .iter()
+            .filter_map(|(name, state)| state.problem(now).map(|p| format!("the {name} watch {p}")))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, WatchState>> {
