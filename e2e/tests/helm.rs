@@ -149,6 +149,14 @@ fn assert_hardened_and_probed(deployment: &Value) {
         .collect();
     assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
     assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    // After SIGTERM petrel gives its controllers --shutdown-grace-seconds, then releases its
+    // Lease (at most 2 s): the kubelet must not SIGKILL it before that.
+    let grace: u64 = args_of(deployment)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--shutdown-grace-seconds=").and_then(|g| g.parse().ok()))
+        .expect("--shutdown-grace-seconds");
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(grace + 2 < termination, "shutdown grace {grace}s + 2s release must fit in {termination}s");
 }
 
 fn dashboard_files() -> Vec<PathBuf> {
@@ -234,6 +242,8 @@ fn the_member_rendering_is_hardened_and_least_privilege() {
             assert!(verbs.contains(verb), "{verb} {}.{} not granted", resource.plural, resource.group);
         }
     }
+    // The keptn metric provider reads KeptnMetrics, and only reads them.
+    assert_eq!(granted[&key("metrics.keptn.sh", "keptnmetrics")], BTreeSet::from(["get".to_string()]));
     let binding = find(&docs, "ClusterRoleBinding", "petrel-member");
     assert_eq!(binding["roleRef"]["name"], "petrel-member");
     assert_eq!(
@@ -485,6 +495,7 @@ fn member_needs() -> Vec<Check> {
         check("create", "leases.coordination.k8s.io", Some(RELEASE_NAMESPACE)),
         check("get", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
         check("patch", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("get", "keptnmetrics.metrics.keptn.sh", Some("apps")),
     ];
     for resource in petrel::routers::third_party_resources() {
         for verb in ["get", "create", "patch", "delete"] {

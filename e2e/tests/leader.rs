@@ -1,7 +1,8 @@
 //! Leader election on a real control plane: two `petrel --leader-elect` replicas, one
-//! leads and reconciles, the other waits as a ready standby; SIGKILL the leader and the
-//! standby takes the Lease once it expires; SIGTERM the new leader and it hands the Lease
-//! back at once.
+//! leads and reconciles, the other waits as a ready standby; a third standby stopped with
+//! SIGTERM exits cleanly without touching the Lease; SIGKILL the leader and the standby
+//! takes the Lease once it expires; SIGTERM the new leader and it stops its controllers,
+//! hands the Lease back at once and exits cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,8 +63,23 @@ impl Replica {
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+    /// The exit status once the process ended.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Messages of the JSON log lines, in order.
+    fn messages(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|entry| entry["message"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Index of the first log message starting with `prefix`.
+    fn position(&self, prefix: &str) -> Option<usize> {
+        self.messages().iter().position(|m| m.starts_with(prefix))
     }
 }
 
@@ -142,6 +158,19 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     let (status, body) = readyz(&first).await?;
     assert_eq!((status, body.as_str()), (200, "ok\n"), "leader readiness");
 
+    // A standby that is stopped leaves at once and cleanly, and never touches the Lease:
+    // its SIGTERM handler is in place from the start, not only once a controller runs.
+    let mut third = Replica::start(&petrel, &cluster.kubeconfig_path, &dir, "petrel-c")?;
+    wait_for("petrel-c to wait for the lease", Duration::from_secs(30), async || {
+        third.log().contains("waiting for leadership").then_some(())
+    })
+    .await?;
+    third.signal(libc::SIGTERM);
+    let status = wait_for("petrel-c to exit", Duration::from_secs(10), async || third.exit_status()).await?;
+    assert!(status.success(), "a stopped standby exits cleanly, not by the signal ({status}):\n{}", third.log());
+    assert!(third.position("shutdown signal received").is_some(), "{}", third.log());
+    assert_eq!(holder(&leases).await.as_deref(), Some("petrel-a"), "the standby left the leader's Lease alone");
+
     // The leader dies without releasing: the standby waits for the lease to expire.
     let killed = Instant::now();
     first.signal(libc::SIGKILL);
@@ -164,8 +193,16 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     })
     .await?;
     eprintln!("lease released {:.1?} after SIGTERM", stopped.elapsed());
-    wait_for("petrel-b to exit", Duration::from_secs(10), async || second.exited().then_some(())).await?;
-    assert!(second.log().contains("released the lease"), "{}", second.log());
+    let status = wait_for("petrel-b to exit", Duration::from_secs(10), async || second.exit_status()).await?;
+    assert!(status.success(), "petrel-b exits cleanly after releasing ({status}):\n{}", second.log());
+    // Each step of the stop is logged, in order: the Lease goes only after the controllers.
+    let steps = ["shutdown signal received", "controllers stopped", "released the lease", "petrel stopped"]
+        .map(|step| second.position(step));
+    assert!(
+        steps.iter().all(Option::is_some) && steps.windows(2).all(|w| w[0] < w[1]),
+        "shutdown steps {steps:?} out of order or missing:\n{}",
+        second.log()
+    );
     fleet.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -1,17 +1,24 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, so a Deployment can run two
 //! petrel replicas while only one of them reconciles.
 //!
-//! The Lease bookkeeping (acquire, renew before expiry, take over an expired lock,
-//! release on shutdown) is `kube-lease-manager`'s; this module decides what petrel does
-//! around it: wait as a standby until leading, run the controller while leading, and stop
-//! the process when the lease is lost, as controller-runtime operators do, so a replica
-//! that may have been partitioned away never keeps writing next to the new leader.
+//! The Lease bookkeeping (acquire, renew before expiry, take over an expired lock, clear
+//! the holder) is `kube-lease-manager`'s; this module decides what petrel does around it:
+//! wait as a standby until leading, run the controller while leading, stop the process
+//! when the lease is lost, as controller-runtime operators do, so a replica that may have
+//! been partitioned away never keeps writing next to the new leader, and on a shutdown
+//! release the Lease only after the controllers stopped, retrying for a bounded time and
+//! saying so when it cannot.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::shutdown::Shutdown;
 
 /// Where the Lease lives and how long a holder keeps it without renewing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,12 @@ pub enum LeaderError {
     Lost { namespace: String, name: String },
     #[error("the leader election task of Lease {namespace}/{name} ended unexpectedly")]
     TaskEnded { namespace: String, name: String },
+    #[error("stopped while waiting for the leadership of Lease {namespace}/{name}")]
+    StoppedBeforeLeading { namespace: String, name: String },
+    #[error(
+        "could not release Lease {namespace}/{name} after {attempts} attempts ({reason}); a standby takes over once it expires"
+    )]
+    Release { namespace: String, name: String, attempts: u32, reason: String },
 }
 
 impl LeaderElection {
@@ -60,6 +73,14 @@ impl LeaderElection {
 
     fn lost(&self) -> LeaderError {
         LeaderError::Lost { namespace: self.namespace.clone(), name: self.lease_name.clone() }
+    }
+
+    fn task_ended(&self) -> LeaderError {
+        LeaderError::TaskEnded { namespace: self.namespace.clone(), name: self.lease_name.clone() }
+    }
+
+    fn stopped_before_leading(&self) -> LeaderError {
+        LeaderError::StoppedBeforeLeading { namespace: self.namespace.clone(), name: self.lease_name.clone() }
     }
 }
 
@@ -78,13 +99,28 @@ pub fn default_lease_name(mode: &str) -> String {
     format!("petrel-{mode}")
 }
 
+/// How long a stopping leader keeps trying to release its Lease before it gives up and
+/// exits with an error (the Lease then expires on its own after its duration).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two release attempts.
+const RELEASE_RETRY: Duration = Duration::from_millis(200);
+/// Pause after a failed renewal or acquisition attempt before the next one.
+const LEASE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Waits until this replica holds the Lease, then runs `work` while it does.
 ///
-/// Returns `work`'s result when it ends first (a shutdown signal), releasing the Lease so
-/// a standby takes over at once; returns [`LeaderError::Lost`] when the Lease is lost,
-/// dropping `work` mid-flight (every reconcile keeps its progress in the status, so the
-/// next leader continues where this one stopped).
-pub async fn run_while_leading<W, T>(client: Client, election: &LeaderElection, work: W) -> Result<T, LeaderError>
+/// Returns `work`'s result when it ends first (after a shutdown request), once the Lease
+/// is released, so a standby takes over at once; returns [`LeaderError::Lost`] when the
+/// Lease is lost, dropping `work` mid-flight (every reconcile keeps its progress in the
+/// status, so the next leader continues where this one stopped). A shutdown requested
+/// while still waiting returns [`LeaderError::StoppedBeforeLeading`] without running
+/// `work`. A release that fails for [`RELEASE_TIMEOUT`] is [`LeaderError::Release`].
+pub async fn run_while_leading<W, T>(
+    client: Client,
+    election: &LeaderElection,
+    shutdown: &Shutdown,
+    work: W,
+) -> Result<T, LeaderError>
 where
     W: Future<Output = T>,
 {
@@ -103,40 +139,112 @@ where
         .build()
         .await
         .map_err(lease_error)?;
-    let (mut leading, task) = manager.watch().await;
+    let manager = Arc::new(manager);
+    // The renewal loop runs beside `work`; stopping it before the release means no
+    // renewal can race the release and take the Lease back.
+    let stop_renewing = CancellationToken::new();
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let renewals = tokio::spawn(keep_lease(manager.clone(), leading_tx, stop_renewing.clone(), election.clone()));
 
     info!(lease = %election.lease_name, namespace = %election.namespace, identity = %election.identity, "waiting for leadership");
-    while !*leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            return Err(LeaderError::TaskEnded {
-                namespace: election.namespace.clone(),
-                name: election.lease_name.clone(),
-            });
+    let became_leader = async {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return false;
+            }
         }
-    }
-    info!(lease = %election.lease_name, identity = %election.identity, "leading");
-
-    let lost = async {
-        loop {
-            if leading.changed().await.is_err() || !*leading.borrow_and_update() {
-                return;
+        true
+    };
+    let outcome = tokio::select! {
+        leader = became_leader => if leader { None } else { Some(Err(election.task_ended())) },
+        () = shutdown.requested() => Some(Err(election.stopped_before_leading())),
+    };
+    let outcome = match outcome {
+        Some(early) => early,
+        None => {
+            info!(lease = %election.lease_name, identity = %election.identity, "leading");
+            let lost = async {
+                loop {
+                    if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                result = work => Ok(result),
+                () = lost => Err(election.lost()),
             }
         }
     };
-    let outcome = tokio::select! {
-        result = work => Ok(result),
-        () = lost => Err(election.lost()),
-    };
-    // Closing the channel makes the manager's task release the Lease and end.
-    drop(leading);
-    match task.await {
-        Ok(Ok(_)) => info!(lease = %election.lease_name, "released the lease"),
-        Ok(Err(e)) => {
-            warn!(lease = %election.lease_name, error = %e, "could not release the lease; it expires on its own")
-        }
-        Err(e) => warn!(lease = %election.lease_name, error = %e, "leader election task failed"),
+
+    stop_renewing.cancel();
+    if let Err(e) = renewals.await {
+        warn!(lease = %election.lease_name, error = %e, "the lease renewal task failed");
     }
+    // A replica that lost the Lease has nothing to release (and must not touch the new
+    // leader's Lease; release() only clears a Lease this identity holds).
+    if matches!(outcome, Err(LeaderError::Lost { .. })) {
+        return outcome;
+    }
+    info!(lease = %election.lease_name, "releasing the lease");
+    release(&manager, election).await?;
     outcome
+}
+
+/// Acquires and renews the Lease until `stop`, publishing whether this replica leads.
+async fn keep_lease(
+    manager: Arc<LeaseManager>,
+    leading: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
+    election: LeaderElection,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            changed = manager.changed() => match changed {
+                Ok(is_leader) => {
+                    if leading.send(is_leader).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(lease = %election.lease_name, error = %e, "leader election request failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(LEASE_ERROR_BACKOFF) => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Clears this replica's hold on the Lease, retrying for [`RELEASE_TIMEOUT`].
+async fn release(manager: &LeaseManager, election: &LeaderElection) -> Result<(), LeaderError> {
+    let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+    let mut attempt = 1;
+    loop {
+        let error = match tokio::time::timeout_at(deadline, manager.release()).await {
+            Ok(Ok(())) => {
+                info!(lease = %election.lease_name, attempt, "released the lease");
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {RELEASE_TIMEOUT:?}"),
+        };
+        if tokio::time::Instant::now() + RELEASE_RETRY >= deadline {
+            return Err(LeaderError::Release {
+                namespace: election.namespace.clone(),
+                name: election.lease_name.clone(),
+                attempts: attempt,
+                reason: error,
+            });
+        }
+        warn!(lease = %election.lease_name, attempt, error = %error, "could not release the lease; retrying");
+        tokio::time::sleep(RELEASE_RETRY).await;
+        attempt += 1;
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +278,89 @@ mod tests {
         assert_eq!(identity(Some("petrel-7d9f-abcde"), Some("node-1"), 42), "petrel-7d9f-abcde");
         assert_eq!(identity(None, Some("laptop"), 42), "laptop-42");
         assert_eq!(identity(Some(""), None, 7), "petrel-7");
+    }
+
+    /// An API server holding one Lease of `petrel-0` that fails the first
+    /// `failing_patches` PATCHes with a 500; returns the client and the PATCH count.
+    fn lease_api(failing_patches: usize) -> (Client, Arc<std::sync::atomic::AtomicUsize>) {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let patches = Arc::new(AtomicUsize::new(0));
+        let seen = patches.clone();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            let mut holder = Some("petrel-0");
+            while let Some((request, send)) = handle.next_request().await {
+                let (code, body) = if request.method() == Method::PATCH {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    if n < failing_patches {
+                        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
+                        (500, status)
+                    } else {
+                        holder = None;
+                        (200, lease_json(holder))
+                    }
+                } else {
+                    (200, lease_json(holder))
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "petrel-system"), patches)
+    }
+
+    fn lease_json(holder: Option<&str>) -> serde_json::Value {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let spec = match holder {
+            Some(holder) => serde_json::json!({"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "acquireTime": now, "renewTime": now, "leaseTransitions": 1}),
+            None => serde_json::json!({"leaseTransitions": 1}),
+        };
+        serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "petrel-member", "namespace": "petrel-system", "resourceVersion": "1"},
+            "spec": spec})
+    }
+
+    async fn manager(client: Client, election: &LeaderElection) -> LeaseManager {
+        LeaseManagerBuilder::new(client, &election.lease_name)
+            .with_namespace(&election.namespace)
+            .with_parameters(LeaseParams::new(&election.identity, 15, 5))
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_release_is_retried() {
+        let election = election(15, 5);
+        let (client, patches) = lease_api(2);
+        let manager = manager(client, &election).await;
+        release(&manager, &election).await.unwrap();
+        assert_eq!(patches.load(std::sync::atomic::Ordering::SeqCst), 3, "two failures, then the release");
+    }
+
+    #[tokio::test]
+    async fn a_release_that_keeps_failing_is_an_error_within_the_timeout() {
+        let election = election(15, 5);
+        let (client, patches) = lease_api(usize::MAX);
+        let manager = manager(client, &election).await;
+        let started = std::time::Instant::now();
+        let error = release(&manager, &election).await.unwrap_err().to_string();
+        assert!(started.elapsed() < RELEASE_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(patches.load(std::sync::atomic::Ordering::SeqCst) >= 2, "retried");
+        assert!(
+            error.contains("could not release Lease petrel-system/petrel-member")
+                && error.contains("request timed out"),
+            "{error}"
+        );
     }
 
     #[test]

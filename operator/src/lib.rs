@@ -28,5 +28,6 @@ pub mod hub;
 pub mod leader;
 pub mod plugin;
 pub mod routers;
+pub mod shutdown;
 pub mod telemetry;
 pub mod workloads;

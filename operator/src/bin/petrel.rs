@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use petrel::controller::{self, Context, EventSink, Settings};
 use petrel::leader::{self, LeaderElection};
+use petrel::shutdown::{self, Shutdown};
 use petrel::telemetry::{self, Metrics, Readiness};
 
 /// What this process runs.
@@ -61,6 +62,11 @@ struct Args {
     /// Seconds before expiry at which the leader renews its Lease.
     #[arg(long, env = "PETREL_LEADER_ELECTION_RENEW_BEFORE", default_value_t = 5)]
     leader_election_renew_before: u64,
+    /// Seconds the controllers get after SIGTERM to finish the reconciles in flight; then
+    /// petrel stops anyway and releases its Lease. Keep it, plus a few seconds for the
+    /// release, below the Pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "PETREL_SHUTDOWN_GRACE_SECONDS", default_value_t = 5)]
+    shutdown_grace_seconds: u64,
 }
 
 impl Args {
@@ -118,6 +124,10 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
+    // Before anything else: from here on a SIGTERM is a graceful stop, never the default
+    // action that would kill petrel while it holds its Lease.
+    let shutdown = Shutdown::on_signals().context("installing the SIGTERM and SIGINT handlers")?;
+    let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let election = args.leader_election();
     if let Some(election) = &election {
         election.validate()?;
@@ -136,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
     // The server runs from the start, also while a standby waits for the lease.
     let serve = telemetry::serve(listener, metrics.clone(), readiness.clone(), std::future::pending());
     let lease_client = client.clone();
-    let work = async move {
+    let controllers_shutdown = shutdown.clone();
+    let controllers = async move {
         if args.mode == Mode::Hub {
             // The hub records its Rollout, wave, member and reconcile metrics into the
             // registry the server serves on /metrics.
@@ -146,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             hub.health = readiness.watches().clone();
             let hub = Arc::new(hub);
             readiness.mark_ready();
-            return petrel::hub::run(hub).await;
+            return petrel::hub::run(hub, controllers_shutdown).await;
         }
         let ctx = Arc::new(Context {
             events: EventSink::new(client.clone(), std::env::var("POD_NAME").ok()),
@@ -161,7 +172,15 @@ async fn main() -> anyhow::Result<()> {
             caches: controller::Caches::new(readiness.watches()),
             readiness: readiness.clone(),
         });
-        controller::run(ctx, args.namespace).await
+        controller::run(ctx, args.namespace, controllers_shutdown).await
+    };
+    // After a shutdown request the controllers get `grace` to finish; then they are
+    // dropped, so the Lease release below never waits on a stuck reconcile.
+    let work = async {
+        match shutdown::stop_within(controllers, &shutdown, grace).await {
+            Some(result) => result,
+            None => Ok(()),
+        }
     };
     let leading = async {
         match &election {
@@ -172,13 +191,21 @@ async fn main() -> anyhow::Result<()> {
                     standby.set_standby(false);
                     work.await
                 };
-                leader::run_while_leading(lease_client, election, work).await?
+                match leader::run_while_leading(lease_client, election, &shutdown, work).await {
+                    Err(leader::LeaderError::StoppedBeforeLeading { .. }) => Ok(()),
+                    outcome => outcome?,
+                }
             }
         }
     };
     // The server lives as long as the controller; it stops with it.
-    tokio::select! {
+    let result = tokio::select! {
         result = leading => result,
         result = serve => result.context("serving metrics and health checks"),
+    };
+    match &result {
+        Ok(()) => tracing::info!("petrel stopped"),
+        Err(e) => tracing::error!(error = format!("{e:#}"), "petrel stopped with an error"),
     }
+    result
 }

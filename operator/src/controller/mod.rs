@@ -28,6 +28,7 @@ use crate::analysis::{ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH,
 use crate::api::{AlertProvider, Canary, MetricTemplate};
 use crate::core::Provider;
 use crate::routers::{RouterMemory, WriteLedger};
+use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
 use watches::{kept, objects_only};
 
@@ -201,13 +202,14 @@ where
     }
 }
 
-/// Runs the Canary controller until a shutdown signal.
+/// Runs the Canary controller until `shutdown` is requested; the reconciles in flight
+/// finish first.
 ///
 /// Every watch keeps its cache on its own (see [`watches`]) and reports its health to
 /// `/readyz`. Deployments, ConfigMaps, Secrets and petrel's Services are watched by
 /// their metadata only: which object changed is all a trigger needs, and petrel holds
 /// no Secret data it does not use.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let canaries: Api<Canary> = api_in(&client, &namespace);
     if let Err(e) = canaries.list(&kube::api::ListParams::default().limit(1)).await {
@@ -276,7 +278,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Result
             canaries_using_template(&s4, t.namespace(), &t.name_any())
         })
         .owns_stream(objects_only(services.touched_objects()))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {

@@ -37,6 +37,7 @@ use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
 use crate::controller::watches::{kept, objects_only};
 use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
+use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 use crate::workloads;
 
@@ -551,10 +552,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the hub until a shutdown signal: the Rollout controller, the member watches'
+/// Runs the hub until `shutdown` is requested: the Rollout controller, the member watches'
 /// manager, the member probes (and Cluster statuses), and a sweep that forgets the
 /// watches and metrics of deleted Rollouts.
-pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()> {
     let rollouts: Api<Rollout> = Api::all(ctx.client.clone());
     if let Err(e) = rollouts.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Rollouts ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
@@ -603,7 +604,7 @@ pub async fn run(ctx: Arc<HubContext>) -> anyhow::Result<()> {
         // (kube's per-object `reconcile_on` is still behind an unstable feature; a
         // Rollout a change does not concern reads the caches and writes nothing).
         .reconcile_all_on(ctx.watches.reconcile_trigger())
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
