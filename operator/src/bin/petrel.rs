@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             },
             metrics: metrics.clone(),
             readiness: readiness.clone(),
+            canaries: Default::default(),
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };

@@ -1,5 +1,6 @@
 //! One reconcile of one Canary: read, decide (pure), act, write the status once.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, instrument, warn};
 
 use super::conditions::set_condition;
-use super::{Context, Error, provider_of};
+use super::{Context, Error, claims, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
@@ -23,7 +24,7 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::interval_of;
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{TrafficRouter, Weights, router_for};
+use crate::routers::{RouterError, TrafficRouter, Weights, router_for};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
@@ -31,10 +32,22 @@ const STALLED_RECHECK: Duration = Duration::from_secs(30);
 /// Per-query timeout of metric checks.
 const METRIC_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reconciles one Canary.
+/// Reconciles one Canary. What the Canary asks for and cannot be done until a person
+/// changes something ([`Error::Refused`]) is reported as `Stalled` with an Event, once,
+/// and looked at again later; only transient failures are retried soon.
 #[instrument(skip_all, fields(canary = %canary.name_any(), namespace = canary.namespace().unwrap_or_default()))]
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
+    match reconcile_canary(canary.clone(), ctx.clone()).await {
+        Err(Error::Refused { reason, message }) => {
+            let status = canary.status.clone().unwrap_or_default();
+            stall(&ctx, &canary, status, reason, &message).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn reconcile_canary(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     if canary.spec.suspend {
@@ -52,6 +65,12 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         Err(e) if e.is_stalled() => return stall(&ctx, &canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
     };
+    if let Some(refusal) = refusal_by_claims(&ctx, &canary, &namespace, &snapshot).await? {
+        return stall(&ctx, &canary, status, refusal.reason, &refusal.message).await;
+    }
+    if let Some(message) = target_scaled_to_zero(&canary, &status, &snapshot.target) {
+        return stall(&ctx, &canary, status, "TargetScaledToZero", &message).await;
+    }
     if let Err(message) = check_service_port(&canary, &snapshot.target) {
         return stall(&ctx, &canary, status, "ServicePortNotFound", &message).await;
     }
@@ -68,10 +87,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
     let router = router_for(provider, ctx.client.clone());
-    router
-        .reconcile(&canary)
-        .await
-        .map_err(|e| Error::Router { context: "creating the Services and routes".into(), message: e.to_string() })?;
+    router.reconcile(&canary).await.map_err(|e| router_error("creating the Services and routes", e))?;
 
     // Observe, run what the core asks for, decide.
     let now = Utc::now();
@@ -160,10 +176,10 @@ async fn apply_actions(
                     context: "checking the weights the core decided".into(),
                     message: e.to_string(),
                 })?;
-                router.set_routes(canary, weights).await.map_err(|e| Error::Router {
-                    context: format!("setting routes to {weights}"),
-                    message: e.to_string(),
-                })?;
+                router
+                    .set_routes(canary, weights)
+                    .await
+                    .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
             }
             Action::ScaleCanaryUp => {
                 workloads::scale_canary_up(&ctx.client, snapshot)
@@ -277,8 +293,81 @@ fn stall_reason(e: &WorkloadError) -> &'static str {
     }
 }
 
+/// A failed workload operation: the Canary's fault when it needs a person's change (a
+/// missing config, or an object the API server refused to accept), else transient.
 fn workload_error(context: &str, e: WorkloadError) -> Error {
-    Error::Workload { context: context.to_string(), message: e.to_string() }
+    let refused = match &e {
+        WorkloadError::Kube { source, .. } => refused_by_api_server(source).then_some("InvalidGeneratedObject"),
+        e if e.is_stalled() => Some(stall_reason(e)),
+        _ => None,
+    };
+    match refused {
+        Some(reason) => Error::Refused { reason, message: format!("{context}: {e}") },
+        None => Error::Workload { context: context.to_string(), message: e.to_string() },
+    }
+}
+
+/// A failed router operation, classified like [`workload_error`]. A route kind the API
+/// server does not serve (its CRDs are not installed) is the cluster's configuration,
+/// not a transient failure.
+fn router_error(context: impl Into<String>, e: RouterError) -> Error {
+    let context = context.into();
+    let refused = match &e {
+        RouterError::InvalidCanary { .. } => Some("InvalidRouting"),
+        RouterError::Unsupported { .. } => Some("ProviderUnsupported"),
+        RouterError::NotFound { .. } => Some("RouteTargetNotFound"),
+        RouterError::Malformed { .. } => Some("RouteObjectMalformed"),
+        RouterError::Api { source, .. } if refused_by_api_server(source) => Some("InvalidGeneratedObject"),
+        RouterError::Api { source, .. } if matches!(source.as_ref(), kube::Error::Api(status) if status.code == 404) => {
+            Some("RouteKindNotServed")
+        }
+        RouterError::InvalidWeights { .. } | RouterError::Api { .. } | RouterError::Json { .. } => None,
+    };
+    match refused {
+        Some(reason) => Error::Refused { reason, message: format!("{context}: {e}") },
+        None => Error::Router { context, message: e.to_string() },
+    }
+}
+
+/// The API server refused a write because of what was written (400 Bad Request, 422
+/// Invalid): retrying the same object cannot help.
+fn refused_by_api_server(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 400 || status.code == 422)
+}
+
+/// Checks against the other Canaries of the namespace and the objects petrel would take
+/// over (see [`claims`]): `Some` refusal when this Canary must not touch anything.
+async fn refusal_by_claims(
+    ctx: &Context,
+    canary: &Canary,
+    namespace: &str,
+    snapshot: &WorkloadSnapshot,
+) -> Result<Option<claims::Refusal>, Error> {
+    if let Some(refusal) = claims::managed_target(canary, &snapshot.target) {
+        return Ok(Some(refusal));
+    }
+    let neighbours = ctx.canaries.in_namespace(&ctx.client, namespace).await?;
+    if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref)) {
+        return Ok(Some(refusal));
+    }
+    let Some(primary) = &snapshot.primary else { return Ok(None) };
+    let live: BTreeSet<String> = neighbours.iter().filter_map(|c| c.uid()).collect();
+    Ok(claims::taken_primary(canary, primary, &live))
+}
+
+/// A target a person scaled to zero before petrel ever initialised it: the primary would
+/// be made up with replicas nobody asked for and releases analysed on them. Once
+/// initialised, a target at zero is petrel's own doing (it scales the canary down between
+/// releases), and an autoscaler decides the replicas itself.
+pub(crate) fn target_scaled_to_zero(canary: &Canary, status: &CanaryStatus, target: &Deployment) -> Option<String> {
+    let replicas = target.spec.as_ref().and_then(|spec| spec.replicas);
+    let never_initialised = status.last_promoted_spec.is_none();
+    (never_initialised && canary.spec.autoscaler_ref.is_none() && replicas == Some(0)).then(|| {
+        format!(
+            "Deployment {} has spec.replicas 0: there would be no pods to serve or analyse; scale it up (or set spec.autoscalerRef) and petrel creates the primary with that many replicas",
+            canary.spec.target_ref.name
+        )
+    })
 }
 
 /// The Service's target port must exist on the target's containers: a named port by name,
@@ -469,5 +558,76 @@ mod tests {
             message.contains("metric not-found") && message.contains("elsewhere/not-found-percentage"),
             "{message}"
         );
+    }
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(
+                "Deployment.apps \"x\" is invalid: metadata.labels: must be no more than 63 characters",
+                "Invalid",
+            )
+            .with_code(code)
+            .boxed(),
+        )
+    }
+
+    #[test]
+    fn what_the_api_server_refuses_stalls_and_what_is_transient_is_retried() {
+        let refused = workload_error(
+            "creating the primary",
+            WorkloadError::kube("creating Deployment t/x-primary", api_error(422)),
+        );
+        assert!(
+            matches!(&refused, Error::Refused { reason: "InvalidGeneratedObject", message } if message.contains("63 characters")),
+            "{refused:?}"
+        );
+        let transient = workload_error("creating the primary", WorkloadError::kube("creating", api_error(503)));
+        assert!(matches!(transient, Error::Workload { .. }), "{transient:?}");
+        let missing = WorkloadError::MissingConfig {
+            kind: "ConfigMap",
+            namespace: "t".into(),
+            name: "c".into(),
+            deployment: "d".into(),
+        };
+        assert!(matches!(workload_error("promoting", missing), Error::Refused { reason: "ConfigNotFound", .. }));
+
+        let no_ingress =
+            RouterError::InvalidCanary { canary: "t/c".into(), reason: "provider nginx needs spec.ingressRef".into() };
+        assert!(matches!(
+            router_error("creating the routes", no_ingress),
+            Error::Refused { reason: "InvalidRouting", .. }
+        ));
+        let api = |code| RouterError::Api {
+            verb: "apply",
+            kind: "HTTPRoute".into(),
+            namespace: "t".into(),
+            name: "c".into(),
+            source: Box::new(api_error(code)),
+        };
+        assert!(matches!(router_error("x", api(422)), Error::Refused { reason: "InvalidGeneratedObject", .. }));
+        assert!(matches!(router_error("x", api(404)), Error::Refused { reason: "RouteKindNotServed", .. }));
+        assert!(matches!(router_error("x", api(500)), Error::Router { .. }));
+        assert!(matches!(
+            router_error("x", RouterError::InvalidWeights { primary: 50, canary: 60 }),
+            Error::Router { .. }
+        ));
+    }
+
+    #[test]
+    fn a_target_scaled_to_zero_stalls_only_before_petrel_initialised_it() {
+        let mut target = deployment_with_port("http");
+        target.spec.as_mut().unwrap().replicas = Some(0);
+        let fresh = CanaryStatus::default();
+        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target).expect("refused");
+        assert!(message.contains("spec.replicas 0"), "{message}");
+        // petrel scaled it down itself after initialising.
+        let initialised = CanaryStatus { last_promoted_spec: Some("r0".into()), ..CanaryStatus::default() };
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target), None);
+        // An autoscaler decides the replicas.
+        let scaled = canary(
+            json!({"spec": {"autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"}}}),
+        );
+        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target), None);
+        target.spec.as_mut().unwrap().replicas = Some(2);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target), None);
     }
 }
