@@ -65,3 +65,32 @@ pub struct AlertProviderStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_proxies_are_http_urls() {
+        let provider = |address: &str, proxy: Option<&str>| {
+            AlertProvider::new(
+                "slack",
+                AlertProviderSpec {
+                    type_: "slack".into(),
+                    address: Some(address.into()),
+                    proxy: proxy.map(str::to_string),
+                    ..Default::default()
+                },
+            )
+        };
+        provider("https://hooks.slack.com/services/T/B/x", Some("http://proxy.internal:3128")).validate_cel().unwrap();
+        for (address, proxy, message) in [
+            ("hooks.slack.com/services/x", None, "address must be an absolute http:// or https:// URL"),
+            ("mailto:team@example.com", None, "address must be an absolute"),
+            ("https://hooks.slack.com/x", Some("socks5://127.0.0.1:1080"), "proxy must be an absolute"),
+        ] {
+            let error = provider(address, proxy).validate_cel().unwrap_err().to_string();
+            assert!(error.contains(message), "{address} {proxy:?}: {error}");
+        }
+    }
+}

@@ -473,6 +473,22 @@ mod tests {
     }
 
     #[test]
+    fn wave_durations_say_what_is_wrong_and_are_bounded() {
+        let refused = |wave: serde_json::Value| rollout(json!([wave])).validate_cel().unwrap_err().to_string();
+        for (wave, message) in [
+            (json!({"name": "a", "soak": "1y"}), "waves[].soak must be 0 or a duration such as 30m"),
+            (json!({"name": "a", "soak": "200h"}), "waves[].soak must be at most 168h"),
+            (json!({"name": "a", "progressDeadline": "abc"}), "waves[].progressDeadline must be a duration"),
+            (json!({"name": "a", "progressDeadline": "100000h"}), "must be at least 1s and at most 168h"),
+            (json!({"name": "a", "progressDeadline": "0s"}), "must be at least 1s"),
+        ] {
+            let error = refused(wave.clone());
+            assert!(error.contains(message) && !error.contains("conversion"), "{wave}: {error}");
+        }
+        rollout(json!([{"name": "a", "soak": "0", "progressDeadline": "1h30m"}])).validate_cel().unwrap();
+    }
+
+    #[test]
     fn duplicate_wave_names_are_rejected() {
         let r = rollout(json!([{"name": "eu"}, {"name": "eu"}]));
         let error = r.validate_cel().unwrap_err().to_string();
