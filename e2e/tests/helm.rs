@@ -242,6 +242,8 @@ fn the_member_rendering_is_hardened_and_least_privilege() {
             assert!(verbs.contains(verb), "{verb} {}.{} not granted", resource.plural, resource.group);
         }
     }
+    // The keptn metric provider reads KeptnMetrics, and only reads them.
+    assert_eq!(granted[&key("metrics.keptn.sh", "keptnmetrics")], BTreeSet::from(["get".to_string()]));
     let binding = find(&docs, "ClusterRoleBinding", "petrel-member");
     assert_eq!(binding["roleRef"]["name"], "petrel-member");
     assert_eq!(
@@ -490,6 +492,7 @@ fn member_needs() -> Vec<Check> {
         check("create", "leases.coordination.k8s.io", Some(RELEASE_NAMESPACE)),
         check("get", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
         check("patch", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("get", "keptnmetrics.metrics.keptn.sh", Some("apps")),
     ];
     for resource in petrel::routers::third_party_resources() {
         for verb in ["get", "create", "patch", "delete"] {

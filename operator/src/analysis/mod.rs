@@ -13,8 +13,12 @@
 //! without an API server; [`KubeSource`] is the real implementation.
 
 pub mod alerts;
+pub mod keptn;
 pub mod metrics;
 pub mod webhooks;
+
+#[cfg(test)]
+mod calibration_tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -49,6 +53,22 @@ pub trait MetricSource: Send + Sync {
     ) -> impl Future<Output = Result<MetricTemplate, SourceError>> + Send;
 
     fn secret(&self, namespace: &str, name: &str) -> impl Future<Output = Result<SecretData, SourceError>> + Send;
+
+    /// A KeptnMetric object (`metrics.keptn.sh`), as JSON, for the `keptn` provider.
+    /// Sources without a Kubernetes API (most test fakes) cannot read one.
+    fn keptn_metric(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<serde_json::Value, SourceError>> + Send {
+        let error = SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: "this source has no Kubernetes API".into(),
+        };
+        async move { Err(error) }
+    }
 }
 
 /// Reads the objects alerts refer to.
@@ -118,6 +138,28 @@ impl MetricSource for KubeSource {
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
         self.secret_data(namespace, name).await
+    }
+
+    async fn keptn_metric(&self, namespace: &str, name: &str) -> Result<serde_json::Value, SourceError> {
+        let resource = keptn::keptn_metric_resource();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let found = api.get_opt(name).await.map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })?;
+        let object = found.ok_or_else(|| SourceError::NotFound {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+        serde_json::to_value(object).map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })
     }
 }
 
@@ -248,5 +290,34 @@ mod tests {
             matches!(&broken, SourceError::Unreadable { kind: "AlertProvider", reason, .. } if reason.contains("etcd is on fire")),
             "{broken}"
         );
+    }
+
+    /// The keptn provider through the real source: the KeptnMetric is read from the
+    /// Kubernetes API at the path of metrics.keptn.sh/v1beta1.
+    #[tokio::test]
+    async fn keptn_provider_reads_the_keptn_metric_from_the_api() {
+        use metrics_providers::{MetricProvider, QueryError};
+
+        let updated = chrono::Utc::now().to_rfc3339();
+        let metric = serde_json::json!({
+            "apiVersion": "metrics.keptn.sh/v1beta1", "kind": "KeptnMetric",
+            "metadata": {"name": "error-rate", "namespace": "keptn-system"},
+            "spec": {"provider": {"name": "prometheus"}, "query": "sum(rate(errors[1m]))", "fetchIntervalSeconds": 10},
+            "status": {"value": "0.42", "rawValue": "MC40Mg==", "lastUpdated": updated},
+        });
+        let source = KubeSource::new(fake_api(BTreeMap::from([(
+            "/apis/metrics.keptn.sh/v1beta1/namespaces/keptn-system/keptnmetrics/error-rate".to_string(),
+            metric,
+        )])));
+        let keptn = keptn::KeptnProvider::new(&source);
+
+        assert_eq!(keptn.query("keptnmetric/keptn-system/error-rate").await, Ok(0.42));
+        let missing = keptn.query("keptnmetric/keptn-system/latency").await.unwrap_err();
+        assert!(
+            matches!(&missing, QueryError::InvalidConfig(m) if m.contains("KeptnMetric keptn-system/latency not found")),
+            "{missing}"
+        );
+        let broken = keptn.query("keptnmetric/broken/error-rate").await.unwrap_err();
+        assert!(matches!(&broken, QueryError::Transport(m) if m.contains("etcd is on fire")), "{broken}");
     }
 }

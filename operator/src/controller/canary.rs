@@ -15,14 +15,14 @@ use tracing::{debug, instrument, warn};
 use super::conditions::set_condition;
 use super::{Context, Error, claims, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
-use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
+use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
 use crate::analysis::{KubeSource, MetricSource};
 use crate::api::canary::{
     APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
 };
 use crate::api::{Canary, MetricTemplate};
-use crate::core::strategy::interval_of;
+use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
 use crate::routers::{RouterError, TrafficRouter, Weights, router_for};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
@@ -77,9 +77,15 @@ async fn reconcile_canary(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requ
     if let Err(e) = interval_of(&canary.spec) {
         return stall(&ctx, &canary, status, "InvalidInterval", &e.to_string()).await;
     }
+    if let Some(message) = comparison_shortfall(&canary.spec, provider) {
+        return stall(&ctx, &canary, status, "TooFewTicksForComparison", &message).await;
+    }
     let source = KubeSource::new(ctx.client.clone());
     if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
         return stall(&ctx, &canary, status, "MetricTemplateNotFound", &message).await;
+    }
+    if let Some(message) = invalid_metric_provider(&metric_deps(&ctx, &source), &canary).await {
+        return stall(&ctx, &canary, status, "MetricProviderInvalid", &message).await;
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
@@ -147,14 +153,17 @@ async fn run_plan(
         results.hooks.insert(*hook_type, outcome);
     }
     if plan.run_metrics {
-        let deps = MetricDeps {
-            source: source.clone(),
-            default_metrics_server: Some(ctx.settings.metrics_server.clone()),
-            query_timeout: METRIC_QUERY_TIMEOUT,
-        };
-        results.metrics = Some(run_metrics(&deps, canary, provider).await);
+        results.metrics = Some(run_metrics(&metric_deps(ctx, source), canary, provider).await);
     }
     results
+}
+
+fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
+    MetricDeps {
+        source: source.clone(),
+        default_metrics_server: Some(ctx.settings.metrics_server.clone()),
+        query_timeout: METRIC_QUERY_TIMEOUT,
+    }
 }
 
 /// Applies the core's actions in order. A failing action stops the reconcile before the

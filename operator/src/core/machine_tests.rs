@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricOutcome,
+    MetricResult, Phase,
 };
 use crate::api::verbs::verb_requests;
 use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
@@ -26,6 +27,8 @@ pub(crate) struct Sim {
     /// Hook types that answer with an error.
     pub failing_hooks: Vec<HookType>,
     pub metrics_pass: bool,
+    /// Metrics whose result says pending (a comparison still collecting values).
+    pub pending_metrics: Vec<String>,
     pub last_plan: Plan,
     /// The Canary's annotations (verb requests).
     pub annotations: BTreeMap<String, String>,
@@ -49,6 +52,7 @@ impl Sim {
             fleet: FleetGate::NotInFleet,
             failing_hooks: Vec::new(),
             metrics_pass: true,
+            pending_metrics: Vec::new(),
             last_plan: Plan::default(),
             annotations: BTreeMap::new(),
         }
@@ -74,7 +78,11 @@ impl Sim {
                     name: m.name.clone(),
                     value: Some(if self.metrics_pass { 99.5 } else { 80.0 }),
                     primary_value: None,
-                    passed: self.metrics_pass,
+                    outcome: if self.pending_metrics.contains(&m.name) {
+                        MetricOutcome::Pending
+                    } else {
+                        MetricOutcome::from_passed(self.metrics_pass)
+                    },
                     message: String::new(),
                 })
                 .collect()
@@ -592,7 +600,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
         name: "request-success-rate".into(),
         value: Some(99.0),
         primary_value: Some(99.5),
-        passed: true,
+        outcome: MetricOutcome::Passed,
         message: String::new(),
     }]);
     for _ in 0..2 {
