@@ -112,7 +112,7 @@ fn init_tracing(json: bool) {
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -122,6 +122,7 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
         }
         None => kube::Config::infer().await.context("finding a Kubernetes configuration")?,
     };
+    petrel::identify(&mut config);
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
@@ -163,12 +164,11 @@ async fn main() -> anyhow::Result<()> {
         if args.mode == Mode::Hub {
             // The hub records its Rollout, wave, member and reconcile metrics into the
             // registry the server serves on /metrics.
-            let hub = Arc::new(petrel::hub::HubContext::with_metrics(
-                client,
-                std::env::var("POD_NAME").ok(),
-                metrics.clone(),
-            ));
-            // The hub has no cache to warm before it can serve: ready once it starts.
+            let mut hub =
+                petrel::hub::HubContext::with_metrics(client, std::env::var("POD_NAME").ok(), metrics.clone());
+            // Ready once it starts, and while its Rollout and Cluster watches keep their caches.
+            hub.health = readiness.watches().clone();
+            let hub = Arc::new(hub);
             readiness.mark_ready();
             return petrel::hub::run(hub, controllers_shutdown).await;
         }
@@ -183,7 +183,9 @@ async fn main() -> anyhow::Result<()> {
                 identity_config_map,
             },
             metrics: metrics.clone(),
+            caches: controller::Caches::new(readiness.watches()),
             readiness: readiness.clone(),
+            canaries: Default::default(),
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };

@@ -288,9 +288,11 @@ async fn probe_and_report(ctx: &HubContext, cluster: &Cluster) {
     let event = identity_event(previous, &status);
     // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
     let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::erase::<Cluster>(&()));
+    // Decided from the Cluster as listed: a Cluster changed since is probed again next time.
     let body = serde_json::json!({
         "apiVersion": Cluster::api_version(&()),
         "kind": Cluster::kind(&()),
+        "metadata": {"name": name, "resourceVersion": cluster.resource_version()},
         "status": status,
     });
     if let Err(e) = api.patch_status(&name, &PatchParams::apply(HUB_FIELD_MANAGER).force(), &Patch::Apply(&body)).await

@@ -18,7 +18,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -36,6 +36,7 @@ use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
+use crate::controller::watches::{kept, objects_only};
 use crate::fleet::identity::{ExpectedIdentity, IdentityVerdict, verify_identity};
 use crate::fleet::inventory::{HubRollback, with_inventory};
 use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
@@ -60,6 +61,8 @@ pub struct HubContext {
     pub recorder: Recorder,
     pub watches: MemberWatches,
     pub metrics: Arc<Metrics>,
+    /// Health of the hub's own watches (Rollouts, Clusters), for `/readyz`.
+    pub health: crate::telemetry::WatchHealth,
 }
 
 impl HubContext {
@@ -76,6 +79,7 @@ impl HubContext {
             recorder: Recorder::new(client.clone(), reporter),
             watches: MemberWatches::new(),
             metrics,
+            health: Default::default(),
             client,
         }
     }
@@ -302,11 +306,27 @@ fn event_action(reason: &str, note: &str) -> String {
     format!("{reason}-{}", hex::encode(&sha2::Sha256::digest(note.as_bytes())[..4]))
 }
 
+/// An Event the hub publishes once the status it goes with is written.
+type PendingEvent = (String, String, bool);
+
+/// Publishes Events after the status write they go with: a reconcile whose write was
+/// refused (409) decides again from the newer Rollout and does not repeat them.
+async fn publish_all(ctx: &HubContext, rollout: &Rollout, events: Vec<PendingEvent>) {
+    for (reason, message, warning) in events {
+        publish(ctx, rollout, &reason, &message, warning).await;
+    }
+}
+
+/// How soon a reconcile whose status write met a newer Rollout (409) runs again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
+
 /// Writes the status unless only contact times moved (see [`status_worth_writing`]):
-/// every write triggers the next reconcile through the Rollout watch.
-async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, client: &Client) -> Result<(), HubError> {
+/// every write triggers the next reconcile through the Rollout watch. The write carries
+/// the resourceVersion the status was decided from: `Ok(false)` when the Rollout changed
+/// since (409), and nothing was written.
+async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, client: &Client) -> Result<bool, HubError> {
     if !status_worth_writing(rollout.status.as_ref(), status) {
-        return Ok(());
+        return Ok(true);
     }
     let namespace = rollout.namespace().ok_or(HubError::MissingNamespace)?;
     // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
@@ -322,12 +342,17 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     let body = serde_json::json!({
         "apiVersion": Rollout::api_version(&()),
         "kind": Rollout::kind(&()),
+        "metadata": {"name": rollout.name_any(), "resourceVersion": rollout.resource_version()},
         "status": owned,
     });
-    api.patch_status(&rollout.name_any(), &apply_params(), &Patch::Apply(&body))
-        .await
-        .map(|_| ())
-        .map_err(|source| HubError::WriteStatus { rollout: rollout_key(rollout), source })
+    match api.patch_status(&rollout.name_any(), &apply_params(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            info!(rollout = %rollout_key(rollout), "the Rollout changed since it was read; deciding again");
+            Ok(false)
+        }
+        Err(source) => Err(HubError::WriteStatus { rollout: rollout_key(rollout), source }),
+    }
 }
 
 /// What a rollback of a member did: the release its primary runs now, and what
@@ -380,15 +405,18 @@ async fn block(
     message: String,
     problems: &[InputProblem],
     now: DateTime<Utc>,
-) -> Result<(), HubError> {
+) -> Result<bool, HubError> {
     let previous = rollout.status.as_ref();
     let mut status = blocked_status(previous, rollout.metadata.generation, reason, message, now);
     with_validity(&mut status, previous, problems, now);
+    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
+    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
+        return Ok(false);
+    }
     for event in problem_events(previous.map_or(&[][..], |s| &s.conditions), problems) {
         publish(ctx, rollout, event.reason, &event.message, event.warning).await;
     }
-    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    write_status_if_changed(rollout, &status, &ctx.client).await
+    Ok(true)
 }
 
 async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action, HubError> {
@@ -401,7 +429,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         Err(e) => {
             let message = format!("the spec cannot be rolled out: {e}");
             let problems = [InputProblem::new(INVALID_SPEC, message.clone())];
-            block(ctx, rollout, INVALID_SPEC, message, &problems, now).await?;
+            if !block(ctx, rollout, INVALID_SPEC, message, &problems, now).await? {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -433,7 +463,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     if let Some(blocking) =
         problems.iter().find(|p| p.reason == CANARY_NOT_FOUND || p.reason == CLUSTERS_SHARE_IDENTITY)
     {
-        block(ctx, rollout, blocking.reason, blocking.message.clone(), &problems, now).await?;
+        if !block(ctx, rollout, blocking.reason, blocking.message.clone(), &problems, now).await? {
+            return Ok(Action::requeue(CONFLICT_RETRY));
+        }
         return Ok(Action::requeue(SAFETY_REQUEUE));
     }
 
@@ -458,7 +490,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
 
     let Some(release) = choose_release(&plan, previous, &observations) else {
         let message = "no member of the first wave reports a release yet".to_string();
-        block(ctx, rollout, "NoRelease", message, &problems, now).await?;
+        if !block(ctx, rollout, "NoRelease", message, &problems, now).await? {
+            return Ok(Action::requeue(CONFLICT_RETRY));
+        }
         return Ok(Action::requeue(requeue_after(None)));
     };
     let history = history_for_release(previous, &release);
@@ -506,13 +540,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         }
     }
 
+    // Events wait for the status write (see `publish_all`).
+    let mut events: Vec<PendingEvent> = Vec::new();
     let started = release_started(previous, &release);
     for event in started.into_iter().chain(hub_events(&history, &decision, &release)) {
-        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
+        events.push((event.reason.to_string(), event.message, event.warning));
     }
     for name in withdrawn {
         let message = format!("withdrew the approval of cluster {name} (release {release}): its Canary aborts");
-        publish(ctx, rollout, "ApprovalWithdrawn", &message, true).await;
+        events.push(("ApprovalWithdrawn".to_string(), message, true));
     }
 
     // RollbackAll: best effort; what failed is shown on the member and as an Event.
@@ -526,13 +562,13 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         match roll_back_member(client, canary, &release).await {
             Ok(rolled_back) => {
                 if let Some(done) = &rolled_back.done {
-                    publish(ctx, rollout, "MemberRolledBack", &format!("cluster {name}: {done}"), false).await;
+                    events.push(("MemberRolledBack".to_string(), format!("cluster {name}: {done}"), false));
                 }
                 rollbacks.insert(name.clone(), HubRollback { from: release.clone(), to: rolled_back.release });
             }
             Err(e) => {
                 let message = format!("rollback failed: {e}");
-                publish(ctx, rollout, "RollbackFailed", &format!("cluster {name}: {message}"), true).await;
+                events.push(("RollbackFailed".to_string(), format!("cluster {name}: {message}"), true));
                 write_errors.insert(name.clone(), message);
             }
         }
@@ -551,14 +587,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     explain_unreachable(&mut status, &write_errors);
     with_inventory(&mut status, previous, &observations, &rollbacks, now);
     with_validity(&mut status, previous, &problems, now);
-    let events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
+    let status_events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
         .into_iter()
         .chain(transition_events(previous, &status));
-    for event in events {
-        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
-    }
+    events.extend(status_events.map(|event| (event.reason.to_string(), event.message, event.warning)));
     ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    write_status_if_changed(rollout, &status, &ctx.client).await?;
+    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    }
+    publish_all(ctx, rollout, events).await;
     Ok(Action::requeue(requeue_after(decision.recheck_after)))
 }
 
@@ -588,9 +625,12 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     if let Err(e) = rollouts.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Rollouts ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
-    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
-    let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let clusters: Api<kube::core::PartialObjectMeta<Cluster>> = Api::all(ctx.client.clone());
+    // Each watch recovers on its own and reports to `/readyz` (see `controller::watches`).
+    let (store, rollout_writer) = kube::runtime::reflector::store();
+    let config = || watcher::Config::default().any_semantic();
+    let rollout_events = kept("rollouts", watcher(rollouts, config()), &ctx.health).reflect(rollout_writer);
+    let cluster_events = kept("clusters", watcher(clusters, config()), &ctx.health);
     let _helpers = AbortOnDrop(
         ctx.watches.clone(),
         vec![
@@ -615,12 +655,16 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
         ],
     );
     info!("starting the hub Rollout controller");
-    controller
+    let rollout_store = store.clone();
+    Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
-        .watches(clusters, watcher::Config::default().any_semantic(), move |_: Cluster| {
-            store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
-        })
+        .watches_stream(
+            objects_only(cluster_events.touched_objects()),
+            move |_: kube::core::PartialObjectMeta<Cluster>| {
+                store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
+            },
+        )
         // A member Canary changed, or a member's reachability: every Rollout looks again
         // (kube's per-object `reconcile_on` is still behind an unstable feature; a
         // Rollout a change does not concern reads the caches and writes nothing).

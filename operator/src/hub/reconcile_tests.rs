@@ -379,6 +379,28 @@ async fn a_second_reconcile_reapplies_nothing_and_reports_progress() {
     assert_eq!(status["waves"][0]["openedAt"], written["status"]["waves"][0]["openedAt"]);
 }
 
+/// Issue 11 (defect 6) for the hub: a status decided from a Rollout that changed since
+/// is refused (409), and then no Event goes out: the next reconcile decides again.
+#[tokio::test]
+async fn a_status_decided_from_an_old_rollout_is_refused_and_announces_nothing() {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    // The API server holds a newer Rollout than the one reconciled.
+    hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = HubContext::new(hub.client(), None);
+    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    let mut stale = rollout();
+    stale.metadata.resource_version = Some("7".into());
+
+    reconcile(Arc::new(stale), Arc::new(ctx)).await.expect("a conflict is no error: the reconcile runs again");
+    let write = hub.requests().into_iter().find(|r| r.path == STATUS_PATH).expect("the status write was tried");
+    assert_eq!(write.body.unwrap()["metadata"]["resourceVersion"], "7", "conditional on the version decided from");
+    assert_eq!(events(&hub), Vec::<String>::new(), "nothing announced for a refused decision");
+}
+
 fn events(hub: &FakeApi) -> Vec<String> {
     hub.requests()
         .into_iter()

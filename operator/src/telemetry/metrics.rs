@@ -929,7 +929,7 @@ mod hub_tests {
         assert_eq!(info, set(&[r#"petrel_rollout_info{namespace="fleet",name="podinfo",release="podinfo:6.2.0"} 1"#]));
         assert!(series(&metrics, "petrel_rollout_wave").iter().all(|l| l.contains(r#"wave="canary""#)));
         let members = series(&metrics, "petrel_rollout_member{");
-        assert_eq!(members.len(), 20);
+        assert_eq!(members.len(), 20, "two members, ten states each");
         assert!(members.iter().all(|l| !l.contains("lab-1") && !l.contains(r#"wave="prod""#)), "{members:?}");
         assert_eq!(series(&metrics, "petrel_rollout_member_weight").len(), 2);
 
