@@ -115,7 +115,10 @@ mod tests {
             ("prod".to_string(), snapshot(9000, 0, &[("ghcr.io/x/podinfo:6.7.1", 9000)])),
         ];
         let after = vec![
-            ("canary".to_string(), snapshot(1090, 10, &[("ghcr.io/x/podinfo:6.7.1", 1090), ("ghcr.io/x/podinfo:6.7.2", 10)])),
+            (
+                "canary".to_string(),
+                snapshot(1090, 10, &[("ghcr.io/x/podinfo:6.7.1", 1090), ("ghcr.io/x/podinfo:6.7.2", 10)]),
+            ),
             ("prod".to_string(), snapshot(9900, 0, &[("ghcr.io/x/podinfo:6.7.1", 9900)])),
         ];
         let radius = BlastRadius::between(&before, &after, "podinfo:6.7.2");

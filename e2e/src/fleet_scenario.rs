@@ -573,7 +573,9 @@ impl FleetEnv {
     pub fn traffic_counts(&self) -> Result<Vec<(String, crate::simulator::AppSnapshot)>> {
         self.members
             .iter()
-            .map(|m| Ok((m.name.clone(), m.simulator.snapshot(APP).with_context(|| format!("[{}] simulator", m.name))?)))
+            .map(|m| {
+                Ok((m.name.clone(), m.simulator.snapshot(APP).with_context(|| format!("[{}] simulator", m.name))?))
+            })
             .collect()
     }
 

@@ -952,9 +952,15 @@ async fn the_fleet_inventory_shows_who_drifted_and_a_bad_release_stays_in_the_ca
     .await;
     let said = plugin_on_hub(&env, &["approve", "podinfo", "wave-2"]).await;
     assert!(said.contains("recorded as approved by petrel-e2e-admin"), "{said}");
-    follow(&mut env, &mut timeline, "6.0.1 to succeed with member-b held back", Duration::from_secs(180), |_, rollout| {
-        rollout.is_some_and(|r| r.release.as_deref() == Some(IMAGE_V1) && r.phase == Some(RolloutPhase::Succeeded))
-    })
+    follow(
+        &mut env,
+        &mut timeline,
+        "6.0.1 to succeed with member-b held back",
+        Duration::from_secs(180),
+        |_, rollout| {
+            rollout.is_some_and(|r| r.release.as_deref() == Some(IMAGE_V1) && r.phase == Some(RolloutPhase::Succeeded))
+        },
+    )
     .await;
     let status = timeline.status().clone();
     assert_eq!(member_status(&status, MEMBER_B).state, MemberState::Failed, "{status:#?}");
@@ -964,7 +970,8 @@ async fn the_fleet_inventory_shows_who_drifted_and_a_bad_release_stays_in_the_ca
     let wave_2 = record.waves.iter().find(|w| w.name == "wave-2").unwrap();
     assert_eq!(wave_2.approved_by.as_deref(), Some("petrel-e2e-admin"), "{record:#?}");
     assert!(wave_2.opened_at.is_some() && wave_2.finished_at >= wave_2.opened_at, "{record:#?}");
-    let entry = |status: &RolloutStatus, name: &str| status.inventory.iter().find(|e| e.cluster == name).cloned().unwrap();
+    let entry =
+        |status: &RolloutStatus, name: &str| status.inventory.iter().find(|e| e.cluster == name).cloned().unwrap();
     for name in [MEMBER_CANARY, MEMBER_A] {
         let e = entry(&status, name);
         assert_eq!((e.release.as_deref(), e.previous_release.as_deref()), (Some(IMAGE_V1), Some(IMAGE_V0)), "{e:#?}");
