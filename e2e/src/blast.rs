@@ -127,7 +127,7 @@ mod tests {
         assert_eq!((radius.bad_in("canary"), radius.bad_in("prod"), radius.bad_in("other")), (Some(10), Some(0), None));
         let text = radius.to_string();
         assert!(text.starts_with("blast radius of podinfo:6.7.2: 10 of 1000 fleet requests (1.000%)"), "{text}");
-        assert!(text.contains("prod         900 requests,      0 answered by podinfo:6.7.2"), "{text}");
+        assert!(text.contains("\n  prod        900 requests,      0 answered by podinfo:6.7.2 (0.00%"), "{text}");
         assert_eq!(BlastRadius::between(&before, &before, "podinfo:6.7.2").fraction(), 0.0);
     }
 }
