@@ -2,6 +2,7 @@
 //! release answered, from the traffic simulators' own counts (each member's simulator
 //! counts every request by the version, the image, that served it). Pure.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::simulator::AppSnapshot;
@@ -60,6 +61,18 @@ impl BlastRadius {
         }
     }
 
+    /// The fraction (0–1) of the fleet's requests the bad release answered when each
+    /// member carries `shares[member]` percent of the fleet's traffic, whatever rate its
+    /// simulator sent: the sum over members of share × the member's own bad fraction.
+    /// `None` when a member has no share.
+    pub fn weighted_fraction(&self, shares: &BTreeMap<String, f64>) -> Option<f64> {
+        self.members.iter().try_fold(0.0, |sum, m| {
+            let share = shares.get(&m.member)? / 100.0;
+            let own = if m.total == 0 { 0.0 } else { m.bad as f64 / m.total as f64 };
+            Some(sum + share * own)
+        })
+    }
+
     /// Requests the bad release answered in `member`.
     pub fn bad_in(&self, member: &str) -> Option<u64> {
         self.members.iter().find(|m| m.member == member).map(|m| m.bad)
@@ -93,7 +106,6 @@ impl fmt::Display for BlastRadius {
 mod tests {
     use super::*;
     use crate::simulator::{AppCoords, Provider};
-    use std::collections::BTreeMap;
 
     fn snapshot(primary: u64, canary: u64, by_version: &[(&str, u64)]) -> AppSnapshot {
         AppSnapshot {
@@ -129,5 +141,9 @@ mod tests {
         assert!(text.starts_with("blast radius of podinfo:6.7.2: 10 of 1000 fleet requests (1.000%)"), "{text}");
         assert!(text.contains("\n  prod        900 requests,      0 answered by podinfo:6.7.2 (0.00%"), "{text}");
         assert_eq!(BlastRadius::between(&before, &before, "podinfo:6.7.2").fraction(), 0.0);
+        // Weighted by declared shares: 5% of the fleet × 10% of the canary's requests.
+        let shares = BTreeMap::from([("canary".to_string(), 5.0), ("prod".to_string(), 95.0)]);
+        assert!((radius.weighted_fraction(&shares).unwrap() - 0.005).abs() < 1e-12);
+        assert_eq!(radius.weighted_fraction(&BTreeMap::from([("canary".to_string(), 5.0)])), None, "prod has no share");
     }
 }
