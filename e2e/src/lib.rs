@@ -4,9 +4,11 @@
 //! kube-controller-manager, kube-scheduler and kwok over one shared etcd) on
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
+pub mod chart;
 pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;
+pub mod image;
 pub mod prometheus;
 pub mod scenario;
 pub mod simulator;
