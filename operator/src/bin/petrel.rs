@@ -223,6 +223,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             caches: controller::Caches::new(readiness.watches()),
             readiness: readiness.clone(),
+            canaries: Default::default(),
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };
