@@ -6,7 +6,7 @@
 //! - the image itself: size, user, labels, no shell, the version it reports;
 //! - a fleet release (hub and three members on real control planes, each with the chart
 //!   installed, every petrel from the image) that completes, each member's Canary release
-//!   included;
+//!   and its ClusterIdentity (published with the chart's RBAC, verified by the hub) included;
 //! - bad input: a missing or unreadable kubeconfig, a token the API server refuses, a
 //!   ServiceAccount without the chart's RBAC: petrel exits with one line naming the cause.
 
@@ -15,7 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use petrel::api::Cluster;
 use petrel::api::canary::Phase;
+use petrel::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentity};
 use petrel::api::rollout::RolloutPhase;
 use petrel_e2e::chart::{ChartCluster, run_ok, token_kubeconfig};
 use petrel_e2e::fleet::ensure_helm;
@@ -133,6 +135,19 @@ async fn petrel_from_the_image_releases_across_a_fleet_with_only_the_charts_rbac
             member.name,
             member.canary_weights()
         );
+    }
+    // Each member's petrel published its ClusterIdentity with the chart's `-member-identity`
+    // RBAC, and the hub verified it before approving the member.
+    for member in &env.members {
+        let identity = kube::Api::<ClusterIdentity>::all(member.client.clone())
+            .get(CLUSTER_IDENTITY_NAME)
+            .await
+            .unwrap_or_else(|e| panic!("{}'s ClusterIdentity: {e}", member.name));
+        assert_eq!(identity.spec.cluster_name, member.name);
+        assert!(!identity.spec.kube_system_uid.is_empty(), "{}: no kube-system UID", member.name);
+        let cluster = kube::Api::<Cluster>::all(env.hub.clone()).get(&member.name).await.unwrap();
+        let verified = cluster.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "IdentityVerified"));
+        assert_eq!(verified.map(|c| c.reason).as_deref(), Some("Verified"), "{}", member.name);
     }
     assert!(env.operators_running(), "a petrel exited:\n{}", env.dump());
     for (name, log) in
