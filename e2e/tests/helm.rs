@@ -997,7 +997,11 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
         Ok(weight) => weight,
         Err(e) => bail!("{e:#}; petrel's log:\n{}", old.log()),
     };
-    old.assert_never_refused()?;
+    // The old pod runs this checkout's image (no image of the previous release is built
+    // here) with the previous chart's RBAC, which lacks what petrel has needed since
+    // (the ClusterIdentity, cluster-wide caches): it is refused those, and must still
+    // have moved the release and kept running. The new pod gets the whole check below.
+    ensure!(old.child.try_wait()?.is_none(), "the old petrel exited:\n{}", old.log());
     eprintln!("[upgrade] Canary Progressing at {weight_before}% after {:.1?}", started.elapsed());
 
     // The upgrade, as the release notes say: the CRDs first (helm never upgrades a chart's
@@ -1047,7 +1051,6 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
     assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("petrel-new"), "the new pod did not lead");
     let mut new = new;
     new.assert_never_refused()?;
-    ensure!(!old.log().to_lowercase().contains("forbidden"), "the old petrel was refused something:\n{}", old.log());
     drop(new);
     drop(old);
     eprintln!("[upgrade] done in {:.1?}", started.elapsed());
