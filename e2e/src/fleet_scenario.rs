@@ -3,6 +3,10 @@
 //! a real `petrel` (member mode); the hub with a `Cluster` per member (kubeconfig
 //! Secret in [`HUB_NAMESPACE`]), a `Rollout` over them and a real `petrel --mode hub`.
 //!
+//! With [`Install::Chart`] every cluster gets the Helm chart instead (member mode on the
+//! members, hub mode on the hub) and petrel runs from its container image, with the
+//! arguments of the chart's Deployment and only the chart's ServiceAccount token.
+//!
 //! Dropping a [`FleetEnv`] while a test panics prints every operator's log tail and
 //! the Rollout status, so a failure explains itself.
 
@@ -24,7 +28,9 @@ use petrel::api::{Canary, Cluster, Rollout};
 use petrel::fleet::traffic::TRAFFIC_SHARE_LABEL;
 use serde_json::{Value, json};
 
+use crate::chart::{ChartCluster, chart_dir};
 use crate::fleet::{Fleet, FleetOptions};
+use crate::image::{Container, Launcher, PetrelImage};
 use crate::prometheus::Prometheus;
 use crate::scenario::{APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE, eventually, podinfo_deployment};
 use crate::simulator::{App, AppCoords, Provider, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile};
@@ -55,33 +61,40 @@ fn ssa() -> PatchParams {
     PatchParams::apply(TEST_MANAGER).force()
 }
 
-/// A child process with its log in a file, SIGKILLed when dropped or when the test dies.
+/// A child process with its log in a file, SIGKILLed when dropped or when the test dies
+/// (petrel from the image: its container removed).
 pub struct Process {
     child: Option<Child>,
+    container: Option<Container>,
     log: PathBuf,
 }
 
 impl Process {
     /// Sends SIGKILL and reaps the process (no-op when it already exited).
     pub fn kill(&mut self) {
+        if let Some(container) = self.container.as_ref() {
+            container.remove();
+        }
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn start(binary: &Path, args: &[String], log: PathBuf) -> Result<Process> {
+    fn start(launcher: &Launcher, args: &[String], env: &[(&str, &str)], log: PathBuf) -> Result<Process> {
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .env("RUST_LOG", "info,petrel=debug,kube=warn,tower=warn,hyper=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("duplicating the log handle")?)
-            .stderr(file);
-        let child =
-            crate::fleet::spawn_tied_to_process(command).with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Process { child: Some(child), log })
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "info,petrel=debug,kube=warn,tower=warn,hyper=warn"));
+        let (mut command, container) = launcher.command(args, &env);
+        command.stdin(Stdio::null()).stdout(file.try_clone().context("duplicating the log handle")?).stderr(file);
+        let child = crate::fleet::spawn_tied_to_process(command)
+            .with_context(|| format!("starting {}", launcher.describe()))?;
+        Ok(Process { child: Some(child), container, log })
+    }
+
+    /// The container petrel runs in, when it runs from the image.
+    pub fn container(&self) -> Option<&Container> {
+        self.container.as_ref()
     }
 
     /// Whether the process is still running.
@@ -104,10 +117,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
@@ -177,7 +187,7 @@ pub struct FleetEnv {
     pub members: Vec<Member>,
     pub hub_operator: Process,
     /// How to start the hub again (see [`FleetEnv::restart_hub`]).
-    hub_command: (PathBuf, Vec<String>),
+    hub_command: (Launcher, Vec<String>, Vec<(&'static str, String)>),
     /// Logs of hub processes killed before the current one, oldest first.
     earlier_hub_logs: Vec<PathBuf>,
     /// Members whose control plane the test stopped: their operator may exit.
@@ -272,6 +282,55 @@ fn merge(into: &mut Value, fields: Value) {
     }
 }
 
+/// How the clusters get petrel.
+#[derive(Clone, Debug, Default)]
+pub enum Install {
+    /// The CRDs applied with kubectl; petrel is the host binary with the admin kubeconfig.
+    #[default]
+    Bare,
+    /// The Helm chart in every cluster (release `petrel` in [`HUB_NAMESPACE`], member mode
+    /// on the members and hub mode on the hub); petrel runs from `image` in a container,
+    /// with the arguments of the release's Deployment and only its ServiceAccount's token.
+    Chart { image: PetrelImage, helm: PathBuf },
+}
+
+/// The release name of the chart in every cluster ([`Install::Chart`]).
+pub const CHART_RELEASE: &str = "petrel";
+
+impl Install {
+    fn launcher(&self, petrel: &Path) -> Launcher {
+        match self {
+            Install::Bare => Launcher::Binary(petrel.to_path_buf()),
+            Install::Chart { image, .. } => Launcher::Image(image.clone()),
+        }
+    }
+}
+
+/// Installs the chart into `cluster` (`values` on top of the defaults) and returns petrel's
+/// arguments and environment as the release's pod would have them.
+async fn install_chart(
+    helm: &Path,
+    kubectl_bin: &Path,
+    cluster: &crate::fleet::Cluster,
+    dir: &Path,
+    values: Vec<(&'static str, String)>,
+) -> Result<(Vec<String>, Vec<(&'static str, String)>)> {
+    let (helm, kubectl_bin, kubeconfig, dir) =
+        (helm.to_path_buf(), kubectl_bin.to_path_buf(), cluster.kubeconfig_path.clone(), dir.to_path_buf());
+    let pod = format!("petrel-{}", cluster.name);
+    let name = cluster.name.clone();
+    let args = tokio::task::spawn_blocking(move || {
+        let chart = ChartCluster { helm: &helm, kubectl: &kubectl_bin, kubeconfig: &kubeconfig };
+        let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        chart.helm_install("install", CHART_RELEASE, &chart_dir(), HUB_NAMESPACE, &values)?;
+        chart.petrel_args(CHART_RELEASE, HUB_NAMESPACE, CHART_RELEASE, &dir)
+    })
+    .await?
+    .with_context(|| format!("[{name}] installing the chart"))?;
+    // The Downward API's values in the pod: the Lease holder and the Events' reporter.
+    Ok((args, vec![("POD_NAME", pod), ("POD_NAMESPACE", HUB_NAMESPACE.to_string())]))
+}
+
 /// One Event the hub recorded on the Rollout.
 #[derive(Clone, Debug)]
 pub struct HubEvent {
@@ -285,6 +344,7 @@ pub struct HubEvent {
 async fn setup_member(
     dir: &Path,
     kubectl_bin: &Path,
+    install: &Install,
     petrel: &Path,
     cluster: &crate::fleet::Cluster,
 ) -> Result<Member> {
@@ -324,20 +384,33 @@ async fn setup_member(
         RouteRecorder::start(client.clone(), &coords).await.ok()
     })
     .await?;
-    let _ = kubectl_bin;
-    let args = vec![
-        "--kubeconfig".to_string(),
-        cluster.kubeconfig_path.to_string_lossy().into_owned(),
-        "--provider".into(),
-        "gatewayapi".into(),
-        "--metrics-server".into(),
-        prometheus.url(),
-        "--cluster-name".into(),
-        name.clone(),
-        "--metrics-addr".into(),
-        "127.0.0.1:0".into(),
-    ];
-    let operator = Process::start(petrel, &args, member_dir.join("petrel.log"))?;
+    let (args, env) = match install {
+        Install::Bare => {
+            let args = vec![
+                "--kubeconfig".to_string(),
+                cluster.kubeconfig_path.to_string_lossy().into_owned(),
+                "--provider".into(),
+                "gatewayapi".into(),
+                "--metrics-server".into(),
+                prometheus.url(),
+                "--cluster-name".into(),
+                name.clone(),
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
+            ];
+            (args, Vec::new())
+        }
+        Install::Chart { helm, .. } => {
+            let values = vec![
+                ("member.provider", "gatewayapi".to_string()),
+                ("member.metricsServer", prometheus.url()),
+                ("clusterName", name.clone()),
+            ];
+            install_chart(helm, kubectl_bin, cluster, &member_dir, values).await?
+        }
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let operator = Process::start(&install.launcher(petrel), &args, &env, member_dir.join("petrel.log"))?;
     Api::<Canary>::namespaced(client.clone(), NAMESPACE)
         .patch(APP, &ssa(), &Patch::Apply(member_canary().manifest()))
         .await
@@ -355,6 +428,11 @@ impl FleetEnv {
 
     /// [`FleetEnv::start`] with another Rollout manifest (see [`rollout_with`]).
     pub async fn start_with(name: &str, rollout: Value) -> Result<FleetEnv> {
+        Self::start_installed(name, rollout, Install::Bare).await
+    }
+
+    /// [`FleetEnv::start_with`], the clusters getting petrel as `install` says.
+    pub async fn start_installed(name: &str, rollout: Value, install: Install) -> Result<FleetEnv> {
         let started = Instant::now();
         let dir = std::env::temp_dir().join(format!("petrel-e2e-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -368,8 +446,13 @@ impl FleetEnv {
         let fleet = Fleet::start(opts).await.context("starting the fleet")?;
         let kubectl_bin = fleet.binaries().path("kubectl");
         let root = crate::scenario::workspace_root();
+        // The chart brings petrel's own CRDs (helm installs them from its crds/).
+        let crd_dirs: &[&str] = match install {
+            Install::Bare => &["crds", "e2e/crds/third-party"],
+            Install::Chart { .. } => &["e2e/crds/third-party"],
+        };
         for cluster in fleet.clusters() {
-            for crds in ["crds", "e2e/crds/third-party"].map(|c| root.join(c)) {
+            for crds in crd_dirs.iter().map(|c| root.join(c)) {
                 let crds = crds.to_string_lossy().into_owned();
                 kubectl(
                     &kubectl_bin,
@@ -387,9 +470,9 @@ impl FleetEnv {
         eprintln!("[{name}] fleet and CRDs ready after {:.1?}", started.elapsed());
 
         let member_setups = [MEMBER_CANARY, MEMBER_A, MEMBER_B].map(|m| {
-            let (dir, kubectl_bin, petrel) = (&dir, &kubectl_bin, &petrel);
+            let (dir, kubectl_bin, install, petrel) = (&dir, &kubectl_bin, &install, &petrel);
             let cluster = fleet.cluster(m).cloned();
-            async move { setup_member(dir, kubectl_bin, petrel, &*cluster?).await }
+            async move { setup_member(dir, kubectl_bin, install, petrel, &*cluster?).await }
         });
         let members: Vec<Member> = futures::future::try_join_all(member_setups).await?;
         for member in &members {
@@ -415,6 +498,26 @@ impl FleetEnv {
                 &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": HUB_NAMESPACE}})),
             )
             .await?;
+        let (hub_args, hub_env) = match &install {
+            Install::Bare => {
+                let args = vec![
+                    "--mode".to_string(),
+                    "hub".into(),
+                    "--kubeconfig".into(),
+                    hub_cluster.kubeconfig_path.to_string_lossy().into_owned(),
+                    "--metrics-addr".into(),
+                    "127.0.0.1:0".into(),
+                ];
+                (args, Vec::new())
+            }
+            // The hub reads the kubeconfig Secrets of its release namespace (HUB_NAMESPACE);
+            // the chart brings the Cluster and Rollout CRDs, so it goes first.
+            Install::Chart { helm, .. } => {
+                let hub_dir = dir.join(HUB);
+                std::fs::create_dir_all(&hub_dir)?;
+                install_chart(helm, &kubectl_bin, hub_cluster, &hub_dir, vec![("mode", "hub".to_string())]).await?
+            }
+        };
         for member in &members {
             let secret_name = format!("{}-kubeconfig", member.name);
             let secret = json!({
@@ -440,22 +543,16 @@ impl FleetEnv {
             .patch(ROLLOUT, &ssa(), &Patch::Apply(rollout))
             .await
             .context("applying the Rollout")?;
-        let hub_args = vec![
-            "--mode".to_string(),
-            "hub".into(),
-            "--kubeconfig".into(),
-            hub_cluster.kubeconfig_path.to_string_lossy().into_owned(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
-        ];
-        let hub_operator = Process::start(&petrel, &hub_args, dir.join("hub.log"))?;
+        let launcher = install.launcher(&petrel);
+        let env: Vec<(&str, &str)> = hub_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let hub_operator = Process::start(&launcher, &hub_args, &env, dir.join("hub.log"))?;
         let env = FleetEnv {
             name: name.into(),
             dir,
             hub,
             members,
             hub_operator,
-            hub_command: (petrel, hub_args),
+            hub_command: (launcher, hub_args, hub_env),
             earlier_hub_logs: Vec::new(),
             stopped: BTreeSet::new(),
             started,
@@ -529,9 +626,10 @@ impl FleetEnv {
     /// Starts a new hub process with the same arguments, logging to a new file.
     pub fn restart_hub(&mut self) -> Result<()> {
         self.hub_operator.kill();
-        let (petrel, args) = &self.hub_command;
+        let (launcher, args, env) = &self.hub_command;
         let log = self.dir.join(format!("hub-{}.log", self.earlier_hub_logs.len() + 1));
-        let next = Process::start(petrel, args, log)?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let next = Process::start(launcher, args, &env, log)?;
         let previous = std::mem::replace(&mut self.hub_operator, next);
         self.earlier_hub_logs.push(previous.log.clone());
         Ok(())

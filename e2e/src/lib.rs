@@ -5,9 +5,11 @@
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
 pub mod blast;
+pub mod chart;
 pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;
+pub mod image;
 pub mod prometheus;
 pub mod scenario;
 pub mod simulator;

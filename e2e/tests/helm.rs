@@ -22,20 +22,21 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use petrel::api::canary::Phase;
 use petrel::api::{Canary, Cluster, ClusterIdentity, Rollout};
+use petrel_e2e::chart::{self, ChartCluster};
 use petrel_e2e::fleet::{Fleet, FleetOptions, ensure_binaries, ensure_helm, spawn_tied_to_process};
+use petrel_e2e::image::{Container, Launcher};
 use petrel_e2e::scenario::{
-    APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE as APP_NAMESPACE, eventually, petrel_binary,
+    APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, IMAGE_V1, NAMESPACE as APP_NAMESPACE, eventually, petrel_binary,
     podinfo_deployment, workspace_root,
 };
 use petrel_e2e::simulator::Provider;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const RELEASE_NAMESPACE: &str = "petrel-system";
 const HUB_NAMESPACE: &str = "petrel-hub";
 
 fn chart_dir() -> PathBuf {
-    workspace_root().join("charts/petrel")
+    chart::chart_dir()
 }
 
 fn helm() -> PathBuf {
@@ -65,10 +66,7 @@ fn stdout_of(program: &Path, args: &[&str]) -> String {
 
 /// Every object of a multi-document YAML stream (empty documents left out).
 fn parse_documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm rendered invalid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
+    chart::parse_documents(yaml).expect("helm rendered invalid YAML")
 }
 
 /// `helm template petrel charts/petrel -n petrel-system <args>`, parsed.
@@ -590,19 +588,10 @@ fn hub_must_not() -> Vec<Check> {
     ]
 }
 
-/// The admin kubeconfig with its user replaced by a ServiceAccount token.
-fn token_kubeconfig(admin: &Path, token: &str, out: &Path) -> Result<()> {
-    let mut config: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(admin)?).context("parsing the admin kubeconfig")?;
-    let users = config["users"].as_array_mut().context("kubeconfig without users")?;
-    ensure!(users.len() == 1, "expected one user in {}", admin.display());
-    users[0]["user"] = json!({"token": token});
-    std::fs::write(out, serde_yaml::to_string(&config)?)?;
-    Ok(())
-}
-
 struct Operator {
     child: Child,
+    /// petrel from the image: its container.
+    container: Option<Container>,
     log: PathBuf,
 }
 
@@ -614,6 +603,9 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if let Some(container) = &self.container {
+            container.remove();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
@@ -636,7 +628,7 @@ impl Operator {
 struct Release<'a> {
     helm: &'a Path,
     kubectl: &'a Kubectl,
-    binary: &'a Path,
+    launcher: Launcher,
     dir: &'a Path,
 }
 
@@ -644,32 +636,16 @@ impl Release<'_> {
     /// Runs `petrel` with the arguments of the release's Deployment (as `helm get manifest`
     /// shows them) and only its ServiceAccount's token, as the pod would run.
     fn run_petrel(&self, release: &str, namespace: &str, service_account: &str, pod_name: &str) -> Result<Operator> {
-        let token = self.kubectl.ok(&["create", "token", service_account, "-n", namespace, "--duration=1h"]);
-        let kubeconfig = self.dir.join(format!("{release}-sa.kubeconfig"));
-        token_kubeconfig(&self.kubectl.kubeconfig, token.trim(), &kubeconfig)?;
-        let admin = self.kubectl.kubeconfig.to_string_lossy().into_owned();
-        let manifest = stdout_of(self.helm, &["get", "manifest", release, "--kubeconfig", &admin, "-n", namespace]);
-        let rendered = parse_documents(&manifest);
-        let mut args: Vec<String> = args_of(find(&rendered, "Deployment", release))
-            .into_iter()
-            .filter(|a| !a.starts_with("--metrics-addr="))
-            .collect();
+        let cluster =
+            ChartCluster { helm: self.helm, kubectl: &self.kubectl.bin, kubeconfig: &self.kubectl.kubeconfig };
+        let args = cluster.petrel_args(release, namespace, service_account, self.dir)?;
         ensure!(args.contains(&"--leader-elect".to_string()), "the chart's arguments lost --leader-elect: {args:?}");
-        // Side by side with other tests: a free port instead of the pod's 8080; the token
-        // kubeconfig instead of the in-cluster one.
-        args.extend(["--metrics-addr=127.0.0.1:0".to_string(), format!("--kubeconfig={}", kubeconfig.display())]);
-        let log = self.dir.join(format!("{release}.log"));
+        let log = self.dir.join(format!("{release}-{pod_name}.log"));
         let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(self.binary);
-        command
-            .args(&args)
-            .env("POD_NAME", pod_name)
-            .env("POD_NAMESPACE", namespace)
-            .env("RUST_LOG", "info,petrel=debug,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        Ok(Operator { child: spawn_tied_to_process(command)?, log })
+        let env = [("POD_NAME", pod_name), ("POD_NAMESPACE", namespace), ("RUST_LOG", "info,petrel=debug,kube=warn")];
+        let (mut command, container) = self.launcher.command(&args, &env);
+        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        Ok(Operator { child: spawn_tied_to_process(command)?, container, log })
     }
 }
 
@@ -763,7 +739,7 @@ async fn helm_install_serves_the_crds_and_grants_petrel_exactly_what_it_needs() 
 
     // The proof RBAC suffices: the real petrel, with the chart's own arguments and only the
     // member ServiceAccount's token, initializes a Canary.
-    let release = Release { helm: &helm, kubectl: &kubectl, binary: &operator_binary, dir: &dir };
+    let release = Release { helm: &helm, kubectl: &kubectl, launcher: Launcher::Binary(operator_binary), dir: &dir };
     let mut operator = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-e2e")?;
 
     let ssa = PatchParams::apply("e2e-test").force();
@@ -912,4 +888,181 @@ async fn helm_install_serves_the_crds_and_grants_petrel_exactly_what_it_needs() 
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+#[test]
+fn the_default_image_is_the_one_scripts_image_builds() {
+    let docs = template(&[]);
+    let image = container(find(&docs, "Deployment", "petrel"))["image"].as_str().expect("an image").to_string();
+    assert_eq!(image, petrel_e2e::image::image_reference().expect("scripts/image --print-ref"));
+}
+
+// ---------------------------------------------------------------------------------------
+// helm upgrade from the previous chart version, a Canary in flight
+
+/// The previous chart: `charts/petrel` as first released with its dashboards (before the
+/// comparison judge's CRD fields and `shutdownGraceSeconds`). After a release, the tag of
+/// the release before it.
+const PREVIOUS_CHART_REV: &str = "d5a55c9d6f748be74f481e35450d0d7143513875";
+
+/// `charts/petrel` at `rev`, extracted from git history into `dir`.
+fn chart_at(rev: &str, dir: &Path) -> Result<PathBuf> {
+    let root = workspace_root();
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["archive", "--format=tar", rev, "charts/petrel"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running git archive")?;
+    ensure!(
+        archive.status.success(),
+        "git archive {rev} charts/petrel failed (this test needs the git history: a clone, and in CI \
+         actions/checkout with fetch-depth: 0): {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    std::fs::create_dir_all(dir)?;
+    let mut tar = Command::new("tar").arg("-x").arg("-C").arg(dir).stdin(Stdio::piped()).spawn()?;
+    std::io::Write::write_all(tar.stdin.as_mut().context("tar's stdin")?, &archive.stdout)?;
+    ensure!(tar.wait()?.success(), "extracting the previous chart");
+    Ok(dir.join("charts/petrel"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -> Result<()> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("petrel-e2e-helm-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let previous = chart_at(PREVIOUS_CHART_REV, &dir.join("previous"))?;
+    let helm = tokio::task::spawn_blocking(helm).await?;
+    let image = tokio::task::spawn_blocking(petrel_e2e::image::ensure_image).await??;
+    let bin_dir = tokio::task::spawn_blocking(ensure_binaries).await??;
+    let mut opts = FleetOptions::new(dir.join("fleet"), ["upgrade"]);
+    opts.bin_dir = Some(bin_dir);
+    opts.nodes_per_cluster = 1;
+    let fleet = Fleet::start(opts).await.context("starting the control plane")?;
+    let cluster = fleet.cluster("upgrade")?;
+    let client = cluster.client().await?;
+    let kubectl = Kubectl { bin: fleet.binaries().path("kubectl"), kubeconfig: cluster.kubeconfig_path.clone() };
+    let third_party = workspace_root().join("e2e/crds/third-party").to_string_lossy().into_owned();
+    kubectl.ok(&["apply", "--server-side", "-f", &third_party]);
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": APP_NAMESPACE}}))?)
+        .await?;
+
+    // The previous chart, and petrel running as its pod would.
+    let chart = ChartCluster { helm: &helm, kubectl: &kubectl.bin, kubeconfig: &kubectl.kubeconfig };
+    let values = [("member.provider", "gatewayapi"), ("clusterName", "upgrade")];
+    chart.helm_install("install", "petrel", &previous, RELEASE_NAMESPACE, &values)?;
+    let release = Release { helm: &helm, kubectl: &kubectl, launcher: Launcher::Image(image.clone()), dir: &dir };
+    let mut old = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-old")?;
+
+    // A Canary with steps of 10% every 4 s up to 50% and no metrics: in flight for ~25 s.
+    let ssa = PatchParams::apply("e2e-test").force();
+    Api::<ConfigMap>::namespaced(client.clone(), APP_NAMESPACE)
+        .patch(
+            CONFIG_MAP,
+            &ssa,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP}, "data": {"A": "b"}}),
+            ),
+        )
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    deployments.patch(APP, &ssa, &Patch::Apply(podinfo_deployment(IMAGE_V0))).await?;
+    let options = CanaryOptions {
+        interval: "4s".into(),
+        step_weight: Some(10),
+        max_weight: Some(50),
+        success_rate_min: None,
+        ..CanaryOptions::canary(Provider::GatewayApi)
+    };
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), APP_NAMESPACE);
+    canaries.patch(APP, &ssa, &Patch::Apply(options.manifest())).await?;
+    let initialized = eventually("the Canary to be Initialized", Duration::from_secs(90), async || {
+        (canaries.get(APP).await.ok()?.status?.phase == Phase::Initialized).then_some(())
+    })
+    .await;
+    if let Err(e) = initialized {
+        bail!("{e:#}; petrel's log:\n{}", old.log());
+    }
+    deployments.patch(APP, &ssa, &Patch::Apply(podinfo_deployment(IMAGE_V1))).await?;
+    let in_flight = eventually("the release to be in flight", Duration::from_secs(60), async || {
+        let status = canaries.get(APP).await.ok()?.status?;
+        (status.phase == Phase::Progressing && status.canary_weight > 0).then_some(status.canary_weight)
+    })
+    .await;
+    let weight_before = match in_flight {
+        Ok(weight) => weight,
+        Err(e) => bail!("{e:#}; petrel's log:\n{}", old.log()),
+    };
+    // The old pod runs this checkout's image (no image of the previous release is built
+    // here) with the previous chart's RBAC, which lacks what petrel has needed since
+    // (the ClusterIdentity, cluster-wide caches): it is refused those, and must still
+    // have moved the release and kept running. The new pod gets the whole check below.
+    ensure!(old.child.try_wait()?.is_none(), "the old petrel exited:\n{}", old.log());
+    eprintln!("[upgrade] Canary Progressing at {weight_before}% after {:.1?}", started.elapsed());
+
+    // The upgrade, as the release notes say: the CRDs first (helm never upgrades a chart's
+    // crds/), then the chart. Without the first step the API server would keep the previous
+    // schema and drop the fields petrel now writes.
+    let canary_crd = || kubectl.ok(&["get", "crd", "canaries.petrel.dev", "-o", "json"]);
+    ensure!(!canary_crd().contains("onInsufficientSamples"), "the previous chart's CRD already has the new field");
+    let crds = chart_dir().join("crds").to_string_lossy().into_owned();
+    kubectl.ok(&["apply", "--server-side", "--force-conflicts", "--field-manager=helm", "-f", &crds]);
+    chart.helm_install("upgrade", "petrel", &chart_dir(), RELEASE_NAMESPACE, &values)?;
+    ensure!(canary_crd().contains("onInsufficientSamples"), "the CRDs were not upgraded");
+    let manifest = chart::parse_documents(&helm_manifest(&helm, &kubectl, "petrel")?)?;
+    ensure!(
+        chart::deployment_args(&manifest, "petrel")?.iter().any(|a| a.starts_with("--shutdown-grace-seconds=")),
+        "helm upgrade did not roll out the current chart"
+    );
+
+    // The pod is replaced: the new one starts (a standby until the Lease is free), the old
+    // one gets SIGTERM and hands the Lease over.
+    let new = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-new")?;
+    if let Some(container) = &old.container {
+        container.stop(Duration::from_secs(15))?;
+    }
+    let t0 = Instant::now();
+    let mut weights = vec![weight_before];
+    let outcome = eventually("the release to complete after the upgrade", Duration::from_secs(120), async || {
+        let status = canaries.get(APP).await.ok()?.status?;
+        if weights.last() != Some(&status.canary_weight) {
+            weights.push(status.canary_weight);
+        }
+        match status.phase {
+            Phase::Succeeded => Some(Ok(())),
+            Phase::Failed => Some(Err(anyhow::anyhow!("the Canary failed: {:?}", status.conditions))),
+            _ => None,
+        }
+    })
+    .await
+    .and_then(|r| r);
+    if let Err(e) = outcome {
+        bail!("{e:#}; old petrel:\n{}\nnew petrel:\n{}", old.log(), new.log());
+    }
+    eprintln!("[upgrade] Canary Succeeded {:.1?} after the upgrade; weights seen {weights:?}", t0.elapsed());
+    let primary = deployments.get(&format!("{APP}-primary")).await?;
+    let primary_image = primary.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].image.clone());
+    assert_eq!(primary_image.flatten().as_deref(), Some(IMAGE_V1), "the new release was not promoted");
+    let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE).get("petrel-member").await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("petrel-new"), "the new pod did not lead");
+    let mut new = new;
+    new.assert_never_refused()?;
+    drop(new);
+    drop(old);
+    eprintln!("[upgrade] done in {:.1?}", started.elapsed());
+    drop(fleet);
+    if std::env::var_os("PETREL_E2E_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// `helm get manifest <release>` of the release namespace.
+fn helm_manifest(helm: &Path, kubectl: &Kubectl, release: &str) -> Result<String> {
+    let kubeconfig = kubectl.kubeconfig.to_string_lossy().into_owned();
+    chart::run_ok(helm, &["get", "manifest", release, "--kubeconfig", &kubeconfig, "-n", RELEASE_NAMESPACE])
 }

@@ -40,6 +40,10 @@ struct Cli {
     /// Short analysis steps and a 5s soak (what the e2e test runs): the story in about a minute.
     #[arg(long)]
     fast: bool,
+    /// Run every petrel (members and hub) from the container image (scripts/image builds
+    /// it, or reuses it; podman runs it read-only with --network host).
+    #[arg(long)]
+    image: bool,
 }
 
 fn default_petrel_bin() -> PathBuf {
@@ -101,6 +105,11 @@ async fn run(cli: Cli) -> Result<()> {
         opts = opts.fast();
     }
     opts.members = cli.members.map(usize::from);
+    if cli.image {
+        let image = tokio::task::spawn_blocking(petrel_e2e::image::ensure_image).await??;
+        eprintln!("petrel runs from the image {} ({})", image.reference, image.archive.display());
+        opts.image = Some(image);
+    }
     if cli.plain && opts.output == Output::Terminal {
         opts.output = Output::Lines;
     }

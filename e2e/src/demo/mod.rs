@@ -103,6 +103,8 @@ pub struct DemoOptions {
     pub output: Output,
     /// The `petrel` operator binary (member and hub mode).
     pub petrel_bin: PathBuf,
+    /// Run petrel from this image (podman) instead of `petrel_bin`.
+    pub image: Option<crate::image::PetrelImage>,
     /// The healthy release's tag (the example runs 6.7.0).
     pub healthy_tag: String,
     /// The bad release's tag.
@@ -119,6 +121,14 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
+    /// How petrel runs: from the image when one is set, else the binary.
+    pub fn launcher(&self) -> crate::image::Launcher {
+        match &self.image {
+            Some(image) => crate::image::Launcher::Image(image.clone()),
+            None => crate::image::Launcher::Binary(self.petrel_bin.clone()),
+        }
+    }
+
     /// The demo as the README runs it: three members, the GitOps tree's
     /// own analysis numbers and soak.
     pub fn new(work_dir: PathBuf, repo_root: PathBuf, petrel_bin: PathBuf) -> DemoOptions {
@@ -130,6 +140,7 @@ impl DemoOptions {
             soak: None,
             output: Output::detect(),
             petrel_bin,
+            image: None,
             healthy_tag: "6.7.1".into(),
             bad_tag: "6.7.2".into(),
             bad_error_rate: 0.2,
@@ -384,7 +395,7 @@ impl Demo {
         if !example.join(HUB_MANIFESTS).join("kustomization.yaml").is_file() {
             bail!("hub manifests {} not found (is --repo-root right?)", example.join(HUB_MANIFESTS).display());
         }
-        if !opts.petrel_bin.is_file() {
+        if opts.image.is_none() && !opts.petrel_bin.is_file() {
             bail!("petrel binary {} not found; build it with: cargo build -p petrel", opts.petrel_bin.display());
         }
         let names: Vec<String> = std::iter::once(HUB.to_owned()).chain(specs.iter().map(|s| s.name.clone())).collect();
@@ -475,7 +486,7 @@ impl Demo {
             format!("--kubeconfig={}", self.hub.kubeconfig.display()),
             "--metrics-addr=127.0.0.1:0".into(),
         ];
-        let petrel = ChildProcess::start("hub/petrel", &self.opts.petrel_bin, &args, &dir.join("petrel.log"))?;
+        let petrel = ChildProcess::launch("hub/petrel", &self.opts.launcher(), &args, &dir.join("petrel.log"))?;
         self.board.stage(format!(
             "petrel --mode hub (pid {}, log {}) takes the members' Canaries into Rollout {}/{}",
             petrel.pid().unwrap_or(0),
@@ -922,7 +933,7 @@ async fn setup_member(
         format!("--cluster-name={name}"),
         "--metrics-addr=127.0.0.1:0".into(),
     ];
-    let petrel = ChildProcess::start(&format!("{name}/petrel"), &opts.petrel_bin, &args, &dir.join("petrel.log"))?;
+    let petrel = ChildProcess::launch(&format!("{name}/petrel"), &opts.launcher(), &args, &dir.join("petrel.log"))?;
     board.say(format!(
         "{name}: simulator {} ({} req/s), Prometheus {}, petrel pid {} (log {})",
         simulator.addr(),

@@ -10,35 +10,45 @@
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::image::{Container, Launcher};
+
 /// Grace between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// A running child process, stopped (SIGTERM, then SIGKILL) on drop.
+/// A running child process, stopped (SIGTERM, then SIGKILL) on drop. petrel from the
+/// image: the child is `podman run`, which passes SIGTERM on to petrel, and the container
+/// is removed at the end.
 pub struct ChildProcess {
     pub name: String,
     pub log: PathBuf,
     child: Option<Child>,
+    container: Option<Container>,
 }
 
 impl ChildProcess {
     /// Starts `program args…` with stdout and stderr appended to `log`.
     pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildProcess> {
+        Self::launch(name, &Launcher::Binary(program.to_path_buf()), args, log)
+    }
+
+    /// Starts petrel with `args` as `launcher` says (the binary, or the image).
+    pub fn launch(name: &str, launcher: &Launcher, args: &[String], log: &Path) -> Result<ChildProcess> {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening log {}", log.display()))?;
         let err = out.try_clone().context("duplicating the log file handle")?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let (mut cmd, container) = launcher.command(args, &[]);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child =
-            crate::fleet::spawn_tied_to_process(cmd).with_context(|| format!("starting {}", program.display()))?;
-        Ok(ChildProcess { name: name.to_owned(), log: log.to_owned(), child: Some(child) })
+            crate::fleet::spawn_tied_to_process(cmd).with_context(|| format!("starting {}", launcher.describe()))?;
+        Ok(ChildProcess { name: name.to_owned(), log: log.to_owned(), child: Some(child), container })
     }
 
     /// Error with the log's tail if the process has exited.
@@ -77,6 +87,8 @@ impl ChildProcess {
     /// SIGTERM, then SIGKILL after a grace; reaps the child.
     pub fn stop(&mut self) {
         self.terminate();
+        // Whatever happens to podman's client, the container goes too.
+        let _container = self.container.take();
         let Some(mut child) = self.child.take() else { return };
         if let Ok(None) = child.try_wait() {
             let deadline = Instant::now() + STOP_GRACE;

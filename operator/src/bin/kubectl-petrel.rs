@@ -32,7 +32,7 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
 /// See and steer petrel Canaries and fleet Rollouts.
 #[derive(Parser, Debug)]
-#[command(name = "kubectl-petrel", version, about)]
+#[command(name = "kubectl-petrel", version = petrel::version::LONG, about)]
 struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -86,6 +86,8 @@ enum Verb {
     /// Print a shell completion script for `kubectl-petrel`.
     #[command(after_help = COMPLETION_HELP)]
     Completion { shell: clap_complete::Shell },
+    /// Print the plugin's version and the git revision it was built from.
+    Version,
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,7 +216,7 @@ async fn connect(connection: &Connection) -> anyhow::Result<(Client, String)> {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+pub async fn main() -> std::process::ExitCode {
     // kubectl's protocol for plugin completion (`kubectl_complete-petrel`), answered
     // before clap parses: the words are a partial command line, not one to run.
     let args: Vec<String> = std::env::args().collect();
@@ -234,6 +236,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
+        Verb::Version => {
+            println!("kubectl-petrel {}", petrel::version::LONG);
+            return Ok(());
+        }
         Verb::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kubectl-petrel", &mut std::io::stdout());
             return Ok(());

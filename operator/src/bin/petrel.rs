@@ -20,7 +20,7 @@ enum Mode {
 
 /// Progressive delivery for Kubernetes: the per-cluster Canary controller, or the fleet hub.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = petrel::version::LONG, about)]
 struct Args {
     /// `member` runs the Canary controller; `hub` runs the fleet Rollout controller.
     #[arg(long, env = "PETREL_MODE", value_enum, default_value = "member")]
@@ -111,7 +111,8 @@ fn init_tracing(json: bool) {
     }
 }
 
-async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+/// The client, and the API server's URL for messages.
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<(kube::Client, String)> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -123,13 +124,47 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
         None => kube::Config::infer().await.context("finding a Kubernetes configuration")?,
     };
     petrel::identify(&mut config);
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+    let server = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config).context("creating the Kubernetes client")?, server))
+}
+
+/// One binary, two programs: run by the name `kubectl-petrel` (the image links that name
+/// to this binary, so it carries the plugin's code once), it is the kubectl plugin.
+#[cfg(not(test))]
+#[path = "kubectl-petrel.rs"]
+mod kubectl_petrel;
+
+fn main() -> std::process::ExitCode {
+    #[cfg(not(test))]
+    if invoked_as_plugin(std::env::args_os().next().as_deref()) {
+        return kubectl_petrel::main();
+    }
+    operator()
+}
+
+/// Whether argv[0] names the plugin (`kubectl-petrel`, by any path).
+fn invoked_as_plugin(argv0: Option<&std::ffi::OsStr>) -> bool {
+    argv0.map(std::path::Path::new).and_then(std::path::Path::file_name).is_some_and(|name| name == "kubectl-petrel")
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn operator() -> std::process::ExitCode {
     let args = Args::parse();
     init_tracing(args.log_json);
+    // One line that names the cause (with --log-json, one JSON line), and a failing exit.
+    match run(args).await {
+        Ok(()) => {
+            tracing::info!("petrel stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "petrel stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     // Before anything else: from here on a SIGTERM is a graceful stop, never the default
     // action that would kill petrel while it holds its Lease.
     let shutdown = Shutdown::on_signals().context("installing the SIGTERM and SIGINT handlers")?;
@@ -138,9 +173,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(election) = &election {
         election.validate()?;
     }
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let (client, server) = client(args.kubeconfig.as_deref()).await?;
+    // Unreachable, unauthenticated, not allowed, no CRDs: said now, in one line, rather
+    // than by a pod that never turns ready.
+    petrel::preflight::check(&client, &server, args.mode == Mode::Hub, args.namespace.as_deref()).await?;
     let http = reqwest::Client::builder()
-        .user_agent(concat!("petrel/", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("petrel/{}", petrel::version::VERSION))
         .build()
         .context("creating the HTTP client")?;
     // Bound before anything else starts, so a taken port fails the start-up at once.
@@ -214,13 +252,25 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // The server lives as long as the controller; it stops with it.
-    let result = tokio::select! {
+    tokio::select! {
         result = leading => result,
         result = serve => result.context("serving metrics and health checks"),
-    };
-    match &result {
-        Ok(()) => tracing::info!("petrel stopped"),
-        Err(e) => tracing::error!(error = format!("{e:#}"), "petrel stopped with an error"),
     }
-    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invoked_as_plugin;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_plugin_is_this_binary_by_the_name_kubectl_petrel() {
+        for plugin in ["kubectl-petrel", "/usr/local/bin/kubectl-petrel", "./kubectl-petrel"] {
+            assert!(invoked_as_plugin(Some(OsStr::new(plugin))), "{plugin}");
+        }
+        for operator in ["petrel", "/usr/local/bin/petrel", "kubectl-petrel-old", "/kubectl-petrel/petrel"] {
+            assert!(!invoked_as_plugin(Some(OsStr::new(operator))), "{operator}");
+        }
+        assert!(!invoked_as_plugin(None));
+    }
 }
