@@ -16,7 +16,7 @@ use crate::core::Provider;
 
 /// One request the scripted API server answered.
 #[derive(Clone, Debug)]
-struct Call {
+pub(crate) struct Call {
     method: String,
     uri: String,
     body: Option<Value>,
@@ -63,6 +63,12 @@ fn scripted_client(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> (C
         }
     });
     (Client::new(service, "default"), calls)
+}
+
+/// A client whose API server answers 404 to everything, for tests that build a router
+/// without calling it.
+pub(crate) fn offline_client() -> (Client, Arc<Mutex<Vec<Call>>>) {
+    scripted_client(|_, _| Reply::NotFound)
 }
 
 fn deployment() -> Value {

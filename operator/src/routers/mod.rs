@@ -8,12 +8,18 @@
 //! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
 //! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
 
+pub mod apisix;
 pub mod contour;
 pub mod gatewayapi;
+pub mod gloo;
 pub mod istio;
+pub mod knative;
 pub mod kubernetes;
+pub mod kuma;
+pub mod linkerd;
 pub mod nginx;
 pub mod services;
+pub mod skipper;
 pub mod smi;
 pub mod traefik;
 
@@ -133,6 +139,14 @@ pub enum RouterError {
     },
 }
 
+impl RouterError {
+    /// True when only a person can fix it (the Canary, or an object it names, is wrong or
+    /// missing), so the Canary is Stalled rather than retried: nothing is written until then.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, RouterError::InvalidCanary { .. } | RouterError::NotFound { .. })
+    }
+}
+
 /// One traffic router, chosen at run time from the Canary's provider.
 pub trait TrafficRouter: Send + Sync {
     /// Creates or updates the Services and route objects (idempotent). A new route starts
@@ -148,6 +162,13 @@ pub trait TrafficRouter: Send + Sync {
     /// Removes the routing petrel added, leaving traffic on the primary. Services stay:
     /// removing the apex Service would cut traffic; they go with the Canary by owner reference.
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// The third-party kinds this router reads or writes for this Canary. The reconciler
+    /// checks that the cluster serves them ([`unserved_kinds`]) before touching anything,
+    /// so a provider whose CRDs are not installed is a Stalled Canary, not a retry loop.
+    fn required_kinds(&self, _canary: &Canary) -> Vec<ApiResource> {
+        Vec::new()
+    }
 }
 
 /// The router for a provider. The provider was parsed with [`Provider::parse`], so an
@@ -156,12 +177,91 @@ pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> 
     match provider {
         Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client)),
         Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client)),
-        Provider::Linkerd | Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client)),
+        Provider::Linkerd => Box::new(linkerd::LinkerdRouter::new(client)),
+        Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client)),
         Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client)),
         Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client)),
+        Provider::Kuma => Box::new(MeshRouter::<kuma::Kuma>::new(client)),
         Provider::Nginx => Box::new(nginx::NginxRouter::new(client)),
         Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client)),
+        Provider::Apisix => Box::new(apisix::ApisixRouter::new(client)),
+        Provider::Gloo => Box::new(gloo::GlooRouter::new(client)),
+        Provider::Skipper => Box::new(skipper::SkipperRouter::new(client)),
+        Provider::Knative => Box::new(knative::KnativeRouter::new(client)),
     }
+}
+
+/// Whether this Canary's routing can send requests by header or cookie (A/B testing):
+/// [`Provider::supports_matching`], except that Linkerd can through Gateway API only.
+pub fn supports_matching(provider: Provider, canary: &Canary) -> bool {
+    match provider {
+        Provider::Linkerd => linkerd::uses_gateway_api(canary),
+        other => other.supports_matching(),
+    }
+}
+
+/// The kinds of `kinds` the API server does not serve (their CRDs are not installed), by
+/// one discovery request per group version.
+pub async fn unserved_kinds(client: &Client, kinds: &[ApiResource]) -> Result<Vec<ApiResource>, RouterError> {
+    let mut unserved = Vec::new();
+    let mut served_by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for kind in kinds {
+        if !served_by_version.contains_key(&kind.api_version) {
+            let plurals = match client.list_api_group_resources(&kind.api_version).await {
+                Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+                Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+                Err(source) => {
+                    return Err(RouterError::Api {
+                        verb: "discover",
+                        kind: kind.kind.clone(),
+                        namespace: String::new(),
+                        name: kind.api_version.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            };
+            served_by_version.insert(kind.api_version.clone(), plurals);
+        }
+        if !served_by_version[&kind.api_version].contains(&kind.plural) {
+            unserved.push(kind.clone());
+        }
+    }
+    Ok(unserved)
+}
+
+/// The Stalled message for kinds a provider needs that the cluster does not serve.
+pub fn unserved_message(provider: Provider, unserved: &[ApiResource]) -> String {
+    let kinds: Vec<String> = unserved.iter().map(|r| format!("{} ({})", r.kind, r.api_version)).collect();
+    format!(
+        "provider {provider} needs {}, which this cluster does not serve: install the CRDs of {provider} (petrel has touched no traffic)",
+        kinds.join(", ")
+    )
+}
+
+/// Reads a namespaced third-party object as JSON; `None` when it does not exist.
+pub(crate) async fn read_dynamic(
+    client: &Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+) -> Result<Option<Value>, RouterError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let found = api.get_opt(name).await.map_err(|source| RouterError::Api {
+        verb: "read",
+        kind: resource.kind.clone(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    })?;
+    found
+        .map(|object| {
+            serde_json::to_value(object).map_err(|source| RouterError::Json {
+                kind: resource.kind.clone(),
+                name: name.to_string(),
+                source,
+            })
+        })
+        .transpose()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,21 +430,10 @@ impl<R: MeshRoutes> MeshRouter<R> {
     async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
         let namespace = namespace_of(canary)?;
         let (resource, name) = R::weighted_object(canary);
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
-        let found = api.get_opt(&name).await.map_err(|source| RouterError::Api {
-            verb: "read",
-            kind: resource.kind.clone(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
-        let Some(found) = found else { return Ok(None) };
-        let found = serde_json::to_value(found).map_err(|source| RouterError::Json {
-            kind: resource.kind.clone(),
-            name: name.clone(),
-            source,
-        })?;
-        R::weights_of(&found).map(Some)
+        match read_dynamic(&self.client, &namespace, &resource, &name).await? {
+            Some(found) => R::weights_of(&found).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
@@ -393,9 +482,24 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
             Ok(())
         })
     }
+
+    fn required_kinds(&self, canary: &Canary) -> Vec<ApiResource> {
+        distinct(R::all_objects(canary).into_iter().map(|(resource, _)| resource))
+    }
 }
 
-async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -> Result<(), RouterError> {
+/// The resources of `all`, each once, in order.
+pub(crate) fn distinct(all: impl IntoIterator<Item = ApiResource>) -> Vec<ApiResource> {
+    let mut out: Vec<ApiResource> = Vec::new();
+    for resource in all {
+        if !out.contains(&resource) {
+            out.push(resource);
+        }
+    }
+    out
+}
+
+pub(crate) async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -> Result<(), RouterError> {
     let (_, name) = name_of(&object.manifest);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await.map_err(
@@ -410,7 +514,7 @@ async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -
     Ok(())
 }
 
-async fn delete_dynamic(
+pub(crate) async fn delete_dynamic(
     client: &Client,
     namespace: &str,
     resource: &ApiResource,
@@ -446,6 +550,10 @@ pub fn third_party_resources() -> Vec<ApiResource> {
         smi::traffic_split_resource(),
         traefik::traefik_service_resource(),
         contour::http_proxy_resource(),
+        apisix::apisix_route_resource(),
+        gloo::route_table_resource(),
+        gloo::upstream_resource(),
+        kuma::mesh_http_route_resource(),
     ]
 }
 
@@ -522,6 +630,14 @@ mod tests {
             let mut sums = split_sums(&gatewayapi::build_http_route(&canary, w).unwrap(), "/spec/rules", "backendRefs");
             sums.extend(split_sums(&istio::build_virtual_service(&canary, w).unwrap(), "/spec/http", "route"));
             sums.extend(split_sums(&contour::build_http_proxy(&exact_ab, w).unwrap(), "/spec/routes", "services"));
+            let kuma = kuma::build_mesh_http_route(&canary, w).unwrap();
+            for rule in kuma["spec"]["to"][0]["rules"].as_array().expect("rules") {
+                sums.extend(split_sums(&json!([rule["default"]]), "", "backendRefs"));
+            }
+            let gloo = gloo::build_route_table(&canary, w).unwrap();
+            for route in gloo["spec"]["routes"].as_array().expect("routes") {
+                sums.extend(split_sums(&json!([route["routeAction"]["multi"]]), "", "destinations"));
+            }
             if !ab {
                 let split = smi::build_traffic_split(&canary, w).unwrap();
                 sums.extend(split_sums(&json!([split["spec"]]), "", "backends"));
@@ -540,7 +656,8 @@ mod tests {
             Provider::Linkerd | Provider::Smi => smi::Smi::build(canary, w),
             Provider::Traefik => traefik::Traefik::build(canary, w),
             Provider::Contour => contour::Contour::build(canary, w),
-            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+            Provider::Kuma => kuma::Kuma::build(canary, w),
+            _ => unreachable!("not a mesh router"),
         }
     }
 
@@ -553,12 +670,20 @@ mod tests {
             Provider::Linkerd | Provider::Smi => (smi::Smi::all_objects(canary), smi::Smi::weighted_object(canary)),
             Provider::Traefik => (traefik::Traefik::all_objects(canary), traefik::Traefik::weighted_object(canary)),
             Provider::Contour => (contour::Contour::all_objects(canary), contour::Contour::weighted_object(canary)),
-            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+            Provider::Kuma => (kuma::Kuma::all_objects(canary), kuma::Kuma::weighted_object(canary)),
+            _ => unreachable!("not a mesh router"),
         }
     }
 
-    const MESH_PROVIDERS: [Provider; 6] =
-        [Provider::GatewayApi, Provider::Istio, Provider::Linkerd, Provider::Smi, Provider::Traefik, Provider::Contour];
+    const MESH_PROVIDERS: [Provider; 7] = [
+        Provider::GatewayApi,
+        Provider::Istio,
+        Provider::Linkerd,
+        Provider::Smi,
+        Provider::Traefik,
+        Provider::Contour,
+        Provider::Kuma,
+    ];
 
     /// `finalize` deletes `all_objects` and `get_routes` reads `weighted_object`: both must
     /// name exactly what `build` writes.
