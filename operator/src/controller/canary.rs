@@ -23,8 +23,8 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{TrafficRouter, Weights, router_for};
-use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
+use crate::routers::{TrafficRouter, Weights, router_for, unserved_kinds, unserved_message};
+use crate::workloads::{self, TargetSnapshot, WorkloadError};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
 const STALLED_RECHECK: Duration = Duration::from_secs(30);
@@ -47,12 +47,22 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         Ok(provider) => provider,
         Err(e) => return stall(&ctx, &canary, status, "UnknownProvider", &e.to_string()).await,
     };
-    let snapshot = match workloads::read_workloads(&ctx.client, &canary).await {
+    // The provider's kinds must be served (its CRDs installed) before anything is read or written.
+    let router = router_for(provider, ctx.client.clone());
+    let unserved = unserved_kinds(&ctx.client, &router.required_kinds(&canary))
+        .await
+        .map_err(|e| Error::Router { context: "discovering the provider's kinds".into(), message: e.to_string() })?;
+    if !unserved.is_empty() {
+        return stall(&ctx, &canary, status, "ProviderKindsNotServed", &unserved_message(provider, &unserved)).await;
+    }
+    let snapshot = match workloads::read_target(&ctx.client, &canary).await {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_stalled() => return stall(&ctx, &canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
     };
-    if let Err(message) = check_service_port(&canary, &snapshot.target) {
+    if let Some(target) = snapshot.target_deployment()
+        && let Err(message) = check_service_port(&canary, target)
+    {
         return stall(&ctx, &canary, status, "ServicePortNotFound", &message).await;
     }
     if let Err(e) = interval_of(&canary.spec) {
@@ -67,14 +77,17 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
-    workloads::initialize_primary(&ctx.client, &canary, &snapshot)
+    workloads::target::initialize(&ctx.client, &canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
-    let router = router_for(provider, ctx.client.clone());
-    router
-        .reconcile(&canary)
-        .await
-        .map_err(|e| Error::Router { context: "creating the Services and routes".into(), message: e.to_string() })?;
+    match router.reconcile(&canary).await {
+        Ok(()) => {}
+        // A routeRef, ingressRef or upstreamRef that names nothing: a person must fix it.
+        Err(e) if e.is_stalled() => return stall(&ctx, &canary, status, "RoutingInputInvalid", &e.to_string()).await,
+        Err(e) => {
+            return Err(Error::Router { context: "creating the Services and routes".into(), message: e.to_string() });
+        }
+    }
 
     // Observe, run what the core asks for, decide.
     let now = Utc::now();
@@ -121,7 +134,7 @@ async fn run_plan(
     provider: Provider,
     plan: &Plan,
     status: &CanaryStatus,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
 ) -> GateResults {
     let mut results = GateResults::default();
     let hook_ctx = HookContext {
@@ -151,7 +164,7 @@ async fn apply_actions(
     ctx: &Context,
     source: &KubeSource,
     canary: &Canary,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
     router: &dyn TrafficRouter,
     actions: &[Action],
     next: &CanaryStatus,
@@ -169,17 +182,17 @@ async fn apply_actions(
                 })?;
             }
             Action::ScaleCanaryUp => {
-                workloads::scale_canary_up(&ctx.client, snapshot)
+                workloads::target::scale_canary_up(&ctx.client, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary up", e))?;
             }
             Action::ScaleCanaryToZero => {
-                workloads::scale_canary_to_zero(&ctx.client, snapshot)
+                workloads::target::scale_canary_to_zero(&ctx.client, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary to zero", e))?;
             }
             Action::PromoteCanaryToPrimary => {
-                workloads::promote_canary_to_primary(&ctx.client, canary, snapshot)
+                workloads::target::promote(&ctx.client, canary, snapshot)
                     .await
                     .map_err(|e| workload_error("promoting the canary", e))?;
             }
@@ -271,7 +284,8 @@ async fn stall(
 
 fn stall_reason(e: &WorkloadError) -> &'static str {
     match e {
-        WorkloadError::TargetNotFound { .. } => "TargetNotFound",
+        WorkloadError::TargetNotFound { .. } | WorkloadError::KnativeServiceNotFound { .. } => "TargetNotFound",
+        WorkloadError::KnativeAutoscaler { .. } => "AutoscalerNotSupported",
         WorkloadError::NoSelectorLabel { .. } => "TargetSelectorInvalid",
         WorkloadError::MissingConfig { .. } => "ConfigNotFound",
         WorkloadError::AutoscalerNotFound { .. } => "AutoscalerNotFound",

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -112,6 +113,20 @@ fn canaries_for_deployment(store: &Store<Canary>, deployment: &Deployment) -> Ve
     refs
 }
 
+/// The Canaries whose target is this Knative Service.
+fn canaries_for_knative_service(store: &Store<Canary>, service: &DynamicObject) -> Vec<ObjectRef<Canary>> {
+    let namespace = service.namespace();
+    let name = service.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| {
+            c.namespace() == namespace && c.spec.target_ref.is_knative_service() && c.spec.target_ref.name == name
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
 /// The Canaries whose target uses this ConfigMap or Secret (as recorded in their status).
 fn canaries_tracking(store: &Store<Canary>, namespace: Option<String>, key: String) -> Vec<ObjectRef<Canary>> {
     store
@@ -150,9 +165,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     // Readiness and the sweep of deleted Canaries' metric series follow the cache.
     let telemetry =
         tokio::spawn(crate::telemetry::track_canary_store(store.clone(), ctx.readiness.clone(), ctx.metrics.clone()));
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    // Knative Service targets are watched when the cluster serves them at start (a watch of
+    // an unserved kind fails forever); a Knative CRD installed later needs a restart.
+    let knative = crate::routers::knative::service_resource();
+    let knative_served = crate::routers::unserved_kinds(&client, std::slice::from_ref(&knative))
+        .await
+        .is_ok_and(|unserved| unserved.is_empty());
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
-    controller
+    let mut controller = controller
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
         .watches(deployments, watcher::Config::default().any_semantic(), move |d| canaries_for_deployment(&s1, &d))
         .watches(configmaps, watcher::Config::default().any_semantic(), move |cm: ConfigMap| {
@@ -160,7 +181,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         })
         .watches(secrets, watcher::Config::default().any_semantic(), move |s: Secret| {
             canaries_tracking(&s3, s.namespace(), format!("secret/{}", s.name_any()))
-        })
+        });
+    if knative_served {
+        let services: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &knative),
+            None => Api::all_with(client.clone(), &knative),
+        };
+        controller = controller.watches_with(services, knative, watcher::Config::default().any_semantic(), move |s| {
+            canaries_for_knative_service(&s4, &s)
+        });
+    }
+    controller
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -131,9 +131,12 @@ async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
+    // Linkerd without gatewayRefs: SMI.
+    let mut linkerd = canary();
+    linkerd.spec.service.gateway_refs.clear();
     let router = router_for(Provider::Linkerd, client);
-    finish(router.reconcile(&canary())).await.unwrap();
-    assert_eq!(finish(router.get_routes(&canary())).await.unwrap(), weights(70, 30, false));
+    finish(router.reconcile(&linkerd)).await.unwrap();
+    assert_eq!(finish(router.get_routes(&linkerd)).await.unwrap(), weights(70, 30, false));
 
     let applied = applies(&calls.lock().unwrap());
     let (_, split) = applied.iter().find(|(p, _)| p == SPLIT).expect("the split was applied");

@@ -4,9 +4,10 @@
 //!
 //! Flagger writes a TrafficRoute, Kuma's legacy policy: new meshes stopped getting one in
 //! Kuma 2.6, it no longer shapes traffic where MeshHTTPRoute is used and Kuma 3.0 removes
-//! it. petrel writes the MeshHTTPRoute Kuma documents instead. Services are named as
-//! `kuma.io/service` tags name them, `<name>_<namespace>_svc_<port>`; the mesh comes from the
-//! Canary's `kuma.io/mesh` annotation (Flagger's), `default` otherwise.
+//! it. petrel writes the MeshHTTPRoute Kuma documents instead, selecting the MeshServices
+//! Kuma makes of the three Kubernetes Services by their labels (`kuma.io/display-name`,
+//! `k8s.kuma.io/namespace`) and the service port, the form Kuma 3.0 keeps. The mesh comes
+//! from the Canary's `kuma.io/mesh` annotation (Flagger's), `default` otherwise.
 //!
 //! A/B: one rule per `analysis.match` condition with the weights (Kuma prefers the most
 //! specific match), then a rule for every path sending to the primary. No mirroring.
@@ -32,9 +33,14 @@ pub fn mesh_http_route_resource() -> ApiResource {
     api_resource("kuma.io", "v1alpha1", KIND, "meshhttproutes")
 }
 
-/// `<name>_<namespace>_svc_<port>`, the `kuma.io/service` of a Kubernetes Service port.
-fn kuma_service(canary: &Canary, service: &str) -> String {
-    format!("{service}_{}_svc_{}", canary.namespace().unwrap_or_default(), service_port(canary))
+/// The label Kuma gives a MeshService: the name of the Kubernetes Service it stands for.
+pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+/// The label Kuma gives a MeshService: the namespace of that Service.
+pub const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
+
+/// The labels that select the MeshService of Kubernetes Service `service`.
+fn mesh_service_labels(canary: &Canary, service: &str) -> Value {
+    json!({ DISPLAY_NAME_LABEL: service, NAMESPACE_LABEL: canary.namespace().unwrap_or_default() })
 }
 
 fn header_match(name: &str, m: &StringMatch) -> Result<Value, RouterError> {
@@ -82,8 +88,8 @@ fn rule(canary: &Canary, matches: Vec<Value>, primary: u8, canary_weight: u8) ->
         "matches": matches,
         "default": {
             "backendRefs": [
-                { "kind": "MeshService", "name": kuma_service(canary, &names.primary), "weight": primary },
-                { "kind": "MeshService", "name": kuma_service(canary, &names.canary), "weight": canary_weight },
+                { "kind": "MeshService", "labels": mesh_service_labels(canary, &names.primary), "port": service_port(canary), "weight": primary },
+                { "kind": "MeshService", "labels": mesh_service_labels(canary, &names.canary), "port": service_port(canary), "weight": canary_weight },
             ],
         },
     })
@@ -118,7 +124,7 @@ pub fn build_mesh_http_route(canary: &Canary, weights: Weights) -> Result<Value,
         "spec": {
             "targetRef": { "kind": "Mesh" },
             "to": [{
-                "targetRef": { "kind": "MeshService", "name": kuma_service(canary, &names.apex) },
+                "targetRef": { "kind": "MeshService", "labels": mesh_service_labels(canary, &names.apex) },
                 "rules": rules,
             }],
         },
@@ -128,22 +134,23 @@ pub fn build_mesh_http_route(canary: &Canary, weights: Weights) -> Result<Value,
 /// The weights of a MeshHTTPRoute built by [`build_mesh_http_route`]: those of its first rule.
 pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
     let bad = |reason: String| malformed(KIND, route, reason);
+    let display_name = |target: &Value| {
+        target.pointer("/labels").and_then(|l| l.get(DISPLAY_NAME_LABEL)).and_then(Value::as_str).map(String::from)
+    };
     let apex = route
-        .pointer("/spec/to/0/targetRef/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("it has no to[0].targetRef.name".into()))?;
+        .pointer("/spec/to/0/targetRef")
+        .and_then(display_name)
+        .ok_or_else(|| bad(format!("its to[0].targetRef has no {DISPLAY_NAME_LABEL} label")))?;
     let refs = route
         .pointer("/spec/to/0/rules/0/default/backendRefs")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("its first rule has no backendRefs".into()))?;
-    // `<apex>_<ns>_svc_<port>`: the sides are `<apex>-primary_...` and `<apex>-canary_...`.
-    let (apex_name, rest) = apex.split_once('_').ok_or_else(|| bad(format!("{apex} is not a kuma.io/service name")))?;
     let weight_of = |side: &str| -> Result<u8, RouterError> {
-        let name = format!("{apex_name}-{side}_{rest}");
+        let name = format!("{apex}-{side}");
         let found = refs
             .iter()
-            .find(|r| r.get("name").and_then(Value::as_str) == Some(name.as_str()))
-            .ok_or_else(|| bad(format!("its first rule has no backendRef {name}")))?;
+            .find(|r| display_name(r).as_deref() == Some(name.as_str()))
+            .ok_or_else(|| bad(format!("its first rule has no backendRef to MeshService {name}")))?;
         weight_field(found.get("weight"), bad)
     };
     Weights::new(weight_of("primary")?, weight_of("canary")?, false)
