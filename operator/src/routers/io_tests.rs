@@ -34,6 +34,8 @@ enum Reply {
     NotFound,
     /// Echo the applied object back, as the API server does.
     Echo,
+    /// The API server's answer for an API group it does not serve: text, not a Status.
+    PageNotFound,
 }
 
 /// A client whose API server answers with `respond(method, path)` and records every call.
@@ -49,6 +51,12 @@ fn scripted_client(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> (C
             let body: Option<Value> = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).expect("JSON body"));
             let call = Call { method, uri, body };
             let (status, reply) = match respond(&call.method, call.path()) {
+                Reply::PageNotFound => {
+                    seen.lock().expect("calls lock").push(call);
+                    let response = Response::builder().status(404).body(Body::from(b"404 page not found\n".to_vec()));
+                    send.send_response(response.expect("valid response"));
+                    continue;
+                }
                 Reply::Object(obj) => (200, obj),
                 Reply::Echo => (200, call.body.clone().expect("an applied object")),
                 Reply::NotFound => (
@@ -121,6 +129,29 @@ async fn reconcile_creates_services_then_a_primary_only_route() {
     for call in calls.iter().filter(|c| c.method == "PATCH") {
         assert!(call.uri.contains("fieldManager=petrel") && call.uri.contains("force=true"), "{}", call.uri);
     }
+}
+
+#[tokio::test]
+async fn kinds_of_an_unserved_group_or_version_are_reported_unserved() {
+    let (client, calls) = scripted_client(|method, path| match (method, path) {
+        ("GET", "/apis/gateway.networking.k8s.io/v1") => Reply::Object(json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.networking.k8s.io/v1",
+            "resources": [{ "name": "httproutes", "singularName": "httproute", "namespaced": true, "kind": "HTTPRoute", "verbs": ["get"] }],
+        })),
+        _ => Reply::PageNotFound,
+    });
+    let kinds = [
+        super::gatewayapi::http_route_resource(&canary()),
+        super::kuma::mesh_http_route_resource(),
+        super::gloo::route_table_resource(),
+        super::gloo::upstream_resource(),
+    ];
+    let unserved = finish(super::unserved_kinds(&client, &kinds)).await.unwrap();
+    let names: Vec<&str> = unserved.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(names, ["MeshHTTPRoute", "RouteTable", "Upstream"]);
+    assert_eq!(calls.lock().unwrap().len(), 4, "one discovery request per group version");
+    let message = super::unserved_message(Provider::Gloo, &unserved[1..]);
+    assert!(message.contains("RouteTable (gateway.solo.io/v1), Upstream (gloo.solo.io/v1)"), "{message}");
 }
 
 #[tokio::test]

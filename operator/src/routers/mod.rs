@@ -209,7 +209,9 @@ pub async fn unserved_kinds(client: &Client, kinds: &[ApiResource]) -> Result<Ve
         if !served_by_version.contains_key(&kind.api_version) {
             let plurals = match client.list_api_group_resources(&kind.api_version).await {
                 Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
-                Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+                // An API group nobody serves answers a plain-text "404 page not found", not
+                // a NotFound Status: the code is what to go by.
+                Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
                 Err(source) => {
                     return Err(RouterError::Api {
                         verb: "discover",

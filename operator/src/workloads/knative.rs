@@ -42,8 +42,6 @@ pub struct KnativeSnapshot {
     pub name: String,
     /// `status.latestCreatedRevisionName`: the canary, and the Canary's revision.
     pub latest_created: String,
-    /// Whether Knative has observed the Service's latest spec (else a newer revision may come).
-    pub observed: bool,
     /// The images of the Service's template.
     pub release: String,
     /// The revision the primary annotation names, once initialised.
@@ -79,8 +77,6 @@ pub fn snapshot_of(service: &Value, revisions: &BTreeMap<String, Value>) -> Resu
     let name = field("/metadata/name").unwrap_or_default();
     let latest_created = field("/status/latestCreatedRevisionName")
         .ok_or_else(|| WorkloadError::KnativeNotReconciled { namespace: namespace.clone(), name: name.clone() })?;
-    let generation = service.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
-    let observed_generation = service.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(0);
     let template: PodTemplateSpec =
         serde_json::from_value(service.pointer("/spec/template").cloned().unwrap_or(Value::Null)).unwrap_or_default();
     let primary_revision = crate::routers::knative::primary_revision_of(service).map(String::from);
@@ -88,7 +84,6 @@ pub fn snapshot_of(service: &Value, revisions: &BTreeMap<String, Value>) -> Resu
     Ok(KnativeSnapshot {
         canary_state: state_of(&latest_created),
         primary_state: primary_revision.as_deref().map(state_of).unwrap_or(RevisionState::Missing),
-        observed: observed_generation >= generation,
         release: release_identity(&template),
         primary_revision,
         latest_created,
@@ -107,13 +102,10 @@ fn health(state: &RevisionState, what: &str) -> WorkloadHealth {
 }
 
 impl KnativeSnapshot {
-    /// The canary: the latest created revision.
+    /// The canary: the latest created revision. (A template Knative has not turned into
+    /// a revision yet is not the canary yet: it becomes a new revision when Knative makes
+    /// it, and that status change wakes the Canary up.)
     pub fn canary_health(&self) -> WorkloadHealth {
-        if !self.observed {
-            return WorkloadHealth::NotReady {
-                reason: format!("Knative has not yet created the revision of the latest template of {}", self.name),
-            };
-        }
         health(&self.canary_state, &format!("Knative revision {}", self.latest_created))
     }
 
@@ -248,19 +240,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_revision_is_past_its_deadline_and_an_unobserved_spec_is_not_ready() {
+    fn a_failed_revision_is_past_its_deadline() {
         let revisions = BTreeMap::from([("podinfo-00002".to_string(), revision("False"))]);
         let failed = snapshot_of(&service(Some("podinfo-00001"), "podinfo-00002", 2, 2), &revisions).unwrap();
         assert!(
             matches!(failed.canary_health(), WorkloadHealth::DeadlineExceeded { ref reason } if reason.contains("image not found"))
         );
         assert!(matches!(failed.primary_health(), WorkloadHealth::NotReady { .. }), "the primary revision is missing");
-        let behind = snapshot_of(&service(None, "podinfo-00002", 3, 2), &BTreeMap::new()).unwrap();
+        let uninitialised = snapshot_of(&service(None, "podinfo-00002", 3, 2), &BTreeMap::new()).unwrap();
         assert!(
-            matches!(behind.canary_health(), WorkloadHealth::NotReady { ref reason } if reason.contains("latest template"))
-        );
-        assert!(
-            matches!(behind.primary_health(), WorkloadHealth::NotReady { ref reason } if reason.contains(PRIMARY_REVISION_ANNOTATION))
+            matches!(uninitialised.primary_health(), WorkloadHealth::NotReady { ref reason } if reason.contains(PRIMARY_REVISION_ANNOTATION))
         );
     }
 
