@@ -1025,6 +1025,62 @@ mod tests {
         assert_eq!(split_from_service_selector(&shared, Some((&p, 3)), Some((&c, 1))), Split::weighted(3, 1));
     }
 
+    /// What petrel's routers write (their checked-in manifests, `operator/tests/fixtures/
+    /// routers/`), read by the simulator's own parsers.
+    fn petrel_fixture(file: &str) -> Value {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/tests/fixtures/routers").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    fn insider() -> BTreeMap<String, String> {
+        BTreeMap::from([("x-canary".to_string(), "insider".to_string())])
+    }
+
+    #[test]
+    fn the_new_routers_manifests_read_as_their_weights() {
+        let read = |provider, file: &str| parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+        assert_eq!(read(Provider::Apisix, "apisix_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Gloo, "gloo_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Kuma, "kuma_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Skipper, "skipper_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Knative, "knative_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::LinkerdGatewayApi, "linkerd_gamma_80_20.yaml"), Split::weighted(80, 20));
+        // Skipper's clone is switched off at weight 0: the user's Ingress serves everything.
+        assert_eq!(read(Provider::Skipper, "skipper_100_0.yaml"), Split::all_to(Side::Primary));
+        let promoted = json!({"spec": {"traffic": petrel_fixture("knative_promoted.yaml")}});
+        assert_eq!(parse_route(Provider::Knative, &promoted, "podinfo").unwrap(), Split::all_to(Side::Primary));
+    }
+
+    #[test]
+    fn ab_manifests_send_only_matched_requests_to_the_canary() {
+        for (provider, file) in [
+            (Provider::Gloo, "gloo_ab.yaml"),
+            (Provider::Kuma, "kuma_ab.yaml"),
+            (Provider::LinkerdGatewayApi, "linkerd_gamma_ab.yaml"),
+        ] {
+            let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+            assert_eq!(split.default, Weights::ALL_PRIMARY, "{provider}");
+            assert_eq!(split.weights_for(&insider()), Weights::ALL_CANARY, "{provider}");
+            let cookie = BTreeMap::from([("cookie".to_string(), "theme=dark;canary=always".to_string())]);
+            assert_eq!(split.weights_for(&cookie), Weights::ALL_CANARY, "{provider} cookie");
+            assert_eq!(split.weights_for(&BTreeMap::new()), Weights::ALL_PRIMARY, "{provider}");
+        }
+    }
+
+    #[test]
+    fn an_untagged_knative_traffic_block_is_not_petrels_split() {
+        let service = json!({"spec": {"traffic": [{"latestRevision": true, "percent": 100}]}});
+        assert_eq!(parse_knative_traffic(&service).unwrap().default, Weights { primary: 0, canary: 0, other: 100 });
+        assert_eq!(parse_knative_traffic(&json!({"spec": {}})).unwrap(), Split::all_to(Side::Primary));
+        let tagged = json!({"spec": {"traffic": [
+            {"revisionName": "podinfo-00001", "percent": 70, "tag": "primary"},
+            {"revisionName": "podinfo-00002", "percent": 30, "tag": "canary"}
+        ]}});
+        assert_eq!(knative_revision(&tagged, Side::Canary).as_deref(), Some("podinfo-00002"));
+    }
+
     #[test]
     fn route_names() {
         assert_eq!(route_object_name(Provider::Istio, "podinfo", None), "podinfo");

@@ -726,6 +726,16 @@ mod tests {
             let ab = build_for(provider, &exact_ab, Weights::canary_only());
             assert_eq!(ab.is_ok(), provider.supports_matching(), "{provider} A/B");
         }
+        // The routers that are not mesh routers: the same agreement.
+        assert_eq!(gloo::build_route_table(&testing::canary(), mirrored).is_ok(), Provider::Gloo.supports_mirroring());
+        assert_eq!(
+            gloo::build_route_table(&exact_ab, Weights::canary_only()).is_ok(),
+            Provider::Gloo.supports_matching()
+        );
+        let knative = knative::build_traffic(&exact_ab, "a", Some("b"), Weights::canary_only());
+        assert_eq!(knative.is_ok(), Provider::Knative.supports_matching());
+        let knative = knative::build_traffic(&testing::canary(), "a", Some("b"), mirrored);
+        assert_eq!(knative.is_ok(), Provider::Knative.supports_mirroring());
         let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
         assert!(kubernetes::build_apex(&testing::canary(), &selector, mirrored).is_err());
         assert!(kubernetes::build_apex(&exact_ab, &selector, Weights::canary_only()).is_err());

@@ -134,7 +134,7 @@ pub fn weights_of(ingress: &Ingress, names: &ServiceNames) -> Result<Weights, Ro
     let text = ingress.annotations().get(BACKEND_WEIGHTS).ok_or_else(|| bad(format!("it lacks {BACKEND_WEIGHTS}")))?;
     let parsed: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(text).map_err(|e| bad(format!("{BACKEND_WEIGHTS} is not a JSON object: {e}")))?;
-    let weight_of = |service: &str| super::weight_field(parsed.get(service), &bad);
+    let weight_of = |service: &str| super::weight_field(parsed.get(service), bad);
     Weights::new(weight_of(&names.primary)?, weight_of(&names.canary)?, false)
 }
 

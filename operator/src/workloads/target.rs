@@ -19,7 +19,8 @@ use crate::core::WorkloadHealth;
 /// What the target is, as read at the start of a reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetKind {
-    Deployment(WorkloadSnapshot),
+    /// Boxed: a Deployment snapshot holds whole objects, a Knative one a few names.
+    Deployment(Box<WorkloadSnapshot>),
     Knative(KnativeSnapshot),
 }
 
@@ -39,7 +40,7 @@ impl TargetSnapshot {
         TargetSnapshot {
             revision: snapshot.revision.clone(),
             release: snapshot.release.clone(),
-            kind: TargetKind::Deployment(snapshot),
+            kind: TargetKind::Deployment(Box::new(snapshot)),
         }
     }
 
