@@ -11,8 +11,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use petrel::api::Canary;
 use petrel::api::canary::RETIRED_PROVIDER_MESSAGE;
 use petrel_e2e::providers::{APP, SharedEnv, matrix, run_matrix};
@@ -95,20 +94,11 @@ async fn stalled(env: &SharedEnv, ns: &str, reason: &str, names_it: impl Fn(&str
     message
 }
 
-/// No Service, no route: nothing petrel would route through was created.
-async fn no_traffic_touched(env: &SharedEnv, ns: &str, routes: Option<ApiResource>) {
+/// No Service: nothing petrel would route through was created.
+async fn no_traffic_touched(env: &SharedEnv, ns: &str) {
     let services = Api::<Service>::namespaced(env.client.clone(), ns).list(&ListParams::default()).await.unwrap();
-    assert!(
-        services.items.is_empty(),
-        "{ns}: petrel created Services: {:?}",
-        services.items.iter().map(|s| s.metadata.name.clone()).collect::<Vec<_>>()
-    );
-    if let Some(resource) = routes {
-        let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
-        if let Ok(list) = api.list(&ListParams::default()).await {
-            assert!(list.items.is_empty(), "{ns}: petrel wrote {} objects", resource.kind);
-        }
-    }
+    let names: Vec<_> = services.items.iter().map(|s| s.metadata.name.clone()).collect();
+    assert!(names.is_empty(), "{ns}: petrel created Services: {names:?}");
 }
 
 fn canary(ns: &str, spec: serde_json::Value) -> serde_json::Value {
@@ -170,7 +160,7 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
         .await
         .unwrap();
     stalled(env, "bad-route-ref", "RoutingInputInvalid", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
-    no_traffic_touched(env, "bad-route-ref", None).await;
+    no_traffic_touched(env, "bad-route-ref").await;
 
     // A provider whose CRDs are not installed: Kuma's, removed now that its cases are done.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
@@ -181,6 +171,8 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
     })
     .await
     .unwrap();
+    // petrel trusts a discovery answer that a kind is served for a few seconds.
+    tokio::time::sleep(petrel::routers::SERVED_KINDS_TTL).await;
     namespace(env, "bad-no-crds").await;
     deployments(env, "bad-no-crds").patch(APP, &ssa(), &Patch::Apply(deployment("bad-no-crds"))).await.unwrap();
     Api::<Canary>::namespaced(client.clone(), "bad-no-crds")
@@ -199,10 +191,9 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
         .await
         .unwrap();
     stalled(env, "bad-no-crds", "ProviderKindsNotServed", |m| m.contains("MeshHTTPRoute (kuma.io/v1alpha1)")).await;
-    no_traffic_touched(env, "bad-no-crds", None).await;
+    no_traffic_touched(env, "bad-no-crds").await;
     let primary = deployments(env, "bad-no-crds").get_opt(&format!("{APP}-primary")).await.unwrap();
     assert!(primary.is_none(), "a primary was created for a Canary whose provider is not installed");
-    let _ = ApiResource::from_gvk(&GroupVersionKind::gvk("kuma.io", "v1alpha1", "MeshHTTPRoute"));
     eprintln!("[providers] bad input checked in {:.1?}", t0.elapsed());
 }
 

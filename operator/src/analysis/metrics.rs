@@ -28,9 +28,11 @@ use std::time::Duration;
 
 use metrics_providers::{
     BuiltinMetric, CompareConfig, Credentials, Direction, Mesh, MetricProvider, ProviderConfig, ProviderKind,
-    QueryVars, ThresholdRange, Verdict, build_provider, builtin_query, builtin_query_primary, compare, render_query,
+    QueryError, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query, builtin_query_primary, compare,
+    describe_failure, render_query,
 };
 
+use super::keptn::KeptnProvider;
 use super::{MetricSource, SecretData};
 use crate::api::Canary;
 use crate::api::canary::{
@@ -38,6 +40,7 @@ use crate::api::canary::{
 };
 use crate::api::metric_template::MetricProviderSpec;
 use crate::core::Provider;
+use crate::core::strategy::parse_duration;
 
 /// Range window of a query when neither the metric nor the analysis sets an interval.
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
@@ -106,19 +109,31 @@ async fn evaluate<S: MetricSource>(
         Ok(planned) => planned,
         Err(message) => return failed(metric, message),
     };
-    let backend = match build_provider(&planned.config) {
-        Ok(backend) => backend,
-        Err(error) => return failed(metric, error.to_string()),
+    let kind = planned.config.kind;
+    let describe = |error: QueryError| describe_failure(kind, &error);
+    let (canary_value, primary_value) = match kind {
+        ProviderKind::Keptn => query_values(&KeptnProvider::new(&deps.source), &planned).await,
+        _ => match build_provider(&planned.config) {
+            Ok(backend) => query_values(&backend, &planned).await,
+            Err(error) => return failed(metric, describe(error)),
+        },
     };
-    let (canary_value, primary_value) = match &planned.primary {
+    judge_values(metric, canary_value.map_err(describe), primary_value.map(|v| v.map_err(describe)))
+}
+
+/// The canary's value and, for a comparison, the primary's, queried side by side.
+async fn query_values(
+    backend: &impl MetricProvider,
+    planned: &PlannedQuery,
+) -> (Result<f64, QueryError>, Option<Result<f64, QueryError>>) {
+    match &planned.primary {
         None => (backend.query(&planned.canary).await, None),
         Some(primary) => {
             let (canary_value, primary_value) =
                 futures::future::join(backend.query(&planned.canary), backend.query(primary)).await;
             (canary_value, Some(primary_value))
         }
-    };
-    judge_values(metric, canary_value.map_err(|e| e.to_string()), primary_value.map(|v| v.map_err(|e| e.to_string())))
+    }
 }
 
 /// The tick's result from the queried values: the threshold check on the canary value,
@@ -267,8 +282,10 @@ async fn plan_query<S: MetricSource>(
             })?),
         };
         let fallback = builtin_prometheus(deps, canary).ok().map(|config| config.address);
-        let config = template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout)
-            .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
+        let interval = parse_duration(&vars.interval).map_err(|error| format!("metric interval: {error}"))?;
+        let config =
+            template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout, interval)
+                .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
         let render = |vars: &QueryVars| {
             render_query(&template.spec.query, vars)
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))
@@ -304,14 +321,17 @@ async fn plan_query<S: MetricSource>(
 /// How to reach a MetricTemplate's backend.
 ///
 /// The Secret's `address` key overrides `spec.provider.address`; with neither, a
-/// `prometheus` template uses the Prometheus of the builtin metrics (`fallback_address`).
-/// Credentials come from the Secret's `token`, or `username` and `password`; a Secret
-/// holding only `address` means no credentials.
+/// `prometheus` template uses the Prometheus of the builtin metrics (`fallback_address`),
+/// and the backends with a default address (Datadog, New Relic, CloudWatch, Google Cloud
+/// Monitoring) use it. The whole Secret goes to the backend, which reads its own keys;
+/// for the backends that take a bearer token or basic authentication (prometheus, http,
+/// graphite) they are also resolved here from `token`, or `username` and `password`.
 pub fn template_provider_config(
     spec: &MetricProviderSpec,
     secret: Option<&SecretData>,
     fallback_address: Option<String>,
     timeout: Duration,
+    interval: Duration,
 ) -> Result<ProviderConfig, String> {
     // The CRD spells the generic JSON backend `http`, the provider crate `http-json`.
     let kind: ProviderKind = match spec.type_.as_str() {
@@ -324,14 +344,29 @@ pub fn template_provider_config(
             String::from_utf8(bytes.clone()).map_err(|_| "the Secret's \"address\" is not UTF-8 text".to_string())?,
         ),
     };
-    let address = secret_address
-        .or_else(|| spec.address.clone())
-        .or(if kind == ProviderKind::Prometheus { fallback_address } else { None })
-        .ok_or_else(|| {
-            format!("provider {} has no address (spec.provider.address or the Secret's \"address\")", spec.type_)
-        })?;
+    let address = secret_address.or_else(|| spec.address.clone()).or(if kind == ProviderKind::Prometheus {
+        fallback_address
+    } else {
+        None
+    });
+    let address = match (address, kind) {
+        (Some(address), _) => address,
+        (None, ProviderKind::Prometheus | ProviderKind::HttpJson) => {
+            return Err(format!(
+                "provider {} has no address (spec.provider.address or the Secret's \"address\")",
+                spec.type_
+            ));
+        }
+        // The backend uses its default address, or says that it needs one.
+        (None, _) => String::new(),
+    };
+    let takes_http_credentials =
+        matches!(kind, ProviderKind::Prometheus | ProviderKind::HttpJson | ProviderKind::Graphite);
     let credentials = match secret {
-        Some(data) if ["token", "username", "password"].iter().any(|key| data.contains_key(*key)) => {
+        Some(data)
+            if takes_http_credentials
+                && ["token", "username", "password"].iter().any(|key| data.contains_key(*key)) =>
+        {
             Credentials::from_secret_data(data).map_err(|error| error.to_string())?
         }
         _ => Credentials::None,
@@ -342,10 +377,44 @@ pub fn template_provider_config(
         kind,
         address,
         credentials,
+        secret: secret.map(|data| metrics_providers::SecretData::from(data.clone())),
+        region: spec.region.clone(),
+        interval,
         headers,
         timeout: Some(timeout),
         insecure_skip_verify: spec.insecure_skip_verify,
     })
+}
+
+/// The first MetricTemplate metric whose backend cannot work as configured, as a message
+/// for a Stalled condition: what can be seen before any query (a Secret or a key of it
+/// that is missing, an address that is not a URL, an unknown region, a provider petrel
+/// cannot query). Missing MetricTemplates are left to the caller's own check.
+pub async fn invalid_metric_provider<S: MetricSource>(deps: &MetricDeps<S>, canary: &Canary) -> Option<String> {
+    let metrics = canary.spec.analysis.iter().flat_map(|analysis| &analysis.metrics);
+    for metric in metrics.filter(|metric| metric.template_ref.is_some()) {
+        let template_exists = match &metric.template_ref {
+            Some(template_ref) => {
+                let namespace = template_ref.namespace.clone().unwrap_or_else(|| query_vars(canary, metric).namespace);
+                deps.source.metric_template(&namespace, &template_ref.name).await.is_ok()
+            }
+            None => false,
+        };
+        if !template_exists {
+            continue;
+        }
+        let message = match plan_query(deps, canary, Provider::Kubernetes, metric).await {
+            Err(message) => Some(message),
+            Ok(planned) if planned.config.kind == ProviderKind::Keptn => None,
+            Ok(planned) => {
+                build_provider(&planned.config).err().map(|error| describe_failure(planned.config.kind, &error))
+            }
+        };
+        if let Some(message) = message {
+            return Some(format!("metric {}: {message}", metric.name));
+        }
+    }
+    None
 }
 
 /// The statistical verdict of a comparison metric over the samples of the run so far,
@@ -558,6 +627,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
     }
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn template_config_takes_address_and_credentials_from_the_secret() {
         let spec = MetricProviderSpec {
@@ -572,6 +643,7 @@ mod tests {
             Some(&secret(&[("address", "http://secret:9090"), ("token", "t")])),
             None,
             timeout,
+            MINUTE,
         )
         .unwrap();
         assert_eq!(config.address, "http://secret:9090");
@@ -580,11 +652,11 @@ mod tests {
         assert_eq!(config.timeout, Some(timeout));
 
         let only_address =
-            template_provider_config(&spec, Some(&secret(&[("address", "http://s")])), None, timeout).unwrap();
+            template_provider_config(&spec, Some(&secret(&[("address", "http://s")])), None, timeout, MINUTE).unwrap();
         assert_eq!(only_address.credentials, Credentials::None);
-        let no_secret = template_provider_config(&spec, None, None, timeout).unwrap();
+        let no_secret = template_provider_config(&spec, None, None, timeout, MINUTE).unwrap();
         assert_eq!(no_secret.address, "http://spec:9090");
-        let half_basic = template_provider_config(&spec, Some(&secret(&[("username", "u")])), None, timeout);
+        let half_basic = template_provider_config(&spec, Some(&secret(&[("username", "u")])), None, timeout, MINUTE);
         assert!(half_basic.unwrap_err().contains("password"));
     }
 
@@ -593,17 +665,39 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let prometheus = MetricProviderSpec { type_: "prometheus".into(), ..Default::default() };
         assert_eq!(
-            template_provider_config(&prometheus, None, Some("http://default".into()), timeout).unwrap().address,
+            template_provider_config(&prometheus, None, Some("http://default".into()), timeout, MINUTE)
+                .unwrap()
+                .address,
             "http://default"
         );
-        assert!(template_provider_config(&prometheus, None, None, timeout).unwrap_err().contains("no address"));
+        assert!(template_provider_config(&prometheus, None, None, timeout, MINUTE).unwrap_err().contains("no address"));
+        // Other backends get no Prometheus address: their own default, or their error.
         let datadog = MetricProviderSpec { type_: "datadog".into(), ..Default::default() };
-        assert!(template_provider_config(&datadog, None, Some("http://default".into()), timeout).is_err());
+        let config = template_provider_config(&datadog, None, Some("http://default".into()), timeout, MINUTE).unwrap();
+        assert_eq!(config.address, "");
         let http = MetricProviderSpec { type_: "http".into(), address: Some("http://x".into()), ..Default::default() };
-        assert_eq!(template_provider_config(&http, None, None, timeout).unwrap().kind, ProviderKind::HttpJson);
+        assert_eq!(template_provider_config(&http, None, None, timeout, MINUTE).unwrap().kind, ProviderKind::HttpJson);
         let unknown =
             MetricProviderSpec { type_: "carrier-pigeon".into(), address: Some("x".into()), ..Default::default() };
-        assert!(template_provider_config(&unknown, None, None, timeout).unwrap_err().contains("carrier-pigeon"));
+        assert!(
+            template_provider_config(&unknown, None, None, timeout, MINUTE).unwrap_err().contains("carrier-pigeon")
+        );
+    }
+
+    #[test]
+    fn template_config_hands_the_secret_and_region_to_the_backend() {
+        let cloudwatch =
+            MetricProviderSpec { type_: "cloudwatch".into(), region: Some("eu-west-1".into()), ..Default::default() };
+        let data = secret(&[("aws_access_key_id", "AKIA"), ("aws_secret_access_key", "s"), ("token", "not-bearer")]);
+        let config = template_provider_config(&cloudwatch, Some(&data), None, Duration::from_secs(1), MINUTE).unwrap();
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.secret, Some(metrics_providers::SecretData::from(data)));
+        assert_eq!(config.credentials, Credentials::None, "only prometheus, http and graphite take token/basic auth");
+        let graphite =
+            MetricProviderSpec { type_: "graphite".into(), address: Some("http://g".into()), ..Default::default() };
+        let basic = secret(&[("username", "u"), ("password", "p")]);
+        let config = template_provider_config(&graphite, Some(&basic), None, Duration::from_secs(1), MINUTE).unwrap();
+        assert_eq!(config.credentials, Credentials::Basic { username: "u".into(), password: "p".into() });
     }
 
     fn samples(canary: &[f64], primary: &[f64]) -> ComparisonSamples {
@@ -779,6 +873,7 @@ mod tests {
     struct FakeSource {
         templates: BTreeMap<(String, String), MetricTemplate>,
         secrets: BTreeMap<(String, String), SecretData>,
+        keptn_metrics: BTreeMap<(String, String), Value>,
     }
 
     impl MetricSource for FakeSource {
@@ -797,6 +892,53 @@ mod tests {
                 name: name.into(),
             })
         }
+
+        async fn keptn_metric(&self, namespace: &str, name: &str) -> Result<Value, SourceError> {
+            self.keptn_metrics.get(&(namespace.into(), name.into())).cloned().ok_or(SourceError::NotFound {
+                kind: "KeptnMetric",
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+    }
+
+    fn provider_template(type_: &str, address: Option<&str>, secret: Option<&str>, query: &str) -> MetricTemplateSpec {
+        MetricTemplateSpec {
+            provider: MetricProviderSpec {
+                type_: type_.into(),
+                address: address.map(String::from),
+                secret_ref: secret.map(|name| SecretRef { name: name.into() }),
+                region: (type_ == "cloudwatch").then(|| "us-east-1".to_string()),
+                ..Default::default()
+            },
+            query: query.into(),
+        }
+    }
+
+    /// A fake Datadog that answers one series when both keys arrive.
+    async fn serve_datadog() -> (String, Queries) {
+        async fn query(
+            State(seen): State<Queries>,
+            headers: HeaderMap,
+            Query(params): Query<HashMap<String, String>>,
+        ) -> (StatusCode, axum::Json<Value>) {
+            let key = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+            seen.lock().unwrap().push((params.get("query").cloned().unwrap_or_default(), key("dd-api-key")));
+            if key("dd-api-key").as_deref() != Some("dd-api-key-value")
+                || key("dd-application-key").as_deref() != Some("dd-app-key-value")
+            {
+                return (StatusCode::FORBIDDEN, axum::Json(json!({"errors": ["Forbidden"]})));
+            }
+            let value = if params["query"].contains("podinfo-primary") { 1.0 } else { 0.5 };
+            let body = json!({"status": "ok", "series": [{"pointlist": [[1_700_000_000_000.0_f64, value]]}]});
+            (StatusCode::OK, axum::Json(body))
+        }
+        let seen = Queries::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Router::new().route("/api/v1/query", get(query)).with_state(seen.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{address}"), seen)
     }
 
     fn template(namespace: &str, name: &str, spec: MetricTemplateSpec) -> ((String, String), MetricTemplate) {
@@ -936,6 +1078,7 @@ mod tests {
                 ("monitoring".to_string(), "prom-auth".to_string()),
                 secret(&[("address", &url), ("token", "s3cret")]),
             )]),
+            ..Default::default()
         };
         let mut m = template_metric("errors", "errors", Some("monitoring"));
         m.template_variables = BTreeMap::from([("region".to_string(), "eu".to_string())]);
@@ -956,7 +1099,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_template_secret_and_unsupported_provider_are_failed_checks() {
+    async fn missing_template_secret_and_misconfigured_provider_are_failed_checks() {
         let datadog = MetricTemplateSpec {
             provider: MetricProviderSpec {
                 type_: "datadog".into(),
@@ -990,7 +1133,11 @@ mod tests {
         .await;
         assert!(results.iter().all(|r| r.failed() && r.value.is_none()), "{results:?}");
         assert!(results[0].message.contains("MetricTemplate test/not-there not found"), "{}", results[0].message);
-        assert!(results[1].message.contains("\"datadog\" is not supported"), "{}", results[1].message);
+        assert!(
+            results[1].message.starts_with("datadog provider: ") && results[1].message.contains("needs a Secret"),
+            "{}",
+            results[1].message
+        );
         assert!(results[2].message.contains("Secret test/absent not found"), "{}", results[2].message);
     }
 
@@ -1125,5 +1272,230 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
         assert!(results[0].failed());
         assert!(results[0].message.contains("did not answer within 300ms"), "{}", results[0].message);
+    }
+
+    #[tokio::test]
+    async fn a_datadog_template_reads_its_keys_from_the_secret_and_compares_with_the_primary() {
+        let (address, seen) = serve_datadog().await;
+        let spec = provider_template(
+            "datadog",
+            Some(&address),
+            Some("datadog"),
+            "sum:trace.http.request.errors{service:{{ target }}}.as_count()",
+        );
+        let source = FakeSource {
+            templates: BTreeMap::from([template("test", "errors", spec)]),
+            secrets: BTreeMap::from([(
+                ("test".to_string(), "datadog".to_string()),
+                secret(&[("datadog_api_key", "dd-api-key-value"), ("datadog_application_key", "dd-app-key-value")]),
+            )]),
+            ..Default::default()
+        };
+        let mut m = template_metric("errors", "errors", None);
+        m.threshold_range = range(None, Some(1.0));
+        m.comparison = Some(increase());
+
+        let results = run_metrics(&deps(source, None), &canary(vec![m]), Provider::Istio).await;
+
+        assert!(results[0].passed(), "{}", results[0].message);
+        assert_eq!((results[0].value, results[0].primary_value), (Some(0.5), Some(1.0)));
+        let queries: Vec<String> = seen.lock().unwrap().iter().map(|(q, _)| q.clone()).collect();
+        assert!(
+            queries.contains(&"sum:trace.http.request.errors{service:podinfo}.as_count()".to_string()),
+            "{queries:?}"
+        );
+        assert!(queries.contains(&"sum:trace.http.request.errors{service:podinfo-primary}.as_count()".to_string()));
+    }
+
+    fn keptn_metric(value: &str) -> Value {
+        json!({
+            "apiVersion": "metrics.keptn.sh/v1beta1", "kind": "KeptnMetric",
+            "metadata": {"name": "error-rate", "namespace": "keptn-system"},
+            "spec": {"provider": {"name": "prometheus"}, "query": "x", "fetchIntervalSeconds": 10},
+            "status": {"value": value, "lastUpdated": chrono::Utc::now().to_rfc3339()},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_keptn_template_reads_the_keptn_metric_it_names() {
+        let spec = provider_template("keptn", None, None, "keptnmetric/keptn-system/{{ variables.metric }}");
+        let source = FakeSource {
+            templates: BTreeMap::from([template("test", "keptn", spec)]),
+            keptn_metrics: BTreeMap::from([(
+                ("keptn-system".to_string(), "error-rate".to_string()),
+                keptn_metric("0.5"),
+            )]),
+            ..Default::default()
+        };
+        let metric = |name: &str| {
+            let mut m = template_metric(name, "keptn", None);
+            m.template_variables = BTreeMap::from([("metric".to_string(), name.to_string())]);
+            m.threshold_range = range(None, Some(1.0));
+            m
+        };
+
+        let results =
+            run_metrics(&deps(source, None), &canary(vec![metric("error-rate"), metric("absent")]), Provider::Istio)
+                .await;
+
+        assert!(results[0].passed(), "{}", results[0].message);
+        assert_eq!(results[0].value, Some(0.5));
+        assert!(!results[1].passed());
+        assert!(
+            results[1].message.starts_with("keptn provider: ")
+                && results[1].message.contains("keptn-system/absent not found"),
+            "{}",
+            results[1].message
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_backend_refuses_before_a_query_is_reported_for_a_stalled_condition() {
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "dd", provider_template("datadog", None, Some("dd"), "q")),
+                template("test", "cw", provider_template("cloudwatch", None, Some("aws"), "[]")),
+                template("test", "mars", {
+                    let mut spec = provider_template("cloudwatch", None, Some("aws"), "[]");
+                    spec.provider.region = Some("mars-north-1".into());
+                    spec
+                }),
+                template("test", "badurl", provider_template("dynatrace", Some("dynatrace.example"), Some("dt"), "q")),
+                template(
+                    "test",
+                    "nosecret",
+                    provider_template("splunk", Some("https://api.us1.signalfx.com"), Some("absent"), "q"),
+                ),
+                template("test", "keptn", provider_template("keptn", None, None, "keptnmetric/a/b")),
+                template("test", "prom", provider_template("prometheus", Some("http://prom:9090"), None, "up")),
+                template("test", "external", provider_template("externalmetrics", None, None, "x")),
+            ]),
+            secrets: BTreeMap::from([
+                (("test".to_string(), "dd".to_string()), secret(&[("datadog_api_key", "VERY-SECRET-DD-KEY")])),
+                (("test".to_string(), "aws".to_string()), secret(&[("aws_access_key_id", "AKIA-VERY-SECRET")])),
+                (("test".to_string(), "dt".to_string()), secret(&[("dynatrace_token", "dt0c01.VERY-SECRET")])),
+            ]),
+            ..Default::default()
+        };
+        let deps = deps(source, None);
+        let check = |name: &'static str| {
+            let deps = deps.clone();
+            async move { invalid_metric_provider(&deps, &canary(vec![template_metric(name, name, None)])).await }
+        };
+        let expectations = [
+            (
+                "dd",
+                "datadog provider: invalid metric provider configuration: the Secret has no key \"datadog_application_key\"",
+            ),
+            ("cw", "\"aws_secret_access_key\""),
+            ("mars", "unknown AWS region \"mars-north-1\""),
+            ("badurl", "address"),
+            ("nosecret", "Secret test/absent not found"),
+            ("external", "externalmetrics"),
+        ];
+        for (name, expected) in expectations {
+            let message = check(name).await.unwrap_or_else(|| panic!("{name}: should be refused"));
+            assert!(message.starts_with(&format!("metric {name}: ")), "{message}");
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+            assert!(!message.contains("VERY-SECRET"), "{message:?} shows a Secret value");
+        }
+        assert_eq!(check("keptn").await, None);
+        assert_eq!(check("prom").await, None);
+        assert_eq!(check("missing-template").await, None, "left to the MetricTemplateNotFound check");
+    }
+
+    /// Whatever goes wrong, no message of a check shows a value of the template's Secret.
+    #[tokio::test]
+    async fn secret_values_appear_in_no_check_message() {
+        const SECRET_VALUES: [&str; 4] =
+            ["Zq9-SECRET-VALUE-one", "Zq9-SECRET-VALUE-two", "Zq9-SECRET-VALUE-three", "Zq9-SECRET-VALUE-four"];
+        let service_account_key = json!({
+            "client_email": "petrel@podinfo-project.iam.gserviceaccount.com",
+            "private_key": include_str!("../../../metrics-providers/tests/fixtures/test-only-rsa-key.pem"),
+            "token_uri": "http://127.0.0.1:1/token",
+        })
+        .to_string();
+        let all_keys = [
+            ("datadog_api_key", SECRET_VALUES[0]),
+            ("datadog_application_key", SECRET_VALUES[1]),
+            ("newrelic_account_id", "987654321"),
+            ("newrelic_query_key", SECRET_VALUES[2]),
+            ("dynatrace_token", SECRET_VALUES[0]),
+            ("sf_token_key", SECRET_VALUES[1]),
+            ("token", SECRET_VALUES[2]),
+            ("org", SECRET_VALUES[3]),
+            ("aws_access_key_id", SECRET_VALUES[0]),
+            ("aws_secret_access_key", SECRET_VALUES[1]),
+            ("project", "podinfo-project"),
+            // A key whose token endpoint is nothing listening: no test reaches Google.
+            ("serviceAccountKey", &service_account_key),
+        ];
+        // A Secret without a key each backend needs, and one whose address (a host name
+        // /etc/hosts resolves, so no DNS query leaves the machine) has nothing listening.
+        let secret_host = "LocalHost";
+        let broken_address = format!("http://{secret_host}:1");
+        let mut templates = BTreeMap::new();
+        let mut metrics = Vec::new();
+        for (i, type_) in [
+            "datadog",
+            "newrelic",
+            "graphite",
+            "influxdb",
+            "cloudwatch",
+            "dynatrace",
+            "splunk",
+            "prometheus",
+            "stackdriver",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (variant, address, secret_name) in [
+                ("down", "http://127.0.0.1:1", "full"),
+                ("partial", "http://127.0.0.1:1", "partial"),
+                ("address", "", "with-address"),
+            ] {
+                let name = format!("{type_}-{variant}");
+                let address = (!address.is_empty()).then_some(address);
+                templates.insert(
+                    ("test".to_string(), name.clone()),
+                    MetricTemplate::new(&name, provider_template(type_, address, Some(secret_name), "up")),
+                );
+                let mut metric = template_metric(&name, &name, None);
+                metric.threshold_range = range(None, Some(i as f64));
+                metrics.push(metric);
+            }
+        }
+        let mut with_address = all_keys.to_vec();
+        with_address.push(("address", &broken_address));
+        let source = FakeSource {
+            templates,
+            secrets: BTreeMap::from([
+                (("test".to_string(), "full".to_string()), secret(&all_keys)),
+                (
+                    ("test".to_string(), "partial".to_string()),
+                    secret(&[("username", SECRET_VALUES[0]), ("dynatrace", SECRET_VALUES[1])]),
+                ),
+                (("test".to_string(), "with-address".to_string()), secret(&with_address)),
+            ]),
+            ..Default::default()
+        };
+        let deps = MetricDeps { query_timeout: Duration::from_millis(500), ..deps(source, None) };
+        let canary = canary(metrics);
+
+        let results = run_metrics(&deps, &canary, Provider::Istio).await;
+        let stalled = invalid_metric_provider(&deps, &canary).await;
+
+        assert_eq!(results.len(), 27);
+        for result in &results {
+            assert!(!result.passed(), "{}: {}", result.name, result.message);
+        }
+        let messages = results.iter().map(|r| r.message.clone()).chain(stalled);
+        for message in messages {
+            for value in SECRET_VALUES.iter().chain([&secret_host]) {
+                // Case-blind: a host comes back lower-cased.
+                assert!(!message.to_lowercase().contains(&value.to_lowercase()), "{message:?} shows {value:?}");
+            }
+        }
     }
 }

@@ -15,9 +15,9 @@ use serde_json::{Map, Value, json};
 
 use super::nginx::{copied_label, gitops_tracking};
 use super::{
-    RouteObject, RouterError, ServiceNames, TrafficRouter, Weights, ab_matches, api_resource, apply_dynamic,
-    canary_key, delete_dynamic, generated_metadata, malformed, namespace_of, read_dynamic, services, unsupported,
-    weight_field,
+    Observed, RouteObject, RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, ab_matches, api_resource,
+    apply_dynamic, canary_key, delete_dynamic, generated_metadata, ledger_key, malformed, namespace_of,
+    observed_version, read_dynamic, services, unsupported, weight_field,
 };
 use crate::api::Canary;
 
@@ -138,11 +138,12 @@ pub fn weights_of(route: &Value, names: &ServiceNames) -> Result<Weights, Router
 
 pub struct ApisixRouter {
     client: Client,
+    memory: RouterMemory,
 }
 
 impl ApisixRouter {
-    pub fn new(client: Client) -> Self {
-        ApisixRouter { client }
+    pub fn new(client: Client, memory: RouterMemory) -> Self {
+        ApisixRouter { client, memory }
     }
 
     async fn user_route(&self, canary: &Canary) -> Result<Value, RouterError> {
@@ -162,10 +163,11 @@ impl ApisixRouter {
         read_dynamic(&self.client, &namespace_of(canary)?, &apisix_route_resource(), &canary_route_name(canary)?).await
     }
 
-    async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
+    /// Applies the canary route unless the ledger shows it unchanged at `observed`.
+    async fn apply(&self, canary: &Canary, weights: Weights, observed: Observed) -> Result<(), RouterError> {
         let manifest = build_canary_route(canary, &self.user_route(canary).await?, weights)?;
         let object = RouteObject { resource: apisix_route_resource(), manifest };
-        apply_dynamic(&self.client, &namespace_of(canary)?, &object).await
+        apply_dynamic(&self.client, &self.memory.ledger, &namespace_of(canary)?, &object, &observed).await
     }
 }
 
@@ -174,18 +176,19 @@ impl TrafficRouter for ApisixRouter {
         Box::pin(async move {
             // A missing routeRef or route fails before anything is written.
             self.user_route(canary).await?;
-            services::ensure_services(&self.client, canary).await?;
+            services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
-            let weights = match self.current(canary).await? {
-                Some(existing) => weights_of(&existing, &ServiceNames::of(canary))?,
+            let current = self.current(canary).await?;
+            let weights = match &current {
+                Some(existing) => weights_of(existing, &ServiceNames::of(canary))?,
                 None => Weights::primary_only(),
             };
-            self.apply(canary, weights).await
+            self.apply(canary, weights, observed_version(current.as_ref())).await
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
-        Box::pin(self.apply(canary, weights))
+        Box::pin(self.apply(canary, weights, Observed::Unknown))
     }
 
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
@@ -202,8 +205,9 @@ impl TrafficRouter for ApisixRouter {
 
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
-            delete_dynamic(&self.client, &namespace_of(canary)?, &apisix_route_resource(), &canary_route_name(canary)?)
-                .await
+            let (namespace, name) = (namespace_of(canary)?, canary_route_name(canary)?);
+            self.memory.ledger.forget(&ledger_key(KIND, &namespace, &name));
+            delete_dynamic(&self.client, &namespace, &apisix_route_resource(), &name).await
         })
     }
 

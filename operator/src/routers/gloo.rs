@@ -17,9 +17,9 @@ use serde_json::{Map, Value, json};
 
 use super::services::PodSelector;
 use super::{
-    RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, apply_dynamic, canary_key,
-    delete_dynamic, malformed, manifest, namespace_of, read_dynamic, regex_escape, service_port, services, unsupported,
-    weight_field,
+    Observed, RouteObject, RouterError, RouterMemory, ServiceNames, Weights, ab_matches, api_resource, apply_dynamic,
+    canary_key, delete_dynamic, ledger_key, malformed, manifest, namespace_of, observed_version, read_dynamic,
+    regex_escape, service_port, services, unsupported, weight_field,
 };
 use crate::api::Canary;
 use crate::api::canary::{HttpMatch, StringMatch};
@@ -195,11 +195,12 @@ pub fn weights_of(table: &Value, canary: &Canary) -> Result<Weights, RouterError
 
 pub struct GlooRouter {
     client: Client,
+    memory: RouterMemory,
 }
 
 impl GlooRouter {
-    pub fn new(client: Client) -> Self {
-        GlooRouter { client }
+    pub fn new(client: Client, memory: RouterMemory) -> Self {
+        GlooRouter { client, memory }
     }
 
     /// The Upstream named by `spec.upstreamRef`, when the Canary names one.
@@ -220,9 +221,10 @@ impl GlooRouter {
             .await
     }
 
-    async fn apply_table(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
+    /// Applies the RouteTable unless the ledger shows it unchanged at `observed`.
+    async fn apply_table(&self, canary: &Canary, weights: Weights, observed: Observed) -> Result<(), RouterError> {
         let object = RouteObject { resource: route_table_resource(), manifest: build_route_table(canary, weights)? };
-        apply_dynamic(&self.client, &namespace_of(canary)?, &object).await
+        apply_dynamic(&self.client, &self.memory.ledger, &namespace_of(canary)?, &object, &observed).await
     }
 }
 
@@ -231,24 +233,25 @@ impl super::TrafficRouter for GlooRouter {
         Box::pin(async move {
             // A missing upstreamRef Upstream fails before anything is written.
             let template = self.template(canary).await?;
-            let selector = services::ensure_services(&self.client, canary).await?;
+            let selector = services::ensure_services(&self.client, &self.memory, canary).await?;
             let namespace = namespace_of(canary)?;
             for side in [Side::Primary, Side::Canary] {
                 let manifest = build_upstream(canary, side, &selector, template.as_ref())?;
-                apply_dynamic(&self.client, &namespace, &RouteObject { resource: upstream_resource(), manifest })
-                    .await?;
+                let upstream = RouteObject { resource: upstream_resource(), manifest };
+                apply_dynamic(&self.client, &self.memory.ledger, &namespace, &upstream, &Observed::Unknown).await?;
             }
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
-            let weights = match self.current(canary).await? {
-                Some(existing) => weights_of(&existing, canary)?,
+            let current = self.current(canary).await?;
+            let weights = match &current {
+                Some(existing) => weights_of(existing, canary)?,
                 None => Weights::primary_only(),
             };
-            self.apply_table(canary, weights).await
+            self.apply_table(canary, weights, observed_version(current.as_ref())).await
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
-        Box::pin(self.apply_table(canary, weights))
+        Box::pin(self.apply_table(canary, weights, Observed::Unknown))
     }
 
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
@@ -266,9 +269,13 @@ impl super::TrafficRouter for GlooRouter {
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let namespace = namespace_of(canary)?;
-            delete_dynamic(&self.client, &namespace, &route_table_resource(), &ServiceNames::of(canary).apex).await?;
+            let apex = ServiceNames::of(canary).apex;
+            self.memory.ledger.forget(&ledger_key("RouteTable", &namespace, &apex));
+            delete_dynamic(&self.client, &namespace, &route_table_resource(), &apex).await?;
             for side in [Side::Primary, Side::Canary] {
-                delete_dynamic(&self.client, &namespace, &upstream_resource(), &upstream_name(canary, side)).await?;
+                let name = upstream_name(canary, side);
+                self.memory.ledger.forget(&ledger_key("Upstream", &namespace, &name));
+                delete_dynamic(&self.client, &namespace, &upstream_resource(), &name).await?;
             }
             Ok(())
         })

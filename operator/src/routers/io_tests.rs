@@ -146,10 +146,14 @@ async fn kinds_of_an_unserved_group_or_version_are_reported_unserved() {
         super::gloo::route_table_resource(),
         super::gloo::upstream_resource(),
     ];
-    let unserved = finish(super::unserved_kinds(&client, &kinds)).await.unwrap();
+    let served = super::ServedKinds::default();
+    let unserved = finish(super::unserved_kinds(&client, &served, &kinds)).await.unwrap();
     let names: Vec<&str> = unserved.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(names, ["MeshHTTPRoute", "RouteTable", "Upstream"]);
     assert_eq!(calls.lock().unwrap().len(), 4, "one discovery request per group version");
+    // A served group version is not asked again for a while; missing ones are.
+    finish(super::unserved_kinds(&client, &served, &kinds)).await.unwrap();
+    assert_eq!(calls.lock().unwrap().len(), 7, "only the three unserved group versions are asked again");
     let message = super::unserved_message(Provider::Gloo, &unserved[1..]);
     assert!(message.contains("RouteTable (gateway.solo.io/v1), Upstream (gloo.solo.io/v1)"), "{message}");
 }

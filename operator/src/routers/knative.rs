@@ -18,8 +18,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::{
-    FIELD_MANAGER, RouterError, TrafficRouter, Weights, ab_matches, api_resource, canary_key, malformed, namespace_of,
-    read_dynamic, unsupported, weight_field,
+    FIELD_MANAGER, Observed, RouterError, RouterMemory, TrafficRouter, Weights, ab_matches, api_resource, canary_key,
+    ledger_key, malformed, namespace_of, observed_version, read_dynamic, unsupported, weight_field,
 };
 use crate::api::Canary;
 
@@ -105,13 +105,22 @@ pub fn primary_revision_of(service: &Value) -> Option<&str> {
     service.pointer("/metadata/annotations").and_then(|a| a.get(PRIMARY_REVISION_ANNOTATION)).and_then(Value::as_str)
 }
 
+/// Writes the traffic block of the user's Knative Service, through the write ledger like
+/// the other routers: a traffic block petrel already wrote is not written again.
 pub struct KnativeRouter {
     client: Client,
+    memory: RouterMemory,
+}
+
+/// The ledger key of a Knative Service's traffic block (not `Service/...`: that is the
+/// key of the core Services petrel writes for other Canaries).
+fn traffic_key(namespace: &str, name: &str) -> String {
+    ledger_key("Service.serving.knative.dev", namespace, name)
 }
 
 impl KnativeRouter {
-    pub fn new(client: Client) -> Self {
-        KnativeRouter { client }
+    pub fn new(client: Client, memory: RouterMemory) -> Self {
+        KnativeRouter { client, memory }
     }
 
     async fn service(&self, canary: &Canary) -> Result<Value, RouterError> {
@@ -138,23 +147,42 @@ impl KnativeRouter {
         })
     }
 
-    async fn apply(&self, canary: &Canary, service: &Value, weights: Weights) -> Result<(), RouterError> {
+    /// Applies the traffic block for `weights` unless the ledger shows petrel wrote exactly
+    /// this block and the Service is still at `observed`.
+    async fn apply(
+        &self,
+        canary: &Canary,
+        service: &Value,
+        weights: Weights,
+        observed: Observed,
+    ) -> Result<(), RouterError> {
         let primary = Self::primary_revision(canary, service)?;
         let under_analysis = canary.status.as_ref().and_then(|s| s.last_applied_spec.as_deref());
         let body = build_traffic_patch(canary, build_traffic(canary, &primary, under_analysis, weights)?)?;
         let namespace = namespace_of(canary)?;
+        let name = canary.spec.target_ref.name.clone();
+        let key = traffic_key(&namespace, &name);
+        if self.memory.ledger.unchanged(&key, &body, &observed) {
+            return Ok(());
+        }
         let api: Api<kube::api::DynamicObject> =
             Api::namespaced_with(self.client.clone(), &namespace, &service_resource());
-        api.patch(&canary.spec.target_ref.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-            .await
-            .map_err(|source| RouterError::Api {
-                verb: "apply the traffic block of",
-                kind: "Knative Service".into(),
-                namespace,
-                name: canary.spec.target_ref.name.clone(),
-                source: Box::new(source),
-            })?;
-        Ok(())
+        match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+            Ok(applied) => {
+                self.memory.ledger.record(key, &body, applied.metadata.resource_version);
+                Ok(())
+            }
+            Err(source) => {
+                self.memory.ledger.forget(&key);
+                Err(RouterError::Api {
+                    verb: "apply the traffic block of",
+                    kind: "Knative Service".into(),
+                    namespace,
+                    name,
+                    source: Box::new(source),
+                })
+            }
+        }
     }
 }
 
@@ -166,14 +194,14 @@ impl TrafficRouter for KnativeRouter {
             if weights_of(&service).is_ok() {
                 return Ok(());
             }
-            self.apply(canary, &service, Weights::primary_only()).await
+            self.apply(canary, &service, Weights::primary_only(), observed_version(Some(&service))).await
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let service = self.service(canary).await?;
-            self.apply(canary, &service, weights).await
+            self.apply(canary, &service, weights, Observed::Unknown).await
         })
     }
 
@@ -186,7 +214,10 @@ impl TrafficRouter for KnativeRouter {
             // The Knative Service is the user's: traffic stays, all of it on the primary.
             match self.service(canary).await {
                 Ok(service) if primary_revision_of(&service).is_some() => {
-                    self.apply(canary, &service, Weights::primary_only()).await
+                    self.apply(canary, &service, Weights::primary_only(), observed_version(Some(&service))).await?;
+                    let namespace = namespace_of(canary)?;
+                    self.memory.ledger.forget(&traffic_key(&namespace, &canary.spec.target_ref.name));
+                    Ok(())
                 }
                 Ok(_) => Ok(()),
                 Err(RouterError::NotFound { .. }) => Ok(()),

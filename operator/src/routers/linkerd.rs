@@ -14,8 +14,8 @@ use kube::core::ApiResource;
 use serde_json::Value;
 
 use super::{
-    MeshRouter, MeshRoutes, RouteObject, RouterError, ServiceNames, TrafficRouter, Weights, canary_key, gatewayapi,
-    smi, unsupported,
+    MeshRouter, MeshRoutes, RouteObject, RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, canary_key,
+    gatewayapi, smi, unsupported,
 };
 use crate::api::Canary;
 
@@ -79,8 +79,8 @@ pub struct LinkerdRouter {
 }
 
 impl LinkerdRouter {
-    pub fn new(client: Client) -> Self {
-        LinkerdRouter { gamma: MeshRouter::new(client.clone()), smi: MeshRouter::new(client) }
+    pub fn new(client: Client, memory: RouterMemory) -> Self {
+        LinkerdRouter { gamma: MeshRouter::new(client.clone(), memory.clone()), smi: MeshRouter::new(client, memory) }
     }
 
     fn pick(&self, canary: &Canary) -> &dyn TrafficRouter {
@@ -172,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn the_router_needs_the_kind_of_the_api_it_uses() {
         let (client, _) = super::super::io_tests::offline_client();
-        let router = LinkerdRouter::new(client);
+        let router = LinkerdRouter::new(client, RouterMemory::default());
         let mut smi_canary = canary();
         smi_canary.spec.service.gateway_refs.clear();
         let kinds = |c: &Canary| router.required_kinds(c).into_iter().map(|r| r.kind).collect::<Vec<_>>();

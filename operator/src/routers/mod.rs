@@ -16,6 +16,7 @@ pub mod istio;
 pub mod knative;
 pub mod kubernetes;
 pub mod kuma;
+pub mod ledger;
 pub mod linkerd;
 pub mod nginx;
 pub mod services;
@@ -32,9 +33,11 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -42,6 +45,7 @@ use crate::api::Canary;
 use crate::core::Provider;
 
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
+pub use ledger::{Observed, WriteLedger, ledger_key};
 
 /// Annotations that keep Flux from pruning or reverting objects petrel owns, should a
 /// copy of them also live in Git (Flagger sets the same ones).
@@ -172,22 +176,53 @@ pub trait TrafficRouter: Send + Sync {
 }
 
 /// The router for a provider. The provider was parsed with [`Provider::parse`], so an
-/// unknown name never gets this far.
+/// unknown name never gets this far. It remembers nothing between calls: every write
+/// goes out (see [`router_with`]).
 pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> {
+    router_with(provider, client, RouterMemory::default())
+}
+
+/// The router for a provider, writing only what differs from what `memory` says it
+/// last wrote.
+pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> Box<dyn TrafficRouter> {
     match provider {
-        Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client)),
-        Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client)),
-        Provider::Linkerd => Box::new(linkerd::LinkerdRouter::new(client)),
-        Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client)),
-        Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client)),
-        Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client)),
-        Provider::Kuma => Box::new(MeshRouter::<kuma::Kuma>::new(client)),
-        Provider::Nginx => Box::new(nginx::NginxRouter::new(client)),
-        Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client)),
-        Provider::Apisix => Box::new(apisix::ApisixRouter::new(client)),
-        Provider::Gloo => Box::new(gloo::GlooRouter::new(client)),
-        Provider::Skipper => Box::new(skipper::SkipperRouter::new(client)),
-        Provider::Knative => Box::new(knative::KnativeRouter::new(client)),
+        Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client, memory)),
+        Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client, memory)),
+        Provider::Linkerd => Box::new(linkerd::LinkerdRouter::new(client, memory)),
+        Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client, memory)),
+        Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client, memory)),
+        Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client, memory)),
+        Provider::Kuma => Box::new(MeshRouter::<kuma::Kuma>::new(client, memory)),
+        Provider::Nginx => Box::new(nginx::NginxRouter::new(client, memory)),
+        Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client, memory)),
+        Provider::Apisix => Box::new(apisix::ApisixRouter::new(client, memory)),
+        Provider::Gloo => Box::new(gloo::GlooRouter::new(client, memory)),
+        Provider::Skipper => Box::new(skipper::SkipperRouter::new(client, memory)),
+        Provider::Knative => Box::new(knative::KnativeRouter::new(client, memory)),
+    }
+}
+
+/// What routers keep between reconciles so that an unchanged object is not written
+/// again: the [`WriteLedger`] of their writes, and (when the controller watches them)
+/// the metadata of petrel's Services, whose resourceVersions show an edit or deletion
+/// by someone else. Cheap to clone; clones share it.
+#[derive(Clone, Default)]
+pub struct RouterMemory {
+    pub ledger: WriteLedger,
+    pub services: Option<Store<PartialObjectMeta<Service>>>,
+}
+
+impl RouterMemory {
+    /// What is known now of a Service's version.
+    pub(crate) fn observed_service(&self, namespace: &str, name: &str) -> Observed {
+        match &self.services {
+            None => Observed::Unknown,
+            Some(store) => Observed::Version(
+                store
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .and_then(|meta| meta.metadata.resource_version.clone()),
+            ),
+        }
     }
 }
 
@@ -200,14 +235,52 @@ pub fn supports_matching(provider: Provider, canary: &Canary) -> bool {
     }
 }
 
+/// How long a discovery answer that a group version serves its kinds is trusted (so a
+/// CRD removed while petrel runs is noticed within this time). An answer that a kind is
+/// missing is never kept: installing a provider's CRDs takes effect at the next reconcile.
+pub const SERVED_KINDS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The resources each group version was last seen to serve, so that reconciles ask
+/// discovery at most once per [`SERVED_KINDS_TTL`] per group version, whatever the number
+/// of Canaries. Cheap to clone; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct ServedKinds {
+    seen: std::sync::Arc<std::sync::Mutex<SeenPlurals>>,
+}
+
+/// Per group version: when discovery answered, and the plurals it served.
+type SeenPlurals = BTreeMap<String, (std::time::Instant, Vec<String>)>;
+
+impl ServedKinds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeenPlurals> {
+        // Every change is one insert: a panic while holding the lock leaves a consistent map.
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fresh(&self, api_version: &str) -> Option<Vec<String>> {
+        let seen = self.lock();
+        let (at, plurals) = seen.get(api_version)?;
+        (at.elapsed() < SERVED_KINDS_TTL).then(|| plurals.clone())
+    }
+}
+
 /// The kinds of `kinds` the API server does not serve (their CRDs are not installed), by
-/// one discovery request per group version.
-pub async fn unserved_kinds(client: &Client, kinds: &[ApiResource]) -> Result<Vec<ApiResource>, RouterError> {
+/// one discovery request per group version not known to serve them (see [`ServedKinds`]).
+pub async fn unserved_kinds(
+    client: &Client,
+    served: &ServedKinds,
+    kinds: &[ApiResource],
+) -> Result<Vec<ApiResource>, RouterError> {
     let mut unserved = Vec::new();
-    let mut served_by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut asked: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for kind in kinds {
-        if !served_by_version.contains_key(&kind.api_version) {
-            let plurals = match client.list_api_group_resources(&kind.api_version).await {
+        if let Some(plurals) = served.fresh(&kind.api_version)
+            && plurals.contains(&kind.plural)
+        {
+            continue;
+        }
+        if !asked.contains_key(&kind.api_version) {
+            let plurals: Vec<String> = match client.list_api_group_resources(&kind.api_version).await {
                 Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
                 // An API group nobody serves answers a plain-text "404 page not found", not
                 // a NotFound Status: the code is what to go by.
@@ -222,9 +295,12 @@ pub async fn unserved_kinds(client: &Client, kinds: &[ApiResource]) -> Result<Ve
                     });
                 }
             };
-            served_by_version.insert(kind.api_version.clone(), plurals);
+            if !plurals.is_empty() {
+                served.lock().insert(kind.api_version.clone(), (std::time::Instant::now(), plurals.clone()));
+            }
+            asked.insert(kind.api_version.clone(), plurals);
         }
-        if !served_by_version[&kind.api_version].contains(&kind.plural) {
+        if !asked[&kind.api_version].contains(&kind.plural) {
             unserved.push(kind.clone());
         }
     }
@@ -421,27 +497,45 @@ pub(crate) trait MeshRoutes: Send + Sync + 'static {
 
 pub(crate) struct MeshRouter<R> {
     client: Client,
+    memory: RouterMemory,
     routes: PhantomData<fn() -> R>,
 }
 
 impl<R: MeshRoutes> MeshRouter<R> {
-    pub(crate) fn new(client: Client) -> Self {
-        MeshRouter { client, routes: PhantomData }
+    pub(crate) fn new(client: Client, memory: RouterMemory) -> Self {
+        MeshRouter { client, memory, routes: PhantomData }
     }
 
-    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
+    /// The weights of the weighted object and its resourceVersion (`None`: it does not exist).
+    async fn current(&self, canary: &Canary) -> Result<Option<(Weights, Option<String>)>, RouterError> {
         let namespace = namespace_of(canary)?;
         let (resource, name) = R::weighted_object(canary);
         match read_dynamic(&self.client, &namespace, &resource, &name).await? {
-            Some(found) => R::weights_of(&found).map(Some),
+            Some(found) => {
+                let version = found.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+                Ok(Some((R::weights_of(&found)?, version)))
+            }
             None => Ok(None),
         }
     }
 
-    async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
+    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
+        Ok(self.current(canary).await?.map(|(weights, _)| weights))
+    }
+
+    /// Applies the route objects for `weights`, skipping those the ledger says are
+    /// unchanged. `weighted` is what was just read of the weighted object, if it was.
+    async fn apply(&self, canary: &Canary, weights: Weights, weighted: Observed) -> Result<(), RouterError> {
         let namespace = namespace_of(canary)?;
+        let (weighted_resource, weighted_name) = R::weighted_object(canary);
         for object in R::build(canary, weights)? {
-            apply_dynamic(&self.client, &namespace, &object).await?;
+            let (_, name) = name_of(&object.manifest);
+            let observed = if object.resource == weighted_resource && name == weighted_name {
+                weighted.clone()
+            } else {
+                Observed::Unknown
+            };
+            apply_dynamic(&self.client, &self.memory.ledger, &namespace, &object, &observed).await?;
         }
         Ok(())
     }
@@ -450,15 +544,17 @@ impl<R: MeshRoutes> MeshRouter<R> {
 impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
     fn reconcile<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
-            services::ensure_services(&self.client, canary).await?;
+            services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
-            let weights = self.current_weights(canary).await?.unwrap_or_else(Weights::primary_only);
-            self.apply(canary, weights).await
+            let current = self.current(canary).await?;
+            let weights = current.as_ref().map_or_else(Weights::primary_only, |(weights, _)| *weights);
+            let observed = Observed::Version(current.as_ref().and_then(|(_, version)| version.clone()));
+            self.apply(canary, weights, observed).await
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
-        Box::pin(self.apply(canary, weights))
+        Box::pin(self.apply(canary, weights, Observed::Unknown))
     }
 
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
@@ -479,6 +575,7 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
         Box::pin(async move {
             let namespace = namespace_of(canary)?;
             for (resource, name) in R::all_objects(canary) {
+                self.memory.ledger.forget(&ledger_key(&resource.kind, &namespace, &name));
                 delete_dynamic(&self.client, &namespace, &resource, &name).await?;
             }
             Ok(())
@@ -488,6 +585,13 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
     fn required_kinds(&self, canary: &Canary) -> Vec<ApiResource> {
         distinct(R::all_objects(canary).into_iter().map(|(resource, _)| resource))
     }
+}
+
+/// What a read of an object (as JSON, `None` when absent) says of its version, for the ledger.
+pub(crate) fn observed_version(object: Option<&Value>) -> Observed {
+    Observed::Version(
+        object.and_then(|o| o.pointer("/metadata/resourceVersion")).and_then(Value::as_str).map(String::from),
+    )
 }
 
 /// The resources of `all`, each once, in order.
@@ -501,19 +605,35 @@ pub(crate) fn distinct(all: impl IntoIterator<Item = ApiResource>) -> Vec<ApiRes
     out
 }
 
-pub(crate) async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -> Result<(), RouterError> {
+pub(crate) async fn apply_dynamic(
+    client: &Client,
+    ledger: &WriteLedger,
+    namespace: &str,
+    object: &RouteObject,
+    observed: &Observed,
+) -> Result<(), RouterError> {
     let (_, name) = name_of(&object.manifest);
+    let key = ledger_key(&object.resource.kind, namespace, &name);
+    if ledger.unchanged(&key, &object.manifest, observed) {
+        return Ok(());
+    }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await.map_err(
-        |source| RouterError::Api {
-            verb: "apply",
-            kind: object.resource.kind.clone(),
-            namespace: namespace.to_string(),
-            name,
-            source: Box::new(source),
-        },
-    )?;
-    Ok(())
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await {
+        Ok(applied) => {
+            ledger.record(key, &object.manifest, applied.metadata.resource_version);
+            Ok(())
+        }
+        Err(source) => {
+            ledger.forget(&key);
+            Err(RouterError::Api {
+                verb: "apply",
+                kind: object.resource.kind.clone(),
+                namespace: namespace.to_string(),
+                name,
+                source: Box::new(source),
+            })
+        }
+    }
 }
 
 pub(crate) async fn delete_dynamic(

@@ -140,11 +140,12 @@ pub fn weights_of(ingress: &Ingress, names: &ServiceNames) -> Result<Weights, Ro
 
 pub struct SkipperRouter {
     client: Client,
+    memory: super::RouterMemory,
 }
 
 impl SkipperRouter {
-    pub fn new(client: Client) -> Self {
-        SkipperRouter { client }
+    pub fn new(client: Client, memory: super::RouterMemory) -> Self {
+        SkipperRouter { client, memory }
     }
 
     fn ingresses(&self, canary: &Canary) -> Result<Api<Ingress>, RouterError> {
@@ -203,7 +204,7 @@ impl TrafficRouter for SkipperRouter {
             // A missing ingressRef or Ingress fails before anything is written.
             self.user_ingress(canary).await?;
             let clone = canary_ingress_name(&Self::ingress_name(canary)?);
-            services::ensure_services(&self.client, canary).await?;
+            services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
             let weights = match self.read(canary, &clone).await? {
                 Some(existing) => weights_of(&existing, &ServiceNames::of(canary))?,
