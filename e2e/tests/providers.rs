@@ -159,7 +159,7 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
         )
         .await
         .unwrap();
-    stalled(env, "bad-route-ref", "RoutingInputInvalid", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
+    stalled(env, "bad-route-ref", "RouteTargetNotFound", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
     no_traffic_touched(env, "bad-route-ref").await;
 
     // A provider whose CRDs are not installed: Kuma's, removed now that its cases are done.

@@ -302,7 +302,7 @@ mod tests {
             Err(RouterError::Unsupported { .. })
         ));
         let err = canary_route_name(&canary()).unwrap_err();
-        assert!(err.is_stalled() && err.to_string().contains("routeRef"), "{err}");
+        assert!(matches!(err, RouterError::InvalidCanary { .. }) && err.to_string().contains("routeRef"), "{err}");
     }
 
     proptest! {

@@ -143,14 +143,6 @@ pub enum RouterError {
     },
 }
 
-impl RouterError {
-    /// True when only a person can fix it (the Canary, or an object it names, is wrong or
-    /// missing), so the Canary is Stalled rather than retried: nothing is written until then.
-    pub fn is_stalled(&self) -> bool {
-        matches!(self, RouterError::InvalidCanary { .. } | RouterError::NotFound { .. })
-    }
-}
-
 /// One traffic router, chosen at run time from the Canary's provider.
 pub trait TrafficRouter: Send + Sync {
     /// Creates or updates the Services and route objects (idempotent). A new route starts

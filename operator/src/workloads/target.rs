@@ -60,6 +60,14 @@ impl TargetSnapshot {
         }
     }
 
+    /// The `-primary` Deployment, when the target is a Deployment and petrel created it.
+    pub fn primary_deployment(&self) -> Option<&Deployment> {
+        match &self.kind {
+            TargetKind::Deployment(snapshot) => snapshot.primary.as_ref(),
+            TargetKind::Knative(_) => None,
+        }
+    }
+
     /// Checksums of the tracked configs (a Knative revision is immutable: none).
     pub fn tracked_checksums(&self) -> BTreeMap<String, String> {
         match &self.kind {
