@@ -361,3 +361,64 @@ mod live {
         assert!(user.metadata.annotations.unwrap_or_default().is_empty(), "the user's Ingress was left alone");
     }
 }
+
+/// The new routers write through the ledger like the mesh routers: `set_routes` with the
+/// weights petrel last wrote sends nothing, other weights go out, and after `finalize`
+/// (which forgets) the same weights go out again.
+#[tokio::test]
+async fn apisix_gloo_and_knative_write_the_same_weights_once() {
+    const USER_ROUTE: &str = "/apis/apisix.apache.org/v2/namespaces/test/apisixroutes/podinfo";
+    const KNATIVE: &str = "/apis/serving.knative.dev/v1/namespaces/test/services/podinfo";
+    let user_route = json!({
+        "apiVersion": "apisix.apache.org/v2", "kind": "ApisixRoute",
+        "metadata": { "name": "podinfo", "namespace": "test" },
+        "spec": { "http": [{ "name": "main", "match": { "paths": ["/*"] },
+                             "backends": [{ "serviceName": "podinfo", "servicePort": 9898 }] }] },
+    });
+    let knative_service = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "podinfo", "namespace": "test", "resourceVersion": "7",
+                      "annotations": { super::knative::PRIMARY_REVISION_ANNOTATION: "podinfo-00001" } },
+    });
+    let (client, calls) = scripted_client(move |method, path| match (method, path) {
+        ("GET", USER_ROUTE) => Reply::Object(user_route.clone()),
+        ("GET", KNATIVE) => Reply::Object(knative_service.clone()),
+        ("GET", _) => Reply::NotFound,
+        ("DELETE", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let mut apisix = canary();
+    apisix.spec.provider = Some("apisix".into());
+    apisix.spec.route_ref = Some(ObjectRef {
+        api_version: Some("apisix.apache.org/v2".into()),
+        kind: Some("ApisixRoute".into()),
+        name: "podinfo".into(),
+        ..ObjectRef::default()
+    });
+    let mut gloo = canary();
+    gloo.spec.provider = Some("gloo".into());
+    let mut knative = canary();
+    knative.spec.provider = Some("knative".into());
+    knative.spec.target_ref.api_version = "serving.knative.dev/v1".into();
+    knative.spec.target_ref.kind = "Service".into();
+    knative.status = Some(crate::api::canary::CanaryStatus {
+        last_applied_spec: Some("podinfo-00002".into()),
+        ..Default::default()
+    });
+
+    for (provider, canary) in [(Provider::Apisix, apisix), (Provider::Gloo, gloo), (Provider::Knative, knative)] {
+        let router = super::router_with(provider, client.clone(), super::RouterMemory::default());
+        let patches = || applies(&calls.lock().unwrap()).len();
+        let before = patches();
+        finish(router.set_routes(&canary, weights(90, 10, false))).await.unwrap();
+        assert_eq!(patches(), before + 1, "{provider}: the first write goes out");
+        finish(router.set_routes(&canary, weights(90, 10, false))).await.unwrap();
+        assert_eq!(patches(), before + 1, "{provider}: the same weights again write nothing");
+        finish(router.set_routes(&canary, weights(80, 20, false))).await.unwrap();
+        assert_eq!(patches(), before + 2, "{provider}: new weights go out");
+        finish(router.finalize(&canary)).await.unwrap();
+        let after_finalize = patches();
+        finish(router.set_routes(&canary, weights(80, 20, false))).await.unwrap();
+        assert_eq!(patches(), after_finalize + 1, "{provider}: finalize forgets what was written");
+    }
+}
