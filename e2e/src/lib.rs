@@ -10,6 +10,8 @@ pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;
 pub mod image;
+pub mod knative;
 pub mod prometheus;
+pub mod providers;
 pub mod scenario;
 pub mod simulator;

@@ -109,7 +109,7 @@ pub struct Operator {
 }
 
 impl Operator {
-    fn start(binary: PathBuf, args: Vec<String>, log: PathBuf) -> Result<Operator> {
+    pub fn start(binary: PathBuf, args: Vec<String>, log: PathBuf) -> Result<Operator> {
         let mut operator = Operator { binary, args, log, child: Mutex::new(None), starts: 0 };
         operator.spawn()?;
         Ok(operator)

@@ -118,6 +118,10 @@ async fn builtin_queries_of_every_provider_read_the_simulated_versions() {
         (Provider::Traefik, Mesh::Traefik),
         (Provider::GatewayApi, Mesh::GatewayApi),
         (Provider::Kubernetes, Mesh::Kubernetes),
+        (Provider::LinkerdGatewayApi, Mesh::Linkerd),
+        (Provider::Gloo, Mesh::Gloo),
+        (Provider::Kuma, Mesh::Kuma),
+        (Provider::Skipper, Mesh::Skipper),
     ];
     let apps: Vec<App> = meshes
         .iter()

@@ -45,11 +45,22 @@ pub enum Mesh {
     Contour,
     /// Traefik service metrics.
     Traefik,
+    /// Apache APISIX's prometheus plugin, per route: the canary ApisixRoute carries both
+    /// backends, so its series cover primary and canary requests together (as Flagger's).
+    Apisix,
+    /// Gloo Edge (Envoy cluster statistics of the generated Upstreams).
+    Gloo,
+    /// Skipper route metrics.
+    Skipper,
+    /// Kuma (Envoy cluster statistics, by `kuma.io/service`).
+    Kuma,
+    /// Knative Serving (Envoy cluster statistics per revision, `<namespace>/<revision>`).
+    Knative,
 }
 
 impl Mesh {
     /// Every supported mesh.
-    pub const ALL: [Mesh; 8] = [
+    pub const ALL: [Mesh; 13] = [
         Self::GatewayApi,
         Self::Kubernetes,
         Self::Istio,
@@ -58,6 +69,11 @@ impl Mesh {
         Self::Nginx,
         Self::Contour,
         Self::Traefik,
+        Self::Apisix,
+        Self::Gloo,
+        Self::Skipper,
+        Self::Kuma,
+        Self::Knative,
     ];
 
     /// The provider name as written in a Canary.
@@ -71,6 +87,11 @@ impl Mesh {
             Self::Nginx => "nginx",
             Self::Contour => "contour",
             Self::Traefik => "traefik",
+            Self::Apisix => "apisix",
+            Self::Gloo => "gloo",
+            Self::Skipper => "skipper",
+            Self::Kuma => "kuma",
+            Self::Knative => "knative",
         }
     }
 }
@@ -144,7 +165,7 @@ impl fmt::Display for BuiltinMetric {
 pub enum BuiltinError {
     /// The Canary's provider has no builtin queries in petrel.
     #[error(
-        "provider {0:?} has no builtin metrics in petrel; supported: gatewayapi, kubernetes, istio, linkerd, smi, nginx, contour, traefik (use a MetricTemplate instead)"
+        "provider {0:?} has no builtin metrics in petrel; supported: gatewayapi, kubernetes, istio, linkerd, smi, nginx, contour, traefik, apisix, gloo, skipper, kuma, knative (use a MetricTemplate instead)"
     )]
     UnsupportedMesh(String),
     /// The metric name is not a builtin one.
@@ -152,6 +173,16 @@ pub enum BuiltinError {
         "{0:?} is not a builtin metric (request-success-rate, request-duration); reference a MetricTemplate with templateRef instead"
     )]
     UnknownMetric(String),
+    /// The mesh's metrics do not tell the primary's requests from the canary's.
+    #[error(
+        "builtin {metric} for {mesh} cannot select the primary: {mesh}'s metrics do not tell primary from canary requests (use a MetricTemplate for a comparison)"
+    )]
+    NoPrimarySeries {
+        /// The mesh.
+        mesh: Mesh,
+        /// The metric.
+        metric: BuiltinMetric,
+    },
     /// The mesh's query needs a value the Canary does not set.
     #[error("builtin {metric} for {mesh} needs {needs}")]
     MissingVariable {
@@ -222,6 +253,8 @@ enum Duration<'a> {
 
 fn query_for(mesh: Mesh, metric: BuiltinMetric, vars: &QueryVars, workload: Workload) -> Result<String, BuiltinError> {
     let ns = &vars.namespace;
+    let route =
+        |needs: &'static str| vars.route.as_deref().ok_or(BuiltinError::MissingVariable { mesh, metric, needs });
     let series = match mesh {
         Mesh::GatewayApi | Mesh::Kubernetes => MeshSeries {
             // Pods of Deployment `t` are `t-<rs hash>-<pod hash>`; the single
@@ -311,6 +344,86 @@ fn query_for(mesh: Mesh, metric: BuiltinMetric, vars: &QueryVars, workload: Work
                 to_ms: " * 1000",
             },
         },
+        Mesh::Apisix => {
+            if workload == Workload::Primary {
+                return Err(BuiltinError::NoPrimarySeries { mesh, metric });
+            }
+            // APISIX names a route `<ns>_<ApisixRoute>_<http rule>`; petrel's canary
+            // ApisixRoute is `<routeRef>-<service>-canary`.
+            let apisix_route = format!("{}-{}-canary", route("spec.routeRef (the ApisixRoute name)")?, vars.service);
+            MeshSeries {
+                selector: format!(
+                    "route=~\"{}\"",
+                    label(&format!("{}_{}_.+", regex_quote(ns), regex_quote(&apisix_route)))
+                ),
+                requests: "apisix_http_status",
+                success: "code!~\"5..\"",
+                duration: Duration::Histogram { bucket: "apisix_http_latency_bucket", to_ms: "" },
+            }
+        }
+        Mesh::Gloo => MeshSeries {
+            // Envoy cluster `<upstream>_<upstream namespace>` of the generated Upstream
+            // `<ns>-<service>-<side>upstream-<port>` in the Canary's namespace.
+            selector: format!(
+                "envoy_cluster_name=~\"{}\"",
+                label(&format!(
+                    "{ns}-{svc}-{side}upstream-[0-9]+_{ns}",
+                    ns = regex_quote(ns),
+                    svc = regex_quote(&vars.service),
+                    side = workload.suffix()
+                ))
+            ),
+            requests: "envoy_cluster_upstream_rq",
+            success: "envoy_response_code!~\"5.*\"",
+            duration: Duration::Histogram { bucket: "envoy_cluster_upstream_rq_time_bucket", to_ms: "" },
+        },
+        Mesh::Skipper => {
+            // Skipper's route ids replace every non-word character with `_`:
+            // `kube_<ns>__<ingress>-canary__<host>__<path>__<service>-<side>`.
+            let ingress = vars.ingress.as_deref().ok_or(BuiltinError::MissingVariable {
+                mesh,
+                metric,
+                needs: "spec.ingressRef (the ingress name)",
+            })?;
+            let route_id = format!(
+                "kube(ew)?_{}__{}_canary__.*__{}_{}(_[0-9]+)?",
+                regex_quote(&skipper_word(ns)),
+                regex_quote(&skipper_word(ingress)),
+                regex_quote(&skipper_word(&vars.service)),
+                workload.suffix()
+            );
+            MeshSeries {
+                selector: format!("route=~\"{}\"", label(&route_id)),
+                requests: "skipper_serve_route_duration_seconds_count",
+                success: "code!~\"5..\"",
+                duration: Duration::Mean {
+                    sum: "skipper_serve_route_duration_seconds_sum",
+                    count: "skipper_serve_route_duration_seconds_count",
+                    to_ms: " * 1000",
+                },
+            }
+        }
+        Mesh::Kuma => MeshSeries {
+            // `kuma.io/service` of a Kubernetes Service: `<name>_<namespace>_svc_<port>`.
+            selector: format!(
+                "service=~\"{}\"",
+                label(&format!("{}-{}_{}_svc_[0-9]+", regex_quote(&vars.service), workload.suffix(), regex_quote(ns)))
+            ),
+            requests: "envoy_cluster_upstream_rq",
+            success: "envoy_response_code!~\"5.*\"",
+            duration: Duration::Histogram { bucket: "envoy_cluster_upstream_rq_time_bucket", to_ms: "" },
+        },
+        Mesh::Knative => {
+            // The revision under analysis (or, for the primary query, the primary revision)
+            // comes in `route`: Knative's Envoy clusters are `<namespace>/<revision>`.
+            let revision = route("the Knative revision (status.lastAppliedSpec)")?;
+            MeshSeries {
+                selector: format!("envoy_cluster_name=\"{}\"", label(&format!("{ns}/{revision}"))),
+                requests: "envoy_cluster_upstream_rq",
+                success: "envoy_response_code!~\"5.*\"",
+                duration: Duration::Histogram { bucket: "envoy_cluster_upstream_rq_time_bucket", to_ms: "" },
+            }
+        }
     };
     Ok(render(&series, metric, &vars.interval))
 }
@@ -332,6 +445,11 @@ fn render(series: &MeshSeries<'_>, metric: BuiltinMetric, interval: &str) -> Str
             }
         },
     }
+}
+
+/// A name as Skipper writes it in route ids: every non-word character becomes `_`.
+fn skipper_word(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
 /// Escapes a value for a double-quoted PromQL string. Kubernetes names
@@ -365,7 +483,7 @@ mod tests {
             target: "podinfo".into(),
             service: "podinfo".into(),
             ingress: Some("podinfo".into()),
-            route: None,
+            route: Some("podinfo".into()),
             interval: "1m".into(),
             variables: BTreeMap::new(),
         }
@@ -483,6 +601,78 @@ mod tests {
     }
 
     #[test]
+    fn apisix_golden() {
+        assert_eq!(
+            q(Mesh::Apisix, Sr),
+            r#"sum(rate(apisix_http_status{route=~"test_podinfo-podinfo-canary_.+",code!~"5.."}[1m])) / sum(rate(apisix_http_status{route=~"test_podinfo-podinfo-canary_.+"}[1m])) * 100"#
+        );
+        assert_eq!(
+            q(Mesh::Apisix, Dur),
+            r#"histogram_quantile(0.99, sum(rate(apisix_http_latency_bucket{route=~"test_podinfo-podinfo-canary_.+"}[1m])) by (le))"#
+        );
+        let err = builtin_query_primary(Mesh::Apisix, Sr, &vars()).unwrap_err();
+        assert!(matches!(err, BuiltinError::NoPrimarySeries { .. }), "{err}");
+        let mut v = vars();
+        v.route = None;
+        assert!(builtin_query(Mesh::Apisix, Sr, &v).unwrap_err().to_string().contains("routeRef"));
+    }
+
+    #[test]
+    fn gloo_golden() {
+        assert_eq!(
+            q(Mesh::Gloo, Sr),
+            r#"sum(rate(envoy_cluster_upstream_rq{envoy_cluster_name=~"test-podinfo-canaryupstream-[0-9]+_test",envoy_response_code!~"5.*"}[1m])) / sum(rate(envoy_cluster_upstream_rq{envoy_cluster_name=~"test-podinfo-canaryupstream-[0-9]+_test"}[1m])) * 100"#
+        );
+        assert_eq!(
+            qp(Mesh::Gloo, Dur),
+            r#"histogram_quantile(0.99, sum(rate(envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=~"test-podinfo-primaryupstream-[0-9]+_test"}[1m])) by (le))"#
+        );
+    }
+
+    #[test]
+    fn skipper_golden() {
+        assert_eq!(
+            q(Mesh::Skipper, Sr),
+            r#"sum(rate(skipper_serve_route_duration_seconds_count{route=~"kube(ew)?_test__podinfo_canary__.*__podinfo_canary(_[0-9]+)?",code!~"5.."}[1m])) / sum(rate(skipper_serve_route_duration_seconds_count{route=~"kube(ew)?_test__podinfo_canary__.*__podinfo_canary(_[0-9]+)?"}[1m])) * 100"#
+        );
+        assert_eq!(
+            qp(Mesh::Skipper, Dur),
+            r#"sum(rate(skipper_serve_route_duration_seconds_sum{route=~"kube(ew)?_test__podinfo_canary__.*__podinfo_primary(_[0-9]+)?"}[1m])) / sum(rate(skipper_serve_route_duration_seconds_count{route=~"kube(ew)?_test__podinfo_canary__.*__podinfo_primary(_[0-9]+)?"}[1m])) * 1000"#
+        );
+        let mut v = vars();
+        v.namespace = "team-a".into();
+        assert!(builtin_query(Mesh::Skipper, Sr, &v).unwrap().contains("kube(ew)?_team_a__"));
+    }
+
+    #[test]
+    fn kuma_golden() {
+        assert_eq!(
+            q(Mesh::Kuma, Sr),
+            r#"sum(rate(envoy_cluster_upstream_rq{service=~"podinfo-canary_test_svc_[0-9]+",envoy_response_code!~"5.*"}[1m])) / sum(rate(envoy_cluster_upstream_rq{service=~"podinfo-canary_test_svc_[0-9]+"}[1m])) * 100"#
+        );
+        assert_eq!(
+            qp(Mesh::Kuma, Dur),
+            r#"histogram_quantile(0.99, sum(rate(envoy_cluster_upstream_rq_time_bucket{service=~"podinfo-primary_test_svc_[0-9]+"}[1m])) by (le))"#
+        );
+    }
+
+    #[test]
+    fn knative_golden_selects_the_revision_it_is_given() {
+        let mut v = vars();
+        v.route = Some("podinfo-00002".into());
+        assert_eq!(
+            builtin_query(Mesh::Knative, Sr, &v).unwrap(),
+            r#"sum(rate(envoy_cluster_upstream_rq{envoy_cluster_name="test/podinfo-00002",envoy_response_code!~"5.*"}[1m])) / sum(rate(envoy_cluster_upstream_rq{envoy_cluster_name="test/podinfo-00002"}[1m])) * 100"#
+        );
+        assert_eq!(
+            builtin_query(Mesh::Knative, Dur, &v).unwrap(),
+            r#"histogram_quantile(0.99, sum(rate(envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test/podinfo-00002"}[1m])) by (le))"#
+        );
+        v.route = None;
+        assert!(matches!(builtin_query(Mesh::Knative, Sr, &v), Err(BuiltinError::MissingVariable { .. })));
+    }
+
+    #[test]
     fn uses_service_and_interval_from_vars() {
         let mut v = vars();
         v.service = "front".into();
@@ -544,8 +734,12 @@ mod tests {
         for mesh in Mesh::ALL {
             for metric in [Sr, Dur] {
                 let canary = q(mesh, metric);
-                let primary = qp(mesh, metric);
                 assert_plausible_promql(&canary);
+                // APISIX cannot select the primary; Knative selects the revision it is given.
+                if matches!(mesh, Mesh::Apisix | Mesh::Knative) {
+                    continue;
+                }
+                let primary = qp(mesh, metric);
                 assert_plausible_promql(&primary);
                 assert_ne!(canary, primary, "{mesh} {metric}");
             }
@@ -566,7 +760,7 @@ mod tests {
         for mesh in Mesh::ALL {
             assert_eq!(mesh.as_str().parse(), Ok(mesh));
         }
-        for unknown in ["appmesh", "gloo", "Istio", ""] {
+        for unknown in ["appmesh", "osm", "Istio", ""] {
             assert_eq!(unknown.parse::<Mesh>(), Err(BuiltinError::UnsupportedMesh(unknown.into())));
         }
         assert_eq!(BuiltinMetric::from_name("request-duration"), Ok(Dur));
@@ -589,6 +783,7 @@ mod tests {
                 target: target.clone(),
                 service: target.clone(),
                 ingress: Some(target.clone()),
+                route: Some(target.clone()),
                 namespace,
                 interval: interval.clone(),
                 ..QueryVars::default()
@@ -596,13 +791,11 @@ mod tests {
             let escaped = regex_quote(&target).replace('\\', "\\\\");
             for mesh in Mesh::ALL {
                 for metric in [Sr, Dur] {
-                    for query in [
-                        builtin_query(mesh, metric, &v).unwrap(),
-                        builtin_query_primary(mesh, metric, &v).unwrap(),
-                    ] {
+                    let primary = (mesh != Mesh::Apisix).then(|| builtin_query_primary(mesh, metric, &v).unwrap());
+                    for query in std::iter::once(builtin_query(mesh, metric, &v).unwrap()).chain(primary) {
                         assert_plausible_promql(&query.replace(&format!("[{interval}]"), "[1m]"));
                         proptest::prop_assert!(
-                            query.contains(&target) || query.contains(&escaped),
+                            query.contains(&target) || query.contains(&escaped) || query.contains(&skipper_word(&target)),
                             "{query}"
                         );
                     }

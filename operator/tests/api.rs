@@ -353,7 +353,27 @@ fn nginx_needs_its_ingress_and_matches_need_one_condition() {
 
 #[test]
 fn unknown_provider_is_rejected() {
-    assert_rejected(with(base(), "/spec/provider", "appmesh".into()), "\"appmesh\" is not one of");
+    assert_rejected(with(base(), "/spec/provider", "linkerd2".into()), "\"linkerd2\" is not one of");
+}
+
+#[test]
+fn retired_providers_are_rejected_with_the_reason() {
+    for provider in ["appmesh", "appmesh:v1beta2", "osm"] {
+        assert_rejected(with(base(), "/spec/provider", provider.into()), petrel::api::canary::RETIRED_PROVIDER_MESSAGE);
+    }
+}
+
+#[test]
+fn a_knative_target_goes_with_provider_knative() {
+    let knative = serde_json::json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "podinfo" });
+    let both = with(with(base(), "/spec/targetRef", knative.clone()), "/spec/provider", "knative".into());
+    assert!(server_side_errors(&both).is_empty(), "{:?}", server_side_errors(&both));
+    let message = "provider knative and targetRef kind Service (a Knative Service) go together";
+    assert_rejected(with(with(base(), "/spec/targetRef", knative), "/spec/provider", "istio".into()), message);
+    assert_rejected(with(base(), "/spec/provider", "knative".into()), message);
+    let core_service = serde_json::json!({ "apiVersion": "v1", "kind": "Service", "name": "podinfo" });
+    let wrong = with(with(base(), "/spec/targetRef", core_service), "/spec/provider", "knative".into());
+    assert_rejected(wrong, "targetRef kind Service must be a Knative Service");
 }
 
 #[test]

@@ -125,6 +125,9 @@ pub struct AppLabels {
     /// Ingress name for NGINX (`spec.ingressRef.name`); defaults to the
     /// service name.
     pub ingress: Option<String>,
+    /// ApisixRoute name for APISIX (`spec.routeRef.name`); defaults to the
+    /// service name.
+    pub route: Option<String>,
     /// Service port (`spec.service.port`).
     pub port: u16,
     /// Provider whose series to export.
@@ -332,32 +335,7 @@ fn render_app(out: &mut Exposition, app: &AppLabels, stats: &AppStats) {
                 );
             }
         }
-        Provider::Linkerd | Provider::Smi => {
-            let mut latency: BTreeMap<Side, Histogram> = BTreeMap::new();
-            for ((side, code), h) in &merged {
-                let classification = if *code >= 500 { "failure" } else { "success" };
-                let labels = [
-                    ("namespace", s(ns)),
-                    ("deployment", side.workload(&app.target)),
-                    ("direction", s("inbound")),
-                    ("classification", s(classification)),
-                    ("status_code", code.to_string()),
-                ];
-                out.counter("response_total", "Responses (simulated Linkerd proxy metric).", &labels, h.count);
-                latency.entry(*side).or_default().merge(h);
-            }
-            for (side, h) in &latency {
-                let labels =
-                    [("namespace", s(ns)), ("deployment", side.workload(&app.target)), ("direction", s("inbound"))];
-                out.histogram(
-                    "response_latency_ms",
-                    "Response latency in ms (simulated Linkerd proxy metric).",
-                    &labels,
-                    h,
-                    1.0,
-                );
-            }
-        }
+        Provider::Linkerd | Provider::Smi => linkerd(out, app, &merged),
         Provider::Nginx => {
             let ingress = app.ingress.as_deref().unwrap_or(&app.service);
             for ((side, code), h) in &merged {
@@ -391,25 +369,74 @@ fn render_app(out: &mut Exposition, app: &AppLabels, stats: &AppStats) {
             }
         }
         Provider::Contour => {
-            let mut latency: BTreeMap<Side, Histogram> = BTreeMap::new();
-            for ((side, code), h) in &merged {
-                let labels =
-                    [("envoy_cluster_name", contour_cluster(app, *side)), ("envoy_response_code", code.to_string())];
+            envoy_clusters(out, "envoy_cluster_name", by_cluster(&merged, |side| contour_cluster(app, side)));
+        }
+        Provider::Gloo => {
+            // The Upstream petrel generates per side, in the Canary's namespace.
+            let cluster = |side: Side| format!("{ns}-{}-{}upstream-{}_{ns}", app.service, side.suffix(), app.port);
+            envoy_clusters(out, "envoy_cluster_name", by_cluster(&merged, cluster));
+        }
+        Provider::Kuma => {
+            // `kuma.io/service` of the side's Service port.
+            let service = |side: Side| format!("{}-{}_{ns}_svc_{}", app.service, side.suffix(), app.port);
+            envoy_clusters(out, "service", by_cluster(&merged, service));
+        }
+        Provider::Knative => {
+            // One Envoy cluster per revision, `<ns>/<revision>`: a side's pods may belong to
+            // different revisions over a run (the primary moves at promotion).
+            let mut by_revision: BTreeMap<(String, u16), Histogram> = BTreeMap::new();
+            for (key, h) in &stats.series {
+                let cluster = format!("{ns}/{}", knative_revision_of_pod(&key.pod));
+                by_revision.entry((cluster, key.code)).or_default().merge(h);
+            }
+            envoy_clusters(out, "envoy_cluster_name", by_revision);
+        }
+        Provider::Apisix => {
+            // Every request takes the canary ApisixRoute (both backends are in it), whose
+            // rule petrel keeps from the user's route (the e2e apps name it `main`).
+            let route = format!("{ns}_{}-{}-canary_main", app.route.as_deref().unwrap_or(&app.service), app.service);
+            let mut by_code: BTreeMap<u16, Histogram> = BTreeMap::new();
+            for ((_, code), h) in &merged {
+                by_code.entry(*code).or_default().merge(h);
+            }
+            let mut latency = Histogram::default();
+            for (code, h) in &by_code {
+                let labels = [("route", route.clone()), ("code", code.to_string()), ("type", s("request"))];
                 out.counter(
-                    "envoy_cluster_upstream_rq",
-                    "Upstream requests (simulated Envoy cluster statistic).",
+                    "apisix_http_status",
+                    "HTTP status codes per route (simulated APISIX metric).",
                     &labels,
                     h.count,
                 );
-                latency.entry(*side).or_default().merge(h);
+                latency.merge(h);
             }
-            for (side, h) in &latency {
+            out.histogram(
+                "apisix_http_latency",
+                "Request latency in ms per route (simulated APISIX metric).",
+                &[("type", s("request")), ("route", route)],
+                &latency,
+                1.0,
+            );
+        }
+        Provider::Skipper => {
+            let ingress = app.ingress.as_deref().unwrap_or(&app.service);
+            for ((side, code), h) in &merged {
+                // Route ids of the canary Ingress, non-word characters as `_`.
+                let route = format!(
+                    "kube_{}__{}_canary__{}_example_com____{}_{}",
+                    skipper_word(ns),
+                    skipper_word(ingress),
+                    skipper_word(&app.service),
+                    skipper_word(&app.service),
+                    side.suffix()
+                );
+                let labels = [("route", route), ("code", code.to_string())];
                 out.histogram(
-                    "envoy_cluster_upstream_rq_time",
-                    "Upstream request time in ms (simulated Envoy cluster statistic).",
-                    &[("envoy_cluster_name", contour_cluster(app, *side))],
+                    "skipper_serve_route_duration_seconds",
+                    "Time to serve a route in seconds (simulated Skipper metric).",
+                    &labels,
                     h,
-                    1.0,
+                    0.001,
                 );
             }
         }
@@ -436,6 +463,7 @@ fn render_app(out: &mut Exposition, app: &AppLabels, stats: &AppStats) {
                 );
             }
         }
+        Provider::LinkerdGatewayApi => linkerd(out, app, &merged),
         // Only the app's own metrics, below.
         Provider::GatewayApi | Provider::Kubernetes => {}
     }
@@ -458,6 +486,77 @@ fn render_app(out: &mut Exposition, app: &AppLabels, stats: &AppStats) {
     }
 }
 
+/// Linkerd's proxy metrics (inbound side), for both of Linkerd's routing APIs.
+fn linkerd(out: &mut Exposition, app: &AppLabels, merged: &BTreeMap<(Side, u16), Histogram>) {
+    let ns = &app.namespace;
+    let mut latency: BTreeMap<Side, Histogram> = BTreeMap::new();
+    for ((side, code), h) in merged {
+        let classification = if *code >= 500 { "failure" } else { "success" };
+        let labels = [
+            ("namespace", s(ns)),
+            ("deployment", side.workload(&app.target)),
+            ("direction", s("inbound")),
+            ("classification", s(classification)),
+            ("status_code", code.to_string()),
+        ];
+        out.counter("response_total", "Responses (simulated Linkerd proxy metric).", &labels, h.count);
+        latency.entry(*side).or_default().merge(h);
+    }
+    for (side, h) in &latency {
+        let labels = [("namespace", s(ns)), ("deployment", side.workload(&app.target)), ("direction", s("inbound"))];
+        out.histogram(
+            "response_latency_ms",
+            "Response latency in ms (simulated Linkerd proxy metric).",
+            &labels,
+            h,
+            1.0,
+        );
+    }
+}
+
+/// Histograms merged per (Envoy cluster name of the side, code).
+fn by_cluster(
+    merged: &BTreeMap<(Side, u16), Histogram>,
+    cluster: impl Fn(Side) -> String,
+) -> BTreeMap<(String, u16), Histogram> {
+    merged.iter().map(|((side, code), h)| ((cluster(*side), *code), h.clone())).collect()
+}
+
+/// Envoy cluster statistics: requests by response code and the request time, per cluster,
+/// the cluster named by label `key`.
+fn envoy_clusters(out: &mut Exposition, key: &'static str, clusters: BTreeMap<(String, u16), Histogram>) {
+    let mut latency: BTreeMap<String, Histogram> = BTreeMap::new();
+    for ((cluster, code), h) in &clusters {
+        let labels = [(key, cluster.clone()), ("envoy_response_code", code.to_string())];
+        out.counter(
+            "envoy_cluster_upstream_rq",
+            "Upstream requests (simulated Envoy cluster statistic).",
+            &labels,
+            h.count,
+        );
+        latency.entry(cluster.clone()).or_default().merge(h);
+    }
+    for (cluster, h) in &latency {
+        out.histogram(
+            "envoy_cluster_upstream_rq_time",
+            "Upstream request time in ms (simulated Envoy cluster statistic).",
+            &[(key, cluster.clone())],
+            h,
+            1.0,
+        );
+    }
+}
+
+/// The Knative revision of a pod of its Deployment `<revision>-deployment`.
+pub fn knative_revision_of_pod(pod: &str) -> &str {
+    pod.split_once("-deployment-").map_or(pod, |(revision, _)| revision)
+}
+
+/// A name as Skipper writes it in route ids: every non-word character becomes `_`.
+fn skipper_word(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
 /// Envoy's stats name of the Contour cluster for `<ns>/<service>-<side>/<port>`.
 fn contour_cluster(app: &AppLabels, side: Side) -> String {
     format!("{}_{}-{}_{}", app.namespace, app.service, side.suffix(), app.port)
@@ -473,6 +572,7 @@ mod tests {
             target: "podinfo".into(),
             service: "podinfo".into(),
             ingress: Some("web".into()),
+            route: Some("web".into()),
             port: 9898,
             provider,
         }

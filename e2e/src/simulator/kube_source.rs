@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 
 use super::routes::{Provider, parse_route, split_from_service_selector};
 use super::split::{Side, Split, effective_split};
+
 use super::{AppCoords, Observation, RouteSource, SimError, WorkloadState};
 
 /// API groups to try for a provider's route kind, preferred first (Traefik
@@ -67,6 +68,9 @@ impl KubeRouteSource {
     }
 
     async fn observe_now(&self) -> Result<Observation, SimError> {
+        if self.coords.provider == Provider::Knative {
+            return self.observe_knative().await;
+        }
         let ns = &self.coords.namespace;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         let mut found = BTreeMap::new();
@@ -93,6 +97,57 @@ impl KubeRouteSource {
             primary: state(Side::Primary),
             canary: state(Side::Canary),
         })
+    }
+
+    /// A Knative Service: the revisions its traffic block tags `primary` and `canary`
+    /// are the sides, each served by the pods of its Deployment `<revision>-deployment`.
+    /// Before petrel writes a traffic block, Knative sends everything to the latest ready
+    /// revision, which is the primary's side.
+    async fn observe_knative(&self) -> Result<Observation, SimError> {
+        let ns = &self.coords.namespace;
+        let Some(service) = self.route_object().await? else {
+            return Ok(Observation::default());
+        };
+        let object = format!("Knative Service {ns}/{}", self.coords.target);
+        let petrel_split = super::routes::knative_revision(&service, Side::Primary).is_some();
+        let split = if petrel_split {
+            parse_route(Provider::Knative, &service, &self.coords.service)
+                .map_err(|source| SimError::Route { object, source })?
+        } else {
+            Split::all_to(Side::Primary)
+        };
+        let latest_ready = service.pointer("/status/latestReadyRevisionName").and_then(Value::as_str).map(String::from);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let mut state = BTreeMap::new();
+        for side in Side::BOTH {
+            let revision = super::routes::knative_revision(&service, side)
+                .or_else(|| (side == Side::Primary && !petrel_split).then(|| latest_ready.clone()).flatten());
+            let Some(revision) = revision else { continue };
+            let name = format!("{revision}-deployment");
+            let found =
+                deployments.get_opt(&name).await.map_err(Self::kube_err(format!("reading Deployment {ns}/{name}")))?;
+            if let Some(d) = found {
+                let pods = self.ready_pods(&d).await?;
+                state.insert(side, WorkloadState { image: first_image(&d).unwrap_or_default(), pods });
+            }
+        }
+        Ok(Observation { split, primary: state.remove(&Side::Primary), canary: state.remove(&Side::Canary) })
+    }
+
+    /// The route object petrel writes for the app, as JSON; `None` when it (or its kind)
+    /// does not exist.
+    async fn route_object(&self) -> Result<Option<Value>, SimError> {
+        let mut cached = self.resource.lock().await;
+        if cached.is_none() {
+            *cached = discover_route_resource(&self.client, self.coords.provider).await?;
+        }
+        let Some(resource) = cached.clone() else { return Ok(None) };
+        drop(cached);
+        let name = self.coords.route_name();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.coords.namespace, &resource);
+        let object_name = format!("{} {}/{}", resource.kind, self.coords.namespace, name);
+        let found = api.get_opt(&name).await.map_err(Self::kube_err(format!("reading {object_name}")))?;
+        Ok(found.map(|object| serde_json::to_value(&object).unwrap_or(Value::Null)))
     }
 
     async fn ready_pods(&self, deployment: &Deployment) -> Result<Vec<String>, SimError> {

@@ -193,8 +193,10 @@ pub struct AppCoords {
     pub service: String,
     /// `spec.provider`.
     pub provider: Provider,
-    /// `spec.ingressRef.name` (NGINX).
+    /// `spec.ingressRef.name` (NGINX, Skipper).
     pub ingress: Option<String>,
+    /// `spec.routeRef.name` (APISIX).
+    pub route: Option<String>,
     /// `spec.service.port`.
     pub port: u16,
 }
@@ -210,6 +212,7 @@ impl AppCoords {
             service: name.to_owned(),
             provider,
             ingress: None,
+            route: None,
             port: 9898,
         }
     }
@@ -221,7 +224,14 @@ impl AppCoords {
 
     /// Name of the route object petrel writes.
     pub fn route_name(&self) -> String {
-        routes::route_object_name(self.provider, &self.service, self.ingress.as_deref())
+        match self.provider {
+            Provider::Apisix => {
+                format!("{}-{}-canary", self.route.as_deref().unwrap_or(&self.service), self.service)
+            }
+            // The Knative Service itself carries the split.
+            Provider::Knative => self.target.clone(),
+            _ => routes::route_object_name(self.provider, &self.service, self.ingress.as_deref()),
+        }
     }
 
     fn labels(&self) -> AppLabels {
@@ -230,6 +240,7 @@ impl AppCoords {
             target: self.target.clone(),
             service: self.service.clone(),
             ingress: self.ingress.clone(),
+            route: self.route.clone(),
             port: self.port,
             provider: self.provider,
         }
@@ -430,25 +441,34 @@ struct AppShared {
 
 struct Shared {
     versions: Mutex<VersionTable>,
-    apps: Vec<AppShared>,
+    /// The apps simulated now; [`Simulator::add_app`] and [`Simulator::remove_app`]
+    /// change them while the simulator runs.
+    apps: Mutex<Vec<Arc<AppShared>>>,
+    /// How often each app's route is read.
+    tick: Duration,
 }
 
 impl Shared {
-    fn app(&self, key: &str) -> Result<&AppShared, SimError> {
-        self.apps
-            .iter()
+    fn apps(&self) -> Vec<Arc<AppShared>> {
+        lock(&self.apps).clone()
+    }
+
+    fn app(&self, key: &str) -> Result<Arc<AppShared>, SimError> {
+        self.apps()
+            .into_iter()
             .find(|a| a.coords.key() == key || a.coords.canary == key)
             .ok_or_else(|| SimError::UnknownApp(key.to_owned()))
     }
 
     fn metrics_text(&self) -> String {
-        let runtimes: Vec<_> = self.apps.iter().map(|a| (a, lock(&a.runtime).stats.clone())).collect();
+        let apps = self.apps();
+        let runtimes: Vec<_> = apps.iter().map(|a| (a, lock(&a.runtime).stats.clone())).collect();
         let pairs: Vec<(&AppLabels, &AppStats)> = runtimes.iter().map(|(a, s)| (&a.labels, s)).collect();
         exposition::render(&pairs)
     }
 
     fn snapshots(&self) -> Vec<AppSnapshot> {
-        self.apps
+        self.apps()
             .iter()
             .map(|a| {
                 let rt = lock(&a.runtime);
@@ -518,7 +538,9 @@ impl SimulatorHandle {
 pub struct Simulator {
     handle: SimulatorHandle,
     addr: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<()>,
+    /// Each app's request generation, by app key.
+    app_tasks: Mutex<BTreeMap<String, JoinHandle<()>>>,
 }
 
 impl Simulator {
@@ -537,11 +559,35 @@ impl Simulator {
             .await
             .map_err(|source| SimError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| SimError::Listen { addr: config.listen, source })?;
-        let mut sources = Vec::new();
-        let mut app_states = Vec::new();
+        let shared = Arc::new(Shared {
+            versions: Mutex::new(VersionTable { versions: BTreeMap::new(), default: config.default_behaviour }),
+            apps: Mutex::new(Vec::new()),
+            tick: config.tick,
+        });
+        let server = tokio::spawn(server::serve(listener, shared.clone()));
+        let simulator =
+            Simulator { handle: SimulatorHandle { shared }, addr, server, app_tasks: Mutex::new(BTreeMap::new()) };
         for app in apps {
-            sources.push(app.source);
-            app_states.push(AppShared {
+            simulator.add_app(app)?;
+        }
+        Ok(simulator)
+    }
+
+    /// Where `/metrics` and the control endpoints are served.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts simulating one more app (while the simulator runs).
+    pub fn add_app(&self, app: App) -> Result<(), SimError> {
+        let key = app.coords.key();
+        let shared = &self.handle.shared;
+        let state = {
+            let mut apps = lock(&shared.apps);
+            if apps.iter().any(|a| a.coords.key() == key) {
+                return Err(SimError::DuplicateApp(key));
+            }
+            let state = Arc::new(AppShared {
                 labels: app.coords.labels(),
                 coords: app.coords,
                 runtime: Mutex::new(AppRuntime {
@@ -552,21 +598,24 @@ impl Simulator {
                     last_observe_error: None,
                 }),
             });
-        }
-        let shared = Arc::new(Shared {
-            versions: Mutex::new(VersionTable { versions: BTreeMap::new(), default: config.default_behaviour }),
-            apps: app_states,
-        });
-        let mut tasks = vec![tokio::spawn(server::serve(listener, shared.clone()))];
-        for (index, source) in sources.into_iter().enumerate() {
-            tasks.push(tokio::spawn(run_app(shared.clone(), index, source, config.tick)));
-        }
-        Ok(Simulator { handle: SimulatorHandle { shared }, addr, tasks })
+            apps.push(state.clone());
+            state
+        };
+        let task = tokio::spawn(run_app(shared.clone(), state, app.source, shared.tick));
+        lock(&self.app_tasks).insert(key, task);
+        Ok(())
     }
 
-    /// Where `/metrics` and the control endpoints are served.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Stops simulating app `key` (`namespace/canary`); its series leave `/metrics`.
+    pub fn remove_app(&self, key: &str) -> Result<(), SimError> {
+        let shared = &self.handle.shared;
+        let app = shared.app(key)?;
+        let key = app.coords.key();
+        lock(&shared.apps).retain(|a| a.coords.key() != key);
+        if let Some(task) = lock(&self.app_tasks).remove(&key) {
+            task.abort();
+        }
+        Ok(())
     }
 
     /// The controls.
@@ -608,7 +657,8 @@ impl Simulator {
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        self.server.abort();
+        for task in lock(&self.app_tasks).values() {
             task.abort();
         }
     }
@@ -625,8 +675,7 @@ struct Generation {
     next_pod: BTreeMap<Side, usize>,
 }
 
-async fn run_app(shared: Arc<Shared>, index: usize, source: Arc<dyn RouteSource>, tick: Duration) {
-    let app = &shared.apps[index];
+async fn run_app(shared: Arc<Shared>, app: Arc<AppShared>, source: Arc<dyn RouteSource>, tick: Duration) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = Generation::default();

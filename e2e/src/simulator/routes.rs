@@ -37,11 +37,25 @@ pub enum Provider {
     Traefik,
     /// Plain Services: the apex Service's selector picks the pods.
     Kubernetes,
+    /// Linkerd through Gateway API: an HTTPRoute attached to the apex
+    /// Service (the Canary names `provider: linkerd` and Service gatewayRefs),
+    /// Linkerd's metrics.
+    LinkerdGatewayApi,
+    /// APISIX: the canary ApisixRoute `<route>-<service>-canary`.
+    Apisix,
+    /// Gloo Edge: a RouteTable over generated Upstreams.
+    Gloo,
+    /// Skipper: a canary Ingress with `zalando.org/backend-weights`.
+    Skipper,
+    /// Kuma: a MeshHTTPRoute.
+    Kuma,
+    /// Knative: the Knative Service's traffic block; revisions are the sides.
+    Knative,
 }
 
 impl Provider {
     /// Every provider.
-    pub const ALL: [Provider; 8] = [
+    pub const ALL: [Provider; 14] = [
         Provider::GatewayApi,
         Provider::Istio,
         Provider::Linkerd,
@@ -50,6 +64,12 @@ impl Provider {
         Provider::Contour,
         Provider::Traefik,
         Provider::Kubernetes,
+        Provider::LinkerdGatewayApi,
+        Provider::Apisix,
+        Provider::Gloo,
+        Provider::Skipper,
+        Provider::Kuma,
+        Provider::Knative,
     ];
 
     /// The name as written in a Canary's `spec.provider`.
@@ -63,6 +83,20 @@ impl Provider {
             Provider::Contour => "contour",
             Provider::Traefik => "traefik",
             Provider::Kubernetes => "kubernetes",
+            Provider::LinkerdGatewayApi => "linkerd",
+            Provider::Apisix => "apisix",
+            Provider::Gloo => "gloo",
+            Provider::Skipper => "skipper",
+            Provider::Kuma => "kuma",
+            Provider::Knative => "knative",
+        }
+    }
+
+    /// A name that tells the simulated providers apart (Linkerd has two).
+    pub fn label(self) -> &'static str {
+        match self {
+            Provider::LinkerdGatewayApi => "linkerd-gatewayapi",
+            other => other.as_str(),
         }
     }
 
@@ -77,19 +111,27 @@ impl Provider {
             Provider::Contour => RouteKind::new("projectcontour.io", "HTTPProxy"),
             Provider::Traefik => RouteKind::new("traefik.io", "TraefikService"),
             Provider::Kubernetes => RouteKind::new("", "Service"),
+            Provider::LinkerdGatewayApi => RouteKind::new("gateway.networking.k8s.io", "HTTPRoute"),
+            Provider::Apisix => RouteKind::new("apisix.apache.org", "ApisixRoute"),
+            Provider::Gloo => RouteKind::new("gateway.solo.io", "RouteTable"),
+            Provider::Skipper => RouteKind::new("networking.k8s.io", "Ingress"),
+            Provider::Kuma => RouteKind::new("kuma.io", "MeshHTTPRoute"),
+            Provider::Knative => RouteKind::new("serving.knative.dev", "Service"),
         }
     }
 }
 
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.label())
     }
 }
 
 /// A provider name the simulator does not model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("provider {0:?} is not simulated; known: gatewayapi, istio, linkerd, smi, nginx, contour, traefik, kubernetes")]
+#[error(
+    "provider {0:?} is not simulated; known: gatewayapi, istio, linkerd, smi, nginx, contour, traefik, kubernetes, apisix, gloo, skipper, kuma, knative"
+)]
 pub struct UnknownProvider(pub String);
 
 impl FromStr for Provider {
@@ -121,7 +163,7 @@ impl RouteKind {
 /// `service` (and, for NGINX, whose `ingressRef` is `ingress`).
 pub fn route_object_name(provider: Provider, service: &str, ingress: Option<&str>) -> String {
     match provider {
-        Provider::Nginx => format!("{}-canary", ingress.unwrap_or(service)),
+        Provider::Nginx | Provider::Skipper => format!("{}-canary", ingress.unwrap_or(service)),
         _ => service.to_owned(),
     }
 }
@@ -151,6 +193,12 @@ pub fn parse_route(provider: Provider, route: &Value, service: &str) -> Result<S
         Provider::Nginx => Ok(parse_canary_ingress(route, NGINX_ANNOTATION_PREFIX)),
         Provider::Contour => parse_http_proxy(route, service),
         Provider::Traefik => parse_traefik_service(route, service),
+        Provider::LinkerdGatewayApi => parse_http_route(route, service),
+        Provider::Apisix => parse_apisix_route(route, service),
+        Provider::Gloo => parse_route_table(route, service),
+        Provider::Skipper => parse_skipper_ingress(route, service),
+        Provider::Kuma => parse_mesh_http_route(route, service),
+        Provider::Knative => parse_knative_traffic(route),
         Provider::Kubernetes => Err(shape(
             "Service",
             "the kubernetes provider's split comes from the Service selector and the Deployments' labels",
@@ -479,6 +527,216 @@ pub fn parse_http_proxy(proxy: &Value, service: &str) -> Result<Split, RouteShap
     Ok(Split { header_rules: most_specific_first(header_rules), default, mirror_percent })
 }
 
+/// APISIX ApisixRoute: `spec.http[]`, each rule's `backends[].weight`
+/// (default 100 per backend when unset, as the traffic-split plugin
+/// treats them) and header `match.exprs` (`scope: Header`, `op: Equal` or
+/// `RegexMatch`); a rule without header expressions takes every request.
+pub fn parse_apisix_route(route: &Value, service: &str) -> Result<Split, RouteShapeError> {
+    const KIND: &str = "ApisixRoute";
+    let spec = route.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
+    let mut header_rules = Vec::new();
+    let mut default = None;
+    for rule in array(spec, "http") {
+        let mut weights = Weights::default();
+        for backend in array(rule, "backends") {
+            let name = string(backend, "serviceName").ok_or_else(|| shape(KIND, "backend without serviceName"))?;
+            weights.add_backend(name, service, weight(backend.get("weight"), KIND)?.unwrap_or(100));
+        }
+        let headers: Vec<HeaderMatch> = rule
+            .get("match")
+            .map(|m| array(m, "exprs"))
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.pointer("/subject/scope").and_then(Value::as_str) == Some("Header"))
+            .filter_map(|e| {
+                let name = e.pointer("/subject/name").and_then(Value::as_str)?;
+                let value = string(e, "value").unwrap_or_default().to_owned();
+                let value = match string(e, "op") {
+                    Some("RegexMatch") => HeaderValueMatch::Regex(value),
+                    _ => HeaderValueMatch::Exact(value),
+                };
+                Some(HeaderMatch::new(name, value))
+            })
+            .collect();
+        if headers.is_empty() {
+            default.get_or_insert(weights);
+        } else {
+            header_rules.push(HeaderRule { matches: headers, weights });
+        }
+    }
+    Ok(Split { header_rules, default: default.unwrap_or_default(), mirror_percent: None })
+}
+
+/// The side of a Gloo Upstream petrel generates,
+/// `<ns>-<service>-<side>upstream-<port>`.
+fn gloo_upstream_side(upstream: &str, service: &str) -> Option<Side> {
+    Side::BOTH.into_iter().find(|side| upstream.contains(&format!("-{service}-{}upstream-", side.suffix())))
+}
+
+/// Gloo RouteTable: `spec.routes[]` in order; a route's `matchers` are
+/// ORed and the headers of one matcher ANDed; `routeAction.multi`
+/// destinations weighted by upstream; a route without header matchers
+/// takes every request.
+pub fn parse_route_table(table: &Value, service: &str) -> Result<Split, RouteShapeError> {
+    const KIND: &str = "RouteTable";
+    let spec = table.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
+    let mut header_rules = Vec::new();
+    let mut default = None;
+    for route in array(spec, "routes") {
+        let mut weights = Weights::default();
+        let destinations = route.pointer("/routeAction/multi/destinations").and_then(Value::as_array);
+        for d in destinations.map_or(&[][..], Vec::as_slice) {
+            let name = d
+                .pointer("/destination/upstream/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| shape(KIND, "destination without upstream name"))?;
+            let w = weight(d.get("weight"), KIND)?.unwrap_or(0);
+            match gloo_upstream_side(name, service) {
+                Some(Side::Primary) => weights.primary += w,
+                Some(Side::Canary) => weights.canary += w,
+                None => weights.other += w,
+            }
+        }
+        let matchers = array(route, "matchers");
+        let mut catch_all = matchers.is_empty();
+        for m in matchers {
+            let headers: Vec<HeaderMatch> = array(m, "headers")
+                .iter()
+                .filter_map(|h| {
+                    let name = string(h, "name")?;
+                    let value = string(h, "value").unwrap_or_default().to_owned();
+                    let regex = h.get("regex").and_then(Value::as_bool) == Some(true);
+                    Some(HeaderMatch::new(
+                        name,
+                        if regex { HeaderValueMatch::Regex(value) } else { HeaderValueMatch::Exact(value) },
+                    ))
+                })
+                .collect();
+            if headers.is_empty() {
+                catch_all = true;
+            } else {
+                header_rules.push(HeaderRule { matches: headers, weights });
+            }
+        }
+        if catch_all {
+            default.get_or_insert(weights);
+        }
+    }
+    Ok(Split { header_rules, default: default.unwrap_or_default(), mirror_percent: None })
+}
+
+/// Skipper canary Ingress: `zalando.org/backend-weights` (a JSON object of
+/// Service weights). A `False()` predicate turns the clone's routes off, so
+/// every request takes the user's Ingress, to the apex Service (the primary).
+pub fn parse_skipper_ingress(ingress: &Value, service: &str) -> Result<Split, RouteShapeError> {
+    const KIND: &str = "Ingress";
+    let annotations = ingress.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(Value::as_str);
+    let predicate = annotation("zalando.org/skipper-predicate").unwrap_or_default();
+    if predicate.split("&&").any(|p| p.trim() == "False()") {
+        return Ok(Split::all_to(Side::Primary));
+    }
+    let Some(text) = annotation("zalando.org/backend-weights") else {
+        return Ok(Split::all_to(Side::Primary));
+    };
+    let parsed: serde_json::Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| shape(KIND, format!("backend-weights is not a JSON object: {e}")))?;
+    let mut weights = Weights::default();
+    for (name, w) in &parsed {
+        weights.add_backend(name, service, weight(Some(w), KIND)?.unwrap_or(0));
+    }
+    Ok(Split { default: weights, ..Split::default() })
+}
+
+/// Kuma MeshHTTPRoute: `spec.to[].rules[]`; `matches` ORed, the headers of
+/// one match ANDed (the most specific match wins); `default.backendRefs`
+/// weighted, MeshServices named by their `kuma.io/display-name` label.
+pub fn parse_mesh_http_route(route: &Value, service: &str) -> Result<Split, RouteShapeError> {
+    const KIND: &str = "MeshHTTPRoute";
+    let spec = route.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
+    let mut header_rules = Vec::new();
+    let mut default = None;
+    for to in array(spec, "to") {
+        for rule in array(to, "rules") {
+            let mut weights = Weights::default();
+            for backend in rule.pointer("/default/backendRefs").and_then(Value::as_array).map_or(&[][..], Vec::as_slice)
+            {
+                let name = backend
+                    .pointer("/labels/kuma.io~1display-name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| shape(KIND, "backendRef without a kuma.io/display-name label"))?;
+                weights.add_backend(name, service, weight(backend.get("weight"), KIND)?.unwrap_or(1));
+            }
+            for m in array(rule, "matches") {
+                let headers: Vec<HeaderMatch> = array(m, "headers")
+                    .iter()
+                    .filter_map(|h| {
+                        let name = string(h, "name")?;
+                        let value = string(h, "value").unwrap_or_default().to_owned();
+                        Some(HeaderMatch::new(
+                            name,
+                            match string(h, "type") {
+                                Some("RegularExpression") => HeaderValueMatch::Regex(value),
+                                Some("Prefix") => HeaderValueMatch::Regex(format!("{}.*", regex::escape(&value))),
+                                Some("Present") => HeaderValueMatch::Present,
+                                _ => HeaderValueMatch::Exact(value),
+                            },
+                        ))
+                    })
+                    .collect();
+                if headers.is_empty() {
+                    default.get_or_insert(weights);
+                } else {
+                    header_rules.push(HeaderRule { matches: headers, weights });
+                }
+            }
+        }
+    }
+    Ok(Split {
+        header_rules: most_specific_first(header_rules),
+        default: default.unwrap_or_default(),
+        mirror_percent: None,
+    })
+}
+
+/// The tag of the Knative traffic target that is each side.
+pub fn knative_tag(side: Side) -> &'static str {
+    side.suffix()
+}
+
+/// Knative Service `spec.traffic`: the targets tagged `primary` and
+/// `canary` (petrel's); other targets go elsewhere. Without a traffic block
+/// Knative sends everything to the latest ready revision: before petrel
+/// writes one, that is the primary's.
+pub fn parse_knative_traffic(service: &Value) -> Result<Split, RouteShapeError> {
+    const KIND: &str = "Service";
+    let spec = service.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
+    if array(spec, "traffic").is_empty() {
+        return Ok(Split::all_to(Side::Primary));
+    }
+    let mut weights = Weights::default();
+    for target in array(spec, "traffic") {
+        let percent = weight(target.get("percent"), KIND)?.unwrap_or(0);
+        match string(target, "tag") {
+            Some(tag) if tag == knative_tag(Side::Primary) => weights.primary += percent,
+            Some(tag) if tag == knative_tag(Side::Canary) => weights.canary += percent,
+            _ => weights.other += percent,
+        }
+    }
+    Ok(Split { default: weights, ..Split::default() })
+}
+
+/// The revision a Knative traffic target tagged for `side` names.
+pub fn knative_revision(service: &Value, side: Side) -> Option<String> {
+    service
+        .pointer("/spec/traffic")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|t| string(t, "tag") == Some(knative_tag(side)))
+        .and_then(|t| string(t, "revisionName"))
+        .map(String::from)
+}
+
 /// For the `kubernetes` provider: where the apex Service's `selector`
 /// sends traffic, given the pod template labels of the primary and canary
 /// Deployments (`None`: the Deployment does not exist). When it selects
@@ -514,8 +772,10 @@ mod tests {
         assert_eq!("smi:v1alpha3".parse::<Provider>(), Ok(Provider::Smi));
         assert!("appmesh".parse::<Provider>().is_err());
         for p in Provider::ALL {
-            assert_eq!(p.as_str().parse::<Provider>(), Ok(p));
+            let parsed = p.as_str().parse::<Provider>().unwrap();
+            assert_eq!(parsed.as_str(), p.as_str(), "{p}");
         }
+        assert_eq!("linkerd".parse::<Provider>(), Ok(Provider::Linkerd), "a Canary's linkerd is SMI unless told");
     }
 
     #[test]
@@ -763,6 +1023,62 @@ mod tests {
         let mut c = canary.clone();
         c.insert("tier".into(), "web".into());
         assert_eq!(split_from_service_selector(&shared, Some((&p, 3)), Some((&c, 1))), Split::weighted(3, 1));
+    }
+
+    /// What petrel's routers write (their checked-in manifests, `operator/tests/fixtures/
+    /// routers/`), read by the simulator's own parsers.
+    fn petrel_fixture(file: &str) -> Value {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/tests/fixtures/routers").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    fn insider() -> BTreeMap<String, String> {
+        BTreeMap::from([("x-canary".to_string(), "insider".to_string())])
+    }
+
+    #[test]
+    fn the_new_routers_manifests_read_as_their_weights() {
+        let read = |provider, file: &str| parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+        assert_eq!(read(Provider::Apisix, "apisix_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Gloo, "gloo_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Kuma, "kuma_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Skipper, "skipper_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Knative, "knative_90_10.yaml"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::LinkerdGatewayApi, "linkerd_gamma_80_20.yaml"), Split::weighted(80, 20));
+        // Skipper's clone is switched off at weight 0: the user's Ingress serves everything.
+        assert_eq!(read(Provider::Skipper, "skipper_100_0.yaml"), Split::all_to(Side::Primary));
+        let promoted = json!({"spec": {"traffic": petrel_fixture("knative_promoted.yaml")}});
+        assert_eq!(parse_route(Provider::Knative, &promoted, "podinfo").unwrap(), Split::all_to(Side::Primary));
+    }
+
+    #[test]
+    fn ab_manifests_send_only_matched_requests_to_the_canary() {
+        for (provider, file) in [
+            (Provider::Gloo, "gloo_ab.yaml"),
+            (Provider::Kuma, "kuma_ab.yaml"),
+            (Provider::LinkerdGatewayApi, "linkerd_gamma_ab.yaml"),
+        ] {
+            let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+            assert_eq!(split.default, Weights::ALL_PRIMARY, "{provider}");
+            assert_eq!(split.weights_for(&insider()), Weights::ALL_CANARY, "{provider}");
+            let cookie = BTreeMap::from([("cookie".to_string(), "theme=dark;canary=always".to_string())]);
+            assert_eq!(split.weights_for(&cookie), Weights::ALL_CANARY, "{provider} cookie");
+            assert_eq!(split.weights_for(&BTreeMap::new()), Weights::ALL_PRIMARY, "{provider}");
+        }
+    }
+
+    #[test]
+    fn an_untagged_knative_traffic_block_is_not_petrels_split() {
+        let service = json!({"spec": {"traffic": [{"latestRevision": true, "percent": 100}]}});
+        assert_eq!(parse_knative_traffic(&service).unwrap().default, Weights { primary: 0, canary: 0, other: 100 });
+        assert_eq!(parse_knative_traffic(&json!({"spec": {}})).unwrap(), Split::all_to(Side::Primary));
+        let tagged = json!({"spec": {"traffic": [
+            {"revisionName": "podinfo-00001", "percent": 70, "tag": "primary"},
+            {"revisionName": "podinfo-00002", "percent": 30, "tag": "canary"}
+        ]}});
+        assert_eq!(knative_revision(&tagged, Side::Canary).as_deref(), Some("podinfo-00002"));
     }
 
     #[test]

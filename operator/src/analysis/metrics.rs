@@ -229,6 +229,24 @@ fn primary_vars(vars: &QueryVars) -> QueryVars {
     QueryVars { target: format!("{}-primary", vars.target), ..vars.clone() }
 }
 
+/// For a Knative target the revisions are the workloads, and `route` names one (as in
+/// Flagger's Knative query): the revision under analysis, or the promoted one for the
+/// primary side. Other targets keep their variables.
+fn with_knative_revisions(
+    canary: &Canary,
+    provider: Provider,
+    canary_vars: QueryVars,
+    primary: QueryVars,
+) -> (QueryVars, QueryVars) {
+    if provider != Provider::Knative {
+        return (canary_vars, primary);
+    }
+    let status = canary.status.as_ref();
+    let analysed = status.and_then(|s| s.last_applied_spec.clone());
+    let promoted = status.and_then(|s| s.last_promoted_spec.clone());
+    (QueryVars { route: analysed, ..canary_vars }, QueryVars { route: promoted, ..primary })
+}
+
 /// The Prometheus of the builtin metrics and inline queries.
 fn builtin_prometheus<S>(deps: &MetricDeps<S>, canary: &Canary) -> Result<ProviderConfig, String> {
     let address =
@@ -246,7 +264,8 @@ async fn plan_query<S: MetricSource>(
     provider: Provider,
     metric: &CanaryMetric,
 ) -> Result<PlannedQuery, String> {
-    let vars = query_vars(canary, metric);
+    let base = query_vars(canary, metric);
+    let (vars, primary_side) = with_knative_revisions(canary, provider, base.clone(), primary_vars(&base));
     let compares = metric.comparison.is_some();
 
     if let Some(template_ref) = &metric.template_ref {
@@ -271,7 +290,7 @@ async fn plan_query<S: MetricSource>(
             render_query(&template.spec.query, vars)
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))
         };
-        let primary = if compares { Some(render(&primary_vars(&vars))?) } else { None };
+        let primary = if compares { Some(render(&primary_side)?) } else { None };
         return Ok(PlannedQuery { config, canary: render(&vars)?, primary });
     }
 
@@ -286,7 +305,13 @@ async fn plan_query<S: MetricSource>(
     let mesh: Mesh = provider.as_str().parse().map_err(|error: metrics_providers::BuiltinError| error.to_string())?;
     let canary_query = builtin_query(mesh, builtin, &vars).map_err(|error| error.to_string())?;
     let primary = if compares {
-        Some(builtin_query_primary(mesh, builtin, &vars).map_err(|error| error.to_string())?)
+        // Knative selects a side by its revision (in `route`), not by a `-primary` name.
+        let primary = if provider == Provider::Knative {
+            builtin_query(mesh, builtin, &primary_side)
+        } else {
+            builtin_query_primary(mesh, builtin, &vars)
+        };
+        Some(primary.map_err(|error| error.to_string())?)
     } else {
         None
     };
@@ -578,6 +603,24 @@ mod tests {
         c.spec.service.name = None;
         assert_eq!(query_vars(&c, &metric("x")).interval, DEFAULT_METRIC_INTERVAL);
         assert_eq!(query_vars(&c, &metric("x")).service, "podinfo", "service defaults to the target");
+    }
+
+    #[test]
+    fn knative_queries_name_the_revisions() {
+        let mut c = canary(vec![]);
+        c.status = Some(crate::api::canary::CanaryStatus {
+            last_applied_spec: Some("podinfo-00002".into()),
+            last_promoted_spec: Some("podinfo-00001".into()),
+            ..Default::default()
+        });
+        let base = query_vars(&c, &metric("request-success-rate"));
+        let (analysed, primary) = with_knative_revisions(&c, Provider::Knative, base.clone(), primary_vars(&base));
+        assert_eq!(
+            (analysed.route.as_deref(), primary.route.as_deref()),
+            (Some("podinfo-00002"), Some("podinfo-00001"))
+        );
+        let (kept, _) = with_knative_revisions(&c, Provider::Istio, base.clone(), primary_vars(&base));
+        assert_eq!(kept, base, "other providers keep their variables");
     }
 
     fn secret(pairs: &[(&str, &str)]) -> SecretData {

@@ -39,10 +39,12 @@ use super::common::{
 #[x_kube(validation = kube::core::Rule::new("!has(self.provider) || self.provider != 'nginx' || has(self.ingressRef)").message("provider nginx needs spec.ingressRef: the Ingress petrel clones for the canary"))]
 #[x_kube(validation = service_names_rule())]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.provider) && self.provider == 'knative') == (self.targetRef.kind == 'Service')").message("provider knative and targetRef kind Service (a Knative Service) go together: set both, or neither"))]
 pub struct CanarySpec {
     /// Traffic provider: how weights reach requests. One of gatewayapi (also
     /// `gatewayapi:v1`, `gatewayapi:v1beta1`), istio, linkerd, smi (`smi:v1alpha1..3`),
-    /// nginx, traefik, contour, kubernetes. Defaults to the operator's `--provider` flag.
+    /// nginx, traefik, contour, kubernetes, apisix, gloo, skipper, kuma, knative. Defaults
+    /// to the operator's `--provider` flag. appmesh and osm are refused (retired upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "provider_schema")]
     pub provider: Option<String>,
@@ -63,11 +65,12 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_ref: Option<ObjectRef>,
 
-    /// Accepted for Flagger compatibility (APISIX); petrel has no APISIX router.
+    /// The ApisixRoute petrel clones into a weighted `<route>-<service>-canary` (provider `apisix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_ref: Option<ObjectRef>,
 
-    /// Accepted for Flagger compatibility (Gloo); petrel has no Gloo router.
+    /// A Gloo Upstream whose settings (TLS, circuit breakers, load balancing...) the
+    /// generated primary and canary Upstreams copy (provider `gloo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ref: Option<ObjectRef>,
 
@@ -119,7 +122,20 @@ pub const PROVIDERS: &[&str] = &[
     "traefik",
     "contour",
     "kubernetes",
+    "apisix",
+    "gloo",
+    "skipper",
+    "kuma",
+    "knative",
 ];
+
+/// Flagger providers whose projects are retired upstream (AWS App Mesh, Open Service Mesh).
+/// The schema lets them through its enum so that the rule below can say why they are
+/// refused, rather than a bare "unsupported value".
+pub const RETIRED_PROVIDERS: &[&str] = &["appmesh", "appmesh:v1beta2", "osm"];
+
+/// The refusal of a retired provider, as the API server words it.
+pub const RETIRED_PROVIDER_MESSAGE: &str = "provider appmesh (AWS App Mesh) and osm (Open Service Mesh) are retired upstream and petrel does not support them: move the workload to another mesh first (for example linkerd, istio or gatewayapi) and name that provider";
 
 /// Without `service.name` the Services are named after the target, so the target's name
 /// must then make valid Service names too (`<name>-primary` is the longest).
@@ -133,26 +149,46 @@ fn service_names_rule() -> kube::core::Rule {
 }
 
 fn provider_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let accepted: Vec<&str> = PROVIDERS.iter().chain(RETIRED_PROVIDERS).copied().collect();
+    let retired = RETIRED_PROVIDERS.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ");
     schemars::json_schema!({
         "type": "string",
-        "enum": PROVIDERS,
-        "description": "Traffic provider: gatewayapi, istio, linkerd, smi, nginx, traefik, contour or kubernetes (Flagger's versioned spellings such as gatewayapi:v1 are accepted)."
+        "enum": accepted,
+        "description": "Traffic provider: gatewayapi, istio, linkerd, smi, nginx, traefik, contour, kubernetes, apisix, gloo, skipper, kuma or knative (Flagger's versioned spellings such as gatewayapi:v1 are accepted). appmesh and osm are refused: both are retired upstream.",
+        "x-kubernetes-validations": [{
+            "rule": format!("!(self in [{retired}])"),
+            "message": RETIRED_PROVIDER_MESSAGE,
+        }]
     })
 }
 
-/// The workload being released. Only Deployments are supported.
+/// The workload being released: a Deployment (`apps/v1`), or a Knative Service
+/// (`serving.knative.dev/v1`, provider `knative`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.kind != 'Service' || self.apiVersion == 'serving.knative.dev/v1'").message("targetRef kind Service must be a Knative Service: apiVersion serving.knative.dev/v1"))]
 pub struct TargetRef {
     #[serde(default = "default_apps_v1")]
     pub api_version: String,
-    /// Kind of the target; petrel releases Deployments.
+    /// Kind of the target: Deployment, or Service for a Knative Service.
     #[schemars(schema_with = "deployment_kind_schema")]
     pub kind: String,
-    /// Name of the Deployment; at most 245 characters, so that `<name>-primary` is a valid name.
+    /// Name of the Deployment (or Knative Service); at most 245 characters, so that `<name>-primary` is a valid name.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("targetRef.name must name the Deployment to release"))]
     #[schemars(length(max = 245))]
     pub name: String,
+}
+
+/// `targetRef.kind` of a Knative Service target.
+pub const KNATIVE_SERVICE_KIND: &str = "Service";
+/// `targetRef.apiVersion` of a Knative Service target.
+pub const KNATIVE_SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
+
+impl TargetRef {
+    /// Whether the target is a Knative Service (its revisions are primary and canary).
+    pub fn is_knative_service(&self) -> bool {
+        self.kind == KNATIVE_SERVICE_KIND && self.api_version == KNATIVE_SERVICE_API_VERSION
+    }
 }
 
 fn default_apps_v1() -> String {
@@ -162,8 +198,8 @@ fn default_apps_v1() -> String {
 fn deployment_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "enum": ["Deployment"],
-        "description": "Kind of the target. petrel releases Deployments."
+        "enum": ["Deployment", "Service"],
+        "description": "Kind of the target: Deployment, or Service (a Knative Service, serving.knative.dev/v1, with provider knative)."
     })
 }
 

@@ -36,8 +36,8 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{RouterError, TrafficRouter, Weights, router_with};
-use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
+use crate::routers::{RouterError, TrafficRouter, Weights, router_with, unserved_kinds, unserved_message};
+use crate::workloads::{self, TargetSnapshot, WorkloadError};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
 const STALLED_RECHECK: Duration = Duration::from_secs(30);
@@ -79,7 +79,15 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
         Ok(provider) => provider,
         Err(e) => return stall(ctx, canary, status, "UnknownProvider", &e.to_string()).await,
     };
-    let snapshot = match workloads::read_workloads(&ctx.client, canary).await {
+    // The provider's kinds must be served (its CRDs installed) before anything is read or written.
+    let router = router_with(provider, ctx.client.clone(), ctx.caches.router_memory());
+    let unserved = unserved_kinds(&ctx.client, &ctx.caches.served_kinds, &router.required_kinds(canary))
+        .await
+        .map_err(|e| Error::Router { context: "discovering the provider's kinds".into(), message: e.to_string() })?;
+    if !unserved.is_empty() {
+        return stall(ctx, canary, status, "ProviderKindsNotServed", &unserved_message(provider, &unserved)).await;
+    }
+    let snapshot = match workloads::read_target(&ctx.client, canary).await {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_stalled() => return stall(ctx, canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
@@ -87,11 +95,13 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let Some(refusal) = refusal_by_claims(ctx, canary, &namespace, &snapshot).await? {
         return stall(ctx, canary, status, refusal.reason, &refusal.message).await;
     }
-    if let Some(message) = target_scaled_to_zero(canary, &status, &snapshot.target) {
-        return stall(ctx, canary, status, "TargetScaledToZero", &message).await;
-    }
-    if let Err(message) = check_service_port(canary, &snapshot.target) {
-        return stall(ctx, canary, status, "ServicePortNotFound", &message).await;
+    if let Some(target) = snapshot.target_deployment() {
+        if let Some(message) = target_scaled_to_zero(canary, &status, target) {
+            return stall(ctx, canary, status, "TargetScaledToZero", &message).await;
+        }
+        if let Err(message) = check_service_port(canary, target) {
+            return stall(ctx, canary, status, "ServicePortNotFound", &message).await;
+        }
     }
     if let Err(e) = interval_of(&canary.spec) {
         return stall(ctx, canary, status, "InvalidInterval", &e.to_string()).await;
@@ -108,10 +118,9 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
-    workloads::initialize_primary(&ctx.client, canary, &snapshot)
+    workloads::target::initialize(&ctx.client, canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
-    let router = router_with(provider, ctx.client.clone(), ctx.caches.router_memory());
     router.reconcile(canary).await.map_err(|e| router_error("creating the Services and routes", e))?;
 
     // Observe, run what the core asks for, decide.
@@ -175,7 +184,7 @@ async fn run_plan(
     provider: Provider,
     plan: &Plan,
     status: &CanaryStatus,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
 ) -> GateResults {
     let mut results = GateResults::default();
     let hook_ctx = HookContext {
@@ -208,7 +217,7 @@ fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
 async fn apply_changes(
     ctx: &Context,
     canary: &Canary,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
     router: &dyn TrafficRouter,
     actions: &[Action],
 ) -> Result<(), Error> {
@@ -225,17 +234,17 @@ async fn apply_changes(
                     .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
             }
             Action::ScaleCanaryUp => {
-                workloads::scale_canary_up(&ctx.client, snapshot)
+                workloads::target::scale_canary_up(&ctx.client, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary up", e))?;
             }
             Action::ScaleCanaryToZero => {
-                workloads::scale_canary_to_zero(&ctx.client, snapshot)
+                workloads::target::scale_canary_to_zero(&ctx.client, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary to zero", e))?;
             }
             Action::PromoteCanaryToPrimary => {
-                workloads::promote_canary_to_primary(&ctx.client, canary, snapshot)
+                workloads::target::promote(&ctx.client, canary, snapshot)
                     .await
                     .map_err(|e| workload_error("promoting the canary", e))?;
             }
@@ -253,7 +262,7 @@ async fn notify(
     ctx: &Context,
     source: &KubeSource,
     canary: &Canary,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
     actions: &[Action],
     next: &CanaryStatus,
 ) {
@@ -352,7 +361,8 @@ async fn stall(
 
 fn stall_reason(e: &WorkloadError) -> &'static str {
     match e {
-        WorkloadError::TargetNotFound { .. } => "TargetNotFound",
+        WorkloadError::TargetNotFound { .. } | WorkloadError::KnativeServiceNotFound { .. } => "TargetNotFound",
+        WorkloadError::KnativeAutoscaler { .. } => "AutoscalerNotSupported",
         WorkloadError::NoSelectorLabel { .. } => "TargetSelectorInvalid",
         WorkloadError::MissingConfig { .. } => "ConfigNotFound",
         WorkloadError::AutoscalerNotFound { .. } => "AutoscalerNotFound",
@@ -409,16 +419,18 @@ async fn refusal_by_claims(
     ctx: &Context,
     canary: &Canary,
     namespace: &str,
-    snapshot: &WorkloadSnapshot,
+    snapshot: &TargetSnapshot,
 ) -> Result<Option<claims::Refusal>, Error> {
-    if let Some(refusal) = claims::managed_target(canary, &snapshot.target) {
+    if let Some(target) = snapshot.target_deployment()
+        && let Some(refusal) = claims::managed_target(canary, target)
+    {
         return Ok(Some(refusal));
     }
     let neighbours = ctx.canaries.in_namespace(&ctx.client, namespace).await?;
     if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref)) {
         return Ok(Some(refusal));
     }
-    let Some(primary) = &snapshot.primary else { return Ok(None) };
+    let Some(primary) = snapshot.primary_deployment() else { return Ok(None) };
     let live: BTreeSet<String> = neighbours.iter().filter_map(|c| c.uid()).collect();
     Ok(claims::taken_primary(canary, primary, &live))
 }

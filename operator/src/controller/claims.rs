@@ -41,6 +41,10 @@ pub struct Refusal {
 /// The names of the objects a Canary drives or creates, by kind.
 pub fn claims_of(canary: &Canary) -> BTreeSet<String> {
     let target = &canary.spec.target_ref.name;
+    if canary.spec.target_ref.is_knative_service() {
+        // Petrel writes only the Knative Service's traffic block: no primary, no Services.
+        return BTreeSet::from([format!("Knative Service {target}")]);
+    }
     let services = ServiceNames::of(canary);
     let mut claims = BTreeSet::from([
         format!("Deployment {target}"),
@@ -233,6 +237,22 @@ mod tests {
         let mut elsewhere = canary("podinfo2", "podinfo", 1);
         elsewhere.metadata.namespace = Some("other".into());
         assert_eq!(conflict(&elsewhere, [&first]), None);
+    }
+
+    #[test]
+    fn a_knative_service_is_claimed_by_kind_and_claims_no_primary_or_services() {
+        let knative = |name: &str, created_secs| {
+            let mut c = canary(name, "podinfo", created_secs);
+            c.spec.target_ref.api_version = "serving.knative.dev/v1".into();
+            c.spec.target_ref.kind = "Service".into();
+            c
+        };
+        let first = knative("podinfo", 0);
+        assert_eq!(claims_of(&first), BTreeSet::from(["Knative Service podinfo".to_string()]));
+        // Two Canaries on one Knative Service conflict; a Deployment of the same name does not.
+        let refusal = conflict(&knative("again", 1), [&first]).expect("same Knative Service");
+        assert!(refusal.message.contains("Knative Service podinfo"), "{}", refusal.message);
+        assert_eq!(conflict(&canary("deployment", "podinfo", 1), [&first]), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::store::Writer;
@@ -78,6 +79,8 @@ pub struct Caches {
     pub status_versions: StatusVersions,
     /// What the routers last wrote.
     pub ledger: WriteLedger,
+    /// What discovery last said each provider's group version serves.
+    pub served_kinds: crate::routers::ServedKinds,
     writers: Mutex<Option<(SourceWriters, Writer<PartialObjectMeta<Service>>)>>,
 }
 
@@ -91,6 +94,7 @@ impl Caches {
             services,
             status_versions: StatusVersions::default(),
             ledger: WriteLedger::default(),
+            served_kinds: crate::routers::ServedKinds::default(),
             writers: Mutex::new(Some((source_writers, service_writer))),
         }
     }
@@ -198,6 +202,23 @@ fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) ->
         }
     }
     refs
+}
+
+/// The watch of Knative Service targets (when the cluster serves them).
+const KNATIVE_SERVICE_WATCH: &str = "knative services";
+
+/// The Canaries whose target is this Knative Service.
+fn canaries_for_knative_service(store: &Store<Canary>, service: &DynamicObject) -> Vec<ObjectRef<Canary>> {
+    let namespace = service.namespace();
+    let name = service.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| {
+            c.namespace() == namespace && c.spec.target_ref.is_knative_service() && c.spec.target_ref.name == name
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 /// The Canaries whose target uses this ConfigMap or Secret (as recorded in their status).
@@ -311,9 +332,23 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             }
         }
     });
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
+    // Knative Service targets are watched when the cluster serves them at start (a watch of
+    // an unserved kind fails forever); a Knative CRD installed later needs a restart.
+    let knative = crate::routers::knative::service_resource();
+    let knative_served =
+        crate::routers::unserved_kinds(&client, &ctx.caches.served_kinds, std::slice::from_ref(&knative))
+            .await
+            .is_ok_and(|unserved| unserved.is_empty());
+    let knative_services = knative_served.then(|| {
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &knative),
+            None => Api::all_with(client.clone(), &knative),
+        };
+        kept(KNATIVE_SERVICE_WATCH, watcher(api, config()), &health)
+    });
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
-    Controller::for_stream(objects_only(canary_events.applied_objects()), store)
+    let mut controller = Controller::for_stream(objects_only(canary_events.applied_objects()), store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
         .watches_stream(objects_only(deployments.touched_objects()), move |d: PartialObjectMeta<Deployment>| {
             canaries_for_deployment(&s1, &d)
@@ -327,7 +362,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         .watches_stream(objects_only(templates.touched_objects()), move |t: MetricTemplate| {
             canaries_using_template(&s4, t.namespace(), &t.name_any())
         })
-        .owns_stream(objects_only(services.touched_objects()))
+        .owns_stream(objects_only(services.touched_objects()));
+    if let Some(knative_services) = knative_services {
+        controller = controller.watches_stream_with(
+            objects_only(knative_services.touched_objects()),
+            move |s| canaries_for_knative_service(&s5, &s),
+            knative,
+        );
+    }
+    controller
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

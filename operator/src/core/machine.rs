@@ -617,7 +617,12 @@ fn reset_run(status: &mut CanaryStatus) {
 }
 
 /// Shortens a revision hash for messages.
+/// A revision for messages: a template hash shortened to 12 characters; a name (a Knative
+/// revision, `podinfo-00002`) whole, as shortening would cut its number off.
 fn short(revision: &str) -> &str {
+    if !revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        return revision;
+    }
     revision.get(..revision.len().min(12)).unwrap_or(revision)
 }
 

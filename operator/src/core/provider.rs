@@ -7,7 +7,8 @@ use std::fmt;
 pub enum Provider {
     GatewayApi,
     Istio,
-    /// Linkerd through the SMI TrafficSplit API.
+    /// Linkerd: an HTTPRoute attached to the apex Service (Gateway API's GAMMA) when the
+    /// Canary's `service.gatewayRefs` name Services, an SMI TrafficSplit otherwise.
     Linkerd,
     /// Any SMI implementation (TrafficSplit).
     Smi,
@@ -16,11 +17,22 @@ pub enum Provider {
     Contour,
     /// Plain Kubernetes Services: blue/green by switching the apex Service's selector.
     Kubernetes,
+    /// Apache APISIX: a weighted clone of the user's ApisixRoute (`spec.routeRef`).
+    Apisix,
+    /// Gloo Edge: a RouteTable over two generated Upstreams.
+    Gloo,
+    /// Skipper: a canary Ingress carrying Skipper's backend-weights annotation.
+    Skipper,
+    /// Kuma: a MeshHTTPRoute.
+    Kuma,
+    /// Knative Serving: the traffic block of the target Knative Service; its revisions are
+    /// the primary and the canary.
+    Knative,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown traffic provider {0:?}: expected one of gatewayapi, istio, linkerd, smi, nginx, traefik, contour, kubernetes"
+    "unknown traffic provider {0:?}: expected one of gatewayapi, istio, linkerd, smi, nginx, traefik, contour, kubernetes, apisix, gloo, skipper, kuma, knative"
 )]
 pub struct UnknownProvider(pub String);
 
@@ -37,6 +49,11 @@ impl Provider {
             ("traefik", "traefik") => Ok(Provider::Traefik),
             ("contour", "contour") => Ok(Provider::Contour),
             ("kubernetes", "kubernetes") => Ok(Provider::Kubernetes),
+            ("apisix", "apisix") => Ok(Provider::Apisix),
+            ("gloo", "gloo") => Ok(Provider::Gloo),
+            ("skipper", "skipper") => Ok(Provider::Skipper),
+            ("kuma", "kuma") => Ok(Provider::Kuma),
+            ("knative", "knative") => Ok(Provider::Knative),
             _ => Err(UnknownProvider(name.to_string())),
         }
     }
@@ -51,6 +68,11 @@ impl Provider {
             Provider::Traefik => "traefik",
             Provider::Contour => "contour",
             Provider::Kubernetes => "kubernetes",
+            Provider::Apisix => "apisix",
+            Provider::Gloo => "gloo",
+            Provider::Skipper => "skipper",
+            Provider::Kuma => "kuma",
+            Provider::Knative => "knative",
         }
     }
 
@@ -59,9 +81,18 @@ impl Provider {
         self != Provider::Kubernetes
     }
 
-    /// Whether the provider can route by header or cookie (A/B testing).
+    /// Whether the provider can route by header or cookie (A/B testing). Linkerd can
+    /// through Gateway API only: see [`crate::routers::supports_matching`] for a Canary.
     pub fn supports_matching(self) -> bool {
-        matches!(self, Provider::GatewayApi | Provider::Istio | Provider::Nginx | Provider::Contour)
+        matches!(
+            self,
+            Provider::GatewayApi
+                | Provider::Istio
+                | Provider::Nginx
+                | Provider::Contour
+                | Provider::Gloo
+                | Provider::Kuma
+        )
     }
 
     /// Whether the provider can mirror traffic.

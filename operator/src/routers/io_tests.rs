@@ -16,7 +16,7 @@ use crate::core::Provider;
 
 /// One request the scripted API server answered.
 #[derive(Clone, Debug)]
-struct Call {
+pub(crate) struct Call {
     method: String,
     uri: String,
     body: Option<Value>,
@@ -34,6 +34,8 @@ enum Reply {
     NotFound,
     /// Echo the applied object back, as the API server does.
     Echo,
+    /// The API server's answer for an API group it does not serve: text, not a Status.
+    PageNotFound,
 }
 
 /// A client whose API server answers with `respond(method, path)` and records every call.
@@ -49,6 +51,12 @@ fn scripted_client(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> (C
             let body: Option<Value> = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).expect("JSON body"));
             let call = Call { method, uri, body };
             let (status, reply) = match respond(&call.method, call.path()) {
+                Reply::PageNotFound => {
+                    seen.lock().expect("calls lock").push(call);
+                    let response = Response::builder().status(404).body(Body::from(b"404 page not found\n".to_vec()));
+                    send.send_response(response.expect("valid response"));
+                    continue;
+                }
                 Reply::Object(obj) => (200, obj),
                 Reply::Echo => (200, call.body.clone().expect("an applied object")),
                 Reply::NotFound => (
@@ -63,6 +71,12 @@ fn scripted_client(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> (C
         }
     });
     (Client::new(service, "default"), calls)
+}
+
+/// A client whose API server answers 404 to everything, for tests that build a router
+/// without calling it.
+pub(crate) fn offline_client() -> (Client, Arc<Mutex<Vec<Call>>>) {
+    scripted_client(|_, _| Reply::NotFound)
 }
 
 fn deployment() -> Value {
@@ -118,6 +132,33 @@ async fn reconcile_creates_services_then_a_primary_only_route() {
 }
 
 #[tokio::test]
+async fn kinds_of_an_unserved_group_or_version_are_reported_unserved() {
+    let (client, calls) = scripted_client(|method, path| match (method, path) {
+        ("GET", "/apis/gateway.networking.k8s.io/v1") => Reply::Object(json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.networking.k8s.io/v1",
+            "resources": [{ "name": "httproutes", "singularName": "httproute", "namespaced": true, "kind": "HTTPRoute", "verbs": ["get"] }],
+        })),
+        _ => Reply::PageNotFound,
+    });
+    let kinds = [
+        super::gatewayapi::http_route_resource(&canary()),
+        super::kuma::mesh_http_route_resource(),
+        super::gloo::route_table_resource(),
+        super::gloo::upstream_resource(),
+    ];
+    let served = super::ServedKinds::default();
+    let unserved = finish(super::unserved_kinds(&client, &served, &kinds)).await.unwrap();
+    let names: Vec<&str> = unserved.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(names, ["MeshHTTPRoute", "RouteTable", "Upstream"]);
+    assert_eq!(calls.lock().unwrap().len(), 4, "one discovery request per group version");
+    // A served group version is not asked again for a while; missing ones are.
+    finish(super::unserved_kinds(&client, &served, &kinds)).await.unwrap();
+    assert_eq!(calls.lock().unwrap().len(), 7, "only the three unserved group versions are asked again");
+    let message = super::unserved_message(Provider::Gloo, &unserved[1..]);
+    assert!(message.contains("RouteTable (gateway.solo.io/v1), Upstream (gloo.solo.io/v1)"), "{message}");
+}
+
+#[tokio::test]
 async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
     let (client, calls) = scripted_client(|method, path| match (method, path) {
         ("GET", DEPLOYMENT) => Reply::Object(deployment()),
@@ -125,9 +166,12 @@ async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
+    // Linkerd without gatewayRefs: SMI.
+    let mut linkerd = canary();
+    linkerd.spec.service.gateway_refs.clear();
     let router = router_for(Provider::Linkerd, client);
-    finish(router.reconcile(&canary())).await.unwrap();
-    assert_eq!(finish(router.get_routes(&canary())).await.unwrap(), weights(70, 30, false));
+    finish(router.reconcile(&linkerd)).await.unwrap();
+    assert_eq!(finish(router.get_routes(&linkerd)).await.unwrap(), weights(70, 30, false));
 
     let applied = applies(&calls.lock().unwrap());
     let (_, split) = applied.iter().find(|(p, _)| p == SPLIT).expect("the split was applied");
@@ -315,5 +359,66 @@ mod live {
         let ingresses: Api<Ingress> = Api::namespaced(client.clone(), NAMESPACE);
         let user = ingresses.get("podinfo").await.expect("user Ingress");
         assert!(user.metadata.annotations.unwrap_or_default().is_empty(), "the user's Ingress was left alone");
+    }
+}
+
+/// The new routers write through the ledger like the mesh routers: `set_routes` with the
+/// weights petrel last wrote sends nothing, other weights go out, and after `finalize`
+/// (which forgets) the same weights go out again.
+#[tokio::test]
+async fn apisix_gloo_and_knative_write_the_same_weights_once() {
+    const USER_ROUTE: &str = "/apis/apisix.apache.org/v2/namespaces/test/apisixroutes/podinfo";
+    const KNATIVE: &str = "/apis/serving.knative.dev/v1/namespaces/test/services/podinfo";
+    let user_route = json!({
+        "apiVersion": "apisix.apache.org/v2", "kind": "ApisixRoute",
+        "metadata": { "name": "podinfo", "namespace": "test" },
+        "spec": { "http": [{ "name": "main", "match": { "paths": ["/*"] },
+                             "backends": [{ "serviceName": "podinfo", "servicePort": 9898 }] }] },
+    });
+    let knative_service = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "podinfo", "namespace": "test", "resourceVersion": "7",
+                      "annotations": { super::knative::PRIMARY_REVISION_ANNOTATION: "podinfo-00001" } },
+    });
+    let (client, calls) = scripted_client(move |method, path| match (method, path) {
+        ("GET", USER_ROUTE) => Reply::Object(user_route.clone()),
+        ("GET", KNATIVE) => Reply::Object(knative_service.clone()),
+        ("GET", _) => Reply::NotFound,
+        ("DELETE", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let mut apisix = canary();
+    apisix.spec.provider = Some("apisix".into());
+    apisix.spec.route_ref = Some(ObjectRef {
+        api_version: Some("apisix.apache.org/v2".into()),
+        kind: Some("ApisixRoute".into()),
+        name: "podinfo".into(),
+        ..ObjectRef::default()
+    });
+    let mut gloo = canary();
+    gloo.spec.provider = Some("gloo".into());
+    let mut knative = canary();
+    knative.spec.provider = Some("knative".into());
+    knative.spec.target_ref.api_version = "serving.knative.dev/v1".into();
+    knative.spec.target_ref.kind = "Service".into();
+    knative.status = Some(crate::api::canary::CanaryStatus {
+        last_applied_spec: Some("podinfo-00002".into()),
+        ..Default::default()
+    });
+
+    for (provider, canary) in [(Provider::Apisix, apisix), (Provider::Gloo, gloo), (Provider::Knative, knative)] {
+        let router = super::router_with(provider, client.clone(), super::RouterMemory::default());
+        let patches = || applies(&calls.lock().unwrap()).len();
+        let before = patches();
+        finish(router.set_routes(&canary, weights(90, 10, false))).await.unwrap();
+        assert_eq!(patches(), before + 1, "{provider}: the first write goes out");
+        finish(router.set_routes(&canary, weights(90, 10, false))).await.unwrap();
+        assert_eq!(patches(), before + 1, "{provider}: the same weights again write nothing");
+        finish(router.set_routes(&canary, weights(80, 20, false))).await.unwrap();
+        assert_eq!(patches(), before + 2, "{provider}: new weights go out");
+        finish(router.finalize(&canary)).await.unwrap();
+        let after_finalize = patches();
+        finish(router.set_routes(&canary, weights(80, 20, false))).await.unwrap();
+        assert_eq!(patches(), after_finalize + 1, "{provider}: finalize forgets what was written");
     }
 }

@@ -8,13 +8,19 @@
 //! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
 //! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
 
+pub mod apisix;
 pub mod contour;
 pub mod gatewayapi;
+pub mod gloo;
 pub mod istio;
+pub mod knative;
 pub mod kubernetes;
+pub mod kuma;
 pub mod ledger;
+pub mod linkerd;
 pub mod nginx;
 pub mod services;
+pub mod skipper;
 pub mod smi;
 pub mod traefik;
 
@@ -152,6 +158,13 @@ pub trait TrafficRouter: Send + Sync {
     /// Removes the routing petrel added, leaving traffic on the primary. Services stay:
     /// removing the apex Service would cut traffic; they go with the Canary by owner reference.
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// The third-party kinds this router reads or writes for this Canary. The reconciler
+    /// checks that the cluster serves them ([`unserved_kinds`]) before touching anything,
+    /// so a provider whose CRDs are not installed is a Stalled Canary, not a retry loop.
+    fn required_kinds(&self, _canary: &Canary) -> Vec<ApiResource> {
+        Vec::new()
+    }
 }
 
 /// The router for a provider. The provider was parsed with [`Provider::parse`], so an
@@ -167,11 +180,17 @@ pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> 
     match provider {
         Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client, memory)),
         Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client, memory)),
-        Provider::Linkerd | Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client, memory)),
+        Provider::Linkerd => Box::new(linkerd::LinkerdRouter::new(client, memory)),
+        Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client, memory)),
         Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client, memory)),
         Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client, memory)),
+        Provider::Kuma => Box::new(MeshRouter::<kuma::Kuma>::new(client, memory)),
         Provider::Nginx => Box::new(nginx::NginxRouter::new(client, memory)),
         Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client, memory)),
+        Provider::Apisix => Box::new(apisix::ApisixRouter::new(client, memory)),
+        Provider::Gloo => Box::new(gloo::GlooRouter::new(client, memory)),
+        Provider::Skipper => Box::new(skipper::SkipperRouter::new(client, memory)),
+        Provider::Knative => Box::new(knative::KnativeRouter::new(client, memory)),
     }
 }
 
@@ -197,6 +216,122 @@ impl RouterMemory {
             ),
         }
     }
+}
+
+/// Whether this Canary's routing can send requests by header or cookie (A/B testing):
+/// [`Provider::supports_matching`], except that Linkerd can through Gateway API only.
+pub fn supports_matching(provider: Provider, canary: &Canary) -> bool {
+    match provider {
+        Provider::Linkerd => linkerd::uses_gateway_api(canary),
+        other => other.supports_matching(),
+    }
+}
+
+/// How long a discovery answer that a group version serves its kinds is trusted (so a
+/// CRD removed while petrel runs is noticed within this time). An answer that a kind is
+/// missing is never kept: installing a provider's CRDs takes effect at the next reconcile.
+pub const SERVED_KINDS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The resources each group version was last seen to serve, so that reconciles ask
+/// discovery at most once per [`SERVED_KINDS_TTL`] per group version, whatever the number
+/// of Canaries. Cheap to clone; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct ServedKinds {
+    seen: std::sync::Arc<std::sync::Mutex<SeenPlurals>>,
+}
+
+/// Per group version: when discovery answered, and the plurals it served.
+type SeenPlurals = BTreeMap<String, (std::time::Instant, Vec<String>)>;
+
+impl ServedKinds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeenPlurals> {
+        // Every change is one insert: a panic while holding the lock leaves a consistent map.
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fresh(&self, api_version: &str) -> Option<Vec<String>> {
+        let seen = self.lock();
+        let (at, plurals) = seen.get(api_version)?;
+        (at.elapsed() < SERVED_KINDS_TTL).then(|| plurals.clone())
+    }
+}
+
+/// The kinds of `kinds` the API server does not serve (their CRDs are not installed), by
+/// one discovery request per group version not known to serve them (see [`ServedKinds`]).
+pub async fn unserved_kinds(
+    client: &Client,
+    served: &ServedKinds,
+    kinds: &[ApiResource],
+) -> Result<Vec<ApiResource>, RouterError> {
+    let mut unserved = Vec::new();
+    let mut asked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for kind in kinds {
+        if let Some(plurals) = served.fresh(&kind.api_version)
+            && plurals.contains(&kind.plural)
+        {
+            continue;
+        }
+        if !asked.contains_key(&kind.api_version) {
+            let plurals: Vec<String> = match client.list_api_group_resources(&kind.api_version).await {
+                Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+                // An API group nobody serves answers a plain-text "404 page not found", not
+                // a NotFound Status: the code is what to go by.
+                Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+                Err(source) => {
+                    return Err(RouterError::Api {
+                        verb: "discover",
+                        kind: kind.kind.clone(),
+                        namespace: String::new(),
+                        name: kind.api_version.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            };
+            if !plurals.is_empty() {
+                served.lock().insert(kind.api_version.clone(), (std::time::Instant::now(), plurals.clone()));
+            }
+            asked.insert(kind.api_version.clone(), plurals);
+        }
+        if !asked[&kind.api_version].contains(&kind.plural) {
+            unserved.push(kind.clone());
+        }
+    }
+    Ok(unserved)
+}
+
+/// The Stalled message for kinds a provider needs that the cluster does not serve.
+pub fn unserved_message(provider: Provider, unserved: &[ApiResource]) -> String {
+    let kinds: Vec<String> = unserved.iter().map(|r| format!("{} ({})", r.kind, r.api_version)).collect();
+    format!(
+        "provider {provider} needs {}, which this cluster does not serve: install the CRDs of {provider} (petrel has touched no traffic)",
+        kinds.join(", ")
+    )
+}
+
+/// Reads a namespaced third-party object as JSON; `None` when it does not exist.
+pub(crate) async fn read_dynamic(
+    client: &Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+) -> Result<Option<Value>, RouterError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let found = api.get_opt(name).await.map_err(|source| RouterError::Api {
+        verb: "read",
+        kind: resource.kind.clone(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    })?;
+    found
+        .map(|object| {
+            serde_json::to_value(object).map_err(|source| RouterError::Json {
+                kind: resource.kind.clone(),
+                name: name.to_string(),
+                source,
+            })
+        })
+        .transpose()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -367,22 +502,13 @@ impl<R: MeshRoutes> MeshRouter<R> {
     async fn current(&self, canary: &Canary) -> Result<Option<(Weights, Option<String>)>, RouterError> {
         let namespace = namespace_of(canary)?;
         let (resource, name) = R::weighted_object(canary);
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
-        let found = api.get_opt(&name).await.map_err(|source| RouterError::Api {
-            verb: "read",
-            kind: resource.kind.clone(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
-        let Some(found) = found else { return Ok(None) };
-        let version = found.metadata.resource_version.clone();
-        let found = serde_json::to_value(found).map_err(|source| RouterError::Json {
-            kind: resource.kind.clone(),
-            name: name.clone(),
-            source,
-        })?;
-        Ok(Some((R::weights_of(&found)?, version)))
+        match read_dynamic(&self.client, &namespace, &resource, &name).await? {
+            Some(found) => {
+                let version = found.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+                Ok(Some((R::weights_of(&found)?, version)))
+            }
+            None => Ok(None),
+        }
     }
 
     async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
@@ -447,9 +573,31 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
             Ok(())
         })
     }
+
+    fn required_kinds(&self, canary: &Canary) -> Vec<ApiResource> {
+        distinct(R::all_objects(canary).into_iter().map(|(resource, _)| resource))
+    }
 }
 
-async fn apply_dynamic(
+/// What a read of an object (as JSON, `None` when absent) says of its version, for the ledger.
+pub(crate) fn observed_version(object: Option<&Value>) -> Observed {
+    Observed::Version(
+        object.and_then(|o| o.pointer("/metadata/resourceVersion")).and_then(Value::as_str).map(String::from),
+    )
+}
+
+/// The resources of `all`, each once, in order.
+pub(crate) fn distinct(all: impl IntoIterator<Item = ApiResource>) -> Vec<ApiResource> {
+    let mut out: Vec<ApiResource> = Vec::new();
+    for resource in all {
+        if !out.contains(&resource) {
+            out.push(resource);
+        }
+    }
+    out
+}
+
+pub(crate) async fn apply_dynamic(
     client: &Client,
     ledger: &WriteLedger,
     namespace: &str,
@@ -480,7 +628,7 @@ async fn apply_dynamic(
     }
 }
 
-async fn delete_dynamic(
+pub(crate) async fn delete_dynamic(
     client: &Client,
     namespace: &str,
     resource: &ApiResource,
@@ -516,6 +664,10 @@ pub fn third_party_resources() -> Vec<ApiResource> {
         smi::traffic_split_resource(),
         traefik::traefik_service_resource(),
         contour::http_proxy_resource(),
+        apisix::apisix_route_resource(),
+        gloo::route_table_resource(),
+        gloo::upstream_resource(),
+        kuma::mesh_http_route_resource(),
     ]
 }
 
@@ -592,6 +744,14 @@ mod tests {
             let mut sums = split_sums(&gatewayapi::build_http_route(&canary, w).unwrap(), "/spec/rules", "backendRefs");
             sums.extend(split_sums(&istio::build_virtual_service(&canary, w).unwrap(), "/spec/http", "route"));
             sums.extend(split_sums(&contour::build_http_proxy(&exact_ab, w).unwrap(), "/spec/routes", "services"));
+            let kuma = kuma::build_mesh_http_route(&canary, w).unwrap();
+            for rule in kuma["spec"]["to"][0]["rules"].as_array().expect("rules") {
+                sums.extend(split_sums(&json!([rule["default"]]), "", "backendRefs"));
+            }
+            let gloo = gloo::build_route_table(&canary, w).unwrap();
+            for route in gloo["spec"]["routes"].as_array().expect("routes") {
+                sums.extend(split_sums(&json!([route["routeAction"]["multi"]]), "", "destinations"));
+            }
             if !ab {
                 let split = smi::build_traffic_split(&canary, w).unwrap();
                 sums.extend(split_sums(&json!([split["spec"]]), "", "backends"));
@@ -610,7 +770,8 @@ mod tests {
             Provider::Linkerd | Provider::Smi => smi::Smi::build(canary, w),
             Provider::Traefik => traefik::Traefik::build(canary, w),
             Provider::Contour => contour::Contour::build(canary, w),
-            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+            Provider::Kuma => kuma::Kuma::build(canary, w),
+            _ => unreachable!("not a mesh router"),
         }
     }
 
@@ -623,12 +784,20 @@ mod tests {
             Provider::Linkerd | Provider::Smi => (smi::Smi::all_objects(canary), smi::Smi::weighted_object(canary)),
             Provider::Traefik => (traefik::Traefik::all_objects(canary), traefik::Traefik::weighted_object(canary)),
             Provider::Contour => (contour::Contour::all_objects(canary), contour::Contour::weighted_object(canary)),
-            Provider::Nginx | Provider::Kubernetes => unreachable!("not a mesh router"),
+            Provider::Kuma => (kuma::Kuma::all_objects(canary), kuma::Kuma::weighted_object(canary)),
+            _ => unreachable!("not a mesh router"),
         }
     }
 
-    const MESH_PROVIDERS: [Provider; 6] =
-        [Provider::GatewayApi, Provider::Istio, Provider::Linkerd, Provider::Smi, Provider::Traefik, Provider::Contour];
+    const MESH_PROVIDERS: [Provider; 7] = [
+        Provider::GatewayApi,
+        Provider::Istio,
+        Provider::Linkerd,
+        Provider::Smi,
+        Provider::Traefik,
+        Provider::Contour,
+        Provider::Kuma,
+    ];
 
     /// `finalize` deletes `all_objects` and `get_routes` reads `weighted_object`: both must
     /// name exactly what `build` writes.
@@ -669,6 +838,16 @@ mod tests {
             let ab = build_for(provider, &exact_ab, Weights::canary_only());
             assert_eq!(ab.is_ok(), provider.supports_matching(), "{provider} A/B");
         }
+        // The routers that are not mesh routers: the same agreement.
+        assert_eq!(gloo::build_route_table(&testing::canary(), mirrored).is_ok(), Provider::Gloo.supports_mirroring());
+        assert_eq!(
+            gloo::build_route_table(&exact_ab, Weights::canary_only()).is_ok(),
+            Provider::Gloo.supports_matching()
+        );
+        let knative = knative::build_traffic(&exact_ab, "a", Some("b"), Weights::canary_only());
+        assert_eq!(knative.is_ok(), Provider::Knative.supports_matching());
+        let knative = knative::build_traffic(&testing::canary(), "a", Some("b"), mirrored);
+        assert_eq!(knative.is_ok(), Provider::Knative.supports_mirroring());
         let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
         assert!(kubernetes::build_apex(&testing::canary(), &selector, mirrored).is_err());
         assert!(kubernetes::build_apex(&exact_ab, &selector, Weights::canary_only()).is_err());
@@ -720,6 +899,10 @@ mod tests {
         let mut served = Vec::new();
         for entry in std::fs::read_dir(&dir).expect("e2e/crds/third-party exists") {
             let path = entry.expect("readable dir entry").path();
+            // kubectl applies the YAML files of the directory; the README and scripts are not CRDs.
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("readable CRD file");
             let crd: CustomResourceDefinition =
                 serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
@@ -745,7 +928,8 @@ mod tests {
                 ));
             }
         }
-        for r in third_party_resources() {
+        for r in third_party_resources().into_iter().chain([knative::service_resource(), knative::revision_resource()])
+        {
             let wanted = (r.group.clone(), r.version.clone(), r.kind.clone(), r.plural.clone());
             assert!(served.contains(&wanted), "no CRD in {} serves {wanted:?}", dir.display());
         }

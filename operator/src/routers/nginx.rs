@@ -32,13 +32,13 @@ fn annotation(name: &str) -> String {
 const GITOPS_TRACKING_PREFIXES: [&str; 4] =
     ["argocd.argoproj.io/", "kustomize.toolkit.fluxcd.io/", "helm.toolkit.fluxcd.io/", "meta.helm.sh/"];
 
-fn gitops_tracking(key: &str) -> bool {
+pub(crate) fn gitops_tracking(key: &str) -> bool {
     GITOPS_TRACKING_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
 }
 
 /// Labels of the user's Ingress copied to the clone: all but GitOps tracking labels
 /// (`app.kubernetes.io/instance` is Argo CD's default tracking label).
-fn copied_label(key: &str) -> bool {
+pub(crate) fn copied_label(key: &str) -> bool {
     key != "app.kubernetes.io/instance" && !gitops_tracking(key)
 }
 

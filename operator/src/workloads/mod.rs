@@ -15,10 +15,12 @@ pub mod configs;
 pub mod health;
 pub mod history;
 pub mod hpa;
+pub mod knative;
 pub mod primary;
 pub mod revision;
 pub mod scaling;
 pub mod selector;
+pub mod target;
 
 pub use actions::{
     WorkloadSnapshot, initialize_primary, promote_canary_to_primary, read_workloads, scale_canary_to_zero,
@@ -40,6 +42,7 @@ pub use primary::{build_primary, ensure_primary, primary_name, promote};
 pub use revision::{release_identity, revision};
 pub use scaling::{primary_replicas, scale_target, scale_up_replicas};
 pub use selector::{PodSelector, pod_selector, primary_value};
+pub use target::{TargetSnapshot, read_target};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
@@ -70,6 +73,17 @@ pub enum WorkloadError {
 
     #[error("Deployment {namespace}/{name} not found")]
     TargetNotFound { namespace: String, name: String },
+
+    #[error("Knative Service {namespace}/{name} not found (serving.knative.dev/v1)")]
+    KnativeServiceNotFound { namespace: String, name: String },
+
+    #[error("Knative Service {namespace}/{name} has no revision yet: Knative has not reconciled it")]
+    KnativeNotReconciled { namespace: String, name: String },
+
+    #[error(
+        "spec.autoscalerRef {name}: a Knative Service target scales its revisions itself (Knative's autoscaler); remove autoscalerRef"
+    )]
+    KnativeAutoscaler { name: String },
 
     #[error("Deployment {namespace}/{name} has no spec")]
     TargetWithoutSpec { namespace: String, name: String },
@@ -102,7 +116,10 @@ impl WorkloadError {
     /// True when the error needs a change by a person (the Canary is Stalled) rather than
     /// a retry: a missing or ill-formed object the user owns.
     pub fn is_stalled(&self) -> bool {
-        !matches!(self, WorkloadError::Kube { .. } | WorkloadError::Serialize { .. })
+        !matches!(
+            self,
+            WorkloadError::Kube { .. } | WorkloadError::Serialize { .. } | WorkloadError::KnativeNotReconciled { .. }
+        )
     }
 
     pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Self {

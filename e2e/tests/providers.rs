@@ -1,0 +1,226 @@
+//! Every traffic provider through the Canary scenarios, on ONE real control plane
+//! (`petrel_e2e::providers::SharedEnv`): a healthy promotion with its exact weights, a
+//! rollback on errors, A/B testing where the provider routes by header, and blue/green,
+//! each (provider, scenario) in its own namespace, a few at a time. Then bad input in the
+//! same cluster: a provider whose CRDs are not installed, a Knative target that does not
+//! exist, a routeRef naming nothing, and retired providers refused at admission.
+//!
+//! `cargo test -p petrel-e2e --test providers -- --nocapture` prints each case's time and
+//! the matrix's wall time. `PETREL_E2E_PARALLEL` sets how many cases run at once (5).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use petrel::api::Canary;
+use petrel::api::canary::RETIRED_PROVIDER_MESSAGE;
+use petrel_e2e::providers::{APP, SharedEnv, matrix, run_matrix};
+use petrel_e2e::scenario::eventually;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_runs_the_canary_scenarios() {
+    let env = SharedEnv::start("providers").await.unwrap();
+    let parallel = std::env::var("PETREL_E2E_PARALLEL").ok().and_then(|p| p.parse().ok()).unwrap_or(5);
+    let cases = matrix();
+    let t0 = Instant::now();
+    let results = run_matrix(&env, &cases, parallel).await;
+    let wall = t0.elapsed();
+    let failed: Vec<_> = results.iter().filter(|r| r.outcome.is_err()).collect();
+    eprintln!(
+        "[providers] {} cases ({} providers), {parallel} at a time: matrix wall time {wall:.1?}, environment start {:.1?}, {} failed",
+        results.len(),
+        petrel_e2e::providers::PROVIDERS.len(),
+        env.elapsed() - wall,
+        failed.len()
+    );
+    for r in &failed {
+        eprintln!(
+            "===== [{}/{}] {:.1?}\n{}",
+            r.provider,
+            r.scenario.name(),
+            r.elapsed,
+            r.outcome.as_ref().unwrap_err()
+        );
+    }
+    if !failed.is_empty() {
+        let log = env.operator.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        eprintln!("===== petrel log (last 80 lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    assert!(failed.is_empty(), "{} of {} cases failed", failed.len(), results.len());
+
+    bad_input_is_stalled_and_touches_no_traffic(&env).await;
+    retired_providers_are_refused_with_a_reason(&env).await;
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply("e2e-test").force()
+}
+
+async fn namespace(env: &SharedEnv, name: &str) {
+    Api::<Namespace>::all(env.client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap())
+        .await
+        .unwrap();
+}
+
+/// Waits for a Stalled condition with `reason` and an Event with that reason, whose
+/// messages satisfy `names_it`; returns the message.
+async fn stalled(env: &SharedEnv, ns: &str, reason: &str, names_it: impl Fn(&str) -> bool) -> String {
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    let message = eventually(&format!("{ns}: Stalled {reason}"), Duration::from_secs(30), async || {
+        let canary = canaries.get(APP).await.ok()?;
+        let status = canary.status?;
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.is_true() && c.reason == reason)
+            .map(|c| c.message.clone())
+    })
+    .await
+    .unwrap();
+    assert!(names_it(&message), "{ns}: the Stalled message does not name the missing piece: {message}");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(env.client.clone(), ns);
+    eventually(&format!("{ns}: an Event {reason}"), Duration::from_secs(10), async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref().is_some_and(&names_it))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    message
+}
+
+/// No Service: nothing petrel would route through was created.
+async fn no_traffic_touched(env: &SharedEnv, ns: &str) {
+    let services = Api::<Service>::namespaced(env.client.clone(), ns).list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = services.items.iter().map(|s| s.metadata.name.clone()).collect();
+    assert!(names.is_empty(), "{ns}: petrel created Services: {names:?}");
+}
+
+fn canary(ns: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({ "apiVersion": "petrel.dev/v1alpha1", "kind": "Canary", "metadata": { "name": APP, "namespace": ns }, "spec": spec })
+}
+
+fn deployment(ns: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": APP, "namespace": ns },
+        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": APP } },
+            "template": { "metadata": { "labels": { "app": APP } }, "spec": { "containers": [{ "name": "podinfo", "image": "podinfo:1" }] } } },
+    })
+}
+
+async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
+    let t0 = Instant::now();
+    let client = env.client.clone();
+    let deployments: fn(&SharedEnv, &str) -> Api<k8s_openapi::api::apps::v1::Deployment> =
+        |env, ns| Api::namespaced(env.client.clone(), ns);
+
+    // A Knative target that does not exist.
+    namespace(env, "bad-knative-target").await;
+    Api::<Canary>::namespaced(client.clone(), "bad-knative-target")
+        .patch(
+            APP,
+            &ssa(),
+            &Patch::Apply(canary(
+                "bad-knative-target",
+                json!({
+                    "provider": "knative",
+                    "targetRef": { "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": APP },
+                    "service": { "port": 9898 },
+                }),
+            )),
+        )
+        .await
+        .unwrap();
+    stalled(env, "bad-knative-target", "TargetNotFound", |m| m.contains("Knative Service bad-knative-target/podinfo"))
+        .await;
+
+    // A routeRef naming no ApisixRoute.
+    namespace(env, "bad-route-ref").await;
+    deployments(env, "bad-route-ref").patch(APP, &ssa(), &Patch::Apply(deployment("bad-route-ref"))).await.unwrap();
+    Api::<Canary>::namespaced(client.clone(), "bad-route-ref")
+        .patch(
+            APP,
+            &ssa(),
+            &Patch::Apply(canary(
+                "bad-route-ref",
+                json!({
+                    "provider": "apisix",
+                    "routeRef": { "name": "missing" },
+                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+                    "service": { "port": 9898 },
+                }),
+            )),
+        )
+        .await
+        .unwrap();
+    stalled(env, "bad-route-ref", "RouteTargetNotFound", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
+    no_traffic_touched(env, "bad-route-ref").await;
+
+    // A provider whose CRDs are not installed: Kuma's, removed now that its cases are done.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.delete("meshhttproutes.kuma.io", &DeleteParams::default()).await.unwrap();
+    eventually("the MeshHTTPRoute CRD to be gone", Duration::from_secs(30), async || {
+        crds.get_opt("meshhttproutes.kuma.io").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    // petrel trusts a discovery answer that a kind is served for a few seconds.
+    tokio::time::sleep(petrel::routers::SERVED_KINDS_TTL).await;
+    namespace(env, "bad-no-crds").await;
+    deployments(env, "bad-no-crds").patch(APP, &ssa(), &Patch::Apply(deployment("bad-no-crds"))).await.unwrap();
+    Api::<Canary>::namespaced(client.clone(), "bad-no-crds")
+        .patch(
+            APP,
+            &ssa(),
+            &Patch::Apply(canary(
+                "bad-no-crds",
+                json!({
+                    "provider": "kuma",
+                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+                    "service": { "port": 9898 },
+                }),
+            )),
+        )
+        .await
+        .unwrap();
+    stalled(env, "bad-no-crds", "ProviderKindsNotServed", |m| m.contains("MeshHTTPRoute (kuma.io/v1alpha1)")).await;
+    no_traffic_touched(env, "bad-no-crds").await;
+    let primary = deployments(env, "bad-no-crds").get_opt(&format!("{APP}-primary")).await.unwrap();
+    assert!(primary.is_none(), "a primary was created for a Canary whose provider is not installed");
+    eprintln!("[providers] bad input checked in {:.1?}", t0.elapsed());
+}
+
+async fn retired_providers_are_refused_with_a_reason(env: &SharedEnv) {
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), "default");
+    for provider in ["appmesh", "osm"] {
+        let manifest = canary(
+            "default",
+            json!({
+                "provider": provider,
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+                "service": { "port": 9898 },
+            }),
+        );
+        let err =
+            canaries.create(&PostParams::default(), &serde_json::from_value(manifest).unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains(RETIRED_PROVIDER_MESSAGE), "{provider}: {err}");
+    }
+    // A Knative target needs provider knative, and the other way round.
+    let mismatched = canary(
+        "default",
+        json!({
+            "provider": "istio",
+            "targetRef": { "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": APP },
+            "service": { "port": 9898 },
+        }),
+    );
+    let err = canaries.create(&PostParams::default(), &serde_json::from_value(mismatched).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("provider knative and targetRef kind Service"), "{err}");
+}
