@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, instrument, warn};
 
 use super::conditions::set_condition;
-use super::{Context, Error, provider_of};
+use super::{Context, Error, lifecycle, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
@@ -37,6 +37,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
+    if let Some(requeue) = lifecycle::finalizer_step(&ctx, &canary).await? {
+        return Ok(requeue);
+    }
     if canary.spec.suspend {
         debug!("suspended: not reconciling");
         return Ok(Requeue::await_change());
@@ -69,10 +72,15 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         return stall(&ctx, &canary, status, "MetricProviderInvalid", &message).await;
     }
 
-    // Generated objects: primary (created once), its HPA, Services and routes.
+    // Generated objects: primary (created once, rebuilt if deleted), its HPA, Services and
+    // routes (the previous provider's removed first).
+    if let Some(stalled) = lifecycle::restore_primary(&ctx, &canary, &snapshot, &status).await? {
+        return stall(&ctx, &canary, status, stalled.reason, &stalled.message).await;
+    }
     workloads::initialize_primary(&ctx.client, &canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
+    lifecycle::retire_previous_router(&ctx, &canary, &status, provider).await?;
     let router = router_for(provider, ctx.client.clone());
     router
         .reconcile(&canary)
@@ -110,6 +118,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     let mut next = decision.status;
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
+    next.routed_by = Some(lifecycle::provider_name(&canary, &ctx));
     set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
     write_status(&ctx, &canary, &status, next.clone()).await?;
     ctx.metrics.observe_canary(&canary, &status, &next, provider, analysis_time);

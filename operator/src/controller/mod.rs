@@ -6,6 +6,7 @@
 mod canary;
 mod conditions;
 mod events;
+mod lifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
