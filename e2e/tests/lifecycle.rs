@@ -80,14 +80,27 @@ async fn deleting_the_canary_mid_release_keeps_the_promoted_primary_serving() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     env.wait_traffic_only_on(IMAGE_V0, SETUP).await.unwrap();
 
-    let primary = env.deployments().get(&primary()).await.unwrap();
-    assert!(!has_owner(&primary), "the primary no longer belongs to the deleted Canary: {:?}", primary.meta());
+    let kept = env.deployments().get(&primary()).await.unwrap();
+    assert!(!has_owner(&kept), "the primary no longer belongs to the deleted Canary: {:?}", kept.meta());
     assert_eq!(env.image_of(APP).await.unwrap(), IMAGE_V1, "the target keeps Git's template");
     assert_eq!(env.replicas_of(APP).await.unwrap(), 0, "the unanalysed target is scaled down");
     let last = env.recorder.history().last().cloned().unwrap();
     assert_eq!((last.primary(), last.canary()), (100, 0), "the route stays, all on the primary: {last:?}");
     env.assert_weights_sum_to_100();
     env.wait_event("Released", SETUP, |m| m.contains(&format!("{APP}-primary"))).await.unwrap();
+
+    // Applying the Canary again adopts what was left, and the target's 6.0.1, which never
+    // passed analysis, is released as a new revision rather than taken as promoted.
+    env.apply_canary(&CanaryOptions::canary(Provider::GatewayApi)).await.unwrap();
+    let uid = env.canaries().get(APP).await.unwrap().meta().uid.clone();
+    let released = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    assert_eq!(released.last_promoted_spec, released.last_applied_spec);
+    let adopted = env.deployments().get(&primary()).await.unwrap();
+    let owners = adopted.meta().owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.first().map(|o| Some(o.uid.clone())), Some(uid), "adopted by the new Canary");
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V1, "6.0.1 promoted after its analysis");
+    env.wait_traffic_only_on(IMAGE_V1, SETUP).await.unwrap();
+    env.assert_weights_sum_to_100();
     eprintln!("[canary-deleted] passed in {:.1?}", t0.elapsed());
 }
 

@@ -107,6 +107,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         canary: snapshot.canary_health(&canary, now),
         primary: snapshot.primary_health(&canary, now),
         primary_updated: snapshot.primary_runs(&promoting_revision),
+        primary_template: snapshot.primary_template(),
         fleet,
         gates,
         requests,

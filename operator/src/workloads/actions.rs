@@ -17,7 +17,7 @@ use super::primary::{ensure_primary, primary_name, promote, rebuild_primary};
 use super::revision::{release_identity, revision};
 use super::scaling::{primary_replicas, scale_target, scale_up_replicas};
 use super::selector::{PodSelector, pod_selector};
-use super::{WorkloadError, canary_namespace, is_not_found};
+use super::{REVISION_ANNOTATION, WorkloadError, canary_namespace, is_not_found};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
 use crate::core::strategy::progress_deadline;
@@ -74,6 +74,14 @@ impl WorkloadSnapshot {
             .and_then(|analysis| analysis.primary_ready_threshold)
             .unwrap_or(DEFAULT_READY_THRESHOLD_PERCENT);
         deployment_health(primary, threshold, progress_deadline(&canary.spec), now)
+    }
+
+    /// Revision (the annotation petrel writes) and release identity of the primary's
+    /// template, when the primary exists and petrel wrote it.
+    pub fn primary_template(&self) -> Option<(String, String)> {
+        let template = &self.primary.as_ref()?.spec.as_ref()?.template;
+        let revision = template.metadata.as_ref()?.annotations.as_ref()?.get(REVISION_ANNOTATION)?.clone();
+        Some((revision, release_identity(template)))
     }
 
     /// Whether the primary runs `promoted_revision` (normally `status.lastPromotedSpec`)
@@ -255,10 +263,10 @@ pub async fn promote_canary_to_primary(
 mod tests {
     use super::*;
     use crate::api::canary::AutoscalerRef;
+    use crate::workloads::CANARY_LABEL;
     use crate::workloads::fake_api::FakeApi;
     use crate::workloads::history::{KEPT_REVISIONS, REPLICAS_ANNOTATION, rollback_primary_to};
     use crate::workloads::test_support::{canary, deployment};
-    use crate::workloads::{CANARY_LABEL, REVISION_ANNOTATION};
     use k8s_openapi::api::apps::v1::ControllerRevision;
     use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume};
     use serde_json::{Value, json};

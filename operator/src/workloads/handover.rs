@@ -284,25 +284,33 @@ pub async fn release_owned(
 ) -> Result<Vec<String>, WorkloadError> {
     let namespace = canary_namespace(canary)?;
     let uid = canary.meta().uid.clone().ok_or(WorkloadError::CanaryIdentity { field: "uid" })?;
+    // One kind after another would take seconds on a busy API server; they are independent.
+    let per_kind = kinds.iter().map(|kind| release_owned_of_kind(client, &namespace, &uid, kind));
+    let released = futures::future::try_join_all(per_kind).await?;
+    Ok(released.into_iter().flatten().collect())
+}
+
+async fn release_owned_of_kind(
+    client: &Client,
+    namespace: &str,
+    uid: &str,
+    kind: &ApiResource,
+) -> Result<Vec<String>, WorkloadError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, kind);
+    let objects = match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(WorkloadError::kube(format!("listing {} in {namespace}", kind.plural), e)),
+    };
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
     let mut released = Vec::new();
-    for kind in kinds {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, kind);
-        let objects = match api.list_metadata(&ListParams::default()).await {
-            Ok(list) => list.items,
-            Err(e) if is_not_found(&e) => continue,
-            Err(e) => return Err(WorkloadError::kube(format!("listing {} in {namespace}", kind.plural), e)),
-        };
-        for object in objects {
-            let Some(patch) = release_patch(&object.metadata, &uid) else { continue };
-            let name = object.metadata.name.clone().unwrap_or_default();
-            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => released.push(format!("{}/{name}", kind.kind)),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(WorkloadError::kube(format!("releasing {} {namespace}/{name}", kind.kind), e));
-                }
-            }
+    for object in objects {
+        let Some(patch) = release_patch(&object.metadata, uid) else { continue };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => released.push(format!("{}/{name}", kind.kind)),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(WorkloadError::kube(format!("releasing {} {namespace}/{name}", kind.kind), e)),
         }
     }
     Ok(released)
@@ -504,6 +512,43 @@ mod tests {
         assert_eq!(release_patch(&meta, "nobody"), None);
         meta.owner_references = Some(vec![reference("mine")]);
         assert_eq!(release_patch(&meta, "mine").unwrap()["metadata"]["ownerReferences"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn release_owned_drops_only_this_canarys_owner_references() {
+        use crate::workloads::fake_api::FakeApi;
+        use serde_json::json;
+        let owner = |uid: &str| json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "Canary", "name": "x", "uid": uid});
+        let object = |kind: &str, name: &str, owners: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": kind,
+                   "metadata": {"name": name, "namespace": "apps", "resourceVersion": "3", "ownerReferences": owners}})
+        };
+        let fake = FakeApi::new();
+        fake.insert(
+            "/api/v1/namespaces/apps/services/podinfo",
+            object("Service", "podinfo", json!([owner("c0ffee-uid")])),
+        );
+        fake.insert("/api/v1/namespaces/apps/services/other", object("Service", "other", json!([owner("someone")])));
+        fake.insert(
+            "/api/v1/namespaces/apps/configmaps/shared",
+            object("ConfigMap", "shared", json!([owner("someone"), owner("c0ffee-uid")])),
+        );
+        let canary = crate::workloads::test_support::canary("podinfo");
+        let kinds = [
+            ApiResource::erase::<Service>(&()),
+            ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+            ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&()),
+        ];
+        let mut released = release_owned(&fake.client(), &canary, &kinds).await.unwrap();
+        released.sort();
+        assert_eq!(released, vec!["ConfigMap/shared", "Service/podinfo"]);
+        let service = fake.get("/api/v1/namespaces/apps/services/podinfo").unwrap();
+        assert_eq!(service["metadata"]["ownerReferences"], serde_json::Value::Null);
+        let shared = fake.get("/api/v1/namespaces/apps/configmaps/shared").unwrap();
+        assert_eq!(shared["metadata"]["ownerReferences"], json!([owner("someone")]));
+        let other = fake.get("/api/v1/namespaces/apps/services/other").unwrap();
+        assert_eq!(other["metadata"]["ownerReferences"], json!([owner("someone")]));
+        assert!(fake.writes().iter().all(|w| !w.contains("/other")), "{:?}", fake.writes());
     }
 
     #[test]

@@ -226,6 +226,8 @@ pub async fn ensure_primary(
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{name}"), e))?
     {
         if let Some(patch) = adoption_patch(canary, &existing)? {
+            // Its template is the promoted one from now on: kept, so it can be rebuilt.
+            record_primary_revision(client, canary, &existing).await?;
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
             return api
                 .patch(&name, &params, &Patch::Merge(&patch))
