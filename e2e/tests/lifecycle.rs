@@ -26,6 +26,18 @@ fn has_owner(deployment: &Deployment) -> bool {
     !deployment.meta().owner_references.clone().unwrap_or_default().is_empty()
 }
 
+/// An environment whose Canary (`revertOnDeletion` as given) is initialized on 6.0.0 and
+/// has just been given 6.0.1 to release.
+async fn releasing_v1(name: &str, revert_on_deletion: bool) -> TestEnv {
+    let env = TestEnv::start(name, Provider::GatewayApi).await.unwrap();
+    let mut manifest = CanaryOptions::canary(Provider::GatewayApi).manifest();
+    manifest["spec"]["revertOnDeletion"] = json!(revert_on_deletion);
+    env.apply_canary_manifest(manifest).await.unwrap();
+    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
+    env.set_image(IMAGE_V1).await.unwrap();
+    env
+}
+
 /// Defect 4: `kubectl delete deploy podinfo-primary` during a failing analysis. The
 /// primary comes back with the last promoted template (from petrel's ControllerRevision),
 /// never the canary's, and the rollback ends with all traffic on it.
@@ -68,10 +80,7 @@ async fn deleting_the_primary_mid_release_rebuilds_the_promoted_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_canary_mid_release_keeps_the_promoted_primary_serving() {
     let t0 = Instant::now();
-    let env = TestEnv::start("canary-deleted", Provider::GatewayApi).await.unwrap();
-    env.apply_canary(&CanaryOptions::canary(Provider::GatewayApi)).await.unwrap();
-    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
-    env.set_image(IMAGE_V1).await.unwrap();
+    let env = releasing_v1("canary-deleted", false).await;
     env.wait_weights("canary traffic", RELEASE, |h| h.iter().any(|r| r.canary() >= 20)).await.unwrap();
 
     env.delete_canary().await.unwrap();
@@ -110,12 +119,7 @@ async fn deleting_the_canary_mid_release_keeps_the_promoted_primary_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revert_on_deletion_hands_the_app_back_to_the_target() {
     let t0 = Instant::now();
-    let env = TestEnv::start("revert", Provider::GatewayApi).await.unwrap();
-    let mut manifest = CanaryOptions::canary(Provider::GatewayApi).manifest();
-    manifest["spec"]["revertOnDeletion"] = json!(true);
-    env.apply_canary_manifest(manifest).await.unwrap();
-    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
-    env.set_image(IMAGE_V1).await.unwrap();
+    let env = releasing_v1("revert", true).await;
     env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
     env.wait_traffic_only_on(IMAGE_V1, SETUP).await.unwrap();
     let primary_replicas = env.replicas_of(&primary()).await.unwrap();
@@ -145,12 +149,7 @@ async fn revert_on_deletion_hands_the_app_back_to_the_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revert_on_deletion_never_hands_traffic_to_an_unanalysed_target() {
     let t0 = Instant::now();
-    let env = TestEnv::start("revert-mid-release", Provider::GatewayApi).await.unwrap();
-    let mut manifest = CanaryOptions::canary(Provider::GatewayApi).manifest();
-    manifest["spec"]["revertOnDeletion"] = json!(true);
-    env.apply_canary_manifest(manifest).await.unwrap();
-    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
-    env.set_image(IMAGE_V1).await.unwrap();
+    let env = releasing_v1("revert-mid-release", true).await;
     env.wait_weights("canary traffic", RELEASE, |h| h.iter().any(|r| r.canary() >= 20)).await.unwrap();
 
     env.delete_canary().await.unwrap();
@@ -204,10 +203,7 @@ async fn deleting_a_canary_is_never_blocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_the_provider_mid_release_cleans_up_the_old_route() {
     let t0 = Instant::now();
-    let env = TestEnv::start("provider-switch", Provider::GatewayApi).await.unwrap();
-    env.apply_canary(&CanaryOptions::canary(Provider::GatewayApi)).await.unwrap();
-    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
-    env.set_image(IMAGE_V1).await.unwrap();
+    let env = releasing_v1("provider-switch", false).await;
     env.wait_weights("canary traffic", RELEASE, |h| h.iter().any(|r| r.canary() >= 20)).await.unwrap();
 
     env.apply_canary(&CanaryOptions::canary(Provider::Istio)).await.unwrap();

@@ -313,6 +313,17 @@ mod tests {
         fake
     }
 
+    /// A world with the primary created from podinfo:1: the fake, its client, the Canary
+    /// and the first reading.
+    async fn initialized() -> (FakeApi, Client, Canary, WorkloadSnapshot) {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let first = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &first).await.unwrap();
+        (fake, client, canary, first)
+    }
+
     fn primary_image(fake: &FakeApi) -> Value {
         fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap()["spec"]["template"]["spec"]["containers"][0]
             ["image"]
@@ -409,11 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn promotion_copies_configs_then_stores_the_new_template_then_replaces_it() {
-        let fake = world("podinfo:1", "hello");
-        let client = fake.client();
-        let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+        let (fake, client, canary, first) = initialized().await;
 
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         fake.insert(&format!("{CONFIG_MAPS}/settings"), settings("bonjour"));
@@ -500,11 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
-        let fake = world("podinfo:1", "hello");
-        let client = fake.client();
-        let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+        let (fake, client, canary, _) = initialized().await;
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let second = read_workloads(&client, &canary).await.unwrap();
         let revision_writes =
@@ -573,11 +576,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_primary_is_rebuilt_from_the_promoted_template() {
-        let fake = world("podinfo:1", "hello");
-        let client = fake.client();
-        let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+        let (fake, client, canary, first) = initialized().await;
         // A release of podinfo:2 is under analysis when the primary is deleted.
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");

@@ -270,7 +270,13 @@ pub fn owned_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<core::v1::Service>(&()),
         ApiResource::erase::<networking::v1::Ingress>(&()),
     ];
-    kinds.extend(crate::routers::third_party_resources());
+    // One version of each kind: an object served in two versions (HTTPRoute v1 and
+    // v1beta1) is one object, and releasing it twice at once would conflict with itself.
+    for kind in crate::routers::third_party_resources() {
+        if !kinds.iter().any(|k| k.group == kind.group && k.kind == kind.kind) {
+            kinds.push(kind);
+        }
+    }
     kinds
 }
 
@@ -559,5 +565,10 @@ mod tests {
             assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
         }
         assert!(!kinds.iter().any(|k| k == "ControllerRevision"), "history goes with the Canary");
+        let mut distinct: Vec<(String, String)> =
+            owned_kinds().iter().map(|k| (k.group.clone(), k.kind.clone())).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), kinds.len(), "one version of each kind: {kinds:?}");
     }
 }
