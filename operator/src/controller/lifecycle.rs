@@ -158,7 +158,7 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
         ready: workloads::deployment_health(d, 100, deadline, now) == crate::core::WorkloadHealth::Ready,
     };
     let target = live(target);
-    let primary = live(primary);
+    let primary = live(primary).filter(|p| workloads::primary::is_this_canarys(canary, p));
     let target_view = target.as_ref().map(|t| view_of(t, snapshot.as_ref().map(|s| s.revision.clone())));
     let primary_view = primary.as_ref().map(|p| view_of(p, None));
     let primary_restorable = match (&snapshot, &primary, &target) {

@@ -52,6 +52,8 @@ pub struct HandoverView {
     /// `status.lastPromotedSpec`: `None` while nothing was promoted (initialisation).
     pub promoted_revision: Option<String>,
     pub target: Option<WorkloadView>,
+    /// This Canary's primary (owned by it, or left behind by a deleted Canary of its name):
+    /// another Canary's is none of its business.
     pub primary: Option<WorkloadView>,
     /// A missing primary can be rebuilt from the promoted template.
     pub primary_restorable: bool,
@@ -139,6 +141,19 @@ pub fn plan(view: &HandoverView, names: &Names) -> HandoverPlan {
         };
     }
     let promoted = view.promoted_revision.as_deref();
+    if promoted.is_none() && view.primary.is_none() {
+        return HandoverPlan {
+            steps: vec![],
+            then: Then::Release {
+                reason: "Released",
+                message: format!(
+                    "Canary deleted before petrel took any traffic over (no Deployment {}): nothing to hand back",
+                    names.primary
+                ),
+                warning: false,
+            },
+        };
+    }
     let target_runs_promoted = |t: &WorkloadView| promoted.is_some() && t.revision.as_deref() == promoted;
     let to_target =
         view.target.as_ref().filter(|t| promoted.is_none() || (view.revert_on_deletion && target_runs_promoted(t)));
@@ -434,9 +449,15 @@ mod tests {
         let view =
             HandoverView { promoted_revision: None, target: Some(workload("first", 0, false)), ..mid_release(false) };
         assert_eq!(plan(&view, &names()).steps, vec![Step::ScaleTarget(2)]);
-        // A Canary whose target never existed goes at once.
-        let nothing = HandoverView { target: None, primary: None, primary_restorable: false, ..view };
-        assert_eq!(released(&plan(&nothing, &names())), Some("HandoverImpossible"));
+        // A Canary whose target never existed, or that was refused before it created a
+        // primary (say it named another Canary's primary as target), goes at once and
+        // touches nothing.
+        for target in [None, Some(workload("other", 3, true))] {
+            let nothing = HandoverView { target, primary: None, primary_restorable: false, ..view.clone() };
+            let plan = plan(&nothing, &names());
+            assert!(plan.steps.is_empty(), "{plan:?}");
+            assert_eq!(released(&plan), Some("Released"));
+        }
     }
 
     #[test]

@@ -181,6 +181,20 @@ fn deployment_api(client: &Client, target: &Deployment) -> (Api<Deployment>, Str
     (Api::namespaced(client.clone(), &namespace), namespace)
 }
 
+/// Whether a `<target>-primary` is this Canary's: owned by it, or owned by no Canary and
+/// labelled with its name (left behind by a deleted Canary of the same name).
+pub fn is_this_canarys(canary: &Canary, primary: &Deployment) -> bool {
+    let owners = primary.meta().owner_references.clone().unwrap_or_default();
+    let canary_owners: Vec<_> = owners.iter().filter(|owner| owner.kind == Canary::kind(&())).collect();
+    match canary_owners.as_slice() {
+        [] => {
+            let label = primary.meta().labels.as_ref().and_then(|labels| labels.get(CANARY_LABEL));
+            label.is_some() && label == canary.meta().name.as_ref()
+        }
+        owners => owners.iter().any(|owner| Some(&owner.uid) == canary.meta().uid.as_ref()),
+    }
+}
+
 /// The merge patch that makes this Canary the owner of a primary nobody owns: one left
 /// behind by a deleted Canary of the same name (released rather than deleted), so that
 /// it goes with this Canary in turn. `None` when the primary has a Canary owner already or
@@ -387,6 +401,22 @@ mod tests {
         assert_eq!(pod_meta.labels, Some(labels(&[("app", "podinfo-primary"), ("version", "1")])));
         assert_eq!(pod_meta.annotations, Some(labels(&[(REVISION_ANNOTATION, "rev1")])));
         assert_eq!(spec.template.spec, target().spec.unwrap().template.spec);
+    }
+
+    #[test]
+    fn a_primary_is_this_canarys_when_it_owns_it_or_it_was_left_behind_under_its_name() {
+        let canary = canary("podinfo");
+        let mut primary =
+            build_primary(&target(), &canary, &selector(), &ConfigNames::default(), "r", Some(1)).unwrap();
+        assert!(is_this_canarys(&canary, &primary));
+        let mut other = canary.clone();
+        other.metadata.uid = Some("other-uid".into());
+        assert!(!is_this_canarys(&other, &primary), "owned by a live Canary of another uid");
+        primary.metadata.owner_references = None;
+        assert!(is_this_canarys(&other, &primary), "left behind: adoptable by a Canary of the same name");
+        let mut stranger = canary.clone();
+        stranger.metadata.name = Some("web".into());
+        assert!(!is_this_canarys(&stranger, &primary));
     }
 
     #[test]
