@@ -27,7 +27,7 @@ use crate::api::canary::{CanaryStatus, Phase};
 use crate::core::Provider;
 use crate::core::strategy::progress_deadline;
 use crate::routers::services::{self, ApexTarget};
-use crate::routers::{RouterError, ServiceNames, Weights, router_for};
+use crate::routers::{RouterError, ServiceNames, Weights, router_with};
 use crate::workloads::handover::{
     self, FINALIZER, HandoverPlan, HandoverView, Names, RouteObjects, Side, Step, Then, WorkloadView,
 };
@@ -94,6 +94,15 @@ async fn patch_finalizers(ctx: &Context, canary: &Canary, patch: serde_json::Val
 /// a Warning), so a deletion is never held forever.
 async fn hand_over(ctx: &Context, canary: &Canary) -> Result<Requeue, Error> {
     let observed = observe(ctx, canary).await?;
+    if let Some(refusal) = refusal(ctx, canary, observed.snapshot.as_ref()).await? {
+        // What it claims is another Canary's (or petrel's own): handing anything over
+        // would take it from its holder.
+        let message = format!(
+            "Canary deleted while refused ({}): petrel took nothing over for it and touches nothing",
+            refusal.reason
+        );
+        return release(ctx, canary, "Released", &message, false).await;
+    }
     let plan = handover::plan(&observed.view, &observed.names);
     debug!(?plan, "hand-over of a deleted Canary");
     match execute(ctx, canary, &observed, &plan).await {
@@ -200,6 +209,23 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
     Ok(Observed { view, names, snapshot, provider })
 }
 
+/// The claims refusal of a deleted Canary (see [`super::claims`]): with its target read,
+/// every check the reconcile makes; without it, the claims of older Canaries.
+async fn refusal(
+    ctx: &Context,
+    canary: &Canary,
+    snapshot: Option<&WorkloadSnapshot>,
+) -> Result<Option<super::claims::Refusal>, Error> {
+    let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
+    match snapshot {
+        Some(snapshot) => super::canary::refusal_by_claims(ctx, canary, &namespace, snapshot).await,
+        None => {
+            let neighbours = ctx.canaries.in_namespace(&ctx.client, &namespace).await?;
+            Ok(super::claims::conflict(canary, neighbours.iter().map(AsRef::as_ref)))
+        }
+    }
+}
+
 /// Time from a `metadata.deletionTimestamp` to `now`.
 fn jiff_elapsed(at: k8s_openapi::jiff::Timestamp, now: chrono::DateTime<Utc>) -> Duration {
     let now_ms = now.timestamp_millis();
@@ -230,7 +256,7 @@ async fn namespace_terminating(ctx: &Context, namespace: &str) -> bool {
 }
 
 async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &HandoverPlan) -> Result<(), Error> {
-    let router = observed.provider.map(|p| router_for(p, ctx.client.clone()));
+    let router = observed.provider.map(|p| router_with(p, ctx.client.clone(), ctx.caches.router_memory()));
     let status = canary.status.clone().unwrap_or_default();
     for step in &plan.steps {
         match step {
@@ -272,7 +298,7 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                     .map_err(router_error("reading the target's selector"))?;
                 let apex = services::build_apex_service(canary, &selector, ApexTarget::Canary)
                     .map_err(router_error("building the apex Service"))?;
-                services::apply_service(&ctx.client, &handover::released(apex))
+                services::apply_service(&ctx.client, &ctx.caches.router_memory(), &handover::released(apex))
                     .await
                     .map_err(router_error("pointing the apex Service at the target"))?;
             }
@@ -292,6 +318,8 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
     Ok(())
 }
 
+// The hand-over's own errors are never `Error::Refused` (which would stall the Canary):
+// a deleted Canary retries its hand-over until the deadline, then lets go.
 fn workload_error(context: &str, e: WorkloadError) -> Error {
     Error::Workload { context: context.to_string(), message: e.to_string() }
 }
@@ -332,7 +360,7 @@ pub(super) async fn restore_primary(
         }
         Ok(None) => Ok(None),
         Err(e) if e.is_stalled() => Ok(Some(Stall { reason: "PrimaryNotRestorable", message: e.to_string() })),
-        Err(e) => Err(workload_error("restoring the primary", e)),
+        Err(e) => Err(super::canary::workload_error("restoring the primary", e)),
     }
 }
 
@@ -375,7 +403,7 @@ pub(super) async fn retire_previous_router(
     // The previous router names its objects from the spec it wrote them with.
     let mut as_written = canary.clone();
     as_written.spec.provider = Some(previous_name.to_string());
-    let router = router_for(previous, ctx.client.clone());
+    let router = router_with(previous, ctx.client.clone(), ctx.caches.router_memory());
     match router.finalize(&as_written).await {
         Ok(()) => {
             let message = format!(
@@ -391,7 +419,9 @@ pub(super) async fn retire_previous_router(
             ctx.events.publish(canary, "PreviousRoutesLeft", &message, true).await;
             Ok(())
         }
-        Err(e) => Err(router_error(&format!("removing the routes of the previous provider {previous_name}"))(e)),
+        Err(e) => {
+            Err(super::canary::router_error(format!("removing the routes of the previous provider {previous_name}"), e))
+        }
     }
 }
 

@@ -120,6 +120,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// When to reconcile again even if nothing changes.
     pub requeue_after: Duration,
+    /// Nothing is due until something petrel watches changes (the Canary, its target,
+    /// the target's configs): an idle Canary needs no tick, and costs no API call.
+    pub idle: bool,
 }
 
 /// Requeue while waiting for pods (canary or primary) to become ready.
@@ -566,6 +569,7 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
                 warning: true,
             }],
             requeue_after: analysis_interval(spec),
+            idle: false,
         };
     };
     let mut decision =
@@ -908,7 +912,10 @@ impl Apply<'_> {
             new.comparison_pending_since = None;
         }
         let requeue_after = self.requeue(&new);
-        Decision { status: new, actions, requeue_after }
+        let target = Some(self.obs.target_revision.as_str());
+        let at_target = new.last_applied_spec.as_deref() == target || new.last_promoted_spec.as_deref() == target;
+        let idle = is_idle(new.phase) && at_target;
+        Decision { status: new, actions, requeue_after, idle }
     }
 
     fn advance(&self, new: &mut CanaryStatus, actions: &mut Vec<Action>) {

@@ -250,6 +250,40 @@ fn canary_walks_the_weights_then_promotes() {
     assert_eq!(reasons(&done), vec!["Promoted"]);
 }
 
+/// Issue 11 (defect 8) / issue 15: only a release in flight needs ticks; Initialized,
+/// Succeeded and Failed wait for a change of what petrel watches.
+#[test]
+fn only_a_release_in_flight_asks_for_ticks() {
+    let mut sim = Sim::new(
+        analysis(CanaryAnalysis { step_weight: Some(50), max_weight: Some(50), ..Default::default() }),
+        Provider::GatewayApi,
+    );
+    let initialized = sim.reconcile();
+    assert_eq!(initialized.status.phase, Phase::Initialized);
+    assert!(initialized.idle);
+    assert!(sim.after(Duration::from_secs(60)).idle, "nothing changed: still idle");
+    sim.revision = "r1".into();
+    let mut decision = sim.after(Duration::from_secs(1));
+    let mut phases = vec![decision.status.phase];
+    while decision.status.phase != Phase::Succeeded {
+        assert!(!decision.idle, "{:?} is a release in flight", decision.status.phase);
+        decision = sim.after(decision.requeue_after);
+        phases.push(decision.status.phase);
+        assert!(phases.len() < 20, "no promotion: {phases:?}");
+    }
+    assert!(decision.idle, "Succeeded at the promoted revision");
+
+    sim.revision = "r2".into();
+    sim.metrics_pass = false;
+    let mut decision = sim.after(Duration::from_secs(1));
+    while decision.status.phase != Phase::Failed {
+        assert!(!decision.idle);
+        decision = sim.after(decision.requeue_after);
+    }
+    assert!(decision.idle, "Failed at the failed revision: nothing to do until a new one");
+    assert!(sim.after(Duration::from_secs(600)).idle);
+}
+
 #[test]
 fn failed_checks_reaching_the_threshold_roll_back_and_stay_failed() {
     let mut sim = Sim::new(
