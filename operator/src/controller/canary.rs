@@ -90,7 +90,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let Some(refusal) = refusal_by_claims(ctx, canary, &namespace, &snapshot).await? {
         return stall(ctx, canary, status, refusal.reason, &refusal.message).await;
     }
-    if let Some(message) = target_scaled_to_zero(canary, &status, &snapshot.target) {
+    if let Some(message) = target_scaled_to_zero(canary, &status, &snapshot.target, snapshot.primary.as_ref()) {
         return stall(ctx, canary, status, "TargetScaledToZero", &message).await;
     }
     if let Err(message) = check_service_port(canary, &snapshot.target) {
@@ -436,10 +436,18 @@ pub(super) async fn refusal_by_claims(
 /// A target a person scaled to zero before petrel ever initialised it: the primary would
 /// be made up with replicas nobody asked for and releases analysed on them. Once
 /// initialised, a target at zero is petrel's own doing (it scales the canary down between
-/// releases), and an autoscaler decides the replicas itself.
-pub(crate) fn target_scaled_to_zero(canary: &Canary, status: &CanaryStatus, target: &Deployment) -> Option<String> {
+/// releases), and an autoscaler decides the replicas itself. So is a target at zero
+/// next to a primary this Canary adopts (left by a deleted Canary of the same name, which
+/// scaled the target down): the primary has its replicas.
+pub(crate) fn target_scaled_to_zero(
+    canary: &Canary,
+    status: &CanaryStatus,
+    target: &Deployment,
+    primary: Option<&Deployment>,
+) -> Option<String> {
     let replicas = target.spec.as_ref().and_then(|spec| spec.replicas);
-    let never_initialised = status.last_promoted_spec.is_none();
+    let adopts_a_primary = primary.is_some_and(|primary| workloads::primary::is_this_canarys(canary, primary));
+    let never_initialised = status.last_promoted_spec.is_none() && !adopts_a_primary;
     (never_initialised && canary.spec.autoscaler_ref.is_none() && replicas == Some(0)).then(|| {
         format!(
             "Deployment {} has spec.replicas 0: there would be no pods to serve or analyse; scale it up (or set spec.autoscalerRef) and petrel creates the primary with that many replicas",
@@ -743,17 +751,26 @@ mod tests {
         let mut target = deployment_with_port("http");
         target.spec.as_mut().unwrap().replicas = Some(0);
         let fresh = CanaryStatus::default();
-        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target).expect("refused");
+        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target, None).expect("refused");
         assert!(message.contains("spec.replicas 0"), "{message}");
         // petrel scaled it down itself after initialising.
         let initialised = CanaryStatus { last_promoted_spec: Some("r0".into()), ..CanaryStatus::default() };
-        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target), None);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target, None), None);
+        // A primary left by a deleted Canary of the same name (labelled, owned by no
+        // Canary) is adopted: the target was scaled down by that Canary.
+        let mut left = deployment_with_port("http");
+        left.metadata.name = Some("podinfo-primary".into());
+        left.metadata.labels = Some([(crate::workloads::CANARY_LABEL.to_string(), "podinfo".to_string())].into());
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, Some(&left)), None);
+        // Another Canary's primary is no reason to release a target at zero.
+        left.metadata.labels = Some([(crate::workloads::CANARY_LABEL.to_string(), "other".to_string())].into());
+        assert!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, Some(&left)).is_some());
         // An autoscaler decides the replicas.
         let scaled = canary(
             json!({"spec": {"autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"}}}),
         );
-        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target), None);
+        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target, None), None);
         target.spec.as_mut().unwrap().replicas = Some(2);
-        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target), None);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, None), None);
     }
 }
