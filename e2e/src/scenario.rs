@@ -30,7 +30,8 @@ use tokio::task::JoinHandle;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::prometheus::Prometheus;
 use crate::simulator::{
-    App, AppCoords, Provider, RecordedSplit, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile,
+    App, AppCoords, AppSnapshot, Provider, RecordedSplit, RouteRecorder, Side, Simulator, SimulatorConfig,
+    TrafficProfile,
 };
 
 /// Namespace of every scenario's app.
@@ -497,7 +498,13 @@ impl TestEnv {
 
     /// Applies the Canary (server-side, as Git would).
     pub async fn apply_canary(&self, options: &CanaryOptions) -> Result<()> {
-        self.canaries().patch(APP, &ssa(), &Patch::Apply(options.manifest())).await.context("applying the Canary")?;
+        self.apply_canary_manifest(options.manifest()).await
+    }
+
+    /// Applies a Canary manifest (server-side, as Git would), e.g. one built by
+    /// [`CanaryOptions::manifest`] with a field added.
+    pub async fn apply_canary_manifest(&self, manifest: Value) -> Result<()> {
+        self.canaries().patch(APP, &ssa(), &Patch::Apply(manifest)).await.context("applying the Canary")?;
         Ok(())
     }
 
@@ -749,6 +756,92 @@ impl TestEnv {
     pub async fn delete_deployment(&self, name: &str) -> Result<()> {
         self.deployments().delete(name, &DeleteParams::default()).await?;
         Ok(())
+    }
+
+    /// Deletes the Canary, as `kubectl delete canary` would (background propagation).
+    pub async fn delete_canary(&self) -> Result<()> {
+        self.canaries().delete(APP, &DeleteParams::background()).await.context("deleting the Canary")?;
+        Ok(())
+    }
+
+    /// Waits until the Canary is gone from the API server (its finalizer done).
+    pub async fn wait_canary_gone(&self, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        eventually("the Canary to be gone", timeout, async || {
+            matches!(self.canaries().get_opt(APP).await, Ok(None)).then_some(())
+        })
+        .await?;
+        eprintln!("[{}] Canary gone {:.1?} after the delete call", self.name, t0.elapsed());
+        Ok(())
+    }
+
+    /// Waits until, over a window of `TRAFFIC_WINDOW`, every request the simulator sent
+    /// reached ready pods of a Deployment running `image`: requests were served, none was
+    /// lost (no route, no pods) and none reached a Deployment running another image. This
+    /// is what a client sees, read from the route objects and Services as they are.
+    pub async fn wait_traffic_only_on(&self, image: &str, timeout: Duration) -> Result<TrafficWindow> {
+        let deadline = Instant::now() + timeout;
+        let key = self.coords.key();
+        loop {
+            let before = self.simulator.snapshot(&key)?;
+            tokio::time::sleep(TRAFFIC_WINDOW).await;
+            let after = self.simulator.snapshot(&key)?;
+            let window = TrafficWindow::between(&before, &after);
+            if window.only_on(image) {
+                eprintln!("[{}] traffic only on {image}: {window:?}", self.name);
+                return Ok(window);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "[{}] timed out after {timeout:?} waiting for all traffic on {image}; last window {window:?}",
+                    self.name
+                );
+            }
+        }
+    }
+}
+
+/// How long [`TestEnv::wait_traffic_only_on`] watches the simulator's counters.
+const TRAFFIC_WINDOW: Duration = Duration::from_secs(2);
+
+/// Requests the simulator sent over a window, by where they ended, and the images of the
+/// two Deployments at the end of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficWindow {
+    /// Requests served by `<target>-primary` and the image it runs (with its ready pods).
+    pub primary: (u64, Option<String>, usize),
+    /// Requests served by `<target>` and the image it runs (with its ready pods).
+    pub canary: (u64, Option<String>, usize),
+    /// Requests that reached no pod.
+    pub unrouted: u64,
+}
+
+impl TrafficWindow {
+    fn between(before: &AppSnapshot, after: &AppSnapshot) -> Self {
+        let side = |side: Side, served: fn(&AppSnapshot) -> u64| {
+            let workload = after.observation.as_ref().and_then(|o| o.workload(side));
+            (
+                served(after).saturating_sub(served(before)),
+                workload.map(|w| w.image.clone()),
+                workload.map_or(0, |w| w.pods.len()),
+            )
+        };
+        TrafficWindow {
+            primary: side(Side::Primary, |s| s.primary_requests.0),
+            canary: side(Side::Canary, |s| s.canary_requests.0),
+            unrouted: after.unrouted_requests.saturating_sub(before.unrouted_requests),
+        }
+    }
+
+    /// Requests were served, all by ready pods running `image`.
+    pub fn only_on(&self, image: &str) -> bool {
+        let served_right = |(served, running, pods): &(u64, Option<String>, usize)| {
+            *served == 0 || (running.as_deref() == Some(image) && *pods > 0)
+        };
+        self.unrouted == 0
+            && self.primary.0 + self.canary.0 > 0
+            && served_right(&self.primary)
+            && served_right(&self.canary)
     }
 }
 

@@ -227,16 +227,18 @@ fn the_member_rendering_is_hardened_and_least_privilege() {
     let key = |g: &str, r: &str| (g.to_string(), r.to_string());
     assert_eq!(granted[&key("petrel.dev", "canaries/status")], BTreeSet::from(["patch".to_string()]));
     assert!(!granted.contains_key(&key("petrel.dev", "rollouts")), "{granted:?}");
+    assert_eq!(granted[&key("", "namespaces")], BTreeSet::from(["get".to_string()]), "namespaces are only read");
     for ((group, resource), verbs) in &granted {
         for forbidden in ["*", "update", "deletecollection", "escalate", "bind", "impersonate"] {
             assert!(!verbs.contains(forbidden), "{group}/{resource} grants {forbidden}");
         }
-        assert!(!["pods", "nodes", "namespaces", "*"].contains(&resource.as_str()), "grants {resource}");
+        assert!(!["pods", "nodes", "*"].contains(&resource.as_str()), "grants {resource}");
     }
     // Every route kind a router writes (routers::third_party_resources()) is granted.
     for resource in petrel::routers::third_party_resources() {
         let verbs = granted.get(&key(&resource.group, &resource.plural)).cloned().unwrap_or_default();
-        for verb in ["get", "create", "patch", "delete"] {
+        // `list` (metadata only): a deleted Canary releases the route objects it owns.
+        for verb in ["get", "list", "create", "patch", "delete"] {
             assert!(verbs.contains(verb), "{verb} {}.{} not granted", resource.plural, resource.group);
         }
     }
@@ -290,6 +292,8 @@ fn a_watch_namespace_turns_the_member_role_namespaced() {
         );
     }
     assert_eq!(find(&docs, "Role", "petrel-member")["metadata"]["namespace"], "apps");
+    let granted = grants(find(&docs, "Role", "petrel-member"));
+    assert!(!granted.contains_key(&(String::new(), "namespaces".to_string())), "a Role cannot grant namespaces");
     assert_eq!(find(&docs, "RoleBinding", "petrel-member")["roleRef"]["kind"], "Role");
     assert!(args_of(find(&docs, "Deployment", "petrel")).contains(&"--namespace=apps".to_string()));
 }
@@ -481,6 +485,10 @@ fn member_needs() -> Vec<Check> {
         check("list", "canaries.petrel.dev", None),
         check("watch", "canaries.petrel.dev", None),
         check("patch", "canaries.petrel.dev:status", Some("apps")),
+        // The finalizer petrel.dev/handover, and whether a Canary's namespace is going.
+        check("patch", "canaries.petrel.dev", Some("apps")),
+        check("get", "namespaces", None),
+        check("list", "services", Some("apps")),
         check("get", "metrictemplates.petrel.dev", Some("apps")),
         check("get", "alertproviders.petrel.dev", Some("apps")),
         check("watch", "metrictemplates.petrel.dev", None),
@@ -530,8 +538,8 @@ fn member_must_not() -> Vec<Check> {
         check("delete", "secrets", Some("apps")),
         check("delete", "configmaps", Some("apps")),
         check("delete", "services", Some("apps")),
-        check("patch", "canaries.petrel.dev", Some("apps")),
         check("delete", "canaries.petrel.dev", Some("apps")),
+        check("update", "canaries.petrel.dev", Some("apps")),
         check("patch", "metrictemplates.petrel.dev", Some("apps")),
         check("list", "rollouts.petrel.dev", None),
         check("patch", "clusters.petrel.dev:status", None),
@@ -549,7 +557,10 @@ fn member_must_not() -> Vec<Check> {
         check("delete", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
         check("patch", "clusteridentities.petrel.dev/another", None),
         check("delete", "clusteridentities.petrel.dev/petrel", None),
-        check("get", "namespaces/default", None),
+        // Namespaces are only read one at a time (kube-system's UID; whether a deleted
+        // Canary's namespace is going), never listed or watched.
+        check("list", "namespaces", None),
+        check("watch", "namespaces", None),
         check("*", "*", None),
     ]
 }

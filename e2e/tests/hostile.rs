@@ -350,6 +350,13 @@ fn cases() -> Vec<Case> {
         )
         .at(Home::Healthy),
         Case::new(
+            "refused-canary-deleted",
+            "Canary",
+            Box::new(|ns| vec![named_canary(ns, "podinfo-shadow", json!({"spec": {"provider": "gatewayapi"}}))]),
+            Expect::Check(|ctx, ns| async move { check_refused_canary_deleted(&ctx, &ns).await }.boxed_local()),
+        )
+        .at(Home::Healthy),
+        Case::new(
             "service-name-of-another-canary",
             "Canary",
             Box::new(|ns| {
@@ -511,7 +518,7 @@ fn cases() -> Vec<Case> {
             Expect::Condition { kind: "Cluster", name: "hostile-unreachable", type_: "Reachable", status: "False", reason: "Unreachable" },
         )
         .secret(KUBECONFIG_TOKEN),
-        // ---- Defects fixed on other branches (issue 11, defects 4, 5 and 8).
+        // ---- Issue 11, defects 4 and 5 (deletions mid-release), and 8 (idle cost).
         Case::new(
             "primary-deleted-mid-release",
             "Canary",
@@ -550,20 +557,10 @@ fn cases() -> Vec<Case> {
 
 /// Cases that fail on this branch because another branch fixes their defect (see the
 /// module docs); each was seen failing here.
-const SKIPPED: &[(&str, &str)] = &[
-    (
-        "primary-deleted-mid-release",
-        "fixed on branch workloads (issue 11 defect 4): here the primary is rebuilt from the canary's template (6.0.1)",
-    ),
-    (
-        "canary-deleted-mid-release",
-        "fixed on branch workloads (issue 11 defect 5): here the garbage collector removes the apex Service with the Canary",
-    ),
-    (
-        "alert-token-in-secret",
-        "issue 11 defect 2 (Secret values in messages; MetricTemplates were fixed with branch backends, AlertProviders not yet): here the Slack URL from the Secret appears whole in the AlertFailed Event",
-    ),
-];
+const SKIPPED: &[(&str, &str)] = &[(
+    "alert-token-in-secret",
+    "issue 11 defect 2 (Secret values in messages; MetricTemplates were fixed with branch backends, AlertProviders not yet): here the Slack URL from the Secret appears whole in the AlertFailed Event",
+)];
 
 trait WithDeployment {
     fn with_deployment(self, overlay: Value) -> Case;
@@ -843,6 +840,37 @@ async fn check_primary_attack(ctx: &Ctx, ns: &str) -> Result<String> {
     let replicas = deployments.get(&format!("{APP}-primary")).await?.spec.and_then(|s| s.replicas);
     ensure!(replicas == Some(2), "the healthy primary was scaled to {replicas:?}");
     Ok(outcome)
+}
+
+/// Defect 3 with defect 5: a refused Canary deleted next to the healthy one hands
+/// nothing over (its finalizer goes at once): the healthy Canary keeps its primary and
+/// its apex Service, still selecting the primary's pods.
+async fn check_refused_canary_deleted(ctx: &Ctx, ns: &str) -> Result<String> {
+    let name = "podinfo-shadow";
+    check_stalled(ctx, ns, name, "ClaimedByAnotherCanary", "Canary test/podinfo (older)", true).await?;
+    let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
+    let healthy_uid = canaries.get(APP).await?.uid().context("the healthy Canary has a uid")?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let selector_before = services.get(APP).await?.spec.and_then(|s| s.selector);
+    canaries.delete(name, &DeleteParams::default()).await?;
+    eventually(&format!("[{ns}] Canary {name} gone"), Duration::from_secs(30), async || {
+        canaries.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    let released = check_event(ctx, ns, name, "Released", "touches nothing").await?;
+    let owned_by_healthy = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references.iter().flatten().any(|o| o.uid == healthy_uid)
+    };
+    let apex = services.get(APP).await?;
+    ensure!(owned_by_healthy(&apex.metadata), "[{ns}] the healthy apex Service lost its owner: {:?}", apex.metadata);
+    let selector_after = apex.spec.and_then(|s| s.selector);
+    ensure!(
+        selector_after == selector_before,
+        "[{ns}] the apex selector went from {selector_before:?} to {selector_after:?}"
+    );
+    let primary = Api::<Deployment>::namespaced(ctx.client.clone(), ns).get(&format!("{APP}-primary")).await?;
+    ensure!(owned_by_healthy(&primary.metadata), "[{ns}] the healthy primary lost its owner: {:?}", primary.metadata);
+    Ok(released)
 }
 
 /// Defect 3: of two Canaries on one Deployment the older goes on, the younger is Stalled

@@ -85,7 +85,12 @@ impl KubeRouteSource {
         }
         let route = match self.coords.provider {
             Provider::Kubernetes => self.service_split(&found).await?,
-            _ => self.route_split().await?,
+            // Without a route object, a mesh sends requests where the Service clients call
+            // selects (a Canary deleted with its routes, or a provider switched away).
+            _ => match self.route_split().await? {
+                Some(split) => Some(split),
+                None => self.service_split(&found).await?,
+            },
         };
         let state = |side: Side| {
             found

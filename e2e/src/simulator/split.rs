@@ -205,8 +205,9 @@ impl Split {
     }
 }
 
-/// The split to simulate when there may be no route object (yet): with no
-/// route, all traffic reaches the primary if it exists, else the target,
+/// The split to simulate when there may be no route object (yet): with
+/// neither a route nor the apex Service (whose selector decides when it
+/// exists), all traffic reaches the primary if it exists, else the target,
 /// which is what the Canary's Service selects before petrel takes over.
 pub fn effective_split(route: Option<Split>, primary_exists: bool) -> Split {
     route.unwrap_or_else(|| Split::all_to(if primary_exists { Side::Primary } else { Side::Canary }))

@@ -91,7 +91,11 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "is_false")]
     pub skip_analysis: bool,
 
-    /// Accepted for Flagger compatibility; petrel does not yet revert on deletion.
+    /// On deletion, hand the app back to the target (Flagger's revert): scale it to the
+    /// primary's replicas, wait until it is ready, point the routes and the apex Service at
+    /// it, then let the generated objects go. Only a target running the promoted version
+    /// gets traffic back; otherwise, and when this is false, the primary keeps serving,
+    /// released from the Canary with its Services and routes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub revert_on_deletion: bool,
 
@@ -815,6 +819,10 @@ pub struct CanaryStatus {
     pub comparison_pending_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The provider whose router last wrote this Canary's routes; when `spec.provider`
+    /// changes, that router's routes are removed before the new provider's are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_by: Option<String>,
     /// Ready, Promoted, Progressing and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

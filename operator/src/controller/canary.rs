@@ -25,7 +25,7 @@ use tracing::{debug, instrument, warn};
 
 use super::conditions::set_condition;
 use super::freshness::WriteOutcome;
-use super::{Context, Error, claims, provider_of};
+use super::{Context, Error, claims, lifecycle, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
@@ -37,6 +37,7 @@ use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
 use crate::routers::{RouterError, TrafficRouter, Weights, router_with, unserved_kinds, unserved_message};
+use crate::workloads::target::TargetKind;
 use crate::workloads::{self, TargetSnapshot, WorkloadError};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
@@ -69,6 +70,9 @@ pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
 async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
+    if let Some(requeue) = lifecycle::finalizer_step(ctx, canary).await? {
+        return Ok(requeue);
+    }
     if canary.spec.suspend {
         debug!("suspended: not reconciling");
         return Ok(Requeue::await_change());
@@ -92,11 +96,13 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
         Err(e) if e.is_stalled() => return stall(ctx, canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
     };
-    if let Some(refusal) = refusal_by_claims(ctx, canary, &namespace, &snapshot).await? {
+    if let Some(refusal) =
+        refusal_by_claims(ctx, canary, &namespace, snapshot.target_deployment(), snapshot.primary_deployment()).await?
+    {
         return stall(ctx, canary, status, refusal.reason, &refusal.message).await;
     }
     if let Some(target) = snapshot.target_deployment() {
-        if let Some(message) = target_scaled_to_zero(canary, &status, target) {
+        if let Some(message) = target_scaled_to_zero(canary, &status, target, snapshot.primary_deployment()) {
             return stall(ctx, canary, status, "TargetScaledToZero", &message).await;
         }
         if let Err(message) = check_service_port(canary, target) {
@@ -117,10 +123,17 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
         return stall(ctx, canary, status, "MetricProviderInvalid", &message).await;
     }
 
-    // Generated objects: primary (created once), its HPA, Services and routes.
+    // Generated objects: primary (created once, rebuilt from the promoted template if
+    // deleted), its HPA, Services and routes (the previous provider's removed first).
+    if let TargetKind::Deployment(workload) = &snapshot.kind
+        && let Some(stalled) = lifecycle::restore_primary(ctx, canary, workload, &status).await?
+    {
+        return stall(ctx, canary, status, stalled.reason, &stalled.message).await;
+    }
     workloads::target::initialize(&ctx.client, canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
+    lifecycle::retire_previous_router(ctx, canary, &status, provider).await?;
     router.reconcile(canary).await.map_err(|e| router_error("creating the Services and routes", e))?;
 
     // Observe, run what the core asks for, decide.
@@ -143,6 +156,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
         canary: snapshot.canary_health(canary, now),
         primary: snapshot.primary_health(canary, now),
         primary_updated: snapshot.primary_runs(&promoting_revision),
+        primary_template: snapshot.primary_template(),
         fleet,
         gates,
         requests,
@@ -156,6 +170,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     let mut next = decision.status;
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
+    next.routed_by = Some(lifecycle::provider_name(canary, ctx));
     set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
     if let WriteOutcome::Conflict = write_status(ctx, canary, &status, next.clone()).await? {
         return Ok(Requeue::requeue(CONFLICT_RETRY));
@@ -373,7 +388,7 @@ fn stall_reason(e: &WorkloadError) -> &'static str {
 
 /// A failed workload operation: the Canary's fault when it needs a person's change (a
 /// missing config, or an object the API server refused to accept), else transient.
-fn workload_error(context: &str, e: WorkloadError) -> Error {
+pub(super) fn workload_error(context: &str, e: WorkloadError) -> Error {
     let refused = match &e {
         WorkloadError::Kube { source, .. } => refused_by_api_server(source).then_some("InvalidGeneratedObject"),
         e if e.is_stalled() => Some(stall_reason(e)),
@@ -388,7 +403,7 @@ fn workload_error(context: &str, e: WorkloadError) -> Error {
 /// A failed router operation, classified like [`workload_error`]. A route kind the API
 /// server does not serve (its CRDs are not installed) is the cluster's configuration,
 /// not a transient failure.
-fn router_error(context: impl Into<String>, e: RouterError) -> Error {
+pub(super) fn router_error(context: impl Into<String>, e: RouterError) -> Error {
     let context = context.into();
     let refused = match &e {
         RouterError::InvalidCanary { .. } => Some("InvalidRouting"),
@@ -415,13 +430,14 @@ fn refused_by_api_server(error: &kube::Error) -> bool {
 
 /// Checks against the other Canaries of the namespace and the objects petrel would take
 /// over (see [`claims`]): `Some` refusal when this Canary must not touch anything.
-async fn refusal_by_claims(
+pub(super) async fn refusal_by_claims(
     ctx: &Context,
     canary: &Canary,
     namespace: &str,
-    snapshot: &TargetSnapshot,
+    target: Option<&Deployment>,
+    primary: Option<&Deployment>,
 ) -> Result<Option<claims::Refusal>, Error> {
-    if let Some(target) = snapshot.target_deployment()
+    if let Some(target) = target
         && let Some(refusal) = claims::managed_target(canary, target)
     {
         return Ok(Some(refusal));
@@ -430,7 +446,7 @@ async fn refusal_by_claims(
     if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref)) {
         return Ok(Some(refusal));
     }
-    let Some(primary) = snapshot.primary_deployment() else { return Ok(None) };
+    let Some(primary) = primary else { return Ok(None) };
     let live: BTreeSet<String> = neighbours.iter().filter_map(|c| c.uid()).collect();
     Ok(claims::taken_primary(canary, primary, &live))
 }
@@ -438,10 +454,18 @@ async fn refusal_by_claims(
 /// A target a person scaled to zero before petrel ever initialised it: the primary would
 /// be made up with replicas nobody asked for and releases analysed on them. Once
 /// initialised, a target at zero is petrel's own doing (it scales the canary down between
-/// releases), and an autoscaler decides the replicas itself.
-pub(crate) fn target_scaled_to_zero(canary: &Canary, status: &CanaryStatus, target: &Deployment) -> Option<String> {
+/// releases), and an autoscaler decides the replicas itself. So is a target at zero
+/// next to a primary this Canary adopts (left by a deleted Canary of the same name, which
+/// scaled the target down): the primary has its replicas.
+pub(crate) fn target_scaled_to_zero(
+    canary: &Canary,
+    status: &CanaryStatus,
+    target: &Deployment,
+    primary: Option<&Deployment>,
+) -> Option<String> {
     let replicas = target.spec.as_ref().and_then(|spec| spec.replicas);
-    let never_initialised = status.last_promoted_spec.is_none();
+    let adopts_a_primary = primary.is_some_and(|primary| workloads::primary::is_this_canarys(canary, primary));
+    let never_initialised = status.last_promoted_spec.is_none() && !adopts_a_primary;
     (never_initialised && canary.spec.autoscaler_ref.is_none() && replicas == Some(0)).then(|| {
         format!(
             "Deployment {} has spec.replicas 0: there would be no pods to serve or analyse; scale it up (or set spec.autoscalerRef) and petrel creates the primary with that many replicas",
@@ -745,17 +769,26 @@ mod tests {
         let mut target = deployment_with_port("http");
         target.spec.as_mut().unwrap().replicas = Some(0);
         let fresh = CanaryStatus::default();
-        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target).expect("refused");
+        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target, None).expect("refused");
         assert!(message.contains("spec.replicas 0"), "{message}");
         // petrel scaled it down itself after initialising.
         let initialised = CanaryStatus { last_promoted_spec: Some("r0".into()), ..CanaryStatus::default() };
-        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target), None);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target, None), None);
+        // A primary left by a deleted Canary of the same name (labelled, owned by no
+        // Canary) is adopted: the target was scaled down by that Canary.
+        let mut left = deployment_with_port("http");
+        left.metadata.name = Some("podinfo-primary".into());
+        left.metadata.labels = Some([(crate::workloads::CANARY_LABEL.to_string(), "podinfo".to_string())].into());
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, Some(&left)), None);
+        // Another Canary's primary is no reason to release a target at zero.
+        left.metadata.labels = Some([(crate::workloads::CANARY_LABEL.to_string(), "other".to_string())].into());
+        assert!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, Some(&left)).is_some());
         // An autoscaler decides the replicas.
         let scaled = canary(
             json!({"spec": {"autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"}}}),
         );
-        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target), None);
+        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target, None), None);
         target.spec.as_mut().unwrap().replicas = Some(2);
-        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target), None);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target, None), None);
     }
 }

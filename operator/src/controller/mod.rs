@@ -9,6 +9,7 @@ mod conditions;
 mod events;
 pub mod freshness;
 pub mod identity;
+mod lifecycle;
 pub mod watches;
 
 use std::sync::{Arc, Mutex, OnceLock};

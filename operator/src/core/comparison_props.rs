@@ -196,6 +196,7 @@ fn drive(
             canary: world.canary.clone(),
             primary: world.primary.clone(),
             primary_updated: true,
+            primary_template: None,
             fleet: FleetGate::NotInFleet,
             gates: GateResults { hooks, metrics: results },
             requests: verb_requests(&annotations),

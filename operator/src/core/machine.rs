@@ -84,6 +84,10 @@ pub struct Observation {
     pub primary: WorkloadHealth,
     /// Whether the primary runs the template last promoted (its rollout finished).
     pub primary_updated: bool,
+    /// Revision and release of the primary's template when the primary exists already at
+    /// initialisation (adopted from a deleted Canary of the same name): that is what was
+    /// promoted, and a target on anything else is a release to analyse.
+    pub primary_template: Option<(String, String)>,
     pub fleet: FleetGate,
     pub gates: GateResults,
     /// Pending verb requests (see [`super::requests::pending_requests`]). [`decide`] skips
@@ -675,16 +679,18 @@ impl Apply<'_> {
                 _ => {}
             },
             Effect::Initialize => {
-                new.last_applied_spec = Some(revision.to_string());
-                new.last_promoted_spec = Some(revision.to_string());
-                new.release = Some(obs.target_release.clone());
-                new.promoted_release = Some(obs.target_release.clone());
+                let (promoted, promoted_release) =
+                    obs.primary_template.clone().unwrap_or_else(|| (revision.to_string(), obs.target_release.clone()));
+                new.last_applied_spec = Some(promoted.clone());
+                new.last_promoted_spec = Some(promoted.clone());
+                new.release = Some(promoted_release.clone());
+                new.promoted_release = Some(promoted_release.clone());
                 reset_run(&mut new);
                 actions.push(routes(Routes::ALL_PRIMARY));
                 actions.push(Action::ScaleCanaryToZero);
                 actions.push(info(
                     "Initialized",
-                    format!("Primary is ready and serves all traffic with revision {} ({})", short(revision), obs.target_release),
+                    format!("Primary is ready and serves all traffic with revision {} ({promoted_release})", short(&promoted)),
                 ));
             }
             Effect::StartRun => {

@@ -264,6 +264,7 @@ fn observe(
         canary: world.canary.clone(),
         primary: world.primary.clone(),
         primary_updated: world.primary_updated,
+        primary_template: None,
         fleet,
         gates: GateResults { hooks, metrics },
         requests: Vec::new(),

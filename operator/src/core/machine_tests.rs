@@ -23,6 +23,8 @@ pub(crate) struct Sim {
     pub canary: WorkloadHealth,
     pub primary: WorkloadHealth,
     pub primary_updated: bool,
+    /// `Observation::primary_template`.
+    pub primary_template: Option<(String, String)>,
     pub fleet: FleetGate,
     /// Hook types that answer with an error.
     pub failing_hooks: Vec<HookType>,
@@ -49,6 +51,7 @@ impl Sim {
             canary: WorkloadHealth::Ready,
             primary: WorkloadHealth::Ready,
             primary_updated: true,
+            primary_template: None,
             fleet: FleetGate::NotInFleet,
             failing_hooks: Vec::new(),
             metrics_pass: true,
@@ -94,6 +97,7 @@ impl Sim {
             canary: self.canary.clone(),
             primary: self.primary.clone(),
             primary_updated: self.primary_updated,
+            primary_template: self.primary_template.clone(),
             fleet: self.fleet.clone(),
             gates: GateResults { hooks, metrics },
             // Every request on the object, handled or not: `decide` must skip handled ones.
@@ -606,6 +610,7 @@ fn a_tick_whose_checks_did_not_run_changes_nothing() {
         canary: WorkloadHealth::Ready,
         primary: WorkloadHealth::Ready,
         primary_updated: true,
+        primary_template: None,
         fleet: FleetGate::NotInFleet,
         gates: GateResults::default(),
         requests: Vec::new(),
@@ -646,6 +651,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
             canary: WorkloadHealth::Ready,
             primary: WorkloadHealth::Ready,
             primary_updated: true,
+            primary_template: None,
             fleet: FleetGate::NotInFleet,
             gates: GateResults { hooks: BTreeMap::new(), metrics: metrics.clone() },
             requests: Vec::new(),
@@ -674,4 +680,22 @@ fn conditions_follow_the_phase_and_keep_their_transition_time() {
     sim.next_tick();
     assert_eq!(condition(&sim, "Progressing").last_transition_time, since, "unchanged status keeps its time");
     assert_eq!(sim.status.last_transition_time, Some(since), "no phase change, no new lastTransitionTime");
+}
+
+/// A Canary created again over the primary a deleted one left behind (released, not
+/// deleted) starts from what that primary runs: a target on anything else is a release,
+/// analysed before it reaches the primary, not a version recorded as promoted.
+#[test]
+fn initialising_over_an_existing_primary_keeps_its_revision_as_the_promoted_one() {
+    let mut sim = Sim::new(analysis(CanaryAnalysis { step_weight: Some(20), ..Default::default() }), Provider::Istio);
+    sim.revision = "r1".into();
+    sim.primary_template = Some(("r0".into(), "app:r0".into()));
+    let initialized = sim.reconcile();
+    assert_eq!(sim.status.phase, Phase::Initialized);
+    assert_eq!(sim.status.last_promoted_spec.as_deref(), Some("r0"));
+    assert_eq!(sim.status.promoted_release.as_deref(), Some("app:r0"));
+    assert!(initialized.actions.iter().any(|a| matches!(a, Action::Event { reason, .. } if *reason == "Initialized")));
+    sim.after(Duration::from_secs(1));
+    assert_eq!(sim.status.phase, Phase::Progressing, "the target's r1 is released, not taken as promoted");
+    assert_eq!(sim.status.last_applied_spec.as_deref(), Some("r1"));
 }

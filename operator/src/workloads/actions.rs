@@ -5,18 +5,19 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{Api, Client};
 
 use super::configs::{TrackedConfigs, read_tracked_configs};
 use super::health::{deployment_health, primary_runs_revision};
+use super::history::{list_primary_revisions, stored_release, stored_replicas, stored_revision, stored_template_of};
 use super::hpa::{check_autoscaler_ref, ensure_primary_hpa};
-use super::primary::{ensure_primary, primary_name, promote};
+use super::primary::{ensure_primary, primary_name, promote, rebuild_primary};
 use super::revision::{release_identity, revision};
 use super::scaling::{primary_replicas, scale_target, scale_up_replicas};
 use super::selector::{PodSelector, pod_selector};
-use super::{WorkloadError, canary_namespace, is_not_found};
+use super::{REVISION_ANNOTATION, WorkloadError, canary_namespace, is_not_found};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
 use crate::core::strategy::progress_deadline;
@@ -73,6 +74,14 @@ impl WorkloadSnapshot {
             .and_then(|analysis| analysis.primary_ready_threshold)
             .unwrap_or(DEFAULT_READY_THRESHOLD_PERCENT);
         deployment_health(primary, threshold, progress_deadline(&canary.spec), now)
+    }
+
+    /// Revision (the annotation petrel writes) and release identity of the primary's
+    /// template, when the primary exists and petrel wrote it.
+    pub fn primary_template(&self) -> Option<(String, String)> {
+        let template = &self.primary.as_ref()?.spec.as_ref()?.template;
+        let revision = template.metadata.as_ref()?.annotations.as_ref()?.get(REVISION_ANNOTATION)?.clone();
+        Some((revision, release_identity(template)))
     }
 
     /// Whether the primary runs `promoted_revision` (normally `status.lastPromotedSpec`)
@@ -153,6 +162,68 @@ pub async fn initialize_primary(
     .await
 }
 
+/// Where a missing primary comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PrimarySource<'a> {
+    /// The target: nothing was promoted yet (first initialisation: the target is the only
+    /// version and no traffic was shifted), or the target runs the promoted revision.
+    Target,
+    /// The stored template of the promoted revision.
+    Stored(&'a ControllerRevision),
+}
+
+/// Decides what a missing primary is rebuilt from: never from a target running anything
+/// but the promoted revision (mid-release, that is the unanalysed version).
+pub fn missing_primary_source<'a>(
+    primary: &str,
+    promoted_revision: Option<&str>,
+    target_revision: &str,
+    stored: &'a [ControllerRevision],
+) -> Result<PrimarySource<'a>, WorkloadError> {
+    let Some(promoted) = promoted_revision else {
+        return Ok(PrimarySource::Target);
+    };
+    if let Some(revision) = stored_template_of(stored, promoted) {
+        return Ok(PrimarySource::Stored(revision));
+    }
+    if promoted == target_revision {
+        return Ok(PrimarySource::Target);
+    }
+    Err(WorkloadError::NoPromotedTemplate { primary: primary.to_string(), revision: promoted.to_string() })
+}
+
+/// Rebuilds a deleted primary from the stored template of `promoted_revision` (normally
+/// `status.lastPromotedSpec`). Returns a message for an Event when it did; `None` when
+/// the primary exists or the target is what [`initialize_primary`] creates it from.
+pub async fn restore_missing_primary(
+    client: &Client,
+    canary: &Canary,
+    snapshot: &WorkloadSnapshot,
+    promoted_revision: Option<&str>,
+) -> Result<Option<String>, WorkloadError> {
+    if snapshot.primary.is_some() || promoted_revision.is_none() {
+        return Ok(None);
+    }
+    let name = primary_name(&target_name(snapshot));
+    let stored = list_primary_revisions(client, canary).await?;
+    let source = missing_primary_source(&name, promoted_revision, &snapshot.revision, &stored)?;
+    let PrimarySource::Stored(revision) = source else {
+        return Ok(None);
+    };
+    ensure_primary_hpa(client, canary).await?;
+    let replicas = (!hpa_managed(canary)).then(|| {
+        let target = snapshot.target.spec.as_ref().and_then(|spec| spec.replicas).filter(|r| *r > 0);
+        target.or_else(|| stored_replicas(revision)).unwrap_or(1)
+    });
+    rebuild_primary(client, canary, &snapshot.target, &snapshot.selector, &snapshot.tracked, revision, replicas)
+        .await?;
+    Ok(Some(format!(
+        "Deployment {name} was missing; rebuilt from the promoted template {} ({}), not from the canary",
+        stored_revision(revision).unwrap_or("?"),
+        stored_release(revision).unwrap_or("unknown release"),
+    )))
+}
+
 fn target_api(client: &Client, snapshot: &WorkloadSnapshot) -> Api<Deployment> {
     let namespace = snapshot.target.metadata.namespace.clone().unwrap_or_default();
     Api::namespaced(client.clone(), &namespace)
@@ -192,10 +263,10 @@ pub async fn promote_canary_to_primary(
 mod tests {
     use super::*;
     use crate::api::canary::AutoscalerRef;
+    use crate::workloads::CANARY_LABEL;
     use crate::workloads::fake_api::FakeApi;
-    use crate::workloads::history::{KEPT_REVISIONS, rollback_primary_to};
+    use crate::workloads::history::{KEPT_REVISIONS, REPLICAS_ANNOTATION, rollback_primary_to};
     use crate::workloads::test_support::{canary, deployment};
-    use crate::workloads::{CANARY_LABEL, REVISION_ANNOTATION};
     use k8s_openapi::api::apps::v1::ControllerRevision;
     use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume};
     use serde_json::{Value, json};
@@ -242,6 +313,17 @@ mod tests {
         fake
     }
 
+    /// A world with the primary created from podinfo:1: the fake, its client, the Canary
+    /// and the first reading.
+    async fn initialized() -> (FakeApi, Client, Canary, WorkloadSnapshot) {
+        let fake = world("podinfo:1", "hello");
+        let client = fake.client();
+        let canary = canary("podinfo");
+        let first = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &first).await.unwrap();
+        (fake, client, canary, first)
+    }
+
     fn primary_image(fake: &FakeApi) -> Value {
         fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap()["spec"]["template"]["spec"]["containers"][0]
             ["image"]
@@ -286,7 +368,19 @@ mod tests {
         let canary = canary("podinfo");
         let snapshot = read_workloads(&client, &canary).await.unwrap();
         initialize_primary(&client, &canary, &snapshot).await.unwrap();
-        assert_eq!(fake.writes(), vec![format!("PATCH {CONFIG_MAPS}/settings-primary"), format!("POST {DEPLOYMENTS}")]);
+        let revision_name = format!("podinfo-primary-{}", snapshot.revision);
+        assert_eq!(
+            fake.writes(),
+            vec![
+                format!("PATCH {CONFIG_MAPS}/settings-primary"),
+                format!("PATCH {REVISIONS}/{revision_name}"),
+                format!("POST {DEPLOYMENTS}")
+            ]
+        );
+        // The first template is stored, so a deleted primary can be rebuilt from it.
+        let stored = fake.get(&format!("{REVISIONS}/{revision_name}")).unwrap();
+        assert_eq!(stored["revision"], 1);
+        assert_eq!(stored["metadata"]["annotations"][REPLICAS_ANNOTATION], "3");
         let post = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
         assert!(post.query.contains("fieldManager=petrel"), "{}", post.query);
         let primary = fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap();
@@ -325,34 +419,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn promotion_copies_configs_then_stores_history_then_replaces_the_template() {
-        let fake = world("podinfo:1", "hello");
-        let client = fake.client();
-        let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+    async fn promotion_copies_configs_then_stores_the_new_template_then_replaces_it() {
+        let (fake, client, canary, first) = initialized().await;
 
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         fake.insert(&format!("{CONFIG_MAPS}/settings"), settings("bonjour"));
         let second = read_workloads(&client, &canary).await.unwrap();
         let writes_before = fake.writes().len();
         promote_canary_to_primary(&client, &canary, &second).await.unwrap();
-        let revision_name = format!("podinfo-primary-{}", first.revision);
+        let first_name = format!("podinfo-primary-{}", first.revision);
+        let second_name = format!("podinfo-primary-{}", second.revision);
+        // The template the primary ran is stored (as the newest) already: only the new one is written.
         assert_eq!(
             fake.writes()[writes_before..].to_vec(),
             vec![
                 format!("PATCH {CONFIG_MAPS}/settings-primary"),
-                format!("PATCH {REVISIONS}/{revision_name}"),
+                format!("PATCH {REVISIONS}/{second_name}"),
                 format!("PATCH {DEPLOYMENTS}/podinfo-primary"),
             ]
         );
         assert_eq!(primary_image(&fake), "podinfo:2");
         assert_eq!(fake.get(&format!("{CONFIG_MAPS}/settings-primary")).unwrap()["data"]["greeting"], "bonjour");
-        let stored = fake.get(&format!("{REVISIONS}/{revision_name}")).unwrap();
+        let stored = fake.get(&format!("{REVISIONS}/{first_name}")).unwrap();
         assert_eq!(stored["revision"], 1);
         assert_eq!(stored["metadata"]["labels"][CANARY_LABEL], "podinfo");
         assert_eq!(stored["data"]["release"], "podinfo:1");
         assert_eq!(stored["data"]["revision"], first.revision.as_str());
+        let newest = fake.get(&format!("{REVISIONS}/{second_name}")).unwrap();
+        assert_eq!((newest["revision"].clone(), newest["data"]["release"].clone()), (json!(2), json!("podinfo:2")));
 
         // The primary now runs the second revision (once its rollout finishes).
         let snapshot = read_workloads(&client, &canary).await.unwrap();
@@ -364,78 +458,171 @@ mod tests {
         );
     }
 
+    fn old_revision(fake: &FakeApi, n: i64) {
+        fake.insert(
+            &format!("{REVISIONS}/old-{n:02}"),
+            json!({
+                "apiVersion": "apps/v1", "kind": "ControllerRevision",
+                "metadata": { "name": format!("old-{n:02}"), "namespace": "apps",
+                              "labels": { CANARY_LABEL: "podinfo" } },
+                "revision": n
+            }),
+        );
+    }
+
     #[tokio::test]
     async fn history_keeps_the_newest_ten_and_rollback_restores_a_template() {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
+        for n in 1..=KEPT_REVISIONS as i64 {
+            old_revision(&fake, n);
+        }
         let first = read_workloads(&client, &canary).await.unwrap();
         initialize_primary(&client, &canary, &first).await.unwrap();
-        for n in 1..=KEPT_REVISIONS {
-            fake.insert(
-                &format!("{REVISIONS}/old-{n:02}"),
-                json!({
-                    "apiVersion": "apps/v1", "kind": "ControllerRevision",
-                    "metadata": { "name": format!("old-{n:02}"), "namespace": "apps",
-                                  "labels": { CANARY_LABEL: "podinfo" } },
-                    "revision": n
-                }),
-            );
-        }
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let second = read_workloads(&client, &canary).await.unwrap();
         promote_canary_to_primary(&client, &canary, &second).await.unwrap();
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-01")));
+        assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-02")));
         let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
         let stored = revisions.list(&Default::default()).await.unwrap().items;
         assert_eq!(stored.len(), KEPT_REVISIONS);
         let newest = stored.iter().max_by_key(|r| r.revision).unwrap().clone();
-        assert_eq!(newest.revision, 11);
-        assert_eq!(newest.metadata.name, Some(format!("podinfo-primary-{}", first.revision)));
+        assert_eq!((newest.revision, newest.metadata.name), (12, Some(format!("podinfo-primary-{}", second.revision))));
+        let previous = stored.iter().find(|r| r.revision == 11).unwrap().clone();
+        assert_eq!(previous.metadata.name, Some(format!("podinfo-primary-{}", first.revision)));
 
-        let restored = rollback_primary_to(&client, &canary, "podinfo-primary", &newest).await.unwrap();
+        let restored = rollback_primary_to(&client, &canary, "podinfo-primary", &previous).await.unwrap();
         assert_eq!(primary_image(&fake), "podinfo:1");
         assert!(primary_runs_revision_annotation(&restored, &first.revision));
-        // The template rolled back from is stored too, so the rollback can be undone.
+        // The template rolled back to is the newest now; the one rolled back from stays,
+        // so the rollback can be undone.
         let after = revisions.list(&Default::default()).await.unwrap().items;
         let newest = after.iter().max_by_key(|r| r.revision).unwrap();
-        assert_eq!(newest.metadata.name, Some(format!("podinfo-primary-{}", second.revision)));
-        assert_eq!(newest.revision, 12);
+        assert_eq!((newest.revision, newest.metadata.name.clone()), (13, previous.metadata.name.clone()));
+        assert!(after.iter().any(|r| r.metadata.name == Some(format!("podinfo-primary-{}", second.revision))));
         assert_eq!(after.len(), KEPT_REVISIONS);
     }
 
     #[tokio::test]
     async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
+        let (fake, client, canary, _) = initialized().await;
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let second = read_workloads(&client, &canary).await.unwrap();
+        let revision_writes =
+            |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        assert_eq!(revision_writes(&fake), 2, "the first template at creation, the second at promotion");
+        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        assert_eq!(revision_writes(&fake), 2, "a retried promotion stores nothing");
+
+        let stored: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
+        let by_release = |release: &str| {
+            let stored = stored.clone();
+            let release = release.to_string();
+            async move {
+                stored
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .find(|r| crate::workloads::stored_release(r) == Some(release.as_str()))
+                    .unwrap()
+            }
+        };
+        let old = by_release("podinfo:1").await;
+        rollback_primary_to(&client, &canary, "podinfo-primary", &old).await.unwrap();
+        assert_eq!(primary_image(&fake), "podinfo:1");
+        assert_eq!(revision_writes(&fake), 3, "the template rolled back to is renumbered as the newest");
+        let writes = fake.writes().len();
+        rollback_primary_to(&client, &canary, "podinfo-primary", &old).await.unwrap();
+        assert_eq!(fake.writes().len(), writes, "second rollback to the same template is a no-op");
+        let new = by_release("podinfo:2").await;
+        rollback_primary_to(&client, &canary, "podinfo-primary", &new).await.unwrap();
+        assert_eq!(primary_image(&fake), "podinfo:2");
+        let writes = fake.writes().len();
+        rollback_primary_to(&client, &canary, "podinfo-primary", &new).await.unwrap();
+        assert_eq!(fake.writes().len(), writes, "second rollback to the same template is a no-op");
+    }
+
+    #[test]
+    fn a_missing_primary_comes_from_the_promoted_template_never_from_an_unanalysed_target() {
+        let stored = |name: &str, number: i64, revision: &str| ControllerRevision {
+            metadata: kube::core::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            data: Some(k8s_openapi::apimachinery::pkg::runtime::RawExtension(json!({ "revision": revision }))),
+            revision: number,
+        };
+        let history = vec![stored("a", 1, "r1"), stored("b", 2, "r2"), stored("c", 3, "r3")];
+        let source = |promoted: Option<&str>, target: &str, history: &[ControllerRevision]| {
+            missing_primary_source("podinfo-primary", promoted, target, history)
+                .map(|s| match s {
+                    PrimarySource::Target => "target".to_string(),
+                    PrimarySource::Stored(r) => r.metadata.name.clone().unwrap(),
+                })
+                .map_err(|e| e.to_string())
+        };
+        // Nothing promoted yet: the target is the only version.
+        assert_eq!(source(None, "r9", &history), Ok("target".into()));
+        // Mid-release: the promoted template, whatever is newer in history or on the target.
+        assert_eq!(source(Some("r2"), "r9", &history), Ok("b".into()));
+        // Promoted before its template was kept: only a target running it will do.
+        assert_eq!(source(Some("r7"), "r7", &history), Ok("target".into()));
+        let refused = source(Some("r7"), "r9", &history).unwrap_err();
+        assert!(refused.contains("never rebuilt from the canary") && refused.contains("r7"), "{refused}");
+        assert!(WorkloadError::NoPromotedTemplate { primary: "p".into(), revision: "r".into() }.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_primary_is_rebuilt_from_the_promoted_template() {
+        let (fake, client, canary, first) = initialized().await;
+        // A release of podinfo:2 is under analysis when the primary is deleted.
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
+        deployments.delete("podinfo-primary", &Default::default()).await.unwrap();
+        let mid_release = read_workloads(&client, &canary).await.unwrap();
+        assert!(mid_release.primary.is_none());
+
+        let message = restore_missing_primary(&client, &canary, &mid_release, Some(&first.revision)).await.unwrap();
+        assert!(message.unwrap().contains("podinfo:1"));
+        assert_eq!(primary_image(&fake), "podinfo:1", "rebuilt from the promoted template, not the canary");
+        let rebuilt = fake.get(&format!("{DEPLOYMENTS}/podinfo-primary")).unwrap();
+        assert_eq!(rebuilt["spec"]["template"]["metadata"]["annotations"][REVISION_ANNOTATION], first.revision);
+        assert_eq!(rebuilt["spec"]["replicas"], 3);
+        assert_eq!(rebuilt["metadata"]["ownerReferences"][0]["uid"], "c0ffee-uid");
+        // initialize_primary then finds it and leaves it alone.
+        initialize_primary(&client, &canary, &mid_release).await.unwrap();
+        assert_eq!(primary_image(&fake), "podinfo:1");
+        // An existing primary is never rebuilt.
+        let now = read_workloads(&client, &canary).await.unwrap();
+        assert_eq!(restore_missing_primary(&client, &canary, &now, Some(&first.revision)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_primary_left_by_a_deleted_canary_is_adopted() {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
-        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let second = read_workloads(&client, &canary).await.unwrap();
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
-        let revision_writes =
-            |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
-        assert_eq!(revision_writes(&fake), 1);
-
-        let stored: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
-        let only = stored.list(&Default::default()).await.unwrap().items.remove(0);
-        rollback_primary_to(&client, &canary, "podinfo-primary", &only).await.unwrap();
-        assert_eq!(revision_writes(&fake), 2, "rolling back stores the template it leaves");
-        let current = stored
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|r| r.metadata.name != only.metadata.name)
-            .unwrap();
-        rollback_primary_to(&client, &canary, "podinfo-primary", &current).await.unwrap();
-        assert_eq!(primary_image(&fake), "podinfo:2");
-        let writes = fake.writes().len();
-        rollback_primary_to(&client, &canary, "podinfo-primary", &current).await.unwrap();
-        assert_eq!(fake.writes().len(), writes, "second rollback to the same template is a no-op");
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        let path = format!("{DEPLOYMENTS}/podinfo-primary");
+        let mut released = fake.get(&path).unwrap();
+        released["metadata"]["ownerReferences"] = Value::Null;
+        released["metadata"]["resourceVersion"] = json!("5");
+        fake.insert(&path, released);
+        let mut recreated = canary.clone();
+        recreated.metadata.uid = Some("new-uid".into());
+        initialize_primary(&client, &recreated, &read_workloads(&client, &recreated).await.unwrap()).await.unwrap();
+        let adopted = fake.get(&path).unwrap();
+        assert_eq!(adopted["metadata"]["ownerReferences"][0]["uid"], "new-uid");
+        let patch = fake.requests().into_iter().rev().find(|r| r.path == path && r.method == "PATCH").unwrap();
+        assert_eq!(patch.body.unwrap()["metadata"]["resourceVersion"], "5", "adoption is conditional");
+        // One owned by another Canary is not taken.
+        let mut other = recreated.clone();
+        other.metadata.uid = Some("other-uid".into());
+        let current: Deployment = serde_json::from_value(fake.get(&path).unwrap()).unwrap();
+        assert_eq!(crate::workloads::primary::adoption_patch(&other, &current).unwrap(), None);
     }
 
     fn primary_runs_revision_annotation(primary: &Deployment, revision: &str) -> bool {

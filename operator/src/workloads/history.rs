@@ -1,9 +1,12 @@
 //! History of the primary's templates as `apps/v1` ControllerRevisions.
 //!
-//! Before the primary's template is replaced (promotion or rollback), the template it
-//! ran is stored as `<target>-primary-<revision>` with an increasing `revision` number,
-//! so the fleet hub can roll a promoted cluster back. The newest [`KEPT_REVISIONS`] are
-//! kept.
+//! Every template petrel writes into the primary (at creation, promotion and rollback)
+//! is stored as `<target>-primary-<revision>` with an increasing `revision` number, so
+//! the newest stored revision is the template the primary runs: a deleted primary is
+//! rebuilt from it (never from the canary), and the fleet hub can roll a promoted
+//! cluster back to an older one. The template the primary ran before is stored again
+//! before it is replaced, for primaries created before the current one was kept. The
+//! newest [`KEPT_REVISIONS`] are kept.
 //!
 //! A stored revision holds the pod template only: the `-primary` ConfigMap/Secret copies
 //! it refers to hold the configuration of the latest promotion, not of that revision.
@@ -24,6 +27,9 @@ use crate::api::Canary;
 
 /// How many ControllerRevisions are kept per Canary.
 pub const KEPT_REVISIONS: usize = 10;
+
+/// Annotation of a stored revision: the primary's `spec.replicas` when it was stored.
+pub const REPLICAS_ANNOTATION: &str = "petrel.dev/replicas";
 
 /// The revision a primary template runs: its revision annotation, or (for a template
 /// petrel did not write) a hash of the template itself.
@@ -82,6 +88,12 @@ pub fn build_controller_revision(
         "release": release_identity(&template),
         "revision": template_revision(&template),
     });
+    // `data` is immutable once stored; the replica count changes, so it is an annotation.
+    let annotations = primary
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .map(|replicas| [(REPLICAS_ANNOTATION.to_string(), replicas.to_string())].into());
     Ok(ControllerRevision {
         metadata: ObjectMeta {
             name: Some(controller_revision_name(&primary_name, &template)),
@@ -93,6 +105,7 @@ pub fn build_controller_revision(
                 ]
                 .into(),
             ),
+            annotations,
             owner_references: Some(vec![canary_owner_reference(canary)?]),
             ..Default::default()
         },
@@ -121,6 +134,18 @@ pub fn stored_release(revision: &ControllerRevision) -> Option<&str> {
 /// The petrel revision stored in a ControllerRevision (`data.revision`).
 pub fn stored_revision(revision: &ControllerRevision) -> Option<&str> {
     revision.data.as_ref()?.0.get("revision")?.as_str()
+}
+
+/// The primary's replica count when the template was last stored (absent when an HPA
+/// scaled it).
+pub fn stored_replicas(revision: &ControllerRevision) -> Option<i32> {
+    revision.metadata.annotations.as_ref()?.get(REPLICAS_ANNOTATION)?.parse().ok()
+}
+
+/// The newest stored template of petrel revision `revision` (normally
+/// `status.lastPromotedSpec`): what a deleted primary is rebuilt from.
+pub fn stored_template_of<'a>(existing: &'a [ControllerRevision], revision: &str) -> Option<&'a ControllerRevision> {
+    existing.iter().filter(|stored| stored_revision(stored) == Some(revision)).max_by_key(|stored| stored.revision)
 }
 
 /// The newest stored revision of another release than `current_release`: what a
@@ -166,6 +191,13 @@ pub async fn record_primary_revision(
     let name = provisional.metadata.name.clone().unwrap_or_default();
     let newest = existing.iter().max_by_key(|revision| revision.revision);
     let number = match newest {
+        // Stored already as the newest (a retried promotion): nothing to write.
+        Some(newest)
+            if newest.metadata.name.as_deref() == Some(name.as_str())
+                && stored_replicas(newest) == stored_replicas(&provisional) =>
+        {
+            return Ok(newest.clone());
+        }
         Some(newest) if newest.metadata.name.as_deref() == Some(name.as_str()) => newest.revision,
         _ => next_revision_number(&existing),
     };
@@ -215,7 +247,8 @@ pub(crate) fn primary_with_template(current: &Deployment, template: PodTemplateS
 }
 
 /// Rolls the primary back to the template stored in `revision`, storing the template it
-/// runs now first (so the rollback can itself be undone). Returns the applied primary.
+/// runs now first (so the rollback can itself be undone) and `revision` again as the
+/// newest (the template the primary runs). Returns the applied primary.
 pub async fn rollback_primary_to(
     client: &Client,
     canary: &Canary,
@@ -233,9 +266,10 @@ pub async fn rollback_primary_to(
         return Ok(current);
     }
     record_primary_revision(client, canary, &current).await?;
-    prune_revisions(client, canary).await?;
     let hpa_managed = canary.spec.autoscaler_ref.is_some();
     let desired = primary_with_template(&current, template, hpa_managed);
+    record_primary_revision(client, canary, &desired).await?;
+    prune_revisions(client, canary).await?;
     api.patch(primary_name, &apply_params(), &Patch::Apply(&desired))
         .await
         .map_err(|e| WorkloadError::kube(format!("applying Deployment {namespace}/{primary_name}"), e))

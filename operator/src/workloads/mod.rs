@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod configs;
+pub mod handover;
 pub mod health;
 pub mod history;
 pub mod hpa;
@@ -23,8 +24,8 @@ pub mod selector;
 pub mod target;
 
 pub use actions::{
-    WorkloadSnapshot, initialize_primary, promote_canary_to_primary, read_workloads, scale_canary_to_zero,
-    scale_canary_up,
+    PrimarySource, WorkloadSnapshot, initialize_primary, missing_primary_source, promote_canary_to_primary,
+    read_workloads, restore_missing_primary, scale_canary_to_zero, scale_canary_up,
 };
 pub use configs::{
     ConfigNames, ConfigRefs, Need, TrackedConfigs, build_primary_config_map, build_primary_secret, config_map_checksum,
@@ -35,10 +36,10 @@ pub use health::{deployment_health, primary_runs_revision, primary_runs_template
 pub use history::{
     build_controller_revision, controller_revision_name, list_primary_revisions, next_revision_number,
     previous_release_revision, prune_revisions, record_primary_revision, revisions_to_prune, rollback_primary_to,
-    stored_release, stored_revision, template_from_revision,
+    stored_release, stored_replicas, stored_revision, stored_template_of, template_from_revision,
 };
 pub use hpa::{build_primary_hpa, check_autoscaler_ref, ensure_primary_hpa, primary_hpa_name};
-pub use primary::{build_primary, ensure_primary, primary_name, promote};
+pub use primary::{build_primary, ensure_primary, primary_name, promote, rebuild_primary};
 pub use revision::{release_identity, revision};
 pub use scaling::{primary_replicas, scale_target, scale_up_replicas};
 pub use selector::{PodSelector, pod_selector, primary_value};
@@ -101,6 +102,11 @@ pub enum WorkloadError {
         "spec.autoscalerRef kind {kind} ({api_version}) is not supported: petrel mirrors autoscaling/v2 HorizontalPodAutoscalers only (KEDA ScaledObjects are not supported)"
     )]
     UnsupportedAutoscaler { kind: String, api_version: String },
+
+    #[error(
+        "Deployment {primary} is missing and petrel has no stored template of the promoted revision {revision} to rebuild it from; it is never rebuilt from the canary. Revert the target to the promoted template, or recreate the Canary"
+    )]
+    NoPromotedTemplate { primary: String, revision: String },
 
     #[error("ControllerRevision {name} cannot be used: {reason}")]
     InvalidControllerRevision { name: String, reason: String },

@@ -2,14 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Patch, PostParams};
-use kube::{Api, Client};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
 
 use super::configs::{ConfigNames, TrackedConfigs, copy_configs_to_primary, rewrite_config_refs};
-use super::history::{prune_revisions, record_primary_revision, template_revision};
+use super::history::{
+    prune_revisions, record_primary_revision, stored_revision, template_from_revision, template_revision,
+};
 use super::selector::{PodSelector, primary_value};
 use super::{
     CANARY_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, PRIMARY_SUFFIX, REVISION_ANNOTATION, WorkloadError, apply_params,
@@ -179,10 +181,48 @@ fn deployment_api(client: &Client, target: &Deployment) -> (Api<Deployment>, Str
     (Api::namespaced(client.clone(), &namespace), namespace)
 }
 
+/// Whether a `<target>-primary` is this Canary's: owned by it, or owned by no Canary and
+/// labelled with its name (left behind by a deleted Canary of the same name).
+pub fn is_this_canarys(canary: &Canary, primary: &Deployment) -> bool {
+    let owners = primary.meta().owner_references.clone().unwrap_or_default();
+    let canary_owners: Vec<_> = owners.iter().filter(|owner| owner.kind == Canary::kind(&())).collect();
+    match canary_owners.as_slice() {
+        [] => {
+            let label = primary.meta().labels.as_ref().and_then(|labels| labels.get(CANARY_LABEL));
+            label.is_some() && label == canary.meta().name.as_ref()
+        }
+        owners => owners.iter().any(|owner| Some(&owner.uid) == canary.meta().uid.as_ref()),
+    }
+}
+
+/// The merge patch that makes this Canary the owner of a primary nobody owns: one left
+/// behind by a deleted Canary of the same name (released rather than deleted), so that
+/// it goes with this Canary in turn. `None` when the primary has a Canary owner already or
+/// is not this Canary's by its label. The resourceVersion makes it conditional.
+pub(crate) fn adoption_patch(
+    canary: &Canary,
+    primary: &Deployment,
+) -> Result<Option<serde_json::Value>, WorkloadError> {
+    let meta = primary.meta();
+    let owners = meta.owner_references.clone().unwrap_or_default();
+    let owned_by_a_canary = owners.iter().any(|owner| owner.kind == Canary::kind(&()));
+    let labelled_ours = meta.labels.as_ref().and_then(|labels| labels.get(CANARY_LABEL)) == Some(&canary_name(canary)?);
+    if owned_by_a_canary || !labelled_ours {
+        return Ok(None);
+    }
+    let mut owners = owners;
+    owners.push(canary_owner_reference(canary)?);
+    Ok(Some(serde_json::json!({
+        "metadata": { "ownerReferences": owners, "resourceVersion": meta.resource_version }
+    })))
+}
+
 /// Creates the primary (and its config copies) when it does not exist; returns it.
 ///
-/// An existing primary is returned untouched: its template only changes through
-/// [`promote`] (or a rollback), never because the target changed.
+/// An existing primary is returned untouched (adopted when a deleted Canary of the same
+/// name left it behind): its template only changes through [`promote`] (or a rollback),
+/// never because the target changed. The template of a new primary is stored as the
+/// first ControllerRevision, so the primary can be rebuilt from it.
 pub async fn ensure_primary(
     client: &Client,
     canary: &Canary,
@@ -199,14 +239,55 @@ pub async fn ensure_primary(
         .await
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{name}"), e))?
     {
+        if let Some(patch) = adoption_patch(canary, &existing)? {
+            // Its template is the promoted one from now on: kept, so it can be rebuilt.
+            record_primary_revision(client, canary, &existing).await?;
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
+            return api
+                .patch(&name, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| WorkloadError::kube(format!("adopting Deployment {namespace}/{name}"), e));
+        }
         return Ok(existing);
     }
     copy_configs_to_primary(client, canary, tracked).await?;
     let primary = build_primary(target, canary, selector, &tracked.names(), revision, replicas)?;
+    record_primary_revision(client, canary, &primary).await?;
+    create_primary(&api, &namespace, &primary).await
+}
+
+/// Creates a missing primary from a stored template (normally the last promoted one),
+/// with the target's other Deployment settings. Its `-primary` config copies are not
+/// touched: they hold the configuration of the last promotion, which that template uses.
+pub async fn rebuild_primary(
+    client: &Client,
+    canary: &Canary,
+    target: &Deployment,
+    selector: &PodSelector,
+    tracked: &TrackedConfigs,
+    stored: &ControllerRevision,
+    replicas: Option<i32>,
+) -> Result<Deployment, WorkloadError> {
+    let (api, namespace) = deployment_api(client, target);
+    let template = template_from_revision(stored)?;
+    let revision = stored_revision(stored).map_or_else(|| template_revision(&template), str::to_string);
+    let mut primary = build_primary(target, canary, selector, &tracked.names(), &revision, replicas)?;
+    if let Some(spec) = primary.spec.as_mut() {
+        spec.template = template;
+    }
+    create_primary(&api, &namespace, &primary).await
+}
+
+async fn create_primary(
+    api: &Api<Deployment>,
+    namespace: &str,
+    primary: &Deployment,
+) -> Result<Deployment, WorkloadError> {
+    let name = primary.metadata.name.clone().unwrap_or_default();
     // Created with a plain POST so that `spec.replicas` is owned by an Update entry of
     // `petrel`: later applies that leave replicas to an HPA then do not delete it.
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
-    match api.create(&params, &primary).await {
+    match api.create(&params, primary).await {
         Ok(created) => Ok(created),
         // Another reconcile created it meanwhile: use theirs.
         Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -219,8 +300,8 @@ pub async fn ensure_primary(
 /// Copies the target's template (and its tracked configs) into the primary.
 ///
 /// Order matters: the `-primary` config copies are written first so new primary pods
-/// find their configuration, and the primary's current template is stored as a
-/// `ControllerRevision` before it is replaced.
+/// find their configuration, and the primary's current template and then the new one
+/// are stored as `ControllerRevision`s before it is replaced.
 pub async fn promote(
     client: &Client,
     canary: &Canary,
@@ -240,7 +321,6 @@ pub async fn promote(
             if current.spec.as_ref().map(|spec| template_revision(&spec.template)).as_deref() != Some(revision) =>
         {
             record_primary_revision(client, canary, &current).await?;
-            prune_revisions(client, canary).await?;
         }
         Ok(_) => {}
         Err(e) if is_not_found(&e) => {}
@@ -249,6 +329,10 @@ pub async fn promote(
         }
     }
     let primary = build_primary(target, canary, selector, &tracked.names(), revision, replicas)?;
+    // Stored before it is written, so the newest stored template is always the one the
+    // primary runs (or is about to run), whatever fails next.
+    record_primary_revision(client, canary, &primary).await?;
+    prune_revisions(client, canary).await?;
     api.patch(&name, &apply_params(), &Patch::Apply(&primary))
         .await
         .map_err(|e| WorkloadError::kube(format!("applying Deployment {namespace}/{name}"), e))
@@ -317,6 +401,22 @@ mod tests {
         assert_eq!(pod_meta.labels, Some(labels(&[("app", "podinfo-primary"), ("version", "1")])));
         assert_eq!(pod_meta.annotations, Some(labels(&[(REVISION_ANNOTATION, "rev1")])));
         assert_eq!(spec.template.spec, target().spec.unwrap().template.spec);
+    }
+
+    #[test]
+    fn a_primary_is_this_canarys_when_it_owns_it_or_it_was_left_behind_under_its_name() {
+        let canary = canary("podinfo");
+        let mut primary =
+            build_primary(&target(), &canary, &selector(), &ConfigNames::default(), "r", Some(1)).unwrap();
+        assert!(is_this_canarys(&canary, &primary));
+        let mut other = canary.clone();
+        other.metadata.uid = Some("other-uid".into());
+        assert!(!is_this_canarys(&other, &primary), "owned by a live Canary of another uid");
+        primary.metadata.owner_references = None;
+        assert!(is_this_canarys(&other, &primary), "left behind: adoptable by a Canary of the same name");
+        let mut stranger = canary.clone();
+        stranger.metadata.name = Some("web".into());
+        assert!(!is_this_canarys(&stranger, &primary));
     }
 
     #[test]

@@ -90,6 +90,16 @@ impl TargetSnapshot {
         }
     }
 
+    /// Revision and release of an existing primary's template (a primary adopted from a
+    /// deleted Canary of the same name). A Knative primary is a revision the Canary names
+    /// itself, never adopted: none.
+    pub fn primary_template(&self) -> Option<(String, String)> {
+        match &self.kind {
+            TargetKind::Deployment(snapshot) => snapshot.primary_template(),
+            TargetKind::Knative(_) => None,
+        }
+    }
+
     /// Whether the primary runs `revision` and finished rolling it out.
     pub fn primary_runs(&self, revision: &str) -> bool {
         match &self.kind {
