@@ -18,6 +18,7 @@
 //!   `DELETE /versions/<image>` forgets it; `GET /versions` lists them;
 //! - `GET /apps`: each app's current split, images and request totals.
 
+mod cache_source;
 pub mod exposition;
 mod kube_source;
 mod recorder;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 pub use exposition::{AppLabels, AppStats};
+pub use cache_source::NamespaceCache;
 pub use kube_source::KubeRouteSource;
 pub use recorder::{RecordedSplit, RouteRecorder};
 pub use routes::Provider;
