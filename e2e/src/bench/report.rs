@@ -100,21 +100,9 @@ const ROWS: &[Row] = &[
         value: |f| (f.n > 0).then(|| f.release_requests as f64 / f.n as f64),
         show: per_canary,
     },
-    Row {
-        label: "release: apiserver CPU",
-        value: |f| Some(f.release_apiserver_cpu.as_secs_f64()),
-        show: secs,
-    },
-    Row {
-        label: "release: operator CPU",
-        value: |f| Some(f.release_operator_cpu.as_secs_f64()),
-        show: secs,
-    },
-    Row {
-        label: "release: operator peak RSS",
-        value: |f| Some(f.release_peak_rss_bytes as f64),
-        show: mib,
-    },
+    Row { label: "release: apiserver CPU", value: |f| Some(f.release_apiserver_cpu.as_secs_f64()), show: secs },
+    Row { label: "release: operator CPU", value: |f| Some(f.release_operator_cpu.as_secs_f64()), show: secs },
+    Row { label: "release: operator peak RSS", value: |f| Some(f.release_peak_rss_bytes as f64), show: mib },
     Row { label: "operator peak RSS, whole round (VmHWM)", value: |f| Some(f.peak_rss_bytes as f64), show: mib },
 ];
 
@@ -355,10 +343,8 @@ mod tests {
 
     #[test]
     fn the_document_groups_rounds_by_workload() {
-        let rounds = vec![
-            (Variant::Kubernetes, round("petrel", 500, 300)),
-            (Variant::Kubernetes, round("Flagger", 1000, 6000)),
-        ];
+        let rounds =
+            vec![(Variant::Kubernetes, round("petrel", 500, 300)), (Variant::Kubernetes, round("Flagger", 1000, 6000))];
         let info = RunInfo { command: "canary-bench --sizes 10".into(), ..RunInfo::default() };
         let doc = document(&info, &rounds, "Flagger");
         assert!(doc.starts_with("```sh\ncanary-bench --sizes 10\n```\n"), "{doc}");

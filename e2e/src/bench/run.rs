@@ -115,7 +115,8 @@ impl BenchEnv {
         let client = bench_client(&cluster).await?;
         let kubeconfig = cluster.kubeconfig_path.clone();
         let root = crate::scenario::workspace_root();
-        let mut crds = vec![root.join("crds"), root.join("e2e/crds/third-party/gateway.networking.k8s.io_httproutes.yaml")];
+        let mut crds =
+            vec![root.join("crds"), root.join("e2e/crds/third-party/gateway.networking.k8s.io_httproutes.yaml")];
         crds.extend(flagger_crds.map(Path::to_path_buf));
         for path in crds {
             let path = path.to_string_lossy().into_owned();
@@ -140,7 +141,8 @@ impl BenchEnv {
     ) -> Result<RoundFigures> {
         self.rounds += 1;
         let namespace = format!("bench-{}", self.rounds);
-        let log_dir = self.dir.join("rounds").join(format!("{}-{}-{n}-{}", self.rounds, variant.name(), slug(&operator.label)));
+        let log_dir =
+            self.dir.join("rounds").join(format!("{}-{}-{n}-{}", self.rounds, variant.name(), slug(&operator.label)));
         std::fs::create_dir_all(&log_dir)?;
         let load_start = load_average().map_or(0.0, |l| l[0]);
         eprintln!(
@@ -180,7 +182,9 @@ impl BenchEnv {
         for_each_concurrently(options.concurrency, manifests.clone(), |(name, manifest)| {
             let api = deployments.clone();
             async move {
-                api.patch(&name, &ssa(), &Patch::Apply(manifest)).await.with_context(|| format!("applying Deployment {name}"))
+                api.patch(&name, &ssa(), &Patch::Apply(manifest))
+                    .await
+                    .with_context(|| format!("applying Deployment {name}"))
             }
         })
         .await?;
@@ -202,7 +206,8 @@ impl BenchEnv {
         self.audit.skip_to_end()?;
 
         // Initialization: every Canary at once.
-        let canaries = Api::<DynamicObject>::namespaced_with(self.client.clone(), &namespace, &operator.kind.canary_resource());
+        let canaries =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), &namespace, &operator.kind.canary_resource());
         let mut canary_names = apps.clone();
         canary_names.extend(bad.iter().map(|b| b.name.clone()));
         let init_from = Utc::now();
@@ -211,7 +216,9 @@ impl BenchEnv {
             let api = canaries.clone();
             let manifest = workload::canary(operator.kind, variant, &namespace, &name, &options.analysis);
             async move {
-                api.patch(&name, &ssa(), &Patch::Apply(manifest)).await.with_context(|| format!("applying Canary {name}"))
+                api.patch(&name, &ssa(), &Patch::Apply(manifest))
+                    .await
+                    .with_context(|| format!("applying Canary {name}"))
             }
         })
         .await?;
@@ -243,7 +250,8 @@ impl BenchEnv {
         // The release: every Deployment at once.
         let apiserver = self.apiserver_pid()?;
         let rss = RssSampler::start(pid);
-        let (apiserver_cpu, operator_cpu) = (cpu_time(apiserver).unwrap_or_default(), cpu_time(pid).unwrap_or_default());
+        let (apiserver_cpu, operator_cpu) =
+            (cpu_time(apiserver).unwrap_or_default(), cpu_time(pid).unwrap_or_default());
         let release_from = Utc::now();
         let release_started = Instant::now();
         let patched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -280,7 +288,8 @@ impl BenchEnv {
         let mut succeeded = 0;
         for app in &apps {
             let (Some(since), Some(history)) = (patched.get(app), histories.get(app)) else { continue };
-            if let Some((at, _)) = history.iter().find(|(at, phase)| *at >= *since && !operator.kind.is_idle_phase(phase))
+            if let Some((at, _)) =
+                history.iter().find(|(at, phase)| *at >= *since && !operator.kind.is_idle_phase(phase))
             {
                 detections.push(at.saturating_duration_since(*since));
             }
@@ -303,7 +312,12 @@ impl BenchEnv {
         figures.load = (load_start, load_average().map_or(0.0, |l| l[0]));
         eprintln!(
             "canary-bench:   init {:?}, idle {:.0} req/min, detection p50 {:?} p99 {:?}, all Succeeded {:?}, release {} requests",
-            figures.init, figures.idle_requests_per_minute, figures.detection_p50, figures.detection_p99, figures.all_succeeded, figures.release_requests
+            figures.init,
+            figures.idle_requests_per_minute,
+            figures.detection_p50,
+            figures.detection_p99,
+            figures.all_succeeded,
+            figures.release_requests
         );
         Ok(figures)
     }

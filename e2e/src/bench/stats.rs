@@ -56,9 +56,10 @@ pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
 
 /// Parses a `kB` field of a `/proc/<pid>/status` text into bytes.
 pub fn status_field_bytes(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| line.strip_prefix(field)).and_then(|rest| {
-        rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kib| kib * 1024)
-    })
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kib| kib * 1024))
 }
 
 /// The 1-, 5- and 15-minute load averages of the machine (`/proc/loadavg`).

@@ -172,7 +172,9 @@ fn main() -> Result<()> {
     let variants: Vec<Variant> = cli
         .variants
         .iter()
-        .map(|v| Variant::parse(v).with_context(|| format!("unknown variant {v:?} (kubernetes, gatewayapi, bad-input)")))
+        .map(|v| {
+            Variant::parse(v).with_context(|| format!("unknown variant {v:?} (kubernetes, gatewayapi, bad-input)"))
+        })
         .collect::<Result<_>>()?;
 
     let mut operators: Vec<OperatorSpec> = cli.petrels.iter().map(|p| parse_petrel(p)).collect::<Result<_>>()?;
@@ -181,7 +183,13 @@ fn main() -> Result<()> {
         let binary = build_petrel()?;
         let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
         let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-        origins.push(("petrel".to_string(), format!("this workspace at {commit}{}, release build", if dirty { " (with uncommitted changes)" } else { "" })));
+        origins.push((
+            "petrel".to_string(),
+            format!(
+                "this workspace at {commit}{}, release build",
+                if dirty { " (with uncommitted changes)" } else { "" }
+            ),
+        ));
         operators.push(OperatorSpec { label: "petrel".into(), kind: OperatorKind::Petrel, binary });
     } else {
         for op in &operators {

@@ -19,9 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::kube_source::{
-    discover_route_resource, first_image, label_selector_map, pod_ready, split_for_service,
-};
+use super::kube_source::{discover_route_resource, first_image, label_selector_map, pod_ready, split_for_service};
 use super::routes::{Provider, parse_route};
 use super::split::{Side, effective_split};
 use super::{AppCoords, Observation, RouteSource, SimError, WorkloadState};
@@ -49,11 +47,8 @@ impl Drop for NamespaceCache {
     }
 }
 
-fn keep<K>(
-    tasks: &mut Vec<JoinHandle<()>>,
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-) where
+fn keep<K>(tasks: &mut Vec<JoinHandle<()>>, api: Api<K>, writer: reflector::store::Writer<K>)
+where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
@@ -82,10 +77,7 @@ impl NamespaceCache {
                 let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
                 let store = writer.as_reader();
                 let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
-                let stream = reflector::reflector(
-                    writer,
-                    watcher(api, watcher::Config::default()).default_backoff(),
-                );
+                let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
                 tasks.push(tokio::spawn(stream.for_each(|_| futures::future::ready(()))));
                 Some((store, resource))
             }

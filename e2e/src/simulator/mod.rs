@@ -35,8 +35,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-pub use exposition::{AppLabels, AppStats};
 pub use cache_source::NamespaceCache;
+pub use exposition::{AppLabels, AppStats};
 pub use kube_source::KubeRouteSource;
 pub use recorder::{RecordedSplit, RouteRecorder};
 pub use routes::Provider;

@@ -365,7 +365,9 @@ current-context: eu-1
                         return;
                     }
                     let _ = socket
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+                        )
                         .await;
                     // The first event comes well after the answer timeout.
                     tokio::time::sleep(Duration::from_millis(600)).await;
