@@ -58,7 +58,7 @@ fn count(v: f64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -193,7 +193,7 @@ pub fn calls_table(rounds: &[&RoundFigures], calls: fn(&RoundFigures) -> &[(Stri
 }
 
 /// The figures of a whole run, grouped by (variant, N) in the order they were measured.
-pub fn group<'a>(rounds: &'a [(Variant, RoundFigures)]) -> Vec<((Variant, usize), Vec<&'a RoundFigures>)> {
+pub fn group(rounds: &[(Variant, RoundFigures)]) -> Vec<((Variant, usize), Vec<&RoundFigures>)> {
     let mut groups: Vec<((Variant, usize), Vec<&RoundFigures>)> = Vec::new();
     for (variant, figures) in rounds {
         let key = (*variant, figures.n);

@@ -76,9 +76,7 @@ impl Variant {
                 "provider gatewayapi (HTTPRoute), interval {}, weights {}..{} by {}, builtin request-success-rate and request-duration from Prometheus scraping the traffic simulator",
                 analysis.interval, analysis.step_weight, analysis.max_weight, analysis.step_weight
             ),
-            Variant::BadInput => format!(
-                "as kubernetes, plus 3 Canaries whose targets have 1,000 replicas, 200 ConfigMaps and a 1 MiB pod template, released at the same time; figures of the N others",
-            ),
+            Variant::BadInput => "as kubernetes, plus 3 Canaries whose targets have 1,000 replicas, 200 ConfigMaps and a 1 MiB pod template, released at the same time; figures of the N others".to_string(),
         }
     }
 }

@@ -448,8 +448,7 @@ impl Fleet {
                 &bins,
                 &etcd_url,
                 ports.get()?,
-                opts.nodes_per_cluster,
-                opts.pods_per_node,
+                (opts.nodes_per_cluster, opts.pods_per_node),
                 opts.audit_log,
             )?));
         }
@@ -695,8 +694,7 @@ fn new_cluster(
     bins: &Binaries,
     etcd_url: &str,
     port: u16,
-    nodes: usize,
-    pods_per_node: u32,
+    (nodes, pods_per_node): (usize, u32),
     audit_log: bool,
 ) -> Result<Cluster> {
     let dir = fleet_dir.join(name);

@@ -27,6 +27,9 @@ use super::{AppCoords, Observation, RouteSource, SimError, WorkloadState};
 /// How long a grouping of the Pods by label serves every app before it is rebuilt.
 const POD_INDEX_TTL: Duration = Duration::from_millis(250);
 
+/// Names of ready Pods by their `app` label.
+type PodIndex = Arc<HashMap<String, Vec<String>>>;
+
 /// Watch caches of one namespace, shared by the apps simulated in it.
 pub struct NamespaceCache {
     namespace: String,
@@ -35,7 +38,7 @@ pub struct NamespaceCache {
     services: Store<Service>,
     routes: Option<(Store<DynamicObject>, ApiResource)>,
     /// Ready Pods by their `app` label, rebuilt at most every [`POD_INDEX_TTL`].
-    pod_index: Mutex<Option<(Instant, Arc<HashMap<String, Vec<String>>>)>>,
+    pod_index: Mutex<Option<(Instant, PodIndex)>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
