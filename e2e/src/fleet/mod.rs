@@ -737,6 +737,9 @@ fn new_cluster(
             "--audit-log-format=json".into(),
             // Written as requests complete, so a test reads every request it caused.
             "--audit-log-mode=blocking".into(),
+            // Never rotated (0 would mean lumberjack's 100 MB): a reader that tails the file
+            // (canary-bench) lost the requests written after a rotation.
+            "--audit-log-maxsize=1000000".into(),
         ]);
     }
     let common = |port_flag: bool| {
