@@ -5,6 +5,7 @@
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
 pub mod bench;
+pub mod blast;
 pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;

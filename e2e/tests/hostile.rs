@@ -560,10 +560,6 @@ const SKIPPED: &[(&str, &str)] = &[
         "fixed on branch workloads (issue 11 defect 5): here the garbage collector removes the apex Service with the Canary",
     ),
     (
-        "idle-after-failure",
-        "fixed on branch stale (issue 11 defect 8): here about 11 MetricTemplate GETs a second go on after the release Failed",
-    ),
-    (
         "alert-token-in-secret",
         "issue 11 defect 2 (Secret values in messages; MetricTemplates were fixed with branch backends, AlertProviders not yet): here the Slack URL from the Secret appears whole in the AlertFailed Event",
     ),
