@@ -4,6 +4,7 @@
 //! kube-controller-manager, kube-scheduler and kwok over one shared etcd) on
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
+pub mod bench;
 pub mod blast;
 pub mod chart;
 pub mod demo;

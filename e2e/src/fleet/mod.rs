@@ -118,6 +118,9 @@ pub struct FleetOptions {
     pub clusters: Vec<String>,
     /// Fake kwok nodes per cluster (default 3).
     pub nodes_per_cluster: usize,
+    /// Pods each fake node takes (default 110, the kubelet's default); a benchmark with
+    /// thousands of pods raises it rather than adding nodes.
+    pub pods_per_node: u32,
     /// Binary dir; `None` runs [`ensure_binaries`].
     pub bin_dir: Option<PathBuf>,
     /// Deadline for the whole start (default 3 min).
@@ -134,6 +137,7 @@ impl FleetOptions {
             dir: dir.into(),
             clusters: clusters.into_iter().map(Into::into).collect(),
             nodes_per_cluster: 3,
+            pods_per_node: 110,
             bin_dir: None,
             start_timeout: Duration::from_secs(180),
             audit_log: false,
@@ -157,6 +161,8 @@ pub struct Cluster {
     pub api_port: u16,
     /// Names of the fake nodes.
     pub node_names: Vec<String>,
+    /// Pods each fake node takes.
+    pods_per_node: u32,
     procs: Mutex<BTreeMap<Component, Proc>>,
     specs: BTreeMap<Component, ProcSpec>,
 }
@@ -205,7 +211,12 @@ impl Cluster {
     /// The requests this cluster's API server answered so far, from its audit log
     /// (empty unless the fleet started with `FleetOptions::audit_log`).
     pub fn audit_events(&self) -> Result<Vec<AuditRecord>> {
-        read_audit_log(&self.dir.join("logs").join(AUDIT_LOG))
+        read_audit_log(&self.audit_log_path())
+    }
+
+    /// Where this cluster's API server writes its audit log (see [`Cluster::audit_events`]).
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("logs").join(AUDIT_LOG)
     }
 
     /// Pid of a component if it is running.
@@ -323,7 +334,7 @@ impl Cluster {
     async fn create_nodes(&self, client: &Client) -> Result<()> {
         let nodes: Api<Node> = Api::all(client.clone());
         for name in &self.node_names {
-            let node: Node = serde_json::from_value(fake_node(name))?;
+            let node: Node = serde_json::from_value(fake_node(name, self.pods_per_node))?;
             match nodes.create(&PostParams::default(), &node).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {} // restart of an existing cluster
@@ -437,7 +448,7 @@ impl Fleet {
                 &bins,
                 &etcd_url,
                 ports.get()?,
-                opts.nodes_per_cluster,
+                (opts.nodes_per_cluster, opts.pods_per_node),
                 opts.audit_log,
             )?));
         }
@@ -683,7 +694,7 @@ fn new_cluster(
     bins: &Binaries,
     etcd_url: &str,
     port: u16,
-    nodes: usize,
+    (nodes, pods_per_node): (usize, u32),
     audit_log: bool,
 ) -> Result<Cluster> {
     let dir = fleet_dir.join(name);
@@ -726,6 +737,9 @@ fn new_cluster(
             "--audit-log-format=json".into(),
             // Written as requests complete, so a test reads every request it caused.
             "--audit-log-mode=blocking".into(),
+            // Never rotated (0 would mean lumberjack's 100 MB): a reader that tails the file
+            // (canary-bench) lost the requests written after a rotation.
+            "--audit-log-maxsize=1000000".into(),
         ]);
     }
     let common = |port_flag: bool| {
@@ -785,14 +799,15 @@ fn new_cluster(
         api_url,
         api_port: port,
         node_names: (0..nodes).map(|i| format!("kwok-node-{i}")).collect(),
+        pods_per_node,
         procs: Mutex::new(BTreeMap::new()),
         specs,
         dir,
     })
 }
 
-fn fake_node(name: &str) -> serde_json::Value {
-    let resources = serde_json::json!({"cpu": "32", "memory": "256Gi", "pods": "110"});
+fn fake_node(name: &str, pods: u32) -> serde_json::Value {
+    let resources = serde_json::json!({"cpu": "32", "memory": "256Gi", "pods": pods.to_string()});
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",

@@ -248,11 +248,17 @@ pub(super) fn template_labels(deployment: &Deployment) -> BTreeMap<String, Strin
 /// `matchLabels` as a label selector string; `None` when the Deployment
 /// selects by expressions only (not used by petrel or its tests).
 fn label_selector(deployment: &Deployment) -> Option<String> {
-    let labels = deployment.spec.as_ref()?.selector.match_labels.as_ref()?;
-    (!labels.is_empty()).then(|| labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+    let labels = label_selector_map(deployment)?;
+    Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+/// `matchLabels`; `None` when empty or absent.
+pub(super) fn label_selector_map(deployment: &Deployment) -> Option<BTreeMap<String, String>> {
+    let labels = deployment.spec.as_ref()?.selector.match_labels.as_ref()?;
+    (!labels.is_empty()).then(|| labels.clone())
+}
+
+pub(super) fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

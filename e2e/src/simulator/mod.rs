@@ -18,6 +18,7 @@
 //!   `DELETE /versions/<image>` forgets it; `GET /versions` lists them;
 //! - `GET /apps`: each app's current split, images and request totals.
 
+mod cache_source;
 pub mod exposition;
 mod kube_source;
 mod recorder;
@@ -34,6 +35,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+pub use cache_source::NamespaceCache;
 pub use exposition::{AppLabels, AppStats};
 pub use kube_source::KubeRouteSource;
 pub use recorder::{RecordedSplit, RouteRecorder};

@@ -262,6 +262,27 @@ where
     }
 }
 
+/// What of a Canary starts its reconcile: its spec (`generation`), labels, annotations
+/// (approvals and requests), finalizers, deletion and identity, but not its status.
+/// Each of petrel's own status writes would otherwise cost a second reconcile (reads of
+/// the target, the primary and the Services) that finds nothing to do: the reconcile
+/// that wrote the status has already requeued what is due (docs/benchmarks.md).
+pub(crate) fn canary_trigger(canary: &Canary) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = canary.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let deletion = meta.deletion_timestamp.as_ref().map(|t| t.0.to_string());
+    (&meta.uid, meta.generation, &meta.labels, &meta.annotations, &meta.finalizers, deletion).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The Canary events that start a reconcile: those that change its [`canary_trigger`].
+fn canary_wakes(
+    canaries: impl futures::Stream<Item = watcher::Result<Canary>> + Send,
+) -> impl futures::Stream<Item = watcher::Result<Canary>> + Send {
+    canaries.predicate_filter(canary_trigger, kube::runtime::PredicateConfig::default())
+}
+
 /// Runs the Canary controller until `shutdown` is requested; the reconciles in flight
 /// finish first.
 ///
@@ -349,7 +370,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         kept(KNATIVE_SERVICE_WATCH, watcher(api, config()), &health)
     });
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
-    let mut controller = Controller::for_stream(objects_only(canary_events.applied_objects()), store)
+    let mut controller = Controller::for_stream(objects_only(canary_wakes(canary_events.applied_objects())), store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
         .watches_stream(objects_only(deployments.touched_objects()), move |d: PartialObjectMeta<Deployment>| {
             canaries_for_deployment(&s1, &d)
@@ -394,4 +415,59 @@ pub(crate) fn provider_of(
     settings: &Settings,
 ) -> Result<Provider, crate::core::provider::UnknownProvider> {
     Provider::parse(canary.spec.provider.as_deref().unwrap_or(&settings.default_provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::test_support::canary;
+
+    fn at(generation: i64) -> Canary {
+        let mut canary = canary("podinfo");
+        canary.metadata.uid = Some("6f1c".into());
+        canary.metadata.generation = Some(generation);
+        canary
+    }
+
+    /// petrel's own status write must not wake the Canary again: that reconcile read the
+    /// target, the primary and the Services for nothing (half of a release's requests).
+    #[tokio::test]
+    async fn a_status_change_wakes_no_reconcile_but_spec_and_annotations_do() {
+        let initial = at(1);
+        let mut status_written = at(1);
+        status_written.metadata.resource_version = Some("2".into());
+        status_written.status = Some(crate::api::CanaryStatus { failed_checks: 1, ..Default::default() });
+        let mut approved = status_written.clone();
+        approved.metadata.annotations = Some([("petrel.dev/approved".to_string(), "r2".to_string())].into());
+        let mut edited = approved.clone();
+        edited.metadata.generation = Some(2);
+        let mut deleted = edited.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let mut recreated = at(1);
+        recreated.metadata.uid = Some("90ab".into());
+
+        let events = [initial, status_written, approved, edited, deleted, recreated];
+        let woken: Vec<Canary> =
+            canary_wakes(futures::stream::iter(events.map(Ok))).map(Result::unwrap).collect().await;
+        let seen: Vec<(Option<i64>, bool, bool, Option<String>)> = woken
+            .iter()
+            .map(|c| {
+                let m = &c.metadata;
+                (m.generation, m.annotations.is_some(), m.deletion_timestamp.is_some(), m.uid.clone())
+            })
+            .collect();
+        let uid = |u: &str| Some(u.to_string());
+        assert_eq!(
+            seen,
+            [
+                (Some(1), false, false, uid("6f1c")),
+                (Some(1), true, false, uid("6f1c")),
+                (Some(2), true, false, uid("6f1c")),
+                (Some(2), true, true, uid("6f1c")),
+                (Some(1), false, false, uid("90ab")),
+            ],
+            "the status-only change is the one event left out"
+        );
+    }
 }

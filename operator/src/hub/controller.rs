@@ -184,7 +184,7 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
         ),
         CacheVerdict::Stale => (get_canary(&connection.client, rollout).await, None),
     };
-    let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.watch_client };
+    let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.client.clone() };
     Reading {
         cluster,
         client: Some(connection.client),

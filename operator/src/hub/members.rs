@@ -118,15 +118,17 @@ impl MemberClientError {
     }
 }
 
-/// The clients for one member, built from one kubeconfig.
+/// The client for one member, built from one kubeconfig, for requests and watches
+/// alike: one connection pool and one TLS configuration per member (two clients per
+/// member cost the hub about 80 KiB each at 1,000 members; docs/benchmarks.md).
 #[derive(Clone)]
 pub struct MemberConnection {
-    /// For requests: short connect and read timeouts.
+    /// Every request waits at most [`READ_TIMEOUT`] for its answer to start; a watch's
+    /// answer starts at once and then streams without a read timeout (a quiet watch is
+    /// not a dead one: the watcher has its own idle timeout, and the hub probes each
+    /// member separately).
     pub client: Client,
-    /// For watches: no read timeout, since a quiet watch is not a dead one (the watcher
-    /// has its own idle timeout, and the hub probes each member separately).
-    pub watch_client: Client,
-    /// [`kubeconfig_fingerprint`] of the kubeconfig both were built from.
+    /// [`kubeconfig_fingerprint`] of the kubeconfig it was built from.
     pub fingerprint: String,
 }
 
@@ -136,6 +138,19 @@ pub async fn member_watch_config(cluster: &str, kubeconfig: &str) -> Result<Conf
     let mut config = member_config(cluster, kubeconfig).await?;
     config.read_timeout = None;
     Ok(config)
+}
+
+/// The one client of a member: the watch configuration (no read timeout on the
+/// connection) with `answer_timeout` on the start of every answer.
+pub async fn member_client(
+    cluster: &str,
+    kubeconfig: &str,
+    answer_timeout: Duration,
+) -> Result<Client, MemberClientError> {
+    let config = member_watch_config(cluster, kubeconfig).await?;
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) })?;
+    Ok(builder.with_layer(&tower::timeout::TimeoutLayer::new(answer_timeout)).build())
 }
 
 /// A connection cached for a Cluster, with where and when its kubeconfig was read.
@@ -199,13 +214,8 @@ impl MemberClients {
         if let Some(connection) = self.still_current(&name, secret_ref, &fingerprint) {
             return Ok(connection);
         }
-        let build = |config| {
-            Client::try_from(config)
-                .map_err(|source| MemberClientError::Client { cluster: name.clone(), source: Box::new(source) })
-        };
-        let client = build(member_config(&name, &text).await?)?;
-        let watch_client = build(member_watch_config(&name, &text).await?)?;
-        let connection = MemberConnection { client, watch_client, fingerprint };
+        let client = member_client(&name, &text, READ_TIMEOUT).await?;
+        let connection = MemberConnection { client, fingerprint };
         let cached =
             Cached { connection: connection.clone(), secret_ref: secret_ref.clone(), read_at: Some(Instant::now()) };
         self.lock().insert(name, cached);
@@ -217,8 +227,7 @@ impl MemberClients {
     /// connect reads it (and records which Secret it was).
     #[cfg(test)]
     pub(crate) fn insert_for_test(&self, cluster: &str, kubeconfig: &str, client: Client) {
-        let connection =
-            MemberConnection { watch_client: client.clone(), client, fingerprint: kubeconfig_fingerprint(kubeconfig) };
+        let connection = MemberConnection { client, fingerprint: kubeconfig_fingerprint(kubeconfig) };
         let secret_ref =
             KubeconfigSecretRef { name: cluster.into(), namespace: String::new(), key: "kubeconfig".into() };
         self.lock().insert(cluster.to_string(), Cached { connection, secret_ref, read_at: None });
@@ -335,6 +344,58 @@ current-context: eu-1
     async fn watches_get_no_read_timeout() {
         let config = member_watch_config("eu-1", KUBECONFIG).await.unwrap();
         assert_eq!((config.connect_timeout, config.read_timeout), (Some(CONNECT_TIMEOUT), None));
+    }
+
+    /// A member on loopback that answers a watch at once and then streams slowly, and
+    /// never answers anything else.
+    async fn slow_member() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&request[..n]).to_string();
+                    if !head.contains("watch=true") {
+                        // Never answers; keeps the connection open.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+                        )
+                        .await;
+                    // The first event comes well after the answer timeout.
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    let event = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","resourceVersion":"2"}}}"#;
+                    let chunk = format!("{:x}\r\n{event}\n\r\n", event.len() + 1);
+                    let _ = socket.write_all(chunk.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+            }
+        });
+        KUBECONFIG.replace("https://127.0.0.1:6443", &format!("http://{addr}"))
+    }
+
+    #[tokio::test]
+    async fn one_client_times_out_requests_but_not_a_quiet_watch() {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let kubeconfig = slow_member().await;
+        let client = member_client("eu-1", &kubeconfig, Duration::from_millis(200)).await.unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        let started = Instant::now();
+        let error = api.get("a").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(error.to_string().contains("timed out") || error.to_string().contains("elapsed"), "{error}");
+        let mut events = api.watch(&kube::api::WatchParams::default(), "1").await.unwrap().boxed();
+        let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap();
+        let event = first.expect("an event").expect("the watch outlives the answer timeout");
+        assert!(matches!(event, kube::api::WatchEvent::Added(_)), "{event:?}");
     }
 
     #[test]

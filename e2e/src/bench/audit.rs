@@ -1,0 +1,126 @@
+//! The operators' requests, from the API server's audit log (`FleetOptions::audit_log`),
+//! attributed by user agent: petrel's start with `petrel/` (builds before it named itself
+//! send none), Flagger's with `flagger/` (client-go's default, from its binary name).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+
+use super::workload::OperatorKind;
+use crate::fleet::{AuditRecord, parse_audit_log};
+
+/// Whether a request with this user agent was made by an operator of `kind`. Pure.
+pub fn made_by(kind: OperatorKind, user_agent: &str) -> bool {
+    match kind {
+        OperatorKind::Petrel => user_agent.starts_with("petrel/") || user_agent.is_empty(),
+        OperatorKind::Flagger => user_agent.starts_with("flagger/"),
+    }
+}
+
+/// Counts of `verb resource` among `records`, most frequent first.
+pub fn tally(records: &[AuditRecord]) -> Vec<(String, usize)> {
+    crate::fleet::tally(records)
+}
+
+/// Reads an audit log as it grows, keeping only what was written since the last
+/// [`AuditTail::skip_to_end`] (a round's requests, not the whole run's).
+pub struct AuditTail {
+    path: PathBuf,
+    offset: u64,
+    /// The bytes after the last complete line.
+    partial: String,
+    records: Vec<AuditRecord>,
+}
+
+impl AuditTail {
+    pub fn new(path: PathBuf) -> AuditTail {
+        AuditTail { path, offset: 0, partial: String::new(), records: Vec::new() }
+    }
+
+    /// Forgets everything read so far and starts reading at the end of the log.
+    pub fn skip_to_end(&mut self) -> Result<()> {
+        self.offset = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.partial.clear();
+        self.records.clear();
+        Ok(())
+    }
+
+    fn read_new(&mut self) -> Result<()> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("opening the audit log {}", self.path.display())),
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).with_context(|| format!("reading the audit log {}", self.path.display()))?;
+        self.offset += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let complete = self.partial.rfind('\n').map_or(0, |i| i + 1);
+        let lines: String = self.partial.drain(..complete).collect();
+        self.records.extend(parse_audit_log(&lines));
+        Ok(())
+    }
+
+    /// The requests of `kind`'s operator answered in `[from, to)`.
+    pub async fn requests(
+        &mut self,
+        kind: OperatorKind,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>> {
+        // The API server writes a request's line when it completes: give the last ones a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        self.read_new()?;
+        Ok(self
+            .records
+            .iter()
+            .filter(|r| r.is_request() && made_by(kind, &r.user_agent) && r.at >= from && r.at < to)
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_attributed_by_user_agent() {
+        assert!(made_by(OperatorKind::Petrel, "petrel/0.1.0"));
+        assert!(made_by(OperatorKind::Petrel, ""), "petrel before it set a user agent");
+        assert!(!made_by(OperatorKind::Petrel, "canary-bench"));
+        assert!(!made_by(OperatorKind::Petrel, "kube-controller-manager/v1.36.4 (linux/amd64) kubernetes/abc"));
+        assert!(made_by(OperatorKind::Flagger, "flagger/v0.0.0 (linux/amd64) kubernetes/$Format"));
+        assert!(!made_by(OperatorKind::Flagger, ""));
+    }
+
+    #[tokio::test]
+    async fn the_tail_reads_only_what_was_written_since_the_skip_and_whole_lines() {
+        let dir = std::env::temp_dir().join(format!("canary-bench-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.log");
+        let line = |verb: &str, ua: &str, at: &str| {
+            format!(
+                r#"{{"kind":"Event","stage":"ResponseComplete","verb":"{verb}","userAgent":"{ua}","objectRef":{{"resource":"deployments"}},"responseStatus":{{"code":200}},"stageTimestamp":"{at}"}}"#
+            ) + "\n"
+        };
+        std::fs::write(&path, line("list", "flagger/v0", "2026-01-01T00:00:01Z")).unwrap();
+        let mut tail = AuditTail::new(path.clone());
+        tail.skip_to_end().unwrap();
+        let half = line("get", "flagger/v0", "2026-01-01T00:00:02Z");
+        let (first, rest) = half.split_at(40);
+        std::fs::write(&path, line("list", "flagger/v0", "2026-01-01T00:00:01Z") + first).unwrap();
+        let from: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let to: DateTime<Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
+        assert!(tail.requests(OperatorKind::Flagger, from, to).await.unwrap().is_empty(), "a half line waits");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+        let got = tail.requests(OperatorKind::Flagger, from, to).await.unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].verb, "get");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
