@@ -338,7 +338,7 @@ fn render(series: &MeshSeries<'_>, metric: BuiltinMetric, interval: &str) -> Str
 /// cannot contain `"` or `\`, but the query must stay well-formed whatever
 /// it is given.
 fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
+    crate::template::escape_promql_string(value, '"')
 }
 
 /// Escapes regex metacharacters (RE2 syntax, as Prometheus uses) so a name

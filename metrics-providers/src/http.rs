@@ -1,18 +1,21 @@
 //! The HTTP plumbing shared by the HTTP-based providers: one configured
-//! `reqwest` client, authentication, and error mapping.
+//! client, authentication, and error mapping. Requests go through an
+//! [`EgressClient`], which applies the config's egress policy and reads at
+//! most [`MAX_BODY_BYTES`](crate::outbound::MAX_BODY_BYTES) of an answer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url};
 use crate::provider::{Credentials, DEFAULT_TIMEOUT, ProviderConfig, QueryError};
 
 /// A client configured from a [`ProviderConfig`]: headers, credentials,
 /// timeout and TLS verification.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
-    client: reqwest::Client,
+    client: EgressClient,
     credentials: Credentials,
     timeout: Duration,
 }
@@ -23,11 +26,11 @@ impl HttpClient {
         if timeout.is_zero() {
             return Err(QueryError::InvalidConfig("timeout must be more than 0".into()));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(header_map(&config.headers)?)
             .timeout(timeout)
-            .tls_danger_accept_invalid_certs(config.insecure_skip_verify)
-            .build()
+            .tls_danger_accept_invalid_certs(config.insecure_skip_verify);
+        let client = EgressClient::new(config.egress.clone(), builder)
             .map_err(|e| QueryError::InvalidConfig(format!("cannot build HTTP client: {e}")))?;
         Ok(Self { client, credentials: config.credentials.clone(), timeout })
     }
@@ -36,38 +39,39 @@ impl HttpClient {
     /// status and body of any answer (non-2xx included: callers decode
     /// error bodies).
     pub(crate) async fn get(&self, url: &reqwest::Url, params: &[(&str, &str)]) -> Result<(u16, String), QueryError> {
-        let request = self.client.get(url.clone()).query(params);
+        let request = self.client.request(reqwest::Method::GET, url.clone()).query(params);
         let request = match &self.credentials {
             Credentials::None => request,
             Credentials::Bearer(token) => request.bearer_auth(token),
             Credentials::Basic { username, password } => request.basic_auth(username, Some(password)),
         };
-        let failed = |e: reqwest::Error| self.transport_error(url, e);
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(failed)?;
-        Ok((status, body))
+        let answer = self.client.send(request).await.map_err(|e| self.transport_error(url, e))?;
+        Ok((answer.status, answer.body))
     }
 
-    fn transport_error(&self, url: &reqwest::Url, error: reqwest::Error) -> QueryError {
-        if error.is_timeout() {
-            QueryError::Timeout(self.timeout)
-        } else {
-            // Name the endpoint without the query parameters: the query is
-            // long and already in the Event's context.
-            QueryError::Transport(format!("{url}: {}", error_chain(&error.without_url())))
+    /// The error of a request that got no answer. It names the server by its
+    /// origin only: the address may come from a Secret (userinfo, a token in
+    /// the path) and the query parameters hold the query, already in the
+    /// Event's context.
+    fn transport_error(&self, url: &reqwest::Url, error: OutboundError) -> QueryError {
+        let server = RedactedUrl::origin(url);
+        match error {
+            OutboundError::Timeout => QueryError::Timeout(self.timeout),
+            OutboundError::Refused(refused) => QueryError::InvalidConfig(format!("{server}: {refused}")),
+            OutboundError::TooLarge { .. } => QueryError::BadResponse(format!("{server}: {error}")),
+            OutboundError::Transport(reason) | OutboundError::Invalid(reason) => {
+                QueryError::Transport(format!("{server}: {reason}"))
+            }
         }
     }
 }
 
 /// Parses and checks a provider `address`: an absolute http(s) URL without
 /// a fragment, and without a query string unless `allow_query`.
+/// Errors never quote the address: it may come from a Secret.
 pub(crate) fn parse_address(address: &str, allow_query: bool) -> Result<reqwest::Url, QueryError> {
-    let invalid = |why: String| QueryError::InvalidConfig(format!("address {address:?}: {why}"));
-    let url = reqwest::Url::parse(address.trim()).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("scheme must be http or https".into()));
-    }
+    let invalid = |why: String| QueryError::InvalidConfig(format!("the address {why}"));
+    let url = parse_url(address).map_err(invalid)?;
     if (!allow_query && url.query().is_some()) || url.fragment().is_some() {
         return Err(invalid(if allow_query {
             "must not have a fragment".into()
@@ -89,19 +93,6 @@ fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, QueryErro
             Ok((name, value))
         })
         .collect()
-}
-
-/// An error with its causes: reqwest's own message ("error sending
-/// request") hides the useful part (e.g. "Connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -126,9 +117,12 @@ mod tests {
 
     #[test]
     fn addresses_are_checked() {
-        for bad in ["", "prom:9090", "ftp://prom", "http://prom#x", "not a url"] {
+        for bad in ["", "prom:9090", "ftp://prom", "http://prom#x", "not a url", "http://u:s3cretpw@pr om"] {
             for allow_query in [false, true] {
-                assert!(matches!(parse_address(bad, allow_query), Err(QueryError::InvalidConfig(_))), "{bad:?}");
+                assert!(
+                    matches!(parse_address(bad, allow_query), Err(QueryError::InvalidConfig(m)) if !m.contains("s3cretpw")),
+                    "{bad:?}"
+                );
             }
         }
         assert!(parse_address("http://prom?x=1", false).is_err());

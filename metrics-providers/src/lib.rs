@@ -31,7 +31,7 @@
 //! let query = builtin_query(mesh, metric, &vars)?;
 //! assert!(query.contains(r#"destination_workload="podinfo""#));
 //! // ...or a MetricTemplate written for Flagger.
-//! let query = render_query(r#"sum(rate(errors{ns="{{ namespace }}"}[{{ interval }}]))"#, &vars)?;
+//! let query = render_query(r#"sum(rate(errors{ns="{{ namespace }}"}[{{ interval }}]))"#, &vars, QueryLanguage::PromQl)?;
 //! assert_eq!(query, r#"sum(rate(errors{ns="test"}[1m]))"#);
 //!
 //! // Judge one value against a thresholdRange...
@@ -67,6 +67,7 @@ pub mod builtin;
 mod http;
 pub mod http_json;
 pub mod judge;
+pub mod outbound;
 pub mod prometheus;
 pub mod provider;
 pub mod template;
@@ -74,9 +75,10 @@ pub mod template;
 pub use builtin::{BuiltinError, BuiltinMetric, Mesh, builtin_query, builtin_query_primary};
 pub use http_json::HttpJsonProvider;
 pub use judge::{CompareConfig, Comparison, Direction, ThresholdRange, Verdict, compare};
+pub use outbound::{EgressClient, EgressPolicy, RedactedUrl};
 pub use prometheus::PrometheusProvider;
 pub use provider::{
     Credentials, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError,
     UnknownProviderKind, build_provider,
 };
-pub use template::{QueryVars, TemplateError, render_query};
+pub use template::{QueryLanguage, QueryVars, TemplateError, render_query};

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use crate::http_json::HttpJsonProvider;
+use crate::outbound::EgressPolicy;
 use crate::prometheus::PrometheusProvider;
 
 /// Longest query text quoted in an error message. Queries can be long; an
@@ -317,10 +318,13 @@ pub struct ProviderConfig {
     pub timeout: Option<Duration>,
     /// Accept any TLS certificate (`insecureSkipVerify`).
     pub insecure_skip_verify: bool,
+    /// Which addresses the backend may be reached at; strict by default.
+    pub egress: EgressPolicy,
 }
 
 impl ProviderConfig {
-    /// A config with no credentials, headers or timeout override.
+    /// A config with no credentials, headers or timeout override, and the
+    /// strict egress policy (no loopback or link-local address).
     pub fn new(kind: ProviderKind, address: impl Into<String>) -> Self {
         Self {
             kind,
@@ -329,6 +333,7 @@ impl ProviderConfig {
             headers: BTreeMap::new(),
             timeout: None,
             insecure_skip_verify: false,
+            egress: EgressPolicy::strict(),
         }
     }
 }

@@ -7,6 +7,9 @@
 /// Field manager of every write petrel makes (server-side apply and status).
 pub const FIELD_MANAGER: &str = "petrel";
 
+/// `User-Agent` of petrel's requests to webhooks, alert receivers and metric backends.
+pub const USER_AGENT: &str = concat!("petrel/", env!("CARGO_PKG_VERSION"));
+
 /// Standard label on every object petrel generates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 

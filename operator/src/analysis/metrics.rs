@@ -24,10 +24,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use metrics_providers::{
-    BuiltinMetric, CompareConfig, Credentials, Direction, Mesh, MetricProvider, ProviderConfig, ProviderKind,
-    QueryVars, ThresholdRange, Verdict, build_provider, builtin_query, builtin_query_primary, compare, render_query,
+    BuiltinMetric, CompareConfig, Credentials, Direction, EgressPolicy, Mesh, MetricProvider, ProviderConfig,
+    ProviderKind, QueryLanguage, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query,
+    builtin_query_primary, compare,
 };
 
+use super::render::render_off_runtime;
 use super::{MetricSource, SecretData};
 use crate::api::Canary;
 use crate::api::canary::{CanaryMetric, ComparisonDirection, ComparisonSamples, MetricComparison, MetricResult};
@@ -51,6 +53,10 @@ pub struct MetricDeps<S> {
     pub default_metrics_server: Option<String>,
     /// Per-query HTTP timeout.
     pub query_timeout: Duration,
+    /// Which addresses a Canary's `metricsServer` and a MetricTemplate's address may
+    /// point at. The operator's own `--metrics-server` is not subject to it: its
+    /// administrator chose it.
+    pub egress: EgressPolicy,
 }
 
 /// Evaluates every metric of the Canary's analysis, concurrently, in declaration order.
@@ -207,7 +213,18 @@ fn builtin_prometheus<S>(deps: &MetricDeps<S>, canary: &Canary) -> Result<Provid
         })?;
     let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
     config.timeout = Some(deps.query_timeout);
+    config.egress = egress_for(deps, &config.address);
     Ok(config)
+}
+
+/// The egress policy for a backend at `address`: none for the operator's own
+/// `--metrics-server`, whoever names it, the operator's policy for anything else.
+fn egress_for<S>(deps: &MetricDeps<S>, address: &str) -> EgressPolicy {
+    if deps.default_metrics_server.as_deref() == Some(address) {
+        EgressPolicy::unrestricted()
+    } else {
+        deps.egress.clone()
+    }
 }
 
 async fn plan_query<S: MetricSource>(
@@ -233,14 +250,18 @@ async fn plan_query<S: MetricSource>(
             })?),
         };
         let fallback = builtin_prometheus(deps, canary).ok().map(|config| config.address);
-        let config = template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout)
-            .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
-        let render = |vars: &QueryVars| {
-            render_query(&template.spec.query, vars)
+        let mut config =
+            template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout)
+                .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
+        config.egress = egress_for(deps, &config.address);
+        let language = QueryLanguage::of(config.kind);
+        let render = async |vars: &QueryVars| {
+            render_off_runtime(&template.spec.query, vars, language)
+                .await
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))
         };
-        let primary = if compares { Some(render(&primary_vars(&vars))?) } else { None };
-        return Ok(PlannedQuery { config, canary: render(&vars)?, primary });
+        let primary = if compares { Some(render(&primary_vars(&vars)).await?) } else { None };
+        return Ok(PlannedQuery { config, canary: render(&vars).await?, primary });
     }
 
     if let Some(query) = &metric.query {
@@ -305,6 +326,8 @@ pub fn template_provider_config(
         headers,
         timeout: Some(timeout),
         insecure_skip_verify: spec.insecure_skip_verify,
+        // The caller decides, knowing which address is the operator's own.
+        egress: EgressPolicy::strict(),
     })
 }
 
@@ -728,7 +751,12 @@ mod tests {
     }
 
     fn deps(source: FakeSource, prometheus: Option<String>) -> MetricDeps<FakeSource> {
-        MetricDeps { source, default_metrics_server: prometheus, query_timeout: Duration::from_secs(2) }
+        MetricDeps {
+            source,
+            default_metrics_server: prometheus,
+            query_timeout: Duration::from_secs(2),
+            egress: EgressPolicy::strict().allowing_loopback(),
+        }
     }
 
     fn template_metric(name: &str, template: &str, namespace: Option<&str>) -> CanaryMetric {
@@ -1047,5 +1075,123 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
         assert!(!results[0].passed);
         assert!(results[0].message.contains("did not answer within 300ms"), "{}", results[0].message);
+    }
+
+    // ---- issue 11 ----
+
+    fn prometheus_template(address: Option<String>, secret: Option<&str>, query: &str) -> MetricTemplateSpec {
+        MetricTemplateSpec {
+            provider: MetricProviderSpec {
+                type_: "prometheus".into(),
+                address,
+                secret_ref: secret.map(|name| SecretRef { name: name.into() }),
+                ..Default::default()
+            },
+            query: query.into(),
+        }
+    }
+
+    /// Defect 2: a password in the address a MetricTemplate's Secret holds never reaches
+    /// the check's message (which becomes the CheckFailed Event and analysisResults).
+    #[tokio::test]
+    async fn a_password_in_a_secret_address_never_reaches_the_message() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("http://prom-user:pw-5e4d3c2b@127.0.0.1:{closed}/tenant-3f2e1d");
+        let bad_address = "http://prom-user:pw-5e4d3c2b@pro m/".to_string();
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "down", prometheus_template(None, Some("auth"), "up")),
+                template("test", "bad", prometheus_template(None, Some("bad"), "up")),
+            ]),
+            secrets: BTreeMap::from([
+                (("test".to_string(), "auth".to_string()), secret(&[("address", &address), ("token", "tok-0a9b8c")])),
+                (("test".to_string(), "bad".to_string()), secret(&[("address", &bad_address)])),
+            ]),
+        };
+        let results = run_metrics(
+            &deps(source, None),
+            &canary(vec![template_metric("down", "down", None), template_metric("bad", "bad", None)]),
+            Provider::Istio,
+        )
+        .await;
+        assert!(results.iter().all(|r| !r.passed), "{results:?}");
+        assert!(results[0].message.contains("cannot reach"), "{}", results[0].message);
+        for secret in ["prom-user", "pw-5e4d3c2b", "tenant-3f2e1d", "tok-0a9b8c"] {
+            assert!(results.iter().all(|r| !r.message.contains(secret)), "{secret} in {results:?}");
+        }
+    }
+
+    /// Defect 12: a Canary's own metricsServer and a MetricTemplate's address are held to
+    /// the egress policy; the operator's --metrics-server is not, whoever names it.
+    #[tokio::test]
+    async fn the_egress_policy_applies_to_tenant_addresses_only() {
+        let fake =
+            FakePrometheus { answers: Arc::new(vec![("up", StatusCode::OK, vector(&["1"]))]), ..Default::default() };
+        let operator_prometheus = serve(fake.clone()).await;
+        let tenant_prometheus = serve(fake.clone()).await;
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "own", prometheus_template(Some(operator_prometheus.clone()), None, "up")),
+                template("test", "fallback", prometheus_template(None, None, "up")),
+                template("test", "tenant", prometheus_template(Some(tenant_prometheus.clone()), None, "up")),
+                template("test", "metadata", prometheus_template(Some("http://169.254.169.254".into()), None, "up")),
+            ]),
+            ..Default::default()
+        };
+        let strict = MetricDeps { egress: EgressPolicy::strict(), ..deps(source, Some(operator_prometheus)) };
+        let mut inline = metric("inline");
+        inline.query = Some("up".into());
+        let results = run_metrics(
+            &strict,
+            &canary(vec![
+                template_metric("own", "own", None),
+                template_metric("fallback", "fallback", None),
+                template_metric("tenant", "tenant", None),
+                template_metric("metadata", "metadata", None),
+                inline.clone(),
+            ]),
+            Provider::Istio,
+        )
+        .await;
+        let outcome: Vec<(bool, bool)> =
+            results.iter().map(|r| (r.passed, r.message.contains("egress policy"))).collect();
+        assert_eq!(outcome, [(true, false), (true, false), (false, true), (false, true), (true, false)], "{results:?}");
+
+        let mut own_server = canary(vec![inline]);
+        own_server.spec.metrics_server = Some(tenant_prometheus);
+        let results = run_metrics(&strict, &own_server, Provider::Istio).await;
+        assert!(!results[0].passed && results[0].message.contains("egress policy"), "{results:?}");
+    }
+
+    /// Defect 1: the freezing template of the issue, and a loop over a long variable, are
+    /// failed checks saying why, quickly; the other metrics of the tick are unaffected.
+    #[tokio::test]
+    async fn hostile_templates_are_failed_checks_with_a_reason() {
+        let fake =
+            FakePrometheus { answers: Arc::new(vec![("up", StatusCode::OK, vector(&["1"]))]), ..Default::default() };
+        let url = serve(fake).await;
+        let freeze = r#"{% set s = "x" * 10000 %}{% for a in s %}{% for b in s %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}1"#;
+        let loops = "{% for a in variables.s %}{% for b in variables.s %}{% for c in variables.s %}{% endfor %}{% endfor %}{% endfor %}up";
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "freeze", prometheus_template(Some(url.clone()), None, freeze)),
+                template("test", "loops", prometheus_template(Some(url.clone()), None, loops)),
+                template("test", "fine", prometheus_template(Some(url.clone()), None, "up")),
+            ]),
+            ..Default::default()
+        };
+        let mut looping = template_metric("loops", "loops", None);
+        looping.template_variables = BTreeMap::from([("s".to_string(), "x".repeat(10_000))]);
+        let started = std::time::Instant::now();
+        let results = run_metrics(
+            &deps(source, None),
+            &canary(vec![template_metric("freeze", "freeze", None), looping, template_metric("fine", "fine", None)]),
+            Provider::Istio,
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(!results[0].passed && results[0].message.contains("the operator `*`"), "{}", results[0].message);
+        assert!(!results[1].passed && results[1].message.contains("steps"), "{}", results[1].message);
+        assert!(results[2].passed, "{}", results[2].message);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use metrics_providers::{EgressClient, EgressPolicy};
 use petrel::controller::{self, Context, EventSink, Settings};
 use petrel::leader::{self, LeaderElection};
 use petrel::shutdown::{self, Shutdown};
@@ -62,6 +63,15 @@ struct Args {
     /// Seconds before expiry at which the leader renews its Lease.
     #[arg(long, env = "PETREL_LEADER_ELECTION_RENEW_BEFORE", default_value_t = 5)]
     leader_election_renew_before: u64,
+    /// Also let webhooks, alert receivers and metric backends be reached at addresses in
+    /// this range (CIDR or single address; repeat the flag for several). By default
+    /// loopback and link-local addresses (where cloud metadata answers) are refused.
+    #[arg(long = "egress-allow-cidr", env = "PETREL_EGRESS_ALLOW_CIDRS", value_delimiter = ',', value_parser = metrics_providers::outbound::parse_cidr)]
+    egress_allow_cidrs: Vec<metrics_providers::outbound::IpNet>,
+    /// Also let webhooks, alert receivers and metric backends be reached on loopback
+    /// addresses (this host; the operator's own ports among them).
+    #[arg(long, env = "PETREL_EGRESS_ALLOW_LOOPBACK")]
+    egress_allow_loopback: bool,
     /// Seconds the controllers get after SIGTERM to finish the reconciles in flight; then
     /// petrel stops anyway and releases its Lease. Keep it, plus a few seconds for the
     /// release, below the Pod's terminationGracePeriodSeconds.
@@ -70,6 +80,16 @@ struct Args {
 }
 
 impl Args {
+    /// The egress policy of the flags: strict, plus what they allow.
+    fn egress_policy(&self) -> EgressPolicy {
+        let policy = if self.egress_allow_loopback {
+            EgressPolicy::strict().allowing_loopback()
+        } else {
+            EgressPolicy::strict()
+        };
+        self.egress_allow_cidrs.iter().fold(policy, |policy, net| policy.allowing(*net))
+    }
+
     fn leader_election(&self) -> Option<LeaderElection> {
         if !self.leader_elect {
             return None;
@@ -132,9 +152,9 @@ async fn main() -> anyhow::Result<()> {
         election.validate()?;
     }
     let client = client(args.kubeconfig.as_deref()).await?;
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("petrel/", env!("CARGO_PKG_VERSION")))
-        .build()
+    let egress = args.egress_policy();
+    tracing::info!(policy = ?egress, "egress policy for webhooks, alert receivers and metric backends");
+    let http = EgressClient::new(egress, reqwest::Client::builder().user_agent(petrel::USER_AGENT))
         .context("creating the HTTP client")?;
     // Bound before anything else starts, so a taken port fails the start-up at once.
     let listener = telemetry::bind(&args.metrics_addr).await?;

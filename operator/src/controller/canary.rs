@@ -135,6 +135,7 @@ async fn run_plan(
             source: source.clone(),
             default_metrics_server: Some(ctx.settings.metrics_server.clone()),
             query_timeout: METRIC_QUERY_TIMEOUT,
+            egress: ctx.http.policy().clone(),
         };
         results.metrics = Some(run_metrics(&deps, canary, provider).await);
     }
