@@ -450,6 +450,28 @@ impl fmt::Debug for RedactedUrl {
     }
 }
 
+/// The credentials a URL may carry, for [`scrub`]bing a body its server answered (a
+/// server may echo the request): userinfo and every query value.
+pub fn url_credentials(url: &Url) -> Vec<String> {
+    let mut credentials = vec![url.username().to_owned()];
+    credentials.extend(url.password().map(str::to_owned));
+    credentials.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+    credentials
+}
+
+/// What to scrub for a secret `value`: the value, and when it is a URL (a Slack
+/// webhook, a backend address with a password) the parts that carry its secret on
+/// their own: its [`url_credentials`], and path segments that look like keys (8
+/// characters or more, with a digit; words such as `services` stay readable).
+pub fn secret_fragments(value: &str) -> Vec<String> {
+    let mut fragments = vec![value.trim().to_owned()];
+    let Ok(url) = Url::parse(value.trim()) else { return fragments };
+    let looks_like_key = |part: &&str| part.len() >= 8 && part.bytes().any(|b| b.is_ascii_digit());
+    fragments.extend(url_credentials(&url));
+    fragments.extend(url.path_segments().into_iter().flatten().filter(looks_like_key).map(str::to_owned));
+    fragments
+}
+
 /// `text` with every value of `secrets` (of 4 characters or more: shorter
 /// ones would also match ordinary words) replaced by [`REDACTED`], longest
 /// first, for quoting a body a receiver answered.
@@ -553,6 +575,20 @@ mod tests {
             assert!(!why.contains("secretpw"), "{why}");
         }
         assert!(parse_url(" https://host/x ").is_ok());
+    }
+
+    #[test]
+    fn secret_urls_are_scrubbed_in_parts() {
+        let address =
+            "https://bot:pw-123456@hooks.example.com/services/T0AB12CD3/B0EF45GH6/aBcD3fGh1jKlMnOp?key=k3y-0987654&x=1";
+        let fragments = secret_fragments(address);
+        let echoed = "403 for /services/T0AB12CD3/B0EF45GH6/aBcD3fGh1jKlMnOp key=k3y-0987654 user bot:pw-123456";
+        let scrubbed = scrub(echoed, fragments.iter().map(String::as_str));
+        for secret in ["T0AB12CD3", "B0EF45GH6", "aBcD3fGh1jKlMnOp", "k3y-0987654", "pw-123456"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(scrubbed.contains("/services/"), "{scrubbed}");
+        assert_eq!(secret_fragments("plain-value"), vec!["plain-value".to_string()]);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url, scrub};
+use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url, scrub, secret_fragments};
 use serde_json::{Value, json};
 
 use super::{AlertSource, SecretData, SourceError, excerpt};
@@ -123,7 +123,8 @@ pub struct AlertRequest {
     pub url: reqwest::Url,
     pub body: Value,
     pub token: Option<String>,
-    /// Every value of the provider's Secret, scrubbed from the receiver's answers.
+    /// What to scrub from the receiver's answers: the values of the provider's Secret,
+    /// the token, and the parts of the URL that carry its key.
     pub secrets: Vec<String>,
 }
 
@@ -280,6 +281,8 @@ pub fn alert_request(
         .into_iter()
         .flat_map(|data| data.values())
         .map(|value| String::from_utf8_lossy(value).into_owned())
+        .chain([url.to_string()])
+        .flat_map(|value| secret_fragments(&value))
         .collect();
     Ok(AlertRequest { url, body, token, secrets })
 }
@@ -348,9 +351,10 @@ async fn post(client: &EgressClient, subscription: &str, request: &AlertRequest)
     if answer.is_success() {
         return Ok(());
     }
-    // A receiver may echo what it was sent (the token, its own URL) in an error.
+    // A receiver may echo what it was sent (the token, its own URL) in an error. Scrubbed
+    // before the excerpt is cut, so no half of a secret survives the cut.
     let secrets = request.secrets.iter().map(String::as_str).chain(request.token.as_deref());
-    let body = scrub(&excerpt(&answer.body, MAX_QUOTED_BODY), secrets.chain([request.url.as_str()]));
+    let body = excerpt(&scrub(&answer.body, secrets), MAX_QUOTED_BODY);
     Err(AlertError::Status { alert: subscription.into(), url, status: answer.status, body })
 }
 

@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metrics_providers::outbound::{scrub, secret_fragments};
 use metrics_providers::{
     BuiltinMetric, CompareConfig, Credentials, Direction, EgressPolicy, Mesh, MetricProvider, ProviderConfig,
     ProviderKind, QueryLanguage, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query,
@@ -91,6 +92,9 @@ struct PlannedQuery {
     canary: String,
     /// Present when the metric compares against the primary.
     primary: Option<String>,
+    /// What to scrub from the check's message: the parts of the MetricTemplate's Secret
+    /// (a backend answering an error may echo them).
+    secrets: Vec<String>,
 }
 
 async fn evaluate<S: MetricSource>(
@@ -103,6 +107,12 @@ async fn evaluate<S: MetricSource>(
         Ok(planned) => planned,
         Err(message) => return failed(metric, message),
     };
+    let mut result = query_planned(metric, &planned).await;
+    result.message = scrub(&result.message, planned.secrets.iter().map(String::as_str));
+    result
+}
+
+async fn query_planned(metric: &CanaryMetric, planned: &PlannedQuery) -> MetricResult {
     let backend = match build_provider(&planned.config) {
         Ok(backend) => backend,
         Err(error) => return failed(metric, error.to_string()),
@@ -261,14 +271,24 @@ async fn plan_query<S: MetricSource>(
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))
         };
         let primary = if compares { Some(render(&primary_vars(&vars)).await?) } else { None };
-        return Ok(PlannedQuery { config, canary: render(&vars).await?, primary });
+        let secrets = secret
+            .iter()
+            .flat_map(|data| data.values())
+            .flat_map(|value| secret_fragments(&String::from_utf8_lossy(value)))
+            .collect();
+        return Ok(PlannedQuery { config, canary: render(&vars).await?, primary, secrets });
     }
 
     if let Some(query) = &metric.query {
         if compares {
             return Err("a comparison needs a templateRef or a builtin metric: an inline query names no primary".into());
         }
-        return Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: query.clone(), primary: None });
+        return Ok(PlannedQuery {
+            config: builtin_prometheus(deps, canary)?,
+            canary: query.clone(),
+            primary: None,
+            secrets: Vec::new(),
+        });
     }
 
     let builtin = BuiltinMetric::from_name(&metric.name).map_err(|error| error.to_string())?;
@@ -279,7 +299,7 @@ async fn plan_query<S: MetricSource>(
     } else {
         None
     };
-    Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: canary_query, primary })
+    Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: canary_query, primary, secrets: Vec::new() })
 }
 
 /// How to reach a MetricTemplate's backend.
@@ -1098,24 +1118,39 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let address = format!("http://prom-user:pw-5e4d3c2b@127.0.0.1:{closed}/tenant-3f2e1d");
         let bad_address = "http://prom-user:pw-5e4d3c2b@pro m/".to_string();
+        // A backend that answers errors by echoing the request (path and credentials).
+        async fn echo(uri: axum::http::Uri, headers: HeaderMap) -> (StatusCode, String) {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            (StatusCode::BAD_GATEWAY, format!("no route for {uri} ({auth})"))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echoing = format!("http://prom-user:pw-5e4d3c2b@{}/tenant-3f2e1d", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, Router::new().fallback(echo)).await.unwrap() });
         let source = FakeSource {
             templates: BTreeMap::from([
                 template("test", "down", prometheus_template(None, Some("auth"), "up")),
                 template("test", "bad", prometheus_template(None, Some("bad"), "up")),
+                template("test", "echo", prometheus_template(None, Some("echo"), "up")),
             ]),
             secrets: BTreeMap::from([
                 (("test".to_string(), "auth".to_string()), secret(&[("address", &address), ("token", "tok-0a9b8c")])),
                 (("test".to_string(), "bad".to_string()), secret(&[("address", &bad_address)])),
+                (("test".to_string(), "echo".to_string()), secret(&[("address", &echoing), ("token", "tok-0a9b8c")])),
             ]),
         };
         let results = run_metrics(
             &deps(source, None),
-            &canary(vec![template_metric("down", "down", None), template_metric("bad", "bad", None)]),
+            &canary(vec![
+                template_metric("down", "down", None),
+                template_metric("bad", "bad", None),
+                template_metric("echo", "echo", None),
+            ]),
             Provider::Istio,
         )
         .await;
         assert!(results.iter().all(|r| !r.passed), "{results:?}");
         assert!(results[0].message.contains("cannot reach"), "{}", results[0].message);
+        assert!(results[2].message.contains("HTTP 502") && results[2].message.contains("<redacted>"), "{results:?}");
         for secret in ["prom-user", "pw-5e4d3c2b", "tenant-3f2e1d", "tok-0a9b8c"] {
             assert!(results.iter().all(|r| !r.message.contains(secret)), "{secret} in {results:?}");
         }

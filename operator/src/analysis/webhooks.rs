@@ -31,7 +31,7 @@
 
 use std::time::Duration;
 
-use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url};
+use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url, scrub, url_credentials};
 use serde_json::{Map, Value, json};
 
 use super::excerpt;
@@ -254,8 +254,12 @@ async fn attempt(client: &EgressClient, url: &reqwest::Url, body: &Value, timeou
     let request = client.request(reqwest::Method::POST, url.clone()).timeout(timeout).json(body);
     match client.send(request).await {
         Ok(answer) if answer.is_success() => Attempt::Success,
-        // The body explains the refusal (a gate server says why).
-        Ok(answer) => Attempt::Status { status: answer.status, body: excerpt(&answer.body, MAX_QUOTED_BODY) },
+        // The body explains the refusal (a gate server says why); a server that echoes the
+        // request must not bring the URL's credentials back into a message.
+        Ok(answer) => {
+            let body = scrub(&answer.body, url_credentials(url).iter().map(String::as_str));
+            Attempt::Status { status: answer.status, body: excerpt(&body, MAX_QUOTED_BODY) }
+        }
         Err(OutboundError::Timeout) => Attempt::Timeout,
         Err(error @ (OutboundError::Refused(_) | OutboundError::TooLarge { .. })) => {
             Attempt::Refused(error.to_string())
