@@ -14,6 +14,10 @@
 //! Every failure is an error value with a message meant for a Kubernetes
 //! Event; none of them is ever a silent pass.
 //!
+//! Requests to backends go through [`outbound`], which the operator also uses
+//! for webhooks and alert receivers: the egress policy, the 1 MiB body cap,
+//! and URLs shown without their credentials.
+//!
 //! ```
 //! use metrics_providers::*;
 //!

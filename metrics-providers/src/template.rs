@@ -772,6 +772,17 @@ sum(
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let ifs = format!("{}x{}", "{% if true %}".repeat(1_300), "{% endif %}".repeat(1_300));
+        let deep = render_query(&ifs, &vars(), PROMQL);
+        assert!(matches!(deep, Err(TemplateError::Syntax(_))), "{deep:?}");
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(matches!(render_query(&parens, &vars(), PROMQL), Err(TemplateError::Syntax(_))));
+        let lists = format!("{{{{ {}1{} }}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(render_query(&lists, &vars(), PROMQL), Err(TemplateError::Syntax(_))));
+    }
+
+    #[test]
     fn templates_and_variables_over_their_limits_are_refused() {
         let template = format!("up{{a=\"{}\"}}", "x".repeat(MAX_TEMPLATE_BYTES));
         assert!(matches!(

@@ -250,16 +250,19 @@ pub async fn call_webhook(client: &EgressClient, webhook: &CanaryWebhook, body: 
     })
 }
 
+/// What an error message quotes of the body a webhook at `url` answered: at most
+/// 200 characters, and never the URL's credentials (userinfo, query values), which a
+/// server that echoes the request would bring back.
+pub fn quote_answer(body: &str, url: &reqwest::Url) -> String {
+    excerpt(&scrub(body, url_credentials(url).iter().map(String::as_str)), MAX_QUOTED_BODY)
+}
+
 async fn attempt(client: &EgressClient, url: &reqwest::Url, body: &Value, timeout: Duration) -> Attempt {
     let request = client.request(reqwest::Method::POST, url.clone()).timeout(timeout).json(body);
     match client.send(request).await {
         Ok(answer) if answer.is_success() => Attempt::Success,
-        // The body explains the refusal (a gate server says why); a server that echoes the
-        // request must not bring the URL's credentials back into a message.
-        Ok(answer) => {
-            let body = scrub(&answer.body, url_credentials(url).iter().map(String::as_str));
-            Attempt::Status { status: answer.status, body: excerpt(&body, MAX_QUOTED_BODY) }
-        }
+        // The body explains the refusal (a gate server says why).
+        Ok(answer) => Attempt::Status { status: answer.status, body: quote_answer(&answer.body, url) },
         Err(OutboundError::Timeout) => Attempt::Timeout,
         Err(error @ (OutboundError::Refused(_) | OutboundError::TooLarge { .. })) => {
             Attempt::Refused(error.to_string())
