@@ -286,6 +286,11 @@ impl EgressClient {
     /// [`MAX_BODY_BYTES`] of body.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, OutboundError> {
         let request = request.build().map_err(|error| OutboundError::Invalid(describe(error)))?;
+        self.execute(request).await
+    }
+
+    /// As [`Self::send`], for a request the caller built (and, say, signed) itself.
+    pub async fn execute(&self, request: reqwest::Request) -> Result<Answer, OutboundError> {
         self.policy.check_url(request.url()).map_err(OutboundError::Refused)?;
         let response = self.client.execute(request).await.map_err(transport_error)?;
         let status = response.status().as_u16();
