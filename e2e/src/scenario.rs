@@ -57,30 +57,46 @@ pub fn workspace_root() -> PathBuf {
 /// `PETREL_OPERATOR_BIN` points at a prebuilt binary instead.
 pub fn petrel_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("PETREL_OPERATOR_BIN") {
-                return Ok(PathBuf::from(path));
-            }
-            let root = workspace_root();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let out = Command::new(cargo)
-                .args(["build", "-p", "petrel", "--bin", "petrel"])
-                .current_dir(&root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .status()
-                .map_err(|e| format!("running cargo build -p petrel: {e}"))?;
-            if !out.success() {
-                return Err(format!("cargo build -p petrel --bin petrel failed ({out})"));
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            let bin = target.join("debug").join("petrel");
-            if bin.is_file() { Ok(bin) } else { Err(format!("{} missing after the build", bin.display())) }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    workspace_binary(&BINARY, "petrel", "PETREL_OPERATOR_BIN")
+}
+
+/// Builds the `kubectl-petrel` plugin once per test process and returns its path.
+/// `PETREL_PLUGIN_BIN` points at a prebuilt binary instead.
+pub fn plugin_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    workspace_binary(&BINARY, "kubectl-petrel", "PETREL_PLUGIN_BIN")
+}
+
+/// A binary of the `petrel` package, built once per test process (cached in `cell`), or
+/// the prebuilt one `override_var` names.
+fn workspace_binary(
+    cell: &OnceLock<std::result::Result<PathBuf, String>>,
+    name: &str,
+    override_var: &str,
+) -> Result<PathBuf> {
+    cell.get_or_init(|| {
+        if let Some(path) = std::env::var_os(override_var) {
+            return Ok(PathBuf::from(path));
+        }
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "petrel", "--bin", name])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(|e| format!("running cargo build -p petrel --bin {name}: {e}"))?;
+        if !out.success() {
+            return Err(format!("cargo build -p petrel --bin {name} failed ({out})"));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug").join(name);
+        if bin.is_file() { Ok(bin) } else { Err(format!("{} missing after the build", bin.display())) }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
 /// The operator under test, as a child process with its log in a file.
@@ -348,6 +364,17 @@ impl TestEnv {
 
     /// As [`TestEnv::start`], with a traffic profile (e.g. A/B headers).
     pub async fn start_with(name: &str, provider: Provider, profile: TrafficProfile) -> Result<TestEnv> {
+        Self::start_inner(name, provider, profile, false).await
+    }
+
+    /// As [`TestEnv::start`], with the API server's audit log on, so the test can count
+    /// the requests petrel made ([`TestEnv::petrel_requests`]).
+    pub async fn start_audited(name: &str, provider: Provider) -> Result<TestEnv> {
+        let profile = TrafficProfile { requests_per_second: 100.0, ..TrafficProfile::default() };
+        Self::start_inner(name, provider, profile, true).await
+    }
+
+    async fn start_inner(name: &str, provider: Provider, profile: TrafficProfile, audit_log: bool) -> Result<TestEnv> {
         let started = Instant::now();
         let dir = std::env::temp_dir().join(format!("petrel-e2e-scenario-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -358,6 +385,7 @@ impl TestEnv {
         let mut opts = FleetOptions::new(dir.join("fleet"), ["member"]);
         opts.bin_dir = Some(bin_dir);
         opts.nodes_per_cluster = 2;
+        opts.audit_log = audit_log;
         let fleet = Fleet::start(opts).await.context("starting the control plane")?;
         let cluster = fleet.cluster("member")?;
         let client = cluster.client().await?;
@@ -599,6 +627,50 @@ impl TestEnv {
         Ok(items.into_iter().map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default())).collect())
     }
 
+    /// How many times each Event about the Canary happened, as `(reason, message, count)`:
+    /// kube's recorder folds a repeated Event into one object with `series.count`.
+    pub async fn canary_event_counts(&self) -> Result<Vec<(String, String, i32)>> {
+        let events = Api::<Event>::namespaced(self.client.clone(), NAMESPACE)
+            .list(&ListParams::default().fields(&format!("involvedObject.name={APP},involvedObject.kind=Canary")))
+            .await?;
+        let mut items = events.items;
+        items.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0).or(e.last_timestamp.as_ref().map(|t| t.0)));
+        Ok(items
+            .into_iter()
+            .map(|e| {
+                let count = e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1);
+                (e.reason.unwrap_or_default(), e.message.unwrap_or_default(), count)
+            })
+            .collect())
+    }
+
+    /// The requests petrel (user agent `petrel/…`) made to the API server between `from`
+    /// and `to`, from its audit log (see [`TestEnv::start_audited`]).
+    pub fn petrel_requests(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::fleet::AuditRecord>> {
+        let records = self.fleet.cluster("member")?.audit_events()?;
+        // Every other client of the cluster names itself (the harness, kubectl, the
+        // control plane); a petrel built before it set its user agent sends none.
+        Ok(crate::fleet::requests_between(&records, "", from, to)
+            .into_iter()
+            .filter(|r| r.user_agent.starts_with("petrel/") || r.user_agent.is_empty())
+            .cloned()
+            .collect())
+    }
+
+    /// Kills the API server (SIGKILL, reaped), as a crash would.
+    pub fn kill_apiserver(&self) -> Result<()> {
+        self.fleet.kill_component("member", crate::fleet::Component::KubeApiserver, libc::SIGKILL)
+    }
+
+    /// Starts the API server again and waits until it serves.
+    pub async fn restart_apiserver(&self, timeout: Duration) -> Result<()> {
+        self.fleet.restart_apiserver("member", timeout).await
+    }
+
     /// Waits for an Event with `reason` whose message satisfies `message`.
     pub async fn wait_event(
         &self,
@@ -709,7 +781,8 @@ async fn record_statuses(
     synced: tokio::sync::watch::Sender<bool>,
 ) {
     let api: Api<Canary> = Api::namespaced(client, NAMESPACE);
-    let events = watcher(api, watcher::Config::default().fields(&format!("metadata.name={APP}"))).default_backoff();
+    let events = watcher(api, watcher::Config::default().fields(&format!("metadata.name={APP}")))
+        .backoff(petrel::controller::watches::RetryBackoff::default());
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         match event {
@@ -797,6 +870,50 @@ pub fn metrics_addr_in_log(log: &str) -> Option<std::net::SocketAddr> {
             line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).find_map(|token| token.parse().ok())
         })
         .next()
+}
+
+/// Samples the operator's `/readyz` every 200 ms in the background, from its start until
+/// dropped, so a test can tell when it answered not ready and when ready again.
+pub struct ReadyzProbe {
+    samples: Arc<Mutex<Vec<(Instant, bool)>>>,
+    task: JoinHandle<()>,
+}
+
+impl ReadyzProbe {
+    pub fn start(addr: std::net::SocketAddr) -> ReadyzProbe {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let recorded = samples.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap_or_default();
+            let url = format!("http://{addr}/readyz");
+            loop {
+                let ready = http.get(&url).send().await.is_ok_and(|r| r.status().is_success());
+                recorded.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), ready));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        ReadyzProbe { samples, task }
+    }
+
+    /// Every sample so far, oldest first.
+    pub fn samples(&self) -> Vec<(Instant, bool)> {
+        self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until a sample taken after `since` says `ready`; returns when it was taken.
+    pub async fn wait_for(&self, ready: bool, since: Instant, timeout: Duration) -> Result<Instant> {
+        let what = format!("/readyz to answer {}", if ready { "ready" } else { "not ready" });
+        eventually(&what, timeout, async || {
+            self.samples().into_iter().find(|(at, r)| *at >= since && *r == ready).map(|(at, _)| at)
+        })
+        .await
+    }
+}
+
+impl Drop for ReadyzProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

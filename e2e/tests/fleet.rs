@@ -713,3 +713,203 @@ async fn the_hub_killed_mid_run_resumes_without_repeating_or_skipping() {
     );
     eprintln!("hub restarts: setup {setup:.1?}, release to all Succeeded {run:.1?}, total {:.1?}", t0.elapsed());
 }
+
+/// Runs the real `kubectl petrel` against the hub; panics with its output when it fails.
+async fn plugin_on_hub(env: &FleetEnv, args: &[&str]) -> String {
+    let binary = tokio::task::spawn_blocking(petrel_e2e::scenario::plugin_binary).await.unwrap().unwrap();
+    let hub = env.fleet.cluster(petrel_e2e::fleet_scenario::HUB).unwrap();
+    let out = tokio::process::Command::new(binary)
+        .arg("--kubeconfig")
+        .arg(&hub.kubeconfig_path)
+        .args(["-n", petrel_e2e::fleet_scenario::HUB_NAMESPACE])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl petrel {args:?} failed: {stdout}{stderr}");
+    stdout.into_owned()
+}
+
+/// The member's identity ConfigMap (in petrel's default namespace there).
+async fn state_identity(member: &Member, labels: serde_json::Value) {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{Api, Patch, PatchParams};
+    let ssa = PatchParams::apply("e2e-test").force();
+    Api::<Namespace>::all(member.client.clone())
+        .patch(
+            "petrel-system",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "petrel-system"}})),
+        )
+        .await
+        .unwrap();
+    Api::<ConfigMap>::namespaced(member.client.clone(), "petrel-system")
+        .patch(
+            "petrel-cluster-identity",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "petrel-cluster-identity"}, "data": labels})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn cluster_identity_condition(env: &FleetEnv, name: &str) -> Option<(String, String)> {
+    let cluster = kube::Api::<petrel::api::Cluster>::all(env.hub.clone()).get(name).await.ok()?;
+    let condition = cluster.status?.conditions.into_iter().find(|c| c.type_ == "IdentityVerified")?;
+    Some((condition.reason, condition.message))
+}
+
+async fn member_state(env: &FleetEnv, name: &str) -> Option<(MemberState, String)> {
+    let status = env.rollout().await.ok()?.status?;
+    status.members.into_iter().find(|m| m.cluster == name).map(|m| (m.state, m.message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_is_not_who_its_cluster_says_is_never_approved() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    use petrel::api::Cluster;
+
+    let waves = |wave_3: serde_json::Value| three_waves(json!({"soak": "1s"}), json!({}), wave_3);
+    let mut env = FleetEnv::start_with("identity", rollout_with(waves(json!({})), json!({}))).await.unwrap();
+    let clusters: Api<Cluster> = Api::all(env.hub.clone());
+    let hub_ssa = PatchParams::apply("e2e-test").force();
+    // From now on member-b's wave is Manual, so the test decides when it opens.
+    let manual = rollout_with(waves(json!({"approval": "Manual", "maxFailures": 0})), json!({}));
+    Api::<petrel::api::Rollout>::namespaced(env.hub.clone(), petrel_e2e::fleet_scenario::HUB_NAMESPACE)
+        .patch(petrel_e2e::fleet_scenario::ROLLOUT, &hub_ssa, &Patch::Apply(manual))
+        .await
+        .unwrap();
+
+    // Every member starts verified: petrel there publishes its --cluster-name and the
+    // kube-system UID, which the hub pinned on first contact.
+    for name in ALL {
+        eventually(&format!("{name} verified"), Duration::from_secs(60), async || {
+            (cluster_identity_condition(&env, name).await?.0 == "Verified").then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    // member-b's Cluster says eu-west; the platform team's ConfigMap there says us-east.
+    clusters
+        .patch(MEMBER_B, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"region": "eu-west"}}})))
+        .await
+        .unwrap();
+    state_identity(env.member(MEMBER_B), json!({"region": "us-east", "env": "prod"})).await;
+    let (_, message) = eventually("member-b's identity mismatch", Duration::from_secs(60), async || {
+        cluster_identity_condition(&env, MEMBER_B).await.filter(|(reason, _)| reason == "IdentityMismatch")
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("region: the member says \"us-east\", the Cluster says \"eu-west\""), "{message}");
+
+    // A release: the canary cluster and member-a take it; member-b is shown why not.
+    for member in &env.members {
+        member.set_image(IMAGE_V1).await.unwrap();
+    }
+    let (state, message) = eventually("member-b shown as IdentityMismatch", Duration::from_secs(120), async || {
+        let status = env.rollout().await.ok()?.status?;
+        let done = [MEMBER_CANARY, MEMBER_A]
+            .iter()
+            .all(|m| status.members.iter().any(|s| s.cluster == *m && s.state == MemberState::Succeeded));
+        let b = status.members.iter().find(|m| m.cluster == MEMBER_B)?;
+        (done && b.state == MemberState::IdentityMismatch).then(|| (b.state, b.message.clone()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+    assert_eq!(state, MemberState::IdentityMismatch);
+    assert!(message.contains("region"), "{message}");
+    // Opening its wave does not approve it: it counts against maxFailures 0.
+    plugin_on_hub(&env, &["approve", "podinfo", "wave-3"]).await;
+    eventually("the Rollout to fail on the mismatch", Duration::from_secs(60), async || {
+        (env.rollout().await.ok()?.status?.phase == Some(RolloutPhase::Failed)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+    let b = env.member(MEMBER_B).canary().await.unwrap();
+    assert_eq!(b.status.as_ref().map(|s| s.phase), Some(Phase::Waiting), "member-b never started the release");
+    let waiting = b.status.as_ref().and_then(|s| s.waiting_revision.clone());
+    assert!(
+        waiting.is_some() && approved_revision(&b) != waiting,
+        "member-b was approved: {:?}",
+        approved_revision(&b)
+    );
+    let cluster_events: Vec<String> = Api::<Event>::namespaced(env.hub.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Cluster")))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(cluster_events.iter().any(|r| r == "IdentityMismatch"), "{cluster_events:?}");
+
+    // The ConfigMap is fixed, but member-b's pinned UID no longer matches (edited by hand,
+    // as if the cluster had been rebuilt since): still never approved, until re-pinned.
+    state_identity(env.member(MEMBER_B), json!({"region": "eu-west", "env": "prod"})).await;
+    let status_ssa = PatchParams::apply("e2e-hand-edit").force();
+    clusters
+        .patch_status(
+            MEMBER_B,
+            &status_ssa,
+            &Patch::Apply(json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
+            "status": {"identity": {"pinnedUID": "uid-before-the-rebuild"}}})),
+        )
+        .await
+        .unwrap();
+    let (_, message) = eventually("member-b's UID mismatch", Duration::from_secs(60), async || {
+        cluster_identity_condition(&env, MEMBER_B).await.filter(|(_, m)| m.contains("pinned uid-before-the-rebuild"))
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("kubectl petrel repin member-b"), "{message}");
+    for member in &env.members {
+        member.set_image(IMAGE_V2).await.unwrap();
+    }
+    eventually("V2 up to the Manual wave, member-b mismatched", Duration::from_secs(120), async || {
+        let status = env.rollout().await.ok()?.status?;
+        (status.release.as_deref() == Some(IMAGE_V2) && status.phase == Some(RolloutPhase::WaitingApproval))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+    assert_eq!(member_state(&env, MEMBER_B).await.map(|s| s.0), Some(MemberState::IdentityMismatch));
+
+    let said = plugin_on_hub(&env, &["repin", MEMBER_B]).await;
+    assert!(said.contains("asked the hub to pin kube-system UID"), "{said}");
+    eventually("member-b verified again", Duration::from_secs(60), async || {
+        (cluster_identity_condition(&env, MEMBER_B).await?.0 == "Verified").then_some(())
+    })
+    .await
+    .unwrap();
+    plugin_on_hub(&env, &["approve", "podinfo", "wave-3"]).await;
+    eventually("member-b to take V2 once re-pinned", Duration::from_secs(120), async || {
+        (member_state(&env, MEMBER_B).await?.0 == MemberState::Succeeded).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+
+    // Two Clusters whose kubeconfigs reach one member make the Rollout invalid.
+    clusters
+        .patch(
+            "member-a-again",
+            &hub_ssa,
+            &Patch::Apply(json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "member-a-again", "labels": {"copy": "yes"}},
+            "spec": {"kubeconfigSecretRef": {"name": "member-a-kubeconfig", "namespace": "petrel-system"}}})),
+        )
+        .await
+        .unwrap();
+    let valid = eventually("the Rollout invalid", Duration::from_secs(60), async || {
+        let status = env.rollout().await.ok()?.status?;
+        status.conditions.into_iter().find(|c| c.type_ == "Valid" && c.reason == "ClustersShareIdentity")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.dump()));
+    assert!(valid.message.contains("member-a and member-a-again"), "{}", valid.message);
+    assert!(env.operators_running(), "an operator exited:\n{}", env.dump());
+}

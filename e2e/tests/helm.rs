@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use petrel::api::canary::Phase;
-use petrel::api::{Canary, Cluster, Rollout};
+use petrel::api::{Canary, Cluster, ClusterIdentity, Rollout};
 use petrel_e2e::fleet::{Fleet, FleetOptions, ensure_binaries, ensure_helm, spawn_tied_to_process};
 use petrel_e2e::scenario::{
     APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE as APP_NAMESPACE, eventually, petrel_binary,
@@ -242,6 +242,8 @@ fn the_member_rendering_is_hardened_and_least_privilege() {
             assert!(verbs.contains(verb), "{verb} {}.{} not granted", resource.plural, resource.group);
         }
     }
+    // The keptn metric provider reads KeptnMetrics, and only reads them.
+    assert_eq!(granted[&key("metrics.keptn.sh", "keptnmetrics")], BTreeSet::from(["get".to_string()]));
     let binding = find(&docs, "ClusterRoleBinding", "petrel-member");
     assert_eq!(binding["roleRef"]["name"], "petrel-member");
     assert_eq!(
@@ -276,7 +278,19 @@ fn the_member_rendering_is_hardened_and_least_privilege() {
 #[test]
 fn a_watch_namespace_turns_the_member_role_namespaced() {
     let docs = template(&["--set", "member.watchNamespace=apps"]);
-    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"), "{:?}", kinds(&docs));
+    // The one ClusterRole left is the cluster's identity: a cluster-scoped
+    // ClusterIdentity and the kube-system Namespace's UID, by name, nothing else.
+    let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1, "{:?}", kinds(&docs));
+    let identity = find(&docs, "ClusterRole", "petrel-member-identity");
+    for rule in identity["rules"].as_array().unwrap() {
+        let names = strings(&rule["resourceNames"]);
+        let verbs = strings(&rule["verbs"]);
+        assert!(
+            names == ["petrel"] || names == ["kube-system"] || verbs == ["create"],
+            "identity rule beyond its one object: {rule}"
+        );
+    }
     assert_eq!(find(&docs, "Role", "petrel-member")["metadata"]["namespace"], "apps");
     assert_eq!(find(&docs, "RoleBinding", "petrel-member")["roleRef"]["kind"], "Role");
     assert!(args_of(find(&docs, "Deployment", "petrel")).contains(&"--namespace=apps".to_string()));
@@ -489,6 +503,9 @@ fn member_needs() -> Vec<Check> {
         check("patch", "canaries.petrel.dev:status", Some("apps")),
         check("get", "metrictemplates.petrel.dev", Some("apps")),
         check("get", "alertproviders.petrel.dev", Some("apps")),
+        check("watch", "metrictemplates.petrel.dev", None),
+        check("watch", "alertproviders.petrel.dev", None),
+        check("watch", "services", None),
         check("watch", "deployments.apps", None),
         check("create", "deployments.apps", Some("apps")),
         check("patch", "deployments.apps", Some("apps")),
@@ -508,6 +525,12 @@ fn member_needs() -> Vec<Check> {
         check("create", "leases.coordination.k8s.io", Some(RELEASE_NAMESPACE)),
         check("get", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
         check("patch", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("get", "keptnmetrics.metrics.keptn.sh", Some("apps")),
+        // Its ClusterIdentity, from the kube-system UID and the identity ConfigMap.
+        check("create", "clusteridentities.petrel.dev", None),
+        check("patch", "clusteridentities.petrel.dev/petrel", None),
+        check("get", "namespaces/kube-system", None),
+        check("watch", "configmaps/petrel-cluster-identity", Some(RELEASE_NAMESPACE)),
     ];
     for resource in petrel::routers::third_party_resources() {
         for verb in ["get", "create", "patch", "delete"] {
@@ -544,6 +567,9 @@ fn member_must_not() -> Vec<Check> {
         check("create", "leases.coordination.k8s.io", Some("kube-system")),
         check("patch", "leases.coordination.k8s.io/petrel-hub", Some(RELEASE_NAMESPACE)),
         check("delete", "leases.coordination.k8s.io/petrel-member", Some(RELEASE_NAMESPACE)),
+        check("patch", "clusteridentities.petrel.dev/another", None),
+        check("delete", "clusteridentities.petrel.dev/petrel", None),
+        check("get", "namespaces/default", None),
         check("*", "*", None),
     ]
 }
@@ -723,7 +749,7 @@ async fn helm_install_serves_the_crds_and_grants_petrel_exactly_what_it_needs() 
 
     // The CRDs of the chart are served (established, listable).
     let served = kubectl.ok(&["api-resources", "--api-group=petrel.dev", "-o", "name"]);
-    for plural in ["canaries", "metrictemplates", "alertproviders", "rollouts", "clusters"] {
+    for plural in ["canaries", "metrictemplates", "alertproviders", "rollouts", "clusters", "clusteridentities"] {
         let resource = format!("{plural}.petrel.dev");
         assert!(served.lines().any(|l| l == resource), "{resource} not served: {served}");
         kubectl.ok(&["get", &resource, "-A"]);
@@ -800,6 +826,28 @@ async fn helm_install_serves_the_crds_and_grants_petrel_exactly_what_it_needs() 
     ensure!(config_maps.get_opt(&format!("{CONFIG_MAP}-primary")).await?.is_some(), "no primary ConfigMap copy");
     let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE).get("petrel-member").await?;
     assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("petrel-e2e"));
+
+    // Who this cluster is, published with the chart's grants only: the platform team's
+    // ConfigMap (written after petrel started: it is watched), the kube-system UID.
+    Api::<ConfigMap>::namespaced(client.clone(), RELEASE_NAMESPACE)
+        .patch(
+            "petrel-cluster-identity",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "petrel-cluster-identity"}, "data": {"region": "eu-west-1", "env": "staging"}})),
+        )
+        .await?;
+    let identities: Api<ClusterIdentity> = Api::all(client.clone());
+    let identity = eventually("the ClusterIdentity with the ConfigMap's labels", Duration::from_secs(30), async || {
+        let identity = identities.get_opt("petrel").await.ok()??;
+        (identity.spec.labels.get("region").map(String::as_str) == Some("eu-west-1")).then_some(identity)
+    })
+    .await
+    .with_context(|| format!("petrel's log:\n{}", operator.log()))?;
+    let kube_system = Api::<Namespace>::all(client.clone()).get("kube-system").await?;
+    assert_eq!(identity.spec.cluster_name, "helm-e2e");
+    assert_eq!(Some(identity.spec.kube_system_uid.clone()), kube_system.metadata.uid);
+    assert_eq!(identity.spec.labels.get("env").map(String::as_str), Some("staging"));
     let events = eventually("an Event about the Canary", Duration::from_secs(30), async || {
         let events = Api::<Event>::namespaced(client.clone(), APP_NAMESPACE).list(&ListParams::default()).await.ok()?;
         let ours: Vec<String> = events

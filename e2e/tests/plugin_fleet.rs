@@ -10,7 +10,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -21,11 +21,13 @@ use kube::{Api, Client, ResourceExt};
 use petrel::api::canary::Phase;
 use petrel::api::rollout::{RolloutPhase, RolloutStatus, WavePhase};
 use petrel::api::{Cluster, Rollout};
+use petrel::fleet::identity::IdentityVerdict;
 use petrel::fleet::{
     CanaryObservation, MemberObservation, RolloutPlan, build_status, decide_waves, history_for_release,
 };
 use petrel::hub::HUB_FIELD_MANAGER;
 use petrel_e2e::fleet::{Fleet, FleetOptions, spawn_tied_to_process};
+use petrel_e2e::scenario::plugin_binary;
 use serde_json::json;
 
 const NAMESPACE: &str = "fleet";
@@ -33,35 +35,6 @@ const ROLLOUT: &str = "podinfo";
 const RELEASE: &str = "ghcr.io/stefanprodan/podinfo:6.0.1";
 /// How long one plugin command may take on a loaded machine.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Builds `kubectl-petrel` once per test process (`PETREL_PLUGIN_BIN` points at a
-/// prebuilt one instead).
-fn plugin_binary() -> Result<PathBuf> {
-    static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("PETREL_PLUGIN_BIN") {
-                return Ok(PathBuf::from(path));
-            }
-            let root = petrel_e2e::scenario::workspace_root();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "petrel", "--bin", "kubectl-petrel"])
-                .current_dir(&root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build -p petrel --bin kubectl-petrel failed ({status})"));
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            let bin = target.join("debug").join("kubectl-petrel");
-            if bin.is_file() { Ok(bin) } else { Err(format!("{} missing after the build", bin.display())) }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
 
 /// One finished run of the plugin.
 struct Run {
@@ -183,6 +156,7 @@ fn hub_status(rollout: &Rollout, clusters: &[Cluster], now: DateTime<Utc>) -> Re
             last_contact: Some(now),
             approved_at: history.approvals.get(&c.name_any()).copied(),
             canary: Some(canary_of(&c.name_any())),
+            identity: IdentityVerdict::Verified,
         })
         .collect();
     let decision = decide_waves(&plan, RELEASE, &history.waves, &members, now);

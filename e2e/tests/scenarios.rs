@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use petrel::api::canary::Phase;
+use kube::api::{Patch, PatchParams};
+use petrel::api::canary::{MetricOutcome, Phase};
 use petrel_e2e::scenario::{
     APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, IMAGE_V1, IMAGE_V2, NAMESPACE, TestEnv, canary_weights,
 };
@@ -522,4 +523,142 @@ async fn undeliverable_alerts_never_block_a_release() {
     assert!(count("on-call", "transport") >= 1.0, "receiver down is counted: {failures:?}");
     assert!(count("team-chat", "secret") >= 1.0, "missing Secret is counted: {failures:?}");
     eprintln!("[alerts] passed in {:.1?}: {failures:?}", t0.elapsed());
+}
+
+/// Issue 12: a canary whose P99 latency is twice the primary's, still within every fixed
+/// threshold of the Canary, is rolled back by the comparison (Mann-Whitney against the
+/// primary); the next release, as fast as the primary, is promoted. Before that, a
+/// Canary whose steps cannot collect `minSamples` is Stalled and touches nothing; after
+/// it, a comparison added mid-run holds the last step until it is judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
+    let t0 = Instant::now();
+    let env = TestEnv::start("comparison", Provider::GatewayApi).await.unwrap();
+    // The primary (6.0.0) and 6.0.2 answer in 20 ms, 6.0.1 in 40 ms: P99 about 20 vs 40
+    // ms from the histograms, far below the fixed maximum of 500 ms.
+    env.simulator.set_version("podinfo:6.0.0", VersionBehaviour::new(0.0, 20.0)).unwrap();
+    env.simulator.set_version("podinfo:6.0.1", VersionBehaviour::new(0.0, 40.0)).unwrap();
+    env.simulator.set_version("podinfo:6.0.2", VersionBehaviour::new(0.0, 20.0)).unwrap();
+    let manager = PatchParams::apply("e2e-comparison").force();
+    // minSamples is left at its default, 5, unless `comparison` says otherwise.
+    let manifest = |step_weight: i32, max_weight: i32, comparison: Option<serde_json::Value>| {
+        let mut duration = json!({"name": "request-duration", "interval": "10s", "thresholdRange": {"max": 500}});
+        if let Some(comparison) = comparison {
+            duration["comparison"] = comparison;
+        }
+        let mut manifest = CanaryOptions::canary(Provider::GatewayApi).manifest();
+        merge(
+            &mut manifest["spec"]["analysis"],
+            &json!({
+                "stepWeight": step_weight,
+                "maxWeight": max_weight,
+                "metrics": [
+                    {"name": "request-success-rate", "interval": "10s", "thresholdRange": {"min": 99}},
+                    duration,
+                ],
+            }),
+        );
+        manifest
+    };
+    let increase = || Some(json!({"direction": "increase"}));
+
+    // 20/40 gives two ticks with metrics before promotion: refused as Stalled.
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(20, 40, increase()))).await.unwrap();
+    let stalled = env
+        .wait_status("Stalled/TooFewTicksForComparison", SETUP, |s| {
+            s.conditions.iter().any(|c| c.type_ == "Stalled" && c.is_true() && c.reason == "TooFewTicksForComparison")
+        })
+        .await
+        .unwrap();
+    let message = &stalled.conditions.iter().find(|c| c.type_ == "Stalled").unwrap().message;
+    assert!(message.contains("2 tick(s)") && message.contains("needs minSamples 5"), "{message}");
+    env.wait_event("TooFewTicksForComparison", SETUP, |m| m.contains("request-duration")).await.unwrap();
+    assert!(env.deployments().get_opt(&primary()).await.unwrap().is_none(), "nothing generated while Stalled");
+    eprintln!("[comparison] stalled: {message}");
+
+    // 10..50 gives five.
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50, increase()))).await.unwrap();
+    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
+
+    env.set_image(IMAGE_V1).await.unwrap();
+    env.wait_phase(Phase::Progressing, SETUP).await.unwrap();
+    let failed = env.wait_phase(Phase::Failed, RELEASE).await.unwrap();
+    env.wait_weights("route back to 100/0", SETUP, |h| h.last().is_some_and(|r| r.canary() == 0)).await.unwrap();
+    env.assert_weights_sum_to_100();
+    assert!(env.recorder.max_canary_weight() <= 50, "weights: {:?}", env.weights());
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V0, "the slower version was not promoted");
+    assert!(!env.phases().contains(&Phase::Promoting), "phases: {:?}", env.phases());
+    let events = env.canary_events().await.unwrap();
+    assert!(
+        events.iter().any(|(r, m)| (r == "CheckFailed" || r == "RolledBack")
+            && m.contains("request-duration")
+            && m.contains("significantly higher")),
+        "the comparison failed the slower canary; events: {events:?}"
+    );
+    // Every fixed threshold held: only the comparison (or a tick without data yet) failed.
+    let fixed_failures: Vec<_> = events
+        .iter()
+        .filter(|(r, m)| r == "CheckFailed" && (m.contains("above the maximum") || m.contains("below the minimum")))
+        .collect();
+    assert!(fixed_failures.is_empty(), "a fixed threshold failed: {fixed_failures:?}");
+    let samples = failed.comparison_samples.iter().find(|s| s.name == "request-duration").unwrap();
+    let finite = |values: &[f64]| values.iter().copied().filter(|v| v.is_finite()).collect::<Vec<_>>();
+    let (canary, primary_values) = (finite(&samples.canary), finite(&samples.primary));
+    assert!(canary.len() >= 5 && primary_values.len() >= 5, "judged on minSamples values: {samples:?}");
+    assert!(canary.iter().all(|v| (30.0..500.0).contains(v)), "canary P99 about 40 ms: {canary:?}");
+    assert!(primary_values.iter().all(|v| *v < 25.0), "primary P99 about 20 ms: {primary_values:?}");
+    let held = events.iter().filter(|(r, _)| r == "ComparisonPending").count();
+    for (reason, message) in events.iter().filter(|(r, _)| r == "CheckFailed" || r == "RolledBack") {
+        eprintln!("[comparison] {reason}: {message}");
+    }
+    eprintln!(
+        "[comparison] slower canary rolled back after {} failed checks (canary P99 {canary:?} vs primary {primary_values:?}; {held} tick(s) held at the last step)",
+        failed.failed_checks
+    );
+
+    // The next release is as fast as the primary: judged equal, promoted. It comes after
+    // the metric window (10s), or its first canary value would still include requests the
+    // rolled-back version answered (the canary query selects the target's pods by name).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    env.set_image(IMAGE_V2).await.unwrap();
+    let succeeded = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    env.wait_weights("route back to 100/0", SETUP, |h| h.last().is_some_and(|r| r.canary() == 0)).await.unwrap();
+    env.assert_weights_sum_to_100();
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V2);
+    assert!(env.recorder.max_canary_weight() <= 50, "weights: {:?}", env.weights());
+    let samples = succeeded.comparison_samples.iter().find(|s| s.name == "request-duration").unwrap();
+    assert!(finite(&samples.canary).len() >= 5, "promoted only once judged: {samples:?}");
+    let judged = succeeded.analysis_results.iter().find(|r| r.name == "request-duration").unwrap();
+    assert_eq!(judged.outcome, MetricOutcome::Passed, "{judged:?}");
+    assert!(judged.message.contains("not significantly worse than the primary"), "{judged:?}");
+    eprintln!("[comparison] equal release promoted: {} (values {samples:?})", judged.message);
+
+    // Git adds the comparison while a release is at weight 30: the two ticks left (at 40
+    // and 50) cannot give minSamples 4, so the run holds at its last step, visibly, and
+    // promotes once it has them (onInsufficientSamples defaults to Hold).
+    env.simulator.set_version("podinfo:6.0.1", VersionBehaviour::new(0.0, 20.0)).unwrap();
+    env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50, None))).await.unwrap();
+    env.set_image(IMAGE_V1).await.unwrap();
+    env.wait_weights("canary weight 30", RELEASE, |h| h.last().is_some_and(|r| r.canary() == 30)).await.unwrap();
+    let with_comparison = manifest(10, 50, Some(json!({"direction": "increase", "minSamples": 4})));
+    env.canaries().patch(APP, &manager, &Patch::Apply(with_comparison)).await.unwrap();
+    let (_, held) = env.wait_event("ComparisonPending", RELEASE, |m| m.contains("weight 50")).await.unwrap();
+    assert!(held.contains("request-duration") && held.contains("progressDeadlineSeconds"), "{held}");
+    let holding = env
+        .wait_status("the ComparisonPending condition", RELEASE, |s| {
+            s.comparison_pending_since.is_some()
+                && s.conditions.iter().any(|c| c.type_ == "Progressing" && c.reason == "ComparisonPending")
+        })
+        .await
+        .unwrap();
+    assert_eq!(holding.canary_weight, 50, "held at the last step, never all traffic on the canary");
+    eprintln!("[comparison] held: {held}");
+    let succeeded = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    assert_eq!(succeeded.comparison_pending_since, None);
+    let samples = succeeded.comparison_samples.iter().find(|s| s.name == "request-duration").unwrap();
+    assert!(finite(&samples.canary).len() >= 4, "promoted once judged: {samples:?}");
+    assert!(env.recorder.max_canary_weight() <= 50, "weights: {:?}", env.weights());
+    env.assert_weights_sum_to_100();
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V1);
+    eprintln!("[comparison] passed in {:.1?}", t0.elapsed());
 }

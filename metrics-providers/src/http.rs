@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url};
-use crate::provider::{Credentials, DEFAULT_TIMEOUT, ProviderConfig, QueryError};
+use crate::outbound::{EgressClient, EgressPolicy, OutboundError, RedactedUrl, parse_url};
+use crate::provider::{Credentials, DEFAULT_TIMEOUT, ProviderConfig, QueryError, quote_body, truncate};
+use crate::secret::Redactor;
 
 /// A client configured from a [`ProviderConfig`]: headers, credentials,
 /// timeout and TLS verification.
@@ -18,6 +19,9 @@ pub(crate) struct HttpClient {
     client: EgressClient,
     credentials: Credentials,
     timeout: Duration,
+    /// Scrubs secret values from every answer before it is decoded, so no
+    /// error quoting a body (even cut short) can carry one.
+    redactor: Redactor,
 }
 
 impl HttpClient {
@@ -32,29 +36,74 @@ impl HttpClient {
             .tls_danger_accept_invalid_certs(config.insecure_skip_verify);
         let client = EgressClient::new(config.egress.clone(), builder)
             .map_err(|e| QueryError::InvalidConfig(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { client, credentials: config.credentials.clone(), timeout })
+        Ok(Self { client, credentials: config.credentials.clone(), timeout, redactor: config.redactor() })
+    }
+
+    /// A client for a backend's token or credentials service: the same
+    /// timeout as `config`, but none of the template's headers, credentials
+    /// or `insecureSkipVerify`, which are meant for the metrics address.
+    /// `egress` is the template's policy for a service the template names (a
+    /// service account key's `token_uri`), and unrestricted for one the
+    /// operator's environment names (a metadata server, IRSA's STS), which
+    /// lives on link-local addresses by design.
+    pub(crate) fn for_credentials(config: &ProviderConfig, egress: EgressPolicy) -> Result<Self, QueryError> {
+        let mut plain = ProviderConfig::new(config.kind, "");
+        plain.timeout = config.timeout;
+        plain.egress = egress;
+        Ok(Self { redactor: config.redactor(), ..Self::new(&plain)? })
+    }
+
+    /// The same client, also scrubbing `values` (secrets that are not in the
+    /// template's Secret, e.g. from the operator's environment).
+    pub(crate) fn redacting<'a>(mut self, values: impl IntoIterator<Item = &'a str>) -> Self {
+        self.redactor = self.redactor.with(values);
+        self
+    }
+
+    /// A request to `url` with the configured credentials; the caller adds
+    /// its parameters, headers and body, then hands it to [`Self::send`].
+    pub(crate) fn request(&self, method: reqwest::Method, url: &reqwest::Url) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, url.clone());
+        match &self.credentials {
+            Credentials::None => request,
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::Basic { username, password } => request.basic_auth(username, Some(password)),
+        }
     }
 
     /// GETs `url` with `params` appended to its query string, returning the
     /// status and body of any answer (non-2xx included: callers decode
     /// error bodies).
     pub(crate) async fn get(&self, url: &reqwest::Url, params: &[(&str, &str)]) -> Result<(u16, String), QueryError> {
-        let request = self.client.request(reqwest::Method::GET, url.clone()).query(params);
-        let request = match &self.credentials {
-            Credentials::None => request,
-            Credentials::Bearer(token) => request.bearer_auth(token),
-            Credentials::Basic { username, password } => request.basic_auth(username, Some(password)),
-        };
-        let answer = self.client.send(request).await.map_err(|e| self.transport_error(url, e))?;
-        Ok((answer.status, answer.body))
+        let response = self.send(self.request(reqwest::Method::GET, url).query(params)).await?;
+        Ok((response.status, response.body))
+    }
+
+    /// Sends `request` and reads its answer, whatever the status.
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<HttpResponse, QueryError> {
+        self.execute(build(request)?).await
+    }
+
+    /// Sends a request built (and, for CloudWatch, signed) by the caller.
+    /// Every provider's traffic goes through here, so what bounds an answer
+    /// (the egress policy, the timeout, the body's size) bounds all of them.
+    pub(crate) async fn execute(&self, request: reqwest::Request) -> Result<HttpResponse, QueryError> {
+        let server = RedactedUrl::origin(request.url());
+        let answer = self.client.execute(request).await.map_err(|e| self.transport_error(&server, e))?;
+        let retry_after = answer
+            .headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| truncate(value.trim(), MAX_RETRY_AFTER));
+        let body = self.redactor.scrub(&answer.body);
+        Ok(HttpResponse { status: answer.status, retry_after, body })
     }
 
     /// The error of a request that got no answer. It names the server by its
     /// origin only: the address may come from a Secret (userinfo, a token in
-    /// the path) and the query parameters hold the query, already in the
-    /// Event's context.
-    fn transport_error(&self, url: &reqwest::Url, error: OutboundError) -> QueryError {
-        let server = RedactedUrl::origin(url);
+    /// the path, New Relic's account id) and the query string holds the
+    /// query, already in the Event's context.
+    fn transport_error(&self, server: &RedactedUrl, error: OutboundError) -> QueryError {
         match error {
             OutboundError::Timeout => QueryError::Timeout(self.timeout),
             OutboundError::Refused(refused) => QueryError::InvalidConfig(format!("{server}: {refused}")),
@@ -64,6 +113,61 @@ impl HttpClient {
             }
         }
     }
+}
+
+/// The request `builder` describes, for a caller that must see it before it
+/// is sent (to sign it).
+pub(crate) fn build(builder: reqwest::RequestBuilder) -> Result<reqwest::Request, QueryError> {
+    builder
+        .build()
+        .map_err(|e| QueryError::InvalidConfig(format!("cannot build the request: {}", crate::outbound::describe(e))))
+}
+
+/// Longest `Retry-After` value quoted in a message (a date is 29 characters).
+const MAX_RETRY_AFTER: usize = 40;
+
+/// One answer of a metrics backend.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
+    /// The `Retry-After` header, if any.
+    pub(crate) retry_after: Option<String>,
+    pub(crate) body: String,
+}
+
+impl HttpResponse {
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The error for a non-2xx answer: [`QueryError::RateLimited`] for 429,
+    /// [`QueryError::Http`] otherwise. `detail` (the error the vendor's body
+    /// holds, when it could be decoded) is quoted instead of the raw body.
+    pub(crate) fn status_error(&self, detail: Option<String>) -> QueryError {
+        let body = quote_body(detail.as_deref().unwrap_or(&self.body));
+        if self.status == 429 {
+            QueryError::RateLimited { retry_after: self.retry_after.clone(), body }
+        } else {
+            QueryError::Http { status: self.status, body }
+        }
+    }
+}
+
+/// A header value holding a secret: marked sensitive so that no `Debug`
+/// output of the request shows it, and never quoted when invalid.
+pub(crate) fn secret_header(value: &str, what: &str) -> Result<HeaderValue, QueryError> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| QueryError::InvalidConfig(format!("{what} holds characters an HTTP header cannot carry")))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The current time as seconds since 1970 (the windows of the backends that
+/// take one), or an error if the clock is before 1970.
+pub(crate) fn unix_now() -> Result<Duration, QueryError> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| QueryError::InvalidConfig("the system clock is before 1970".into()))
 }
 
 /// Parses and checks a provider `address`: an absolute http(s) URL without
@@ -80,6 +184,38 @@ pub(crate) fn parse_address(address: &str, allow_query: bool) -> Result<reqwest:
         }));
     }
     Ok(url)
+}
+
+/// `base` with `path` (which starts with `/`) appended to its path: a path
+/// prefix of the address is kept, `http://host/dd` + `/api/v1/query` is
+/// `http://host/dd/api/v1/query`.
+pub(crate) fn endpoint(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    url
+}
+
+/// `config.address`, or `default` when the template sets none.
+pub(crate) fn address_or<'a>(config: &'a ProviderConfig, default: &'a str) -> &'a str {
+    if config.address.trim().is_empty() { default } else { &config.address }
+}
+
+/// `config.address`, which this backend cannot do without.
+pub(crate) fn required_address(config: &ProviderConfig) -> Result<&str, QueryError> {
+    if config.address.trim().is_empty() {
+        Err(QueryError::InvalidConfig(format!(
+            "the {} provider needs an address (spec.provider.address or the Secret's \"address\")",
+            config.kind
+        )))
+    } else {
+        Ok(&config.address)
+    }
+}
+
+/// The answer of a backend that has no range queries: statistical comparison
+/// queries one value per analysis tick, so it does not need them.
+pub(crate) fn no_range_queries(kind: crate::ProviderKind) -> QueryError {
+    QueryError::InvalidConfig(format!("the {kind} provider has no range queries; petrel reads one value per tick"))
 }
 
 fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, QueryError> {

@@ -13,8 +13,12 @@ pub enum Verdict {
     Pass,
     /// The check failed; the reason is written for a Kubernetes Event.
     Fail(String),
-    /// Not enough information to judge (e.g. too few samples). The caller
-    /// decides how to count it; petrel's rule is that it is not a pass.
+    /// Too few samples so far: more may come, and the comparison is judged
+    /// then. Not a pass; petrel counts it neither as a pass nor as a failed
+    /// check, and never promotes while a comparison is pending.
+    Pending(String),
+    /// Cannot be judged whatever more comes (e.g. an invalid alpha). The
+    /// caller decides how to count it; petrel's rule is that it is not a pass.
     Inconclusive(String),
 }
 
@@ -75,7 +79,7 @@ pub struct CompareConfig {
     pub direction: Direction,
     /// Significance level: the canary fails when the p-value is below it.
     pub alpha: f64,
-    /// Fewer finite samples than this on either side is inconclusive.
+    /// Fewer finite samples than this on either side is pending.
     pub min_samples: usize,
     /// Smallest estimated shift (in the metric's unit, in the bad direction)
     /// that may fail the canary, so a statistically significant but tiny
@@ -93,7 +97,8 @@ impl Default for CompareConfig {
 /// The result of [`compare`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
-    /// Pass, Fail (significant change in the bad direction) or Inconclusive.
+    /// Pass, Fail (significant change in the bad direction), Pending (too few
+    /// samples yet) or Inconclusive.
     pub verdict: Verdict,
     /// p-value of the test in the configured direction, in `[0, 1]`;
     /// `None` when the test was not run.
@@ -116,8 +121,9 @@ pub struct Comparison {
 /// (normal approximation, tie- and continuity-corrected) in the direction
 /// `cfg.direction` calls bad.
 ///
-/// Non-finite samples are dropped and counted. Fewer than
-/// `cfg.min_samples` on either side is inconclusive. When every sample on
+/// Non-finite samples are dropped and counted; the others are rounded to 12
+/// significant digits, so values equal but for float noise tie. Fewer than
+/// `cfg.min_samples` on either side is pending. When every sample on
 /// both sides is the same value, nothing changed: pass with p = 1.
 ///
 /// The shift estimate looks at every canary/baseline pair: exact up to
@@ -125,7 +131,7 @@ pub struct Comparison {
 /// evenly spaced quantiles of each side beyond that, so time and memory
 /// stay bounded whatever the operator passes in.
 pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Comparison {
-    let finite = |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
+    let finite = |xs: &[f64]| xs.iter().copied().filter(|x| x.is_finite()).map(without_float_noise).collect::<Vec<_>>();
     let (x, y) = (finite(canary), finite(baseline));
     let dropped = (canary.len() - x.len()) + (baseline.len() - y.len());
     let not_run = |verdict| Comparison {
@@ -144,8 +150,8 @@ pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Compari
     let need = cfg.min_samples.max(1);
     if x.len() < need || y.len() < need {
         let dropped_note = if dropped > 0 { format!(" after dropping {dropped} NaN/Inf") } else { String::new() };
-        return not_run(Verdict::Inconclusive(format!(
-            "too few samples: canary {}, baseline {}{dropped_note}; need at least {need} each",
+        return not_run(Verdict::Pending(format!(
+            "too few samples yet: canary {}, baseline {}{dropped_note}; need at least {need} each",
             x.len(),
             y.len()
         )));
@@ -180,6 +186,23 @@ pub fn compare(canary: &[f64], baseline: &[f64], cfg: &CompareConfig) -> Compari
         baseline_samples: y.len(),
         dropped,
     }
+}
+
+/// Significant digits a sample keeps before it is ranked.
+const SIGNIFICANT_DIGITS: usize = 12;
+
+/// `value` rounded to [`SIGNIFICANT_DIGITS`] significant digits.
+///
+/// Two queries for the same quantity rarely return the same bits: Prometheus computes
+/// `19.95` for one side and `19.950000000000003` for the other from equal histograms.
+/// A rank test sees every such pair as a strict order, so five "equal" values a side
+/// that happen to round the same way would fail a canary at p = 0.004. Rounding away
+/// the last few bits of a double makes them the ties they are. Exact decimal rounding
+/// (through the scientific notation) works for every finite value, however large or
+/// small.
+fn without_float_noise(value: f64) -> f64 {
+    let rounded: Option<f64> = format!("{value:.prec$e}", prec = SIGNIFICANT_DIGITS - 1).parse().ok();
+    rounded.filter(|r| r.is_finite()).unwrap_or(value)
 }
 
 struct UTest {
@@ -348,6 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn values_equal_but_for_float_noise_are_ties() {
+        // What Prometheus answered for two equal histograms in an end-to-end run.
+        let canary = [19.950000000000003; 5];
+        let baseline = [19.95; 5];
+        for direction in [Direction::Increase, Direction::Decrease, Direction::Either] {
+            let c = compare(&canary, &baseline, &cfg(direction));
+            assert_eq!(c.verdict, Verdict::Pass, "{direction:?}: {c:?}");
+            assert_eq!(c.p_value, Some(1.0));
+        }
+        // A real difference in the twelfth significant digit still counts.
+        let c = compare(&[100.000000001; 5], &[100.0; 5], &cfg(Direction::Increase));
+        assert!(matches!(c.verdict, Verdict::Fail(_)), "{c:?}");
+        assert_eq!(without_float_noise(-1.5e-300), -1.5e-300);
+        assert_eq!(without_float_noise(-1.234567890123456e-305), -1.23456789012e-305);
+        assert_eq!(without_float_noise(1.234567890123456e200), 1.23456789012e200);
+        assert_eq!(without_float_noise(0.0), 0.0);
+        assert!(without_float_noise(f64::MAX).is_finite());
+        assert_eq!(without_float_noise(0.1 + 0.2), 0.3);
+    }
+
+    #[test]
     fn identical_constant_samples_pass_with_p_one() {
         let c = compare(&[7.0; 6], &[7.0; 9], &cfg(Direction::Either));
         assert_eq!(c.verdict, Verdict::Pass);
@@ -356,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn nan_is_dropped_and_counted_and_can_make_it_inconclusive() {
+    fn nan_is_dropped_and_counted_and_can_keep_it_pending() {
         let canary = [1.0, f64::NAN, 2.0, 3.0, f64::INFINITY, 4.0];
         let baseline = [1.0, 2.0, 3.0, 4.0, 5.0, f64::NAN];
         let c = compare(&canary, &baseline, &CompareConfig::default());
@@ -364,17 +408,21 @@ mod tests {
         assert_eq!((c.canary_samples, c.baseline_samples), (4, 5));
         assert!(matches!(
             c.verdict,
-            Verdict::Inconclusive(ref m) if m.contains("canary 4") && m.contains("dropping 3")
+            Verdict::Pending(ref m) if m.contains("canary 4") && m.contains("dropping 3")
         ));
         assert_eq!(c.p_value, None);
     }
 
     #[test]
-    fn too_few_samples_is_inconclusive_not_pass() {
+    fn too_few_samples_is_pending_not_pass() {
         let c = compare(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0, 5.0], &CompareConfig::default());
-        assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
+        assert!(matches!(c.verdict, Verdict::Pending(_)));
+        assert!(!c.verdict.is_pass());
         let c = compare(&[], &[], &CompareConfig { min_samples: 0, ..CompareConfig::default() });
-        assert!(matches!(c.verdict, Verdict::Inconclusive(_)));
+        assert!(matches!(c.verdict, Verdict::Pending(_)));
+        // A clearly worse canary is still pending below min_samples, not failed.
+        let c = compare(&[900.0; 4], &[10.0; 9], &CompareConfig::default());
+        assert!(matches!(c.verdict, Verdict::Pending(ref m) if m.contains("canary 4")), "{c:?}");
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Metric backends and analysis judges for petrel.
 //!
+//! Backends, one module each: [`prometheus`], [`datadog`], [`newrelic`],
+//! [`graphite`], [`influxdb`], [`cloudwatch`], [`stackdriver`],
+//! [`dynatrace`], [`splunk`] and the generic [`http_json`]. Keptn and the
+//! Kubernetes external metrics API read the Kubernetes API, so the operator
+//! queries them.
+//!
 //! This crate knows nothing about Kubernetes: the operator resolves
 //! Secrets and Canary fields and passes plain values in.
 //!
@@ -68,21 +74,40 @@
 #![warn(missing_docs)]
 
 pub mod builtin;
+mod cache;
+pub mod cloudwatch;
+pub mod datadog;
+pub mod dynatrace;
+pub mod graphite;
 mod http;
 pub mod http_json;
+pub mod influxdb;
 pub mod judge;
+pub mod newrelic;
 pub mod outbound;
 pub mod prometheus;
 pub mod provider;
+pub mod secret;
+pub mod splunk;
+pub mod stackdriver;
 pub mod template;
 
 pub use builtin::{BuiltinError, BuiltinMetric, Mesh, builtin_query, builtin_query_primary};
+pub use cloudwatch::CloudWatchProvider;
+pub use datadog::DatadogProvider;
+pub use dynatrace::DynatraceProvider;
+pub use graphite::GraphiteProvider;
 pub use http_json::HttpJsonProvider;
+pub use influxdb::InfluxDbProvider;
 pub use judge::{CompareConfig, Comparison, Direction, ThresholdRange, Verdict, compare};
+pub use newrelic::NewRelicProvider;
 pub use outbound::{EgressClient, EgressPolicy, RedactedUrl};
 pub use prometheus::PrometheusProvider;
 pub use provider::{
-    Credentials, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError,
-    UnknownProviderKind, build_provider,
+    Credentials, DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError,
+    UnknownProviderKind, build_provider, describe_failure,
 };
+pub use secret::{Redactor, SecretData};
+pub use splunk::SplunkProvider;
+pub use stackdriver::StackdriverProvider;
 pub use template::{QueryLanguage, QueryVars, TemplateError, render_query};

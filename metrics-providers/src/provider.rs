@@ -12,9 +12,18 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+use crate::cloudwatch::CloudWatchProvider;
+use crate::datadog::DatadogProvider;
+use crate::dynatrace::DynatraceProvider;
+use crate::graphite::GraphiteProvider;
 use crate::http_json::HttpJsonProvider;
+use crate::influxdb::InfluxDbProvider;
+use crate::newrelic::NewRelicProvider;
 use crate::outbound::EgressPolicy;
 use crate::prometheus::PrometheusProvider;
+use crate::secret::{Redactor, SecretData};
+use crate::splunk::SplunkProvider;
+use crate::stackdriver::StackdriverProvider;
 
 /// Longest query text quoted in an error message. Queries can be long; an
 /// Event message is only useful if the reason is still visible.
@@ -63,7 +72,16 @@ pub enum QueryError {
     Http {
         /// HTTP status code.
         status: u16,
-        /// Response body, truncated.
+        /// Response body (or the error the vendor's body holds), truncated.
+        body: String,
+    },
+    /// The backend refused the request for its rate limit (HTTP 429). The
+    /// check fails; the next analysis tick asks again.
+    #[error("metrics server is rate limiting requests (HTTP 429{}): {body}", .retry_after.as_ref().map(|after| format!(", retry after {after}")).unwrap_or_default())]
+    RateLimited {
+        /// The `Retry-After` header, as sent (seconds or an HTTP date).
+        retry_after: Option<String>,
+        /// Response body (or the error the vendor's body holds), truncated.
         body: String,
     },
     /// The backend evaluated the query and reported an error (Prometheus
@@ -87,12 +105,42 @@ pub enum QueryError {
     /// The backend answered, but not in the shape its API documents.
     #[error("unexpected response from metrics server: {0}")]
     BadResponse(String),
-    /// The provider kind is known but petrel cannot query it (yet).
-    #[error("metric provider type {0:?} is not supported by petrel; supported types: prometheus, http-json")]
+    /// The provider kind is known but this library cannot query it: it
+    /// reads the Kubernetes API, which the operator does itself.
+    #[error("metric provider type {0:?} reads the Kubernetes API; this library cannot query it")]
     Unsupported(String),
     /// The provider configuration cannot work (bad address, header, secret).
     #[error("invalid metric provider configuration: {0}")]
     InvalidConfig(String),
+}
+
+impl QueryError {
+    /// The same error with `f` applied to every text it carries (to scrub
+    /// secret values, see [`Redactor`](crate::Redactor)).
+    pub fn map_text(self, f: impl Fn(String) -> String) -> Self {
+        match self {
+            Self::NoData { query } => Self::NoData { query: f(query) },
+            Self::NotANumber { value, query } => Self::NotANumber { value: f(value), query: f(query) },
+            Self::MultipleSeries { count, query } => Self::MultipleSeries { count, query: f(query) },
+            Self::Http { status, body } => Self::Http { status, body: f(body) },
+            Self::RateLimited { retry_after, body } => {
+                Self::RateLimited { retry_after: retry_after.map(&f), body: f(body) }
+            }
+            Self::QueryFailed { error_type, message, query } => {
+                Self::QueryFailed { error_type: f(error_type), message: f(message), query: f(query) }
+            }
+            Self::Transport(text) => Self::Transport(f(text)),
+            Self::Timeout(after) => Self::Timeout(after),
+            Self::BadResponse(text) => Self::BadResponse(f(text)),
+            Self::Unsupported(text) => Self::Unsupported(f(text)),
+            Self::InvalidConfig(text) => Self::InvalidConfig(f(text)),
+        }
+    }
+}
+
+/// The message of a failed check: the backend, then its error.
+pub fn describe_failure(kind: ProviderKind, error: &QueryError) -> String {
+    format!("{kind} provider: {error}")
 }
 
 /// Shortens `text` to at most `max` characters (on a char boundary), marking
@@ -144,10 +192,9 @@ pub trait MetricProvider {
 
 /// Metric backend types a MetricTemplate may name (`spec.provider.type`).
 ///
-/// All of Flagger's types parse, so a template written for Flagger gets a
-/// clear "not supported" error rather than a parse error; only
-/// [`ProviderKind::Prometheus`] and [`ProviderKind::HttpJson`] can be built
-/// today.
+/// All of Flagger's types parse. [`build_provider`] builds every kind except
+/// [`ProviderKind::Keptn`] and [`ProviderKind::ExternalMetrics`], which read
+/// the Kubernetes API and are queried by the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     /// Prometheus HTTP API (also Thanos, Cortex, Mimir, VictoriaMetrics).
@@ -309,9 +356,23 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL, e.g. `http://prometheus.monitoring:9090` (a path prefix is
     /// kept: `http://host/prometheus` queries `http://host/prometheus/api/v1/query`).
+    /// Empty means the backend's default where it has one (Datadog, New
+    /// Relic, CloudWatch, Google Cloud Monitoring).
     pub address: String,
-    /// Authentication, already resolved from the Secret.
+    /// Authentication for the backends that take a bearer token or basic
+    /// authentication (Prometheus, http-json, Graphite), already resolved
+    /// from the Secret.
     pub credentials: Credentials,
+    /// The MetricTemplate's Secret (`spec.provider.secretRef`), for the
+    /// backends that read their own keys from it; `None` when the template
+    /// names no Secret.
+    pub secret: Option<SecretData>,
+    /// Cloud region (`spec.provider.region`; CloudWatch).
+    pub region: Option<String>,
+    /// The metric's interval. Backends that query a time window (Datadog,
+    /// New Relic, CloudWatch, Dynatrace, Splunk) size it from this, as
+    /// Flagger does.
+    pub interval: Duration,
     /// Extra HTTP headers sent with every request (e.g. `X-Scope-OrgID`).
     pub headers: BTreeMap<String, String>,
     /// Per-request timeout; `None` means [`DEFAULT_TIMEOUT`].
@@ -322,39 +383,124 @@ pub struct ProviderConfig {
     pub egress: EgressPolicy,
 }
 
+/// The metric interval when none is given, as in Flagger.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
 impl ProviderConfig {
-    /// A config with no credentials, headers or timeout override, and the
-    /// strict egress policy (no loopback or link-local address).
+    /// A config with no credentials, Secret, region, headers or timeout
+    /// override, the default interval, and the strict egress policy (no
+    /// loopback or link-local address).
     pub fn new(kind: ProviderKind, address: impl Into<String>) -> Self {
         Self {
             kind,
             address: address.into(),
             credentials: Credentials::None,
+            secret: None,
+            region: None,
+            interval: DEFAULT_INTERVAL,
             headers: BTreeMap::new(),
             timeout: None,
             insecure_skip_verify: false,
             egress: EgressPolicy::strict(),
         }
     }
+
+    /// The Secret, or an error saying `kind` needs one.
+    pub(crate) fn required_secret(&self) -> Result<&SecretData, QueryError> {
+        self.secret.as_ref().ok_or_else(|| {
+            QueryError::InvalidConfig(format!(
+                "the {} provider needs a Secret (spec.provider.secretRef) with its credentials",
+                self.kind
+            ))
+        })
+    }
+
+    /// Every value that must never appear in a message: the Secret's values
+    /// and the credentials'.
+    pub(crate) fn redactor(&self) -> Redactor {
+        use base64::Engine;
+        let credentials: Vec<String> = match &self.credentials {
+            Credentials::None => vec![],
+            Credentials::Bearer(token) => vec![token.clone()],
+            Credentials::Basic { username, password } => {
+                // The header form too: it is the password, merely encoded.
+                let header = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                vec![username.clone(), password.clone(), header]
+            }
+        };
+        // An address from the Secret comes back in messages as its host alone.
+        let secret_host = self
+            .secret
+            .as_ref()
+            .and_then(|secret| secret.text("address").ok().flatten())
+            .and_then(|address| reqwest::Url::parse(&address).ok())
+            .and_then(|url| url.host_str().map(str::to_owned));
+        Redactor::new(self.secret.as_ref(), credentials.iter().chain(&secret_host).map(String::as_str))
+    }
 }
 
-/// A ready-to-query metrics backend. An enum rather than a trait object
-/// because [`MetricProvider`] uses `impl Future` returns, which are not
-/// object safe; a `match` is also easy to read.
+/// The client of one backend type.
 #[derive(Debug, Clone)]
-pub enum Provider {
-    /// A Prometheus HTTP API client.
+enum Backend {
     Prometheus(PrometheusProvider),
-    /// A generic HTTP JSON endpoint client.
     HttpJson(HttpJsonProvider),
+    Datadog(DatadogProvider),
+    NewRelic(NewRelicProvider),
+    Graphite(GraphiteProvider),
+    InfluxDb(InfluxDbProvider),
+    CloudWatch(CloudWatchProvider),
+    Stackdriver(StackdriverProvider),
+    Dynatrace(DynatraceProvider),
+    Splunk(SplunkProvider),
+}
+
+/// Calls the same method on whichever backend `$backend` holds. A `match`
+/// rather than a trait object because [`MetricProvider`] uses `impl Future`
+/// returns, which are not object safe.
+macro_rules! on_backend {
+    ($backend:expr, $client:ident => $call:expr) => {
+        match $backend {
+            Backend::Prometheus($client) => $call,
+            Backend::HttpJson($client) => $call,
+            Backend::Datadog($client) => $call,
+            Backend::NewRelic($client) => $call,
+            Backend::Graphite($client) => $call,
+            Backend::InfluxDb($client) => $call,
+            Backend::CloudWatch($client) => $call,
+            Backend::Stackdriver($client) => $call,
+            Backend::Dynatrace($client) => $call,
+            Backend::Splunk($client) => $call,
+        }
+    };
+}
+
+/// A ready-to-query metrics backend, built by [`build_provider`]. Its errors
+/// never carry a value of the Secret or credentials it was built from, and
+/// its `Debug` shows only the backend type.
+#[derive(Clone)]
+pub struct Provider {
+    kind: ProviderKind,
+    backend: Backend,
+    redactor: Redactor,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Provider({})", self.kind)
+    }
+}
+
+impl Provider {
+    /// The backend type.
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
 }
 
 impl MetricProvider for Provider {
     async fn query(&self, query: &str) -> Result<f64, QueryError> {
-        match self {
-            Self::Prometheus(p) => p.query(query).await,
-            Self::HttpJson(p) => p.query(query).await,
-        }
+        let result = on_backend!(&self.backend, client => client.query(query).await);
+        result.map_err(|error| self.redactor.scrub_error(error))
     }
 
     async fn query_range(
@@ -364,29 +510,40 @@ impl MetricProvider for Provider {
         window: Duration,
         step: Duration,
     ) -> Result<Vec<f64>, QueryError> {
-        match self {
-            Self::Prometheus(p) => p.query_range(query, end, window, step).await,
-            Self::HttpJson(p) => p.query_range(query, end, window, step).await,
-        }
+        let result = on_backend!(&self.backend, client => client.query_range(query, end, window, step).await);
+        result.map_err(|error| self.redactor.scrub_error(error))
     }
 
     async fn is_online(&self) -> Result<(), QueryError> {
-        match self {
-            Self::Prometheus(p) => p.is_online().await,
-            Self::HttpJson(p) => p.is_online().await,
-        }
+        let result = on_backend!(&self.backend, client => client.is_online().await);
+        result.map_err(|error| self.redactor.scrub_error(error))
     }
 }
 
-/// Builds the provider `config` describes.
-///
-/// Kinds petrel cannot query return [`QueryError::Unsupported`]: never a
-/// fallback to another kind.
+/// Builds the provider `config` describes, checking everything that can be
+/// checked before a query: the address, the Secret keys the backend needs,
+/// the region. Kinds this library cannot query return
+/// [`QueryError::Unsupported`]: never a fallback to another kind.
 pub fn build_provider(config: &ProviderConfig) -> Result<Provider, QueryError> {
-    match config.kind {
-        ProviderKind::Prometheus => PrometheusProvider::new(config).map(Provider::Prometheus),
-        ProviderKind::HttpJson => HttpJsonProvider::new(config).map(Provider::HttpJson),
-        other => Err(QueryError::Unsupported(other.as_str().to_owned())),
+    let redactor = config.redactor();
+    let backend = match config.kind {
+        ProviderKind::Prometheus => PrometheusProvider::new(config).map(Backend::Prometheus),
+        ProviderKind::HttpJson => HttpJsonProvider::new(config).map(Backend::HttpJson),
+        ProviderKind::Datadog => DatadogProvider::new(config).map(Backend::Datadog),
+        ProviderKind::NewRelic => NewRelicProvider::new(config).map(Backend::NewRelic),
+        ProviderKind::Graphite => GraphiteProvider::new(config).map(Backend::Graphite),
+        ProviderKind::InfluxDb => InfluxDbProvider::new(config).map(Backend::InfluxDb),
+        ProviderKind::CloudWatch => CloudWatchProvider::new(config).map(Backend::CloudWatch),
+        ProviderKind::Stackdriver => StackdriverProvider::new(config).map(Backend::Stackdriver),
+        ProviderKind::Dynatrace => DynatraceProvider::new(config).map(Backend::Dynatrace),
+        ProviderKind::Splunk => SplunkProvider::new(config).map(Backend::Splunk),
+        ProviderKind::Keptn | ProviderKind::ExternalMetrics => {
+            Err(QueryError::Unsupported(config.kind.as_str().to_owned()))
+        }
+    };
+    match backend {
+        Ok(backend) => Ok(Provider { kind: config.kind, backend, redactor }),
+        Err(error) => Err(redactor.scrub_error(error)),
     }
 }
 
@@ -403,17 +560,23 @@ mod tests {
     }
 
     #[test]
-    fn unbuildable_kinds_are_unsupported_not_a_fallback() {
-        for kind in ProviderKind::ALL {
-            let result = build_provider(&ProviderConfig::new(kind, "http://127.0.0.1:9090"));
-            if matches!(kind, ProviderKind::Prometheus | ProviderKind::HttpJson) {
-                assert!(result.is_ok());
-            } else {
-                let err = result.expect_err("non-prometheus kinds must not build");
-                assert_eq!(err, QueryError::Unsupported(kind.as_str().into()));
-                assert!(err.to_string().contains(kind.as_str()));
-            }
+    fn kubernetes_kinds_are_unsupported_not_a_fallback() {
+        for kind in [ProviderKind::Keptn, ProviderKind::ExternalMetrics] {
+            let err = build_provider(&ProviderConfig::new(kind, "http://127.0.0.1:9090")).expect_err("needs kube");
+            assert_eq!(err, QueryError::Unsupported(kind.as_str().into()));
+            assert!(err.to_string().contains(kind.as_str()));
         }
+    }
+
+    #[test]
+    fn failures_name_the_backend() {
+        let message = describe_failure(ProviderKind::Datadog, &QueryError::Http { status: 500, body: "oops".into() });
+        assert_eq!(message, "datadog provider: metrics server answered HTTP 500: oops");
+        let limited = QueryError::RateLimited { retry_after: Some("30".into()), body: "slow down".into() };
+        assert_eq!(
+            limited.to_string(),
+            "metrics server is rate limiting requests (HTTP 429, retry after 30): slow down"
+        );
     }
 
     #[test]
@@ -443,6 +606,43 @@ mod tests {
             Credentials::from_secret_data(&not_utf8),
             Err(QueryError::InvalidConfig(m)) if m.contains("token")
         ));
+    }
+
+    #[test]
+    fn debug_of_built_providers_never_prints_secrets() {
+        let secret: SecretData = [
+            ("datadog_api_key", "dd-key-SECRET1"),
+            ("datadog_application_key", "dd-app-SECRET2"),
+            ("newrelic_account_id", "7654321"),
+            ("newrelic_query_key", "nr-SECRET3"),
+            ("token", "influx-SECRET4"),
+            ("org", "org-SECRET5"),
+            ("dynatrace_token", "dt-SECRET6"),
+            ("sf_token_key", "sf-SECRET7"),
+            ("aws_access_key_id", "AKIA-SECRET8"),
+            ("aws_secret_access_key", "aws-SECRET9"),
+            ("project", "project-SECRET10"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect::<BTreeMap<_, _>>()
+        .into();
+        for kind in [
+            ProviderKind::Datadog,
+            ProviderKind::NewRelic,
+            ProviderKind::InfluxDb,
+            ProviderKind::Dynatrace,
+            ProviderKind::Splunk,
+            ProviderKind::CloudWatch,
+            ProviderKind::Stackdriver,
+        ] {
+            let mut config = ProviderConfig::new(kind, "http://127.0.0.1:1");
+            config.secret = Some(secret.clone());
+            config.region = Some("us-east-1".into());
+            let provider = build_provider(&config).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let shown = format!("{provider:?} {config:?}");
+            assert!(!shown.contains("SECRET") && !shown.contains("7654321"), "{kind}: {shown}");
+        }
     }
 
     #[test]

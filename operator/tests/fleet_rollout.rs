@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 use petrel::api::canary::Phase;
 use petrel::api::rollout::{MemberState, RolloutPhase};
 use petrel::api::{Rollout, RolloutStatus};
+use petrel::fleet::identity::IdentityVerdict;
 use petrel::fleet::{
     CanaryObservation, MemberObservation, RolloutPlan, build_status, decide_waves, history_for_release, validate_plan,
 };
@@ -67,6 +68,7 @@ fn member(name: &str, labels: &[(&str, &str)]) -> MemberObservation {
             promoted_revision: Some(format!("{name}-r1")),
             ..CanaryObservation::default()
         }),
+        identity: IdentityVerdict::Verified,
     }
 }
 

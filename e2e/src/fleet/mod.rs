@@ -38,6 +38,7 @@
 //! SIGKILLed by the kernel if the harness process dies without unwinding.
 //! All methods on [`Fleet`] take `&self`, so it can be shared in an `Arc`.
 
+mod audit;
 mod binaries;
 mod pki;
 mod process;
@@ -60,6 +61,8 @@ use kube::{Client, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
+use audit::{AUDIT_LOG, AUDIT_POLICY};
+pub use audit::{AuditRecord, parse_audit_log, read_audit_log, requests_between, tally};
 pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries, ensure_helm};
 pub use process::ProcSpec;
 use process::{Proc, Spawner, stop_all};
@@ -119,6 +122,10 @@ pub struct FleetOptions {
     pub bin_dir: Option<PathBuf>,
     /// Deadline for the whole start (default 3 min).
     pub start_timeout: Duration,
+    /// Write an audit log of every request each API server answers (metadata only:
+    /// user, user agent, verb, resource, stage) to `<dir>/<cluster>/logs/audit.log`;
+    /// see [`Cluster::audit_events`]. Off by default: it costs the API server time.
+    pub audit_log: bool,
 }
 
 impl FleetOptions {
@@ -129,9 +136,13 @@ impl FleetOptions {
             nodes_per_cluster: 3,
             bin_dir: None,
             start_timeout: Duration::from_secs(180),
+            audit_log: false,
         }
     }
 }
+
+/// The `User-Agent` of the harness's own Kubernetes clients ([`Cluster::client`]).
+pub const HARNESS_USER_AGENT: &str = "petrel-e2e";
 
 /// One control plane of the fleet.
 pub struct Cluster {
@@ -166,9 +177,12 @@ impl Cluster {
         let text = std::fs::read_to_string(&self.kubeconfig_path)
             .with_context(|| format!("reading {}", self.kubeconfig_path.display()))?;
         let kc = Kubeconfig::from_yaml(&text).with_context(|| format!("parsing {}", self.kubeconfig_path.display()))?;
-        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
-            .with_context(|| format!("loading {}", self.kubeconfig_path.display()))
+            .with_context(|| format!("loading {}", self.kubeconfig_path.display()))?;
+        // The API server's audit log tells the harness's requests from petrel's by this.
+        config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(HARNESS_USER_AGENT)));
+        Ok(config)
     }
 
     /// A new admin `kube::Client` for this cluster.
@@ -186,6 +200,12 @@ impl Cluster {
     /// Log file of a component.
     pub fn log_path(&self, c: Component) -> PathBuf {
         self.dir.join("logs").join(format!("{}.log", c.binary()))
+    }
+
+    /// The requests this cluster's API server answered so far, from its audit log
+    /// (empty unless the fleet started with `FleetOptions::audit_log`).
+    pub fn audit_events(&self) -> Result<Vec<AuditRecord>> {
+        read_audit_log(&self.dir.join("logs").join(AUDIT_LOG))
     }
 
     /// Pid of a component if it is running.
@@ -411,7 +431,15 @@ impl Fleet {
 
         let mut clusters = Vec::new();
         for name in &opts.clusters {
-            clusters.push(Arc::new(new_cluster(name, &dir, &bins, &etcd_url, ports.get()?, opts.nodes_per_cluster)?));
+            clusters.push(Arc::new(new_cluster(
+                name,
+                &dir,
+                &bins,
+                &etcd_url,
+                ports.get()?,
+                opts.nodes_per_cluster,
+                opts.audit_log,
+            )?));
         }
 
         let fleet = Fleet { dir, bins, etcd: Mutex::new(None), etcd_url, clusters, spawner: Spawner::new()? };
@@ -477,9 +505,21 @@ impl Fleet {
         Ok(())
     }
 
-    /// Restarts one component of one cluster (e.g. after `kill_component`).
+    /// Restarts one component of one cluster (e.g. after `kill_component`). For the
+    /// API server prefer [`Fleet::restart_apiserver`], which also waits until it serves.
     pub fn restart_component(&self, cluster: &str, c: Component) -> Result<()> {
         self.cluster(cluster)?.start_component(&self.spawner, c)
+    }
+
+    /// Starts a cluster's kube-apiserver again (after `kill_component`, or to restart a
+    /// running one: the old process is stopped and reaped first, so none is left behind
+    /// as a zombie holding the port) and waits until it answers `/readyz` again. The
+    /// other components keep running and reconnect on their own.
+    pub async fn restart_apiserver(&self, cluster: &str, timeout: Duration) -> Result<()> {
+        let c = self.cluster(cluster)?;
+        c.start_component(&self.spawner, Component::KubeApiserver)?;
+        c.wait_apiserver_ready(Instant::now() + timeout).await?;
+        Ok(())
     }
 
     /// Sends `signal` to the shared etcd (every cluster loses its storage).
@@ -644,6 +684,7 @@ fn new_cluster(
     etcd_url: &str,
     port: u16,
     nodes: usize,
+    audit_log: bool,
 ) -> Result<Cluster> {
     let dir = fleet_dir.join(name);
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
@@ -655,7 +696,7 @@ fn new_cluster(
     let kc = kubeconfig_path.display().to_string();
     let p = |path: &PathBuf| path.display().to_string();
 
-    let apiserver = vec![
+    let mut apiserver = vec![
         format!("--etcd-servers={etcd_url}"),
         format!("--etcd-prefix=/{name}"),
         "--bind-address=127.0.0.1".into(),
@@ -676,6 +717,17 @@ fn new_cluster(
         format!("--cert-dir={}", p(&dir.join("pki"))),
         "--profiling=false".into(),
     ];
+    if audit_log {
+        let policy = dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).with_context(|| format!("writing {}", policy.display()))?;
+        apiserver.extend([
+            format!("--audit-policy-file={}", p(&policy)),
+            format!("--audit-log-path={}", p(&dir.join("logs").join(AUDIT_LOG))),
+            "--audit-log-format=json".into(),
+            // Written as requests complete, so a test reads every request it caused.
+            "--audit-log-mode=blocking".into(),
+        ]);
+    }
     let common = |port_flag: bool| {
         let mut v = vec![
             format!("--kubeconfig={kc}"),

@@ -20,6 +20,9 @@ use super::kube_source::{discover_route_resource, route_groups, split_for_servic
 use super::routes::{Provider, parse_route};
 use super::split::{Side, Split, Weights};
 use super::{AppCoords, SimError, lock};
+// Retries a failed watch within a few seconds, as petrel does: after an API server
+// restart the recorder must be back before petrel writes the next weight.
+use petrel::controller::watches::RetryBackoff;
 
 /// One distinct state of the route object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,7 +69,13 @@ pub struct RouteRecorder {
     history: Arc<Mutex<Vec<RecordedSplit>>>,
     errors: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
+    poll: Option<JoinHandle<()>>,
 }
+
+/// How often the recorder also reads the route object: a watch that failed (its API
+/// server restarted) comes back with the object's state then, and a poll catches the
+/// writes made while it was away.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 impl RouteRecorder {
     /// Starts watching. The route kind must be served already (its CRD
@@ -77,12 +86,14 @@ impl RouteRecorder {
         let recording = Recording { history: history.clone(), errors: errors.clone() };
         let name = coords.route_name();
         let fields = format!("metadata.name={name}");
+        let mut poll = None;
         let task = match coords.provider {
             Provider::Kubernetes => {
                 let api: Api<Service> = Api::namespaced(client.clone(), &coords.namespace);
                 let coords = coords.clone();
                 tokio::spawn(async move {
-                    let events = watcher(api, watcher::Config::default().fields(&fields)).default_backoff();
+                    let events =
+                        watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
                     futures::pin_mut!(events);
                     while let Some(event) = events.next().await {
                         match event {
@@ -106,8 +117,28 @@ impl RouteRecorder {
                 let api: Api<DynamicObject> = Api::namespaced_with(client, &coords.namespace, &resource);
                 let service = coords.service.clone();
                 let kind = resource.kind.clone();
+                poll = Some(tokio::spawn({
+                    let (api, name, service) = (api.clone(), name.clone(), service.clone());
+                    let recording = recording.clone();
+                    async move {
+                        loop {
+                            // Errors are the watch's to report; a poll only adds states it missed.
+                            // Bounded: the client's own retries of a 503 from an API server
+                            // still starting would otherwise make the poll miss states.
+                            let read = tokio::time::timeout(POLL_INTERVAL * 2, api.get_opt(&name)).await;
+                            if let Ok(Ok(Some(obj))) = read {
+                                let json = serde_json::to_value(&obj).unwrap_or_default();
+                                if let Ok(split) = parse_route(provider, &json, &service) {
+                                    recording.push(obj.resource_version(), Ok(Some(split)));
+                                }
+                            }
+                            tokio::time::sleep(POLL_INTERVAL).await;
+                        }
+                    }
+                }));
                 tokio::spawn(async move {
-                    let events = watcher(api, watcher::Config::default().fields(&fields)).default_backoff();
+                    let events =
+                        watcher(api, watcher::Config::default().fields(&fields)).backoff(RetryBackoff::default());
                     futures::pin_mut!(events);
                     while let Some(event) = events.next().await {
                         match event {
@@ -126,7 +157,7 @@ impl RouteRecorder {
                 })
             }
         };
-        Ok(RouteRecorder { history, errors, task })
+        Ok(RouteRecorder { history, errors, task, poll })
     }
 
     /// Every distinct split seen, oldest first.
@@ -180,9 +211,13 @@ impl RouteRecorder {
 impl Drop for RouteRecorder {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(poll) = &self.poll {
+            poll.abort();
+        }
     }
 }
 
+#[derive(Clone)]
 struct Recording {
     history: Arc<Mutex<Vec<RecordedSplit>>>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -193,6 +228,16 @@ impl Recording {
         match split {
             Ok(split) => {
                 let mut history = lock(&self.history);
+                // The watch and the poll may deliver out of order: keep the newer state.
+                // (resourceVersions are opaque to clients, but the harness knows its
+                // etcd: they are revisions, and comparable.)
+                let version = |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok());
+                let last_version = history.last().and_then(|r| version(r.resource_version.as_ref()));
+                if let (Some(new), Some(last)) = (version(resource_version.as_ref()), last_version)
+                    && new <= last
+                {
+                    return;
+                }
                 // A resync or an unrelated field change repeats the split.
                 if history.last().map(|r| &r.split) != Some(&split) {
                     history.push(RecordedSplit { at: SystemTime::now(), resource_version, split });

@@ -12,13 +12,16 @@
 //!
 //! Every way a metric can fail to produce a passing value (no data, NaN, a query or HTTP
 //! error, a missing MetricTemplate or Secret, an unsupported backend, an unknown builtin)
-//! is a [`MetricResult`] with `passed: false` and a message for the Event; never a pass.
+//! is a [`MetricResult`] with outcome `Failed` and a message for the Event; never a pass.
 //! Among them is "no data" for the builtin success rate before any traffic reaches the
 //! canary, exactly as Flagger counts it.
 //!
 //! A metric with a `comparison` also queries the primary (`<target>-primary`) with the
 //! same query and returns both values. The statistical verdict over the whole run is
-//! [`judge_comparison`]; [`fold_comparisons`] records this tick's values and applies it.
+//! [`judge_comparison`]: passed, failed, or *pending* while either side has fewer than
+//! `minSamples` values; [`fold_comparisons`] records this tick's values and applies it.
+//! A pending comparison is neither a pass nor a failed check: the state machine takes
+//! no step past the last one while any metric is pending (see `core::machine`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,21 +29,23 @@ use std::time::Duration;
 use metrics_providers::outbound::{scrub, secret_fragments};
 use metrics_providers::{
     BuiltinMetric, CompareConfig, Credentials, Direction, EgressPolicy, Mesh, MetricProvider, ProviderConfig,
-    ProviderKind, QueryLanguage, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query,
-    builtin_query_primary, compare,
+    ProviderKind, QueryError, QueryLanguage, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query,
+    builtin_query_primary, compare, describe_failure,
 };
 
+use super::keptn::KeptnProvider;
 use super::render::render_off_runtime;
 use super::{MetricSource, SecretData};
 use crate::api::Canary;
-use crate::api::canary::{CanaryMetric, ComparisonDirection, ComparisonSamples, MetricComparison, MetricResult};
+use crate::api::canary::{
+    CanaryMetric, ComparisonDirection, ComparisonSamples, MetricComparison, MetricOutcome, MetricResult,
+};
 use crate::api::metric_template::MetricProviderSpec;
 use crate::core::Provider;
+use crate::core::strategy::parse_duration;
 
 /// Range window of a query when neither the metric nor the analysis sets an interval.
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
-/// Samples each side needs before a comparison can fail, when the metric does not say.
-pub const DEFAULT_MIN_SAMPLES: usize = 5;
 /// Significance level of a comparison, when the metric does not say.
 pub const DEFAULT_ALPHA: f64 = 0.05;
 
@@ -82,7 +87,13 @@ pub async fn run_metrics<S: MetricSource>(
 }
 
 fn failed(metric: &CanaryMetric, message: String) -> MetricResult {
-    MetricResult { name: metric.name.clone(), value: None, primary_value: None, passed: false, message }
+    MetricResult {
+        name: metric.name.clone(),
+        value: None,
+        primary_value: None,
+        outcome: MetricOutcome::Failed,
+        message,
+    }
 }
 
 /// The query (or queries) one metric runs, and where.
@@ -107,25 +118,41 @@ async fn evaluate<S: MetricSource>(
         Ok(planned) => planned,
         Err(message) => return failed(metric, message),
     };
-    let mut result = query_planned(metric, &planned).await;
+    let mut result = query_planned(deps, metric, &planned).await;
     result.message = scrub(&result.message, planned.secrets.iter().map(String::as_str));
     result
 }
 
-async fn query_planned(metric: &CanaryMetric, planned: &PlannedQuery) -> MetricResult {
-    let backend = match build_provider(&planned.config) {
-        Ok(backend) => backend,
-        Err(error) => return failed(metric, error.to_string()),
+async fn query_planned<S: MetricSource>(
+    deps: &MetricDeps<S>,
+    metric: &CanaryMetric,
+    planned: &PlannedQuery,
+) -> MetricResult {
+    let kind = planned.config.kind;
+    let describe = |error: QueryError| describe_failure(kind, &error);
+    let (canary_value, primary_value) = match kind {
+        ProviderKind::Keptn => query_values(&KeptnProvider::new(&deps.source), planned).await,
+        _ => match build_provider(&planned.config) {
+            Ok(backend) => query_values(&backend, planned).await,
+            Err(error) => return failed(metric, describe(error)),
+        },
     };
-    let (canary_value, primary_value) = match &planned.primary {
+    judge_values(metric, canary_value.map_err(describe), primary_value.map(|v| v.map_err(describe)))
+}
+
+/// The canary's value and, for a comparison, the primary's, queried side by side.
+async fn query_values(
+    backend: &impl MetricProvider,
+    planned: &PlannedQuery,
+) -> (Result<f64, QueryError>, Option<Result<f64, QueryError>>) {
+    match &planned.primary {
         None => (backend.query(&planned.canary).await, None),
         Some(primary) => {
             let (canary_value, primary_value) =
                 futures::future::join(backend.query(&planned.canary), backend.query(primary)).await;
             (canary_value, Some(primary_value))
         }
-    };
-    judge_values(metric, canary_value.map_err(|e| e.to_string()), primary_value.map(|v| v.map_err(|e| e.to_string())))
+    }
 }
 
 /// The tick's result from the queried values: the threshold check on the canary value,
@@ -148,7 +175,7 @@ fn judge_values(
                 name: metric.name.clone(),
                 value: Some(value),
                 primary_value: None,
-                passed: false,
+                outcome: MetricOutcome::Failed,
                 message: format!("the primary's value for the comparison could not be read: {error}"),
             };
         }
@@ -156,7 +183,13 @@ fn judge_values(
     if let Some(primary) = primary_value {
         message.push_str(&format!(" (primary {primary})"));
     }
-    MetricResult { name: metric.name.clone(), value: Some(value), primary_value, passed, message }
+    MetricResult {
+        name: metric.name.clone(),
+        value: Some(value),
+        primary_value,
+        outcome: MetricOutcome::from_passed(passed),
+        message,
+    }
 }
 
 /// The accepted range of a metric: `thresholdRange`, or the deprecated `threshold` as
@@ -180,7 +213,7 @@ pub fn check_threshold(metric: &CanaryMetric, value: f64) -> (bool, String) {
     };
     match range.check(value) {
         Verdict::Pass => (true, format!("value {value} within {}", describe_range(&range))),
-        Verdict::Fail(reason) | Verdict::Inconclusive(reason) => (false, reason),
+        Verdict::Fail(reason) | Verdict::Pending(reason) | Verdict::Inconclusive(reason) => (false, reason),
     }
 }
 
@@ -260,8 +293,9 @@ async fn plan_query<S: MetricSource>(
             })?),
         };
         let fallback = builtin_prometheus(deps, canary).ok().map(|config| config.address);
+        let interval = parse_duration(&vars.interval).map_err(|error| format!("metric interval: {error}"))?;
         let mut config =
-            template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout)
+            template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout, interval)
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
         config.egress = egress_for(deps, &config.address);
         let language = QueryLanguage::of(config.kind);
@@ -305,14 +339,17 @@ async fn plan_query<S: MetricSource>(
 /// How to reach a MetricTemplate's backend.
 ///
 /// The Secret's `address` key overrides `spec.provider.address`; with neither, a
-/// `prometheus` template uses the Prometheus of the builtin metrics (`fallback_address`).
-/// Credentials come from the Secret's `token`, or `username` and `password`; a Secret
-/// holding only `address` means no credentials.
+/// `prometheus` template uses the Prometheus of the builtin metrics (`fallback_address`),
+/// and the backends with a default address (Datadog, New Relic, CloudWatch, Google Cloud
+/// Monitoring) use it. The whole Secret goes to the backend, which reads its own keys;
+/// for the backends that take a bearer token or basic authentication (prometheus, http,
+/// graphite) they are also resolved here from `token`, or `username` and `password`.
 pub fn template_provider_config(
     spec: &MetricProviderSpec,
     secret: Option<&SecretData>,
     fallback_address: Option<String>,
     timeout: Duration,
+    interval: Duration,
 ) -> Result<ProviderConfig, String> {
     // The CRD spells the generic JSON backend `http`, the provider crate `http-json`.
     let kind: ProviderKind = match spec.type_.as_str() {
@@ -325,14 +362,29 @@ pub fn template_provider_config(
             String::from_utf8(bytes.clone()).map_err(|_| "the Secret's \"address\" is not UTF-8 text".to_string())?,
         ),
     };
-    let address = secret_address
-        .or_else(|| spec.address.clone())
-        .or(if kind == ProviderKind::Prometheus { fallback_address } else { None })
-        .ok_or_else(|| {
-            format!("provider {} has no address (spec.provider.address or the Secret's \"address\")", spec.type_)
-        })?;
+    let address = secret_address.or_else(|| spec.address.clone()).or(if kind == ProviderKind::Prometheus {
+        fallback_address
+    } else {
+        None
+    });
+    let address = match (address, kind) {
+        (Some(address), _) => address,
+        (None, ProviderKind::Prometheus | ProviderKind::HttpJson) => {
+            return Err(format!(
+                "provider {} has no address (spec.provider.address or the Secret's \"address\")",
+                spec.type_
+            ));
+        }
+        // The backend uses its default address, or says that it needs one.
+        (None, _) => String::new(),
+    };
+    let takes_http_credentials =
+        matches!(kind, ProviderKind::Prometheus | ProviderKind::HttpJson | ProviderKind::Graphite);
     let credentials = match secret {
-        Some(data) if ["token", "username", "password"].iter().any(|key| data.contains_key(*key)) => {
+        Some(data)
+            if takes_http_credentials
+                && ["token", "username", "password"].iter().any(|key| data.contains_key(*key)) =>
+        {
             Credentials::from_secret_data(data).map_err(|error| error.to_string())?
         }
         _ => Credentials::None,
@@ -343,6 +395,9 @@ pub fn template_provider_config(
         kind,
         address,
         credentials,
+        secret: secret.map(|data| metrics_providers::SecretData::from(data.clone())),
+        region: spec.region.clone(),
+        interval,
         headers,
         timeout: Some(timeout),
         insecure_skip_verify: spec.insecure_skip_verify,
@@ -351,24 +406,45 @@ pub fn template_provider_config(
     })
 }
 
-/// The statistical verdict of a comparison metric over the samples of the run so far:
-/// `(passed, message)`.
-///
-/// Until both sides have `minSamples` finite values the comparison cannot fail (it
-/// passes, saying it is still collecting); after that it fails when the canary is
-/// significantly worse than the primary in `direction` (Mann-Whitney U at `alpha`).
-pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> (bool, String) {
-    let min_samples = cfg.min_samples.map_or(DEFAULT_MIN_SAMPLES, |n| usize::try_from(n).unwrap_or(0)).max(2);
-    let finite = |values: &[f64]| values.iter().filter(|v| v.is_finite()).count();
-    let (canary_count, primary_count) = (finite(&samples.canary), finite(&samples.primary));
-    if canary_count < min_samples || primary_count < min_samples {
-        return (
-            true,
-            format!(
-                "comparison with the primary pending: {canary_count} canary and {primary_count} primary samples, {min_samples} needed each"
-            ),
-        );
+/// The first MetricTemplate metric whose backend cannot work as configured, as a message
+/// for a Stalled condition: what can be seen before any query (a Secret or a key of it
+/// that is missing, an address that is not a URL, an unknown region, a provider petrel
+/// cannot query). Missing MetricTemplates are left to the caller's own check.
+pub async fn invalid_metric_provider<S: MetricSource>(deps: &MetricDeps<S>, canary: &Canary) -> Option<String> {
+    let metrics = canary.spec.analysis.iter().flat_map(|analysis| &analysis.metrics);
+    for metric in metrics.filter(|metric| metric.template_ref.is_some()) {
+        let template_exists = match &metric.template_ref {
+            Some(template_ref) => {
+                let namespace = template_ref.namespace.clone().unwrap_or_else(|| query_vars(canary, metric).namespace);
+                deps.source.metric_template(&namespace, &template_ref.name).await.is_ok()
+            }
+            None => false,
+        };
+        if !template_exists {
+            continue;
+        }
+        let message = match plan_query(deps, canary, Provider::Kubernetes, metric).await {
+            Err(message) => Some(message),
+            Ok(planned) if planned.config.kind == ProviderKind::Keptn => None,
+            Ok(planned) => {
+                build_provider(&planned.config).err().map(|error| describe_failure(planned.config.kind, &error))
+            }
+        };
+        if let Some(message) = message {
+            return Some(format!("metric {}: {message}", metric.name));
+        }
     }
+    None
+}
+
+/// The statistical verdict of a comparison metric over the samples of the run so far,
+/// with a message for the Event.
+///
+/// Pending until both sides have `minSamples` finite values (NaN and infinite values,
+/// such as a ratio over no requests, do not count); then failed when the canary is
+/// significantly worse than the primary in `direction` (Mann-Whitney U at `alpha`),
+/// passed otherwise. Never passed while values are missing.
+pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> (MetricOutcome, String) {
     let config = CompareConfig {
         direction: match cfg.direction {
             ComparisonDirection::Increase => Direction::Increase,
@@ -376,21 +452,26 @@ pub fn judge_comparison(samples: &ComparisonSamples, cfg: &MetricComparison) -> 
             ComparisonDirection::Either => Direction::Either,
         },
         alpha: cfg.alpha.unwrap_or(DEFAULT_ALPHA),
-        min_samples,
+        min_samples: cfg.min_samples(),
         min_shift: 0.0,
     };
     let comparison = compare(&samples.canary, &samples.primary, &config);
+    let counts = format!("{} canary and {} primary values", comparison.canary_samples, comparison.baseline_samples);
     match comparison.verdict {
         Verdict::Pass => (
-            true,
+            MetricOutcome::Passed,
             format!(
-                "canary not significantly worse than the primary (Mann-Whitney p={:.4}, {canary_count} vs {primary_count} samples)",
+                "canary not significantly worse than the primary (Mann-Whitney p={:.4}, {counts})",
                 comparison.p_value.unwrap_or(1.0)
             ),
         ),
-        Verdict::Fail(reason) => (false, reason),
-        // Enough samples were checked above, so this is a configuration problem (alpha).
-        Verdict::Inconclusive(reason) => (false, format!("comparison could not be judged: {reason}")),
+        Verdict::Fail(reason) => (MetricOutcome::Failed, format!("{reason}, {counts}")),
+        Verdict::Pending(_) => (
+            MetricOutcome::Pending,
+            format!("comparison with the primary pending: {counts}, {} needed each", config.min_samples),
+        ),
+        // Only a configuration problem (alpha) gets here: it cannot get better.
+        Verdict::Inconclusive(reason) => (MetricOutcome::Failed, format!("comparison could not be judged: {reason}")),
     }
 }
 
@@ -408,8 +489,9 @@ pub fn apply_comparisons(metrics: &[CanaryMetric], results: &mut [MetricResult],
 ///
 /// Returns the new `status.comparisonSamples`: one entry per comparison metric, the
 /// previous values plus this tick's (when both sides were read), keeping the last
-/// `max_samples` per side. A failed comparison fails its result in `results`; a pending
-/// or passing one adds its note to the message.
+/// `max_samples` per side. Each comparison metric's outcome becomes its threshold
+/// outcome together with the comparison's ([`MetricOutcome::and`]): a failure wins,
+/// then pending; the comparison's note is added to the message.
 pub fn fold_comparisons(
     metrics: &[CanaryMetric],
     results: &mut [MetricResult],
@@ -437,8 +519,8 @@ pub fn fold_comparisons(
                 keep_last(&mut samples.canary);
                 keep_last(&mut samples.primary);
             }
-            let (passed, message) = judge_comparison(&samples, comparison);
-            result.passed &= passed;
+            let (outcome, message) = judge_comparison(&samples, comparison);
+            result.outcome = result.outcome.and(outcome);
             result.message = if result.message.is_empty() { message } else { format!("{}; {message}", result.message) };
         }
         next.push(samples);
@@ -547,6 +629,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
     }
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn template_config_takes_address_and_credentials_from_the_secret() {
         let spec = MetricProviderSpec {
@@ -561,6 +645,7 @@ mod tests {
             Some(&secret(&[("address", "http://secret:9090"), ("token", "t")])),
             None,
             timeout,
+            MINUTE,
         )
         .unwrap();
         assert_eq!(config.address, "http://secret:9090");
@@ -569,11 +654,11 @@ mod tests {
         assert_eq!(config.timeout, Some(timeout));
 
         let only_address =
-            template_provider_config(&spec, Some(&secret(&[("address", "http://s")])), None, timeout).unwrap();
+            template_provider_config(&spec, Some(&secret(&[("address", "http://s")])), None, timeout, MINUTE).unwrap();
         assert_eq!(only_address.credentials, Credentials::None);
-        let no_secret = template_provider_config(&spec, None, None, timeout).unwrap();
+        let no_secret = template_provider_config(&spec, None, None, timeout, MINUTE).unwrap();
         assert_eq!(no_secret.address, "http://spec:9090");
-        let half_basic = template_provider_config(&spec, Some(&secret(&[("username", "u")])), None, timeout);
+        let half_basic = template_provider_config(&spec, Some(&secret(&[("username", "u")])), None, timeout, MINUTE);
         assert!(half_basic.unwrap_err().contains("password"));
     }
 
@@ -582,17 +667,39 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let prometheus = MetricProviderSpec { type_: "prometheus".into(), ..Default::default() };
         assert_eq!(
-            template_provider_config(&prometheus, None, Some("http://default".into()), timeout).unwrap().address,
+            template_provider_config(&prometheus, None, Some("http://default".into()), timeout, MINUTE)
+                .unwrap()
+                .address,
             "http://default"
         );
-        assert!(template_provider_config(&prometheus, None, None, timeout).unwrap_err().contains("no address"));
+        assert!(template_provider_config(&prometheus, None, None, timeout, MINUTE).unwrap_err().contains("no address"));
+        // Other backends get no Prometheus address: their own default, or their error.
         let datadog = MetricProviderSpec { type_: "datadog".into(), ..Default::default() };
-        assert!(template_provider_config(&datadog, None, Some("http://default".into()), timeout).is_err());
+        let config = template_provider_config(&datadog, None, Some("http://default".into()), timeout, MINUTE).unwrap();
+        assert_eq!(config.address, "");
         let http = MetricProviderSpec { type_: "http".into(), address: Some("http://x".into()), ..Default::default() };
-        assert_eq!(template_provider_config(&http, None, None, timeout).unwrap().kind, ProviderKind::HttpJson);
+        assert_eq!(template_provider_config(&http, None, None, timeout, MINUTE).unwrap().kind, ProviderKind::HttpJson);
         let unknown =
             MetricProviderSpec { type_: "carrier-pigeon".into(), address: Some("x".into()), ..Default::default() };
-        assert!(template_provider_config(&unknown, None, None, timeout).unwrap_err().contains("carrier-pigeon"));
+        assert!(
+            template_provider_config(&unknown, None, None, timeout, MINUTE).unwrap_err().contains("carrier-pigeon")
+        );
+    }
+
+    #[test]
+    fn template_config_hands_the_secret_and_region_to_the_backend() {
+        let cloudwatch =
+            MetricProviderSpec { type_: "cloudwatch".into(), region: Some("eu-west-1".into()), ..Default::default() };
+        let data = secret(&[("aws_access_key_id", "AKIA"), ("aws_secret_access_key", "s"), ("token", "not-bearer")]);
+        let config = template_provider_config(&cloudwatch, Some(&data), None, Duration::from_secs(1), MINUTE).unwrap();
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.secret, Some(metrics_providers::SecretData::from(data)));
+        assert_eq!(config.credentials, Credentials::None, "only prometheus, http and graphite take token/basic auth");
+        let graphite =
+            MetricProviderSpec { type_: "graphite".into(), address: Some("http://g".into()), ..Default::default() };
+        let basic = secret(&[("username", "u"), ("password", "p")]);
+        let config = template_provider_config(&graphite, Some(&basic), None, Duration::from_secs(1), MINUTE).unwrap();
+        assert_eq!(config.credentials, Credentials::Basic { username: "u".into(), password: "p".into() });
     }
 
     fn samples(canary: &[f64], primary: &[f64]) -> ComparisonSamples {
@@ -600,42 +707,52 @@ mod tests {
     }
 
     fn increase() -> MetricComparison {
-        MetricComparison { direction: ComparisonDirection::Increase, min_samples: Some(5), alpha: None }
+        MetricComparison { direction: ComparisonDirection::Increase, min_samples: Some(5), ..Default::default() }
     }
 
     #[test]
-    fn comparison_cannot_fail_before_min_samples() {
-        let (passed, message) = judge_comparison(&samples(&[900.0; 4], &[10.0; 9]), &increase());
-        assert!(passed);
-        assert!(message.contains("pending") && message.contains("4 canary"), "{message}");
-        let (passed, _) = judge_comparison(&samples(&[900.0, 901.0, 902.0, 903.0, f64::NAN], &[10.0; 9]), &increase());
-        assert!(passed, "NaN samples do not count towards minSamples");
+    fn comparison_is_pending_not_passed_before_min_samples() {
+        let (outcome, message) = judge_comparison(&samples(&[900.0; 4], &[10.0; 9]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "{message}");
+        assert!(
+            message.contains("pending") && message.contains("4 canary") && message.contains("5 needed"),
+            "{message}"
+        );
+        let (outcome, _) = judge_comparison(&samples(&[900.0, 901.0, 902.0, 903.0, f64::NAN], &[10.0; 9]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "NaN samples do not count towards minSamples");
+        let (outcome, _) = judge_comparison(&samples(&[100.0; 9], &[100.0; 4]), &increase());
+        assert_eq!(outcome, MetricOutcome::Pending, "the primary needs minSamples too");
+        let (outcome, _) = judge_comparison(&samples(&[], &[]), &MetricComparison::default());
+        assert_eq!(outcome, MetricOutcome::Pending, "no values at all");
     }
 
     #[test]
     fn comparison_fails_a_clearly_worse_canary_in_the_bad_direction_only() {
         let slow = [200.0, 210.0, 205.0, 220.0, 215.0, 208.0, 212.0];
         let fast = [100.0, 102.0, 98.0, 101.0, 99.0, 103.0, 100.5];
-        let (passed, message) = judge_comparison(&samples(&slow, &fast), &increase());
-        assert!(!passed, "{message}");
-        assert!(message.contains("higher"), "{message}");
+        let (outcome, message) = judge_comparison(&samples(&slow, &fast), &increase());
+        assert_eq!(outcome, MetricOutcome::Failed, "{message}");
+        assert!(message.contains("higher") && message.contains("7 canary"), "{message}");
 
-        let (passed, message) = judge_comparison(&samples(&fast, &slow), &increase());
-        assert!(passed, "a faster canary is not a regression: {message}");
+        let (outcome, message) = judge_comparison(&samples(&fast, &slow), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "a faster canary is not a regression: {message}");
 
         let decrease = MetricComparison { direction: ComparisonDirection::Decrease, ..increase() };
-        assert!(!judge_comparison(&samples(&fast, &slow), &decrease).0);
+        assert_eq!(judge_comparison(&samples(&fast, &slow), &decrease).0, MetricOutcome::Failed);
         let either = MetricComparison { direction: ComparisonDirection::Either, ..increase() };
-        assert!(!judge_comparison(&samples(&fast, &slow), &either).0);
+        assert_eq!(judge_comparison(&samples(&fast, &slow), &either).0, MetricOutcome::Failed);
     }
 
     #[test]
     fn comparison_passes_similar_samples() {
         let a = [100.0, 102.0, 98.0, 101.0, 99.0, 103.0];
         let b = [101.0, 99.5, 100.0, 102.5, 98.5, 100.5];
-        let (passed, message) = judge_comparison(&samples(&a, &b), &increase());
-        assert!(passed, "{message}");
+        let (outcome, message) = judge_comparison(&samples(&a, &b), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "{message}");
         assert!(message.contains("p="), "{message}");
+        // Equal histograms as Prometheus answered for them in an end-to-end run.
+        let (outcome, message) = judge_comparison(&samples(&[19.950000000000003; 5], &[19.95; 5]), &increase());
+        assert_eq!(outcome, MetricOutcome::Passed, "equal but for float noise: {message}");
     }
 
     #[test]
@@ -649,18 +766,23 @@ mod tests {
                 name: "request-duration".into(),
                 value: Some(230.0),
                 primary_value: Some(102.0),
-                passed: true,
+                outcome: MetricOutcome::Passed,
                 message: "value 230".into(),
             },
-            MetricResult { name: "plain".into(), value: Some(1.0), passed: true, ..Default::default() },
+            MetricResult {
+                name: "plain".into(),
+                value: Some(1.0),
+                outcome: MetricOutcome::Passed,
+                ..Default::default()
+            },
         ];
 
         let next = fold_comparisons(&metrics, &mut results, &previous, 4);
 
         assert_eq!(next, vec![samples(&[210.0, 205.0, 220.0, 230.0], &[101.0, 99.0, 100.0, 102.0])]);
-        assert!(!results[0].passed, "{}", results[0].message);
+        assert!(results[0].failed(), "{}", results[0].message);
         assert!(results[0].message.starts_with("value 230; "), "{}", results[0].message);
-        assert!(results[1].passed, "metrics without comparison are untouched");
+        assert!(results[1].passed(), "metrics without comparison are untouched");
     }
 
     #[test]
@@ -672,28 +794,37 @@ mod tests {
             name: "request-duration".into(),
             value: Some(value),
             primary_value: Some(100.5),
-            passed: true,
+            outcome: MetricOutcome::Passed,
             message: String::new(),
         };
 
         let mut results = vec![tick(230.0)];
         apply_comparisons(std::slice::from_ref(&m), &mut results, &recorded);
-        assert!(!results[0].passed, "5th sample reaches minSamples: {}", results[0].message);
+        assert!(results[0].failed(), "5th sample reaches minSamples: {}", results[0].message);
 
         let mut results = vec![tick(230.0)];
         apply_comparisons(std::slice::from_ref(&m), &mut results, &[]);
-        assert!(results[0].passed, "one sample is pending: {}", results[0].message);
+        assert!(results[0].pending(), "one sample is pending, not passed: {}", results[0].message);
         assert!(results[0].message.contains("pending"), "{}", results[0].message);
+
+        // A failed threshold stays failed while the comparison is pending.
+        let mut results = vec![MetricResult { outcome: MetricOutcome::Failed, ..tick(230.0) }];
+        apply_comparisons(std::slice::from_ref(&m), &mut results, &[]);
+        assert!(results[0].failed(), "{}", results[0].message);
     }
 
     #[test]
     fn fold_comparisons_skips_ticks_without_both_values() {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
-        let mut results = vec![MetricResult { name: "request-duration".into(), passed: false, ..Default::default() }];
+        let mut results = vec![MetricResult {
+            name: "request-duration".into(),
+            outcome: MetricOutcome::Failed,
+            ..Default::default()
+        }];
         let next = fold_comparisons(&[m], &mut results, &[], 10);
         assert_eq!(next, vec![ComparisonSamples { name: "request-duration".into(), ..Default::default() }]);
-        assert!(!results[0].passed, "a pending comparison never turns a failed tick into a pass");
+        assert!(results[0].failed(), "a pending comparison never turns a failed tick into a pass or pending");
     }
 
     // ---- against a fake Prometheus ----
@@ -744,6 +875,7 @@ mod tests {
     struct FakeSource {
         templates: BTreeMap<(String, String), MetricTemplate>,
         secrets: BTreeMap<(String, String), SecretData>,
+        keptn_metrics: BTreeMap<(String, String), Value>,
     }
 
     impl MetricSource for FakeSource {
@@ -762,6 +894,53 @@ mod tests {
                 name: name.into(),
             })
         }
+
+        async fn keptn_metric(&self, namespace: &str, name: &str) -> Result<Value, SourceError> {
+            self.keptn_metrics.get(&(namespace.into(), name.into())).cloned().ok_or(SourceError::NotFound {
+                kind: "KeptnMetric",
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+    }
+
+    fn provider_template(type_: &str, address: Option<&str>, secret: Option<&str>, query: &str) -> MetricTemplateSpec {
+        MetricTemplateSpec {
+            provider: MetricProviderSpec {
+                type_: type_.into(),
+                address: address.map(String::from),
+                secret_ref: secret.map(|name| SecretRef { name: name.into() }),
+                region: (type_ == "cloudwatch").then(|| "us-east-1".to_string()),
+                ..Default::default()
+            },
+            query: query.into(),
+        }
+    }
+
+    /// A fake Datadog that answers one series when both keys arrive.
+    async fn serve_datadog() -> (String, Queries) {
+        async fn query(
+            State(seen): State<Queries>,
+            headers: HeaderMap,
+            Query(params): Query<HashMap<String, String>>,
+        ) -> (StatusCode, axum::Json<Value>) {
+            let key = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+            seen.lock().unwrap().push((params.get("query").cloned().unwrap_or_default(), key("dd-api-key")));
+            if key("dd-api-key").as_deref() != Some("dd-api-key-value")
+                || key("dd-application-key").as_deref() != Some("dd-app-key-value")
+            {
+                return (StatusCode::FORBIDDEN, axum::Json(json!({"errors": ["Forbidden"]})));
+            }
+            let value = if params["query"].contains("podinfo-primary") { 1.0 } else { 0.5 };
+            let body = json!({"status": "ok", "series": [{"pointlist": [[1_700_000_000_000.0_f64, value]]}]});
+            (StatusCode::OK, axum::Json(body))
+        }
+        let seen = Queries::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Router::new().route("/api/v1/query", get(query)).with_state(seen.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{address}"), seen)
     }
 
     fn template(namespace: &str, name: &str, spec: MetricTemplateSpec) -> ((String, String), MetricTemplate) {
@@ -808,11 +987,11 @@ mod tests {
 
         assert_eq!(results.len(), 2);
         assert_eq!(
-            (results[0].name.as_str(), results[0].value, results[0].passed),
+            (results[0].name.as_str(), results[0].value, results[0].passed()),
             ("request-success-rate", Some(99.5), true)
         );
         assert_eq!(
-            (results[1].name.as_str(), results[1].value, results[1].passed),
+            (results[1].name.as_str(), results[1].value, results[1].passed()),
             ("request-duration", Some(250.0), false)
         );
         assert!(results[1].message.contains("250") && results[1].message.contains("200"), "{}", results[1].message);
@@ -832,7 +1011,7 @@ mod tests {
         let results =
             run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![success]), Provider::Linkerd).await;
 
-        assert!(!results[0].passed);
+        assert!(results[0].failed());
         assert_eq!(results[0].value, None);
         assert!(results[0].message.contains("no data"), "{}", results[0].message);
     }
@@ -853,8 +1032,8 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(!results[0].passed && results[0].message.contains("NaN"), "{}", results[0].message);
-        assert!(!results[1].passed && results[1].message.contains("503"), "{}", results[1].message);
+        assert!(results[0].failed() && results[0].message.contains("NaN"), "{}", results[0].message);
+        assert!(results[1].failed() && results[1].message.contains("503"), "{}", results[1].message);
     }
 
     #[tokio::test]
@@ -865,8 +1044,8 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(!results[0].passed && results[0].message.contains("not a builtin metric"), "{}", results[0].message);
-        assert!(!results[1].passed && results[1].message.contains("--metrics-server"), "{}", results[1].message);
+        assert!(results[0].failed() && results[0].message.contains("not a builtin metric"), "{}", results[0].message);
+        assert!(results[1].failed() && results[1].message.contains("--metrics-server"), "{}", results[1].message);
     }
 
     #[tokio::test]
@@ -880,7 +1059,7 @@ mod tests {
         c.spec.metrics_server = Some(url);
         let results =
             run_metrics(&deps(FakeSource::default(), Some("http://127.0.0.1:1".into())), &c, Provider::Istio).await;
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(fake.queries.lock().unwrap().len(), 1);
     }
 
@@ -906,6 +1085,7 @@ mod tests {
                 ("monitoring".to_string(), "prom-auth".to_string()),
                 secret(&[("address", &url), ("token", "s3cret")]),
             )]),
+            ..Default::default()
         };
         let mut m = template_metric("errors", "errors", Some("monitoring"));
         m.template_variables = BTreeMap::from([("region".to_string(), "eu".to_string())]);
@@ -913,7 +1093,7 @@ mod tests {
 
         let results = run_metrics(&deps(source, None), &canary(vec![m]), Provider::Istio).await;
 
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(results[0].value, Some(0.5));
         let queries = fake.queries.lock().unwrap();
         assert_eq!(
@@ -926,7 +1106,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_template_secret_and_unsupported_provider_are_failed_checks() {
+    async fn missing_template_secret_and_misconfigured_provider_are_failed_checks() {
         let datadog = MetricTemplateSpec {
             provider: MetricProviderSpec {
                 type_: "datadog".into(),
@@ -958,9 +1138,13 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(results.iter().all(|r| !r.passed && r.value.is_none()), "{results:?}");
+        assert!(results.iter().all(|r| r.failed() && r.value.is_none()), "{results:?}");
         assert!(results[0].message.contains("MetricTemplate test/not-there not found"), "{}", results[0].message);
-        assert!(results[1].message.contains("\"datadog\" is not supported"), "{}", results[1].message);
+        assert!(
+            results[1].message.starts_with("datadog provider: ") && results[1].message.contains("needs a Secret"),
+            "{}",
+            results[1].message
+        );
         assert!(results[2].message.contains("Secret test/absent not found"), "{}", results[2].message);
     }
 
@@ -977,7 +1161,7 @@ mod tests {
         let source = FakeSource { templates: BTreeMap::from([template("test", "t", spec)]), ..Default::default() };
         let results =
             run_metrics(&deps(source, None), &canary(vec![template_metric("t", "t", None)]), Provider::Istio).await;
-        assert!(!results[0].passed && results[0].message.contains("ingress"), "{}", results[0].message);
+        assert!(results[0].failed() && results[0].message.contains("ingress"), "{}", results[0].message);
     }
 
     #[tokio::test]
@@ -991,7 +1175,7 @@ mod tests {
         m.query = Some("sum(my_metric{a=\"b\"})".into());
         m.threshold = Some(5.0);
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert!(results[0].passed, "{}", results[0].message);
+        assert!(results[0].passed(), "{}", results[0].message);
         assert_eq!(fake.queries.lock().unwrap()[0].0, "sum(my_metric{a=\"b\"})");
     }
 
@@ -1008,7 +1192,7 @@ mod tests {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert_eq!((results[0].value, results[0].primary_value, results[0].passed), (Some(150.0), Some(120.0), true));
+        assert_eq!((results[0].value, results[0].primary_value, results[0].passed()), (Some(150.0), Some(120.0), true));
         assert_eq!(fake.queries.lock().unwrap().len(), 2);
     }
 
@@ -1025,7 +1209,7 @@ mod tests {
         let mut m = metric("request-duration");
         m.comparison = Some(increase());
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(vec![m]), Provider::Istio).await;
-        assert!(!results[0].passed && results[0].message.contains("primary"), "{}", results[0].message);
+        assert!(results[0].failed() && results[0].message.contains("primary"), "{}", results[0].message);
         assert_eq!(results[0].value, Some(150.0));
     }
 
@@ -1069,7 +1253,7 @@ mod tests {
         let started = std::time::Instant::now();
         let results = run_metrics(&deps(FakeSource::default(), Some(url)), &canary(metrics), Provider::Istio).await;
 
-        assert!(results.iter().all(|r| r.passed), "{results:?}");
+        assert!(results.iter().all(|r| r.passed()), "{results:?}");
         let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["m0", "m1", "m2", "m3"], "results keep the declaration order");
         assert!(
@@ -1093,8 +1277,233 @@ mod tests {
         let results = run_metrics(&deps, &canary(vec![metric("request-success-rate")]), Provider::Istio).await;
 
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-        assert!(!results[0].passed);
+        assert!(results[0].failed());
         assert!(results[0].message.contains("did not answer within 300ms"), "{}", results[0].message);
+    }
+
+    #[tokio::test]
+    async fn a_datadog_template_reads_its_keys_from_the_secret_and_compares_with_the_primary() {
+        let (address, seen) = serve_datadog().await;
+        let spec = provider_template(
+            "datadog",
+            Some(&address),
+            Some("datadog"),
+            "sum:trace.http.request.errors{service:{{ target }}}.as_count()",
+        );
+        let source = FakeSource {
+            templates: BTreeMap::from([template("test", "errors", spec)]),
+            secrets: BTreeMap::from([(
+                ("test".to_string(), "datadog".to_string()),
+                secret(&[("datadog_api_key", "dd-api-key-value"), ("datadog_application_key", "dd-app-key-value")]),
+            )]),
+            ..Default::default()
+        };
+        let mut m = template_metric("errors", "errors", None);
+        m.threshold_range = range(None, Some(1.0));
+        m.comparison = Some(increase());
+
+        let results = run_metrics(&deps(source, None), &canary(vec![m]), Provider::Istio).await;
+
+        assert!(results[0].passed(), "{}", results[0].message);
+        assert_eq!((results[0].value, results[0].primary_value), (Some(0.5), Some(1.0)));
+        let queries: Vec<String> = seen.lock().unwrap().iter().map(|(q, _)| q.clone()).collect();
+        assert!(
+            queries.contains(&"sum:trace.http.request.errors{service:podinfo}.as_count()".to_string()),
+            "{queries:?}"
+        );
+        assert!(queries.contains(&"sum:trace.http.request.errors{service:podinfo-primary}.as_count()".to_string()));
+    }
+
+    fn keptn_metric(value: &str) -> Value {
+        json!({
+            "apiVersion": "metrics.keptn.sh/v1beta1", "kind": "KeptnMetric",
+            "metadata": {"name": "error-rate", "namespace": "keptn-system"},
+            "spec": {"provider": {"name": "prometheus"}, "query": "x", "fetchIntervalSeconds": 10},
+            "status": {"value": value, "lastUpdated": chrono::Utc::now().to_rfc3339()},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_keptn_template_reads_the_keptn_metric_it_names() {
+        let spec = provider_template("keptn", None, None, "keptnmetric/keptn-system/{{ variables.metric }}");
+        let source = FakeSource {
+            templates: BTreeMap::from([template("test", "keptn", spec)]),
+            keptn_metrics: BTreeMap::from([(
+                ("keptn-system".to_string(), "error-rate".to_string()),
+                keptn_metric("0.5"),
+            )]),
+            ..Default::default()
+        };
+        let metric = |name: &str| {
+            let mut m = template_metric(name, "keptn", None);
+            m.template_variables = BTreeMap::from([("metric".to_string(), name.to_string())]);
+            m.threshold_range = range(None, Some(1.0));
+            m
+        };
+
+        let results =
+            run_metrics(&deps(source, None), &canary(vec![metric("error-rate"), metric("absent")]), Provider::Istio)
+                .await;
+
+        assert!(results[0].passed(), "{}", results[0].message);
+        assert_eq!(results[0].value, Some(0.5));
+        assert!(!results[1].passed());
+        assert!(
+            results[1].message.starts_with("keptn provider: ")
+                && results[1].message.contains("keptn-system/absent not found"),
+            "{}",
+            results[1].message
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_backend_refuses_before_a_query_is_reported_for_a_stalled_condition() {
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "dd", provider_template("datadog", None, Some("dd"), "q")),
+                template("test", "cw", provider_template("cloudwatch", None, Some("aws"), "[]")),
+                template("test", "mars", {
+                    let mut spec = provider_template("cloudwatch", None, Some("aws"), "[]");
+                    spec.provider.region = Some("mars-north-1".into());
+                    spec
+                }),
+                template("test", "badurl", provider_template("dynatrace", Some("dynatrace.example"), Some("dt"), "q")),
+                template(
+                    "test",
+                    "nosecret",
+                    provider_template("splunk", Some("https://api.us1.signalfx.com"), Some("absent"), "q"),
+                ),
+                template("test", "keptn", provider_template("keptn", None, None, "keptnmetric/a/b")),
+                template("test", "prom", provider_template("prometheus", Some("http://prom:9090"), None, "up")),
+                template("test", "external", provider_template("externalmetrics", None, None, "x")),
+            ]),
+            secrets: BTreeMap::from([
+                (("test".to_string(), "dd".to_string()), secret(&[("datadog_api_key", "VERY-SECRET-DD-KEY")])),
+                (("test".to_string(), "aws".to_string()), secret(&[("aws_access_key_id", "AKIA-VERY-SECRET")])),
+                (("test".to_string(), "dt".to_string()), secret(&[("dynatrace_token", "dt0c01.VERY-SECRET")])),
+            ]),
+            ..Default::default()
+        };
+        let deps = deps(source, None);
+        let check = |name: &'static str| {
+            let deps = deps.clone();
+            async move { invalid_metric_provider(&deps, &canary(vec![template_metric(name, name, None)])).await }
+        };
+        let expectations = [
+            (
+                "dd",
+                "datadog provider: invalid metric provider configuration: the Secret has no key \"datadog_application_key\"",
+            ),
+            ("cw", "\"aws_secret_access_key\""),
+            ("mars", "unknown AWS region \"mars-north-1\""),
+            ("badurl", "address"),
+            ("nosecret", "Secret test/absent not found"),
+            ("external", "externalmetrics"),
+        ];
+        for (name, expected) in expectations {
+            let message = check(name).await.unwrap_or_else(|| panic!("{name}: should be refused"));
+            assert!(message.starts_with(&format!("metric {name}: ")), "{message}");
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+            assert!(!message.contains("VERY-SECRET"), "{message:?} shows a Secret value");
+        }
+        assert_eq!(check("keptn").await, None);
+        assert_eq!(check("prom").await, None);
+        assert_eq!(check("missing-template").await, None, "left to the MetricTemplateNotFound check");
+    }
+
+    /// Whatever goes wrong, no message of a check shows a value of the template's Secret.
+    #[tokio::test]
+    async fn secret_values_appear_in_no_check_message() {
+        const SECRET_VALUES: [&str; 4] =
+            ["Zq9-SECRET-VALUE-one", "Zq9-SECRET-VALUE-two", "Zq9-SECRET-VALUE-three", "Zq9-SECRET-VALUE-four"];
+        let service_account_key = json!({
+            "client_email": "petrel@podinfo-project.iam.gserviceaccount.com",
+            "private_key": include_str!("../../../metrics-providers/tests/fixtures/test-only-rsa-key.pem"),
+            "token_uri": "http://127.0.0.1:1/token",
+        })
+        .to_string();
+        let all_keys = [
+            ("datadog_api_key", SECRET_VALUES[0]),
+            ("datadog_application_key", SECRET_VALUES[1]),
+            ("newrelic_account_id", "987654321"),
+            ("newrelic_query_key", SECRET_VALUES[2]),
+            ("dynatrace_token", SECRET_VALUES[0]),
+            ("sf_token_key", SECRET_VALUES[1]),
+            ("token", SECRET_VALUES[2]),
+            ("org", SECRET_VALUES[3]),
+            ("aws_access_key_id", SECRET_VALUES[0]),
+            ("aws_secret_access_key", SECRET_VALUES[1]),
+            ("project", "podinfo-project"),
+            // A key whose token endpoint is nothing listening: no test reaches Google.
+            ("serviceAccountKey", &service_account_key),
+        ];
+        // A Secret without a key each backend needs, and one whose address (a host name
+        // /etc/hosts resolves, so no DNS query leaves the machine) has nothing listening.
+        let secret_host = "LocalHost";
+        let broken_address = format!("http://{secret_host}:1");
+        let mut templates = BTreeMap::new();
+        let mut metrics = Vec::new();
+        for (i, type_) in [
+            "datadog",
+            "newrelic",
+            "graphite",
+            "influxdb",
+            "cloudwatch",
+            "dynatrace",
+            "splunk",
+            "prometheus",
+            "stackdriver",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (variant, address, secret_name) in [
+                ("down", "http://127.0.0.1:1", "full"),
+                ("partial", "http://127.0.0.1:1", "partial"),
+                ("address", "", "with-address"),
+            ] {
+                let name = format!("{type_}-{variant}");
+                let address = (!address.is_empty()).then_some(address);
+                templates.insert(
+                    ("test".to_string(), name.clone()),
+                    MetricTemplate::new(&name, provider_template(type_, address, Some(secret_name), "up")),
+                );
+                let mut metric = template_metric(&name, &name, None);
+                metric.threshold_range = range(None, Some(i as f64));
+                metrics.push(metric);
+            }
+        }
+        let mut with_address = all_keys.to_vec();
+        with_address.push(("address", &broken_address));
+        let source = FakeSource {
+            templates,
+            secrets: BTreeMap::from([
+                (("test".to_string(), "full".to_string()), secret(&all_keys)),
+                (
+                    ("test".to_string(), "partial".to_string()),
+                    secret(&[("username", SECRET_VALUES[0]), ("dynatrace", SECRET_VALUES[1])]),
+                ),
+                (("test".to_string(), "with-address".to_string()), secret(&with_address)),
+            ]),
+            ..Default::default()
+        };
+        let deps = MetricDeps { query_timeout: Duration::from_millis(500), ..deps(source, None) };
+        let canary = canary(metrics);
+
+        let results = run_metrics(&deps, &canary, Provider::Istio).await;
+        let stalled = invalid_metric_provider(&deps, &canary).await;
+
+        assert_eq!(results.len(), 27);
+        for result in &results {
+            assert!(!result.passed(), "{}: {}", result.name, result.message);
+        }
+        let messages = results.iter().map(|r| r.message.clone()).chain(stalled);
+        for message in messages {
+            for value in SECRET_VALUES.iter().chain([&secret_host]) {
+                // Case-blind: a host comes back lower-cased.
+                assert!(!message.to_lowercase().contains(&value.to_lowercase()), "{message:?} shows {value:?}");
+            }
+        }
     }
 
     // ---- issue 11 ----
@@ -1137,6 +1546,7 @@ mod tests {
                 (("test".to_string(), "bad".to_string()), secret(&[("address", &bad_address)])),
                 (("test".to_string(), "echo".to_string()), secret(&[("address", &echoing), ("token", "tok-0a9b8c")])),
             ]),
+            ..Default::default()
         };
         let results = run_metrics(
             &deps(source, None),
@@ -1148,7 +1558,7 @@ mod tests {
             Provider::Istio,
         )
         .await;
-        assert!(results.iter().all(|r| !r.passed), "{results:?}");
+        assert!(results.iter().all(|r| !r.passed()), "{results:?}");
         assert!(results[0].message.contains("cannot reach"), "{}", results[0].message);
         assert!(results[2].message.contains("HTTP 502") && results[2].message.contains("<redacted>"), "{results:?}");
         for secret in ["prom-user", "pw-5e4d3c2b", "tenant-3f2e1d", "tok-0a9b8c"] {
@@ -1189,13 +1599,13 @@ mod tests {
         )
         .await;
         let outcome: Vec<(bool, bool)> =
-            results.iter().map(|r| (r.passed, r.message.contains("egress policy"))).collect();
+            results.iter().map(|r| (r.passed(), r.message.contains("egress policy"))).collect();
         assert_eq!(outcome, [(true, false), (true, false), (false, true), (false, true), (true, false)], "{results:?}");
 
         let mut own_server = canary(vec![inline]);
         own_server.spec.metrics_server = Some(tenant_prometheus);
         let results = run_metrics(&strict, &own_server, Provider::Istio).await;
-        assert!(!results[0].passed && results[0].message.contains("egress policy"), "{results:?}");
+        assert!(!results[0].passed() && results[0].message.contains("egress policy"), "{results:?}");
     }
 
     /// Defect 1: the freezing template of the issue, and a loop over a long variable, are
@@ -1225,8 +1635,8 @@ mod tests {
         )
         .await;
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-        assert!(!results[0].passed && results[0].message.contains("the operator `*`"), "{}", results[0].message);
-        assert!(!results[1].passed && results[1].message.contains("steps"), "{}", results[1].message);
-        assert!(results[2].passed, "{}", results[2].message);
+        assert!(!results[0].passed() && results[0].message.contains("the operator `*`"), "{}", results[0].message);
+        assert!(!results[1].passed() && results[1].message.contains("steps"), "{}", results[1].message);
+        assert!(results[2].passed(), "{}", results[2].message);
     }
 }

@@ -10,18 +10,30 @@
 //! and comparison verdicts, severity filters) is a pure function next to the I/O that
 //! uses it. Objects the checks need (MetricTemplates, AlertProviders, Secrets) are read
 //! through the small traits [`MetricSource`] and [`AlertSource`], so tests feed them
-//! without an API server; [`KubeSource`] is the real implementation.
+//! without an API server; [`KubeSource`] is the real implementation, reading from the
+//! controller's watch caches ([`SourceCaches`]) once they have synced.
 
 pub mod alerts;
+pub mod keptn;
 pub mod metrics;
 pub mod render;
 pub mod webhooks;
 
-use std::collections::BTreeMap;
+#[cfg(test)]
+mod calibration_tests;
+
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store, store};
+
+use crate::telemetry::WatchHealth;
 
 use crate::api::{AlertProvider, MetricTemplate};
 
@@ -50,6 +62,22 @@ pub trait MetricSource: Send + Sync {
     ) -> impl Future<Output = Result<MetricTemplate, SourceError>> + Send;
 
     fn secret(&self, namespace: &str, name: &str) -> impl Future<Output = Result<SecretData, SourceError>> + Send;
+
+    /// A KeptnMetric object (`metrics.keptn.sh`), as JSON, for the `keptn` provider.
+    /// Sources without a Kubernetes API (most test fakes) cannot read one.
+    fn keptn_metric(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<serde_json::Value, SourceError>> + Send {
+        let error = SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: "this source has no Kubernetes API".into(),
+        };
+        async move { Err(error) }
+    }
 }
 
 /// Reads the objects alerts refer to.
@@ -63,15 +91,89 @@ pub trait AlertSource: Send + Sync {
     fn secret(&self, namespace: &str, name: &str) -> impl Future<Output = Result<SecretData, SourceError>> + Send;
 }
 
-/// [`MetricSource`] and [`AlertSource`] backed by the Kubernetes API.
+/// Names of the watches behind [`SourceCaches`] (in `/readyz` and logs).
+pub const METRIC_TEMPLATE_WATCH: &str = "metrictemplates";
+pub const ALERT_PROVIDER_WATCH: &str = "alertproviders";
+pub const SECRET_WATCH: &str = "secrets";
+
+/// The objects analysis reads, as watch caches keep them: MetricTemplates and
+/// AlertProviders whole (a Canary with 100 template metrics would otherwise GET 100
+/// templates at every tick), Secrets by their metadata only. A Secret's data is read
+/// once it is used, and again only when its resourceVersion in the metadata cache
+/// moves: petrel never holds the data of Secrets it does not use. Cheap to clone.
+#[derive(Clone)]
+pub struct SourceCaches {
+    pub templates: Store<crate::api::MetricTemplate>,
+    pub alert_providers: Store<AlertProvider>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Whether each watch has synced: before that a lookup reads from the API server.
+    pub health: WatchHealth,
+    /// The data of Secrets in use, with the resourceVersion it was read at.
+    secret_data: Arc<Mutex<SecretDataCache>>,
+}
+
+/// `(namespace, name)` → (the resourceVersion it was read at, the data).
+type SecretDataCache = HashMap<(String, String), (String, SecretData)>;
+
+/// The writers of [`SourceCaches`]' stores, for the watches that fill them.
+pub struct SourceWriters {
+    pub templates: Writer<crate::api::MetricTemplate>,
+    pub alert_providers: Writer<AlertProvider>,
+    pub secrets: Writer<PartialObjectMeta<Secret>>,
+}
+
+impl SourceCaches {
+    /// Empty caches and the writers that fill them; `health` tells when each synced.
+    pub fn new(health: WatchHealth) -> (SourceCaches, SourceWriters) {
+        let (templates, template_writer) = store();
+        let (alert_providers, alert_provider_writer) = store();
+        let (secrets, secret_writer) = store();
+        let caches = SourceCaches { templates, alert_providers, secrets, health, secret_data: Default::default() };
+        let writers = SourceWriters {
+            templates: template_writer,
+            alert_providers: alert_provider_writer,
+            secrets: secret_writer,
+        };
+        (caches, writers)
+    }
+
+    fn secret_data_cache(&self) -> std::sync::MutexGuard<'_, SecretDataCache> {
+        // A panic while holding the lock leaves a consistent map (every change is one call).
+        self.secret_data.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A namespaced object from a synced cache: `Some(found)` answers (`found` is `None` when
+/// it does not exist), `None` means the cache cannot answer yet.
+fn from_cache<K>(store: &Store<K>, synced: bool, namespace: &str, name: &str) -> Option<Option<Arc<K>>>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    synced.then(|| store.get(&ObjectRef::new(name).within(namespace)))
+}
+
+/// [`MetricSource`] and [`AlertSource`] backed by the Kubernetes API: the controller's
+/// caches when it has them ([`KubeSource::cached`]), GETs otherwise.
 #[derive(Clone)]
 pub struct KubeSource {
     client: kube::Client,
+    caches: Option<SourceCaches>,
 }
 
 impl KubeSource {
+    /// Reads every object from the API server.
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self { client, caches: None }
+    }
+
+    /// Reads from `caches` once their watches synced.
+    pub fn cached(client: kube::Client, caches: SourceCaches) -> Self {
+        Self { client, caches: Some(caches) }
+    }
+
+    fn not_found(kind: &'static str, namespace: &str, name: &str) -> SourceError {
+        SourceError::NotFound { kind, namespace: namespace.into(), name: name.into() }
     }
 
     async fn get<K>(&self, kind: &'static str, namespace: &str, name: &str) -> Result<K, SourceError>
@@ -96,8 +198,56 @@ impl KubeSource {
     }
 
     async fn secret_data(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
+        let Some(caches) = &self.caches else {
+            let secret: Secret = self.get("Secret", namespace, name).await?;
+            return Ok(secret_data(&secret));
+        };
+        let key = (namespace.to_string(), name.to_string());
+        let meta = from_cache(&caches.secrets, caches.health.synced(SECRET_WATCH), namespace, name);
+        let version = match meta {
+            Some(None) => {
+                caches.secret_data_cache().remove(&key);
+                return Err(Self::not_found("Secret", namespace, name));
+            }
+            Some(Some(meta)) => meta.resource_version(),
+            None => None,
+        };
+        if let Some(version) = &version
+            && let Some((read_at, data)) = caches.secret_data_cache().get(&key)
+            && read_at == version
+        {
+            return Ok(data.clone());
+        }
         let secret: Secret = self.get("Secret", namespace, name).await?;
-        Ok(secret_data(&secret))
+        let data = secret_data(&secret);
+        if let Some(read_at) = secret.resource_version() {
+            caches.secret_data_cache().insert(key, (read_at, data.clone()));
+        }
+        Ok(data)
+    }
+
+    async fn cached_or_get<K>(
+        &self,
+        kind: &'static str,
+        watch: &'static str,
+        store: impl Fn(&SourceCaches) -> &Store<K>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<K, SourceError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let cached = self.caches.as_ref().and_then(|c| from_cache(store(c), c.health.synced(watch), namespace, name));
+        match cached {
+            Some(Some(object)) => Ok(K::clone(&object)),
+            Some(None) => Err(Self::not_found(kind, namespace, name)),
+            None => self.get(kind, namespace, name).await,
+        }
     }
 }
 
@@ -114,17 +264,39 @@ pub fn secret_data(secret: &Secret) -> SecretData {
 
 impl MetricSource for KubeSource {
     async fn metric_template(&self, namespace: &str, name: &str) -> Result<MetricTemplate, SourceError> {
-        self.get("MetricTemplate", namespace, name).await
+        self.cached_or_get("MetricTemplate", METRIC_TEMPLATE_WATCH, |c| &c.templates, namespace, name).await
     }
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
         self.secret_data(namespace, name).await
     }
+
+    async fn keptn_metric(&self, namespace: &str, name: &str) -> Result<serde_json::Value, SourceError> {
+        let resource = keptn::keptn_metric_resource();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let found = api.get_opt(name).await.map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })?;
+        let object = found.ok_or_else(|| SourceError::NotFound {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+        serde_json::to_value(object).map_err(|error| SourceError::Unreadable {
+            kind: "KeptnMetric",
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: error.to_string(),
+        })
+    }
 }
 
 impl AlertSource for KubeSource {
     async fn alert_provider(&self, namespace: &str, name: &str) -> Result<AlertProvider, SourceError> {
-        self.get("AlertProvider", namespace, name).await
+        self.cached_or_get("AlertProvider", ALERT_PROVIDER_WATCH, |c| &c.alert_providers, namespace, name).await
     }
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
@@ -235,5 +407,94 @@ mod tests {
             matches!(&broken, SourceError::Unreadable { kind: "AlertProvider", reason, .. } if reason.contains("etcd is on fire")),
             "{broken}"
         );
+    }
+
+    #[tokio::test]
+    async fn cached_source_reads_templates_from_the_cache_and_secret_data_once_per_version() {
+        use kube::runtime::watcher::Event;
+        let template = serde_json::json!({
+            "apiVersion": "petrel.dev/v1alpha1", "kind": "MetricTemplate",
+            "metadata": {"name": "errors", "namespace": "monitoring"},
+            "spec": {"provider": {"type": "prometheus"}, "query": "up"},
+        });
+        let secret = |version: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "auth", "namespace": "monitoring", "resourceVersion": version},
+                "data": {"token": "czNjcmV0"},
+            })
+        };
+        // Only the Secret is on the API server: a template read would be a 404.
+        let source_api =
+            fake_api(BTreeMap::from([("/api/v1/namespaces/monitoring/secrets/auth".to_string(), secret("7"))]));
+        let health = WatchHealth::default();
+        let (caches, mut writers) = SourceCaches::new(health.clone());
+        let synced = |name| {
+            health.observe::<()>(name, &Ok(Event::Init));
+            health.observe::<()>(name, &Ok(Event::InitDone));
+        };
+        writers.templates.apply_watcher_event(&Event::InitApply(serde_json::from_value(template).unwrap()));
+        writers.templates.apply_watcher_event(&Event::InitDone);
+        synced(METRIC_TEMPLATE_WATCH);
+        let meta = |version: &str| -> PartialObjectMeta<Secret> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "auth", "namespace": "monitoring", "resourceVersion": version},
+            }))
+            .unwrap()
+        };
+        writers.secrets.apply_watcher_event(&Event::InitApply(meta("7")));
+        writers.secrets.apply_watcher_event(&Event::InitDone);
+        synced(SECRET_WATCH);
+        let source = KubeSource::cached(source_api, caches.clone());
+
+        assert_eq!(source.metric_template("monitoring", "errors").await.unwrap().spec.query, "up");
+        assert!(matches!(
+            source.metric_template("monitoring", "absent").await,
+            Err(SourceError::NotFound { kind: "MetricTemplate", .. })
+        ));
+        assert_eq!(MetricSource::secret(&source, "monitoring", "auth").await.unwrap()["token"], b"s3cret");
+        assert_eq!(caches.secret_data_cache().len(), 1, "the data of a Secret in use is kept");
+        assert!(matches!(
+            MetricSource::secret(&source, "monitoring", "other").await,
+            Err(SourceError::NotFound { kind: "Secret", .. })
+        ));
+        // Read again from the cache: no request (the fake would answer the same either
+        // way, so the proof is that the cached copy is returned for the same version).
+        caches.secret_data_cache().get_mut(&("monitoring".to_string(), "auth".to_string())).unwrap().1 =
+            BTreeMap::from([("token".to_string(), b"cached".to_vec())]);
+        assert_eq!(MetricSource::secret(&source, "monitoring", "auth").await.unwrap()["token"], b"cached");
+        // A new version in the metadata cache: the data is read again.
+        writers.secrets.apply_watcher_event(&Event::Apply(meta("8")));
+        assert_eq!(MetricSource::secret(&source, "monitoring", "auth").await.unwrap()["token"], b"s3cret");
+    }
+
+    /// The keptn provider through the real source: the KeptnMetric is read from the
+    /// Kubernetes API at the path of metrics.keptn.sh/v1beta1.
+    #[tokio::test]
+    async fn keptn_provider_reads_the_keptn_metric_from_the_api() {
+        use metrics_providers::{MetricProvider, QueryError};
+
+        let updated = chrono::Utc::now().to_rfc3339();
+        let metric = serde_json::json!({
+            "apiVersion": "metrics.keptn.sh/v1beta1", "kind": "KeptnMetric",
+            "metadata": {"name": "error-rate", "namespace": "keptn-system"},
+            "spec": {"provider": {"name": "prometheus"}, "query": "sum(rate(errors[1m]))", "fetchIntervalSeconds": 10},
+            "status": {"value": "0.42", "rawValue": "MC40Mg==", "lastUpdated": updated},
+        });
+        let source = KubeSource::new(fake_api(BTreeMap::from([(
+            "/apis/metrics.keptn.sh/v1beta1/namespaces/keptn-system/keptnmetrics/error-rate".to_string(),
+            metric,
+        )])));
+        let keptn = keptn::KeptnProvider::new(&source);
+
+        assert_eq!(keptn.query("keptnmetric/keptn-system/error-rate").await, Ok(0.42));
+        let missing = keptn.query("keptnmetric/keptn-system/latency").await.unwrap_err();
+        assert!(
+            matches!(&missing, QueryError::InvalidConfig(m) if m.contains("KeptnMetric keptn-system/latency not found")),
+            "{missing}"
+        );
+        let broken = keptn.query("keptnmetric/broken/error-rate").await.unwrap_err();
+        assert!(matches!(&broken, QueryError::Transport(m) if m.contains("etcd is on fire")), "{broken}");
     }
 }

@@ -417,19 +417,66 @@ pub struct ThresholdRangeSpec {
 }
 
 /// Canary-versus-primary statistical comparison of one metric.
+///
+/// At every analysis tick the metric is read for the canary and for the primary, and the
+/// pair is kept in `status.comparisonSamples`. Until each side has `minSamples` values
+/// the comparison is *pending*: not a failed check, but the run is never promoted (nor
+/// all traffic moved to the canary) while it is. Then it is judged over all the run's
+/// values with a Mann-Whitney U test at `alpha`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricComparison {
     /// Which change is bad: `increase` (latency, errors), `decrease` (success rate) or `either`.
     pub direction: ComparisonDirection,
-    /// Samples needed from each side before the comparison can fail. Default 5.
+    /// Values needed from each side before the comparison is judged. Default 5, at most
+    /// 100 (the values a run keeps). A Canary whose steps give fewer analysis ticks is
+    /// reported Stalled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 2))]
+    #[schemars(range(min = 2, max = 100))]
     pub min_samples: Option<i32>,
     /// Significance level of the test. Default 0.05.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0001, max = 0.5))]
     pub alpha: Option<f64>,
+    /// What a comparison still pending at the run's last step does: `Hold` (default) or
+    /// `Fail` (see [`InsufficientSamples`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_insufficient_samples: Option<InsufficientSamples>,
+}
+
+/// Values a comparison needs from each side when `minSamples` is unset.
+pub const DEFAULT_MIN_SAMPLES: usize = 5;
+/// Values a run keeps per side and comparison metric (so the status stays small); also
+/// the largest `minSamples` the API accepts.
+pub const MAX_COMPARISON_SAMPLES: usize = 100;
+
+impl MetricComparison {
+    /// `minSamples`, or its default; never below 2 (a test needs two values a side).
+    pub fn min_samples(&self) -> usize {
+        self.min_samples
+            .map_or(DEFAULT_MIN_SAMPLES, |n| usize::try_from(n).unwrap_or(0))
+            .clamp(2, MAX_COMPARISON_SAMPLES)
+    }
+
+    /// `onInsufficientSamples`, or its default `Hold`.
+    pub fn on_insufficient_samples(&self) -> InsufficientSamples {
+        self.on_insufficient_samples.unwrap_or_default()
+    }
+}
+
+/// What happens when the run reaches its last step with this comparison still pending
+/// (values were lost, for example ticks without data): `Hold` (default) keeps the last
+/// step and its ticks until the comparison is judged, and fails the run once
+/// `progressDeadlineSeconds` have passed since the hold began; `Fail` fails the run at
+/// once. Never a pass.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InsufficientSamples {
+    /// Keep the last step, and its ticks, until the comparison is judged; fail the run
+    /// when `progressDeadlineSeconds` pass first.
+    #[default]
+    Hold,
+    /// Fail the run at once.
+    Fail,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -647,6 +694,11 @@ pub struct CanaryStatus {
     /// Values collected during the run for metrics with a comparison (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub comparison_samples: Vec<ComparisonSamples>,
+    /// When the run began holding at its last step because a comparison was still
+    /// pending (`onInsufficientSamples: Hold`); it fails `progressDeadlineSeconds` later
+    /// unless every comparison is judged first. Cleared when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison_pending_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Promoted, Progressing and Stalled.
@@ -655,17 +707,116 @@ pub struct CanaryStatus {
 }
 
 /// One metric's result at one analysis tick.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+///
+/// Written with both `outcome` and the `passed` of earlier versions (true only when the
+/// outcome is `Passed`), so an older petrel (a hub or member upgraded later) still reads
+/// it, and a status written by one reads as `Passed` or `Failed`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(from = "MetricResultFields", into = "MetricResultFields")]
 pub struct MetricResult {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_value: Option<f64>,
-    pub passed: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: MetricOutcome,
     pub message: String,
+}
+
+/// [`MetricResult`] as stored in the status.
+#[derive(JsonSchema, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "MetricResult", description = "One metric's result at one analysis tick.")]
+struct MetricResultFields {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary_value: Option<f64>,
+    /// Passed, Failed (a failed check) or Pending (a comparison still collecting values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<MetricOutcome>,
+    /// Whether `outcome` is Passed; kept for readers of earlier versions.
+    #[serde(default)]
+    passed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+impl From<MetricResultFields> for MetricResult {
+    fn from(fields: MetricResultFields) -> Self {
+        MetricResult {
+            name: fields.name,
+            value: fields.value,
+            primary_value: fields.primary_value,
+            outcome: fields.outcome.unwrap_or(MetricOutcome::from_passed(fields.passed)),
+            message: fields.message,
+        }
+    }
+}
+
+impl From<MetricResult> for MetricResultFields {
+    fn from(result: MetricResult) -> Self {
+        MetricResultFields {
+            passed: result.passed(),
+            name: result.name,
+            value: result.value,
+            primary_value: result.primary_value,
+            outcome: Some(result.outcome),
+            message: result.message,
+        }
+    }
+}
+
+impl JsonSchema for MetricResult {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        MetricResultFields::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        MetricResultFields::json_schema(generator)
+    }
+}
+
+impl MetricResult {
+    pub fn passed(&self) -> bool {
+        self.outcome == MetricOutcome::Passed
+    }
+
+    pub fn failed(&self) -> bool {
+        self.outcome == MetricOutcome::Failed
+    }
+
+    pub fn pending(&self) -> bool {
+        self.outcome == MetricOutcome::Pending
+    }
+}
+
+/// Passed, Failed (a failed check; also what a result that says nothing counts as) or
+/// Pending (not judged yet: a comparison still collecting values).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricOutcome {
+    Passed,
+    /// A failed check. Also what a result that says nothing counts as: never a pass.
+    #[default]
+    Failed,
+    /// Not judged yet: a comparison with fewer than `minSamples` values a side. Neither
+    /// a pass nor a failed check; no run is promoted while one of its metrics is pending.
+    Pending,
+}
+
+impl MetricOutcome {
+    /// Both judgements of one metric together (its threshold and its comparison): a
+    /// failure wins, then pending; passed only when both passed.
+    pub fn and(self, other: MetricOutcome) -> MetricOutcome {
+        match (self, other) {
+            (MetricOutcome::Failed, _) | (_, MetricOutcome::Failed) => MetricOutcome::Failed,
+            (MetricOutcome::Pending, _) | (_, MetricOutcome::Pending) => MetricOutcome::Pending,
+            (MetricOutcome::Passed, MetricOutcome::Passed) => MetricOutcome::Passed,
+        }
+    }
+
+    pub fn from_passed(passed: bool) -> MetricOutcome {
+        if passed { MetricOutcome::Passed } else { MetricOutcome::Failed }
+    }
 }
 
 /// Values collected for a comparison metric during the current run.
@@ -677,4 +828,31 @@ pub struct ComparisonSamples {
     pub canary: Vec<f64>,
     #[serde(default)]
     pub primary: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_results_are_read_and_written_with_both_outcome_and_passed() {
+        let read = |json: serde_json::Value| serde_json::from_value::<MetricResult>(json).unwrap().outcome;
+        // Written by an earlier petrel: `passed` only.
+        assert_eq!(read(serde_json::json!({"name": "m", "passed": true})), MetricOutcome::Passed);
+        assert_eq!(read(serde_json::json!({"name": "m", "passed": false})), MetricOutcome::Failed);
+        assert_eq!(read(serde_json::json!({"name": "m"})), MetricOutcome::Failed, "nothing said is never a pass");
+        // `outcome` wins.
+        assert_eq!(
+            read(serde_json::json!({"name": "m", "outcome": "Pending", "passed": false})),
+            MetricOutcome::Pending
+        );
+
+        let pending = MetricResult { name: "m".into(), outcome: MetricOutcome::Pending, ..Default::default() };
+        let written = serde_json::to_value(&pending).unwrap();
+        assert_eq!(written, serde_json::json!({"name": "m", "outcome": "Pending", "passed": false}));
+        let passed = MetricResult { outcome: MetricOutcome::Passed, value: Some(1.5), ..pending };
+        let written = serde_json::to_value(&passed).unwrap();
+        assert_eq!(written, serde_json::json!({"name": "m", "value": 1.5, "outcome": "Passed", "passed": true}));
+        assert_eq!(serde_json::from_value::<MetricResult>(written).unwrap(), passed);
+    }
 }

@@ -4,6 +4,8 @@
 //! `metadata.labels` (`env`, `region`, `role: canary` …), which waves of a fleet
 //! `Rollout` it falls into. The hub writes its reachability into the status.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -15,6 +17,12 @@ use super::common::Condition;
 pub const CONDITION_REACHABLE: &str = "Reachable";
 /// Condition type: the member is reachable and runs petrel in member mode.
 pub const CONDITION_READY: &str = "Ready";
+/// Condition type: the member is the cluster this object describes (its stated
+/// identity matches the labels, the name and the pinned kube-system UID).
+pub const CONDITION_IDENTITY_VERIFIED: &str = "IdentityVerified";
+/// Annotation `kubectl petrel repin` sets: pin this kube-system UID (the one the member
+/// has now, after a planned rebuild of the cluster).
+pub const REPIN_ANNOTATION: &str = "petrel.dev/repin-uid";
 
 /// Spec of a Cluster: how the hub reaches one member of the fleet. Waves select
 /// Clusters by the labels on their metadata.
@@ -31,6 +39,7 @@ pub const CONDITION_READY: &str = "Ready";
     printcolumn = r#"{"name":"Display","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".status.conditions[?(@.type==\"IdentityVerified\")].reason"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.serverVersion"}"#,
     printcolumn = r#"{"name":"LastContact","type":"date","jsonPath":".status.lastContactTime"}"#
 )]
@@ -87,6 +96,32 @@ pub struct ClusterStatus {
     pub server_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Who the member is: the kube-system UID pinned on first contact and what the
+    /// member last stated about itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ClusterIdentityStatus>,
+}
+
+/// The member's identity as the hub pinned and last observed it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIdentityStatus {
+    /// UID of the member's kube-system Namespace, pinned on first contact: a member
+    /// reached through this Cluster's kubeconfig later must have it. Changed only by
+    /// `kubectl petrel repin` after a planned rebuild.
+    #[serde(default, rename = "pinnedUID", skip_serializing_if = "Option::is_none")]
+    pub pinned_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_at: Option<DateTime<Utc>>,
+    /// The kube-system UID the last probe found.
+    #[serde(default, rename = "observedUID", skip_serializing_if = "Option::is_none")]
+    pub observed_uid: Option<String>,
+    /// The name the member states (its `--cluster-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stated_name: Option<String>,
+    /// The labels the member states (its identity ConfigMap).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stated_labels: BTreeMap<String, String>,
 }
 
 impl ClusterStatus {

@@ -3,6 +3,7 @@
 pub mod alert_provider;
 pub mod canary;
 pub mod cluster;
+pub mod cluster_identity;
 pub mod common;
 pub mod metric_template;
 pub mod rollout;
@@ -11,6 +12,7 @@ pub mod verbs;
 pub use alert_provider::{AlertProvider, AlertProviderSpec};
 pub use canary::{Canary, CanarySpec, CanaryStatus, Phase};
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus};
+pub use cluster_identity::{ClusterIdentity, ClusterIdentitySpec};
 pub use metric_template::{MetricTemplate, MetricTemplateSpec};
 pub use rollout::{Rollout, RolloutSpec, RolloutStatus};
 
@@ -27,6 +29,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("metrictemplates.yaml", MetricTemplate::crd()),
         ("alertproviders.yaml", AlertProvider::crd()),
         ("clusters.yaml", Cluster::crd()),
+        ("clusteridentities.yaml", ClusterIdentity::crd()),
         ("rollouts.yaml", Rollout::crd()),
     ]
 }

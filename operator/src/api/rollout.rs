@@ -405,6 +405,9 @@ pub enum MemberState {
     OtherRelease,
     /// No wave selects this member; it is never released to.
     Unassigned,
+    /// The member is not the cluster its `Cluster` object describes (labels, name or
+    /// pinned kube-system UID differ): never approved; counts against `maxFailures`.
+    IdentityMismatch,
 }
 
 /// Member counts by state.
@@ -415,7 +418,7 @@ pub struct RolloutSummary {
     pub pending: i32,
     pub progressing: i32,
     pub succeeded: i32,
-    /// Failed plus timed out.
+    /// Failed, timed out, or not the cluster its Cluster describes.
     pub failed: i32,
     pub unreachable: i32,
     pub other_release: i32,

@@ -10,6 +10,7 @@ use std::time::Instant;
 use chrono::{DateTime, TimeDelta, Utc};
 use petrel::api::canary::Phase;
 use petrel::api::rollout::{Approval, ClusterSelector, FailurePolicy, LabelOperator, LabelRequirement};
+use petrel::fleet::identity::IdentityVerdict;
 use petrel::fleet::{CanaryObservation, MemberObservation, RolloutPlan, Share, WavePlan, build_status, decide_waves};
 
 #[path = "shared/figures.rs"]
@@ -180,6 +181,7 @@ fn fleet(size: usize, waves: usize, scenario: Scenario) -> (RolloutPlan, Vec<Mem
                 last_contact: Some(at(if reachable { 330 } else { 310 })),
                 approved_at,
                 canary: Some(canary),
+                identity: IdentityVerdict::Verified,
             }
         })
         .collect();

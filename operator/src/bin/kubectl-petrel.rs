@@ -19,8 +19,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use petrel::api::{Canary, Cluster, Rollout};
 use petrel::plugin::{
-    Command, PLUGIN_FIELD_MANAGER, VerbPatch, plan_approval, plan_command, plan_rollout_command, render_canary,
-    render_plan, render_rollout, render_rollout_table, render_table,
+    Command, PLUGIN_FIELD_MANAGER, VerbPatch, plan_approval, plan_command, plan_repin, plan_rollout_command,
+    render_canary, render_plan, render_rollout, render_rollout_table, render_table,
 };
 use serde::de::DeserializeOwned;
 
@@ -76,6 +76,9 @@ enum Verb {
     Approve(ApproveArgs),
     /// Dry run of a fleet Rollout: which Clusters fall in which wave, and why. Writes nothing.
     Plan(PlanArgs),
+    /// After a planned rebuild of a member cluster: have the hub pin the kube-system UID
+    /// it now observes there (until then the member is IdentityMismatch, never approved).
+    Repin(RepinArgs),
     /// Print a shell completion script for `kubectl-petrel`.
     #[command(after_help = COMPLETION_HELP)]
     Completion { shell: clap_complete::Shell },
@@ -145,6 +148,15 @@ struct ApproveArgs {
     /// as soon as every earlier wave succeeded and soaked, with no further look.
     #[arg(long)]
     ahead: bool,
+    /// Print the equivalent kubectl command without applying it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+struct RepinArgs {
+    /// The Cluster's name (on the hub).
+    cluster: String,
     /// Print the equivalent kubectl command without applying it.
     #[arg(long)]
     dry_run: bool,
@@ -227,6 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Plan(args) => {
             let (client, namespace) = connect(&cli.connection).await?;
             return plan(client, &namespace, &args).await;
+        }
+        Verb::Repin(args) => {
+            let (client, _) = connect(&cli.connection).await?;
+            return repin(client, &args).await;
         }
         Verb::Promote(t) => (Command::Promote, t),
         Verb::Abort(t) => (Command::Abort, t),
@@ -332,6 +348,23 @@ async fn approve(client: Client, namespace: &str, args: &ApproveArgs) -> anyhow:
     if !kept {
         bail!("the API server answered without the approval of wave {} in the status; nothing was approved", args.wave);
     }
+    println!("{}", planned.summary);
+    Ok(())
+}
+
+/// Asks the hub to pin the kube-system UID it observes on a rebuilt member.
+async fn repin(client: Client, args: &RepinArgs) -> anyhow::Result<()> {
+    let clusters: Api<Cluster> = Api::all(client);
+    let cluster = clusters.get(&args.cluster).await.with_context(|| format!("reading Cluster {}", args.cluster))?;
+    let planned = plan_repin(&cluster).map_err(anyhow::Error::msg)?;
+    if args.dry_run {
+        println!("{}", planned.kubectl);
+        return Ok(());
+    }
+    clusters
+        .patch(&args.cluster, &PatchParams::default(), &Patch::Merge(&planned.patch))
+        .await
+        .with_context(|| format!("annotating Cluster {}", args.cluster))?;
     println!("{}", planned.summary);
     Ok(())
 }
@@ -480,6 +513,8 @@ enum Offer {
         and_rollouts: bool,
     },
     Rollouts,
+    /// Cluster names (on the hub).
+    Clusters,
     /// The Manual waves of one Rollout.
     ManualWaves {
         rollout: String,
@@ -566,6 +601,7 @@ fn completion_request(words: &[String]) -> CompletionRequest {
             (["pause" | "resume"], []) => Offer::Canaries { and_rollouts: true },
             (["get", "rollout"] | ["plan"] | ["approve"], []) => Offer::Rollouts,
             (["approve"], [rollout]) => Offer::ManualWaves { rollout: rollout.to_string() },
+            (["repin"], []) => Offer::Clusters,
             _ => Offer::Words(Vec::new()),
         }
     };
@@ -626,6 +662,7 @@ async fn names_for(offer: &Offer, connection: &Connection) -> anyhow::Result<Vec
     Ok(match offer {
         Offer::Words(words) => words.clone(),
         Offer::Rollouts => names(list_names(&rollouts).await?, "Rollout"),
+        Offer::Clusters => names(list_names(&Api::<Cluster>::all(client)).await?, "Cluster"),
         Offer::ManualWaves { rollout } => manual_waves(&rollouts.get(rollout).await?),
         Offer::Canaries { and_rollouts } => {
             // A hub may serve no Canaries and a member no Rollouts: offer what there is.
@@ -723,6 +760,7 @@ mod tests {
         assert_eq!(request("abort ").offer, Offer::Canaries { and_rollouts: false });
         assert_eq!(request("pause ").offer, Offer::Canaries { and_rollouts: true });
         assert_eq!(request("approve podinfo eu ").offer, Offer::Words(vec![]));
+        assert_eq!(request("repin ").offer, Offer::Clusters);
     }
 
     #[test]

@@ -1,4 +1,15 @@
-//! One reconcile of one Canary: read, decide (pure), act, write the status once.
+//! One reconcile of one Canary: read, decide (pure), act, write the status once, notify.
+//!
+//! The order matters when the API server or the cache lags (issue 11, defect 6):
+//! - the Canary decided from is at least as new as petrel's own last status write
+//!   ([`super::freshness`]), and the status write carries its resourceVersion: a 409
+//!   means someone (or petrel, from a stale read) moved it on, and the reconcile is
+//!   retried from a fresh read without notifying anyone;
+//! - the actions that change the world (routes, scaling, promotion) run *before* the
+//!   status write: each is idempotent and the status records that it was done, so a
+//!   crash or a refused write between them is repaired by doing it again;
+//! - Events, alerts and webhooks that tell people run only *after* a successful write:
+//!   a retried reconcile decides from the new status and does not tell them twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,29 +23,36 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, instrument, warn};
 
 use super::conditions::set_condition;
+use super::freshness::WriteOutcome;
 use super::{Context, Error, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
-use crate::analysis::metrics::{MetricDeps, apply_comparisons, run_metrics};
+use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
 use crate::analysis::{KubeSource, MetricSource};
 use crate::api::canary::{
     APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
 };
 use crate::api::{Canary, MetricTemplate};
-use crate::core::strategy::interval_of;
+use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{TrafficRouter, Weights, router_for};
+use crate::routers::{TrafficRouter, Weights, router_with};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
 const STALLED_RECHECK: Duration = Duration::from_secs(30);
 /// Per-query timeout of metric checks.
 const METRIC_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a reconcile whose status write met a newer Canary (409) runs again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
 
 /// Reconciles one Canary.
-#[instrument(skip_all, fields(canary = %canary.name_any(), namespace = canary.namespace().unwrap_or_default()))]
-pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+#[instrument(skip_all, fields(canary = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
+pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
+    let Some(canary) = ctx.caches.status_versions.current(&ctx.client, &cached).await? else {
+        debug!("deleted meanwhile: nothing to do");
+        return Ok(Requeue::await_change());
+    };
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     if canary.spec.suspend {
@@ -58,16 +76,22 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     if let Err(e) = interval_of(&canary.spec) {
         return stall(&ctx, &canary, status, "InvalidInterval", &e.to_string()).await;
     }
-    let source = KubeSource::new(ctx.client.clone());
+    if let Some(message) = comparison_shortfall(&canary.spec, provider) {
+        return stall(&ctx, &canary, status, "TooFewTicksForComparison", &message).await;
+    }
+    let source = KubeSource::cached(ctx.client.clone(), ctx.caches.sources.clone());
     if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
         return stall(&ctx, &canary, status, "MetricTemplateNotFound", &message).await;
+    }
+    if let Some(message) = invalid_metric_provider(&metric_deps(&ctx, &source), &canary).await {
+        return stall(&ctx, &canary, status, "MetricProviderInvalid", &message).await;
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
     workloads::initialize_primary(&ctx.client, &canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
-    let router = router_for(provider, ctx.client.clone());
+    let router = router_with(provider, ctx.client.clone(), ctx.caches.router_memory());
     router
         .reconcile(&canary)
         .await
@@ -99,15 +123,31 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     };
     let decision = core::decide(&canary.spec, &status, provider, &observation);
 
-    apply_actions(&ctx, &source, &canary, &snapshot, router.as_ref(), &decision.actions, &decision.status).await?;
+    let (changes, notices): (Vec<Action>, Vec<Action>) =
+        decision.actions.into_iter().partition(|action| !is_notice(action));
+    apply_changes(&ctx, &canary, &snapshot, router.as_ref(), &changes).await?;
 
     let mut next = decision.status;
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
     set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
-    write_status(&ctx, &canary, &status, next.clone()).await?;
+    if let WriteOutcome::Conflict = write_status(&ctx, &canary, &status, next.clone()).await? {
+        return Ok(Requeue::requeue(CONFLICT_RETRY));
+    }
+    notify(&ctx, &source, &canary, &snapshot, &notices, &next).await;
     ctx.metrics.observe_canary(&canary, &status, &next, provider, analysis_time);
+    if decision.idle {
+        // Nothing is due until the Canary, its target or its configs change, and those
+        // are watched: no tick, no API call.
+        return Ok(Requeue::await_change());
+    }
     Ok(Requeue::requeue(decision.requeue_after))
+}
+
+/// Whether an action only tells people (Events, alerts, `event` and post-rollout
+/// webhooks): those follow a successful status write, so they happen once.
+fn is_notice(action: &Action) -> bool {
+    matches!(action, Action::Event { .. } | Action::FireHooks(_))
 }
 
 /// Runs the hooks and metrics the plan names, in order, and collects their outcomes.
@@ -131,28 +171,30 @@ async fn run_plan(
         results.hooks.insert(*hook_type, outcome);
     }
     if plan.run_metrics {
-        let deps = MetricDeps {
-            source: source.clone(),
-            default_metrics_server: Some(ctx.settings.metrics_server.clone()),
-            query_timeout: METRIC_QUERY_TIMEOUT,
-            egress: ctx.http.policy().clone(),
-        };
-        results.metrics = Some(run_metrics(&deps, canary, provider).await);
+        results.metrics = Some(run_metrics(&metric_deps(ctx, source), canary, provider).await);
     }
     results
 }
 
-/// Applies the core's actions in order. A failing action stops the reconcile before the
-/// status is written, so the next reconcile decides again from the same status; every
-/// action is idempotent for that reason.
-async fn apply_actions(
+fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
+    MetricDeps {
+        source: source.clone(),
+        default_metrics_server: Some(ctx.settings.metrics_server.clone()),
+        query_timeout: METRIC_QUERY_TIMEOUT,
+        egress: ctx.http.policy().clone(),
+    }
+}
+
+/// Applies the core's actions that change the world, in order, before the status write.
+/// A failing action stops the reconcile before the status is written, so the next
+/// reconcile decides again from the same status; every action is idempotent for that
+/// reason.
+async fn apply_changes(
     ctx: &Context,
-    source: &KubeSource,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
     router: &dyn TrafficRouter,
     actions: &[Action],
-    next: &CanaryStatus,
 ) -> Result<(), Error> {
     for action in actions {
         match action {
@@ -181,6 +223,26 @@ async fn apply_actions(
                     .await
                     .map_err(|e| workload_error("promoting the canary", e))?;
             }
+            // Notices: see `notify`.
+            Action::FireHooks(_) | Action::Event { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs the notices of a decision whose status was written: webhooks fired for their
+/// effect on others (post-rollout) and Events with their alerts and `event` webhooks.
+/// None of them can fail the reconcile: the status is already written.
+async fn notify(
+    ctx: &Context,
+    source: &KubeSource,
+    canary: &Canary,
+    snapshot: &WorkloadSnapshot,
+    actions: &[Action],
+    next: &CanaryStatus,
+) {
+    for action in actions {
+        match action {
             Action::FireHooks(hook_type) => {
                 let hook_ctx = HookContext {
                     phase: next.phase,
@@ -194,9 +256,12 @@ async fn apply_actions(
             Action::Event { reason, message, warning } => {
                 publish(ctx, source, canary, next, reason, message, *warning).await;
             }
+            Action::SetRoutes { .. }
+            | Action::ScaleCanaryUp
+            | Action::ScaleCanaryToZero
+            | Action::PromoteCanaryToPrimary => {}
         }
     }
-    Ok(())
 }
 
 /// Records an Event and forwards it to `event` webhooks and alert subscriptions. Neither
@@ -257,13 +322,15 @@ async fn stall(
         .conditions
         .iter()
         .any(|c| c.type_ == "Stalled" && c.is_true() && c.reason == reason && c.message == message);
-    if !already {
-        ctx.events.publish(canary, reason, message, true).await;
-    }
     let mut next = status.clone();
     set_condition(&mut next.conditions, "Stalled", true, reason, message, Utc::now());
     next.observed_generation = canary.metadata.generation;
-    write_status(ctx, canary, &status, next).await?;
+    if let WriteOutcome::Conflict = write_status(ctx, canary, &status, next).await? {
+        return Ok(Requeue::requeue(CONFLICT_RETRY));
+    }
+    if !already {
+        ctx.events.publish(canary, reason, message, true).await;
+    }
     Ok(Requeue::requeue(STALLED_RECHECK))
 }
 
@@ -337,22 +404,46 @@ pub(crate) fn fleet_gate(canary: &Canary, revision: &str) -> FleetGate {
     }
 }
 
-/// Writes the status with server-side apply, once, and only when it changed.
-async fn write_status(ctx: &Context, canary: &Canary, old: &CanaryStatus, next: CanaryStatus) -> Result<(), Error> {
+/// Writes the status with server-side apply, once, and only when it changed, on the
+/// condition that the Canary is still at the resourceVersion it was decided from.
+async fn write_status(
+    ctx: &Context,
+    canary: &Canary,
+    old: &CanaryStatus,
+    next: CanaryStatus,
+) -> Result<WriteOutcome, Error> {
     if &next == old && canary.status.is_some() {
-        return Ok(());
+        return Ok(WriteOutcome::Unchanged);
     }
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
+    let patch = status_patch(canary, &next);
+    let outcome = match api
+        .patch_status(&canary.name_any(), &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+    {
+        Ok(written) => WriteOutcome::Written(written.resource_version()),
+        Err(e) if matches!(&e, kube::Error::Api(status) if status.code == 409) => {
+            debug!(resource_version = ?canary.resource_version(), "the Canary changed since it was read; deciding again");
+            // Counted as an API error with reason Conflict (petrel_api_errors_total).
+            ctx.metrics.record_api_error(crate::telemetry::CANARY_CONTROLLER, &e);
+            WriteOutcome::Conflict
+        }
+        Err(e) => return Err(Error::kube("writing the Canary status")(e)),
+    };
+    ctx.caches.status_versions.record(canary, &outcome);
+    Ok(outcome)
+}
+
+/// The server-side apply body of a status write: the resourceVersion it was decided
+/// from makes the API server refuse it (409) if the Canary changed since. Pure.
+pub(crate) fn status_patch(canary: &Canary, next: &CanaryStatus) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "petrel.dev/v1alpha1",
         "kind": "Canary",
+        "metadata": {"name": canary.name_any(), "resourceVersion": canary.resource_version()},
         "status": next,
-    });
-    api.patch_status(&canary.name_any(), &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::kube("writing the Canary status"))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -405,6 +496,30 @@ mod tests {
         // Numbers are not checked: Kubernetes routes to undeclared container ports too.
         let numbered = canary(json!({"spec": {"service": {"targetPort": 8080}}}));
         assert!(check_service_port(&numbered, &deployment_with_port("http")).is_ok());
+    }
+
+    #[test]
+    fn a_status_write_is_conditional_on_the_version_decided_from() {
+        let mut read = canary(json!({}));
+        read.metadata.resource_version = Some("4711".into());
+        let patch = status_patch(&read, &CanaryStatus::default());
+        assert_eq!(patch["metadata"], json!({"name": "podinfo", "resourceVersion": "4711"}));
+        assert_eq!(patch["kind"], "Canary");
+    }
+
+    #[test]
+    fn people_are_told_after_the_status_write_and_the_world_changed_before() {
+        use crate::api::canary::HookType;
+        assert!(is_notice(&Action::Event { reason: "WeightIncreased", message: String::new(), warning: false }));
+        assert!(is_notice(&Action::FireHooks(HookType::PostRollout)));
+        for change in [
+            Action::SetRoutes { primary: 90, canary: 10, mirror: false },
+            Action::ScaleCanaryUp,
+            Action::ScaleCanaryToZero,
+            Action::PromoteCanaryToPrimary,
+        ] {
+            assert!(!is_notice(&change), "{change:?}");
+        }
     }
 
     #[test]

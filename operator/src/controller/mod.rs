@@ -6,25 +6,36 @@
 mod canary;
 mod conditions;
 mod events;
+pub mod freshness;
+pub mod identity;
+pub mod watches;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::Canary;
+use crate::analysis::{ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH, SourceCaches, SourceWriters};
+use crate::api::{AlertProvider, Canary, MetricTemplate};
 use crate::core::Provider;
+use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
+use crate::telemetry::WatchHealth;
+use watches::{kept, objects_only};
 
 pub use canary::reconcile;
 pub use events::EventSink;
+pub use freshness::StatusVersions;
 
 /// Settings of the operator that apply to every Canary.
 #[derive(Clone, Debug)]
@@ -33,8 +44,10 @@ pub struct Settings {
     pub default_provider: String,
     /// Prometheus address for the builtin metrics when a Canary names none.
     pub metrics_server: String,
-    /// Name of this cluster, in alerts and events.
+    /// Name of this cluster, in alerts and events, and in the identity it publishes.
     pub cluster_name: String,
+    /// Namespace and name of the ConfigMap holding this cluster's identity labels.
+    pub identity_config_map: (String, String),
 }
 
 /// Everything a reconcile needs, shared across reconciles.
@@ -48,6 +61,46 @@ pub struct Context {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// Turns ready once the Canary cache has synced (`/readyz`).
     pub readiness: crate::telemetry::Readiness,
+    /// Watch caches and what petrel last wrote ([`Caches::new`] with the readiness' watches).
+    pub caches: Caches,
+}
+
+/// What the controller keeps between reconciles; all of it is rebuilt from the API
+/// server after a restart (state lives in `.status`, DESIGN rule 2).
+pub struct Caches {
+    /// MetricTemplates, AlertProviders and the metadata of Secrets, for analysis.
+    pub sources: SourceCaches,
+    /// Metadata of the Services petrel generates (their resourceVersions).
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// The newest resourceVersion petrel knows of each Canary.
+    pub status_versions: StatusVersions,
+    /// What the routers last wrote.
+    pub ledger: WriteLedger,
+    writers: Mutex<Option<(SourceWriters, Writer<PartialObjectMeta<Service>>)>>,
+}
+
+impl Caches {
+    /// Empty caches whose watches report into `health` (the `/readyz` of the process).
+    pub fn new(health: &WatchHealth) -> Self {
+        let (sources, source_writers) = SourceCaches::new(health.clone());
+        let (services, service_writer) = reflector::store();
+        Caches {
+            sources,
+            services,
+            status_versions: StatusVersions::default(),
+            ledger: WriteLedger::default(),
+            writers: Mutex::new(Some((source_writers, service_writer))),
+        }
+    }
+
+    /// The routers' memory: the ledger and the Service cache.
+    pub fn router_memory(&self) -> RouterMemory {
+        RouterMemory { ledger: self.ledger.clone(), services: Some(self.services.clone()) }
+    }
+
+    fn take_writers(&self) -> Option<(SourceWriters, Writer<PartialObjectMeta<Service>>)> {
+        self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
 }
 
 /// Errors of one reconcile. Bad input is not an error here: it becomes a `Stalled`
@@ -92,7 +145,7 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Action
 }
 
 /// The Canaries whose target is this Deployment, or that own it (the primary).
-fn canaries_for_deployment(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) -> Vec<ObjectRef<Canary>> {
     let namespace = deployment.namespace();
     let name = deployment.name_any();
     let mut refs: Vec<ObjectRef<Canary>> = store
@@ -125,43 +178,121 @@ fn canaries_tracking(store: &Store<Canary>, namespace: Option<String>, key: Stri
         .collect()
 }
 
-/// Runs the Canary controller until `shutdown` is requested; the reconciles in flight
-/// finish first.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
-    let client = ctx.client.clone();
-    let canaries: Api<Canary> = match &namespace {
+/// The Canaries with a metric whose MetricTemplate is `namespace/name`.
+fn canaries_using_template(store: &Store<Canary>, namespace: Option<String>, name: &str) -> Vec<ObjectRef<Canary>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| {
+            let metrics = c.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+            metrics
+                .iter()
+                .filter_map(|m| m.template_ref.as_ref())
+                .any(|t| t.name == name && t.namespace.clone().or_else(|| c.namespace()) == namespace)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// An `Api` in the watched namespace, or in all of them.
+fn api_in<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    };
+    }
+}
+
+/// Runs the Canary controller until `shutdown` is requested; the reconciles in flight
+/// finish first.
+///
+/// Every watch keeps its cache on its own (see [`watches`]) and reports its health to
+/// `/readyz`. Deployments, ConfigMaps, Secrets and petrel's Services are watched by
+/// their metadata only: which object changed is all a trigger needs, and petrel holds
+/// no Secret data it does not use.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let client = ctx.client.clone();
+    let canaries: Api<Canary> = api_in(&client, &namespace);
     if let Err(e) = canaries.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Canaries ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
-    let api_for = |c: &Client| -> (Api<Deployment>, Api<ConfigMap>, Api<Secret>) {
-        match &namespace {
-            Some(ns) => {
-                (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns))
-            }
-            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
-        }
-    };
-    let (deployments, configmaps, secrets) = api_for(&client);
+    let (source_writers, service_writer) =
+        ctx.caches.take_writers().context("the Canary controller runs once per Context")?;
+    let health = ctx.readiness.watches().clone();
+    let config = || watcher::Config::default().any_semantic();
 
-    let controller = Controller::new(canaries, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (store, canary_writer) = reflector::store();
+    let canary_events = kept("canaries", watcher(canaries, config()), &health).reflect(canary_writer);
+    let deployments =
+        kept("deployments", watcher(api_in::<PartialObjectMeta<Deployment>>(&client, &namespace), config()), &health);
+    let configmaps =
+        kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
+    let secrets =
+        kept(SECRET_WATCH, watcher(api_in::<PartialObjectMeta<Secret>>(&client, &namespace), config()), &health)
+            .reflect(source_writers.secrets);
+    let templates =
+        kept(METRIC_TEMPLATE_WATCH, watcher(api_in::<MetricTemplate>(&client, &namespace), config()), &health)
+            .reflect(source_writers.templates);
+    let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
+    let services =
+        kept("services", watcher(api_in::<PartialObjectMeta<Service>>(&client, &namespace), generated), &health)
+            .reflect(service_writer);
+    // AlertProviders wake no Canary: their cache only has to be kept.
+    let alert_providers =
+        kept(ALERT_PROVIDER_WATCH, watcher(api_in::<AlertProvider>(&client, &namespace), config()), &health)
+            .reflect(source_writers.alert_providers)
+            .for_each(|_| std::future::ready(()));
+    let alert_providers = tokio::spawn(alert_providers);
+
     // Readiness and the sweep of deleted Canaries' metric series follow the cache.
     let telemetry =
         tokio::spawn(crate::telemetry::track_canary_store(store.clone(), ctx.readiness.clone(), ctx.metrics.clone()));
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    // Who this cluster is, for the fleet hub to verify before it approves a release here.
+    let (identity_namespace, identity_name) = ctx.settings.identity_config_map.clone();
+    let identity = tokio::spawn(identity::publish(
+        client.clone(),
+        identity::IdentitySource {
+            cluster_name: ctx.settings.cluster_name.clone(),
+            config_map_namespace: identity_namespace,
+            config_map_name: identity_name,
+        },
+        shutdown.clone(),
+    ));
+    // What petrel remembers of deleted Canaries goes with them.
+    let forget = tokio::spawn({
+        let (store, versions) = (store.clone(), ctx.caches.status_versions.clone());
+        async move {
+            loop {
+                tokio::time::sleep(crate::telemetry::SWEEP_INTERVAL).await;
+                let live = store
+                    .state()
+                    .iter()
+                    .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
+                    .collect();
+                versions.retain(&live);
+            }
+        }
+    });
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
-    controller
+    Controller::for_stream(objects_only(canary_events.applied_objects()), store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
-        .watches(deployments, watcher::Config::default().any_semantic(), move |d| canaries_for_deployment(&s1, &d))
-        .watches(configmaps, watcher::Config::default().any_semantic(), move |cm: ConfigMap| {
+        .watches_stream(objects_only(deployments.touched_objects()), move |d: PartialObjectMeta<Deployment>| {
+            canaries_for_deployment(&s1, &d)
+        })
+        .watches_stream(objects_only(configmaps.touched_objects()), move |cm: PartialObjectMeta<ConfigMap>| {
             canaries_tracking(&s2, cm.namespace(), format!("configmap/{}", cm.name_any()))
         })
-        .watches(secrets, watcher::Config::default().any_semantic(), move |s: Secret| {
+        .watches_stream(objects_only(secrets.touched_objects()), move |s: PartialObjectMeta<Secret>| {
             canaries_tracking(&s3, s.namespace(), format!("secret/{}", s.name_any()))
         })
+        .watches_stream(objects_only(templates.touched_objects()), move |t: MetricTemplate| {
+            canaries_using_template(&s4, t.namespace(), &t.name_any())
+        })
+        .owns_stream(objects_only(services.touched_objects()))
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -171,6 +302,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         })
         .await;
     telemetry.abort();
+    identity.abort();
+    forget.abort();
+    alert_providers.abort();
     info!("Canary controller stopped");
     Ok(())
 }

@@ -14,14 +14,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::api::canary::Phase;
-use crate::api::canary::{CanarySpec, CanaryStatus, HookType, MetricResult};
+use crate::api::canary::{
+    CanarySpec, CanaryStatus, HookType, InsufficientSamples, MAX_COMPARISON_SAMPLES, MetricResult,
+};
 use crate::api::common::Condition;
 use crate::api::verbs::VerbRequest;
 use crate::core::provider::Provider;
 use crate::core::requests::{Triage, triage};
 use crate::core::strategy::{
-    NextStep, Routes, StepKind, Strategy, analysis_interval, promotion_step, strategy_of, threshold_of,
-    weight_after_promotion_step,
+    NextStep, Routes, StepKind, Strategy, analysis_interval, progress_deadline, promotion_step, strategy_of,
+    threshold_of, weight_after_promotion_step,
 };
 use crate::core::transitions::{Effect, Event, is_idle, transition};
 
@@ -114,6 +116,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// When to reconcile again even if nothing changes.
     pub requeue_after: Duration,
+    /// Nothing is due until something petrel watches changes (the Canary, its target,
+    /// the target's configs): an idle Canary needs no tick, and costs no API call.
+    pub idle: bool,
 }
 
 /// Requeue while waiting for pods (canary or primary) to become ready.
@@ -314,8 +319,46 @@ fn failed_check(plan: &Plan, gates: &GateResults) -> Option<String> {
     if !plan.run_metrics {
         return None;
     }
-    let failed: Vec<String> = gates.metrics.iter().flatten().filter(|m| !m.passed).map(describe_metric).collect();
+    let failed: Vec<String> = gates.metrics.iter().flatten().filter(|m| m.failed()).map(describe_metric).collect();
     (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+/// The metrics of the run not judged yet at this tick, and whether any of them asks to
+/// fail at once at the last step.
+struct Pending {
+    /// One line per pending metric, for the Event.
+    notes: Vec<String>,
+    fail_at_last_step: bool,
+}
+
+/// Which metrics are pending at this tick. A comparison metric is pending unless this
+/// tick's results judged it (passed or failed): with no metrics run (the first tick of a
+/// run) or no result for it, it is pending, never passed. Any other result that says
+/// pending counts too.
+fn pending_metrics(spec: &CanarySpec, plan: &Plan, gates: &GateResults) -> Pending {
+    let results: &[MetricResult] = match (&gates.metrics, plan.run_metrics) {
+        (Some(results), true) => results,
+        _ => &[],
+    };
+    let mut pending = Pending { notes: Vec::new(), fail_at_last_step: false };
+    for metric in spec.analysis.iter().flat_map(|a| &a.metrics) {
+        let result = results.iter().find(|r| r.name == metric.name);
+        let is_pending = match result {
+            Some(result) => result.pending(),
+            None => metric.comparison.is_some(),
+        };
+        if !is_pending {
+            continue;
+        }
+        if let Some(comparison) = &metric.comparison {
+            pending.fail_at_last_step |= comparison.on_insufficient_samples() == InsufficientSamples::Fail;
+        }
+        pending.notes.push(match result {
+            Some(result) => describe_metric(result),
+            None => format!("metric {} has no comparison result yet", metric.name),
+        });
+    }
+    pending
 }
 
 fn describe_metric(metric: &MetricResult) -> String {
@@ -416,16 +459,44 @@ fn classify(
                 let event = if failed_checks + 1 >= threshold { Event::ThresholdReached } else { Event::CheckFailed };
                 return Classified::consumed(event, Some(why));
             }
+            let pending = pending_metrics(spec, plan, gates);
+            let pending_note = (!pending.notes.is_empty()).then(|| format!("pending: {}", pending.notes.join("; ")));
+            if let Some(note) = &pending_note
+                && tick.step.needs_judged_comparisons()
+            {
+                // The last step: hold for more values, or fail, never a pass.
+                let held_since = status.comparison_pending_since;
+                let deadline = progress_deadline(spec);
+                return if pending.fail_at_last_step {
+                    Classified::consumed(
+                        Event::InsufficientSamples,
+                        Some(format!("onInsufficientSamples is Fail and the run reached its last step; {note}")),
+                    )
+                } else if let Some(since) = held_since
+                    && obs.now - since >= chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::MAX)
+                {
+                    Classified::consumed(
+                        Event::InsufficientSamples,
+                        Some(format!(
+                            "held at the last step since {} for progressDeadlineSeconds ({}) without every comparison judged; {note}",
+                            since.format("%Y-%m-%dT%H:%M:%SZ"),
+                            human(deadline)
+                        )),
+                    )
+                } else {
+                    Classified::consumed(Event::ComparisonPending, Some(note.clone()))
+                };
+            }
             match tick.step {
                 NextStep::Advance { kind, .. } if kind.increases_traffic() => {
                     match hook_outcome(plan, gates, HookType::ConfirmTrafficIncrease) {
                         HookOutcome::Failed(message) => {
                             Classified::consumed(Event::TrafficIncreaseRejected, Some(message.to_string()))
                         }
-                        _ => Classified::consumed(Event::StepPassed, None),
+                        _ => Classified::consumed(Event::StepPassed, pending_note),
                     }
                 }
-                NextStep::Advance { .. } => Classified::consumed(Event::StepPassed, None),
+                NextStep::Advance { .. } => Classified::consumed(Event::StepPassed, pending_note),
                 NextStep::Promote => match hook_outcome(plan, gates, HookType::ConfirmPromotion) {
                     HookOutcome::Failed(message) => {
                         Classified::consumed(Event::PromotionRejected, Some(message.to_string()))
@@ -494,6 +565,7 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
                 warning: true,
             }],
             requeue_after: analysis_interval(spec),
+            idle: false,
         };
     };
     let mut decision =
@@ -508,7 +580,7 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
             format!("Ignored the {} request {}={}: {reason}", request.verb, request.verb.annotation(), request.value),
         ));
     }
-    set_conditions(&mut decision.status, obs.now);
+    set_conditions(spec, &mut decision.status, obs.now);
     decision
 }
 
@@ -541,6 +613,7 @@ fn reset_run(status: &mut CanaryStatus) {
     status.canary_weight = 0;
     status.analysis_results.clear();
     status.comparison_samples.clear();
+    status.comparison_pending_since = None;
 }
 
 /// Shortens a revision hash for messages.
@@ -728,6 +801,7 @@ impl Apply<'_> {
                         format!("canary not ready within progressDeadlineSeconds ({detail})"),
                     ),
                     Event::AbortRequested => ("Aborted", format!("abort requested ({detail})")),
+                    Event::InsufficientSamples => ("InsufficientSamples", detail.clone()),
                     _ => ("RollbackRequested", detail.clone()),
                 };
                 actions.push(warn(
@@ -749,6 +823,22 @@ impl Apply<'_> {
                 ));
             }
             Effect::Advance => self.advance(&mut new, &mut actions),
+            Effect::HoldForSamples => {
+                let since = old.comparison_pending_since.unwrap_or(now);
+                new.comparison_pending_since = Some(since);
+                let deadline = progress_deadline(spec);
+                actions.push(warn(
+                    "ComparisonPending",
+                    format!(
+                        "Revision {} holds at its last step (weight {}) until every comparison is judged ({detail}); held since {}, the run fails at {} (progressDeadlineSeconds {}) unless they are judged first",
+                        short(revision),
+                        old.canary_weight,
+                        since.format("%Y-%m-%dT%H:%M:%SZ"),
+                        (since + chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::zero())).format("%Y-%m-%dT%H:%M:%SZ"),
+                        human(deadline)
+                    ),
+                ));
+            }
             Effect::StartPromotion if event == Event::PromoteRequested => {
                 actions.push(Action::PromoteCanaryToPrimary);
                 actions.push(info(
@@ -811,8 +901,15 @@ impl Apply<'_> {
             )),
         }
 
+        // The hold's clock belongs to one run under analysis.
+        if !matches!(new.phase, Phase::Progressing | Phase::WaitingPromotion) {
+            new.comparison_pending_since = None;
+        }
         let requeue_after = self.requeue(&new);
-        Decision { status: new, actions, requeue_after }
+        let target = Some(self.obs.target_revision.as_str());
+        let at_target = new.last_applied_spec.as_deref() == target || new.last_promoted_spec.as_deref() == target;
+        let idle = is_idle(new.phase) && at_target;
+        Decision { status: new, actions, requeue_after, idle }
     }
 
     fn advance(&self, new: &mut CanaryStatus, actions: &mut Vec<Action>) {
@@ -856,12 +953,17 @@ impl Apply<'_> {
                 "All iterations passed: all traffic on the canary for one more check before promotion".to_string(),
             ),
         };
+        // A comparison still collecting values does not hold a step before the last one;
+        // the Event says so.
+        let message = match &self.classified.detail {
+            Some(pending) => format!("{message}; {pending}"),
+            None => message,
+        };
         actions.push(info(reason, message));
     }
 
     fn collect_samples(&self, new: &mut CanaryStatus, metrics: &[MetricResult]) {
-        /// Bound on stored samples per side, so the status stays small.
-        const MAX_SAMPLES: usize = 100;
+        const MAX_SAMPLES: usize = MAX_COMPARISON_SAMPLES;
         let compared = self.spec.analysis.iter().flat_map(|a| &a.metrics).filter(|m| m.comparison.is_some());
         for metric in compared {
             let Some(result) = metrics.iter().find(|r| r.name == metric.name) else {
@@ -938,9 +1040,10 @@ fn set_condition(
     }
 }
 
-/// `Promoted` (Flagger-compatible, reason = phase), `Ready` and `Progressing`.
+/// `Promoted` (Flagger-compatible, reason = phase), `Ready` and `Progressing` (reason
+/// `ComparisonPending` while the run holds at its last step for a comparison).
 /// `Stalled` belongs to the reconciler and is left alone.
-fn set_conditions(new: &mut CanaryStatus, now: DateTime<Utc>) {
+fn set_conditions(spec: &CanarySpec, new: &mut CanaryStatus, now: DateTime<Utc>) {
     let phase = new.phase;
     let revision = new.last_applied_spec.as_deref().map(short).unwrap_or("?").to_string();
     let (promoted, promoted_message) = match phase {
@@ -962,5 +1065,20 @@ fn set_conditions(new: &mut CanaryStatus, now: DateTime<Utc>) {
         Phase::Waiting => ("Unknown", "A new revision waits for approval".to_string()),
         _ => ("False", "No release under way".to_string()),
     };
-    set_condition(&mut new.conditions, "Progressing", progressing, phase.as_str(), progressing_message, now);
+    let (progressing_reason, progressing_message) = match new.comparison_pending_since {
+        Some(since) if phase.is_active() => {
+            let deadline =
+                since + chrono::Duration::from_std(progress_deadline(spec)).unwrap_or(chrono::Duration::zero());
+            (
+                "ComparisonPending",
+                format!(
+                    "Revision {revision} holds at its last step (weight {}) until every comparison is judged; it fails at {} (progressDeadlineSeconds after the hold began)",
+                    new.canary_weight,
+                    deadline.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            )
+        }
+        _ => (phase.as_str(), progressing_message),
+    };
+    set_condition(&mut new.conditions, "Progressing", progressing, progressing_reason, progressing_message, now);
 }

@@ -11,7 +11,8 @@ use chrono::Duration as Span;
 use proptest::prelude::*;
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricOutcome,
+    MetricResult, Phase,
 };
 use crate::api::verbs::{Verb, VerbRequest, verb_requests};
 use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, WorkloadHealth, decide, plan};
@@ -20,7 +21,7 @@ use crate::core::provider::Provider;
 use crate::core::requests::is_pending;
 use crate::core::strategy::{strategy_of, threshold_of};
 
-const REVISIONS: [&str; 4] = ["r0", "r1", "r2", "r3"];
+pub(super) const REVISIONS: [&str; 4] = ["r0", "r1", "r2", "r3"];
 const HOOK_TYPES: [HookType; 7] = [
     HookType::ConfirmRollout,
     HookType::PreRollout,
@@ -31,7 +32,7 @@ const HOOK_TYPES: [HookType; 7] = [
     HookType::Rollback,
 ];
 
-fn provider() -> impl Strategy<Value = Provider> {
+pub(super) fn provider() -> impl Strategy<Value = Provider> {
     prop_oneof![
         Just(Provider::GatewayApi),
         Just(Provider::Istio),
@@ -45,7 +46,7 @@ fn provider() -> impl Strategy<Value = Provider> {
 }
 
 /// Traffic settings of the four shapes the API accepts (validated ranges).
-fn traffic() -> impl Strategy<Value = CanaryAnalysis> {
+pub(super) fn traffic() -> impl Strategy<Value = CanaryAnalysis> {
     prop_oneof![
         (0..=100i32).prop_flat_map(|max| (Just(max), 0..=max)).prop_map(|(max, step)| CanaryAnalysis {
             max_weight: Some(max),
@@ -104,7 +105,7 @@ fn spec() -> impl Strategy<Value = CanarySpec> {
         })
 }
 
-fn health() -> impl Strategy<Value = WorkloadHealth> {
+pub(super) fn health() -> impl Strategy<Value = WorkloadHealth> {
     prop_oneof![
         16 => Just(WorkloadHealth::Ready),
         2 => Just(WorkloadHealth::NotReady { reason: "pods starting".into() }),
@@ -197,7 +198,7 @@ fn revision() -> impl Strategy<Value = Option<String>> {
 }
 
 /// Any status a Canary could be found in (after a restart, an upgrade, a manual edit).
-fn status() -> impl Strategy<Value = CanaryStatus> {
+pub(super) fn status() -> impl Strategy<Value = CanaryStatus> {
     (
         (0..Phase::ALL.len()).prop_map(|i| Phase::ALL[i]),
         0..6i32,
@@ -250,12 +251,12 @@ fn observe(
             .map(|m| MetricResult {
                 name: m.name.clone(),
                 value: Some(1.0),
-                passed: world.metrics_pass,
+                outcome: MetricOutcome::from_passed(world.metrics_pass),
                 ..Default::default()
             })
             .collect()
     });
-    let passing_tick = plan.run_metrics && rollout_passed && metrics.iter().flatten().all(|m| m.passed);
+    let passing_tick = plan.run_metrics && rollout_passed && metrics.iter().flatten().all(|m| m.passed());
     let obs = Observation {
         now,
         target_revision: revision.to_string(),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::api::canary::{
-    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricResult, Phase,
+    CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricOutcome,
+    MetricResult, Phase,
 };
 use crate::api::verbs::verb_requests;
 use crate::core::machine::{Action, Decision, FleetGate, GateResults, Observation, Plan, WorkloadHealth, decide, plan};
@@ -26,6 +27,8 @@ pub(crate) struct Sim {
     /// Hook types that answer with an error.
     pub failing_hooks: Vec<HookType>,
     pub metrics_pass: bool,
+    /// Metrics whose result says pending (a comparison still collecting values).
+    pub pending_metrics: Vec<String>,
     pub last_plan: Plan,
     /// The Canary's annotations (verb requests).
     pub annotations: BTreeMap<String, String>,
@@ -49,6 +52,7 @@ impl Sim {
             fleet: FleetGate::NotInFleet,
             failing_hooks: Vec::new(),
             metrics_pass: true,
+            pending_metrics: Vec::new(),
             last_plan: Plan::default(),
             annotations: BTreeMap::new(),
         }
@@ -74,7 +78,11 @@ impl Sim {
                     name: m.name.clone(),
                     value: Some(if self.metrics_pass { 99.5 } else { 80.0 }),
                     primary_value: None,
-                    passed: self.metrics_pass,
+                    outcome: if self.pending_metrics.contains(&m.name) {
+                        MetricOutcome::Pending
+                    } else {
+                        MetricOutcome::from_passed(self.metrics_pass)
+                    },
                     message: String::new(),
                 })
                 .collect()
@@ -236,6 +244,40 @@ fn canary_walks_the_weights_then_promotes() {
     assert!(has(&done, &Action::ScaleCanaryToZero));
     assert!(has(&done, &Action::FireHooks(HookType::PostRollout)));
     assert_eq!(reasons(&done), vec!["Promoted"]);
+}
+
+/// Issue 11 (defect 8) / issue 15: only a release in flight needs ticks; Initialized,
+/// Succeeded and Failed wait for a change of what petrel watches.
+#[test]
+fn only_a_release_in_flight_asks_for_ticks() {
+    let mut sim = Sim::new(
+        analysis(CanaryAnalysis { step_weight: Some(50), max_weight: Some(50), ..Default::default() }),
+        Provider::GatewayApi,
+    );
+    let initialized = sim.reconcile();
+    assert_eq!(initialized.status.phase, Phase::Initialized);
+    assert!(initialized.idle);
+    assert!(sim.after(Duration::from_secs(60)).idle, "nothing changed: still idle");
+    sim.revision = "r1".into();
+    let mut decision = sim.after(Duration::from_secs(1));
+    let mut phases = vec![decision.status.phase];
+    while decision.status.phase != Phase::Succeeded {
+        assert!(!decision.idle, "{:?} is a release in flight", decision.status.phase);
+        decision = sim.after(decision.requeue_after);
+        phases.push(decision.status.phase);
+        assert!(phases.len() < 20, "no promotion: {phases:?}");
+    }
+    assert!(decision.idle, "Succeeded at the promoted revision");
+
+    sim.revision = "r2".into();
+    sim.metrics_pass = false;
+    let mut decision = sim.after(Duration::from_secs(1));
+    while decision.status.phase != Phase::Failed {
+        assert!(!decision.idle);
+        decision = sim.after(decision.requeue_after);
+    }
+    assert!(decision.idle, "Failed at the failed revision: nothing to do until a new one");
+    assert!(sim.after(Duration::from_secs(600)).idle);
 }
 
 #[test]
@@ -592,7 +634,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
         name: "request-success-rate".into(),
         value: Some(99.0),
         primary_value: Some(99.5),
-        passed: true,
+        outcome: MetricOutcome::Passed,
         message: String::new(),
     }]);
     for _ in 0..2 {

@@ -9,6 +9,10 @@ pub mod strategy;
 pub mod transitions;
 
 #[cfg(test)]
+mod comparison_props;
+#[cfg(test)]
+mod comparison_tests;
+#[cfg(test)]
 mod machine_props;
 #[cfg(test)]
 mod machine_tests;

@@ -87,6 +87,22 @@ pub enum NextStep {
     Promote,
 }
 
+impl NextStep {
+    /// Whether this step waits until every comparison of the run is judged: promotion,
+    /// and a step that leaves the primary without user traffic (blue/green's switch, a
+    /// canary weight of 100), after which no primary value can be collected and the
+    /// unjudged canary would serve everyone. The steps before it are the run's steps
+    /// "up to the last one" for a comparison; a pending comparison does not hold them.
+    pub fn needs_judged_comparisons(self) -> bool {
+        match self {
+            NextStep::Promote => true,
+            NextStep::Advance { kind: StepKind::SwitchToCanary, .. } => true,
+            NextStep::Advance { kind: StepKind::Weight, routes, .. } => routes.primary == 0,
+            NextStep::Advance { kind: StepKind::Mirror | StepKind::Iteration, .. } => false,
+        }
+    }
+}
+
 /// The strategy a Canary's spec describes for a provider (Flagger's `DeploymentStrategy`).
 ///
 /// `match` + iterations ⇒ A/B; iterations alone ⇒ blue/green; otherwise weighted canary.
@@ -225,6 +241,22 @@ impl Strategy {
         }
     }
 
+    /// Analysis ticks with metrics a run has before the first step that waits for every
+    /// comparison to be judged ([`NextStep::needs_judged_comparisons`]): the values a
+    /// comparison can collect per side, at most, when no tick fails.
+    ///
+    /// The first tick of a run only runs pre-rollout hooks, then every step is followed
+    /// by a tick with metrics: one per canary weight below 100 (and the mirror step),
+    /// one per A/B or blue/green iteration.
+    pub fn comparison_ticks(&self) -> u32 {
+        match self {
+            Strategy::Canary { weights, mirror_first } => {
+                weights.iter().filter(|w| **w < 100).count() as u32 + u32::from(*mirror_first)
+            }
+            Strategy::AbTesting { iterations } | Strategy::BlueGreen { iterations, .. } => *iterations,
+        }
+    }
+
     /// Whether promotion may move traffic back to the primary in `stepWeightPromotion`
     /// steps: only a weighted canary has a weight to walk down; A/B and blue/green switch
     /// back at once.
@@ -239,6 +271,43 @@ impl Strategy {
             Strategy::BlueGreen { .. } => "blue/green",
         }
     }
+}
+
+/// Why a Canary's steps can never collect the values one of its comparisons needs, or
+/// `None` when they can (or when `skipAnalysis` runs no analysis at all). The reconciler
+/// reports it as a Stalled condition and touches no traffic, rather than hold every
+/// release at its last step until the deadline.
+pub fn comparison_shortfall(spec: &CanarySpec, provider: Provider) -> Option<String> {
+    if spec.skip_analysis {
+        return None;
+    }
+    let strategy = strategy_of(spec, provider);
+    let ticks = strategy.comparison_ticks();
+    let short: Vec<String> = spec
+        .analysis
+        .iter()
+        .flat_map(|analysis| &analysis.metrics)
+        .filter_map(|metric| {
+            let needed = metric.comparison.as_ref()?.min_samples();
+            (u64::from(ticks) < needed as u64).then(|| format!("metric {} needs minSamples {needed}", metric.name))
+        })
+        .collect();
+    if short.is_empty() {
+        return None;
+    }
+    let steps = match &strategy {
+        Strategy::Canary { weights, mirror_first } => {
+            format!("canary weights {weights:?}{}", if *mirror_first { " after a mirror step" } else { "" })
+        }
+        Strategy::AbTesting { iterations } => format!("{iterations} A/B iterations"),
+        Strategy::BlueGreen { iterations, .. } => format!("{iterations} blue/green iterations"),
+    };
+    Some(format!(
+        "the analysis has {ticks} tick(s) with metrics before promotion ({steps}; a weight of 100 counts as promotion), \
+         so a comparison collects at most {ticks} value(s) a side: {}; add steps (stepWeight/maxWeight, stepWeights, \
+         iterations) or lower comparison.minSamples",
+        short.join(", ")
+    ))
 }
 
 /// Canary weight after one promotion tick that moves `step` percent back to the primary;
@@ -514,6 +583,35 @@ mod tests {
         for bad in ["", "10", "s", "10x", "1..5s", "-1s", "10 s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn comparison_ticks_are_the_steps_before_the_first_that_needs_judged_comparisons() {
+        let mut strategies = vec![
+            Strategy::AbTesting { iterations: 3 },
+            Strategy::BlueGreen { iterations: 4, mirror: true },
+            Strategy::BlueGreen { iterations: 1, mirror: false },
+        ];
+        for (step, max) in [(20, 40), (10, 100), (50, 100), (0, 100), (30, 0), (33, 99), (100, 100)] {
+            for mirror in [false, true] {
+                let analysis =
+                    CanaryAnalysis { step_weight: Some(step), max_weight: Some(max), mirror, ..Default::default() };
+                strategies.push(strategy_of(&spec_with(analysis), Provider::Istio));
+            }
+        }
+        strategies.push(strategy_of(
+            &spec_with(CanaryAnalysis { step_weights: Some(vec![1, 5, 5, 100]), ..Default::default() }),
+            Provider::Istio,
+        ));
+        for strategy in strategies {
+            // Tick 0 takes the first step without metrics; tick i ≥ 1 (with metrics)
+            // takes step i + 1. The first step that waits is taken at tick `index`.
+            let first_waiting = walk(&strategy).iter().position(|s| s.needs_judged_comparisons());
+            assert_eq!(first_waiting, Some(strategy.comparison_ticks() as usize), "{strategy:?}");
+        }
+        let issue_example =
+            spec_with(CanaryAnalysis { step_weight: Some(20), max_weight: Some(40), ..Default::default() });
+        assert_eq!(strategy_of(&issue_example, Provider::GatewayApi).comparison_ticks(), 2);
     }
 
     #[test]

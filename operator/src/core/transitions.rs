@@ -42,8 +42,16 @@ pub enum Event {
     CheckFailed,
     /// Checks passed; a confirm-traffic-increase webhook held the next step.
     TrafficIncreaseRejected,
-    /// Checks passed; take the strategy's next step.
+    /// Checks passed, or some comparison is still pending while the next step is not one
+    /// that waits for judged comparisons: take the strategy's next step.
     StepPassed,
+    /// Nothing failed, but a comparison is still pending and the next step waits for
+    /// judged comparisons (promotion, or all traffic on the canary); its
+    /// `onInsufficientSamples` is `Hold` and the hold's deadline has not passed.
+    ComparisonPending,
+    /// As `ComparisonPending`, but a pending comparison says `onInsufficientSamples:
+    /// Fail`, or the hold began `progressDeadlineSeconds` ago: the run fails.
+    InsufficientSamples,
     /// Checks passed at the last step and confirm-promotion agreed.
     AnalysisComplete,
     /// Checks passed at the last step; confirm-promotion said not yet.
@@ -92,6 +100,8 @@ pub enum Effect {
     PromoteNow,
     /// Apply the strategy's next step.
     Advance,
+    /// Keep the step and its ticks; record when the hold began (its deadline).
+    HoldForSamples,
     /// Copy the canary's template into the primary.
     StartPromotion,
     /// Move `stepWeightPromotion` back to the primary.
@@ -142,6 +152,8 @@ pub const TRANSITIONS: &[(&[Phase], Event, Next, Effect)] = &[
     (ANALYSING_OR_WAITING,      E::RollbackRequested,          To(P::Failed),           F::Rollback),
     (ANALYSING,                 E::ThresholdReached,           To(P::Failed),           F::Rollback),
     (ANALYSING,                 E::CheckFailed,                Stay,                    F::CountFailure),
+    (ANALYSING,                 E::ComparisonPending,          Stay,                    F::HoldForSamples),
+    (ANALYSING,                 E::InsufficientSamples,        To(P::Failed),           F::Rollback),
     (ANALYSING,                 E::FleetNotApproved,           To(P::Waiting),          F::Wait),
     (ANALYSING,                 E::TrafficIncreaseRejected,    Stay,                    F::Hold),
     (ANALYSING,                 E::StepPassed,                 To(P::Progressing),      F::Advance),
@@ -230,6 +242,22 @@ mod tests {
             for phase in from.iter() {
                 let first = TRANSITIONS.iter().position(|(f, e, _, _)| e == event && f.contains(phase));
                 assert_eq!(first, Some(i), "row {i} ({phase:?}, {event:?}) is shadowed by an earlier row");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pending_comparison_never_leads_towards_promotion() {
+        for phase in Phase::ALL {
+            match transition(phase, Event::ComparisonPending) {
+                Some((to, effect)) => {
+                    assert!(ANALYSING.contains(&phase), "pending from {phase:?}");
+                    assert_eq!((to, effect), (phase, Effect::HoldForSamples));
+                }
+                None => assert!(!ANALYSING.contains(&phase)),
+            }
+            if let Some((to, effect)) = transition(phase, Event::InsufficientSamples) {
+                assert_eq!((to, effect), (Phase::Failed, Effect::Rollback), "from {phase:?}");
             }
         }
     }

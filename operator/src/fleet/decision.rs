@@ -23,6 +23,10 @@
 //!   before dropping off (promoted, failed) still stands;
 //! - a member that does not finish within `progressDeadline` of its approval, or never
 //!   reports the release within it after its wave opened, times out (counts as failed);
+//! - a member whose identity does not match its `Cluster` (see [`super::identity`]) is
+//!   `IdentityMismatch`: never approved, and counted against `maxFailures` in an open
+//!   wave; one whose identity is not verified yet is never approved either, and times
+//!   out like a member that never reports the release;
 //! - `paused` approves nothing and opens no wave; observation and the status go on.
 
 use std::collections::BTreeMap;
@@ -31,6 +35,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kube::ResourceExt;
 
 use super::APPROVED_REVISION_ANNOTATION;
+use super::identity::IdentityVerdict;
 use super::plan::{ClusterName, Membership, RolloutPlan, WavePlan, assign_waves};
 use super::status::ReleaseHistory;
 use crate::api::canary::Phase;
@@ -54,13 +59,21 @@ pub struct MemberObservation {
     /// The member's Canary as last read (`None` when it does not exist there). When the
     /// member is unreachable this is the last observation made while it was reachable.
     pub canary: Option<CanaryObservation>,
+    /// Whether the member is the cluster its `Cluster` object describes (see
+    /// [`super::identity`]): only a verified member is ever approved.
+    pub identity: IdentityVerdict,
 }
 
 impl MemberObservation {
     /// What the hub knows of a member from its `Cluster` object, its Canary (`None`
     /// when the Canary is missing there; the last one read while reachable otherwise)
     /// and the Rollout's recorded history for the current release.
-    pub fn from_objects(cluster: &Cluster, canary: Option<&Canary>, history: &ReleaseHistory) -> Self {
+    pub fn from_objects(
+        cluster: &Cluster,
+        canary: Option<&Canary>,
+        history: &ReleaseHistory,
+        identity: IdentityVerdict,
+    ) -> Self {
         let name = cluster.name_any();
         let status = cluster.status.as_ref();
         Self {
@@ -70,6 +83,7 @@ impl MemberObservation {
             reachable: status.is_some_and(|s| s.is_reachable()),
             last_contact: status.and_then(|s| s.last_contact_time),
             canary: canary.map(CanaryObservation::from_canary),
+            identity,
         }
     }
 }
@@ -391,7 +405,8 @@ fn approvals(
     let refresh = verdicts.iter().filter(|v| is_in_flight(v.state)).filter_map(|v| {
         let canary = members[v.index].canary.as_ref()?;
         let revision = canary.revision.as_ref()?;
-        (canary.is_at(release) && !canary.approval_delivered() && members[v.index].reachable)
+        let member = &members[v.index];
+        (canary.is_at(release) && !canary.approval_delivered() && member.reachable && member.identity.is_verified())
             .then(|| MemberApproval { cluster: members[v.index].cluster.clone(), revision: revision.clone() })
     });
     let fresh = verdicts
@@ -405,7 +420,7 @@ fn approvals(
 /// A pending member can be approved when it waits at this release with a known revision.
 fn approvable(member: &MemberObservation, release: &str) -> Option<MemberApproval> {
     let canary = member.canary.as_ref()?;
-    if !member.reachable || !canary.is_at(release) {
+    if !member.reachable || !canary.is_at(release) || !member.identity.is_verified() {
         return None;
     }
     Some(MemberApproval { cluster: member.cluster.clone(), revision: canary.revision.clone()? })
@@ -447,10 +462,26 @@ fn classify(
         );
     }
 
+    // A member that is not the cluster its Cluster describes is never approved, and in
+    // an open wave it counts as failed; what it reported before (above) still stands.
+    if let IdentityVerdict::Mismatch(_) = &member.identity {
+        return verdict(MemberState::IdentityMismatch, member.identity.describe(), None);
+    }
+
     // Where the member stands by its (last seen) Canary, and since when a deadline runs
     // for it in an open wave: from its approval, or from the wave opening when it never
-    // could be approved. A pending member waiting for a free slot has no deadline.
+    // could be approved. A pending member waiting for a free slot has no deadline,
+    // unless its identity is unverified: then it cannot be approved, and times out.
     let (state, why, stall_from) = match canary {
+        Some(c)
+            if c.is_at(release)
+                && !c.phase.is_active()
+                && member.approved_at.is_none()
+                && !c.approval_delivered()
+                && !member.identity.is_verified() =>
+        {
+            (MemberState::Pending, member.identity.describe(), Some(opened_at))
+        }
         None => (MemberState::Pending, "the Canary does not exist in this cluster".to_string(), Some(opened_at)),
         Some(c) if !c.is_at(release) => (
             MemberState::OtherRelease,
@@ -508,12 +539,12 @@ fn classify(
 
 /// Finished within the wave: promoted, or failed in a way the budget counts.
 fn is_settled(state: MemberState) -> bool {
-    matches!(state, MemberState::Succeeded | MemberState::Failed | MemberState::TimedOut)
+    counts_as_failure(state) || state == MemberState::Succeeded
 }
 
 /// What `maxFailures` counts.
 fn counts_as_failure(state: MemberState) -> bool {
-    matches!(state, MemberState::Failed | MemberState::TimedOut)
+    matches!(state, MemberState::Failed | MemberState::TimedOut | MemberState::IdentityMismatch)
 }
 
 /// Approved but not finished.

@@ -3,6 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::decision::{CanaryObservation, MemberApproval, MemberObservation, WaveDecision, decide_waves};
+use super::identity::IdentityVerdict;
 use super::plan::{RolloutPlan, Share, WavePlan};
 use super::status::{build_status, history_for_release};
 use crate::api::canary::Phase;
@@ -49,6 +50,7 @@ fn member(name: &str, wave: &str) -> MemberObservation {
             promoted_revision: Some(format!("old-{name}")),
             ..CanaryObservation::default()
         }),
+        identity: IdentityVerdict::Verified,
     }
 }
 
@@ -486,7 +488,7 @@ fn observations_are_read_from_the_cluster_the_canary_and_the_history() {
     });
     let history = ReleaseHistory { waves: vec![], approvals: [("eu-1".to_string(), at(3))].into() };
 
-    let m = MemberObservation::from_objects(&cluster, Some(&canary), &history);
+    let m = MemberObservation::from_objects(&cluster, Some(&canary), &history, IdentityVerdict::Verified);
     assert_eq!(m.cluster, "eu-1");
     assert_eq!(m.labels.get("region").map(String::as_str), Some("eu"));
     assert!(m.reachable);
@@ -499,7 +501,7 @@ fn observations_are_read_from_the_cluster_the_canary_and_the_history() {
     assert!(!c.reports_promoted(RELEASE));
 
     cluster.status = None;
-    let m = MemberObservation::from_objects(&cluster, None, &ReleaseHistory::default());
+    let m = MemberObservation::from_objects(&cluster, None, &ReleaseHistory::default(), IdentityVerdict::Verified);
     assert!(!m.reachable, "a Cluster the hub never contacted is not reachable");
     assert_eq!(m.approved_at, None);
 }

@@ -18,6 +18,7 @@
 pub use crate::api::canary::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION};
 
 mod decision;
+pub mod identity;
 mod plan;
 mod status;
 

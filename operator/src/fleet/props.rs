@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 use super::decision::{CanaryObservation, MemberObservation, WaveDecision, decide_waves, occupies_slot};
 use super::decision_tests::{RELEASE, at};
+use super::identity::IdentityVerdict;
 use super::plan::{Membership, RolloutPlan, Share, WavePlan, assign_waves};
 use super::status::{build_status, history_for_release};
 use crate::api::canary::Phase;
@@ -130,6 +131,14 @@ fn canary_observation() -> impl Strategy<Value = CanaryObservation> {
         })
 }
 
+fn identity() -> impl Strategy<Value = IdentityVerdict> {
+    prop_oneof![
+        8 => Just(IdentityVerdict::Verified),
+        1 => Just(IdentityVerdict::Mismatch(vec!["region: the member says \"us-east\"".into()])),
+        1 => Just(IdentityVerdict::Unverified("no probe yet".into())),
+    ]
+}
+
 fn members() -> impl Strategy<Value = Vec<MemberObservation>> {
     prop::collection::vec(
         (
@@ -138,19 +147,21 @@ fn members() -> impl Strategy<Value = Vec<MemberObservation>> {
             prop::option::of(0..300i64),
             prop::option::weighted(0.3, 0..300i64),
             prop::option::weighted(0.9, canary_observation()),
+            identity(),
         ),
         0..24,
     )
     .prop_map(|raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(i, (labels, reachable, contact, approved, canary))| MemberObservation {
+            .map(|(i, (labels, reachable, contact, approved, canary, identity))| MemberObservation {
                 cluster: format!("m{i:02}"),
                 labels,
                 reachable,
                 last_contact: contact.map(at),
                 approved_at: approved.map(at),
                 canary,
+                identity,
             })
             .collect()
     })
@@ -251,6 +262,8 @@ fn check_decision(
         let member = &members[verdict.index];
         let canary = member.canary.as_ref().unwrap();
         prop_assert!(member.reachable);
+        // Never approved on a guess: only a member whose identity was verified.
+        prop_assert!(member.identity.is_verified(), "approved {} with {:?}", member.cluster, member.identity);
         prop_assert_eq!(canary.release.as_deref(), Some(RELEASE));
         prop_assert_eq!(canary.revision.as_deref(), Some(approval.revision.as_str()));
     }
@@ -284,6 +297,22 @@ fn check_decision(
         }
         if v.state != MemberState::Unassigned {
             prop_assert_eq!(v.state == MemberState::Succeeded, reports);
+        }
+        // A member that is not who its Cluster says is shown so, unless it already
+        // reported this release promoted or failed before (those facts stand).
+        let reported_failure = members[v.index]
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.release.as_deref() == Some(RELEASE) && c.phase == Phase::Failed);
+        if matches!(members[v.index].identity, IdentityVerdict::Mismatch(_))
+            && v.state != MemberState::Unassigned
+            && !reports
+            && !reported_failure
+        {
+            prop_assert_eq!(v.state, MemberState::IdentityMismatch);
+        }
+        if v.state == MemberState::IdentityMismatch {
+            prop_assert!(matches!(members[v.index].identity, IdentityVerdict::Mismatch(_)));
         }
     }
     // Every selected member is in exactly one wave (the first that selects it) or unassigned.
@@ -367,6 +396,7 @@ fn fleet() -> impl Strategy<Value = Vec<MemberObservation>> {
                     promoted_revision: Some("r0".into()),
                     ..CanaryObservation::default()
                 }),
+                identity: IdentityVerdict::Verified,
             })
             .collect()
     })

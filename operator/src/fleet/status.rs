@@ -97,7 +97,7 @@ fn tally(summary: &mut RolloutSummary, state: MemberState) {
         MemberState::Pending => &mut summary.pending,
         MemberState::Approved | MemberState::Progressing => &mut summary.progressing,
         MemberState::Succeeded => &mut summary.succeeded,
-        MemberState::Failed | MemberState::TimedOut => &mut summary.failed,
+        MemberState::Failed | MemberState::TimedOut | MemberState::IdentityMismatch => &mut summary.failed,
         MemberState::Unreachable => &mut summary.unreachable,
         MemberState::OtherRelease => &mut summary.other_release,
         MemberState::Unassigned => &mut summary.unassigned,

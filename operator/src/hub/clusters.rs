@@ -16,12 +16,22 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::warn;
 
+use k8s_openapi::api::core::v1::Namespace;
+
 use super::controller::{HUB_FIELD_MANAGER, HubContext, MEMBER_READ_TIMEOUT};
 use super::decisions::CONTACT_REFRESH;
 use super::watches::ProbeResult;
-use crate::api::Cluster;
-use crate::api::cluster::{CONDITION_REACHABLE, CONDITION_READY, ClusterStatus};
+use crate::api::cluster::{
+    CONDITION_IDENTITY_VERIFIED, CONDITION_REACHABLE, CONDITION_READY, ClusterIdentityStatus, ClusterStatus,
+    REPIN_ANNOTATION,
+};
+use crate::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentitySpec};
 use crate::api::common::Condition;
+use crate::api::{Cluster, ClusterIdentity};
+use crate::fleet::identity::{
+    ExpectedIdentity, IdentityVerdict, MAX_IDENTITY_LABELS, ObservedIdentity, pin_after_probe, stated_labels,
+    verify_identity,
+};
 
 /// How often each member is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
@@ -56,7 +66,7 @@ pub fn cluster_status(
     let kept_contact = previous.and_then(|p| p.last_contact_time);
     let kept_version = previous.and_then(|p| p.server_version.clone());
     let (reachable, ready, last_contact_time, server_version) = match probe {
-        ProbeResult::Reached { server_version, canary_api } => (
+        ProbeResult::Reached { server_version, canary_api, .. } => (
             condition(CONDITION_REACHABLE, true, "Contacted", format!("the API server answered ({server_version})")),
             if *canary_api {
                 condition(CONDITION_READY, true, "CanaryAPIServed", "the member serves petrel's Canary API".into())
@@ -91,6 +101,7 @@ pub fn cluster_status(
         last_contact_time,
         server_version,
         observed_generation: generation,
+        identity: None,
     }
 }
 
@@ -109,8 +120,9 @@ pub fn cluster_status_worth_writing(previous: Option<&ClusterStatus>, next: &Clu
     }
 }
 
-/// Asks a member for its version and whether it serves the Canary API.
-async fn probe_member(client: &Client) -> ProbeResult {
+/// Asks a member for its version, whether it serves the Canary API, and who it is.
+/// `kubeconfig` is the fingerprint of the kubeconfig the client was built from.
+async fn probe_member(client: &Client, kubeconfig: &str) -> ProbeResult {
     let version = match tokio::time::timeout(MEMBER_READ_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(info)) => info.git_version,
         Ok(Err(e)) => return ProbeResult::Unreachable(format!("reading the API server version: {e}")),
@@ -128,34 +140,170 @@ async fn probe_member(client: &Client) -> ProbeResult {
         // blip the next probe corrects.
         Ok(Err(_)) | Err(_) => false,
     };
-    ProbeResult::Reached { server_version: version, canary_api }
+    let identity = observe_identity(client, kubeconfig).await;
+    ProbeResult::Reached { server_version: version, canary_api, identity }
+}
+
+/// Reads who the member is: its kube-system Namespace's UID and its `ClusterIdentity`.
+async fn observe_identity(client: &Client, kubeconfig: &str) -> ObservedIdentity {
+    let late = || format!("no answer within {}s", MEMBER_READ_TIMEOUT.as_secs());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let kube_system_uid = match tokio::time::timeout(MEMBER_READ_TIMEOUT, namespaces.get("kube-system")).await {
+        Ok(Ok(namespace)) => namespace.metadata.uid.ok_or_else(|| "the kube-system Namespace has no UID".to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(late()),
+    };
+    let identities: Api<ClusterIdentity> = Api::all(client.clone());
+    let stated = match tokio::time::timeout(MEMBER_READ_TIMEOUT, identities.get_opt(CLUSTER_IDENTITY_NAME)).await {
+        Ok(Ok(found)) => Ok(found.map(|identity| sanitized(identity.spec))),
+        // A member without the ClusterIdentity API (an older petrel) publishes none.
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(None),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(late()),
+    };
+    ObservedIdentity { kubeconfig: kubeconfig.to_string(), kube_system_uid, stated }
+}
+
+/// What a member states, with anything that is not a label treated as the member's
+/// own ConfigMap would be: a problem, not a value the hub copies around.
+fn sanitized(mut stated: ClusterIdentitySpec) -> ClusterIdentitySpec {
+    let (labels, problems) = stated_labels(&stated.labels);
+    stated.labels = labels;
+    stated.problems.extend(problems);
+    stated.problems.truncate(MAX_IDENTITY_LABELS);
+    stated.cluster_name = stated.cluster_name.chars().take(253).collect();
+    stated.kube_system_uid = stated.kube_system_uid.chars().take(64).collect();
+    stated
+}
+
+/// Adds the member's identity to a Cluster status after a probe: the pinned UID (the
+/// first seen, or one `kubectl petrel repin` asked for), what the member stated, and
+/// the `IdentityVerified` condition. A probe that did not reach the member keeps what
+/// was known. Returns the verdict. Pure.
+pub fn with_identity(
+    status: &mut ClusterStatus,
+    previous: Option<&ClusterStatus>,
+    cluster: &Cluster,
+    observed: Option<&ObservedIdentity>,
+    now: DateTime<Utc>,
+) -> IdentityVerdict {
+    let before = previous.and_then(|p| p.identity.clone()).unwrap_or_default();
+    let name = cluster.name_any();
+    let Some(observed) = observed else {
+        status.identity = previous.and_then(|p| p.identity.clone());
+        if let Some(kept) = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == CONDITION_IDENTITY_VERIFIED))
+        {
+            status.conditions.push(kept.clone());
+        }
+        return IdentityVerdict::Unverified("the hub did not reach the member".into());
+    };
+    let observed_uid = observed.kube_system_uid.as_ref().ok().cloned();
+    let repin = cluster.annotations().get(REPIN_ANNOTATION).map(String::as_str);
+    let pinned = pin_after_probe(before.pinned_uid.as_deref(), observed_uid.as_deref(), repin).map(str::to_string);
+    let pinned_at = if pinned == before.pinned_uid { before.pinned_at } else { Some(now) };
+    let (stated_name, stated_labels) = match &observed.stated {
+        Ok(Some(stated)) => (Some(stated.cluster_name.clone()), stated.labels.clone()),
+        Ok(None) => (None, Default::default()),
+        Err(_) => (before.stated_name.clone(), before.stated_labels.clone()),
+    };
+    let verdict = verify_identity(
+        ExpectedIdentity {
+            cluster: &name,
+            labels: cluster.labels(),
+            pinned_uid: pinned.as_deref(),
+            kubeconfig: &observed.kubeconfig,
+        },
+        Some(observed),
+    );
+    status.identity =
+        Some(ClusterIdentityStatus { pinned_uid: pinned, pinned_at, observed_uid, stated_name, stated_labels });
+    let (value, reason) = match &verdict {
+        IdentityVerdict::Verified => ("True", "Verified"),
+        IdentityVerdict::Mismatch(_) => ("False", "IdentityMismatch"),
+        IdentityVerdict::Unverified(_) => ("False", "IdentityUnverified"),
+    };
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == CONDITION_IDENTITY_VERIFIED && c.status == value))
+        .map_or(now, |c| c.last_transition_time);
+    status.conditions.push(Condition {
+        type_: CONDITION_IDENTITY_VERIFIED.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message: verdict.describe(),
+        last_transition_time,
+        observed_generation: status.observed_generation,
+    });
+    verdict
+}
+
+/// The Event a Cluster gets when its identity verdict or pin changes, if any. Pure.
+pub fn identity_event(previous: Option<&ClusterStatus>, next: &ClusterStatus) -> Option<(&'static str, String, bool)> {
+    let condition = |s: Option<&ClusterStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_IDENTITY_VERIFIED)).cloned()
+    };
+    let pinned = |s: Option<&ClusterStatus>| s.and_then(|s| s.identity.as_ref()).and_then(|i| i.pinned_uid.clone());
+    let (before, after) = (condition(previous), condition(Some(next)));
+    let (pinned_before, pinned_after) = (pinned(previous), pinned(Some(next)));
+    if pinned_before != pinned_after
+        && let Some(uid) = &pinned_after
+    {
+        let message = match &pinned_before {
+            None => format!("pinned the member's kube-system UID {uid} on first contact"),
+            Some(old) => format!("re-pinned the member's kube-system UID from {old} to {uid} on request"),
+        };
+        return Some(("IdentityPinned", message, false));
+    }
+    let after = after?;
+    if before.as_ref().is_some_and(|b| b.reason == after.reason && b.message == after.message) {
+        return None;
+    }
+    match after.reason.as_str() {
+        "IdentityMismatch" => Some(("IdentityMismatch", after.message, true)),
+        "IdentityUnverified" => Some(("IdentityUnverified", after.message, true)),
+        _ if before.is_some() => Some(("IdentityVerified", after.message, false)),
+        _ => None,
+    }
 }
 
 /// Probes one member and writes its Cluster status when worth it.
 async fn probe_and_report(ctx: &HubContext, cluster: &Cluster) {
     let name = cluster.name_any();
     let result = match ctx.members.connect(cluster).await {
-        Ok(connection) => probe_member(&connection.client).await,
+        Ok(connection) => probe_member(&connection.client, &connection.fingerprint).await,
         Err(e) => ProbeResult::NoClient { reason: e.reason(), message: e.to_string() },
     };
     let now = Utc::now();
     ctx.watches.record_probe(&name, result.clone(), now);
     ctx.metrics.observe_cluster(&name, matches!(result, ProbeResult::Reached { .. }));
-    let status = cluster_status(cluster.status.as_ref(), cluster.metadata.generation, &result, now);
-    if !cluster_status_worth_writing(cluster.status.as_ref(), &status) {
+    let previous = cluster.status.as_ref();
+    let mut status = cluster_status(previous, cluster.metadata.generation, &result, now);
+    let observed = match &result {
+        ProbeResult::Reached { identity, .. } => Some(identity),
+        _ => None,
+    };
+    with_identity(&mut status, previous, cluster, observed, now);
+    if !cluster_status_worth_writing(previous, &status) {
         return;
     }
+    let event = identity_event(previous, &status);
     // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
     let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::erase::<Cluster>(&()));
+    // Decided from the Cluster as listed: a Cluster changed since is probed again next time.
     let body = serde_json::json!({
         "apiVersion": Cluster::api_version(&()),
         "kind": Cluster::kind(&()),
+        "metadata": {"name": name, "resourceVersion": cluster.resource_version()},
         "status": status,
     });
     if let Err(e) = api.patch_status(&name, &PatchParams::apply(HUB_FIELD_MANAGER).force(), &Patch::Apply(&body)).await
     {
         ctx.metrics.record_api_error(super::controller::ROLLOUT_CONTROLLER, &e);
         warn!(cluster = %name, error = %e, "could not write the Cluster status");
+        return;
+    }
+    // Said once, after the status that records it was written.
+    if let Some((reason, message, warning)) = event {
+        super::controller::publish_on(ctx, &cluster.object_ref(&()), reason, &message, warning).await;
     }
 }
 
@@ -194,7 +342,20 @@ mod tests {
     }
 
     fn reached(canary_api: bool) -> ProbeResult {
-        ProbeResult::Reached { server_version: "v1.36.0".into(), canary_api }
+        ProbeResult::Reached { server_version: "v1.36.0".into(), canary_api, identity: observed("u1", "eu-1", &[]) }
+    }
+
+    fn observed(uid: &str, name: &str, labels: &[(&str, &str)]) -> ObservedIdentity {
+        ObservedIdentity {
+            kubeconfig: "k1".into(),
+            kube_system_uid: Ok(uid.into()),
+            stated: Ok(Some(ClusterIdentitySpec {
+                cluster_name: name.into(),
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                kube_system_uid: uid.into(),
+                ..Default::default()
+            })),
+        }
     }
 
     fn condition<'a>(status: &'a ClusterStatus, type_: &str) -> &'a Condition {
@@ -268,7 +429,11 @@ mod tests {
         let upgraded = cluster_status(
             Some(&first),
             None,
-            &ProbeResult::Reached { server_version: "v1.37.0".into(), canary_api: true },
+            &ProbeResult::Reached {
+                server_version: "v1.37.0".into(),
+                canary_api: true,
+                identity: observed("u1", "eu-1", &[]),
+            },
             at(15),
         );
         assert!(cluster_status_worth_writing(Some(&first), &upgraded));

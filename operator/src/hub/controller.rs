@@ -18,7 +18,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -28,13 +28,16 @@ use super::decisions::{
     hub_events, observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
 };
 use super::input::{
-    CANARY_NOT_FOUND, INVALID_SPEC, InputProblem, canary_problem, overlap_problem, problem_events, release_started,
-    set_condition, sort_problems, transition_events, unassigned_problem, valid_condition,
+    CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
+    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, transition_events,
+    unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
+use crate::controller::watches::{kept, objects_only};
+use crate::fleet::identity::{ExpectedIdentity, IdentityVerdict, verify_identity};
 use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -57,6 +60,8 @@ pub struct HubContext {
     pub recorder: Recorder,
     pub watches: MemberWatches,
     pub metrics: Arc<Metrics>,
+    /// Health of the hub's own watches (Rollouts, Clusters), for `/readyz`.
+    pub health: crate::telemetry::WatchHealth,
 }
 
 impl HubContext {
@@ -73,6 +78,7 @@ impl HubContext {
             recorder: Recorder::new(client.clone(), reporter),
             watches: MemberWatches::new(),
             metrics,
+            health: Default::default(),
             client,
         }
     }
@@ -128,6 +134,9 @@ struct Reading {
     client_problem: Option<InputProblem>,
     /// The member's watch, when the hub has a client.
     watch: Option<(WatchKey, WantedWatch)>,
+    /// Whether the member is the cluster its Cluster describes, as the last probe
+    /// through the kubeconfig in use found.
+    identity: IdentityVerdict,
 }
 
 async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now: DateTime<Utc>) -> Reading {
@@ -142,9 +151,22 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
                 contact: None,
                 client_problem: Some(problem),
                 watch: None,
+                identity: IdentityVerdict::Unverified("the hub has no client for the member".into()),
             };
         }
     };
+    let name = cluster.name_any();
+    let pinned = cluster.status.as_ref().and_then(|s| s.identity.as_ref()).and_then(|i| i.pinned_uid.as_deref());
+    let observed = ctx.watches.probe(&name).and_then(|probe| probe.identity);
+    let identity = verify_identity(
+        ExpectedIdentity {
+            cluster: &name,
+            labels: cluster.labels(),
+            pinned_uid: pinned,
+            kubeconfig: &connection.fingerprint,
+        },
+        observed.as_ref(),
+    );
     let canary_ref = &rollout.spec.canary_ref;
     let key = WatchKey {
         cluster: cluster.name_any(),
@@ -162,7 +184,15 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
         CacheVerdict::Stale => (get_canary(&connection.client, rollout).await, None),
     };
     let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.watch_client };
-    Reading { cluster, client: Some(connection.client), read, contact, client_problem: None, watch: Some((key, watch)) }
+    Reading {
+        cluster,
+        client: Some(connection.client),
+        read,
+        contact,
+        client_problem: None,
+        watch: Some((key, watch)),
+        identity,
+    }
 }
 
 /// Reads a member Canary directly, for when no fresh watch cache stands for it.
@@ -238,10 +268,22 @@ fn with_validity(
 }
 
 async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &str, warning: bool) {
+    publish_on(ctx, &rollout.object_ref(&()), reason, message, warning).await;
+}
+
+/// Records an Event on a hub object (a Rollout or a Cluster) and logs it.
+pub(crate) async fn publish_on(
+    ctx: &HubContext,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
+    let (kind, name) = (object.kind.as_deref().unwrap_or_default(), object.name.as_deref().unwrap_or_default());
     if warning {
-        warn!(rollout = %rollout.name_any(), reason, message, "event");
+        warn!(kind, name, reason, message, "event");
     } else {
-        info!(rollout = %rollout.name_any(), reason, message, "event");
+        info!(kind, name, reason, message, "event");
     }
     let event = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
@@ -250,8 +292,8 @@ async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &st
         action: event_action(reason, message),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
-        warn!(rollout = %rollout.name_any(), reason, error = %e, "could not record event");
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
+        warn!(kind, name, reason, error = %e, "could not record event");
     }
 }
 
@@ -262,11 +304,27 @@ fn event_action(reason: &str, note: &str) -> String {
     format!("{reason}-{}", hex::encode(&sha2::Sha256::digest(note.as_bytes())[..4]))
 }
 
+/// An Event the hub publishes once the status it goes with is written.
+type PendingEvent = (String, String, bool);
+
+/// Publishes Events after the status write they go with: a reconcile whose write was
+/// refused (409) decides again from the newer Rollout and does not repeat them.
+async fn publish_all(ctx: &HubContext, rollout: &Rollout, events: Vec<PendingEvent>) {
+    for (reason, message, warning) in events {
+        publish(ctx, rollout, &reason, &message, warning).await;
+    }
+}
+
+/// How soon a reconcile whose status write met a newer Rollout (409) runs again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
+
 /// Writes the status unless only contact times moved (see [`status_worth_writing`]):
-/// every write triggers the next reconcile through the Rollout watch.
-async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, client: &Client) -> Result<(), HubError> {
+/// every write triggers the next reconcile through the Rollout watch. The write carries
+/// the resourceVersion the status was decided from: `Ok(false)` when the Rollout changed
+/// since (409), and nothing was written.
+async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, client: &Client) -> Result<bool, HubError> {
     if !status_worth_writing(rollout.status.as_ref(), status) {
-        return Ok(());
+        return Ok(true);
     }
     let namespace = rollout.namespace().ok_or(HubError::MissingNamespace)?;
     // Dynamic: the answer is not needed, and a typed one would have to parse the spec.
@@ -281,12 +339,17 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     let body = serde_json::json!({
         "apiVersion": Rollout::api_version(&()),
         "kind": Rollout::kind(&()),
+        "metadata": {"name": rollout.name_any(), "resourceVersion": rollout.resource_version()},
         "status": owned,
     });
-    api.patch_status(&rollout.name_any(), &apply_params(), &Patch::Apply(&body))
-        .await
-        .map(|_| ())
-        .map_err(|source| HubError::WriteStatus { rollout: rollout_key(rollout), source })
+    match api.patch_status(&rollout.name_any(), &apply_params(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            info!(rollout = %rollout_key(rollout), "the Rollout changed since it was read; deciding again");
+            Ok(false)
+        }
+        Err(source) => Err(HubError::WriteStatus { rollout: rollout_key(rollout), source }),
+    }
 }
 
 /// Rolls a member's primary back to the newest stored template of another release.
@@ -333,15 +396,18 @@ async fn block(
     message: String,
     problems: &[InputProblem],
     now: DateTime<Utc>,
-) -> Result<(), HubError> {
+) -> Result<bool, HubError> {
     let previous = rollout.status.as_ref();
     let mut status = blocked_status(previous, rollout.metadata.generation, reason, message, now);
     with_validity(&mut status, previous, problems, now);
+    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
+    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
+        return Ok(false);
+    }
     for event in problem_events(previous.map_or(&[][..], |s| &s.conditions), problems) {
         publish(ctx, rollout, event.reason, &event.message, event.warning).await;
     }
-    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    write_status_if_changed(rollout, &status, &ctx.client).await
+    Ok(true)
 }
 
 async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action, HubError> {
@@ -354,7 +420,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         Err(e) => {
             let message = format!("the spec cannot be rolled out: {e}");
             let problems = [InputProblem::new(INVALID_SPEC, message.clone())];
-            block(ctx, rollout, INVALID_SPEC, message, &problems, now).await?;
+            if !block(ctx, rollout, INVALID_SPEC, message, &problems, now).await? {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -372,9 +440,23 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         futures::future::join_all(selected.into_iter().map(|c| read_member(ctx, rollout, c, now))).await;
     ctx.watches.want(&key, readings.iter().filter_map(|r| r.watch.clone()).collect());
 
-    let problems = input_problems(rollout, &plan, &readings);
-    if let Some(not_found) = problems.iter().find(|p| p.reason == CANARY_NOT_FOUND) {
-        block(ctx, rollout, CANARY_NOT_FOUND, not_found.message.clone(), &problems, now).await?;
+    let mut problems = input_problems(rollout, &plan, &readings);
+    let observed_uids: Vec<(String, String)> = readings
+        .iter()
+        .filter_map(|r| {
+            let name = r.cluster.name_any();
+            let uid = ctx.watches.probe(&name)?.identity?.kube_system_uid.ok()?;
+            Some((name, uid))
+        })
+        .collect();
+    problems.extend(shared_identity_problem(observed_uids.iter().map(|(n, u)| (n.as_str(), u.as_str()))));
+    sort_problems(&mut problems);
+    if let Some(blocking) =
+        problems.iter().find(|p| p.reason == CANARY_NOT_FOUND || p.reason == CLUSTERS_SHARE_IDENTITY)
+    {
+        if !block(ctx, rollout, blocking.reason, blocking.message.clone(), &problems, now).await? {
+            return Ok(Action::requeue(CONFLICT_RETRY));
+        }
         return Ok(Action::requeue(SAFETY_REQUEUE));
     }
 
@@ -386,7 +468,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
             // A cached read is as recent as its last confirmation, never older than
             // a contact already recorded.
             let contact = r.contact.map_or(now, |c| previous.and_then(|p| p.last_contact).map_or(c, |p| c.max(p)));
-            observe_member(&r.cluster, &r.read, previous, contact)
+            observe_member(&r.cluster, &r.read, previous, r.identity.clone(), contact)
         })
         .collect();
     let unreachable: BTreeMap<String, String> = readings
@@ -399,7 +481,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
 
     let Some(release) = choose_release(&plan, previous, &observations) else {
         let message = "no member of the first wave reports a release yet".to_string();
-        block(ctx, rollout, "NoRelease", message, &problems, now).await?;
+        if !block(ctx, rollout, "NoRelease", message, &problems, now).await? {
+            return Ok(Action::requeue(CONFLICT_RETRY));
+        }
         return Ok(Action::requeue(requeue_after(None)));
     };
     let history = history_for_release(previous, &release);
@@ -447,13 +531,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         }
     }
 
+    // Events wait for the status write (see `publish_all`).
+    let mut events: Vec<PendingEvent> = Vec::new();
     let started = release_started(previous, &release);
     for event in started.into_iter().chain(hub_events(&history, &decision, &release)) {
-        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
+        events.push((event.reason.to_string(), event.message, event.warning));
     }
     for name in withdrawn {
         let message = format!("withdrew the approval of cluster {name} (release {release}): its Canary aborts");
-        publish(ctx, rollout, "ApprovalWithdrawn", &message, true).await;
+        events.push(("ApprovalWithdrawn".to_string(), message, true));
     }
 
     // RollbackAll: best effort; what failed is shown on the member and as an Event.
@@ -464,13 +550,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
             continue;
         };
         match roll_back_member(client, canary, &release).await {
-            Ok(Some(done)) => {
-                publish(ctx, rollout, "MemberRolledBack", &format!("cluster {name}: {done}"), false).await
-            }
+            Ok(Some(done)) => events.push(("MemberRolledBack".to_string(), format!("cluster {name}: {done}"), false)),
             Ok(None) => {}
             Err(e) => {
                 let message = format!("rollback failed: {e}");
-                publish(ctx, rollout, "RollbackFailed", &format!("cluster {name}: {message}"), true).await;
+                events.push(("RollbackFailed".to_string(), format!("cluster {name}: {message}"), true));
                 write_errors.insert(name.clone(), message);
             }
         }
@@ -488,14 +572,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     explain_unreachable(&mut status, &unreachable);
     explain_unreachable(&mut status, &write_errors);
     with_validity(&mut status, previous, &problems, now);
-    let events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
+    let status_events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
         .into_iter()
         .chain(transition_events(previous, &status));
-    for event in events {
-        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
-    }
+    events.extend(status_events.map(|event| (event.reason.to_string(), event.message, event.warning)));
     ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    write_status_if_changed(rollout, &status, &ctx.client).await?;
+    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    }
+    publish_all(ctx, rollout, events).await;
     Ok(Action::requeue(requeue_after(decision.recheck_after)))
 }
 
@@ -525,9 +610,12 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     if let Err(e) = rollouts.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Rollouts ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
-    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
-    let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let clusters: Api<kube::core::PartialObjectMeta<Cluster>> = Api::all(ctx.client.clone());
+    // Each watch recovers on its own and reports to `/readyz` (see `controller::watches`).
+    let (store, rollout_writer) = kube::runtime::reflector::store();
+    let config = || watcher::Config::default().any_semantic();
+    let rollout_events = kept("rollouts", watcher(rollouts, config()), &ctx.health).reflect(rollout_writer);
+    let cluster_events = kept("clusters", watcher(clusters, config()), &ctx.health);
     let _helpers = AbortOnDrop(
         ctx.watches.clone(),
         vec![
@@ -552,12 +640,16 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
         ],
     );
     info!("starting the hub Rollout controller");
-    controller
+    let rollout_store = store.clone();
+    Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
-        .watches(clusters, watcher::Config::default().any_semantic(), move |_: Cluster| {
-            store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
-        })
+        .watches_stream(
+            objects_only(cluster_events.touched_objects()),
+            move |_: kube::core::PartialObjectMeta<Cluster>| {
+                store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
+            },
+        )
         // A member Canary changed, or a member's reachability: every Rollout looks again
         // (kube's per-object `reconcile_on` is still behind an unstable feature; a
         // Rollout a change does not concern reads the caches and writes nothing).

@@ -12,6 +12,7 @@ use crate::api::canary::Phase;
 use crate::api::common::Condition;
 use crate::api::rollout::{CONDITION_PROGRESSING, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase};
 use crate::api::{Canary, Cluster, Rollout};
+use crate::fleet::identity::IdentityVerdict;
 use crate::fleet::{
     APPROVED_REVISION_ANNOTATION, CanaryObservation, FLEET_ROLLOUT_ANNOTATION, MemberObservation, Membership,
     ReleaseHistory, RolloutPlan, WaveDecision, assign_waves,
@@ -43,6 +44,7 @@ pub fn observe_member(
     cluster: &Cluster,
     read: &MemberRead,
     previous: Option<&MemberStatus>,
+    identity: IdentityVerdict,
     now: DateTime<Utc>,
 ) -> MemberObservation {
     let (reachable, last_contact, canary) = match read {
@@ -58,6 +60,7 @@ pub fn observe_member(
         last_contact,
         approved_at: None,
         canary,
+        identity,
     }
 }
 
@@ -396,6 +399,7 @@ mod tests {
                 last_transition: Some(at(transition)),
                 ..CanaryObservation::default()
             }),
+            identity: IdentityVerdict::Verified,
         }
     }
 
@@ -407,7 +411,7 @@ mod tests {
     fn a_reached_member_is_observed_as_read_now() {
         let read = MemberRead::Reached(Some(Box::new(canary(Phase::Progressing, NEW, "rev-2", "rev-1"))));
         let previous = member_status("eu-1", MemberState::Unreachable, Some(Phase::Waiting));
-        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&previous), at(9));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&previous), IdentityVerdict::Verified, at(9));
         assert!(m.reachable);
         assert_eq!(m.last_contact, Some(at(9)));
         assert_eq!(m.labels.get("role").map(String::as_str), Some("canary"));
@@ -415,7 +419,13 @@ mod tests {
         assert_eq!((c.phase, c.weight), (Phase::Progressing, 20));
         assert_eq!(m.approved_at, None, "approvals come from the chosen release's history");
 
-        let m = observe_member(&cluster("eu-1", "canary"), &MemberRead::Reached(None), Some(&previous), at(9));
+        let m = observe_member(
+            &cluster("eu-1", "canary"),
+            &MemberRead::Reached(None),
+            Some(&previous),
+            IdentityVerdict::Verified,
+            at(9),
+        );
         assert!(m.reachable && m.canary.is_none());
     }
 
@@ -423,18 +433,18 @@ mod tests {
     fn an_unreachable_member_keeps_what_it_last_reported() {
         let read = MemberRead::Unreachable("no answer".into());
         let promoted = member_status("eu-1", MemberState::Succeeded, Some(Phase::Succeeded));
-        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&promoted), at(9));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&promoted), IdentityVerdict::Verified, at(9));
         assert!(!m.reachable);
         assert_eq!(m.last_contact, Some(at(2)));
         assert!(m.canary.as_ref().unwrap().reports_promoted(NEW), "a promotion seen before still counts");
 
         let progressing = member_status("eu-1", MemberState::Progressing, Some(Phase::Progressing));
-        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&progressing), at(9));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, Some(&progressing), IdentityVerdict::Verified, at(9));
         let c = m.canary.unwrap();
         assert!(!c.reports_promoted(NEW));
         assert_eq!((c.phase, c.failed_checks, c.revision.as_deref()), (Phase::Progressing, 2, Some("rev-2")));
 
-        let m = observe_member(&cluster("eu-1", "canary"), &read, None, at(9));
+        let m = observe_member(&cluster("eu-1", "canary"), &read, None, IdentityVerdict::Verified, at(9));
         assert_eq!((m.last_contact, m.canary), (None, None), "never contacted: nothing is known");
     }
 

@@ -4,7 +4,8 @@
 //! None of these problems approves anything: overlapping waves are resolved by the
 //! first wave (per the design) and only reported; unassigned members, members without
 //! a usable kubeconfig and members without the Canary are never approved; a Canary
-//! that exists in no member blocks the Rollout.
+//! that exists in no member, or two Clusters that reach the same member, block the
+//! Rollout.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ pub const CANARY_NOT_FOUND: &str = "CanaryNotFound";
 pub const CANARY_MISSING: &str = "CanaryMissing";
 pub const WAVES_OVERLAP: &str = "WavesOverlap";
 pub const CLUSTERS_UNASSIGNED: &str = "ClustersUnassigned";
+pub const CLUSTERS_SHARE_IDENTITY: &str = "ClustersShareIdentity";
 
 /// One problem with what the hub was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,11 +118,28 @@ pub fn canary_problem(canary: &str, missing: &[String], present: usize) -> Optio
     })
 }
 
+/// Clusters whose kubeconfigs reach one and the same cluster (its kube-system UID):
+/// waves would count it twice and release to it under two names. Blocks the Rollout.
+pub fn shared_identity_problem<'a>(observed: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<InputProblem> {
+    let groups = crate::fleet::identity::shared_uids(observed);
+    (!groups.is_empty()).then(|| {
+        let described: Vec<String> =
+            groups.iter().map(|(uid, names)| format!("{} (kube-system UID {uid})", names.join(" and "))).collect();
+        InputProblem::new(
+            CLUSTERS_SHARE_IDENTITY,
+            format!(
+                "Cluster objects reach the same member cluster: {}; fix their kubeconfig Secrets, nothing is approved until then",
+                described.join("; ")
+            ),
+        )
+    })
+}
+
 /// How much a problem matters, for the condition's reason: what blocks first.
 fn severity(reason: &str) -> u8 {
     match reason {
         INVALID_SPEC => 0,
-        CANARY_NOT_FOUND => 1,
+        CLUSTERS_SHARE_IDENTITY | CANARY_NOT_FOUND => 1,
         "KubeconfigSecretMissing" | "KubeconfigSecretUnreadable" | "KubeconfigInvalid" => 2,
         CANARY_MISSING => 3,
         WAVES_OVERLAP => 4,

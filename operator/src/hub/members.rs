@@ -99,6 +99,7 @@ pub async fn member_config(cluster: &str, kubeconfig: &str) -> Result<Config, Me
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     config.write_timeout = Some(READ_TIMEOUT);
+    crate::identify(&mut config);
     Ok(config)
 }
 

@@ -6,8 +6,10 @@ use serde_json::{Value, json};
 
 use super::controller::{HubContext, reconcile};
 use super::members::{MemberClients, kubeconfig_fingerprint};
-use super::watches::WatchKey;
+use super::watches::{ProbeResult, WatchKey};
 use crate::api::Rollout;
+use crate::api::cluster_identity::ClusterIdentitySpec;
+use crate::fleet::identity::ObservedIdentity;
 use crate::fleet::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION};
 
 // A second copy of the workloads' fake API server: its module is private to
@@ -26,8 +28,31 @@ fn cluster(name: &str, role: &str) -> Value {
     json!({
         "apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
         "metadata": {"name": name, "labels": {"role": role}},
-        "spec": {"kubeconfigSecretRef": {"name": name, "namespace": "petrel-system"}}
+        "spec": {"kubeconfigSecretRef": {"name": name, "namespace": "petrel-system"}},
+        "status": {"identity": {"pinnedUID": format!("uid-{name}")}}
     })
+}
+
+/// A member client, and a probe through the same kubeconfig that found the member to
+/// be who its Cluster says (kube-system UID `uid-<name>`, as pinned by [`cluster`]).
+fn connect(ctx: &HubContext, name: &str, kubeconfig: &str, client: kube::Client) {
+    connect_as(ctx, name, kubeconfig, client, &format!("uid-{name}"));
+}
+
+/// As [`connect`], with the member's kube-system UID.
+fn connect_as(ctx: &HubContext, name: &str, kubeconfig: &str, client: kube::Client, uid: &str) {
+    ctx.members.insert_for_test(name, kubeconfig, client);
+    let identity = ObservedIdentity {
+        kubeconfig: kubeconfig_fingerprint(kubeconfig),
+        kube_system_uid: Ok(uid.to_string()),
+        stated: Ok(Some(ClusterIdentitySpec {
+            cluster_name: name.into(),
+            kube_system_uid: uid.to_string(),
+            ..Default::default()
+        })),
+    };
+    let probe = ProbeResult::Reached { server_version: "v1.36.4".into(), canary_api: true, identity };
+    ctx.watches.record_probe(name, probe, chrono::Utc::now());
 }
 
 fn secret(name: &str) -> Value {
@@ -95,8 +120,8 @@ async fn the_first_wave_is_opened_and_its_member_approved() {
     prod_member.insert(CANARY_PATH, member_canary("Succeeded", OLD, "rev-old", "rev-old"));
 
     let ctx = HubContext::new(hub.client(), None);
-    ctx.members.insert_for_test("canary-1", "kubeconfig", canary_member.client());
-    ctx.members.insert_for_test("prod-1", "kubeconfig", prod_member.client());
+    connect(&ctx, "canary-1", "kubeconfig", canary_member.client());
+    connect(&ctx, "prod-1", "kubeconfig", prod_member.client());
     reconcile(Arc::new(rollout()), Arc::new(ctx)).await.unwrap();
 
     assert_eq!(
@@ -160,8 +185,8 @@ async fn a_canary_that_exists_in_no_member_blocks_the_rollout_once() {
     hub.insert("/api/v1/namespaces/petrel-system/secrets/prod-1", secret("prod-1"));
     let (canary_member, prod_member) = (FakeApi::new(), FakeApi::new());
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", canary_member.client());
-    ctx.members.insert_for_test("prod-1", "kubeconfig", prod_member.client());
+    connect(&ctx, "canary-1", "kubeconfig", canary_member.client());
+    connect(&ctx, "prod-1", "kubeconfig", prod_member.client());
     reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
 
     assert!(canary_member.writes().is_empty() && prod_member.writes().is_empty(), "nothing is approved");
@@ -200,7 +225,7 @@ async fn overlapping_waves_and_left_out_members_are_reported_and_never_approved_
     for (name, member) in &members {
         hub.insert(&format!("/api/v1/namespaces/petrel-system/secrets/{name}"), secret(name));
         member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
-        ctx.members.insert_for_test(name, "kubeconfig", member.client());
+        connect(&ctx, name, "kubeconfig", member.client());
     }
     let mut spec = rollout();
     spec.spec.waves = serde_json::from_value(json!([
@@ -241,7 +266,7 @@ async fn a_broken_kubeconfig_names_the_cluster_and_leaves_it_unreachable() {
     let member = FakeApi::new();
     member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
     reconcile(Arc::new(rollout()), ctx).await.unwrap();
 
     let status = last_status(&hub);
@@ -270,8 +295,8 @@ async fn a_fresh_watch_cache_replaces_the_get_and_a_failed_watch_is_unreachable(
     // The member's copy (for the apply); the cache says Waiting at rev-new.
     canary_member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", canary_member.client());
-    ctx.members.insert_for_test("prod-1", "kubeconfig", prod_member.client());
+    connect(&ctx, "canary-1", "kubeconfig", canary_member.client());
+    connect(&ctx, "prod-1", "kubeconfig", prod_member.client());
     let fingerprint = kubeconfig_fingerprint("kubeconfig");
     let cached: crate::api::Canary =
         serde_json::from_value(member_canary("Waiting", NEW, "rev-new", "rev-old")).unwrap();
@@ -306,7 +331,7 @@ async fn the_hub_exports_its_rollout_metrics_and_reconcile_time() {
     let member = FakeApi::new();
     member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
     reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
     let text = ctx.metrics.render();
     for line in [
@@ -332,7 +357,7 @@ async fn a_second_reconcile_reapplies_nothing_and_reports_progress() {
     let member = FakeApi::new();
     member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
     reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
     let written = hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).unwrap().body.unwrap();
 
@@ -352,6 +377,28 @@ async fn a_second_reconcile_reapplies_nothing_and_reports_progress() {
     assert_eq!(status["members"][0]["state"], "Progressing");
     assert_eq!(status["members"][0]["approvedAt"], written["status"]["members"][0]["approvedAt"]);
     assert_eq!(status["waves"][0]["openedAt"], written["status"]["waves"][0]["openedAt"]);
+}
+
+/// Issue 11 (defect 6) for the hub: a status decided from a Rollout that changed since
+/// is refused (409), and then no Event goes out: the next reconcile decides again.
+#[tokio::test]
+async fn a_status_decided_from_an_old_rollout_is_refused_and_announces_nothing() {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    // The API server holds a newer Rollout than the one reconciled.
+    hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = HubContext::new(hub.client(), None);
+    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    let mut stale = rollout();
+    stale.metadata.resource_version = Some("7".into());
+
+    reconcile(Arc::new(stale), Arc::new(ctx)).await.expect("a conflict is no error: the reconcile runs again");
+    let write = hub.requests().into_iter().find(|r| r.path == STATUS_PATH).expect("the status write was tried");
+    assert_eq!(write.body.unwrap()["metadata"]["resourceVersion"], "7", "conditional on the version decided from");
+    assert_eq!(events(&hub), Vec::<String>::new(), "nothing announced for a refused decision");
 }
 
 fn events(hub: &FakeApi) -> Vec<String> {
@@ -405,8 +452,8 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
     let failed = FakeApi::new();
     failed.insert(CANARY_PATH, member_canary("Failed", NEW, "rev-new", "rev-old"));
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("eu-1", "kubeconfig", promoted.client());
-    ctx.members.insert_for_test("eu-2", "kubeconfig", failed.client());
+    connect(&ctx, "eu-1", "kubeconfig", promoted.client());
+    connect(&ctx, "eu-2", "kubeconfig", failed.client());
     let mut spec = rollout();
     spec.spec.waves = vec![serde_json::from_value(json!({"name": "prod"})).unwrap()];
     spec.spec.on_failure = crate::api::rollout::FailurePolicy::RollbackAll;
@@ -468,7 +515,7 @@ async fn probes_write_each_clusters_status_and_only_when_it_changed() {
         ]}),
     );
     let ctx = Arc::new(HubContext::new(hub.client(), None));
-    ctx.members.insert_for_test("canary-1", "kubeconfig", member.client());
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
     super::clusters::probe_all(&ctx).await;
 
     let writes = cluster_status_writes(&hub);
@@ -580,4 +627,84 @@ async fn a_missing_or_broken_secret_is_never_cached() {
     hub.insert(path, kubeconfig_secret("eu-1", &fixed));
     assert_eq!(clients.connect(&eu_1).await.unwrap().fingerprint, kubeconfig_fingerprint(&fixed));
     assert_eq!(secret_reads(&hub, "eu-1"), 3, "each failure was read again at the next connect");
+}
+
+/// Three canary-wave members; `prod-eu`'s Cluster says region eu-west, `prod-us`'s
+/// kubeconfig leads to the cluster pinned for `prod-eu` or to another one.
+async fn identity_fleet(prod_us_uid: &str, prod_us_states_region: &str) -> (FakeApi, Vec<(&'static str, FakeApi)>) {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![
+            labelled("canary-1", json!({"role": "canary"})),
+            labelled("prod-eu", json!({"role": "canary", "region": "eu-west"})),
+            labelled("prod-us", json!({"role": "canary", "region": "eu-west"})),
+        ]),
+    );
+    let members: Vec<(&str, FakeApi)> =
+        ["canary-1", "prod-eu", "prod-us"].into_iter().map(|n| (n, FakeApi::new())).collect();
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    for (name, member) in &members {
+        hub.insert(&format!("/api/v1/namespaces/petrel-system/secrets/{name}"), secret(name));
+        member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+        if *name == "prod-us" {
+            ctx.members.insert_for_test(name, "kubeconfig", member.client());
+            let identity = ObservedIdentity {
+                kubeconfig: kubeconfig_fingerprint("kubeconfig"),
+                kube_system_uid: Ok(prod_us_uid.to_string()),
+                stated: Ok(Some(ClusterIdentitySpec {
+                    cluster_name: "prod-us".into(),
+                    kube_system_uid: prod_us_uid.to_string(),
+                    labels: [("region".to_string(), prod_us_states_region.to_string())].into(),
+                    ..Default::default()
+                })),
+            };
+            let probe = ProbeResult::Reached { server_version: "v1.36.4".into(), canary_api: true, identity };
+            ctx.watches.record_probe(name, probe, chrono::Utc::now());
+        } else {
+            connect(&ctx, name, "kubeconfig", member.client());
+        }
+    }
+    let mut spec = rollout();
+    spec.spec.waves = serde_json::from_value(json!([
+        {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}}, "maxFailures": 1}
+    ]))
+    .unwrap();
+    reconcile(Arc::new(spec), ctx).await.unwrap();
+    (hub, members)
+}
+
+fn approved_members<'a>(members: &'a [(&'a str, FakeApi)]) -> Vec<&'a str> {
+    members
+        .iter()
+        .filter(|(_, m)| applied_annotations(m).iter().any(|a| a.get(APPROVED_REVISION_ANNOTATION).is_some()))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_that_says_it_is_elsewhere_is_never_approved_and_counts_as_failed() {
+    let (hub, members) = identity_fleet("uid-prod-us", "us-east").await;
+    assert_eq!(approved_members(&members), ["canary-1", "prod-eu"], "the others go on");
+    let status = last_status(&hub);
+    let member = status["members"].as_array().unwrap().iter().find(|m| m["cluster"] == "prod-us").unwrap().clone();
+    assert_eq!(member["state"], "IdentityMismatch");
+    let message = member["message"].as_str().unwrap();
+    assert!(message.contains("region: the member says \"us-east\", the Cluster says \"eu-west\""), "{message}");
+    assert!(member["approvedAt"].is_null());
+    assert_eq!(status["waves"][0]["failed"], 1, "counted against maxFailures");
+    assert_eq!(status["summary"]["failed"], 1);
+}
+
+#[tokio::test]
+async fn two_clusters_reaching_one_member_block_the_rollout() {
+    // prod-us's kubeconfig reaches the cluster pinned for prod-eu.
+    let (hub, members) = identity_fleet("uid-prod-eu", "eu-west").await;
+    assert!(approved_members(&members).is_empty(), "nothing is approved while two Clusters are one");
+    let status = last_status(&hub);
+    let valid = condition(&status, "Valid");
+    assert_eq!((valid["status"].as_str(), valid["reason"].as_str()), (Some("False"), Some("ClustersShareIdentity")));
+    let message = valid["message"].as_str().unwrap();
+    assert!(message.contains("prod-eu and prod-us (kube-system UID uid-prod-eu)"), "{message}");
+    assert!(events(&hub).contains(&"ClustersShareIdentity".to_string()), "{:?}", events(&hub));
 }

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use crate::api::Canary;
+use crate::fleet::identity::ObservedIdentity;
 
 /// How long after the last sign of life (a watch event, a successful probe) a cache
 /// still counts as the member's current state.
@@ -123,8 +124,9 @@ impl CanaryCache {
 /// What the last liveness probe of a member found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeResult {
-    /// The API server answered; whether it serves petrel's Canary API.
-    Reached { server_version: String, canary_api: bool },
+    /// The API server answered; whether it serves petrel's Canary API, and who the
+    /// member says it is.
+    Reached { server_version: String, canary_api: bool, identity: ObservedIdentity },
     /// No answer: why.
     Unreachable(String),
     /// The hub has no client for the member (Secret missing, broken kubeconfig).
@@ -138,6 +140,8 @@ pub struct MemberProbe {
     pub result: ProbeResult,
     /// When a probe last reached the member.
     pub last_ok: Option<DateTime<Utc>>,
+    /// Who the member said it was when a probe last reached it.
+    pub identity: Option<ObservedIdentity>,
 }
 
 impl MemberProbe {
@@ -352,9 +356,14 @@ impl MemberWatches {
         let mut state = self.lock();
         let previous = state.probes.get(cluster);
         let reached = matches!(result, ProbeResult::Reached { .. });
-        let changed = previous.is_none_or(|p| p.reached() != reached);
+        let identity = match &result {
+            ProbeResult::Reached { identity, .. } => Some(identity.clone()),
+            _ => previous.and_then(|p| p.identity.clone()),
+        };
+        // A member that came back, dropped off or changed who it says it is.
+        let changed = previous.is_none_or(|p| p.reached() != reached || p.identity != identity);
         let last_ok = if reached { Some(now) } else { previous.and_then(|p| p.last_ok) };
-        state.probes.insert(cluster.to_string(), MemberProbe { at: now, result, last_ok });
+        state.probes.insert(cluster.to_string(), MemberProbe { at: now, result, last_ok, identity });
         drop(state);
         if changed {
             self.wake_reconciles();
@@ -587,11 +596,19 @@ mod tests {
     }
 
     fn probe(at_second: i64, result: ProbeResult, last_ok: Option<i64>) -> MemberProbe {
-        MemberProbe { at: at(at_second), result, last_ok: last_ok.map(at) }
+        MemberProbe { at: at(at_second), result, last_ok: last_ok.map(at), identity: None }
     }
 
     fn reached() -> ProbeResult {
-        ProbeResult::Reached { server_version: "v1.36.0".into(), canary_api: true }
+        ProbeResult::Reached {
+            server_version: "v1.36.0".into(),
+            canary_api: true,
+            identity: crate::fleet::identity::ObservedIdentity {
+                kubeconfig: "k".into(),
+                kube_system_uid: Ok("u".into()),
+                stated: Ok(None),
+            },
+        }
     }
 
     #[test]

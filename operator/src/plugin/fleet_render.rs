@@ -299,7 +299,7 @@ fn wave_icon(phase: WavePhase, waiting_approval: bool) -> &'static str {
 fn member_icon(state: MemberState) -> &'static str {
     match state {
         MemberState::Succeeded => "✔",
-        MemberState::Failed | MemberState::TimedOut => "✖",
+        MemberState::Failed | MemberState::TimedOut | MemberState::IdentityMismatch => "✖",
         MemberState::Approved | MemberState::Progressing => "◌",
         MemberState::Pending => "○",
         MemberState::Unreachable => "⚠",

@@ -5,10 +5,12 @@ pub mod approve;
 pub mod fleet_plan;
 pub mod fleet_render;
 pub mod render;
+pub mod repin;
 pub mod verbs;
 
 pub use approve::{ApprovalPatch, PLUGIN_FIELD_MANAGER, plan_approval};
 pub use fleet_plan::render_plan;
 pub use fleet_render::{render_rollout, render_rollout_table};
 pub use render::{render_canary, render_table};
+pub use repin::{RepinPlan, plan_repin};
 pub use verbs::{Command, Refusal, VerbPatch, plan_command, plan_rollout_command};

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use crate::api::Canary;
-use crate::api::canary::{CanaryStatus, Phase};
+use crate::api::canary::{CanaryStatus, MetricOutcome, Phase};
 use crate::api::verbs::{Verb, verb_requests};
 use crate::core::strategy::threshold_of;
 
@@ -87,7 +87,12 @@ fn render_analysis(status: &CanaryStatus, now: DateTime<Utc>) -> String {
             if let Some(primary) = r.primary_value {
                 value.push_str(&format!(" (primary {})", format_value(primary)));
             }
-            vec![if r.passed { "✔" } else { "✖" }.to_string(), r.name.clone(), value, r.message.clone()]
+            let mark = match r.outcome {
+                MetricOutcome::Passed => "✔",
+                MetricOutcome::Failed => "✖",
+                MetricOutcome::Pending => "…",
+            };
+            vec![mark.to_string(), r.name.clone(), value, r.message.clone()]
         })
         .collect();
     push_tree(&mut out, &rows);
@@ -272,15 +277,22 @@ mod tests {
                 MetricResult {
                     name: "request-success-rate".into(),
                     value: Some(99.8),
-                    passed: true,
+                    outcome: MetricOutcome::Passed,
                     ..Default::default()
                 },
                 MetricResult {
                     name: "request-duration".into(),
                     value: Some(612.0),
                     primary_value: Some(480.25),
-                    passed: false,
+                    outcome: MetricOutcome::Failed,
                     message: "above max 500".into(),
+                },
+                MetricResult {
+                    name: "latency-vs-primary".into(),
+                    value: Some(41.0),
+                    primary_value: Some(20.5),
+                    outcome: MetricOutcome::Pending,
+                    message: "pending: 3 canary and 3 primary values, 5 needed each".into(),
                 },
             ],
             conditions: vec![
@@ -322,7 +334,8 @@ Last transition: 2026-11-22T02:28:00Z (2m0s ago)
 
 Analysis (last tick 2026-11-22T02:29:30Z, 30s ago)
 ├── ✔ request-success-rate 99.8
-└── ✖ request-duration     612 (primary 480.25) above max 500
+├── ✖ request-duration     612 (primary 480.25) above max 500
+└── … latency-vs-primary   41 (primary 20.5)    pending: 3 canary and 3 primary values, 5 needed each
 
 Conditions
 ├── Progressing True  Analysing  2m0s ago  weight 30

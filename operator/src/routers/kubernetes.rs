@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::{Client, ResourceExt};
 
 use super::services::{self, ApexTarget, PodSelector};
-use super::{RouterError, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
+use super::{RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
 use crate::api::Canary;
 
 const PROVIDER: &str = "kubernetes";
@@ -45,11 +45,12 @@ pub fn weights_of(apex: &Service, selector: &PodSelector) -> Result<Weights, Rou
 
 pub struct KubernetesRouter {
     client: Client,
+    memory: RouterMemory,
 }
 
 impl KubernetesRouter {
-    pub fn new(client: Client) -> Self {
-        KubernetesRouter { client }
+    pub fn new(client: Client, memory: RouterMemory) -> Self {
+        KubernetesRouter { client, memory }
     }
 }
 
@@ -59,14 +60,14 @@ impl TrafficRouter for KubernetesRouter {
             if !super::ab_matches(canary).is_empty() {
                 return Err(unsupported(PROVIDER, "route by header or cookie (A/B testing)"));
             }
-            services::ensure_services(&self.client, canary).await.map(|_| ())
+            services::ensure_services(&self.client, &self.memory, canary).await.map(|_| ())
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let selector = services::target_selector(&self.client, canary).await?;
-            services::apply_service(&self.client, &build_apex(canary, &selector, weights)?).await
+            services::apply_service(&self.client, &self.memory, &build_apex(canary, &selector, weights)?).await
         })
     }
 
@@ -91,7 +92,7 @@ impl TrafficRouter for KubernetesRouter {
             let selector = services::target_selector(&self.client, canary).await?;
             if services::read_apex(&self.client, canary).await?.is_some() {
                 let apex = services::build_apex_service(canary, &selector, ApexTarget::Primary)?;
-                services::apply_service(&self.client, &apex).await?;
+                services::apply_service(&self.client, &self.memory, &apex).await?;
             }
             Ok(())
         })

@@ -12,6 +12,7 @@ pub mod contour;
 pub mod gatewayapi;
 pub mod istio;
 pub mod kubernetes;
+pub mod ledger;
 pub mod nginx;
 pub mod services;
 pub mod smi;
@@ -26,9 +27,11 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -36,6 +39,7 @@ use crate::api::Canary;
 use crate::core::Provider;
 
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
+pub use ledger::{Observed, WriteLedger, ledger_key};
 
 /// Annotations that keep Flux from pruning or reverting objects petrel owns, should a
 /// copy of them also live in Git (Flagger sets the same ones).
@@ -151,16 +155,47 @@ pub trait TrafficRouter: Send + Sync {
 }
 
 /// The router for a provider. The provider was parsed with [`Provider::parse`], so an
-/// unknown name never gets this far.
+/// unknown name never gets this far. It remembers nothing between calls: every write
+/// goes out (see [`router_with`]).
 pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> {
+    router_with(provider, client, RouterMemory::default())
+}
+
+/// The router for a provider, writing only what differs from what `memory` says it
+/// last wrote.
+pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> Box<dyn TrafficRouter> {
     match provider {
-        Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client)),
-        Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client)),
-        Provider::Linkerd | Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client)),
-        Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client)),
-        Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client)),
-        Provider::Nginx => Box::new(nginx::NginxRouter::new(client)),
-        Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client)),
+        Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client, memory)),
+        Provider::Istio => Box::new(MeshRouter::<istio::Istio>::new(client, memory)),
+        Provider::Linkerd | Provider::Smi => Box::new(MeshRouter::<smi::Smi>::new(client, memory)),
+        Provider::Traefik => Box::new(MeshRouter::<traefik::Traefik>::new(client, memory)),
+        Provider::Contour => Box::new(MeshRouter::<contour::Contour>::new(client, memory)),
+        Provider::Nginx => Box::new(nginx::NginxRouter::new(client, memory)),
+        Provider::Kubernetes => Box::new(kubernetes::KubernetesRouter::new(client, memory)),
+    }
+}
+
+/// What routers keep between reconciles so that an unchanged object is not written
+/// again: the [`WriteLedger`] of their writes, and (when the controller watches them)
+/// the metadata of petrel's Services, whose resourceVersions show an edit or deletion
+/// by someone else. Cheap to clone; clones share it.
+#[derive(Clone, Default)]
+pub struct RouterMemory {
+    pub ledger: WriteLedger,
+    pub services: Option<Store<PartialObjectMeta<Service>>>,
+}
+
+impl RouterMemory {
+    /// What is known now of a Service's version.
+    pub(crate) fn observed_service(&self, namespace: &str, name: &str) -> Observed {
+        match &self.services {
+            None => Observed::Unknown,
+            Some(store) => Observed::Version(
+                store
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .and_then(|meta| meta.metadata.resource_version.clone()),
+            ),
+        }
     }
 }
 
@@ -319,15 +354,17 @@ pub(crate) trait MeshRoutes: Send + Sync + 'static {
 
 pub(crate) struct MeshRouter<R> {
     client: Client,
+    memory: RouterMemory,
     routes: PhantomData<fn() -> R>,
 }
 
 impl<R: MeshRoutes> MeshRouter<R> {
-    pub(crate) fn new(client: Client) -> Self {
-        MeshRouter { client, routes: PhantomData }
+    pub(crate) fn new(client: Client, memory: RouterMemory) -> Self {
+        MeshRouter { client, memory, routes: PhantomData }
     }
 
-    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
+    /// The weights of the weighted object and its resourceVersion (`None`: it does not exist).
+    async fn current(&self, canary: &Canary) -> Result<Option<(Weights, Option<String>)>, RouterError> {
         let namespace = namespace_of(canary)?;
         let (resource, name) = R::weighted_object(canary);
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
@@ -339,18 +376,32 @@ impl<R: MeshRoutes> MeshRouter<R> {
             source: Box::new(source),
         })?;
         let Some(found) = found else { return Ok(None) };
+        let version = found.metadata.resource_version.clone();
         let found = serde_json::to_value(found).map_err(|source| RouterError::Json {
             kind: resource.kind.clone(),
             name: name.clone(),
             source,
         })?;
-        R::weights_of(&found).map(Some)
+        Ok(Some((R::weights_of(&found)?, version)))
     }
 
-    async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
+    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
+        Ok(self.current(canary).await?.map(|(weights, _)| weights))
+    }
+
+    /// Applies the route objects for `weights`, skipping those the ledger says are
+    /// unchanged. `weighted` is what was just read of the weighted object, if it was.
+    async fn apply(&self, canary: &Canary, weights: Weights, weighted: Observed) -> Result<(), RouterError> {
         let namespace = namespace_of(canary)?;
+        let (weighted_resource, weighted_name) = R::weighted_object(canary);
         for object in R::build(canary, weights)? {
-            apply_dynamic(&self.client, &namespace, &object).await?;
+            let (_, name) = name_of(&object.manifest);
+            let observed = if object.resource == weighted_resource && name == weighted_name {
+                weighted.clone()
+            } else {
+                Observed::Unknown
+            };
+            apply_dynamic(&self.client, &self.memory.ledger, &namespace, &object, &observed).await?;
         }
         Ok(())
     }
@@ -359,15 +410,17 @@ impl<R: MeshRoutes> MeshRouter<R> {
 impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
     fn reconcile<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
-            services::ensure_services(&self.client, canary).await?;
+            services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
-            let weights = self.current_weights(canary).await?.unwrap_or_else(Weights::primary_only);
-            self.apply(canary, weights).await
+            let current = self.current(canary).await?;
+            let weights = current.as_ref().map_or_else(Weights::primary_only, |(weights, _)| *weights);
+            let observed = Observed::Version(current.as_ref().and_then(|(_, version)| version.clone()));
+            self.apply(canary, weights, observed).await
         })
     }
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
-        Box::pin(self.apply(canary, weights))
+        Box::pin(self.apply(canary, weights, Observed::Unknown))
     }
 
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
@@ -388,6 +441,7 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
         Box::pin(async move {
             let namespace = namespace_of(canary)?;
             for (resource, name) in R::all_objects(canary) {
+                self.memory.ledger.forget(&ledger_key(&resource.kind, &namespace, &name));
                 delete_dynamic(&self.client, &namespace, &resource, &name).await?;
             }
             Ok(())
@@ -395,19 +449,35 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
     }
 }
 
-async fn apply_dynamic(client: &Client, namespace: &str, object: &RouteObject) -> Result<(), RouterError> {
+async fn apply_dynamic(
+    client: &Client,
+    ledger: &WriteLedger,
+    namespace: &str,
+    object: &RouteObject,
+    observed: &Observed,
+) -> Result<(), RouterError> {
     let (_, name) = name_of(&object.manifest);
+    let key = ledger_key(&object.resource.kind, namespace, &name);
+    if ledger.unchanged(&key, &object.manifest, observed) {
+        return Ok(());
+    }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await.map_err(
-        |source| RouterError::Api {
-            verb: "apply",
-            kind: object.resource.kind.clone(),
-            namespace: namespace.to_string(),
-            name,
-            source: Box::new(source),
-        },
-    )?;
-    Ok(())
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await {
+        Ok(applied) => {
+            ledger.record(key, &object.manifest, applied.metadata.resource_version);
+            Ok(())
+        }
+        Err(source) => {
+            ledger.forget(&key);
+            Err(RouterError::Api {
+                verb: "apply",
+                kind: object.resource.kind.clone(),
+                namespace: namespace.to_string(),
+                name,
+                source: Box::new(source),
+            })
+        }
+    }
 }
 
 async fn delete_dynamic(

@@ -202,11 +202,12 @@ pub fn weights_of(ingress: &Ingress) -> Result<Weights, RouterError> {
 
 pub struct NginxRouter {
     client: Client,
+    memory: super::RouterMemory,
 }
 
 impl NginxRouter {
-    pub fn new(client: Client) -> Self {
-        NginxRouter { client }
+    pub fn new(client: Client, memory: super::RouterMemory) -> Self {
+        NginxRouter { client, memory }
     }
 
     fn ingresses(&self, canary: &Canary) -> Result<Api<Ingress>, RouterError> {
@@ -262,7 +263,7 @@ impl TrafficRouter for NginxRouter {
         Box::pin(async move {
             // A Canary without ingressRef fails before anything is written.
             let clone = canary_ingress_name(&Self::ingress_name(canary)?);
-            services::ensure_services(&self.client, canary).await?;
+            services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
             let weights = match self.read(canary, &clone).await? {
                 Some(existing) => weights_of(&existing)?,

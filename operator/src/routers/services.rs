@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use super::{FIELD_MANAGER, RouterError, ServiceNames, canary_key, generated_metadata, namespace_of};
+use super::{
+    FIELD_MANAGER, RouterError, RouterMemory, ServiceNames, canary_key, generated_metadata, ledger_key, namespace_of,
+};
 use crate::api::Canary;
 use crate::api::common::{CustomMetadata, IntOrString};
 
@@ -195,25 +197,51 @@ pub(crate) async fn read_apex(client: &Client, canary: &Canary) -> Result<Option
     })
 }
 
-pub(crate) async fn apply_service(client: &Client, service: &Service) -> Result<(), RouterError> {
+/// Applies a Service unless the ledger of `memory` shows petrel already wrote exactly
+/// this and nobody changed it since.
+pub(crate) async fn apply_service(
+    client: &Client,
+    memory: &RouterMemory,
+    service: &Service,
+) -> Result<(), RouterError> {
     let namespace = service.namespace().unwrap_or_default();
     let name = service.name_any();
+    let manifest = serde_json::to_value(service).map_err(|source| RouterError::Json {
+        kind: "Service".into(),
+        name: name.clone(),
+        source,
+    })?;
+    let key = ledger_key("Service", &namespace, &name);
+    if memory.ledger.unchanged(&key, &manifest, &memory.observed_service(&namespace, &name)) {
+        return Ok(());
+    }
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    services.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(service)).await.map_err(
-        |source| RouterError::Api { verb: "apply", kind: "Service".into(), namespace, name, source: Box::new(source) },
-    )?;
-    Ok(())
+    match services.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(service)).await {
+        Ok(applied) => {
+            memory.ledger.record(key, &manifest, applied.metadata.resource_version);
+            Ok(())
+        }
+        Err(source) => {
+            memory.ledger.forget(&key);
+            Err(RouterError::Api { verb: "apply", kind: "Service".into(), namespace, name, source: Box::new(source) })
+        }
+    }
 }
 
-/// Creates or updates the three Services. The apex keeps pointing where it points (see
+/// Creates or updates the three Services (only those that differ from what petrel last
+/// wrote, see [`apply_service`]). The apex keeps pointing where it points (see
 /// [`apex_target_to_keep`]); a new apex points at the primary.
-pub async fn ensure_services(client: &Client, canary: &Canary) -> Result<PodSelector, RouterError> {
+pub async fn ensure_services(
+    client: &Client,
+    memory: &RouterMemory,
+    canary: &Canary,
+) -> Result<PodSelector, RouterError> {
     let selector = target_selector(client, canary).await?;
     let existing_apex = read_apex(client, canary).await?;
     let apex_target = apex_target_to_keep(existing_apex.as_ref(), &selector);
-    apply_service(client, &build_primary_service(canary, &selector)?).await?;
-    apply_service(client, &build_canary_service(canary, &selector)?).await?;
-    apply_service(client, &build_apex_service(canary, &selector, apex_target)?).await?;
+    apply_service(client, memory, &build_primary_service(canary, &selector)?).await?;
+    apply_service(client, memory, &build_canary_service(canary, &selector)?).await?;
+    apply_service(client, memory, &build_apex_service(canary, &selector, apex_target)?).await?;
     Ok(selector)
 }
 

@@ -32,7 +32,7 @@ pub const CANARY_CONTROLLER: &str = "canary";
 const WAVE_PHASES: [WavePhase; 5] =
     [WavePhase::Pending, WavePhase::Progressing, WavePhase::Soaking, WavePhase::Succeeded, WavePhase::Failed];
 /// Every state of a member, for one-hot series.
-const MEMBER_STATES: [MemberState; 9] = [
+const MEMBER_STATES: [MemberState; 10] = [
     MemberState::Pending,
     MemberState::Approved,
     MemberState::Progressing,
@@ -42,6 +42,7 @@ const MEMBER_STATES: [MemberState; 9] = [
     MemberState::TimedOut,
     MemberState::OtherRelease,
     MemberState::Unassigned,
+    MemberState::IdentityMismatch,
 ];
 
 /// Buckets of one reconcile: most are API round trips (milliseconds); a reconcile that
@@ -806,7 +807,7 @@ mod hub_tests {
                 r#"petrel_rollout_wave{namespace="fleet",name="podinfo",wave="prod",phase="Progressing"} 1"#,
             ])
         );
-        assert_eq!(series(&metrics, "petrel_rollout_member{").len(), 27, "three members, nine states each");
+        assert_eq!(series(&metrics, "petrel_rollout_member{").len(), 30, "three members, ten states each");
         assert_eq!(
             ones(&metrics, "petrel_rollout_member{"),
             set(&[
@@ -847,7 +848,7 @@ mod hub_tests {
         assert_eq!(info, set(&[r#"petrel_rollout_info{namespace="fleet",name="podinfo",release="podinfo:6.2.0"} 1"#]));
         assert!(series(&metrics, "petrel_rollout_wave").iter().all(|l| l.contains(r#"wave="canary""#)));
         let members = series(&metrics, "petrel_rollout_member{");
-        assert_eq!(members.len(), 18);
+        assert_eq!(members.len(), 20, "two members, ten states each");
         assert!(members.iter().all(|l| !l.contains("lab-1") && !l.contains(r#"wave="prod""#)), "{members:?}");
         assert_eq!(series(&metrics, "petrel_rollout_member_weight").len(), 2);
 

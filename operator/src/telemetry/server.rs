@@ -39,13 +39,13 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(shared): State<Shared>) -> (StatusCode, &'static str) {
+async fn readyz(State(shared): State<Shared>) -> (StatusCode, String) {
     if shared.readiness.is_standby() {
-        (StatusCode::OK, "standby: another replica holds the leader election lease\n")
-    } else if shared.readiness.is_ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the Canary cache has not synced yet\n")
+        return (StatusCode::OK, "standby: another replica holds the leader election lease\n".to_string());
+    }
+    match shared.readiness.not_ready_because() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::Canary;
-use crate::api::canary::{CanaryStatus, MetricResult, Phase};
+use crate::api::canary::{CanaryStatus, MetricOutcome, MetricResult, Phase};
 use crate::core::Provider;
 
 fn canary(name: &str, iterations: Option<i32>) -> Canary {
@@ -38,7 +38,7 @@ fn status(phase: Phase, weight: i32, failed: i32, results: &[(&str, Option<f64>)
             .map(|(name, value)| MetricResult {
                 name: name.to_string(),
                 value: *value,
-                passed: true,
+                outcome: MetricOutcome::Passed,
                 ..Default::default()
             })
             .collect(),

@@ -131,6 +131,20 @@ impl FakeApi {
             }
             "PATCH" if request.content_type.contains("apply-patch") => {
                 let mut body = request.body.clone().unwrap_or_default();
+                // A resourceVersion in the body is a precondition, as on a real API server.
+                let wanted = body.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                let current =
+                    objects.get(&path).and_then(|o| o.pointer("/metadata/resourceVersion")).and_then(Value::as_str);
+                if wanted.is_some() && current.is_some() && wanted != current {
+                    return (
+                        409,
+                        status(
+                            409,
+                            "Conflict",
+                            "the object has been modified; please apply your changes to the latest version and try again",
+                        ),
+                    );
+                }
                 // The server keeps what the client does not send: status.
                 if let Some(existing_status) = objects.get(&path).and_then(|o| o.get("status")).cloned() {
                     body["status"] = existing_status;

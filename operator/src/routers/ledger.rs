@@ -1,0 +1,105 @@
+//! What the routers last wrote, so that a reconcile writes only what changed.
+//!
+//! A server-side apply with unchanged content still costs the API server a request, and
+//! every Canary's reconcile used to apply its three Services and its route at every
+//! tick. The ledger keeps, per object, a digest of the manifest petrel last applied and
+//! the resourceVersion the API server answered with. An apply is skipped when the
+//! manifest is the same and the object is still at that version (someone else's edit or
+//! a deletion moves or removes it, and the next reconcile restores petrel's fields).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use sha2::Digest as _;
+
+/// What is known of an object's current version when deciding whether to write it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Read now (from a GET or a watch cache): `None` when it does not exist.
+    Version(Option<String>),
+    /// Not read: the ledger trusts its last write.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Written {
+    digest: [u8; 32],
+    resource_version: Option<String>,
+}
+
+/// The last write of each object, keyed by `kind/namespace/name`. Cheap to clone;
+/// clones share it. Lives as long as the process: after a restart every object is
+/// written once again.
+#[derive(Clone, Debug, Default)]
+pub struct WriteLedger {
+    written: Arc<Mutex<HashMap<String, Written>>>,
+}
+
+fn digest(manifest: &Value) -> [u8; 32] {
+    // serde_json's maps are ordered, so equal manifests serialise to equal bytes.
+    sha2::Sha256::digest(manifest.to_string().as_bytes()).into()
+}
+
+/// The ledger key of an object.
+pub fn ledger_key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+impl WriteLedger {
+    /// Whether applying `manifest` would change nothing petrel wrote: it is what was last
+    /// applied, and the object is still at the version that apply returned.
+    pub fn unchanged(&self, key: &str, manifest: &Value, observed: &Observed) -> bool {
+        let written = self.lock();
+        let Some(last) = written.get(key) else { return false };
+        let same_version = match observed {
+            Observed::Unknown => true,
+            Observed::Version(current) => current.is_some() && *current == last.resource_version,
+        };
+        same_version && last.digest == digest(manifest)
+    }
+
+    /// Records a successful apply and the resourceVersion it returned.
+    pub fn record(&self, key: String, manifest: &Value, resource_version: Option<String>) {
+        self.lock().insert(key, Written { digest: digest(manifest), resource_version });
+    }
+
+    /// Forgets an object (its write failed, or it was deleted): the next apply goes out.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Drops what is known of objects whose keys `keep` refuses (deleted Canaries).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|key, _| keep(key));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
+        // A panic while holding the lock leaves a consistent map (every change is one call).
+        self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unchanged_only_for_the_same_manifest_at_the_version_written() {
+        let ledger = WriteLedger::default();
+        let key = ledger_key("Service", "test", "podinfo");
+        let manifest = json!({"spec": {"selector": {"app": "podinfo-primary"}}});
+        let at = |version: &str| Observed::Version(Some(version.to_string()));
+        assert!(!ledger.unchanged(&key, &manifest, &Observed::Unknown), "never written");
+        ledger.record(key.clone(), &manifest, Some("41".into()));
+        assert!(ledger.unchanged(&key, &manifest, &at("41")));
+        assert!(ledger.unchanged(&key, &manifest, &Observed::Unknown));
+        assert!(!ledger.unchanged(&key, &manifest, &at("42")), "edited by someone else");
+        assert!(!ledger.unchanged(&key, &manifest, &Observed::Version(None)), "deleted");
+        let other = json!({"spec": {"selector": {"app": "podinfo"}}});
+        assert!(!ledger.unchanged(&key, &other, &at("41")), "petrel wants something else");
+        ledger.forget(&key);
+        assert!(!ledger.unchanged(&key, &manifest, &at("41")));
+    }
+}
