@@ -186,7 +186,169 @@ fn weights_outside_0_to_100_are_rejected() {
 #[test]
 fn interval_under_one_second_is_rejected() {
     assert_rejected(with(base(), "/spec/analysis/interval", "500ms".into()), "analysis.interval must be at least 1s");
-    assert_rejected(with(base(), "/spec/analysis/interval", "soon".into()), "does not match");
+    assert_rejected(
+        with(base(), "/spec/analysis/interval", "soon".into()),
+        "analysis.interval must be a duration such as 30s, 1m or 1m30s",
+    );
+}
+
+fn accepted(manifest: Value) {
+    let errors = server_side_errors(&manifest);
+    assert!(errors.is_empty(), "expected {manifest} to be accepted, got {errors:#?}");
+}
+
+#[test]
+fn durations_say_what_is_wrong_and_are_bounded() {
+    // Malformed: one message naming the field and the expected form, never CEL's
+    // "type conversion error".
+    for bad in ["1y", "abc", "1m30", "-5s", "1h 30m", "30s1m", "", "99999999h"] {
+        let errors = server_side_errors(&with(base(), "/spec/analysis/interval", bad.into()));
+        assert!(
+            errors.iter().any(|e| e.contains("analysis.interval must be a duration such as 30s, 1m or 1m30s"))
+                && !errors.iter().any(|e| e.contains("conversion")),
+            "{bad}: {errors:#?}"
+        );
+    }
+    assert_rejected(
+        with(base(), "/spec/analysis/interval", "100000h".into()),
+        "analysis.interval must be at least 1s and at most 24h",
+    );
+    assert_rejected(with(base(), "/spec/analysis/interval", "25h".into()), "at most 24h");
+    for good in ["1s", "30s", "1m30s", "1.5h", "24h", "1500ms"] {
+        accepted(with(base(), "/spec/analysis/interval", good.into()));
+    }
+    let metric_interval = |interval: &str| {
+        with(
+            base(),
+            "/spec/analysis/metrics",
+            serde_json::json!([{ "name": "request-success-rate", "interval": interval, "thresholdRange": { "min": 99 } }]),
+        )
+    };
+    assert_rejected(metric_interval("1d"), "metrics[].interval must be a duration such as 30s");
+    assert_rejected(metric_interval("48h"), "metrics[].interval must be at least 1s and at most 24h");
+    accepted(metric_interval("2m30s"));
+}
+
+fn webhook(fields: Value) -> Value {
+    let mut hook = serde_json::json!({ "name": "gate", "url": "http://flagger-loadtester.test/" });
+    hook.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    with(base(), "/spec/analysis/webhooks", serde_json::json!([hook]))
+}
+
+#[test]
+fn webhooks_need_a_url_and_a_bounded_timeout() {
+    assert_rejected(
+        webhook(serde_json::json!({ "timeout": "0s" })),
+        "webhooks[].timeout must be at least 1ms and at most 10m",
+    );
+    assert_rejected(
+        webhook(serde_json::json!({ "timeout": "1h" })),
+        "webhooks[].timeout must be at least 1ms and at most 10m",
+    );
+    assert_rejected(webhook(serde_json::json!({ "timeout": "soon" })), "webhooks[].timeout must be a duration");
+    // Issue 13: what the analysis interval accepts, the webhook timeout accepts too.
+    accepted(webhook(serde_json::json!({ "timeout": "1m30s" })));
+    for url in ["not a url", "flagger-loadtester.test/", "/relative/path", "ftp://host/file", "http://"] {
+        assert_rejected(
+            webhook(serde_json::json!({ "url": url })),
+            "webhooks[].url must be an absolute http:// or https:// URL",
+        );
+    }
+    accepted(webhook(serde_json::json!({ "url": "https://hooks.example.com:8443/gate?x=1" })));
+}
+
+#[test]
+fn empty_webhook_type_and_alert_severity_are_flaggers_defaults() {
+    let manifest = webhook(serde_json::json!({ "type": "" }));
+    accepted(manifest.clone());
+    let canary: Canary = serde_json::from_value(manifest).unwrap();
+    assert_eq!(canary.spec.analysis.unwrap().webhooks[0].type_, petrel::api::canary::HookType::Rollout);
+
+    let manifest = with(
+        base(),
+        "/spec/analysis/alerts",
+        serde_json::json!([{ "name": "on-call", "severity": "", "providerRef": { "name": "slack" } }]),
+    );
+    accepted(manifest.clone());
+    let canary: Canary = serde_json::from_value(manifest).unwrap();
+    assert_eq!(canary.spec.analysis.unwrap().alerts[0].severity, petrel::api::canary::AlertSeverity::Info);
+    assert_rejected(
+        with(
+            base(),
+            "/spec/analysis/alerts",
+            serde_json::json!([{ "name": "a", "severity": "fatal", "providerRef": { "name": "s" } }]),
+        ),
+        "\"fatal\" is not one of",
+    );
+}
+
+#[test]
+fn counts_have_upper_bounds() {
+    assert_rejected(with(base(), "/spec/analysis/threshold", 2147483647.into()), "is greater than the maximum of 1000");
+    assert_rejected(with(base(), "/spec/analysis/iterations", 100000.into()), "is greater than the maximum of 1000");
+    assert_rejected(
+        with(base(), "/spec/progressDeadlineSeconds", 864000.into()),
+        "is greater than the maximum of 86400",
+    );
+}
+
+#[test]
+fn weights_that_would_be_reinterpreted_are_refused() {
+    let no_step = without(base(), "/spec/analysis/stepWeight");
+    assert_rejected(with(base(), "/spec/analysis/stepWeight", 0.into()), "analysis.stepWeight 0 never moves traffic");
+    assert_rejected(with(base(), "/spec/analysis/maxWeight", 0.into()), "analysis.maxWeight 0 would promote");
+    for weights in [serde_json::json!([50, 10, 20]), serde_json::json!([100, 0]), serde_json::json!([10, 10, 20])] {
+        let errors = server_side_errors(&with(no_step.clone(), "/spec/analysis/stepWeights", weights.clone()));
+        assert!(!errors.is_empty(), "{weights} accepted");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("analysis.stepWeights must increase") || e.contains("less than the minimum of 1")),
+            "{weights}: {errors:#?}"
+        );
+    }
+    accepted(with(no_step.clone(), "/spec/analysis/stepWeights", serde_json::json!([1, 2, 10, 80])));
+    accepted(with(no_step, "/spec/analysis/stepWeights", serde_json::json!([100])));
+    // With iterations the weights are not used: Flagger's blue/green manifests may carry them.
+    let blue_green = fixture("flagger/kubernetes-bluegreen.yaml");
+    accepted(with(with(blue_green, "/spec/analysis/maxWeight", 0.into()), "/spec/analysis/stepWeight", 0.into()));
+}
+
+#[test]
+fn names_petrel_writes_into_labels_and_services_are_checked() {
+    let long = "a".repeat(253);
+    let mut manifest = base();
+    manifest["metadata"]["name"] = long.clone().into();
+    assert_rejected(manifest, "metadata.name of a Canary must be at most 63 characters");
+    assert_rejected(with(base(), "/spec/service/name", "Podinfo_API".into()), "service.name must be a DNS-1035 label");
+    assert_rejected(
+        with(base(), "/spec/service/name", "a".repeat(56).into()),
+        "service.name must be a DNS-1035 label of at most 55",
+    );
+    accepted(with(base(), "/spec/service/name", "a".repeat(55).into()));
+    assert_rejected(with(base(), "/spec/service/portName", "HTTP".into()), "service.portName must be a port name");
+    // Without service.name, the Services are named after the target.
+    let unnamed = without(base(), "/spec/service/name");
+    assert_rejected(
+        with(unnamed.clone(), "/spec/targetRef/name", "my.app".into()),
+        "without service.name the Services are named after targetRef.name",
+    );
+    accepted(with(with(base(), "/spec/service/name", "app".into()), "/spec/targetRef/name", "my.app".into()));
+    assert_rejected(with(base(), "/spec/targetRef/name", "a".repeat(246).into()), "is longer than 245 characters");
+}
+
+#[test]
+fn nginx_needs_its_ingress_and_matches_need_one_condition() {
+    let nginx = fixture("flagger/nginx-canary.yaml");
+    assert_rejected(without(nginx, "/spec/ingressRef"), "provider nginx needs spec.ingressRef");
+    let ab = fixture("flagger/gatewayapi-ab.yaml");
+    let both = serde_json::json!([{ "headers": { "x-canary": { "exact": "insider", "regex": ".*" } } }]);
+    assert_rejected(
+        with(ab.clone(), "/spec/analysis/match", both),
+        "must set exactly one of exact, prefix, suffix or regex",
+    );
+    let none = serde_json::json!([{ "headers": { "x-canary": {} } }]);
+    assert_rejected(with(ab, "/spec/analysis/match", none), "must set exactly one of exact, prefix, suffix or regex");
 }
 
 #[test]

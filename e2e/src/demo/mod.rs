@@ -57,7 +57,8 @@ pub const OVERLAYS: [&str; 3] =
 /// The hub's manifests (Clusters, Rollout), relative to `examples/podinfo/`.
 pub const HUB_MANIFESTS: &str = "hub";
 /// petrel's CRDs a member cluster needs, in `crds/`.
-pub const MEMBER_CRDS: [&str; 3] = ["canaries.yaml", "metrictemplates.yaml", "alertproviders.yaml"];
+pub const MEMBER_CRDS: [&str; 4] =
+    ["canaries.yaml", "metrictemplates.yaml", "alertproviders.yaml", "clusteridentities.yaml"];
 /// petrel's CRDs the hub needs, in `crds/`.
 pub const HUB_CRDS: [&str; 2] = ["clusters.yaml", "rollouts.yaml"];
 /// Name of the hub cluster.
@@ -857,4 +858,25 @@ pub fn print_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CRD added to `crds/` and forgotten here leaves the demo's petrel without the
+    /// resource it reads or publishes (a member without ClusterIdentity is never approved).
+    #[test]
+    fn every_crd_of_the_repository_is_installed_on_the_members_or_the_hub() {
+        let root = repo_root();
+        let mut files: Vec<String> = std::fs::read_dir(root.join("crds"))
+            .expect("crds/ is readable")
+            .map(|entry| entry.expect("a crds/ entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml"))
+            .collect();
+        files.sort();
+        let mut installed: Vec<String> = MEMBER_CRDS.iter().chain(HUB_CRDS.iter()).map(|f| f.to_string()).collect();
+        installed.sort();
+        assert_eq!(files, installed);
+    }
 }

@@ -11,7 +11,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, CustomMetadata, IntOrString, ObjectRef, free_form_list, free_form_object, is_false};
+use super::common::{
+    Condition, CustomMetadata, DNS_1035_LABEL, IntOrString, ObjectRef, duration_bounds_rule, duration_format_rule,
+    free_form_list, free_form_object, http_url_rule, is_false,
+};
 
 /// Spec of a Canary: which Deployment to release, how traffic reaches it, and how each
 /// release is analysed.
@@ -30,8 +33,11 @@ use super::common::{Condition, CustomMetadata, IntOrString, ObjectRef, free_form
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"FailedChecks","type":"integer","jsonPath":".status.failedChecks"}"#,
     printcolumn = r#"{"name":"Release","type":"string","jsonPath":".status.release","priority":1}"#,
-    printcolumn = r#"{"name":"LastTransition","type":"date","jsonPath":".status.lastTransitionTime"}"#
+    printcolumn = r#"{"name":"LastTransition","type":"date","jsonPath":".status.lastTransitionTime"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63").message("metadata.name of a Canary must be at most 63 characters: petrel writes it into the label petrel.dev/canary of every object it creates")
 )]
+#[x_kube(validation = kube::core::Rule::new("!has(self.provider) || self.provider != 'nginx' || has(self.ingressRef)").message("provider nginx needs spec.ingressRef: the Ingress petrel clones for the canary"))]
+#[x_kube(validation = service_names_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
     /// Traffic provider: how weights reach requests. One of gatewayapi (also
@@ -72,9 +78,10 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "canaryAnalysis")]
     pub analysis: Option<CanaryAnalysis>,
 
-    /// Seconds a canary may stay not ready before the release is rolled back. Default 600.
+    /// Seconds a canary may stay not ready before the release is rolled back. Default 600,
+    /// at most 86400 (a day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 86400))]
     pub progress_deadline_seconds: Option<i32>,
 
     /// Promote a new revision without running analysis.
@@ -114,6 +121,17 @@ pub const PROVIDERS: &[&str] = &[
     "kubernetes",
 ];
 
+/// Without `service.name` the Services are named after the target, so the target's name
+/// must then make valid Service names too (`<name>-primary` is the longest).
+fn service_names_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "has(self.service.name) || (size(self.targetRef.name) <= 55 && self.targetRef.name.matches('{DNS_1035_LABEL}'))"
+    ))
+    .message(kube::core::Message::Message(
+        "without service.name the Services are named after targetRef.name, which must then be a DNS-1035 label of at most 55 characters (lowercase letters, digits and '-', starting with a letter); set service.name".into(),
+    ))
+}
+
 fn provider_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
@@ -131,7 +149,9 @@ pub struct TargetRef {
     /// Kind of the target; petrel releases Deployments.
     #[schemars(schema_with = "deployment_kind_schema")]
     pub kind: String,
+    /// Name of the Deployment; at most 245 characters, so that `<name>-primary` is a valid name.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("targetRef.name must name the Deployment to release"))]
+    #[schemars(length(max = 245))]
     pub name: String,
 }
 
@@ -174,17 +194,22 @@ pub struct ScalerReplicas {
 }
 
 /// The Services `<name>`, `<name>-primary`, `<name>-canary` and the routing built on them.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryService {
-    /// Name of the apex Service; defaults to the target's name.
+    /// Name of the apex Service; defaults to the target's name. A DNS-1035 label of at
+    /// most 55 characters, so that `<name>-primary` is one too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = service_name_rule())]
     pub name: Option<String>,
     /// Port the Services expose.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Name of the Service port. Default `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.matches('[a-z]')").message("service.portName must be a port name of at most 15 characters: lowercase letters, digits and '-', with at least one letter"))]
     pub port_name: Option<String>,
     /// Container port (number or name). Defaults to `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +282,14 @@ pub struct CanaryService {
     pub unmanaged_metadata: Option<serde_json::Value>,
 }
 
+fn service_name_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!("size(self) <= 55 && self.matches('{DNS_1035_LABEL}')")).message(
+        kube::core::Message::Message(
+            "service.name must be a DNS-1035 label of at most 55 characters (lowercase letters, digits and '-', starting with a letter): petrel creates the Services <name>, <name>-primary and <name>-canary".into(),
+        ),
+    )
+}
+
 /// A Gateway API parent reference.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -279,35 +312,44 @@ pub struct GatewayRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.interval) || duration(self.interval) >= duration('1s')").message("analysis.interval must be at least 1s"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.maxWeight) || self.maxWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.maxWeight 0 would promote without the canary ever receiving traffic: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || self.stepWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.stepWeight 0 never moves traffic to the canary: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
 pub struct CanaryAnalysis {
-    /// Time between analysis ticks, as a duration such as `30s` or `1m`. Default `1m`.
+    /// Time between analysis ticks, as a duration such as `30s` or `1m`, from 1s to 24h.
+    /// Default `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_format_rule("analysis.interval"))]
+    #[x_kube(validation = duration_bounds_rule("analysis.interval", "1s", "24h"))]
     pub interval: Option<String>,
-    /// Failed checks tolerated before the release is rolled back. Default 1.
+    /// Failed checks tolerated before the release is rolled back. Default 1, at most 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub threshold: Option<i32>,
-    /// Highest canary weight before promotion (canary strategy). Default 100.
+    /// Highest canary weight before promotion (canary strategy). Default 100. 0 is
+    /// refused unless `stepWeights` or `iterations` (blue/green, A/B) replace it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_weight: Option<i32>,
-    /// Weight added at each passing tick (canary strategy).
+    /// Weight added at each passing tick (canary strategy). 0 is refused unless
+    /// `stepWeights` or `iterations` replace it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub step_weight: Option<i32>,
-    /// Explicit weight steps, for example `[1, 5, 20, 50]`; used instead of stepWeight/maxWeight.
+    /// Explicit weight steps, for example `[1, 5, 20, 50]`, strictly increasing, each from
+    /// 1 to 100; used instead of stepWeight/maxWeight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(inner(range(min = 0, max = 100)), length(max = 100))]
+    #[schemars(inner(range(min = 1, max = 100)), length(max = 100))]
+    #[x_kube(validation = kube::core::Rule::new("self.isSorted() && self.all(w, self.exists_one(x, x == w))").message("analysis.stepWeights must increase from each step to the next, for example [1, 5, 20, 50]: petrel neither reorders nor skips steps"))]
     pub step_weights: Option<Vec<i32>>,
     /// Weight moved back to the primary at each tick while promoting; all at once when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub step_weight_promotion: Option<i32>,
-    /// Number of passing ticks before promotion (A/B with `match`, blue/green without).
+    /// Number of passing ticks before promotion (A/B with `match`, blue/green without);
+    /// at most 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1000))]
     pub iterations: Option<i32>,
     /// Mirror traffic to the canary (blue/green; or a mirror-only first step for canary).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -324,21 +366,25 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub canary_ready_threshold: Option<i32>,
-    /// A/B conditions: requests matching any of them go to the canary.
+    /// A/B conditions: requests matching any of them go to the canary (at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
+    #[schemars(length(max = 16))]
     pub match_: Option<Vec<HttpMatch>>,
     /// Accepted for Flagger compatibility; petrel does not yet pin sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub session_affinity: Option<serde_json::Value>,
-    /// Checks run at every tick.
+    /// Checks run at every tick (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub metrics: Vec<CanaryMetric>,
-    /// Gates and notifications called at defined points of a release.
+    /// Gates and notifications called at defined points of a release (at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
     pub webhooks: Vec<CanaryWebhook>,
-    /// Alert providers notified of this Canary's events.
+    /// Alert providers notified of this Canary's events (at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
     pub alerts: Vec<CanaryAlert>,
 }
 
@@ -348,8 +394,10 @@ pub struct CanaryAnalysis {
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatch {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
     pub headers: BTreeMap<String, StringMatch>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
     pub query_params: BTreeMap<String, StringMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<StringMatch>,
@@ -360,8 +408,9 @@ pub struct HttpMatch {
 }
 
 /// A string condition: exactly one of exact, prefix, suffix or regex.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("[has(self.exact), has(self.prefix), has(self.suffix), has(self.regex)].exists_one(set, set)").message("a match condition must set exactly one of exact, prefix, suffix or regex"))]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
@@ -381,8 +430,12 @@ pub struct CanaryMetric {
     /// `request-success-rate`, `request-duration`, or any name with a templateRef.
     #[schemars(length(min = 1))]
     pub name: String,
-    /// Range window used in the query (`{{ interval }}`); defaults to the analysis interval.
+    /// Range window used in the query (`{{ interval }}`), a duration from 1s to 24h;
+    /// defaults to the analysis interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_format_rule("metrics[].interval"))]
+    #[x_kube(validation = duration_bounds_rule("metrics[].interval", "1s", "24h"))]
     pub interval: Option<String>,
     /// Deprecated Flagger field: the maximum accepted value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -497,7 +550,7 @@ pub struct TemplateRef {
     pub namespace: Option<String>,
 }
 
-/// When a webhook is called.
+/// When a webhook is called. An empty `type` is `rollout`, as in Flagger.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookType {
@@ -507,6 +560,7 @@ pub enum HookType {
     PreRollout,
     /// At every analysis tick before the metrics; a failure counts as a failed check.
     #[default]
+    #[serde(alias = "")]
     Rollout,
     /// Before every weight increase; a failure holds the weight.
     ConfirmTrafficIncrease,
@@ -537,18 +591,23 @@ impl HookType {
 }
 
 /// An HTTP webhook (POST with a JSON payload, 2xx = success).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryWebhook {
     pub name: String,
-    /// Defaults to `rollout`.
+    /// Defaults to `rollout` (also when empty).
     #[serde(default, rename = "type")]
+    #[schemars(schema_with = "hook_type_schema")]
     pub type_: HookType,
-    #[schemars(length(min = 1))]
+    /// An absolute http:// or https:// URL.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = http_url_rule("webhooks[].url"))]
     pub url: String,
-    /// Per-attempt timeout such as `10s`. Default 10s.
+    /// Per-attempt timeout, a duration from 1ms to 10m such as `10s` or `1m30s`. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_format_rule("webhooks[].timeout"))]
+    #[x_kube(validation = duration_bounds_rule("webhooks[].timeout", "1ms", "10m"))]
     pub timeout: Option<String>,
     /// Extra attempts after a failed one. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -563,21 +622,40 @@ pub struct CanaryWebhook {
     pub metadata: BTreeMap<String, String>,
 }
 
+fn hook_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion", "post-rollout", "rollback", "event", ""],
+        "description": "When the webhook is called; empty means rollout, as in Flagger."
+    })
+}
+
 /// An alert subscription.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryAlert {
     pub name: String,
-    /// `info` receives everything, `warn` warnings and errors, `error` only errors.
+    /// `info` (also when empty, as in Flagger) receives everything, `warn` warnings and
+    /// errors, `error` only errors.
     #[serde(default)]
+    #[schemars(schema_with = "alert_severity_schema")]
     pub severity: AlertSeverity,
     pub provider_ref: TemplateRef,
+}
+
+fn alert_severity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["info", "warn", "error", ""],
+        "description": "info (also when empty), warn or error."
+    })
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub enum AlertSeverity {
     #[default]
+    #[serde(alias = "")]
     Info,
     Warn,
     Error,

@@ -78,3 +78,43 @@ pub(crate) fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Sch
         "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
     })
 }
+
+/// A duration as petrel (and Go's `time.ParseDuration`) reads it, in the usual order of
+/// units: hours, minutes, seconds, milliseconds, each at most once (`30s`, `1m30s`,
+/// `1.5h`, `500ms`). The digit counts are bounded so that the API server's `duration()`
+/// never overflows on a value the pattern accepts (the largest, 999999h9999999m
+/// 999999999s999999999999ms, is about 6.2e18 ns, below Go's limit of 9.2e18), and a
+/// value too large for the field gets the bounds message rather than CEL's "type
+/// conversion error". The empty string is refused apart. `[.]` rather than `\.`: the
+/// pattern goes into a CEL string, where `\.` is no escape.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}([.][0-9]{1,9})?h)?([0-9]{1,7}([.][0-9]{1,9})?m)?([0-9]{1,9}([.][0-9]{1,9})?s)?([0-9]{1,12}([.][0-9]{1,9})?ms)?$";
+
+/// The CEL rule of a duration field's format, said in words (rather than CEL's "type
+/// conversion error"). `field` is the path a person reads in the message
+/// (`analysis.interval`).
+pub fn duration_format_rule(field: &str) -> kube::core::Rule {
+    use kube::core::{Message, Rule};
+    Rule::new(format!("self != '' && self.matches('{DURATION_PATTERN}')")).message(Message::Message(format!(
+        "{field} must be a duration such as 30s, 1m or 1m30s (numbers with the units h, m, s and ms, in that order)"
+    )))
+}
+
+/// The CEL rule of a duration field's bounds (inclusive, in the same syntax), checked
+/// only once [`duration_format_rule`] holds so that a malformed value gets one message.
+pub fn duration_bounds_rule(field: &str, min: &str, max: &str) -> kube::core::Rule {
+    use kube::core::{Message, Rule};
+    Rule::new(format!(
+        "self == '' || !self.matches('{DURATION_PATTERN}') || (duration(self) >= duration('{min}') && duration(self) <= duration('{max}'))"
+    ))
+    .message(Message::Message(format!("{field} must be at least {min} and at most {max}")))
+}
+
+/// A DNS-1035 label, what Kubernetes requires of a Service name.
+pub const DNS_1035_LABEL: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// An absolute `http://` or `https://` URL with a host. Kubernetes' CEL URL library.
+pub fn http_url_rule(field: &str) -> kube::core::Rule {
+    use kube::core::{Message, Rule};
+    Rule::new("self.matches('^https?://') && isURL(self) && url(self).getHostname() != ''")
+        .message(Message::Message(format!("{field} must be an absolute http:// or https:// URL")))
+}

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::canary::Phase;
-use super::common::{Condition, IntOrString, is_false};
+use super::common::{Condition, DURATION_PATTERN, IntOrString, duration_bounds_rule, duration_format_rule, is_false};
 
 /// Condition type: the current release is moving (or waiting for a gate) across the fleet.
 pub const CONDITION_PROGRESSING: &str = "Progressing";
@@ -144,7 +144,6 @@ pub enum LabelOperator {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxConcurrency) || string(self.maxConcurrency).matches('^([1-9][0-9]*|([1-9][0-9]?|100)%)$')").message("maxConcurrency must be a count of at least 1 or a percentage from 1% to 100%"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxFailures) || string(self.maxFailures).matches('^([0-9]+|([0-9]|[1-9][0-9]|100)%)$')").message("maxFailures must be a count of at least 0 or a percentage from 0% to 100%"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.progressDeadline) || duration(self.progressDeadline) >= duration('1s')").message("progressDeadline must be at least 1s"))]
 pub struct Wave {
     /// Name of the wave, unique within the Rollout (for example `canary`, `eu`, `rest`).
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -168,9 +167,11 @@ pub struct Wave {
     pub max_failures: Option<IntOrString>,
 
     /// Bake time after the wave succeeded before the next wave opens, as a duration
-    /// such as `30m` or `1h`. Default none.
+    /// such as `30m` or `1h`, at most a week (168h). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = soak_format_rule())]
+    #[x_kube(validation = kube::core::Rule::new(format!("self == '0' || self == '' || !self.matches('{DURATION_PATTERN}') || duration(self) <= duration('168h')")).message("waves[].soak must be at most 168h"))]
     pub soak: Option<String>,
 
     /// `Automatic` (default) or `Manual`: a manual wave opens only after
@@ -179,10 +180,23 @@ pub struct Wave {
     pub approval: Approval,
 
     /// How long a member of this wave may take to report the release (or stay
-    /// unreachable) before it counts as failed. Default `30m`; never unbounded.
+    /// unreachable) before it counts as failed, from 1s to 168h. Default `30m`; never
+    /// unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_format_rule("waves[].progressDeadline"))]
+    #[x_kube(validation = duration_bounds_rule("waves[].progressDeadline", "1s", "168h"))]
     pub progress_deadline: Option<String>,
+}
+
+/// A soak is a duration, or `0` for none.
+fn soak_format_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!("self == '0' || (self != '' && self.matches('{DURATION_PATTERN}'))")).message(
+        kube::core::Message::Message(
+            "waves[].soak must be 0 or a duration such as 30m, 1h or 1h30m (numbers with the units h, m, s and ms, in that order)"
+                .into(),
+        ),
+    )
 }
 
 /// Schema of label matches: bounded, like Kubernetes label keys and values.
@@ -459,6 +473,22 @@ mod tests {
         r.validate_cel().unwrap();
         assert_eq!(r.spec.on_failure, FailurePolicy::Halt);
         assert_eq!(r.spec.waves[1].approval, Approval::Manual);
+    }
+
+    #[test]
+    fn wave_durations_say_what_is_wrong_and_are_bounded() {
+        let refused = |wave: serde_json::Value| rollout(json!([wave])).validate_cel().unwrap_err().to_string();
+        for (wave, message) in [
+            (json!({"name": "a", "soak": "1y"}), "waves[].soak must be 0 or a duration such as 30m"),
+            (json!({"name": "a", "soak": "200h"}), "waves[].soak must be at most 168h"),
+            (json!({"name": "a", "progressDeadline": "abc"}), "waves[].progressDeadline must be a duration"),
+            (json!({"name": "a", "progressDeadline": "100000h"}), "must be at least 1s and at most 168h"),
+            (json!({"name": "a", "progressDeadline": "0s"}), "must be at least 1s"),
+        ] {
+            let error = refused(wave.clone());
+            assert!(error.contains(message) && !error.contains("conversion"), "{wave}: {error}");
+        }
+        rollout(json!([{"name": "a", "soak": "0", "progressDeadline": "1h30m"}])).validate_cel().unwrap();
     }
 
     #[test]

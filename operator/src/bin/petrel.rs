@@ -205,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             metrics: metrics.clone(),
             caches: controller::Caches::new(readiness.watches()),
             readiness: readiness.clone(),
+            canaries: Default::default(),
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };

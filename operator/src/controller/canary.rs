@@ -11,6 +11,7 @@
 //! - Events, alerts and webhooks that tell people run only *after* a successful write:
 //!   a retried reconcile decides from the new status and does not tell them twice.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tracing::{debug, instrument, warn};
 
 use super::conditions::set_condition;
 use super::freshness::WriteOutcome;
-use super::{Context, Error, provider_of};
+use super::{Context, Error, claims, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
 use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
@@ -35,7 +36,7 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{TrafficRouter, Weights, router_with};
+use crate::routers::{RouterError, TrafficRouter, Weights, router_with};
 use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
 
 /// How long a Stalled Canary waits before petrel looks again (watches usually wake it sooner).
@@ -45,7 +46,10 @@ const METRIC_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon a reconcile whose status write met a newer Canary (409) runs again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(200);
 
-/// Reconciles one Canary.
+/// Reconciles one Canary, read fresh when the cache lags behind petrel's own last write.
+/// What the Canary asks for and cannot be done until a person changes something
+/// ([`Error::Refused`]) is reported as `Stalled` with an Event, once, and looked at again
+/// later; only transient failures are retried soon.
 #[instrument(skip_all, fields(canary = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
 pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
@@ -53,6 +57,16 @@ pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         debug!("deleted meanwhile: nothing to do");
         return Ok(Requeue::await_change());
     };
+    match reconcile_canary(&canary, &ctx).await {
+        Err(Error::Refused { reason, message }) => {
+            let status = canary.status.clone().unwrap_or_default();
+            stall(&ctx, &canary, status, reason, &message).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     if canary.spec.suspend {
@@ -61,49 +75,52 @@ pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     }
 
     // Bad input: a visible Stalled condition and an Event; traffic is not touched.
-    let provider = match provider_of(&canary, &ctx.settings) {
+    let provider = match provider_of(canary, &ctx.settings) {
         Ok(provider) => provider,
-        Err(e) => return stall(&ctx, &canary, status, "UnknownProvider", &e.to_string()).await,
+        Err(e) => return stall(ctx, canary, status, "UnknownProvider", &e.to_string()).await,
     };
-    let snapshot = match workloads::read_workloads(&ctx.client, &canary).await {
+    let snapshot = match workloads::read_workloads(&ctx.client, canary).await {
         Ok(snapshot) => snapshot,
-        Err(e) if e.is_stalled() => return stall(&ctx, &canary, status, stall_reason(&e), &e.to_string()).await,
+        Err(e) if e.is_stalled() => return stall(ctx, canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
     };
-    if let Err(message) = check_service_port(&canary, &snapshot.target) {
-        return stall(&ctx, &canary, status, "ServicePortNotFound", &message).await;
+    if let Some(refusal) = refusal_by_claims(ctx, canary, &namespace, &snapshot).await? {
+        return stall(ctx, canary, status, refusal.reason, &refusal.message).await;
+    }
+    if let Some(message) = target_scaled_to_zero(canary, &status, &snapshot.target) {
+        return stall(ctx, canary, status, "TargetScaledToZero", &message).await;
+    }
+    if let Err(message) = check_service_port(canary, &snapshot.target) {
+        return stall(ctx, canary, status, "ServicePortNotFound", &message).await;
     }
     if let Err(e) = interval_of(&canary.spec) {
-        return stall(&ctx, &canary, status, "InvalidInterval", &e.to_string()).await;
+        return stall(ctx, canary, status, "InvalidInterval", &e.to_string()).await;
     }
     if let Some(message) = comparison_shortfall(&canary.spec, provider) {
-        return stall(&ctx, &canary, status, "TooFewTicksForComparison", &message).await;
+        return stall(ctx, canary, status, "TooFewTicksForComparison", &message).await;
     }
     let source = KubeSource::cached(ctx.client.clone(), ctx.caches.sources.clone());
-    if let Some(message) = missing_metric_template(&source, &canary, &namespace).await {
-        return stall(&ctx, &canary, status, "MetricTemplateNotFound", &message).await;
+    if let Some(message) = missing_metric_template(&source, canary, &namespace).await {
+        return stall(ctx, canary, status, "MetricTemplateNotFound", &message).await;
     }
-    if let Some(message) = invalid_metric_provider(&metric_deps(&ctx, &source), &canary).await {
-        return stall(&ctx, &canary, status, "MetricProviderInvalid", &message).await;
+    if let Some(message) = invalid_metric_provider(&metric_deps(ctx, &source), canary).await {
+        return stall(ctx, canary, status, "MetricProviderInvalid", &message).await;
     }
 
     // Generated objects: primary (created once), its HPA, Services and routes.
-    workloads::initialize_primary(&ctx.client, &canary, &snapshot)
+    workloads::initialize_primary(&ctx.client, canary, &snapshot)
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
     let router = router_with(provider, ctx.client.clone(), ctx.caches.router_memory());
-    router
-        .reconcile(&canary)
-        .await
-        .map_err(|e| Error::Router { context: "creating the Services and routes".into(), message: e.to_string() })?;
+    router.reconcile(canary).await.map_err(|e| router_error("creating the Services and routes", e))?;
 
     // Observe, run what the core asks for, decide.
     let now = Utc::now();
-    let fleet = fleet_gate(&canary, &snapshot.revision);
+    let fleet = fleet_gate(canary, &snapshot.revision);
     let requests = core::requests::pending_requests(canary.annotations(), &status);
     let plan = core::plan(&canary.spec, &status, provider, &snapshot.revision, &fleet, now);
     let analysis_started = std::time::Instant::now();
-    let mut gates = run_plan(&ctx, &source, &canary, provider, &plan, &status, &snapshot).await;
+    let mut gates = run_plan(ctx, &source, canary, provider, &plan, &status, &snapshot).await;
     let analysis_time = plan.run_metrics.then(|| analysis_started.elapsed());
     if let Some(results) = gates.metrics.as_mut() {
         let metrics = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
@@ -114,8 +131,8 @@ pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         now,
         target_revision: snapshot.revision.clone(),
         target_release: snapshot.release.clone(),
-        canary: snapshot.canary_health(&canary, now),
-        primary: snapshot.primary_health(&canary, now),
+        canary: snapshot.canary_health(canary, now),
+        primary: snapshot.primary_health(canary, now),
         primary_updated: snapshot.primary_runs(&promoting_revision),
         fleet,
         gates,
@@ -125,17 +142,17 @@ pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
 
     let (changes, notices): (Vec<Action>, Vec<Action>) =
         decision.actions.into_iter().partition(|action| !is_notice(action));
-    apply_changes(&ctx, &canary, &snapshot, router.as_ref(), &changes).await?;
+    apply_changes(ctx, canary, &snapshot, router.as_ref(), &changes).await?;
 
     let mut next = decision.status;
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
     set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
-    if let WriteOutcome::Conflict = write_status(&ctx, &canary, &status, next.clone()).await? {
+    if let WriteOutcome::Conflict = write_status(ctx, canary, &status, next.clone()).await? {
         return Ok(Requeue::requeue(CONFLICT_RETRY));
     }
-    notify(&ctx, &source, &canary, &snapshot, &notices, &next).await;
-    ctx.metrics.observe_canary(&canary, &status, &next, provider, analysis_time);
+    notify(ctx, &source, canary, &snapshot, &notices, &next).await;
+    ctx.metrics.observe_canary(canary, &status, &next, provider, analysis_time);
     if decision.idle {
         // Nothing is due until the Canary, its target or its configs change, and those
         // are watched: no tick, no API call.
@@ -203,10 +220,10 @@ async fn apply_changes(
                     context: "checking the weights the core decided".into(),
                     message: e.to_string(),
                 })?;
-                router.set_routes(canary, weights).await.map_err(|e| Error::Router {
-                    context: format!("setting routes to {weights}"),
-                    message: e.to_string(),
-                })?;
+                router
+                    .set_routes(canary, weights)
+                    .await
+                    .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
             }
             Action::ScaleCanaryUp => {
                 workloads::scale_canary_up(&ctx.client, snapshot)
@@ -345,8 +362,81 @@ fn stall_reason(e: &WorkloadError) -> &'static str {
     }
 }
 
+/// A failed workload operation: the Canary's fault when it needs a person's change (a
+/// missing config, or an object the API server refused to accept), else transient.
 fn workload_error(context: &str, e: WorkloadError) -> Error {
-    Error::Workload { context: context.to_string(), message: e.to_string() }
+    let refused = match &e {
+        WorkloadError::Kube { source, .. } => refused_by_api_server(source).then_some("InvalidGeneratedObject"),
+        e if e.is_stalled() => Some(stall_reason(e)),
+        _ => None,
+    };
+    match refused {
+        Some(reason) => Error::Refused { reason, message: format!("{context}: {e}") },
+        None => Error::Workload { context: context.to_string(), message: e.to_string() },
+    }
+}
+
+/// A failed router operation, classified like [`workload_error`]. A route kind the API
+/// server does not serve (its CRDs are not installed) is the cluster's configuration,
+/// not a transient failure.
+fn router_error(context: impl Into<String>, e: RouterError) -> Error {
+    let context = context.into();
+    let refused = match &e {
+        RouterError::InvalidCanary { .. } => Some("InvalidRouting"),
+        RouterError::Unsupported { .. } => Some("ProviderUnsupported"),
+        RouterError::NotFound { .. } => Some("RouteTargetNotFound"),
+        RouterError::Malformed { .. } => Some("RouteObjectMalformed"),
+        RouterError::Api { source, .. } if refused_by_api_server(source) => Some("InvalidGeneratedObject"),
+        RouterError::Api { source, .. } if matches!(source.as_ref(), kube::Error::Api(status) if status.code == 404) => {
+            Some("RouteKindNotServed")
+        }
+        RouterError::InvalidWeights { .. } | RouterError::Api { .. } | RouterError::Json { .. } => None,
+    };
+    match refused {
+        Some(reason) => Error::Refused { reason, message: format!("{context}: {e}") },
+        None => Error::Router { context, message: e.to_string() },
+    }
+}
+
+/// The API server refused a write because of what was written (400 Bad Request, 422
+/// Invalid): retrying the same object cannot help.
+fn refused_by_api_server(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 400 || status.code == 422)
+}
+
+/// Checks against the other Canaries of the namespace and the objects petrel would take
+/// over (see [`claims`]): `Some` refusal when this Canary must not touch anything.
+async fn refusal_by_claims(
+    ctx: &Context,
+    canary: &Canary,
+    namespace: &str,
+    snapshot: &WorkloadSnapshot,
+) -> Result<Option<claims::Refusal>, Error> {
+    if let Some(refusal) = claims::managed_target(canary, &snapshot.target) {
+        return Ok(Some(refusal));
+    }
+    let neighbours = ctx.canaries.in_namespace(&ctx.client, namespace).await?;
+    if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref)) {
+        return Ok(Some(refusal));
+    }
+    let Some(primary) = &snapshot.primary else { return Ok(None) };
+    let live: BTreeSet<String> = neighbours.iter().filter_map(|c| c.uid()).collect();
+    Ok(claims::taken_primary(canary, primary, &live))
+}
+
+/// A target a person scaled to zero before petrel ever initialised it: the primary would
+/// be made up with replicas nobody asked for and releases analysed on them. Once
+/// initialised, a target at zero is petrel's own doing (it scales the canary down between
+/// releases), and an autoscaler decides the replicas itself.
+pub(crate) fn target_scaled_to_zero(canary: &Canary, status: &CanaryStatus, target: &Deployment) -> Option<String> {
+    let replicas = target.spec.as_ref().and_then(|spec| spec.replicas);
+    let never_initialised = status.last_promoted_spec.is_none();
+    (never_initialised && canary.spec.autoscaler_ref.is_none() && replicas == Some(0)).then(|| {
+        format!(
+            "Deployment {} has spec.replicas 0: there would be no pods to serve or analyse; scale it up (or set spec.autoscalerRef) and petrel creates the primary with that many replicas",
+            canary.spec.target_ref.name
+        )
+    })
 }
 
 /// The Service's target port must exist on the target's containers: a named port by name,
@@ -585,5 +675,76 @@ mod tests {
             message.contains("metric not-found") && message.contains("elsewhere/not-found-percentage"),
             "{message}"
         );
+    }
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(
+                "Deployment.apps \"x\" is invalid: metadata.labels: must be no more than 63 characters",
+                "Invalid",
+            )
+            .with_code(code)
+            .boxed(),
+        )
+    }
+
+    #[test]
+    fn what_the_api_server_refuses_stalls_and_what_is_transient_is_retried() {
+        let refused = workload_error(
+            "creating the primary",
+            WorkloadError::kube("creating Deployment t/x-primary", api_error(422)),
+        );
+        assert!(
+            matches!(&refused, Error::Refused { reason: "InvalidGeneratedObject", message } if message.contains("63 characters")),
+            "{refused:?}"
+        );
+        let transient = workload_error("creating the primary", WorkloadError::kube("creating", api_error(503)));
+        assert!(matches!(transient, Error::Workload { .. }), "{transient:?}");
+        let missing = WorkloadError::MissingConfig {
+            kind: "ConfigMap",
+            namespace: "t".into(),
+            name: "c".into(),
+            deployment: "d".into(),
+        };
+        assert!(matches!(workload_error("promoting", missing), Error::Refused { reason: "ConfigNotFound", .. }));
+
+        let no_ingress =
+            RouterError::InvalidCanary { canary: "t/c".into(), reason: "provider nginx needs spec.ingressRef".into() };
+        assert!(matches!(
+            router_error("creating the routes", no_ingress),
+            Error::Refused { reason: "InvalidRouting", .. }
+        ));
+        let api = |code| RouterError::Api {
+            verb: "apply",
+            kind: "HTTPRoute".into(),
+            namespace: "t".into(),
+            name: "c".into(),
+            source: Box::new(api_error(code)),
+        };
+        assert!(matches!(router_error("x", api(422)), Error::Refused { reason: "InvalidGeneratedObject", .. }));
+        assert!(matches!(router_error("x", api(404)), Error::Refused { reason: "RouteKindNotServed", .. }));
+        assert!(matches!(router_error("x", api(500)), Error::Router { .. }));
+        assert!(matches!(
+            router_error("x", RouterError::InvalidWeights { primary: 50, canary: 60 }),
+            Error::Router { .. }
+        ));
+    }
+
+    #[test]
+    fn a_target_scaled_to_zero_stalls_only_before_petrel_initialised_it() {
+        let mut target = deployment_with_port("http");
+        target.spec.as_mut().unwrap().replicas = Some(0);
+        let fresh = CanaryStatus::default();
+        let message = target_scaled_to_zero(&canary(json!({})), &fresh, &target).expect("refused");
+        assert!(message.contains("spec.replicas 0"), "{message}");
+        // petrel scaled it down itself after initialising.
+        let initialised = CanaryStatus { last_promoted_spec: Some("r0".into()), ..CanaryStatus::default() };
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &initialised, &target), None);
+        // An autoscaler decides the replicas.
+        let scaled = canary(
+            json!({"spec": {"autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"}}}),
+        );
+        assert_eq!(target_scaled_to_zero(&scaled, &fresh, &target), None);
+        target.spec.as_mut().unwrap().replicas = Some(2);
+        assert_eq!(target_scaled_to_zero(&canary(json!({})), &fresh, &target), None);
     }
 }

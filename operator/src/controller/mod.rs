@@ -4,13 +4,14 @@
 //! [`crate::core::decide`]), applies the actions and writes the status once.
 
 mod canary;
+mod claims;
 mod conditions;
 mod events;
 pub mod freshness;
 pub mod identity;
 pub mod watches;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -63,6 +64,8 @@ pub struct Context {
     pub readiness: crate::telemetry::Readiness,
     /// Watch caches and what petrel last wrote ([`Caches::new`] with the readiness' watches).
     pub caches: Caches,
+    /// The controller's Canary cache, to compare a Canary with its neighbours.
+    pub canaries: CanaryCache,
 }
 
 /// What the controller keeps between reconciles; all of it is rebuilt from the API
@@ -103,6 +106,31 @@ impl Caches {
     }
 }
 
+/// The Canaries the controller's cache holds, for the checks that compare a Canary with
+/// the others of its namespace (two Canaries claiming one Deployment). [`run`] fills it.
+#[derive(Clone, Default)]
+pub struct CanaryCache(Arc<OnceLock<Store<Canary>>>);
+
+impl CanaryCache {
+    /// The Canaries of `namespace`: from the cache once the controller runs, else (a
+    /// reconcile called outside [`run`]) read from the API server.
+    pub(crate) async fn in_namespace(&self, client: &Client, namespace: &str) -> Result<Vec<Arc<Canary>>, Error> {
+        if let Some(store) = self.0.get() {
+            return Ok(store.state().into_iter().filter(|c| c.namespace().as_deref() == Some(namespace)).collect());
+        }
+        let list = Api::<Canary>::namespaced(client.clone(), namespace)
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(Error::kube("listing the namespace's Canaries"))?;
+        Ok(list.items.into_iter().map(Arc::new).collect())
+    }
+
+    fn fill(&self, store: Store<Canary>) {
+        // Set once per process; a second controller on the same Context keeps the first cache.
+        let _ = self.0.set(store);
+    }
+}
+
 /// Errors of one reconcile. Bad input is not an error here: it becomes a `Stalled`
 /// condition and an Event, and the reconcile succeeds.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +145,12 @@ pub enum Error {
     Router { context: String, message: String },
     #[error("workload update failed while {context}: {message}")]
     Workload { context: String, message: String },
+    /// The Canary asks for something that cannot be done until a person changes it: the
+    /// API server refused an object built from it (a name too long for a label, say), or
+    /// a router cannot route it. Never retried in a loop: the reconcile reports it as a
+    /// `Stalled` condition and an Event.
+    #[error("{message}")]
+    Refused { reason: &'static str, message: String },
     #[error("Canary has no namespace")]
     MissingNamespace,
 }
@@ -133,6 +167,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::Router { .. } => "router",
             Error::Workload { .. } => "workload",
+            Error::Refused { .. } => "refused",
             Error::MissingNamespace => "invalid",
         }
     }
@@ -247,6 +282,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             .for_each(|_| std::future::ready(()));
     let alert_providers = tokio::spawn(alert_providers);
 
+    ctx.canaries.fill(store.clone());
     // Readiness and the sweep of deleted Canaries' metric series follow the cache.
     let telemetry =
         tokio::spawn(crate::telemetry::track_canary_store(store.clone(), ctx.readiness.clone(), ctx.metrics.clone()));
