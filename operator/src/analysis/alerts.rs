@@ -84,10 +84,10 @@ pub enum AlertError {
     NoAddress { alert: String, provider: String },
     #[error("alert {alert}: AlertProvider {provider} is invalid: {reason}")]
     Invalid { alert: String, provider: String, reason: String },
-    #[error("alert {alert}: {url} answered HTTP {status}: {body}")]
-    Status { alert: String, url: RedactedUrl, status: u16, body: String },
-    #[error("alert {alert}: cannot reach {url}: {reason}")]
-    Transport { alert: String, url: RedactedUrl, reason: String },
+    #[error("alert {alert}: AlertProvider {provider}: {url} answered HTTP {status}: {body}")]
+    Status { alert: String, provider: String, url: RedactedUrl, status: u16, body: String },
+    #[error("alert {alert}: AlertProvider {provider}: cannot reach {url}: {reason}")]
+    Transport { alert: String, provider: String, url: RedactedUrl, reason: String },
 }
 
 impl AlertError {
@@ -330,10 +330,17 @@ pub async fn send_alert<S: AlertSource>(
             &proxied
         }
     };
-    post(client, &subscription.name, &request).await
+    post(client, &subscription.name, &provider_name, &request).await
 }
 
-async fn post(client: &EgressClient, subscription: &str, request: &AlertRequest) -> Result<(), AlertError> {
+/// Sends `request`; errors name the alert and the AlertProvider (`namespace/name`), so
+/// an Event says which receiver failed although its URL is shown by origin only.
+async fn post(
+    client: &EgressClient,
+    subscription: &str,
+    provider: &str,
+    request: &AlertRequest,
+) -> Result<(), AlertError> {
     let mut builder =
         client.request(reqwest::Method::POST, request.url.clone()).timeout(ALERT_TIMEOUT).json(&request.body);
     if let Some(token) = &request.token {
@@ -342,6 +349,7 @@ async fn post(client: &EgressClient, subscription: &str, request: &AlertRequest)
     let url = RedactedUrl::origin(&request.url);
     let answer = client.send(builder).await.map_err(|error| AlertError::Transport {
         alert: subscription.into(),
+        provider: provider.into(),
         url: url.clone(),
         reason: match error {
             OutboundError::Timeout => format!("no answer within {ALERT_TIMEOUT:?}"),
@@ -355,7 +363,7 @@ async fn post(client: &EgressClient, subscription: &str, request: &AlertRequest)
     // before the excerpt is cut, so no half of a secret survives the cut.
     let secrets = request.secrets.iter().map(String::as_str).chain(request.token.as_deref());
     let body = excerpt(&scrub(&answer.body, secrets), MAX_QUOTED_BODY);
-    Err(AlertError::Status { alert: subscription.into(), url, status: answer.status, body })
+    Err(AlertError::Status { alert: subscription.into(), provider: provider.into(), url, status: answer.status, body })
 }
 
 /// Sends `alert` to every subscription of `canary` whose severity filter selects it,
@@ -741,6 +749,9 @@ mod tests {
         assert_eq!(messages.len(), 4, "{messages:?}");
         assert!(messages[0].contains("403") && messages[0].contains("<redacted>"), "{messages:?}");
         assert!(messages[1].contains("cannot reach"), "{messages:?}");
+        // The URL is shown by origin only, so the message names the AlertProvider.
+        assert!(messages[0].contains("AlertProvider test/echo:"), "{messages:?}");
+        assert!(messages[1].contains("AlertProvider test/down:"), "{messages:?}");
         assert!(messages[2].contains("egress policy"), "{messages:?}");
         assert!(messages[3].contains("proxy") && messages[3].contains("egress policy"), "{messages:?}");
         for secret in
