@@ -21,6 +21,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use petrel::api::canary::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTATION, Phase};
 use petrel::api::rollout::RolloutPhase;
 use petrel::api::{Canary, Cluster, Rollout};
+use petrel::fleet::traffic::TRAFFIC_SHARE_LABEL;
 use serde_json::{Value, json};
 
 use crate::fleet::{Fleet, FleetOptions};
@@ -43,6 +44,11 @@ pub const ROLLOUT: &str = "podinfo";
 pub const CANARY_SOAK: Duration = Duration::from_secs(5);
 /// The label that puts each prod member in a wave of its own (see [`member_labels`]).
 pub const RING_LABEL: &str = "ring";
+/// Requests per second the whole fleet receives; each member's simulator sends its
+/// [`traffic_share`] of them. Enough that the canary cluster's 5% (100/s) gives its
+/// 2 s analysis steps data at once: a quiet canary cluster's first error series can
+/// still be a lone sample that `rate()` ignores.
+pub const FLEET_REQUESTS_PER_SECOND: f64 = 2000.0;
 const TEST_MANAGER: &str = "e2e-test";
 
 fn ssa() -> PatchParams {
@@ -184,13 +190,26 @@ pub struct FleetEnv {
 /// Labels of the members: what the Rollout's waves select. `role=canary` for the canary
 /// cluster; `env=prod` for both prod members, which also carry [`RING_LABEL`] `2`
 /// (member-a) or `3` (member-b) so a Rollout can give each a wave of its own.
+/// Each also states its share of the fleet's traffic ([`traffic_share`]).
 pub fn member_labels(name: &str) -> BTreeMap<String, String> {
     let labels: &[(&str, &str)] = match name {
         MEMBER_CANARY => &[("role", "canary")],
         MEMBER_A => &[("env", "prod"), (RING_LABEL, "2")],
         _ => &[("env", "prod"), (RING_LABEL, "3")],
     };
-    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    let mut labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    labels.insert(TRAFFIC_SHARE_LABEL.to_string(), traffic_share(name).to_string());
+    labels
+}
+
+/// A member's share of the fleet's traffic, in percent: the canary cluster takes a
+/// small part, as canary clusters do.
+pub fn traffic_share(name: &str) -> u32 {
+    match name {
+        MEMBER_CANARY => 5,
+        MEMBER_A => 30,
+        _ => 65,
+    }
 }
 
 /// The Canary of every member: short steps (2s, one step to 50%), a threshold of 2 and
@@ -291,7 +310,8 @@ async fn setup_member(
         .with_context(|| format!("[{name}] applying the Deployment"))?;
 
     let coords = AppCoords::new(NAMESPACE, APP, Provider::GatewayApi);
-    let profile = TrafficProfile { requests_per_second: 100.0, ..TrafficProfile::default() };
+    let requests_per_second = FLEET_REQUESTS_PER_SECOND * f64::from(traffic_share(&name)) / 100.0;
+    let profile = TrafficProfile { requests_per_second, ..TrafficProfile::default() };
     let simulator = Simulator::start(
         SimulatorConfig::default(),
         vec![App::from_cluster(client.clone(), coords.clone()).profile(profile)],
@@ -546,6 +566,17 @@ impl FleetEnv {
                 count: e.series.as_ref().map_or(1, |s| s.count.max(1)),
             })
             .collect())
+    }
+
+    /// Every member's app as its traffic simulator counted it so far (see
+    /// [`crate::blast::BlastRadius::between`]).
+    pub fn traffic_counts(&self) -> Result<Vec<(String, crate::simulator::AppSnapshot)>> {
+        self.members
+            .iter()
+            .map(|m| {
+                Ok((m.name.clone(), m.simulator.snapshot(APP).with_context(|| format!("[{}] simulator", m.name))?))
+            })
+            .collect()
     }
 
     /// Diagnostics: every operator's log tail.

@@ -4,6 +4,7 @@
 //! kube-controller-manager, kube-scheduler and kwok over one shared etcd) on
 //! loopback, built from the upstream Go modules by `e2e/scripts/build-binaries.sh`.
 
+pub mod blast;
 pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;

@@ -325,7 +325,13 @@ fn the_canary_dashboard_has_the_panels_the_issue_asks_for() {
 fn the_fleet_dashboard_has_the_panels_the_issue_asks_for() {
     let dashboard = load(FLEET_DASHBOARD);
     let exprs: Vec<String> = targets(&dashboard).into_iter().map(|t| t.expr).collect();
-    for metric in ["petrel_rollout_phase", "petrel_rollout_wave", "petrel_rollout_member"] {
+    for metric in [
+        "petrel_rollout_phase",
+        "petrel_rollout_wave",
+        "petrel_rollout_member",
+        "petrel_fleet_member_release",
+        "petrel_fleet_member_drift_seconds",
+    ] {
         assert!(exprs.iter().any(|e| e.contains(metric)), "no panel queries {metric}");
     }
 }
@@ -585,6 +591,32 @@ async fn every_fleet_dashboard_expression_returns_data_during_a_fleet_release() 
         t0.elapsed()
     );
     assert!(failing.is_empty(), "fleet dashboard expressions without data during the release:\n{}", failing.join("\n"));
+
+    // "Release per cluster over time" draws, once the release is done, every member on 6.0.1.
+    let dashboard = load(FLEET_DASHBOARD);
+    let release_panel = targets(&dashboard)
+        .into_iter()
+        .find(|t| t.panel == "Release per cluster over time")
+        .expect("the fleet dashboard has a release-per-cluster panel");
+    let promql = substitute(&release_panel.expr, &fleet_values()).unwrap();
+    let wanted: BTreeSet<String> = env.members.iter().map(|m| m.name.clone()).collect();
+    let mut drawn = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        drawn = prometheus
+            .query_series(&promql)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|s| Some((s.labels.get("cluster")?.clone(), s.labels.get("release")?.clone())))
+            .collect::<BTreeMap<String, String>>();
+        if drawn.len() == wanted.len() && drawn.values().all(|r| r.ends_with("podinfo:6.0.1")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(drawn.keys().cloned().collect::<BTreeSet<_>>(), wanted, "{promql}: {drawn:?}");
+    assert!(drawn.values().all(|r| r.ends_with("podinfo:6.0.1")), "{promql}: {drawn:?}");
 }
 
 /// The panels of the picture: the dashboard's own titles, expressions and legends.

@@ -77,6 +77,13 @@ async fn the_hub_releases_canary_cluster_first_and_halts_the_bad_release() {
     assert_eq!(bad.timeline.first_releasing(PRODUCTION, "6.7.2"), None, "production released 6.7.2");
     let production_end = bad.timeline.last(PRODUCTION).expect("production seen");
     assert_eq!(production_end.primary.as_deref(), Some("ghcr.io/stefanprodan/podinfo:6.7.1"));
+    // The blast radius, counted by the simulators: production never answered with 6.7.2.
+    let radius = bad.blast.as_ref().expect("the bad release's blast radius");
+    eprintln!("{radius}");
+    assert_eq!(radius.bad_in(PRODUCTION), Some(0), "{radius}");
+    assert!(radius.bad_in(STAGING).unwrap_or_default() > 0, "staging never tried 6.7.2: {radius}");
+    let fraction = bad.blast_fraction.expect("every Cluster of the demo states its traffic share");
+    eprintln!("with the Clusters' traffic shares: {:.3}% of the fleet's requests answered by 6.7.2", fraction * 100.0);
 
     demo.shutdown().await.unwrap();
     eprintln!(

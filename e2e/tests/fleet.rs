@@ -913,3 +913,128 @@ async fn a_member_that_is_not_who_its_cluster_says_is_never_approved() {
     assert!(valid.message.contains("member-a and member-a-again"), "{}", valid.message);
     assert!(env.operators_running(), "an operator exited:\n{}", env.dump());
 }
+
+/// The hub's `/metrics` lines starting with `prefix`.
+async fn hub_metrics(env: &FleetEnv, prefix: &str) -> Vec<String> {
+    let addr = petrel_e2e::scenario::metrics_addr_in_log(&env.hub_log()).expect("the hub's metrics address");
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(prefix)).map(String::from).collect()
+}
+
+/// Issue 17, parts 2 and 3 on one fleet: the release inventory after two releases with
+/// member-b held back (it failed the second within its wave's budget), who approved
+/// the manual wave, the metrics; then the blast radius of a bad release: the canary
+/// cluster (5% of the fleet's traffic) rolls it back, the fleet halts, and no member of
+/// a wave that never opened answered a single request with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_inventory_shows_who_drifted_and_a_bad_release_stays_in_the_canary_cluster() {
+    use kube::api::{Api, Patch, PatchParams};
+    use petrel::api::rollout::ReleaseOutcome;
+    use petrel_e2e::blast::BlastRadius;
+
+    let t0 = Instant::now();
+    let waves = |wave_2: serde_json::Value| three_waves(json!({"soak": "1s"}), wave_2, json!({"maxFailures": 1}));
+    let mut env = FleetEnv::start_with("inventory", rollout_with(waves(json!({})), json!({}))).await.unwrap();
+    let setup = t0.elapsed();
+    // From now on wave-2 waits for a person; member-b fails 6.0.1 (within wave-3's budget).
+    let manual = rollout_with(waves(json!({"approval": "Manual"})), json!({}));
+    Api::<petrel::api::Rollout>::namespaced(env.hub.clone(), petrel_e2e::fleet_scenario::HUB_NAMESPACE)
+        .patch(petrel_e2e::fleet_scenario::ROLLOUT, &PatchParams::apply("e2e-test").force(), &Patch::Apply(manual))
+        .await
+        .unwrap();
+    env.member(MEMBER_B).simulator.set_version(V1_TAG, VersionBehaviour::new(0.2, 20.0)).unwrap();
+
+    let mut timeline = release_everywhere(&env, IMAGE_V1).await;
+    follow(&mut env, &mut timeline, "wave-2 to wait for its approval", Duration::from_secs(120), |_, rollout| {
+        rollout_phase_is(rollout, RolloutPhase::WaitingApproval)
+            && rollout.is_some_and(|r| r.current_wave.as_deref() == Some("wave-2"))
+    })
+    .await;
+    let said = plugin_on_hub(&env, &["approve", "podinfo", "wave-2"]).await;
+    assert!(said.contains("recorded as approved by petrel-e2e-admin"), "{said}");
+    follow(
+        &mut env,
+        &mut timeline,
+        "6.0.1 to succeed with member-b held back",
+        Duration::from_secs(180),
+        |_, rollout| {
+            rollout.is_some_and(|r| r.release.as_deref() == Some(IMAGE_V1) && r.phase == Some(RolloutPhase::Succeeded))
+        },
+    )
+    .await;
+    let status = timeline.status().clone();
+    assert_eq!(member_status(&status, MEMBER_B).state, MemberState::Failed, "{status:#?}");
+    let record = &status.history[0];
+    assert_eq!((record.release.as_str(), record.outcome), (IMAGE_V1, ReleaseOutcome::Succeeded), "{status:#?}");
+    assert_eq!((status.history[1].release.as_str(), status.history[1].outcome), (IMAGE_V0, ReleaseOutcome::Succeeded));
+    let wave_2 = record.waves.iter().find(|w| w.name == "wave-2").unwrap();
+    assert_eq!(wave_2.approved_by.as_deref(), Some("petrel-e2e-admin"), "{record:#?}");
+    assert!(wave_2.opened_at.is_some() && wave_2.finished_at >= wave_2.opened_at, "{record:#?}");
+    let entry =
+        |status: &RolloutStatus, name: &str| status.inventory.iter().find(|e| e.cluster == name).cloned().unwrap();
+    for name in [MEMBER_CANARY, MEMBER_A] {
+        let e = entry(&status, name);
+        assert_eq!((e.release.as_deref(), e.previous_release.as_deref()), (Some(IMAGE_V1), Some(IMAGE_V0)), "{e:#?}");
+    }
+    assert_eq!(entry(&status, MEMBER_B).release.as_deref(), Some(IMAGE_V0), "member-b rolled itself back");
+
+    // A moment later, `kubectl petrel fleet` shows member-b drifted, with its age.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fleet = plugin_on_hub(&env, &["fleet", "podinfo"]).await;
+    eprintln!("kubectl petrel fleet podinfo:\n{fleet}");
+    let row = |name: &str| fleet.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_string();
+    assert!(row(MEMBER_B).contains("podinfo:6.0.0") && row(MEMBER_B).contains("*drifted "), "{fleet}");
+    for name in [MEMBER_CANARY, MEMBER_A] {
+        assert!(row(name).contains("podinfo:6.0.1") && !row(name).contains("drifted"), "{fleet}");
+    }
+    assert!(fleet.contains(&format!("drifted                 {MEMBER_B} runs {IMAGE_V0}")), "{fleet}");
+    assert!(fleet.contains("approved by petrel-e2e-admin"), "{fleet}");
+    let releases = hub_metrics(&env, "petrel_fleet_member_release{").await;
+    let b_runs = format!(r#"cluster="{MEMBER_B}",release="{IMAGE_V0}"}} 1"#);
+    assert!(releases.iter().any(|l| l.ends_with(&b_runs)), "{releases:#?}");
+    let drift = hub_metrics(&env, "petrel_fleet_member_drift_seconds{").await;
+    let b_drift: f64 = drift
+        .iter()
+        .find(|l| l.contains(&format!(r#"cluster="{MEMBER_B}""#)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no drift series for member-b: {drift:#?}"));
+    assert!(b_drift > 0.0, "{drift:#?}");
+
+    // The plan's worst case: the canary cluster's 5% × its Canary's maxWeight 50%.
+    let plan = plugin_on_hub(&env, &["plan", "podinfo"]).await;
+    let worst = plan.lines().find(|l| l.contains("worst case")).unwrap_or_default();
+    assert!(
+        worst.contains(&format!("2.5% of the fleet's traffic served by a bad release before the first wave fails ({MEMBER_CANARY} 5% × maxWeight 50%)")),
+        "{plan}"
+    );
+
+    // The bad release: 6.0.2 fails 20% in the canary cluster.
+    env.member(MEMBER_CANARY).simulator.set_version("podinfo:6.0.2", VersionBehaviour::new(0.2, 20.0)).unwrap();
+    let before = env.traffic_counts().unwrap();
+    let mut timeline = release_everywhere(&env, IMAGE_V2).await;
+    follow(&mut env, &mut timeline, "the fleet to halt 6.0.2", Duration::from_secs(120), |_, rollout| {
+        rollout.is_some_and(|r| r.release.as_deref() == Some(IMAGE_V2) && r.phase == Some(RolloutPhase::Failed))
+    })
+    .await;
+    let halted = env.traffic_counts().unwrap();
+    let took = timeline.release.elapsed();
+    // Watch a little longer: a wave opening late would show here.
+    assert_never_release(&mut env, &mut timeline, &PROD, Duration::from_secs(6)).await;
+    let radius = BlastRadius::between(&before, &halted, "podinfo:6.0.2");
+    eprintln!("{radius}(from the release to the halt: {took:.1?})");
+    for name in PROD {
+        assert_eq!(radius.bad_in(name), Some(0), "{name} answered requests with the bad release:\n{radius}");
+    }
+    let later = BlastRadius::between(&before, &env.traffic_counts().unwrap(), "podinfo:6.0.2");
+    assert_eq!(later.fleet_bad(), radius.fleet_bad(), "the bad release answered requests after the halt:\n{later}");
+    assert!(radius.bad_in(MEMBER_CANARY).unwrap() > 0, "the canary cluster never tried the release:\n{radius}");
+    let status = env.rollout().await.unwrap().status.unwrap();
+    assert_eq!(status.history[0].outcome, ReleaseOutcome::Failed, "{status:#?}");
+    assert_eq!(entry(&status, MEMBER_CANARY).release.as_deref(), Some(IMAGE_V1), "the canary cluster rolled back");
+    eprintln!(
+        "fleet inventory and blast radius: setup {setup:.1?}, bad release to halt {took:.1?}, total {:.1?}; \
+         {:.3}% of fleet requests answered by the bad release",
+        t0.elapsed(),
+        radius.fraction() * 100.0
+    );
+}

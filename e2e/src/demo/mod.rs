@@ -23,6 +23,7 @@ pub mod process;
 pub mod story;
 pub mod view;
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,7 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use futures::future::try_join_all;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use petrel::api::Canary;
 use petrel::api::canary::{FLEET_ROLLOUT_ANNOTATION, Phase};
@@ -39,9 +41,12 @@ use petrel::api::rollout::{Rollout, RolloutPhase, RolloutStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
+use crate::blast::BlastRadius;
 use crate::fleet::{Cluster, Fleet, FleetOptions};
 use crate::prometheus::Prometheus;
-use crate::simulator::{App, AppCoords, Provider, Simulator, SimulatorConfig, TrafficProfile, VersionBehaviour};
+use crate::simulator::{
+    App, AppCoords, AppSnapshot, Provider, Simulator, SimulatorConfig, TrafficProfile, VersionBehaviour,
+};
 use plan::{AnalysisTuning, MemberSpec};
 use process::ChildProcess;
 use story::{Check, MemberSample, Timeline, WaveSpec};
@@ -175,6 +180,12 @@ pub struct ReleaseRecord {
     pub timeline: Timeline,
     /// Whether the story of this release happened.
     pub checks: Vec<Check>,
+    /// For a release the fleet halted: the requests it answered from the Git change to
+    /// the halt, member by member, as the simulators counted them.
+    pub blast: Option<BlastRadius>,
+    /// [`BlastRadius::weighted_fraction`] by the Clusters' `petrel.dev/traffic-share`
+    /// labels (the simulators send every member the same rate).
+    pub blast_fraction: Option<f64>,
 }
 
 /// What happened, for the summary and for tests.
@@ -627,6 +638,8 @@ impl Demo {
             "Git: podinfo {running} → {tag} in examples/podinfo/base; every member syncs it (kubectl kustomize, \
              image bumped, kubectl apply)"
         ));
+        let before = self.traffic_counts()?;
+        let mut halted = None;
         let t0 = Instant::now();
         try_join_all(applies).await?;
         self.board.say(format!("every member synced {tag} in {:.1}s", t0.elapsed().as_secs_f64()));
@@ -664,6 +677,7 @@ impl Demo {
             if settled && ended_at.is_none() {
                 ended_at = Some(Instant::now());
                 if phase == Some(RolloutPhase::Failed) {
+                    halted = Some(self.traffic_counts()?);
                     self.board.say(format!(
                         "hub: Rollout of {tag} Failed after {:.0}s; watching {:.0}s more to see no later wave open",
                         t0.elapsed().as_secs_f64(),
@@ -707,13 +721,81 @@ impl Demo {
                 detail: format!("took {:.0}s", took.as_secs_f64()),
             },
         );
+        let (blast, blast_fraction) = match halted {
+            Some(halted) => {
+                let (radius, fraction) = self.blast_radius(tag, &before, &halted, &mut checks).await?;
+                (Some(radius), fraction)
+            }
+            None => (None, None),
+        };
         for m in &mut self.members {
             m.rendered = plan::set_image_tag(&m.rendered, APP_REPOSITORY, tag)?;
         }
         // Git keeps what it was given: after a failed release the members'
         // targets still name the bad image (the primary serves the good one),
         // exactly as a real GitOps repository would until someone reverts.
-        Ok(ReleaseRecord { tag: tag.to_owned(), took, waves, status, timeline, checks })
+        Ok(ReleaseRecord { tag: tag.to_owned(), took, waves, status, timeline, checks, blast, blast_fraction })
+    }
+
+    /// Every member's app as its simulator counted it so far.
+    fn traffic_counts(&self) -> Result<Vec<(String, AppSnapshot)>> {
+        self.members
+            .iter()
+            .map(|m| {
+                let snapshot = m.simulator.snapshot(APP_NAME).with_context(|| format!("{}: simulator", m.spec.name))?;
+                Ok((m.spec.name.clone(), snapshot))
+            })
+            .collect()
+    }
+
+    /// The blast radius of the halted release `tag` from `before` to `halted`: says it,
+    /// checks that no production member answered a request with it and that it answered
+    /// none after the halt, and weights it by the Clusters' traffic shares.
+    async fn blast_radius(
+        &self,
+        tag: &str,
+        before: &[(String, AppSnapshot)],
+        halted: &[(String, AppSnapshot)],
+        checks: &mut Vec<Check>,
+    ) -> Result<(BlastRadius, Option<f64>)> {
+        let release = format!("podinfo:{tag}");
+        let radius = BlastRadius::between(before, halted, &release);
+        let later = BlastRadius::between(before, &self.traffic_counts()?, &release);
+        for m in self.members.iter().filter(|m| !m.spec.is_canary()) {
+            let bad = radius.bad_in(&m.spec.name).unwrap_or_default();
+            checks.push(Check {
+                what: format!("{} answered no request with {tag}", m.spec.name),
+                passed: bad == 0,
+                detail: format!("{bad} request(s)"),
+            });
+        }
+        checks.push(Check {
+            what: format!("{tag} answered no request after the fleet halted"),
+            passed: later.fleet_bad() == radius.fleet_bad(),
+            detail: format!("{} before the halt, {} by the end of the hold", radius.fleet_bad(), later.fleet_bad()),
+        });
+        let clusters = Api::<petrel::api::Cluster>::all(self.hub.client.clone())
+            .list(&ListParams::default())
+            .await
+            .context("listing the hub's Clusters")?;
+        let shares: BTreeMap<String, f64> = clusters
+            .items
+            .iter()
+            .filter_map(|c| Some((c.name_any(), petrel::fleet::traffic::traffic_share(c.labels())?.ok()?)))
+            .collect();
+        let fraction = radius.weighted_fraction(&shares);
+        for line in radius.to_string().lines() {
+            self.board.say(line.to_owned());
+        }
+        self.board.say(match fraction {
+            Some(f) => format!(
+                "with the Clusters' traffic shares ({}): {:.3}% of the fleet's requests answered by {tag}",
+                shares.iter().map(|(c, s)| format!("{c} {s}%")).collect::<Vec<_>>().join(", "),
+                f * 100.0
+            ),
+            None => "a Cluster states no petrel.dev/traffic-share: no fleet-weighted fraction".to_owned(),
+        });
+        Ok((radius, fraction))
     }
 
     /// Stops the live view (its last frame stays on screen).

@@ -339,6 +339,7 @@ mod tests {
             revision: None,
             approved_at: approved.map(at),
             last_contact: None,
+            max_weight: None,
             message: String::new(),
         }
     }

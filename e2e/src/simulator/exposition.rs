@@ -138,9 +138,22 @@ pub struct AppStats {
     pub series: BTreeMap<SeriesKey, Histogram>,
     /// Requests no pod served.
     pub unrouted: u64,
+    /// Requests served per version (the image of the Deployment that served them):
+    /// (all, 5xx). What a blast-radius measurement counts.
+    pub by_version: BTreeMap<String, (u64, u64)>,
 }
 
 impl AppStats {
+    /// Records `requests` requests, `errors` of them 5xx, served by version `image`.
+    pub fn record_version(&mut self, image: &str, requests: u64, errors: u64) {
+        if requests == 0 {
+            return;
+        }
+        let counts = self.by_version.entry(image.to_owned()).or_default();
+        counts.0 += requests;
+        counts.1 += errors;
+    }
+
     /// Records `requests` requests served by `pod` of `side`.
     pub fn record(&mut self, side: Side, pod: &str, code: u16, requests: u64, latency_ms: f64) {
         if requests == 0 {

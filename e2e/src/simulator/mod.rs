@@ -167,13 +167,16 @@ impl VersionTable {
     pub fn behaviour_for(&self, image: &str) -> VersionBehaviour {
         self.versions
             .iter()
-            .filter(|(key, _)| {
-                image == key.as_str()
-                    || image.strip_suffix(key.as_str()).is_some_and(|registry| registry.ends_with('/'))
-            })
+            .filter(|(key, _)| image_matches(image, key))
             .max_by_key(|(key, _)| key.len())
             .map_or(self.default, |(_, b)| *b)
     }
+}
+
+/// Whether `key` names `image`: the whole reference, or a suffix of it after a `/`
+/// (`podinfo:6.0.1` names `ghcr.io/stefanprodan/podinfo:6.0.1`).
+pub fn image_matches(image: &str, key: &str) -> bool {
+    image == key || image.strip_suffix(key).is_some_and(|registry| registry.ends_with('/'))
 }
 
 /// Identity of one app under test.
@@ -391,10 +394,24 @@ pub struct AppSnapshot {
     pub canary_requests: (u64, u64),
     /// Requests no pod served.
     pub unrouted_requests: u64,
+    /// Requests served per version (image): (all, 5xx).
+    pub requests_by_version: BTreeMap<String, (u64, u64)>,
     /// Failed observations so far.
     pub observe_failures: u64,
     /// The last failure's message.
     pub last_observe_error: Option<String>,
+}
+
+impl AppSnapshot {
+    /// Every request the app received: served by either side, or by no pod.
+    pub fn total_requests(&self) -> u64 {
+        self.primary_requests.0 + self.canary_requests.0 + self.unrouted_requests
+    }
+
+    /// Requests served by the versions `image` names (see [`image_matches`]).
+    pub fn requests_served_by(&self, image: &str) -> u64 {
+        self.requests_by_version.iter().filter(|(served, _)| image_matches(served, image)).map(|(_, c)| c.0).sum()
+    }
 }
 
 struct AppRuntime {
@@ -441,6 +458,7 @@ impl Shared {
                     primary_requests: rt.stats.totals(Side::Primary),
                     canary_requests: rt.stats.totals(Side::Canary),
                     unrouted_requests: rt.stats.unrouted,
+                    requests_by_version: rt.stats.by_version.clone(),
                     observe_failures: rt.observe_failures,
                     last_observe_error: rt.last_observe_error.clone(),
                 }
@@ -662,6 +680,7 @@ fn serve_requests(
         *owed += requests as f64 * behaviour.error_rate;
         let errors = (owed.floor() as u64).min(requests);
         *owed -= errors as f64;
+        stats.record_version(&workload.image, requests, errors);
         let pods = workload.pods.len();
         let start = generation.next_pod.entry(side).or_insert(0);
         for (code, count) in [(200u16, requests - errors), (behaviour.error_status, errors)] {
@@ -720,6 +739,7 @@ mod tests {
         }
         assert_eq!(stats.totals(Side::Canary), (70, 14));
         assert_eq!(stats.totals(Side::Primary), (70, 0));
+        assert_eq!(stats.by_version, BTreeMap::from([("podinfo:1".into(), (70, 0)), ("podinfo:2".into(), (70, 14))]));
         let per_pod: Vec<u64> =
             stats.series.iter().filter(|(k, _)| k.side == Side::Primary).map(|(_, h)| h.count).collect();
         assert_eq!(per_pod, vec![35, 35]);
@@ -785,5 +805,9 @@ mod tests {
         assert_eq!(apps[0]["coords"]["canary"], "podinfo");
         assert!(apps[0]["canaryRequests"][0].as_u64().unwrap() > 0);
         assert_eq!(apps[0]["primaryRequests"][0].as_u64(), Some(0));
+        assert!(apps[0]["requestsByVersion"]["podinfo:2"][0].as_u64().unwrap() > 0);
+        let snapshot = sim.snapshot("podinfo").unwrap();
+        assert_eq!(snapshot.requests_served_by("podinfo:2"), snapshot.total_requests(), "all on the canary's version");
+        assert_eq!(snapshot.requests_served_by("podinfo:1"), 0);
     }
 }

@@ -267,6 +267,92 @@ pub struct RolloutStatus {
     /// `Progressing`, `Complete` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last releases of this Rollout, newest first (at most
+    /// [`RELEASE_HISTORY_LIMIT`]): when each wave opened and finished, who approved the
+    /// manual ones, and how each release ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub history: Vec<ReleaseRecord>,
+    /// What each member runs now, since when, and what it ran before: the fleet's state
+    /// across releases (the members' own word, corrected for the rollbacks the hub did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
+    pub inventory: Vec<MemberInventory>,
+}
+
+/// Most releases a Rollout's `status.history` keeps.
+pub const RELEASE_HISTORY_LIMIT: usize = 10;
+
+/// One release of a Rollout, as the hub recorded it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRecord {
+    /// The release identity (the members' Canary release: their target's images).
+    pub release: String,
+    /// When its first wave opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it succeeded, failed, or was superseded by a newer release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: ReleaseOutcome,
+    /// Every wave, in order: when it opened and finished, and who approved a manual one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<WaveRecord>,
+}
+
+/// How a release ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Still moving through the fleet (or waiting for an approval, paused).
+    InProgress,
+    /// Every wave succeeded and soaked.
+    Succeeded,
+    /// A wave breached its failure budget; later waves never opened.
+    Failed,
+    /// A newer release reached the first wave before this one finished.
+    Superseded,
+}
+
+/// One wave of a recorded release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveRecord {
+    pub name: String,
+    pub phase: WavePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<DateTime<Utc>>,
+    /// When it succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a manual wave was approved for this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<DateTime<Utc>>,
+    /// Who approved it, as `kubectl petrel approve` learned it from the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+/// What one member runs, as the hub learned it from the member's Canary.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInventory {
+    /// Name of the Cluster object.
+    pub cluster: String,
+    /// The release the member's primary serves now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Since when: the member's own promotion time when it reported one, otherwise
+    /// when the hub first saw it run the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// The release it ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_release: Option<String>,
+    /// A release the hub rolled this member back from (`onFailure: RollbackAll`): the
+    /// member's Canary goes on reporting it promoted, but its primary runs `release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
 }
 
 /// Where a release stands across the fleet.
@@ -321,6 +407,10 @@ pub struct WaveStatus {
     /// release, so an old approval left in the status never opens a new release's wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_release: Option<String>,
+    /// Who approved it (the user `kubectl petrel approve` ran as, from a
+    /// SelfSubjectReview). Owned by the approver's field manager, like `approvedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     /// Members in this wave.
     #[serde(default)]
     pub members: i32,
@@ -342,6 +432,7 @@ impl WaveStatus {
             failed_at: None,
             approved_at: None,
             approved_release: None,
+            approved_by: None,
             members: 0,
             succeeded: 0,
             failed: 0,
@@ -394,6 +485,13 @@ pub struct MemberStatus {
     /// When the hub last reached the member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,
+    /// The highest share of the member's traffic (percent) its Canary sends to a
+    /// release before promoting it: the analysis' `maxWeight` (or last `stepWeights`
+    /// entry); 100 for A/B testing, blue/green, `skipAnalysis`, and a Canary that names
+    /// no provider (the member's default may be blue/green). `kubectl petrel plan`
+    /// multiplies it with the member's traffic share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<i32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

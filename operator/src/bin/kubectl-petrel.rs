@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use petrel::api::{Canary, Cluster, Rollout};
 use petrel::plugin::{
     Command, PLUGIN_FIELD_MANAGER, VerbPatch, plan_approval, plan_command, plan_repin, plan_rollout_command,
-    render_canary, render_plan, render_rollout, render_rollout_table, render_table,
+    render_canary, render_fleet, render_plan, render_rollout, render_rollout_table, render_table,
 };
 use serde::de::DeserializeOwned;
 
@@ -74,8 +74,12 @@ enum Verb {
     /// Approve a Manual wave of a fleet Rollout for the release being rolled out.
     #[command(after_help = APPROVE_HELP)]
     Approve(ApproveArgs),
-    /// Dry run of a fleet Rollout: which Clusters fall in which wave, and why. Writes nothing.
+    /// Dry run of a fleet Rollout: which Clusters fall in which wave, and why, each
+    /// wave's traffic share and the worst case a bad release reaches. Writes nothing.
     Plan(PlanArgs),
+    /// What every member of the fleet runs, app by app (one per Rollout), since when,
+    /// and who drifted from the last successful release; with ROLLOUT, its last releases.
+    Fleet(FleetArgs),
     /// After a planned rebuild of a member cluster: have the hub pin the kube-system UID
     /// it now observes there (until then the member is IdentityMismatch, never approved).
     Repin(RepinArgs),
@@ -163,6 +167,16 @@ struct RepinArgs {
 }
 
 #[derive(Args, Debug)]
+struct FleetArgs {
+    /// One Rollout (on the hub), with its release history; every Rollout of the
+    /// namespace when omitted.
+    rollout: Option<String>,
+    /// Rollouts of every namespace.
+    #[arg(short = 'A', long, conflicts_with = "rollout")]
+    all_namespaces: bool,
+}
+
+#[derive(Args, Debug)]
 struct PlanArgs {
     /// The Rollout's name (on the hub).
     rollout: String,
@@ -239,6 +253,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Plan(args) => {
             let (client, namespace) = connect(&cli.connection).await?;
             return plan(client, &namespace, &args).await;
+        }
+        Verb::Fleet(args) => {
+            let (client, namespace) = connect(&cli.connection).await?;
+            return fleet(client, &namespace, &args).await;
         }
         Verb::Repin(args) => {
             let (client, _) = connect(&cli.connection).await?;
@@ -319,11 +337,34 @@ where
     Ok(())
 }
 
+/// Who the API server says this client is (a SelfSubjectReview, allowed to every
+/// authenticated user), or why that could not be learned.
+async fn whoami(client: &Client) -> Result<String, String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review =
+        reviews.create(&PostParams::default(), &SelfSubjectReview::default()).await.map_err(|e| e.to_string())?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| "the API server named no user".to_string())
+}
+
 /// Approves a Manual wave: one server-side apply of the wave's entry on the status.
 async fn approve(client: Client, namespace: &str, args: &ApproveArgs) -> anyhow::Result<()> {
+    let approver = match whoami(&client).await {
+        Ok(user) => Some(user),
+        Err(why) => {
+            // The approval still counts; only who gave it goes unrecorded, and that is said.
+            eprintln!("note: could not learn who you are from the API server ({why}); approvedBy is not recorded");
+            None
+        }
+    };
     let api: Api<Rollout> = Api::namespaced(client, namespace);
     let rollout = api.get(&args.rollout).await.map_err(|e| read_error(e, "Rollout", namespace, &args.rollout))?;
-    let planned = match plan_approval(&rollout, &args.wave, args.ahead, Utc::now()) {
+    let planned = match plan_approval(&rollout, &args.wave, args.ahead, approver.as_deref(), Utc::now()) {
         Ok(planned) => planned,
         Err(refusal) => bail!("{refusal}"),
     };
@@ -378,6 +419,18 @@ async fn plan(client: Client, namespace: &str, args: &PlanArgs) -> anyhow::Resul
     let text = render_plan(&rollout, &clusters)
         .with_context(|| format!("Rollout {namespace}/{} cannot be planned", args.rollout))?;
     print!("{text}");
+    Ok(())
+}
+
+/// Prints what every member runs, app by app. Reads only.
+async fn fleet(client: Client, namespace: &str, args: &FleetArgs) -> anyhow::Result<()> {
+    let rollouts: Api<Rollout> =
+        if args.all_namespaces { Api::all(client) } else { Api::namespaced(client, namespace) };
+    let listed = match &args.rollout {
+        Some(name) => vec![rollouts.get(name).await.map_err(|e| read_error(e, "Rollout", namespace, name))?],
+        None => sorted(rollouts.list(&ListParams::default()).await.context("listing Rollouts")?.items),
+    };
+    print!("{}", render_fleet(&listed, args.rollout.is_some(), Utc::now()));
     Ok(())
 }
 
@@ -599,7 +652,7 @@ fn completion_request(words: &[String]) -> CompletionRequest {
         match (path.as_slice(), positionals.as_slice()) {
             (["get", "canary"], []) | (["promote" | "abort" | "retry"], []) => Offer::Canaries { and_rollouts: false },
             (["pause" | "resume"], []) => Offer::Canaries { and_rollouts: true },
-            (["get", "rollout"] | ["plan"] | ["approve"], []) => Offer::Rollouts,
+            (["get", "rollout"] | ["plan"] | ["approve"] | ["fleet"], []) => Offer::Rollouts,
             (["approve"], [rollout]) => Offer::ManualWaves { rollout: rollout.to_string() },
             (["repin"], []) => Offer::Clusters,
             _ => Offer::Words(Vec::new()),
@@ -754,6 +807,7 @@ mod tests {
         assert_eq!(request("get rollout ").offer, Offer::Rollouts);
         assert_eq!(request("get rollouts p").offer, Offer::Rollouts, "aliases count");
         assert_eq!(request("plan ").offer, Offer::Rollouts);
+        assert_eq!(request("fleet ").offer, Offer::Rollouts);
         assert_eq!(request("approve ").offer, Offer::Rollouts);
         assert_eq!(request("approve podinfo ").offer, Offer::ManualWaves { rollout: "podinfo".into() });
         assert_eq!(request("approve -n fleet podinfo e").offer, Offer::ManualWaves { rollout: "podinfo".into() });

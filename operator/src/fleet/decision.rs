@@ -103,6 +103,11 @@ pub struct CanaryObservation {
     pub failed_checks: i32,
     pub weight: i32,
     pub last_transition: Option<DateTime<Utc>>,
+    /// The release the member's primary serves (`promotedRelease`).
+    pub promoted_release: Option<String>,
+    /// The highest weight the Canary's analysis sends to a release (see
+    /// [`super::traffic::worst_case_weight`]); `None` for a provider petrel does not know.
+    pub max_weight: Option<i32>,
 }
 
 impl CanaryObservation {
@@ -126,6 +131,8 @@ impl CanaryObservation {
             failed_checks: status.failed_checks,
             weight: status.canary_weight,
             last_transition: status.last_transition_time,
+            promoted_release: status.promoted_release,
+            max_weight: super::traffic::worst_case_weight(&canary.spec).map(i32::from),
         }
     }
 
@@ -259,6 +266,7 @@ pub fn decide_waves(
         {
             status.approved_at = p.approved_at;
             status.approved_release = p.approved_release.clone();
+            status.approved_by = p.approved_by.clone();
         }
         status.members = count(by_wave[w].len());
         let previously_opened = previous.and_then(|p| p.opened_at);

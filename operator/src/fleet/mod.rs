@@ -19,8 +19,10 @@ pub use crate::api::canary::{APPROVED_REVISION_ANNOTATION, FLEET_ROLLOUT_ANNOTAT
 
 mod decision;
 pub mod identity;
+pub mod inventory;
 mod plan;
 mod status;
+pub mod traffic;
 
 #[cfg(test)]
 mod decision_tests;

@@ -127,6 +127,8 @@ fn canary_observation() -> impl Strategy<Value = CanaryObservation> {
                 failed_checks,
                 weight,
                 last_transition: None,
+                promoted_release: None,
+                max_weight: None,
             }
         })
 }

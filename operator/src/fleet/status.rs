@@ -66,6 +66,7 @@ pub fn build_status(
                 revision: canary.and_then(|c| c.revision.clone()),
                 approved_at,
                 last_contact: member.last_contact,
+                max_weight: canary.and_then(|c| c.max_weight),
                 message: verdict.message.clone(),
             };
             (verdict.wave, status)
@@ -88,6 +89,9 @@ pub fn build_status(
         members: entries.into_iter().map(|(_, m)| m).collect(),
         conditions: conditions(decision, current_wave.as_deref(), &summary, previous_conditions, now),
         summary,
+        // Filled by `inventory::with_inventory`, which needs the previous status.
+        history: Vec::new(),
+        inventory: Vec::new(),
     }
 }
 

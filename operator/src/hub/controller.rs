@@ -29,8 +29,8 @@ use super::decisions::{
 };
 use super::input::{
     CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
-    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, transition_events,
-    unassigned_problem, valid_condition,
+    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, traffic_share_problem,
+    transition_events, unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
@@ -38,6 +38,7 @@ use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
 use crate::controller::watches::{kept, objects_only};
 use crate::fleet::identity::{ExpectedIdentity, IdentityVerdict, verify_identity};
+use crate::fleet::inventory::{HubRollback, with_inventory};
 use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -240,6 +241,7 @@ fn input_problems(rollout: &Rollout, plan: &RolloutPlan, readings: &[Reading]) -
     }
     let canary_ref = &rollout.spec.canary_ref;
     problems.extend(canary_problem(&format!("{}/{}", canary_ref.namespace, canary_ref.name), &missing, present));
+    problems.extend(traffic_share_problem(labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
     sort_problems(&mut problems);
     problems
 }
@@ -335,6 +337,7 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     for wave in &mut owned.waves {
         wave.approved_at = None;
         wave.approved_release = None;
+        wave.approved_by = None;
     }
     let body = serde_json::json!({
         "apiVersion": Rollout::api_version(&()),
@@ -352,13 +355,21 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     }
 }
 
+/// What a rollback of a member did: the release its primary runs now, and what
+/// happened for an Event (`None` when the primary already ran it).
+struct RolledBack {
+    release: String,
+    done: Option<String>,
+}
+
 /// Rolls a member's primary back to the newest stored template of another release.
-/// Returns what happened, for an Event; `Ok(None)` when the primary already runs it.
-async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Result<Option<String>, String> {
+async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Result<RolledBack, String> {
     let revisions = workloads::list_primary_revisions(client, canary).await.map_err(|e| e.to_string())?;
     let Some(target) = workloads::previous_release_revision(&revisions, release) else {
         return Err(format!("no stored primary template of a release other than {release} to go back to"));
     };
+    // `previous_release_revision` only picks revisions that store a release.
+    let target_release = workloads::stored_release(target).unwrap_or_default().to_string();
     let target_revision = workloads::stored_revision(target).unwrap_or_default().to_string();
     let primary_name = workloads::primary_name(&canary.spec.target_ref.name);
     let namespace = canary.namespace().unwrap_or_default();
@@ -368,13 +379,11 @@ async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Re
     if let Ok(primary) = deployments.get(&primary_name).await
         && workloads::primary_template_is_revision(&primary, &target_revision)
     {
-        return Ok(None);
+        return Ok(RolledBack { release: target_release, done: None });
     }
     workloads::rollback_primary_to(client, canary, &primary_name, target).await.map_err(|e| e.to_string())?;
-    Ok(Some(format!(
-        "rolled {namespace}/{primary_name} back to revision {target_revision} ({})",
-        workloads::stored_release(target).unwrap_or("unknown release")
-    )))
+    let done = format!("rolled {namespace}/{primary_name} back to revision {target_revision} ({target_release})");
+    Ok(RolledBack { release: target_release, done: Some(done) })
 }
 
 /// Reconciles one Rollout, timed and with its failures counted.
@@ -543,6 +552,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     }
 
     // RollbackAll: best effort; what failed is shown on the member and as an Event.
+    let mut rollbacks: BTreeMap<String, HubRollback> = BTreeMap::new();
     for name in &decision.rollback {
         let Some(reading) = readings.iter().find(|r| &r.cluster.name_any() == name) else { continue };
         let (Some(client), MemberRead::Reached(Some(canary))) = (&reading.client, &reading.read) else {
@@ -550,8 +560,12 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
             continue;
         };
         match roll_back_member(client, canary, &release).await {
-            Ok(Some(done)) => events.push(("MemberRolledBack".to_string(), format!("cluster {name}: {done}"), false)),
-            Ok(None) => {}
+            Ok(rolled_back) => {
+                if let Some(done) = &rolled_back.done {
+                    events.push(("MemberRolledBack".to_string(), format!("cluster {name}: {done}"), false));
+                }
+                rollbacks.insert(name.clone(), HubRollback { from: release.clone(), to: rolled_back.release });
+            }
             Err(e) => {
                 let message = format!("rollback failed: {e}");
                 events.push(("RollbackFailed".to_string(), format!("cluster {name}: {message}"), true));
@@ -571,6 +585,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     );
     explain_unreachable(&mut status, &unreachable);
     explain_unreachable(&mut status, &write_errors);
+    with_inventory(&mut status, previous, &observations, &rollbacks, now);
     with_validity(&mut status, previous, &problems, now);
     let status_events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
         .into_iter()

@@ -78,6 +78,8 @@ pub fn last_seen_canary(previous: &MemberStatus) -> Option<CanaryObservation> {
         failed_checks: previous.failed_checks,
         weight: previous.weight,
         last_transition: None,
+        promoted_release: None,
+        max_weight: previous.max_weight,
     })
 }
 
@@ -381,6 +383,7 @@ mod tests {
             revision: Some("rev-2".into()),
             approved_at: Some(at(1)),
             last_contact: Some(at(2)),
+            max_weight: None,
             message: String::new(),
         }
     }

@@ -27,6 +27,7 @@ pub const CANARY_MISSING: &str = "CanaryMissing";
 pub const WAVES_OVERLAP: &str = "WavesOverlap";
 pub const CLUSTERS_UNASSIGNED: &str = "ClustersUnassigned";
 pub const CLUSTERS_SHARE_IDENTITY: &str = "ClustersShareIdentity";
+pub const INVALID_TRAFFIC_SHARE: &str = "InvalidTrafficShare";
 
 /// One problem with what the hub was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +136,27 @@ pub fn shared_identity_problem<'a>(observed: impl IntoIterator<Item = (&'a str, 
     })
 }
 
+/// Clusters whose traffic share label cannot be read (see [`crate::fleet::traffic`]):
+/// their share counts as unknown (never guessed), so `kubectl petrel plan` cannot tell
+/// the blast radius of a wave they are in. Approvals go on: the share only informs.
+pub fn traffic_share_problem<'a>(
+    clusters: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, String>)>,
+) -> Option<InputProblem> {
+    let mut unreadable: Vec<String> = clusters
+        .into_iter()
+        .filter_map(|(name, labels)| {
+            Some(format!("cluster {name}: {}", crate::fleet::traffic::traffic_share(labels)?.err()?))
+        })
+        .collect();
+    unreadable.sort();
+    (!unreadable.is_empty()).then(|| {
+        InputProblem::new(
+            INVALID_TRAFFIC_SHARE,
+            format!("traffic shares that cannot be read count as unknown: {}", unreadable.join("; ")),
+        )
+    })
+}
+
 /// How much a problem matters, for the condition's reason: what blocks first.
 fn severity(reason: &str) -> u8 {
     match reason {
@@ -144,7 +166,8 @@ fn severity(reason: &str) -> u8 {
         CANARY_MISSING => 3,
         WAVES_OVERLAP => 4,
         CLUSTERS_UNASSIGNED => 5,
-        _ => 6,
+        INVALID_TRAFFIC_SHARE => 6,
+        _ => 7,
     }
 }
 
@@ -418,6 +441,7 @@ mod tests {
             revision: None,
             approved_at: None,
             last_contact: Some(at(3)),
+            max_weight: None,
             message: String::new(),
         }
     }

@@ -430,6 +430,7 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
     let promoted = FakeApi::new();
     let mut canary = member_canary("Succeeded", NEW, "rev-new", "rev-new");
     canary["metadata"]["uid"] = json!("uid-1");
+    canary["status"]["promotedRelease"] = json!(NEW);
     promoted.insert(CANARY_PATH, canary);
     const PRIMARY: &str = "/apis/apps/v1/namespaces/test/deployments/podinfo-primary";
     promoted.insert(
@@ -450,7 +451,9 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
         }),
     );
     let failed = FakeApi::new();
-    failed.insert(CANARY_PATH, member_canary("Failed", NEW, "rev-new", "rev-old"));
+    let mut canary = member_canary("Failed", NEW, "rev-new", "rev-old");
+    canary["status"]["promotedRelease"] = json!(OLD);
+    failed.insert(CANARY_PATH, canary);
     let ctx = Arc::new(HubContext::new(hub.client(), None));
     connect(&ctx, "eu-1", "kubeconfig", promoted.client());
     connect(&ctx, "eu-2", "kubeconfig", failed.client());
@@ -469,6 +472,16 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
     assert_eq!(events(&hub), announced);
     let written = hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).unwrap().body.unwrap();
     assert_eq!(written["status"]["phase"], "Failed");
+    // The inventory: eu-1's Canary still says NEW promoted, but the hub put OLD back.
+    let inventory = &written["status"]["inventory"];
+    assert_eq!(inventory[0]["cluster"], "eu-1");
+    assert_eq!(
+        (&inventory[0]["release"], &inventory[0]["previousRelease"], &inventory[0]["rolledBackFrom"]),
+        (&json!(OLD), &json!(NEW), &json!(NEW))
+    );
+    assert_eq!((&inventory[1]["cluster"], &inventory[1]["release"]), (&json!("eu-2"), &json!(OLD)));
+    let history = &written["status"]["history"];
+    assert_eq!((history[0]["release"].as_str(), history[0]["outcome"].as_str()), (Some(NEW), Some("Failed")));
 
     // Next reconcile: the primary runs the old release already; nothing is rolled back again.
     let primary_writes = |api: &FakeApi| api.writes().iter().filter(|w| w.ends_with("podinfo-primary")).count();
@@ -477,6 +490,51 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
     reconcile(Arc::new(spec), ctx).await.unwrap();
     assert_eq!(primary_writes(&promoted), before);
     assert_eq!(events(&hub), announced, "nothing new to announce");
+    let again = hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).unwrap().body.unwrap();
+    assert_eq!(again["status"]["inventory"], *inventory, "still OLD, since the same time");
+}
+
+#[tokio::test]
+async fn approvals_stay_the_approvers_and_unreadable_traffic_shares_are_reported() {
+    let hub = FakeApi::new();
+    let mut canary_cluster = cluster("canary-1", "canary");
+    canary_cluster["metadata"]["labels"]["petrel.dev/traffic-share"] = json!("lots");
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![canary_cluster]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = HubContext::new(hub.client(), None);
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let mut manual = rollout();
+    manual.spec.waves[0].approval = crate::api::rollout::Approval::Manual;
+    manual.status = Some(
+        serde_json::from_value(json!({"release": NEW, "phase": "WaitingApproval", "waves": [
+            {"name": "canary", "approvedAt": "2026-11-22T10:00:00Z", "approvedRelease": NEW, "approvedBy": "alice"}
+        ]}))
+        .unwrap(),
+    );
+    reconcile(Arc::new(manual), Arc::new(ctx)).await.unwrap();
+
+    let written = last_status(&hub);
+    let wave = &written["waves"][0];
+    assert_eq!(wave["phase"], "Progressing", "the approval opened the wave: {wave}");
+    for field in ["approvedAt", "approvedRelease", "approvedBy"] {
+        assert!(wave.get(field).is_none(), "the hub applied {field}, which belongs to the approver: {wave}");
+    }
+    // The history keeps who approved.
+    assert_eq!(written["history"][0]["waves"][0]["approvedBy"], "alice");
+    let valid = condition(&written, "Valid");
+    assert_eq!((valid["status"].as_str(), valid["reason"].as_str()), (Some("False"), Some("InvalidTrafficShare")));
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster canary-1: petrel.dev/traffic-share=\"lots\" is not a number"),
+        "{valid}"
+    );
+    assert!(events(&hub).contains(&"InvalidTrafficShare".to_string()), "{:?}", events(&hub));
+    // Nothing is held back by it: the member is approved.
+    assert_eq!(applied_annotations(&member)[0][APPROVED_REVISION_ANNOTATION], "rev-new");
 }
 
 fn version() -> Value {

@@ -44,8 +44,15 @@ pub struct ApprovalPatch {
 }
 
 /// The approval of `wave` on `rollout` now, or why there is none to give. `ahead` allows
-/// approving a wave that is not the next to open.
-pub fn plan_approval(rollout: &Rollout, wave: &str, ahead: bool, now: DateTime<Utc>) -> Result<ApprovalPatch, Refusal> {
+/// approving a wave that is not the next to open; `approver` is who approves (the user
+/// the API server says the plugin runs as), recorded as `approvedBy`.
+pub fn plan_approval(
+    rollout: &Rollout,
+    wave: &str,
+    ahead: bool,
+    approver: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ApprovalPatch, Refusal> {
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_else(|| "default".to_string());
     let refuse = |why: String| Err(Refusal(why));
@@ -105,11 +112,15 @@ pub fn plan_approval(rollout: &Rollout, wave: &str, ahead: bool, now: DateTime<U
     }
 
     let approved_at = now.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut entry = json!({ "name": wave, "approvedAt": approved_at, "approvedRelease": release });
+    if let Some(approver) = approver {
+        entry["approvedBy"] = json!(approver);
+    }
     let apply = json!({
         "apiVersion": Rollout::api_version(&()),
         "kind": Rollout::kind(&()),
         "metadata": { "name": name, "namespace": namespace },
-        "status": { "waves": [ { "name": wave, "approvedAt": approved_at, "approvedRelease": release } ] }
+        "status": { "waves": [ entry ] }
     });
     let kubectl = format!(
         "echo '{}' | kubectl apply --server-side --subresource=status --field-manager={PLUGIN_FIELD_MANAGER} --force-conflicts -f -",
@@ -123,6 +134,9 @@ pub fn plan_approval(rollout: &Rollout, wave: &str, ahead: bool, now: DateTime<U
     };
     if rollout.spec.paused {
         summary.push_str(&format!(" (once {name} is resumed: spec.paused is set)"));
+    }
+    if let Some(approver) = approver {
+        summary.push_str(&format!("; recorded as approved by {approver}"));
     }
     Ok(ApprovalPatch { apply, kubectl, summary })
 }
@@ -177,12 +191,12 @@ mod tests {
     }
 
     fn refusal(rollout: &Rollout, wave: &str, ahead: bool) -> String {
-        plan_approval(rollout, wave, ahead, now()).unwrap_err().0
+        plan_approval(rollout, wave, ahead, None, now()).unwrap_err().0
     }
 
     #[test]
     fn the_waiting_wave_gets_exactly_what_the_hub_reads() {
-        let planned = plan_approval(&rollout(), "eu", false, now()).unwrap();
+        let planned = plan_approval(&rollout(), "eu", false, None, now()).unwrap();
         assert_eq!(
             planned.apply,
             json!({
@@ -204,6 +218,17 @@ mod tests {
         let entry: WaveStatus = serde_json::from_value(planned.apply["status"]["waves"][0].clone()).unwrap();
         assert_eq!(entry.approved_at, Some(now()));
         assert_eq!(entry.approved_release.as_deref(), Some("podinfo:6.0.1"));
+    }
+
+    #[test]
+    fn the_approver_is_recorded_next_to_approved_at() {
+        let planned = plan_approval(&rollout(), "eu", false, Some("alice@example.com"), now()).unwrap();
+        let entry: WaveStatus = serde_json::from_value(planned.apply["status"]["waves"][0].clone()).unwrap();
+        assert_eq!(entry.approved_by.as_deref(), Some("alice@example.com"));
+        assert!(planned.kubectl.contains(r#""approvedBy":"alice@example.com""#), "{}", planned.kubectl);
+        assert!(planned.summary.ends_with("; recorded as approved by alice@example.com"), "{}", planned.summary);
+        let anonymous = plan_approval(&rollout(), "eu", false, None, now()).unwrap();
+        assert!(anonymous.apply["status"]["waves"][0].get("approvedBy").is_none());
     }
 
     #[test]
@@ -236,7 +261,7 @@ mod tests {
             "wave eu is already approved for release podinfo:6.0.1 (at 2026-11-22T01:30:00Z)"
         );
         r.status.as_mut().unwrap().waves[1].approved_release = Some("podinfo:6.0.0".into());
-        let planned = plan_approval(&r, "eu", false, now()).unwrap();
+        let planned = plan_approval(&r, "eu", false, None, now()).unwrap();
         assert_eq!(planned.apply["status"]["waves"][0]["approvedRelease"], "podinfo:6.0.1");
     }
 
@@ -263,7 +288,7 @@ mod tests {
         let why = refusal(&r, "prod", false);
         assert!(why.starts_with("wave prod is not the next to open: wave eu is Pending"), "{why}");
         assert!(why.ends_with("add --ahead to approve it in advance"), "{why}");
-        let planned = plan_approval(&r, "prod", true, now()).unwrap();
+        let planned = plan_approval(&r, "prod", true, None, now()).unwrap();
         assert_eq!(planned.apply["status"]["waves"][0]["name"], "prod");
         assert!(
             planned.summary.contains("ahead of time") && planned.summary.contains("wave eu"),
@@ -281,7 +306,7 @@ mod tests {
     fn approving_a_paused_rollout_says_when_it_applies() {
         let mut r = rollout();
         r.spec.paused = true;
-        let planned = plan_approval(&r, "eu", false, now()).unwrap();
+        let planned = plan_approval(&r, "eu", false, None, now()).unwrap();
         assert!(planned.summary.ends_with("(once podinfo is resumed: spec.paused is set)"), "{}", planned.summary);
     }
 
@@ -289,7 +314,7 @@ mod tests {
     fn quotes_in_the_release_survive_the_shell() {
         let mut r = rollout();
         r.status.as_mut().unwrap().release = Some("it's".into());
-        let planned = plan_approval(&r, "eu", false, now()).unwrap();
+        let planned = plan_approval(&r, "eu", false, None, now()).unwrap();
         assert!(planned.kubectl.contains(r#""approvedRelease":"it'\''s""#), "{}", planned.kubectl);
     }
 }

@@ -10,6 +10,9 @@ use kube::ResourceExt;
 use super::render::{aligned, column_widths};
 use crate::api::rollout::{Approval, ClusterSelector, LabelOperator, LabelRequirement};
 use crate::api::{Cluster, Rollout};
+use crate::fleet::traffic::{
+    BlastRadius, MemberTraffic, TRAFFIC_SHARE_LABEL, WaveTraffic, blast_radius, percent, traffic_share,
+};
 use crate::fleet::{Membership, PlanError, RolloutPlan, assign_waves, validate_plan};
 
 /// The plan of `rollout` over `clusters` as text, or why the spec cannot be planned.
@@ -25,6 +28,22 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
     // Where the hub last put each member, to point out a Cluster whose labels changed.
     let hub_wave =
         |cluster: &str| rollout.status.as_ref()?.members.iter().find(|m| m.cluster == cluster).map(|m| m.wave.clone());
+
+    let max_weight = |cluster: &str| {
+        rollout.status.as_ref()?.members.iter().find(|m| m.cluster == cluster).and_then(|m| m.max_weight)
+    };
+    let traffic: Vec<MemberTraffic<'_>> = names
+        .iter()
+        .zip(&labels)
+        .map(|(name, labels)| MemberTraffic { cluster: name, labels, max_weight: max_weight(name) })
+        .collect();
+    let radius = blast_radius(&plan, &traffic);
+    let shares_stated = clusters.iter().any(|c| traffic_share(c.labels()).is_some());
+    let share_of = |i: usize| match traffic_share(labels[i]) {
+        Some(Ok(share)) => format!("{}%", percent(share)),
+        Some(Err(_)) => "share unreadable".to_string(),
+        None => "share ?".to_string(),
+    };
 
     let selected = memberships.iter().filter(|m| **m != Membership::Excluded).count();
     let mut out = format!(
@@ -55,6 +74,9 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
         if !wave.soak.is_zero() {
             facts.push(format!("soak {}", rollout.spec.waves[w].soak.clone().unwrap_or_default()));
         }
+        if shares_stated && !members.is_empty() {
+            facts.push(share_text(&radius.waves[w]));
+        }
         out.push_str(&format!("\nWave {}/{} {}: {}\n", w + 1, plan.waves.len(), wave.name, facts.join(", ")));
         if members.is_empty() {
             out.push_str("└── no cluster: its selector matches none, or only clusters an earlier wave took\n");
@@ -80,7 +102,12 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
                         wave_or_none(previous.as_deref())
                     ));
                 }
-                vec![names[i].clone(), why.join("; ")]
+                let mut row = vec![names[i].clone()];
+                if shares_stated {
+                    row.push(share_of(i));
+                }
+                row.push(why.join("; "));
+                row
             })
             .collect();
         push_branches(&mut out, &rows);
@@ -111,7 +138,10 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
         push_branches(&mut out, &rows);
     }
 
-    let warnings = report.warnings();
+    out.push_str(&blast_radius_text(&radius, shares_stated));
+
+    let mut warnings = report.warnings();
+    warnings.extend(radius.problems.iter().cloned());
     if !warnings.is_empty() {
         out.push_str("\nWarnings\n");
         for warning in warnings {
@@ -119,6 +149,57 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
         }
     }
     Ok(out)
+}
+
+/// A wave's traffic share, "at least" when some members state none.
+fn share_text(wave: &WaveTraffic) -> String {
+    if wave.unknown.is_empty() {
+        format!("traffic share {}%", percent(wave.share))
+    } else {
+        format!("traffic share at least {}% ({} state(s) none readable)", percent(wave.share), wave.unknown.join(", "))
+    }
+}
+
+/// Each wave's share and the worst case a bad release can reach.
+fn blast_radius_text(radius: &BlastRadius, shares_stated: bool) -> String {
+    let mut out = format!(
+        "
+Blast radius (each Cluster's {TRAFFIC_SHARE_LABEL} label, percent of the fleet's traffic)
+"
+    );
+    if !shares_stated {
+        out.push_str(&format!(
+            "└── unknown: no Cluster states its share (label {TRAFFIC_SHARE_LABEL}: \"30\" for 30%)\n"
+        ));
+        return out;
+    }
+    let mut rows: Vec<Vec<String>> = radius
+        .waves
+        .iter()
+        .filter(|w| !w.members.is_empty())
+        .map(|w| vec![format!("wave {}", w.wave), share_text(w)])
+        .collect();
+    if radius.unassigned > 0.0 {
+        rows.push(vec!["no wave".into(), format!("traffic share {}% (never released to)", percent(radius.unassigned))]);
+    }
+    rows.push(vec![
+        "worst case".into(),
+        match &radius.exposure {
+            Ok(exposure) => format!(
+                "{}% of the fleet's traffic served by a bad release before the first wave fails ({}); no later wave opens",
+                percent(exposure.percent),
+                exposure
+                    .terms
+                    .iter()
+                    .map(|(cluster, share, weight)| format!("{cluster} {}% × maxWeight {weight}%", percent(*share)))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
+            Err(why) => format!("unknown: {why}"),
+        },
+    ]);
+    push_branches(&mut out, &rows);
+    out
 }
 
 fn push_branches(out: &mut String, rows: &[Vec<String>]) {
@@ -261,6 +342,9 @@ Not in this Rollout (spec.clusters does not select them)
 ├── lab        needs env=prod, no env label
 └── staging-1  needs env=prod, env is staging
 
+Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the fleet's traffic)
+└── unknown: no Cluster states its share (label petrel.dev/traffic-share: \"30\" for 30%)
+
 Warnings
 - wave \"us\" selects no cluster (its selector matches none, or only clusters an earlier wave took)
 - 1 cluster(s) selected by the Rollout fall in no wave and will not get the release: asia-1
@@ -284,6 +368,7 @@ Warnings
                 revision: None,
                 approved_at: None,
                 last_contact: None,
+                max_weight: None,
                 message: String::new(),
             }],
             ..RolloutStatus::default()
@@ -293,6 +378,75 @@ Warnings
             text.contains("├── eu-1  region=eu-west; the hub has it in no wave until its next reconcile\n"),
             "{text}"
         );
+    }
+
+    /// The demo's fleet: staging (the canary cluster) 5%, production 30/30/35.
+    fn demo_fleet(staging_share: &str) -> (Rollout, Vec<Cluster>) {
+        let rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1",
+            "kind": "Rollout",
+            "metadata": { "name": "podinfo", "namespace": "petrel-system" },
+            "spec": {
+                "canaryRef": { "namespace": "podinfo", "name": "podinfo" },
+                "waves": [
+                    { "name": "canary", "clusterSelector": { "matchLabels": { "role": "canary" } } },
+                    { "name": "production", "clusterSelector": { "matchLabels": { "env": "production" } }, "maxConcurrency": 1 }
+                ]
+            },
+            "status": { "members": [
+                { "cluster": "staging-eu-west-1", "wave": "canary", "state": "Succeeded", "maxWeight": 50 },
+                { "cluster": "production-eu-west-1", "wave": "production", "state": "Succeeded", "maxWeight": 50 }
+            ] }
+        }))
+        .unwrap();
+        let share = |v: &str| (crate::fleet::traffic::TRAFFIC_SHARE_LABEL, v.to_string());
+        let clusters = vec![
+            cluster("staging-eu-west-1", &[("role", "canary"), (share(staging_share).0, &share(staging_share).1)]),
+            cluster("production-eu-west-1", &[("env", "production"), (share("30").0, "30")]),
+            cluster("production-us-east-1", &[("env", "production"), (share("30").0, "30")]),
+            cluster("production-ap-southeast-1", &[("env", "production"), (share("35").0, "35")]),
+        ];
+        (rollout, clusters)
+    }
+
+    #[test]
+    fn the_plan_prints_each_waves_share_and_the_worst_case_of_a_bad_release() {
+        let (rollout, clusters) = demo_fleet("5");
+        let text = render_plan(&rollout, &clusters).unwrap();
+        assert!(
+            text.contains("Wave 1/2 canary: Automatic, selector role=canary, 1 cluster(s), 1 at a time, tolerates 0 failure(s), traffic share 5%\n└── staging-eu-west-1  5%  role=canary\n"),
+            "{text}"
+        );
+        assert!(text.contains(", traffic share 95%\n├── production-ap-southeast-1  35%  env=production\n"), "{text}");
+        assert!(
+            text.contains("\
+Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the fleet's traffic)
+├── wave canary      traffic share 5%
+├── wave production  traffic share 95%
+└── worst case       2.5% of the fleet's traffic served by a bad release before the first wave fails (staging-eu-west-1 5% × maxWeight 50%); no later wave opens
+"),
+            "{text}"
+        );
+        assert!(!text.contains("Warnings"), "{text}");
+    }
+
+    #[test]
+    fn an_unreadable_share_is_a_warning_and_no_exposure_is_guessed() {
+        let (rollout, clusters) = demo_fleet("five");
+        let text = render_plan(&rollout, &clusters).unwrap();
+        assert!(text.contains("└── staging-eu-west-1  share unreadable  role=canary\n"), "{text}");
+        assert!(text.contains("traffic share at least 0% (staging-eu-west-1 state(s) none readable)"), "{text}");
+        assert!(
+            text.contains("└── worst case       unknown: the first wave's staging-eu-west-1 state(s) no readable petrel.dev/traffic-share\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- cluster staging-eu-west-1: petrel.dev/traffic-share=\"five\" is not a number"),
+            "{text}"
+        );
+        let (rollout, clusters) = demo_fleet("120");
+        let text = render_plan(&rollout, &clusters).unwrap();
+        assert!(text.contains("is more than 100 (it is a percentage of the fleet's traffic)"), "{text}");
     }
 
     #[test]

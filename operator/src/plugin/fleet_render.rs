@@ -331,6 +331,7 @@ mod tests {
             revision: Some("6f7d9c".into()),
             approved_at: None,
             last_contact: Some(at(2, 29, 55)),
+            max_weight: None,
             message: String::new(),
         }
     }
@@ -394,6 +395,7 @@ mod tests {
                 last_transition_time: at(2, 25, 0),
                 observed_generation: None,
             }],
+            ..RolloutStatus::default()
         });
         rollout
     }

@@ -2,6 +2,7 @@
 //! verbs, approvals and wave plans, as pure functions. The binary (`src/bin/kubectl-petrel.rs`) only reads, patches and prints.
 
 pub mod approve;
+pub mod fleet_inventory;
 pub mod fleet_plan;
 pub mod fleet_render;
 pub mod render;
@@ -9,6 +10,7 @@ pub mod repin;
 pub mod verbs;
 
 pub use approve::{ApprovalPatch, PLUGIN_FIELD_MANAGER, plan_approval};
+pub use fleet_inventory::render_fleet;
 pub use fleet_plan::render_plan;
 pub use fleet_render::{render_rollout, render_rollout_table};
 pub use render::{render_canary, render_table};

@@ -24,6 +24,8 @@ use crate::api::canary::{CanaryStatus, Phase};
 use crate::api::rollout::{MemberState, RolloutPhase, RolloutStatus, WavePhase};
 use crate::core::strategy::strategy_of;
 use crate::core::{Provider, Strategy};
+use crate::fleet::inventory::drift_of;
+use chrono::{DateTime, Utc};
 
 /// `controller` label of the per-cluster Canary controller.
 pub const CANARY_CONTROLLER: &str = "canary";
@@ -151,6 +153,21 @@ struct ClusterLabels {
     cluster: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetReleaseLabels {
+    namespace: String,
+    rollout: String,
+    cluster: String,
+    release: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetMemberLabels {
+    namespace: String,
+    rollout: String,
+    cluster: String,
+}
+
 /// Series a Rollout owns whose label values come from its status, so they can be
 /// removed when they leave it.
 #[derive(Default)]
@@ -159,6 +176,10 @@ struct RolloutSeries {
     waves: BTreeSet<String>,
     /// (cluster, wave label) of every member series.
     members: BTreeSet<(String, String)>,
+    /// (cluster, release) of every `petrel_fleet_member_release` series.
+    running: BTreeSet<(String, String)>,
+    /// Clusters with a drift series.
+    drift: BTreeSet<String>,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -203,6 +224,8 @@ pub struct Metrics {
     rollout_member: Family<MemberLabels, Gauge>,
     rollout_member_weight: Family<MemberWeightLabels, Gauge>,
     cluster_reachable: Family<ClusterLabels, Gauge>,
+    fleet_member_release: Family<FleetReleaseLabels, Gauge>,
+    fleet_member_drift: Family<FleetMemberLabels, Gauge<f64, AtomicU64>>,
     /// Per Rollout, the label values of its status-driven series.
     rollout_series: Mutex<BTreeMap<CanaryLabels, RolloutSeries>>,
     /// Clusters with a `petrel_cluster_reachable` series.
@@ -240,6 +263,8 @@ impl Metrics {
         let rollout_member = Family::<MemberLabels, Gauge>::default();
         let rollout_member_weight = Family::<MemberWeightLabels, Gauge>::default();
         let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
+        let fleet_member_release = Family::<FleetReleaseLabels, Gauge>::default();
+        let fleet_member_drift = Family::<FleetMemberLabels, Gauge<f64, AtomicU64>>::default();
 
         registry.register(
             "petrel",
@@ -330,6 +355,17 @@ impl Metrics {
             "Whether the hub's last probe reached the member cluster (1) or not (0)",
             cluster_reachable.clone(),
         );
+        registry.register(
+            "petrel_fleet_member_release",
+            "The release each member of a fleet Rollout runs (its primary), as the hub last learned it; always 1",
+            fleet_member_release.clone(),
+        );
+        registry.register_with_unit(
+            "petrel_fleet_member_drift",
+            "How long a member has not run its fleet's last successful release (0 when it does, or runs the release in flight)",
+            Unit::Seconds,
+            fleet_member_drift.clone(),
+        );
 
         Self {
             registry,
@@ -351,6 +387,8 @@ impl Metrics {
             rollout_member,
             rollout_member_weight,
             cluster_reachable,
+            fleet_member_release,
+            fleet_member_drift,
             rollout_series: Mutex::new(BTreeMap::new()),
             clusters_seen: Mutex::new(BTreeSet::new()),
             series: Mutex::new(BTreeMap::new()),
@@ -533,6 +571,11 @@ impl Metrics {
 impl Metrics {
     /// Records where a Rollout stands after a reconcile computed `status` for it.
     pub fn observe_rollout(&self, namespace: &str, name: &str, status: &RolloutStatus) {
+        self.observe_rollout_at(namespace, name, status, chrono::Utc::now());
+    }
+
+    /// [`Metrics::observe_rollout`] with drift measured at `now`.
+    pub fn observe_rollout_at(&self, namespace: &str, name: &str, status: &RolloutStatus, now: DateTime<Utc>) {
         let key = CanaryLabels { namespace: namespace.to_string(), name: name.to_string() };
         let mut all = self.rollout_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let owned = all.entry(key).or_default();
@@ -598,6 +641,25 @@ impl Metrics {
             self.rollout_member_weight.get_or_create(&labels).set(i64::from(member.weight.clamp(0, 100)));
         }
         owned.members = members;
+
+        let running: BTreeSet<(String, String)> =
+            status.inventory.iter().filter_map(|e| Some((e.cluster.clone(), e.release.clone()?))).collect();
+        for (cluster, release) in owned.running.difference(&running) {
+            self.fleet_member_release.remove(&fleet_release_labels(namespace, name, cluster, release));
+        }
+        for (cluster, release) in &running {
+            self.fleet_member_release.get_or_create(&fleet_release_labels(namespace, name, cluster, release)).set(1);
+        }
+        owned.running = running;
+        let drift: BTreeSet<String> = status.inventory.iter().map(|e| e.cluster.clone()).collect();
+        for gone in owned.drift.difference(&drift) {
+            self.fleet_member_drift.remove(&fleet_member_labels(namespace, name, gone));
+        }
+        for member in &status.inventory {
+            let seconds = drift_of(member, status).seconds(now);
+            self.fleet_member_drift.get_or_create(&fleet_member_labels(namespace, name, &member.cluster)).set(seconds);
+        }
+        owned.drift = drift;
     }
 
     /// Removes every series of one Rollout.
@@ -629,6 +691,12 @@ impl Metrics {
                 name: name.into(),
                 cluster: cluster.clone(),
             });
+        }
+        for (cluster, release) in &owned.running {
+            self.fleet_member_release.remove(&fleet_release_labels(namespace, name, cluster, release));
+        }
+        for cluster in &owned.drift {
+            self.fleet_member_drift.remove(&fleet_member_labels(namespace, name, cluster));
         }
     }
 
@@ -687,6 +755,19 @@ fn label_of<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
 
 fn wave_labels(namespace: &str, name: &str, wave: &str, phase: WavePhase) -> WaveLabels {
     WaveLabels { namespace: namespace.into(), name: name.into(), wave: wave.into(), phase: label_of(&phase) }
+}
+
+fn fleet_release_labels(namespace: &str, rollout: &str, cluster: &str, release: &str) -> FleetReleaseLabels {
+    FleetReleaseLabels {
+        namespace: namespace.into(),
+        rollout: rollout.into(),
+        cluster: cluster.into(),
+        release: release.into(),
+    }
+}
+
+fn fleet_member_labels(namespace: &str, rollout: &str, cluster: &str) -> FleetMemberLabels {
+    FleetMemberLabels { namespace: namespace.into(), rollout: rollout.into(), cluster: cluster.into() }
 }
 
 fn member_labels(namespace: &str, name: &str, cluster: &str, wave: &str, state: MemberState) -> MemberLabels {
@@ -854,6 +935,66 @@ mod hub_tests {
 
         metrics.retain_rollouts([("fleet", "other")]);
         assert!(series(&metrics, "petrel_rollout_").is_empty(), "a deleted Rollout leaves nothing behind");
+    }
+
+    #[test]
+    fn each_member_exports_the_release_it_runs_and_how_long_it_drifted() {
+        let metrics = Metrics::new("1.2.3");
+        let fleet = |inventory: serde_json::Value| {
+            status(json!({
+                "release": "podinfo:2",
+                "phase": "Succeeded",
+                "history": [
+                    {"release": "podinfo:2", "outcome": "Succeeded", "finishedAt": "2026-11-22T05:10:00Z"},
+                    {"release": "podinfo:1", "outcome": "Succeeded", "finishedAt": "2026-11-22T05:00:00Z"}
+                ],
+                "inventory": inventory
+            }))
+        };
+        let now = "2026-11-22T05:12:30Z".parse().unwrap();
+        metrics.observe_rollout_at(
+            "fleet",
+            "podinfo",
+            &fleet(json!([
+                {"cluster": "canary-1", "release": "podinfo:2", "since": "2026-11-22T05:02:00Z"},
+                {"cluster": "prod-1", "release": "podinfo:1", "since": "2026-11-22T04:00:00Z"},
+                {"cluster": "new-1"}
+            ])),
+            now,
+        );
+        assert_eq!(
+            series(&metrics, "petrel_fleet_member_release"),
+            set(&[
+                r#"petrel_fleet_member_release{namespace="fleet",rollout="podinfo",cluster="canary-1",release="podinfo:2"} 1"#,
+                r#"petrel_fleet_member_release{namespace="fleet",rollout="podinfo",cluster="prod-1",release="podinfo:1"} 1"#,
+            ])
+        );
+        assert_eq!(
+            series(&metrics, "petrel_fleet_member_drift_seconds"),
+            set(&[
+                r#"petrel_fleet_member_drift_seconds{namespace="fleet",rollout="podinfo",cluster="canary-1"} 0.0"#,
+                r#"petrel_fleet_member_drift_seconds{namespace="fleet",rollout="podinfo",cluster="prod-1"} 150.0"#,
+                r#"petrel_fleet_member_drift_seconds{namespace="fleet",rollout="podinfo",cluster="new-1"} 0.0"#,
+            ]),
+            "prod-1 drifted when podinfo:2 succeeded, 2m30s ago"
+        );
+        // prod-1 catches up; new-1 leaves the Rollout.
+        metrics.observe_rollout_at(
+            "fleet",
+            "podinfo",
+            &fleet(json!([
+                {"cluster": "canary-1", "release": "podinfo:2", "since": "2026-11-22T05:02:00Z"},
+                {"cluster": "prod-1", "release": "podinfo:2", "since": "2026-11-22T05:12:00Z"}
+            ])),
+            now,
+        );
+        let releases = series(&metrics, "petrel_fleet_member_release");
+        assert_eq!(releases.len(), 2);
+        assert!(releases.iter().all(|l| l.contains(r#"release="podinfo:2""#)), "{releases:?}");
+        assert_eq!(ones(&metrics, "petrel_fleet_member_drift_seconds"), set(&[]));
+        assert_eq!(series(&metrics, "petrel_fleet_member_drift_seconds").len(), 2);
+        metrics.retain_rollouts([]);
+        assert!(series(&metrics, "petrel_fleet_").is_empty(), "a deleted Rollout leaves nothing behind");
     }
 
     #[test]
