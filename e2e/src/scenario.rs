@@ -152,15 +152,20 @@ impl Operator {
         self.spawn()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
+    }
+
+    /// Its resident memory now, in bytes (0 when not running).
+    pub fn rss_bytes(&self) -> u64 {
+        self.pid().map_or(0, crate::fleet::rss_bytes)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The process id, while it runs (to read its CPU and memory from `/proc`).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
     }
 
     /// The whole log so far.
@@ -442,6 +447,11 @@ impl TestEnv {
             // Scenarios run side by side: each operator serves its own telemetry port.
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
+            // The webhook and alert receivers of the scenarios listen on 127.0.0.1, which
+            // petrel's egress policy refuses by default; the rest of loopback (127.0.0.2,
+            // the scenario that checks the policy) stays refused.
+            "--egress-allow-cidr".into(),
+            "127.0.0.1/32".into(),
         ];
         // Every status from the first one on: the watch must be running before the Canary exists.
         let statuses = Arc::new(Mutex::new(Vec::new()));

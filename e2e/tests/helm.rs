@@ -299,6 +299,23 @@ fn a_watch_namespace_turns_the_member_role_namespaced() {
 }
 
 #[test]
+fn the_egress_values_become_flags() {
+    let strict = args_of(find(&template(&[]), "Deployment", "petrel")).join(" ");
+    assert!(!strict.contains("--egress-allow"), "the default is the strict policy: {strict}");
+    let docs = template(&[
+        "--set",
+        "member.egress.allowLoopback=true",
+        "--set",
+        "member.egress.allowCidrs={169.254.10.0/24,fd00:ec2::254}",
+    ]);
+    let args = args_of(find(&docs, "Deployment", "petrel"));
+    for flag in ["--egress-allow-loopback", "--egress-allow-cidr=169.254.10.0/24", "--egress-allow-cidr=fd00:ec2::254"]
+    {
+        assert!(args.contains(&flag.to_string()), "{flag} not in {args:?}");
+    }
+}
+
+#[test]
 fn the_hub_rendering_reads_secrets_only_where_kubeconfigs_live() {
     let docs = template(&["--set", "mode=hub", "--set", "serviceMonitor.enabled=true"]);
     let deployment = find(&docs, "Deployment", "petrel");
@@ -354,6 +371,7 @@ fn the_values_schema_and_the_chart_refuse_bad_values() {
         (&["--set", "member.provider=linkerd2"][..], "/member/provider"),
         (&["--set", "replicas=2", "--set", "leaderElection.enabled=false"][..], "needs leaderElection.enabled"),
         (&["--set", "leaderElection.renewBeforeSeconds=15"][..], "renewBeforeSeconds must be smaller"),
+        (&["--set", "member.egress.allowCidrs={everything}"][..], "/member/egress/allowCidrs/0"),
     ] {
         let mut all = vec!["template", "petrel", chart];
         all.extend_from_slice(args);

@@ -8,7 +8,7 @@
 //! appears in any Event, status or log.
 //!
 //! A case is a few lines in [`cases`]. A case for a defect fixed on another branch is
-//! listed with `skip: Some("fixed on branch …")` while it fails here; the integrator
+//! listed in [`SKIPPED`] with the branch while it fails here; the integrator
 //! removes the skip after merging (`PETREL_HOSTILE_ALL=1` runs the skipped ones too;
 //! `PETREL_HOSTILE_ONLY=name,name` runs only the named cases).
 //!
@@ -111,11 +111,6 @@ impl Case {
 
     fn secret(mut self, marker: &'static str) -> Case {
         self.secrets.push(marker);
-        self
-    }
-
-    fn skip(mut self, why: &'static str) -> Case {
-        self.skip = Some(why);
         self
     }
 
@@ -423,8 +418,7 @@ fn cases() -> Vec<Case> {
                 ]
             }),
             Expect::Check(|ctx, ns| async move { check_release_never_passes(&ctx, &ns, IMAGE_V1).await }.boxed_local()),
-        )
-        .skip("fixed on branch bounds (issue 11 defect 1): here the render never ends and freezes the operator, so it would fail every other case"),
+        ),
         // ---- AlertProvider
         refused_object("alert-type-unknown", "AlertProvider", alert_provider(json!({"type": "pagerduty"})), "Unsupported value: \"pagerduty\""),
         refused_object("alert-address-not-a-url", "AlertProvider", alert_provider(json!({"address": "hooks.slack.com/services/x"})), "address must be an absolute http:// or https:// URL"),
@@ -557,10 +551,7 @@ fn cases() -> Vec<Case> {
 
 /// Cases that fail on this branch because another branch fixes their defect (see the
 /// module docs); each was seen failing here.
-const SKIPPED: &[(&str, &str)] = &[(
-    "alert-token-in-secret",
-    "issue 11 defect 2 (Secret values in messages; MetricTemplates were fixed with branch backends, AlertProviders not yet): here the Slack URL from the Secret appears whole in the AlertFailed Event",
-)];
+const SKIPPED: &[(&str, &str)] = &[];
 
 trait WithDeployment {
     fn with_deployment(self, overlay: Value) -> Case;

@@ -456,7 +456,7 @@ fn skipper_word(name: &str) -> String {
 /// cannot contain `"` or `\`, but the query must stay well-formed whatever
 /// it is given.
 fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
+    crate::template::escape_promql_string(value, '"')
 }
 
 /// Escapes regex metacharacters (RE2 syntax, as Prometheus uses) so a name

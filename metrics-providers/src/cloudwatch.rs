@@ -48,6 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::ExpiringCache;
 use crate::http::{HttpClient, HttpResponse, build, no_range_queries, parse_address, secret_header, unix_now};
+use crate::outbound::EgressPolicy;
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 use crate::secret::Redactor;
 
@@ -220,7 +221,8 @@ impl CloudWatchProvider {
         };
         Ok(Self {
             http: HttpClient::new(config)?.redacting(env_secrets.iter().map(String::as_str)),
-            credentials_http: HttpClient::for_credentials(config)?.redacting(env_secrets.iter().map(String::as_str)),
+            credentials_http: HttpClient::for_credentials(config, EgressPolicy::unrestricted())?
+                .redacting(env_secrets.iter().map(String::as_str)),
             url,
             region,
             source,

@@ -1,11 +1,14 @@
 //! The HTTP plumbing shared by the HTTP-based providers: one configured
-//! `reqwest` client, authentication, and error mapping.
+//! client, authentication, and error mapping. Requests go through an
+//! [`EgressClient`], which applies the config's egress policy and reads at
+//! most [`MAX_BODY_BYTES`](crate::outbound::MAX_BODY_BYTES) of an answer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::outbound::{EgressClient, EgressPolicy, OutboundError, RedactedUrl, parse_url};
 use crate::provider::{Credentials, DEFAULT_TIMEOUT, ProviderConfig, QueryError, quote_body, truncate};
 use crate::secret::Redactor;
 
@@ -13,7 +16,7 @@ use crate::secret::Redactor;
 /// timeout and TLS verification.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
-    client: reqwest::Client,
+    client: EgressClient,
     credentials: Credentials,
     timeout: Duration,
     /// Scrubs secret values from every answer before it is decoded, so no
@@ -27,11 +30,11 @@ impl HttpClient {
         if timeout.is_zero() {
             return Err(QueryError::InvalidConfig("timeout must be more than 0".into()));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(header_map(&config.headers)?)
             .timeout(timeout)
-            .tls_danger_accept_invalid_certs(config.insecure_skip_verify)
-            .build()
+            .tls_danger_accept_invalid_certs(config.insecure_skip_verify);
+        let client = EgressClient::new(config.egress.clone(), builder)
             .map_err(|e| QueryError::InvalidConfig(format!("cannot build HTTP client: {e}")))?;
         Ok(Self { client, credentials: config.credentials.clone(), timeout, redactor: config.redactor() })
     }
@@ -39,9 +42,14 @@ impl HttpClient {
     /// A client for a backend's token or credentials service: the same
     /// timeout as `config`, but none of the template's headers, credentials
     /// or `insecureSkipVerify`, which are meant for the metrics address.
-    pub(crate) fn for_credentials(config: &ProviderConfig) -> Result<Self, QueryError> {
+    /// `egress` is the template's policy for a service the template names (a
+    /// service account key's `token_uri`), and unrestricted for one the
+    /// operator's environment names (a metadata server, IRSA's STS), which
+    /// lives on link-local addresses by design.
+    pub(crate) fn for_credentials(config: &ProviderConfig, egress: EgressPolicy) -> Result<Self, QueryError> {
         let mut plain = ProviderConfig::new(config.kind, "");
         plain.timeout = config.timeout;
+        plain.egress = egress;
         Ok(Self { redactor: config.redactor(), ..Self::new(&plain)? })
     }
 
@@ -78,29 +86,31 @@ impl HttpClient {
 
     /// Sends a request built (and, for CloudWatch, signed) by the caller.
     /// Every provider's traffic goes through here, so what bounds an answer
-    /// (the timeout, the body's size) bounds all of them.
+    /// (the egress policy, the timeout, the body's size) bounds all of them.
     pub(crate) async fn execute(&self, request: reqwest::Request) -> Result<HttpResponse, QueryError> {
-        let origin = request.url().origin().ascii_serialization();
-        let failed = |e: reqwest::Error| self.transport_error(&origin, e);
-        let response = self.client.execute(request).await.map_err(failed)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
+        let server = RedactedUrl::origin(request.url());
+        let answer = self.client.execute(request).await.map_err(|e| self.transport_error(&server, e))?;
+        let retry_after = answer
+            .headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .map(|value| truncate(value.trim(), MAX_RETRY_AFTER));
-        let body = self.redactor.scrub(&response.text().await.map_err(failed)?);
-        Ok(HttpResponse { status, retry_after, body })
+        let body = self.redactor.scrub(&answer.body);
+        Ok(HttpResponse { status: answer.status, retry_after, body })
     }
 
-    /// The error of a transport failure. It names the server by its origin
-    /// only: a path can hold a value from a Secret (New Relic's account id),
-    /// the query string holds the query, already in the Event's context.
-    fn transport_error(&self, origin: &str, error: reqwest::Error) -> QueryError {
-        if error.is_timeout() {
-            QueryError::Timeout(self.timeout)
-        } else {
-            QueryError::Transport(format!("{origin}: {}", error_chain(&error.without_url())))
+    /// The error of a request that got no answer. It names the server by its
+    /// origin only: the address may come from a Secret (userinfo, a token in
+    /// the path, New Relic's account id) and the query string holds the
+    /// query, already in the Event's context.
+    fn transport_error(&self, server: &RedactedUrl, error: OutboundError) -> QueryError {
+        match error {
+            OutboundError::Timeout => QueryError::Timeout(self.timeout),
+            OutboundError::Refused(refused) => QueryError::InvalidConfig(format!("{server}: {refused}")),
+            OutboundError::TooLarge { .. } => QueryError::BadResponse(format!("{server}: {error}")),
+            OutboundError::Transport(reason) | OutboundError::Invalid(reason) => {
+                QueryError::Transport(format!("{server}: {reason}"))
+            }
         }
     }
 }
@@ -110,7 +120,7 @@ impl HttpClient {
 pub(crate) fn build(builder: reqwest::RequestBuilder) -> Result<reqwest::Request, QueryError> {
     builder
         .build()
-        .map_err(|e| QueryError::InvalidConfig(format!("cannot build the request: {}", error_chain(&e.without_url()))))
+        .map_err(|e| QueryError::InvalidConfig(format!("cannot build the request: {}", crate::outbound::describe(e))))
 }
 
 /// Longest `Retry-After` value quoted in a message (a date is 29 characters).
@@ -162,12 +172,10 @@ pub(crate) fn unix_now() -> Result<Duration, QueryError> {
 
 /// Parses and checks a provider `address`: an absolute http(s) URL without
 /// a fragment, and without a query string unless `allow_query`.
+/// Errors never quote the address: it may come from a Secret.
 pub(crate) fn parse_address(address: &str, allow_query: bool) -> Result<reqwest::Url, QueryError> {
-    let invalid = |why: String| QueryError::InvalidConfig(format!("address {address:?}: {why}"));
-    let url = reqwest::Url::parse(address.trim()).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("scheme must be http or https".into()));
-    }
+    let invalid = |why: String| QueryError::InvalidConfig(format!("the address {why}"));
+    let url = parse_url(address).map_err(invalid)?;
     if (!allow_query && url.query().is_some()) || url.fragment().is_some() {
         return Err(invalid(if allow_query {
             "must not have a fragment".into()
@@ -223,19 +231,6 @@ fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, QueryErro
         .collect()
 }
 
-/// An error with its causes: reqwest's own message ("error sending
-/// request") hides the useful part (e.g. "Connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,9 +253,12 @@ mod tests {
 
     #[test]
     fn addresses_are_checked() {
-        for bad in ["", "prom:9090", "ftp://prom", "http://prom#x", "not a url"] {
+        for bad in ["", "prom:9090", "ftp://prom", "http://prom#x", "not a url", "http://u:s3cretpw@pr om"] {
             for allow_query in [false, true] {
-                assert!(matches!(parse_address(bad, allow_query), Err(QueryError::InvalidConfig(_))), "{bad:?}");
+                assert!(
+                    matches!(parse_address(bad, allow_query), Err(QueryError::InvalidConfig(m)) if !m.contains("s3cretpw")),
+                    "{bad:?}"
+                );
             }
         }
         assert!(parse_address("http://prom?x=1", false).is_err());

@@ -20,6 +20,10 @@
 //! Every failure is an error value with a message meant for a Kubernetes
 //! Event; none of them is ever a silent pass.
 //!
+//! Requests to backends go through [`outbound`], which the operator also uses
+//! for webhooks and alert receivers: the egress policy, the 1 MiB body cap,
+//! and URLs shown without their credentials.
+//!
 //! ```
 //! use metrics_providers::*;
 //!
@@ -37,7 +41,7 @@
 //! let query = builtin_query(mesh, metric, &vars)?;
 //! assert!(query.contains(r#"destination_workload="podinfo""#));
 //! // ...or a MetricTemplate written for Flagger.
-//! let query = render_query(r#"sum(rate(errors{ns="{{ namespace }}"}[{{ interval }}]))"#, &vars)?;
+//! let query = render_query(r#"sum(rate(errors{ns="{{ namespace }}"}[{{ interval }}]))"#, &vars, QueryLanguage::PromQl)?;
 //! assert_eq!(query, r#"sum(rate(errors{ns="test"}[1m]))"#);
 //!
 //! // Judge one value against a thresholdRange...
@@ -80,6 +84,7 @@ pub mod http_json;
 pub mod influxdb;
 pub mod judge;
 pub mod newrelic;
+pub mod outbound;
 pub mod prometheus;
 pub mod provider;
 pub mod secret;
@@ -96,6 +101,7 @@ pub use http_json::HttpJsonProvider;
 pub use influxdb::InfluxDbProvider;
 pub use judge::{CompareConfig, Comparison, Direction, ThresholdRange, Verdict, compare};
 pub use newrelic::NewRelicProvider;
+pub use outbound::{EgressClient, EgressPolicy, RedactedUrl};
 pub use prometheus::PrometheusProvider;
 pub use provider::{
     Credentials, DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError,
@@ -104,4 +110,4 @@ pub use provider::{
 pub use secret::{Redactor, SecretData};
 pub use splunk::SplunkProvider;
 pub use stackdriver::StackdriverProvider;
-pub use template::{QueryVars, TemplateError, render_query};
+pub use template::{QueryLanguage, QueryVars, TemplateError, render_query};

@@ -19,6 +19,7 @@ use crate::graphite::GraphiteProvider;
 use crate::http_json::HttpJsonProvider;
 use crate::influxdb::InfluxDbProvider;
 use crate::newrelic::NewRelicProvider;
+use crate::outbound::EgressPolicy;
 use crate::prometheus::PrometheusProvider;
 use crate::secret::{Redactor, SecretData};
 use crate::splunk::SplunkProvider;
@@ -378,6 +379,8 @@ pub struct ProviderConfig {
     pub timeout: Option<Duration>,
     /// Accept any TLS certificate (`insecureSkipVerify`).
     pub insecure_skip_verify: bool,
+    /// Which addresses the backend may be reached at; strict by default.
+    pub egress: EgressPolicy,
 }
 
 /// The metric interval when none is given, as in Flagger.
@@ -385,7 +388,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ProviderConfig {
     /// A config with no credentials, Secret, region, headers or timeout
-    /// override, and the default interval.
+    /// override, the default interval, and the strict egress policy (no
+    /// loopback or link-local address).
     pub fn new(kind: ProviderKind, address: impl Into<String>) -> Self {
         Self {
             kind,
@@ -397,6 +401,7 @@ impl ProviderConfig {
             headers: BTreeMap::new(),
             timeout: None,
             insecure_skip_verify: false,
+            egress: EgressPolicy::strict(),
         }
     }
 

@@ -33,6 +33,7 @@ use crate::cache::ExpiringCache;
 use crate::http::{
     HttpClient, HttpResponse, address_or, endpoint, no_range_queries, parse_address, secret_header, unix_now,
 };
+use crate::outbound::EgressPolicy;
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 use crate::secret::Redactor;
 
@@ -159,7 +160,15 @@ impl StackdriverProvider {
         };
         Ok(Self {
             http: HttpClient::new(config)?,
-            token_http: HttpClient::for_credentials(config)?,
+            // A key's token_uri is the template's choice; the metadata server is the
+            // environment's, on a link-local address by design.
+            token_http: HttpClient::for_credentials(
+                config,
+                match &tokens {
+                    TokenSource::ServiceAccount { .. } => config.egress.clone(),
+                    TokenSource::Metadata { .. } => EgressPolicy::unrestricted(),
+                },
+            )?,
             query_url: endpoint(&base, &format!("/v3/projects/{project}/timeSeries:query")),
             tokens,
             cache_key: Sha256::digest(identity.as_bytes()).into(),

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_providers::{
-    Credentials, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError, build_provider,
+    Credentials, EgressPolicy, MetricProvider, Provider, ProviderConfig, ProviderKind, QueryError, build_provider,
 };
 
 /// What the fake Prometheus demands of a request.
@@ -134,7 +134,7 @@ async fn start(auth: Auth, prefix: &str) -> (String, Arc<Mutex<Vec<String>>>) {
 }
 
 fn provider(address: &str) -> Provider {
-    build_provider(&ProviderConfig::new(ProviderKind::Prometheus, address)).unwrap()
+    build_provider(&local_config(ProviderKind::Prometheus, address)).unwrap()
 }
 
 #[tokio::test]
@@ -200,7 +200,7 @@ async fn http_500_is_an_http_error_with_the_body() {
 #[tokio::test]
 async fn slow_answer_times_out_at_the_configured_timeout() {
     let (address, _) = start(Auth::None, "").await;
-    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    let mut config = local_config(ProviderKind::Prometheus, address);
     config.timeout = Some(Duration::from_millis(300));
     let provider = build_provider(&config).unwrap();
     let started = Instant::now();
@@ -212,7 +212,7 @@ async fn slow_answer_times_out_at_the_configured_timeout() {
 #[tokio::test]
 async fn bearer_token_is_sent_and_checked() {
     let (address, _) = start(Auth::Exactly("Bearer s3cret"), "").await;
-    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    let mut config = local_config(ProviderKind::Prometheus, address);
     assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
     config.credentials = Credentials::Bearer("wrong".into());
     assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
@@ -224,7 +224,7 @@ async fn bearer_token_is_sent_and_checked() {
 async fn basic_auth_is_sent_and_checked() {
     // base64("alice:hunter2")
     let (address, _) = start(Auth::Exactly("Basic YWxpY2U6aHVudGVyMg=="), "").await;
-    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    let mut config = local_config(ProviderKind::Prometheus, address);
     config.credentials = Credentials::Basic { username: "alice".into(), password: "wrong".into() };
     assert!(matches!(build_provider(&config).unwrap().query("up").await, Err(QueryError::Http { status: 401, .. })));
     config.credentials = Credentials::Basic { username: "alice".into(), password: "hunter2".into() };
@@ -234,7 +234,7 @@ async fn basic_auth_is_sent_and_checked() {
 #[tokio::test]
 async fn custom_headers_are_sent() {
     let (address, _) = start(Auth::None, "").await;
-    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    let mut config = local_config(ProviderKind::Prometheus, address);
     assert!(matches!(
         build_provider(&config).unwrap().query("tenant").await,
         Err(QueryError::Http { status: 401, .. })
@@ -337,7 +337,7 @@ async fn http_json_provider_speaks_its_contract() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, Router::new().route("/metric", get(metric))).await.unwrap() });
 
-    let mut config = ProviderConfig::new(ProviderKind::HttpJson, format!("http://{addr}/metric?tenant=a"));
+    let mut config = local_config(ProviderKind::HttpJson, format!("http://{addr}/metric?tenant=a"));
     config.credentials = Credentials::Bearer("tok".into());
     let p = build_provider(&config).unwrap();
     assert_eq!(p.query("error_rate{app=\"web\"}").await, Ok(0.25));
@@ -352,4 +352,72 @@ async fn http_json_provider_speaks_its_contract() {
 
     config.credentials = Credentials::None;
     assert!(matches!(build_provider(&config).unwrap().query("none").await, Err(QueryError::Http { status: 401, .. })));
+}
+
+/// A config for a backend on 127.0.0.1, which the strict default egress policy refuses.
+fn local_config(kind: ProviderKind, address: impl Into<String>) -> ProviderConfig {
+    let mut config = ProviderConfig::new(kind, address);
+    config.egress = EgressPolicy::strict().allowing_loopback();
+    config
+}
+
+/// Issue 11, defect 7: a backend answering a 300 MB body. The provider reads at most
+/// 1 MiB and fails the query naming the limit; the server sees the client hang up.
+#[tokio::test]
+async fn a_huge_answer_is_refused_after_the_body_cap() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = stream.read(&mut [0u8; 4096]);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n");
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 300 * 1024 * 1024 && stream.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let provider = build_provider(&local_config(ProviderKind::Prometheus, format!("http://{addr}"))).unwrap();
+    let error = provider.query("up").await.unwrap_err();
+    assert!(matches!(&error, QueryError::BadResponse(m) if m.contains("1048576 bytes (1 MiB)")), "{error:?}");
+    drop(provider);
+    let sent = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
+    assert!(sent < 32 * 1024 * 1024, "the server sent {sent} bytes before the client hung up");
+}
+
+/// Issue 11, defect 12: by default a backend on loopback or link-local addresses is
+/// refused before any request, with a message saying how to allow it.
+#[tokio::test]
+async fn restricted_backends_are_refused_by_default() {
+    let (address, seen) = start(Auth::None, "").await;
+    for address in [address.as_str(), "http://169.254.169.254", "http://[fe80::1]:9090"] {
+        let provider = build_provider(&ProviderConfig::new(ProviderKind::Prometheus, address)).unwrap();
+        let error = provider.query("up").await.unwrap_err();
+        assert!(
+            matches!(&error, QueryError::InvalidConfig(m) if m.contains("egress policy") && m.contains("--egress-allow")),
+            "{address}: {error:?}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the local backend was never asked");
+}
+
+/// Issue 11, defect 2: an address with a password (as a MetricTemplate Secret's
+/// `address` may hold) never appears in an error, whatever fails.
+#[tokio::test]
+async fn errors_never_show_the_address_credentials() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("http://alice:pw-9f8e7d6c@127.0.0.1:{closed}/prom/s3cr3t-path");
+    let error =
+        build_provider(&local_config(ProviderKind::Prometheus, address)).unwrap().query("up").await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, QueryError::Transport(_)), "{message}");
+    assert!(message.contains(&format!("http://127.0.0.1:{closed}/…")), "{message}");
+    for secret in ["alice", "pw-9f8e7d6c", "s3cr3t-path"] {
+        assert!(!message.contains(secret), "{secret} in {message}");
+    }
+    let invalid =
+        build_provider(&local_config(ProviderKind::Prometheus, "http://alice:pw-9f8e7d6c@pr om")).unwrap_err();
+    assert!(!invalid.to_string().contains("pw-9f8e7d6c"), "{invalid}");
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use metrics_providers::{MetricProvider, ProviderConfig, ProviderKind, QueryError, build_provider};
+use metrics_providers::{EgressPolicy, MetricProvider, ProviderConfig, ProviderKind, QueryError, build_provider};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,7 +68,7 @@ async fn start_https() -> String {
 #[tokio::test]
 async fn self_signed_certificate_is_rejected_unless_insecure_skip_verify() {
     let address = start_https().await;
-    let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
+    let mut config = local_config(ProviderKind::Prometheus, address);
 
     match build_provider(&config).unwrap().is_online().await {
         Err(QueryError::Transport(message)) => {
@@ -79,4 +79,11 @@ async fn self_signed_certificate_is_rejected_unless_insecure_skip_verify() {
 
     config.insecure_skip_verify = true;
     assert_eq!(build_provider(&config).unwrap().is_online().await, Ok(()));
+}
+
+/// A config for a backend on 127.0.0.1, which the strict default egress policy refuses.
+fn local_config(kind: ProviderKind, address: impl Into<String>) -> ProviderConfig {
+    let mut config = ProviderConfig::new(kind, address);
+    config.egress = EgressPolicy::strict().allowing_loopback();
+    config
 }

@@ -7,8 +7,9 @@
 /// Field manager of every write petrel makes (server-side apply and status).
 pub const FIELD_MANAGER: &str = "petrel";
 
-/// The `User-Agent` of petrel's requests to Kubernetes API servers, so their audit logs
-/// (and a person reading them) can tell petrel's requests from other clients'.
+/// The `User-Agent` of petrel's requests: to Kubernetes API servers, so their audit logs
+/// (and a person reading them) can tell petrel's requests from other clients', and to
+/// webhooks, alert receivers and metric backends.
 pub const USER_AGENT: &str = concat!("petrel/", env!("CARGO_PKG_VERSION"));
 
 /// Makes every request of clients built from `config` carry [`USER_AGENT`].

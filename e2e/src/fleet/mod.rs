@@ -849,7 +849,8 @@ pub fn node_ready(n: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn rss_bytes(pid: u32) -> u64 {
+/// Resident memory of a process (`VmRSS`), 0 when it cannot be read.
+pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -14,13 +14,19 @@ use std::time::Duration;
 
 use harness::{Answer, Recorded, Vendor, check_window, expect_eq, no_aux, run_cases, secret};
 use metrics_providers::{
-    CloudWatchProvider, Credentials, MetricProvider, ProviderConfig, ProviderKind, QueryError, StackdriverProvider,
-    build_provider, describe_failure,
+    CloudWatchProvider, Credentials, EgressPolicy, MetricProvider, ProviderConfig, ProviderKind, QueryError,
+    StackdriverProvider, build_provider, describe_failure,
 };
 use serde_json::{Value, json};
 
+/// A config for a fake on 127.0.0.1: the egress policy refuses loopback addresses
+/// unless allowed (outbound.rs).
+fn local(kind: ProviderKind, address: impl Into<String>) -> ProviderConfig {
+    ProviderConfig { egress: EgressPolicy::strict().allowing_loopback(), ..ProviderConfig::new(kind, address) }
+}
+
 fn config(kind: ProviderKind, address: &str, pairs: &[(&str, &str)]) -> ProviderConfig {
-    let mut config = ProviderConfig::new(kind, address);
+    let mut config = local(kind, address);
     config.secret = Some(secret(pairs));
     config
 }
@@ -563,7 +569,7 @@ async fn cloudwatch_assumes_the_irsa_role_and_signs_with_its_credentials() {
     });
     let check: harness::Check = Arc::new(|r: &Recorded| check_get_metric_data(r, ROLE_SECRET, Some(ROLE_SESSION)));
     let server = harness::Server::start(check, sts, metric_data(&["[0.25]"])).await;
-    let mut config = ProviderConfig::new(ProviderKind::CloudWatch, server.address.clone());
+    let mut config = local(ProviderKind::CloudWatch, server.address.clone());
     config.region = Some("us-east-1".into());
     let env = |name: &str| match name {
         "AWS_WEB_IDENTITY_TOKEN_FILE" => Some(token.path()),
@@ -594,7 +600,7 @@ async fn cloudwatch_takes_pod_identity_credentials_with_the_token_file() {
     let check: harness::Check =
         Arc::new(|r: &Recorded| check_get_metric_data(r, "pod-SECRET-key", Some("pod-session")));
     let server = harness::Server::start(check, aux, metric_data(&["[3]"])).await;
-    let mut config = ProviderConfig::new(ProviderKind::CloudWatch, server.address.clone());
+    let mut config = local(ProviderKind::CloudWatch, server.address.clone());
     config.region = Some("us-east-1".into());
     let env = |name: &str| match name {
         "AWS_CONTAINER_CREDENTIALS_FULL_URI" => Some(format!("{}/v1/credentials", server.address)),
@@ -607,7 +613,7 @@ async fn cloudwatch_takes_pod_identity_credentials_with_the_token_file() {
 
 #[test]
 fn cloudwatch_refuses_what_it_can_see_before_a_query() {
-    let mut config = ProviderConfig::new(ProviderKind::CloudWatch, "");
+    let mut config = local(ProviderKind::CloudWatch, "");
     let no_env = |_: &str| None;
     let error = |config: &ProviderConfig| CloudWatchProvider::with_environment(config, no_env).unwrap_err().to_string();
     assert!(error(&config).contains("spec.provider.region"));
@@ -620,7 +626,9 @@ fn cloudwatch_refuses_what_it_can_see_before_a_query() {
     assert!(missing.contains("aws_secret_access_key") && !missing.contains("AKIA-only"), "{missing}");
     config.secret = Some(secret(&[("aws_access_key_id", "AKIA"), ("aws_secret_access_key", "x")]));
     config.address = "not a url".into();
-    assert!(error(&config).contains("not a url"));
+    // The address is never quoted: it may come from a Secret.
+    let invalid = error(&config);
+    assert!(invalid.contains("the address") && !invalid.contains("not a url"), "{invalid}");
 }
 
 // ---- Google Cloud Monitoring ----
@@ -786,13 +794,13 @@ async fn stackdriver_token_refusals_are_failed_checks_naming_the_oauth_error() {
 fn missing_keys_bad_addresses_and_regions_are_refused_before_a_query() {
     let cases: Vec<(ProviderConfig, &str)> = vec![
         (config(ProviderKind::Datadog, "", &[("datadog_api_key", "SECRET-VALUE-1")]), "\"datadog_application_key\""),
-        (ProviderConfig::new(ProviderKind::Datadog, ""), "needs a Secret"),
+        (local(ProviderKind::Datadog, ""), "needs a Secret"),
         (config(ProviderKind::NewRelic, "", &[("newrelic_query_key", "SECRET-VALUE-1")]), "\"newrelic_account_id\""),
         (config(ProviderKind::NewRelic, "", &[("newrelic_account_id", "SECRET-VALUE-1")]), "not a number"),
         (config(ProviderKind::NewRelic, "", &[("newrelic_account_id", "1234")]), "\"newrelic_query_key\""),
         (config(ProviderKind::Graphite, "http://graphite", &[("username", "SECRET-VALUE-1")]), "\"password\""),
-        (ProviderConfig::new(ProviderKind::Graphite, "graphite:8080"), "address"),
-        (ProviderConfig::new(ProviderKind::Graphite, ""), "needs an address"),
+        (local(ProviderKind::Graphite, "graphite:8080"), "address"),
+        (local(ProviderKind::Graphite, ""), "needs an address"),
         (config(ProviderKind::InfluxDb, "http://influx:8086", &[("token", "SECRET-VALUE-1")]), "\"org\""),
         (
             config(ProviderKind::Dynatrace, "https://abc.live.dynatrace.com", &[("token", "SECRET-VALUE-1")]),
@@ -845,7 +853,7 @@ fn missing_keys_bad_addresses_and_regions_are_refused_before_a_query() {
 #[tokio::test]
 async fn a_query_the_backend_refuses_never_reaches_it() {
     let server = harness::Server::start(Arc::new(|_: &Recorded| Ok(())), no_aux(), Answer::json(200, "{}")).await;
-    let graphite = build_provider(&ProviderConfig::new(ProviderKind::Graphite, server.address.clone())).unwrap();
+    let graphite = build_provider(&local(ProviderKind::Graphite, server.address.clone())).unwrap();
     let error = graphite.query("sumSeries(a.b.*)").await.unwrap_err();
     assert!(error.to_string().contains("target"), "{error}");
     let cloudwatch = build_provider(&(cloudwatch().config)(&server.address)).unwrap();

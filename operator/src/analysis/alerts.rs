@@ -13,12 +13,19 @@
 //! Sending never decides anything about the release: every failure (a missing
 //! AlertProvider or Secret, a receiver that is down) comes back as an [`AlertError`]
 //! for the caller to record as an Event.
+//!
+//! A receiver's address is a credential (a Slack or Teams webhook URL holds its key in
+//! the path), so messages name it by its origin only ([`RedactedUrl::origin`]), and
+//! the values of the provider's Secret are scrubbed from a body a receiver answers.
+//! Alerts go through the operator's [`EgressClient`]: its egress policy applies to the
+//! receiver and to the provider's `proxy`, and at most 1 MiB of an answer is read.
 
 use std::time::Duration;
 
+use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url, scrub, secret_fragments};
 use serde_json::{Value, json};
 
-use super::{AlertSource, SecretData, SourceError, error_chain, excerpt};
+use super::{AlertSource, SecretData, SourceError, excerpt};
 use crate::api::Canary;
 use crate::api::alert_provider::AlertProviderSpec;
 use crate::api::canary::{AlertSeverity, CanaryAlert, Phase};
@@ -77,10 +84,10 @@ pub enum AlertError {
     NoAddress { alert: String, provider: String },
     #[error("alert {alert}: AlertProvider {provider} is invalid: {reason}")]
     Invalid { alert: String, provider: String, reason: String },
-    #[error("alert {alert}: {url} answered HTTP {status}: {body}")]
-    Status { alert: String, url: String, status: u16, body: String },
-    #[error("alert {alert}: cannot reach {url}: {reason}")]
-    Transport { alert: String, url: String, reason: String },
+    #[error("alert {alert}: AlertProvider {provider}: {url} answered HTTP {status}: {body}")]
+    Status { alert: String, provider: String, url: RedactedUrl, status: u16, body: String },
+    #[error("alert {alert}: AlertProvider {provider}: cannot reach {url}: {reason}")]
+    Transport { alert: String, provider: String, url: RedactedUrl, reason: String },
 }
 
 impl AlertError {
@@ -109,12 +116,26 @@ impl AlertError {
     }
 }
 
-/// A ready-to-send alert: where, what, and the bearer token if any.
-#[derive(Clone, Debug, PartialEq)]
+/// A ready-to-send alert: where, what, and the bearer token if any. `Debug` shows
+/// neither the URL's secret parts nor the token.
+#[derive(Clone, PartialEq)]
 pub struct AlertRequest {
-    pub url: String,
+    pub url: reqwest::Url,
     pub body: Value,
     pub token: Option<String>,
+    /// What to scrub from the receiver's answers: the values of the provider's Secret,
+    /// the token, and the parts of the URL that carry its key.
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for AlertRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertRequest")
+            .field("url", &RedactedUrl::origin(&self.url))
+            .field("body", &self.body)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 fn title(alert: &Alert) -> String {
@@ -242,7 +263,7 @@ pub fn alert_request(
         "rocket" => (address.ok_or_else(no_address)?, slack_payload(channel, username, alert)),
         "discord" => {
             let address = address.ok_or_else(no_address)?;
-            let trimmed = address.trim_end_matches('/');
+            let trimmed = address.trim().trim_end_matches('/');
             let url = if trimmed.ends_with("/slack") { trimmed.to_string() } else { format!("{trimmed}/slack") };
             (url, slack_payload(channel, username, alert))
         }
@@ -255,13 +276,21 @@ pub fn alert_request(
             )));
         }
     };
-    Ok(AlertRequest { url, body, token })
+    let url = parse_url(&url).map_err(|why| invalid(format!("the address {why}")))?;
+    let secrets = secret
+        .into_iter()
+        .flat_map(|data| data.values())
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .chain([url.to_string()])
+        .flat_map(|value| secret_fragments(&value))
+        .collect();
+    Ok(AlertRequest { url, body, token, secrets })
 }
 
 /// Sends `alert` through the AlertProvider of one subscription (the severity filter is
 /// the caller's, see [`send_alerts`]). The provider's namespace defaults to the Canary's.
 pub async fn send_alert<S: AlertSource>(
-    client: &reqwest::Client,
+    client: &EgressClient,
     source: &S,
     canary_namespace: &str,
     subscription: &CanaryAlert,
@@ -294,40 +323,53 @@ pub async fn send_alert<S: AlertSource>(
                 provider: provider_name.clone(),
                 reason,
             };
-            let proxy =
-                reqwest::Proxy::all(proxy.as_str()).map_err(|e| invalid(format!("invalid proxy {proxy:?}: {e}")))?;
-            proxied = reqwest::Client::builder()
-                .proxy(proxy)
-                .build()
-                .map_err(|e| invalid(format!("cannot build an HTTP client with the proxy: {e}")))?;
+            // The proxy may carry credentials: never quoted.
+            let builder = reqwest::Client::builder().user_agent(crate::USER_AGENT);
+            proxied = EgressClient::with_proxy(client.policy().clone(), builder, proxy)
+                .map_err(|e| invalid(format!("cannot use its proxy: {e}")))?;
             &proxied
         }
     };
-    post(client, &subscription.name, &request).await
+    post(client, &subscription.name, &provider_name, &request).await
 }
 
-async fn post(client: &reqwest::Client, subscription: &str, request: &AlertRequest) -> Result<(), AlertError> {
-    let mut builder = client.post(&request.url).timeout(ALERT_TIMEOUT).json(&request.body);
+/// Sends `request`; errors name the alert and the AlertProvider (`namespace/name`), so
+/// an Event says which receiver failed although its URL is shown by origin only.
+async fn post(
+    client: &EgressClient,
+    subscription: &str,
+    provider: &str,
+    request: &AlertRequest,
+) -> Result<(), AlertError> {
+    let mut builder =
+        client.request(reqwest::Method::POST, request.url.clone()).timeout(ALERT_TIMEOUT).json(&request.body);
     if let Some(token) = &request.token {
         builder = builder.bearer_auth(token);
     }
-    let response = builder.send().await.map_err(|error| AlertError::Transport {
+    let url = RedactedUrl::origin(&request.url);
+    let answer = client.send(builder).await.map_err(|error| AlertError::Transport {
         alert: subscription.into(),
-        url: request.url.clone(),
-        reason: error_chain(&error),
+        provider: provider.into(),
+        url: url.clone(),
+        reason: match error {
+            OutboundError::Timeout => format!("no answer within {ALERT_TIMEOUT:?}"),
+            other => other.to_string(),
+        },
     })?;
-    let status = response.status();
-    if status.is_success() {
+    if answer.is_success() {
         return Ok(());
     }
-    let body = response.text().await.map(|text| excerpt(&text, MAX_QUOTED_BODY)).unwrap_or_default();
-    Err(AlertError::Status { alert: subscription.into(), url: request.url.clone(), status: status.as_u16(), body })
+    // A receiver may echo what it was sent (the token, its own URL) in an error. Scrubbed
+    // before the excerpt is cut, so no half of a secret survives the cut.
+    let secrets = request.secrets.iter().map(String::as_str).chain(request.token.as_deref());
+    let body = excerpt(&scrub(&answer.body, secrets), MAX_QUOTED_BODY);
+    Err(AlertError::Status { alert: subscription.into(), provider: provider.into(), url, status: answer.status, body })
 }
 
 /// Sends `alert` to every subscription of `canary` whose severity filter selects it,
 /// concurrently. Returns the failures (empty when all were delivered).
 pub async fn send_alerts<S: AlertSource>(
-    client: &reqwest::Client,
+    client: &EgressClient,
     source: &S,
     canary: &Canary,
     alert: &Alert,
@@ -353,10 +395,17 @@ mod tests {
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::post as post_route;
 
+    use metrics_providers::EgressPolicy;
+
     use super::*;
     use crate::api::AlertProvider;
     use crate::api::canary::{CanaryAnalysis, CanarySpec, TemplateRef};
     use crate::api::common::SecretRef;
+
+    /// The operator's client with loopback allowed (the receivers are on 127.0.0.1).
+    fn loopback_client() -> EgressClient {
+        EgressClient::new(EgressPolicy::strict().allowing_loopback(), reqwest::Client::builder()).unwrap()
+    }
 
     fn alert(severity: AlertSeverity) -> Alert {
         Alert {
@@ -448,17 +497,17 @@ mod tests {
             &a,
         )
         .unwrap();
-        assert_eq!((request.url.as_str(), request.token.as_deref()), ("http://secret", Some("t")));
+        assert_eq!((request.url.as_str(), request.token.as_deref()), ("http://secret/", Some("t")));
         assert_eq!(request.body["channel"], "general", "default channel");
         assert_eq!(request.body["username"], "petrel", "default username");
 
         let discord =
             alert_request("s", "p", &spec("discord", Some("https://discord.com/api/webhooks/1/x/")), None, &a).unwrap();
-        assert_eq!(discord.url, "https://discord.com/api/webhooks/1/x/slack");
+        assert_eq!(discord.url.as_str(), "https://discord.com/api/webhooks/1/x/slack");
         assert_eq!(discord.body, slack_payload("general", "petrel", &a));
 
         let slack_bot = alert_request("s", "p", &spec("slack", None), Some(&secret(&[("token", "xoxb")])), &a).unwrap();
-        assert_eq!(slack_bot.url, SLACK_API_URL);
+        assert_eq!(slack_bot.url.as_str(), SLACK_API_URL);
     }
 
     #[test]
@@ -580,7 +629,7 @@ mod tests {
             subscription("discord", AlertSeverity::Warn, "discord"),
         ]);
 
-        let failures = send_alerts(&reqwest::Client::new(), &source, &canary, &alert(AlertSeverity::Warn)).await;
+        let failures = send_alerts(&loopback_client(), &source, &canary, &alert(AlertSeverity::Warn)).await;
 
         assert_eq!(failures, vec![]);
         let mut received = receiver.received.lock().unwrap().clone();
@@ -592,7 +641,7 @@ mod tests {
         assert_eq!(received[1].1.as_deref(), Some("Bearer tok"));
         assert_eq!(received[1].2, slack_payload("deploys", "petrel", &alert(AlertSeverity::Warn)));
 
-        let failures = send_alerts(&reqwest::Client::new(), &source, &canary, &alert(AlertSeverity::Error)).await;
+        let failures = send_alerts(&loopback_client(), &source, &canary, &alert(AlertSeverity::Error)).await;
         assert_eq!(failures, vec![]);
         let received = receiver.received.lock().unwrap();
         let generic = received.iter().find(|(path, _, _)| path == "generic").expect("the webhook got the error");
@@ -627,7 +676,7 @@ mod tests {
             subscription("missing", AlertSeverity::Info, "not-there"),
         ]);
 
-        let failures = send_alerts(&reqwest::Client::new(), &source, &canary, &alert(AlertSeverity::Info)).await;
+        let failures = send_alerts(&loopback_client(), &source, &canary, &alert(AlertSeverity::Info)).await;
 
         let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
         assert_eq!(messages.len(), 4, "{messages:?}");
@@ -636,5 +685,79 @@ mod tests {
         assert!(messages[2].contains("Secret test/nope not found"), "{messages:?}");
         assert!(messages[3].contains("AlertProvider test/not-there not found"), "{messages:?}");
         assert_eq!(receiver.received.lock().unwrap()[0].2, msteams_payload(&alert(AlertSeverity::Info)));
+    }
+
+    /// Issue 11, defect 2: the Slack URL kept in an AlertProvider's Secret, its token and
+    /// a proxy password never appear in an AlertError, whether the receiver is down,
+    /// refuses and echoes them, or is refused by the egress policy.
+    #[tokio::test]
+    async fn secret_addresses_and_tokens_never_appear_in_failures() {
+        async fn echo(headers: HeaderMap, body: String) -> (StatusCode, String) {
+            let auth = headers.get("authorization").map(|v| v.to_str().unwrap_or_default().to_string());
+            (StatusCode::FORBIDDEN, format!("invalid_token {auth:?} for {body}"))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, Router::new().fallback(echo)).await.unwrap() });
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let slack_path = "/services/T0SECRET1/B0SECRET2/xoxSecretKey0123";
+        let with_secret = |name: &str, secret: &str| {
+            provider(
+                "test",
+                name,
+                AlertProviderSpec {
+                    type_: "slack".into(),
+                    secret_ref: Some(SecretRef { name: secret.into() }),
+                    ..Default::default()
+                },
+            )
+        };
+        let mut proxied = with_secret("proxied", "down");
+        proxied.1.spec.proxy = Some("http://proxy-user:proxy-pw-4321@169.254.1.1:3128".into());
+        let source = FakeSource {
+            providers: BTreeMap::from([
+                with_secret("echo", "echo"),
+                with_secret("down", "down"),
+                with_secret("metadata", "metadata"),
+                proxied,
+            ]),
+            secrets: BTreeMap::from([
+                (
+                    ("test".to_string(), "echo".to_string()),
+                    secret(&[("address", &format!("http://{address}{slack_path}")), ("token", "xoxb-tok-5678")]),
+                ),
+                (
+                    ("test".to_string(), "down".to_string()),
+                    secret(&[("address", &format!("http://user:pw-1234@127.0.0.1:{closed}{slack_path}?token=q-9876"))]),
+                ),
+                (
+                    ("test".to_string(), "metadata".to_string()),
+                    secret(&[("address", &format!("http://169.254.169.254{slack_path}"))]),
+                ),
+            ]),
+        };
+        let canary = canary(vec![
+            subscription("echo", AlertSeverity::Info, "echo"),
+            subscription("down", AlertSeverity::Info, "down"),
+            subscription("metadata", AlertSeverity::Info, "metadata"),
+            subscription("proxied", AlertSeverity::Info, "proxied"),
+        ]);
+
+        let failures = send_alerts(&loopback_client(), &source, &canary, &alert(AlertSeverity::Info)).await;
+
+        let messages: Vec<String> = failures.iter().map(|f| format!("{f} {f:?}")).collect();
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert!(messages[0].contains("403") && messages[0].contains("<redacted>"), "{messages:?}");
+        assert!(messages[1].contains("cannot reach"), "{messages:?}");
+        // The URL is shown by origin only, so the message names the AlertProvider.
+        assert!(messages[0].contains("AlertProvider test/echo:"), "{messages:?}");
+        assert!(messages[1].contains("AlertProvider test/down:"), "{messages:?}");
+        assert!(messages[2].contains("egress policy"), "{messages:?}");
+        assert!(messages[3].contains("proxy") && messages[3].contains("egress policy"), "{messages:?}");
+        for secret in
+            ["T0SECRET1", "B0SECRET2", "xoxSecretKey0123", "xoxb-tok-5678", "pw-1234", "q-9876", "proxy-pw-4321"]
+        {
+            assert!(messages.iter().all(|m| !m.contains(secret)), "{secret} in {messages:?}");
+        }
     }
 }

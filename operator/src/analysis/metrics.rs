@@ -26,13 +26,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metrics_providers::outbound::{scrub, secret_fragments};
 use metrics_providers::{
-    BuiltinMetric, CompareConfig, Credentials, Direction, Mesh, MetricProvider, ProviderConfig, ProviderKind,
-    QueryError, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query, builtin_query_primary, compare,
-    describe_failure, render_query,
+    BuiltinMetric, CompareConfig, Credentials, Direction, EgressPolicy, Mesh, MetricProvider, ProviderConfig,
+    ProviderKind, QueryError, QueryLanguage, QueryVars, ThresholdRange, Verdict, build_provider, builtin_query,
+    builtin_query_primary, compare, describe_failure,
 };
 
 use super::keptn::KeptnProvider;
+use super::render::render_off_runtime;
 use super::{MetricSource, SecretData};
 use crate::api::Canary;
 use crate::api::canary::{
@@ -57,6 +59,10 @@ pub struct MetricDeps<S> {
     pub default_metrics_server: Option<String>,
     /// Per-query HTTP timeout.
     pub query_timeout: Duration,
+    /// Which addresses a Canary's `metricsServer` and a MetricTemplate's address may
+    /// point at. The operator's own `--metrics-server` is not subject to it: its
+    /// administrator chose it.
+    pub egress: EgressPolicy,
 }
 
 /// Evaluates every metric of the Canary's analysis, concurrently, in declaration order.
@@ -97,6 +103,9 @@ struct PlannedQuery {
     canary: String,
     /// Present when the metric compares against the primary.
     primary: Option<String>,
+    /// What to scrub from the check's message: the parts of the MetricTemplate's Secret
+    /// (a backend answering an error may echo them).
+    secrets: Vec<String>,
 }
 
 async fn evaluate<S: MetricSource>(
@@ -109,12 +118,22 @@ async fn evaluate<S: MetricSource>(
         Ok(planned) => planned,
         Err(message) => return failed(metric, message),
     };
+    let mut result = query_planned(deps, metric, &planned).await;
+    result.message = scrub(&result.message, planned.secrets.iter().map(String::as_str));
+    result
+}
+
+async fn query_planned<S: MetricSource>(
+    deps: &MetricDeps<S>,
+    metric: &CanaryMetric,
+    planned: &PlannedQuery,
+) -> MetricResult {
     let kind = planned.config.kind;
     let describe = |error: QueryError| describe_failure(kind, &error);
     let (canary_value, primary_value) = match kind {
-        ProviderKind::Keptn => query_values(&KeptnProvider::new(&deps.source), &planned).await,
+        ProviderKind::Keptn => query_values(&KeptnProvider::new(&deps.source), planned).await,
         _ => match build_provider(&planned.config) {
-            Ok(backend) => query_values(&backend, &planned).await,
+            Ok(backend) => query_values(&backend, planned).await,
             Err(error) => return failed(metric, describe(error)),
         },
     };
@@ -255,7 +274,18 @@ fn builtin_prometheus<S>(deps: &MetricDeps<S>, canary: &Canary) -> Result<Provid
         })?;
     let mut config = ProviderConfig::new(ProviderKind::Prometheus, address);
     config.timeout = Some(deps.query_timeout);
+    config.egress = egress_for(deps, &config.address);
     Ok(config)
+}
+
+/// The egress policy for a backend at `address`: none for the operator's own
+/// `--metrics-server`, whoever names it, the operator's policy for anything else.
+fn egress_for<S>(deps: &MetricDeps<S>, address: &str) -> EgressPolicy {
+    if deps.default_metrics_server.as_deref() == Some(address) {
+        EgressPolicy::unrestricted()
+    } else {
+        deps.egress.clone()
+    }
 }
 
 async fn plan_query<S: MetricSource>(
@@ -283,22 +313,35 @@ async fn plan_query<S: MetricSource>(
         };
         let fallback = builtin_prometheus(deps, canary).ok().map(|config| config.address);
         let interval = parse_duration(&vars.interval).map_err(|error| format!("metric interval: {error}"))?;
-        let config =
+        let mut config =
             template_provider_config(&template.spec.provider, secret.as_ref(), fallback, deps.query_timeout, interval)
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))?;
-        let render = |vars: &QueryVars| {
-            render_query(&template.spec.query, vars)
+        config.egress = egress_for(deps, &config.address);
+        let language = QueryLanguage::of(config.kind);
+        let render = async |vars: &QueryVars| {
+            render_off_runtime(&template.spec.query, vars, language)
+                .await
                 .map_err(|error| format!("MetricTemplate {namespace}/{}: {error}", template_ref.name))
         };
-        let primary = if compares { Some(render(&primary_side)?) } else { None };
-        return Ok(PlannedQuery { config, canary: render(&vars)?, primary });
+        let primary = if compares { Some(render(&primary_side).await?) } else { None };
+        let secrets = secret
+            .iter()
+            .flat_map(|data| data.values())
+            .flat_map(|value| secret_fragments(&String::from_utf8_lossy(value)))
+            .collect();
+        return Ok(PlannedQuery { config, canary: render(&vars).await?, primary, secrets });
     }
 
     if let Some(query) = &metric.query {
         if compares {
             return Err("a comparison needs a templateRef or a builtin metric: an inline query names no primary".into());
         }
-        return Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: query.clone(), primary: None });
+        return Ok(PlannedQuery {
+            config: builtin_prometheus(deps, canary)?,
+            canary: query.clone(),
+            primary: None,
+            secrets: Vec::new(),
+        });
     }
 
     let builtin = BuiltinMetric::from_name(&metric.name).map_err(|error| error.to_string())?;
@@ -315,7 +358,7 @@ async fn plan_query<S: MetricSource>(
     } else {
         None
     };
-    Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: canary_query, primary })
+    Ok(PlannedQuery { config: builtin_prometheus(deps, canary)?, canary: canary_query, primary, secrets: Vec::new() })
 }
 
 /// How to reach a MetricTemplate's backend.
@@ -383,6 +426,8 @@ pub fn template_provider_config(
         headers,
         timeout: Some(timeout),
         insecure_skip_verify: spec.insecure_skip_verify,
+        // The caller decides, knowing which address is the operator's own.
+        egress: EgressPolicy::strict(),
     })
 }
 
@@ -948,7 +993,12 @@ mod tests {
     }
 
     fn deps(source: FakeSource, prometheus: Option<String>) -> MetricDeps<FakeSource> {
-        MetricDeps { source, default_metrics_server: prometheus, query_timeout: Duration::from_secs(2) }
+        MetricDeps {
+            source,
+            default_metrics_server: prometheus,
+            query_timeout: Duration::from_secs(2),
+            egress: EgressPolicy::strict().allowing_loopback(),
+        }
     }
 
     fn template_metric(name: &str, template: &str, namespace: Option<&str>) -> CanaryMetric {
@@ -1497,5 +1547,139 @@ mod tests {
                 assert!(!message.to_lowercase().contains(&value.to_lowercase()), "{message:?} shows {value:?}");
             }
         }
+    }
+
+    // ---- issue 11 ----
+
+    fn prometheus_template(address: Option<String>, secret: Option<&str>, query: &str) -> MetricTemplateSpec {
+        MetricTemplateSpec {
+            provider: MetricProviderSpec {
+                type_: "prometheus".into(),
+                address,
+                secret_ref: secret.map(|name| SecretRef { name: name.into() }),
+                ..Default::default()
+            },
+            query: query.into(),
+        }
+    }
+
+    /// Defect 2: a password in the address a MetricTemplate's Secret holds never reaches
+    /// the check's message (which becomes the CheckFailed Event and analysisResults).
+    #[tokio::test]
+    async fn a_password_in_a_secret_address_never_reaches_the_message() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("http://prom-user:pw-5e4d3c2b@127.0.0.1:{closed}/tenant-3f2e1d");
+        let bad_address = "http://prom-user:pw-5e4d3c2b@pro m/".to_string();
+        // A backend that answers errors by echoing the request (path and credentials).
+        async fn echo(uri: axum::http::Uri, headers: HeaderMap) -> (StatusCode, String) {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            (StatusCode::BAD_GATEWAY, format!("no route for {uri} ({auth})"))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echoing = format!("http://prom-user:pw-5e4d3c2b@{}/tenant-3f2e1d", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, Router::new().fallback(echo)).await.unwrap() });
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "down", prometheus_template(None, Some("auth"), "up")),
+                template("test", "bad", prometheus_template(None, Some("bad"), "up")),
+                template("test", "echo", prometheus_template(None, Some("echo"), "up")),
+            ]),
+            secrets: BTreeMap::from([
+                (("test".to_string(), "auth".to_string()), secret(&[("address", &address), ("token", "tok-0a9b8c")])),
+                (("test".to_string(), "bad".to_string()), secret(&[("address", &bad_address)])),
+                (("test".to_string(), "echo".to_string()), secret(&[("address", &echoing), ("token", "tok-0a9b8c")])),
+            ]),
+            ..Default::default()
+        };
+        let results = run_metrics(
+            &deps(source, None),
+            &canary(vec![
+                template_metric("down", "down", None),
+                template_metric("bad", "bad", None),
+                template_metric("echo", "echo", None),
+            ]),
+            Provider::Istio,
+        )
+        .await;
+        assert!(results.iter().all(|r| !r.passed()), "{results:?}");
+        assert!(results[0].message.contains("cannot reach"), "{}", results[0].message);
+        assert!(results[2].message.contains("HTTP 502") && results[2].message.contains("<redacted>"), "{results:?}");
+        for secret in ["prom-user", "pw-5e4d3c2b", "tenant-3f2e1d", "tok-0a9b8c"] {
+            assert!(results.iter().all(|r| !r.message.contains(secret)), "{secret} in {results:?}");
+        }
+    }
+
+    /// Defect 12: a Canary's own metricsServer and a MetricTemplate's address are held to
+    /// the egress policy; the operator's --metrics-server is not, whoever names it.
+    #[tokio::test]
+    async fn the_egress_policy_applies_to_tenant_addresses_only() {
+        let fake =
+            FakePrometheus { answers: Arc::new(vec![("up", StatusCode::OK, vector(&["1"]))]), ..Default::default() };
+        let operator_prometheus = serve(fake.clone()).await;
+        let tenant_prometheus = serve(fake.clone()).await;
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "own", prometheus_template(Some(operator_prometheus.clone()), None, "up")),
+                template("test", "fallback", prometheus_template(None, None, "up")),
+                template("test", "tenant", prometheus_template(Some(tenant_prometheus.clone()), None, "up")),
+                template("test", "metadata", prometheus_template(Some("http://169.254.169.254".into()), None, "up")),
+            ]),
+            ..Default::default()
+        };
+        let strict = MetricDeps { egress: EgressPolicy::strict(), ..deps(source, Some(operator_prometheus)) };
+        let mut inline = metric("inline");
+        inline.query = Some("up".into());
+        let results = run_metrics(
+            &strict,
+            &canary(vec![
+                template_metric("own", "own", None),
+                template_metric("fallback", "fallback", None),
+                template_metric("tenant", "tenant", None),
+                template_metric("metadata", "metadata", None),
+                inline.clone(),
+            ]),
+            Provider::Istio,
+        )
+        .await;
+        let outcome: Vec<(bool, bool)> =
+            results.iter().map(|r| (r.passed(), r.message.contains("egress policy"))).collect();
+        assert_eq!(outcome, [(true, false), (true, false), (false, true), (false, true), (true, false)], "{results:?}");
+
+        let mut own_server = canary(vec![inline]);
+        own_server.spec.metrics_server = Some(tenant_prometheus);
+        let results = run_metrics(&strict, &own_server, Provider::Istio).await;
+        assert!(!results[0].passed() && results[0].message.contains("egress policy"), "{results:?}");
+    }
+
+    /// Defect 1: the freezing template of the issue, and a loop over a long variable, are
+    /// failed checks saying why, quickly; the other metrics of the tick are unaffected.
+    #[tokio::test]
+    async fn hostile_templates_are_failed_checks_with_a_reason() {
+        let fake =
+            FakePrometheus { answers: Arc::new(vec![("up", StatusCode::OK, vector(&["1"]))]), ..Default::default() };
+        let url = serve(fake).await;
+        let freeze = r#"{% set s = "x" * 10000 %}{% for a in s %}{% for b in s %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}1"#;
+        let loops = "{% for a in variables.s %}{% for b in variables.s %}{% for c in variables.s %}{% endfor %}{% endfor %}{% endfor %}up";
+        let source = FakeSource {
+            templates: BTreeMap::from([
+                template("test", "freeze", prometheus_template(Some(url.clone()), None, freeze)),
+                template("test", "loops", prometheus_template(Some(url.clone()), None, loops)),
+                template("test", "fine", prometheus_template(Some(url.clone()), None, "up")),
+            ]),
+            ..Default::default()
+        };
+        let mut looping = template_metric("loops", "loops", None);
+        looping.template_variables = BTreeMap::from([("s".to_string(), "x".repeat(10_000))]);
+        let started = std::time::Instant::now();
+        let results = run_metrics(
+            &deps(source, None),
+            &canary(vec![template_metric("freeze", "freeze", None), looping, template_metric("fine", "fine", None)]),
+            Provider::Istio,
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(!results[0].passed() && results[0].message.contains("the operator `*`"), "{}", results[0].message);
+        assert!(!results[1].passed() && results[1].message.contains("steps"), "{}", results[1].message);
+        assert!(results[2].passed(), "{}", results[2].message);
     }
 }

@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod keptn;
 pub mod metrics;
+pub mod render;
 pub mod webhooks;
 
 #[cfg(test)]
@@ -301,20 +302,6 @@ impl AlertSource for KubeSource {
     async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData, SourceError> {
         self.secret_data(namespace, name).await
     }
-}
-
-/// A Go-style duration as the CRDs accept it (`500ms`, `10s`, `1.5m`, `1m30s`, `2h`).
-/// An error with its causes: reqwest's own message ("error sending request") hides the
-/// useful part ("connection refused").
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The first `max` characters of `text` (trimmed), marked when cut, for error messages.

@@ -22,12 +22,19 @@
 //! (default 10 s). A failed attempt is retried `retries` times after a short backoff,
 //! but only when retrying can help: connection errors, timeouts, 5xx and 429. Any other
 //! answer (a 403 from a closed gate, say) is final at once.
+//!
+//! Webhooks go through the operator's [`EgressClient`]: a URL whose address the egress
+//! policy refuses (loopback, link-local, cloud metadata) is a failed call, never sent; an
+//! answer whose body is over 1 MiB is a failed call, its body read no further (both
+//! final). Messages show the URL without userinfo and with query values redacted
+//! ([`RedactedUrl::path`]).
 
 use std::time::Duration;
 
+use metrics_providers::outbound::{EgressClient, OutboundError, RedactedUrl, parse_url, scrub, url_credentials};
 use serde_json::{Map, Value, json};
 
-use super::{error_chain, excerpt};
+use super::excerpt;
 use crate::api::Canary;
 use crate::api::canary::{CanaryWebhook, HookType, Phase};
 use crate::core::strategy::parse_duration;
@@ -85,29 +92,39 @@ pub fn payload(canary_name: &str, namespace: &str, webhook: &CanaryWebhook, ctx:
 /// Why one webhook call failed. `Display` names the webhook and is meant for an Event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
+    #[error("webhook {name}: the url {reason}")]
+    InvalidUrl { name: String, reason: String },
     #[error("webhook {name} ({url}): invalid timeout: {reason}")]
-    InvalidTimeout { name: String, url: String, reason: String },
+    InvalidTimeout { name: String, url: RedactedUrl, reason: String },
     #[error("webhook {name} ({url}) answered HTTP {status} after {attempts} attempt(s): {body}")]
-    Status { name: String, url: String, status: u16, attempts: u32, body: String },
+    Status { name: String, url: RedactedUrl, status: u16, attempts: u32, body: String },
     #[error("webhook {name} ({url}) did not answer within {timeout:?} after {attempts} attempt(s)")]
-    Timeout { name: String, url: String, timeout: Duration, attempts: u32 },
+    Timeout { name: String, url: RedactedUrl, timeout: Duration, attempts: u32 },
     #[error("webhook {name} ({url}) could not be called after {attempts} attempt(s): {reason}")]
-    Transport { name: String, url: String, attempts: u32, reason: String },
+    Transport { name: String, url: RedactedUrl, attempts: u32, reason: String },
+    /// Refused by the egress policy, or an answer over the body cap: final.
+    #[error("webhook {name} ({url}) failed: {reason}")]
+    Refused { name: String, url: RedactedUrl, reason: String },
 }
 
 /// The outcome of one attempt.
 enum Attempt {
     Success,
-    Status { status: u16, body: String },
+    Status {
+        status: u16,
+        body: String,
+    },
     Timeout,
     Transport(String),
+    /// Refused by the egress policy, or an answer over the body cap.
+    Refused(String),
 }
 
 impl Attempt {
     /// Whether another attempt could answer differently.
     fn is_retryable(&self) -> bool {
         match self {
-            Attempt::Success => false,
+            Attempt::Success | Attempt::Refused(_) => false,
             Attempt::Status { status, .. } => *status >= 500 || *status == 429,
             Attempt::Timeout | Attempt::Transport(_) => true,
         }
@@ -129,7 +146,7 @@ fn backoff(retry: u32) -> Duration {
 /// back when *any* rollback webhook answers 2xx: `Ok(())` as soon as one does, `Err` when
 /// none does (including when the Canary has no rollback webhook), listing why.
 pub async fn run_hooks(
-    client: &reqwest::Client,
+    client: &EgressClient,
     canary: &Canary,
     hook_type: HookType,
     ctx: &HookContext,
@@ -146,10 +163,9 @@ pub async fn run_hooks(
 
     // disableTLS needs its own client: certificate checks are a client setting.
     let insecure_client = if webhooks.iter().any(|webhook| webhook.disable_tls) {
+        let builder = reqwest::Client::builder().user_agent(crate::USER_AGENT).tls_danger_accept_invalid_certs(true);
         Some(
-            reqwest::Client::builder()
-                .tls_danger_accept_invalid_certs(true)
-                .build()
+            EgressClient::new(client.policy().clone(), builder)
                 .map_err(|e| format!("cannot build the HTTP client for disableTLS webhooks: {e}"))?,
         )
     } else {
@@ -183,7 +199,10 @@ pub async fn run_hooks(
 /// POSTs `body` to `webhook.url` with the webhook's timeout and retries.
 ///
 /// Public so the reconciler can also call an operator-wide event webhook.
-pub async fn call_webhook(client: &reqwest::Client, webhook: &CanaryWebhook, body: &Value) -> Result<(), WebhookError> {
+pub async fn call_webhook(client: &EgressClient, webhook: &CanaryWebhook, body: &Value) -> Result<(), WebhookError> {
+    let target =
+        parse_url(&webhook.url).map_err(|reason| WebhookError::InvalidUrl { name: webhook.name.clone(), reason })?;
+    let url = RedactedUrl::path(&target);
     let timeout = match &webhook.timeout {
         None => DEFAULT_WEBHOOK_TIMEOUT,
         Some(text) => match parse_duration(text) {
@@ -191,14 +210,14 @@ pub async fn call_webhook(client: &reqwest::Client, webhook: &CanaryWebhook, bod
             Ok(_) => {
                 return Err(WebhookError::InvalidTimeout {
                     name: webhook.name.clone(),
-                    url: webhook.url.clone(),
+                    url,
                     reason: "must be more than 0".into(),
                 });
             }
             Err(error) => {
                 return Err(WebhookError::InvalidTimeout {
                     name: webhook.name.clone(),
-                    url: webhook.url.clone(),
+                    url,
                     reason: error.to_string(),
                 });
             }
@@ -209,7 +228,7 @@ pub async fn call_webhook(client: &reqwest::Client, webhook: &CanaryWebhook, bod
     let mut attempts = 0;
     let last = loop {
         attempts += 1;
-        let attempt = attempt(client, &webhook.url, body, timeout).await;
+        let attempt = attempt(client, &target, body, timeout).await;
         if matches!(attempt, Attempt::Success) {
             return Ok(());
         }
@@ -220,34 +239,36 @@ pub async fn call_webhook(client: &reqwest::Client, webhook: &CanaryWebhook, bod
         tracing::debug!(webhook = %webhook.name, attempts, "webhook failed, retrying");
         tokio::time::sleep(backoff(retry)).await;
     };
-    let (name, url) = (webhook.name.clone(), webhook.url.clone());
+    let name = webhook.name.clone();
     Err(match last {
         Attempt::Status { status, body } => WebhookError::Status { name, url, status, attempts, body },
         Attempt::Timeout => WebhookError::Timeout { name, url, timeout, attempts },
         Attempt::Transport(reason) => WebhookError::Transport { name, url, attempts, reason },
+        Attempt::Refused(reason) => WebhookError::Refused { name, url, reason },
         // Success returned from inside the loop; the loop only breaks on a failure.
         Attempt::Success => return Ok(()),
     })
 }
 
-async fn attempt(client: &reqwest::Client, url: &str, body: &Value, timeout: Duration) -> Attempt {
-    let send = client.post(url).timeout(timeout).json(body).send();
-    let response = match send.await {
-        Ok(response) => response,
-        Err(error) if error.is_timeout() => return Attempt::Timeout,
-        Err(error) => return Attempt::Transport(error_chain(&error)),
-    };
-    let status = response.status();
-    if status.is_success() {
-        return Attempt::Success;
+/// What an error message quotes of the body a webhook at `url` answered: at most
+/// 200 characters, and never the URL's credentials (userinfo, query values), which a
+/// server that echoes the request would bring back.
+pub fn quote_answer(body: &str, url: &reqwest::Url) -> String {
+    excerpt(&scrub(body, url_credentials(url).iter().map(String::as_str)), MAX_QUOTED_BODY)
+}
+
+async fn attempt(client: &EgressClient, url: &reqwest::Url, body: &Value, timeout: Duration) -> Attempt {
+    let request = client.request(reqwest::Method::POST, url.clone()).timeout(timeout).json(body);
+    match client.send(request).await {
+        Ok(answer) if answer.is_success() => Attempt::Success,
+        // The body explains the refusal (a gate server says why).
+        Ok(answer) => Attempt::Status { status: answer.status, body: quote_answer(&answer.body, url) },
+        Err(OutboundError::Timeout) => Attempt::Timeout,
+        Err(error @ (OutboundError::Refused(_) | OutboundError::TooLarge { .. })) => {
+            Attempt::Refused(error.to_string())
+        }
+        Err(error @ (OutboundError::Transport(_) | OutboundError::Invalid(_))) => Attempt::Transport(error.to_string()),
     }
-    // The body explains the refusal (a gate server says why); a body that cannot be read
-    // does not change the verdict, so it is only noted.
-    let body = match response.text().await {
-        Ok(text) => excerpt(&text, MAX_QUOTED_BODY),
-        Err(error) => format!("<body unreadable: {error}>"),
-    };
-    Attempt::Status { status: status.as_u16(), body }
 }
 
 #[cfg(test)]
@@ -260,8 +281,15 @@ mod tests {
     use axum::http::StatusCode;
     use axum::routing::post;
 
+    use metrics_providers::EgressPolicy;
+
     use super::*;
     use crate::api::canary::{CanaryAnalysis, CanarySpec};
+
+    /// The operator's client with loopback allowed (the receivers are on 127.0.0.1).
+    fn loopback_client() -> EgressClient {
+        EgressClient::new(EgressPolicy::strict().allowing_loopback(), reqwest::Client::builder()).unwrap()
+    }
 
     fn webhook(name: &str, type_: HookType, url: &str) -> CanaryWebhook {
         CanaryWebhook { name: name.into(), type_, url: url.into(), ..Default::default() }
@@ -392,7 +420,7 @@ mod tests {
         hook.metadata = BTreeMap::from([("k".to_string(), "v".to_string())]);
         let canary = canary(vec![hook.clone(), webhook("other", HookType::Rollout, &url)]);
 
-        let result = run_hooks(&reqwest::Client::new(), &canary, HookType::ConfirmPromotion, &ctx()).await;
+        let result = run_hooks(&loopback_client(), &canary, HookType::ConfirmPromotion, &ctx()).await;
 
         assert_eq!(result, Ok(()));
         let bodies = receiver.bodies.lock().unwrap();
@@ -412,7 +440,7 @@ mod tests {
         hook.retries = Some(3);
         let canary = canary(vec![hook, webhook("second", HookType::ConfirmRollout, &url)]);
 
-        let error = run_hooks(&reqwest::Client::new(), &canary, HookType::ConfirmRollout, &ctx()).await.unwrap_err();
+        let error = run_hooks(&loopback_client(), &canary, HookType::ConfirmRollout, &ctx()).await.unwrap_err();
 
         assert!(error.contains("approval-gate"), "{error}");
         assert!(error.contains("403"), "{error}");
@@ -427,7 +455,7 @@ mod tests {
         let mut hook = webhook("flaky", HookType::Rollout, &url);
         hook.retries = Some(5);
 
-        let result = run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::Rollout, &ctx()).await;
+        let result = run_hooks(&loopback_client(), &canary(vec![hook]), HookType::Rollout, &ctx()).await;
 
         assert_eq!(result, Ok(()));
         assert_eq!(receiver.bodies.lock().unwrap().len(), 3);
@@ -440,8 +468,7 @@ mod tests {
         let mut hook = webhook("broken", HookType::Rollout, &url);
         hook.retries = Some(2);
 
-        let error =
-            run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::Rollout, &ctx()).await.unwrap_err();
+        let error = run_hooks(&loopback_client(), &canary(vec![hook]), HookType::Rollout, &ctx()).await.unwrap_err();
 
         assert_eq!(receiver.bodies.lock().unwrap().len(), 3, "one attempt plus two retries");
         assert!(error.contains("broken") && error.contains("500") && error.contains("3 attempt"), "{error}");
@@ -456,8 +483,7 @@ mod tests {
         hook.retries = Some(1);
 
         let started = std::time::Instant::now();
-        let error =
-            run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::PreRollout, &ctx()).await.unwrap_err();
+        let error = run_hooks(&loopback_client(), &canary(vec![hook]), HookType::PreRollout, &ctx()).await.unwrap_err();
 
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
         assert!(error.contains("slow") && error.contains("did not answer within 200ms"), "{error}");
@@ -470,9 +496,8 @@ mod tests {
         let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
         let hook = webhook("gone", HookType::ConfirmRollout, &format!("http://127.0.0.1:{port}/"));
 
-        let error = run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::ConfirmRollout, &ctx())
-            .await
-            .unwrap_err();
+        let error =
+            run_hooks(&loopback_client(), &canary(vec![hook]), HookType::ConfirmRollout, &ctx()).await.unwrap_err();
 
         assert!(error.contains("gone") && error.contains("could not be called"), "{error}");
     }
@@ -484,8 +509,7 @@ mod tests {
         let mut hook = webhook("typo", HookType::Rollout, &url);
         hook.timeout = Some("10 seconds".into());
 
-        let error =
-            run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::Rollout, &ctx()).await.unwrap_err();
+        let error = run_hooks(&loopback_client(), &canary(vec![hook]), HookType::Rollout, &ctx()).await.unwrap_err();
 
         assert!(error.contains("typo") && error.contains("invalid timeout"), "{error}");
         assert!(receiver.bodies.lock().unwrap().is_empty());
@@ -493,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_webhook_of_a_gate_type_passes() {
-        let result = run_hooks(&reqwest::Client::new(), &canary(vec![]), HookType::ConfirmRollout, &ctx()).await;
+        let result = run_hooks(&loopback_client(), &canary(vec![]), HookType::ConfirmRollout, &ctx()).await;
         assert_eq!(result, Ok(()));
     }
 
@@ -505,7 +529,7 @@ mod tests {
         let hooks =
             vec![webhook("closed", HookType::Rollback, &closed_url), webhook("open", HookType::Rollback, &open_url)];
 
-        let result = run_hooks(&reqwest::Client::new(), &canary(hooks), HookType::Rollback, &ctx()).await;
+        let result = run_hooks(&loopback_client(), &canary(hooks), HookType::Rollback, &ctx()).await;
 
         assert_eq!(result, Ok(()));
         assert_eq!(closed.bodies.lock().unwrap().len(), 1);
@@ -516,7 +540,7 @@ mod tests {
     async fn no_rollback_without_a_2xx_rollback_webhook() {
         let closed = receiver(&[403]);
         let url = serve(closed.clone()).await;
-        let client = reqwest::Client::new();
+        let client = loopback_client();
 
         let error =
             run_hooks(&client, &canary(vec![webhook("closed", HookType::Rollback, &url)]), HookType::Rollback, &ctx())
@@ -535,9 +559,90 @@ mod tests {
         let mut hook = webhook("self-signed", HookType::Rollout, &url);
         hook.disable_tls = true;
 
-        let result = run_hooks(&reqwest::Client::new(), &canary(vec![hook]), HookType::Rollout, &ctx()).await;
+        let result = run_hooks(&loopback_client(), &canary(vec![hook]), HookType::Rollout, &ctx()).await;
 
         assert_eq!(result, Ok(()));
         assert_eq!(receiver.bodies.lock().unwrap().len(), 1);
+    }
+
+    // ---- issue 11: egress policy, body cap, no credentials in messages ----
+
+    #[tokio::test]
+    async fn restricted_targets_fail_the_gate_without_a_call() {
+        let receiver = receiver(&[200]);
+        let url = serve(receiver.clone()).await;
+        let strict = EgressClient::new(EgressPolicy::strict(), reqwest::Client::builder()).unwrap();
+        for target in [url.as_str(), "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x"] {
+            let error = run_hooks(
+                &strict,
+                &canary(vec![webhook("gate", HookType::ConfirmRollout, target)]),
+                HookType::ConfirmRollout,
+                &ctx(),
+            )
+            .await
+            .unwrap_err();
+            assert!(error.contains("gate") && error.contains("egress policy"), "{target}: {error}");
+        }
+        assert!(receiver.bodies.lock().unwrap().is_empty(), "the local gate was never called");
+    }
+
+    #[tokio::test]
+    async fn a_refused_target_is_not_retried() {
+        let strict = EgressClient::new(EgressPolicy::strict(), reqwest::Client::builder()).unwrap();
+        let mut hook = webhook("gate", HookType::Rollout, "http://169.254.169.254/");
+        hook.retries = Some(5);
+        let started = std::time::Instant::now();
+        let error = run_hooks(&strict, &canary(vec![hook]), HookType::Rollout, &ctx()).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(500), "retried: {:?}", started.elapsed());
+        assert!(error.contains("failed: refused"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn messages_never_show_userinfo_or_query_values() {
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let url = format!("http://gate-user:pw-7a6b5c4d@127.0.0.1:{port}/approve?token=tk-1a2b3c4d&sig=sg-9z8y7x");
+        let error = run_hooks(
+            &loopback_client(),
+            &canary(vec![webhook("gate", HookType::ConfirmRollout, &url)]),
+            HookType::ConfirmRollout,
+            &ctx(),
+        )
+        .await
+        .unwrap_err();
+        for secret in ["gate-user", "pw-7a6b5c4d", "tk-1a2b3c4d", "sg-9z8y7x"] {
+            assert!(!error.contains(secret), "{secret} in {error}");
+        }
+        assert!(error.contains(&format!("127.0.0.1:{port}/approve?token=%3Credacted%3E")), "{error}");
+        let invalid = webhook("typo", HookType::Rollout, "http://u:pw-7a6b5c4d@ga te/");
+        let error = run_hooks(&loopback_client(), &canary(vec![invalid]), HookType::Rollout, &ctx()).await.unwrap_err();
+        assert!(error.contains("typo") && !error.contains("pw-7a6b5c4d"), "{error}");
+    }
+
+    /// Issue 11, defect 7: a webhook answering a 300 MB body (here: streaming without
+    /// end). The call fails naming the cap, after reading about 1 MiB.
+    #[tokio::test]
+    async fn a_huge_answer_fails_the_call_after_the_body_cap() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.read(&mut [0u8; 8192]);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            while sent < 300 * 1024 * 1024 && stream.write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let mut hook = webhook("load-test", HookType::PreRollout, &format!("http://127.0.0.1:{port}/"));
+        hook.retries = Some(3);
+        let client = loopback_client();
+        let error = run_hooks(&client, &canary(vec![hook]), HookType::PreRollout, &ctx()).await.unwrap_err();
+        assert!(error.contains("load-test") && error.contains("over petrel's limit of 1048576 bytes"), "{error}");
+        drop(client);
+        let sent = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
+        assert!(sent < 32 * 1024 * 1024, "the server sent {sent} bytes before petrel hung up");
     }
 }

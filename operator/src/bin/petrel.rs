@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use metrics_providers::{EgressClient, EgressPolicy};
 use petrel::controller::{self, Context, EventSink, Settings};
 use petrel::leader::{self, LeaderElection};
 use petrel::shutdown::{self, Shutdown};
@@ -68,6 +69,15 @@ struct Args {
     /// Seconds before expiry at which the leader renews its Lease.
     #[arg(long, env = "PETREL_LEADER_ELECTION_RENEW_BEFORE", default_value_t = 5)]
     leader_election_renew_before: u64,
+    /// Also let webhooks, alert receivers and metric backends be reached at addresses in
+    /// this range (CIDR or single address; repeat the flag for several). By default
+    /// loopback and link-local addresses (where cloud metadata answers) are refused.
+    #[arg(long = "egress-allow-cidr", env = "PETREL_EGRESS_ALLOW_CIDRS", value_delimiter = ',', value_parser = metrics_providers::outbound::parse_cidr)]
+    egress_allow_cidrs: Vec<metrics_providers::outbound::IpNet>,
+    /// Also let webhooks, alert receivers and metric backends be reached on loopback
+    /// addresses (this host; the operator's own ports among them).
+    #[arg(long, env = "PETREL_EGRESS_ALLOW_LOOPBACK")]
+    egress_allow_loopback: bool,
     /// Seconds the controllers get after SIGTERM to finish the reconciles in flight; then
     /// petrel stops anyway and releases its Lease. Keep it, plus a few seconds for the
     /// release, below the Pod's terminationGracePeriodSeconds.
@@ -76,6 +86,16 @@ struct Args {
 }
 
 impl Args {
+    /// The egress policy of the flags: strict, plus what they allow.
+    fn egress_policy(&self) -> EgressPolicy {
+        let policy = if self.egress_allow_loopback {
+            EgressPolicy::strict().allowing_loopback()
+        } else {
+            EgressPolicy::strict()
+        };
+        self.egress_allow_cidrs.iter().fold(policy, |policy, net| policy.allowing(*net))
+    }
+
     fn leader_election(&self) -> Option<LeaderElection> {
         if !self.leader_elect {
             return None;
@@ -177,10 +197,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Unreachable, unauthenticated, not allowed, no CRDs: said now, in one line, rather
     // than by a pod that never turns ready.
     petrel::preflight::check(&client, &server, args.mode == Mode::Hub, args.namespace.as_deref()).await?;
-    let http = reqwest::Client::builder()
-        .user_agent(format!("petrel/{}", petrel::version::VERSION))
-        .build()
-        .context("creating the HTTP client")?;
+    let egress = args.egress_policy();
+    tracing::info!(policy = ?egress, "egress policy for webhooks, alert receivers and metric backends");
+    let http = EgressClient::new(
+        egress,
+        reqwest::Client::builder().user_agent(format!("petrel/{}", petrel::version::VERSION)),
+    )
+    .context("creating the HTTP client")?;
     // Bound before anything else starts, so a taken port fails the start-up at once.
     let listener = telemetry::bind(&args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr().context("reading the metrics address")?, "serving /metrics, /livez and /readyz");

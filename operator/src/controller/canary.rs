@@ -222,6 +222,7 @@ fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
         source: source.clone(),
         default_metrics_server: Some(ctx.settings.metrics_server.clone()),
         query_timeout: METRIC_QUERY_TIMEOUT,
+        egress: ctx.http.policy().clone(),
     }
 }
 

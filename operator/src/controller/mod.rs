@@ -56,7 +56,8 @@ pub struct Settings {
 /// Everything a reconcile needs, shared across reconciles.
 pub struct Context {
     pub client: Client,
-    pub http: reqwest::Client,
+    /// Webhooks, alert receivers; its egress policy also goes to the metric backends.
+    pub http: metrics_providers::EgressClient,
     pub events: EventSink,
     pub settings: Settings,
     /// Prometheus metrics, recorded by every reconcile.

@@ -397,7 +397,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         rest = next;
     }
     // Go rejects durations beyond ~290 years; so do we, rather than saturating silently.
-    if !total_nanos.is_finite() || total_nanos > i64::MAX as f64 {
+    // `i64::MAX as f64` rounds up to 2^63, itself out of range: hence `>=` (found by the
+    // fuzz seed fuzz/seeds/duration/go-max).
+    if !total_nanos.is_finite() || total_nanos >= i64::MAX as f64 {
         return Err(error("too large"));
     }
     Ok(Duration::from_nanos(total_nanos.round() as u64))
@@ -454,6 +456,9 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
         assert_eq!(parse_duration("1d").unwrap_err().why, "unknown unit");
+        assert_eq!(parse_duration("2562048h").unwrap_err().why, "too large");
+        assert_eq!(parse_duration("9223372036854775807ns").unwrap_err().why, "too large");
+        assert_eq!(parse_duration("2562047h").map(|d| d.as_secs()), Ok(2562047 * 3600));
     }
 
     #[test]
