@@ -174,17 +174,14 @@ fn invoked_as_plugin(argv0: Option<&std::ffi::OsStr>) -> bool {
 const RUNTIME_STACK_BYTES: usize = 64 << 20;
 
 fn operator() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(RUNTIME_STACK_BYTES)
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("petrel: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(RUNTIME_STACK_BYTES).build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("petrel: cannot start the async runtime: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     // Spawned, so that it runs on a runtime thread with the stack above rather than on
     // the main thread.
     match runtime.block_on(runtime.spawn(operator_main())) {
