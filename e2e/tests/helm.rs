@@ -957,6 +957,13 @@ fn chart_at(rev: &str, dir: &Path) -> Result<PathBuf> {
     Ok(dir.join("charts/petrel"))
 }
 
+// Ignored: the "old" release runs this checkout's petrel under the previous chart's RBAC,
+// because no image of the previous version can be built here. This petrel needs what that
+// chart does not grant (patching Canaries for its finalizer, cluster-wide lists of
+// Services, MetricTemplates and AlertProviders, the kube-system Namespace), so the old pod
+// cannot initialise the Canary and the test proves nothing about an upgrade. It needs the
+// previous version's own binary (issue 14 stays open for it).
+#[ignore = "needs the previous version's petrel binary, which cannot be built here (issue 14)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -> Result<()> {
     let started = Instant::now();
