@@ -199,6 +199,47 @@ pub fn weights_of(ingress: &Ingress) -> Result<Weights, RouterError> {
     })?;
     Weights::new(100 - canary, canary, false)
 }
+/// The Ingress API of the Canary's namespace. nginx and skipper both clone the user's
+/// Ingress; these helpers are their common I/O.
+pub(super) fn ingresses(client: &Client, canary: &Canary) -> Result<Api<Ingress>, RouterError> {
+    Ok(Api::namespaced(client.clone(), &namespace_of(canary)?))
+}
+
+pub(super) async fn read_ingress(client: &Client, canary: &Canary, name: &str) -> Result<Option<Ingress>, RouterError> {
+    ingresses(client, canary)?.get_opt(name).await.map_err(|source| RouterError::Api {
+        verb: "read",
+        kind: "Ingress".into(),
+        namespace: canary.namespace().unwrap_or_default(),
+        name: name.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// The user's Ingress named by `spec.ingressRef` (`name`): what the canary Ingress clones.
+pub(super) async fn referenced_ingress(client: &Client, canary: &Canary, name: String) -> Result<Ingress, RouterError> {
+    read_ingress(client, canary, &name).await?.ok_or_else(|| RouterError::NotFound {
+        kind: "Ingress".into(),
+        namespace: canary.namespace().unwrap_or_default(),
+        name,
+        reason: format!("it is the ingressRef of Canary {}", canary_key(canary)),
+    })
+}
+
+/// Writes a built canary Ingress by server-side apply.
+pub(super) async fn apply_ingress(client: &Client, canary: &Canary, built: &Ingress) -> Result<(), RouterError> {
+    let name = built.name_any();
+    ingresses(client, canary)?
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(built))
+        .await
+        .map_err(|source| RouterError::Api {
+            verb: "apply",
+            kind: "Ingress".into(),
+            namespace: canary.namespace().unwrap_or_default(),
+            name,
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
 
 pub struct NginxRouter {
     client: Client,
@@ -211,7 +252,7 @@ impl NginxRouter {
     }
 
     fn ingresses(&self, canary: &Canary) -> Result<Api<Ingress>, RouterError> {
-        Ok(Api::namespaced(self.client.clone(), &namespace_of(canary)?))
+        ingresses(&self.client, canary)
     }
 
     fn ingress_name(canary: &Canary) -> Result<String, RouterError> {
@@ -222,39 +263,16 @@ impl NginxRouter {
     }
 
     async fn read(&self, canary: &Canary, name: &str) -> Result<Option<Ingress>, RouterError> {
-        self.ingresses(canary)?.get_opt(name).await.map_err(|source| RouterError::Api {
-            verb: "read",
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name: name.to_string(),
-            source: Box::new(source),
-        })
+        read_ingress(&self.client, canary, name).await
     }
 
     async fn user_ingress(&self, canary: &Canary) -> Result<Ingress, RouterError> {
-        let name = Self::ingress_name(canary)?;
-        self.read(canary, &name).await?.ok_or_else(|| RouterError::NotFound {
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name,
-            reason: format!("it is the ingressRef of Canary {}", canary_key(canary)),
-        })
+        referenced_ingress(&self.client, canary, Self::ingress_name(canary)?).await
     }
 
     async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
         let built = build_canary_ingress(canary, &self.user_ingress(canary).await?, weights)?;
-        let name = built.name_any();
-        self.ingresses(canary)?
-            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&built))
-            .await
-            .map_err(|source| RouterError::Api {
-            verb: "apply",
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name,
-            source: Box::new(source),
-        })?;
-        Ok(())
+        apply_ingress(&self.client, canary, &built).await
     }
 }
 

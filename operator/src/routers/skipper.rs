@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 
-use super::nginx::{copied_label, gitops_tracking};
+use super::nginx::{self, copied_label, gitops_tracking};
 use super::{
-    FIELD_MANAGER, RouterError, ServiceNames, TrafficRouter, Weights, ab_matches, canary_key, generated_metadata,
-    namespace_of, services, unsupported,
+    RouterError, ServiceNames, TrafficRouter, Weights, ab_matches, canary_key, generated_metadata, services,
+    unsupported,
 };
 use crate::api::Canary;
 
@@ -149,7 +149,7 @@ impl SkipperRouter {
     }
 
     fn ingresses(&self, canary: &Canary) -> Result<Api<Ingress>, RouterError> {
-        Ok(Api::namespaced(self.client.clone(), &namespace_of(canary)?))
+        nginx::ingresses(&self.client, canary)
     }
 
     fn ingress_name(canary: &Canary) -> Result<String, RouterError> {
@@ -162,39 +162,16 @@ impl SkipperRouter {
     }
 
     async fn read(&self, canary: &Canary, name: &str) -> Result<Option<Ingress>, RouterError> {
-        self.ingresses(canary)?.get_opt(name).await.map_err(|source| RouterError::Api {
-            verb: "read",
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name: name.to_string(),
-            source: Box::new(source),
-        })
+        nginx::read_ingress(&self.client, canary, name).await
     }
 
     async fn user_ingress(&self, canary: &Canary) -> Result<Ingress, RouterError> {
-        let name = Self::ingress_name(canary)?;
-        self.read(canary, &name).await?.ok_or_else(|| RouterError::NotFound {
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name,
-            reason: format!("it is the ingressRef of Canary {}", canary_key(canary)),
-        })
+        nginx::referenced_ingress(&self.client, canary, Self::ingress_name(canary)?).await
     }
 
     async fn apply(&self, canary: &Canary, weights: Weights) -> Result<(), RouterError> {
         let built = build_canary_ingress(canary, &self.user_ingress(canary).await?, weights)?;
-        let name = built.name_any();
-        self.ingresses(canary)?
-            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&built))
-            .await
-            .map_err(|source| RouterError::Api {
-            verb: "apply",
-            kind: "Ingress".into(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name,
-            source: Box::new(source),
-        })?;
-        Ok(())
+        nginx::apply_ingress(&self.client, canary, &built).await
     }
 }
 
