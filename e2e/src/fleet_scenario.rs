@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -32,7 +32,7 @@ use crate::chart::{ChartCluster, chart_dir};
 use crate::fleet::{Fleet, FleetOptions};
 use crate::image::{Container, Launcher, PetrelImage};
 use crate::prometheus::Prometheus;
-use crate::scenario::{APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE, eventually, podinfo_deployment};
+use crate::scenario::{APP, CONFIG_MAP, CanaryOptions, IMAGE_V0, NAMESPACE, eventually, kubectl, podinfo_deployment};
 use crate::simulator::{App, AppCoords, Provider, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile};
 
 /// Name of the hub cluster.
@@ -119,18 +119,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running kubectl {args:?}"))?;
-    ensure!(out.status.success(), "kubectl {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One member cluster of the scenario.

@@ -13,8 +13,7 @@
 //! the weights after every step, and that every split summed to 100.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::knative::FakeKnative;
 use crate::prometheus::Prometheus;
-use crate::scenario::{Operator, canary_weights, eventually, petrel_binary, workspace_root};
+use crate::scenario::{Operator, canary_weights, eventually, kubectl, petrel_binary, workspace_root};
 use crate::simulator::{
     App, AppCoords, Provider, RecordedSplit, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile,
     VersionBehaviour,
@@ -120,18 +119,6 @@ pub fn matrix() -> Vec<(Provider, Scenario)> {
 
 fn ssa() -> PatchParams {
     PatchParams::apply(MANAGER).force()
-}
-
-fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running kubectl {args:?}"))?;
-    ensure!(out.status.success(), "kubectl {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One control plane, one Prometheus, one simulator, one petrel for many scenarios.
