@@ -57,8 +57,12 @@ pub const APP_REPOSITORY: &str = "ghcr.io/stefanprodan/podinfo";
 pub const APP_NAMESPACE: &str = "podinfo";
 pub const APP_NAME: &str = "podinfo";
 /// The example's overlays, relative to `examples/podinfo/`.
-pub const OVERLAYS: [&str; 3] =
-    ["clusters/staging/eu-west-1", "clusters/production/eu-west-1", "clusters/production/us-east-1"];
+pub const OVERLAYS: [&str; 4] = [
+    "clusters/staging/eu-west-1",
+    "clusters/production/eu-west-1",
+    "clusters/production/us-east-1",
+    "clusters/production/ap-southeast-1",
+];
 /// The hub's manifests (Clusters, Rollout), relative to `examples/podinfo/`.
 pub const HUB_MANIFESTS: &str = "hub";
 /// petrel's CRDs a member cluster needs, in `crds/`.
@@ -94,7 +98,7 @@ pub struct DemoOptions {
     pub work_dir: PathBuf,
     /// The repository root (holds `crds/`, `e2e/crds/third-party/`, `examples/podinfo/`).
     pub repo_root: PathBuf,
-    /// Keep the first `n` members (canary cluster first); all three by default.
+    /// Keep the first `n` members (canary cluster first); all four by default.
     pub members: Option<usize>,
     /// Analysis numbers changed on the rendered Canary (fast test mode).
     pub tuning: AnalysisTuning,
@@ -129,7 +133,7 @@ impl DemoOptions {
         }
     }
 
-    /// The demo as the README runs it: three members, the GitOps tree's
+    /// The demo as the README runs it: four members, the GitOps tree's
     /// own analysis numbers and soak.
     pub fn new(work_dir: PathBuf, repo_root: PathBuf, petrel_bin: PathBuf) -> DemoOptions {
         DemoOptions {

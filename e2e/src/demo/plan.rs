@@ -77,7 +77,7 @@ impl MemberSpec {
 }
 
 /// The members, in the order overlays are listed: the default demo uses the
-/// example's three overlays; `limit` keeps the first `n` after putting the
+/// example's overlays; `limit` keeps the first `n` after putting the
 /// canary clusters first (so one member is the staging cluster).
 pub fn members(overlays: &[&str], limit: Option<usize>) -> Vec<MemberSpec> {
     let mut members: Vec<MemberSpec> = overlays.iter().filter_map(|o| MemberSpec::from_overlay(o)).collect();
