@@ -515,8 +515,7 @@ spec:
         let text: Vec<String> = files.iter().map(|f| std::fs::read_to_string(root.join(f)).unwrap()).collect();
         let rendered = text.join("\n---\n");
         let docs = parse_documents(&rendered).unwrap();
-        let overlays = ["clusters/staging/eu-west-1", "clusters/production/eu-west-1", "clusters/production/us-east-1"];
-        for member in members(&overlays, None) {
+        for member in members(&super::super::OVERLAYS, None) {
             let cluster = docs
                 .iter()
                 .find(|d| kind(d) == Some("Cluster") && name(d) == Some(&member.name))
@@ -525,7 +524,7 @@ spec:
                 assert_eq!(cluster["metadata"]["labels"][k.as_str()].as_str(), Some(v.as_str()), "{}", member.name);
             }
         }
-        assert_eq!(kubeconfig_secret_refs(&rendered).unwrap().len(), 3);
+        assert_eq!(kubeconfig_secret_refs(&rendered).unwrap().len(), super::super::OVERLAYS.len());
         assert_eq!(rollout_ref(&rendered).unwrap(), ("petrel-system".to_owned(), "podinfo".to_owned()));
         let kustomization = std::fs::read_to_string(root.join("kustomization.yaml")).unwrap();
         assert!(files.iter().all(|f| kustomization.contains(f)), "{kustomization}");
