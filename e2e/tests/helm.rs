@@ -628,6 +628,27 @@ impl Operator {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// A pod's termination: SIGTERM (to the container's petrel, or to the host process),
+    /// then SIGKILL after `grace`.
+    fn terminate(&mut self, grace: Duration) -> Result<()> {
+        if let Some(container) = &self.container {
+            return container.stop(grace);
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).context("the child's pid")?;
+        // SAFETY: kill(2) on our own child's pid; it is not reaped yet, so the pid is ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
 impl Drop for Operator {
@@ -929,10 +950,79 @@ fn the_default_image_is_the_one_scripts_image_builds() {
 // ---------------------------------------------------------------------------------------
 // helm upgrade from the previous chart version, a Canary in flight
 
-/// The previous chart: `charts/petrel` as first released with its dashboards (before the
-/// comparison judge's CRD fields and `shutdownGraceSeconds`). After a release, the tag of
-/// the release before it.
-const PREVIOUS_CHART_REV: &str = "d5a55c9d6f748be74f481e35450d0d7143513875";
+/// The previous release: the git revision in `e2e/previous-release` (petrel has published
+/// no release yet, so it is the last revision that landed on main before the current work;
+/// after a release, the release's tag). Its chart comes from git history, its binary from
+/// `scripts/previous-petrel` (built once per revision and cached).
+fn previous_release() -> Result<String> {
+    let path = workspace_root().join("e2e/previous-release");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rev = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
+    ensure!(
+        rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{} must hold a full git revision, found {rev:?}",
+        path.display()
+    );
+    Ok(rev.to_string())
+}
+
+/// The previous release's `petrel` binary (`scripts/previous-petrel`).
+fn previous_petrel() -> Result<PathBuf> {
+    let script = workspace_root().join("scripts/previous-petrel");
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(out.status.success(), "{} failed ({})", script.display(), out.status);
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    ensure!(path.is_file(), "{} printed {}, which is not a file", script.display(), path.display());
+    Ok(path)
+}
+
+/// The `openAPIV3Schema` of every version of the CRD `name` in `charts/petrel/crds/`.
+fn chart_crd_schemas(name: &str) -> Result<Value> {
+    for entry in std::fs::read_dir(chart_dir().join("crds"))? {
+        let path = entry?.path();
+        for doc in chart::parse_documents(&std::fs::read_to_string(&path)?)? {
+            if doc["kind"] == "CustomResourceDefinition" && doc["metadata"]["name"] == name {
+                return Ok(crd_schemas(&doc));
+            }
+        }
+    }
+    bail!("no CRD {name} in the chart")
+}
+
+/// The name and schema of every version of `crd`, with every number as a float: the API
+/// server answers `100` where the YAML file says `100.0`, which is the same schema.
+fn crd_schemas(crd: &Value) -> Value {
+    fn numbers_as_floats(value: &Value) -> Value {
+        match value {
+            Value::Number(n) => n.as_f64().map_or(Value::Null, |f| json!(f)),
+            Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), numbers_as_floats(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+    numbers_as_floats(&Value::Array(
+        versions.iter().map(|v| json!({"name": v["name"], "schema": v["schema"]})).collect(),
+    ))
+}
+
+/// The first path where `a` and `b` differ, for a readable failure.
+fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).find_map(|k| {
+            first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}"))
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (p, q))| first_difference(p, q, &format!("{path}[{i}]")))
+        }
+        _ if a == b => None,
+        _ => Some(format!("{path}: served {a}, chart {b}")),
+    }
+}
 
 /// `charts/petrel` at `rev`, extracted from git history into `dir`.
 fn chart_at(rev: &str, dir: &Path) -> Result<PathBuf> {
@@ -957,20 +1047,18 @@ fn chart_at(rev: &str, dir: &Path) -> Result<PathBuf> {
     Ok(dir.join("charts/petrel"))
 }
 
-// Ignored: the "old" release runs this checkout's petrel under the previous chart's RBAC,
-// because no image of the previous version can be built here. This petrel needs what that
-// chart does not grant (patching Canaries for its finalizer, cluster-wide lists of
-// Services, MetricTemplates and AlertProviders, the kube-system Namespace), so the old pod
-// cannot initialise the Canary and the test proves nothing about an upgrade. It needs the
-// previous version's own binary (issue 14 stays open for it).
-#[ignore = "needs the previous version's petrel binary, which cannot be built here (issue 14)"]
+/// The previous release's chart and its own `petrel` binary start a release; the CRDs and
+/// the chart are upgraded mid-release and the new pod (this checkout's image) takes the Lease
+/// over and finishes the release without a step repeated or skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -> Result<()> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("petrel-e2e-helm-upgrade-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let previous = chart_at(PREVIOUS_CHART_REV, &dir.join("previous"))?;
+    let previous_rev = previous_release()?;
+    let previous = chart_at(&previous_rev, &dir.join("previous"))?;
+    let previous_binary = tokio::task::spawn_blocking(previous_petrel).await??;
     let helm = tokio::task::spawn_blocking(helm).await?;
     let image = tokio::task::spawn_blocking(petrel_e2e::image::ensure_image).await??;
     let bin_dir = tokio::task::spawn_blocking(ensure_binaries).await??;
@@ -991,8 +1079,9 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
     let chart = ChartCluster { helm: &helm, kubectl: &kubectl.bin, kubeconfig: &kubectl.kubeconfig };
     let values = [("member.provider", "gatewayapi"), ("clusterName", "upgrade")];
     chart.helm_install("install", "petrel", &previous, RELEASE_NAMESPACE, &values)?;
-    let release = Release { helm: &helm, kubectl: &kubectl, launcher: Launcher::Image(image.clone()), dir: &dir };
-    let mut old = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-old")?;
+    let old_release =
+        Release { helm: &helm, kubectl: &kubectl, launcher: Launcher::Binary(previous_binary), dir: &dir };
+    let mut old = old_release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-old")?;
 
     // A Canary with steps of 10% every 4 s up to 50% and no metrics: in flight for ~25 s.
     let ssa = PatchParams::apply("e2e-test").force();
@@ -1033,34 +1122,41 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
         Ok(weight) => weight,
         Err(e) => bail!("{e:#}; petrel's log:\n{}", old.log()),
     };
-    // The old pod runs this checkout's image (no image of the previous release is built
-    // here) with the previous chart's RBAC, which lacks what petrel has needed since
-    // (the ClusterIdentity, cluster-wide caches): it is refused those, and must still
-    // have moved the release and kept running. The new pod gets the whole check below.
+    // The old pod is the previous release's own binary under its own chart's RBAC.
     ensure!(old.child.try_wait()?.is_none(), "the old petrel exited:\n{}", old.log());
+    old.assert_never_refused()?;
     eprintln!("[upgrade] Canary Progressing at {weight_before}% after {:.1?}", started.elapsed());
 
     // The upgrade, as the release notes say: the CRDs first (helm never upgrades a chart's
     // crds/), then the chart. Without the first step the API server would keep the previous
     // schema and drop the fields petrel now writes.
-    let canary_crd = || kubectl.ok(&["get", "crd", "canaries.petrel.dev", "-o", "json"]);
-    ensure!(!canary_crd().contains("onInsufficientSamples"), "the previous chart's CRD already has the new field");
+    let served_canary_schemas = || -> Result<Value> {
+        Ok(crd_schemas(&serde_json::from_str(&kubectl.ok(&["get", "crd", "canaries.petrel.dev", "-o", "json"]))?))
+    };
     let crds = chart_dir().join("crds").to_string_lossy().into_owned();
     kubectl.ok(&["apply", "--server-side", "--force-conflicts", "--field-manager=helm", "-f", &crds]);
     chart.helm_install("upgrade", "petrel", &chart_dir(), RELEASE_NAMESPACE, &values)?;
-    ensure!(canary_crd().contains("onInsufficientSamples"), "the CRDs were not upgraded");
+    let (served, chart_schemas) = (served_canary_schemas()?, chart_crd_schemas("canaries.petrel.dev")?);
+    if let Some(difference) = first_difference(&served, &chart_schemas, "versions") {
+        bail!("the CRDs were not upgraded: {difference}");
+    }
     let manifest = chart::parse_documents(&helm_manifest(&helm, &kubectl, "petrel")?)?;
+    let mut rendered_args = vec!["template", "petrel", crds.trim_end_matches("/crds"), "-n", RELEASE_NAMESPACE];
+    let sets: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for set in &sets {
+        rendered_args.extend(["--set", set.as_str()]);
+    }
+    let rendered = chart::parse_documents(&chart::run_ok(&helm, &rendered_args)?)?;
     ensure!(
-        chart::deployment_args(&manifest, "petrel")?.iter().any(|a| a.starts_with("--shutdown-grace-seconds=")),
+        chart::deployment_args(&manifest, "petrel")? == chart::deployment_args(&rendered, "petrel")?,
         "helm upgrade did not roll out the current chart"
     );
 
     // The pod is replaced: the new one starts (a standby until the Lease is free), the old
     // one gets SIGTERM and hands the Lease over.
+    let release = Release { helm: &helm, kubectl: &kubectl, launcher: Launcher::Image(image.clone()), dir: &dir };
     let new = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-new")?;
-    if let Some(container) = &old.container {
-        container.stop(Duration::from_secs(15))?;
-    }
+    old.terminate(Duration::from_secs(15))?;
     let t0 = Instant::now();
     let mut weights = vec![weight_before];
     let outcome = eventually("the release to complete after the upgrade", Duration::from_secs(120), async || {
@@ -1080,6 +1176,10 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
         bail!("{e:#}; old petrel:\n{}\nnew petrel:\n{}", old.log(), new.log());
     }
     eprintln!("[upgrade] Canary Succeeded {:.1?} after the upgrade; weights seen {weights:?}", t0.elapsed());
+    // Every step once, in order, across the hand-over (the status is polled every 200 ms and
+    // steps are 4 s apart, so none is missed): no step repeated, none skipped.
+    let expected: Vec<i32> = (weight_before..=50).step_by(10).chain([0]).collect();
+    ensure!(weights == expected, "weights across the upgrade: {weights:?}, expected {expected:?}");
     let primary = deployments.get(&format!("{APP}-primary")).await?;
     let primary_image = primary.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].image.clone());
     assert_eq!(primary_image.flatten().as_deref(), Some(IMAGE_V1), "the new release was not promoted");
