@@ -194,6 +194,61 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
     no_traffic_touched(env, "bad-no-crds").await;
     let primary = deployments(env, "bad-no-crds").get_opt(&format!("{APP}-primary")).await.unwrap();
     assert!(primary.is_none(), "a primary was created for a Canary whose provider is not installed");
+    // Istio delegation without a root VirtualService delegating to the Canary's.
+    let ns = "bad-delegation";
+    namespace(env, ns).await;
+    deployments(env, ns).patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    Api::<Canary>::namespaced(client.clone(), ns)
+        .patch(
+            APP,
+            &ssa(),
+            &Patch::Apply(canary(
+                ns,
+                json!({
+                    "provider": "istio",
+                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+                    "service": { "port": 9898, "delegation": true, "hosts": ["app.example.com"], "gateways": ["public"] },
+                }),
+            )),
+        )
+        .await
+        .unwrap();
+    stalled(env, ns, "RouteTargetNotFound", |m| m.contains(&format!("no VirtualService delegates to {ns}/{APP}")))
+        .await;
+    no_traffic_touched(env, ns).await;
+    let virtual_services = || {
+        Api::<kube::api::DynamicObject>::namespaced_with(
+            client.clone(),
+            ns,
+            &petrel::routers::istio::virtual_service_resource(),
+        )
+    };
+    assert!(virtual_services().get_opt(APP).await.unwrap().is_none(), "a VirtualService was written without a root");
+    // The root, in the gateway's namespace, delegating to it: petrel writes a delegate
+    // VirtualService (no hosts, no gateways) at its next look.
+    namespace(env, "gateways").await;
+    let root = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": "root", "namespace": "gateways" },
+        "spec": { "hosts": ["app.example.com"], "gateways": ["public"],
+            "http": [{ "match": [{ "uri": { "prefix": "/" } }], "delegate": { "name": APP, "namespace": ns } }] },
+    });
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        "gateways",
+        &petrel::routers::istio::virtual_service_resource(),
+    )
+    .patch("root", &ssa(), &Patch::Apply(root))
+    .await
+    .unwrap();
+    let delegate = eventually("the delegate VirtualService", Duration::from_secs(90), async || {
+        virtual_services().get_opt(APP).await.ok()?
+    })
+    .await
+    .unwrap();
+    let spec = &delegate.data["spec"];
+    assert!(spec.get("hosts").is_none() && spec.get("gateways").is_none(), "not a delegate: {spec}");
+    assert_eq!(spec.pointer("/http/0/route/0/weight"), Some(&json!(100)), "{spec}");
     eprintln!("[providers] bad input checked in {:.1?}", t0.elapsed());
 }
 

@@ -278,7 +278,8 @@ pub struct CanaryService {
     /// Host names the route answers for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    /// Accepted for Flagger compatibility (Istio delegation); not acted on.
+    /// Istio: write the VirtualService as a delegate (no hosts, no gateways) for a root
+    /// VirtualService to delegate to. petrel writes no route until such a root exists.
     #[serde(default, skip_serializing_if = "is_false")]
     pub delegation: bool,
     /// Istio DestinationRule traffic policy, copied to both DestinationRules.

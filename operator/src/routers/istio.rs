@@ -5,13 +5,18 @@
 //! A/B: the first HTTP route carries the `analysis.match` conditions (each combined with
 //! `spec.service.match`) and the weights; a second route sends the rest to the primary.
 //! Mirroring: `mirror` and `mirrorPercentage` on the first route.
+//!
+//! Delegation (`spec.service.delegation`, as Flagger writes it): the VirtualService has no
+//! hosts and no gateways, so that a root VirtualService owned by someone else can delegate
+//! to it (`http[].delegate`). Without such a root no request would reach the Canary's
+//! routes, so petrel writes nothing and the Canary is Stalled naming the missing piece.
 
 use kube::core::ApiResource;
 use serde_json::{Map, Value, json};
 
 use super::{
-    MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
-    manifest, mirror_percent, service_port, unsupported, weight_field,
+    MeshRoutes, RequiredReferrer, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource,
+    canary_key, malformed, manifest, mirror_percent, service_port, unsupported, weight_field,
 };
 use crate::api::Canary;
 
@@ -122,12 +127,50 @@ pub fn build_virtual_service(canary: &Canary, weights: Weights) -> Result<Value,
         }
     }
     let mut spec = Map::new();
-    spec.insert("hosts".into(), json!(hosts));
-    if !canary.spec.service.gateways.is_empty() {
-        spec.insert("gateways".into(), json!(canary.spec.service.gateways));
+    // A delegate VirtualService must name no hosts and no gateways: the root one does.
+    if !canary.spec.service.delegation {
+        spec.insert("hosts".into(), json!(hosts));
+        if !canary.spec.service.gateways.is_empty() {
+            spec.insert("gateways".into(), json!(canary.spec.service.gateways));
+        }
     }
     spec.insert("http".into(), Value::Array(routes));
     manifest(&virtual_service_resource(), canary, &names.apex, Value::Object(spec))
+}
+
+/// Whether `root` (a VirtualService) delegates one of its HTTP routes to the VirtualService
+/// `namespace/name`. A delegate without a namespace is in the root's namespace (Istio's rule).
+pub fn delegates_to(root: &Value, namespace: &str, name: &str) -> bool {
+    let root_namespace = root.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+    let Some(routes) = root.pointer("/spec/http").and_then(Value::as_array) else {
+        return false;
+    };
+    routes.iter().filter_map(|route| route.get("delegate")).any(|delegate| {
+        delegate.get("name").and_then(Value::as_str) == Some(name)
+            && delegate.get("namespace").and_then(Value::as_str).filter(|ns| !ns.is_empty()).unwrap_or(root_namespace)
+                == namespace
+    })
+}
+
+/// With `spec.service.delegation`: a root VirtualService delegating to the Canary's.
+fn delegation_root(canary: &Canary) -> Option<RequiredReferrer> {
+    if !canary.spec.service.delegation {
+        return None;
+    }
+    let namespace = canary.metadata.namespace.clone().unwrap_or_default();
+    let name = ServiceNames::of(canary).apex;
+    let missing = format!(
+        "spec.service.delegation is set, but no VirtualService delegates to {namespace}/{name} \
+         (an http route with delegate: {{name: {name}, namespace: {namespace}}}); petrel writes no route until a root \
+         VirtualService does"
+    );
+    let (ns, n) = (namespace.clone(), name.clone());
+    Some(RequiredReferrer {
+        resource: virtual_service_resource(),
+        refers: Box::new(move |root| delegates_to(root, &ns, &n)),
+        route: ("VirtualService".into(), namespace, name),
+        missing,
+    })
 }
 
 /// The DestinationRules `<svc>-primary` and `<svc>-canary`.
@@ -198,6 +241,10 @@ impl MeshRoutes for Istio {
     fn weights_of(obj: &Value) -> Result<Weights, RouterError> {
         weights_of(obj)
     }
+
+    fn required_referrer(canary: &Canary) -> Option<RequiredReferrer> {
+        delegation_root(canary)
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +295,60 @@ mod tests {
         let mut canary = canary();
         canary.spec.service.app_protocol = Some("tcp".into());
         assert!(matches!(build_virtual_service(&canary, weights(100, 0, false)), Err(RouterError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn a_delegate_virtual_service_has_no_hosts_and_no_gateways() {
+        let mut canary = canary();
+        canary.spec.service.gateways = vec!["public-gateway".into()];
+        canary.spec.service.hosts = vec!["app.example.com".into()];
+        canary.spec.service.delegation = true;
+        let vs = build_virtual_service(&canary, weights(90, 10, false)).unwrap();
+        assert_manifest(&vs, "istio_delegate.yaml");
+        assert_eq!(vs.pointer("/spec/hosts"), None);
+        assert_eq!(vs.pointer("/spec/gateways"), None);
+        assert_eq!(weights_of(&vs).unwrap(), weights(90, 10, false));
+        canary.spec.service.delegation = false;
+        let vs = build_virtual_service(&canary, weights(90, 10, false)).unwrap();
+        assert_eq!(vs.pointer("/spec/gateways"), Some(&json!(["public-gateway"])));
+    }
+
+    #[test]
+    fn only_a_root_naming_the_delegate_counts() {
+        let root = |delegate: Value| {
+            json!({
+                "metadata": { "name": "root", "namespace": "gateways" },
+                "spec": { "hosts": ["app.example.com"], "http": [
+                    { "match": [{ "uri": { "prefix": "/other" } }], "route": [{ "destination": { "host": "other" } }] },
+                    { "delegate": delegate },
+                ] },
+            })
+        };
+        assert!(delegates_to(&root(json!({ "name": "podinfo", "namespace": "test" })), "test", "podinfo"));
+        assert!(!delegates_to(&root(json!({ "name": "podinfo", "namespace": "prod" })), "test", "podinfo"));
+        assert!(!delegates_to(&root(json!({ "name": "other", "namespace": "test" })), "test", "podinfo"));
+        // Istio's default: a delegate without a namespace is in the root's.
+        assert!(delegates_to(&root(json!({ "name": "podinfo" })), "gateways", "podinfo"));
+        assert!(!delegates_to(&root(json!({ "name": "podinfo" })), "test", "podinfo"));
+        assert!(!delegates_to(&json!({ "metadata": { "name": "x" }, "spec": {} }), "test", "podinfo"));
+    }
+
+    #[test]
+    fn delegation_asks_for_a_root_and_says_what_it_must_hold() {
+        let mut canary = canary();
+        assert!(delegation_root(&canary).is_none());
+        canary.spec.service.delegation = true;
+        let referrer = delegation_root(&canary).unwrap();
+        assert_eq!(referrer.resource, virtual_service_resource());
+        let ns = canary.metadata.namespace.clone().unwrap();
+        assert!(
+            referrer.missing.contains(&format!("no VirtualService delegates to {ns}/podinfo")),
+            "{}",
+            referrer.missing
+        );
+        let root = json!({ "metadata": { "name": "r", "namespace": "gw" }, "spec": { "http": [{ "delegate": { "name": "podinfo", "namespace": ns } }] } });
+        assert!((referrer.refers)(&root));
+        assert!(!(referrer.refers)(&json!({ "metadata": { "name": "r", "namespace": "gw" }, "spec": { "http": [] } })));
     }
 
     proptest! {

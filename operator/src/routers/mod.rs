@@ -485,6 +485,51 @@ pub(crate) trait MeshRoutes: Send + Sync + 'static {
 
     /// Reads weights from the weighted object.
     fn weights_of(obj: &Value) -> Result<Weights, RouterError>;
+
+    /// An object of someone else's that must refer to this Canary's routes before petrel
+    /// writes any (Istio delegation: a root VirtualService delegating to the Canary's).
+    fn required_referrer(_canary: &Canary) -> Option<RequiredReferrer> {
+        None
+    }
+}
+
+/// An object, owned by someone else, that must refer to the route petrel writes: without
+/// it no request would reach that route, so petrel writes nothing and says what is missing.
+pub(crate) struct RequiredReferrer {
+    /// Where to look for it.
+    pub resource: ApiResource,
+    /// Whether an object of `resource` refers to the Canary's route.
+    pub refers: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+    /// The route that must be referred to: kind, namespace, name.
+    pub route: (String, String, String),
+    /// What is missing, for the Stalled condition and the Event.
+    pub missing: String,
+}
+
+impl RequiredReferrer {
+    /// Lists `resource` in every namespace (in the Canary's only, when petrel may not list
+    /// them cluster-wide: a chart installed with `member.watchNamespace`); `NotFound`
+    /// naming the missing piece unless one of them refers to the route.
+    async fn check(&self, client: &Client) -> Result<(), RouterError> {
+        let (kind, namespace, name) = self.route.clone();
+        let params = kube::api::ListParams::default();
+        let everywhere: Api<DynamicObject> = Api::all_with(client.clone(), &self.resource);
+        let list = match everywhere.list(&params).await {
+            Err(kube::Error::Api(response)) if response.code == 403 => {
+                Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &self.resource).list(&params).await
+            }
+            other => other,
+        }
+        .map_err(|source| RouterError::Api {
+            verb: "list",
+            kind: self.resource.kind.clone(),
+            namespace: namespace.clone(),
+            name: String::new(),
+            source: Box::new(source),
+        })?;
+        let found = list.items.iter().filter_map(|object| serde_json::to_value(object).ok()).any(|o| (self.refers)(&o));
+        if found { Ok(()) } else { Err(RouterError::NotFound { kind, namespace, name, reason: self.missing.clone() }) }
+    }
 }
 
 pub(crate) struct MeshRouter<R> {
@@ -536,6 +581,9 @@ impl<R: MeshRoutes> MeshRouter<R> {
 impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
     fn reconcile<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
+            if let Some(referrer) = R::required_referrer(canary) {
+                referrer.check(&self.client).await?;
+            }
             services::ensure_services(&self.client, &self.memory, canary).await?;
             // Reconcile runs on every tick, also mid-release: keep the weights in place.
             let current = self.current(canary).await?;
