@@ -39,7 +39,9 @@ pub struct CustomMetadata {
 /// (`service.unmanagedMetadata`, as proposed for Flagger in fluxcd/flagger#1823), so
 /// another controller can own them: petrel never writes them (not even when
 /// `service.apex`, `primary` or `canary` lists them) and never removes them when another
-/// field manager set them. petrel's own keys cannot be handed over.
+/// field manager set them. petrel's own keys cannot be handed over. (A key petrel itself
+/// wrote before it was declared unmanaged, and that nobody else wrote since, is dropped by
+/// server-side apply on petrel's next write, since petrel was its only owner.)
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct UnmanagedMetadata {
