@@ -189,6 +189,13 @@ impl SharedEnv {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// Runs kubectl against the shared control plane (as a person or another controller
+    /// would), returning its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let cluster = self.fleet.cluster("member")?;
+        kubectl(&self.fleet.binaries().path("kubectl"), &cluster.kubeconfig_path, args)
+    }
 }
 
 /// The Knative Service resource.

@@ -54,6 +54,102 @@ async fn every_provider_runs_the_canary_scenarios() {
     retired_providers_are_refused_with_a_reason(&env).await;
 }
 
+/// Provider `kubernetes` with `service.portDiscovery` and `service.unmanagedMetadata`:
+/// every container port is on the three Services, and through a blue/green release (two
+/// writes of the apex Service) an annotation and a label another controller set under
+/// unmanaged keys survive, while a key petrel manages is put back.
+///
+/// `cargo test -p petrel-e2e --test providers ports_and_unmanaged_metadata -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_and_unmanaged_metadata_with_provider_kubernetes() {
+    let t0 = Instant::now();
+    let env = SharedEnv::start("providers-ports").await.unwrap();
+    let ns = "kubernetes-ports";
+    namespace(&env, ns).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+    let target = |image: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": APP, "namespace": ns },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": APP } },
+                "template": { "metadata": { "labels": { "app": APP } }, "spec": { "containers": [
+                    { "name": "podinfo", "image": image,
+                      "ports": [{ "name": "http", "containerPort": 9898 }, { "name": "grpc", "containerPort": 9999 }] },
+                    { "name": "shipper", "image": "shipper:1", "ports": [{ "containerPort": 2020 }] },
+                    { "name": "istio-proxy", "image": "proxyv2:1", "ports": [{ "name": "http-envoy-prom", "containerPort": 15090 }] },
+                ] } } },
+        })
+    };
+    deployments.patch(APP, &ssa(), &Patch::Apply(target("podinfo:1"))).await.unwrap();
+    let manifest = canary(
+        ns,
+        json!({
+            "provider": "kubernetes",
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+            "progressDeadlineSeconds": 60,
+            "service": {
+                "port": 9898, "portDiscovery": true,
+                "apex": { "annotations": { "example.com/team": "payments", "example.com/dns": "from-the-canary" } },
+                "unmanagedMetadata": { "labels": ["example.com/zone"], "annotations": ["example.com/dns"] },
+            },
+            "analysis": { "interval": "2s", "threshold": 2, "iterations": 2 },
+        }),
+    );
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    canaries.patch(APP, &ssa(), &Patch::Apply(manifest)).await.unwrap();
+    let phase = async |phase: petrel::api::canary::Phase| {
+        eventually(&format!("{ns}: phase {phase}"), Duration::from_secs(60), async || {
+            (canaries.get(APP).await.ok()?.status?.phase == phase).then_some(())
+        })
+        .await
+        .unwrap()
+    };
+    phase(petrel::api::canary::Phase::Initialized).await;
+
+    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
+    for name in [APP.to_string(), format!("{APP}-primary"), format!("{APP}-canary")] {
+        let service = services.get(&name).await.unwrap();
+        let mut ports: Vec<(String, i32, String)> = service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port, p.protocol.unwrap_or_default()))
+            .collect();
+        ports.sort();
+        let tcp = |name: &str, port| (name.to_string(), port, "TCP".to_string());
+        assert_eq!(ports, vec![tcp("grpc", 9999), tcp("http", 9898), tcp("tcp-shipper-0", 2020)], "{ns}/{name}");
+    }
+
+    // Another controller (here a person with kubectl) writes the unmanaged keys; someone
+    // also changes a key petrel manages.
+    let apex = format!("service/{APP}");
+    env.kubectl(&["-n", ns, "annotate", &apex, "example.com/dns=from-external-dns"]).unwrap();
+    env.kubectl(&["-n", ns, "label", &apex, "example.com/zone=eu-west-1a"]).unwrap();
+    env.kubectl(&["-n", ns, "annotate", "--overwrite", &apex, "example.com/team=hijacked"]).unwrap();
+
+    // A release: petrel writes the apex twice (to the canary, then to the promoted primary).
+    deployments.patch(APP, &ssa(), &Patch::Apply(target("podinfo:2"))).await.unwrap();
+    phase(petrel::api::canary::Phase::Succeeded).await;
+    let apex = eventually(&format!("{ns}: petrel's key put back"), Duration::from_secs(30), async || {
+        let apex = services.get(APP).await.ok()?;
+        (apex.metadata.annotations.as_ref()?.get("example.com/team")? == "payments").then_some(apex)
+    })
+    .await
+    .unwrap();
+    let annotations = apex.metadata.annotations.clone().unwrap_or_default();
+    let labels = apex.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(annotations.get("example.com/dns").map(String::as_str), Some("from-external-dns"), "{annotations:?}");
+    assert_eq!(labels.get("example.com/zone").map(String::as_str), Some("eu-west-1a"), "{labels:?}");
+    assert_eq!(
+        apex.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some([("app".to_string(), format!("{APP}-primary"))].into()),
+        "the apex was written by the release"
+    );
+    eprintln!("[providers-ports] passed in {:.1?}", t0.elapsed());
+}
+
 fn ssa() -> PatchParams {
     PatchParams::apply("e2e-test").force()
 }

@@ -418,3 +418,25 @@ fn misspelt_fields_are_rejected_not_ignored() {
     let m = with(base(), "/spec/analysis/stepWieght", 10.into());
     assert_rejected(m, "unknown field .spec.analysis.stepWieght");
 }
+
+#[test]
+fn unmanaged_metadata_is_typed_and_keeps_petrels_own_keys() {
+    let unmanaged = |value: Value| with(base(), "/spec/service/unmanagedMetadata", value);
+    accepted(unmanaged(serde_json::json!({
+        "labels": ["team"],
+        "annotations": ["external-dns.alpha.kubernetes.io/hostname"],
+    })));
+    assert_rejected(
+        unmanaged(serde_json::json!({ "label": ["team"] })),
+        "unknown field .spec.service.unmanagedMetadata.label",
+    );
+    assert_rejected(unmanaged(serde_json::json!({ "labels": { "team": "a" } })), "is not of type \"array\"");
+    assert_rejected(
+        unmanaged(serde_json::json!({ "labels": ["app.kubernetes.io/managed-by"] })),
+        "service.unmanagedMetadata.labels cannot hold app.kubernetes.io/managed-by",
+    );
+    assert_rejected(
+        unmanaged(serde_json::json!({ "annotations": ["kustomize.toolkit.fluxcd.io/reconcile"] })),
+        "service.unmanagedMetadata.annotations cannot hold",
+    );
+}

@@ -151,6 +151,30 @@ pub async fn run_hooks(
     hook_type: HookType,
     ctx: &HookContext,
 ) -> Result<(), String> {
+    run_gate_hooks(client, canary, hook_type, ctx).await.map_err(|failure| failure.message)
+}
+
+/// Why the webhooks of one type did not pass, and whether the webhook that said so has
+/// `muteAlert` (never for rollback webhooks: their "failure" is the normal answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookFailure {
+    pub message: String,
+    pub mute_alert: bool,
+}
+
+impl From<String> for HookFailure {
+    fn from(message: String) -> Self {
+        HookFailure { message, mute_alert: false }
+    }
+}
+
+/// [`run_hooks`], also telling whether the webhook that failed has `muteAlert`.
+pub async fn run_gate_hooks(
+    client: &EgressClient,
+    canary: &Canary,
+    hook_type: HookType,
+    ctx: &HookContext,
+) -> Result<(), HookFailure> {
     let name = canary.metadata.name.as_deref().unwrap_or_default();
     let namespace = canary.metadata.namespace.as_deref().unwrap_or_default();
     let webhooks: Vec<&CanaryWebhook> = canary
@@ -166,7 +190,7 @@ pub async fn run_hooks(
         let builder = reqwest::Client::builder().user_agent(crate::USER_AGENT).tls_danger_accept_invalid_certs(true);
         Some(
             EgressClient::new(client.policy().clone(), builder)
-                .map_err(|e| format!("cannot build the HTTP client for disableTLS webhooks: {e}"))?,
+                .map_err(|e| HookFailure::from(format!("cannot build the HTTP client for disableTLS webhooks: {e}")))?,
         )
     } else {
         None
@@ -183,15 +207,15 @@ pub async fn run_hooks(
             Ok(()) if hook_type == HookType::Rollback => return Ok(()),
             Ok(()) => {}
             Err(error) if hook_type == HookType::Rollback => failures.push(error.to_string()),
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(HookFailure { message: error.to_string(), mute_alert: webhook.mute_alert }),
         }
     }
     if hook_type == HookType::Rollback {
-        return Err(if failures.is_empty() {
+        return Err(HookFailure::from(if failures.is_empty() {
             "no rollback webhook is defined".to_string()
         } else {
             format!("no rollback webhook asked for a rollback: {}", failures.join("; "))
-        });
+        }));
     }
     Ok(())
 }
@@ -430,6 +454,22 @@ mod tests {
             "only the confirm-promotion hook is called"
         );
         assert_eq!(bodies[0]["metadata"]["k"], "v");
+    }
+
+    #[tokio::test]
+    async fn a_failure_says_whether_the_webhook_that_failed_mutes_alerts() {
+        let ok = serve(receiver(&[200])).await;
+        let refused = serve(receiver(&[403])).await;
+        let mut muted = webhook("muted", HookType::ConfirmRollout, &refused);
+        muted.mute_alert = true;
+        // The first failure decides: a muted webhook after a loud one that failed is not reached.
+        let loud_first = canary(vec![webhook("loud", HookType::ConfirmRollout, &refused), muted.clone()]);
+        let failure = run_gate_hooks(&loopback_client(), &loud_first, HookType::ConfirmRollout, &ctx()).await;
+        assert!(!failure.unwrap_err().mute_alert);
+        let muted_first = canary(vec![webhook("passes", HookType::ConfirmRollout, &ok), muted]);
+        let failure = run_gate_hooks(&loopback_client(), &muted_first, HookType::ConfirmRollout, &ctx()).await;
+        let failure = failure.unwrap_err();
+        assert!(failure.mute_alert && failure.message.contains("muted"), "{failure:?}");
     }
 
     #[tokio::test]

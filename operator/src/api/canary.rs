@@ -258,7 +258,12 @@ pub struct CanaryService {
     pub app_protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<String>,
-    /// Add every container port of the target to the generated Services.
+    /// Add every container port of the target's pod template to the generated Services,
+    /// as Flagger does: sidecars `istio-proxy` and `envoy` and the main port (`targetPort`,
+    /// or `port`) skipped, each named after its container port (`tcp-<container>-<index>`
+    /// when unnamed), TCP, same number outside and in. A discovered port whose name or
+    /// number the main port already uses is left out (the API server would refuse the
+    /// Service).
     #[serde(default, skip_serializing_if = "is_false")]
     pub port_discovery: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -318,9 +323,13 @@ pub struct CanaryService {
     /// Extra labels and annotations for the `-canary` Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CustomMetadata>,
+    /// Keys of labels and annotations of the generated Services (apex, `-primary`,
+    /// `-canary`) that another controller owns (as proposed for Flagger in
+    /// fluxcd/flagger#1823): petrel never writes them, not even when `apex`, `primary` or
+    /// `canary` lists them, so its server-side apply neither overwrites nor removes what
+    /// that controller set. petrel's own keys cannot be listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub unmanaged_metadata: Option<serde_json::Value>,
+    pub unmanaged_metadata: Option<super::common::UnmanagedMetadata>,
 }
 
 fn service_name_rule() -> kube::core::Rule {
@@ -656,6 +665,8 @@ pub struct CanaryWebhook {
     pub retries: Option<i32>,
     #[serde(default, skip_serializing_if = "is_false", rename = "disableTLS")]
     pub disable_tls: bool,
+    /// A confirm-rollout, confirm-traffic-increase or confirm-promotion webhook that holds
+    /// the release sends no alert about it (the Event is still recorded), as in Flagger.
     #[serde(default, skip_serializing_if = "is_false")]
     pub mute_alert: bool,
     /// Sent to the webhook as `metadata`.

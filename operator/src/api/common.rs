@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,47 @@ pub struct CustomMetadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Keys of labels and annotations on the generated Services that petrel leaves alone
+/// (`service.unmanagedMetadata`, as proposed for Flagger in fluxcd/flagger#1823), so
+/// another controller can own them: petrel never writes them (not even when
+/// `service.apex`, `primary` or `canary` lists them) and never removes them when another
+/// field manager set them. petrel's own keys cannot be handed over. (A key petrel itself
+/// wrote before it was declared unmanaged, and that nobody else wrote since, is dropped by
+/// server-side apply on petrel's next write, since petrel was its only owner.)
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmanagedMetadata {
+    /// Label keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 317)))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, k != '{}')", crate::MANAGED_BY_LABEL)).message(kube::core::Message::Message(format!("service.unmanagedMetadata.labels cannot hold {}: petrel finds the objects it generates by it", crate::MANAGED_BY_LABEL))))]
+    pub labels: Vec<String>,
+    /// Annotation keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 317)))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, !(k in {}))", petrel_annotation_keys())).message("service.unmanagedMetadata.annotations cannot hold kustomize.toolkit.fluxcd.io/reconcile or helm.toolkit.fluxcd.io/driftDetection: petrel sets them so GitOps tools leave its objects alone"))]
+    pub annotations: Vec<String>,
+}
+
+impl UnmanagedMetadata {
+    /// `custom` without the keys petrel must leave alone.
+    pub fn strip(&self, custom: &CustomMetadata) -> CustomMetadata {
+        let keep = |keys: &[String], map: &BTreeMap<String, String>| {
+            map.iter().filter(|(k, _)| !keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        CustomMetadata {
+            labels: keep(&self.labels, &custom.labels),
+            annotations: keep(&self.annotations, &custom.annotations),
+        }
+    }
+}
+
+/// The annotation keys petrel writes on every generated object, as a CEL list.
+fn petrel_annotation_keys() -> String {
+    let keys: Vec<String> = crate::routers::GITOPS_ANNOTATIONS.iter().map(|(k, _)| format!("'{k}'")).collect();
+    format!("[{}]", keys.join(", "))
 }
 
 /// A reference to a Secret in the same namespace.

@@ -28,7 +28,7 @@ use super::freshness::WriteOutcome;
 use super::{Context, Error, claims, lifecycle, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
 use crate::analysis::metrics::{MetricDeps, apply_comparisons, invalid_metric_provider, run_metrics};
-use crate::analysis::webhooks::{HookContext, HookEvent, run_hooks};
+use crate::analysis::webhooks::{HookContext, HookEvent, HookFailure, run_gate_hooks, run_hooks};
 use crate::analysis::{KubeSource, MetricSource};
 use crate::api::canary::{
     APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
@@ -208,8 +208,11 @@ async fn run_plan(
         event: None,
     };
     for hook_type in &plan.hooks {
-        let outcome = run_hooks(&ctx.http, canary, *hook_type, &hook_ctx).await.map_err(|e| e.to_string());
-        results.hooks.insert(*hook_type, outcome);
+        let outcome = run_gate_hooks(&ctx.http, canary, *hook_type, &hook_ctx).await;
+        if let Err(HookFailure { mute_alert: true, .. }) = &outcome {
+            results.muted.insert(*hook_type);
+        }
+        results.hooks.insert(*hook_type, outcome.map_err(|failure| failure.message));
     }
     if plan.run_metrics {
         results.metrics = Some(run_metrics(&metric_deps(ctx, source), canary, provider).await);
@@ -294,8 +297,9 @@ async fn notify(
                     ctx.events.publish(canary, "WebhookFailed", &e.to_string(), true).await;
                 }
             }
-            Action::Event { reason, message, warning } => {
-                publish(ctx, source, canary, next, reason, message, *warning).await;
+            Action::Event { reason, message, warning, mute_alert } => {
+                let notice = Notice { reason, message, warning: *warning, mute_alert: *mute_alert };
+                publish(ctx, source, canary, next, &notice).await;
             }
             Action::SetRoutes { .. }
             | Action::ScaleCanaryUp
@@ -305,17 +309,32 @@ async fn notify(
     }
 }
 
+/// An Event the core decided on (see [`Action::Event`]).
+struct Notice<'a> {
+    reason: &'a str,
+    message: &'a str,
+    warning: bool,
+    mute_alert: bool,
+}
+
+/// The alert a notice sends to the Canary's subscriptions: none when it has none, or when
+/// the webhook the notice is about has `muteAlert` (Flagger still records the Event).
+fn alert_of(cluster: &str, canary: &Canary, next: &CanaryStatus, notice: &Notice<'_>) -> Option<Alert> {
+    let has_alerts = canary.spec.analysis.as_ref().is_some_and(|a| !a.alerts.is_empty());
+    (has_alerts && !notice.mute_alert).then(|| Alert {
+        cluster: cluster.to_string(),
+        namespace: canary.namespace().unwrap_or_default(),
+        name: canary.name_any(),
+        phase: next.phase,
+        message: notice.message.to_string(),
+        severity: if notice.warning { AlertSeverity::Error } else { AlertSeverity::Info },
+    })
+}
+
 /// Records an Event and forwards it to `event` webhooks and alert subscriptions. Neither
 /// forwarding can fail the reconcile.
-async fn publish(
-    ctx: &Context,
-    source: &KubeSource,
-    canary: &Canary,
-    next: &CanaryStatus,
-    reason: &str,
-    message: &str,
-    warning: bool,
-) {
+async fn publish(ctx: &Context, source: &KubeSource, canary: &Canary, next: &CanaryStatus, notice: &Notice<'_>) {
+    let Notice { reason, message, warning, .. } = *notice;
     ctx.events.publish(canary, reason, message, warning).await;
     let has_event_hooks =
         canary.spec.analysis.as_ref().is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == HookType::Event));
@@ -333,16 +352,7 @@ async fn publish(
             warn!(error = %e, "event webhook failed");
         }
     }
-    let has_alerts = canary.spec.analysis.as_ref().is_some_and(|a| !a.alerts.is_empty());
-    if has_alerts {
-        let alert = Alert {
-            cluster: ctx.settings.cluster_name.clone(),
-            namespace: canary.namespace().unwrap_or_default(),
-            name: canary.name_any(),
-            phase: next.phase,
-            message: message.to_string(),
-            severity: if warning { AlertSeverity::Error } else { AlertSeverity::Info },
-        };
+    if let Some(alert) = alert_of(&ctx.settings.cluster_name, canary, next, notice) {
         for e in send_alerts(&ctx.http, source, canary, &alert).await {
             ctx.metrics.record_alert_failure(canary, e.alert(), e.kind());
             ctx.events.publish(canary, "AlertFailed", &e.to_string(), true).await;
@@ -591,6 +601,20 @@ mod tests {
         serde_json::from_value(manifest).unwrap()
     }
 
+    #[test]
+    fn a_muted_notice_sends_no_alert_but_others_do() {
+        let subscribed = canary(json!({"spec": {"analysis": {
+            "alerts": [{"name": "team", "providerRef": {"name": "slack"}}],
+        }}}));
+        use crate::api::canary::Phase;
+        let next = CanaryStatus { phase: Phase::Waiting, ..CanaryStatus::default() };
+        let notice = |mute_alert| Notice { reason: "WaitingForApproval", message: "m", warning: false, mute_alert };
+        let alert = alert_of("member-1", &subscribed, &next, &notice(false)).expect("an alert");
+        assert_eq!((alert.cluster.as_str(), alert.phase, alert.message.as_str()), ("member-1", Phase::Waiting, "m"));
+        assert_eq!(alert_of("member-1", &subscribed, &next, &notice(true)), None);
+        assert_eq!(alert_of("member-1", &canary(json!({})), &next, &notice(false)), None, "no subscription");
+    }
+
     fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
         match (base, extra) {
             (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
@@ -636,7 +660,12 @@ mod tests {
     #[test]
     fn people_are_told_after_the_status_write_and_the_world_changed_before() {
         use crate::api::canary::HookType;
-        assert!(is_notice(&Action::Event { reason: "WeightIncreased", message: String::new(), warning: false }));
+        assert!(is_notice(&Action::Event {
+            reason: "WeightIncreased",
+            message: String::new(),
+            warning: false,
+            mute_alert: false
+        }));
         assert!(is_notice(&Action::FireHooks(HookType::PostRollout)));
         for change in [
             Action::SetRoutes { primary: 90, canary: 10, mirror: false },

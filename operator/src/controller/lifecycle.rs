@@ -296,10 +296,10 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                     .map_err(|e| workload_error("scaling the target", e))?;
             }
             Step::KeepApexOnTarget => {
-                let selector = services::target_selector(&ctx.client, canary)
+                let pods = services::target_pods(&ctx.client, canary)
                     .await
-                    .map_err(router_error("reading the target's selector"))?;
-                let apex = services::build_apex_service(canary, &selector, ApexTarget::Canary)
+                    .map_err(router_error("reading the target's selector and ports"))?;
+                let apex = services::build_apex_service(canary, &pods, ApexTarget::Canary)
                     .map_err(router_error("building the apex Service"))?;
                 services::apply_service(&ctx.client, &ctx.caches.router_memory(), &handover::released(apex))
                     .await

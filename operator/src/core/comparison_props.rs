@@ -198,7 +198,7 @@ fn drive(
             primary_updated: true,
             primary_template: None,
             fleet: FleetGate::NotInFleet,
-            gates: GateResults { hooks, metrics: results },
+            gates: GateResults { hooks, metrics: results, ..GateResults::default() },
             requests: verb_requests(&annotations),
         };
         let old = status.clone();

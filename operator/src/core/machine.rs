@@ -65,6 +65,9 @@ pub struct GateResults {
     /// Per hook type: `Ok(())` when every webhook of that type answered 2xx,
     /// `Err(message)` naming the first that did not.
     pub hooks: std::collections::BTreeMap<HookType, Result<(), String>>,
+    /// Hook types whose failing webhook has `muteAlert`: the Event saying that webhook
+    /// holds the release sends no alert.
+    pub muted: std::collections::BTreeSet<HookType>,
     /// Metric results, present when metrics ran. A metric that could not be evaluated
     /// (no data, NaN, query error, missing template) is a result with `passed: false`.
     pub metrics: Option<Vec<MetricResult>>,
@@ -109,8 +112,9 @@ pub enum Action {
     /// Call the webhooks of this type; their outcome does not change the decision
     /// (post-rollout).
     FireHooks(HookType),
-    /// Record a Kubernetes Event (and forward it to event webhooks and alerts).
-    Event { reason: &'static str, message: String, warning: bool },
+    /// Record a Kubernetes Event (and forward it to event webhooks and, unless
+    /// `mute_alert`, to alerts).
+    Event { reason: &'static str, message: String, warning: bool, mute_alert: bool },
 }
 
 /// The result of [`decide`].
@@ -567,6 +571,7 @@ pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs:
                     status.phase, classified.event
                 ),
                 warning: true,
+                mute_alert: false,
             }],
             requeue_after: analysis_interval(spec),
             idle: false,
@@ -604,11 +609,17 @@ fn routes(routes: Routes) -> Action {
 }
 
 fn info(reason: &'static str, message: String) -> Action {
-    Action::Event { reason, message, warning: false }
+    Action::Event { reason, message, warning: false, mute_alert: false }
 }
 
 fn warn(reason: &'static str, message: String) -> Action {
-    Action::Event { reason, message, warning: true }
+    Action::Event { reason, message, warning: true, mute_alert: false }
+}
+
+/// An Event saying a confirm webhook of type `hook` holds the release: Flagger alerts
+/// about it unless that webhook has `muteAlert`.
+fn held_by(hook: HookType, gates: &GateResults, reason: &'static str, message: String) -> Action {
+    Action::Event { reason, message, warning: false, mute_alert: gates.muted.contains(&hook) }
 }
 
 fn reset_run(status: &mut CanaryStatus) {
@@ -668,11 +679,15 @@ impl Apply<'_> {
 
         match effect {
             Effect::Hold => match event {
-                Event::TrafficIncreaseRejected => actions.push(info(
+                Event::TrafficIncreaseRejected => actions.push(held_by(
+                    HookType::ConfirmTrafficIncrease,
+                    &obs.gates,
                     "TrafficIncreaseHeld",
                     format!("Checks passed at weight {}; confirm-traffic-increase webhook held the next step ({detail})", old.canary_weight),
                 )),
-                Event::PromotionRejected => actions.push(info(
+                Event::PromotionRejected => actions.push(held_by(
+                    HookType::ConfirmPromotion,
+                    &obs.gates,
                     "WaitingForPromotion",
                     format!("Analysis of {} complete at weight {}; confirm-promotion webhook said not yet ({detail}); checks keep running", short(revision), old.canary_weight),
                 )),
@@ -742,7 +757,9 @@ impl Apply<'_> {
                     ));
                 }
                 match event {
-                    Event::ConfirmRolloutRejected => actions.push(info(
+                    Event::ConfirmRolloutRejected => actions.push(held_by(
+                        HookType::ConfirmRollout,
+                        &obs.gates,
                         "WaitingForApproval",
                         format!("Revision {} waits: confirm-rollout webhook said no ({detail}); asking again in {}", short(revision), human(interval)),
                     )),

@@ -266,7 +266,7 @@ fn observe(
         primary_updated: world.primary_updated,
         primary_template: None,
         fleet,
-        gates: GateResults { hooks, metrics },
+        gates: GateResults { hooks, metrics, ..GateResults::default() },
         requests: Vec::new(),
     };
     (obs, passing_tick)

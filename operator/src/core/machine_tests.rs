@@ -99,7 +99,7 @@ impl Sim {
             primary_updated: self.primary_updated,
             primary_template: self.primary_template.clone(),
             fleet: self.fleet.clone(),
-            gates: GateResults { hooks, metrics },
+            gates: GateResults { muted: self.muted(&hooks), hooks, metrics },
             // Every request on the object, handled or not: `decide` must skip handled ones.
             requests: verb_requests(&self.annotations),
         };
@@ -107,6 +107,13 @@ impl Sim {
         self.status = decision.status.clone();
         self.last_plan = plan;
         decision
+    }
+
+    /// The failing hook types whose webhook has `muteAlert` (as the reconciler finds them).
+    fn muted(&self, hooks: &BTreeMap<HookType, Result<(), String>>) -> std::collections::BTreeSet<HookType> {
+        let webhooks = self.spec.analysis.iter().flat_map(|a| &a.webhooks);
+        let muted: Vec<HookType> = webhooks.filter(|w| w.mute_alert).map(|w| w.type_).collect();
+        hooks.iter().filter(|(hook, outcome)| outcome.is_err() && muted.contains(hook)).map(|(hook, _)| *hook).collect()
     }
 
     /// Waits for the decision's requeue, then reconciles.
@@ -444,6 +451,55 @@ fn confirm_traffic_increase_holds_the_weight() {
     assert_eq!(routes_of(&sim.next_tick()), vec![(50, 50, false)]);
 }
 
+/// `(reason, mute_alert)` of each Event of a decision.
+fn muted_events(decision: &Decision) -> Vec<(&'static str, bool)> {
+    decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, mute_alert, .. } => Some((*reason, *mute_alert)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mute_alert_mutes_the_event_of_the_confirm_webhook_that_holds_the_release() {
+    for mute in [false, true] {
+        let muted = |mut webhook: CanaryWebhook| {
+            webhook.mute_alert = mute;
+            webhook
+        };
+        // confirm-rollout
+        let mut spec = analysis(CanaryAnalysis::default());
+        spec.analysis.as_mut().unwrap().webhooks = vec![muted(hook(HookType::ConfirmRollout))];
+        let mut sim = Sim::new(spec, Provider::Istio);
+        sim.failing_hooks = vec![HookType::ConfirmRollout];
+        assert_eq!(muted_events(&sim.initialized_then_release("r1")), vec![("WaitingForApproval", mute)]);
+
+        // confirm-traffic-increase
+        let mut spec = analysis(CanaryAnalysis { step_weight: Some(50), ..Default::default() });
+        spec.analysis.as_mut().unwrap().webhooks = vec![muted(hook(HookType::ConfirmTrafficIncrease))];
+        let mut sim = Sim::new(spec, Provider::Istio);
+        sim.initialized_then_release("r1");
+        sim.failing_hooks = vec![HookType::ConfirmTrafficIncrease];
+        assert_eq!(muted_events(&sim.next_tick()), vec![("TrafficIncreaseHeld", mute)]);
+        // Other Events of the run are never muted.
+        sim.failing_hooks.clear();
+        assert!(muted_events(&sim.next_tick()).iter().all(|(_, muted)| !muted));
+
+        // confirm-promotion
+        let mut spec = analysis(CanaryAnalysis { step_weight: Some(50), ..Default::default() });
+        spec.analysis.as_mut().unwrap().webhooks = vec![muted(hook(HookType::ConfirmPromotion))];
+        let mut sim = Sim::new(spec, Provider::Istio);
+        sim.failing_hooks = vec![HookType::ConfirmPromotion];
+        sim.initialized_then_release("r1");
+        sim.next_tick();
+        sim.next_tick();
+        assert_eq!(muted_events(&sim.next_tick()), vec![("WaitingForPromotion", mute)]);
+    }
+}
+
 #[test]
 fn step_weight_promotion_walks_traffic_back_one_tick_at_a_time() {
     let mut sim = Sim::new(
@@ -653,7 +709,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
             primary_updated: true,
             primary_template: None,
             fleet: FleetGate::NotInFleet,
-            gates: GateResults { hooks: BTreeMap::new(), metrics: metrics.clone() },
+            gates: GateResults { hooks: BTreeMap::new(), metrics: metrics.clone(), ..GateResults::default() },
             requests: Vec::new(),
         };
         sim.status = decide(&sim.spec, &sim.status, sim.provider, &obs).status;

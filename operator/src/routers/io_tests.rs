@@ -180,8 +180,9 @@ async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
 
 #[tokio::test]
 async fn reconcile_keeps_a_blue_green_switch() {
-    let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
-    let on_canary = kubernetes::build_apex(&canary(), &selector, Weights::canary_only()).unwrap();
+    let pods =
+        services::TargetPods::without_ports(services::PodSelector { key: "app".into(), value: "podinfo".into() });
+    let on_canary = kubernetes::build_apex(&canary(), &pods, Weights::canary_only()).unwrap();
     let apex_path = format!("{SERVICES}/podinfo");
     let (client, calls) = scripted_client(move |method, path| match (method, path) {
         ("GET", DEPLOYMENT) => Reply::Object(deployment()),
@@ -420,5 +421,49 @@ async fn apisix_gloo_and_knative_write_the_same_weights_once() {
         let after_finalize = patches();
         finish(router.set_routes(&canary, weights(80, 20, false))).await.unwrap();
         assert_eq!(patches(), after_finalize + 1, "{provider}: finalize forgets what was written");
+    }
+}
+
+/// Every write of a generated Service (reconcile, a blue/green switch, finalize) carries
+/// the discovered ports: one that left them out would make server-side apply remove them.
+#[tokio::test]
+async fn every_service_write_keeps_the_discovered_ports() {
+    let mut target = deployment();
+    target["spec"]["template"] = json!({ "spec": { "containers": [{ "name": "podinfo", "image": "podinfo",
+        "ports": [{ "name": "http", "containerPort": 9898 }, { "name": "grpc", "containerPort": 9999 }] }] } });
+    let apex_path = format!("{SERVICES}/podinfo");
+    let existing_apex = serde_json::to_value(
+        kubernetes::build_apex(
+            &canary(),
+            &services::TargetPods::without_ports(services::PodSelector { key: "app".into(), value: "podinfo".into() }),
+            Weights::primary_only(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (client, calls) = scripted_client(move |method, path| match (method, path) {
+        ("GET", DEPLOYMENT) => Reply::Object(target.clone()),
+        ("GET", p) if p == apex_path => Reply::Object(existing_apex.clone()),
+        ("GET", _) => Reply::NotFound,
+        _ => Reply::Echo,
+    });
+    let mut discovering = canary();
+    discovering.spec.service.port_discovery = true;
+    let router = router_for(Provider::Kubernetes, client);
+    finish(router.reconcile(&discovering)).await.unwrap();
+    finish(router.set_routes(&discovering, Weights::canary_only())).await.unwrap();
+    finish(router.finalize(&discovering)).await.unwrap();
+    let applied = applies(&calls.lock().unwrap());
+    let service_writes: Vec<_> = applied.iter().filter(|(path, _)| path.starts_with(SERVICES)).collect();
+    assert_eq!(service_writes.len(), 5, "three Services, the switch and the finalize: {service_writes:?}");
+    for (path, service) in service_writes {
+        assert_eq!(
+            service["spec"]["ports"],
+            json!([
+                { "name": "http", "port": 9898, "protocol": "TCP", "targetPort": 9898 },
+                { "name": "grpc", "port": 9999, "protocol": "TCP", "targetPort": 9999 },
+            ]),
+            "{path}"
+        );
     }
 }

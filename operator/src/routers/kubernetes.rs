@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use kube::{Client, ResourceExt};
 
-use super::services::{self, ApexTarget, PodSelector};
+use super::services::{self, ApexTarget, PodSelector, TargetPods};
 use super::{RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
 use crate::api::Canary;
 
@@ -28,11 +28,11 @@ pub fn apex_target_for(weights: Weights) -> Result<ApexTarget, RouterError> {
 }
 
 /// The apex Service for these weights.
-pub fn build_apex(canary: &Canary, selector: &PodSelector, weights: Weights) -> Result<Service, RouterError> {
+pub fn build_apex(canary: &Canary, pods: &TargetPods, weights: Weights) -> Result<Service, RouterError> {
     if !super::ab_matches(canary).is_empty() {
         return Err(unsupported(PROVIDER, "route by header or cookie (A/B testing)"));
     }
-    services::build_apex_service(canary, selector, apex_target_for(weights)?)
+    services::build_apex_service(canary, pods, apex_target_for(weights)?)
 }
 
 /// The weights an apex Service carries.
@@ -66,8 +66,8 @@ impl TrafficRouter for KubernetesRouter {
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
-            let selector = services::target_selector(&self.client, canary).await?;
-            services::apply_service(&self.client, &self.memory, &build_apex(canary, &selector, weights)?).await
+            let pods = services::target_pods(&self.client, canary).await?;
+            services::apply_service(&self.client, &self.memory, &build_apex(canary, &pods, weights)?).await
         })
     }
 
@@ -89,9 +89,9 @@ impl TrafficRouter for KubernetesRouter {
             namespace_of(canary)?;
             // Leaving the apex on the canary pods would strand clients once the canary is
             // scaled to zero; the primary is the safe place.
-            let selector = services::target_selector(&self.client, canary).await?;
+            let pods = services::target_pods(&self.client, canary).await?;
             if services::read_apex(&self.client, canary).await?.is_some() {
-                let apex = services::build_apex_service(canary, &selector, ApexTarget::Primary)?;
+                let apex = services::build_apex_service(canary, &pods, ApexTarget::Primary)?;
                 services::apply_service(&self.client, &self.memory, &apex).await?;
             }
             Ok(())
@@ -110,30 +110,34 @@ mod tests {
         PodSelector { key: "app".into(), value: "podinfo".into() }
     }
 
+    fn pods() -> TargetPods {
+        TargetPods::without_ports(selector())
+    }
+
     #[test]
     fn all_primary_and_all_canary_match_their_manifests() {
-        assert_manifest(&build_apex(&canary(), &selector(), weights(100, 0, false)).unwrap(), "kubernetes_100_0.yaml");
-        assert_manifest(&build_apex(&canary(), &selector(), weights(0, 100, false)).unwrap(), "kubernetes_0_100.yaml");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(100, 0, false)).unwrap(), "kubernetes_100_0.yaml");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(0, 100, false)).unwrap(), "kubernetes_0_100.yaml");
     }
 
     #[test]
     fn a_split_is_rejected() {
-        let err = build_apex(&canary(), &selector(), weights(90, 10, false)).unwrap_err();
+        let err = build_apex(&canary(), &pods(), weights(90, 10, false)).unwrap_err();
         assert!(matches!(err, RouterError::Unsupported { provider: "kubernetes", .. }), "{err}");
         assert!(err.to_string().contains("90%"), "{err}");
     }
 
     #[test]
     fn mirroring_and_ab_are_rejected() {
-        assert!(build_apex(&canary(), &selector(), weights(100, 0, true)).is_err());
-        assert!(build_apex(&ab_canary(), &selector(), weights(0, 100, false)).is_err());
+        assert!(build_apex(&canary(), &pods(), weights(100, 0, true)).is_err());
+        assert!(build_apex(&ab_canary(), &pods(), weights(0, 100, false)).is_err());
     }
 
     proptest! {
         #[test]
         fn weights_round_trip_or_are_rejected(canary_weight in 0u8..=100, mirror in any::<bool>()) {
             let w = weights(100 - canary_weight, canary_weight, mirror);
-            match build_apex(&canary(), &selector(), w) {
+            match build_apex(&canary(), &pods(), w) {
                 Ok(apex) => {
                     prop_assert!(!mirror && (canary_weight == 0 || canary_weight == 100));
                     prop_assert_eq!(weights_of(&apex, &selector()).unwrap(), w);

@@ -896,7 +896,8 @@ mod tests {
         assert_eq!(knative.is_ok(), Provider::Knative.supports_matching());
         let knative = knative::build_traffic(&testing::canary(), "a", Some("b"), mirrored);
         assert_eq!(knative.is_ok(), Provider::Knative.supports_mirroring());
-        let selector = services::PodSelector { key: "app".into(), value: "podinfo".into() };
+        let selector =
+            services::TargetPods::without_ports(services::PodSelector { key: "app".into(), value: "podinfo".into() });
         assert!(kubernetes::build_apex(&testing::canary(), &selector, mirrored).is_err());
         assert!(kubernetes::build_apex(&exact_ab, &selector, Weights::canary_only()).is_err());
         assert!(!Provider::Kubernetes.supports_mirroring() && !Provider::Kubernetes.supports_matching());

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Container, Service, ServicePort, ServiceSpec};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
@@ -16,6 +16,7 @@ use super::{
     FIELD_MANAGER, RouterError, RouterMemory, ServiceNames, canary_key, generated_metadata, ledger_key, namespace_of,
 };
 use crate::api::Canary;
+use crate::api::canary::CanaryService;
 use crate::api::common::{CustomMetadata, IntOrString};
 
 /// Selector label keys, in the order they are looked for in the target's selector.
@@ -70,6 +71,93 @@ impl PodSelector {
     }
 }
 
+/// Containers whose ports are never discovered: service-mesh proxies (Flagger's list).
+pub const SIDECARS: [&str; 2] = ["istio-proxy", "envoy"];
+
+/// What the generated Services take from the target's pod template: the label that tells
+/// primary pods from canary pods, and the ports `service.portDiscovery` adds beside the
+/// main one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetPods {
+    pub selector: PodSelector,
+    pub discovered_ports: Vec<ServicePort>,
+}
+
+impl TargetPods {
+    /// Reads both from the target Deployment (its template is the canary's).
+    pub fn of_deployment(canary: &Canary, deployment: &Deployment) -> Result<Self, RouterError> {
+        let selector = PodSelector::of_deployment(deployment)?;
+        let containers = deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .map(|pod| pod.containers.as_slice())
+            .unwrap_or_default();
+        Ok(TargetPods { selector, discovered_ports: discovered_ports(&canary.spec.service, containers) })
+    }
+
+    /// Pods told apart by `selector`, with no discovered port.
+    #[cfg(test)]
+    pub fn without_ports(selector: PodSelector) -> Self {
+        TargetPods { selector, discovered_ports: Vec::new() }
+    }
+}
+
+/// Flagger's port discovery (`getPorts`): every port of every container but the mesh
+/// proxies ([`SIDECARS`]), except the main one (the container port `targetPort` names
+/// by number or name; `port` when there is no `targetPort`). Each is named after its
+/// container port, `tcp-<container>-<index>` when unnamed, TCP whatever the container
+/// says, with the same number outside and in; of two with the same name the later wins.
+/// None when `portDiscovery` is off.
+///
+/// Beyond Flagger, which would have the API server refuse the Service: a port whose name
+/// or number the main port (or an earlier discovered port) already has is left out.
+/// Sorted by number, then name, so the Service does not change from one read to the next.
+pub fn discovered_ports(service: &CanaryService, containers: &[Container]) -> Vec<ServicePort> {
+    if !service.port_discovery {
+        return Vec::new();
+    }
+    let is_main = |port: &k8s_openapi::api::core::v1::ContainerPort| match &service.target_port {
+        None => port.container_port == service.port,
+        Some(IntOrString::Int(number)) => port.container_port == *number,
+        Some(IntOrString::String(name)) => port.name.as_deref() == Some(name.as_str()),
+    };
+    let mut by_name: BTreeMap<String, i32> = BTreeMap::new();
+    for container in containers.iter().filter(|c| !SIDECARS.contains(&c.name.as_str())) {
+        for (index, port) in container.ports.iter().flatten().enumerate() {
+            if is_main(port) {
+                continue;
+            }
+            let name = match port.name.as_deref() {
+                Some(name) if !name.is_empty() => name.to_string(),
+                _ => format!("tcp-{}-{index}", container.name),
+            };
+            by_name.insert(name, port.container_port);
+        }
+    }
+    let mut ports: Vec<(i32, String)> = by_name.into_iter().map(|(name, number)| (number, name)).collect();
+    ports.sort();
+    let main_name = service.port_name.clone().unwrap_or_else(|| "http".into());
+    let mut taken_names = vec![main_name];
+    let mut taken_numbers = vec![service.port];
+    let mut discovered = Vec::new();
+    for (number, name) in ports {
+        if taken_names.contains(&name) || taken_numbers.contains(&number) {
+            continue;
+        }
+        taken_names.push(name.clone());
+        taken_numbers.push(number);
+        discovered.push(ServicePort {
+            name: Some(name),
+            port: number,
+            target_port: Some(IntOrString::Int(number)),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        });
+    }
+    discovered
+}
+
 /// Which pods the apex Service sends traffic to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApexTarget {
@@ -82,12 +170,19 @@ fn service(
     name: &str,
     custom: Option<&CustomMetadata>,
     selector: BTreeMap<String, String>,
+    discovered_ports: &[ServicePort],
     headless: bool,
 ) -> Result<Service, RouterError> {
     let spec = &canary.spec.service;
     let empty = CustomMetadata::default();
     let custom = custom.unwrap_or(&empty);
-    let port = ServicePort {
+    // Keys another controller owns are not in what petrel applies: server-side apply then
+    // neither overwrites nor removes what that controller set.
+    let custom = match &spec.unmanaged_metadata {
+        Some(unmanaged) => unmanaged.strip(custom),
+        None => custom.clone(),
+    };
+    let main_port = ServicePort {
         name: Some(spec.port_name.clone().unwrap_or_else(|| "http".into())),
         port: spec.port,
         target_port: Some(spec.target_port.clone().unwrap_or(IntOrString::Int(spec.port))),
@@ -101,7 +196,7 @@ fn service(
             type_: Some("ClusterIP".into()),
             cluster_ip: headless.then(|| "None".to_string()),
             selector: Some(selector),
-            ports: Some(vec![port]),
+            ports: Some(std::iter::once(main_port).chain(discovered_ports.iter().cloned()).collect()),
             traffic_distribution: spec.traffic_distribution.clone(),
             ..ServiceSpec::default()
         }),
@@ -111,25 +206,30 @@ fn service(
 
 /// The apex Service `<svc>`, pointing at the primary or (blue/green with provider
 /// `kubernetes`) the canary pods.
-pub fn build_apex_service(canary: &Canary, selector: &PodSelector, target: ApexTarget) -> Result<Service, RouterError> {
+pub fn build_apex_service(canary: &Canary, pods: &TargetPods, target: ApexTarget) -> Result<Service, RouterError> {
     let labels = match target {
-        ApexTarget::Primary => selector.primary_labels(),
-        ApexTarget::Canary => selector.canary_labels(),
+        ApexTarget::Primary => pods.selector.primary_labels(),
+        ApexTarget::Canary => pods.selector.canary_labels(),
     };
+    let name = ServiceNames::of(canary).apex;
     // The apex is what clients resolve; it is never headless so it keeps one stable address.
-    service(canary, &ServiceNames::of(canary).apex, canary.spec.service.apex.as_ref(), labels, false)
+    service(canary, &name, canary.spec.service.apex.as_ref(), labels, &pods.discovered_ports, false)
 }
 
 /// `<svc>-primary`, selecting the primary pods.
-pub fn build_primary_service(canary: &Canary, selector: &PodSelector) -> Result<Service, RouterError> {
+pub fn build_primary_service(canary: &Canary, pods: &TargetPods) -> Result<Service, RouterError> {
     let spec = &canary.spec.service;
-    service(canary, &ServiceNames::of(canary).primary, spec.primary.as_ref(), selector.primary_labels(), spec.headless)
+    let name = ServiceNames::of(canary).primary;
+    let labels = pods.selector.primary_labels();
+    service(canary, &name, spec.primary.as_ref(), labels, &pods.discovered_ports, spec.headless)
 }
 
 /// `<svc>-canary`, selecting the canary pods.
-pub fn build_canary_service(canary: &Canary, selector: &PodSelector) -> Result<Service, RouterError> {
+pub fn build_canary_service(canary: &Canary, pods: &TargetPods) -> Result<Service, RouterError> {
     let spec = &canary.spec.service;
-    service(canary, &ServiceNames::of(canary).canary, spec.canary.as_ref(), selector.canary_labels(), spec.headless)
+    let name = ServiceNames::of(canary).canary;
+    let labels = pods.selector.canary_labels();
+    service(canary, &name, spec.canary.as_ref(), labels, &pods.discovered_ports, spec.headless)
 }
 
 /// Which pods an existing apex Service selects.
@@ -162,6 +262,16 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 
 /// Reads the target Deployment's pod selector.
 pub async fn target_selector(client: &Client, canary: &Canary) -> Result<PodSelector, RouterError> {
+    PodSelector::of_deployment(&read_target(client, canary).await?)
+}
+
+/// Reads what the generated Services take from the target Deployment (see [`TargetPods`]):
+/// every writer of a generated Service builds it from this, so none drops a discovered port.
+pub async fn target_pods(client: &Client, canary: &Canary) -> Result<TargetPods, RouterError> {
+    TargetPods::of_deployment(canary, &read_target(client, canary).await?)
+}
+
+async fn read_target(client: &Client, canary: &Canary) -> Result<Deployment, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = &canary.spec.target_ref.name;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
@@ -181,7 +291,7 @@ pub async fn target_selector(client: &Client, canary: &Canary) -> Result<PodSele
             name: name.clone(),
             reason: format!("it is the targetRef of Canary {}", canary_key(canary)),
         })?;
-    PodSelector::of_deployment(&deployment)
+    Ok(deployment)
 }
 
 pub(crate) async fn read_apex(client: &Client, canary: &Canary) -> Result<Option<Service>, RouterError> {
@@ -236,13 +346,13 @@ pub async fn ensure_services(
     memory: &RouterMemory,
     canary: &Canary,
 ) -> Result<PodSelector, RouterError> {
-    let selector = target_selector(client, canary).await?;
+    let pods = target_pods(client, canary).await?;
     let existing_apex = read_apex(client, canary).await?;
-    let apex_target = apex_target_to_keep(existing_apex.as_ref(), &selector);
-    apply_service(client, memory, &build_primary_service(canary, &selector)?).await?;
-    apply_service(client, memory, &build_canary_service(canary, &selector)?).await?;
-    apply_service(client, memory, &build_apex_service(canary, &selector, apex_target)?).await?;
-    Ok(selector)
+    let apex_target = apex_target_to_keep(existing_apex.as_ref(), &pods.selector);
+    apply_service(client, memory, &build_primary_service(canary, &pods)?).await?;
+    apply_service(client, memory, &build_canary_service(canary, &pods)?).await?;
+    apply_service(client, memory, &build_apex_service(canary, &pods, apex_target)?).await?;
+    Ok(pods.selector)
 }
 
 #[cfg(test)]
@@ -252,6 +362,10 @@ mod tests {
 
     fn app_selector() -> PodSelector {
         PodSelector { key: "app".into(), value: "podinfo".into() }
+    }
+
+    fn app_pods() -> TargetPods {
+        TargetPods::without_ports(app_selector())
     }
 
     #[test]
@@ -270,10 +384,10 @@ mod tests {
     #[test]
     fn the_three_services_match_their_manifests() {
         let canary = canary();
-        let selector = app_selector();
-        assert_manifest(&build_apex_service(&canary, &selector, ApexTarget::Primary).unwrap(), "service_apex.yaml");
-        assert_manifest(&build_primary_service(&canary, &selector).unwrap(), "service_primary.yaml");
-        assert_manifest(&build_canary_service(&canary, &selector).unwrap(), "service_canary.yaml");
+        let pods = app_pods();
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex.yaml");
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary.yaml");
+        assert_manifest(&build_canary_service(&canary, &pods).unwrap(), "service_canary.yaml");
     }
 
     #[test]
@@ -288,10 +402,10 @@ mod tests {
             labels: BTreeMap::from([("team".to_string(), "payments".to_string())]),
             annotations: BTreeMap::from([("note".to_string(), "stable".to_string())]),
         });
-        let selector = PodSelector { key: "app.kubernetes.io/name".into(), value: "web".into() };
-        assert_manifest(&build_primary_service(&canary, &selector).unwrap(), "service_primary_options.yaml");
+        let pods = TargetPods::without_ports(PodSelector { key: "app.kubernetes.io/name".into(), value: "web".into() });
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary_options.yaml");
         // The apex stays addressable even when the others are headless.
-        let apex = build_apex_service(&canary, &selector, ApexTarget::Canary).unwrap();
+        let apex = build_apex_service(&canary, &pods, ApexTarget::Canary).unwrap();
         assert_eq!(apex.spec.as_ref().unwrap().cluster_ip, None);
         assert_eq!(apex.metadata.name.as_deref(), Some("web"));
     }
@@ -303,7 +417,7 @@ mod tests {
             labels: BTreeMap::from([(super::super::MANAGED_BY_LABEL.to_string(), "helm".to_string())]),
             annotations: BTreeMap::new(),
         });
-        let apex = build_apex_service(&canary, &app_selector(), ApexTarget::Primary).unwrap();
+        let apex = build_apex_service(&canary, &app_pods(), ApexTarget::Primary).unwrap();
         assert_eq!(apex.labels().get(super::super::MANAGED_BY_LABEL).map(String::as_str), Some("petrel"));
     }
 
@@ -312,7 +426,7 @@ mod tests {
         let canary = canary();
         let selector = app_selector();
         for target in [ApexTarget::Primary, ApexTarget::Canary] {
-            let apex = build_apex_service(&canary, &selector, target).unwrap();
+            let apex = build_apex_service(&canary, &app_pods(), target).unwrap();
             assert_eq!(apex_target_of(&apex, &selector).unwrap(), target);
             assert_eq!(apex_target_to_keep(Some(&apex), &selector), target);
         }
@@ -322,10 +436,154 @@ mod tests {
     fn a_foreign_apex_selector_is_reset_to_the_primary() {
         let canary = canary();
         let selector = app_selector();
-        let mut apex = build_apex_service(&canary, &selector, ApexTarget::Canary).unwrap();
+        let mut apex = build_apex_service(&canary, &app_pods(), ApexTarget::Canary).unwrap();
         apex.spec.as_mut().unwrap().selector = Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
         assert!(apex_target_of(&apex, &selector).is_err());
         assert_eq!(apex_target_to_keep(Some(&apex), &selector), ApexTarget::Primary);
         assert_eq!(apex_target_to_keep(None, &selector), ApexTarget::Primary);
+    }
+
+    fn container(name: &str, ports: &[(Option<&str>, i32, &str)]) -> Container {
+        Container {
+            name: name.into(),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(port_name, number, protocol)| k8s_openapi::api::core::v1::ContainerPort {
+                        name: port_name.map(str::to_string),
+                        container_port: *number,
+                        protocol: Some(protocol.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Container::default()
+        }
+    }
+
+    fn names_and_numbers(ports: &[ServicePort]) -> Vec<(String, i32)> {
+        ports.iter().map(|p| (p.name.clone().unwrap_or_default(), p.port)).collect()
+    }
+
+    /// A podinfo-like pod: the app (http 9898, an unnamed gRPC port, metrics over UDP),
+    /// a log shipper with an unnamed port, and an Istio proxy.
+    fn pod() -> Vec<Container> {
+        vec![
+            container("podinfo", &[(Some("http"), 9898, "TCP"), (None, 9999, "TCP"), (Some("metrics"), 9797, "UDP")]),
+            container("shipper", &[(None, 2020, "TCP")]),
+            container("istio-proxy", &[(Some("http-envoy-prom"), 15090, "TCP")]),
+        ]
+    }
+
+    #[test]
+    fn port_discovery_adds_every_container_port_as_flagger_names_them() {
+        let mut canary = canary();
+        assert!(discovered_ports(&canary.spec.service, &pod()).is_empty(), "off unless portDiscovery is set");
+        canary.spec.service.port_discovery = true;
+        let ports = discovered_ports(&canary.spec.service, &pod());
+        // The main port (9898) and the sidecar's are skipped; unnamed ports are
+        // tcp-<container>-<index>; every port is TCP with targetPort = port.
+        assert_eq!(
+            names_and_numbers(&ports),
+            vec![("tcp-shipper-0".into(), 2020), ("metrics".into(), 9797), ("tcp-podinfo-1".into(), 9999)]
+        );
+        assert!(ports.iter().all(|p| p.protocol.as_deref() == Some("TCP")));
+        assert!(ports.iter().all(|p| p.target_port == Some(IntOrString::Int(p.port))));
+
+        let pods = TargetPods { selector: app_selector(), discovered_ports: ports };
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex_ports.yaml");
+        for service in [build_primary_service(&canary, &pods).unwrap(), build_canary_service(&canary, &pods).unwrap()] {
+            let all = names_and_numbers(service.spec.as_ref().unwrap().ports.as_ref().unwrap());
+            assert_eq!(all.len(), 4, "{all:?}");
+            assert_eq!(all[0], ("http".into(), 9898), "the main port comes first");
+        }
+    }
+
+    #[test]
+    fn port_discovery_skips_the_target_port_by_number_or_name() {
+        let mut canary = canary();
+        canary.spec.service.port_discovery = true;
+        canary.spec.service.port = 80;
+        canary.spec.service.target_port = Some(IntOrString::Int(9999));
+        let by_number = names_and_numbers(&discovered_ports(&canary.spec.service, &pod()));
+        // 9898 is no longer the main port, but its name `http` is the main port's: a second
+        // port of that name would be refused.
+        assert_eq!(by_number, vec![("tcp-shipper-0".into(), 2020), ("metrics".into(), 9797)]);
+        canary.spec.service.target_port = Some(IntOrString::String("metrics".into()));
+        canary.spec.service.port_name = Some("web".into());
+        let by_name = names_and_numbers(&discovered_ports(&canary.spec.service, &pod()));
+        assert_eq!(
+            by_name,
+            vec![("tcp-shipper-0".into(), 2020), ("http".into(), 9898), ("tcp-podinfo-1".into(), 9999)]
+        );
+    }
+
+    #[test]
+    fn discovered_ports_never_clash_with_the_main_port() {
+        let mut canary = canary();
+        canary.spec.service.port_discovery = true;
+        canary.spec.service.port = 80;
+        canary.spec.service.target_port = Some(IntOrString::Int(8080));
+        let containers = vec![container("app", &[(Some("admin"), 80, "TCP"), (Some("web"), 8080, "TCP")])];
+        assert!(discovered_ports(&canary.spec.service, &containers).is_empty());
+    }
+
+    #[test]
+    fn unmanaged_keys_are_left_out_of_what_petrel_applies() {
+        use crate::api::common::UnmanagedMetadata;
+        let mut canary = canary();
+        let custom = CustomMetadata {
+            labels: BTreeMap::from([("team".to_string(), "a".to_string()), ("tier".to_string(), "web".to_string())]),
+            annotations: BTreeMap::from([
+                ("external-dns.alpha.kubernetes.io/hostname".to_string(), "a.example.com".to_string()),
+                ("note".to_string(), "kept".to_string()),
+            ]),
+        };
+        canary.spec.service.apex = Some(custom.clone());
+        canary.spec.service.primary = Some(custom.clone());
+        canary.spec.service.canary = Some(custom);
+        canary.spec.service.unmanaged_metadata = Some(UnmanagedMetadata {
+            labels: vec!["tier".into()],
+            annotations: vec!["external-dns.alpha.kubernetes.io/hostname".into()],
+        });
+        let pods = app_pods();
+        for service in [
+            build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(),
+            build_primary_service(&canary, &pods).unwrap(),
+            build_canary_service(&canary, &pods).unwrap(),
+        ] {
+            let name = service.name_any();
+            assert!(!service.labels().contains_key("tier"), "{name}");
+            assert!(!service.annotations().contains_key("external-dns.alpha.kubernetes.io/hostname"), "{name}");
+            // Keys not declared unmanaged are managed as before, petrel's own included.
+            assert_eq!(service.labels().get("team").map(String::as_str), Some("a"), "{name}");
+            assert_eq!(service.annotations().get("note").map(String::as_str), Some("kept"), "{name}");
+            assert_eq!(service.labels().get(super::super::MANAGED_BY_LABEL).map(String::as_str), Some("petrel"));
+        }
+    }
+
+    #[test]
+    fn each_service_gets_its_own_metadata() {
+        let mut canary = canary();
+        let one = |key: &str| CustomMetadata {
+            labels: BTreeMap::from([(key.to_string(), "yes".to_string())]),
+            annotations: BTreeMap::from([(key.to_string(), "yes".to_string())]),
+        };
+        canary.spec.service.apex = Some(one("apex"));
+        canary.spec.service.primary = Some(one("primary"));
+        canary.spec.service.canary = Some(one("canary"));
+        let pods = app_pods();
+        let built = [
+            ("apex", build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap()),
+            ("primary", build_primary_service(&canary, &pods).unwrap()),
+            ("canary", build_canary_service(&canary, &pods).unwrap()),
+        ];
+        for (which, service) in &built {
+            for key in ["apex", "primary", "canary"] {
+                let expected = (key == *which).then_some("yes");
+                assert_eq!(service.labels().get(key).map(String::as_str), expected, "{which}: label {key}");
+                assert_eq!(service.annotations().get(key).map(String::as_str), expected, "{which}: annotation {key}");
+            }
+        }
     }
 }
