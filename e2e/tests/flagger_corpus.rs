@@ -6,6 +6,10 @@
 //!   against the doc) and every object must be accepted;
 //! - each object of `refused.yaml` names the rows (or the message) it must be refused with,
 //!   every `refused` row is covered, and the API server's answer must carry that message.
+//!
+//! And `kubectl petrel import` against live Flagger objects (Flagger's CRDs from
+//! `e2e/crds/flagger/`): the dry run prints petrel's objects and the report and writes
+//! nothing; the import writes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,6 +20,40 @@ use petrel_e2e::fleet::{Fleet, FleetOptions};
 use petrel_e2e::scenario::{kubectl, workspace_root};
 use serde::Deserialize;
 use serde_json::Value;
+
+/// One control plane with the CRDs of the given directories (relative to the workspace).
+struct ControlPlane {
+    // Kept for its lifetime: dropping it stops the control plane.
+    _fleet: Fleet,
+    dir: PathBuf,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    async fn start(name: &str, crd_dirs: &[&str]) -> Result<ControlPlane> {
+        let dir = std::env::temp_dir().join(format!("petrel-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin_dir = tokio::task::spawn_blocking(petrel_e2e::fleet::ensure_binaries).await??;
+        let mut opts = FleetOptions::new(dir.join("fleet"), [name]);
+        opts.bin_dir = Some(bin_dir);
+        opts.nodes_per_cluster = 1;
+        let fleet = Fleet::start(opts).await.context("starting the control plane")?;
+        let cluster = fleet.cluster(name)?;
+        let kubectl_bin = fleet.binaries().path("kubectl");
+        let kubeconfig = cluster.kubeconfig_path.clone();
+        for crds in crd_dirs {
+            let crds = workspace_root().join(crds).to_string_lossy().into_owned();
+            kubectl(&kubectl_bin, &kubeconfig, &["apply", "--server-side", "-f", &crds])?;
+        }
+        kubectl(&kubectl_bin, &kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+        Ok(ControlPlane { _fleet: fleet, dir, kubectl: kubectl_bin, kubeconfig })
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        kubectl(&self.kubectl, &self.kubeconfig, args)
+    }
+}
 
 fn read(relative: &str) -> Result<String> {
     let path = workspace_root().join(relative);
@@ -147,31 +185,20 @@ async fn flagger_corpus_is_accepted_or_refused_as_documented() -> Result<()> {
     ensure!(missing.is_empty(), "refused.yaml has no object for these refused fields: {missing:?}");
 
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("petrel-e2e-flagger-corpus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let bin_dir = tokio::task::spawn_blocking(petrel_e2e::fleet::ensure_binaries).await??;
-    let mut opts = FleetOptions::new(dir.join("fleet"), ["corpus"]);
-    opts.bin_dir = Some(bin_dir);
-    opts.nodes_per_cluster = 1;
-    let fleet = Fleet::start(opts).await.context("starting the control plane")?;
-    let cluster = fleet.cluster("corpus")?;
-    let kubectl_bin = fleet.binaries().path("kubectl");
-    let kubeconfig = cluster.kubeconfig_path.clone();
-    let crds = workspace_root().join("crds").to_string_lossy().into_owned();
-    kubectl(&kubectl_bin, &kubeconfig, &["apply", "--server-side", "-f", &crds])?;
-    kubectl(&kubectl_bin, &kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+    let plane = ControlPlane::start("flagger-corpus", &["crds"]).await?;
+    let (dir, kubectl_bin, kubeconfig) = (&plane.dir, &plane.kubectl, &plane.kubeconfig);
     eprintln!("[flagger-corpus] control plane and CRDs ready after {:.1?}", started.elapsed());
     let objects: PathBuf = dir.join("objects");
     std::fs::create_dir_all(&objects)?;
 
     let mut failures = Vec::new();
     for object in &accepted {
-        if let Err(refusal) = dry_run(&kubectl_bin, &kubeconfig, &objects, object)? {
+        if let Err(refusal) = dry_run(kubectl_bin, kubeconfig, &objects, object)? {
             failures.push(format!("{} was refused: {refusal}", name_of(object)));
         }
     }
     for (object, messages) in &expected {
-        match dry_run(&kubectl_bin, &kubeconfig, &objects, object)? {
+        match dry_run(kubectl_bin, kubeconfig, &objects, object)? {
             Ok(()) => failures.push(format!("{} was accepted; expected a refusal with {messages:?}", name_of(object))),
             Err(refusal) => {
                 for message in messages.iter().filter(|m| !refusal.contains(m.as_str())) {
@@ -188,5 +215,198 @@ async fn flagger_corpus_is_accepted_or_refused_as_documented() -> Result<()> {
         started.elapsed()
     );
     ensure!(failures.is_empty(), "the corpus does not behave as documented:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+/// The Flagger objects of the import case: namespace `shop` (read) and `other` (not read
+/// without `-A`).
+const FLAGGER_OBJECTS: &str = r#"
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata:
+  name: latency
+  namespace: shop
+spec:
+  provider:
+    type: prometheus
+    address: http://prometheus.monitoring:9090
+    secretRef:
+      name: prom-basic-auth
+  query: histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket[{{ interval }}])) by (le))
+---
+apiVersion: flagger.app/v1beta1
+kind: AlertProvider
+metadata:
+  name: on-call
+  namespace: shop
+spec:
+  type: slack
+  channel: on-call
+  secretRef:
+    name: slack-url
+---
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: podinfo
+  namespace: shop
+  labels:
+    team: web
+spec:
+  provider: istio
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: podinfo
+  service:
+    port: 9898
+    meshName: global
+    retries:
+      attempts: 3
+  analysis:
+    interval: 1m
+    threshold: 5
+    stepWeight: 10
+    maxWeight: 50
+    metrics:
+      - name: latency
+        templateRef:
+          name: latency
+        thresholdRange:
+          max: 500
+    alerts:
+      - name: on-call
+        providerRef:
+          name: on-call
+---
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: legacy
+  namespace: shop
+spec:
+  provider: appmesh
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: legacy
+  service:
+    port: 80
+---
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: elsewhere
+  namespace: other
+spec:
+  provider: linkerd
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: elsewhere
+  service:
+    port: 80
+"#;
+
+fn run_plugin(plane: &ControlPlane, binary: &std::path::Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&plane.kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running kubectl-petrel {args:?}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_reads_live_flagger_objects_and_writes_petrel_ones() -> Result<()> {
+    let started = Instant::now();
+    let binary = tokio::task::spawn_blocking(petrel_e2e::scenario::plugin_binary).await??;
+    let plane = ControlPlane::start("flagger-import", &["crds", "e2e/crds/flagger"]).await?;
+    plane.kubectl(&["create", "namespace", "shop"])?;
+    plane.kubectl(&["create", "namespace", "other"])?;
+    let file = plane.dir.join("flagger-objects.yaml");
+    std::fs::write(&file, FLAGGER_OBJECTS)?;
+    plane.kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()])?;
+    eprintln!("[flagger-import] control plane, CRDs and Flagger objects ready after {:.1?}", started.elapsed());
+
+    // The dry run prints, reports and writes nothing.
+    let (ok, stdout, report) = run_plugin(&plane, &binary, &["import", "-n", "shop", "--dry-run"])?;
+    ensure!(ok, "import --dry-run failed:\n{stdout}\n{report}");
+    let printed: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(Value::deserialize)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("the dry run prints YAML")?
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect();
+    let printed_names: Vec<String> = printed.iter().map(name_of).collect();
+    ensure!(
+        printed_names == ["MetricTemplate/latency", "AlertProvider/on-call", "Canary/podinfo"],
+        "printed {printed_names:?}\n{report}"
+    );
+    ensure!(printed.iter().all(|o| o["apiVersion"] == "petrel.dev/v1alpha1"), "{stdout}");
+    let canary = &printed[2];
+    ensure!(canary["spec"]["service"].get("meshName").is_none(), "meshName kept: {stdout}");
+    ensure!(canary["spec"]["service"]["retries"]["attempts"] == 3, "{stdout}");
+    ensure!(canary["metadata"]["labels"]["team"] == "web", "{stdout}");
+    for expected in [
+        "4 Flagger object(s) read, 3 petrel object(s) printed",
+        "Canary shop/podinfo: dropped spec.service.meshName: service.meshName and service.backends are AWS App Mesh settings",
+        "Canary shop/legacy: not imported: provider appmesh",
+        "MetricTemplate shop/latency: reads Secret prom-basic-auth",
+        "AlertProvider shop/on-call: reads Secret slack-url",
+        "Canary shop/podinfo: hand-over:",
+    ] {
+        ensure!(report.contains(expected), "{expected:?} not in the report:\n{report}");
+    }
+    ensure!(!report.contains("elsewhere"), "another namespace was read:\n{report}");
+    let none = plane.kubectl(&[
+        "get",
+        "canaries.petrel.dev,metrictemplates.petrel.dev,alertproviders.petrel.dev",
+        "-A",
+        "-o",
+        "name",
+    ])?;
+    ensure!(none.trim().is_empty(), "the dry run wrote {none}");
+
+    // Every namespace: the other one's Canary too.
+    let (ok, _, all) = run_plugin(&plane, &binary, &["import", "-A", "--dry-run"])?;
+    ensure!(ok && all.contains("5 Flagger object(s) read, 4 petrel object(s) printed"), "{all}");
+
+    // The import writes them; the API server accepts each.
+    let (ok, stdout, report) = run_plugin(&plane, &binary, &["import", "-n", "shop"])?;
+    ensure!(ok, "import failed:\n{stdout}\n{report}");
+    let written = plane.kubectl(&[
+        "get",
+        "canaries.petrel.dev,metrictemplates.petrel.dev,alertproviders.petrel.dev",
+        "-n",
+        "shop",
+        "-o",
+        "name",
+    ])?;
+    let mut written: Vec<&str> = written.lines().collect();
+    written.sort_unstable();
+    ensure!(
+        written
+            == ["alertprovider.petrel.dev/on-call", "canary.petrel.dev/podinfo", "metrictemplate.petrel.dev/latency"],
+        "written: {written:?}\n{report}"
+    );
+    let port = plane.kubectl(&[
+        "get",
+        "canaries.petrel.dev",
+        "podinfo",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.service.port} {.spec.analysis.metrics[0].templateRef.name}",
+    ])?;
+    ensure!(port == "9898 latency", "the written Canary: {port}");
+    eprintln!("[flagger-import] done in {:.1?}", started.elapsed());
     Ok(())
 }
