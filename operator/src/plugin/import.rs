@@ -127,7 +127,7 @@ pub fn convert(object: &Value) -> (Option<Value>, Vec<Finding>) {
                 }
             }
             note(format!(
-                "hand-over: Flagger's Canary still owns {}-primary and its Services and routes; petrel leaves them alone (Stalled, PrimaryNameTaken) until Flagger lets go of them (docs/flagger.md, Migration)",
+                "hand-over: where Flagger runs this Canary it owns {}-primary, its Services and routes, and petrel leaves them alone (Stalled, PrimaryNameTaken) until they are handed over (docs/flagger.md, Migration)",
                 spec["targetRef"]["name"].as_str().unwrap_or("<target>")
             ));
         }
@@ -277,7 +277,10 @@ mod tests {
         // The only finding is the hand-over.
         let messages: Vec<&str> = imported.findings.iter().map(|f| f.message.as_str()).collect();
         assert_eq!(messages.len(), 1, "{messages:?}");
-        assert!(messages[0].starts_with("hand-over: Flagger's Canary still owns podinfo-primary"), "{messages:?}");
+        assert!(
+            messages[0].starts_with("hand-over: where Flagger runs this Canary it owns podinfo-primary"),
+            "{messages:?}"
+        );
         assert_eq!(imported.findings[0].object, "Canary test/podinfo");
     }
 
