@@ -340,7 +340,7 @@ pub struct TestEnv {
 
 /// Applies every YAML manifest of `dir` server-side with the harness's kubectl.
 /// Runs kubectl against `kubeconfig` and returns its output; a failure carries its stderr.
-pub(crate) fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+pub fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(kubectl)
         .arg("--kubeconfig")
         .arg(kubeconfig)

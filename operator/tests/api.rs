@@ -357,6 +357,36 @@ fn unknown_provider_is_rejected() {
 }
 
 #[test]
+fn app_mesh_service_fields_are_refused_with_the_reason() {
+    let message = petrel::api::canary::APP_MESH_FIELDS_MESSAGE;
+    assert_rejected(with(base(), "/spec/service/meshName", "global".into()), message);
+    assert_rejected(with(base(), "/spec/service/backends", serde_json::json!(["backend.default"])), message);
+}
+
+#[test]
+fn references_name_the_kind_petrel_reads() {
+    use serde_json::json;
+    let nginx = with(base(), "/spec/provider", "nginx".into());
+    let ingress = |api_version: &str, kind: &str| {
+        with(nginx.clone(), "/spec/ingressRef", json!({"apiVersion": api_version, "kind": kind, "name": "podinfo"}))
+    };
+    accepted(ingress("networking.k8s.io/v1", "Ingress"));
+    accepted(with(nginx.clone(), "/spec/ingressRef", json!({"name": "podinfo"})));
+    assert_rejected(ingress("extensions/v1beta1", "Ingress"), "ingressRef must name an Ingress");
+    assert_rejected(ingress("networking.k8s.io/v1", "HTTPRoute"), "ingressRef must name an Ingress");
+    let route = |api_version: &str| {
+        with(base(), "/spec/routeRef", json!({"apiVersion": api_version, "kind": "ApisixRoute", "name": "podinfo"}))
+    };
+    accepted(route("apisix.apache.org/v2"));
+    assert_rejected(route("apisix.apache.org/v1"), "routeRef must name an ApisixRoute");
+    let upstream = |kind: &str| {
+        with(base(), "/spec/upstreamRef", json!({"apiVersion": "gloo.solo.io/v1", "kind": kind, "name": "up"}))
+    };
+    accepted(upstream("Upstream"));
+    assert_rejected(upstream("Service"), "upstreamRef must name an Upstream");
+}
+
+#[test]
 fn retired_providers_are_rejected_with_the_reason() {
     for provider in ["appmesh", "appmesh:v1beta2", "osm"] {
         assert_rejected(with(base(), "/spec/provider", provider.into()), petrel::api::canary::RETIRED_PROVIDER_MESSAGE);

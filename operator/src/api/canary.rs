@@ -40,6 +40,9 @@ use super::common::{
 #[x_kube(validation = service_names_rule())]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("(has(self.provider) && self.provider == 'knative') == (self.targetRef.kind == 'Service')").message("provider knative and targetRef kind Service (a Knative Service) go together: set both, or neither"))]
+#[x_kube(validation = reference_kind_rule("ingressRef", "Ingress", "networking.k8s.io/v1"))]
+#[x_kube(validation = reference_kind_rule("routeRef", "ApisixRoute", "apisix.apache.org/v2"))]
+#[x_kube(validation = reference_kind_rule("upstreamRef", "Upstream", "gloo.solo.io/v1"))]
 pub struct CanarySpec {
     /// Traffic provider: how weights reach requests. One of gatewayapi (also
     /// `gatewayapi:v1`, `gatewayapi:v1beta1`), istio, linkerd, smi (`smi:v1alpha1..3`),
@@ -152,6 +155,22 @@ fn service_names_rule() -> kube::core::Rule {
     ))
 }
 
+/// `ingressRef`, `routeRef` and `upstreamRef` name one kind each, which petrel reads through
+/// one API version: a reference that says otherwise is refused rather than read as if it
+/// did not.
+fn reference_kind_rule(field: &str, kind: &str, api_version: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "!has(self.{field}) || ((!has(self.{field}.kind) || self.{field}.kind == '{kind}') && (!has(self.{field}.apiVersion) || self.{field}.apiVersion == '{api_version}'))"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "{field} must name {} {kind} (kind {kind}, apiVersion {api_version}): petrel reads it through {api_version} and supports no other kind there",
+        if kind.starts_with(['A', 'E', 'I', 'O', 'U']) { "an" } else { "a" }
+    )))
+}
+
+/// The refusal of App Mesh's `service.meshName` and `service.backends`, as the API server words it.
+pub const APP_MESH_FIELDS_MESSAGE: &str = "service.meshName and service.backends are AWS App Mesh settings; App Mesh is retired upstream and petrel does not support it: remove them and use another provider (for example linkerd, istio or gatewayapi)";
+
 fn provider_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let accepted: Vec<&str> = PROVIDERS.iter().chain(RETIRED_PROVIDERS).copied().collect();
     let retired = RETIRED_PROVIDERS.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ");
@@ -236,6 +255,7 @@ pub struct ScalerReplicas {
 /// The Services `<name>`, `<name>-primary`, `<name>-canary` and the routing built on them.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.meshName) && !has(self.backends)").message(APP_MESH_FIELDS_MESSAGE))]
 pub struct CanaryService {
     /// Name of the apex Service; defaults to the target's name. A DNS-1035 label of at
     /// most 55 characters, so that `<name>-primary` is one too.
@@ -310,8 +330,11 @@ pub struct CanaryService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub cors_policy: Option<serde_json::Value>,
+    /// AWS App Mesh's mesh: refused (App Mesh is retired upstream). Kept in the schema so
+    /// that the refusal says why, rather than a bare "unknown field".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_name: Option<String>,
+    /// AWS App Mesh's virtual service backends: refused, as `meshName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<String>>,
     /// Extra labels and annotations for the apex Service.

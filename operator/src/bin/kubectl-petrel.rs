@@ -83,6 +83,10 @@ enum Verb {
     /// After a planned rebuild of a member cluster: have the hub pin the kube-system UID
     /// it now observes there (until then the member is IdentityMismatch, never approved).
     Repin(RepinArgs),
+    /// Convert Flagger's Canaries, MetricTemplates and AlertProviders (flagger.app/v1beta1),
+    /// from the cluster or from files, into petrel's, and report what needs a person.
+    #[command(after_help = IMPORT_HELP)]
+    Import(ImportArgs),
     /// Print a shell completion script for `kubectl-petrel`.
     #[command(after_help = COMPLETION_HELP)]
     Completion { shell: clap_complete::Shell },
@@ -131,6 +135,33 @@ when the other waves opened and succeeded.
 Refused, with the reason: an Automatic wave, a Rollout without a release yet, a wave
 already approved for this release or already open, a wave after a failed one, and a
 wave that is not the next to open unless --ahead is given.";
+
+const IMPORT_HELP: &str = "\
+Reads flagger.app/v1beta1 Canaries, MetricTemplates and AlertProviders from the namespace
+(-n, or every namespace with -A), or from files (-f, `-` for stdin), and server-side applies
+their petrel.dev/v1alpha1 counterparts (field manager kubectl-petrel): MetricTemplates and
+AlertProviders first, Canaries last. Fields petrel refuses or does not have are dropped;
+objects petrel cannot take (a retired provider, externalmetrics) are not written. Every such
+change, and every Secret referenced, is listed in the report on stderr.
+
+With --dry-run nothing is written: the petrel objects are printed as YAML on stdout (pipe
+them to `kubectl apply -f -` once reviewed) and the report goes to stderr.
+
+The hand-over of a live Canary from Flagger to petrel is in docs/flagger.md (Migration).";
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// Read Flagger objects from these files (YAML, several documents or a List; `-` for
+    /// stdin) instead of the cluster.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    /// Read the Flagger objects of every namespace.
+    #[arg(short = 'A', long, conflicts_with = "files")]
+    all_namespaces: bool,
+    /// Print the petrel objects as YAML and the report, without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+}
 
 #[derive(Args, Debug)]
 struct GetArgs {
@@ -268,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (client, _) = connect(&cli.connection).await?;
             return repin(client, &args).await;
         }
+        Verb::Import(args) => return import(&cli.connection, &args).await,
         Verb::Promote(t) => (Command::Promote, t),
         Verb::Abort(t) => (Command::Abort, t),
         Verb::Retry(t) => (Command::Retry, t),
@@ -548,6 +580,110 @@ fn sorted<K: ResourceExt>(mut objects: Vec<K>) -> Vec<K> {
 }
 
 /// A failed read of one object, said plainly when it does not exist.
+/// `kubectl petrel import`: read, convert (petrel::plugin::import), then print or apply.
+async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Result<()> {
+    use petrel::plugin::import::{FLAGGER_API_VERSION, KINDS, PETREL_API_VERSION, import};
+    let from_files = !args.files.is_empty();
+    // Files with --dry-run need no cluster.
+    let cluster = if from_files && args.dry_run { None } else { Some(connect(connection).await?) };
+    let mut objects = Vec::new();
+    if from_files {
+        for path in &args.files {
+            objects.extend(read_manifests(path)?);
+        }
+    } else if let Some((client, namespace)) = &cluster {
+        for kind in KINDS {
+            let resource = flagger_resource(FLAGGER_API_VERSION, kind);
+            let api: Api<kube::api::DynamicObject> = if args.all_namespaces {
+                Api::all_with(client.clone(), &resource)
+            } else {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            };
+            let list = api.list(&ListParams::default()).await.map_err(|e| match &e {
+                kube::Error::Api(status) if status.code == 404 => {
+                    anyhow::anyhow!(
+                        "the cluster serves no {FLAGGER_API_VERSION} {kind} (are Flagger's CRDs installed?)"
+                    )
+                }
+                _ => anyhow::Error::new(e).context(format!("listing Flagger {kind}s")),
+            })?;
+            for item in list.items {
+                let mut value = serde_json::to_value(&item).context("reading a Flagger object")?;
+                // A list's items carry no apiVersion and kind of their own.
+                value["apiVersion"] = serde_json::json!(FLAGGER_API_VERSION);
+                value["kind"] = serde_json::json!(kind);
+                objects.push(value);
+            }
+        }
+    }
+    let imported = import(&objects);
+    eprintln!(
+        "{} Flagger object(s) read, {} petrel object(s) {}",
+        objects.len(),
+        imported.objects.len(),
+        if args.dry_run { "printed" } else { "to write" }
+    );
+    eprint!("{}", imported.report());
+    if args.dry_run {
+        for object in &imported.objects {
+            print!("---\n{}", serde_yaml::to_string(object).context("printing YAML")?);
+        }
+        return Ok(());
+    }
+    let Some((client, namespace)) = cluster else { bail!("no cluster to write to") };
+    let params = PatchParams::apply(FIELD_MANAGER);
+    let mut failed = 0;
+    for object in &imported.objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or(&namespace);
+        let resource = flagger_resource(PETREL_API_VERSION, kind);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        match api.patch(name, &params, &Patch::Apply(object)).await {
+            Ok(_) => eprintln!("{kind} {ns}/{name} written"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{kind} {ns}/{name} NOT written: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} petrel object(s) were not written");
+    }
+    Ok(())
+}
+
+/// The resource of `kind` (Canary, MetricTemplate or AlertProvider) in `api_version`.
+fn flagger_resource(api_version: &str, kind: &str) -> kube::api::ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = if kind == "Canary" { "canaries".to_string() } else { format!("{}s", kind.to_lowercase()) };
+    kube::api::ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk(group, version, kind), &plural)
+}
+
+/// The objects of a YAML file (`-`: stdin): every document, a List's items flattened.
+fn read_manifests(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+    } else {
+        text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    let mut out = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(document).with_context(|| format!("parsing {}", path.display()))?;
+        match value["items"].as_array() {
+            Some(items) if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) => {
+                out.extend(items.iter().cloned())
+            }
+            _ if value.is_null() => {}
+            _ => out.push(value),
+        }
+    }
+    Ok(out)
+}
+
 fn read_error(error: kube::Error, kind: &str, namespace: &str, name: &str) -> anyhow::Error {
     match &error {
         kube::Error::Api(status) if status.code == 404 => anyhow::anyhow!("{kind} {namespace}/{name} not found"),

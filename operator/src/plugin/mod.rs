@@ -5,6 +5,7 @@ pub mod approve;
 pub mod fleet_inventory;
 pub mod fleet_plan;
 pub mod fleet_render;
+pub mod import;
 pub mod render;
 pub mod repin;
 pub mod verbs;
