@@ -525,6 +525,7 @@ fn member_needs() -> Vec<Check> {
         check("create", "services", Some("apps")),
         check("patch", "services", Some("apps")),
         check("patch", "horizontalpodautoscalers.autoscaling", Some("apps")),
+        check("patch", "scaledobjects.keda.sh", Some("apps")),
         check("delete", "ingresses.networking.k8s.io", Some("apps")),
         check("create", "events.events.k8s.io", Some("apps")),
         check("patch", "events.events.k8s.io", Some("apps")),

@@ -52,6 +52,7 @@ async fn every_provider_runs_the_canary_scenarios() {
 
     bad_input_is_stalled_and_touches_no_traffic(&env).await;
     retired_providers_are_refused_with_a_reason(&env).await;
+    a_keda_scaled_object_follows_the_release(&env).await;
 }
 
 /// Provider `kubernetes` with `service.portDiscovery` and `service.unmanagedMetadata`:
@@ -374,4 +375,80 @@ async fn retired_providers_are_refused_with_a_reason(env: &SharedEnv) {
     );
     let err = canaries.create(&PostParams::default(), &serde_json::from_value(mismatched).unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("provider knative and targetRef kind Service"), "{err}");
+}
+
+/// A KEDA ScaledObject as `autoscalerRef` (Flagger's handling): the primary gets its own,
+/// pointed at it with the queries rewritten; the target's is paused while the target is
+/// scaled to zero and resumed while a release is analysed.
+async fn a_keda_scaled_object_follows_the_release(env: &SharedEnv) {
+    use petrel::api::canary::Phase;
+    let t0 = Instant::now();
+    let ns = "keda";
+    namespace(env, ns).await;
+    let resource = petrel::workloads::keda::scaled_object_resource();
+    let scaled_objects: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
+    let query = |deployment: &str| format!("sum(rate(http_requests_total{{deployment=\"{deployment}\"}}[1m]))");
+    let scaled_object = json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": { "name": "podinfo-scaler", "namespace": ns },
+        "spec": {
+            "scaleTargetRef": { "name": APP }, "minReplicaCount": 1, "maxReplicaCount": 3,
+            "triggers": [{ "type": "prometheus", "name": "rps", "metadata": {
+                "serverAddress": "http://prometheus:9090", "threshold": "10", "query": query(APP) } }],
+        },
+    });
+    scaled_objects.patch("podinfo-scaler", &ssa(), &Patch::Apply(scaled_object)).await.unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+    deployments.patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    let manifest = canary(
+        ns,
+        json!({
+            "provider": "kubernetes",
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+            "autoscalerRef": { "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": "podinfo-scaler",
+                "primaryScalerReplicas": { "minReplicas": 2 } },
+            "service": { "port": 9898 },
+            "analysis": { "interval": "2s", "threshold": 2, "iterations": 3 },
+        }),
+    );
+    canaries.patch(APP, &ssa(), &Patch::Apply(manifest)).await.unwrap();
+    let phase = async |wanted: Phase| {
+        let reached = eventually(&format!("{ns}: the Canary {wanted:?}"), Duration::from_secs(90), async || {
+            (canaries.get(APP).await.ok()?.status?.phase == wanted).then_some(())
+        })
+        .await;
+        if let Err(e) = reached {
+            panic!("{e:#}\n{}", env.operator.log_text());
+        }
+    };
+    let paused = async || {
+        let target = scaled_objects.get("podinfo-scaler").await.unwrap();
+        target.metadata.annotations.unwrap_or_default().get("autoscaling.keda.sh/paused-replicas").cloned()
+    };
+    phase(Phase::Initialized).await;
+    let primary = scaled_objects.get("podinfo-scaler-primary").await.unwrap();
+    assert_eq!(primary.data["spec"]["scaleTargetRef"]["name"], format!("{APP}-primary"));
+    assert_eq!(primary.data["spec"]["minReplicaCount"], 2, "primaryScalerReplicas");
+    assert_eq!(primary.data["spec"]["triggers"][0]["metadata"]["query"], query(&format!("{APP}-primary")));
+    assert_eq!(paused().await.as_deref(), Some("0"), "the target's ScaledObject is paused while the target is at zero");
+
+    // A release: the target is scaled up (its ScaledObject resumed), analysed, promoted,
+    // and scaled to zero again (paused again).
+    let new_image =
+        json!({ "spec": { "template": { "spec": { "containers": [{ "name": "podinfo", "image": "podinfo:2" }] } } } });
+    deployments.patch(APP, &PatchParams::default(), &Patch::Strategic(new_image)).await.unwrap();
+    phase(Phase::Progressing).await;
+    eventually(&format!("{ns}: the target's ScaledObject resumed"), Duration::from_secs(30), async || {
+        paused().await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    phase(Phase::Succeeded).await;
+    eventually(&format!("{ns}: the target's ScaledObject paused again"), Duration::from_secs(30), async || {
+        (paused().await.as_deref() == Some("0")).then_some(())
+    })
+    .await
+    .unwrap();
+    eprintln!("[providers] KEDA ScaledObject checked in {:.1?}", t0.elapsed());
 }

@@ -232,10 +232,13 @@ fn deployment_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema
 pub struct AutoscalerRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    /// HorizontalPodAutoscaler (ScaledObject is accepted for compatibility but not mirrored).
+    /// HorizontalPodAutoscaler (autoscaling/v2) or ScaledObject (keda.sh/v1alpha1): the
+    /// primary gets a copy pointed at it; a target ScaledObject is paused while the target
+    /// is scaled to zero.
     pub kind: String,
     pub name: String,
-    /// Accepted for Flagger compatibility (KEDA).
+    /// KEDA: the query of each trigger named here, for the primary's ScaledObject (without
+    /// it, queries naming the target are rewritten to name `<target>-primary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_scaler_queries: Option<BTreeMap<String, String>>,
     /// Overrides for the primary HPA's replica bounds.

@@ -291,6 +291,13 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
             Step::ScaleTarget(replicas) => {
                 let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
                 let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+                // The target's KEDA ScaledObject, paused while the target was at zero, scales
+                // it again once the Canary is gone (Flagger's finalizer does the same).
+                if *replicas > 0 {
+                    workloads::keda::set_target_paused(&ctx.client, canary, false)
+                        .await
+                        .map_err(|e| workload_error("resuming the target's ScaledObject", e))?;
+                }
                 workloads::scale_target(&api, &canary.spec.target_ref.name, *replicas)
                     .await
                     .map_err(|e| workload_error("scaling the target", e))?;

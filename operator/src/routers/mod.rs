@@ -977,8 +977,11 @@ mod tests {
                 ));
             }
         }
-        for r in third_party_resources().into_iter().chain([knative::service_resource(), knative::revision_resource()])
-        {
+        for r in third_party_resources().into_iter().chain([
+            knative::service_resource(),
+            knative::revision_resource(),
+            crate::workloads::keda::scaled_object_resource(),
+        ]) {
             let wanted = (r.group.clone(), r.version.clone(), r.kind.clone(), r.plural.clone());
             assert!(served.contains(&wanted), "no CRD in {} serves {wanted:?}", dir.display());
         }

@@ -13,6 +13,9 @@ use super::configs::{TrackedConfigs, read_tracked_configs};
 use super::health::{deployment_health, primary_runs_revision};
 use super::history::{list_primary_revisions, stored_release, stored_replicas, stored_revision, stored_template_of};
 use super::hpa::{check_autoscaler_ref, ensure_primary_hpa};
+use super::keda::{
+    TargetScaler, is_paused, is_scaled_object, min_replicas as keda_min_replicas, read_target_scaled_object, set_paused,
+};
 use super::primary::{ensure_primary, primary_name, promote, rebuild_primary};
 use super::revision::{release_identity, revision};
 use super::scaling::{primary_replicas, scale_target, scale_up_replicas};
@@ -39,8 +42,12 @@ pub struct WorkloadSnapshot {
     pub release: String,
     /// The `-primary` Deployment, once created.
     pub primary: Option<Deployment>,
-    /// `minReplicas` of the target's HPA when `spec.autoscalerRef` names one.
+    /// `minReplicas` of the target's HPA when `spec.autoscalerRef` names one (a KEDA
+    /// ScaledObject's `minReplicaCount` when it is at least 1).
     pub target_hpa_min_replicas: Option<i32>,
+    /// The target's KEDA ScaledObject, when `spec.autoscalerRef` names one: paused while
+    /// the target is scaled to zero.
+    pub target_scaler: Option<TargetScaler>,
 }
 
 impl WorkloadSnapshot {
@@ -117,15 +124,30 @@ pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<Workload
         .get_opt(&primary_name)
         .await
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{primary_name}"), e))?;
+    let mut target_scaler = None;
     let target_hpa_min_replicas = match &canary.spec.autoscaler_ref {
         None => None,
+        Some(autoscaler) if is_scaled_object(autoscaler) => {
+            let scaled_object = read_target_scaled_object(client, canary, &autoscaler.name).await?;
+            target_scaler = Some(TargetScaler {
+                namespace: namespace.clone(),
+                name: autoscaler.name.clone(),
+                paused: is_paused(&scaled_object),
+            });
+            keda_min_replicas(&scaled_object)
+        }
         Some(autoscaler) => {
             check_autoscaler_ref(autoscaler)?;
             let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
             let hpa = match hpas.get(&autoscaler.name).await {
                 Ok(hpa) => hpa,
                 Err(e) if is_not_found(&e) => {
-                    return Err(WorkloadError::AutoscalerNotFound { namespace, name: autoscaler.name.clone() });
+                    return Err(WorkloadError::AutoscalerNotFound {
+                        kind: "HorizontalPodAutoscaler",
+                        namespace,
+                        name: autoscaler.name.clone(),
+                        hint: "",
+                    });
                 }
                 Err(e) => {
                     return Err(WorkloadError::kube(
@@ -138,7 +160,16 @@ pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<Workload
             Some(hpa.spec.min_replicas.unwrap_or(1))
         }
     };
-    Ok(WorkloadSnapshot { target, selector, tracked, revision, release, primary, target_hpa_min_replicas })
+    Ok(WorkloadSnapshot {
+        target,
+        selector,
+        tracked,
+        revision,
+        release,
+        primary,
+        target_hpa_min_replicas,
+        target_scaler,
+    })
 }
 
 /// Initialisation: mirrors the HPA and creates the primary (with its config copies)
@@ -237,12 +268,19 @@ fn target_name(snapshot: &WorkloadSnapshot) -> String {
 /// HPA's `minReplicas`). Returns the count written.
 pub async fn scale_canary_up(client: &Client, snapshot: &WorkloadSnapshot) -> Result<i32, WorkloadError> {
     let replicas = scale_up_replicas(snapshot.primary.as_ref(), snapshot.target_hpa_min_replicas);
+    if let Some(scaler) = &snapshot.target_scaler {
+        set_paused(client, scaler, false).await?;
+    }
     scale_target(&target_api(client, snapshot), &target_name(snapshot), replicas).await?;
     Ok(replicas)
 }
 
-/// `Action::ScaleCanaryToZero`.
+/// `Action::ScaleCanaryToZero`. A KEDA ScaledObject on the target is paused first, so
+/// that KEDA does not scale it back up.
 pub async fn scale_canary_to_zero(client: &Client, snapshot: &WorkloadSnapshot) -> Result<(), WorkloadError> {
+    if let Some(scaler) = &snapshot.target_scaler {
+        set_paused(client, scaler, true).await?;
+    }
     scale_target(&target_api(client, snapshot), &target_name(snapshot), 0).await
 }
 
@@ -668,6 +706,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_keda_scaled_object_is_mirrored_and_paused_while_the_target_is_at_zero() {
+        const SCALED_OBJECTS: &str = "/apis/keda.sh/v1alpha1/namespaces/apps/scaledobjects";
+        let fake = world("podinfo:1", "hello");
+        fake.insert(
+            &format!("{SCALED_OBJECTS}/podinfo"),
+            json!({
+                "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                "metadata": { "name": "podinfo", "namespace": "apps" },
+                "spec": {
+                    "scaleTargetRef": { "name": "podinfo" }, "minReplicaCount": 2, "maxReplicaCount": 6,
+                    "triggers": [{ "type": "prometheus", "name": "rps", "metadata": { "query": "rate(x{app=\"podinfo\"}[1m])" } }]
+                }
+            }),
+        );
+        let client = fake.client();
+        let mut canary = canary("podinfo");
+        canary.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: Some("keda.sh/v1alpha1".into()),
+            kind: "ScaledObject".into(),
+            name: "podinfo".into(),
+            ..Default::default()
+        });
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
+        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        let primary = fake.get(&format!("{SCALED_OBJECTS}/podinfo-primary")).unwrap();
+        assert_eq!(primary["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
+        assert_eq!(primary["spec"]["triggers"][0]["metadata"]["query"], "rate(x{app=\"podinfo-primary\"}[1m])");
+
+        scale_canary_to_zero(&client, &snapshot).await.unwrap();
+        let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
+        assert_eq!(target["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"], "0");
+        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        assert!(snapshot.target_scaler.as_ref().unwrap().paused);
+        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 2);
+        let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
+        assert!(target["metadata"]["annotations"].get("autoscaling.keda.sh/paused-replicas").is_none(), "{target}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_scaled_object_names_keda() {
+        let fake = world("podinfo:1", "hello");
+        let mut canary = canary("podinfo");
+        canary.spec.autoscaler_ref =
+            Some(AutoscalerRef { kind: "ScaledObject".into(), name: "podinfo".into(), ..Default::default() });
+        let error = read_workloads(&fake.client(), &canary).await.unwrap_err();
+        assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
+        assert!(
+            error.to_string().contains("ScaledObject apps/podinfo") && error.to_string().contains("KEDA"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn missing_hpa_is_stalled() {
         let fake = world("podinfo:1", "hello");
         let error = read_workloads(&fake.client(), &with_hpa(canary("podinfo"))).await.unwrap_err();
@@ -686,6 +778,7 @@ mod tests {
             release: "podinfo:1".into(),
             primary: None,
             target_hpa_min_replicas: None,
+            target_scaler: None,
         };
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert!(matches!(

@@ -23,10 +23,11 @@ pub fn primary_hpa_name(hpa_name: &str) -> String {
     format!("{hpa_name}{PRIMARY_SUFFIX}")
 }
 
-/// Checks that the autoscaler reference is one petrel mirrors (an `autoscaling/v2` HPA).
+/// Checks that the autoscaler reference is one petrel mirrors (an `autoscaling/v2` HPA or
+/// a KEDA ScaledObject).
 pub fn check_autoscaler_ref(autoscaler: &AutoscalerRef) -> Result<(), WorkloadError> {
     let api_version = autoscaler.api_version.as_deref().unwrap_or(HPA_API_VERSION);
-    if autoscaler.kind == HPA_KIND && api_version == HPA_API_VERSION {
+    if (autoscaler.kind == HPA_KIND && api_version == HPA_API_VERSION) || super::keda::is_scaled_object(autoscaler) {
         Ok(())
     } else {
         Err(WorkloadError::UnsupportedAutoscaler {
@@ -72,8 +73,9 @@ pub fn build_primary_hpa(
     })
 }
 
-/// Mirrors the Canary's HPA onto the primary. Returns the primary HPA, or `None` when the
-/// Canary names no autoscaler. A missing HPA or an unsupported kind is an error.
+/// Mirrors the Canary's HPA (or KEDA ScaledObject) onto the primary. Returns the primary
+/// HPA, or `None` when the Canary names no HPA. A missing autoscaler or an unsupported kind
+/// is an error.
 pub async fn ensure_primary_hpa(
     client: &Client,
     canary: &Canary,
@@ -82,6 +84,10 @@ pub async fn ensure_primary_hpa(
         return Ok(None);
     };
     check_autoscaler_ref(autoscaler)?;
+    if super::keda::is_scaled_object(autoscaler) {
+        super::keda::ensure_primary_scaled_object(client, canary, autoscaler).await?;
+        return Ok(None);
+    }
     let namespace = canary_namespace(canary)?;
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
     let hpa = api
@@ -91,6 +97,8 @@ pub async fn ensure_primary_hpa(
             WorkloadError::kube(format!("reading HorizontalPodAutoscaler {namespace}/{}", autoscaler.name), e)
         })?
         .ok_or_else(|| WorkloadError::AutoscalerNotFound {
+            kind: HPA_KIND,
+            hint: "",
             namespace: namespace.clone(),
             name: autoscaler.name.clone(),
         })?;
@@ -162,10 +170,11 @@ mod tests {
         assert!(check_autoscaler_ref(&autoscaler("HorizontalPodAutoscaler", None)).is_ok());
         assert!(check_autoscaler_ref(&autoscaler("HorizontalPodAutoscaler", Some("autoscaling/v2"))).is_ok());
         assert!(check_autoscaler_ref(&autoscaler("HorizontalPodAutoscaler", Some("autoscaling/v1"))).is_err());
-        let keda = check_autoscaler_ref(&autoscaler("ScaledObject", Some("keda.sh/v1alpha1"))).unwrap_err();
-        assert!(keda.to_string().contains("ScaledObject"), "{keda}");
-        assert!(keda.to_string().contains("not supported"), "{keda}");
-        assert!(keda.is_stalled());
+        assert!(check_autoscaler_ref(&autoscaler("ScaledObject", Some("keda.sh/v1alpha1"))).is_ok());
+        let other = check_autoscaler_ref(&autoscaler("ScaledObject", Some("example.com/v1"))).unwrap_err();
+        assert!(other.to_string().contains("KEDA ScaledObjects (keda.sh/v1alpha1)"), "{other}");
+        assert!(other.to_string().contains("not supported"), "{other}");
+        assert!(other.is_stalled());
     }
 
     #[test]

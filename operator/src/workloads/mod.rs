@@ -16,6 +16,7 @@ pub mod handover;
 pub mod health;
 pub mod history;
 pub mod hpa;
+pub mod keda;
 pub mod knative;
 pub mod primary;
 pub mod revision;
@@ -95,11 +96,11 @@ pub enum WorkloadError {
     #[error("Canary has no {field} in its metadata (was it read from the API server?)")]
     CanaryIdentity { field: &'static str },
 
-    #[error("HorizontalPodAutoscaler {namespace}/{name} named by spec.autoscalerRef does not exist")]
-    AutoscalerNotFound { namespace: String, name: String },
+    #[error("{kind} {namespace}/{name} named by spec.autoscalerRef does not exist{hint}")]
+    AutoscalerNotFound { kind: &'static str, namespace: String, name: String, hint: &'static str },
 
     #[error(
-        "spec.autoscalerRef kind {kind} ({api_version}) is not supported: petrel mirrors autoscaling/v2 HorizontalPodAutoscalers only (KEDA ScaledObjects are not supported)"
+        "spec.autoscalerRef kind {kind} ({api_version}) is not supported: petrel mirrors autoscaling/v2 HorizontalPodAutoscalers and KEDA ScaledObjects (keda.sh/v1alpha1)"
     )]
     UnsupportedAutoscaler { kind: String, api_version: String },
 
