@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -160,10 +160,37 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 // ---------------------------------------------------------------------------------------
 // I/O
 
-/// Reads the target Deployment's pod selector.
+/// Reads the target's pod selector (a Deployment's, or a DaemonSet's).
 pub async fn target_selector(client: &Client, canary: &Canary) -> Result<PodSelector, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = &canary.spec.target_ref.name;
+    if canary.spec.target_ref.is_daemon_set() {
+        let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &namespace);
+        let daemon_set = daemon_sets
+            .get_opt(name)
+            .await
+            .map_err(|source| RouterError::Api {
+                verb: "read",
+                kind: "DaemonSet".into(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source: Box::new(source),
+            })?
+            .ok_or_else(|| RouterError::NotFound {
+                kind: "DaemonSet".into(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                reason: format!("it is the targetRef of Canary {}", canary_key(canary)),
+            })?;
+        let empty = BTreeMap::new();
+        let match_labels = daemon_set.spec.as_ref().and_then(|s| s.selector.match_labels.as_ref()).unwrap_or(&empty);
+        return PodSelector::from_match_labels(name, match_labels).map_err(|err| match err {
+            RouterError::Malformed { name, reason, .. } => {
+                RouterError::Malformed { kind: "DaemonSet".into(), namespace: namespace.clone(), name, reason }
+            }
+            other => other,
+        });
+    }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let deployment = deployments
         .get_opt(name)

@@ -279,6 +279,7 @@ pub fn owned_kinds() -> Vec<ApiResource> {
     use k8s_openapi::api::{apps, autoscaling, core, networking};
     let mut kinds = vec![
         ApiResource::erase::<apps::v1::Deployment>(&()),
+        ApiResource::erase::<apps::v1::DaemonSet>(&()),
         ApiResource::erase::<autoscaling::v2::HorizontalPodAutoscaler>(&()),
         ApiResource::erase::<core::v1::ConfigMap>(&()),
         ApiResource::erase::<core::v1::Secret>(&()),
