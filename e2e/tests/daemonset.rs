@@ -178,3 +178,36 @@ async fn an_unreleasable_daemon_set_stalls_and_nothing_is_touched() {
     assert!(!scaled_down(&daemon_sets.get(TARGET).await.unwrap()), "the target is untouched");
     assert!(env.services().get_opt(TARGET).await.unwrap().is_none(), "no Service created");
 }
+
+/// `revertOnDeletion: true` after a promotion: deleting the Canary scales the target
+/// DaemonSet back up (its scale-down node selector removed), waits for its pods and
+/// points the apex Service at them: traffic never ends on a scaled-down DaemonSet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_daemon_set_canary_hands_traffic_back_to_a_running_target() {
+    let t0 = Instant::now();
+    let env = TestEnv::start("daemonset-revert", Provider::Kubernetes).await.unwrap();
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(env.client.clone(), NAMESPACE);
+    daemon_sets.patch(TARGET, &ssa(), &Patch::Apply(daemon_set(IMAGE_V0))).await.unwrap();
+    let mut manifest = canary(json!([]));
+    manifest["spec"]["revertOnDeletion"] = json!(true);
+    env.apply_canary_manifest(manifest).await.unwrap();
+    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
+    daemon_sets.patch(TARGET, &ssa(), &Patch::Apply(daemon_set(IMAGE_V1))).await.unwrap();
+    env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    eventually("the target scaled down after promotion", SETUP, async || {
+        daemon_sets.get(TARGET).await.ok().filter(|d| scaled_down(d) && ready_pods(d) == Some(0))
+    })
+    .await
+    .unwrap();
+
+    env.delete_canary().await.unwrap();
+    env.wait_canary_gone(SETUP).await.unwrap();
+    let target = daemon_sets.get(TARGET).await.unwrap();
+    assert!(!scaled_down(&target), "the target runs pods again: {:?}", target.spec);
+    assert_eq!(ready_pods(&target), Some(2), "its pods were ready before traffic went to them");
+    let apex = env.services().get(TARGET).await.unwrap();
+    let selector = apex.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+    assert_eq!(selector.get("app.kubernetes.io/name").map(String::as_str), Some(TARGET), "apex on the target");
+    env.wait_event("Reverted", SETUP, |m| m.contains(TARGET)).await.unwrap();
+    eprintln!("[daemonset-revert] passed in {:.1?}", t0.elapsed());
+}
