@@ -208,6 +208,6 @@ async fn deleting_a_daemon_set_canary_hands_traffic_back_to_a_running_target() {
     let apex = env.services().get(TARGET).await.unwrap();
     let selector = apex.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
     assert_eq!(selector.get("app.kubernetes.io/name").map(String::as_str), Some(TARGET), "apex on the target");
-    env.wait_event("Reverted", SETUP, |m| m.contains(TARGET)).await.unwrap();
+    env.wait_event("Reverted", SETUP, |m| m.contains("handed back to DaemonSet podinfo-ds")).await.unwrap();
     eprintln!("[daemonset-revert] passed in {:.1?}", t0.elapsed());
 }

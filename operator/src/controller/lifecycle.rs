@@ -211,7 +211,8 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
         namespace_terminating: namespace_terminating(ctx, &namespace).await,
         deadline_passed,
     };
-    let names = Names { target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
+    let names =
+        Names { kind: "Deployment", target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
     Ok(Observed { view, names, snapshot, daemon_set: None, provider })
 }
 
@@ -269,7 +270,8 @@ async fn observe_daemon_set(ctx: &Context, canary: &Canary) -> Result<Observed, 
         namespace_terminating: namespace_terminating(ctx, &namespace).await,
         deadline_passed: deleted_at.is_some_and(|at| jiff_elapsed(at, now) > deadline),
     };
-    let names = Names { target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
+    let names =
+        Names { kind: "DaemonSet", target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
     Ok(Observed { view, names, snapshot: None, daemon_set: snapshot, provider })
 }
 
