@@ -407,6 +407,27 @@ fn a_knative_target_goes_with_provider_knative() {
 }
 
 #[test]
+fn a_daemon_set_target_is_released_by_iterations_never_by_weights() {
+    let ds = serde_json::json!({ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "podinfo" });
+    let message = "a DaemonSet target runs one canary pod per node beside the primary's, so petrel does not shift its traffic by weight";
+    let weighted = with(base(), "/spec/targetRef", ds.clone());
+    assert_rejected(weighted.clone(), message);
+    let only_max = without(weighted.clone(), "/spec/analysis/stepWeight");
+    assert_rejected(only_max, message);
+    let unweighted = without(without(weighted, "/spec/analysis/stepWeight"), "/spec/analysis/maxWeight");
+    let step_weights = with(unweighted.clone(), "/spec/analysis/stepWeights", serde_json::json!([10, 50]));
+    assert_rejected(step_weights, message);
+    accepted(with(unweighted.clone(), "/spec/analysis/iterations", 5.into()));
+    // The same analysis on a Deployment keeps its weights.
+    let deployment = serde_json::json!({ "apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo" });
+    accepted(with(
+        with(unweighted, "/spec/targetRef", deployment),
+        "/spec/analysis/stepWeights",
+        serde_json::json!([10, 50]),
+    ));
+}
+
+#[test]
 fn missing_target_ref_or_service_port_is_rejected() {
     assert_rejected(without(base(), "/spec/targetRef"), "\"targetRef\" is a required property");
     assert_rejected(without(base(), "/spec/service/port"), "\"port\" is a required property");

@@ -39,6 +39,7 @@ use super::common::{
 #[x_kube(validation = kube::core::Rule::new("!has(self.provider) || self.provider != 'nginx' || has(self.ingressRef)").message("provider nginx needs spec.ingressRef: the Ingress petrel clones for the canary"))]
 #[x_kube(validation = service_names_rule())]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.targetRef.kind != 'DaemonSet' || !has(self.analysis) || (!has(self.analysis.stepWeight) && !has(self.analysis.maxWeight) && !has(self.analysis.stepWeights))").message("a DaemonSet target runs one canary pod per node beside the primary's, so petrel does not shift its traffic by weight: remove analysis.stepWeight, maxWeight and stepWeights and set analysis.iterations (blue/green)"))]
 #[x_kube(validation = kube::core::Rule::new("(has(self.provider) && self.provider == 'knative') == (self.targetRef.kind == 'Service')").message("provider knative and targetRef kind Service (a Knative Service) go together: set both, or neither"))]
 #[x_kube(validation = reference_kind_rule("ingressRef", "Ingress", "networking.k8s.io/v1"))]
 #[x_kube(validation = reference_kind_rule("routeRef", "ApisixRoute", "apisix.apache.org/v2"))]
@@ -202,6 +203,8 @@ pub struct TargetRef {
     pub name: String,
 }
 
+/// `targetRef.kind` of a DaemonSet target.
+pub const DAEMON_SET_KIND: &str = "DaemonSet";
 /// `targetRef.kind` of a Knative Service target.
 pub const KNATIVE_SERVICE_KIND: &str = "Service";
 /// `targetRef.apiVersion` of a Knative Service target.
@@ -212,6 +215,11 @@ impl TargetRef {
     pub fn is_knative_service(&self) -> bool {
         self.kind == KNATIVE_SERVICE_KIND && self.api_version == KNATIVE_SERVICE_API_VERSION
     }
+
+    /// Whether the target is a DaemonSet (a `-primary` DaemonSet beside it, no weights).
+    pub fn is_daemon_set(&self) -> bool {
+        self.kind == DAEMON_SET_KIND
+    }
 }
 
 fn default_apps_v1() -> String {
@@ -221,8 +229,8 @@ fn default_apps_v1() -> String {
 fn deployment_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "enum": ["Deployment", "Service"],
-        "description": "Kind of the target: Deployment, or Service (a Knative Service, serving.knative.dev/v1, with provider knative)."
+        "enum": ["Deployment", "DaemonSet", "Service"],
+        "description": "Kind of the target: Deployment, DaemonSet (apps/v1; blue/green iterations, no weights), or Service (a Knative Service, serving.knative.dev/v1, with provider knative)."
     })
 }
 

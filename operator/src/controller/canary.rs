@@ -109,6 +109,18 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
             return stall(ctx, canary, status, "ServicePortNotFound", &message).await;
         }
     }
+    if let Some(message) = daemon_set_weights(canary, provider) {
+        return stall(ctx, canary, status, "WeightsNotSupported", &message).await;
+    }
+    if let TargetKind::DaemonSet(daemon_set) = &snapshot.kind
+        && let Err(message) = check_service_port_of(
+            canary,
+            "DaemonSet",
+            daemon_set.target.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+        )
+    {
+        return stall(ctx, canary, status, "ServicePortNotFound", &message).await;
+    }
     if let Err(e) = interval_of(&canary.spec) {
         return stall(ctx, canary, status, "InvalidInterval", &e.to_string()).await;
     }
@@ -130,7 +142,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     {
         return stall(ctx, canary, status, stalled.reason, &stalled.message).await;
     }
-    workloads::target::initialize(&ctx.client, canary, &snapshot)
+    workloads::target::initialize(&ctx.client, canary, &snapshot, lifecycle::revision_of_the_primary(&status))
         .await
         .map_err(|e| workload_error("creating the primary", e))?;
     lifecycle::retire_previous_router(ctx, canary, &status, provider).await?;
@@ -387,7 +399,12 @@ async fn stall(
 
 fn stall_reason(e: &WorkloadError) -> &'static str {
     match e {
-        WorkloadError::TargetNotFound { .. } | WorkloadError::KnativeServiceNotFound { .. } => "TargetNotFound",
+        WorkloadError::TargetNotFound { .. }
+        | WorkloadError::KnativeServiceNotFound { .. }
+        | WorkloadError::DaemonSetNotFound { .. } => "TargetNotFound",
+        WorkloadError::InvalidDaemonSet { .. } => "TargetInvalid",
+        WorkloadError::DaemonSetAutoscaler { .. } => "AutoscalerNotSupported",
+        WorkloadError::NoPromotedTemplate { .. } => "PrimaryNotRestorable",
         WorkloadError::KnativeAutoscaler { .. } => "AutoscalerNotSupported",
         WorkloadError::NoSelectorLabel { .. } => "TargetSelectorInvalid",
         WorkloadError::MissingConfig { .. } => "ConfigNotFound",
@@ -489,14 +506,20 @@ pub(crate) fn target_scaled_to_zero(
 /// a number as a declared container port (a number no container declares still works in
 /// Kubernetes, so only names are checked strictly).
 pub(crate) fn check_service_port(canary: &Canary, target: &Deployment) -> Result<(), String> {
+    check_service_port_of(canary, "Deployment", target.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+}
+
+/// [`check_service_port`] of any workload kind, by its pod spec.
+pub(crate) fn check_service_port_of(
+    canary: &Canary,
+    kind: &str,
+    pod: Option<&k8s_openapi::api::core::v1::PodSpec>,
+) -> Result<(), String> {
     let service = &canary.spec.service;
     let Some(IntOrString::String(port_name)) = &service.target_port else {
         return Ok(());
     };
-    let declared = target
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
+    let declared = pod
         .map(|pod| {
             pod.containers
                 .iter()
@@ -508,10 +531,24 @@ pub(crate) fn check_service_port(canary: &Canary, target: &Deployment) -> Result
         Ok(())
     } else {
         Err(format!(
-            "spec.service.targetPort {port_name:?} is not a port name of any container of Deployment {}",
+            "spec.service.targetPort {port_name:?} is not a port name of any container of {kind} {}",
             canary.spec.target_ref.name
         ))
     }
+}
+
+/// A DaemonSet target whose analysis would shift traffic by weight (no `iterations`, a
+/// provider that can split): refused, as its weights are at admission. Only the default
+/// provider (the operator's flag) is not known there, hence this check.
+pub(crate) fn daemon_set_weights(canary: &Canary, provider: Provider) -> Option<String> {
+    let weighted =
+        matches!(core::strategy::strategy_of(&canary.spec, provider), core::strategy::Strategy::Canary { .. });
+    (canary.spec.target_ref.is_daemon_set() && weighted).then(|| {
+        format!(
+            "DaemonSet {} would be released by traffic weights with provider {provider}: a DaemonSet runs one canary pod per node beside the primary's, so petrel does not shift its traffic by weight; set analysis.iterations (blue/green)",
+            canary.spec.target_ref.name
+        )
+    })
 }
 
 /// The first metric whose MetricTemplate does not exist, as a message.
@@ -635,6 +672,21 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_daemon_set_is_never_released_by_weights() {
+        let ds = |analysis: serde_json::Value| {
+            canary(json!({"spec": {"targetRef": {"kind": "DaemonSet", "name": "podinfo-ds"}, "analysis": analysis}}))
+        };
+        // No iterations with a provider that can split: weighted, refused.
+        let message = daemon_set_weights(&ds(json!({"interval": "1m"})), Provider::Istio).expect("refused");
+        assert!(message.contains("DaemonSet podinfo-ds") && message.contains("iterations"), "{message}");
+        // Iterations (blue/green), or the kubernetes provider (always blue/green): fine.
+        assert_eq!(daemon_set_weights(&ds(json!({"iterations": 5})), Provider::Istio), None);
+        assert_eq!(daemon_set_weights(&ds(json!({"interval": "1m"})), Provider::Kubernetes), None);
+        // A Deployment keeps its weights.
+        assert_eq!(daemon_set_weights(&canary(json!({})), Provider::Istio), None);
     }
 
     #[test]

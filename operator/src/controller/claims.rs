@@ -46,9 +46,10 @@ pub fn claims_of(canary: &Canary) -> BTreeSet<String> {
         return BTreeSet::from([format!("Knative Service {target}")]);
     }
     let services = ServiceNames::of(canary);
+    let kind = if canary.spec.target_ref.is_daemon_set() { "DaemonSet" } else { "Deployment" };
     let mut claims = BTreeSet::from([
-        format!("Deployment {target}"),
-        format!("Deployment {}", primary_name(target)),
+        format!("{kind} {target}"),
+        format!("{kind} {}", primary_name(target)),
         format!("Service {}", services.apex),
         format!("Service {}", services.primary),
         format!("Service {}", services.canary),
@@ -253,6 +254,18 @@ mod tests {
         let refusal = conflict(&knative("again", 1), [&first]).expect("same Knative Service");
         assert!(refusal.message.contains("Knative Service podinfo"), "{}", refusal.message);
         assert_eq!(conflict(&canary("deployment", "podinfo", 1), [&first]), None);
+    }
+
+    #[test]
+    fn a_daemon_set_canary_claims_daemon_sets() {
+        let mut ds = canary("ds", "podinfo", 0);
+        ds.spec.target_ref.kind = "DaemonSet".into();
+        let claims = claims_of(&ds);
+        assert!(claims.contains("DaemonSet podinfo") && claims.contains("DaemonSet podinfo-primary"), "{claims:?}");
+        assert!(!claims.iter().any(|c| c.starts_with("Deployment")), "{claims:?}");
+        // A Deployment Canary of the same name shares the Services, so it conflicts.
+        let older = canary("older", "podinfo", -10);
+        assert!(conflict(&ds, [&older]).is_some());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -28,6 +28,7 @@ use crate::core::Provider;
 use crate::core::strategy::progress_deadline;
 use crate::routers::services::{self, ApexTarget};
 use crate::routers::{RouterError, ServiceNames, Weights, router_with};
+use crate::workloads::daemonset::{self, DaemonSetSnapshot};
 use crate::workloads::handover::{
     self, FINALIZER, HandoverPlan, HandoverView, Names, RouteObjects, Side, Step, Then, WorkloadView,
 };
@@ -138,10 +139,15 @@ struct Observed {
     view: HandoverView,
     names: Names,
     snapshot: Option<WorkloadSnapshot>,
+    /// The DaemonSet target's reading, when the target is a DaemonSet.
+    daemon_set: Option<DaemonSetSnapshot>,
     provider: Option<Provider>,
 }
 
 async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
+    if canary.spec.target_ref.is_daemon_set() {
+        return observe_daemon_set(ctx, canary).await;
+    }
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     let now = Utc::now();
@@ -205,8 +211,68 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
         namespace_terminating: namespace_terminating(ctx, &namespace).await,
         deadline_passed,
     };
-    let names = Names { target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
-    Ok(Observed { view, names, snapshot, provider })
+    let names =
+        Names { kind: "Deployment", target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
+    Ok(Observed { view, names, snapshot, daemon_set: None, provider })
+}
+
+/// What a DaemonSet's view is made of: a DaemonSet has no replica count, so it counts
+/// as 1 when it runs pods and 0 when petrel scaled it down by its node selector.
+fn daemon_set_view(daemon_set: &DaemonSet, revision: Option<String>, now: chrono::DateTime<Utc>) -> WorkloadView {
+    let health = daemonset::daemon_set_health(daemon_set, 100, Duration::MAX, None, now);
+    WorkloadView {
+        revision,
+        replicas: if daemonset::is_scaled_down(daemon_set) { 0 } else { 1 },
+        ready: health == crate::core::WorkloadHealth::Ready,
+    }
+}
+
+/// [`observe`] for a DaemonSet target. Its primary is never rebuilt from history (none
+/// is kept for DaemonSets): only from a target that runs the promoted revision.
+async fn observe_daemon_set(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
+    let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
+    let status = canary.status.clone().unwrap_or_default();
+    let now = Utc::now();
+    let snapshot = match daemonset::read_daemon_sets(&ctx.client, canary).await {
+        Ok(snapshot) => Some(snapshot),
+        Err(e) if e.is_stalled() => None,
+        Err(e) => return Err(workload_error("reading the DaemonSets", e)),
+    };
+    let target_name = canary.spec.target_ref.name.clone();
+    let primary_name = workloads::primary_name(&target_name);
+    let primary = match &snapshot {
+        Some(s) => s.primary.clone(),
+        None => Api::<DaemonSet>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&primary_name)
+            .await
+            .map_err(Error::kube(format!("reading DaemonSet {primary_name}")))?,
+    };
+    let live = |d: &DaemonSet| d.meta().deletion_timestamp.is_none();
+    let target = snapshot.as_ref().map(|s| &s.target).filter(|t| live(t));
+    let primary = primary.filter(|p| live(p) && workloads::primary::is_this_canarys(canary, p));
+    let target_view = target.map(|t| daemon_set_view(t, snapshot.as_ref().map(|s| s.revision.clone()), now));
+    let primary_restorable = primary.is_none()
+        && snapshot.as_ref().is_some_and(|s| {
+            workloads::missing_primary_source(&primary_name, revision_of_the_primary(&status), &s.revision, &[]).is_ok()
+        });
+    let provider = provider_of(canary, &ctx.settings).ok();
+    let deadline = progress_deadline(&canary.spec);
+    let deleted_at = canary.meta().deletion_timestamp.as_ref().map(|t| t.0);
+    let view = HandoverView {
+        revert_on_deletion: canary.spec.revert_on_deletion,
+        promoted_revision: status.last_promoted_spec.clone(),
+        target: target_view,
+        primary: primary.as_ref().map(|p| daemon_set_view(p, None, now)),
+        primary_restorable,
+        target_replicas: 1,
+        routes: provider
+            .map(|p| if p == Provider::Kubernetes { RouteObjects::ApexOnly } else { RouteObjects::Separate }),
+        namespace_terminating: namespace_terminating(ctx, &namespace).await,
+        deadline_passed: deleted_at.is_some_and(|at| jiff_elapsed(at, now) > deadline),
+    };
+    let names =
+        Names { kind: "DaemonSet", target: target_name, primary: primary_name, apex: ServiceNames::of(canary).apex };
+    Ok(Observed { view, names, snapshot: None, daemon_set: snapshot, provider })
 }
 
 /// The claims refusal of a deleted Canary (see [`super::claims`]): with its target read,
@@ -263,6 +329,15 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
     let status = canary.status.clone().unwrap_or_default();
     for step in &plan.steps {
         match step {
+            Step::RebuildPrimary if canary.spec.target_ref.is_daemon_set() => {
+                let snapshot = observed.daemon_set.as_ref().ok_or_else(|| Error::Workload {
+                    context: "recreating the primary DaemonSet".into(),
+                    message: "the target could not be read".into(),
+                })?;
+                daemonset::initialize(&ctx.client, canary, snapshot, revision_of_the_primary(&status))
+                    .await
+                    .map_err(|e| workload_error("recreating the primary DaemonSet", e))?;
+            }
             Step::RebuildPrimary => {
                 let snapshot = observed.snapshot.as_ref().ok_or_else(|| Error::Workload {
                     context: "rebuilding the primary".into(),
@@ -287,6 +362,12 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                         .await
                         .map_err(router_error(&format!("setting routes to {weights}")))?;
                 }
+            }
+            Step::ScaleTarget(replicas) if canary.spec.target_ref.is_daemon_set() => {
+                let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
+                daemonset::scale(&ctx.client, &namespace, &canary.spec.target_ref.name, *replicas == 0)
+                    .await
+                    .map_err(|e| workload_error("scaling the target DaemonSet", e))?;
             }
             Step::ScaleTarget(replicas) => {
                 let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
@@ -347,7 +428,7 @@ pub(super) struct Stall {
 
 /// The revision the primary runs or is being given: the one being promoted once the
 /// analysis passed (it is stored before it is written), else the last promoted one.
-fn revision_of_the_primary(status: &CanaryStatus) -> Option<&str> {
+pub(super) fn revision_of_the_primary(status: &CanaryStatus) -> Option<&str> {
     match status.phase {
         Phase::Promoting | Phase::Finalising => status.last_applied_spec.as_deref(),
         _ => status.last_promoted_spec.as_deref(),

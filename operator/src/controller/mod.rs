@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
@@ -184,7 +184,7 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The Canaries whose target is this Deployment, or that own it (the primary).
+/// The Canaries whose target is this Deployment (or DaemonSet), or that own it (the primary).
 fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) -> Vec<ObjectRef<Canary>> {
     let namespace = deployment.namespace();
     let name = deployment.name_any();
@@ -306,6 +306,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     let canary_events = kept("canaries", watcher(canaries, config()), &health).reflect(canary_writer);
     let deployments =
         kept("deployments", watcher(api_in::<PartialObjectMeta<Deployment>>(&client, &namespace), config()), &health);
+    let daemon_sets =
+        kept("daemonsets", watcher(api_in::<PartialObjectMeta<DaemonSet>>(&client, &namespace), config()), &health);
     let configmaps =
         kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
     let secrets =
@@ -356,6 +358,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         }
     });
     let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
+    let s6 = store.clone();
     // Knative Service targets are watched when the cluster serves them at start (a watch of
     // an unserved kind fails forever); a Knative CRD installed later needs a restart.
     let knative = crate::routers::knative::service_resource();
@@ -375,6 +378,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
         .watches_stream(objects_only(deployments.touched_objects()), move |d: PartialObjectMeta<Deployment>| {
             canaries_for_deployment(&s1, &d)
+        })
+        .watches_stream(objects_only(daemon_sets.touched_objects()), move |d: PartialObjectMeta<DaemonSet>| {
+            canaries_for_deployment(&s6, &d)
         })
         .watches_stream(objects_only(configmaps.touched_objects()), move |cm: PartialObjectMeta<ConfigMap>| {
             canaries_tracking(&s2, cm.namespace(), format!("configmap/{}", cm.name_any()))

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Service, ServicePort, ServiceSpec};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -260,38 +260,59 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 // ---------------------------------------------------------------------------------------
 // I/O
 
-/// Reads the target Deployment's pod selector.
+/// Reads the target's pod selector (a Deployment's, or a DaemonSet's).
 pub async fn target_selector(client: &Client, canary: &Canary) -> Result<PodSelector, RouterError> {
-    PodSelector::of_deployment(&read_target(client, canary).await?)
+    Ok(target_pods(client, canary).await?.selector)
 }
 
-/// Reads what the generated Services take from the target Deployment (see [`TargetPods`]):
-/// every writer of a generated Service builds it from this, so none drops a discovered port.
+/// Reads what the generated Services take from the target (see [`TargetPods`]): every
+/// writer of a generated Service builds it from this, so none drops a discovered port.
 pub async fn target_pods(client: &Client, canary: &Canary) -> Result<TargetPods, RouterError> {
-    TargetPods::of_deployment(canary, &read_target(client, canary).await?)
-}
-
-async fn read_target(client: &Client, canary: &Canary) -> Result<Deployment, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = &canary.spec.target_ref.name;
+    let read_error = |kind: &str, source: kube::Error| RouterError::Api {
+        verb: "read",
+        kind: kind.into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let not_found = |kind: &str| RouterError::NotFound {
+        kind: kind.into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        reason: format!("it is the targetRef of Canary {}", canary_key(canary)),
+    };
+    if canary.spec.target_ref.is_daemon_set() {
+        let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &namespace);
+        let daemon_set = daemon_sets
+            .get_opt(name)
+            .await
+            .map_err(|source| read_error("DaemonSet", source))?
+            .ok_or_else(|| not_found("DaemonSet"))?;
+        let empty = BTreeMap::new();
+        let match_labels = daemon_set.spec.as_ref().and_then(|s| s.selector.match_labels.as_ref()).unwrap_or(&empty);
+        let selector = PodSelector::from_match_labels(name, match_labels).map_err(|err| match err {
+            RouterError::Malformed { name, reason, .. } => {
+                RouterError::Malformed { kind: "DaemonSet".into(), namespace: namespace.clone(), name, reason }
+            }
+            other => other,
+        })?;
+        let containers = daemon_set
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .map(|pod| pod.containers.as_slice())
+            .unwrap_or_default();
+        return Ok(TargetPods { selector, discovered_ports: discovered_ports(&canary.spec.service, containers) });
+    }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let deployment = deployments
         .get_opt(name)
         .await
-        .map_err(|source| RouterError::Api {
-            verb: "read",
-            kind: "Deployment".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?
-        .ok_or_else(|| RouterError::NotFound {
-            kind: "Deployment".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            reason: format!("it is the targetRef of Canary {}", canary_key(canary)),
-        })?;
-    Ok(deployment)
+        .map_err(|source| read_error("Deployment", source))?
+        .ok_or_else(|| not_found("Deployment"))?;
+    TargetPods::of_deployment(canary, &deployment)
 }
 
 pub(crate) async fn read_apex(client: &Client, canary: &Canary) -> Result<Option<Service>, RouterError> {

@@ -311,9 +311,19 @@ pub fn build_primary_secret(secret: &Secret, canary: &Canary) -> Result<Secret, 
 
 /// Reads the ConfigMaps and Secrets the target's pods use and returns the tracked ones.
 pub async fn read_tracked_configs(client: &Client, target: &Deployment) -> Result<TrackedConfigs, WorkloadError> {
-    let namespace = target.metadata.namespace.clone().unwrap_or_default();
-    let deployment = target.metadata.name.clone().unwrap_or_default();
-    let Some(pod_spec) = target.spec.as_ref().and_then(|spec| spec.template.spec.as_ref()) else {
+    let pod_spec = target.spec.as_ref().and_then(|spec| spec.template.spec.as_ref());
+    read_tracked_configs_of(client, &target.metadata, pod_spec).await
+}
+
+/// [`read_tracked_configs`] of any workload: its metadata and pod spec.
+pub async fn read_tracked_configs_of(
+    client: &Client,
+    target: &ObjectMeta,
+    pod_spec: Option<&PodSpec>,
+) -> Result<TrackedConfigs, WorkloadError> {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let deployment = target.name.clone().unwrap_or_default();
+    let Some(pod_spec) = pod_spec else {
         return Ok(TrackedConfigs::default());
     };
     let refs = referenced_configs(pod_spec);

@@ -119,6 +119,8 @@ pub struct HandoverPlan {
 /// Names used in the messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
+    /// The workload kind of the target and primary: Deployment or DaemonSet.
+    pub kind: &'static str,
     pub target: String,
     pub primary: String,
     pub apex: String,
@@ -130,6 +132,7 @@ fn short(revision: Option<&str>) -> &str {
 
 /// Decides the hand-over of a deleted Canary.
 pub fn plan(view: &HandoverView, names: &Names) -> HandoverPlan {
+    let kind = names.kind;
     if view.namespace_terminating {
         return HandoverPlan {
             steps: vec![],
@@ -147,7 +150,7 @@ pub fn plan(view: &HandoverView, names: &Names) -> HandoverPlan {
             then: Then::Release {
                 reason: "Released",
                 message: format!(
-                    "Canary deleted before petrel took any traffic over (no Deployment {}): nothing to hand back",
+                    "Canary deleted before petrel took any traffic over (no {kind} {}): nothing to hand back",
                     names.primary
                 ),
                 warning: false,
@@ -164,22 +167,22 @@ pub fn plan(view: &HandoverView, names: &Names) -> HandoverPlan {
         }
         if view.deadline_passed {
             let why = format!(
-                "Deployment {} was not ready with {} replicas within progressDeadlineSeconds of the deletion",
+                "{kind} {} was not ready with {} replicas within progressDeadlineSeconds of the deletion",
                 names.target, view.target_replicas
             );
             return keep_primary(view, names, Some(why));
         }
         let steps = if scaled { vec![] } else { vec![Step::ScaleTarget(view.target_replicas)] };
-        return wait(steps, format!("waiting for Deployment {} to be ready", names.target));
+        return wait(steps, format!("waiting for {kind} {} to be ready", names.target));
     }
     let why = match (&view.target, view.revert_on_deletion) {
         (Some(target), true) => Some(format!(
-            "revertOnDeletion: Deployment {} runs revision {}, which never passed analysis (the promoted one is {})",
+            "revertOnDeletion: {kind} {} runs revision {}, which never passed analysis (the promoted one is {})",
             names.target,
             short(target.revision.as_deref()),
             short(promoted)
         )),
-        (None, true) => Some(format!("revertOnDeletion: Deployment {} is gone", names.target)),
+        (None, true) => Some(format!("revertOnDeletion: {kind} {} is gone", names.target)),
         (_, false) => None,
     };
     keep_primary(view, names, why)
@@ -190,6 +193,7 @@ fn wait(steps: Vec<Step>, why: String) -> HandoverPlan {
 }
 
 fn hand_to_target(view: &HandoverView, names: &Names, promoted: Option<&str>) -> HandoverPlan {
+    let kind = names.kind;
     let mut steps = Vec::new();
     if view.routes.is_some() {
         steps.push(Step::RouteAllTo(Side::Target));
@@ -207,7 +211,7 @@ fn hand_to_target(view: &HandoverView, names: &Names, promoted: Option<&str>) ->
         then: Then::Release {
             reason: "Reverted",
             message: format!(
-                "Canary deleted: all traffic handed back to Deployment {} ({version}, {} ready replicas) through Service {}, which stays; petrel's generated objects go with the Canary",
+                "Canary deleted: all traffic handed back to {kind} {} ({version}, {} ready replicas) through Service {}, which stays; petrel's generated objects go with the Canary",
                 names.target, view.target_replicas, names.apex
             ),
             warning: false,
@@ -216,6 +220,7 @@ fn hand_to_target(view: &HandoverView, names: &Names, promoted: Option<&str>) ->
 }
 
 fn keep_primary(view: &HandoverView, names: &Names, revert_skipped: Option<String>) -> HandoverPlan {
+    let kind = names.kind;
     let can_keep = view.primary.is_some() || view.primary_restorable;
     if !can_keep {
         return HandoverPlan {
@@ -223,7 +228,7 @@ fn keep_primary(view: &HandoverView, names: &Names, revert_skipped: Option<Strin
             then: Then::Release {
                 reason: "HandoverImpossible",
                 message: format!(
-                    "Canary deleted, but neither Deployment {} (missing, or not the promoted version) nor a promoted Deployment {} can take the traffic; nothing was changed",
+                    "Canary deleted, but neither {kind} {} (missing, or not the promoted version) nor a promoted {kind} {} can take the traffic; nothing was changed",
                     names.target, names.primary
                 ),
                 warning: true,
@@ -242,7 +247,7 @@ fn keep_primary(view: &HandoverView, names: &Names, revert_skipped: Option<Strin
     }
     steps.push(Step::ReleaseOwned);
     let kept = format!(
-        "all traffic stays on Deployment {} (revision {}); it, its Services and routes are released from the Canary and keep serving (delete them when you no longer need them, or apply the Canary again to adopt them)",
+        "all traffic stays on {kind} {} (revision {}); it, its Services and routes are released from the Canary and keep serving (delete them when you no longer need them, or apply the Canary again to adopt them)",
         names.primary,
         short(view.promoted_revision.as_deref())
     );
@@ -279,6 +284,7 @@ pub fn owned_kinds() -> Vec<ApiResource> {
     use k8s_openapi::api::{apps, autoscaling, core, networking};
     let mut kinds = vec![
         ApiResource::erase::<apps::v1::Deployment>(&()),
+        ApiResource::erase::<apps::v1::DaemonSet>(&()),
         ApiResource::erase::<autoscaling::v2::HorizontalPodAutoscaler>(&()),
         ApiResource::erase::<core::v1::ConfigMap>(&()),
         ApiResource::erase::<core::v1::Secret>(&()),
@@ -352,7 +358,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn names() -> Names {
-        Names { target: "podinfo".into(), primary: "podinfo-primary".into(), apex: "podinfo".into() }
+        Names {
+            kind: "Deployment",
+            target: "podinfo".into(),
+            primary: "podinfo-primary".into(),
+            apex: "podinfo".into(),
+        }
     }
 
     fn workload(revision: &str, replicas: i32, ready: bool) -> WorkloadView {

@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod configs;
+pub mod daemonset;
 pub mod handover;
 pub mod health;
 pub mod history;
@@ -75,6 +76,17 @@ pub enum WorkloadError {
 
     #[error("Deployment {namespace}/{name} not found")]
     TargetNotFound { namespace: String, name: String },
+
+    #[error("DaemonSet {namespace}/{name} not found")]
+    DaemonSetNotFound { namespace: String, name: String },
+
+    #[error(
+        "spec.autoscalerRef {name}: a DaemonSet runs one pod per node and has no replicas to scale; remove autoscalerRef"
+    )]
+    DaemonSetAutoscaler { name: String },
+
+    #[error("DaemonSet {name} cannot be released: {reason}")]
+    InvalidDaemonSet { name: String, reason: String },
 
     #[error("Knative Service {namespace}/{name} not found (serving.knative.dev/v1)")]
     KnativeServiceNotFound { namespace: String, name: String },

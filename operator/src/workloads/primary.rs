@@ -183,7 +183,7 @@ fn deployment_api(client: &Client, target: &Deployment) -> (Api<Deployment>, Str
 
 /// Whether a `<target>-primary` is this Canary's: owned by it, or owned by no Canary and
 /// labelled with its name (left behind by a deleted Canary of the same name).
-pub fn is_this_canarys(canary: &Canary, primary: &Deployment) -> bool {
+pub fn is_this_canarys(canary: &Canary, primary: &impl Resource) -> bool {
     let owners = primary.meta().owner_references.clone().unwrap_or_default();
     let canary_owners: Vec<_> = owners.iter().filter(|owner| owner.kind == Canary::kind(&())).collect();
     match canary_owners.as_slice() {
@@ -201,7 +201,7 @@ pub fn is_this_canarys(canary: &Canary, primary: &Deployment) -> bool {
 /// is not this Canary's by its label. The resourceVersion makes it conditional.
 pub(crate) fn adoption_patch(
     canary: &Canary,
-    primary: &Deployment,
+    primary: &impl Resource,
 ) -> Result<Option<serde_json::Value>, WorkloadError> {
     let meta = primary.meta();
     let owners = meta.owner_references.clone().unwrap_or_default();

@@ -12,6 +12,7 @@ use kube::Client;
 
 use super::WorkloadError;
 use super::actions::{self, WorkloadSnapshot};
+use super::daemonset::{self, DaemonSetSnapshot};
 use super::knative::{self, KnativeSnapshot};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
@@ -22,6 +23,8 @@ pub enum TargetKind {
     /// Boxed: a Deployment snapshot holds whole objects, a Knative one a few names.
     Deployment(Box<WorkloadSnapshot>),
     Knative(KnativeSnapshot),
+    /// Boxed like a Deployment's.
+    DaemonSet(Box<DaemonSetSnapshot>),
 }
 
 /// The target: its revision and release, and its kind's own reading.
@@ -52,11 +55,19 @@ impl TargetSnapshot {
         }
     }
 
+    fn daemon_set(snapshot: DaemonSetSnapshot) -> Self {
+        TargetSnapshot {
+            revision: snapshot.revision.clone(),
+            release: snapshot.release.clone(),
+            kind: TargetKind::DaemonSet(Box::new(snapshot)),
+        }
+    }
+
     /// The target Deployment, when the target is one.
     pub fn target_deployment(&self) -> Option<&Deployment> {
         match &self.kind {
             TargetKind::Deployment(snapshot) => Some(&snapshot.target),
-            TargetKind::Knative(_) => None,
+            TargetKind::Knative(_) | TargetKind::DaemonSet(_) => None,
         }
     }
 
@@ -64,7 +75,7 @@ impl TargetSnapshot {
     pub fn primary_deployment(&self) -> Option<&Deployment> {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.primary.as_ref(),
-            TargetKind::Knative(_) => None,
+            TargetKind::Knative(_) | TargetKind::DaemonSet(_) => None,
         }
     }
 
@@ -72,6 +83,7 @@ impl TargetSnapshot {
     pub fn tracked_checksums(&self) -> BTreeMap<String, String> {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.tracked_checksums(),
+            TargetKind::DaemonSet(snapshot) => snapshot.tracked.checksums(),
             TargetKind::Knative(_) => BTreeMap::new(),
         }
     }
@@ -80,6 +92,7 @@ impl TargetSnapshot {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.canary_health(canary, now),
             TargetKind::Knative(snapshot) => snapshot.canary_health(),
+            TargetKind::DaemonSet(snapshot) => snapshot.canary_health(canary, now),
         }
     }
 
@@ -87,6 +100,7 @@ impl TargetSnapshot {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.primary_health(canary, now),
             TargetKind::Knative(snapshot) => snapshot.primary_health(),
+            TargetKind::DaemonSet(snapshot) => snapshot.primary_health(canary, now),
         }
     }
 
@@ -96,6 +110,7 @@ impl TargetSnapshot {
     pub fn primary_template(&self) -> Option<(String, String)> {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.primary_template(),
+            TargetKind::DaemonSet(snapshot) => snapshot.primary_template(),
             TargetKind::Knative(_) => None,
         }
     }
@@ -105,6 +120,7 @@ impl TargetSnapshot {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.primary_runs(revision),
             TargetKind::Knative(snapshot) => snapshot.primary_runs(revision),
+            TargetKind::DaemonSet(snapshot) => snapshot.primary_runs(revision),
         }
     }
 }
@@ -112,6 +128,12 @@ impl TargetSnapshot {
 /// Reads the target the Canary names. Errors that need a person's fix report
 /// [`WorkloadError::is_stalled`].
 pub async fn read_target(client: &Client, canary: &Canary) -> Result<TargetSnapshot, WorkloadError> {
+    if canary.spec.target_ref.is_daemon_set() {
+        if let Some(autoscaler) = &canary.spec.autoscaler_ref {
+            return Err(WorkloadError::DaemonSetAutoscaler { name: autoscaler.name.clone() });
+        }
+        return daemonset::read_daemon_sets(client, canary).await.map(TargetSnapshot::daemon_set);
+    }
     if !canary.spec.target_ref.is_knative_service() {
         return actions::read_workloads(client, canary).await.map(TargetSnapshot::deployment);
     }
@@ -121,9 +143,17 @@ pub async fn read_target(client: &Client, canary: &Canary) -> Result<TargetSnaps
     knative::read_knative(client, canary).await.map(TargetSnapshot::knative)
 }
 
-/// Initialisation: the Deployment's primary clone (and HPA), or the Knative primary revision.
-pub async fn initialize(client: &Client, canary: &Canary, target: &TargetSnapshot) -> Result<(), WorkloadError> {
+/// Initialisation: the Deployment's primary clone (and HPA), the DaemonSet's primary
+/// clone, or the Knative primary revision. `promoted_revision` is what a missing
+/// DaemonSet primary may be recreated from (see [`daemonset::initialize`]).
+pub async fn initialize(
+    client: &Client,
+    canary: &Canary,
+    target: &TargetSnapshot,
+    promoted_revision: Option<&str>,
+) -> Result<(), WorkloadError> {
     match &target.kind {
+        TargetKind::DaemonSet(snapshot) => daemonset::initialize(client, canary, snapshot, promoted_revision).await,
         TargetKind::Deployment(snapshot) => actions::initialize_primary(client, canary, snapshot).await.map(|_| ()),
         TargetKind::Knative(snapshot) => knative::initialize(client, snapshot).await,
     }
@@ -133,6 +163,7 @@ pub async fn initialize(client: &Client, canary: &Canary, target: &TargetSnapsho
 pub async fn scale_canary_up(client: &Client, target: &TargetSnapshot) -> Result<(), WorkloadError> {
     match &target.kind {
         TargetKind::Deployment(snapshot) => actions::scale_canary_up(client, snapshot).await.map(|_| ()),
+        TargetKind::DaemonSet(snapshot) => scale_daemon_set(client, snapshot, false).await,
         TargetKind::Knative(_) => Ok(()),
     }
 }
@@ -141,6 +172,7 @@ pub async fn scale_canary_up(client: &Client, target: &TargetSnapshot) -> Result
 pub async fn scale_canary_to_zero(client: &Client, target: &TargetSnapshot) -> Result<(), WorkloadError> {
     match &target.kind {
         TargetKind::Deployment(snapshot) => actions::scale_canary_to_zero(client, snapshot).await,
+        TargetKind::DaemonSet(snapshot) => scale_daemon_set(client, snapshot, true).await,
         TargetKind::Knative(_) => Ok(()),
     }
 }
@@ -153,5 +185,16 @@ pub async fn promote(client: &Client, canary: &Canary, target: &TargetSnapshot) 
             actions::promote_canary_to_primary(client, canary, snapshot).await.map(|_| ())
         }
         TargetKind::Knative(snapshot) => knative::promote(client, snapshot).await,
+        TargetKind::DaemonSet(snapshot) => daemonset::promote(client, canary, snapshot).await,
     }
+}
+
+/// Scales the target DaemonSet down or up, unless it is so already.
+async fn scale_daemon_set(client: &Client, snapshot: &DaemonSetSnapshot, down: bool) -> Result<(), WorkloadError> {
+    if daemonset::is_scaled_down(&snapshot.target) == down {
+        return Ok(());
+    }
+    let namespace = snapshot.target.metadata.namespace.clone().unwrap_or_default();
+    let name = snapshot.target.metadata.name.clone().unwrap_or_default();
+    daemonset::scale(client, &namespace, &name, down).await
 }
