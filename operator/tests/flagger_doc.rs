@@ -111,6 +111,19 @@ fn resolve<'a>(spec: &'a Value, path: &str) -> Resolved<'a> {
 }
 
 /// The last field name of a path (`backends` for `spec.service.backends[]`).
+/// Whether the declared block that holds `path` (the nearest ancestor petrel's CRD
+/// declares) is refused by a rule that names it, with `message`.
+fn refused_block(spec: &Value, path: &str, message: &str) -> bool {
+    let mut prefix = path;
+    while let Some((parent, _)) = prefix.rsplit_once('.') {
+        prefix = parent;
+        if let Resolved::Declared(nodes) = resolve(spec, prefix) {
+            return refusing_rule(&nodes, &field_name(prefix), message);
+        }
+    }
+    false
+}
+
 fn field_name(path: &str) -> String {
     segments(path).into_iter().rev().find(|s| s != "[]" && s != "*").unwrap_or_default()
 }
@@ -180,6 +193,9 @@ fn problems(fields: &[String], rows: &BTreeMap<String, Row>, specs: &BTreeMap<St
                             ));
                         }
                     }
+                    // Inside a free-form block: refused when the block itself is, by a rule
+                    // naming it with this message (the whole block goes, with its fields).
+                    Resolved::FreeForm if refused_block(spec, path, message) => {}
                     Resolved::FreeForm => out.push(format!(
                         "{field}: says refused, but petrel's {kind} CRD keeps unknown fields there and accepts it"
                     )),

@@ -169,6 +169,11 @@ fn reference_kind_rule(field: &str, kind: &str, api_version: &str) -> kube::core
     )))
 }
 
+/// The refusal of `analysis.sessionAffinity`, as the API server words it.
+pub const SESSION_AFFINITY_MESSAGE: &str = "analysis.sessionAffinity is not supported by petrel yet: it does not pin sessions to the canary; remove it (users may then move between primary and canary from one request to the next)";
+/// The refusal of the Gateway API-only `service.mirror` and `service.rewrite.type`.
+pub const GATEWAY_ONLY_OPTIONS_MESSAGE: &str = "service.mirror and service.rewrite.type are Gateway API route options that petrel does not write yet: remove them (analysis.mirror mirrors traffic to the canary during blue/green)";
+
 /// The refusal of App Mesh's `service.meshName` and `service.backends`, as the API server words it.
 pub const APP_MESH_FIELDS_MESSAGE: &str = "service.meshName and service.backends are AWS App Mesh settings; App Mesh is retired upstream and petrel does not support it: remove them and use another provider (for example linkerd, istio or gatewayapi)";
 
@@ -267,6 +272,7 @@ pub struct ScalerReplicas {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.meshName) && !has(self.backends)").message(APP_MESH_FIELDS_MESSAGE))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.mirror) && (!has(self.rewrite) || !has(self.rewrite.type))").message(GATEWAY_ONLY_OPTIONS_MESSAGE))]
 pub struct CanaryService {
     /// Name of the apex Service; defaults to the target's name. A DNS-1035 label of at
     /// most 55 characters, so that `<name>-primary` is one too.
@@ -395,6 +401,7 @@ pub struct GatewayRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.sessionAffinity)").message(SESSION_AFFINITY_MESSAGE))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxWeight) || self.maxWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.maxWeight 0 would promote without the canary ever receiving traffic: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || self.stepWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.stepWeight 0 never moves traffic to the canary: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
@@ -454,7 +461,8 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
     #[schemars(length(max = 16))]
     pub match_: Option<Vec<HttpMatch>>,
-    /// Accepted for Flagger compatibility; petrel does not yet pin sessions.
+    /// Flagger's cookie pinning: refused (petrel does not pin sessions yet). Kept in the
+    /// schema so that the API server's message says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub session_affinity: Option<serde_json::Value>,

@@ -145,6 +145,7 @@ fn parent_refs(canary: &Canary) -> Value {
 
 /// The HTTPRoute `<svc>` for these weights.
 pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
+    refuse_istio_route_options(canary)?;
     let names = ServiceNames::of(canary);
     let port = service_port(canary);
     let timeouts = timeouts(canary);
@@ -212,6 +213,35 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
     Weights::new(primary, canary, mirror)
 }
 
+/// The Istio-style route options petrel writes on Istio only: on an HTTPRoute it does not
+/// write them yet, so a Canary that sets them is refused (Stalled, `InvalidRouting`) rather
+/// than routed without them.
+fn refuse_istio_route_options(canary: &Canary) -> Result<(), RouterError> {
+    let service = &canary.spec.service;
+    let set: Vec<&str> = [
+        ("service.match", service.match_.as_ref().is_some_and(|m| !m.is_empty())),
+        ("service.headers", service.headers.is_some()),
+        ("service.rewrite", service.rewrite.is_some()),
+        ("service.corsPolicy", service.cors_policy.is_some()),
+        ("service.retries", service.retries.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, is_set)| is_set.then_some(field))
+    .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(RouterError::InvalidCanary {
+        canary: canary_key(canary),
+        reason: format!(
+            "{} {} written by petrel on Istio VirtualServices only, not on Gateway API HTTPRoutes yet: remove {} or use provider istio",
+            set.join(", "),
+            if set.len() == 1 { "is" } else { "are" },
+            if set.len() == 1 { "it" } else { "them" },
+        ),
+    })
+}
+
 pub(crate) struct GatewayApi;
 
 impl MeshRoutes for GatewayApi {
@@ -233,6 +263,18 @@ impl MeshRoutes for GatewayApi {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn istio_route_options_are_refused_rather_than_dropped() {
+        let mut canary = super::super::testing::canary();
+        assert!(build_http_route(&canary, super::super::testing::weights(100, 0, false)).is_ok());
+        canary.spec.service.match_ = Some(vec![json!({ "uri": { "prefix": "/api" } })]);
+        canary.spec.service.cors_policy = Some(json!({ "allowOrigins": [{ "exact": "https://example.com" }] }));
+        let refused = build_http_route(&canary, super::super::testing::weights(100, 0, false)).unwrap_err();
+        assert!(matches!(refused, RouterError::InvalidCanary { .. }), "{refused}");
+        let message = refused.to_string();
+        assert!(message.contains("service.match, service.corsPolicy are written by petrel on Istio"), "{message}");
+    }
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
     use super::*;
