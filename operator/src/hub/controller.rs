@@ -6,7 +6,8 @@
 //! (server-side apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]),
 //! rolls members back when the policy says so, writes the Rollout status once and
 //! publishes Events. A change of a watched member Canary, or of a member's
-//! reachability, wakes the reconciles; a slower safety requeue catches anything else.
+//! reachability, wakes the reconciles of the Rollouts that select that member; a slower
+//! safety requeue catches anything else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use super::input::{
     transition_events, unassigned_problem, valid_condition,
 };
 use super::members::MemberClients;
-use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey};
+use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey, rollouts_selecting};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
 use crate::controller::watches::{kept, objects_only};
@@ -630,7 +631,8 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     let (store, rollout_writer) = kube::runtime::reflector::store();
     let config = || watcher::Config::default().any_semantic();
     let rollout_events = kept("rollouts", watcher(rollouts, config()), &ctx.health).reflect(rollout_writer);
-    let cluster_events = kept("clusters", watcher(clusters, config()), &ctx.health);
+    let (cluster_store, cluster_writer) = kube::runtime::reflector::store();
+    let cluster_events = kept("clusters", watcher(clusters, config()), &ctx.health).reflect(cluster_writer);
     let _helpers = AbortOnDrop(
         ctx.watches.clone(),
         vec![
@@ -656,6 +658,10 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     );
     info!("starting the hub Rollout controller");
     let rollout_store = store.clone();
+    let member_changes = ctx.watches.member_changes().flat_map({
+        let store = store.clone();
+        move |changed| futures::stream::iter(rollouts_selecting(&changed, &cluster_store.state(), &store.state()))
+    });
     Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
@@ -665,10 +671,9 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
                 store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
             },
         )
-        // A member Canary changed, or a member's reachability: every Rollout looks again
-        // (kube's per-object `reconcile_on` is still behind an unstable feature; a
-        // Rollout a change does not concern reads the caches and writes nothing).
-        .reconcile_all_on(ctx.watches.reconcile_trigger())
+        // A member Canary changed, or a member's reachability: the Rollouts that select
+        // that member look again.
+        .reconcile_on(member_changes)
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

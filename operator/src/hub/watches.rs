@@ -5,7 +5,8 @@
 //! selector on the name: the hub caches exactly the objects its decisions read, a
 //! Canary event always concerns a Rollout, and hub credentials scoped to the app's
 //! namespace (get/list/watch on `canaries` there) are enough. With one Rollout per app
-//! this is one watch per member. Every change wakes the Rollout reconciles.
+//! this is one watch per member. A change names the member it concerns, and wakes only
+//! the Rollouts that select that member ([`rollouts_selecting`]).
 //!
 //! The reconcile reads a Canary from here only while the cache is fresh (synced, no
 //! error since, and the member heard from within [`CONTACT_FRESHNESS`]); otherwise it
@@ -22,12 +23,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use crate::api::Canary;
+use crate::api::{Canary, Cluster, Rollout};
 use crate::fleet::identity::ObservedIdentity;
 
 /// How long after the last sign of life (a watch event, a successful probe) a cache
@@ -259,6 +262,8 @@ struct State {
     wanted: BTreeMap<String, BTreeMap<WatchKey, WantedWatch>>,
     running: BTreeMap<WatchKey, Running>,
     probes: BTreeMap<String, MemberProbe>,
+    /// Members whose Canary or reachability changed since the reconciles last looked.
+    changed: BTreeSet<String>,
     next_id: u64,
 }
 
@@ -296,18 +301,23 @@ impl MemberWatches {
         lock(&self.inner)
     }
 
-    /// Woken (coalesced) whenever a watched Canary changes or a member's reachability
-    /// does: the trigger of the Rollout reconciles.
-    pub fn reconcile_trigger(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        futures::stream::unfold(self.inner.wake_reconciles.clone(), |notify| async move {
-            notify.notified().await;
-            Some(((), notify))
+    /// The members (cluster names, coalesced) whose watched Canary or reachability
+    /// changed: the trigger of the reconciles of the Rollouts that select them.
+    pub fn member_changes(&self) -> impl futures::Stream<Item = BTreeSet<String>> + Send + 'static {
+        futures::stream::unfold(self.inner.clone(), |inner| async move {
+            loop {
+                let changed = std::mem::take(&mut lock(&inner).changed);
+                if !changed.is_empty() {
+                    return Some((changed, inner));
+                }
+                inner.wake_reconciles.notified().await;
+            }
         })
     }
 
-    /// Wakes the Rollout reconciles.
-    pub fn wake_reconciles(&self) {
-        self.inner.wake_reconciles.notify_one();
+    /// Wakes the reconciles of the Rollouts that select the member `cluster`.
+    pub fn member_changed(&self, cluster: &str) {
+        member_changed(&self.inner, cluster);
     }
 
     /// How the reconcile may read the Canary `key` names, watched with a client from
@@ -366,7 +376,7 @@ impl MemberWatches {
         state.probes.insert(cluster.to_string(), MemberProbe { at: now, result, last_ok, identity });
         drop(state);
         if changed {
-            self.wake_reconciles();
+            self.member_changed(cluster);
         }
     }
 
@@ -481,6 +491,36 @@ fn lock(inner: &Inner) -> MutexGuard<'_, State> {
     inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Records that the member `cluster` changed and wakes the trigger.
+fn member_changed(inner: &Inner, cluster: &str) {
+    lock(inner).changed.insert(cluster.to_string());
+    inner.wake_reconciles.notify_one();
+}
+
+/// The Rollouts a change of the members `changed` concerns: those whose cluster
+/// selector selects one of them, by the labels in the hub's Cluster store. A member
+/// the store does not hold (yet) concerns every Rollout, so that a change is never
+/// dropped; a Cluster's own change (labels, deletion) reaches every Rollout through
+/// the Cluster watch. Pure.
+pub fn rollouts_selecting(
+    changed: &BTreeSet<String>,
+    clusters: &[Arc<PartialObjectMeta<Cluster>>],
+    rollouts: &[Arc<Rollout>],
+) -> Vec<ObjectRef<Rollout>> {
+    let mut labels = Vec::with_capacity(changed.len());
+    for name in changed {
+        match clusters.iter().find(|c| c.name_any() == *name) {
+            Some(cluster) => labels.push(cluster.labels()),
+            None => return rollouts.iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect(),
+        }
+    }
+    rollouts
+        .iter()
+        .filter(|r| labels.iter().any(|l| r.spec.clusters.matches(l)))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// Watches one member Canary into the cache of watch `id` until aborted.
 async fn watch_canary(inner: Arc<Inner>, key: WatchKey, id: u64, client: Client) {
     let api: Api<Canary> = Api::namespaced(client, &key.namespace);
@@ -501,7 +541,7 @@ async fn watch_canary(inner: Arc<Inner>, key: WatchKey, id: u64, client: Client)
             }
         };
         if wake {
-            inner.wake_reconciles.notify_one();
+            member_changed(&inner, &key.cluster);
         }
     }
 }
@@ -709,14 +749,68 @@ mod tests {
     #[tokio::test]
     async fn probes_wake_the_reconciles_when_reachability_changes() {
         let watches = MemberWatches::new();
-        let mut trigger = Box::pin(watches.reconcile_trigger());
+        let mut trigger = Box::pin(watches.member_changes());
         watches.record_probe("eu-1", reached(), at(0));
-        assert!(tokio::time::timeout(Duration::from_secs(1), trigger.next()).await.is_ok(), "first probe");
+        let first = tokio::time::timeout(Duration::from_secs(1), trigger.next()).await;
+        assert_eq!(first.ok().flatten(), Some(BTreeSet::from(["eu-1".to_string()])), "first probe names its member");
         watches.record_probe("eu-1", reached(), at(15));
         assert!(tokio::time::timeout(Duration::from_millis(100), trigger.next()).await.is_err(), "no change");
         watches.record_probe("eu-1", ProbeResult::Unreachable("refused".into()), at(30));
         assert!(tokio::time::timeout(Duration::from_secs(1), trigger.next()).await.is_ok(), "lost");
         let probe = watches.probe("eu-1").unwrap();
         assert_eq!((probe.at, probe.last_ok), (at(30), Some(at(15))), "the last contact is kept");
+    }
+
+    fn cluster_meta(name: &str, env: &str) -> Arc<PartialObjectMeta<Cluster>> {
+        use kube::core::PartialObjectMetaExt;
+        let meta = kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("env".to_string(), env.to_string())].into()),
+            ..Default::default()
+        };
+        Arc::new(meta.into_request_partial::<Cluster>())
+    }
+
+    fn rollout_selecting(name: &str, env: Option<&str>) -> Arc<Rollout> {
+        let mut rollout: Rollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "petrel.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": name, "namespace": "fleet"},
+            "spec": {"canaryRef": {"namespace": "apps", "name": "web"}, "waves": [{"name": "all"}]},
+        }))
+        .unwrap();
+        if let Some(env) = env {
+            rollout.spec.clusters.match_labels = [("env".to_string(), env.to_string())].into();
+        }
+        Arc::new(rollout)
+    }
+
+    fn names(refs: Vec<ObjectRef<Rollout>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn a_member_change_reconciles_only_the_rollouts_that_select_it() {
+        let clusters = [cluster_meta("eu-1", "prod"), cluster_meta("stage-1", "stage")];
+        let rollouts = [
+            rollout_selecting("prod-app", Some("prod")),
+            rollout_selecting("stage-app", Some("stage")),
+            rollout_selecting("everywhere", None),
+        ];
+        let changed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(names(rollouts_selecting(&changed(&["eu-1"]), &clusters, &rollouts)), ["prod-app", "everywhere"]);
+        assert_eq!(
+            names(rollouts_selecting(&changed(&["stage-1"]), &clusters, &rollouts)),
+            ["stage-app", "everywhere"]
+        );
+        assert_eq!(
+            names(rollouts_selecting(&changed(&["eu-1", "stage-1"]), &clusters, &rollouts)),
+            ["prod-app", "stage-app", "everywhere"]
+        );
+        // A member the Cluster store does not hold yet: every Rollout looks, none is missed.
+        assert_eq!(
+            names(rollouts_selecting(&changed(&["new-1"]), &clusters, &rollouts)),
+            ["prod-app", "stage-app", "everywhere"]
+        );
+        assert!(rollouts_selecting(&changed(&["eu-1"]), &clusters, &rollouts[1..2]).is_empty());
     }
 }
