@@ -333,7 +333,9 @@ pub struct CanaryService {
     #[schemars(schema_with = "free_form_list")]
     pub match_: Option<Vec<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
+    /// Istio HTTPRewrite: `uri` and `authority` (Flagger's fields; `type` is Gateway API's
+    /// and refused). Closed, so a misspelt key is refused.
+    #[schemars(schema_with = "rewrite_schema")]
     pub rewrite: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
@@ -370,6 +372,17 @@ pub struct CanaryService {
     /// that controller set. petrel's own keys cannot be listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmanaged_metadata: Option<super::common::UnmanagedMetadata>,
+}
+
+fn rewrite_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "uri": { "type": "string" },
+            "authority": { "type": "string" },
+            "type": { "type": "string" }
+        }
+    })
 }
 
 fn service_name_rule() -> kube::core::Rule {
