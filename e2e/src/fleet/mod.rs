@@ -704,7 +704,7 @@ fn new_cluster(
     let pki = pki::generate(name, &dir.join("pki"), IpAddr::V4(SERVICE_IP))?;
     let api_url = format!("https://127.0.0.1:{port}");
     let kubeconfig_path = fleet_dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&kubeconfig_path, pki::admin_kubeconfig(name, &api_url, &pki))
+    std::fs::write(&kubeconfig_path, pki::admin_kubeconfig(name, &api_url, &pki)?)
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
     let kc = kubeconfig_path.display().to_string();
     let p = |path: &PathBuf| path.display().to_string();
