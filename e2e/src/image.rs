@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::scenario::workspace_root;
+use crate::wait::poll;
 
 /// The label every container a test starts carries, with the test process's pid: a
 /// container whose process died without removing it is removed by the next test.
@@ -281,20 +282,21 @@ pub async fn measure_start_to_ready(
     let url = format!("http://127.0.0.1:{port}/readyz");
     let started = Instant::now();
     let mut child = crate::fleet::spawn_tied_to_process(command).context("starting podman run")?;
-    let (from_run, ready_at) = loop {
+    let ready = poll(started + Duration::from_secs(60), Duration::from_millis(10), async || {
         if let Ok(response) = http.get(&url).send().await
             && response.status() == reqwest::StatusCode::OK
         {
-            break (started.elapsed(), chrono::Utc::now());
+            return Ok(Some((started.elapsed(), chrono::Utc::now())));
         }
         if let Some(status) = child.try_wait()? {
             bail!("petrel exited ({status}) before it was ready: {}", std::fs::read_to_string(log).unwrap_or_default());
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("petrel was not ready after 60 s: {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        Ok(None)
+    })
+    .await?;
+    let (from_run, ready_at) = ready.with_context(|| {
+        format!("petrel was not ready after 60 s: {}", std::fs::read_to_string(log).unwrap_or_default())
+    })?;
     let started_at = container.inspect("{{.State.StartedAt.Format \"2006-01-02T15:04:05.999999999Z07:00\"}}")?;
     let started_at = chrono::DateTime::parse_from_rfc3339(&started_at)
         .with_context(|| format!("parsing the container's start time {started_at:?}"))?;

@@ -16,3 +16,4 @@ pub mod prometheus;
 pub mod providers;
 pub mod scenario;
 pub mod simulator;
+pub mod wait;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::wait::poll;
+
 /// Environment variable naming the `prometheus` binary to use instead of
 /// the one on `PATH`.
 pub const PROMETHEUS_BIN_ENV: &str = "PETREL_PROMETHEUS_BIN";
@@ -196,17 +198,12 @@ impl Prometheus {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => {
-                    kill_and_reap(&mut child);
-                    return Ok(());
-                }
-            }
+        // Exited in time, or not (or its state unreadable): then killed.
+        let exited = poll(Instant::now() + STOP_GRACE, Duration::from_millis(50), async || child.try_wait()).await;
+        if !matches!(exited, Ok(Some(_))) {
+            kill_and_reap(&mut child);
         }
+        Ok(())
     }
 
     /// Kills it at once (SIGKILL), as a crash would.
@@ -275,25 +272,23 @@ impl Prometheus {
         timeout: Duration,
         accept: impl Fn(f64) -> bool,
     ) -> Result<f64, PrometheusError> {
-        let deadline = Instant::now() + timeout;
         let mut last = None;
-        loop {
+        let accepted = poll(Instant::now() + timeout, Duration::from_millis(250), async || {
             match self.query(promql).await {
-                Ok(Some(v)) if accept(v) => return Ok(v),
+                Ok(Some(v)) if accept(v) => return Ok(Some(v)),
                 Ok(v) => last = v,
                 Err(PrometheusError::Http { .. }) => {}
                 Err(e) => return Err(e),
             }
-            if Instant::now() >= deadline {
-                return Err(PrometheusError::Timeout {
-                    query: promql.to_owned(),
-                    what: what.to_owned(),
-                    timeout,
-                    last,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            Ok(None)
+        })
+        .await?;
+        accepted.ok_or_else(|| PrometheusError::Timeout {
+            query: promql.to_owned(),
+            what: what.to_owned(),
+            timeout,
+            last,
+        })
     }
 
     fn log_path(&self) -> PathBuf {
@@ -333,30 +328,27 @@ impl Prometheus {
 
     async fn wait_ready(&mut self) -> Result<(), PrometheusError> {
         let url = format!("{}/-/ready", self.url());
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
+        let ready = poll(Instant::now() + READY_TIMEOUT, Duration::from_millis(100), async || {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
                 return Err(PrometheusError::Exited { status, log: self.log_path(), tail: log_tail(&self.log_path()) });
             }
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(PrometheusError::NotReady {
-                    url: self.url(),
-                    timeout: READY_TIMEOUT,
-                    log: self.log_path(),
-                    tail: log_tail(&self.log_path()),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let answer = self.http.get(&url).send().await;
+            Ok(answer.is_ok_and(|response| response.status().is_success()).then_some(()))
+        })
+        .await?;
+        if ready.is_none() {
+            self.kill();
+            return Err(PrometheusError::NotReady {
+                url: self.url(),
+                timeout: READY_TIMEOUT,
+                log: self.log_path(),
+                tail: log_tail(&self.log_path()),
+            });
         }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace};
@@ -38,6 +38,7 @@ use crate::simulator::{
     App, AppCoords, Provider, RecordedSplit, RouteRecorder, Simulator, SimulatorConfig, TrafficProfile,
     VersionBehaviour,
 };
+use crate::wait::poll;
 
 /// Name of every scenario's Canary, target and Service.
 pub const APP: &str = "podinfo";
@@ -444,23 +445,20 @@ impl<'a> Case<'a> {
     }
 
     pub async fn wait_phase(&self, phase: Phase, timeout: Duration) -> Result<CanaryStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.status().await.unwrap_or_default();
+        let mut status = CanaryStatus::default();
+        let reached = poll(Instant::now() + timeout, Duration::from_millis(200), async || {
+            status = self.status().await.unwrap_or_default();
             if status.phase == phase {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.is_true());
-                bail!(
-                    "[{}] no phase {phase} after {timeout:?}: phase {}, stalled {stalled:?}",
-                    self.tag(),
-                    status.phase
-                );
+                return Ok(Some(status.clone()));
             }
             ensure!(self.env.operator.is_running(), "the operator exited");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(None)
+        })
+        .await?;
+        reached.with_context(|| {
+            let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.is_true());
+            format!("[{}] no phase {phase} after {timeout:?}: phase {}, stalled {stalled:?}", self.tag(), status.phase)
+        })
     }
 
     /// Waits until the recorded splits satisfy `condition`.

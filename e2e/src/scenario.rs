@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -33,6 +33,9 @@ use crate::simulator::{
     App, AppCoords, AppSnapshot, Provider, RecordedSplit, RouteRecorder, Side, Simulator, SimulatorConfig,
     TrafficProfile,
 };
+/// The e2e wait helper, where the tests find the scenarios' other helpers.
+pub use crate::wait::eventually;
+use crate::wait::poll;
 
 /// Namespace of every scenario's app.
 pub const NAMESPACE: &str = "test";
@@ -540,19 +543,17 @@ impl TestEnv {
         timeout: Duration,
         condition: impl Fn(&CanaryStatus) -> bool,
     ) -> Result<CanaryStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let status = poll(Instant::now() + timeout, Duration::from_millis(100), async || {
             if let Ok(status) = self.canary_status().await
                 && condition(&status)
             {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!("[{}] timed out after {timeout:?} waiting for {what}", self.name);
+                return Ok(Some(status));
             }
             ensure!(self.operator.is_running(), "[{}] the operator exited while waiting for {what}", self.name);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(None)
+        })
+        .await?;
+        status.with_context(|| format!("[{}] timed out after {timeout:?} waiting for {what}", self.name))
     }
 
     /// Waits for `phase`.
@@ -791,24 +792,26 @@ impl TestEnv {
     /// lost (no route, no pods) and none reached a Deployment running another image. This
     /// is what a client sees, read from the route objects and Services as they are.
     pub async fn wait_traffic_only_on(&self, image: &str, timeout: Duration) -> Result<TrafficWindow> {
-        let deadline = Instant::now() + timeout;
         let key = self.coords.key();
-        loop {
+        let mut last = String::new();
+        // Each step watches a window: no pause between them.
+        let window = poll(Instant::now() + timeout, Duration::ZERO, async || {
             let before = self.simulator.snapshot(&key)?;
             tokio::time::sleep(TRAFFIC_WINDOW).await;
             let after = self.simulator.snapshot(&key)?;
             let window = TrafficWindow::between(&before, &after);
-            if window.only_on(image) {
-                eprintln!("[{}] traffic only on {image}: {window:?}", self.name);
-                return Ok(window);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "[{}] timed out after {timeout:?} waiting for all traffic on {image}; last window {window:?}",
-                    self.name
-                );
-            }
-        }
+            last = format!("{window:?}");
+            Ok::<_, anyhow::Error>(window.only_on(image).then_some(window))
+        })
+        .await?;
+        let window = window.with_context(|| {
+            format!(
+                "[{}] timed out after {timeout:?} waiting for all traffic on {image}; last window {last}",
+                self.name
+            )
+        })?;
+        eprintln!("[{}] traffic only on {image}: {window:?}", self.name);
+        Ok(window)
     }
 }
 
@@ -900,20 +903,6 @@ async fn record_statuses(
 /// The first container of a Deployment's pod template.
 pub fn first_container(d: &Deployment) -> Option<&k8s_openapi::api::core::v1::Container> {
     d.spec.as_ref()?.template.spec.as_ref()?.containers.first()
-}
-
-/// Polls `check` every 100 ms until it returns `Some`.
-pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The canary weights of a history, consecutive duplicates removed.

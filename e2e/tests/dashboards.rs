@@ -13,6 +13,7 @@
 //! data (`/api/v1/query_range` of the dashboard's own expressions) into that PNG.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use petrel_e2e::scenario::{
     APP, CanaryOptions, IMAGE_V1, IMAGE_V2, NAMESPACE, TestEnv, eventually, metrics_addr_in_log, workspace_root,
 };
 use petrel_e2e::simulator::{Provider, VersionBehaviour};
+use petrel_e2e::wait::poll;
 use serde_json::Value;
 
 const CANARY_DASHBOARD: &str = "petrel-canary.json";
@@ -410,10 +412,14 @@ fn dashboard_checks(file: &str, values: &BTreeMap<String, String>) -> Vec<Check>
 /// Checks until every one is satisfied or `timeout` passes.
 async fn check_for(prometheus: &Prometheus, checks: &mut [Check], timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while checks.iter().any(|c| !c.seen && c.refused.is_none()) && Instant::now() < deadline {
+    let _ = poll(deadline, Duration::from_millis(500), async || {
+        if checks.iter().all(|c| c.seen || c.refused.is_some()) {
+            return Ok::<_, Infallible>(Some(()));
+        }
         check_round(prometheus, checks).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(None)
+    })
+    .await;
 }
 
 fn failures(checks: &[Check]) -> Vec<String> {
@@ -464,17 +470,18 @@ async fn check_round(prometheus: &Prometheus, checks: &mut [Check]) {
 
 /// Runs check rounds until the Canary reaches `phase`.
 async fn check_until_phase(env: &TestEnv, checks: &mut [Check], phase: Phase, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let reached = poll(Instant::now() + timeout, Duration::from_millis(500), async || {
         check_round(&env.prometheus, checks).await;
         if env.canary_status().await.is_ok_and(|s| s.phase == phase) {
-            eprintln!("[dashboards] {phase} at t={:.1?}", env.elapsed());
-            return Ok(());
+            return Ok(Some(()));
         }
-        ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for phase {phase}");
         ensure!(env.operator.is_running(), "the operator exited while waiting for phase {phase}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(None)
+    })
+    .await?;
+    ensure!(reached.is_some(), "timed out after {timeout:?} waiting for phase {phase}");
+    eprintln!("[dashboards] {phase} at t={:.1?}", env.elapsed());
+    Ok(())
 }
 
 fn unix_now() -> f64 {
@@ -568,20 +575,17 @@ async fn every_fleet_dashboard_expression_returns_data_during_a_fleet_release() 
     let mut checks = dashboard_checks(FLEET_DASHBOARD, &fleet_values());
 
     futures::future::try_join_all(env.members.iter().map(|m| m.set_image(IMAGE_V1))).await.unwrap();
-    let deadline = Instant::now() + RELEASE * 2;
-    loop {
+    let succeeded = poll(Instant::now() + RELEASE * 2, Duration::from_millis(500), async || {
         check_round(&prometheus, &mut checks).await;
         let status = env.rollout().await.ok().and_then(|r| r.status);
         let done = status.is_some_and(|s| {
             s.phase == Some(RolloutPhase::Succeeded) && s.release.is_some_and(|r| r.contains("6.0.1"))
         });
-        if done {
-            eprintln!("[dashboards-fleet] release 6.0.1 succeeded across the fleet at t={:.1?}", t0.elapsed());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fleet release did not succeed in {:?}", RELEASE * 2);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok::<_, Infallible>(done.then_some(()))
+    })
+    .await;
+    assert!(succeeded == Ok(Some(())), "the fleet release did not succeed in {:?}", RELEASE * 2);
+    eprintln!("[dashboards-fleet] release 6.0.1 succeeded across the fleet at t={:.1?}", t0.elapsed());
     check_for(&prometheus, &mut checks, Duration::from_secs(20)).await;
     let failing = failures(&checks);
     eprintln!(
@@ -601,8 +605,7 @@ async fn every_fleet_dashboard_expression_returns_data_during_a_fleet_release() 
     let promql = substitute(&release_panel.expr, &fleet_values()).unwrap();
     let wanted: BTreeSet<String> = env.members.iter().map(|m| m.name.clone()).collect();
     let mut drawn = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
+    let _ = poll(Instant::now() + Duration::from_secs(20), Duration::from_millis(500), async || {
         drawn = prometheus
             .query_series(&promql)
             .await
@@ -610,11 +613,10 @@ async fn every_fleet_dashboard_expression_returns_data_during_a_fleet_release() 
             .into_iter()
             .filter_map(|s| Some((s.labels.get("cluster")?.clone(), s.labels.get("release")?.clone())))
             .collect::<BTreeMap<String, String>>();
-        if drawn.len() == wanted.len() && drawn.values().all(|r| r.ends_with("podinfo:6.0.1")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let all_drawn = drawn.len() == wanted.len() && drawn.values().all(|r| r.ends_with("podinfo:6.0.1"));
+        Ok::<_, Infallible>(all_drawn.then_some(()))
+    })
+    .await;
     assert_eq!(drawn.keys().cloned().collect::<BTreeSet<_>>(), wanted, "{promql}: {drawn:?}");
     assert!(drawn.values().all(|r| r.ends_with("podinfo:6.0.1")), "{promql}: {drawn:?}");
 }

@@ -3,6 +3,7 @@
 //! `petrel --mode hub` over `Cluster` objects and a `Rollout`.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use petrel_e2e::fleet_scenario::{
 };
 use petrel_e2e::scenario::{IMAGE_V0, IMAGE_V1, IMAGE_V2, eventually};
 use petrel_e2e::simulator::VersionBehaviour;
+use petrel_e2e::wait::poll;
 use serde_json::json;
 
 const ALL: [&str; 3] = [MEMBER_CANARY, MEMBER_A, MEMBER_B];
@@ -105,8 +107,7 @@ async fn follow_until(
     timeout: Duration,
     done: impl Fn(&Sample, Option<&RolloutStatus>) -> bool,
 ) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let reached = poll(Instant::now() + timeout, Duration::from_millis(200), async || {
         let mut sample = Sample::new();
         for member in &env.members {
             if let Ok(canary) = member.canary().await {
@@ -119,14 +120,13 @@ async fn follow_until(
         }
         timeline.record(&sample);
         if done(&sample, timeline.last_rollout.as_ref()) {
-            return true;
+            return Ok::<_, Infallible>(Some(()));
         }
         assert!(env.operators_running(), "an operator exited\n{}", env.dump());
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(None)
+    })
+    .await;
+    reached == Ok(Some(()))
 }
 
 /// [`follow_until`], failing the test on timeout.

@@ -2,12 +2,14 @@
 //! pods become Ready, tears down and checks no child process survives.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use petrel_e2e::fleet::{Component, Fleet, FleetOptions};
+use petrel_e2e::wait::poll;
 
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(serde_json::json!({
@@ -92,9 +94,8 @@ async fn four_clusters_run_deployments_and_stop_cleanly() {
             .unwrap_or_else(|e| panic!("{}: create deployment: {e}", c.name));
     }
 
-    let deadline = Instant::now() + Duration::from_secs(90);
     let mut ready: BTreeMap<String, usize> = BTreeMap::new();
-    loop {
+    let all_ready = poll(Instant::now() + Duration::from_secs(90), Duration::from_millis(500), async || {
         for c in fleet.clusters() {
             let pods: Api<Pod> = Api::namespaced(c.client().await.unwrap(), "default");
             let list = pods
@@ -108,12 +109,10 @@ async fn four_clusters_run_deployments_and_stop_cleanly() {
                 .count();
             ready.insert(c.name.clone(), n);
         }
-        if ready.values().all(|&n| n >= 2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pods not Ready in every cluster: {ready:?} (logs under {})", dir.display());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok::<_, Infallible>(ready.values().all(|&n| n >= 2).then_some(()))
+    })
+    .await;
+    assert!(all_ready == Ok(Some(())), "pods not Ready in every cluster: {ready:?} (logs under {})", dir.display());
     eprintln!("2/2 pods Ready in every cluster after {:.1?}", t0.elapsed() - startup);
 
     // Stop one member on its own, as scenarios will.

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use petrel_e2e::fleet::{Fleet, FleetOptions, ensure_binaries, spawn_tied_to_process};
-use petrel_e2e::scenario::{petrel_binary, workspace_root};
+use petrel_e2e::scenario::{eventually, petrel_binary, workspace_root};
 
 const NAMESPACE: &str = "default";
 const LEASE: &str = "petrel-member";
@@ -94,19 +94,6 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases.get_opt(LEASE).await.ok().flatten()?.spec?.holder_identity.filter(|h| !h.is_empty())
 }
 
-async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn readyz(replica: &Replica) -> Result<(u16, String)> {
     let addr = replica.health_addr().with_context(|| format!("{} logged no health address", replica.name))?;
     let response = reqwest::get(format!("http://{addr}/readyz")).await?;
@@ -135,17 +122,17 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     let leases: Api<Lease> = Api::namespaced(cluster.client().await?, NAMESPACE);
 
     let mut first = Replica::start(&petrel, &cluster.kubeconfig_path, &dir, "petrel-a")?;
-    wait_for("petrel-a to hold the lease", Duration::from_secs(60), async || {
+    eventually("petrel-a to hold the lease", Duration::from_secs(60), async || {
         (holder(&leases).await.as_deref() == Some("petrel-a")).then_some(())
     })
     .await?;
-    wait_for("petrel-a to start the Canary controller", Duration::from_secs(30), async || {
+    eventually("petrel-a to start the Canary controller", Duration::from_secs(30), async || {
         first.log().contains("starting the Canary controller").then_some(())
     })
     .await?;
 
     let mut second = Replica::start(&petrel, &cluster.kubeconfig_path, &dir, "petrel-b")?;
-    wait_for("petrel-b to wait for the lease", Duration::from_secs(30), async || {
+    eventually("petrel-b to wait for the lease", Duration::from_secs(30), async || {
         second.log().contains("waiting for leadership").then_some(())
     })
     .await?;
@@ -161,12 +148,12 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     // A standby that is stopped leaves at once and cleanly, and never touches the Lease:
     // its SIGTERM handler is in place from the start, not only once a controller runs.
     let mut third = Replica::start(&petrel, &cluster.kubeconfig_path, &dir, "petrel-c")?;
-    wait_for("petrel-c to wait for the lease", Duration::from_secs(30), async || {
+    eventually("petrel-c to wait for the lease", Duration::from_secs(30), async || {
         third.log().contains("waiting for leadership").then_some(())
     })
     .await?;
     third.signal(libc::SIGTERM);
-    let status = wait_for("petrel-c to exit", Duration::from_secs(10), async || third.exit_status()).await?;
+    let status = eventually("petrel-c to exit", Duration::from_secs(10), async || third.exit_status()).await?;
     assert!(status.success(), "a stopped standby exits cleanly, not by the signal ({status}):\n{}", third.log());
     assert!(third.position("shutdown signal received").is_some(), "{}", third.log());
     assert_eq!(holder(&leases).await.as_deref(), Some("petrel-a"), "the standby left the leader's Lease alone");
@@ -174,12 +161,12 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     // The leader dies without releasing: the standby waits for the lease to expire.
     let killed = Instant::now();
     first.signal(libc::SIGKILL);
-    wait_for("petrel-b to take the lease", Duration::from_secs(LEASE_SECONDS + 20), async || {
+    eventually("petrel-b to take the lease", Duration::from_secs(LEASE_SECONDS + 20), async || {
         (holder(&leases).await.as_deref() == Some("petrel-b")).then_some(())
     })
     .await?;
     let takeover = killed.elapsed();
-    wait_for("petrel-b to start the Canary controller", Duration::from_secs(30), async || {
+    eventually("petrel-b to start the Canary controller", Duration::from_secs(30), async || {
         second.log().contains("starting the Canary controller").then_some(())
     })
     .await?;
@@ -188,12 +175,12 @@ async fn one_replica_leads_and_a_standby_takes_over() -> Result<()> {
     // A graceful stop hands the lease back at once instead of making the next replica wait.
     let stopped = Instant::now();
     second.signal(libc::SIGTERM);
-    wait_for("petrel-b to release the lease", Duration::from_secs(10), async || {
+    eventually("petrel-b to release the lease", Duration::from_secs(10), async || {
         holder(&leases).await.is_none().then_some(())
     })
     .await?;
     eprintln!("lease released {:.1?} after SIGTERM", stopped.elapsed());
-    let status = wait_for("petrel-b to exit", Duration::from_secs(10), async || second.exit_status()).await?;
+    let status = eventually("petrel-b to exit", Duration::from_secs(10), async || second.exit_status()).await?;
     assert!(status.success(), "petrel-b exits cleanly after releasing ({status}):\n{}", second.log());
     // Each step of the stop is logged, in order: the Lease goes only after the controllers.
     let steps = ["shutdown signal received", "controllers stopped", "released the lease", "petrel stopped"]

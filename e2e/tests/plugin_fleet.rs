@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -27,7 +27,7 @@ use petrel::fleet::{
 };
 use petrel::hub::HUB_FIELD_MANAGER;
 use petrel_e2e::fleet::{Fleet, FleetOptions, spawn_tied_to_process};
-use petrel_e2e::scenario::plugin_binary;
+use petrel_e2e::scenario::{eventually, plugin_binary};
 use serde_json::json;
 
 const NAMESPACE: &str = "fleet";
@@ -411,11 +411,17 @@ async fn watch_redraws(plugin: &Plugin) -> Result<()> {
     };
     let frames = |shown: &Arc<Mutex<String>>| shown.lock().unwrap().matches("\x1b[H\x1b[2J").count();
     let result = async {
-        wait_for("the first frame", || frames(&shown) >= 1 && shown.lock().unwrap().contains("Name:")).await?;
+        eventually("the first frame", COMMAND_TIMEOUT, async || {
+            (frames(&shown) >= 1 && shown.lock().unwrap().contains("Name:")).then_some(())
+        })
+        .await?;
         ensure!(!shown.lock().unwrap().contains("Paused:"), "paused before the patch");
         let pause = plugin.run(&["pause", &format!("rollout/{ROLLOUT}")]).await?;
         ensure!(pause.success && pause.stdout.contains("Rollout podinfo paused"), "pause rollout:\n{pause}");
-        wait_for("a redraw showing the pause", || shown.lock().unwrap().contains("Paused:          yes")).await?;
+        eventually("a redraw showing the pause", COMMAND_TIMEOUT, async || {
+            shown.lock().unwrap().contains("Paused:          yes").then_some(())
+        })
+        .await?;
         ensure!(frames(&shown) >= 2, "the pause was not a new frame:\n{}", shown.lock().unwrap());
         Ok(())
     }
@@ -425,15 +431,4 @@ async fn watch_redraws(plugin: &Plugin) -> Result<()> {
     let _ = child.wait();
     let _ = reader.join();
     result.with_context(|| format!("get rollout --watch printed:\n{}", shown.lock().unwrap()))
-}
-
-async fn wait_for(what: &str, done: impl Fn() -> bool) -> Result<()> {
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }

@@ -2,7 +2,7 @@
 //! read route objects, Deployments and Pods as a scenario will (written
 //! here by the test, standing in for petrel's routers).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -14,6 +14,7 @@ use petrel_e2e::fleet::{Fleet, FleetOptions};
 use petrel_e2e::simulator::{
     App, AppCoords, Provider, RouteRecorder, Side, Simulator, SimulatorConfig, Split, TrafficProfile, VersionBehaviour,
 };
+use petrel_e2e::wait::eventually;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -79,23 +80,13 @@ async fn setup_namespace(client: &Client, ns: &str) {
     }
 }
 
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_split(sim: &Simulator, key: &str, expected: &Split) {
-    eventually(&format!("{key} to be routed {expected:?}"), async || {
+    eventually(&format!("{key} to be routed {expected:?}"), WAIT, async || {
         let snapshot = sim.snapshot(key).unwrap();
         (snapshot.observation.as_ref().map(|o| &o.split) == Some(expected)).then_some(())
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +116,9 @@ async fn simulator_and_recorder_follow_routes_in_a_real_cluster() {
 
     // The CRD must be served before its route can be watched.
     let gw_recorder =
-        eventually("HTTPRoute to be served", async || RouteRecorder::start(client.clone(), &gw).await.ok()).await;
+        eventually("HTTPRoute to be served", WAIT, async || RouteRecorder::start(client.clone(), &gw).await.ok())
+            .await
+            .unwrap();
     let ng_recorder = RouteRecorder::start(client.clone(), &ng).await.unwrap();
     let k8s_recorder = RouteRecorder::start(client.clone(), &k8s).await.unwrap();
 
@@ -142,11 +135,12 @@ async fn simulator_and_recorder_follow_routes_in_a_real_cluster() {
     sim.set_version("podinfo:6.0.1", VersionBehaviour::new(0.5, 300.0)).unwrap();
 
     // No route yet: everything to the primary, whose ready Pods are known.
-    let observed = eventually("2 ready pods on each side", async || {
+    let observed = eventually("2 ready pods on each side", WAIT, async || {
         let o = sim.snapshot("gw/podinfo").unwrap().observation?;
         (o.workload(Side::Primary)?.pods.len() == 2 && o.workload(Side::Canary)?.pods.len() == 2).then_some(o)
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(observed.split, Split::all_to(Side::Primary));
     assert_eq!(observed.canary.as_ref().unwrap().image, "podinfo:6.0.1");
     let canary_pod = observed.canary.as_ref().unwrap().pods[0].clone();
@@ -158,12 +152,13 @@ async fn simulator_and_recorder_follow_routes_in_a_real_cluster() {
     let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), "gw", &resource);
     routes.create(&PostParams::default(), &http_route(90, 10)).await.unwrap();
     wait_split(&sim, "gw/podinfo", &Split::weighted(90, 10)).await;
-    let text = eventually("canary pod series", async || {
+    let text = eventually("canary pod series", WAIT, async || {
         let text = sim.metrics_text();
         text.contains(&format!(r#"kubernetes_pod_name="{canary_pod}",method="GET",path="/",status="500"}}"#))
             .then_some(text)
     })
-    .await;
+    .await
+    .unwrap();
     assert!(text.contains(r#"kubernetes_namespace="gw""#));
     routes.patch("podinfo", &PatchParams::apply("test").force(), &Patch::Apply(http_route(50, 50))).await.unwrap();
     wait_split(&sim, "gw/podinfo", &Split::weighted(50, 50)).await;

@@ -346,12 +346,8 @@ fn transport_error(error: reqwest::Error) -> OutboundError {
     if error.is_timeout() {
         return OutboundError::Timeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        if let Some(refused) = cause.downcast_ref::<Refused>() {
-            return OutboundError::Refused(refused.clone());
-        }
-        source = cause.source();
+    if let Some(refused) = causes(&error).find_map(|cause| cause.downcast_ref::<Refused>()) {
+        return OutboundError::Refused(refused.clone());
     }
     OutboundError::Transport(describe(error))
 }
@@ -378,14 +374,22 @@ pub fn describe(error: reqwest::Error) -> String {
     error_chain(&error.without_url())
 }
 
-/// An error with its causes.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// The causes of `error` (its sources, nearest first), without `error` itself.
+fn causes<'a>(error: &'a dyn std::error::Error) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(error.source(), |cause| cause.source())
+}
+
+/// `error` and its causes on one line, joined by `: ` as anyhow's `{:#}` does. A cause
+/// whose text the line already holds is left out: some errors (kube's among them) print
+/// their source in their own message too.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    for cause in causes(error) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
     }
     text
 }
@@ -714,6 +718,48 @@ mod tests {
         .unwrap();
         let error = only_first.send(get(&only_first, &format!("http://127.0.0.1:{port}/"))).await.unwrap_err();
         assert!(matches!(&error, OutboundError::Refused(r) if r.to_string().contains("127.0.0.2")), "{error:?}");
+    }
+
+    /// An error whose message is `text` (with its source's appended when `repeats`).
+    #[derive(Debug)]
+    struct Layer {
+        text: &'static str,
+        repeats: bool,
+        source: Option<Box<Layer>>,
+    }
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match (&self.source, self.repeats) {
+                (Some(source), true) => write!(f, "{}: {source}", self.text),
+                _ => f.write_str(self.text),
+            }
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    fn layer(text: &'static str, repeats: bool, source: Option<Layer>) -> Layer {
+        Layer { text, repeats, source: source.map(Box::new) }
+    }
+
+    #[test]
+    fn an_error_chain_names_every_cause_once() {
+        let refused = layer("Connection refused (os error 111)", false, None);
+        let connect = layer("tcp connect error", false, Some(refused));
+        let chain = error_chain(&layer("error sending request", false, Some(connect)));
+        assert_eq!(chain, "error sending request: tcp connect error: Connection refused (os error 111)");
+
+        // A layer that prints its source itself (kube's HyperError does): the source is not repeated.
+        let refused = layer("Connection refused (os error 111)", false, None);
+        let chain = error_chain(&layer("HyperError", true, Some(layer("client error (Connect)", true, Some(refused)))));
+        assert_eq!(chain, "HyperError: client error (Connect): Connection refused (os error 111)");
+
+        assert_eq!(error_chain(&layer("alone", false, None)), "alone");
     }
 
     #[tokio::test]

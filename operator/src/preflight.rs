@@ -5,6 +5,7 @@
 
 use kube::Client;
 use kube::api::{Api, ListParams};
+use metrics_providers::outbound::error_chain;
 
 use crate::api::{Canary, Cluster, Rollout};
 
@@ -53,21 +54,6 @@ pub fn classify(error: &kube::Error, server: &str, resource: &str, namespace: Op
         }
         other => PreflightError::Unreachable { server, cause: one_line(&error_chain(other)) },
     }
-}
-
-/// `error` and its sources, joined as anyhow's `{:#}` does.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whitespace runs (newlines included) collapsed: the cause stays on one line.

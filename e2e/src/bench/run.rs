@@ -25,6 +25,7 @@ use super::workload::{self, Analysis, OperatorKind, Variant};
 use crate::fleet::{Cluster, Component, Fleet, FleetOptions};
 use crate::prometheus::Prometheus;
 use crate::simulator::{App, AppCoords, NamespaceCache, Provider, Simulator, SimulatorConfig, TrafficProfile};
+use crate::wait::poll;
 
 /// The `User-Agent` of the benchmark's own requests, so the audit log tells them apart.
 pub const BENCH_USER_AGENT: &str = "canary-bench";
@@ -337,10 +338,10 @@ where
 }
 
 async fn wait_deployments_available(api: &Api<Deployment>, expected: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let mut available = 0;
+    let all = poll(Instant::now() + timeout, Duration::from_secs(1), async || {
         let list = api.list(&ListParams::default()).await.context("listing Deployments")?;
-        let available = list
+        available = list
             .items
             .iter()
             .filter(|d| {
@@ -348,27 +349,20 @@ async fn wait_deployments_available(api: &Api<Deployment>, expected: usize, time
                 d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) >= wanted
             })
             .count();
-        if available >= expected {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {available} of {expected} Deployments available after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        Ok::<_, anyhow::Error>((available >= expected).then_some(()))
+    })
+    .await?;
+    all.with_context(|| format!("only {available} of {expected} Deployments available after {timeout:?}"))
 }
 
 async fn delete_namespace(client: &Client, namespace: &str, timeout: Duration) -> Result<()> {
     let api = Api::<Namespace>::all(client.clone());
     api.delete(namespace, &DeleteParams::default()).await.with_context(|| format!("deleting namespace {namespace}"))?;
-    let deadline = Instant::now() + timeout;
-    while api.get_opt(namespace).await?.is_some() {
-        if Instant::now() > deadline {
-            bail!("namespace {namespace} still there {timeout:?} after its deletion");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Ok(())
+    let gone = poll(Instant::now() + timeout, Duration::from_secs(1), async || {
+        Ok::<_, anyhow::Error>(api.get_opt(namespace).await?.is_none().then_some(()))
+    })
+    .await?;
+    gone.with_context(|| format!("namespace {namespace} still there {timeout:?} after its deletion"))
 }
 
 /// The simulator and the Prometheus scraping it.
@@ -468,19 +462,16 @@ impl OperatorProcess {
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-        let deadline = Instant::now() + timeout;
-        loop {
+        let ready = poll(Instant::now() + timeout, Duration::from_millis(200), async || {
             if let Some(exit) = self.exited() {
                 bail!("{exit}");
             }
-            if http.get(&self.health).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready at {} after {timeout:?}; log {}", self.label, self.health, self.log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(http.get(&self.health).send().await.is_ok_and(|r| r.status().is_success()).then_some(()))
+        })
+        .await?;
+        ready.with_context(|| {
+            format!("{} not ready at {} after {timeout:?}; log {}", self.label, self.health, self.log.display())
+        })
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
@@ -491,15 +482,13 @@ impl OperatorProcess {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let exited =
+            poll(Instant::now() + Duration::from_secs(10), Duration::from_millis(100), async || self.child.try_wait())
+                .await;
+        if !matches!(exited, Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -601,22 +590,25 @@ impl PhaseRecorder {
         process: &mut OperatorProcess,
         done: impl Fn(&str, &[(Instant, String)]) -> bool,
     ) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let all_done = poll(Instant::now() + timeout, Duration::from_millis(100), async || {
             {
                 let histories = self.histories.lock().unwrap_or_else(|e| e.into_inner());
                 if names.iter().all(|n| histories.get(n).is_some_and(|h| done(n, h))) {
-                    return true;
+                    return Ok(Some(()));
                 }
             }
-            if Instant::now() > deadline {
-                return false;
+            match process.exited() {
+                Some(exit) => Err(exit),
+                None => Ok(None),
             }
-            if let Some(exit) = process.exited() {
+        })
+        .await;
+        match all_done {
+            Ok(done) => done.is_some(),
+            Err(exit) => {
                 eprintln!("canary-bench:   {exit}");
-                return false;
+                false
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

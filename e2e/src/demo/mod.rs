@@ -47,6 +47,7 @@ use crate::prometheus::Prometheus;
 use crate::simulator::{
     App, AppCoords, AppSnapshot, Provider, Simulator, SimulatorConfig, TrafficProfile, VersionBehaviour,
 };
+use crate::wait::poll;
 use plan::{AnalysisTuning, MemberSpec};
 use process::ChildProcess;
 use story::{Check, MemberSample, Timeline, WaveSpec};
@@ -367,13 +368,18 @@ async fn install_crds(kubectl: &Path, kubeconfig: &Path, paths: &[PathBuf], who:
 
 async fn canary_api_ready(client: &Client, deadline: Instant) -> Result<()> {
     let canaries: Api<Canary> = Api::namespaced(client.clone(), APP_NAMESPACE);
-    loop {
+    let mut last = String::new();
+    let served = poll(deadline, Duration::from_millis(250), async || {
         match canaries.list(&ListParams::default().limit(1)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e).context("the Canary CRD is not served"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(_) => Ok::<_, anyhow::Error>(Some(())),
+            Err(e) => {
+                last = e.to_string();
+                Ok(None)
+            }
         }
-    }
+    })
+    .await?;
+    served.with_context(|| format!("the Canary CRD is not served: {last}"))
 }
 
 /// The tag of the app's image in rendered manifests (`6.7.0`).
@@ -462,21 +468,21 @@ impl Demo {
 
     async fn wait_initialized(&mut self, deadline: Instant) -> Result<()> {
         for i in 0..self.members.len() {
-            let canaries: Api<Canary> = Api::namespaced(self.members[i].client.clone(), APP_NAMESPACE);
-            loop {
-                self.members[i].petrel.check_alive()?;
-                let phase = canaries.get_opt(APP_NAME).await.ok().flatten().and_then(|c| c.status).map(|s| s.phase);
-                if phase == Some(Phase::Initialized) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "{}: the Canary is not Initialized in time (phase {phase:?}); petrel log {}",
-                        self.members[i].spec.name,
-                        self.members[i].petrel.log.display()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let member = &mut self.members[i];
+            let canaries: Api<Canary> = Api::namespaced(member.client.clone(), APP_NAMESPACE);
+            let mut phase = None;
+            let initialized = poll(deadline, Duration::from_millis(500), async || {
+                member.petrel.check_alive()?;
+                phase = canaries.get_opt(APP_NAME).await.ok().flatten().and_then(|c| c.status).map(|s| s.phase);
+                Ok::<_, anyhow::Error>((phase == Some(Phase::Initialized)).then_some(()))
+            })
+            .await?;
+            if initialized.is_none() {
+                bail!(
+                    "{}: the Canary is not Initialized in time (phase {phase:?}); petrel log {}",
+                    member.spec.name,
+                    member.petrel.log.display()
+                );
             }
         }
         Ok(())
@@ -528,9 +534,10 @@ impl Demo {
     async fn wait_hub_ready(&mut self, deadline: Instant) -> Result<()> {
         let running = self.running_tag()?;
         let mut last = String::from("no Rollout status yet");
-        loop {
+        let mut unmarked = Vec::new();
+        let settled = poll(deadline, Duration::from_millis(500), async || {
             self.check_petrels()?;
-            let mut unmarked = Vec::new();
+            unmarked.clear();
             for m in &self.members {
                 let canary = Api::<Canary>::namespaced(m.client.clone(), APP_NAMESPACE).get_opt(APP_NAME).await;
                 let marked = canary
@@ -549,21 +556,18 @@ impl Demo {
             let settled = status.is_some_and(|s| {
                 story::is_release(s.release.as_deref(), &running) && s.phase == Some(RolloutPhase::Succeeded)
             });
-            if unmarked.is_empty() && settled {
-                self.board.say(format!(
-                    "hub: every member's Canary belongs to the Rollout ({FLEET_ROLLOUT_ANNOTATION}), \
-                     the running release {running} is Succeeded"
-                ));
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let hub_log = self.hub.petrel.as_ref().map(|p| p.log.display().to_string()).unwrap_or_default();
-                bail!(
-                    "the hub did not take the fleet in time: unmarked {unmarked:?}, Rollout {last}; hub log {hub_log}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, anyhow::Error>((unmarked.is_empty() && settled).then_some(()))
+        })
+        .await?;
+        if settled.is_none() {
+            let hub_log = self.hub.petrel.as_ref().map(|p| p.log.display().to_string()).unwrap_or_default();
+            bail!("the hub did not take the fleet in time: unmarked {unmarked:?}, Rollout {last}; hub log {hub_log}");
         }
+        self.board.say(format!(
+            "hub: every member's Canary belongs to the Rollout ({FLEET_ROLLOUT_ANNOTATION}), \
+             the running release {running} is Succeeded"
+        ));
+        Ok(())
     }
 
     fn start_view(&mut self) {
@@ -663,7 +667,7 @@ impl Demo {
         let mut timeline = Timeline::default();
         let mut rollout: Option<Rollout> = None;
         let mut ended_at: Option<Instant> = None;
-        let timed_out = loop {
+        let ended = poll(deadline, Duration::from_millis(300), async || {
             self.check_petrels()?;
             let now = Utc::now();
             for m in &self.members {
@@ -701,14 +705,10 @@ impl Demo {
                 }
             }
             let hold = if phase == Some(RolloutPhase::Failed) { self.opts.hold_after_halt } else { Duration::ZERO };
-            if ended_at.is_some_and(|at| at.elapsed() >= hold) {
-                break false;
-            }
-            if Instant::now() > deadline {
-                break true;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        };
+            Ok::<_, anyhow::Error>(ended_at.is_some_and(|at| at.elapsed() >= hold).then_some(()))
+        })
+        .await?;
+        let timed_out = ended.is_none();
         // Until the end, without the hold after a halt.
         let took = ended_at.map_or_else(|| t0.elapsed(), |end| end.duration_since(t0));
         let spec_waves = rollout.as_ref().map(|r| r.spec.waves.clone()).unwrap_or_default();

@@ -67,6 +67,8 @@ pub use binaries::{Binaries, Versions, e2e_dir, ensure_binaries, ensure_helm};
 pub use process::ProcSpec;
 use process::{Proc, Spawner, stop_all};
 
+use crate::wait::poll;
+
 /// Grace between SIGTERM and SIGKILL when stopping components.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -311,24 +313,27 @@ impl Cluster {
         config.read_timeout = Some(Duration::from_secs(5));
         config.default_retry = false;
         let client = Client::try_from(config)?;
-        loop {
+        let mut last = String::new();
+        let ready = poll(deadline, Duration::from_millis(250), async || {
             self.check_alive(Component::KubeApiserver)?;
             let req = http::Request::get("/readyz").body(Vec::new())?;
-            let last = match client.request_text(req).await {
-                Ok(body) if body.trim() == "ok" => return Ok(client),
+            last = match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(Some(())),
                 Ok(body) => body,
                 Err(e) => e.to_string(),
             };
-            if Instant::now() > deadline {
-                bail!(
-                    "{}: kube-apiserver not ready at {} (last: {last}); log {}",
-                    self.name,
-                    self.api_url,
-                    self.log_path(Component::KubeApiserver).display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Ok::<_, anyhow::Error>(None)
+        })
+        .await?;
+        if ready.is_none() {
+            bail!(
+                "{}: kube-apiserver not ready at {} (last: {last}); log {}",
+                self.name,
+                self.api_url,
+                self.log_path(Component::KubeApiserver).display()
+            );
         }
+        Ok(client)
     }
 
     async fn create_nodes(&self, client: &Client) -> Result<()> {
@@ -349,28 +354,28 @@ impl Cluster {
     async fn wait_workable(&self, client: &Client, deadline: Instant) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         let nodes: Api<Node> = Api::all(client.clone());
-        loop {
+        let (mut sa, mut ready) = (false, 0);
+        let workable = poll(deadline, Duration::from_millis(250), async || {
             for c in Component::ALL {
                 self.check_alive(c)?;
             }
-            let sa = sas.get_opt("default").await.ok().flatten().is_some();
-            let ready = match nodes.list(&Default::default()).await {
+            sa = sas.get_opt("default").await.ok().flatten().is_some();
+            ready = match nodes.list(&Default::default()).await {
                 Ok(list) => list.items.iter().filter(|n| node_ready(n)).count(),
                 Err(_) => 0,
             };
-            if sa && ready >= self.node_names.len() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{}: not workable in time (default ServiceAccount: {sa}, Ready nodes: {ready}/{}); logs in {}",
-                    self.name,
-                    self.node_names.len(),
-                    self.dir.join("logs").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Ok::<_, anyhow::Error>((sa && ready >= self.node_names.len()).then_some(()))
+        })
+        .await?;
+        if workable.is_none() {
+            bail!(
+                "{}: not workable in time (default ServiceAccount: {sa}, Ready nodes: {ready}/{}); logs in {}",
+                self.name,
+                self.node_names.len(),
+                self.dir.join("logs").display()
+            );
         }
+        Ok(())
     }
 
     /// Starts the apiserver, waits for /readyz, starts the rest, creates the
@@ -587,7 +592,7 @@ impl Fleet {
 
     async fn wait_etcd(&self, deadline: Instant) -> Result<()> {
         let addr = self.etcd_url.trim_start_matches("http://").to_string();
-        loop {
+        let healthy = poll(deadline, Duration::from_millis(100), async || {
             {
                 let mut etcd = self.etcd_lock();
                 if let Some(p) = etcd.as_mut()
@@ -596,16 +601,13 @@ impl Fleet {
                     bail!("etcd exited ({}); log {}:\n{}", p.describe_exit(), p.spec.log.display(), p.log_tail(30));
                 }
             }
-            if let Ok(body) = http_get(&addr, "/health").await
-                && body.contains("\"health\":\"true\"")
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("etcd not healthy at {}; log {}", self.etcd_url, self.dir.join("logs/etcd.log").display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let body = http_get(&addr, "/health").await;
+            Ok(body.is_ok_and(|body| body.contains("\"health\":\"true\"")).then_some(()))
+        })
+        .await?;
+        healthy.with_context(|| {
+            format!("etcd not healthy at {}; log {}", self.etcd_url, self.dir.join("logs/etcd.log").display())
+        })
     }
 }
 
@@ -702,7 +704,7 @@ fn new_cluster(
     let pki = pki::generate(name, &dir.join("pki"), IpAddr::V4(SERVICE_IP))?;
     let api_url = format!("https://127.0.0.1:{port}");
     let kubeconfig_path = fleet_dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&kubeconfig_path, pki::admin_kubeconfig(name, &api_url, &pki))
+    std::fs::write(&kubeconfig_path, pki::admin_kubeconfig(name, &api_url, &pki)?)
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
     let kc = kubeconfig_path.display().to_string();
     let p = |path: &PathBuf| path.display().to_string();

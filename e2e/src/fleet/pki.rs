@@ -5,7 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
@@ -104,62 +107,73 @@ pub fn generate(cluster: &str, dir: &Path, service_ip: IpAddr) -> Result<PkiFile
     Ok(files)
 }
 
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Admin kubeconfig YAML with embedded CA, client cert and key.
-pub fn admin_kubeconfig(cluster: &str, server: &str, pki: &PkiFiles) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: {cluster}
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {cluster}-admin
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: {cluster}
-  context:
-    cluster: {cluster}
-    user: {cluster}-admin
-    namespace: default
-current-context: {cluster}
-",
-        ca = b64(&pki.ca_pem),
-        cert = b64(&pki.admin_cert_pem),
-        key = b64(&pki.admin_key_pem),
-    )
+pub fn admin_kubeconfig(cluster: &str, server: &str, pki: &PkiFiles) -> Result<String> {
+    let user = format!("{cluster}-admin");
+    let kubeconfig = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: cluster.into(),
+            cluster: Some(Cluster {
+                server: Some(server.into()),
+                certificate_authority_data: Some(STANDARD.encode(&pki.ca_pem)),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: user.clone(),
+            auth_info: Some(AuthInfo {
+                client_certificate_data: Some(STANDARD.encode(&pki.admin_cert_pem)),
+                client_key_data: Some(STANDARD.encode(&pki.admin_key_pem).into()),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: cluster.into(),
+            context: Some(Context {
+                cluster: cluster.into(),
+                user: Some(user),
+                namespace: Some("default".into()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(cluster.into()),
+        ..Kubeconfig::default()
+    };
+    serde_yaml::to_string(&kubeconfig).context("writing the admin kubeconfig as YAML")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::b64;
+    use super::*;
 
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(b64(""), "");
-        assert_eq!(b64("f"), "Zg==");
-        assert_eq!(b64("fo"), "Zm8=");
-        assert_eq!(b64("foo"), "Zm9v");
-        assert_eq!(b64("foobar"), "Zm9vYmFy");
+    #[tokio::test]
+    async fn the_admin_kubeconfig_reads_back_with_its_certificates() {
+        let dir = std::env::temp_dir().join(format!("petrel-e2e-pki-{}", std::process::id()));
+        let pki = generate("eu-1", &dir, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))).unwrap();
+        let text = admin_kubeconfig("eu-1", "https://127.0.0.1:6443", &pki).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let parsed = Kubeconfig::from_yaml(&text).unwrap();
+        assert_eq!(parsed.current_context.as_deref(), Some("eu-1"));
+        let cluster = parsed.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        let decoded = |data: &str| String::from_utf8(STANDARD.decode(data).unwrap()).unwrap();
+        assert_eq!(decoded(cluster.certificate_authority_data.as_deref().unwrap()), pki.ca_pem);
+        let user = parsed.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(decoded(user.client_certificate_data.as_deref().unwrap()), pki.admin_cert_pem);
+        let context = parsed.contexts[0].context.as_ref().unwrap();
+        assert_eq!((context.user.as_deref(), context.namespace.as_deref()), (Some("eu-1-admin"), Some("default")));
+
+        // kube builds a client configuration from it: server, CA and client identity.
+        let config =
+            kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default()).await.unwrap();
+        assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
+        assert_eq!(config.root_cert.map(|certs| certs.len()), Some(1));
+        assert!(config.auth_info.client_key_data.is_some());
     }
 }

@@ -28,8 +28,13 @@
 //! 250, 500, 1000 ms …), for which the P99 is within 1% of the value.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::LazyLock;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::routes::Provider;
 use super::split::Side;
@@ -85,20 +90,6 @@ impl Histogram {
         }
         self.count += other.count;
         self.sum_ms += other.sum_ms;
-    }
-
-    /// (upper bound in ms, `None` for +Inf; cumulative count).
-    fn cumulative(&self) -> Vec<(Option<f64>, u64)> {
-        let bounds = bucket_bounds_us();
-        let mut running = 0;
-        self.per_bucket
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                running += n;
-                (bounds.get(i).map(|us| *us as f64 / 1000.0), running)
-            })
-            .collect()
     }
 }
 
@@ -183,44 +174,49 @@ impl AppStats {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Histogram,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Histogram => "histogram",
-        }
-    }
+/// One series of a family: its labels (in the order the real exporter writes them) and
+/// its value.
+#[derive(Debug)]
+enum Series {
+    Counter {
+        labels: Vec<(&'static str, String)>,
+        value: u64,
+    },
+    /// Buckets as prometheus-client takes them: (upper bound, requests in that bucket,
+    /// not cumulative), the last bound `+Inf`.
+    Histogram {
+        labels: Vec<(&'static str, String)>,
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
 }
 
 /// A metric family being assembled; families must be contiguous in the
 /// text format, so samples of all apps are collected before writing.
+#[derive(Debug)]
 struct Family {
     name: &'static str,
     help: &'static str,
-    kind: Kind,
-    lines: Vec<String>,
+    kind: MetricType,
+    series: Vec<Series>,
 }
 
-/// Prometheus text format (0.0.4) builder.
-#[derive(Default)]
+/// The families of one scrape, written by prometheus-client's text encoder (a
+/// [`Collector`] of values counted elsewhere).
+#[derive(Debug, Default)]
 struct Exposition {
     families: Vec<Family>,
 }
 
-type Labels<'a> = [(&'a str, String)];
+type Labels<'a> = [(&'static str, String)];
 
 impl Exposition {
-    fn family(&mut self, name: &'static str, kind: Kind, help: &'static str) -> &mut Family {
+    fn family(&mut self, name: &'static str, kind: MetricType, help: &'static str) -> &mut Family {
         let index = match self.families.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
-                self.families.push(Family { name, help, kind, lines: Vec::new() });
+                self.families.push(Family { name, help, kind, series: Vec::new() });
                 self.families.len() - 1
             }
         };
@@ -228,8 +224,7 @@ impl Exposition {
     }
 
     fn counter(&mut self, name: &'static str, help: &'static str, labels: &Labels<'_>, value: u64) {
-        let line = format!("{name}{} {value}", render_labels(labels, None));
-        self.family(name, Kind::Counter, help).lines.push(line);
+        self.family(name, MetricType::Counter, help).series.push(Series::Counter { labels: labels.to_vec(), value });
     }
 
     /// A histogram family `name` in `unit_per_ms` units per millisecond
@@ -242,51 +237,50 @@ impl Exposition {
         h: &Histogram,
         unit_per_ms: f64,
     ) {
-        let family = self.family(name, Kind::Histogram, help);
-        for (bound_ms, cumulative) in h.cumulative() {
-            let le = match bound_ms {
-                Some(ms) => format_float(ms * unit_per_ms),
-                None => "+Inf".to_owned(),
-            };
-            family.lines.push(format!("{name}_bucket{} {cumulative}", render_labels(labels, Some(&le))));
-        }
-        let plain = render_labels(labels, None);
-        family.lines.push(format!("{name}_sum{plain} {}", format_float(h.sum_ms * unit_per_ms)));
-        family.lines.push(format!("{name}_count{plain} {}", h.count));
+        let bounds = bucket_bounds_us().iter().map(|us| without_float_noise(*us as f64 / 1000.0 * unit_per_ms));
+        let buckets = bounds.chain([f64::INFINITY]).zip(h.per_bucket.iter().copied()).collect();
+        let sum = without_float_noise(h.sum_ms * unit_per_ms);
+        let series = Series::Histogram { labels: labels.to_vec(), buckets, sum, count: h.count };
+        self.family(name, MetricType::Histogram, help).series.push(series);
     }
 
-    fn render(&self) -> String {
+    /// The Prometheus text format (0.0.4, which Prometheus reads from the simulator's
+    /// `/metrics`): OpenMetrics' text without its `# EOF` line.
+    fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
         let mut out = String::new();
-        for f in &self.families {
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-            let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
-            for line in &f.lines {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
+        // Writing to a String cannot fail, nor can the collector.
+        let _ = encode_registry(&mut out, &registry);
         out
     }
 }
 
-/// Floats as Prometheus reads them, without float noise for values that
-/// are exact in decimal (bounds are integer microseconds divided down).
-fn format_float(v: f64) -> String {
-    let rounded = (v * 1e9).round() / 1e9;
-    format!("{rounded}")
-}
-
-fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn render_labels(labels: &Labels<'_>, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for family in &self.families {
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            for series in &family.series {
+                match series {
+                    // The simulated exporters' counters keep their own names, some without
+                    // `_total` (`envoy_cluster_upstream_rq`, `apisix_http_status`), which
+                    // the builtin queries select; prometheus-client's counter encoding
+                    // would append `_total`, so the sample is written as it is named.
+                    Series::Counter { labels, value } => metric.encode_family(labels)?.encode_gauge(value)?,
+                    Series::Histogram { labels, buckets, sum, count } => {
+                        metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    format!("{{{}}}", parts.join(","))
+}
+
+/// Floats without float noise for values that are exact in decimal (bounds are
+/// integer microseconds divided down).
+fn without_float_noise(v: f64) -> f64 {
+    (v * 1e9).round() / 1e9
 }
 
 fn s(v: impl Into<String>) -> String {
@@ -592,6 +586,20 @@ mod tests {
         render(&[(&a, &s)])
     }
 
+    /// (upper bound in ms, `None` for +Inf; cumulative count).
+    fn cumulative(h: &Histogram) -> Vec<(Option<f64>, u64)> {
+        let bounds = bucket_bounds_us();
+        let mut running = 0;
+        h.per_bucket
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                running += n;
+                (bounds.get(i).map(|us| *us as f64 / 1000.0), running)
+            })
+            .collect()
+    }
+
     fn assert_has(text: &str, line: &str) {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
@@ -601,7 +609,7 @@ mod tests {
         let mut h = Histogram::default();
         h.observe(3, 100.0);
         h.observe(1, 250.0);
-        let c = h.cumulative();
+        let c = cumulative(&h);
         let at = |ms: f64| c.iter().find(|(b, _)| *b == Some(ms)).map(|(_, n)| *n);
         assert_eq!(at(90.0), Some(0));
         assert_eq!(at(100.0), Some(3));
@@ -625,15 +633,15 @@ mod tests {
         );
         assert_has(
             &t,
-            r#"istio_request_duration_milliseconds_bucket{reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200",le="500"} 8"#,
+            r#"istio_request_duration_milliseconds_bucket{le="500.0",reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200"} 8"#,
         );
         assert_has(
             &t,
-            r#"istio_request_duration_milliseconds_bucket{reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200",le="450"} 0"#,
+            r#"istio_request_duration_milliseconds_bucket{le="450.0",reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200"} 0"#,
         );
         assert_has(
             &t,
-            r#"istio_request_duration_milliseconds_sum{reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200"} 4000"#,
+            r#"istio_request_duration_milliseconds_sum{reporter="destination",destination_workload_namespace="test",destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="200"} 4000.0"#,
         );
         // Families are contiguous: one TYPE line each.
         assert_eq!(t.matches("# TYPE istio_request_duration_milliseconds ").count(), 1);
@@ -652,7 +660,7 @@ mod tests {
         );
         assert_has(
             &t,
-            r#"response_latency_ms_bucket{namespace="test",deployment="podinfo",direction="inbound",le="500"} 10"#,
+            r#"response_latency_ms_bucket{le="500.0",namespace="test",deployment="podinfo",direction="inbound"} 10"#,
         );
     }
 
@@ -669,7 +677,7 @@ mod tests {
         );
         assert_has(
             &t,
-            r#"nginx_ingress_controller_response_duration_seconds_sum{namespace="test",ingress="web",service="test-podinfo-canary-9898",canary="test-podinfo-canary-9898",status="200"} 4"#,
+            r#"nginx_ingress_controller_response_duration_seconds_sum{namespace="test",ingress="web",service="test-podinfo-canary-9898",canary="test-podinfo-canary-9898",status="200"} 4.0"#,
         );
         assert_has(
             &t,
@@ -686,7 +694,7 @@ mod tests {
         );
         assert_has(
             &t,
-            r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test_podinfo-primary_9898",le="100"} 90"#,
+            r#"envoy_cluster_upstream_rq_time_bucket{le="100.0",envoy_cluster_name="test_podinfo-primary_9898"} 90"#,
         );
     }
 
@@ -699,7 +707,7 @@ mod tests {
         );
         assert_has(
             &t,
-            r#"traefik_service_request_duration_seconds_bucket{service="test-podinfo-primary-9898@kubernetescrd",code="200",method="GET",protocol="http",le="0.1"} 90"#,
+            r#"traefik_service_request_duration_seconds_bucket{le="0.1",service="test-podinfo-primary-9898@kubernetescrd",code="200",method="GET",protocol="http"} 90"#,
         );
     }
 
@@ -713,11 +721,11 @@ mod tests {
             );
             assert_has(
                 &t,
-                r#"http_request_duration_seconds_bucket{kubernetes_namespace="test",kubernetes_pod_name="podinfo-primary-5d8f7c9b4-abcde",method="GET",path="/",status="200",le="0.1"} 90"#,
+                r#"http_request_duration_seconds_bucket{le="0.1",kubernetes_namespace="test",kubernetes_pod_name="podinfo-primary-5d8f7c9b4-abcde",method="GET",path="/",status="200"} 90"#,
             );
             assert_has(
                 &t,
-                r#"http_request_duration_seconds_bucket{kubernetes_namespace="test",kubernetes_pod_name="podinfo-primary-5d8f7c9b4-abcde",method="GET",path="/",status="200",le="0.09"} 0"#,
+                r#"http_request_duration_seconds_bucket{le="0.09",kubernetes_namespace="test",kubernetes_pod_name="podinfo-primary-5d8f7c9b4-abcde",method="GET",path="/",status="200"} 0"#,
             );
         }
         // The mesh series of other providers are absent.
@@ -726,7 +734,20 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(render_labels(&[("a", "x\"y\\z\n".to_owned())], Some("+Inf")), r#"{a="x\"y\\z\n",le="+Inf"}"#);
+        let mut a = app(Provider::Kubernetes);
+        a.namespace = "x\"y\\z\n".into();
+        let t = render(&[(&a, &AppStats::default())]);
+        assert_has(&t, r#"traffic_sim_unrouted_requests_total{namespace="x\"y\\z\n",target="podinfo"} 0"#);
+    }
+
+    #[test]
+    fn each_family_has_its_help_and_type_and_counters_keep_their_names() {
+        let t = text(Provider::Contour);
+        assert_has(&t, "# HELP envoy_cluster_upstream_rq Upstream requests (simulated Envoy cluster statistic).");
+        assert_has(&t, "# TYPE envoy_cluster_upstream_rq counter");
+        assert_has(&t, "# TYPE envoy_cluster_upstream_rq_time histogram");
+        assert!(!t.contains("envoy_cluster_upstream_rq_total"), "{t}");
+        assert!(!t.contains("# EOF"), "{t}");
     }
 
     #[test]

@@ -35,6 +35,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::wait::poll;
+
 pub use cache_source::NamespaceCache;
 pub use exposition::{AppLabels, AppStats};
 pub use kube_source::KubeRouteSource;
@@ -642,18 +644,20 @@ impl Simulator {
 
     /// Waits until app `key` has made a first successful observation.
     pub async fn wait_observed(&self, key: &str, timeout: Duration) -> Result<AppSnapshot, SimError> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let mut why = None;
+        let observed = poll(Instant::now() + timeout, Duration::from_millis(50), async || {
             let snapshot = self.snapshot(key)?;
             if snapshot.observation.is_some() {
-                return Ok(snapshot);
+                return Ok(Some(snapshot));
             }
-            if Instant::now() >= deadline {
-                let why = snapshot.last_observe_error.unwrap_or_else(|| "no observation yet".into());
-                return Err(SimError::Timeout(timeout, format!("a first observation of {key} ({why})")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            why = snapshot.last_observe_error;
+            Ok(None)
+        })
+        .await?;
+        observed.ok_or_else(|| {
+            let why = why.unwrap_or_else(|| "no observation yet".into());
+            SimError::Timeout(timeout, format!("a first observation of {key} ({why})"))
+        })
     }
 }
 
@@ -841,17 +845,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-            if text.contains(
-                r#"destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="500"} "#,
-            ) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no 5xx series for the canary in:\n{text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut text = String::new();
+        let series = poll(Instant::now() + Duration::from_secs(5), Duration::from_millis(50), async || {
+            text = client.get(format!("{base}/metrics")).send().await?.text().await?;
+            Ok::<_, reqwest::Error>(
+                text.contains(
+                    r#"destination_workload="podinfo",destination_service_name="podinfo-canary",response_code="500"} "#,
+                )
+                .then_some(()),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(series.is_some(), "no 5xx series for the canary in:\n{text}");
         let apps: serde_json::Value = client.get(format!("{base}/apps")).send().await.unwrap().json().await.unwrap();
         assert_eq!(apps[0]["coords"]["canary"], "podinfo");
         assert!(apps[0]["canaryRequests"][0].as_u64().unwrap() > 0);

@@ -20,6 +20,7 @@ use super::kube_source::{discover_route_resource, route_groups, split_for_servic
 use super::routes::{Provider, parse_route};
 use super::split::{Side, Split, Weights};
 use super::{AppCoords, SimError, lock};
+use crate::wait::poll;
 // Retries a failed watch within a few seconds, as petrel does: after an API server
 // restart the recorder must be back before petrel writes the next weight.
 use petrel::controller::watches::RetryBackoff;
@@ -191,19 +192,18 @@ impl RouteRecorder {
         timeout: Duration,
         condition: impl Fn(&[RecordedSplit]) -> bool,
     ) -> Result<Vec<RecordedSplit>, SimError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let history = self.history();
-            if condition(&history) {
-                return Ok(history);
-            }
-            if Instant::now() >= deadline {
-                return Err(SimError::Timeout(
-                    timeout,
-                    format!("{what}; recorded: {:?}", history.iter().map(|r| r.weights()).collect::<Vec<_>>()),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut history = Vec::new();
+        let held = poll(Instant::now() + timeout, Duration::from_millis(50), async || {
+            history = self.history();
+            Ok::<_, SimError>(condition(&history).then_some(()))
+        })
+        .await?;
+        match held {
+            Some(()) => Ok(history),
+            None => Err(SimError::Timeout(
+                timeout,
+                format!("{what}; recorded: {:?}", history.iter().map(|r| r.weights()).collect::<Vec<_>>()),
+            )),
         }
     }
 }

@@ -26,6 +26,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 use futures::StreamExt;
+use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Client, Config};
 use petrel::api::Rollout;
 use petrel::api::rollout::RolloutPhase;
@@ -422,14 +423,37 @@ wgaQ5WrgYIpln3oySzBUZqQTEofXNaoCIQChAQB6WuxT48h5SCTQtd/oExbRcJql\n\
 l32ViEx8nbbPyg==\n\
 -----END CERTIFICATE-----\n";
 
-fn kubeconfig(addr: SocketAddr, cluster: &str) -> String {
-    let ca = base64(MEMBER_CA_PEM.as_bytes());
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: http://{addr}/members/{cluster}\n\
-         \x20   certificate-authority-data: {ca}\n\
-         users:\n- name: hub\n  user:\n    token: bench\ncontexts:\n- name: {cluster}\n  context: {{cluster: {cluster}, user: hub}}\n\
-         current-context: {cluster}\n"
-    )
+fn kubeconfig(addr: SocketAddr, cluster: &str) -> Result<String, serde_yaml::Error> {
+    let kubeconfig = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: cluster.into(),
+            cluster: Some(kube::config::Cluster {
+                server: Some(format!("http://{addr}/members/{cluster}")),
+                certificate_authority_data: Some(base64(MEMBER_CA_PEM.as_bytes())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "hub".into(),
+            auth_info: Some(AuthInfo { token: Some("bench".into()), ..Default::default() }),
+            ..Default::default()
+        }],
+        contexts: vec![NamedContext {
+            name: cluster.into(),
+            context: Some(kube::config::Context {
+                cluster: cluster.into(),
+                user: Some("hub".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        current_context: Some(cluster.into()),
+        ..Default::default()
+    };
+    serde_yaml::to_string(&kubeconfig)
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -490,12 +514,18 @@ fn hub_request(world: &Mutex<World>, addr: SocketAddr, method: &Method, path: &s
         ("GET", p) if p.starts_with("/api/v1/namespaces/petrel-system/secrets/") => {
             count(&mut world, "hub GET secret");
             let name = p.rsplit('/').next().unwrap_or_default();
-            json_response(
-                StatusCode::OK,
-                &json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": name, "namespace": "petrel-system", "resourceVersion": "1"},
-                        "data": {"kubeconfig": base64(kubeconfig(addr, name).as_bytes())}}),
-            )
+            match kubeconfig(addr, name) {
+                Ok(kubeconfig) => json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": name, "namespace": "petrel-system", "resourceVersion": "1"},
+                            "data": {"kubeconfig": base64(kubeconfig.as_bytes())}}),
+                ),
+                Err(e) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"kind": "Status", "code": 500, "message": format!("writing the kubeconfig: {e}")}),
+                ),
+            }
         }
         ("PATCH", ROLLOUT_STATUS) => {
             count(&mut world, "hub PATCH rollout status");
