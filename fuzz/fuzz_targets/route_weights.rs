@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use libfuzzer_sys::fuzz_target;
 use petrel::api::Canary;
-use petrel::routers::services::PodSelector;
+use petrel::routers::services::{PodSelector, TargetPods};
 use petrel::routers::{Weights, contour, gatewayapi, istio, kubernetes, nginx, smi, traefik};
 use serde_json::{Value, json};
 
@@ -161,7 +161,8 @@ fn built(provider: u8, canary: &Canary, weights: Weights) -> Option<(Value, Read
         _ => {
             let labels = BTreeMap::from([("app".to_string(), "podinfo".to_string())]);
             let selector = PodSelector::from_match_labels("podinfo", &labels).ok()?;
-            let apex = kubernetes::build_apex(canary, &selector, weights).ok()?;
+            let pods = TargetPods { selector: selector.clone(), discovered_ports: Vec::new() };
+            let apex = kubernetes::build_apex(canary, &pods, weights).ok()?;
             let read: Read = Box::new(move |object| {
                 let service: Service = serde_json::from_value(object.clone()).ok()?;
                 Some(kubernetes::weights_of(&service, &selector).map_err(|e| e.to_string()))
