@@ -22,6 +22,7 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
 pub mod analysis;
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod core;
 pub mod fleet;

@@ -91,7 +91,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if !unserved.is_empty() {
         return stall(ctx, canary, status, "ProviderKindsNotServed", &unserved_message(provider, &unserved)).await;
     }
-    let snapshot = match workloads::read_target(&ctx.client, canary).await {
+    let snapshot = match workloads::read_target(&ctx.client, &ctx.caches.deployments, canary).await {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_stalled() => return stall(ctx, canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),
@@ -142,9 +142,15 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     {
         return stall(ctx, canary, status, stalled.reason, &stalled.message).await;
     }
-    workloads::target::initialize(&ctx.client, canary, &snapshot, lifecycle::revision_of_the_primary(&status))
-        .await
-        .map_err(|e| workload_error("creating the primary", e))?;
+    workloads::target::initialize(
+        &ctx.client,
+        &ctx.caches.deployments,
+        canary,
+        &snapshot,
+        lifecycle::revision_of_the_primary(&status),
+    )
+    .await
+    .map_err(|e| workload_error("creating the primary", e))?;
     lifecycle::retire_previous_router(ctx, canary, &status, provider).await?;
     router.reconcile(canary).await.map_err(|e| router_error("creating the Services and routes", e))?;
 
@@ -265,17 +271,17 @@ async fn apply_changes(
                     .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
             }
             Action::ScaleCanaryUp => {
-                workloads::target::scale_canary_up(&ctx.client, snapshot)
+                workloads::target::scale_canary_up(&ctx.client, &ctx.caches.deployments, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary up", e))?;
             }
             Action::ScaleCanaryToZero => {
-                workloads::target::scale_canary_to_zero(&ctx.client, snapshot)
+                workloads::target::scale_canary_to_zero(&ctx.client, &ctx.caches.deployments, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary to zero", e))?;
             }
             Action::PromoteCanaryToPrimary => {
-                workloads::target::promote(&ctx.client, canary, snapshot)
+                workloads::target::promote(&ctx.client, &ctx.caches.deployments, canary, snapshot)
                     .await
                     .map_err(|e| workload_error("promoting the canary", e))?;
             }

@@ -32,7 +32,7 @@ use crate::workloads::daemonset::{self, DaemonSetSnapshot};
 use crate::workloads::handover::{
     self, FINALIZER, HandoverPlan, HandoverView, Names, RouteObjects, Side, Step, Then, WorkloadView,
 };
-use crate::workloads::{self, WorkloadError, WorkloadSnapshot};
+use crate::workloads::{self, DeploymentCache, WorkloadError, WorkloadSnapshot};
 
 /// How soon a hand-over waiting for the target's pods looks again (the Deployment watch
 /// usually wakes it sooner).
@@ -152,7 +152,9 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
     let status = canary.status.clone().unwrap_or_default();
     let now = Utc::now();
     let deadline = progress_deadline(&canary.spec);
-    let snapshot = match workloads::read_workloads(&ctx.client, canary).await {
+    // Read from the API server, not the cache: what a deletion hands traffic to is
+    // decided once, from the newest state.
+    let snapshot = match workloads::read_workloads(&ctx.client, &DeploymentCache::default(), canary).await {
         Ok(snapshot) => Some(snapshot),
         // A target that is gone, or that cannot be read as a release (a config it uses is
         // gone): not something to hand traffic to.
@@ -347,7 +349,7 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                 workloads::restore_missing_primary(&ctx.client, canary, snapshot, promoted)
                     .await
                     .map_err(|e| workload_error("rebuilding the primary", e))?;
-                workloads::initialize_primary(&ctx.client, canary, snapshot)
+                workloads::initialize_primary(&ctx.client, &ctx.caches.deployments, canary, snapshot)
                     .await
                     .map_err(|e| workload_error("rebuilding the primary", e))?;
             }
@@ -379,12 +381,13 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                         .await
                         .map_err(|e| workload_error("resuming the target's ScaledObject", e))?;
                 }
-                workloads::scale_target(&api, &canary.spec.target_ref.name, *replicas)
+                let scaled = workloads::scale_target(&api, &canary.spec.target_ref.name, *replicas)
                     .await
                     .map_err(|e| workload_error("scaling the target", e))?;
+                ctx.caches.deployments.wrote(&scaled);
             }
             Step::KeepApexOnTarget => {
-                let pods = services::target_pods(&ctx.client, canary)
+                let pods = services::target_pods(&ctx.client, &ctx.caches.router_memory(), canary)
                     .await
                     .map_err(router_error("reading the target's selector and ports"))?;
                 let apex = services::build_apex_service(canary, &pods, ApexTarget::Canary)

@@ -30,10 +30,12 @@ use tracing::{info, warn};
 
 use crate::analysis::{ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH, SourceCaches, SourceWriters};
 use crate::api::{AlertProvider, Canary, MetricTemplate};
+use crate::cache::WatchCache;
 use crate::core::Provider;
 use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
+use crate::workloads::DeploymentCache;
 use watches::{kept, objects_only};
 
 pub use canary::reconcile;
@@ -75,38 +77,62 @@ pub struct Context {
 pub struct Caches {
     /// MetricTemplates, AlertProviders and the metadata of Secrets, for analysis.
     pub sources: SourceCaches,
-    /// Metadata of the Services petrel generates (their resourceVersions).
-    pub services: Store<PartialObjectMeta<Service>>,
+    /// The Services petrel generates (the routers read them and their resourceVersions).
+    pub services: WatchCache<Service>,
+    /// Deployments, read by the reconciles instead of the API server (see [`crate::cache`]).
+    pub deployments: DeploymentCache,
     /// The newest resourceVersion petrel knows of each Canary.
     pub status_versions: StatusVersions,
     /// What the routers last wrote.
     pub ledger: WriteLedger,
     /// What discovery last said each provider's group version serves.
     pub served_kinds: crate::routers::ServedKinds,
-    writers: Mutex<Option<(SourceWriters, Writer<PartialObjectMeta<Service>>)>>,
+    writers: Mutex<Option<WatchWriters>>,
 }
+
+/// The ends of [`Caches`] that the watches of [`run`] fill.
+struct WatchWriters {
+    sources: SourceWriters,
+    services: Writer<Service>,
+    deployments: Writer<Deployment>,
+}
+
+/// The watch that fills [`Caches::deployments`].
+const DEPLOYMENT_WATCH: &str = "deployments";
+/// The watch that fills [`Caches::services`].
+const SERVICE_WATCH: &str = "services";
 
 impl Caches {
     /// Empty caches whose watches report into `health` (the `/readyz` of the process).
     pub fn new(health: &WatchHealth) -> Self {
         let (sources, source_writers) = SourceCaches::new(health.clone());
         let (services, service_writer) = reflector::store();
+        let (deployments, deployment_writer) = reflector::store();
         Caches {
             sources,
-            services,
+            services: WatchCache::kept_by(services, health.clone(), SERVICE_WATCH),
+            deployments: WatchCache::kept_by(deployments, health.clone(), DEPLOYMENT_WATCH),
             status_versions: StatusVersions::default(),
             ledger: WriteLedger::default(),
             served_kinds: crate::routers::ServedKinds::default(),
-            writers: Mutex::new(Some((source_writers, service_writer))),
+            writers: Mutex::new(Some(WatchWriters {
+                sources: source_writers,
+                services: service_writer,
+                deployments: deployment_writer,
+            })),
         }
     }
 
-    /// The routers' memory: the ledger and the Service cache.
+    /// The routers' memory: the ledger and the caches they read.
     pub fn router_memory(&self) -> RouterMemory {
-        RouterMemory { ledger: self.ledger.clone(), services: Some(self.services.clone()) }
+        RouterMemory {
+            ledger: self.ledger.clone(),
+            services: self.services.clone(),
+            deployments: self.deployments.clone(),
+        }
     }
 
-    fn take_writers(&self) -> Option<(SourceWriters, Writer<PartialObjectMeta<Service>>)> {
+    fn take_writers(&self) -> Option<WatchWriters> {
         self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
@@ -297,15 +323,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     if let Err(e) = canaries.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Canaries ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
-    let (source_writers, service_writer) =
-        ctx.caches.take_writers().context("the Canary controller runs once per Context")?;
+    let writers = ctx.caches.take_writers().context("the Canary controller runs once per Context")?;
+    let source_writers = writers.sources;
     let health = ctx.readiness.watches().clone();
     let config = || watcher::Config::default().any_semantic();
 
     let (store, canary_writer) = reflector::store();
     let canary_events = kept("canaries", watcher(canaries, config()), &health).reflect(canary_writer);
-    let deployments =
-        kept("deployments", watcher(api_in::<PartialObjectMeta<Deployment>>(&client, &namespace), config()), &health);
+    // Whole Deployments (less their managedFields, which nothing reads): the reconciles
+    // read targets and primaries from this cache.
+    let deployments = kept(DEPLOYMENT_WATCH, watcher(api_in::<Deployment>(&client, &namespace), config()), &health)
+        .modify(|deployment| deployment.managed_fields_mut().clear())
+        .reflect(writers.deployments);
     let daemon_sets =
         kept("daemonsets", watcher(api_in::<PartialObjectMeta<DaemonSet>>(&client, &namespace), config()), &health);
     let configmaps =
@@ -317,9 +346,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         kept(METRIC_TEMPLATE_WATCH, watcher(api_in::<MetricTemplate>(&client, &namespace), config()), &health)
             .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
-    let services =
-        kept("services", watcher(api_in::<PartialObjectMeta<Service>>(&client, &namespace), generated), &health)
-            .reflect(service_writer);
+    let services = kept(SERVICE_WATCH, watcher(api_in::<Service>(&client, &namespace), generated), &health)
+        .modify(|service| service.managed_fields_mut().clear())
+        .reflect(writers.services);
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =
         kept(ALERT_PROVIDER_WATCH, watcher(api_in::<AlertProvider>(&client, &namespace), config()), &health)
@@ -376,7 +405,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
     let mut controller = Controller::for_stream(objects_only(canary_wakes(canary_events.applied_objects())), store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
-        .watches_stream(objects_only(deployments.touched_objects()), move |d: PartialObjectMeta<Deployment>| {
+        .watches_stream(objects_only(deployments.touched_objects()), move |d: Deployment| {
             canaries_for_deployment(&s1, &d)
         })
         .watches_stream(objects_only(daemon_sets.touched_objects()), move |d: PartialObjectMeta<DaemonSet>| {

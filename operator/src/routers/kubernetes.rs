@@ -66,19 +66,21 @@ impl TrafficRouter for KubernetesRouter {
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
-            let pods = services::target_pods(&self.client, canary).await?;
+            let pods = services::target_pods(&self.client, &self.memory, canary).await?;
             services::apply_service(&self.client, &self.memory, &build_apex(canary, &pods, weights)?).await
         })
     }
 
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
         Box::pin(async move {
-            let selector = services::target_selector(&self.client, canary).await?;
-            let apex = services::read_apex(&self.client, canary).await?.ok_or_else(|| RouterError::NotFound {
-                kind: "Service".into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: ServiceNames::of(canary).apex,
-                reason: "the kubernetes router has not created it yet".into(),
+            let selector = services::target_selector(&self.client, &self.memory, canary).await?;
+            let apex = services::read_apex(&self.client, &self.memory, canary).await?.ok_or_else(|| {
+                RouterError::NotFound {
+                    kind: "Service".into(),
+                    namespace: canary.namespace().unwrap_or_default(),
+                    name: ServiceNames::of(canary).apex,
+                    reason: "the kubernetes router has not created it yet".into(),
+                }
             })?;
             weights_of(&apex, &selector)
         })
@@ -89,8 +91,8 @@ impl TrafficRouter for KubernetesRouter {
             namespace_of(canary)?;
             // Leaving the apex on the canary pods would strand clients once the canary is
             // scaled to zero; the primary is the safe place.
-            let pods = services::target_pods(&self.client, canary).await?;
-            if services::read_apex(&self.client, canary).await?.is_some() {
+            let pods = services::target_pods(&self.client, &self.memory, canary).await?;
+            if services::read_apex(&self.client, &self.memory, canary).await?.is_some() {
                 let apex = services::build_apex_service(canary, &pods, ApexTarget::Primary)?;
                 services::apply_service(&self.client, &self.memory, &apex).await?;
             }

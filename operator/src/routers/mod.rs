@@ -33,15 +33,17 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, PartialObjectMeta};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::ApiResource;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
 use crate::api::Canary;
+use crate::cache::WatchCache;
 use crate::core::Provider;
 
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
@@ -194,25 +196,27 @@ pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> 
     }
 }
 
-/// What routers keep between reconciles so that an unchanged object is not written
-/// again: the [`WriteLedger`] of their writes, and (when the controller watches them)
-/// the metadata of petrel's Services, whose resourceVersions show an edit or deletion
-/// by someone else. Cheap to clone; clones share it.
+/// What routers keep between reconciles: the [`WriteLedger`] of their writes, so that an
+/// unchanged object is not written again, and (when the controller watches them) the
+/// caches they read from: petrel's Services, whose resourceVersions also show an edit or
+/// deletion by someone else, and the Deployments whose pods the Services select. Cheap to
+/// clone; clones share it.
 #[derive(Clone, Default)]
 pub struct RouterMemory {
     pub ledger: WriteLedger,
-    pub services: Option<Store<PartialObjectMeta<Service>>>,
+    pub services: WatchCache<Service>,
+    pub deployments: WatchCache<Deployment>,
 }
 
 impl RouterMemory {
     /// What is known now of a Service's version.
     pub(crate) fn observed_service(&self, namespace: &str, name: &str) -> Observed {
-        match &self.services {
+        match self.services.store() {
             None => Observed::Unknown,
             Some(store) => Observed::Version(
                 store
                     .get(&ObjectRef::new(name).within(namespace))
-                    .and_then(|meta| meta.metadata.resource_version.clone()),
+                    .and_then(|service| service.metadata.resource_version.clone()),
             ),
         }
     }

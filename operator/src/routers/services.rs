@@ -261,13 +261,18 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 // I/O
 
 /// Reads the target's pod selector (a Deployment's, or a DaemonSet's).
-pub async fn target_selector(client: &Client, canary: &Canary) -> Result<PodSelector, RouterError> {
-    Ok(target_pods(client, canary).await?.selector)
+pub async fn target_selector(
+    client: &Client,
+    memory: &RouterMemory,
+    canary: &Canary,
+) -> Result<PodSelector, RouterError> {
+    Ok(target_pods(client, memory, canary).await?.selector)
 }
 
 /// Reads what the generated Services take from the target (see [`TargetPods`]): every
 /// writer of a generated Service builds it from this, so none drops a discovered port.
-pub async fn target_pods(client: &Client, canary: &Canary) -> Result<TargetPods, RouterError> {
+/// A Deployment comes from the cache of `memory` (see [`crate::cache`]).
+pub async fn target_pods(client: &Client, memory: &RouterMemory, canary: &Canary) -> Result<TargetPods, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = &canary.spec.target_ref.name;
     let read_error = |kind: &str, source: kube::Error| RouterError::Api {
@@ -306,20 +311,23 @@ pub async fn target_pods(client: &Client, canary: &Canary) -> Result<TargetPods,
             .unwrap_or_default();
         return Ok(TargetPods { selector, discovered_ports: discovered_ports(&canary.spec.service, containers) });
     }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let deployment = deployments
-        .get_opt(name)
+    let deployment = memory
+        .deployments
+        .get(client, &namespace, name)
         .await
         .map_err(|source| read_error("Deployment", source))?
         .ok_or_else(|| not_found("Deployment"))?;
     TargetPods::of_deployment(canary, &deployment)
 }
 
-pub(crate) async fn read_apex(client: &Client, canary: &Canary) -> Result<Option<Service>, RouterError> {
+pub(crate) async fn read_apex(
+    client: &Client,
+    memory: &RouterMemory,
+    canary: &Canary,
+) -> Result<Option<Service>, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = ServiceNames::of(canary).apex;
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    services.get_opt(&name).await.map_err(|source| RouterError::Api {
+    memory.services.get(client, &namespace, &name).await.map_err(|source| RouterError::Api {
         verb: "read",
         kind: "Service".into(),
         namespace,
@@ -349,6 +357,7 @@ pub(crate) async fn apply_service(
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     match services.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(service)).await {
         Ok(applied) => {
+            memory.services.wrote(&applied);
             memory.ledger.record(key, &manifest, applied.metadata.resource_version);
             Ok(())
         }
@@ -367,8 +376,8 @@ pub async fn ensure_services(
     memory: &RouterMemory,
     canary: &Canary,
 ) -> Result<PodSelector, RouterError> {
-    let pods = target_pods(client, canary).await?;
-    let existing_apex = read_apex(client, canary).await?;
+    let pods = target_pods(client, memory, canary).await?;
+    let existing_apex = read_apex(client, memory, canary).await?;
     let apex_target = apex_target_to_keep(existing_apex.as_ref(), &pods.selector);
     apply_service(client, memory, &build_primary_service(canary, &pods)?).await?;
     apply_service(client, memory, &build_canary_service(canary, &pods)?).await?;

@@ -138,6 +138,12 @@ impl WatchHealth {
         self.lock().get(name).is_some_and(|s| s.synced)
     }
 
+    /// Whether the watch `name` keeps its cache now: synced, not re-listing, and no
+    /// trouble since (a cache read for a decision must be this or not be read at all).
+    pub fn keeps(&self, name: &'static str) -> bool {
+        self.lock().get(name).is_some_and(|s| s.synced && !s.relisting && s.trouble_since.is_none())
+    }
+
     /// The watches whose caches are not kept at `now`, with why.
     pub fn problems(&self, now: Instant) -> Vec<String> {
         self.lock()

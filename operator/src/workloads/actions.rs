@@ -20,7 +20,7 @@ use super::primary::{ensure_primary, primary_name, promote, rebuild_primary};
 use super::revision::{release_identity, revision};
 use super::scaling::{primary_replicas, scale_target, scale_up_replicas};
 use super::selector::{PodSelector, pod_selector};
-use super::{REVISION_ANNOTATION, WorkloadError, canary_namespace, is_not_found};
+use super::{DeploymentCache, REVISION_ANNOTATION, WorkloadError, canary_namespace, is_not_found};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
 use crate::core::strategy::progress_deadline;
@@ -103,14 +103,17 @@ fn hpa_managed(canary: &Canary) -> bool {
 }
 
 /// Reads the target, its selector label, tracked configs, primary and (when the Canary
-/// names one) the target's HPA. Errors that need a person's fix report
-/// [`WorkloadError::is_stalled`].
-pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<WorkloadSnapshot, WorkloadError> {
+/// names one) the target's HPA; the Deployments through `deployments` (see
+/// [`crate::cache`]). Errors that need a person's fix report [`WorkloadError::is_stalled`].
+pub async fn read_workloads(
+    client: &Client,
+    deployments: &DeploymentCache,
+    canary: &Canary,
+) -> Result<WorkloadSnapshot, WorkloadError> {
     let namespace = canary_namespace(canary)?;
     let target_name = canary.spec.target_ref.name.clone();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let target = deployments
-        .get_opt(&target_name)
+        .get(client, &namespace, &target_name)
         .await
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{target_name}"), e))?
         .ok_or_else(|| WorkloadError::TargetNotFound { namespace: namespace.clone(), name: target_name.clone() })?;
@@ -121,7 +124,7 @@ pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<Workload
     let release = release_identity(&template);
     let primary_name = primary_name(&target_name);
     let primary = deployments
-        .get_opt(&primary_name)
+        .get(client, &namespace, &primary_name)
         .await
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{primary_name}"), e))?;
     let mut target_scaler = None;
@@ -173,24 +176,29 @@ pub async fn read_workloads(client: &Client, canary: &Canary) -> Result<Workload
 }
 
 /// Initialisation: mirrors the HPA and creates the primary (with its config copies)
-/// when missing. An existing primary is left as it is. Returns the primary.
+/// when missing. An existing primary (as the snapshot read it) is left as it is. Returns
+/// the primary.
 pub async fn initialize_primary(
     client: &Client,
+    deployments: &DeploymentCache,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
     let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
-    ensure_primary(
+    let primary = ensure_primary(
         client,
         canary,
         &snapshot.target,
+        snapshot.primary.as_ref(),
         &snapshot.selector,
         &snapshot.tracked,
         &snapshot.revision,
         replicas,
     )
-    .await
+    .await?;
+    deployments.wrote(&primary);
+    Ok(primary)
 }
 
 /// Where a missing primary comes from.
@@ -266,22 +274,33 @@ fn target_name(snapshot: &WorkloadSnapshot) -> String {
 
 /// `Action::ScaleCanaryUp`: scales the target to the primary's replicas (or the target
 /// HPA's `minReplicas`). Returns the count written.
-pub async fn scale_canary_up(client: &Client, snapshot: &WorkloadSnapshot) -> Result<i32, WorkloadError> {
+pub async fn scale_canary_up(
+    client: &Client,
+    deployments: &DeploymentCache,
+    snapshot: &WorkloadSnapshot,
+) -> Result<i32, WorkloadError> {
     let replicas = scale_up_replicas(snapshot.primary.as_ref(), snapshot.target_hpa_min_replicas);
     if let Some(scaler) = &snapshot.target_scaler {
         set_paused(client, scaler, false).await?;
     }
-    scale_target(&target_api(client, snapshot), &target_name(snapshot), replicas).await?;
+    let scaled = scale_target(&target_api(client, snapshot), &target_name(snapshot), replicas).await?;
+    deployments.wrote(&scaled);
     Ok(replicas)
 }
 
 /// `Action::ScaleCanaryToZero`. A KEDA ScaledObject on the target is paused first, so
 /// that KEDA does not scale it back up.
-pub async fn scale_canary_to_zero(client: &Client, snapshot: &WorkloadSnapshot) -> Result<(), WorkloadError> {
+pub async fn scale_canary_to_zero(
+    client: &Client,
+    deployments: &DeploymentCache,
+    snapshot: &WorkloadSnapshot,
+) -> Result<(), WorkloadError> {
     if let Some(scaler) = &snapshot.target_scaler {
         set_paused(client, scaler, true).await?;
     }
-    scale_target(&target_api(client, snapshot), &target_name(snapshot), 0).await
+    let scaled = scale_target(&target_api(client, snapshot), &target_name(snapshot), 0).await?;
+    deployments.wrote(&scaled);
+    Ok(())
 }
 
 /// `Action::PromoteCanaryToPrimary`: copies the tracked configs and the target's template
@@ -289,12 +308,17 @@ pub async fn scale_canary_to_zero(client: &Client, snapshot: &WorkloadSnapshot) 
 /// Returns the applied primary; its pods run `snapshot.revision` once rolled out.
 pub async fn promote_canary_to_primary(
     client: &Client,
+    deployments: &DeploymentCache,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
     let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
-    promote(client, canary, &snapshot.target, &snapshot.selector, &snapshot.tracked, &snapshot.revision, replicas).await
+    let primary =
+        promote(client, canary, &snapshot.target, &snapshot.selector, &snapshot.tracked, &snapshot.revision, replicas)
+            .await?;
+    deployments.wrote(&primary);
+    Ok(primary)
 }
 
 #[cfg(test)]
@@ -357,8 +381,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+        let first = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
         (fake, client, canary, first)
     }
 
@@ -371,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn read_workloads_tracks_configs_and_computes_the_revision() {
         let fake = world("podinfo:1", "hello");
-        let snapshot = read_workloads(&fake.client(), &canary("podinfo")).await.unwrap();
+        let snapshot = read_workloads(&fake.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap();
         assert_eq!(snapshot.selector, PodSelector { key: "app".into(), value: "podinfo".into() });
         assert_eq!(snapshot.release, "podinfo:1");
         assert_eq!(snapshot.primary, None);
@@ -381,20 +405,22 @@ mod tests {
         assert_eq!(snapshot.revision, revision(&template, &checksums));
 
         let changed = world("podinfo:1", "bonjour");
-        let after = read_workloads(&changed.client(), &canary("podinfo")).await.unwrap();
+        let after = read_workloads(&changed.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap();
         assert_ne!(after.revision, snapshot.revision, "a config change is a new revision");
         assert_eq!(after.release, snapshot.release, "but not a new release identity");
     }
 
     #[tokio::test]
     async fn missing_target_or_required_config_is_stalled() {
-        let error = read_workloads(&FakeApi::new().client(), &canary("podinfo")).await.unwrap_err();
+        let error = read_workloads(&FakeApi::new().client(), &DeploymentCache::default(), &canary("podinfo"))
+            .await
+            .unwrap_err();
         assert!(matches!(error, WorkloadError::TargetNotFound { .. }), "{error}");
         assert!(error.is_stalled());
 
         let fake = FakeApi::new();
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:1"));
-        let error = read_workloads(&fake.client(), &canary("podinfo")).await.unwrap_err();
+        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap_err();
         assert!(matches!(&error, WorkloadError::MissingConfig { name, .. } if name == "settings"), "{error}");
         assert!(error.is_stalled());
     }
@@ -404,8 +430,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let revision_name = format!("podinfo-primary-{}", snapshot.revision);
         assert_eq!(
             fake.writes(),
@@ -429,9 +455,9 @@ mod tests {
 
         // Once it exists, the primary is not touched again, even if the target changed.
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
-        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         assert_eq!(fake.writes().len(), writes_before);
         assert_eq!(primary_image(&fake), "podinfo:1");
     }
@@ -441,9 +467,9 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &snapshot).await.unwrap();
-        scale_canary_to_zero(&client, &snapshot).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        scale_canary_to_zero(&client, &DeploymentCache::default(), &snapshot).await.unwrap();
         assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 0);
         let patch = fake.requests().into_iter().rev().find(|r| r.method == "PATCH").unwrap();
         assert!(patch.content_type.contains("merge-patch"), "{}", patch.content_type);
@@ -451,8 +477,8 @@ mod tests {
         assert!(patch.query.contains("fieldManager=petrel"));
 
         // Scaling up uses the primary's replicas, not the target's (now 0).
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
-        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 3);
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        assert_eq!(scale_canary_up(&client, &DeploymentCache::default(), &snapshot).await.unwrap(), 3);
         assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 3);
     }
 
@@ -462,9 +488,9 @@ mod tests {
 
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         fake.insert(&format!("{CONFIG_MAPS}/settings"), settings("bonjour"));
-        let second = read_workloads(&client, &canary).await.unwrap();
+        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         let first_name = format!("podinfo-primary-{}", first.revision);
         let second_name = format!("podinfo-primary-{}", second.revision);
         // The template the primary ran is stored (as the newest) already: only the new one is written.
@@ -487,7 +513,7 @@ mod tests {
         assert_eq!((newest["revision"].clone(), newest["data"]["release"].clone()), (json!(2), json!("podinfo:2")));
 
         // The primary now runs the second revision (once its rollout finishes).
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         let primary = snapshot.primary.as_ref().unwrap();
         assert_eq!(
             primary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
@@ -516,11 +542,11 @@ mod tests {
         for n in 1..=KEPT_REVISIONS as i64 {
             old_revision(&fake, n);
         }
-        let first = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &first).await.unwrap();
+        let first = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let second = read_workloads(&client, &canary).await.unwrap();
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-01")));
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-02")));
         let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
@@ -547,12 +573,12 @@ mod tests {
     async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
         let (fake, client, canary, _) = initialized().await;
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let second = read_workloads(&client, &canary).await.unwrap();
+        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         let revision_writes =
             |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         assert_eq!(revision_writes(&fake), 2, "the first template at creation, the second at promotion");
-        promote_canary_to_primary(&client, &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         assert_eq!(revision_writes(&fake), 2, "a retried promotion stores nothing");
 
         let stored: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
@@ -619,7 +645,7 @@ mod tests {
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
         deployments.delete("podinfo-primary", &Default::default()).await.unwrap();
-        let mid_release = read_workloads(&client, &canary).await.unwrap();
+        let mid_release = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         assert!(mid_release.primary.is_none());
 
         let message = restore_missing_primary(&client, &canary, &mid_release, Some(&first.revision)).await.unwrap();
@@ -630,10 +656,10 @@ mod tests {
         assert_eq!(rebuilt["spec"]["replicas"], 3);
         assert_eq!(rebuilt["metadata"]["ownerReferences"][0]["uid"], "c0ffee-uid");
         // initialize_primary then finds it and leaves it alone.
-        initialize_primary(&client, &canary, &mid_release).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &mid_release).await.unwrap();
         assert_eq!(primary_image(&fake), "podinfo:1");
         // An existing primary is never rebuilt.
-        let now = read_workloads(&client, &canary).await.unwrap();
+        let now = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         assert_eq!(restore_missing_primary(&client, &canary, &now, Some(&first.revision)).await.unwrap(), None);
     }
 
@@ -642,8 +668,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
-        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let path = format!("{DEPLOYMENTS}/podinfo-primary");
         let mut released = fake.get(&path).unwrap();
         released["metadata"]["ownerReferences"] = Value::Null;
@@ -651,7 +677,14 @@ mod tests {
         fake.insert(&path, released);
         let mut recreated = canary.clone();
         recreated.metadata.uid = Some("new-uid".into());
-        initialize_primary(&client, &recreated, &read_workloads(&client, &recreated).await.unwrap()).await.unwrap();
+        initialize_primary(
+            &client,
+            &DeploymentCache::default(),
+            &recreated,
+            &read_workloads(&client, &DeploymentCache::default(), &recreated).await.unwrap(),
+        )
+        .await
+        .unwrap();
         let adopted = fake.get(&path).unwrap();
         assert_eq!(adopted["metadata"]["ownerReferences"][0]["uid"], "new-uid");
         let patch = fake.requests().into_iter().rev().find(|r| r.path == path && r.method == "PATCH").unwrap();
@@ -695,14 +728,14 @@ mod tests {
         );
         let client = fake.client();
         let canary = with_hpa(canary("podinfo"));
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
-        let created = initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        let created = initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         assert_eq!(created.spec.unwrap().replicas, None);
         let mirrored = fake.get(&format!("{HPAS}/podinfo-primary")).unwrap();
         assert_eq!(mirrored["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
         assert_eq!(mirrored["spec"]["maxReplicas"], 6);
-        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 2);
+        assert_eq!(scale_canary_up(&client, &DeploymentCache::default(), &snapshot).await.unwrap(), 2);
     }
 
     #[tokio::test]
@@ -728,19 +761,19 @@ mod tests {
             name: "podinfo".into(),
             ..Default::default()
         });
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
-        initialize_primary(&client, &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let primary = fake.get(&format!("{SCALED_OBJECTS}/podinfo-primary")).unwrap();
         assert_eq!(primary["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
         assert_eq!(primary["spec"]["triggers"][0]["metadata"]["query"], "rate(x{app=\"podinfo-primary\"}[1m])");
 
-        scale_canary_to_zero(&client, &snapshot).await.unwrap();
+        scale_canary_to_zero(&client, &DeploymentCache::default(), &snapshot).await.unwrap();
         let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
         assert_eq!(target["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"], "0");
-        let snapshot = read_workloads(&client, &canary).await.unwrap();
+        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
         assert!(snapshot.target_scaler.as_ref().unwrap().paused);
-        assert_eq!(scale_canary_up(&client, &snapshot).await.unwrap(), 2);
+        assert_eq!(scale_canary_up(&client, &DeploymentCache::default(), &snapshot).await.unwrap(), 2);
         let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
         assert!(target["metadata"]["annotations"].get("autoscaling.keda.sh/paused-replicas").is_none(), "{target}");
     }
@@ -751,7 +784,7 @@ mod tests {
         let mut canary = canary("podinfo");
         canary.spec.autoscaler_ref =
             Some(AutoscalerRef { kind: "ScaledObject".into(), name: "podinfo".into(), ..Default::default() });
-        let error = read_workloads(&fake.client(), &canary).await.unwrap_err();
+        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &canary).await.unwrap_err();
         assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
         assert!(
             error.to_string().contains("ScaledObject apps/podinfo") && error.to_string().contains("KEDA"),
@@ -762,7 +795,9 @@ mod tests {
     #[tokio::test]
     async fn missing_hpa_is_stalled() {
         let fake = world("podinfo:1", "hello");
-        let error = read_workloads(&fake.client(), &with_hpa(canary("podinfo"))).await.unwrap_err();
+        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &with_hpa(canary("podinfo")))
+            .await
+            .unwrap_err();
         assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
         assert!(error.is_stalled());
         assert!(ensure_primary_hpa(&fake.client(), &with_hpa(canary("podinfo"))).await.is_err());

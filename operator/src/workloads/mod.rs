@@ -54,6 +54,9 @@ use crate::api::Canary;
 
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 
+/// Deployments as the controller's watch keeps them (see [`crate::cache`]).
+pub type DeploymentCache = crate::cache::WatchCache<k8s_openapi::api::apps::v1::Deployment>;
+
 /// Label on generated objects naming the Canary they belong to.
 pub const CANARY_LABEL: &str = "petrel.dev/canary";
 

@@ -218,6 +218,7 @@ pub(crate) fn adoption_patch(
 }
 
 /// Creates the primary (and its config copies) when it does not exist; returns it.
+/// `existing` is the primary as the reconcile read it (`None`: not found then).
 ///
 /// An existing primary is returned untouched (adopted when a deleted Canary of the same
 /// name left it behind): its template only changes through [`promote`] (or a rollback),
@@ -227,6 +228,7 @@ pub async fn ensure_primary(
     client: &Client,
     canary: &Canary,
     target: &Deployment,
+    existing: Option<&Deployment>,
     selector: &PodSelector,
     tracked: &TrackedConfigs,
     revision: &str,
@@ -234,21 +236,17 @@ pub async fn ensure_primary(
 ) -> Result<Deployment, WorkloadError> {
     let (api, namespace) = deployment_api(client, target);
     let name = primary_name(&target.metadata.name.clone().unwrap_or_default());
-    if let Some(existing) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{name}"), e))?
-    {
-        if let Some(patch) = adoption_patch(canary, &existing)? {
+    if let Some(existing) = existing {
+        if let Some(patch) = adoption_patch(canary, existing)? {
             // Its template is the promoted one from now on: kept, so it can be rebuilt.
-            record_primary_revision(client, canary, &existing).await?;
+            record_primary_revision(client, canary, existing).await?;
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
             return api
                 .patch(&name, &params, &Patch::Merge(&patch))
                 .await
                 .map_err(|e| WorkloadError::kube(format!("adopting Deployment {namespace}/{name}"), e));
         }
-        return Ok(existing);
+        return Ok(existing.clone());
     }
     copy_configs_to_primary(client, canary, tracked).await?;
     let primary = build_primary(target, canary, selector, &tracked.names(), revision, replicas)?;

@@ -36,12 +36,12 @@ pub fn primary_replicas(target: &Deployment, current_primary: Option<&Deployment
 
 /// Sets `spec.replicas` of the target with a merge patch (not an apply: the Deployment
 /// belongs to the user, petrel only touches this one field).
-pub async fn scale_target(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), WorkloadError> {
+/// Returns the Deployment as the API server answered.
+pub async fn scale_target(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<Deployment, WorkloadError> {
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
     api.patch(name, &params, &Patch::Merge(&patch))
         .await
-        .map(|_| ())
         .map_err(|e| WorkloadError::kube(format!("scaling Deployment {name} to {replicas}"), e))
 }
 

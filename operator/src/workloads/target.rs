@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 
-use super::WorkloadError;
 use super::actions::{self, WorkloadSnapshot};
 use super::daemonset::{self, DaemonSetSnapshot};
 use super::knative::{self, KnativeSnapshot};
+use super::{DeploymentCache, WorkloadError};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
 
@@ -127,7 +127,11 @@ impl TargetSnapshot {
 
 /// Reads the target the Canary names. Errors that need a person's fix report
 /// [`WorkloadError::is_stalled`].
-pub async fn read_target(client: &Client, canary: &Canary) -> Result<TargetSnapshot, WorkloadError> {
+pub async fn read_target(
+    client: &Client,
+    deployments: &DeploymentCache,
+    canary: &Canary,
+) -> Result<TargetSnapshot, WorkloadError> {
     if canary.spec.target_ref.is_daemon_set() {
         if let Some(autoscaler) = &canary.spec.autoscaler_ref {
             return Err(WorkloadError::DaemonSetAutoscaler { name: autoscaler.name.clone() });
@@ -135,7 +139,7 @@ pub async fn read_target(client: &Client, canary: &Canary) -> Result<TargetSnaps
         return daemonset::read_daemon_sets(client, canary).await.map(TargetSnapshot::daemon_set);
     }
     if !canary.spec.target_ref.is_knative_service() {
-        return actions::read_workloads(client, canary).await.map(TargetSnapshot::deployment);
+        return actions::read_workloads(client, deployments, canary).await.map(TargetSnapshot::deployment);
     }
     if let Some(autoscaler) = &canary.spec.autoscaler_ref {
         return Err(WorkloadError::KnativeAutoscaler { name: autoscaler.name.clone() });
@@ -148,30 +152,41 @@ pub async fn read_target(client: &Client, canary: &Canary) -> Result<TargetSnaps
 /// DaemonSet primary may be recreated from (see [`daemonset::initialize`]).
 pub async fn initialize(
     client: &Client,
+    deployments: &DeploymentCache,
     canary: &Canary,
     target: &TargetSnapshot,
     promoted_revision: Option<&str>,
 ) -> Result<(), WorkloadError> {
     match &target.kind {
         TargetKind::DaemonSet(snapshot) => daemonset::initialize(client, canary, snapshot, promoted_revision).await,
-        TargetKind::Deployment(snapshot) => actions::initialize_primary(client, canary, snapshot).await.map(|_| ()),
+        TargetKind::Deployment(snapshot) => {
+            actions::initialize_primary(client, deployments, canary, snapshot).await.map(|_| ())
+        }
         TargetKind::Knative(snapshot) => knative::initialize(client, snapshot).await,
     }
 }
 
 /// `Action::ScaleCanaryUp` (Knative scales revisions by their traffic: nothing to do).
-pub async fn scale_canary_up(client: &Client, target: &TargetSnapshot) -> Result<(), WorkloadError> {
+pub async fn scale_canary_up(
+    client: &Client,
+    deployments: &DeploymentCache,
+    target: &TargetSnapshot,
+) -> Result<(), WorkloadError> {
     match &target.kind {
-        TargetKind::Deployment(snapshot) => actions::scale_canary_up(client, snapshot).await.map(|_| ()),
+        TargetKind::Deployment(snapshot) => actions::scale_canary_up(client, deployments, snapshot).await.map(|_| ()),
         TargetKind::DaemonSet(snapshot) => scale_daemon_set(client, snapshot, false).await,
         TargetKind::Knative(_) => Ok(()),
     }
 }
 
 /// `Action::ScaleCanaryToZero` (Knative scales revisions without traffic to zero itself).
-pub async fn scale_canary_to_zero(client: &Client, target: &TargetSnapshot) -> Result<(), WorkloadError> {
+pub async fn scale_canary_to_zero(
+    client: &Client,
+    deployments: &DeploymentCache,
+    target: &TargetSnapshot,
+) -> Result<(), WorkloadError> {
     match &target.kind {
-        TargetKind::Deployment(snapshot) => actions::scale_canary_to_zero(client, snapshot).await,
+        TargetKind::Deployment(snapshot) => actions::scale_canary_to_zero(client, deployments, snapshot).await,
         TargetKind::DaemonSet(snapshot) => scale_daemon_set(client, snapshot, true).await,
         TargetKind::Knative(_) => Ok(()),
     }
@@ -179,10 +194,15 @@ pub async fn scale_canary_to_zero(client: &Client, target: &TargetSnapshot) -> R
 
 /// `Action::PromoteCanaryToPrimary`: the template copied into the primary, or the analysed
 /// Knative revision recorded as the primary.
-pub async fn promote(client: &Client, canary: &Canary, target: &TargetSnapshot) -> Result<(), WorkloadError> {
+pub async fn promote(
+    client: &Client,
+    deployments: &DeploymentCache,
+    canary: &Canary,
+    target: &TargetSnapshot,
+) -> Result<(), WorkloadError> {
     match &target.kind {
         TargetKind::Deployment(snapshot) => {
-            actions::promote_canary_to_primary(client, canary, snapshot).await.map(|_| ())
+            actions::promote_canary_to_primary(client, deployments, canary, snapshot).await.map(|_| ())
         }
         TargetKind::Knative(snapshot) => knative::promote(client, snapshot).await,
         TargetKind::DaemonSet(snapshot) => daemonset::promote(client, canary, snapshot).await,
