@@ -314,9 +314,10 @@ fn canary_wakes(
 /// finish first.
 ///
 /// Every watch keeps its cache on its own (see [`watches`]) and reports its health to
-/// `/readyz`. Deployments, ConfigMaps, Secrets and petrel's Services are watched by
-/// their metadata only: which object changed is all a trigger needs, and petrel holds
-/// no Secret data it does not use.
+/// `/readyz`. Deployments and petrel's Services are cached whole (less their
+/// managedFields): the reconciles read them from there ([`crate::cache`]). DaemonSets,
+/// ConfigMaps and Secrets are watched by their metadata only: which object changed is
+/// all a trigger needs, and petrel holds no Secret data it does not use.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let canaries: Api<Canary> = api_in(&client, &namespace);
