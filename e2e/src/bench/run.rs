@@ -309,6 +309,9 @@ impl BenchEnv {
         process.stop().await;
         drop(phases);
         drop(traffic);
+        // petrel's Canaries carry a finalizer (the hand-over on deletion) that no stopped
+        // operator removes; the namespace would wait for it forever.
+        remove_canary_finalizers(&self.client, operator.kind, &namespace).await?;
         delete_namespace(&self.client, &namespace, Duration::from_secs(900)).await?;
         figures.load = (load_start, load_average().map_or(0.0, |l| l[0]));
         eprintln!(
@@ -353,6 +356,21 @@ async fn wait_deployments_available(api: &Api<Deployment>, expected: usize, time
     })
     .await?;
     all.with_context(|| format!("only {available} of {expected} Deployments available after {timeout:?}"))
+}
+
+/// Drops the finalizers of every Canary of `namespace`, once its operator stopped.
+async fn remove_canary_finalizers(client: &Client, kind: OperatorKind, namespace: &str) -> Result<()> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &kind.canary_resource());
+    let canaries =
+        api.list(&ListParams::default()).await.with_context(|| format!("listing the Canaries of {namespace}"))?;
+    let patch = json!({ "metadata": { "finalizers": null } });
+    for canary in canaries.items.iter().filter(|c| c.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty())) {
+        let name = canary.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("removing the finalizers of Canary {namespace}/{name}"))?;
+    }
+    Ok(())
 }
 
 async fn delete_namespace(client: &Client, namespace: &str, timeout: Duration) -> Result<()> {
