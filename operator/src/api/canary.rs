@@ -15,6 +15,7 @@ use super::common::{
     Condition, CustomMetadata, DNS_1035_LABEL, IntOrString, ObjectRef, duration_bounds_rule, duration_format_rule,
     free_form_list, free_form_object, http_url_rule, is_false,
 };
+use super::route_options::{CorsPolicy, HttpMatchRequest, HttpRetry, HttpRewrite, RouteHeaders, TrafficPolicy};
 
 /// Spec of a Canary: which Deployment to release, how traffic reaches it, and how each
 /// release is analysed.
@@ -324,31 +325,29 @@ pub struct CanaryService {
     /// VirtualService to delegate to. petrel writes no route until such a root exists.
     #[serde(default, skip_serializing_if = "is_false")]
     pub delegation: bool,
-    /// Istio DestinationRule traffic policy, copied to both DestinationRules.
+    /// Istio DestinationRule traffic policy, copied to both DestinationRules (Flagger's
+    /// closed schema: a misspelt key is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub traffic_policy: Option<serde_json::Value>,
-    /// Istio HTTP match conditions for the whole route.
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Istio HTTP match conditions for the whole route (HTTPMatchRequest).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
-    #[schemars(schema_with = "free_form_list")]
-    pub match_: Option<Vec<serde_json::Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_: Option<Vec<HttpMatchRequest>>,
     /// Istio HTTPRewrite: `uri` and `authority` (Flagger's fields; `type` is Gateway API's
-    /// and refused). Closed, so a misspelt key is refused.
-    #[schemars(schema_with = "rewrite_schema")]
-    pub rewrite: Option<serde_json::Value>,
+    /// and refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub retries: Option<serde_json::Value>,
+    pub rewrite: Option<HttpRewrite>,
+    /// Istio retry policy of every HTTP route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub headers: Option<serde_json::Value>,
+    pub retries: Option<HttpRetry>,
+    /// Request and response header operations of every HTTP route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RouteHeaders>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_list")]
     pub mirror: Option<Vec<serde_json::Value>>,
+    /// Istio CORS policy of every HTTP route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     /// AWS App Mesh's mesh: refused (App Mesh is retired upstream). Kept in the schema so
     /// that the refusal says why, rather than a bare "unknown field".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,17 +371,6 @@ pub struct CanaryService {
     /// that controller set. petrel's own keys cannot be listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmanaged_metadata: Option<super::common::UnmanagedMetadata>,
-}
-
-fn rewrite_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": {
-            "uri": { "type": "string" },
-            "authority": { "type": "string" },
-            "type": { "type": "string" }
-        }
-    })
 }
 
 fn service_name_rule() -> kube::core::Rule {

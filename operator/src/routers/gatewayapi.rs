@@ -268,8 +268,9 @@ mod tests {
     fn istio_route_options_are_refused_rather_than_dropped() {
         let mut canary = super::super::testing::canary();
         assert!(build_http_route(&canary, super::super::testing::weights(100, 0, false)).is_ok());
-        canary.spec.service.match_ = Some(vec![json!({ "uri": { "prefix": "/api" } })]);
-        canary.spec.service.cors_policy = Some(json!({ "allowOrigins": [{ "exact": "https://example.com" }] }));
+        canary.spec.service.match_ = Some(serde_json::from_value(json!([{ "uri": { "prefix": "/api" } }])).unwrap());
+        canary.spec.service.cors_policy =
+            Some(serde_json::from_value(json!({ "allowOrigins": [{ "exact": "https://example.com" }] })).unwrap());
         let refused = build_http_route(&canary, super::super::testing::weights(100, 0, false)).unwrap_err();
         assert!(matches!(refused, RouterError::InvalidCanary { .. }), "{refused}");
         let message = refused.to_string();
