@@ -555,3 +555,30 @@ fn istio_route_options_refuse_misspelt_keys() {
         json!({ "simple": "LEAST_REQUEST", "consistentHash": { "useSourceIp": true, "httpHeaderName": "x" } }),
     ));
 }
+
+#[test]
+fn gateway_api_route_options_go_with_provider_gatewayapi() {
+    use serde_json::json;
+    let options = |provider: Option<&str>| {
+        let mut m = with(base(), "/spec/service/rewrite", json!({ "uri": "/", "type": "ReplacePrefixMatch" }));
+        m = with(m, "/spec/service/mirror", json!([{ "backendRef": { "name": "shadow", "port": 9898 } }]));
+        match provider {
+            Some(p) => with(m, "/spec/provider", p.into()),
+            None => without(m, "/spec/provider"),
+        }
+    };
+    accepted(options(Some("gatewayapi")));
+    accepted(options(Some("gatewayapi:v1beta1")));
+    let refusal = "service.mirror and service.rewrite.type are Gateway API route options that petrel writes with provider gatewayapi only";
+    for provider in [Some("istio"), Some("linkerd"), None] {
+        assert_rejected(options(provider), refusal);
+    }
+    let gateway =
+        |mirror: Value| with(with(base(), "/spec/provider", "gatewayapi".into()), "/spec/service/mirror", mirror);
+    assert_rejected(gateway(json!([{ "backendRef": { "name": "shadow" } }])), "Must have port for Service reference");
+    accepted(gateway(json!([{ "backendRef": { "name": "shadow", "group": "example.com", "kind": "Backend" } }])));
+    assert_rejected(
+        gateway(json!([{ "backendRef": { "nme": "shadow", "port": 1 } }])),
+        "unknown field .spec.service.mirror[0].backendRef.nme",
+    );
+}

@@ -311,3 +311,31 @@ pub struct TlsSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
 }
+
+/// Gateway API HTTPRequestMirrorFilter, as Flagger types `spec.service.mirror`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorFilter {
+    pub backend_ref: MirrorBackendRef,
+}
+
+/// The backend requests are mirrored to (a Service when group and kind are left out).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.group) && size(self.group) != 0) || (has(self.kind) && self.kind != 'Service') || has(self.port)").message("Must have port for Service reference"))]
+pub struct MirrorBackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: Option<String>,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}

@@ -202,7 +202,7 @@ fn header_filter(kind: &str, field: &str, ops: &HeaderOperations) -> Value {
 /// The filters Flagger's `makeFilters` writes on every rule: request and response header
 /// modifiers from `spec.service.headers`, then a URLRewrite from `spec.service.rewrite`
 /// (`authority` as the hostname; `uri` replacing the full path, or the matched prefix when
-/// `type` is `ReplacePrefixMatch`).
+/// `type` is `ReplacePrefixMatch`), then a RequestMirror filter per `spec.service.mirror`.
 fn route_filters(canary: &Canary) -> Vec<Value> {
     let service = &canary.spec.service;
     let mut filters = Vec::new();
@@ -228,6 +228,20 @@ fn route_filters(canary: &Canary) -> Vec<Value> {
             url_rewrite.insert("path".into(), path);
         }
         filters.push(json!({ "type": "URLRewrite", "urlRewrite": url_rewrite }));
+    }
+    for mirror in service.mirror.iter().flatten() {
+        let b = &mirror.backend_ref;
+        let mut backend = Map::new();
+        for (key, value) in [("group", &b.group), ("kind", &b.kind), ("namespace", &b.namespace)] {
+            if let Some(value) = value {
+                backend.insert(key.into(), Value::String(value.clone()));
+            }
+        }
+        backend.insert("name".into(), Value::String(b.name.clone()));
+        if let Some(port) = b.port {
+            backend.insert("port".into(), json!(port));
+        }
+        filters.push(json!({ "type": "RequestMirror", "requestMirror": { "backendRef": backend } }));
     }
     filters
 }
@@ -492,11 +506,20 @@ mod tests {
         assert_eq!(route.pointer("/spec/rules/0/filters"), Some(&filters));
         assert_eq!(route.pointer("/spec/rules/1/filters"), Some(&filters));
 
-        // The mirror filter of blue/green mirroring comes after them.
+        // Then one RequestMirror per service.mirror; the mirror of blue/green mirroring last.
+        canary.spec.service.mirror = Some(
+            serde_json::from_value(json!([{ "backendRef": { "name": "shadow", "namespace": "audit", "port": 8080 } }]))
+                .unwrap(),
+        );
         let route = build_http_route(&canary, weights(100, 0, true)).unwrap();
         let written = route.pointer("/spec/rules/0/filters").unwrap().as_array().unwrap();
-        assert_eq!(written.len(), 4);
-        assert_eq!(written[3]["type"], "RequestMirror");
+        assert_eq!(written.len(), 5);
+        assert_eq!(
+            written[3],
+            json!({ "type": "RequestMirror", "requestMirror": { "backendRef": { "namespace": "audit", "name": "shadow", "port": 8080 } } })
+        );
+        assert_eq!(written[4]["requestMirror"]["backendRef"]["name"], "podinfo-canary");
+        assert_eq!(route.pointer("/spec/rules/1/filters").unwrap().as_array().unwrap().len(), 4);
 
         canary.spec.service.rewrite =
             Some(serde_json::from_value(json!({ "uri": "/v2", "type": "ReplacePrefixMatch" })).unwrap());
