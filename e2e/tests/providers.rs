@@ -151,6 +151,72 @@ async fn ports_and_unmanaged_metadata_with_provider_kubernetes() {
     eprintln!("[providers-ports] passed in {:.1?}", t0.elapsed());
 }
 
+/// Provider `gatewayapi` with Flagger's route options: `service.match`, `service.headers`,
+/// `service.rewrite` (with `type`) and `service.mirror` reach the HTTPRoute as Flagger
+/// writes them, and the API server (with Gateway API's CRDs and their CEL rules) takes it;
+/// `service.corsPolicy`, which Flagger's gatewayapi router drops, leaves the Canary Stalled.
+///
+/// `cargo test -p petrel-e2e --test providers gateway_api_route_options -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_route_options_reach_the_http_route() {
+    let t0 = Instant::now();
+    let env = SharedEnv::start("providers-gateway-options").await.unwrap();
+    let ns = "gatewayapi-options";
+    namespace(&env, ns).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+    deployments.patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    let spec = json!({
+        "provider": "gatewayapi",
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "progressDeadlineSeconds": 60,
+        "service": {
+            "port": 9898,
+            "gatewayRefs": [{ "name": "public", "namespace": ns }],
+            "match": [{ "uri": { "prefix": "/api" }, "headers": { "x-tenant": { "exact": "blue" } } }],
+            "headers": { "request": { "set": { "x-release": "podinfo" } }, "response": { "remove": ["server"] } },
+            "rewrite": { "uri": "/", "type": "ReplacePrefixMatch" },
+            "mirror": [{ "backendRef": { "name": "shadow", "port": 9898 } }],
+        },
+        "analysis": { "interval": "2s", "threshold": 2, "iterations": 2 },
+    });
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, spec.clone()))).await.unwrap();
+    let resource = kube::api::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    };
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
+    let route = eventually(&format!("{ns}: the HTTPRoute"), Duration::from_secs(60), async || {
+        routes.get_opt(APP).await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let rule = &route.data["spec"]["rules"][0];
+    assert_eq!(rule["matches"][0]["path"], json!({ "type": "PathPrefix", "value": "/api" }), "{rule}");
+    assert_eq!(rule["matches"][0]["headers"][0]["name"], "x-tenant", "{rule}");
+    let filters: Vec<&str> = rule["filters"].as_array().unwrap().iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(filters, ["RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestMirror"], "{rule}");
+    assert_eq!(
+        rule["filters"][0]["requestHeaderModifier"]["set"],
+        json!([{ "name": "x-release", "value": "podinfo" }])
+    );
+    assert_eq!(
+        rule["filters"][2]["urlRewrite"]["path"],
+        json!({ "type": "ReplacePrefixMatch", "replacePrefixMatch": "/" })
+    );
+    assert_eq!(rule["filters"][3]["requestMirror"]["backendRef"]["name"], "shadow");
+
+    // corsPolicy: Flagger's gatewayapi router drops it, so petrel refuses rather than ignores it.
+    let mut cors = spec;
+    cors["service"]["corsPolicy"] = json!({ "allowOrigins": [{ "exact": "https://example.com" }] });
+    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, cors))).await.unwrap();
+    stalled(&env, ns, "InvalidRouting", |m| m.contains("service.corsPolicy is an Istio route option")).await;
+    eprintln!("[providers-gateway-options] passed in {:.1?}", t0.elapsed());
+}
+
 fn ssa() -> PatchParams {
     PatchParams::apply("e2e-test").force()
 }

@@ -491,3 +491,94 @@ fn unmanaged_metadata_is_typed_and_keeps_petrels_own_keys() {
         "service.unmanagedMetadata.annotations cannot hold",
     );
 }
+
+#[test]
+fn istio_route_options_refuse_misspelt_keys() {
+    let service = |key: &str, value: Value| with(base(), &format!("/spec/service/{key}"), value);
+    use serde_json::json;
+    // Each block, well spelt, is accepted.
+    accepted(service(
+        "match",
+        json!([{ "uri": { "prefix": "/api" }, "headers": { "x-a": { "exact": "b" } }, "ignoreUriCase": true }]),
+    ));
+    accepted(service("retries", json!({ "attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx" })));
+    accepted(service("headers", json!({ "request": { "set": { "x-a": "b" } }, "response": { "remove": ["x-b"] } })));
+    accepted(service("corsPolicy", json!({ "allowOrigins": [{ "exact": "https://a.example" }], "maxAge": "24h" })));
+    accepted(service(
+        "trafficPolicy",
+        json!({ "tls": { "mode": "ISTIO_MUTUAL" }, "loadBalancer": { "simple": "RANDOM" } }),
+    ));
+    accepted(service("rewrite", json!({ "uri": "/" })));
+    // One misspelt key in each block, at every depth, is refused.
+    for (key, value, unknown) in [
+        ("match", json!([{ "uri": { "prefx": "/api" } }]), ".spec.service.match[0].uri.prefx"),
+        ("match", json!([{ "header": { "x-a": { "exact": "b" } } }]), ".spec.service.match[0].header"),
+        ("match", json!([{ "headers": { "x-a": { "exakt": "b" } } }]), ".spec.service.match[0].headers.x-a.exakt"),
+        ("retries", json!({ "attempt": 3 }), ".spec.service.retries.attempt"),
+        ("retries", json!({ "perTryTimout": "1s" }), ".spec.service.retries.perTryTimout"),
+        ("headers", json!({ "requests": { "set": { "x-a": "b" } } }), ".spec.service.headers.requests"),
+        ("headers", json!({ "request": { "sett": { "x-a": "b" } } }), ".spec.service.headers.request.sett"),
+        (
+            "corsPolicy",
+            json!({ "allowOrigins": [{ "exactly": "a" }] }),
+            ".spec.service.corsPolicy.allowOrigins[0].exactly",
+        ),
+        ("corsPolicy", json!({ "allowMethod": ["GET"] }), ".spec.service.corsPolicy.allowMethod"),
+        ("trafficPolicy", json!({ "tsl": { "mode": "ISTIO_MUTUAL" } }), ".spec.service.trafficPolicy.tsl"),
+        (
+            "trafficPolicy",
+            json!({ "connectionPool": { "http": { "maxRequest": 1 } } }),
+            ".spec.service.trafficPolicy.connectionPool.http.maxRequest",
+        ),
+        (
+            "trafficPolicy",
+            json!({ "loadBalancer": { "simple": "RANDOM", "localityLbSettings": {} } }),
+            ".spec.service.trafficPolicy.loadBalancer.localityLbSettings",
+        ),
+        ("rewrite", json!({ "uril": "/" }), ".spec.service.rewrite.uril"),
+    ] {
+        assert_rejected(service(key, value), &format!("unknown field {unknown}"));
+    }
+    // Values are checked as Flagger's schema checks them.
+    assert_rejected(service("match", json!([{ "uri": { "exact": "/a", "prefix": "/b" } }])), "more than 1 property");
+    assert_rejected(service("corsPolicy", json!({ "allowOrigins": [{}] })), "less than 1 property");
+    assert_rejected(service("trafficPolicy", json!({ "tls": { "mode": "STRICT" } })), "is not one of");
+    assert_rejected(service("retries", json!({ "attempts": "3" })), "is not of type \"integer\"");
+    let balancer = |lb: Value| service("trafficPolicy", json!({ "loadBalancer": lb }));
+    let rule = "trafficPolicy.loadBalancer sets either simple or a consistentHash";
+    assert_rejected(balancer(json!({ "simple": "RANDOM", "consistentHash": { "useSourceIp": true } })), rule);
+    assert_rejected(balancer(json!({ "consistentHash": { "useSourceIp": true, "httpHeaderName": "x" } })), rule);
+    assert_rejected(balancer(json!({ "warmupDurationSecs": "30s" })), rule);
+    accepted(balancer(json!({ "consistentHash": { "httpCookie": { "name": "user", "ttl": "0s" } } })));
+    // Flagger accepts simple beside a consistentHash that is not a valid one on its own.
+    accepted(balancer(
+        json!({ "simple": "LEAST_REQUEST", "consistentHash": { "useSourceIp": true, "httpHeaderName": "x" } }),
+    ));
+}
+
+#[test]
+fn gateway_api_route_options_go_with_provider_gatewayapi() {
+    use serde_json::json;
+    let options = |provider: Option<&str>| {
+        let mut m = with(base(), "/spec/service/rewrite", json!({ "uri": "/", "type": "ReplacePrefixMatch" }));
+        m = with(m, "/spec/service/mirror", json!([{ "backendRef": { "name": "shadow", "port": 9898 } }]));
+        match provider {
+            Some(p) => with(m, "/spec/provider", p.into()),
+            None => without(m, "/spec/provider"),
+        }
+    };
+    accepted(options(Some("gatewayapi")));
+    accepted(options(Some("gatewayapi:v1beta1")));
+    let refusal = "service.mirror and service.rewrite.type are Gateway API route options that petrel writes with provider gatewayapi only";
+    for provider in [Some("istio"), Some("linkerd"), None] {
+        assert_rejected(options(provider), refusal);
+    }
+    let gateway =
+        |mirror: Value| with(with(base(), "/spec/provider", "gatewayapi".into()), "/spec/service/mirror", mirror);
+    assert_rejected(gateway(json!([{ "backendRef": { "name": "shadow" } }])), "Must have port for Service reference");
+    accepted(gateway(json!([{ "backendRef": { "name": "shadow", "group": "example.com", "kind": "Backend" } }])));
+    assert_rejected(
+        gateway(json!([{ "backendRef": { "nme": "shadow", "port": 1 } }])),
+        "unknown field .spec.service.mirror[0].backendRef.nme",
+    );
+}

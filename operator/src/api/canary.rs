@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Condition, CustomMetadata, DNS_1035_LABEL, IntOrString, ObjectRef, duration_bounds_rule, duration_format_rule,
-    free_form_list, free_form_object, http_url_rule, is_false,
+    free_form_object, http_url_rule, is_false,
+};
+use super::route_options::{
+    CorsPolicy, HttpMatchRequest, HttpRetry, HttpRewrite, MirrorFilter, RouteHeaders, TrafficPolicy,
 };
 
 /// Spec of a Canary: which Deployment to release, how traffic reaches it, and how each
@@ -38,6 +41,7 @@ use super::common::{
 )]
 #[x_kube(validation = kube::core::Rule::new("!has(self.provider) || self.provider != 'nginx' || has(self.ingressRef)").message("provider nginx needs spec.ingressRef: the Ingress petrel clones for the canary"))]
 #[x_kube(validation = service_names_rule())]
+#[x_kube(validation = kube::core::Rule::new("(has(self.provider) && (self.provider == 'gatewayapi' || self.provider.startsWith('gatewayapi:'))) || (!has(self.service.mirror) && (!has(self.service.rewrite) || !has(self.service.rewrite.type)))").message(GATEWAY_ONLY_OPTIONS_MESSAGE))]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.targetRef.kind != 'DaemonSet' || !has(self.analysis) || (!has(self.analysis.stepWeight) && !has(self.analysis.maxWeight) && !has(self.analysis.stepWeights))").message("a DaemonSet target runs one canary pod per node beside the primary's, so petrel does not shift its traffic by weight: remove analysis.stepWeight, maxWeight and stepWeights and set analysis.iterations (blue/green)"))]
 #[x_kube(validation = kube::core::Rule::new("(has(self.provider) && self.provider == 'knative') == (self.targetRef.kind == 'Service')").message("provider knative and targetRef kind Service (a Knative Service) go together: set both, or neither"))]
@@ -172,7 +176,7 @@ fn reference_kind_rule(field: &str, kind: &str, api_version: &str) -> kube::core
 /// The refusal of `analysis.sessionAffinity`, as the API server words it.
 pub const SESSION_AFFINITY_MESSAGE: &str = "analysis.sessionAffinity is not supported by petrel yet: it does not pin sessions to the canary; remove it (users may then move between primary and canary from one request to the next)";
 /// The refusal of the Gateway API-only `service.mirror` and `service.rewrite.type`.
-pub const GATEWAY_ONLY_OPTIONS_MESSAGE: &str = "service.mirror and service.rewrite.type are Gateway API route options that petrel does not write yet: remove them (analysis.mirror mirrors traffic to the canary during blue/green)";
+pub const GATEWAY_ONLY_OPTIONS_MESSAGE: &str = "service.mirror and service.rewrite.type are Gateway API route options that petrel writes with provider gatewayapi only (Flagger's other routers ignore them): set spec.provider to gatewayapi, or remove them (analysis.mirror mirrors traffic to the canary during blue/green)";
 
 /// The refusal of App Mesh's `service.meshName` and `service.backends`, as the API server words it.
 pub const APP_MESH_FIELDS_MESSAGE: &str = "service.meshName and service.backends are AWS App Mesh settings; App Mesh is retired upstream and petrel does not support it: remove them and use another provider (for example linkerd, istio or gatewayapi)";
@@ -272,7 +276,6 @@ pub struct ScalerReplicas {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.meshName) && !has(self.backends)").message(APP_MESH_FIELDS_MESSAGE))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.mirror) && (!has(self.rewrite) || !has(self.rewrite.type))").message(GATEWAY_ONLY_OPTIONS_MESSAGE))]
 pub struct CanaryService {
     /// Name of the apex Service; defaults to the target's name. A DNS-1035 label of at
     /// most 55 characters, so that `<name>-primary` is one too.
@@ -324,31 +327,30 @@ pub struct CanaryService {
     /// VirtualService to delegate to. petrel writes no route until such a root exists.
     #[serde(default, skip_serializing_if = "is_false")]
     pub delegation: bool,
-    /// Istio DestinationRule traffic policy, copied to both DestinationRules.
+    /// Istio DestinationRule traffic policy, copied to both DestinationRules (Flagger's
+    /// closed schema: a misspelt key is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub traffic_policy: Option<serde_json::Value>,
-    /// Istio HTTP match conditions for the whole route.
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Istio HTTP match conditions for the whole route (HTTPMatchRequest).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
-    #[schemars(schema_with = "free_form_list")]
-    pub match_: Option<Vec<serde_json::Value>>,
+    pub match_: Option<Vec<HttpMatchRequest>>,
+    /// Istio HTTPRewrite: `uri` and `authority`; `type` (`ReplacePrefixMatch`, otherwise the
+    /// full path is replaced) with provider gatewayapi only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// Istio HTTPRewrite: `uri` and `authority` (Flagger's fields; `type` is Gateway API's
-    /// and refused). Closed, so a misspelt key is refused.
-    #[schemars(schema_with = "rewrite_schema")]
-    pub rewrite: Option<serde_json::Value>,
+    pub rewrite: Option<HttpRewrite>,
+    /// Istio retry policy of every HTTP route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub retries: Option<serde_json::Value>,
+    pub retries: Option<HttpRetry>,
+    /// Request and response header operations of every HTTP route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub headers: Option<serde_json::Value>,
+    pub headers: Option<RouteHeaders>,
+    /// Gateway API: requests of every HTTPRoute rule also mirrored to these backends
+    /// (provider gatewayapi only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_list")]
-    pub mirror: Option<Vec<serde_json::Value>>,
+    pub mirror: Option<Vec<MirrorFilter>>,
+    /// Istio CORS policy of every HTTP route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     /// AWS App Mesh's mesh: refused (App Mesh is retired upstream). Kept in the schema so
     /// that the refusal says why, rather than a bare "unknown field".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,17 +374,6 @@ pub struct CanaryService {
     /// that controller set. petrel's own keys cannot be listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmanaged_metadata: Option<super::common::UnmanagedMetadata>,
-}
-
-fn rewrite_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": {
-            "uri": { "type": "string" },
-            "authority": { "type": "string" },
-            "type": { "type": "string" }
-        }
-    })
 }
 
 fn service_name_rule() -> kube::core::Rule {

@@ -7,6 +7,7 @@ pub mod cluster_identity;
 pub mod common;
 pub mod metric_template;
 pub mod rollout;
+pub mod route_options;
 pub mod verbs;
 
 pub use alert_provider::{AlertProvider, AlertProviderSpec};

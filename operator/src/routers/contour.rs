@@ -63,13 +63,17 @@ fn route(canary: &Canary, conditions: Vec<Value>, primary: u8, canary_weight: u8
         route.insert("timeoutPolicy".into(), json!({ "response": timeout }));
     }
     if let Some(retries) = &canary.spec.service.retries {
-        // Istio's retry shape (attempts, perTryTimeout) is what the Canary carries.
+        // Istio's retry shape is what the Canary carries; Flagger maps it to Contour's
+        // count, perTryTimeout and retryOn (the comma-separated conditions as a list).
         let mut policy = Map::new();
-        if let Some(attempts) = retries.get("attempts") {
-            policy.insert("count".into(), attempts.clone());
+        if let Some(attempts) = retries.attempts {
+            policy.insert("count".into(), attempts.into());
         }
-        if let Some(per_try) = retries.get("perTryTimeout") {
-            policy.insert("perTryTimeout".into(), per_try.clone());
+        if let Some(per_try) = &retries.per_try_timeout {
+            policy.insert("perTryTimeout".into(), per_try.clone().into());
+        }
+        if let Some(retry_on) = &retries.retry_on {
+            policy.insert("retryOn".into(), retry_on.split(',').map(|c| Value::String(c.trim().to_string())).collect());
         }
         if !policy.is_empty() {
             route.insert("retryPolicy".into(), Value::Object(policy));
@@ -166,10 +170,17 @@ mod tests {
     fn timeouts_and_retries_are_translated() {
         let mut canary = canary();
         canary.spec.service.timeout = Some("15s".into());
-        canary.spec.service.retries = Some(json!({ "attempts": 2, "perTryTimeout": "3s" }));
+        canary.spec.service.retries = Some(crate::api::route_options::HttpRetry {
+            attempts: Some(2),
+            per_try_timeout: Some("3s".into()),
+            retry_on: Some("5xx,gateway-error".into()),
+        });
         let proxy = build_http_proxy(&canary, weights(100, 0, false)).unwrap();
         assert_eq!(proxy.pointer("/spec/routes/0/timeoutPolicy"), Some(&json!({ "response": "15s" })));
-        assert_eq!(proxy.pointer("/spec/routes/0/retryPolicy"), Some(&json!({ "count": 2, "perTryTimeout": "3s" })));
+        assert_eq!(
+            proxy.pointer("/spec/routes/0/retryPolicy"),
+            Some(&json!({ "count": 2, "perTryTimeout": "3s", "retryOn": ["5xx", "gateway-error"] }))
+        );
     }
 
     proptest! {

@@ -6,6 +6,8 @@
 //! second rule sends everything else to the primary. Mirroring: a `RequestMirror` filter
 //! on the first rule copies requests to the canary.
 
+use std::collections::BTreeMap;
+
 use kube::core::ApiResource;
 use serde_json::{Map, Value, json};
 
@@ -15,6 +17,7 @@ use super::{
 };
 use crate::api::Canary;
 use crate::api::canary::{HttpMatch, StringMatch};
+use crate::api::route_options::{HeaderOperations, HttpMatchRequest, IstioStringMatch};
 
 const PROVIDER: &str = "gatewayapi";
 const GROUP: &str = "gateway.networking.k8s.io";
@@ -47,21 +50,22 @@ fn string_match(canary: &Canary, what: &str, m: &StringMatch) -> Result<(&'stati
 
 fn named_matches(
     canary: &Canary,
+    field: &str,
     what: &str,
-    conditions: &std::collections::BTreeMap<String, StringMatch>,
+    conditions: &BTreeMap<String, StringMatch>,
 ) -> Result<Vec<Value>, RouterError> {
     conditions
         .iter()
         .map(|(name, m)| {
-            let (kind, value) = string_match(canary, &format!("analysis.match {what} {name:?}"), m)?;
+            let (kind, value) = string_match(canary, &format!("{field} {what} {name:?}"), m)?;
             Ok(json!({ "type": kind, "name": name, "value": value }))
         })
         .collect()
 }
 
-/// One A/B condition as an HTTPRouteMatch (conditions inside a match are ANDed, matches ORed,
-/// as in Istio).
-fn route_match(canary: &Canary, m: &HttpMatch) -> Result<Value, RouterError> {
+/// One condition of `field` (`analysis.match` or `spec.service.match`) as an HTTPRouteMatch
+/// (conditions inside a match are ANDed, matches ORed, as in Istio).
+fn route_match(canary: &Canary, field: &str, m: &HttpMatch) -> Result<Value, RouterError> {
     let mut out = Map::new();
     if let Some(uri) = &m.uri {
         let path = match (&uri.exact, &uri.prefix) {
@@ -72,17 +76,20 @@ fn route_match(canary: &Canary, m: &HttpMatch) -> Result<Value, RouterError> {
                 json!({ "type": "PathPrefix", "value": prefix })
             }
             _ => {
-                let (_, value) = string_match(canary, "analysis.match uri", uri)?;
+                let (_, value) = string_match(canary, &format!("{field} uri"), uri)?;
                 json!({ "type": "RegularExpression", "value": value })
             }
         };
         out.insert("path".into(), path);
     }
     if !m.headers.is_empty() {
-        out.insert("headers".into(), Value::Array(named_matches(canary, "header", &m.headers)?));
+        out.insert("headers".into(), Value::Array(named_matches(canary, field, "header", &m.headers)?));
     }
     if !m.query_params.is_empty() {
-        out.insert("queryParams".into(), Value::Array(named_matches(canary, "query parameter", &m.query_params)?));
+        out.insert(
+            "queryParams".into(),
+            Value::Array(named_matches(canary, field, "query parameter", &m.query_params)?),
+        );
     }
     if let Some(method) = &m.method {
         match method {
@@ -98,6 +105,145 @@ fn route_match(canary: &Canary, m: &HttpMatch) -> Result<Value, RouterError> {
         return Err(super::unsupported(PROVIDER, "match on sourceLabels"));
     }
     Ok(Value::Object(out))
+}
+
+fn as_string_match(m: &IstioStringMatch) -> StringMatch {
+    StringMatch { exact: m.exact.clone(), prefix: m.prefix.clone(), suffix: None, regex: m.regex.clone() }
+}
+
+fn as_string_matches(conditions: &Option<BTreeMap<String, IstioStringMatch>>) -> BTreeMap<String, StringMatch> {
+    conditions.iter().flatten().map(|(name, m)| (name.clone(), as_string_match(m))).collect()
+}
+
+/// The `spec.service.match` conditions as HTTPRouteMatches, as Flagger's gatewayapi router
+/// maps them (uri, method, headers, queryParams; a header or query prefix becomes an
+/// anchored regular expression). A condition that sets nothing is left out, as Flagger
+/// does. The Istio-only fields, which Flagger drops on an HTTPRoute, are refused.
+fn service_matches(canary: &Canary) -> Result<Vec<Value>, RouterError> {
+    let mut out = Vec::new();
+    for m in canary.spec.service.match_.iter().flatten() {
+        let istio_only: Vec<&str> = [
+            ("scheme", m.scheme.is_some()),
+            ("authority", m.authority.is_some()),
+            ("ignoreUriCase", m.ignore_uri_case.is_some()),
+            ("withoutHeaders", m.without_headers.is_some()),
+            ("sourceLabels", m.source_labels.is_some()),
+            ("port", m.port.is_some()),
+            ("gateways", m.gateways.is_some()),
+            ("sourceNamespace", m.source_namespace.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, is_set)| is_set.then_some(field))
+        .collect();
+        if !istio_only.is_empty() {
+            return Err(invalid(
+                canary,
+                format!(
+                    "spec.service.match {} cannot be written on a Gateway API HTTPRoute (Flagger's gatewayapi router drops them): remove them or use provider istio",
+                    istio_only.join(", ")
+                ),
+            ));
+        }
+        let HttpMatchRequest { uri, method, headers, query_params, .. } = m;
+        let condition = HttpMatch {
+            headers: as_string_matches(headers),
+            query_params: as_string_matches(query_params),
+            uri: uri.as_ref().map(as_string_match),
+            method: method.as_ref().map(as_string_match),
+            source_labels: None,
+        };
+        if condition != HttpMatch::default() {
+            out.push(route_match(canary, "spec.service.match", &condition)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Each A/B condition combined with each route-wide condition: the A/B condition wins
+/// where both set the same field (headers and query parameters replace the route-wide
+/// ones, as in Flagger's `mergeMatchConditions`).
+fn merge_matches(ab: &[Value], service: &[Value]) -> Vec<Value> {
+    if service.is_empty() {
+        return ab.to_vec();
+    }
+    let mut merged = Vec::new();
+    for a in ab {
+        for s in service {
+            let mut m = s.clone();
+            if let (Value::Object(m), Value::Object(a)) = (&mut m, a) {
+                m.extend(a.clone());
+            }
+            merged.push(m);
+        }
+    }
+    merged
+}
+
+/// A header modifier filter of `spec.service.headers` (names sorted, as Flagger writes them).
+fn header_filter(kind: &str, field: &str, ops: &HeaderOperations) -> Value {
+    let headers = |map: &Option<BTreeMap<String, String>>| -> Vec<Value> {
+        map.iter().flatten().map(|(name, value)| json!({ "name": name, "value": value })).collect()
+    };
+    let mut modifier = Map::new();
+    for (key, list) in [("add", headers(&ops.add)), ("set", headers(&ops.set))] {
+        if !list.is_empty() {
+            modifier.insert(key.into(), Value::Array(list));
+        }
+    }
+    if let Some(remove) = ops.remove.as_ref().filter(|r| !r.is_empty()) {
+        modifier.insert("remove".into(), json!(remove));
+    }
+    let mut filter = Map::new();
+    filter.insert("type".into(), Value::String(kind.into()));
+    filter.insert(field.into(), Value::Object(modifier));
+    Value::Object(filter)
+}
+
+/// The filters Flagger's `makeFilters` writes on every rule: request and response header
+/// modifiers from `spec.service.headers`, then a URLRewrite from `spec.service.rewrite`
+/// (`authority` as the hostname; `uri` replacing the full path, or the matched prefix when
+/// `type` is `ReplacePrefixMatch`), then a RequestMirror filter per `spec.service.mirror`.
+fn route_filters(canary: &Canary) -> Vec<Value> {
+    let service = &canary.spec.service;
+    let mut filters = Vec::new();
+    if let Some(headers) = &service.headers {
+        if let Some(request) = &headers.request {
+            filters.push(header_filter("RequestHeaderModifier", "requestHeaderModifier", request));
+        }
+        if let Some(response) = &headers.response {
+            filters.push(header_filter("ResponseHeaderModifier", "responseHeaderModifier", response));
+        }
+    }
+    if let Some(rewrite) = &service.rewrite {
+        let mut url_rewrite = Map::new();
+        if let Some(authority) = rewrite.authority.as_ref().filter(|a| !a.is_empty()) {
+            url_rewrite.insert("hostname".into(), Value::String(authority.clone()));
+        }
+        if let Some(uri) = rewrite.uri.as_ref().filter(|u| !u.is_empty()) {
+            let path = if rewrite.type_.as_deref() == Some("ReplacePrefixMatch") {
+                json!({ "type": "ReplacePrefixMatch", "replacePrefixMatch": uri })
+            } else {
+                json!({ "type": "ReplaceFullPath", "replaceFullPath": uri })
+            };
+            url_rewrite.insert("path".into(), path);
+        }
+        filters.push(json!({ "type": "URLRewrite", "urlRewrite": url_rewrite }));
+    }
+    for mirror in service.mirror.iter().flatten() {
+        let b = &mirror.backend_ref;
+        let mut backend = Map::new();
+        for (key, value) in [("group", &b.group), ("kind", &b.kind), ("namespace", &b.namespace)] {
+            if let Some(value) = value {
+                backend.insert(key.into(), Value::String(value.clone()));
+            }
+        }
+        backend.insert("name".into(), Value::String(b.name.clone()));
+        if let Some(port) = b.port {
+            backend.insert("port".into(), json!(port));
+        }
+        filters.push(json!({ "type": "RequestMirror", "requestMirror": { "backendRef": backend } }));
+    }
+    filters
 }
 
 fn backend_refs(names: &ServiceNames, port: i32, primary: u8, canary: u8) -> Value {
@@ -149,20 +295,28 @@ pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, Rout
     let names = ServiceNames::of(canary);
     let port = service_port(canary);
     let timeouts = timeouts(canary);
+    let service_matches = service_matches(canary)?;
+    let filters = route_filters(canary);
 
     let mut weighted = Map::new();
-    let matches = ab_matches(canary);
-    if !matches.is_empty() {
-        let matches = matches.iter().map(|m| route_match(canary, m)).collect::<Result<Vec<_>, _>>()?;
-        weighted.insert("matches".into(), Value::Array(matches));
+    let ab = ab_matches(canary);
+    if !ab.is_empty() {
+        let ab = ab.iter().map(|m| route_match(canary, "analysis.match", m)).collect::<Result<Vec<_>, _>>()?;
+        weighted.insert("matches".into(), Value::Array(merge_matches(&ab, &service_matches)));
+    } else if !service_matches.is_empty() {
+        weighted.insert("matches".into(), Value::Array(service_matches.clone()));
     }
+    let mut weighted_filters = filters.clone();
     if weights.mirror() {
         let mut mirror = json!({ "backendRef": { "name": names.canary, "port": port } });
         let percent = mirror_percent(canary);
         if percent != 100 {
             mirror["percent"] = json!(percent);
         }
-        weighted.insert("filters".into(), json!([{ "type": "RequestMirror", "requestMirror": mirror }]));
+        weighted_filters.push(json!({ "type": "RequestMirror", "requestMirror": mirror }));
+    }
+    if !weighted_filters.is_empty() {
+        weighted.insert("filters".into(), Value::Array(weighted_filters));
     }
     weighted.insert("backendRefs".into(), backend_refs(&names, port, weights.primary(), weights.canary()));
     if let Some(timeouts) = &timeouts {
@@ -170,8 +324,14 @@ pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, Rout
     }
 
     let mut rules = vec![Value::Object(weighted)];
-    if !matches.is_empty() {
+    if !ab.is_empty() {
         let mut default = Map::new();
+        if !service_matches.is_empty() {
+            default.insert("matches".into(), Value::Array(service_matches));
+        }
+        if !filters.is_empty() {
+            default.insert("filters".into(), Value::Array(filters));
+        }
         default.insert("backendRefs".into(), backend_refs(&names, port, 100, 0));
         if let Some(timeouts) = timeouts {
             default.insert("timeouts".into(), timeouts);
@@ -213,30 +373,25 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
     Weights::new(primary, canary, mirror)
 }
 
-/// The Istio-style route options petrel writes on Istio only: on an HTTPRoute it does not
-/// write them yet, so a Canary that sets them is refused (Stalled, `InvalidRouting`) rather
-/// than routed without them.
+/// The Istio route options Flagger's gatewayapi router does not write on an HTTPRoute
+/// (`corsPolicy`, `retries`): a Canary that sets them is refused (Stalled,
+/// `InvalidRouting`) rather than routed without them.
 fn refuse_istio_route_options(canary: &Canary) -> Result<(), RouterError> {
     let service = &canary.spec.service;
-    let set: Vec<&str> = [
-        ("service.match", service.match_.as_ref().is_some_and(|m| !m.is_empty())),
-        ("service.headers", service.headers.is_some()),
-        ("service.rewrite", service.rewrite.is_some()),
-        ("service.corsPolicy", service.cors_policy.is_some()),
-        ("service.retries", service.retries.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(field, is_set)| is_set.then_some(field))
-    .collect();
+    let set: Vec<&str> =
+        [("service.corsPolicy", service.cors_policy.is_some()), ("service.retries", service.retries.is_some())]
+            .into_iter()
+            .filter_map(|(field, is_set)| is_set.then_some(field))
+            .collect();
     if set.is_empty() {
         return Ok(());
     }
     Err(RouterError::InvalidCanary {
         canary: canary_key(canary),
         reason: format!(
-            "{} {} written by petrel on Istio VirtualServices only, not on Gateway API HTTPRoutes yet: remove {} or use provider istio",
+            "{} {} that neither Flagger's gatewayapi router nor petrel writes on a Gateway API HTTPRoute: remove {} or use provider istio",
             set.join(", "),
-            if set.len() == 1 { "is" } else { "are" },
+            if set.len() == 1 { "is an Istio route option" } else { "are Istio route options" },
             if set.len() == 1 { "it" } else { "them" },
         ),
     })
@@ -265,15 +420,116 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn istio_route_options_are_refused_rather_than_dropped() {
+    fn options_flagger_does_not_write_on_an_http_route_are_refused_rather_than_dropped() {
         let mut canary = super::super::testing::canary();
         assert!(build_http_route(&canary, super::super::testing::weights(100, 0, false)).is_ok());
-        canary.spec.service.match_ = Some(vec![json!({ "uri": { "prefix": "/api" } })]);
-        canary.spec.service.cors_policy = Some(json!({ "allowOrigins": [{ "exact": "https://example.com" }] }));
+        canary.spec.service.cors_policy =
+            Some(serde_json::from_value(json!({ "allowOrigins": [{ "exact": "https://example.com" }] })).unwrap());
+        canary.spec.service.retries = Some(serde_json::from_value(json!({ "attempts": 3 })).unwrap());
         let refused = build_http_route(&canary, super::super::testing::weights(100, 0, false)).unwrap_err();
         assert!(matches!(refused, RouterError::InvalidCanary { .. }), "{refused}");
         let message = refused.to_string();
-        assert!(message.contains("service.match, service.corsPolicy are written by petrel on Istio"), "{message}");
+        assert!(
+            message.contains("service.corsPolicy, service.retries are Istio route options that neither Flagger's gatewayapi router nor petrel writes"),
+            "{message}"
+        );
+        // Istio-only match fields, dropped by Flagger on an HTTPRoute, are refused too.
+        let mut canary = super::super::testing::canary();
+        canary.spec.service.match_ = Some(
+            serde_json::from_value(json!([{ "uri": { "prefix": "/api" }, "authority": { "exact": "a" }, "port": 80 }]))
+                .unwrap(),
+        );
+        let message = build_http_route(&canary, super::super::testing::weights(100, 0, false)).unwrap_err().to_string();
+        assert!(
+            message.contains("spec.service.match authority, port cannot be written on a Gateway API HTTPRoute"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn service_match_is_written_and_merged_with_the_ab_conditions() {
+        let service_match = json!([{ "name": "api", "uri": { "prefix": "/api" }, "method": { "exact": "GET" },
+            "headers": { "x-tenant": { "exact": "blue" }, "x-zone": { "prefix": "eu-" } },
+            "queryParams": { "debug": { "regex": "^(true|1)$" } } }]);
+        let mut canary = canary();
+        canary.spec.service.match_ = Some(serde_json::from_value(service_match).unwrap());
+        let written = json!({
+            "path": { "type": "PathPrefix", "value": "/api" },
+            "method": "GET",
+            "headers": [
+                { "type": "Exact", "name": "x-tenant", "value": "blue" },
+                { "type": "RegularExpression", "name": "x-zone", "value": "^eu-.*" },
+            ],
+            "queryParams": [{ "type": "RegularExpression", "name": "debug", "value": "^(true|1)$" }],
+        });
+        let route = build_http_route(&canary, weights(90, 10, false)).unwrap();
+        assert_eq!(route.pointer("/spec/rules/0/matches"), Some(&json!([written.clone()])));
+        assert_eq!(route["spec"]["rules"].as_array().unwrap().len(), 1);
+
+        // A/B: each A/B condition narrows the route-wide one, its headers replacing the
+        // route-wide headers (Flagger's mergeMatchConditions); the default rule keeps the
+        // route-wide condition.
+        let mut ab = ab_canary();
+        ab.spec.service.match_ = canary.spec.service.match_.clone();
+        let route = build_http_route(&ab, weights(0, 100, false)).unwrap();
+        let matches = route.pointer("/spec/rules/0/matches").unwrap().as_array().unwrap();
+        assert_eq!(matches.len(), 2);
+        assert_eq!(matches[0]["path"], written["path"]);
+        assert_eq!(matches[0]["queryParams"], written["queryParams"]);
+        assert_eq!(matches[0]["headers"], json!([{ "type": "Exact", "name": "x-canary", "value": "insider" }]));
+        assert_eq!(route.pointer("/spec/rules/1/matches"), Some(&json!([written])));
+    }
+
+    #[test]
+    fn headers_and_rewrite_become_filters_on_every_rule() {
+        let mut canary = ab_canary();
+        canary.spec.service.headers = Some(
+            serde_json::from_value(json!({
+                "request": { "set": { "x-b": "2", "x-a": "1" }, "add": { "x-c": "3" }, "remove": ["x-debug"] },
+                "response": { "remove": ["server"] },
+            }))
+            .unwrap(),
+        );
+        canary.spec.service.rewrite =
+            Some(serde_json::from_value(json!({ "uri": "/v2", "authority": "api.internal" })).unwrap());
+        let filters = json!([
+            { "type": "RequestHeaderModifier", "requestHeaderModifier": {
+                "add": [{ "name": "x-c", "value": "3" }],
+                "set": [{ "name": "x-a", "value": "1" }, { "name": "x-b", "value": "2" }],
+                "remove": ["x-debug"] } },
+            { "type": "ResponseHeaderModifier", "responseHeaderModifier": { "remove": ["server"] } },
+            // Flagger's default rewrite type replaces the full path.
+            { "type": "URLRewrite", "urlRewrite": { "hostname": "api.internal",
+                "path": { "type": "ReplaceFullPath", "replaceFullPath": "/v2" } } },
+        ]);
+        let route = build_http_route(&canary, weights(0, 100, false)).unwrap();
+        assert_eq!(route.pointer("/spec/rules/0/filters"), Some(&filters));
+        assert_eq!(route.pointer("/spec/rules/1/filters"), Some(&filters));
+
+        // Then one RequestMirror per service.mirror; the mirror of blue/green mirroring last.
+        canary.spec.service.mirror = Some(
+            serde_json::from_value(json!([{ "backendRef": { "name": "shadow", "namespace": "audit", "port": 8080 } }]))
+                .unwrap(),
+        );
+        let route = build_http_route(&canary, weights(100, 0, true)).unwrap();
+        let written = route.pointer("/spec/rules/0/filters").unwrap().as_array().unwrap();
+        assert_eq!(written.len(), 5);
+        assert_eq!(
+            written[3],
+            json!({ "type": "RequestMirror", "requestMirror": { "backendRef": { "namespace": "audit", "name": "shadow", "port": 8080 } } })
+        );
+        assert_eq!(written[4]["requestMirror"]["backendRef"]["name"], "podinfo-canary");
+        assert_eq!(route.pointer("/spec/rules/1/filters").unwrap().as_array().unwrap().len(), 4);
+
+        canary.spec.service.rewrite =
+            Some(serde_json::from_value(json!({ "uri": "/v2", "type": "ReplacePrefixMatch" })).unwrap());
+        let route = build_http_route(&canary, weights(0, 100, false)).unwrap();
+        assert_eq!(
+            route.pointer("/spec/rules/0/filters/2"),
+            Some(
+                &json!({ "type": "URLRewrite", "urlRewrite": { "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2" } } })
+            )
+        );
     }
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};

@@ -36,23 +36,34 @@ fn destination(host: &str, port: i32, weight: u8) -> Value {
     json!({ "destination": { "host": host, "port": { "number": port } }, "weight": weight })
 }
 
+/// `value` (a typed field of the Canary) as the JSON petrel writes.
+fn json_of(canary: &Canary, field: &str, value: &impl serde::Serialize) -> Result<Value, RouterError> {
+    serde_json::to_value(value).map_err(|source| RouterError::Json {
+        kind: field.into(),
+        name: canary_key(canary),
+        source,
+    })
+}
+
 /// Fields of `spec.service` copied into every HTTP route.
-fn with_route_options(canary: &Canary, mut route: Map<String, Value>) -> Value {
+fn with_route_options(canary: &Canary, mut route: Map<String, Value>) -> Result<Value, RouterError> {
     let service = &canary.spec.service;
     if let Some(timeout) = &service.timeout {
         route.insert("timeout".into(), Value::String(timeout.clone()));
     }
-    for (key, value) in [
-        ("retries", &service.retries),
-        ("headers", &service.headers),
-        ("corsPolicy", &service.cors_policy),
-        ("rewrite", &service.rewrite),
-    ] {
-        if let Some(value) = value {
-            route.insert(key.into(), value.clone());
-        }
+    if let Some(retries) = &service.retries {
+        route.insert("retries".into(), json_of(canary, "service.retries", retries)?);
     }
-    Value::Object(route)
+    if let Some(headers) = &service.headers {
+        route.insert("headers".into(), json_of(canary, "service.headers", headers)?);
+    }
+    if let Some(cors) = &service.cors_policy {
+        route.insert("corsPolicy".into(), json_of(canary, "service.corsPolicy", cors)?);
+    }
+    if let Some(rewrite) = &service.rewrite {
+        route.insert("rewrite".into(), json_of(canary, "service.rewrite", rewrite)?);
+    }
+    Ok(Value::Object(route))
 }
 
 /// Each A/B condition combined with each of the route-wide `spec.service.match`
@@ -61,23 +72,23 @@ fn ab_match_conditions(canary: &Canary) -> Result<Vec<Value>, RouterError> {
     let service_matches = canary.spec.service.match_.as_deref().unwrap_or(&[]);
     let mut out = Vec::new();
     for ab in ab_matches(canary) {
-        let ab = serde_json::to_value(ab).map_err(|source| RouterError::Json {
-            kind: "analysis.match".into(),
-            name: canary_key(canary),
-            source,
-        })?;
+        let Value::Object(extra) = json_of(canary, "analysis.match", ab)? else {
+            return Err(RouterError::InvalidCanary {
+                canary: canary_key(canary),
+                reason: "every analysis.match entry must be an object".into(),
+            });
+        };
         if service_matches.is_empty() {
-            out.push(ab);
+            out.push(Value::Object(extra));
             continue;
         }
         for base in service_matches {
-            let (Value::Object(base), Value::Object(extra)) = (base, &ab) else {
+            let Value::Object(mut merged) = json_of(canary, "service.match", base)? else {
                 return Err(RouterError::InvalidCanary {
                     canary: canary_key(canary),
                     reason: "every spec.service.match entry must be an object".into(),
                 });
             };
-            let mut merged = base.clone();
             merged.extend(extra.clone());
             out.push(Value::Object(merged));
         }
@@ -92,7 +103,10 @@ pub fn build_virtual_service(canary: &Canary, weights: Weights) -> Result<Value,
     }
     let names = ServiceNames::of(canary);
     let port = service_port(canary);
-    let service_match = canary.spec.service.match_.clone().filter(|m| !m.is_empty());
+    let service_match = match canary.spec.service.match_.as_ref().filter(|m| !m.is_empty()) {
+        Some(m) => Some(json_of(canary, "service.match", m)?),
+        None => None,
+    };
     let split = |primary: u8, canary_weight: u8| {
         json!([destination(&names.primary, port, primary), destination(&names.canary, port, canary_weight)])
     };
@@ -103,21 +117,21 @@ pub fn build_virtual_service(canary: &Canary, weights: Weights) -> Result<Value,
     if ab {
         weighted.insert("match".into(), Value::Array(ab_match_conditions(canary)?));
     } else if let Some(m) = &service_match {
-        weighted.insert("match".into(), Value::Array(m.clone()));
+        weighted.insert("match".into(), m.clone());
     }
     weighted.insert("route".into(), split(weights.primary(), weights.canary()));
     if weights.mirror() {
         weighted.insert("mirror".into(), json!({ "host": names.canary, "port": { "number": port } }));
         weighted.insert("mirrorPercentage".into(), json!({ "value": f64::from(mirror_percent(canary)) }));
     }
-    routes.push(with_route_options(canary, weighted));
+    routes.push(with_route_options(canary, weighted)?);
     if ab {
         let mut default = Map::new();
         if let Some(m) = &service_match {
-            default.insert("match".into(), Value::Array(m.clone()));
+            default.insert("match".into(), m.clone());
         }
         default.insert("route".into(), split(100, 0));
-        routes.push(with_route_options(canary, default));
+        routes.push(with_route_options(canary, default)?);
     }
 
     let mut hosts = vec![names.apex.clone()];
@@ -176,10 +190,14 @@ fn delegation_root(canary: &Canary) -> Option<RequiredReferrer> {
 /// The DestinationRules `<svc>-primary` and `<svc>-canary`.
 pub fn build_destination_rules(canary: &Canary) -> Result<[Value; 2], RouterError> {
     let names = ServiceNames::of(canary);
+    let policy = match &canary.spec.service.traffic_policy {
+        Some(policy) => Some(json_of(canary, "service.trafficPolicy", policy)?),
+        None => None,
+    };
     let rule = |host: &str| {
         let mut spec = Map::new();
         spec.insert("host".into(), Value::String(host.to_string()));
-        if let Some(policy) = &canary.spec.service.traffic_policy {
+        if let Some(policy) = &policy {
             spec.insert("trafficPolicy".into(), policy.clone());
         }
         manifest(&destination_rule_resource(), canary, host, Value::Object(spec))
@@ -265,7 +283,8 @@ mod tests {
     #[test]
     fn destination_rules_carry_the_traffic_policy() {
         let mut canary = canary();
-        canary.spec.service.traffic_policy = Some(json!({ "tls": { "mode": "ISTIO_MUTUAL" } }));
+        canary.spec.service.traffic_policy =
+            Some(serde_json::from_value(json!({ "tls": { "mode": "ISTIO_MUTUAL" } })).unwrap());
         let [primary, canary_rule] = build_destination_rules(&canary).unwrap();
         assert_manifest(&primary, "istio_destinationrule_primary.yaml");
         assert_eq!(canary_rule.pointer("/spec/host"), Some(&json!("podinfo-canary")));
@@ -276,8 +295,9 @@ mod tests {
     fn route_options_and_service_match_reach_every_route() {
         let mut canary = ab_canary();
         canary.spec.service.timeout = Some("5s".into());
-        canary.spec.service.retries = Some(json!({ "attempts": 3, "perTryTimeout": "1s" }));
-        canary.spec.service.match_ = Some(vec![json!({ "uri": { "prefix": "/api" } })]);
+        canary.spec.service.retries =
+            Some(serde_json::from_value(json!({ "attempts": 3, "perTryTimeout": "1s" })).unwrap());
+        canary.spec.service.match_ = Some(serde_json::from_value(json!([{ "uri": { "prefix": "/api" } }])).unwrap());
         let vs = build_virtual_service(&canary, weights(0, 100, false)).unwrap();
         for route in vs["spec"]["http"].as_array().unwrap() {
             assert_eq!(route["timeout"], "5s");
