@@ -186,17 +186,7 @@ pub async fn initialize_primary(
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
     let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
-    let primary = ensure_primary(
-        client,
-        canary,
-        &snapshot.target,
-        snapshot.primary.as_ref(),
-        &snapshot.selector,
-        &snapshot.tracked,
-        &snapshot.revision,
-        replicas,
-    )
-    .await?;
+    let primary = ensure_primary(client, canary, snapshot, replicas).await?;
     deployments.wrote(&primary);
     Ok(primary)
 }

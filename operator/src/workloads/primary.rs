@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 
+use super::actions::WorkloadSnapshot;
 use super::configs::{ConfigNames, TrackedConfigs, copy_configs_to_primary, rewrite_config_refs};
 use super::history::{
     prune_revisions, record_primary_revision, stored_revision, template_from_revision, template_revision,
@@ -217,8 +218,8 @@ pub(crate) fn adoption_patch(
     })))
 }
 
-/// Creates the primary (and its config copies) when it does not exist; returns it.
-/// `existing` is the primary as the reconcile read it (`None`: not found then).
+/// Creates the primary (and its config copies) from the target `snapshot` read when it
+/// does not exist (`snapshot.primary` is `None`); returns it.
 ///
 /// An existing primary is returned untouched (adopted when a deleted Canary of the same
 /// name left it behind): its template only changes through [`promote`] (or a rollback),
@@ -227,16 +228,13 @@ pub(crate) fn adoption_patch(
 pub async fn ensure_primary(
     client: &Client,
     canary: &Canary,
-    target: &Deployment,
-    existing: Option<&Deployment>,
-    selector: &PodSelector,
-    tracked: &TrackedConfigs,
-    revision: &str,
+    snapshot: &WorkloadSnapshot,
     replicas: Option<i32>,
 ) -> Result<Deployment, WorkloadError> {
+    let WorkloadSnapshot { target, selector, tracked, revision, .. } = snapshot;
     let (api, namespace) = deployment_api(client, target);
     let name = primary_name(&target.metadata.name.clone().unwrap_or_default());
-    if let Some(existing) = existing {
+    if let Some(existing) = &snapshot.primary {
         if let Some(patch) = adoption_patch(canary, existing)? {
             // Its template is the promoted one from now on: kept, so it can be rebuilt.
             record_primary_revision(client, canary, existing).await?;
