@@ -299,6 +299,28 @@ fn a_watch_namespace_turns_the_member_role_namespaced() {
 }
 
 #[test]
+fn the_traffic_rate_query_becomes_one_flag_and_the_member_may_write_only_its_identitys_status() {
+    let plain = args_of(find(&template(&[]), "Deployment", "petrel")).join(" ");
+    assert!(!plain.contains("--traffic-rate-query"), "not measured by default: {plain}");
+    let query = r#"sum(rate(http_requests_total{job="shop", path!~"/healthz: .*"}[2m]))"#;
+    let docs = template(&["--set-string", &format!("member.trafficRateQuery={}", query.replace(',', "\\,"))]);
+    let args = args_of(find(&docs, "Deployment", "petrel"));
+    assert!(args.contains(&format!("--traffic-rate-query={query}")), "{args:?}");
+    let identity = find(&docs, "ClusterRole", "petrel-member-identity");
+    let status_rules: Vec<&Value> = identity["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["resources"]) == ["clusteridentities/status"])
+        .collect();
+    assert_eq!(status_rules.len(), 1, "{identity}");
+    assert_eq!(
+        (strings(&status_rules[0]["resourceNames"]), strings(&status_rules[0]["verbs"])),
+        (vec!["petrel".to_string()], vec!["patch".to_string()])
+    );
+}
+
+#[test]
 fn the_egress_values_become_flags() {
     let strict = args_of(find(&template(&[]), "Deployment", "petrel")).join(" ");
     assert!(!strict.contains("--egress-allow"), "the default is the strict policy: {strict}");

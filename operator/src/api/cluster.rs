@@ -100,6 +100,12 @@ pub struct ClusterStatus {
     /// member last stated about itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<ClusterIdentityStatus>,
+    /// The request rate the member last measured and published in its
+    /// `ClusterIdentity` (petrel there with `--traffic-rate-query`), as the last probe
+    /// read it: the member's share of the fleet's traffic when the Cluster has no
+    /// `petrel.dev/traffic-share` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::api::cluster_identity::TrafficRate>,
 }
 
 /// The member's identity as the hub pinned and last observed it.

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The one `ClusterIdentity` a member publishes.
@@ -26,6 +28,7 @@ pub const CLUSTER_IDENTITY_NAME: &str = "petrel";
     doc = "Who a member cluster says it is, published by petrel in member mode and verified by the fleet hub before it approves a release there.",
     shortname = "pidentity",
     category = "petrel",
+    status = "ClusterIdentityStatus",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterName"}"#,
     printcolumn = r#"{"name":"KubeSystemUID","type":"string","jsonPath":".spec.kubeSystemUID"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -54,6 +57,36 @@ pub struct ClusterIdentitySpec {
     /// The petrel version that published this identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub petrel_version: Option<String>,
+}
+
+/// What a member measured about itself, written by petrel in member mode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIdentityStatus {
+    /// The member's request rate from its `--traffic-rate-query`, refreshed every
+    /// minute; absent when petrel runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficRate>,
+}
+
+/// A member's own request rate, measured with its `--traffic-rate-query` against its
+/// metrics server. The member publishes it; the hub copies it into the Cluster's status
+/// (`status.traffic`), where `kubectl petrel plan` reads it to tell each member's share
+/// of the fleet's traffic when the Cluster has no `petrel.dev/traffic-share` label.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRate {
+    /// Requests per second the query returned at `measuredAt`; absent when the last
+    /// query failed (never a guessed number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    /// When the member last measured (or tried to measure) its rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<DateTime<Utc>>,
+    /// Why the last query gave no rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

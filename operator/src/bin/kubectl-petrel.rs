@@ -454,7 +454,7 @@ async fn plan(client: Client, namespace: &str, args: &PlanArgs) -> anyhow::Resul
     let rollout = rollouts.get(&args.rollout).await.map_err(|e| read_error(e, "Rollout", namespace, &args.rollout))?;
     let clusters: Api<Cluster> = Api::all(client);
     let clusters = clusters.list(&ListParams::default()).await.context("listing the Clusters on the hub")?.items;
-    let text = render_plan(&rollout, &clusters)
+    let text = render_plan(&rollout, &clusters, chrono::Utc::now())
         .with_context(|| format!("Rollout {namespace}/{} cannot be planned", args.rollout))?;
     print!("{text}");
     Ok(())

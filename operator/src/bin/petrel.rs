@@ -41,6 +41,13 @@ struct Args {
     /// NAMESPACE/NAME. Each key is a label the hub compares with the Cluster's labels.
     #[arg(long, env = "PETREL_IDENTITY_CONFIGMAP", default_value = "petrel-cluster-identity")]
     identity_configmap: String,
+    /// PromQL that gives this cluster's requests per second, such as
+    /// `sum(rate(http_requests_total[2m]))`: evaluated against --metrics-server every
+    /// minute and published in the ClusterIdentity's status, where the fleet hub reads
+    /// this member's share of the fleet's traffic when its Cluster has no
+    /// petrel.dev/traffic-share label. Unset: not measured.
+    #[arg(long, env = "PETREL_TRAFFIC_RATE_QUERY")]
+    traffic_rate_query: Option<String>,
     /// Watch Canaries in this namespace only (all namespaces when unset).
     #[arg(long, env = "PETREL_NAMESPACE")]
     namespace: Option<String>,
@@ -267,6 +274,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 metrics_server: args.metrics_server,
                 cluster_name: args.cluster_name,
                 identity_config_map,
+                traffic_rate_query: args.traffic_rate_query.filter(|q| !q.trim().is_empty()),
             },
             metrics: metrics.clone(),
             caches: controller::Caches::new(readiness.watches()),

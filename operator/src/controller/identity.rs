@@ -15,8 +15,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tracing::{info, warn};
 
+use chrono::{DateTime, Utc};
+use metrics_providers::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, describe_failure};
+use metrics_providers::{EgressPolicy, PrometheusProvider};
+
 use crate::api::ClusterIdentity;
-use crate::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentitySpec};
+use crate::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentitySpec, TrafficRate};
 use crate::fleet::identity::stated_labels;
 use crate::shutdown::Shutdown;
 
@@ -102,6 +106,67 @@ async fn publish_once(
     Ok(spec)
 }
 
+/// How often the member measures its request rate: the hub reads it as stale after
+/// [`crate::fleet::traffic::RATE_STALE_AFTER`].
+pub const RATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the member publishes after evaluating its `--traffic-rate-query` at `now`: the
+/// requests per second, or why there is no number (never a guessed one). Pure.
+pub fn traffic_rate(answer: Result<f64, QueryError>, now: DateTime<Utc>) -> TrafficRate {
+    let measured = |requests_per_second, error| TrafficRate { requests_per_second, measured_at: Some(now), error };
+    match answer {
+        Ok(rps) if rps.is_finite() && rps >= 0.0 => measured(Some(rps), None),
+        Ok(value) => measured(None, Some(format!("the query answered {value}, not a number of requests per second"))),
+        Err(e) => measured(None, Some(describe_failure(ProviderKind::Prometheus, &e))),
+    }
+}
+
+/// Measures this cluster's request rate every [`RATE_INTERVAL`] with `query` against
+/// `metrics_server` (the operator's own Prometheus, like the builtin metrics) and
+/// writes it in the ClusterIdentity's status, until `shutdown`.
+pub async fn measure_traffic(client: Client, metrics_server: String, query: String, shutdown: Shutdown) {
+    let mut config = ProviderConfig::new(ProviderKind::Prometheus, metrics_server);
+    // The operator's own --metrics-server, as for the builtin metrics.
+    config.egress = EgressPolicy::unrestricted();
+    let provider = PrometheusProvider::new(&config);
+    let identities: Api<ClusterIdentity> = Api::all(client);
+    loop {
+        let answer = match &provider {
+            Ok(provider) => provider.query(&query).await,
+            Err(e) => Err(e.clone()),
+        };
+        let rate = traffic_rate(answer, Utc::now());
+        let body = serde_json::json!({
+            "apiVersion": ClusterIdentity::api_version(&()),
+            "kind": ClusterIdentity::kind(&()),
+            "metadata": {"name": CLUSTER_IDENTITY_NAME},
+            "status": {"traffic": rate},
+        });
+        // The identity publisher creates the object; until it has, this waits a retry.
+        let wait = match identities
+            .patch_status(
+                CLUSTER_IDENTITY_NAME,
+                &PatchParams::apply(crate::FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(requests_per_second = ?rate.requests_per_second, error = ?rate.error, "published this cluster's request rate");
+                RATE_INTERVAL
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish this cluster's request rate; retrying");
+                RETRY
+            }
+        };
+        tokio::select! {
+            () = shutdown.requested() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +194,22 @@ mod tests {
             BTreeMap::from([("env".to_string(), "production".to_string()), ("region".into(), "eu-west-1".into())])
         );
         assert_eq!(spec.problems.len(), 2, "{:?}", spec.problems);
+    }
+
+    #[test]
+    fn a_measured_rate_is_published_and_a_failed_query_is_said_never_guessed() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+        let rate = traffic_rate(Ok(123.5), now);
+        assert_eq!((rate.requests_per_second, rate.measured_at, rate.error), (Some(123.5), Some(now), None));
+        let failed = traffic_rate(Err(QueryError::NoData { query: "sum(rate(x[1m]))".into() }), now);
+        assert_eq!((failed.requests_per_second, failed.measured_at), (None, Some(now)));
+        assert!(failed.error.as_deref().is_some_and(|e| !e.is_empty()), "{failed:?}");
+        for odd in [f64::NAN, -1.0, f64::INFINITY] {
+            let rate = traffic_rate(Ok(odd), now);
+            assert_eq!(rate.requests_per_second, None, "{odd}");
+            assert!(rate.error.unwrap().contains("not a number of requests per second"));
+        }
     }
 
     #[test]

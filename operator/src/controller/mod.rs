@@ -53,6 +53,10 @@ pub struct Settings {
     pub cluster_name: String,
     /// Namespace and name of the ConfigMap holding this cluster's identity labels.
     pub identity_config_map: (String, String),
+    /// PromQL giving this cluster's requests per second (`--traffic-rate-query`),
+    /// evaluated against `metrics_server` every minute and published in the
+    /// ClusterIdentity's status for the fleet hub's blast radius; `None`: not measured.
+    pub traffic_rate_query: Option<String>,
 }
 
 /// Everything a reconcile needs, shared across reconciles.
@@ -372,6 +376,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         },
         shutdown.clone(),
     ));
+    // Its own request rate, for the hub's share of the fleet's traffic.
+    let traffic = ctx.settings.traffic_rate_query.clone().map(|query| {
+        tokio::spawn(identity::measure_traffic(
+            client.clone(),
+            ctx.settings.metrics_server.clone(),
+            query,
+            shutdown.clone(),
+        ))
+    });
     // What petrel remembers of deleted Canaries goes with them.
     let forget = tokio::spawn({
         let (store, versions) = (store.clone(), ctx.caches.status_versions.clone());
@@ -440,6 +453,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         .await;
     telemetry.abort();
     identity.abort();
+    if let Some(traffic) = traffic {
+        traffic.abort();
+    }
     forget.abort();
     alert_providers.abort();
     info!("Canary controller stopped");

@@ -25,7 +25,7 @@ use crate::api::cluster::{
     CONDITION_IDENTITY_VERIFIED, CONDITION_REACHABLE, CONDITION_READY, ClusterIdentityStatus, ClusterStatus,
     REPIN_ANNOTATION,
 };
-use crate::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentitySpec};
+use crate::api::cluster_identity::{CLUSTER_IDENTITY_NAME, ClusterIdentitySpec, TrafficRate};
 use crate::api::common::Condition;
 use crate::api::{Cluster, ClusterIdentity};
 use crate::fleet::identity::{
@@ -102,6 +102,7 @@ pub fn cluster_status(
         server_version,
         observed_generation: generation,
         identity: None,
+        traffic: None,
     }
 }
 
@@ -120,17 +121,16 @@ pub fn cluster_status_worth_writing(previous: Option<&ClusterStatus>, next: &Clu
     }
 }
 
-/// Asks a member for its version, whether it serves the Canary API, and who it is.
-/// `kubeconfig` is the fingerprint of the kubeconfig the client was built from.
-async fn probe_member(client: &Client, kubeconfig: &str) -> ProbeResult {
+/// Asks a member for its version, whether it serves the Canary API, who it is and the
+/// request rate it measured (see [`with_traffic`]). `kubeconfig` is the fingerprint of
+/// the kubeconfig the client was built from.
+async fn probe_member(client: &Client, kubeconfig: &str) -> (ProbeResult, Option<TrafficRate>) {
     let version = match tokio::time::timeout(MEMBER_READ_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(info)) => info.git_version,
-        Ok(Err(e)) => return ProbeResult::Unreachable(format!("reading the API server version: {e}")),
+        Ok(Err(e)) => return (ProbeResult::Unreachable(format!("reading the API server version: {e}")), None),
         Err(_) => {
-            return ProbeResult::Unreachable(format!(
-                "the API server did not answer within {}s",
-                MEMBER_READ_TIMEOUT.as_secs()
-            ));
+            let why = format!("the API server did not answer within {}s", MEMBER_READ_TIMEOUT.as_secs());
+            return (ProbeResult::Unreachable(why), None);
         }
     };
     let canary_api = match tokio::time::timeout(MEMBER_READ_TIMEOUT, client.list_api_group_resources(CANARY_API)).await
@@ -140,12 +140,12 @@ async fn probe_member(client: &Client, kubeconfig: &str) -> ProbeResult {
         // blip the next probe corrects.
         Ok(Err(_)) | Err(_) => false,
     };
-    let identity = observe_identity(client, kubeconfig).await;
-    ProbeResult::Reached { server_version: version, canary_api, identity }
+    let (identity, traffic) = observe_identity(client, kubeconfig).await;
+    (ProbeResult::Reached { server_version: version, canary_api, identity }, traffic)
 }
 
 /// Reads who the member is: its kube-system Namespace's UID and its `ClusterIdentity`.
-async fn observe_identity(client: &Client, kubeconfig: &str) -> ObservedIdentity {
+async fn observe_identity(client: &Client, kubeconfig: &str) -> (ObservedIdentity, Option<TrafficRate>) {
     let late = || format!("no answer within {}s", MEMBER_READ_TIMEOUT.as_secs());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let kube_system_uid = match tokio::time::timeout(MEMBER_READ_TIMEOUT, namespaces.get("kube-system")).await {
@@ -154,14 +154,40 @@ async fn observe_identity(client: &Client, kubeconfig: &str) -> ObservedIdentity
         Err(_) => Err(late()),
     };
     let identities: Api<ClusterIdentity> = Api::all(client.clone());
+    let mut traffic = None;
     let stated = match tokio::time::timeout(MEMBER_READ_TIMEOUT, identities.get_opt(CLUSTER_IDENTITY_NAME)).await {
-        Ok(Ok(found)) => Ok(found.map(|identity| sanitized(identity.spec))),
+        Ok(Ok(found)) => Ok(found.map(|identity| {
+            traffic = identity.status.and_then(|s| s.traffic).map(sanitized_rate);
+            sanitized(identity.spec)
+        })),
         // A member without the ClusterIdentity API (an older petrel) publishes none.
         Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(None),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(late()),
     };
-    ObservedIdentity { kubeconfig: kubeconfig.to_string(), kube_system_uid, stated }
+    (ObservedIdentity { kubeconfig: kubeconfig.to_string(), kube_system_uid, stated }, traffic)
+}
+
+/// A member's measured rate as the hub records it: an error message cut to the length
+/// the Cluster's schema allows.
+fn sanitized_rate(mut rate: TrafficRate) -> TrafficRate {
+    rate.error = rate.error.map(|e| e.chars().take(1024).collect());
+    rate
+}
+
+/// Adds the request rate a member measured to its Cluster status: the one the probe
+/// just read when it reached the member (none when the member publishes none), else the
+/// one recorded before — its `measuredAt` makes it go stale on its own. Pure.
+pub fn with_traffic(
+    status: &mut ClusterStatus,
+    previous: Option<&ClusterStatus>,
+    probe: &ProbeResult,
+    read: Option<TrafficRate>,
+) {
+    status.traffic = match probe {
+        ProbeResult::Reached { .. } => read,
+        _ => previous.and_then(|p| p.traffic.clone()),
+    };
 }
 
 /// What a member states, with anything that is not a label treated as the member's
@@ -268,9 +294,9 @@ pub fn identity_event(previous: Option<&ClusterStatus>, next: &ClusterStatus) ->
 /// Probes one member and writes its Cluster status when worth it.
 async fn probe_and_report(ctx: &HubContext, cluster: &Cluster) {
     let name = cluster.name_any();
-    let result = match ctx.members.connect(cluster).await {
+    let (result, traffic) = match ctx.members.connect(cluster).await {
         Ok(connection) => probe_member(&connection.client, &connection.fingerprint).await,
-        Err(e) => ProbeResult::NoClient { reason: e.reason(), message: e.to_string() },
+        Err(e) => (ProbeResult::NoClient { reason: e.reason(), message: e.to_string() }, None),
     };
     let now = Utc::now();
     ctx.watches.record_probe(&name, result.clone(), now);
@@ -282,6 +308,7 @@ async fn probe_and_report(ctx: &HubContext, cluster: &Cluster) {
         _ => None,
     };
     with_identity(&mut status, previous, cluster, observed, now);
+    with_traffic(&mut status, previous, &result, traffic);
     if !cluster_status_worth_writing(previous, &status) {
         return;
     }
@@ -412,6 +439,25 @@ mod tests {
         let first = cluster_status(None, None, &reached(true), at(0));
         let again = cluster_status(Some(&first), None, &reached(true), at(15));
         assert_eq!(condition(&again, CONDITION_REACHABLE).last_transition_time, at(0));
+    }
+
+    #[test]
+    fn the_measured_rate_is_the_one_last_read_and_kept_while_the_member_is_unreachable() {
+        let rate = |rps: f64| TrafficRate { requests_per_second: Some(rps), measured_at: Some(at(0)), error: None };
+        let mut first = cluster_status(None, None, &reached(true), at(0));
+        with_traffic(&mut first, None, &reached(true), Some(rate(12.5)));
+        assert_eq!(first.traffic, Some(rate(12.5)));
+        let lost = ProbeResult::Unreachable("refused".into());
+        let mut later = cluster_status(Some(&first), None, &lost, at(30));
+        with_traffic(&mut later, Some(&first), &lost, None);
+        assert_eq!(later.traffic, Some(rate(12.5)), "kept: its measuredAt makes it stale");
+        let mut gone = cluster_status(Some(&first), None, &reached(true), at(60));
+        with_traffic(&mut gone, Some(&first), &reached(true), None);
+        assert_eq!(gone.traffic, None, "the member publishes none any more");
+        assert_eq!(
+            sanitized_rate(TrafficRate { error: Some("x".repeat(5000)), ..rate(1.0) }).error.unwrap().len(),
+            1024
+        );
     }
 
     #[test]

@@ -5,18 +5,21 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use super::render::{aligned, column_widths};
 use crate::api::rollout::{Approval, ClusterSelector, LabelOperator, LabelRequirement};
 use crate::api::{Cluster, Rollout};
 use crate::fleet::traffic::{
-    BlastRadius, MemberTraffic, TRAFFIC_SHARE_LABEL, WaveTraffic, blast_radius, percent, traffic_share,
+    BlastRadius, MemberShare, MemberTraffic, ShareSource, TRAFFIC_SHARE_LABEL, WaveTraffic, blast_radius, percent,
+    traffic_share,
 };
 use crate::fleet::{Membership, PlanError, RolloutPlan, assign_waves, validate_plan};
 
-/// The plan of `rollout` over `clusters` as text, or why the spec cannot be planned.
-pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, PlanError> {
+/// The plan of `rollout` over `clusters` at `now` (measured request rates go stale) as
+/// text, or why the spec cannot be planned.
+pub fn render_plan(rollout: &Rollout, clusters: &[Cluster], now: DateTime<Utc>) -> Result<String, PlanError> {
     let plan = RolloutPlan::from_spec(&rollout.spec)?;
     let name = rollout.name_any();
     let mut clusters: Vec<&Cluster> = clusters.iter().collect();
@@ -32,17 +35,30 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
     let max_weight = |cluster: &str| {
         rollout.status.as_ref()?.members.iter().find(|m| m.cluster == cluster).and_then(|m| m.max_weight)
     };
+    let rates: Vec<_> = clusters.iter().map(|c| c.status.as_ref().and_then(|s| s.traffic.as_ref())).collect();
     let traffic: Vec<MemberTraffic<'_>> = names
         .iter()
         .zip(&labels)
-        .map(|(name, labels)| MemberTraffic { cluster: name, labels, max_weight: max_weight(name) })
+        .zip(&rates)
+        .map(|((name, labels), rate)| MemberTraffic {
+            cluster: name,
+            labels,
+            rate: *rate,
+            max_weight: max_weight(name),
+        })
         .collect();
-    let radius = blast_radius(&plan, &traffic);
-    let shares_stated = clusters.iter().any(|c| traffic_share(c.labels()).is_some());
-    let share_of = |i: usize| match traffic_share(labels[i]) {
-        Some(Ok(share)) => format!("{}%", percent(share)),
-        Some(Err(_)) => "share unreadable".to_string(),
-        None => "share ?".to_string(),
+    let radius = blast_radius(&plan, &traffic, now);
+    let shares_stated =
+        clusters.iter().zip(&rates).any(|(c, rate)| traffic_share(c.labels()).is_some() || rate.is_some());
+    let share_of = |i: usize| match radius.shares.get(&names[i]) {
+        Some(MemberShare::Known { percent: share, source: ShareSource::Label }) => {
+            format!("{}% (label)", percent(*share))
+        }
+        Some(MemberShare::Known { percent: share, source: ShareSource::Metric }) => {
+            let rps = rates[i].and_then(|r| r.requests_per_second).unwrap_or_default();
+            format!("{}% (metric, {} req/s)", percent(*share), percent(rps))
+        }
+        Some(MemberShare::Unknown(_)) | None => "share unknown".to_string(),
     };
 
     let selected = memberships.iter().filter(|m| **m != Membership::Excluded).count();
@@ -151,12 +167,12 @@ pub fn render_plan(rollout: &Rollout, clusters: &[Cluster]) -> Result<String, Pl
     Ok(out)
 }
 
-/// A wave's traffic share, "at least" when some members state none.
+/// A wave's traffic share, "at least" when some members' shares are unknown.
 fn share_text(wave: &WaveTraffic) -> String {
     if wave.unknown.is_empty() {
         format!("traffic share {}%", percent(wave.share))
     } else {
-        format!("traffic share at least {}% ({} state(s) none readable)", percent(wave.share), wave.unknown.join(", "))
+        format!("traffic share at least {}% (unknown for {})", percent(wave.share), wave.unknown.join(", "))
     }
 }
 
@@ -164,12 +180,12 @@ fn share_text(wave: &WaveTraffic) -> String {
 fn blast_radius_text(radius: &BlastRadius, shares_stated: bool) -> String {
     let mut out = format!(
         "
-Blast radius (each Cluster's {TRAFFIC_SHARE_LABEL} label, percent of the fleet's traffic)
+Blast radius (percent of the fleet's traffic: each Cluster's {TRAFFIC_SHARE_LABEL} label, else its measured request rate)
 "
     );
     if !shares_stated {
         out.push_str(&format!(
-            "└── unknown: no Cluster states its share (label {TRAFFIC_SHARE_LABEL}: \"30\" for 30%)\n"
+            "└── unknown: no Cluster states its share (label {TRAFFIC_SHARE_LABEL}: \"30\" for 30%) nor publishes a measured request rate (petrel there with --traffic-rate-query)\n"
         ));
         return out;
     }
@@ -179,6 +195,11 @@ Blast radius (each Cluster's {TRAFFIC_SHARE_LABEL} label, percent of the fleet's
         .filter(|w| !w.members.is_empty())
         .map(|w| vec![format!("wave {}", w.wave), share_text(w)])
         .collect();
+    for (cluster, share) in &radius.shares {
+        if let MemberShare::Unknown(why) = share {
+            rows.push(vec![cluster.clone(), format!("share unknown: {why}")]);
+        }
+    }
     if radius.unassigned > 0.0 {
         rows.push(vec!["no wave".into(), format!("traffic share {}% (never released to)", percent(radius.unassigned))]);
     }
@@ -276,6 +297,11 @@ mod tests {
     use crate::api::rollout::{MemberState, MemberStatus, RolloutStatus};
     use serde_json::json;
 
+    fn now() -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap()
+    }
+
     fn cluster(name: &str, labels: &[(&str, &str)]) -> Cluster {
         let mut cluster: Cluster = serde_json::from_value(json!({
             "apiVersion": "petrel.dev/v1alpha1",
@@ -342,14 +368,14 @@ Not in this Rollout (spec.clusters does not select them)
 ├── lab        needs env=prod, no env label
 └── staging-1  needs env=prod, env is staging
 
-Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the fleet's traffic)
-└── unknown: no Cluster states its share (label petrel.dev/traffic-share: \"30\" for 30%)
+Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-share label, else its measured request rate)
+└── unknown: no Cluster states its share (label petrel.dev/traffic-share: \"30\" for 30%) nor publishes a measured request rate (petrel there with --traffic-rate-query)
 
 Warnings
 - wave \"us\" selects no cluster (its selector matches none, or only clusters an earlier wave took)
 - 1 cluster(s) selected by the Rollout fall in no wave and will not get the release: asia-1
 ";
-        let text = render_plan(&rollout(), &fleet()).unwrap();
+        let text = render_plan(&rollout(), &fleet(), now()).unwrap();
         assert_eq!(text, expected, "\n{text}");
     }
 
@@ -373,7 +399,7 @@ Warnings
             }],
             ..RolloutStatus::default()
         });
-        let text = render_plan(&r, &fleet()).unwrap();
+        let text = render_plan(&r, &fleet(), now()).unwrap();
         assert!(
             text.contains("├── eu-1  region=eu-west; the hub has it in no wave until its next reconcile\n"),
             "{text}"
@@ -412,15 +438,18 @@ Warnings
     #[test]
     fn the_plan_prints_each_waves_share_and_the_worst_case_of_a_bad_release() {
         let (rollout, clusters) = demo_fleet("5");
-        let text = render_plan(&rollout, &clusters).unwrap();
+        let text = render_plan(&rollout, &clusters, now()).unwrap();
         assert!(
-            text.contains("Wave 1/2 canary: Automatic, selector role=canary, 1 cluster(s), 1 at a time, tolerates 0 failure(s), traffic share 5%\n└── staging-eu-west-1  5%  role=canary\n"),
+            text.contains("Wave 1/2 canary: Automatic, selector role=canary, 1 cluster(s), 1 at a time, tolerates 0 failure(s), traffic share 5%\n└── staging-eu-west-1  5% (label)  role=canary\n"),
             "{text}"
         );
-        assert!(text.contains(", traffic share 95%\n├── production-ap-southeast-1  35%  env=production\n"), "{text}");
+        assert!(
+            text.contains(", traffic share 95%\n├── production-ap-southeast-1  35% (label)  env=production\n"),
+            "{text}"
+        );
         assert!(
             text.contains("\
-Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the fleet's traffic)
+Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-share label, else its measured request rate)
 ├── wave canary      traffic share 5%
 ├── wave production  traffic share 95%
 └── worst case       2.5% of the fleet's traffic served by a bad release before the first wave fails (staging-eu-west-1 5% × maxWeight 50%); no later wave opens
@@ -433,11 +462,11 @@ Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the flee
     #[test]
     fn an_unreadable_share_is_a_warning_and_no_exposure_is_guessed() {
         let (rollout, clusters) = demo_fleet("five");
-        let text = render_plan(&rollout, &clusters).unwrap();
-        assert!(text.contains("└── staging-eu-west-1  share unreadable  role=canary\n"), "{text}");
-        assert!(text.contains("traffic share at least 0% (staging-eu-west-1 state(s) none readable)"), "{text}");
+        let text = render_plan(&rollout, &clusters, now()).unwrap();
+        assert!(text.contains("└── staging-eu-west-1  share unknown  role=canary\n"), "{text}");
+        assert!(text.contains("traffic share at least 0% (unknown for staging-eu-west-1)"), "{text}");
         assert!(
-            text.contains("└── worst case       unknown: the first wave's staging-eu-west-1 state(s) no readable petrel.dev/traffic-share\n"),
+            text.contains("└── worst case         unknown: the first wave's share is unknown: staging-eu-west-1: petrel.dev/traffic-share=\"five\" is not a number"),
             "{text}"
         );
         assert!(
@@ -445,8 +474,75 @@ Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the flee
             "{text}"
         );
         let (rollout, clusters) = demo_fleet("120");
-        let text = render_plan(&rollout, &clusters).unwrap();
+        let text = render_plan(&rollout, &clusters, now()).unwrap();
         assert!(text.contains("is more than 100 (it is a percentage of the fleet's traffic)"), "{text}");
+    }
+
+    /// Sets what the hub copied of a member's measured request rate, `age` seconds old.
+    fn measured(cluster: &mut Cluster, rps: f64, age: i64) {
+        let rate = crate::api::cluster_identity::TrafficRate {
+            requests_per_second: Some(rps),
+            measured_at: Some(now() - chrono::TimeDelta::seconds(age)),
+            error: None,
+        };
+        cluster.status.get_or_insert_default().traffic = Some(rate);
+    }
+
+    #[test]
+    fn members_without_a_label_are_shared_by_their_measured_rates_and_the_source_is_named() {
+        let (rollout, mut clusters) = demo_fleet("5");
+        // staging keeps its label; us-east and ap-southeast measure 300 and 350 req/s,
+        // eu-west measures too but its label says 30 and wins.
+        for c in clusters.iter_mut() {
+            let name = c.name_any();
+            match name.as_str() {
+                "production-us-east-1" | "production-ap-southeast-1" => {
+                    c.labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+                    measured(c, if name.contains("us-east") { 300.0 } else { 350.0 }, 30);
+                }
+                "production-eu-west-1" => measured(c, 5000.0, 30),
+                _ => {}
+            }
+        }
+        let text = render_plan(&rollout, &clusters, now()).unwrap();
+        assert!(text.contains("└── staging-eu-west-1  5% (label)  role=canary\n"), "{text}");
+        assert!(text.contains("production-ap-southeast-1  35% (metric, 350 req/s)  env=production\n"), "{text}");
+        assert!(text.contains("production-eu-west-1       30% (label)"), "{text}");
+        assert!(text.contains("production-us-east-1       30% (metric, 300 req/s)"), "{text}");
+        assert!(text.contains("├── wave production  traffic share 95%\n"), "{text}");
+        assert!(text.contains("└── worst case       2.5% of the fleet's traffic"), "{text}");
+        assert!(!text.contains("Warnings"), "{text}");
+
+        // Ten minutes on, nobody having measured since: unknown, never the old figure.
+        let later = now() + chrono::TimeDelta::minutes(10);
+        // Columns widen with the rows; the words are what is checked.
+        let squeezed = |t: &str| t.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+        let text = squeezed(&render_plan(&rollout, &clusters, later).unwrap());
+        assert!(text.contains("└── production-us-east-1 share unknown env=production\n"), "{text}");
+        assert!(
+            text.contains(
+                "├── production-us-east-1 share unknown: its request rate was measured 10m ago (stale after 5m)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "├── wave production traffic share at least 30% (unknown for production-ap-southeast-1, production-us-east-1)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("└── worst case 2.5% of"), "the canary cluster's label still tells: {text}");
+
+        // A canary cluster measured by metric among unknown members: no worst case.
+        let (rollout, mut clusters) = demo_fleet("5");
+        clusters[0].labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+        measured(&mut clusters[0], 50.0, 30);
+        clusters[3].labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+        let text = squeezed(&render_plan(&rollout, &clusters, now()).unwrap());
+        assert!(
+            text.contains("└── worst case unknown: the first wave's share is unknown: staging-eu-west-1: measured 50 requests/s, but the fleet's total request rate is unknown: no share for production-ap-southeast-1\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -454,7 +550,7 @@ Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the flee
         let mut r = rollout();
         r.spec.waves.truncate(1);
         r.spec.waves.push(serde_json::from_value(json!({ "name": "rest" })).unwrap());
-        let text = render_plan(&r, &fleet()).unwrap();
+        let text = render_plan(&r, &fleet(), now()).unwrap();
         assert!(text.contains("Wave 2/2 rest: Automatic, selector everything, 3 cluster(s)"), "{text}");
         assert!(text.contains("├── asia-1  matched by the catch-all selector\n"), "{text}");
         assert!(!text.contains("Warnings"), "{text}");
@@ -465,7 +561,7 @@ Blast radius (each Cluster's petrel.dev/traffic-share label, percent of the flee
     fn an_unplannable_spec_is_an_error() {
         let mut r = rollout();
         r.spec.waves[1].max_concurrency = Some(crate::api::common::IntOrString::String("150%".into()));
-        let error = render_plan(&r, &fleet()).unwrap_err().to_string();
+        let error = render_plan(&r, &fleet(), now()).unwrap_err().to_string();
         assert!(error.contains("maxConcurrency"), "{error}");
     }
 
