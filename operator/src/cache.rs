@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::telemetry::WatchHealth;
 
 /// A watch cache of `K` with the API server behind it. Cheap to clone; clones share it.
+#[derive(Clone)]
 pub struct WatchCache<K>
 where
     K: Resource + Clone + 'static,
@@ -38,6 +39,7 @@ where
     written: Arc<Mutex<HashMap<ObjectRef<K>, String>>>,
 }
 
+#[derive(Clone)]
 struct Kept<K>
 where
     K: Resource + Clone + 'static,
@@ -46,18 +48,6 @@ where
     store: Store<K>,
     health: WatchHealth,
     watch: &'static str,
-}
-
-impl<K> Clone for WatchCache<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    fn clone(&self) -> Self {
-        let kept =
-            self.kept.as_ref().map(|k| Kept { store: k.store.clone(), health: k.health.clone(), watch: k.watch });
-        WatchCache { kept, written: self.written.clone() }
-    }
 }
 
 impl<K> Default for WatchCache<K>
