@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Condition, CustomMetadata, DNS_1035_LABEL, IntOrString, ObjectRef, duration_bounds_rule, duration_format_rule,
-    free_form_object, http_url_rule, is_false,
+    http_url_rule, is_false,
 };
 use super::route_options::{
     CorsPolicy, HttpMatchRequest, HttpRetry, HttpRewrite, MirrorFilter, RouteHeaders, TrafficPolicy,
@@ -173,8 +173,12 @@ fn reference_kind_rule(field: &str, kind: &str, api_version: &str) -> kube::core
     )))
 }
 
-/// The refusal of `analysis.sessionAffinity`, as the API server words it.
-pub const SESSION_AFFINITY_MESSAGE: &str = "analysis.sessionAffinity is not supported by petrel yet: it does not pin sessions to the canary; remove it (users may then move between primary and canary from one request to the next)";
+/// The refusal of `analysis.sessionAffinity` beside `analysis.match`, as the API server words it.
+pub const SESSION_AFFINITY_AB_MESSAGE: &str = "analysis.sessionAffinity pins sessions during a weighted canary release and cannot be combined with analysis.match (A/B testing already pins requests by header or cookie): remove one of them";
+/// The refusal of a `sessionAffinity` whose two cookies have one name.
+pub const SESSION_AFFINITY_NAMES_MESSAGE: &str = "analysis.sessionAffinity.primaryCookieName must differ from cookieName (default flagger-cookie): one cookie cannot pin a session to both the primary and the canary";
+/// A cookie name: an RFC 6265 token.
+const COOKIE_NAME_PATTERN: &str = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$";
 /// The refusal of the Gateway API-only `service.mirror` and `service.rewrite.type`.
 pub const GATEWAY_ONLY_OPTIONS_MESSAGE: &str = "service.mirror and service.rewrite.type are Gateway API route options that petrel writes with provider gatewayapi only (Flagger's other routers ignore them): set spec.provider to gatewayapi, or remove them (analysis.mirror mirrors traffic to the canary during blue/green)";
 
@@ -405,7 +409,7 @@ pub struct GatewayRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.sessionAffinity)").message(SESSION_AFFINITY_MESSAGE))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.sessionAffinity) || !has(self.match) || size(self.match) == 0").message(SESSION_AFFINITY_AB_MESSAGE))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxWeight) || self.maxWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.maxWeight 0 would promote without the canary ever receiving traffic: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || self.stepWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.stepWeight 0 never moves traffic to the canary: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
@@ -465,11 +469,10 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
     #[schemars(length(max = 16))]
     pub match_: Option<Vec<HttpMatch>>,
-    /// Flagger's cookie pinning: refused (petrel does not pin sessions yet). Kept in the
-    /// schema so that the API server's message says so.
+    /// Cookie pinning (providers istio and gatewayapi): a user the weighted route sends to
+    /// the canary gets a cookie that keeps sending them there for the rest of the release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
-    pub session_affinity: Option<serde_json::Value>,
+    pub session_affinity: Option<SessionAffinity>,
     /// Checks run at every tick (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
@@ -482,6 +485,32 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub alerts: Vec<CanaryAlert>,
+}
+
+/// Flagger's `analysis.sessionAffinity`: while the canary has weight, responses from the
+/// canary set the cookie `cookieName`, and requests carrying it go to the canary; with
+/// `primaryCookieName`, responses from the primary set that cookie (for one analysis
+/// interval), and requests carrying it stay on the primary. After the release the canary
+/// cookie is expired (`Max-Age=-1`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.primaryCookieName) || self.primaryCookieName != (has(self.cookieName) ? self.cookieName : 'flagger-cookie')").message(SESSION_AFFINITY_NAMES_MESSAGE))]
+pub struct SessionAffinity {
+    /// Name of the cookie that pins a session to the canary (an RFC 6265 token, at most
+    /// 64 characters). Default `flagger-cookie`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = COOKIE_NAME_PATTERN))]
+    pub cookie_name: Option<String>,
+    /// Name of the cookie that keeps a session on the primary for one analysis interval
+    /// (an RFC 6265 token, at most 64 characters). Unset: no primary cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = COOKIE_NAME_PATTERN))]
+    pub primary_cookie_name: Option<String>,
+    /// Seconds until the canary cookie expires (`Max-Age`), from 1 to 34560000 (400
+    /// days). Default 86400 (a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 34_560_000))]
+    pub max_age: Option<i64>,
 }
 
 /// One A/B condition (Istio's HTTPMatchRequest shape; headers, cookies through the
@@ -877,6 +906,16 @@ pub struct CanaryStatus {
     pub comparison_pending_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `analysis.sessionAffinity`: the canary cookie of the release in progress, as
+    /// `<name>=<value>` (chosen once per release, so routes are not rewritten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_cookie: Option<String>,
+    /// The canary cookie of the last release, expired by the routes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_session_affinity_cookie: Option<String>,
+    /// The primary cookie (`primaryCookieName`) of the release in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_session_affinity_cookie: Option<String>,
     /// The provider whose router last wrote this Canary's routes; when `spec.provider`
     /// changes, that router's routes are removed before the new provider's are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,14 +105,6 @@ impl Condition {
     }
 }
 
-/// Schema for an object petrel stores as given (for example an Istio traffic policy).
-pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true
-    })
-}
-
 /// A duration as petrel (and Go's `time.ParseDuration`) reads it, in the usual order of
 /// units: hours, minutes, seconds, milliseconds, each at most once (`30s`, `1m30s`,
 /// `1.5h`, `500ms`). The digit counts are bounded so that the API server's `duration()`

@@ -36,7 +36,7 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{RouterError, TrafficRouter, Weights, router_with, unserved_kinds, unserved_message};
+use crate::routers::{RouterError, TrafficRouter, Weights, affinity, router_with, unserved_kinds, unserved_message};
 use crate::workloads::target::TargetKind;
 use crate::workloads::{self, TargetSnapshot, WorkloadError};
 
@@ -112,6 +112,9 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let Some(message) = daemon_set_weights(canary, provider) {
         return stall(ctx, canary, status, "WeightsNotSupported", &message).await;
     }
+    if let Some(message) = affinity::refusal(canary, provider) {
+        return stall(ctx, canary, status, "InvalidRouting", &message).await;
+    }
     if let TargetKind::DaemonSet(daemon_set) = &snapshot.kind
         && let Err(message) = check_service_port_of(
             canary,
@@ -183,9 +186,12 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
 
     let (changes, notices): (Vec<Action>, Vec<Action>) =
         decision.actions.into_iter().partition(|action| !is_notice(action));
-    apply_changes(ctx, canary, &snapshot, router.as_ref(), &changes).await?;
+    let cookies = apply_changes(ctx, canary, &snapshot, router.as_ref(), &changes).await?;
 
     let mut next = decision.status;
+    if let Some(cookies) = cookies {
+        cookies.write_into(&mut next);
+    }
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
     next.routed_by = Some(lifecycle::provider_name(canary, ctx));
@@ -250,14 +256,16 @@ fn metric_deps(ctx: &Context, source: &KubeSource) -> MetricDeps<KubeSource> {
 /// Applies the core's actions that change the world, in order, before the status write.
 /// A failing action stops the reconcile before the status is written, so the next
 /// reconcile decides again from the same status; every action is idempotent for that
-/// reason.
+/// reason. Returns the session affinity cookies the routes were set with, for the status
+/// (`None` when no routes were set).
 async fn apply_changes(
     ctx: &Context,
     canary: &Canary,
     snapshot: &TargetSnapshot,
     router: &dyn TrafficRouter,
     actions: &[Action],
-) -> Result<(), Error> {
+) -> Result<Option<affinity::Cookies>, Error> {
+    let mut cookies = None;
     for action in actions {
         match action {
             Action::SetRoutes { primary, canary: canary_weight, mirror } => {
@@ -265,10 +273,17 @@ async fn apply_changes(
                     context: "checking the weights the core decided".into(),
                     message: e.to_string(),
                 })?;
+                // The cookies these routes pin sessions with: kept for the release, a new
+                // value chosen here (the only non-determinism) when the release has none.
+                let stored = cookies.clone().unwrap_or_else(|| affinity::Cookies::of(canary.status.as_ref()));
+                let next = affinity::next_cookies(&canary.spec, &stored, weights.canary(), || cookie_value(canary));
+                let mut routed = canary.clone();
+                next.clone().write_into(routed.status.get_or_insert_with(CanaryStatus::default));
                 router
-                    .set_routes(canary, weights)
+                    .set_routes(&routed, weights)
                     .await
                     .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
+                cookies = Some(next);
             }
             Action::ScaleCanaryUp => {
                 workloads::target::scale_canary_up(&ctx.client, &ctx.caches.deployments, snapshot)
@@ -289,7 +304,20 @@ async fn apply_changes(
             Action::FireHooks(_) | Action::Event { .. } => {}
         }
     }
-    Ok(())
+    Ok(cookies)
+}
+
+/// A fresh session affinity cookie value: [`affinity::COOKIE_VALUE_LEN`] hex characters
+/// from the process's random hash keys, the clock and the Canary's identity. It pins
+/// sessions, it guards nothing: anyone the canary served sees it.
+fn cookie_value(canary: &Canary) -> String {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let seed = std::collections::hash_map::RandomState::new().hash_one((now, canary.metadata.uid.as_deref()));
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(seed.to_le_bytes());
+    let mut value = hex::encode(digest);
+    value.truncate(affinity::COOKIE_VALUE_LEN);
+    value
 }
 
 /// Runs the notices of a decision whose status was written: webhooks fired for their

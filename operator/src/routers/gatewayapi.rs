@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use kube::core::ApiResource;
 use serde_json::{Map, Value, json};
 
+use super::affinity::{self, Cookie, Sticky};
 use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
     manifest, mirror_percent, regex_escape, service_port, weight_field,
@@ -318,12 +319,21 @@ pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, Rout
     if !weighted_filters.is_empty() {
         weighted.insert("filters".into(), Value::Array(weighted_filters));
     }
-    weighted.insert("backendRefs".into(), backend_refs(&names, port, weights.primary(), weights.canary()));
+    let mut weighted_backends = backend_refs(&names, port, weights.primary(), weights.canary());
+    let sticky = affinity::sticky(canary, weights);
+    if let Sticky::Pin { canary_set_cookie, primary, .. } = &sticky {
+        weighted_backends[1]["filters"] = json!([set_cookie_filter(canary_set_cookie)]);
+        if let Some((_, primary_set_cookie)) = primary {
+            weighted_backends[0]["filters"] = json!([set_cookie_filter(primary_set_cookie)]);
+        }
+    }
+    weighted.insert("backendRefs".into(), weighted_backends);
     if let Some(timeouts) = &timeouts {
         weighted.insert("timeouts".into(), timeouts.clone());
     }
 
-    let mut rules = vec![Value::Object(weighted)];
+    let mut rules = sticky_rules(&sticky, &names, port, weights, &service_matches, &filters, timeouts.as_ref());
+    rules.push(Value::Object(weighted));
     if !ab.is_empty() {
         let mut default = Map::new();
         if !service_matches.is_empty() {
@@ -348,20 +358,121 @@ pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, Rout
     manifest(&http_route_resource(canary), canary, &names.apex, Value::Object(spec))
 }
 
-/// The weights of an HTTPRoute built by [`build_http_route`]: those of its first rule.
+/// A `ResponseHeaderModifier` filter adding one `Set-Cookie` header.
+fn set_cookie_filter(set_cookie: &str) -> Value {
+    json!({ "type": "ResponseHeaderModifier", "responseHeaderModifier": {
+        "add": [{ "name": affinity::SET_COOKIE_HEADER, "value": set_cookie }] } })
+}
+
+/// The route-wide conditions with their headers replaced by a match of `cookie` in the
+/// `Cookie` header (Flagger's `mergeMatchConditions` with the cookie condition); just the
+/// cookie condition when there are none.
+fn cookie_matches(cookie: &Cookie, service_matches: &[Value]) -> Value {
+    let header = json!([{ "type": "RegularExpression", "name": affinity::COOKIE_HEADER, "value": cookie.header_regex() }]);
+    if service_matches.is_empty() {
+        return json!([{ "headers": header }]);
+    }
+    Value::Array(
+        service_matches
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                m["headers"] = header.clone();
+                m
+            })
+            .collect(),
+    )
+}
+
+/// The rules before the weighted one for session affinity (see [`affinity`]): sticky
+/// rules sending requests with the canary (or primary) cookie to the canary (or primary)
+/// while the canary has weight; afterwards one rule that expires the last canary cookie.
+fn sticky_rules(
+    sticky: &Sticky,
+    names: &ServiceNames,
+    port: i32,
+    weights: Weights,
+    service_matches: &[Value],
+    filters: &[Value],
+    timeouts: Option<&Value>,
+) -> Vec<Value> {
+    let rule = |cookie: &Cookie, filters: Vec<Value>, backends: Value| {
+        let mut rule = Map::new();
+        rule.insert("matches".into(), cookie_matches(cookie, service_matches));
+        if !filters.is_empty() {
+            rule.insert("filters".into(), Value::Array(filters));
+        }
+        rule.insert("backendRefs".into(), backends);
+        if let Some(timeouts) = timeouts {
+            rule.insert("timeouts".into(), timeouts.clone());
+        }
+        Value::Object(rule)
+    };
+    match sticky {
+        Sticky::Off => Vec::new(),
+        Sticky::Pin { canary, primary, .. } => {
+            let mut rules = vec![rule(canary, filters.to_vec(), backend_refs(names, port, 0, 100))];
+            if let Some((primary, _)) = primary {
+                rules.push(rule(primary, filters.to_vec(), backend_refs(names, port, 100, 0)));
+            }
+            rules
+        }
+        Sticky::Expire { cookie, set_cookie } => {
+            // One ResponseHeaderModifier per rule: the Set-Cookie joins spec.service.headers' one.
+            let mut filters = filters.to_vec();
+            let added = json!({ "name": affinity::SET_COOKIE_HEADER, "value": set_cookie });
+            match filters.iter_mut().find(|f| f["type"] == "ResponseHeaderModifier") {
+                Some(existing) => {
+                    let modifier = &mut existing["responseHeaderModifier"];
+                    match modifier.get_mut("add").and_then(Value::as_array_mut) {
+                        Some(add) => add.push(added),
+                        None => modifier["add"] = json!([added]),
+                    }
+                }
+                None => filters.push(set_cookie_filter(set_cookie)),
+            }
+            vec![rule(cookie, filters, backend_refs(names, port, weights.primary(), weights.canary()))]
+        }
+    }
+}
+
+/// Whether a rule is one of [`sticky_rules`]: each of its matches is a `Cookie` header
+/// match of the shape petrel writes for a generated cookie.
+fn is_sticky_rule(rule: &Value) -> bool {
+    let Some(matches) = rule.get("matches").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
+        return false;
+    };
+    matches.iter().all(|m| {
+        m.get("headers").and_then(Value::as_array).is_some_and(|headers| {
+            headers.iter().any(|h| {
+                h["type"] == "RegularExpression"
+                    && h["name"] == affinity::COOKIE_HEADER
+                    && h["value"].as_str().is_some_and(affinity::is_sticky_regex)
+            })
+        })
+    })
+}
+
+/// The weights of an HTTPRoute built by [`build_http_route`]: those of its first rule
+/// that is not a session affinity rule.
 pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
     let bad = |reason: String| malformed(KIND, route, reason);
     let apex = route.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("it has no name".into()))?;
-    let rule = route.pointer("/spec/rules/0").ok_or_else(|| bad("it has no rules".into()))?;
+    let rules = route.pointer("/spec/rules").and_then(Value::as_array).ok_or_else(|| bad("it has no rules".into()))?;
+    let rule = rules
+        .iter()
+        .find(|rule| !is_sticky_rule(rule))
+        .or(rules.first())
+        .ok_or_else(|| bad("it has no rules".into()))?;
     let refs = rule
         .get("backendRefs")
         .and_then(Value::as_array)
-        .ok_or_else(|| bad("its first rule has no backendRefs".into()))?;
+        .ok_or_else(|| bad("its weighted rule has no backendRefs".into()))?;
     let weight_of = |service: String| -> Result<u8, RouterError> {
         let backend = refs
             .iter()
             .find(|r| r.get("name").and_then(Value::as_str) == Some(service.as_str()))
-            .ok_or_else(|| bad(format!("its first rule has no backendRef to {service}")))?;
+            .ok_or_else(|| bad(format!("its weighted rule has no backendRef to {service}")))?;
         weight_field(backend.get("weight"), bad)
     };
     let primary = weight_of(format!("{apex}-primary"))?;

@@ -14,6 +14,7 @@
 use kube::core::ApiResource;
 use serde_json::{Map, Value, json};
 
+use super::affinity::{self, Cookie, Sticky};
 use super::{
     MeshRoutes, RequiredReferrer, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource,
     canary_key, malformed, manifest, mirror_percent, service_port, unsupported, weight_field,
@@ -96,6 +97,79 @@ fn ab_match_conditions(canary: &Canary) -> Result<Vec<Value>, RouterError> {
     Ok(out)
 }
 
+/// Name of the HTTP routes petrel writes for session affinity (Flagger's is `sticky-route`).
+pub const STICKY_ROUTE: &str = "sticky-route";
+const STICKY_PRIMARY_ROUTE: &str = "sticky-route-primary";
+
+/// Destination headers adding one `Set-Cookie` header to responses.
+fn set_cookie_headers(set_cookie: &str) -> Value {
+    json!({ "response": { "add": { affinity::SET_COOKIE_HEADER: set_cookie } } })
+}
+
+/// The route-wide `spec.service.match` conditions with their headers replaced by a match
+/// of `cookie` (Flagger's `mergeMatchConditions` with the cookie condition); just the
+/// cookie condition when there are none.
+fn cookie_match_conditions(canary: &Canary, cookie: &Cookie) -> Result<Value, RouterError> {
+    let headers = json!({ affinity::COOKIE_HEADER: { "regex": cookie.header_regex() } });
+    let service_matches = canary.spec.service.match_.as_deref().unwrap_or(&[]);
+    if service_matches.is_empty() {
+        return Ok(json!([{ "headers": headers }]));
+    }
+    let mut out = Vec::new();
+    for base in service_matches {
+        let mut m = json_of(canary, "service.match", base)?;
+        m["headers"] = headers.clone();
+        out.push(m);
+    }
+    Ok(Value::Array(out))
+}
+
+/// The HTTP routes before the weighted one for session affinity (see [`affinity`]):
+/// `sticky-route` sends requests carrying the canary cookie to the canary (and
+/// `sticky-route-primary` those carrying the primary cookie to the primary) while the
+/// canary has weight; afterwards `sticky-route` expires the last canary cookie.
+fn sticky_routes(
+    canary: &Canary,
+    sticky: &Sticky,
+    weights: Weights,
+    split: &dyn Fn(u8, u8) -> Value,
+) -> Result<Vec<Value>, RouterError> {
+    let route = |name: &str, cookie: &Cookie, destinations: Value| -> Result<Map<String, Value>, RouterError> {
+        let mut route = Map::new();
+        route.insert("name".into(), Value::String(name.into()));
+        route.insert("match".into(), cookie_match_conditions(canary, cookie)?);
+        route.insert("route".into(), destinations);
+        Ok(route)
+    };
+    match sticky {
+        Sticky::Off => Ok(Vec::new()),
+        Sticky::Pin { canary: cookie, primary, .. } => {
+            let mut routes = vec![with_route_options(canary, route(STICKY_ROUTE, cookie, split(0, 100))?)?];
+            if let Some((primary, _)) = primary {
+                routes.push(with_route_options(canary, route(STICKY_PRIMARY_ROUTE, primary, split(100, 0))?)?);
+            }
+            Ok(routes)
+        }
+        Sticky::Expire { cookie, set_cookie } => {
+            let mut expire =
+                with_route_options(canary, route(STICKY_ROUTE, cookie, split(weights.primary(), weights.canary()))?)?;
+            // The Set-Cookie joins the response headers of spec.service.headers.
+            let headers = &mut expire["headers"];
+            if !headers.is_object() {
+                *headers = json!({});
+            }
+            if !headers["response"].is_object() {
+                headers["response"] = json!({});
+            }
+            if !headers["response"]["add"].is_object() {
+                headers["response"]["add"] = json!({});
+            }
+            headers["response"]["add"][affinity::SET_COOKIE_HEADER] = Value::String(set_cookie.clone());
+            Ok(vec![expire])
+        }
+    }
+}
+
 /// The VirtualService `<svc>` for these weights.
 pub fn build_virtual_service(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
     if canary.spec.service.app_protocol.as_deref() == Some("tcp") {
@@ -119,11 +193,20 @@ pub fn build_virtual_service(canary: &Canary, weights: Weights) -> Result<Value,
     } else if let Some(m) = &service_match {
         weighted.insert("match".into(), m.clone());
     }
-    weighted.insert("route".into(), split(weights.primary(), weights.canary()));
+    let sticky = affinity::sticky(canary, weights);
+    let mut weighted_split = split(weights.primary(), weights.canary());
+    if let Sticky::Pin { canary_set_cookie, primary, .. } = &sticky {
+        weighted_split[1]["headers"] = set_cookie_headers(canary_set_cookie);
+        if let Some((_, primary_set_cookie)) = primary {
+            weighted_split[0]["headers"] = set_cookie_headers(primary_set_cookie);
+        }
+    }
+    weighted.insert("route".into(), weighted_split);
     if weights.mirror() {
         weighted.insert("mirror".into(), json!({ "host": names.canary, "port": { "number": port } }));
         weighted.insert("mirrorPercentage".into(), json!({ "value": f64::from(mirror_percent(canary)) }));
     }
+    routes.extend(sticky_routes(canary, &sticky, weights, &split)?);
     routes.push(with_route_options(canary, weighted)?);
     if ab {
         let mut default = Map::new();
@@ -206,11 +289,17 @@ pub fn build_destination_rules(canary: &Canary) -> Result<[Value; 2], RouterErro
 }
 
 /// The weights of a VirtualService built by [`build_virtual_service`]: those of its first
-/// HTTP route.
+/// HTTP route that is not a session affinity route (`sticky-route*`).
 pub fn weights_of(vs: &Value) -> Result<Weights, RouterError> {
     let bad = |reason: String| malformed("VirtualService", vs, reason);
     let apex = vs.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("it has no name".into()))?;
-    let first = vs.pointer("/spec/http/0").ok_or_else(|| bad("it has no HTTP routes".into()))?;
+    let first = vs
+        .pointer("/spec/http")
+        .and_then(Value::as_array)
+        .and_then(|routes| {
+            routes.iter().find(|r| !r.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(STICKY_ROUTE)))
+        })
+        .ok_or_else(|| bad("it has no HTTP routes".into()))?;
     let destinations = first
         .get("route")
         .and_then(Value::as_array)

@@ -8,6 +8,7 @@
 //! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
 //! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
 
+pub mod affinity;
 pub mod apisix;
 pub mod contour;
 pub mod gatewayapi;
