@@ -368,7 +368,8 @@ fn set_cookie_filter(set_cookie: &str) -> Value {
 /// `Cookie` header (Flagger's `mergeMatchConditions` with the cookie condition); just the
 /// cookie condition when there are none.
 fn cookie_matches(cookie: &Cookie, service_matches: &[Value]) -> Value {
-    let header = json!([{ "type": "RegularExpression", "name": affinity::COOKIE_HEADER, "value": cookie.header_regex() }]);
+    let header =
+        json!([{ "type": "RegularExpression", "name": affinity::COOKIE_HEADER, "value": cookie.header_regex() }]);
     if service_matches.is_empty() {
         return json!([{ "headers": header }]);
     }
@@ -721,10 +722,127 @@ mod tests {
         assert!(matches!(weights_of(&route), Err(RouterError::Malformed { .. })));
     }
 
+    #[test]
+    fn session_affinity_pins_sessions_while_the_canary_has_weight() {
+        use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
+        let pinned = sticky_canary(true, pinned_cookies());
+        let route = build_http_route(&pinned, weights(90, 10, false)).unwrap();
+        assert_manifest(&route, "gatewayapi_sticky.yaml");
+        let rules = route["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 3);
+        // The sticky canary rule: the canary cookie to the canary.
+        assert_eq!(
+            rules[0]["matches"],
+            json!([{ "headers": [{ "type": "RegularExpression", "name": "Cookie", "value": ".*canary-cookie=0123456789abcdef.*" }] }])
+        );
+        assert_eq!(rules[0]["backendRefs"][1]["weight"], 100);
+        // The sticky primary rule: the primary cookie to the primary.
+        assert_eq!(rules[1]["matches"][0]["headers"][0]["value"], ".*primary-cookie=fedcba9876543210.*");
+        assert_eq!(rules[1]["backendRefs"][0]["weight"], 100);
+        // The weighted rule sets both cookies; the primary's for one interval.
+        assert_eq!(
+            rules[2]["backendRefs"][1]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            "canary-cookie=0123456789abcdef; Max-Age=600"
+        );
+        assert_eq!(
+            rules[2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            "primary-cookie=fedcba9876543210; Max-Age=60"
+        );
+        assert_eq!(weights_of(&route).unwrap(), weights(90, 10, false));
+
+        // Without primaryCookieName: one sticky rule, nothing on the primary.
+        let canary_only = sticky_canary(false, pinned_cookies());
+        let route = build_http_route(&canary_only, weights(70, 30, false)).unwrap();
+        let rules = route["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert!(rules[1]["backendRefs"][0].get("filters").is_none());
+        assert_eq!(weights_of(&route).unwrap(), weights(70, 30, false));
+
+        // After promotion or rollback: the last canary cookie is expired, requests carrying
+        // it go where everyone else goes.
+        let expired = sticky_canary(true, expired_cookies());
+        let route = build_http_route(&expired, weights(100, 0, false)).unwrap();
+        assert_manifest(&route, "gatewayapi_sticky_expired.yaml");
+        let rules = route["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0]["filters"],
+            json!([{ "type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                "add": [{ "name": "Set-Cookie", "value": "canary-cookie=0123456789abcdef; Max-Age=-1" }] } }])
+        );
+        assert_eq!(rules[0]["backendRefs"], rules[1]["backendRefs"]);
+        assert!(rules[1]["backendRefs"].as_array().unwrap().iter().all(|b| b.get("filters").is_none()));
+        assert_eq!(weights_of(&route).unwrap(), weights(100, 0, false));
+        // Nothing to expire: the plain route.
+        let fresh = sticky_canary(true, super::super::affinity::Cookies::default());
+        assert_eq!(
+            build_http_route(&fresh, weights(100, 0, false)).unwrap(),
+            build_http_route(&canary(), weights(100, 0, false)).unwrap()
+        );
+    }
+
+    #[test]
+    fn sticky_rules_keep_the_route_wide_conditions_and_filters() {
+        use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
+        let mut pinned = sticky_canary(false, pinned_cookies());
+        pinned.spec.service.match_ = Some(
+            serde_json::from_value(
+                json!([{ "uri": { "prefix": "/api" }, "headers": { "x-tenant": { "exact": "blue" } } }]),
+            )
+            .unwrap(),
+        );
+        pinned.spec.service.headers =
+            Some(serde_json::from_value(json!({ "response": { "add": { "x-served-by": "petrel" } } })).unwrap());
+        pinned.spec.service.timeout = Some("5s".into());
+        let route = build_http_route(&pinned, weights(90, 10, false)).unwrap();
+        let sticky = &route["spec"]["rules"][0];
+        // The cookie replaces the route-wide headers (Flagger's mergeMatchConditions); the path stays.
+        assert_eq!(
+            sticky["matches"],
+            json!([{ "path": { "type": "PathPrefix", "value": "/api" },
+                "headers": [{ "type": "RegularExpression", "name": "Cookie", "value": ".*canary-cookie=0123456789abcdef.*" }] }])
+        );
+        assert_eq!(sticky["filters"], route["spec"]["rules"][1]["filters"]);
+        assert_eq!(sticky["timeouts"], json!({ "request": "5s" }));
+        assert_eq!(weights_of(&route).unwrap(), weights(90, 10, false));
+
+        // Expiry joins the Set-Cookie to the one response header modifier of the rule.
+        let mut expired = sticky_canary(false, expired_cookies());
+        expired.spec.service.headers = pinned.spec.service.headers.clone();
+        let route = build_http_route(&expired, weights(100, 0, false)).unwrap();
+        assert_eq!(
+            route.pointer("/spec/rules/0/filters"),
+            Some(&json!([{ "type": "ResponseHeaderModifier", "responseHeaderModifier": { "add": [
+                { "name": "x-served-by", "value": "petrel" },
+                { "name": "Set-Cookie", "value": "canary-cookie=0123456789abcdef; Max-Age=-1" }] } }]))
+        );
+    }
+
+    #[test]
+    fn an_ab_cookie_condition_is_not_taken_for_a_sticky_rule() {
+        // ab_canary's second condition is a Cookie regex: its rule is still the weighted one.
+        let mut ab = ab_canary();
+        let conditions = ab.spec.analysis.as_mut().unwrap().match_.as_mut().unwrap();
+        conditions.remove(0);
+        conditions[0].headers = BTreeMap::from([(
+            "Cookie".to_string(),
+            StringMatch { regex: Some(".*canary=always.*".into()), ..StringMatch::default() },
+        )]);
+        let route = build_http_route(&ab, weights(0, 100, false)).unwrap();
+        assert_eq!(weights_of(&route).unwrap(), weights(0, 100, false));
+    }
+
     proptest! {
         #[test]
         fn weights_round_trip(w in any_weights(true), ab in any::<bool>()) {
             let canary = if ab { ab_canary() } else { canary() };
+            prop_assert_eq!(weights_of(&build_http_route(&canary, w).unwrap()).unwrap(), w);
+        }
+
+        #[test]
+        fn weights_round_trip_with_session_affinity(w in any_weights(false), primary in any::<bool>(), after in any::<bool>()) {
+            use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
+            let canary = sticky_canary(primary, if after { expired_cookies() } else { pinned_cookies() });
             prop_assert_eq!(weights_of(&build_http_route(&canary, w).unwrap()).unwrap(), w);
         }
     }

@@ -460,10 +460,73 @@ mod tests {
         assert!(!(referrer.refers)(&json!({ "metadata": { "name": "r", "namespace": "gw" }, "spec": { "http": [] } })));
     }
 
+    #[test]
+    fn session_affinity_pins_sessions_while_the_canary_has_weight() {
+        use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
+        let mut pinned = sticky_canary(true, pinned_cookies());
+        pinned.spec.service.match_ = Some(
+            serde_json::from_value(
+                json!([{ "uri": { "prefix": "/api" }, "headers": { "x-tenant": { "exact": "blue" } } }]),
+            )
+            .unwrap(),
+        );
+        let vs = build_virtual_service(&pinned, weights(90, 10, false)).unwrap();
+        assert_manifest(&vs, "istio_sticky.yaml");
+        let routes = vs["spec"]["http"].as_array().unwrap();
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0]["name"], "sticky-route");
+        // The cookie replaces the route-wide headers (Flagger's mergeMatchConditions).
+        assert_eq!(
+            routes[0]["match"],
+            json!([{ "uri": { "prefix": "/api" }, "headers": { "Cookie": { "regex": ".*canary-cookie=0123456789abcdef.*" } } }])
+        );
+        assert_eq!(routes[0]["route"][1]["weight"], 100);
+        assert_eq!(routes[1]["name"], "sticky-route-primary");
+        assert_eq!(routes[1]["route"][0]["weight"], 100);
+        assert_eq!(
+            routes[2]["route"][1]["headers"]["response"]["add"]["Set-Cookie"],
+            "canary-cookie=0123456789abcdef; Max-Age=600"
+        );
+        assert_eq!(
+            routes[2]["route"][0]["headers"]["response"]["add"]["Set-Cookie"],
+            "primary-cookie=fedcba9876543210; Max-Age=60"
+        );
+        assert_eq!(weights_of(&vs).unwrap(), weights(90, 10, false));
+
+        // After the release: the last canary cookie is expired, next to the route's own headers.
+        let mut expired = sticky_canary(false, expired_cookies());
+        expired.spec.service.headers =
+            Some(serde_json::from_value(json!({ "response": { "add": { "x-served-by": "petrel" } } })).unwrap());
+        let vs = build_virtual_service(&expired, weights(100, 0, false)).unwrap();
+        assert_manifest(&vs, "istio_sticky_expired.yaml");
+        let routes = vs["spec"]["http"].as_array().unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            routes[0]["headers"]["response"]["add"],
+            json!({ "x-served-by": "petrel", "Set-Cookie": "canary-cookie=0123456789abcdef; Max-Age=-1" })
+        );
+        assert_eq!(routes[1]["headers"]["response"]["add"], json!({ "x-served-by": "petrel" }));
+        assert_eq!(routes[0]["route"], routes[1]["route"]);
+        assert_eq!(weights_of(&vs).unwrap(), weights(100, 0, false));
+        // Nothing pinned or expired: the plain VirtualService.
+        let fresh = sticky_canary(true, super::super::affinity::Cookies::default());
+        assert_eq!(
+            build_virtual_service(&fresh, weights(100, 0, false)).unwrap(),
+            build_virtual_service(&canary(), weights(100, 0, false)).unwrap()
+        );
+    }
+
     proptest! {
         #[test]
         fn weights_round_trip(w in any_weights(true), ab in any::<bool>()) {
             let canary = if ab { ab_canary() } else { canary() };
+            prop_assert_eq!(weights_of(&build_virtual_service(&canary, w).unwrap()).unwrap(), w);
+        }
+
+        #[test]
+        fn weights_round_trip_with_session_affinity(w in any_weights(false), primary in any::<bool>(), after in any::<bool>()) {
+            use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
+            let canary = sticky_canary(primary, if after { expired_cookies() } else { pinned_cookies() });
             prop_assert_eq!(weights_of(&build_virtual_service(&canary, w).unwrap()).unwrap(), w);
         }
     }

@@ -70,6 +70,36 @@ pub fn ab_canary() -> Canary {
     canary
 }
 
+/// The Canary with `analysis.sessionAffinity` (cookie `canary-cookie`, max age 600 and,
+/// with `primary`, primary cookie `primary-cookie`) and these cookies in its status.
+pub fn sticky_canary(primary: bool, cookies: super::affinity::Cookies) -> Canary {
+    let mut canary = canary();
+    canary.spec.analysis.get_or_insert_with(CanaryAnalysis::default).session_affinity =
+        Some(crate::api::canary::SessionAffinity {
+            cookie_name: Some("canary-cookie".into()),
+            primary_cookie_name: primary.then(|| "primary-cookie".into()),
+            max_age: Some(600),
+        });
+    let mut status = crate::api::CanaryStatus::default();
+    cookies.write_into(&mut status);
+    canary.status = Some(status);
+    canary
+}
+
+/// The cookies of a release in progress, as [`sticky_canary`] names them.
+pub fn pinned_cookies() -> super::affinity::Cookies {
+    super::affinity::Cookies {
+        canary: Some("canary-cookie=0123456789abcdef".into()),
+        previous: None,
+        primary: Some("primary-cookie=fedcba9876543210".into()),
+    }
+}
+
+/// The cookies after a release: the canary cookie is the previous one.
+pub fn expired_cookies() -> super::affinity::Cookies {
+    super::affinity::Cookies { previous: Some("canary-cookie=0123456789abcdef".into()), ..Default::default() }
+}
+
 pub fn weights(primary: u8, canary: u8, mirror: bool) -> Weights {
     Weights::new(primary, canary, mirror).expect("test weights add up to 100")
 }
