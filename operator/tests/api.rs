@@ -465,6 +465,38 @@ fn inverted_threshold_range_is_rejected() {
 }
 
 #[test]
+fn session_affinity_is_typed_and_bounded() {
+    let sticky = fixture("flagger/gatewayapi-session-affinity.yaml");
+    accepted(sticky.clone());
+    accepted(with(sticky.clone(), "/spec/analysis/sessionAffinity", serde_json::json!({})));
+    let affinity =
+        |field: &str, value: Value| with(sticky.clone(), &format!("/spec/analysis/sessionAffinity/{field}"), value);
+    assert_rejected(affinity("cookeName", "x".into()), "unknown field .spec.analysis.sessionAffinity.cookeName");
+    // A cookie name is an RFC 6265 token: no separators, spaces or '='.
+    for bad in ["my cookie", "a=b", "a;b", ""] {
+        let errors = server_side_errors(&affinity("cookieName", bad.into()));
+        assert!(!errors.is_empty(), "cookie name {bad:?} accepted");
+    }
+    assert_rejected(affinity("primaryCookieName", "a,b".into()), "does not match");
+    accepted(affinity("cookieName", "__Host-canary.v2".into()));
+    assert_rejected(affinity("maxAge", 0.into()), "0 is less than the minimum of 1");
+    assert_rejected(affinity("maxAge", 34_560_001.into()), "is greater than the maximum of 34560000");
+    let message = petrel::api::canary::SESSION_AFFINITY_NAMES_MESSAGE;
+    assert_rejected(affinity("primaryCookieName", "flagger-cookie".into()), message);
+    let default_name =
+        without(affinity("primaryCookieName", "flagger-cookie".into()), "/spec/analysis/sessionAffinity/cookieName");
+    assert_rejected(default_name, message);
+    accepted(affinity("primaryCookieName", "flagger-cookie-primary".into()));
+    // With A/B testing the sticky rules would fight the A/B conditions: refused.
+    let ab = with(
+        with(sticky, "/spec/analysis/iterations", 10.into()),
+        "/spec/analysis/match",
+        serde_json::json!([{ "headers": { "x-canary": { "exact": "insider" } } }]),
+    );
+    assert_rejected(ab, petrel::api::canary::SESSION_AFFINITY_AB_MESSAGE);
+}
+
+#[test]
 fn misspelt_fields_are_rejected_not_ignored() {
     let m = with(base(), "/spec/analysis/stepWieght", 10.into());
     assert_rejected(m, "unknown field .spec.analysis.stepWieght");

@@ -410,6 +410,7 @@ pub struct GatewayRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("analysis.stepWeight must not be larger than analysis.maxWeight"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.sessionAffinity) || !has(self.match) || size(self.match) == 0").message(SESSION_AFFINITY_AB_MESSAGE))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.sessionAffinity) || !has(self.sessionAffinity.primaryCookieName) || self.sessionAffinity.primaryCookieName != (has(self.sessionAffinity.cookieName) ? self.sessionAffinity.cookieName : 'flagger-cookie')").message(SESSION_AFFINITY_NAMES_MESSAGE))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.match) || size(self.match) == 0 || (has(self.iterations) && self.iterations > 0)").message("analysis.match (A/B testing) needs analysis.iterations greater than 0"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxWeight) || self.maxWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.maxWeight 0 would promote without the canary ever receiving traffic: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.stepWeight) || self.stepWeight > 0 || (has(self.iterations) && self.iterations > 0) || (has(self.stepWeights) && size(self.stepWeights) > 0)").message("analysis.stepWeight 0 never moves traffic to the canary: set at least 1 (or use stepWeights, or iterations for blue/green and A/B testing)"))]
@@ -494,7 +495,6 @@ pub struct CanaryAnalysis {
 /// cookie is expired (`Max-Age=-1`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("!has(self.primaryCookieName) || self.primaryCookieName != (has(self.cookieName) ? self.cookieName : 'flagger-cookie')").message(SESSION_AFFINITY_NAMES_MESSAGE))]
 pub struct SessionAffinity {
     /// Name of the cookie that pins a session to the canary (an RFC 6265 token, at most
     /// 64 characters). Default `flagger-cookie`.
