@@ -217,6 +217,123 @@ async fn gateway_api_route_options_reach_the_http_route() {
     eprintln!("[providers-gateway-options] passed in {:.1?}", t0.elapsed());
 }
 
+/// Provider `gatewayapi` with `analysis.sessionAffinity` (Flagger's cookie pinning): during
+/// the release the HTTPRoute (accepted by the API server with Gateway API's CRDs) has a
+/// sticky rule per cookie before the weighted rule, whose backends set the cookies; the
+/// canary cookie is chosen once for the release (kept in the status across the steps);
+/// after promotion one rule expires it. With a provider that does not pin sessions, the
+/// Canary is Stalled naming the provider.
+///
+/// `cargo test -p petrel-e2e --test providers gateway_api_session_affinity -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_session_affinity_pins_then_expires_the_cookie() {
+    use petrel::api::canary::Phase;
+    let t0 = Instant::now();
+    let env = SharedEnv::start("providers-session-affinity").await.unwrap();
+    let ns = "gatewayapi-affinity";
+    namespace(&env, ns).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+    deployments.patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    let spec = json!({
+        "provider": "gatewayapi",
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "progressDeadlineSeconds": 60,
+        "service": { "port": 9898, "gatewayRefs": [{ "name": "public", "namespace": ns }] },
+        "analysis": { "interval": "3s", "threshold": 2, "stepWeight": 25, "maxWeight": 50,
+            "sessionAffinity": { "cookieName": "canary-cookie", "primaryCookieName": "primary-cookie", "maxAge": 600 } },
+    });
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, spec.clone()))).await.unwrap();
+    let resource = kube::api::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    };
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
+    eventually(&format!("{ns}: Initialized"), Duration::from_secs(60), async || {
+        (canaries.get(APP).await.ok()?.status?.phase == Phase::Initialized).then_some(())
+    })
+    .await
+    .unwrap();
+    // Before any release: one weighted rule, no cookie.
+    let route = routes.get(APP).await.unwrap();
+    assert_eq!(route.data["spec"]["rules"].as_array().unwrap().len(), 1, "{}", route.data);
+
+    // The release: watch the status and the route until the promotion.
+    let mut release = deployment(ns);
+    release["spec"]["template"]["spec"]["containers"][0]["image"] = json!("podinfo:2");
+    deployments.patch(APP, &ssa(), &Patch::Apply(release)).await.unwrap();
+    let mut cookies = std::collections::BTreeSet::new();
+    let mut pinned_route = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "{ns}: no promotion; cookies seen {cookies:?}");
+        let status = canaries.get(APP).await.unwrap().status.unwrap_or_default();
+        if let Some(cookie) = &status.session_affinity_cookie {
+            cookies.insert(cookie.clone());
+            let route = routes.get(APP).await.unwrap();
+            if route.data["spec"]["rules"].as_array().is_some_and(|r| r.len() == 3) {
+                pinned_route = Some(route.data.clone());
+            }
+        }
+        if status.phase == Phase::Succeeded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cookies.len(), 1, "{ns}: one canary cookie per release, saw {cookies:?}");
+    let cookie = cookies.pop_first().unwrap();
+    let (name, value) = cookie.split_once('=').unwrap();
+    assert_eq!(name, "canary-cookie");
+    let route = pinned_route.expect("the route was seen pinned");
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(
+        rules[0]["matches"][0]["headers"][0],
+        json!({ "type": "RegularExpression", "name": "Cookie", "value": format!(".*canary-cookie={value}.*") }),
+        "{route}"
+    );
+    assert_eq!(rules[0]["backendRefs"][1]["weight"], 100, "{route}");
+    assert_eq!(rules[1]["backendRefs"][0]["weight"], 100, "{route}");
+    assert_eq!(
+        rules[2]["backendRefs"][1]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+        format!("{cookie}; Max-Age=600"),
+        "{route}"
+    );
+    let primary_set_cookie =
+        rules[2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"].as_str().unwrap();
+    assert!(
+        primary_set_cookie.starts_with("primary-cookie=") && primary_set_cookie.ends_with("; Max-Age=3"),
+        "{route}"
+    );
+
+    // After the promotion: the cookie is expired by the first rule, the weighted rule is plain.
+    let expired = eventually(&format!("{ns}: the cookie expired"), Duration::from_secs(30), async || {
+        let route = routes.get(APP).await.ok()?;
+        let rules = route.data["spec"]["rules"].as_array()?.clone();
+        (rules.len() == 2 && rules[1]["backendRefs"][0]["weight"] == 100).then_some(rules)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        expired[0]["filters"],
+        json!([{ "type": "ResponseHeaderModifier", "responseHeaderModifier": { "add": [{ "name": "Set-Cookie", "value": format!("{cookie}; Max-Age=-1") }] } }])
+    );
+    let status = canaries.get(APP).await.unwrap().status.unwrap();
+    assert_eq!(status.previous_session_affinity_cookie.as_deref(), Some(cookie.as_str()));
+    assert_eq!(status.session_affinity_cookie, None);
+
+    // A provider that does not pin sessions: Stalled, naming it.
+    let mut other = spec;
+    other["provider"] = json!("kubernetes");
+    other["analysis"] = json!({ "interval": "3s", "threshold": 2, "iterations": 2,
+        "sessionAffinity": { "cookieName": "canary-cookie" } });
+    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, other))).await.unwrap();
+    stalled(&env, ns, "InvalidRouting", |m| m.contains("sessionAffinity") && m.contains("provider kubernetes")).await;
+    eprintln!("[providers-session-affinity] passed in {:.1?}", t0.elapsed());
+}
+
 fn ssa() -> PatchParams {
     PatchParams::apply("e2e-test").force()
 }
