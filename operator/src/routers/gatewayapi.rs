@@ -5,6 +5,10 @@
 //! A/B: the first rule carries the Canary's `analysis.match` conditions and the weights; a
 //! second rule sends everything else to the primary. Mirroring: a `RequestMirror` filter
 //! on the first rule copies requests to the canary.
+//!
+//! Session affinity (`analysis.sessionAffinity`, see [`super::affinity`]): sticky rules
+//! matching the `Cookie` header come before the weighted rule, whose backendRefs carry a
+//! `ResponseHeaderModifier` adding `Set-Cookie`; [`weights_of`] skips the sticky rules.
 
 use std::collections::BTreeMap;
 

@@ -6,6 +6,11 @@
 //! `spec.service.match`) and the weights; a second route sends the rest to the primary.
 //! Mirroring: `mirror` and `mirrorPercentage` on the first route.
 //!
+//! Session affinity (`analysis.sessionAffinity`, see [`super::affinity`]): HTTP routes
+//! named `sticky-route` (and `sticky-route-primary`) matching the `Cookie` header come
+//! before the weighted route, whose destinations add `Set-Cookie` to their responses;
+//! [`weights_of`] skips them.
+//!
 //! Delegation (`spec.service.delegation`, as Flagger writes it): the VirtualService has no
 //! hosts and no gateways, so that a root VirtualService owned by someone else can delegate
 //! to it (`http[].delegate`). Without such a root no request would reach the Canary's
