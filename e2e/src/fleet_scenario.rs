@@ -55,6 +55,11 @@ pub const RING_LABEL: &str = "ring";
 /// 2 s analysis steps data at once: a quiet canary cluster's first error series can
 /// still be a lone sample that `rate()` ignores.
 pub const FLEET_REQUESTS_PER_SECOND: f64 = 2000.0;
+/// The requests per second a member's app answers, from the simulator's own
+/// `http_request_duration_seconds` (every provider's app exports it): what a member's
+/// petrel measures with `--traffic-rate-query` in [`FleetEnv::start_measuring_traffic`].
+pub const TRAFFIC_RATE_QUERY: &str =
+    r#"sum(rate(http_request_duration_seconds_count{kubernetes_namespace="test"}[30s]))"#;
 const TEST_MANAGER: &str = "e2e-test";
 
 fn ssa() -> PatchParams {
@@ -335,6 +340,7 @@ async fn setup_member(
     install: &Install,
     petrel: &Path,
     cluster: &crate::fleet::Cluster,
+    extra_args: &[String],
 ) -> Result<Member> {
     let name = cluster.name.clone();
     let client = cluster.client().await?;
@@ -386,7 +392,7 @@ async fn setup_member(
                 "--metrics-addr".into(),
                 "127.0.0.1:0".into(),
             ];
-            (args, Vec::new())
+            (args.into_iter().chain(extra_args.iter().cloned()).collect(), Vec::new())
         }
         Install::Chart { helm, .. } => {
             let values = vec![
@@ -421,6 +427,17 @@ impl FleetEnv {
 
     /// [`FleetEnv::start_with`], the clusters getting petrel as `install` says.
     pub async fn start_installed(name: &str, rollout: Value, install: Install) -> Result<FleetEnv> {
+        Self::start_full(name, rollout, install, &[]).await
+    }
+
+    /// [`FleetEnv::start`] with every member's petrel measuring its own request rate
+    /// ([`TRAFFIC_RATE_QUERY`] against its Prometheus, which scrapes its simulator).
+    pub async fn start_measuring_traffic(name: &str) -> Result<FleetEnv> {
+        let args = ["--traffic-rate-query".to_string(), TRAFFIC_RATE_QUERY.to_string()];
+        Self::start_full(name, rollout_manifest(), Install::Bare, &args).await
+    }
+
+    async fn start_full(name: &str, rollout: Value, install: Install, member_args: &[String]) -> Result<FleetEnv> {
         let started = Instant::now();
         let dir = std::env::temp_dir().join(format!("petrel-e2e-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -460,7 +477,7 @@ impl FleetEnv {
         let member_setups = [MEMBER_CANARY, MEMBER_A, MEMBER_B].map(|m| {
             let (dir, kubectl_bin, install, petrel) = (&dir, &kubectl_bin, &install, &petrel);
             let cluster = fleet.cluster(m).cloned();
-            async move { setup_member(dir, kubectl_bin, install, petrel, &*cluster?).await }
+            async move { setup_member(dir, kubectl_bin, install, petrel, &*cluster?, member_args).await }
         });
         let members: Vec<Member> = futures::future::try_join_all(member_setups).await?;
         for member in &members {

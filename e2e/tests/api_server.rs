@@ -15,6 +15,7 @@ use petrel::api::canary::Phase;
 use petrel_e2e::fleet::tally;
 use petrel_e2e::scenario::{APP, CanaryOptions, IMAGE_V1, NAMESPACE, ReadyzProbe, TestEnv, canary_weights};
 use petrel_e2e::simulator::Provider;
+use petrel_e2e::wait::eventually;
 use serde_json::json;
 
 const SETUP: Duration = Duration::from_secs(60);
@@ -78,7 +79,14 @@ async fn api_server_killed_mid_release_applies_no_transition_twice() {
     assert!(!env.phases().contains(&Phase::Failed), "the release failed: {:?}", env.phases());
 
     // Each transition once: a stale decision that was applied again would repeat its Event.
-    let counts = event_counts(&env).await;
+    // The last Event (Promoted) goes out just after the Succeeded status write that the wait
+    // above saw, so it is awaited rather than read once.
+    let counts = eventually("the Promoted Event", SETUP, async || {
+        let counts = event_counts(&env).await;
+        (count_of(&counts, "Promoted") > 0).then_some(counts)
+    })
+    .await
+    .unwrap();
     let repeated: Vec<_> = counts
         .iter()
         .filter(|((reason, _), n)| {

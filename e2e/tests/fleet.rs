@@ -1038,3 +1038,84 @@ async fn the_fleet_inventory_shows_who_drifted_and_a_bad_release_stays_in_the_ca
         radius.fraction() * 100.0
     );
 }
+
+/// Members measure their own request rate (`--traffic-rate-query` against their
+/// Prometheus, which scrapes their simulator: 5/30/65% of 2,000 requests/s); the hub
+/// copies it into the Clusters' status; with the prod members' labels taken away,
+/// `kubectl petrel plan` shares the fleet by the measured rates and names the sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_measure_their_traffic_and_the_plan_shares_the_fleet_by_it() {
+    use kube::api::{Api, Patch, PatchParams};
+    use petrel::fleet::traffic::{MemberShare, ShareSource, StatedTraffic, TRAFFIC_SHARE_LABEL, member_shares};
+    let t0 = Instant::now();
+    let env = FleetEnv::start_measuring_traffic("measured").await.expect("fleet");
+    let setup = t0.elapsed();
+    let clusters: Api<petrel::api::Cluster> = Api::all(env.hub.clone());
+    for name in PROD {
+        let unlabel = json!({"metadata": {"labels": {TRAFFIC_SHARE_LABEL: null}}});
+        clusters.patch(name, &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
+    }
+    // Each member's rate, as the hub copied it. A member publishes every 60 s, and its
+    // first measurements cover the time before its routes carried traffic, so the wait is
+    // for the measurements to reach the simulator's rate (the last ones seen are printed if
+    // they never do).
+    let since = Utc::now();
+    let expected_rate = |name: &str| {
+        petrel_e2e::fleet_scenario::FLEET_REQUESTS_PER_SECOND
+            * f64::from(petrel_e2e::fleet_scenario::traffic_share(name))
+            / 100.0
+    };
+    let mut last_seen = BTreeMap::new();
+    let measured =
+        eventually("every Cluster's measured request rate within 10%", Duration::from_secs(240), async || {
+            let mut rates = BTreeMap::new();
+            for name in ALL {
+                let traffic = clusters.get(name).await.ok()?.status?.traffic?;
+                last_seen.insert(name, traffic.clone());
+                let rps = traffic.requests_per_second?;
+                (traffic.measured_at? > since && (rps - expected_rate(name)).abs() <= expected_rate(name) * 0.1)
+                    .then_some(())?;
+                rates.insert(name, traffic);
+            }
+            Some(rates)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; last seen {last_seen:?}\n{}", env.dump()));
+    let waited = t0.elapsed() - setup;
+    for (name, rate) in &measured {
+        let rps = rate.requests_per_second.unwrap_or_default();
+        eprintln!("{name}: measured {rps:.1} requests/s (simulator sends {})", expected_rate(name));
+        assert!(rate.error.is_none(), "{name}: {rate:?}");
+    }
+
+    let listed = clusters.list(&Default::default()).await.unwrap().items;
+    let stated: Vec<(&str, StatedTraffic<'_>)> = ALL
+        .iter()
+        .map(|name| {
+            let c = listed.iter().find(|c| c.metadata.name.as_deref() == Some(*name)).unwrap();
+            let rate = c.status.as_ref().and_then(|s| s.traffic.as_ref());
+            (*name, StatedTraffic { labels: c.metadata.labels.as_ref().unwrap(), rate })
+        })
+        .collect();
+    let (shares, problems) = member_shares(&stated, Utc::now());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(shares[0], MemberShare::Known { percent: 5.0, source: ShareSource::Label }, "the label wins");
+    for (share, expected) in shares[1..].iter().zip([30.0, 65.0]) {
+        let MemberShare::Known { percent, source: ShareSource::Metric } = share else { panic!("{shares:?}") };
+        assert!((percent - expected).abs() <= 3.0, "{shares:?}");
+    }
+
+    let plan = plugin_on_hub(&env, &["plan", "podinfo"]).await;
+    eprintln!("{plan}");
+    assert!(plan.contains("member-canary  5% (label)"), "{plan}");
+    for name in PROD {
+        assert!(plan.lines().any(|l| l.contains(name) && l.contains("% (metric, ")), "{name}: {plan}");
+    }
+    let worst = plan.lines().find(|l| l.contains("worst case")).unwrap_or_else(|| panic!("{plan}"));
+    assert!(!worst.contains("unknown"), "{plan}");
+    eprintln!(
+        "measured shares: {:?}; setup {setup:.1?}, rates published and copied {waited:.1?}, total {:.1?}",
+        shares.iter().map(|s| s.percent().map(petrel::fleet::traffic::percent)).collect::<Vec<_>>(),
+        t0.elapsed()
+    );
+}

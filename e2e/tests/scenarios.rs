@@ -116,6 +116,8 @@ async fn failing_release_is_rolled_back_after_threshold() {
     assert_eq!(env.replicas_of(APP).await.unwrap(), 0, "canary scaled to 0");
     assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V0, "primary stays on the old image");
     assert!(!env.phases().contains(&Phase::Promoting), "phases: {:?}", env.phases());
+    // The rollback's Events go out just after the Failed status write the wait above saw.
+    env.wait_event("RolledBack", SETUP, |_| true).await.unwrap();
     let events = env.canary_events().await.unwrap();
     assert!(
         events.iter().any(|(r, m)| r == "CheckFailed" && m.contains("request-success-rate") && !m.contains("no data")),
@@ -588,6 +590,8 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     assert!(env.recorder.max_canary_weight() <= 50, "weights: {:?}", env.weights());
     assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V0, "the slower version was not promoted");
     assert!(!env.phases().contains(&Phase::Promoting), "phases: {:?}", env.phases());
+    // The rollback's Events go out just after the Failed status write the wait above saw.
+    env.wait_event("RolledBack", SETUP, |_| true).await.unwrap();
     let events = env.canary_events().await.unwrap();
     assert!(
         events.iter().any(|(r, m)| (r == "CheckFailed" || r == "RolledBack")

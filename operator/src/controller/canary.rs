@@ -11,7 +11,6 @@
 //! - Events, alerts and webhooks that tell people run only *after* a successful write:
 //!   a retried reconcile decides from the new status and does not tell them twice.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -509,8 +508,8 @@ pub(super) async fn refusal_by_claims(
         return Ok(Some(refusal));
     }
     let Some(primary) = primary else { return Ok(None) };
-    let live: BTreeSet<String> = neighbours.iter().filter_map(|c| c.uid()).collect();
-    Ok(claims::taken_primary(canary, primary, &live))
+    let is_live = |uid: &str| neighbours.iter().any(|c| c.metadata.uid.as_deref() == Some(uid));
+    Ok(claims::taken_primary(canary, primary, is_live))
 }
 
 /// A target a person scaled to zero before petrel ever initialised it: the primary would

@@ -21,8 +21,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Resource, ResourceExt};
 
 use crate::api::Canary;
-use crate::routers::ServiceNames;
-use crate::workloads::{CANARY_LABEL, MANAGED_BY_LABEL, REVISION_ANNOTATION, primary_name};
+use crate::routers::{CANARY_SUFFIX, ServiceNames};
+use crate::workloads::{CANARY_LABEL, MANAGED_BY_LABEL, PRIMARY_SUFFIX, REVISION_ANNOTATION};
 
 /// Stall reason: the target is an object petrel generates.
 pub const TARGET_MANAGED: &str = "TargetManagedByPetrel";
@@ -38,32 +38,64 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// One object a Canary drives or creates: its kind, and its name as a stem (a name the
+/// Canary's spec gives) plus the suffix petrel appends ("" for the stem itself). Claims
+/// compare without building either name: the conflict check runs on every reconcile
+/// against every Canary of the namespace, so it must not allocate per neighbour.
+#[derive(Clone, Copy, Debug)]
+struct Claim<'a> {
+    kind: &'static str,
+    stem: &'a str,
+    suffix: &'static str,
+}
+
+impl Claim<'_> {
+    fn is_same_object(&self, other: &Claim<'_>) -> bool {
+        self.kind == other.kind
+            && self.stem.len() + self.suffix.len() == other.stem.len() + other.suffix.len()
+            && self.stem.bytes().chain(self.suffix.bytes()).eq(other.stem.bytes().chain(other.suffix.bytes()))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}{}", self.kind, self.stem, self.suffix)
+    }
+}
+
+/// The objects a Canary claims (see [`claims_of`]), borrowed from its spec.
+fn claims(canary: &Canary) -> impl Iterator<Item = Claim<'_>> {
+    let target = canary.spec.target_ref.name.as_str();
+    let claim = |kind, stem, suffix| Some(Claim { kind, stem, suffix });
+    let list = if canary.spec.target_ref.is_knative_service() {
+        // Petrel writes only the Knative Service's traffic block: no primary, no Services.
+        [claim("Knative Service", target, ""), None, None, None, None, None]
+    } else {
+        let kind = if canary.spec.target_ref.is_daemon_set() { "DaemonSet" } else { "Deployment" };
+        let apex = ServiceNames::apex_of(canary);
+        [
+            claim(kind, target, ""),
+            claim(kind, target, PRIMARY_SUFFIX),
+            claim("Service", apex, ""),
+            claim("Service", apex, PRIMARY_SUFFIX),
+            claim("Service", apex, CANARY_SUFFIX),
+            canary.spec.ingress_ref.as_ref().and_then(|ingress| claim("Ingress", &ingress.name, "")),
+        ]
+    };
+    list.into_iter().flatten()
+}
+
 /// The names of the objects a Canary drives or creates, by kind.
 pub fn claims_of(canary: &Canary) -> BTreeSet<String> {
-    let target = &canary.spec.target_ref.name;
-    if canary.spec.target_ref.is_knative_service() {
-        // Petrel writes only the Knative Service's traffic block: no primary, no Services.
-        return BTreeSet::from([format!("Knative Service {target}")]);
-    }
-    let services = ServiceNames::of(canary);
-    let kind = if canary.spec.target_ref.is_daemon_set() { "DaemonSet" } else { "Deployment" };
-    let mut claims = BTreeSet::from([
-        format!("{kind} {target}"),
-        format!("{kind} {}", primary_name(target)),
-        format!("Service {}", services.apex),
-        format!("Service {}", services.primary),
-        format!("Service {}", services.canary),
-    ]);
-    if let Some(ingress) = &canary.spec.ingress_ref {
-        claims.insert(format!("Ingress {}", ingress.name));
-    }
-    claims
+    claims(canary).map(|claim| claim.describe()).collect()
+}
+
+fn name_of(canary: &Canary) -> &str {
+    canary.metadata.name.as_deref().unwrap_or_default()
 }
 
 /// The order in which Canaries got their claims: older first, by creationTimestamp, then
 /// name (creation times have a resolution of one second).
-fn seniority(canary: &Canary) -> (Option<k8s_openapi::jiff::Timestamp>, String) {
-    (canary.creation_timestamp().map(|t| t.0), canary.name_any())
+fn seniority(canary: &Canary) -> (Option<k8s_openapi::jiff::Timestamp>, &str) {
+    (canary.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(canary))
 }
 
 /// Whether `a` holds its claims before `b`. A Canary without a creation time (not read
@@ -78,29 +110,26 @@ fn is_older(a: &Canary, b: &Canary) -> bool {
 }
 
 fn key(canary: &Canary) -> String {
-    format!("{}/{}", canary.namespace().unwrap_or_default(), canary.name_any())
+    format!("{}/{}", canary.metadata.namespace.as_deref().unwrap_or_default(), name_of(canary))
 }
 
 /// The oldest Canary of the same namespace that claims something `canary` claims and is
 /// older than it, as a refusal; `None` when `canary` holds all its claims. `neighbours`
 /// may include `canary` itself (it is skipped).
 pub fn conflict<'a>(canary: &Canary, neighbours: impl IntoIterator<Item = &'a Canary>) -> Option<Refusal> {
-    let mine = claims_of(canary);
+    let mine: Vec<Claim<'_>> = claims(canary).collect();
+    let shares_a_claim = |other: &Canary| claims(other).any(|theirs| mine.iter().any(|m| m.is_same_object(&theirs)));
     let elder = neighbours
         .into_iter()
-        .filter(|other| other.namespace() == canary.namespace() && other.name_any() != canary.name_any())
-        .filter(|other| is_older(other, canary))
-        .filter_map(|other| {
-            let shared: Vec<String> = claims_of(other).intersection(&mine).cloned().collect();
-            (!shared.is_empty()).then_some((other, shared))
-        })
-        .min_by(|(a, _), (b, _)| seniority(a).cmp(&seniority(b)))?;
-    let (other, shared) = elder;
+        .filter(|other| other.metadata.namespace == canary.metadata.namespace && name_of(other) != name_of(canary))
+        .filter(|other| is_older(other, canary) && shares_a_claim(other))
+        .min_by(|a, b| seniority(a).cmp(&seniority(b)))?;
+    let shared: Vec<String> = claims_of(elder).intersection(&claims_of(canary)).cloned().collect();
     Some(Refusal {
         reason: CLAIM_CONFLICT,
         message: format!(
             "Canary {} (older) already claims {}; petrel releases each Deployment, and owns each generated Service and Ingress, for one Canary only: delete this Canary or point it at another target and service.name",
-            key(other),
+            key(elder),
             shared.join(", ")
         ),
     })
@@ -146,12 +175,12 @@ pub fn managed_target(canary: &Canary, target: &Deployment) -> Option<Refusal> {
 
 /// An existing `<target>-primary` is this Canary's when it owns it, or when no live
 /// Canary does and petrel created it (a primary left behind by a deleted Canary is
-/// adopted). `live_uids` are the uids of the namespace's Canaries.
-pub fn taken_primary(canary: &Canary, primary: &Deployment, live_uids: &BTreeSet<String>) -> Option<Refusal> {
+/// adopted). `is_live` says whether a uid is one of the namespace's Canaries.
+pub fn taken_primary(canary: &Canary, primary: &Deployment, is_live: impl Fn(&str) -> bool) -> Option<Refusal> {
     let name = primary.name_any();
     let holder = match canary_owner(primary) {
         Some((_, uid)) if canary.uid().as_deref() == Some(uid.as_str()) => return None,
-        Some((owner, uid)) if live_uids.contains(&uid) => format!("it belongs to Canary {owner}"),
+        Some((owner, uid)) if is_live(&uid) => format!("it belongs to Canary {owner}"),
         _ if carries_petrel_marks(primary) => return None,
         _ => "it was not created by petrel".to_string(),
     };
@@ -293,19 +322,87 @@ mod tests {
         let me = canary("podinfo", "podinfo", 0);
         let other = canary("other", "podinfo", 0);
         let live: BTreeSet<String> = [me.uid().unwrap(), other.uid().unwrap()].into();
-        assert_eq!(taken_primary(&me, &owned_by("podinfo-primary", &me), &live), None);
-        let theirs = taken_primary(&me, &owned_by("podinfo-primary", &other), &live).expect("another live owner");
+        assert_eq!(taken_primary(&me, &owned_by("podinfo-primary", &me), |uid| live.contains(uid)), None);
+        let theirs = taken_primary(&me, &owned_by("podinfo-primary", &other), |uid| live.contains(uid))
+            .expect("another live owner");
         assert!(theirs.message.contains("belongs to Canary other"), "{}", theirs.message);
         // Its owner is gone: petrel's leftover is adopted.
         let gone: BTreeSet<String> = [me.uid().unwrap()].into();
         let mut leftover = owned_by("podinfo-primary", &other);
         leftover.metadata.labels =
             Some(crate::workloads::test_support::labels(&[(MANAGED_BY_LABEL, "petrel"), (CANARY_LABEL, "other")]));
-        assert_eq!(taken_primary(&me, &leftover, &gone), None);
+        assert_eq!(taken_primary(&me, &leftover, |uid| gone.contains(uid)), None);
         // A Deployment a person made under that name is never touched.
         let users = crate::workloads::test_support::deployment("podinfo-primary", &[("app", "x")], "i");
-        let refusal = taken_primary(&me, &users, &live).expect("not petrel's");
+        let refusal = taken_primary(&me, &users, |uid| live.contains(uid)).expect("not petrel's");
         assert_eq!(refusal.reason, PRIMARY_TAKEN);
         assert!(refusal.message.contains("was not created by petrel"), "{}", refusal.message);
+    }
+
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Names drawn from a few stems, so that generated names (`-primary`, `-canary`)
+        /// collide with given ones as often as given ones collide with each other.
+        fn a_name() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["a", "b", "a-primary", "a-canary", "b-primary", "a-primary-canary"])
+                .prop_map(str::to_string)
+        }
+
+        fn a_canary() -> impl Strategy<Value = Canary> {
+            (
+                prop::sample::select(vec!["c1", "c2", "c3", "c4"]),
+                a_name(),
+                prop::option::of(prop_oneof![Just(String::new()), a_name()]),
+                prop::option::of(prop::sample::select(vec!["x", "y"])),
+                0..3u8,
+                prop::option::of(0..3i64),
+                prop::sample::select(vec!["apps", "other"]),
+            )
+                .prop_map(|(name, target, service, ingress, kind, created, namespace)| {
+                    let mut c = canary(name, &target, created.unwrap_or_default());
+                    if created.is_none() {
+                        c.metadata.creation_timestamp = None;
+                    }
+                    c.metadata.namespace = Some(namespace.into());
+                    c.spec.service.name = service;
+                    c.spec.ingress_ref =
+                        ingress.map(|name| crate::api::common::ObjectRef { name: name.into(), ..Default::default() });
+                    match kind {
+                        1 => c.spec.target_ref.kind = "DaemonSet".into(),
+                        2 => {
+                            c.spec.target_ref.api_version = "serving.knative.dev/v1".into();
+                            c.spec.target_ref.kind = "Service".into();
+                        }
+                        _ => {}
+                    }
+                    c
+                })
+        }
+
+        proptest! {
+            /// The borrowed comparison decides exactly as the intersection of the claimed
+            /// names (the definition), and names the same elder and the same objects.
+            #[test]
+            fn conflict_is_the_oldest_neighbour_whose_claimed_names_intersect(
+                me in a_canary(),
+                neighbours in prop::collection::vec(a_canary(), 0..6),
+            ) {
+                let mine = claims_of(&me);
+                let expected = neighbours
+                    .iter()
+                    .filter(|o| o.metadata.namespace == me.metadata.namespace && o.name_any() != me.name_any())
+                    .filter(|o| is_older(o, &me) && !claims_of(o).is_disjoint(&mine))
+                    .min_by(|a, b| seniority(a).cmp(&seniority(b)));
+                let got = conflict(&me, &neighbours);
+                prop_assert_eq!(got.is_some(), expected.is_some());
+                if let (Some(got), Some(elder)) = (got, expected) {
+                    prop_assert!(got.message.contains(&format!("Canary {} (older)", key(elder))), "{}", got.message);
+                    let shared: Vec<String> = claims_of(elder).intersection(&mine).cloned().collect();
+                    prop_assert!(got.message.contains(&shared.join(", ")), "{}", got.message);
+                }
+            }
+        }
     }
 }

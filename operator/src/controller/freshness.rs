@@ -7,7 +7,8 @@
 //! resourceVersion it was decided from, so a decision from a stale object is refused
 //! with a 409 Conflict; this module makes that rare, and makes the retry read again: it
 //! remembers the resourceVersion each status write returned, and a reconcile whose
-//! cached Canary is not at that version reads the Canary from the API server first.
+//! cached Canary is not at least at that version reads the Canary from the API server
+//! first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,9 @@ fn cache_may_be_stale(known: Option<&Known>, cached: Option<&str>) -> bool {
     match known {
         None => false,
         Some(Known::Stale) => true,
-        Some(Known::AtLeast(version)) => cached != Some(version.as_str()),
+        // A cache that holds a newer Canary than petrel's write (someone wrote after it)
+        // is as good as a read: resourceVersions are compared as `cache::at_least` does.
+        Some(Known::AtLeast(version)) => !crate::cache::at_least(cached, version),
     }
 }
 
@@ -164,7 +167,11 @@ mod tests {
         let at = |v: &str| Known::AtLeast(v.to_string());
         assert!(!cache_may_be_stale(Some(&at("12")), Some("12")));
         assert!(cache_may_be_stale(Some(&at("12")), Some("10")), "the watch has not delivered petrel's write");
-        assert!(cache_may_be_stale(Some(&at("12")), Some("13")), "someone wrote after petrel: read it");
+        assert!(!cache_may_be_stale(Some(&at("12")), Some("13")), "someone wrote after petrel: the cache has it");
+        assert!(cache_may_be_stale(Some(&at("12")), Some("9")), "compared as numbers, not as text");
+        assert!(cache_may_be_stale(Some(&at("a12")), Some("a13")), "an unknown format is trusted only when equal");
+        assert!(!cache_may_be_stale(Some(&at("a12")), Some("a12")));
+        assert!(cache_may_be_stale(Some(&at("12")), None), "a cached Canary without a version is not trusted");
         assert!(cache_may_be_stale(Some(&Known::Stale), Some("12")), "a refused write: read again");
     }
 }

@@ -151,7 +151,11 @@ impl CanaryCache {
     /// reconcile called outside [`run`]) read from the API server.
     pub(crate) async fn in_namespace(&self, client: &Client, namespace: &str) -> Result<Vec<Arc<Canary>>, Error> {
         if let Some(store) = self.0.get() {
-            return Ok(store.state().into_iter().filter(|c| c.namespace().as_deref() == Some(namespace)).collect());
+            return Ok(store
+                .state()
+                .into_iter()
+                .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
+                .collect());
         }
         let list = Api::<Canary>::namespaced(client.clone(), namespace)
             .list(&kube::api::ListParams::default())
@@ -221,7 +225,7 @@ fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) ->
     let mut refs: Vec<ObjectRef<Canary>> = store
         .state()
         .iter()
-        .filter(|c| c.namespace() == namespace && c.spec.target_ref.name == name)
+        .filter(|c| c.metadata.namespace == namespace && c.spec.target_ref.name == name)
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect();
     for owner in deployment.owner_references() {
@@ -247,7 +251,9 @@ fn canaries_for_knative_service(store: &Store<Canary>, service: &DynamicObject) 
         .state()
         .iter()
         .filter(|c| {
-            c.namespace() == namespace && c.spec.target_ref.is_knative_service() && c.spec.target_ref.name == name
+            c.metadata.namespace == namespace
+                && c.spec.target_ref.is_knative_service()
+                && c.spec.target_ref.name == name
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -259,7 +265,7 @@ fn canaries_tracking(store: &Store<Canary>, namespace: Option<String>, key: Stri
         .state()
         .iter()
         .filter(|c| {
-            c.namespace() == namespace && c.status.as_ref().is_some_and(|s| s.tracked_configs.contains_key(&key))
+            c.metadata.namespace == namespace && c.status.as_ref().is_some_and(|s| s.tracked_configs.contains_key(&key))
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()

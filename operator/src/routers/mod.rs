@@ -46,6 +46,7 @@ use serde_json::Value;
 use crate::api::Canary;
 use crate::cache::WatchCache;
 use crate::core::Provider;
+use crate::workloads::PRIMARY_SUFFIX;
 
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 pub use ledger::{Observed, WriteLedger, ledger_key};
@@ -342,6 +343,9 @@ pub(crate) async fn read_dynamic(
 // ---------------------------------------------------------------------------------------
 // Names and metadata shared by every builder.
 
+/// The suffix of the canary Service's name (`<apex>-canary`).
+pub const CANARY_SUFFIX: &str = "-canary";
+
 /// The three Service names of a Canary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceNames {
@@ -353,14 +357,17 @@ pub struct ServiceNames {
 
 impl ServiceNames {
     pub fn of(canary: &Canary) -> Self {
-        let apex = canary
-            .spec
-            .service
-            .name
-            .clone()
-            .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| canary.spec.target_ref.name.clone());
-        ServiceNames { primary: format!("{apex}-primary"), canary: format!("{apex}-canary"), apex }
+        let apex = Self::apex_of(canary);
+        ServiceNames {
+            primary: format!("{apex}{PRIMARY_SUFFIX}"),
+            canary: format!("{apex}{CANARY_SUFFIX}"),
+            apex: apex.to_string(),
+        }
+    }
+
+    /// The apex Service's name: `service.name`, or the target's name when it is unset.
+    pub fn apex_of(canary: &Canary) -> &str {
+        canary.spec.service.name.as_deref().filter(|name| !name.is_empty()).unwrap_or(&canary.spec.target_ref.name)
     }
 }
 
