@@ -337,4 +337,16 @@ mod tests {
         assert!(message.contains("not by provider nginx"), "{message}");
         assert!(refusal(&super::super::testing::canary(), Provider::Nginx).is_none());
     }
+
+    #[test]
+    fn an_empty_session_affinity_block_asks_for_the_default_cookie() {
+        // `sessionAffinity: {}` is Flagger's shortest way to ask for pinning: the default
+        // cookie on istio and gatewayapi, refused on every other provider.
+        let mut canary = super::super::testing::canary();
+        canary.spec.analysis = Some(serde_json::from_value(serde_json::json!({ "sessionAffinity": {} })).unwrap());
+        assert!(refusal(&canary, Provider::Kubernetes).is_some_and(|m| m.contains("not by provider kubernetes")));
+        assert!(refusal(&canary, Provider::Istio).is_none());
+        let affinity = affinity_of(&canary.spec).expect("an empty block is still a request");
+        assert_eq!(cookie_name(affinity), DEFAULT_COOKIE_NAME);
+    }
 }
