@@ -27,11 +27,12 @@ use axum::response::Response;
 use chrono::Utc;
 use futures::StreamExt;
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
-use kube::{Client, Config};
-use petrel::api::Rollout;
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
 use petrel::api::rollout::RolloutPhase;
+use petrel::api::{Cluster, Rollout};
 use petrel::fleet::APPROVED_REVISION_ANNOTATION;
-use petrel::hub::{HubContext, clusters, reconcile};
+use petrel::hub::{CLUSTERS_WATCH, HubContext, clusters, reconcile};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -222,6 +223,28 @@ async fn bench(members: usize, steady: usize) -> Result<()> {
         rss_hub.saturating_sub(rss_before) as f64 / 1024.0,
         rss_hub.saturating_sub(rss_before) as f64 / members as f64,
     );
+
+    // Steady, warm member watches, and the Clusters read from a store the hub's Cluster
+    // watch would fill (as `petrel --mode hub` does) instead of a LIST per reconcile.
+    let (store, mut writer) = kube::runtime::reflector::store::<Cluster>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for cluster in Api::<Cluster>::all(fake.client()?).list(&Default::default()).await?.items {
+        writer.apply_watcher_event(&watcher::Event::InitApply(cluster));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    ctx.read_clusters_from(store);
+    ctx.health.register(CLUSTERS_WATCH);
+    for event in [watcher::Event::Init, watcher::Event::InitDone] {
+        ctx.health.observe::<Cluster>(CLUSTERS_WATCH, &Ok(event));
+    }
+    fake.take_counts().await?;
+    let cached = run_steady(&fake, &ctx, steady).await?;
+    let cached_counts = fake.take_counts().await?;
+    println!(
+        "steady reconcile, member watches warm, Clusters from the watch's store ({steady} runs): {}",
+        cached.summary()
+    );
+    print_counts(&cached_counts, steady);
 
     // Steady, no watches: every member read is a GET.
     manager.abort();

@@ -1,7 +1,8 @@
 //! The hub's Rollout controller: the I/O shell around [`crate::fleet`].
 //!
-//! Each reconcile reads the selected Clusters and their member Canaries — from the
-//! member watches' caches while fresh ([`super::watches`]), by a GET otherwise —,
+//! Each reconcile reads the selected Clusters (from the hub's Cluster watch while it
+//! keeps its cache, by a LIST otherwise) and their member Canaries (from the member
+//! watches' caches while fresh, [`super::watches`], by a GET otherwise),
 //! decides with [`decide_waves`], writes the hub's annotations on the member Canaries
 //! (server-side apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]),
 //! rolls members back when the policy says so, writes the Rollout status once and
@@ -10,7 +11,7 @@
 //! safety requeue catches anything else.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -64,6 +65,8 @@ pub struct HubContext {
     pub metrics: Arc<Metrics>,
     /// Health of the hub's own watches (Rollouts, Clusters), for `/readyz`.
     pub health: crate::telemetry::WatchHealth,
+    /// The hub's Cluster watch, once [`run`] starts it (a reconcile outside `run` LISTs).
+    clusters: OnceLock<Store<Cluster>>,
 }
 
 impl HubContext {
@@ -81,8 +84,18 @@ impl HubContext {
             watches: MemberWatches::new(),
             metrics,
             health: Default::default(),
+            clusters: OnceLock::new(),
             client,
         }
+    }
+}
+
+impl HubContext {
+    /// Reconciles read Clusters from `store` while the watch [`CLUSTERS_WATCH`] keeps it,
+    /// as under [`run`] (for tests and benchmarks that call [`reconcile`] themselves). Set
+    /// once; a second store is ignored.
+    pub fn read_clusters_from(&self, store: Store<Cluster>) {
+        let _ = self.clusters.set(store);
     }
 }
 
@@ -437,15 +450,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
         }
     };
 
-    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
-    let selected: Vec<Cluster> = clusters
-        .list(&Default::default())
-        .await
-        .map_err(HubError::ListClusters)?
-        .items
-        .into_iter()
-        .filter(|c| rollout.spec.clusters.matches(c.labels()))
-        .collect();
+    let selected = selected_clusters(ctx, rollout).await?;
     let readings: Vec<Reading> =
         futures::future::join_all(selected.into_iter().map(|c| read_member(ctx, rollout, c, now))).await;
     ctx.watches.want(&key, readings.iter().filter_map(|r| r.watch.clone()).collect());
@@ -600,6 +605,26 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action
     Ok(Action::requeue(requeue_after(decision.recheck_after)))
 }
 
+/// The watch of the hub's Clusters (its name in `/readyz` and [`crate::telemetry::WatchHealth`]).
+pub const CLUSTERS_WATCH: &str = "clusters";
+
+/// The Clusters `rollout` selects: from the hub's Cluster watch while it keeps its cache,
+/// else from the API server. The store is as fresh as a decision needs: a Cluster change
+/// reaches the store before it wakes the Rollouts, which then read it again. Reading it
+/// spares every reconcile a LIST of the whole fleet (a member's probe alone writes its
+/// Cluster's status, and wakes every Rollout).
+async fn selected_clusters(ctx: &HubContext, rollout: &Rollout) -> Result<Vec<Cluster>, HubError> {
+    let selects = |cluster: &Cluster| rollout.spec.clusters.matches(cluster.labels());
+    if let Some(store) = ctx.clusters.get()
+        && ctx.health.keeps(CLUSTERS_WATCH)
+    {
+        return Ok(store.state().iter().filter(|c| selects(c)).map(|c| c.as_ref().clone()).collect());
+    }
+    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
+    let listed = clusters.list(&Default::default()).await.map_err(HubError::ListClusters)?;
+    Ok(listed.items.into_iter().filter(selects).collect())
+}
+
 fn error_policy(rollout: Arc<Rollout>, error: &HubError, _ctx: Arc<HubContext>) -> Action {
     warn!(rollout = %rollout_key(&rollout), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
@@ -626,13 +651,15 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     if let Err(e) = rollouts.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Rollouts ({e}); are the CRDs installed? Apply them with: kubectl apply -f crds/");
     }
-    let clusters: Api<kube::core::PartialObjectMeta<Cluster>> = Api::all(ctx.client.clone());
+    let clusters: Api<Cluster> = Api::all(ctx.client.clone());
     // Each watch recovers on its own and reports to `/readyz` (see `controller::watches`).
     let (store, rollout_writer) = kube::runtime::reflector::store();
     let config = || watcher::Config::default().any_semantic();
     let rollout_events = kept("rollouts", watcher(rollouts, config()), &ctx.health).reflect(rollout_writer);
     let (cluster_store, cluster_writer) = kube::runtime::reflector::store();
-    let cluster_events = kept("clusters", watcher(clusters, config()), &ctx.health).reflect(cluster_writer);
+    let cluster_events = kept(CLUSTERS_WATCH, watcher(clusters, config()), &ctx.health).reflect(cluster_writer);
+    // Set once per process; a second `run` on the same context keeps the first store.
+    let _ = ctx.clusters.set(cluster_store.clone());
     let _helpers = AbortOnDrop(
         ctx.watches.clone(),
         vec![
@@ -665,12 +692,9 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
-        .watches_stream(
-            objects_only(cluster_events.touched_objects()),
-            move |_: kube::core::PartialObjectMeta<Cluster>| {
-                store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(objects_only(cluster_events.touched_objects()), move |_: Cluster| {
+            store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
+        })
         // A member Canary changed, or a member's reachability: the Rollouts that select
         // that member look again.
         .reconcile_on(member_changes)

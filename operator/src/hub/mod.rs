@@ -13,7 +13,7 @@ pub mod input;
 pub mod members;
 pub mod watches;
 
-pub use controller::{HUB_FIELD_MANAGER, HubContext, HubError, ROLLOUT_CONTROLLER, reconcile, run};
+pub use controller::{CLUSTERS_WATCH, HUB_FIELD_MANAGER, HubContext, HubError, ROLLOUT_CONTROLLER, reconcile, run};
 pub use members::{MemberClientError, MemberClients, MemberConnection};
 pub use watches::MemberWatches;
 

@@ -156,6 +156,47 @@ async fn the_first_wave_is_opened_and_its_member_approved() {
     assert!(valid["message"].as_str().unwrap().contains("cluster prod-2"), "{valid}");
 }
 
+/// The Clusters come from the hub's Cluster watch while it keeps its cache: no LIST of
+/// the fleet per reconcile. Until the watch has synced, they are listed.
+#[tokio::test]
+async fn clusters_are_read_from_the_kept_watch_and_listed_only_without_it() {
+    use kube::runtime::watcher::Event;
+    let clusters_path = "/apis/petrel.dev/v1alpha1/clusters";
+    let setup = || {
+        let hub = FakeApi::new();
+        hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+        let member = FakeApi::new();
+        member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+        let ctx = HubContext::new(hub.client(), None);
+        connect(&ctx, "canary-1", "kubeconfig", member.client());
+        let (store, mut writer) = kube::runtime::reflector::store::<crate::api::Cluster>();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(serde_json::from_value(cluster("canary-1", "canary")).unwrap()));
+        writer.apply_watcher_event(&Event::InitDone);
+        ctx.read_clusters_from(store);
+        (hub, member, ctx)
+    };
+    let lists = |hub: &FakeApi| hub.requests().iter().filter(|r| r.path == clusters_path).count();
+
+    // Kept: the store is the fleet; the API server (which holds no Cluster) is not asked.
+    let (hub, member, ctx) = setup();
+    ctx.health.register(super::controller::CLUSTERS_WATCH);
+    for event in [Event::Init, Event::InitDone] {
+        ctx.health.observe::<crate::api::Cluster>(super::controller::CLUSTERS_WATCH, &Ok(event));
+    }
+    reconcile(Arc::new(rollout()), Arc::new(ctx)).await.unwrap();
+    assert_eq!(lists(&hub), 0, "no LIST while the watch keeps its cache");
+    assert_eq!(last_status(&hub)["members"][0]["cluster"], "canary-1");
+    assert_eq!(applied_annotations(&member).len(), 1, "the member is approved from the cached Cluster");
+
+    // Not yet synced: the store may be partial, so the API server is asked.
+    let (hub, _member, ctx) = setup();
+    ctx.health.register(super::controller::CLUSTERS_WATCH);
+    hub.insert(clusters_path, cluster_list(vec![cluster("canary-1", "canary")]));
+    reconcile(Arc::new(rollout()), Arc::new(ctx)).await.unwrap();
+    assert_eq!(lists(&hub), 1, "listed while the watch has not synced");
+}
+
 fn condition(status: &Value, type_: &str) -> Value {
     status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap_or_default()
 }

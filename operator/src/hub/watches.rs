@@ -23,14 +23,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use crate::api::{Canary, Cluster, Rollout};
+use crate::api::{Canary, Rollout};
 use crate::fleet::identity::ObservedIdentity;
 
 /// How long after the last sign of life (a watch event, a successful probe) a cache
@@ -502,9 +501,9 @@ fn member_changed(inner: &Inner, cluster: &str) {
 /// the store does not hold (yet) concerns every Rollout, so that a change is never
 /// dropped; a Cluster's own change (labels, deletion) reaches every Rollout through
 /// the Cluster watch. Pure.
-pub fn rollouts_selecting(
+pub fn rollouts_selecting<C: Resource>(
     changed: &BTreeSet<String>,
-    clusters: &[Arc<PartialObjectMeta<Cluster>>],
+    clusters: &[Arc<C>],
     rollouts: &[Arc<Rollout>],
 ) -> Vec<ObjectRef<Rollout>> {
     let mut labels = Vec::with_capacity(changed.len());
@@ -761,14 +760,10 @@ mod tests {
         assert_eq!((probe.at, probe.last_ok), (at(30), Some(at(15))), "the last contact is kept");
     }
 
-    fn cluster_meta(name: &str, env: &str) -> Arc<PartialObjectMeta<Cluster>> {
-        use kube::core::PartialObjectMetaExt;
-        let meta = kube::api::ObjectMeta {
-            name: Some(name.into()),
-            labels: Some([("env".to_string(), env.to_string())].into()),
-            ..Default::default()
-        };
-        Arc::new(meta.into_request_partial::<Cluster>())
+    fn cluster_meta(name: &str, env: &str) -> Arc<crate::api::Cluster> {
+        let mut cluster = crate::api::Cluster::new(name, crate::api::cluster::ClusterSpec::default());
+        cluster.metadata.labels = Some([("env".to_string(), env.to_string())].into());
+        Arc::new(cluster)
     }
 
     fn rollout_selecting(name: &str, env: Option<&str>) -> Arc<Rollout> {
