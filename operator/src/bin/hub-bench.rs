@@ -597,6 +597,24 @@ fn member_request(
                         "compiler": "gc", "platform": "linux/amd64"}),
             )
         }
+        // Who the member is (the hub verifies it before it approves anything there).
+        ("GET", "/api/v1/namespaces/kube-system") => {
+            count(&mut world, "member GET kube-system");
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "kube-system", "uid": format!("uid-{cluster}")}}),
+            )
+        }
+        ("GET", "/apis/petrel.dev/v1alpha1/clusteridentities/petrel") => {
+            count(&mut world, "member GET clusteridentity");
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "ClusterIdentity",
+                        "metadata": {"name": "petrel"},
+                        "spec": {"clusterName": cluster, "kubeSystemUID": format!("uid-{cluster}")}}),
+            )
+        }
         ("GET", GROUP) => {
             count(&mut world, "member GET api group");
             json_response(
