@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::FutureExt;
+use kube::runtime::reflector::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -95,6 +97,35 @@ pub async fn stop_within<F: Future>(work: F, shutdown: &Shutdown, grace: Duratio
     }
 }
 
+/// Runs a kube-runtime Controller (`controller`, reading `store`) until it ends. A stop
+/// requested before `store` is ready ends it at once: kube holds the Controller's
+/// reconciles until its store is ready, and the stop also ends the watch that would
+/// fill the store, so such a Controller would wait for ever and the stop would always
+/// take the whole grace period. No reconcile runs before the store is ready, so
+/// nothing is cut short. Returns whether the stop came before the store was ready.
+pub async fn run_controller<K, F>(controller: F, store: &Store<K>, shutdown: &Shutdown) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    F: Future<Output = ()>,
+{
+    let stopped_unsynced = async {
+        shutdown.requested().await;
+        if store.wait_until_ready().now_or_never().is_none() {
+            return;
+        }
+        // Synced: the Controller finishes its reconciles in flight and ends by itself.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = controller => false,
+        () = stopped_unsynced => {
+            info!("stopped before the watch cache synced: no reconcile had started");
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +148,41 @@ mod tests {
         };
         shutdown.request();
         assert_eq!(stop_within(work, &shutdown, Duration::from_secs(5)).await, Some("finished"));
+    }
+
+    fn cluster() -> crate::api::Cluster {
+        crate::api::Cluster::new("a", Default::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_before_the_store_is_ready_ends_the_controller_at_once() {
+        let shutdown = Shutdown::new();
+        let (store, _writer) = kube::runtime::reflector::store::<crate::api::Cluster>();
+        shutdown.request();
+        let started = tokio::time::Instant::now();
+        // A Controller held until its store is ready, whose watch the stop has ended.
+        assert!(run_controller(std::future::pending::<()>(), &store, &shutdown).await);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_after_the_store_is_ready_waits_for_the_controller() {
+        let shutdown = Shutdown::new();
+        let (store, mut writer) = kube::runtime::reflector::store::<crate::api::Cluster>();
+        use kube::runtime::watcher::Event;
+        for event in [Event::Init, Event::InitApply(cluster()), Event::InitDone] {
+            writer.apply_watcher_event(&event);
+        }
+        let stopping = shutdown.clone();
+        let controller = async move {
+            stopping.requested().await;
+            // Its reconciles in flight finish.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        shutdown.request();
+        let started = tokio::time::Instant::now();
+        assert!(!run_controller(controller, &store, &shutdown).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

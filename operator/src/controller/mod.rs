@@ -408,6 +408,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     });
     let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
     let s6 = store.clone();
+    let ready_store = store.clone();
     // Knative Service targets are watched when the cluster serves them at start (a watch of
     // an unserved kind fails forever); a Knative CRD installed later needs a restart.
     let knative = crate::routers::knative::service_resource();
@@ -448,15 +449,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             knative,
         );
     }
-    controller
-        .graceful_shutdown_on(shutdown.requested())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+    let controller = controller.graceful_shutdown_on(shutdown.requested()).run(reconcile, error_policy, ctx).for_each(
+        |result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "controller stream error");
             }
-        })
-        .await;
+        },
+    );
+    crate::shutdown::run_controller(controller, &ready_store, &shutdown).await;
     telemetry.abort();
     identity.abort();
     if let Some(traffic) = traffic {

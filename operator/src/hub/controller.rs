@@ -685,11 +685,12 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     );
     info!("starting the hub Rollout controller");
     let rollout_store = store.clone();
+    let ready_store = store.clone();
     let member_changes = ctx.watches.member_changes().flat_map({
         let store = store.clone();
         move |changed| futures::stream::iter(rollouts_selecting(&changed, &cluster_store.state(), &store.state()))
     });
-    Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
+    let controller = Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
         .watches_stream(objects_only(cluster_events.touched_objects()), move |_: Cluster| {
@@ -704,8 +705,8 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
             if let Err(e) = result {
                 warn!(error = %e, "hub controller stream error");
             }
-        })
-        .await;
+        });
+    crate::shutdown::run_controller(controller, &ready_store, &shutdown).await;
     info!("hub Rollout controller stopped");
     Ok(())
 }
