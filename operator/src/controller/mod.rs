@@ -340,7 +340,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     let config = || watcher::Config::default().any_semantic();
 
     let (store, canary_writer) = reflector::store();
-    let canary_events = kept("canaries", watcher(canaries, config()), &health).reflect(canary_writer);
+    // Less their managedFields too: nothing reads them, and every status write adds to them.
+    let canary_events = kept("canaries", watcher(canaries, config()), &health)
+        .modify(|canary| canary.managed_fields_mut().clear())
+        .reflect(canary_writer);
     // Whole Deployments (less their managedFields, which nothing reads): the reconciles
     // read targets and primaries from this cache.
     let deployments = kept(DEPLOYMENT_WATCH, watcher(api_in::<Deployment>(&client, &namespace), config()), &health)
