@@ -88,9 +88,7 @@ impl HubContext {
             client,
         }
     }
-}
 
-impl HubContext {
     /// Reconciles read Clusters from `store` while the watch [`CLUSTERS_WATCH`] keeps it,
     /// as under [`run`] (for tests and benchmarks that call [`reconcile`] themselves). Set
     /// once; a second store is ignored.
