@@ -15,7 +15,6 @@ use petrel::api::canary::Phase;
 use petrel_e2e::fleet::tally;
 use petrel_e2e::scenario::{APP, CanaryOptions, IMAGE_V1, NAMESPACE, ReadyzProbe, TestEnv, canary_weights};
 use petrel_e2e::simulator::Provider;
-use petrel_e2e::wait::eventually;
 use serde_json::json;
 
 const SETUP: Duration = Duration::from_secs(60);
@@ -81,12 +80,8 @@ async fn api_server_killed_mid_release_applies_no_transition_twice() {
     // Each transition once: a stale decision that was applied again would repeat its Event.
     // The last Event (Promoted) goes out just after the Succeeded status write that the wait
     // above saw, so it is awaited rather than read once.
-    let counts = eventually("the Promoted Event", SETUP, async || {
-        let counts = event_counts(&env).await;
-        (count_of(&counts, "Promoted") > 0).then_some(counts)
-    })
-    .await
-    .unwrap();
+    env.wait_event("Promoted", SETUP, |_| true).await.unwrap();
+    let counts = event_counts(&env).await;
     let repeated: Vec<_> = counts
         .iter()
         .filter(|((reason, _), n)| {

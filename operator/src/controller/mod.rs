@@ -36,7 +36,7 @@ use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
 use crate::workloads::DeploymentCache;
-use watches::{kept, objects_only};
+use watches::{drop_managed_fields, kept, objects_only};
 
 pub use canary::reconcile;
 pub use events::EventSink;
@@ -340,14 +340,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     let config = || watcher::Config::default().any_semantic();
 
     let (store, canary_writer) = reflector::store();
-    // Less their managedFields too: nothing reads them, and every status write adds to them.
-    let canary_events = kept("canaries", watcher(canaries, config()), &health)
-        .modify(|canary| canary.managed_fields_mut().clear())
-        .reflect(canary_writer);
-    // Whole Deployments (less their managedFields, which nothing reads): the reconciles
-    // read targets and primaries from this cache.
+    let canary_events =
+        kept("canaries", watcher(canaries, config()), &health).modify(drop_managed_fields).reflect(canary_writer);
+    // Whole Deployments: the reconciles read targets and primaries from this cache.
     let deployments = kept(DEPLOYMENT_WATCH, watcher(api_in::<Deployment>(&client, &namespace), config()), &health)
-        .modify(|deployment| deployment.managed_fields_mut().clear())
+        .modify(drop_managed_fields)
         .reflect(writers.deployments);
     let daemon_sets =
         kept("daemonsets", watcher(api_in::<PartialObjectMeta<DaemonSet>>(&client, &namespace), config()), &health);
@@ -361,7 +358,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
     let services = kept(SERVICE_WATCH, watcher(api_in::<Service>(&client, &namespace), generated), &health)
-        .modify(|service| service.managed_fields_mut().clear())
+        .modify(drop_managed_fields)
         .reflect(writers.services);
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =

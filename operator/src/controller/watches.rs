@@ -75,6 +75,13 @@ fn is_expired<K>(event: &watcher::Result<watcher::Event<K>>) -> bool {
     matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410)
 }
 
+/// For `.modify` on a watch whose objects are cached: their managedFields go, since
+/// nothing in petrel reads them and every write (petrel's status writes included) adds
+/// to them.
+pub fn drop_managed_fields<K: kube::ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+}
+
 /// Only the objects of a stream: its errors were recorded (and logged) by [`kept`], and
 /// one passed on would stop every other watch of the controller (see module docs).
 pub fn objects_only<K: Send>(

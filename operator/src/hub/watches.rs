@@ -25,11 +25,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use crate::api::{Canary, Rollout};
+use crate::api::{Canary, Cluster, Rollout};
 use crate::fleet::identity::ObservedIdentity;
 
 /// How long after the last sign of life (a watch event, a successful probe) a cache
@@ -501,9 +501,9 @@ fn member_changed(inner: &Inner, cluster: &str) {
 /// the store does not hold (yet) concerns every Rollout, so that a change is never
 /// dropped; a Cluster's own change (labels, deletion) reaches every Rollout through
 /// the Cluster watch. Pure.
-pub fn rollouts_selecting<C: Resource>(
+pub fn rollouts_selecting(
     changed: &BTreeSet<String>,
-    clusters: &[Arc<C>],
+    clusters: &[Arc<Cluster>],
     rollouts: &[Arc<Rollout>],
 ) -> Vec<ObjectRef<Rollout>> {
     let mut labels = Vec::with_capacity(changed.len());
@@ -760,8 +760,8 @@ mod tests {
         assert_eq!((probe.at, probe.last_ok), (at(30), Some(at(15))), "the last contact is kept");
     }
 
-    fn cluster_meta(name: &str, env: &str) -> Arc<crate::api::Cluster> {
-        let mut cluster = crate::api::Cluster::new(name, crate::api::cluster::ClusterSpec::default());
+    fn labelled_cluster(name: &str, env: &str) -> Arc<Cluster> {
+        let mut cluster = Cluster::new(name, crate::api::cluster::ClusterSpec::default());
         cluster.metadata.labels = Some([("env".to_string(), env.to_string())].into());
         Arc::new(cluster)
     }
@@ -785,7 +785,7 @@ mod tests {
 
     #[test]
     fn a_member_change_reconciles_only_the_rollouts_that_select_it() {
-        let clusters = [cluster_meta("eu-1", "prod"), cluster_meta("stage-1", "stage")];
+        let clusters = [labelled_cluster("eu-1", "prod"), labelled_cluster("stage-1", "stage")];
         let rollouts = [
             rollout_selecting("prod-app", Some("prod")),
             rollout_selecting("stage-app", Some("stage")),
