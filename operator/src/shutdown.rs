@@ -160,8 +160,10 @@ mod tests {
         let (store, _writer) = kube::runtime::reflector::store::<crate::api::Cluster>();
         shutdown.request();
         let started = tokio::time::Instant::now();
-        // A Controller held until its store is ready, whose watch the stop has ended.
-        assert!(run_controller(std::future::pending::<()>(), &store, &shutdown).await);
+        // A Controller held until its store is ready, whose watch the stop has ended. The
+        // timeout turns a hang (the defect) into a failure.
+        let stopped = run_controller(std::future::pending::<()>(), &store, &shutdown);
+        assert!(tokio::time::timeout(Duration::from_secs(60), stopped).await.expect("the controller never ended"));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
