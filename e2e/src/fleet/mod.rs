@@ -59,7 +59,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use audit::{AUDIT_LOG, AUDIT_POLICY};
 pub use audit::{AuditRecord, parse_audit_log, read_audit_log, requests_between, tally};
@@ -421,6 +421,25 @@ impl Fleet {
     /// `default` ServiceAccount and all its nodes Ready. On error everything
     /// started so far is stopped; the error names the log to read.
     pub async fn start(opts: FleetOptions) -> Result<Fleet> {
+        // Ports are checked free when picked, but another test process running beside
+        // this one can bind one before the component does: start again on fresh ports.
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&opts).await {
+                Err(e) if attempt < ATTEMPTS && is_port_taken(&e) => {
+                    warn!(attempt, error = %format!("{e:#}"), "a port was taken before its component bound it; starting again");
+                    // The failed start was stopped when it was dropped; its etcd data
+                    // names the old ports.
+                    let _ = std::fs::remove_dir_all(std::path::absolute(&opts.dir)?.join("etcd"));
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(opts: &FleetOptions) -> Result<Fleet> {
         let t0 = Instant::now();
         let deadline = t0 + opts.start_timeout;
         ensure!(!opts.clusters.is_empty(), "no clusters requested");
@@ -652,6 +671,11 @@ impl PortAllocator {
     }
 }
 
+/// Whether a start failed because a component could not bind its port.
+fn is_port_taken(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("address already in use")
+}
+
 fn pseudo_random(salt: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -874,4 +898,22 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
         anyhow::Ok(buf)
     };
     tokio::time::timeout(Duration::from_secs(2), fut).await.context("timeout")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_by_another_process_is_told_from_other_start_failures() {
+        // As `wait_etcd` reports it: the exit, then the log's tail.
+        let taken = anyhow::anyhow!(
+            r#"{{"level":"fatal","msg":"discovery failed","error":"listen tcp 127.0.0.1:19259: bind: address already in use"}}"#
+        )
+        .context("etcd exited (exit code 1)")
+        .context("starting the control plane");
+        assert!(is_port_taken(&taken));
+        let other = anyhow::anyhow!("etcd not healthy at http://127.0.0.1:19259").context("starting the control plane");
+        assert!(!is_port_taken(&other));
+    }
 }
