@@ -213,7 +213,10 @@ async fn gateway_api_route_options_reach_the_http_route() {
     let mut cors = spec;
     cors["service"]["corsPolicy"] = json!({ "allowOrigins": [{ "exact": "https://example.com" }] });
     canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, cors))).await.unwrap();
-    stalled(&env, ns, "InvalidRouting", |m| m.contains("service.corsPolicy is an Istio route option")).await;
+    stalled(&env, ns, "InvalidRouting", |m| {
+        m.contains("spec.service.corsPolicy is not written by provider gatewayapi")
+    })
+    .await;
     eprintln!("[providers-gateway-options] passed in {:.1?}", t0.elapsed());
 }
 
@@ -441,6 +444,33 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
         .unwrap();
     stalled(env, "bad-route-ref", "RouteTargetNotFound", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
     no_traffic_touched(env, "bad-route-ref").await;
+
+    // Istio route options on a provider whose router does not write them (Flagger's nginx
+    // router ignores them): refused, not dropped.
+    let ns = "bad-route-options";
+    namespace(env, ns).await;
+    deployments(env, ns).patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    Api::<Canary>::namespaced(client.clone(), ns)
+        .patch(
+            APP,
+            &ssa(),
+            &Patch::Apply(canary(
+                ns,
+                json!({
+                    "provider": "nginx",
+                    "ingressRef": { "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": APP },
+                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+                    "service": { "port": 9898, "retries": { "attempts": 3 }, "hosts": ["app.example.com"] },
+                }),
+            )),
+        )
+        .await
+        .unwrap();
+    stalled(env, ns, "InvalidRouting", |m| {
+        m.contains("spec.service.retries, spec.service.hosts are not written by provider nginx's router")
+    })
+    .await;
+    no_traffic_touched(env, ns).await;
 
     // A provider whose CRDs are not installed: Kuma's, removed now that its cases are done.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =

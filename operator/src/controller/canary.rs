@@ -35,7 +35,9 @@ use crate::api::canary::{
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
-use crate::routers::{RouterError, TrafficRouter, Weights, affinity, router_with, unserved_kinds, unserved_message};
+use crate::routers::{
+    RouterError, TrafficRouter, Weights, affinity, options, router_with, unserved_kinds, unserved_message,
+};
 use crate::workloads::target::TargetKind;
 use crate::workloads::{self, TargetSnapshot, WorkloadError};
 
@@ -111,7 +113,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let Some(message) = daemon_set_weights(canary, provider) {
         return stall(ctx, canary, status, "WeightsNotSupported", &message).await;
     }
-    if let Some(message) = affinity::refusal(canary, provider) {
+    if let Some(message) = affinity::refusal(canary, provider).or_else(|| options::refusal(canary, provider)) {
         return stall(ctx, canary, status, "InvalidRouting", &message).await;
     }
     if let TargetKind::DaemonSet(daemon_set) = &snapshot.kind

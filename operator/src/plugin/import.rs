@@ -181,7 +181,21 @@ pub fn convert(object: &Value) -> (Option<Value>, Vec<Finding>) {
         "metadata": metadata,
         "spec": spec,
     });
+    if kind == "Canary"
+        && let Some(refusal) = routing_refusal(&converted)
+    {
+        note(format!("petrel will stall this Canary (InvalidRouting) until it is changed: {refusal}"));
+    }
     (Some(converted), findings)
+}
+
+/// Why petrel's controller would refuse to route this converted Canary (route options or
+/// session affinity its provider's router does not write). A Canary without a provider
+/// takes the operator's default, unknown here, so it is not judged.
+fn routing_refusal(converted: &Value) -> Option<String> {
+    let canary: Canary = serde_json::from_value(converted.clone()).ok()?;
+    let provider = crate::core::Provider::parse(canary.spec.provider.as_deref()?).ok()?;
+    crate::routers::affinity::refusal(&canary, provider).or_else(|| crate::routers::options::refusal(&canary, provider))
 }
 
 /// The `spec` schema of petrel's CRD for `kind`.
@@ -336,6 +350,23 @@ mod tests {
         );
         assert!(report.contains("MetricTemplate test/ext: not imported: provider type externalmetrics"), "{report}");
         assert!(report.contains("Deployment podinfo: skipped: not a Flagger"), "{report}");
+    }
+
+    /// A Flagger Canary whose provider ignores a route option it sets imports, with a
+    /// finding that says petrel will stall it and why.
+    #[test]
+    fn route_options_the_provider_does_not_write_are_reported() {
+        let mut spec = base_spec();
+        spec["provider"] = json!("nginx");
+        spec["service"]["retries"] = json!({ "attempts": 3 });
+        let (written, findings) = convert(&flagger_canary(spec.clone()));
+        assert!(written.is_some());
+        let stalled: Vec<_> = findings.iter().filter(|f| f.message.contains("will stall")).collect();
+        assert_eq!(stalled.len(), 1, "{findings:?}");
+        assert!(stalled[0].message.contains("spec.service.retries is not written by provider nginx"), "{findings:?}");
+        spec["provider"] = json!("istio");
+        let (_, findings) = convert(&flagger_canary(spec));
+        assert!(findings.iter().all(|f| !f.message.contains("will stall")), "{findings:?}");
     }
 
     #[test]

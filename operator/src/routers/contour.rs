@@ -2,7 +2,9 @@
 //! splits traffic between `<svc>-primary` and `<svc>-canary` by `services[].weight`.
 //!
 //! As in Flagger the proxy has no `virtualhost`: a root HTTPProxy owned by the user
-//! includes it. A/B: one route per `analysis.match` condition (Contour ANDs the conditions
+//! includes it. Every route matches the path prefix `spec.service.match[0].uri.prefix`
+//! (`/` without one), as Flagger's contour router does; any other `spec.service.match`
+//! content is refused, where Flagger drops it. A/B: one route per `analysis.match` condition (Contour ANDs the conditions
 //! of a route), each with the weights, then a default route to the primary. Contour header
 //! conditions compare exactly, so only `exact` header matches are accepted.
 
@@ -10,11 +12,12 @@ use kube::core::ApiResource;
 use serde_json::{Map, Value, json};
 
 use super::{
-    MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, malformed, manifest,
-    service_port, unsupported, weight_field,
+    MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
+    manifest, service_port, unsupported, weight_field,
 };
 use crate::api::Canary;
 use crate::api::canary::{HttpMatch, StringMatch};
+use crate::api::route_options::{HttpMatchRequest, IstioStringMatch};
 
 const PROVIDER: &str = "contour";
 
@@ -22,13 +25,39 @@ pub fn http_proxy_resource() -> ApiResource {
     api_resource("projectcontour.io", "v1", "HTTPProxy", "httpproxies")
 }
 
-/// The conditions of one A/B route: everything under `/`, plus one exact header condition
-/// per header of the match.
-fn conditions(m: &HttpMatch) -> Result<Vec<Value>, RouterError> {
+/// The path prefix every route matches: `spec.service.match[0].uri.prefix`, as Flagger
+/// writes it. A match Contour's HTTPProxy would not express that way is refused.
+fn path_prefix(canary: &Canary) -> Result<String, RouterError> {
+    let matches = canary.spec.service.match_.as_deref().unwrap_or_default();
+    let prefix = match matches {
+        [] => return Ok("/".into()),
+        [only] => {
+            let uri_only = HttpMatchRequest { uri: only.uri.clone(), name: only.name.clone(), ..Default::default() };
+            match &only.uri {
+                Some(IstioStringMatch { prefix: Some(prefix), exact: None, regex: None }) if *only == uri_only => {
+                    Some(prefix)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match prefix {
+        Some(prefix) if prefix.starts_with('/') => Ok(prefix.clone()),
+        _ => Err(RouterError::InvalidCanary {
+            canary: canary_key(canary),
+            reason: "provider contour writes spec.service.match only as one path prefix (a single entry with just uri.prefix, starting with '/'), as Flagger's contour router reads it: use that form, or provider istio or gatewayapi for other conditions".into(),
+        }),
+    }
+}
+
+/// The conditions of one A/B route: everything under the path prefix, plus one exact
+/// header condition per header of the match.
+fn conditions(m: &HttpMatch, prefix: &str) -> Result<Vec<Value>, RouterError> {
     if !m.query_params.is_empty() || m.uri.is_some() || m.method.is_some() || m.source_labels.is_some() {
         return Err(unsupported(PROVIDER, "match on anything but headers in an A/B route"));
     }
-    let mut out = vec![json!({ "prefix": "/" })];
+    let mut out = vec![json!({ "prefix": prefix })];
     for (name, value) in &m.headers {
         match value {
             StringMatch { exact: Some(exact), prefix: None, suffix: None, regex: None } => {
@@ -88,11 +117,12 @@ pub fn build_http_proxy(canary: &Canary, weights: Weights) -> Result<Value, Rout
         return Err(unsupported(PROVIDER, "mirror traffic"));
     }
     let names = ServiceNames::of(canary);
-    let everything = || vec![json!({ "prefix": "/" })];
+    let prefix = path_prefix(canary)?;
+    let everything = || vec![json!({ "prefix": prefix })];
     let matches = ab_matches(canary);
     let mut routes = Vec::new();
     for m in matches {
-        routes.push(route(canary, conditions(m)?, weights.primary(), weights.canary()));
+        routes.push(route(canary, conditions(m, &prefix)?, weights.primary(), weights.canary()));
     }
     if matches.is_empty() {
         routes.push(route(canary, everything(), weights.primary(), weights.canary()));
@@ -164,6 +194,43 @@ mod tests {
         let err = build_http_proxy(&ab_canary(), weights(0, 100, false)).unwrap_err();
         assert!(err.to_string().contains("cookie"), "{err}");
         assert!(matches!(build_http_proxy(&canary(), weights(100, 0, true)), Err(RouterError::Unsupported { .. })));
+    }
+
+    /// Flagger's contour router reads `service.match[0].uri.prefix` as every route's path
+    /// prefix; petrel writes the same and refuses any other match rather than drop it.
+    #[test]
+    fn the_service_match_prefix_is_every_route_s_path_prefix() {
+        let mut ab = exact_ab_canary();
+        ab.spec.service.match_ =
+            Some(serde_json::from_value(serde_json::json!([{ "uri": { "prefix": "/api" } }])).unwrap());
+        let proxy = build_http_proxy(&ab, weights(0, 100, false)).unwrap();
+        let prefixes: Vec<&str> = proxy["spec"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["conditions"][0]["prefix"].as_str().unwrap())
+            .collect();
+        assert_eq!(prefixes, ["/api", "/api"]);
+        for refused in [
+            serde_json::json!([{ "uri": { "exact": "/api" } }]),
+            serde_json::json!([{ "uri": { "prefix": "/api" }, "method": { "exact": "GET" } }]),
+            serde_json::json!([{ "uri": { "prefix": "/a" } }, { "uri": { "prefix": "/b" } }]),
+            serde_json::json!([{ "uri": { "prefix": "api" } }]),
+            serde_json::json!([{ "headers": { "x-a": { "exact": "b" } } }]),
+        ] {
+            let mut canary = canary();
+            canary.spec.service.match_ = Some(serde_json::from_value(refused.clone()).unwrap());
+            let err = build_http_proxy(&canary, weights(100, 0, false)).unwrap_err();
+            assert!(matches!(err, RouterError::InvalidCanary { .. }), "{refused}: {err}");
+            assert!(err.to_string().contains("only as one path prefix"), "{err}");
+        }
+        // An empty list is no match.
+        let mut canary = canary();
+        canary.spec.service.match_ = Some(Vec::new());
+        assert_eq!(
+            build_http_proxy(&canary, weights(100, 0, false)).unwrap(),
+            build_http_proxy(&super::super::testing::canary(), weights(100, 0, false)).unwrap()
+        );
     }
 
     #[test]

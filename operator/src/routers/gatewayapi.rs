@@ -296,7 +296,6 @@ fn parent_refs(canary: &Canary) -> Value {
 
 /// The HTTPRoute `<svc>` for these weights.
 pub fn build_http_route(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
-    refuse_istio_route_options(canary)?;
     let names = ServiceNames::of(canary);
     let port = service_port(canary);
     let timeouts = timeouts(canary);
@@ -489,30 +488,6 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
     Weights::new(primary, canary, mirror)
 }
 
-/// The Istio route options Flagger's gatewayapi router does not write on an HTTPRoute
-/// (`corsPolicy`, `retries`): a Canary that sets them is refused (Stalled,
-/// `InvalidRouting`) rather than routed without them.
-fn refuse_istio_route_options(canary: &Canary) -> Result<(), RouterError> {
-    let service = &canary.spec.service;
-    let set: Vec<&str> =
-        [("service.corsPolicy", service.cors_policy.is_some()), ("service.retries", service.retries.is_some())]
-            .into_iter()
-            .filter_map(|(field, is_set)| is_set.then_some(field))
-            .collect();
-    if set.is_empty() {
-        return Ok(());
-    }
-    Err(RouterError::InvalidCanary {
-        canary: canary_key(canary),
-        reason: format!(
-            "{} {} that neither Flagger's gatewayapi router nor petrel writes on a Gateway API HTTPRoute: remove {} or use provider istio",
-            set.join(", "),
-            if set.len() == 1 { "is an Istio route option" } else { "are Istio route options" },
-            if set.len() == 1 { "it" } else { "them" },
-        ),
-    })
-}
-
 pub(crate) struct GatewayApi;
 
 impl MeshRoutes for GatewayApi {
@@ -536,20 +511,8 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn options_flagger_does_not_write_on_an_http_route_are_refused_rather_than_dropped() {
-        let mut canary = super::super::testing::canary();
-        assert!(build_http_route(&canary, super::super::testing::weights(100, 0, false)).is_ok());
-        canary.spec.service.cors_policy =
-            Some(serde_json::from_value(json!({ "allowOrigins": [{ "exact": "https://example.com" }] })).unwrap());
-        canary.spec.service.retries = Some(serde_json::from_value(json!({ "attempts": 3 })).unwrap());
-        let refused = build_http_route(&canary, super::super::testing::weights(100, 0, false)).unwrap_err();
-        assert!(matches!(refused, RouterError::InvalidCanary { .. }), "{refused}");
-        let message = refused.to_string();
-        assert!(
-            message.contains("service.corsPolicy, service.retries are Istio route options that neither Flagger's gatewayapi router nor petrel writes"),
-            "{message}"
-        );
-        // Istio-only match fields, dropped by Flagger on an HTTPRoute, are refused too.
+    fn istio_only_match_fields_are_refused_rather_than_dropped() {
+        // Istio-only match fields, dropped by Flagger on an HTTPRoute, are refused.
         let mut canary = super::super::testing::canary();
         canary.spec.service.match_ = Some(
             serde_json::from_value(json!([{ "uri": { "prefix": "/api" }, "authority": { "exact": "a" }, "port": 80 }]))
