@@ -80,7 +80,9 @@ pub struct TrafficRate {
     /// query failed (never a guessed number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<f64>,
-    /// When the member last measured (or tried to measure) its rate.
+    /// When the member measured (or tried to measure) the rate written here. It writes
+    /// again only when the rate moves by more than 2%, the error changes, or 150 s have
+    /// passed: an unchanged rate may be that old and still current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_at: Option<DateTime<Utc>>,
     /// Why the last query gave no rate.

@@ -121,6 +121,34 @@ pub fn traffic_rate(answer: Result<f64, QueryError>, now: DateTime<Utc>) -> Traf
     }
 }
 
+/// A measured rate within this fraction of the one last published is not written again.
+pub const RATE_CHANGE_WORTH_WRITING: f64 = 0.02;
+
+/// A rate unchanged this long is written again all the same, so that the hub, which reads a
+/// rate as stale after [`crate::fleet::traffic::RATE_STALE_AFTER`], sees this member alive.
+pub const RATE_REFRESH_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(150);
+
+/// Whether `next` is worth a status write after `last` (the rate last written): a new
+/// error or none, a rate that moved by more than [`RATE_CHANGE_WORTH_WRITING`], or a
+/// published rate about to go stale. An idle fleet then costs one write per member every
+/// [`RATE_REFRESH_AFTER`], not one per measurement. Pure.
+pub fn worth_publishing(last: Option<&TrafficRate>, next: &TrafficRate) -> bool {
+    let Some(last) = last else { return true };
+    let moved = match (last.requests_per_second, next.requests_per_second) {
+        (Some(before), Some(now)) => {
+            let scale = before.abs().max(now.abs());
+            scale > 0.0 && (now - before).abs() > RATE_CHANGE_WORTH_WRITING * scale
+        }
+        (None, None) => false,
+        _ => true,
+    };
+    let aging = match (last.measured_at, next.measured_at) {
+        (Some(before), Some(now)) => now - before >= RATE_REFRESH_AFTER,
+        _ => true,
+    };
+    moved || aging || last.error != next.error
+}
+
 /// Measures this cluster's request rate every [`RATE_INTERVAL`] with `query` against
 /// `metrics_server` (the operator's own Prometheus, like the builtin metrics) and
 /// writes it in the ClusterIdentity's status, until `shutdown`.
@@ -130,12 +158,20 @@ pub async fn measure_traffic(client: Client, metrics_server: String, query: Stri
     config.egress = EgressPolicy::unrestricted();
     let provider = PrometheusProvider::new(&config);
     let identities: Api<ClusterIdentity> = Api::all(client);
+    let mut published: Option<TrafficRate> = None;
     loop {
         let answer = match &provider {
             Ok(provider) => provider.query(&query).await,
             Err(e) => Err(e.clone()),
         };
         let rate = traffic_rate(answer, Utc::now());
+        if !worth_publishing(published.as_ref(), &rate) {
+            tokio::select! {
+                () = shutdown.requested() => return,
+                () = tokio::time::sleep(RATE_INTERVAL) => {}
+            }
+            continue;
+        }
         let body = serde_json::json!({
             "apiVersion": ClusterIdentity::api_version(&()),
             "kind": ClusterIdentity::kind(&()),
@@ -153,6 +189,7 @@ pub async fn measure_traffic(client: Client, metrics_server: String, query: Stri
         {
             Ok(_) => {
                 info!(requests_per_second = ?rate.requests_per_second, error = ?rate.error, "published this cluster's request rate");
+                published = Some(rate);
                 RATE_INTERVAL
             }
             Err(e) => {
@@ -216,5 +253,35 @@ mod tests {
     fn without_a_config_map_the_identity_has_no_labels_and_no_problems() {
         let spec = identity_spec(&source(), None, "uid-1");
         assert!(spec.labels.is_empty() && spec.problems.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_rate_is_written_again_only_before_it_would_go_stale() {
+        let t0 = Utc::now();
+        let at = |seconds: i64| Some(t0 + chrono::TimeDelta::seconds(seconds));
+        let rate = |rps: Option<f64>, seconds: i64, error: Option<&str>| TrafficRate {
+            requests_per_second: rps,
+            measured_at: at(seconds),
+            error: error.map(str::to_string),
+        };
+        let last = rate(Some(100.0), 0, None);
+        assert!(worth_publishing(None, &last), "the first measurement");
+        assert!(!worth_publishing(Some(&last), &rate(Some(101.9), 60, None)), "within 2%");
+        assert!(!worth_publishing(Some(&last), &rate(Some(98.1), 120, None)), "within 2%");
+        assert!(worth_publishing(Some(&last), &rate(Some(102.1), 60, None)), "moved by more than 2%");
+        assert!(worth_publishing(Some(&last), &rate(Some(100.0), 150, None)), "about to go stale");
+        assert!(worth_publishing(Some(&last), &rate(None, 60, Some("timeout"))), "the query fails");
+        let failing = rate(None, 0, Some("timeout"));
+        assert!(!worth_publishing(Some(&failing), &rate(None, 60, Some("timeout"))), "the same failure");
+        assert!(worth_publishing(Some(&failing), &rate(None, 60, Some("refused"))), "another failure");
+        assert!(worth_publishing(Some(&failing), &rate(Some(3.0), 60, None)), "it answers again");
+        let idle = rate(Some(0.0), 0, None);
+        assert!(!worth_publishing(Some(&idle), &rate(Some(0.0), 60, None)), "still no traffic");
+        assert!(worth_publishing(Some(&idle), &rate(Some(0.5), 60, None)), "traffic starts");
+        // The refresh comes well before the hub reads the rate as stale.
+        assert!(
+            RATE_REFRESH_AFTER + chrono::TimeDelta::from_std(RATE_INTERVAL).unwrap()
+                < crate::fleet::traffic::RATE_STALE_AFTER
+        );
     }
 }
