@@ -147,7 +147,8 @@ pub fn weights_of(proxy: &Value) -> Result<Weights, RouterError> {
             .ok_or_else(|| bad(format!("its first route does not send to {name}")))?;
         weight_field(found.get("weight"), bad)
     };
-    Weights::new(weight_of(format!("{apex}-primary"))?, weight_of(format!("{apex}-canary"))?, false)
+    let names = ServiceNames::from_apex(apex);
+    Weights::new(weight_of(names.primary)?, weight_of(names.canary)?, false)
 }
 
 pub(crate) struct Contour;

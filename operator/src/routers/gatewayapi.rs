@@ -479,8 +479,9 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
             .ok_or_else(|| bad(format!("its weighted rule has no backendRef to {service}")))?;
         weight_field(backend.get("weight"), bad)
     };
-    let primary = weight_of(format!("{apex}-primary"))?;
-    let canary = weight_of(format!("{apex}-canary"))?;
+    let names = ServiceNames::from_apex(apex);
+    let primary = weight_of(names.primary)?;
+    let canary = weight_of(names.canary)?;
     let mirror = rule
         .get("filters")
         .and_then(Value::as_array)

@@ -316,8 +316,9 @@ pub fn weights_of(vs: &Value) -> Result<Weights, RouterError> {
             .ok_or_else(|| bad(format!("its first HTTP route has no destination {host}")))?;
         weight_field(found.get("weight"), bad)
     };
-    let primary = weight_of(format!("{apex}-primary"))?;
-    let canary = weight_of(format!("{apex}-canary"))?;
+    let names = ServiceNames::from_apex(apex);
+    let primary = weight_of(names.primary)?;
+    let canary = weight_of(names.canary)?;
     Weights::new(primary, canary, first.get("mirror").is_some_and(|m| !m.is_null()))
 }
 

@@ -358,7 +358,11 @@ pub struct ServiceNames {
 
 impl ServiceNames {
     pub fn of(canary: &Canary) -> Self {
-        let apex = Self::apex_of(canary);
+        Self::from_apex(Self::apex_of(canary))
+    }
+
+    /// The names around an apex Service's name (as a route object names its apex).
+    pub fn from_apex(apex: &str) -> Self {
         ServiceNames {
             primary: format!("{apex}{PRIMARY_SUFFIX}"),
             canary: format!("{apex}{CANARY_SUFFIX}"),

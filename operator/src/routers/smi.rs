@@ -49,7 +49,8 @@ pub fn weights_of(split: &Value) -> Result<Weights, RouterError> {
             .ok_or_else(|| bad(format!("it has no backend {service}")))?;
         weight_field(backend.get("weight"), bad)
     };
-    Weights::new(weight_of(format!("{apex}-primary"))?, weight_of(format!("{apex}-canary"))?, false)
+    let names = ServiceNames::from_apex(apex);
+    Weights::new(weight_of(names.primary)?, weight_of(names.canary)?, false)
 }
 
 pub(crate) struct Smi;

@@ -53,7 +53,8 @@ pub fn weights_of(service: &Value) -> Result<Weights, RouterError> {
             .ok_or_else(|| bad(format!("it does not weigh service {name}")))?;
         weight_field(found.get("weight"), bad)
     };
-    Weights::new(weight_of(format!("{apex}-primary"))?, weight_of(format!("{apex}-canary"))?, false)
+    let names = ServiceNames::from_apex(apex);
+    Weights::new(weight_of(names.primary)?, weight_of(names.canary)?, false)
 }
 
 pub(crate) struct Traefik;
