@@ -99,6 +99,36 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// Sets the condition of `type_` in `conditions` (`status` is `True`, `False` or
+/// `Unknown`), keeping its transition time when its status does not change. Pure.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) {
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = now;
+            }
+            existing.status = status.to_string();
+            existing.reason = reason.to_string();
+            existing.message = message.to_string();
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            last_transition_time: now,
+            observed_generation: None,
+        }),
+    }
+}
+
 impl Condition {
     pub fn is_true(&self) -> bool {
         self.status == "True"
@@ -143,4 +173,26 @@ pub fn http_url_rule(field: &str) -> kube::core::Rule {
     use kube::core::{Message, Rule};
     Rule::new("self.matches('^https?://') && isURL(self) && url(self).getHostname() != ''")
         .message(Message::Message(format!("{field} must be an absolute http:// or https:// URL")))
+}
+
+#[cfg(test)]
+mod set_condition_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let t1 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
+        let t2 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 2, 0).unwrap();
+        let mut c = Vec::new();
+        set_condition(&mut c, "Stalled", "True", "TargetNotFound", "a", t0);
+        set_condition(&mut c, "Stalled", "True", "TargetNotFound", "b", t1);
+        assert_eq!(c[0].last_transition_time, t0);
+        assert_eq!(c[0].message, "b");
+        set_condition(&mut c, "Stalled", "False", "Reconciled", "", t2);
+        assert_eq!(c[0].last_transition_time, t2);
+        assert_eq!(c.len(), 1);
+    }
 }

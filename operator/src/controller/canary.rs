@@ -22,7 +22,6 @@ use kube::runtime::controller::Action as Requeue;
 use kube::{Api, ResourceExt};
 use tracing::{debug, instrument, warn};
 
-use super::conditions::set_condition;
 use super::freshness::WriteOutcome;
 use super::{Context, Error, claims, lifecycle, provider_of};
 use crate::analysis::alerts::{Alert, send_alerts};
@@ -32,6 +31,7 @@ use crate::analysis::{KubeSource, MetricSource};
 use crate::api::canary::{
     APPROVED_REVISION_ANNOTATION, AlertSeverity, CanaryStatus, FLEET_ROLLOUT_ANNOTATION, HookType,
 };
+use crate::api::common::set_condition;
 use crate::api::{Canary, MetricTemplate};
 use crate::core::strategy::{comparison_shortfall, interval_of};
 use crate::core::{self, Action, FleetGate, GateResults, Observation, Plan, Provider};
@@ -196,7 +196,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     next.tracked_configs = snapshot.tracked_checksums();
     next.observed_generation = canary.metadata.generation;
     next.routed_by = Some(lifecycle::provider_name(canary, ctx));
-    set_condition(&mut next.conditions, "Stalled", false, "Reconciled", "", now);
+    set_condition(&mut next.conditions, "Stalled", "False", "Reconciled", "", now);
     if let WriteOutcome::Conflict = write_status(ctx, canary, &status, next.clone()).await? {
         return Ok(Requeue::requeue(CONFLICT_RETRY));
     }
@@ -421,7 +421,7 @@ async fn stall(
         .iter()
         .any(|c| c.type_ == "Stalled" && c.is_true() && c.reason == reason && c.message == message);
     let mut next = status.clone();
-    set_condition(&mut next.conditions, "Stalled", true, reason, message, Utc::now());
+    set_condition(&mut next.conditions, "Stalled", "True", reason, message, Utc::now());
     next.observed_generation = canary.metadata.generation;
     if let WriteOutcome::Conflict = write_status(ctx, canary, &status, next).await? {
         return Ok(Requeue::requeue(CONFLICT_RETRY));

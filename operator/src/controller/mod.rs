@@ -5,7 +5,6 @@
 
 mod canary;
 mod claims;
-mod conditions;
 mod events;
 pub mod freshness;
 pub mod identity;

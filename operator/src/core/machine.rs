@@ -17,7 +17,7 @@ use crate::api::canary::Phase;
 use crate::api::canary::{
     CanarySpec, CanaryStatus, HookType, InsufficientSamples, MAX_COMPARISON_SAMPLES, MetricResult,
 };
-use crate::api::common::Condition;
+use crate::api::common::set_condition;
 use crate::api::verbs::VerbRequest;
 use crate::core::provider::Provider;
 use crate::core::requests::{Triage, triage};
@@ -1040,34 +1040,6 @@ impl Apply<'_> {
     }
 }
 
-fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    now: DateTime<Utc>,
-) {
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(condition) => {
-            if condition.status != status {
-                condition.last_transition_time = now;
-            }
-            condition.status = status.to_string();
-            condition.reason = reason.to_string();
-            condition.message = message;
-        }
-        None => conditions.push(Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            last_transition_time: now,
-            observed_generation: None,
-        }),
-    }
-}
-
 /// `Promoted` (Flagger-compatible, reason = phase), `Ready` and `Progressing` (reason
 /// `ComparisonPending` while the run holds at its last step for a comparison).
 /// `Stalled` belongs to the reconciler and is left alone.
@@ -1080,12 +1052,12 @@ fn set_conditions(spec: &CanarySpec, new: &mut CanaryStatus, now: DateTime<Utc>)
         Phase::Failed => ("False", format!("Revision {revision} failed its analysis and was rolled back")),
         _ => ("Unknown", format!("Revision {revision} is {phase}")),
     };
-    set_condition(&mut new.conditions, "Promoted", promoted, phase.as_str(), promoted_message, now);
+    set_condition(&mut new.conditions, "Promoted", promoted, phase.as_str(), &promoted_message, now);
     let (ready, ready_reason, ready_message) = match phase {
         Phase::Initializing => ("False", "Initializing", "Waiting for the primary to become ready".to_string()),
         _ => ("True", "PrimaryServing", "The primary serves stable traffic".to_string()),
     };
-    set_condition(&mut new.conditions, "Ready", ready, ready_reason, ready_message, now);
+    set_condition(&mut new.conditions, "Ready", ready, ready_reason, &ready_message, now);
     let (progressing, progressing_message) = match phase {
         Phase::Progressing => ("True", format!("Analysing revision {revision} at weight {}", new.canary_weight)),
         Phase::WaitingPromotion => ("True", format!("Revision {revision} waits for confirm-promotion")),
@@ -1108,5 +1080,5 @@ fn set_conditions(spec: &CanarySpec, new: &mut CanaryStatus, now: DateTime<Utc>)
         }
         _ => (phase.as_str(), progressing_message),
     };
-    set_condition(&mut new.conditions, "Progressing", progressing, progressing_reason, progressing_message, now);
+    set_condition(&mut new.conditions, "Progressing", progressing, progressing_reason, &progressing_message, now);
 }
