@@ -450,6 +450,20 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
     }
 
+    /// Why petrel keeps its own parser rather than `kube::core::Duration` (issue 16 asked
+    /// for the crate): kube-core 5's parser panics on a tenant's overlong duration
+    /// (`Duration::mul_f64` overflows), accepts a sign and reads no upper bound. Should
+    /// this start failing, kube's parser has become safe for tenant input: switch to it.
+    #[test]
+    fn kube_core_durations_panic_on_overflow_so_petrel_parses_its_own() {
+        let overlong = "99999999999999999999h";
+        let kube = std::panic::catch_unwind(|| overlong.parse::<kube::core::Duration>().is_ok());
+        assert!(kube.is_err(), "kube::core::Duration no longer panics on {overlong}");
+        assert_eq!(parse_duration(overlong).unwrap_err().why, "too large");
+        assert!("-1s".parse::<kube::core::Duration>().is_ok_and(|d| d.is_negative()));
+        assert!(parse_duration("-1s").is_err());
+    }
+
     #[test]
     fn malformed_durations_are_errors() {
         for bad in ["", "10", "s", "1x", "-1s", "1m30", "1..5s", "ms5"] {
