@@ -1,14 +1,24 @@
-//! The hub's Rollout controller: the I/O shell around [`crate::fleet`].
+//! The hub's Rollout controller: the I/O shell around [`super::decisions`] and
+//! [`crate::fleet`].
 //!
-//! Each reconcile reads the selected Clusters (from the hub's Cluster watch while it
-//! keeps its cache, by a LIST otherwise) and their member Canaries (from the member
-//! watches' caches while fresh, [`super::watches`], by a GET otherwise),
-//! decides with [`decide_waves`], writes the hub's annotations on the member Canaries
-//! (server-side apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]),
-//! rolls members back when the policy says so, writes the Rollout status once and
-//! publishes Events. A change of a watched member Canary, or of a member's
-//! reachability, wakes the reconciles of the Rollouts that select that member; a slower
-//! safety requeue catches anything else.
+//! Each reconcile runs in this order:
+//! 1. **read** (`read_rollout`): the plan, the selected Clusters (from the hub's Cluster
+//!    watch while it keeps its cache, by a LIST otherwise) and their member Canaries (from
+//!    the member watches' caches while fresh, [`super::watches`], by a GET otherwise),
+//!    with each member's identity as its last probe found it: one [`RolloutInput`];
+//! 2. **decide** ([`decide_rollout`], pure): blocked and why, or the annotation writes,
+//!    the rollbacks and the status they go with;
+//! 3. **apply** (`apply`): the hub's annotations on the member Canaries (server-side
+//!    apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]) and the
+//!    rollbacks, each outcome collected;
+//! 4. **record** ([`record`], pure): the status and the Events, from the decision and the
+//!    outcomes;
+//! 5. the status write (conditional on the resourceVersion decided from), and only once
+//!    it succeeded, the Events.
+//!
+//! A change of a watched member Canary, or of a member's reachability, wakes the
+//! reconciles of the Rollouts that select that member; a slower safety requeue catches
+//! anything else.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};

@@ -1,6 +1,11 @@
 //! The hub controller's pure steps around [`crate::fleet::decide_waves`]: turning what
 //! was read from the members into observations, choosing the release, and deciding
 //! which annotations, events and status to write. No I/O here.
+//!
+//! A reconcile calls two of them: [`decide_rollout`] (what was read → blocked, or the
+//! writes to make and the status they go with) and, once the writes' outcomes are known,
+//! [`record`] (→ the status to write and the Events to publish after it). Their
+//! properties are tested in `decide_props`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
