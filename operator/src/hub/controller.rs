@@ -1,14 +1,24 @@
-//! The hub's Rollout controller: the I/O shell around [`crate::fleet`].
+//! The hub's Rollout controller: the I/O shell around [`super::decisions`] and
+//! [`crate::fleet`].
 //!
-//! Each reconcile reads the selected Clusters (from the hub's Cluster watch while it
-//! keeps its cache, by a LIST otherwise) and their member Canaries (from the member
-//! watches' caches while fresh, [`super::watches`], by a GET otherwise),
-//! decides with [`decide_waves`], writes the hub's annotations on the member Canaries
-//! (server-side apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]),
-//! rolls members back when the policy says so, writes the Rollout status once and
-//! publishes Events. A change of a watched member Canary, or of a member's
-//! reachability, wakes the reconciles of the Rollouts that select that member; a slower
-//! safety requeue catches anything else.
+//! Each reconcile runs in this order:
+//! 1. **read** (`read_rollout`): the plan, the selected Clusters (from the hub's Cluster
+//!    watch while it keeps its cache, by a LIST otherwise) and their member Canaries (from
+//!    the member watches' caches while fresh, [`super::watches`], by a GET otherwise),
+//!    with each member's identity as its last probe found it: one [`RolloutInput`];
+//! 2. **decide** ([`decide_rollout`], pure): blocked and why, or the annotation writes,
+//!    the rollbacks and the status they go with;
+//! 3. **apply** (`apply`): the hub's annotations on the member Canaries (server-side
+//!    apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]) and the
+//!    rollbacks, each outcome collected;
+//! 4. **record** ([`record`], pure): the status and the Events, from the decision and the
+//!    outcomes;
+//! 5. the status write (conditional on the resourceVersion decided from), and only once
+//!    it succeeded, the Events.
+//!
+//! A change of a watched member Canary, or of a member's reachability, wakes the
+//! reconciles of the Rollouts that select that member; a slower safety requeue catches
+//! anything else.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -26,22 +36,17 @@ use tracing::{info, warn};
 
 use super::clusters;
 use super::decisions::{
-    MemberRead, SAFETY_REQUEUE, annotation_patch, blocked_status, choose_release, explain_unreachable, hub_annotations,
-    hub_events, observe_member, requeue_after, rollout_key, status_worth_writing, with_approvals,
+    AnnotationWrite, HubEvent, MemberRead, MemberReading, Proceed, RolledBack, RolloutDecision, RolloutInput,
+    WriteOutcomes, annotation_patch, decide_rollout, record, rollout_key, status_worth_writing,
 };
-use super::input::{
-    CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
-    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, traffic_share_problem,
-    transition_events, unassigned_problem, valid_condition,
-};
+use super::input::InputProblem;
 use super::members::MemberClients;
 use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey, rollouts_selecting};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
 use crate::controller::watches::{kept, objects_only};
+use crate::fleet::RolloutPlan;
 use crate::fleet::identity::{ExpectedIdentity, IdentityVerdict, verify_identity};
-use crate::fleet::inventory::{HubRollback, with_inventory};
-use crate::fleet::{Membership, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 use crate::workloads;
@@ -135,42 +140,32 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(HUB_FIELD_MANAGER).force()
 }
 
-/// A member's client (when the hub has one) and what reading its Canary gave.
+/// What reading one member gave, and the member's watch when the hub has a client for it.
 struct Reading {
-    cluster: Cluster,
-    client: Option<Client>,
-    read: MemberRead,
-    /// When a Canary read from the watch cache was last confirmed by the member; `None`
-    /// for a direct read (the member answered now).
-    contact: Option<DateTime<Utc>>,
-    /// Why the hub has no client: a problem with the input (Secret, kubeconfig).
-    client_problem: Option<InputProblem>,
-    /// The member's watch, when the hub has a client.
+    member: MemberReading,
     watch: Option<(WatchKey, WantedWatch)>,
-    /// Whether the member is the cluster its Cluster describes, as the last probe
-    /// through the kubeconfig in use found.
-    identity: IdentityVerdict,
 }
 
 async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now: DateTime<Utc>) -> Reading {
+    let name = cluster.name_any();
+    let observed = ctx.watches.probe(&name).and_then(|probe| probe.identity);
+    let observed_uid = observed.as_ref().and_then(|identity| identity.kube_system_uid.clone().ok());
     let connection = match ctx.members.connect(&cluster).await {
         Ok(connection) => connection,
         Err(e) => {
             let problem = InputProblem::new(e.reason(), e.to_string());
-            return Reading {
+            let member = MemberReading {
                 cluster,
-                client: None,
                 read: MemberRead::Unreachable(e.to_string()),
                 contact: None,
                 client_problem: Some(problem),
-                watch: None,
                 identity: IdentityVerdict::Unverified("the hub has no client for the member".into()),
+                observed_uid,
             };
+            return Reading { member, watch: None };
         }
     };
-    let name = cluster.name_any();
     let pinned = cluster.status.as_ref().and_then(|s| s.identity.as_ref()).and_then(|i| i.pinned_uid.as_deref());
-    let observed = ctx.watches.probe(&name).and_then(|probe| probe.identity);
     let identity = verify_identity(
         ExpectedIdentity {
             cluster: &name,
@@ -181,11 +176,7 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
         observed.as_ref(),
     );
     let canary_ref = &rollout.spec.canary_ref;
-    let key = WatchKey {
-        cluster: cluster.name_any(),
-        namespace: canary_ref.namespace.clone(),
-        name: canary_ref.name.clone(),
-    };
+    let key = WatchKey { cluster: name, namespace: canary_ref.namespace.clone(), name: canary_ref.name.clone() };
     let (read, contact) = match ctx.watches.read(&key, &connection.fingerprint, now) {
         CacheVerdict::Fresh(canary, contact) => {
             (MemberRead::Reached(canary.map(|c| Box::new(Canary::clone(&c)))), Some(contact))
@@ -196,16 +187,9 @@ async fn read_member(ctx: &HubContext, rollout: &Rollout, cluster: Cluster, now:
         ),
         CacheVerdict::Stale => (get_canary(&connection.client, rollout).await, None),
     };
-    let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.client.clone() };
-    Reading {
-        cluster,
-        client: Some(connection.client),
-        read,
-        contact,
-        client_problem: None,
-        watch: Some((key, watch)),
-        identity,
-    }
+    let watch = WantedWatch { fingerprint: connection.fingerprint, client: connection.client };
+    let member = MemberReading { cluster, read, contact, client_problem: None, identity, observed_uid };
+    Reading { member, watch: Some((key, watch)) }
 }
 
 /// Reads a member Canary directly, for when no fresh watch cache stands for it.
@@ -224,61 +208,6 @@ async fn get_canary(client: &Client, rollout: &Rollout) -> MemberRead {
             MEMBER_READ_TIMEOUT.as_secs()
         )),
     }
-}
-
-/// The problems with what the hub was given, most serious first. Pure.
-fn input_problems(rollout: &Rollout, plan: &RolloutPlan, readings: &[Reading]) -> Vec<InputProblem> {
-    let mut problems: Vec<InputProblem> = readings.iter().filter_map(|r| r.client_problem.clone()).collect();
-    let labels: Vec<(String, &BTreeMap<String, String>)> =
-        readings.iter().map(|r| (r.cluster.name_any(), r.cluster.labels())).collect();
-    problems.extend(overlap_problem(plan, labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
-    let memberships = assign_waves(plan, labels.iter().map(|(_, labels)| *labels));
-    let unassigned: Vec<String> = labels
-        .iter()
-        .zip(&memberships)
-        .filter(|(_, m)| **m == Membership::Unassigned)
-        .map(|((name, _), _)| name.clone())
-        .collect();
-    problems.extend(unassigned_problem(&unassigned));
-    // Only members in a wave need the Canary.
-    let in_waves = readings.iter().zip(&memberships).filter(|(_, m)| matches!(m, Membership::Wave(_)));
-    let mut missing = Vec::new();
-    let mut present = 0;
-    for (reading, _) in in_waves {
-        match &reading.read {
-            MemberRead::Reached(None) => missing.push(reading.cluster.name_any()),
-            MemberRead::Reached(Some(_)) => present += 1,
-            MemberRead::Unreachable(_) => {}
-        }
-    }
-    let canary_ref = &rollout.spec.canary_ref;
-    problems.extend(canary_problem(&format!("{}/{}", canary_ref.namespace, canary_ref.name), &missing, present));
-    problems.extend(traffic_share_problem(labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
-    sort_problems(&mut problems);
-    problems
-}
-
-/// The newest phase transition any reached member Canary reports.
-fn latest_member_change(readings: &[Reading]) -> Option<DateTime<Utc>> {
-    readings
-        .iter()
-        .filter_map(|r| match &r.read {
-            MemberRead::Reached(Some(canary)) => canary.status.as_ref().and_then(|s| s.last_transition_time),
-            _ => None,
-        })
-        .max()
-}
-
-/// Adds the `Valid` condition for `problems` to `status`.
-fn with_validity(
-    status: &mut RolloutStatus,
-    previous: Option<&RolloutStatus>,
-    problems: &[InputProblem],
-    now: DateTime<Utc>,
-) {
-    let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
-    let condition = valid_condition(previous_conditions, problems, status.observed_generation, now);
-    set_condition(&mut status.conditions, condition);
 }
 
 async fn publish(ctx: &HubContext, rollout: &Rollout, reason: &str, message: &str, warning: bool) {
@@ -318,14 +247,11 @@ fn event_action(reason: &str, note: &str) -> String {
     format!("{reason}-{}", hex::encode(&sha2::Sha256::digest(note.as_bytes())[..4]))
 }
 
-/// An Event the hub publishes once the status it goes with is written.
-type PendingEvent = (String, String, bool);
-
 /// Publishes Events after the status write they go with: a reconcile whose write was
 /// refused (409) decides again from the newer Rollout and does not repeat them.
-async fn publish_all(ctx: &HubContext, rollout: &Rollout, events: Vec<PendingEvent>) {
-    for (reason, message, warning) in events {
-        publish(ctx, rollout, &reason, &message, warning).await;
+async fn publish_all(ctx: &HubContext, rollout: &Rollout, events: Vec<HubEvent>) {
+    for event in events {
+        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
     }
 }
 
@@ -367,13 +293,6 @@ async fn write_status_if_changed(rollout: &Rollout, status: &RolloutStatus, clie
     }
 }
 
-/// What a rollback of a member did: the release its primary runs now, and what
-/// happened for an Event (`None` when the primary already ran it).
-struct RolledBack {
-    release: String,
-    done: Option<String>,
-}
-
 /// Rolls a member's primary back to the newest stored template of another release.
 async fn roll_back_member(client: &Client, canary: &Canary, release: &str) -> Result<RolledBack, String> {
     let revisions = workloads::list_primary_revisions(client, canary).await.map_err(|e| e.to_string())?;
@@ -408,199 +327,101 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<HubContext>) -> Result<Ac
     result
 }
 
-/// Publishes the Events, records the metrics and writes the status of a Rollout the
-/// hub cannot go on with (`reason` on `Progressing`), keeping its history.
-async fn block(
-    ctx: &HubContext,
-    rollout: &Rollout,
-    reason: &str,
-    message: String,
-    problems: &[InputProblem],
-    now: DateTime<Utc>,
-) -> Result<bool, HubError> {
-    let previous = rollout.status.as_ref();
-    let mut status = blocked_status(previous, rollout.metadata.generation, reason, message, now);
-    with_validity(&mut status, previous, problems, now);
-    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
-        return Ok(false);
+/// Reconciles one Rollout: read, decide, apply the member writes, record, write the
+/// status, and only once it is written publish the Events.
+async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action, HubError> {
+    let (input, members) = read_rollout(ctx, rollout).await?;
+    let decision = decide_rollout(&input);
+    let outcomes = match &decision {
+        RolloutDecision::Proceed(planned) => apply(ctx, &input, planned, &members).await,
+        RolloutDecision::Blocked(_) => WriteOutcomes::default(),
+    };
+    let recorded = record(&input, decision, &outcomes);
+    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &recorded.status);
+    if !write_status_if_changed(rollout, &recorded.status, &ctx.client).await? {
+        return Ok(Action::requeue(CONFLICT_RETRY));
     }
-    for event in problem_events(previous.map_or(&[][..], |s| &s.conditions), problems) {
-        publish(ctx, rollout, event.reason, &event.message, event.warning).await;
-    }
-    Ok(true)
+    publish_all(ctx, rollout, recorded.events).await;
+    Ok(Action::requeue(recorded.requeue))
 }
 
-async fn reconcile_rollout(rollout: &Rollout, ctx: &HubContext) -> Result<Action, HubError> {
-    let now = Utc::now();
-    let generation = rollout.metadata.generation;
-    let previous = rollout.status.as_ref();
-    let key = rollout_key(rollout);
-    let plan = match RolloutPlan::from_spec(&rollout.spec) {
-        Ok(plan) => plan,
-        Err(e) => {
-            let message = format!("the spec cannot be rolled out: {e}");
-            let problems = [InputProblem::new(INVALID_SPEC, message.clone())];
-            if !block(ctx, rollout, INVALID_SPEC, message, &problems, now).await? {
-                return Ok(Action::requeue(CONFLICT_RETRY));
-            }
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-    };
+/// The watch (and client) of each member the hub has a client for, by cluster name.
+type MemberHandles = BTreeMap<String, (WatchKey, WantedWatch)>;
 
+/// Reads what a reconcile decides from: the plan and, when the spec can be rolled out,
+/// the members the Rollout selects (and tells the member watches which it needs).
+async fn read_rollout<'a>(
+    ctx: &HubContext,
+    rollout: &'a Rollout,
+) -> Result<(RolloutInput<'a>, MemberHandles), HubError> {
+    let now = Utc::now();
+    let mut input = RolloutInput { rollout, plan: RolloutPlan::from_spec(&rollout.spec), members: Vec::new(), now };
+    let mut handles = MemberHandles::new();
+    if input.plan.is_err() {
+        return Ok((input, handles));
+    }
     let selected = selected_clusters(ctx, rollout).await?;
     let readings: Vec<Reading> =
         futures::future::join_all(selected.into_iter().map(|c| read_member(ctx, rollout, c, now))).await;
-    ctx.watches.want(&key, readings.iter().filter_map(|r| r.watch.clone()).collect());
-
-    let mut problems = input_problems(rollout, &plan, &readings);
-    let observed_uids: Vec<(String, String)> = readings
-        .iter()
-        .filter_map(|r| {
-            let name = r.cluster.name_any();
-            let uid = ctx.watches.probe(&name)?.identity?.kube_system_uid.ok()?;
-            Some((name, uid))
-        })
-        .collect();
-    problems.extend(shared_identity_problem(observed_uids.iter().map(|(n, u)| (n.as_str(), u.as_str()))));
-    sort_problems(&mut problems);
-    if let Some(blocking) =
-        problems.iter().find(|p| p.reason == CANARY_NOT_FOUND || p.reason == CLUSTERS_SHARE_IDENTITY)
-    {
-        if !block(ctx, rollout, blocking.reason, blocking.message.clone(), &problems, now).await? {
-            return Ok(Action::requeue(CONFLICT_RETRY));
+    ctx.watches.want(&rollout_key(rollout), readings.iter().filter_map(|r| r.watch.clone()).collect());
+    for reading in readings {
+        if let Some(watch) = reading.watch {
+            handles.insert(reading.member.cluster.name_any(), watch);
         }
-        return Ok(Action::requeue(SAFETY_REQUEUE));
+        input.members.push(reading.member);
     }
+    Ok((input, handles))
+}
 
-    let previous_member = |name: &str| previous.and_then(|s| s.members.iter().find(|m| m.cluster == name));
-    let mut observations: Vec<_> = readings
-        .iter()
-        .map(|r| {
-            let previous = previous_member(&r.cluster.name_any());
-            // A cached read is as recent as its last confirmation, never older than
-            // a contact already recorded.
-            let contact = r.contact.map_or(now, |c| previous.and_then(|p| p.last_contact).map_or(c, |p| c.max(p)));
-            observe_member(&r.cluster, &r.read, previous, r.identity.clone(), contact)
-        })
-        .collect();
-    let unreachable: BTreeMap<String, String> = readings
-        .iter()
-        .filter_map(|r| match &r.read {
-            MemberRead::Unreachable(why) => Some((r.cluster.name_any(), why.clone())),
-            MemberRead::Reached(_) => None,
-        })
-        .collect();
-
-    let Some(release) = choose_release(&plan, previous, &observations) else {
-        let message = "no member of the first wave reports a release yet".to_string();
-        if !block(ctx, rollout, "NoRelease", message, &problems, now).await? {
-            return Ok(Action::requeue(CONFLICT_RETRY));
-        }
-        return Ok(Action::requeue(requeue_after(None)));
-    };
-    let history = history_for_release(previous, &release);
-    with_approvals(&mut observations, &history);
-    let decision = decide_waves(&plan, &release, &history.waves, &observations, now);
-
-    // Annotations: the Rollout marker everywhere, approvals and withdrawals where decided.
-    let mut write_errors: BTreeMap<String, String> = BTreeMap::new();
-    let mut withdrawn = Vec::new();
-    for reading in &readings {
-        let (Some(client), MemberRead::Reached(Some(canary))) = (&reading.client, &reading.read) else {
-            continue;
+/// Makes the member writes `planned` asks for (annotations, then rollbacks), and says
+/// how each went.
+async fn apply(
+    ctx: &HubContext,
+    input: &RolloutInput<'_>,
+    planned: &Proceed,
+    handles: &MemberHandles,
+) -> WriteOutcomes {
+    let mut outcomes = WriteOutcomes::default();
+    for write in &planned.annotations {
+        // Planned only for members that answered, so through a client the hub has.
+        let result = match handles.get(&write.cluster) {
+            Some((key, watch)) => annotate(ctx, key, &watch.client, write).await,
+            None => Err("the hub has no client for the member".to_string()),
         };
-        let name = reading.cluster.name_any();
-        let approval = decision.approve.iter().find(|a| a.cluster == name).map(|a| a.revision.as_str());
-        let withdraw = decision.withdraw.contains(&name);
-        let Some(annotations) = hub_annotations(&key, canary.annotations(), approval, withdraw) else {
-            continue;
-        };
-        let namespace = canary.namespace().unwrap_or_default();
-        // Dynamic: a member's answer that does not parse as petrel's Canary (another
-        // petrel version) must not turn a successful write into an error.
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &namespace, &ApiResource::erase::<Canary>(&()));
-        let body = annotation_patch(&namespace, &canary.name_any(), &annotations);
-        match api.patch(&canary.name_any(), &apply_params(), &Patch::Apply(&body)).await {
-            Ok(written) => {
-                if let Some(revision) = approval {
-                    // How quickly the hub acts on the members: time from the newest member
-                    // status change (the likely cause of this approval) to the write.
-                    let since_latest_member_change_ms =
-                        latest_member_change(&readings).map(|t| (Utc::now() - t).num_milliseconds());
-                    info!(rollout = %key, cluster = %name, revision, ?since_latest_member_change_ms, "approval written");
-                }
-                if withdraw && canary.annotations().contains_key(crate::fleet::APPROVED_REVISION_ANNOTATION) {
-                    withdrawn.push(name.clone());
-                }
-                if let (Some((key, _)), Ok(written)) = (&reading.watch, written.try_parse::<Canary>()) {
-                    ctx.watches.wrote(key, written);
-                }
-            }
-            Err(e) => {
-                write_errors.insert(name, format!("annotating Canary {namespace}/{}: {e}", canary.name_any()));
-            }
+        if let (Ok(()), Some(revision)) = (&result, &write.approval) {
+            // How quickly the hub acts on the members: time from the newest member
+            // status change (the likely cause of this approval) to the write.
+            let since_latest_member_change_ms =
+                input.latest_member_change().map(|t| (Utc::now() - t).num_milliseconds());
+            let rollout = rollout_key(input.rollout);
+            info!(%rollout, cluster = %write.cluster, revision, ?since_latest_member_change_ms, "approval written");
         }
+        outcomes.annotations.insert(write.cluster.clone(), result);
     }
-
-    // Events wait for the status write (see `publish_all`).
-    let mut events: Vec<PendingEvent> = Vec::new();
-    let started = release_started(previous, &release);
-    for event in started.into_iter().chain(hub_events(&history, &decision, &release)) {
-        events.push((event.reason.to_string(), event.message, event.warning));
-    }
-    for name in withdrawn {
-        let message = format!("withdrew the approval of cluster {name} (release {release}): its Canary aborts");
-        events.push(("ApprovalWithdrawn".to_string(), message, true));
-    }
-
     // RollbackAll: best effort; what failed is shown on the member and as an Event.
-    let mut rollbacks: BTreeMap<String, HubRollback> = BTreeMap::new();
-    for name in &decision.rollback {
-        let Some(reading) = readings.iter().find(|r| &r.cluster.name_any() == name) else { continue };
-        let (Some(client), MemberRead::Reached(Some(canary))) = (&reading.client, &reading.read) else {
-            write_errors.insert(name.clone(), "rollback pending: the member is unreachable".to_string());
-            continue;
+    for name in &planned.rollbacks {
+        let result = match (handles.get(name), input.canary_of(name)) {
+            (Some((_, watch)), Some(canary)) => roll_back_member(&watch.client, canary, &planned.release).await,
+            _ => Err("the hub has no client for the member".to_string()),
         };
-        match roll_back_member(client, canary, &release).await {
-            Ok(rolled_back) => {
-                if let Some(done) = &rolled_back.done {
-                    events.push(("MemberRolledBack".to_string(), format!("cluster {name}: {done}"), false));
-                }
-                rollbacks.insert(name.clone(), HubRollback { from: release.clone(), to: rolled_back.release });
-            }
-            Err(e) => {
-                let message = format!("rollback failed: {e}");
-                events.push(("RollbackFailed".to_string(), format!("cluster {name}: {message}"), true));
-                write_errors.insert(name.clone(), message);
-            }
-        }
+        outcomes.rollbacks.insert(name.clone(), result);
     }
+    outcomes
+}
 
-    let mut status = build_status(
-        &plan,
-        &release,
-        generation,
-        &observations,
-        &decision,
-        previous.map_or(&[][..], |s| &s.conditions),
-        now,
-    );
-    explain_unreachable(&mut status, &unreachable);
-    explain_unreachable(&mut status, &write_errors);
-    with_inventory(&mut status, previous, &observations, &rollbacks, now);
-    with_validity(&mut status, previous, &problems, now);
-    let status_events = problem_events(previous.map_or(&[][..], |s| &s.conditions), &problems)
-        .into_iter()
-        .chain(transition_events(previous, &status));
-    events.extend(status_events.map(|event| (event.reason.to_string(), event.message, event.warning)));
-    ctx.metrics.observe_rollout(&rollout.namespace().unwrap_or_default(), &rollout.name_any(), &status);
-    if !write_status_if_changed(rollout, &status, &ctx.client).await? {
-        return Ok(Action::requeue(CONFLICT_RETRY));
+/// Applies the hub's annotations on a member Canary, and keeps what was written in the
+/// member's watch cache.
+async fn annotate(ctx: &HubContext, key: &WatchKey, client: &Client, write: &AnnotationWrite) -> Result<(), String> {
+    // Dynamic: a member's answer that does not parse as petrel's Canary (another
+    // petrel version) must not turn a successful write into an error.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &write.namespace, &ApiResource::erase::<Canary>(&()));
+    let body = annotation_patch(&write.namespace, &write.name, &write.annotations);
+    let written = api.patch(&write.name, &apply_params(), &Patch::Apply(&body)).await.map_err(|e| e.to_string())?;
+    if let Ok(written) = written.try_parse::<Canary>() {
+        ctx.watches.wrote(key, written);
     }
-    publish_all(ctx, rollout, events).await;
-    Ok(Action::requeue(requeue_after(decision.recheck_after)))
+    Ok(())
 }
 
 /// The watch of the hub's Clusters (its name in `/readyz` and [`crate::telemetry::WatchHealth`]).

@@ -1,6 +1,11 @@
 //! The hub controller's pure steps around [`crate::fleet::decide_waves`]: turning what
 //! was read from the members into observations, choosing the release, and deciding
 //! which annotations, events and status to write. No I/O here.
+//!
+//! A reconcile calls two of them: [`decide_rollout`] (what was read → blocked, or the
+//! writes to make and the status they go with) and, once the writes' outcomes are known,
+//! [`record`] (→ the status to write and the Events to publish after it). Their
+//! properties are tested in `decide_props`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,14 +13,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
+use super::input::{
+    CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
+    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, traffic_share_problem,
+    transition_events, unassigned_problem, valid_condition,
+};
 use crate::api::canary::Phase;
 use crate::api::common::Condition;
 use crate::api::rollout::{CONDITION_PROGRESSING, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase};
 use crate::api::{Canary, Cluster, Rollout};
 use crate::fleet::identity::IdentityVerdict;
+use crate::fleet::inventory::{HubRollback, with_inventory};
 use crate::fleet::{
     APPROVED_REVISION_ANNOTATION, CanaryObservation, FLEET_ROLLOUT_ANNOTATION, MemberObservation, Membership,
-    ReleaseHistory, RolloutPlan, WaveDecision, assign_waves,
+    PlanError, ReleaseHistory, RolloutPlan, WaveDecision, assign_waves, build_status, decide_waves,
+    history_for_release,
 };
 
 /// How often the hub looks at a Rollout when nothing else is due. Member changes wake
@@ -304,6 +316,373 @@ pub fn blocked_status(
         observed_generation: generation,
     });
     status
+}
+
+/// How soon a Rollout whose spec cannot be rolled out is looked at again (a spec change
+/// wakes it sooner).
+pub const INVALID_SPEC_REQUEUE: Duration = Duration::from_secs(60);
+
+/// One member as a reconcile read it: everything [`decide_rollout`] needs of it, no client.
+#[derive(Clone, Debug)]
+pub struct MemberReading {
+    pub cluster: Cluster,
+    pub read: MemberRead,
+    /// When a Canary read from the watch cache was last confirmed by the member; `None`
+    /// for a direct read (the member answered now).
+    pub contact: Option<DateTime<Utc>>,
+    /// Why the hub has no client: a problem with the input (Secret, kubeconfig).
+    pub client_problem: Option<InputProblem>,
+    /// Whether the member is the cluster its Cluster describes, as the last probe
+    /// through the kubeconfig in use found.
+    pub identity: IdentityVerdict,
+    /// The kube-system UID the member's last probe read (two Clusters reaching one
+    /// member share it).
+    pub observed_uid: Option<String>,
+}
+
+/// Everything one reconcile of a Rollout decides from: what the controller read.
+#[derive(Debug)]
+pub struct RolloutInput<'a> {
+    pub rollout: &'a Rollout,
+    /// The spec, parsed once (members are not read when it cannot be).
+    pub plan: Result<RolloutPlan, PlanError>,
+    /// The selected members, as read now.
+    pub members: Vec<MemberReading>,
+    pub now: DateTime<Utc>,
+}
+
+impl RolloutInput<'_> {
+    /// The Canary a member answered with, if it answered with one.
+    pub fn canary_of(&self, cluster: &str) -> Option<&Canary> {
+        self.members.iter().find(|m| m.cluster.name_any() == cluster).and_then(|m| match &m.read {
+            MemberRead::Reached(Some(canary)) => Some(canary.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The newest phase transition any reached member Canary reports.
+    pub fn latest_member_change(&self) -> Option<DateTime<Utc>> {
+        self.members
+            .iter()
+            .filter_map(|m| match &m.read {
+                MemberRead::Reached(Some(canary)) => canary.status.as_ref().and_then(|s| s.last_transition_time),
+                _ => None,
+            })
+            .max()
+    }
+}
+
+/// The hub's annotations to apply on one member Canary (see [`hub_annotations`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnotationWrite {
+    pub cluster: String,
+    pub namespace: String,
+    /// The Canary's name.
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+    /// The revision this write approves, when it approves one.
+    pub approval: Option<String>,
+    /// Whether this write removes an approval the Canary carries (its Canary aborts).
+    pub withdraws: bool,
+}
+
+/// A Rollout the hub cannot go on with: `reason` on `Progressing=False`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+    /// Every problem with the input, most serious first (the `Valid` condition).
+    pub problems: Vec<InputProblem>,
+    pub requeue: Duration,
+}
+
+/// The writes a Rollout's release needs now, and the status they go with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proceed {
+    pub release: String,
+    /// Annotation writes, in member order; a member whose Canary already carries the
+    /// hub's annotations has none.
+    pub annotations: Vec<AnnotationWrite>,
+    /// Members to roll back (they answered with their Canary), in decision order.
+    pub rollbacks: Vec<String>,
+    /// Members to roll back that did not answer: the rollback waits for them.
+    pub rollbacks_pending: Vec<String>,
+    /// What was observed of each member (for the inventory).
+    pub observations: Vec<MemberObservation>,
+    /// Every problem with the input, most serious first (the `Valid` condition).
+    pub problems: Vec<InputProblem>,
+    /// The status before the writes' outcomes are known (no write errors, no
+    /// inventory, no `Valid` condition yet).
+    pub draft: RolloutStatus,
+    /// The Events of the decision itself (release started, waves opened, approvals,
+    /// budget breached), before those of the writes' outcomes.
+    pub events: Vec<HubEvent>,
+    pub requeue: Duration,
+}
+
+/// What [`decide_rollout`] concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RolloutDecision {
+    Blocked(Blocked),
+    Proceed(Box<Proceed>),
+}
+
+/// What a rollback of a member did: the release its primary runs now, and what
+/// happened for an Event (`None` when the primary already ran it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolledBack {
+    pub release: String,
+    pub done: Option<String>,
+}
+
+/// What the writes a decision planned gave, by member.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteOutcomes {
+    /// Each attempted annotation write: the error when it failed.
+    pub annotations: BTreeMap<String, Result<(), String>>,
+    /// Each attempted rollback: what it did, or why it failed.
+    pub rollbacks: BTreeMap<String, Result<RolledBack, String>>,
+}
+
+/// The status to write and the Events to publish once it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    pub status: RolloutStatus,
+    pub events: Vec<HubEvent>,
+    /// When to look again (after a successful write).
+    pub requeue: Duration,
+}
+
+/// The problems with what the hub was given, most serious first.
+pub fn input_problems(rollout: &Rollout, plan: &RolloutPlan, members: &[MemberReading]) -> Vec<InputProblem> {
+    let mut problems: Vec<InputProblem> = members.iter().filter_map(|m| m.client_problem.clone()).collect();
+    let labels: Vec<(String, &BTreeMap<String, String>)> =
+        members.iter().map(|m| (m.cluster.name_any(), m.cluster.labels())).collect();
+    problems.extend(overlap_problem(plan, labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
+    let memberships = assign_waves(plan, labels.iter().map(|(_, labels)| *labels));
+    let unassigned: Vec<String> = labels
+        .iter()
+        .zip(&memberships)
+        .filter(|(_, m)| **m == Membership::Unassigned)
+        .map(|((name, _), _)| name.clone())
+        .collect();
+    problems.extend(unassigned_problem(&unassigned));
+    // Only members in a wave need the Canary.
+    let in_waves = members.iter().zip(&memberships).filter(|(_, m)| matches!(m, Membership::Wave(_)));
+    let mut missing = Vec::new();
+    let mut present = 0;
+    for (member, _) in in_waves {
+        match &member.read {
+            MemberRead::Reached(None) => missing.push(member.cluster.name_any()),
+            MemberRead::Reached(Some(_)) => present += 1,
+            MemberRead::Unreachable(_) => {}
+        }
+    }
+    let canary_ref = &rollout.spec.canary_ref;
+    problems.extend(canary_problem(&format!("{}/{}", canary_ref.namespace, canary_ref.name), &missing, present));
+    problems.extend(traffic_share_problem(labels.iter().map(|(name, labels)| (name.as_str(), *labels))));
+    let observed_uids: Vec<(String, &str)> =
+        members.iter().filter_map(|m| Some((m.cluster.name_any(), m.observed_uid.as_deref()?))).collect();
+    problems.extend(shared_identity_problem(observed_uids.iter().map(|(name, uid)| (name.as_str(), *uid))));
+    sort_problems(&mut problems);
+    problems
+}
+
+/// Decides one reconcile of a Rollout: whether it is blocked, and otherwise the release,
+/// the annotation writes and rollbacks to make, and the status and Events they go with
+/// (completed by [`record`] once the writes' outcomes are known). Pure.
+pub fn decide_rollout(input: &RolloutInput) -> RolloutDecision {
+    let (rollout, now) = (input.rollout, input.now);
+    let previous = rollout.status.as_ref();
+    let plan = match &input.plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            let message = format!("the spec cannot be rolled out: {e}");
+            let problems = vec![InputProblem::new(INVALID_SPEC, message.clone())];
+            let requeue = INVALID_SPEC_REQUEUE;
+            return RolloutDecision::Blocked(Blocked { reason: INVALID_SPEC, message, problems, requeue });
+        }
+    };
+    let problems = input_problems(rollout, plan, &input.members);
+    if let Some(blocking) =
+        problems.iter().find(|p| p.reason == CANARY_NOT_FOUND || p.reason == CLUSTERS_SHARE_IDENTITY)
+    {
+        let (reason, message) = (blocking.reason, blocking.message.clone());
+        return RolloutDecision::Blocked(Blocked { reason, message, problems, requeue: SAFETY_REQUEUE });
+    }
+
+    let previous_member = |name: &str| previous.and_then(|s| s.members.iter().find(|m| m.cluster == name));
+    let mut observations: Vec<MemberObservation> = input
+        .members
+        .iter()
+        .map(|m| {
+            let previous = previous_member(&m.cluster.name_any());
+            // A cached read is as recent as its last confirmation, never older than
+            // a contact already recorded.
+            let contact = m.contact.map_or(now, |c| previous.and_then(|p| p.last_contact).map_or(c, |p| c.max(p)));
+            observe_member(&m.cluster, &m.read, previous, m.identity.clone(), contact)
+        })
+        .collect();
+    let Some(release) = choose_release(plan, previous, &observations) else {
+        let message = "no member of the first wave reports a release yet".to_string();
+        return RolloutDecision::Blocked(Blocked {
+            reason: NO_RELEASE,
+            message,
+            problems,
+            requeue: requeue_after(None),
+        });
+    };
+    let history = history_for_release(previous, &release);
+    with_approvals(&mut observations, &history);
+    let decision = decide_waves(plan, &release, &history.waves, &observations, now);
+
+    // Annotations: the Rollout marker everywhere, approvals and withdrawals where decided.
+    let key = rollout_key(rollout);
+    let annotations = input
+        .members
+        .iter()
+        .filter_map(|m| {
+            let MemberRead::Reached(Some(canary)) = &m.read else { return None };
+            let cluster = m.cluster.name_any();
+            let approval = decision.approve.iter().find(|a| a.cluster == cluster).map(|a| a.revision.clone());
+            let withdraw = decision.withdraw.contains(&cluster);
+            let annotations = hub_annotations(&key, canary.annotations(), approval.as_deref(), withdraw)?;
+            Some(AnnotationWrite {
+                cluster,
+                namespace: canary.namespace().unwrap_or_default(),
+                name: canary.name_any(),
+                annotations,
+                approval,
+                withdraws: withdraw && canary.annotations().contains_key(APPROVED_REVISION_ANNOTATION),
+            })
+        })
+        .collect();
+    // RollbackAll: best effort, on the members that answered.
+    let (mut rollbacks, mut rollbacks_pending) = (Vec::new(), Vec::new());
+    for name in &decision.rollback {
+        match input.members.iter().find(|m| &m.cluster.name_any() == name).map(|m| &m.read) {
+            None => {}
+            Some(MemberRead::Reached(Some(_))) => rollbacks.push(name.clone()),
+            Some(_) => rollbacks_pending.push(name.clone()),
+        }
+    }
+
+    let mut draft = build_status(
+        plan,
+        &release,
+        rollout.metadata.generation,
+        &observations,
+        &decision,
+        previous.map_or(&[][..], |s| &s.conditions),
+        now,
+    );
+    let unreachable: BTreeMap<String, String> = input
+        .members
+        .iter()
+        .filter_map(|m| match &m.read {
+            MemberRead::Unreachable(why) => Some((m.cluster.name_any(), why.clone())),
+            MemberRead::Reached(_) => None,
+        })
+        .collect();
+    explain_unreachable(&mut draft, &unreachable);
+    let events =
+        release_started(previous, &release).into_iter().chain(hub_events(&history, &decision, &release)).collect();
+    RolloutDecision::Proceed(Box::new(Proceed {
+        release,
+        annotations,
+        rollbacks,
+        rollbacks_pending,
+        observations,
+        problems,
+        draft,
+        events,
+        requeue: requeue_after(decision.recheck_after),
+    }))
+}
+
+/// `Progressing` reason of a Rollout no member of whose first wave reports a release.
+pub const NO_RELEASE: &str = "NoRelease";
+
+/// Adds the `Valid` condition for `problems` to `status`.
+fn with_validity(
+    status: &mut RolloutStatus,
+    previous: Option<&RolloutStatus>,
+    problems: &[InputProblem],
+    now: DateTime<Utc>,
+) {
+    let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
+    let condition = valid_condition(previous_conditions, problems, status.observed_generation, now);
+    set_condition(&mut status.conditions, condition);
+}
+
+/// The status and the Events of a decision once its writes' `outcomes` are known: write
+/// errors on the members' messages, rollbacks in the inventory, the `Valid` condition,
+/// and the Events of the decision, of the outcomes, of the problems and of the
+/// transitions, in that order. Pure.
+pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteOutcomes) -> Recorded {
+    let (rollout, now) = (input.rollout, input.now);
+    let previous = rollout.status.as_ref();
+    let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
+    let proceed = match decision {
+        RolloutDecision::Blocked(blocked) => {
+            let mut status =
+                blocked_status(previous, rollout.metadata.generation, blocked.reason, blocked.message, now);
+            with_validity(&mut status, previous, &blocked.problems, now);
+            let events = problem_events(previous_conditions, &blocked.problems);
+            return Recorded { status, events, requeue: blocked.requeue };
+        }
+        RolloutDecision::Proceed(proceed) => *proceed,
+    };
+    let Proceed { release, annotations, rollbacks, rollbacks_pending, observations, problems, draft, events, requeue } =
+        proceed;
+    let mut events = events;
+    let mut write_errors: BTreeMap<String, String> = BTreeMap::new();
+    for write in &annotations {
+        match outcomes.annotations.get(&write.cluster) {
+            Some(Ok(())) if write.withdraws => events.push(HubEvent {
+                reason: "ApprovalWithdrawn",
+                message: format!(
+                    "withdrew the approval of cluster {} (release {release}): its Canary aborts",
+                    write.cluster
+                ),
+                warning: true,
+            }),
+            Some(Err(e)) => {
+                let message = format!("annotating Canary {}/{}: {e}", write.namespace, write.name);
+                write_errors.insert(write.cluster.clone(), message);
+            }
+            Some(Ok(())) | None => {}
+        }
+    }
+    for name in rollbacks_pending {
+        write_errors.insert(name, "rollback pending: the member is unreachable".to_string());
+    }
+    let mut rolled_back: BTreeMap<String, HubRollback> = BTreeMap::new();
+    for name in rollbacks {
+        match outcomes.rollbacks.get(&name) {
+            Some(Ok(done)) => {
+                if let Some(done) = &done.done {
+                    let message = format!("cluster {name}: {done}");
+                    events.push(HubEvent { reason: "MemberRolledBack", message, warning: false });
+                }
+                rolled_back.insert(name, HubRollback { from: release.clone(), to: done.release.clone() });
+            }
+            Some(Err(e)) => {
+                let message = format!("rollback failed: {e}");
+                let event = format!("cluster {name}: {message}");
+                events.push(HubEvent { reason: "RollbackFailed", message: event, warning: true });
+                write_errors.insert(name, message);
+            }
+            None => {}
+        }
+    }
+    let mut status = draft;
+    explain_unreachable(&mut status, &write_errors);
+    with_inventory(&mut status, previous, &observations, &rolled_back, now);
+    with_validity(&mut status, previous, &problems, now);
+    events.extend(problem_events(previous_conditions, &problems));
+    events.extend(transition_events(previous, &status));
+    Recorded { status, events, requeue }
 }
 
 #[cfg(test)]

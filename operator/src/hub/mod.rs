@@ -1,6 +1,7 @@
 //! The fleet hub (`petrel --mode hub`): orders a release across member clusters.
 //!
-//! The decisions live in [`crate::fleet`], [`decisions`] and [`input`] (bad input,
+//! The decisions live in [`crate::fleet`], [`decisions`] (one reconcile's decision and
+//! record: [`decisions::decide_rollout`], [`decisions::record`]) and [`input`] (bad input,
 //! transition Events); [`members`] builds clients for the members from their kubeconfig
 //! Secrets; [`watches`] keeps one watch per member Canary and wakes the reconciles;
 //! [`clusters`] probes the members and writes the Cluster statuses; [`controller`] is
@@ -17,5 +18,7 @@ pub use controller::{CLUSTERS_WATCH, HUB_FIELD_MANAGER, HubContext, HubError, RO
 pub use members::{MemberClientError, MemberClients, MemberConnection};
 pub use watches::MemberWatches;
 
+#[cfg(test)]
+mod decide_props;
 #[cfg(test)]
 mod reconcile_tests;

@@ -442,6 +442,49 @@ async fn a_status_decided_from_an_old_rollout_is_refused_and_announces_nothing()
     assert_eq!(events(&hub), Vec::<String>::new(), "nothing announced for a refused decision");
 }
 
+/// Issue 16: the Events of a reconcile wait for its status write. A refused write (409)
+/// announces nothing, whether the Rollout goes on (waves) or is blocked; the reconcile
+/// of the Rollout read again announces each once.
+#[tokio::test]
+async fn a_refused_status_write_publishes_no_event_and_the_next_one_publishes_each_once() {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let read_at = |version: &str| {
+        let mut rollout = rollout();
+        rollout.metadata.resource_version = Some(version.into());
+        Arc::new(rollout)
+    };
+
+    reconcile(read_at("7"), ctx.clone()).await.unwrap();
+    assert_eq!(applied_annotations(&member).len(), 1, "the member was approved before the status write");
+    assert_eq!(events(&hub), Vec::<String>::new(), "nothing announced for a refused status");
+
+    // The member holds the approval now; the Rollout is read again.
+    let mut canary = member_canary("Waiting", NEW, "rev-new", "rev-old");
+    canary["metadata"]["annotations"] =
+        json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo", APPROVED_REVISION_ANNOTATION: "rev-new"});
+    member.insert(CANARY_PATH, canary);
+    reconcile(read_at("8"), ctx.clone()).await.unwrap();
+    assert_eq!(last_status(&hub)["phase"], "Progressing");
+    // Not `MemberApproved`: the approval was written before the refused status, and this
+    // reconcile finds it delivered (member writes still precede the status write).
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened"]);
+
+    // Blocked: the Canary is gone from the only member.
+    connect(&ctx, "canary-1", "kubeconfig", FakeApi::new().client());
+    reconcile(read_at("7"), ctx.clone()).await.unwrap();
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened"], "a blocked refusal announces nothing");
+    reconcile(read_at("8"), ctx).await.unwrap();
+    assert_eq!(condition(&last_status(&hub), "Progressing")["reason"], "CanaryNotFound");
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "CanaryNotFound"]);
+}
+
 fn events(hub: &FakeApi) -> Vec<String> {
     hub.requests()
         .into_iter()
