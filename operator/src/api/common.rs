@@ -99,8 +99,37 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// Sets the condition of `type_` in `conditions` (`status` is `True`, `False` or
-/// `Unknown`), keeping its transition time when its status does not change. Pure.
+impl Condition {
+    /// The condition of `type_` after `previous` (`status` is `True`, `False` or
+    /// `Unknown`): its transition time is the previous one while the status stays, `now`
+    /// when it changes. Pure.
+    pub fn after(
+        previous: &[Condition],
+        type_: &str,
+        status: &str,
+        reason: &str,
+        message: String,
+        now: DateTime<Utc>,
+    ) -> Condition {
+        let last_transition_time =
+            previous.iter().find(|c| c.type_ == type_ && c.status == status).map_or(now, |c| c.last_transition_time);
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+            observed_generation: None,
+        }
+    }
+
+    /// `True` or `False`.
+    pub fn status_of(value: bool) -> &'static str {
+        if value { "True" } else { "False" }
+    }
+}
+
+/// Sets the condition of `type_` in `conditions`, as [`Condition::after`] them. Pure.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -109,23 +138,16 @@ pub fn set_condition(
     message: &str,
     now: DateTime<Utc>,
 ) {
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(existing) => {
-            if existing.status != status {
-                existing.last_transition_time = now;
-            }
-            existing.status = status.to_string();
-            existing.reason = reason.to_string();
-            existing.message = message.to_string();
-        }
-        None => conditions.push(Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message: message.to_string(),
-            last_transition_time: now,
-            observed_generation: None,
-        }),
+    let next = Condition::after(conditions, type_, status, reason, message.to_string(), now);
+    let generation = conditions.iter().find(|c| c.type_ == type_).and_then(|c| c.observed_generation);
+    put_condition(conditions, Condition { observed_generation: generation, ..next });
+}
+
+/// Replaces the condition of the same type in `conditions`, or adds it. Pure.
+pub fn put_condition(conditions: &mut Vec<Condition>, condition: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
     }
 }
 

@@ -177,15 +177,5 @@ fn condition(
     message: String,
     now: DateTime<Utc>,
 ) -> Condition {
-    let status = if value { "True" } else { "False" };
-    let last_transition_time =
-        previous.iter().find(|c| c.type_ == type_ && c.status == status).map_or(now, |c| c.last_transition_time);
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time,
-        observed_generation: None,
-    }
+    Condition::after(previous, type_, Condition::status_of(value), reason, message, now)
 }

@@ -48,20 +48,9 @@ pub fn cluster_status(
     now: DateTime<Utc>,
 ) -> ClusterStatus {
     let previous_conditions = previous.map_or(&[][..], |p| &p.conditions);
-    let condition = |type_: &str, value: bool, reason: &str, message: String| {
-        let status = if value { "True" } else { "False" };
-        let last_transition_time = previous_conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or(now, |c| c.last_transition_time);
-        Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            last_transition_time,
-            observed_generation: generation,
-        }
+    let condition = |type_: &str, value: bool, reason: &str, message: String| Condition {
+        observed_generation: generation,
+        ..Condition::after(previous_conditions, type_, Condition::status_of(value), reason, message, now)
     };
     let kept_contact = previous.and_then(|p| p.last_contact_time);
     let kept_version = previous.and_then(|p| p.server_version.clone());

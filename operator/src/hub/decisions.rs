@@ -15,8 +15,8 @@ use kube::ResourceExt;
 
 use super::input::{
     CANARY_NOT_FOUND, CLUSTERS_SHARE_IDENTITY, INVALID_SPEC, InputProblem, canary_problem, overlap_problem,
-    problem_events, release_started, set_condition, shared_identity_problem, sort_problems, traffic_share_problem,
-    transition_events, unassigned_problem, valid_condition,
+    problem_events, release_started, shared_identity_problem, sort_problems, traffic_share_problem, transition_events,
+    unassigned_problem, valid_condition,
 };
 use crate::api::canary::Phase;
 use crate::api::common::Condition;
@@ -612,7 +612,7 @@ fn with_validity(
 ) {
     let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
     let condition = valid_condition(previous_conditions, problems, status.observed_generation, now);
-    set_condition(&mut status.conditions, condition);
+    crate::api::common::put_condition(&mut status.conditions, condition);
 }
 
 /// The status and the Events of a decision once its writes' `outcomes` are known: write

@@ -190,25 +190,9 @@ pub fn valid_condition(
             ("False", first.reason, problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; "))
         }
     };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == CONDITION_VALID && c.status == status)
-        .map_or(now, |c| c.last_transition_time);
     Condition {
-        type_: CONDITION_VALID.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time,
         observed_generation: generation,
-    }
-}
-
-/// Replaces the condition of the same type, or adds it.
-pub fn set_condition(conditions: &mut Vec<Condition>, condition: Condition) {
-    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
-        Some(existing) => *existing = condition,
-        None => conditions.push(condition),
+        ..Condition::after(previous, CONDITION_VALID, status, reason, message, now)
     }
 }
 
@@ -412,7 +396,10 @@ mod tests {
     #[test]
     fn conditions_are_replaced_by_type() {
         let mut conditions = vec![valid_condition(&[], &[], None, at(1))];
-        set_condition(&mut conditions, valid_condition(&[], &[InputProblem::new(WAVES_OVERLAP, "y")], None, at(2)));
+        crate::api::common::put_condition(
+            &mut conditions,
+            valid_condition(&[], &[InputProblem::new(WAVES_OVERLAP, "y")], None, at(2)),
+        );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].status, "False");
     }
