@@ -41,7 +41,10 @@ use super::decisions::{
 };
 use super::input::InputProblem;
 use super::members::MemberClients;
-use super::watches::{CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey, rollouts_selecting};
+use super::watches::{
+    CacheVerdict, MANAGE_INTERVAL, MemberWatches, WantedWatch, WatchKey, rollouts_concerning_cluster,
+    rollouts_selecting,
+};
 use crate::api::rollout::RolloutStatus;
 use crate::api::{Canary, Cluster, Rollout};
 use crate::controller::watches::{kept, objects_only};
@@ -511,9 +514,10 @@ pub async fn run(ctx: Arc<HubContext>, shutdown: Shutdown) -> anyhow::Result<()>
     });
     let controller = Controller::for_stream(objects_only(rollout_events.applied_objects()), rollout_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
-        // Any Cluster change (labels, kubeconfig Secret) can change every Rollout's members.
-        .watches_stream(objects_only(cluster_events.touched_objects()), move |_: Cluster| {
-            store.state().iter().map(|r| ObjectRef::from_obj(r.as_ref())).collect::<Vec<_>>()
+        // A Cluster change (labels, kubeconfig Secret, probe status, deletion): the
+        // Rollouts that select it or list it look again.
+        .watches_stream(objects_only(cluster_events.touched_objects()), move |cluster: Cluster| {
+            rollouts_concerning_cluster(&cluster, &store.state())
         })
         // A member Canary changed, or a member's reachability: the Rollouts that select
         // that member look again.

@@ -520,6 +520,23 @@ pub fn rollouts_selecting(
         .collect()
 }
 
+/// The Rollouts a change of the Cluster object `cluster` (its labels, its kubeconfig
+/// reference, its status after a probe, its deletion) concerns: those whose selector
+/// selects it now, and those whose status lists it as a member (its labels may have
+/// just left their selector). A probe's status write then wakes the Rollouts of that
+/// member only, not the whole hub. Pure.
+pub fn rollouts_concerning_cluster(cluster: &Cluster, rollouts: &[Arc<Rollout>]) -> Vec<ObjectRef<Rollout>> {
+    let name = cluster.name_any();
+    rollouts
+        .iter()
+        .filter(|r| {
+            r.spec.clusters.matches(cluster.labels())
+                || r.status.as_ref().is_some_and(|s| s.members.iter().any(|m| m.cluster == name))
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// Watches one member Canary into the cache of watch `id` until aborted.
 async fn watch_canary(inner: Arc<Inner>, key: WatchKey, id: u64, client: Client) {
     let api: Api<Canary> = Api::namespaced(client, &key.namespace);
@@ -807,5 +824,24 @@ mod tests {
             ["prod-app", "stage-app", "everywhere"]
         );
         assert!(rollouts_selecting(&changed(&["eu-1"]), &clusters, &rollouts[1..2]).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_change_reconciles_the_rollouts_that_select_it_or_list_it() {
+        let rollouts = [
+            rollout_selecting("prod-app", Some("prod")),
+            rollout_selecting("stage-app", Some("stage")),
+            rollout_selecting("everywhere", None),
+        ];
+        let eu = labelled_cluster("eu-1", "prod");
+        assert_eq!(names(rollouts_concerning_cluster(&eu, &rollouts)), ["prod-app", "everywhere"]);
+        // eu-1 relabelled from prod to stage: prod-app still lists it, and must drop it.
+        let mut listed = (*rollouts[0]).clone();
+        listed.status = Some(serde_json::from_value(serde_json::json!({"members": [{"cluster": "eu-1", "state": "Succeeded"}]})).unwrap());
+        let rollouts = [Arc::new(listed), rollouts[1].clone(), rollouts[2].clone()];
+        let relabelled = labelled_cluster("eu-1", "stage");
+        assert_eq!(names(rollouts_concerning_cluster(&relabelled, &rollouts)), ["prod-app", "stage-app", "everywhere"]);
+        let other = labelled_cluster("us-1", "dev");
+        assert_eq!(names(rollouts_concerning_cluster(&other, &rollouts[..2])), Vec::<String>::new());
     }
 }
