@@ -415,18 +415,18 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str)
         .unwrap();
     let after: Vec<usize> = logs.iter().map(|l| l.requests.len()).collect();
     let primary_cookie = primary_cookies.first().map(String::as_str);
-    // Every pinned session sends a few more requests: the first expires its cookie.
-    let (report, logs) =
-        eventually(&format!("{ns}: every pinned session's cookie expired"), Duration::from_secs(30), async || {
-            let (_, logs) = env.simulator.sessions(&key).ok()?;
-            let report = AffinityReport::of(&logs, &cookie, primary_cookie);
-            let more = logs.iter().zip(&after).all(|(l, n)| l.requests.len() >= n + 4);
-            (more && report.expired == report.pinned).then_some((report, logs))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{e:#}: {:?}", AffinityReport::of(&env.simulator.sessions(&key).unwrap().1, &cookie, primary_cookie))
-        });
+    // Every pinned session sends a few more requests: the first expires its cookie. (On
+    // timeout the assertions below say what went wrong.)
+    let expired_all = async || {
+        let (_, logs) = env.simulator.sessions(&key).ok()?;
+        let report = AffinityReport::of(&logs, &cookie, primary_cookie);
+        let more = logs.iter().zip(&after).all(|(l, n)| l.requests.len() >= n + 4);
+        (more && report.expired == report.pinned).then_some(())
+    };
+    let _ =
+        eventually(&format!("{ns}: every pinned session's cookie expired"), Duration::from_secs(20), expired_all).await;
+    let (_, logs) = env.simulator.sessions(&key).unwrap();
+    let report = AffinityReport::of(&logs, &cookie, primary_cookie);
     let later: Vec<&SessionRequest> = logs.iter().zip(&after).flat_map(|(l, n)| &l.requests[*n..]).collect();
     let later_to_canary = later.iter().filter(|r| r.side != Some(SimSide::Primary)).count();
     let later_with_cookie = later.iter().filter(|r| r.carried(&cookie) && !r.expired(&cookie)).count();
