@@ -134,7 +134,7 @@ fn parse_set_cookie(set_cookie: &str) -> Option<(&str, &str, Option<i64>)> {
         .filter_map(|attribute| attribute.split_once('='))
         .filter(|(key, _)| key.trim().eq_ignore_ascii_case("max-age"))
         .filter_map(|(_, seconds)| seconds.trim().parse::<i64>().ok())
-        .last();
+        .next_back();
     Some((name, value.trim(), max_age))
 }
 
