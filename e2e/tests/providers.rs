@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use petrel::api::Canary;
 use petrel::api::canary::RETIRED_PROVIDER_MESSAGE;
-use petrel_e2e::providers::{APP, SharedEnv, matrix, run_matrix};
+use petrel_e2e::providers::{APP, IMAGE_BAD, SharedEnv, matrix, run_matrix};
 use petrel_e2e::scenario::eventually;
 use petrel_e2e::simulator::{
     AffinityReport, App, AppCoords, Provider as SimProvider, SessionProfile, SessionRequest, Side as SimSide,
@@ -233,9 +233,11 @@ async fn gateway_api_route_options_reach_the_http_route() {
 /// in the status across the steps); after promotion one rule expires it. Every session
 /// given the canary cookie is served by the canary for every later request until the
 /// cookie is expired, the sessions without a cookie are split by the weights, and after
-/// the release no request reaches the canary and no session keeps the cookie. On
-/// gatewayapi (with `primaryCookieName`), a provider that does not pin sessions leaves the
-/// Canary Stalled, naming it.
+/// the release no request reaches the canary and no session keeps the cookie: after a
+/// promotion (istio, gatewayapi) and after a rollback on errors (istio, the pinned sessions
+/// being served by the failing canary until then). On gatewayapi (with
+/// `primaryCookieName`), a provider that does not pin sessions leaves the Canary Stalled,
+/// naming it.
 ///
 /// `cargo test -p petrel-e2e --test providers session_affinity -- --test-threads=1 --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,8 +245,9 @@ async fn session_affinity_pins_sessions_until_the_cookie_expires() {
     let t0 = Instant::now();
     let env = SharedEnv::start("providers-session-affinity").await.unwrap();
     tokio::join!(
-        session_affinity_case(&env, SimProvider::Istio, "istio-affinity"),
-        session_affinity_case(&env, SimProvider::GatewayApi, "gatewayapi-affinity"),
+        session_affinity_case(&env, SimProvider::Istio, "istio-affinity", false),
+        session_affinity_case(&env, SimProvider::GatewayApi, "gatewayapi-affinity", false),
+        session_affinity_case(&env, SimProvider::Istio, "istio-affinity-rollback", true),
     );
     eprintln!("[providers-session-affinity] passed in {:.1?}", t0.elapsed());
 }
@@ -254,7 +257,9 @@ async fn session_affinity_pins_sessions_until_the_cookie_expires() {
 const SESSIONS: usize = 50;
 const SESSION_RPS: f64 = 100.0;
 
-async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str) {
+/// One release of a Canary with session affinity: promoted, or (`rollback`) a version
+/// failing 90% of its requests, rolled back by its success rate.
+async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str, rollback: bool) {
     use petrel::api::canary::Phase;
     let t0 = Instant::now();
     let istio = provider == SimProvider::Istio;
@@ -271,13 +276,19 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str)
             json!({ "cookieName": "canary-cookie", "primaryCookieName": "primary-cookie", "maxAge": 600 }),
         )
     };
-    let spec = json!({
+    let mut spec = json!({
         "provider": provider.as_str(),
         "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
         "progressDeadlineSeconds": 60,
         "service": service,
         "analysis": { "interval": "3s", "threshold": 2, "stepWeight": 25, "maxWeight": 50, "sessionAffinity": affinity },
     });
+    if rollback {
+        spec["metricsServer"] = json!(env.prometheus.url());
+        spec["analysis"]["metrics"] =
+            json!([{ "name": "request-success-rate", "interval": "6s", "thresholdRange": { "min": 99 } }]);
+    }
+    let (image, outcome) = if rollback { (IMAGE_BAD, Phase::Failed) } else { ("podinfo:2", Phase::Succeeded) };
     let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
     canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, spec.clone()))).await.unwrap();
     let resource = if istio {
@@ -314,7 +325,7 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str)
 
     // The release: watch the status and the route until the promotion.
     let mut release = deployment(ns);
-    release["spec"]["template"]["spec"]["containers"][0]["image"] = json!("podinfo:2");
+    release["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
     deployments.patch(APP, &ssa(), &Patch::Apply(release)).await.unwrap();
     let mut cookies = std::collections::BTreeSet::new();
     let mut primary_cookies = std::collections::BTreeSet::new();
@@ -322,17 +333,22 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str)
     let sticky_rules = if istio { 2 } else { 3 };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        assert!(Instant::now() < deadline, "{ns}: no promotion; cookies seen {cookies:?}");
+        assert!(Instant::now() < deadline, "{ns}: no phase {outcome}; cookies seen {cookies:?}");
         let status = canaries.get(APP).await.unwrap().status.unwrap_or_default();
         if let Some(cookie) = &status.session_affinity_cookie {
             cookies.insert(cookie.clone());
             primary_cookies.extend(status.primary_session_affinity_cookie.clone());
             let route = routes.get(APP).await.unwrap();
-            if route.data["spec"][rules_key].as_array().is_some_and(|r| r.len() == sticky_rules) {
+            // Pinned: the first rule sends the cookie's requests to the canary (after the
+            // release it has the weighted rule's weights).
+            let backends = if istio { "route" } else { "backendRefs" };
+            let rules = route.data["spec"][rules_key].as_array();
+            if rules.is_some_and(|r| r.len() == sticky_rules && r[0][backends][1]["weight"] == 100) {
                 pinned_route = Some(route.data.clone());
             }
         }
-        if status.phase == Phase::Succeeded {
+        if matches!(status.phase, Phase::Succeeded | Phase::Failed) {
+            assert_eq!(status.phase, outcome, "{ns}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -380,7 +396,8 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str)
         assert_eq!(primary_cookies.len(), 1, "{ns}: one primary cookie per release, saw {primary_cookies:?}");
     }
 
-    // After the promotion: the cookie is expired by the first rule, the weighted rule is plain.
+    // After the promotion or rollback: the cookie is expired by the first rule, the
+    // weighted rule is plain.
     let expired = eventually(&format!("{ns}: the cookie expired"), Duration::from_secs(30), async || {
         let route = routes.get(APP).await.ok()?;
         let rules = route.data["spec"][rules_key].as_array()?.clone();
