@@ -428,7 +428,8 @@ async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str,
         async || {
             let (split, logs) = env.simulator.sessions(&key).ok()?;
             let split = split?;
-            split.all_weights().all(|w| w.canary == 0).then_some((split, logs))
+            let after_release = split.all_weights().all(|w| w.canary == 0);
+            after_release.then_some((split, logs))
         },
     )
     .await
