@@ -14,8 +14,12 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use petrel::api::Canary;
 use petrel::api::canary::RETIRED_PROVIDER_MESSAGE;
-use petrel_e2e::providers::{APP, SharedEnv, matrix, run_matrix};
+use petrel_e2e::providers::{APP, IMAGE_BAD, SharedEnv, matrix, run_matrix};
 use petrel_e2e::scenario::eventually;
+use petrel_e2e::simulator::{
+    AffinityReport, App, AppCoords, Provider as SimProvider, SessionProfile, SessionRequest, Side as SimSide,
+    TrafficProfile,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,40 +224,89 @@ async fn gateway_api_route_options_reach_the_http_route() {
     eprintln!("[providers-gateway-options] passed in {:.1?}", t0.elapsed());
 }
 
-/// Provider `gatewayapi` with `analysis.sessionAffinity` (Flagger's cookie pinning): during
-/// the release the HTTPRoute (accepted by the API server with Gateway API's CRDs) has a
-/// sticky rule per cookie before the weighted rule, whose backends set the cookies; the
-/// canary cookie is chosen once for the release (kept in the status across the steps);
-/// after promotion one rule expires it. With a provider that does not pin sessions, the
-/// Canary is Stalled naming the provider.
+/// `analysis.sessionAffinity` (Flagger's cookie pinning) on providers istio and
+/// gatewayapi, each in its own namespace of one control plane, measured with 50
+/// cookie-keeping sessions of the traffic simulator sending requests through the routes
+/// petrel writes during a release (the simulator reads the VirtualService or HTTPRoute
+/// like a proxy: the sticky rules match the `Cookie` header, the weighted rule's
+/// destinations set the cookies).
 ///
-/// `cargo test -p petrel-e2e --test providers gateway_api_session_affinity -- --nocapture`
+/// During the release the route has a sticky rule per cookie before the weighted rule,
+/// whose backends set the cookies; the canary cookie is chosen once for the release (kept
+/// in the status across the steps); after promotion one rule expires it. Every session
+/// given the canary cookie is served by the canary for every later request until the
+/// cookie is expired, the sessions without a cookie are split by the weights, and after
+/// the release no request reaches the canary and no session keeps the cookie: after a
+/// promotion (istio, gatewayapi) and after a rollback on errors (istio, the pinned sessions
+/// being served by the failing canary until then). On gatewayapi (with
+/// `primaryCookieName`), a provider that does not pin sessions leaves the Canary Stalled,
+/// naming it.
+///
+/// `cargo test -p petrel-e2e --test providers session_affinity -- --test-threads=1 --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_api_session_affinity_pins_then_expires_the_cookie() {
-    use petrel::api::canary::Phase;
+async fn session_affinity_pins_sessions_until_the_cookie_expires() {
     let t0 = Instant::now();
     let env = SharedEnv::start("providers-session-affinity").await.unwrap();
-    let ns = "gatewayapi-affinity";
-    namespace(&env, ns).await;
+    tokio::join!(
+        session_affinity_case(&env, SimProvider::Istio, "istio-affinity", false),
+        session_affinity_case(&env, SimProvider::GatewayApi, "gatewayapi-affinity", false),
+        session_affinity_case(&env, SimProvider::Istio, "istio-affinity-rollback", true),
+    );
+    eprintln!("[providers-session-affinity] passed in {:.1?}", t0.elapsed());
+}
+
+/// Cookie-keeping sessions of the affinity cases, and their total rate (two requests a
+/// second each).
+const SESSIONS: usize = 50;
+const SESSION_RPS: f64 = 100.0;
+
+/// One release of a Canary with session affinity: promoted, or (`rollback`) a version
+/// failing 90% of its requests, rolled back by its success rate.
+async fn session_affinity_case(env: &SharedEnv, provider: SimProvider, ns: &str, rollback: bool) {
+    use petrel::api::canary::Phase;
+    let t0 = Instant::now();
+    let istio = provider == SimProvider::Istio;
+    namespace(env, ns).await;
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
     deployments.patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
-    let spec = json!({
-        "provider": "gatewayapi",
+    // Istio: the defaults (Flagger's cookie name and a day's Max-Age), no primary cookie.
+    // Gateway API: named cookies and the primary cookie, which lasts one interval.
+    let (service, affinity) = if istio {
+        (json!({ "port": 9898 }), json!({}))
+    } else {
+        (
+            json!({ "port": 9898, "gatewayRefs": [{ "name": "public", "namespace": ns }] }),
+            json!({ "cookieName": "canary-cookie", "primaryCookieName": "primary-cookie", "maxAge": 600 }),
+        )
+    };
+    let mut spec = json!({
+        "provider": provider.as_str(),
         "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
         "progressDeadlineSeconds": 60,
-        "service": { "port": 9898, "gatewayRefs": [{ "name": "public", "namespace": ns }] },
-        "analysis": { "interval": "3s", "threshold": 2, "stepWeight": 25, "maxWeight": 50,
-            "sessionAffinity": { "cookieName": "canary-cookie", "primaryCookieName": "primary-cookie", "maxAge": 600 } },
+        "service": service,
+        "analysis": { "interval": "3s", "threshold": 2, "stepWeight": 25, "maxWeight": 50, "sessionAffinity": affinity },
     });
+    if rollback {
+        spec["metricsServer"] = json!(env.prometheus.url());
+        spec["analysis"]["metrics"] =
+            json!([{ "name": "request-success-rate", "interval": "6s", "thresholdRange": { "min": 99 } }]);
+    }
+    let (image, outcome) = if rollback { (IMAGE_BAD, Phase::Failed) } else { ("podinfo:2", Phase::Succeeded) };
     let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
     canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, spec.clone()))).await.unwrap();
-    let resource = kube::api::ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
+    let resource = if istio {
+        petrel::routers::istio::virtual_service_resource()
+    } else {
+        kube::api::ApiResource {
+            group: "gateway.networking.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "HTTPRoute".into(),
+            plural: "httproutes".into(),
+        }
     };
+    // The route's rules: Gateway API's `rules`, Istio's `http` routes.
+    let rules_key = if istio { "http" } else { "rules" };
     let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
     eventually(&format!("{ns}: Initialized"), Duration::from_secs(60), async || {
         (canaries.get(APP).await.ok()?.status?.phase == Phase::Initialized).then_some(())
@@ -262,26 +315,43 @@ async fn gateway_api_session_affinity_pins_then_expires_the_cookie() {
     .unwrap();
     // Before any release: one weighted rule, no cookie.
     let route = routes.get(APP).await.unwrap();
-    assert_eq!(route.data["spec"]["rules"].as_array().unwrap().len(), 1, "{}", route.data);
+    assert_eq!(route.data["spec"][rules_key].as_array().unwrap().len(), 1, "{}", route.data);
+
+    // The sessions, from now on.
+    let coords = AppCoords::new(ns, APP, provider);
+    let key = coords.key();
+    let app = App::from_cluster(env.client.clone(), coords)
+        .profile(TrafficProfile { requests_per_second: 0.0, ..TrafficProfile::default() })
+        .sessions(SessionProfile::new(SESSIONS, SESSION_RPS));
+    env.simulator.add_app(app).unwrap();
+    env.simulator.wait_observed(&key, Duration::from_secs(30)).await.unwrap();
 
     // The release: watch the status and the route until the promotion.
     let mut release = deployment(ns);
-    release["spec"]["template"]["spec"]["containers"][0]["image"] = json!("podinfo:2");
+    release["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
     deployments.patch(APP, &ssa(), &Patch::Apply(release)).await.unwrap();
     let mut cookies = std::collections::BTreeSet::new();
+    let mut primary_cookies = std::collections::BTreeSet::new();
     let mut pinned_route = None;
+    let sticky_rules = if istio { 2 } else { 3 };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        assert!(Instant::now() < deadline, "{ns}: no promotion; cookies seen {cookies:?}");
+        assert!(Instant::now() < deadline, "{ns}: no phase {outcome}; cookies seen {cookies:?}");
         let status = canaries.get(APP).await.unwrap().status.unwrap_or_default();
         if let Some(cookie) = &status.session_affinity_cookie {
             cookies.insert(cookie.clone());
+            primary_cookies.extend(status.primary_session_affinity_cookie.clone());
             let route = routes.get(APP).await.unwrap();
-            if route.data["spec"]["rules"].as_array().is_some_and(|r| r.len() == 3) {
+            // Pinned: the first rule sends the cookie's requests to the canary (after the
+            // release it has the weighted rule's weights).
+            let backends = if istio { "route" } else { "backendRefs" };
+            let rules = route.data["spec"][rules_key].as_array();
+            if rules.is_some_and(|r| r.len() == sticky_rules && r[0][backends][1]["weight"] == 100) {
                 pinned_route = Some(route.data.clone());
             }
         }
-        if status.phase == Phase::Succeeded {
+        if matches!(status.phase, Phase::Succeeded | Phase::Failed) {
+            assert_eq!(status.phase, outcome, "{ns}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -289,52 +359,148 @@ async fn gateway_api_session_affinity_pins_then_expires_the_cookie() {
     assert_eq!(cookies.len(), 1, "{ns}: one canary cookie per release, saw {cookies:?}");
     let cookie = cookies.pop_first().unwrap();
     let (name, value) = cookie.split_once('=').unwrap();
-    assert_eq!(name, "canary-cookie");
     let route = pinned_route.expect("the route was seen pinned");
-    let rules = route["spec"]["rules"].as_array().unwrap();
-    assert_eq!(
-        rules[0]["matches"][0]["headers"][0],
-        json!({ "type": "RegularExpression", "name": "Cookie", "value": format!(".*canary-cookie={value}.*") }),
-        "{route}"
-    );
-    assert_eq!(rules[0]["backendRefs"][1]["weight"], 100, "{route}");
-    assert_eq!(rules[1]["backendRefs"][0]["weight"], 100, "{route}");
-    assert_eq!(
-        rules[2]["backendRefs"][1]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
-        format!("{cookie}; Max-Age=600"),
-        "{route}"
-    );
-    let primary_set_cookie =
-        rules[2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"].as_str().unwrap();
-    assert!(
-        primary_set_cookie.starts_with("primary-cookie=") && primary_set_cookie.ends_with("; Max-Age=3"),
-        "{route}"
-    );
+    let rules = route["spec"][rules_key].as_array().unwrap();
+    if istio {
+        assert_eq!(name, "flagger-cookie");
+        assert_eq!(rules[0]["name"], "sticky-route", "{route}");
+        assert_eq!(
+            rules[0]["match"][0]["headers"]["Cookie"],
+            json!({ "regex": format!(".*flagger-cookie={value}.*") }),
+            "{route}"
+        );
+        assert_eq!(rules[0]["route"][1]["weight"], 100, "{route}");
+        assert_eq!(
+            rules[1]["route"][1]["headers"]["response"]["add"]["Set-Cookie"],
+            format!("{cookie}; Max-Age=86400"),
+            "{route}"
+        );
+        assert!(primary_cookies.is_empty(), "{ns}: no primaryCookieName, yet {primary_cookies:?}");
+    } else {
+        assert_eq!(name, "canary-cookie");
+        assert_eq!(
+            rules[0]["matches"][0]["headers"][0],
+            json!({ "type": "RegularExpression", "name": "Cookie", "value": format!(".*canary-cookie={value}.*") }),
+            "{route}"
+        );
+        assert_eq!(rules[0]["backendRefs"][1]["weight"], 100, "{route}");
+        assert_eq!(rules[1]["backendRefs"][0]["weight"], 100, "{route}");
+        assert_eq!(
+            rules[2]["backendRefs"][1]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            format!("{cookie}; Max-Age=600"),
+            "{route}"
+        );
+        let primary_set_cookie =
+            rules[2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"].as_str().unwrap();
+        assert!(
+            primary_set_cookie.starts_with("primary-cookie=") && primary_set_cookie.ends_with("; Max-Age=3"),
+            "{route}"
+        );
+        assert_eq!(primary_cookies.len(), 1, "{ns}: one primary cookie per release, saw {primary_cookies:?}");
+    }
 
-    // After the promotion: the cookie is expired by the first rule, the weighted rule is plain.
+    // After the promotion or rollback: the cookie is expired by the first rule, the
+    // weighted rule is plain.
     let expired = eventually(&format!("{ns}: the cookie expired"), Duration::from_secs(30), async || {
         let route = routes.get(APP).await.ok()?;
-        let rules = route.data["spec"]["rules"].as_array()?.clone();
-        (rules.len() == 2 && rules[1]["backendRefs"][0]["weight"] == 100).then_some(rules)
+        let rules = route.data["spec"][rules_key].as_array()?.clone();
+        let back = if istio { &rules.get(1)?["route"][0] } else { &rules.get(1)?["backendRefs"][0] };
+        (rules.len() == 2 && back["weight"] == 100).then_some(rules)
     })
     .await
     .unwrap();
-    assert_eq!(
-        expired[0]["filters"],
-        json!([{ "type": "ResponseHeaderModifier", "responseHeaderModifier": { "add": [{ "name": "Set-Cookie", "value": format!("{cookie}; Max-Age=-1") }] } }])
-    );
+    let expiring = format!("{cookie}; Max-Age=-1");
+    if istio {
+        assert_eq!(expired[0]["headers"], json!({ "response": { "add": { "Set-Cookie": expiring } } }));
+    } else {
+        assert_eq!(
+            expired[0]["filters"],
+            json!([{ "type": "ResponseHeaderModifier", "responseHeaderModifier": { "add": [{ "name": "Set-Cookie", "value": expiring }] } }])
+        );
+    }
     let status = canaries.get(APP).await.unwrap().status.unwrap();
     assert_eq!(status.previous_session_affinity_cookie.as_deref(), Some(cookie.as_str()));
     assert_eq!(status.session_affinity_cookie, None);
 
-    // A provider that does not pin sessions: Stalled, naming it.
-    let mut other = spec;
-    other["provider"] = json!("kubernetes");
-    other["analysis"] = json!({ "interval": "3s", "threshold": 2, "iterations": 2,
-        "sessionAffinity": { "cookieName": "canary-cookie" } });
-    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, other))).await.unwrap();
-    stalled(&env, ns, "InvalidRouting", |m| m.contains("sessionAffinity") && m.contains("provider kubernetes")).await;
-    eprintln!("[providers-session-affinity] passed in {:.1?}", t0.elapsed());
+    // The sessions. Once the simulator routes by the route after the release (no canary
+    // weight in any rule), every request it logs later is routed by it (or a newer route).
+    // Whether that route expires the cookie is for the sessions to show.
+    let (split, logs) = eventually(
+        &format!("{ns}: the simulator on the route after the release"),
+        Duration::from_secs(30),
+        async || {
+            let (split, logs) = env.simulator.sessions(&key).ok()?;
+            let split = split?;
+            let after_release = split.all_weights().all(|w| w.canary == 0);
+            after_release.then_some((split, logs))
+        },
+    )
+    .await
+    .unwrap();
+    let after: Vec<usize> = logs.iter().map(|l| l.requests.len()).collect();
+    let primary_cookie = primary_cookies.first().map(String::as_str);
+    // Every pinned session sends a few more requests: the first expires its cookie. (On
+    // timeout the assertions below say what went wrong.)
+    let expired_all = async || {
+        let (_, logs) = env.simulator.sessions(&key).ok()?;
+        let report = AffinityReport::of(&logs, &cookie, primary_cookie);
+        let more = logs.iter().zip(&after).all(|(l, n)| l.requests.len() >= n + 4);
+        (more && report.expired == report.pinned).then_some(())
+    };
+    let _ =
+        eventually(&format!("{ns}: every pinned session's cookie expired"), Duration::from_secs(20), expired_all).await;
+    let (_, logs) = env.simulator.sessions(&key).unwrap();
+    let report = AffinityReport::of(&logs, &cookie, primary_cookie);
+    let later: Vec<&SessionRequest> = logs.iter().zip(&after).flat_map(|(l, n)| &l.requests[*n..]).collect();
+    let later_to_canary = later.iter().filter(|r| r.side != Some(SimSide::Primary)).count();
+    let later_with_cookie = later.iter().filter(|r| r.carried(&cookie) && !r.expired(&cookie)).count();
+    let kept = logs.iter().filter(|l| l.jar.contains(&cookie)).count();
+    eprintln!(
+        "[{ns}] {SESSIONS} sessions: {} pinned to the canary, {} requests after pinning of which {} elsewhere; \
+         {} requests with the primary cookie of which {} elsewhere; {} unpinned requests at canary weight: {} on the \
+         canary, {:.1} expected; after the release ({} requests): {} not on the primary, {} with a live canary cookie, \
+         {} sessions keeping it",
+        report.pinned,
+        report.pinned_requests,
+        report.pinned_elsewhere,
+        report.primary_pinned_requests,
+        report.primary_pinned_elsewhere,
+        report.unpinned_requests,
+        report.unpinned_to_canary,
+        report.unpinned_expected_canary,
+        later.len(),
+        later_to_canary,
+        later_with_cookie,
+        kept,
+    );
+    assert!(report.pinned >= 5 && report.pinned_requests >= 50, "{ns}: too few sessions pinned to judge: {report:?}");
+    assert_eq!(report.pinned_elsewhere, 0, "{ns}: pinned sessions left the canary: {report:?}");
+    assert_eq!(report.expiring_elsewhere, 0, "{ns}: {report:?}");
+    assert_eq!(report.carried_unexplained, 0, "{ns}: {report:?}");
+    assert_eq!(report.expired, report.pinned, "{ns}: {report:?}");
+    assert!(report.unpinned_requests >= 50, "{ns}: too few unpinned requests to judge the split: {report:?}");
+    assert!(
+        report.unpinned_follow_the_weights(4.0),
+        "{ns}: the unpinned requests did not follow the weights: {report:?}"
+    );
+    if primary_cookie.is_some() {
+        assert!(report.primary_pinned_requests > 0, "{ns}: {report:?}");
+        assert_eq!(report.primary_pinned_elsewhere, 0, "{ns}: {report:?}");
+    }
+    assert_eq!((later_to_canary, later_with_cookie, kept), (0, 0, 0), "{ns}: after the release: {split:?}");
+    env.simulator.remove_app(&key).unwrap();
+
+    if !istio {
+        // A provider that does not pin sessions: Stalled, naming it.
+        let mut other = spec;
+        other["provider"] = json!("kubernetes");
+        other["analysis"] = json!({ "interval": "3s", "threshold": 2, "iterations": 2,
+            "sessionAffinity": { "cookieName": "canary-cookie" } });
+        canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, other))).await.unwrap();
+        stalled(env, ns, "InvalidRouting", |m| m.contains("sessionAffinity") && m.contains("provider kubernetes"))
+            .await;
+    }
+    eprintln!("[{ns}] passed in {:.1?}", t0.elapsed());
 }
 
 fn ssa() -> PatchParams {

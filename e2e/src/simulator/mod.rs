@@ -17,6 +17,11 @@
 //!   (and optional `"errorStatus": 503`): how that version behaves;
 //!   `DELETE /versions/<image>` forgets it; `GET /versions` lists them;
 //! - `GET /apps`: each app's current split, images and request totals.
+//!
+//! Besides its anonymous traffic (a [`TrafficProfile`], which keeps no cookies), an app
+//! may have a pool of cookie-keeping clients ([`App::sessions`], see [`sessions`]), whose
+//! requests follow session affinity's cookies; [`SimulatorHandle::sessions`] gives their
+//! logs.
 
 mod cache_source;
 pub mod exposition;
@@ -24,6 +29,7 @@ mod kube_source;
 mod recorder;
 pub mod routes;
 mod server;
+pub mod sessions;
 pub mod split;
 
 use std::collections::BTreeMap;
@@ -42,8 +48,10 @@ pub use exposition::{AppLabels, AppStats};
 pub use kube_source::KubeRouteSource;
 pub use recorder::{RecordedSplit, RouteRecorder};
 pub use routes::Provider;
+pub use sessions::{AffinityReport, CookieJar, SessionLog, SessionProfile, SessionRequest};
 pub use split::{
-    Dispatch, Dispatcher, HeaderMatch, HeaderRule, HeaderValueMatch, Side, Split, TrafficProfile, Weights,
+    Dispatch, Dispatcher, HeaderMatch, HeaderRule, HeaderValueMatch, Routed, SetCookies, Side, Split, TrafficProfile,
+    Weights,
 };
 
 /// Why the simulator could not do something.
@@ -348,6 +356,8 @@ pub struct App {
     pub profile: TrafficProfile,
     /// Where its split comes from.
     pub source: Arc<dyn RouteSource>,
+    /// Cookie-keeping clients, besides the profile's anonymous requests.
+    pub sessions: Option<SessionProfile>,
 }
 
 impl App {
@@ -357,17 +367,25 @@ impl App {
             source: Arc::new(KubeRouteSource::new(client, coords.clone())),
             coords,
             profile: TrafficProfile::default(),
+            sessions: None,
         }
     }
 
     /// An app with any source, e.g. a [`StaticSource`].
     pub fn with_source(coords: AppCoords, source: Arc<dyn RouteSource>) -> Self {
-        App { coords, profile: TrafficProfile::default(), source }
+        App { coords, profile: TrafficProfile::default(), source, sessions: None }
     }
 
     /// Sets the request profile.
     pub fn profile(mut self, profile: TrafficProfile) -> Self {
         self.profile = profile;
+        self
+    }
+
+    /// Adds a pool of cookie-keeping clients (see [`sessions`]); their requests are
+    /// served and counted like the profile's.
+    pub fn sessions(mut self, sessions: SessionProfile) -> Self {
+        self.sessions = Some(sessions);
         self
     }
 }
@@ -431,6 +449,7 @@ impl AppSnapshot {
 
 struct AppRuntime {
     profile: TrafficProfile,
+    sessions: Option<sessions::SessionPool>,
     stats: AppStats,
     observation: Option<Observation>,
     observe_failures: u64,
@@ -526,6 +545,16 @@ impl SimulatorHandle {
         self.shared.metrics_text()
     }
 
+    /// The logs of app `key`'s cookie-keeping clients (empty without [`App::sessions`]),
+    /// with the split they were last routed by (taken together, so that every request
+    /// logged after this call is routed by that split or a newer one).
+    pub fn sessions(&self, key: &str) -> Result<(Option<Split>, Vec<SessionLog>), SimError> {
+        let app = self.shared.app(key)?;
+        let mut rt = lock(&app.runtime);
+        let split = rt.observation.as_ref().map(|o| o.split.clone());
+        Ok((split, rt.sessions.as_mut().map(sessions::SessionPool::logs).unwrap_or_default()))
+    }
+
     /// Every app's state.
     pub fn snapshots(&self) -> Vec<AppSnapshot> {
         self.shared.snapshots()
@@ -596,6 +625,7 @@ impl Simulator {
                 coords: app.coords,
                 runtime: Mutex::new(AppRuntime {
                     profile: app.profile,
+                    sessions: app.sessions.map(sessions::SessionPool::new),
                     stats: AppStats::default(),
                     observation: None,
                     observe_failures: 0,
@@ -640,6 +670,11 @@ impl Simulator {
     /// App `key`'s state (`namespace/canary`, or the Canary name).
     pub fn snapshot(&self, key: &str) -> Result<AppSnapshot, SimError> {
         self.handle.snapshot(key)
+    }
+
+    /// App `key`'s cookie-keeping clients (see [`SimulatorHandle::sessions`]).
+    pub fn sessions(&self, key: &str) -> Result<(Option<Split>, Vec<SessionLog>), SimError> {
+        self.handle.sessions(key)
     }
 
     /// Waits until app `key` has made a first successful observation.
@@ -707,7 +742,12 @@ async fn run_app(shared: Arc<Shared>, app: Arc<AppShared>, source: Arc<dyn Route
         };
         let profile = rt.profile.clone();
         let dispatch = generation.dispatcher.step(&observation.split, &profile, elapsed);
+        let rt = &mut *rt;
         serve_requests(&mut rt.stats, &mut generation, &observation, &dispatch, &versions);
+        if let Some(pool) = rt.sessions.as_mut() {
+            let dispatch = pool.step(&observation.split, elapsed);
+            serve_requests(&mut rt.stats, &mut generation, &observation, &dispatch, &versions);
+        }
     }
 }
 

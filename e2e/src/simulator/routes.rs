@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::split::{HeaderMatch, HeaderRule, HeaderValueMatch, Side, Split, Weights, classify_backend};
+use super::split::{HeaderMatch, HeaderRule, HeaderValueMatch, SetCookies, Side, Split, Weights, classify_backend};
 
 /// Default NGINX annotation prefix (the controller's `--annotations-prefix`).
 pub const NGINX_ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io";
@@ -237,17 +237,24 @@ fn most_specific_first(mut rules: Vec<HeaderRule>) -> Vec<HeaderRule> {
 }
 
 /// Gateway API HTTPRoute: `spec.rules[].backendRefs[].weight` (default 1),
-/// header matches for A/B, and a `RequestMirror` filter.
+/// header matches for A/B and session affinity, a `RequestMirror` filter, and the
+/// `Set-Cookie` values of `ResponseHeaderModifier` filters (on the rule: every response;
+/// on a backendRef: that backend's responses).
 pub fn parse_http_route(route: &Value, service: &str) -> Result<Split, RouteShapeError> {
     const KIND: &str = "HTTPRoute";
     let spec = route.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
     let mut header_rules = Vec::new();
-    let mut default: Option<(Weights, Option<u32>)> = None;
+    let mut default: Option<(Weights, Option<u32>, SetCookies)> = None;
     for rule in array(spec, "rules") {
         let mut weights = Weights::default();
+        let mut set_cookies = SetCookies::default();
+        set_cookies.add(None, &http_route_set_cookies(array(rule, "filters")));
         for backend in array(rule, "backendRefs") {
             let name = string(backend, "name").ok_or_else(|| shape(KIND, "backendRef without name"))?;
             weights.add_backend(name, service, weight(backend.get("weight"), KIND)?.unwrap_or(1));
+            if let Some(side) = classify_backend(name, service) {
+                set_cookies.add(Some(side), &http_route_set_cookies(array(backend, "filters")));
+            }
         }
         let mirror = array(rule, "filters")
             .iter()
@@ -281,15 +288,43 @@ pub fn parse_http_route(route: &Value, service: &str) -> Result<Split, RouteShap
             if headers.is_empty() {
                 catch_all = true;
             } else {
-                header_rules.push(HeaderRule { matches: headers, weights });
+                header_rules.push(HeaderRule { matches: headers, weights, set_cookies: set_cookies.clone() });
             }
         }
         if catch_all && default.is_none() {
-            default = Some((weights, mirror));
+            default = Some((weights, mirror, set_cookies));
         }
     }
-    let (default, mirror_percent) = default.unwrap_or_default();
-    Ok(Split { header_rules: most_specific_first(header_rules), default, mirror_percent })
+    let (default, mirror_percent, default_set_cookies) = default.unwrap_or_default();
+    Ok(Split { header_rules: most_specific_first(header_rules), default, mirror_percent, default_set_cookies })
+}
+
+/// The response header whose values sessions keep.
+const SET_COOKIE: &str = "set-cookie";
+
+/// The `Set-Cookie` values Gateway API `ResponseHeaderModifier` filters add or set.
+fn http_route_set_cookies(filters: &[Value]) -> Vec<String> {
+    filters
+        .iter()
+        .filter(|f| string(f, "type") == Some("ResponseHeaderModifier"))
+        .filter_map(|f| f.get("responseHeaderModifier"))
+        .flat_map(|m| array(m, "add").iter().chain(array(m, "set")))
+        .filter(|h| string(h, "name").is_some_and(|n| n.eq_ignore_ascii_case(SET_COOKIE)))
+        .filter_map(|h| string(h, "value").map(str::to_owned))
+        .collect()
+}
+
+/// The `Set-Cookie` values of an Istio `headers` block's `response.add` and
+/// `response.set` (maps of header name to value).
+fn istio_set_cookies(headers: Option<&Value>) -> Vec<String> {
+    let response = headers.and_then(|h| h.get("response"));
+    ["add", "set"]
+        .into_iter()
+        .filter_map(|op| response.and_then(|r| r.get(op)).and_then(Value::as_object))
+        .flatten()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(SET_COOKIE))
+        .filter_map(|(_, value)| value.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `percent`, or `fraction` (numerator/denominator, default 100), or 100.
@@ -311,7 +346,9 @@ fn http_route_mirror_percent(mirror: &Value) -> Result<u32, RouteShapeError> {
 
 /// Istio VirtualService: `spec.http[]` evaluated in order, first match
 /// wins; `route[].weight` (a lone destination gets everything); `mirror`
-/// with `mirrorPercentage.value` (or legacy `mirrorPercent`, default 100).
+/// with `mirrorPercentage.value` (or legacy `mirrorPercent`, default 100); the
+/// `Set-Cookie` values of `headers.response.add`/`set` (on the HTTP route: every
+/// response; on a `route[]` destination: that destination's responses).
 pub fn parse_virtual_service(vs: &Value, service: &str) -> Result<Split, RouteShapeError> {
     const KIND: &str = "VirtualService";
     let spec = vs.get("spec").ok_or_else(|| shape(KIND, "no spec"))?;
@@ -319,6 +356,8 @@ pub fn parse_virtual_service(vs: &Value, service: &str) -> Result<Split, RouteSh
     for http in array(spec, "http") {
         let routes = array(http, "route");
         let mut weights = Weights::default();
+        let mut set_cookies = SetCookies::default();
+        set_cookies.add(None, &istio_set_cookies(http.get("headers")));
         for route in routes {
             let host = route
                 .get("destination")
@@ -330,6 +369,9 @@ pub fn parse_virtual_service(vs: &Value, service: &str) -> Result<Split, RouteSh
                 None => 0,
             };
             weights.add_backend(host, service, w);
+            if let Some(side) = classify_backend(host, service) {
+                set_cookies.add(Some(side), &istio_set_cookies(route.get("headers")));
+            }
         }
         let mut header_matches = Vec::new();
         let mut catch_all = array(http, "match").is_empty();
@@ -361,11 +403,20 @@ pub fn parse_virtual_service(vs: &Value, service: &str) -> Result<Split, RouteSh
                     percent.round().clamp(0.0, 100.0) as u32
                 });
             // Rules after a catch-all are never reached.
-            return Ok(Split { header_rules, default: weights, mirror_percent: mirror });
+            return Ok(Split {
+                header_rules,
+                default: weights,
+                mirror_percent: mirror,
+                default_set_cookies: set_cookies,
+            });
         }
-        header_rules.extend(header_matches.into_iter().map(|matches| HeaderRule { matches, weights }));
+        header_rules.extend(header_matches.into_iter().map(|matches| HeaderRule {
+            matches,
+            weights,
+            set_cookies: set_cookies.clone(),
+        }));
     }
-    Ok(Split { header_rules, default: Weights::default(), mirror_percent: None })
+    Ok(Split { header_rules, ..Split::default() })
 }
 
 fn istio_string_match(condition: &Value) -> HeaderValueMatch {
@@ -426,23 +477,21 @@ pub fn parse_canary_ingress(ingress: &Value, prefix: &str) -> Split {
     let canary = annotation("canary-weight").and_then(|w| w.parse::<u32>().ok()).unwrap_or(0).min(total);
     let mut header_rules = Vec::new();
     if let Some(header) = annotation("canary-by-header").filter(|h| !h.is_empty()) {
-        let mut to_canary = |value| {
-            header_rules
-                .push(HeaderRule { matches: vec![HeaderMatch::new(header, value)], weights: Weights::ALL_CANARY })
-        };
+        let mut to_canary =
+            |value| header_rules.push(HeaderRule::new(vec![HeaderMatch::new(header, value)], Weights::ALL_CANARY));
         if let Some(value) = annotation("canary-by-header-value") {
             to_canary(HeaderValueMatch::Exact(value.to_owned()));
         } else if let Some(pattern) = annotation("canary-by-header-pattern") {
             to_canary(HeaderValueMatch::Regex(pattern.to_owned()));
         } else {
             to_canary(HeaderValueMatch::Exact("always".to_owned()));
-            header_rules.push(HeaderRule {
-                matches: vec![HeaderMatch::new(header, HeaderValueMatch::Exact("never".to_owned()))],
-                weights: Weights::ALL_PRIMARY,
-            });
+            header_rules.push(HeaderRule::new(
+                vec![HeaderMatch::new(header, HeaderValueMatch::Exact("never".to_owned()))],
+                Weights::ALL_PRIMARY,
+            ));
         }
     }
-    Split { header_rules, default: Weights::new(total - canary, canary), mirror_percent: None }
+    Split { header_rules, default: Weights::new(total - canary, canary), ..Split::default() }
 }
 
 /// Traefik TraefikService: `spec.weighted.services[].weight` (default 1),
@@ -520,11 +569,11 @@ pub fn parse_http_proxy(proxy: &Value, service: &str) -> Result<Split, RouteShap
         if headers.is_empty() {
             default.get_or_insert((weights, mirror));
         } else {
-            header_rules.push(HeaderRule { matches: headers, weights });
+            header_rules.push(HeaderRule::new(headers, weights));
         }
     }
     let (default, mirror_percent) = default.unwrap_or_default();
-    Ok(Split { header_rules: most_specific_first(header_rules), default, mirror_percent })
+    Ok(Split { header_rules: most_specific_first(header_rules), default, mirror_percent, ..Split::default() })
 }
 
 /// APISIX ApisixRoute: `spec.http[]`, each rule's `backends[].weight`
@@ -561,10 +610,10 @@ pub fn parse_apisix_route(route: &Value, service: &str) -> Result<Split, RouteSh
         if headers.is_empty() {
             default.get_or_insert(weights);
         } else {
-            header_rules.push(HeaderRule { matches: headers, weights });
+            header_rules.push(HeaderRule::new(headers, weights));
         }
     }
-    Ok(Split { header_rules, default: default.unwrap_or_default(), mirror_percent: None })
+    Ok(Split { header_rules, default: default.unwrap_or_default(), ..Split::default() })
 }
 
 /// The side of a Gloo Upstream petrel generates,
@@ -615,14 +664,14 @@ pub fn parse_route_table(table: &Value, service: &str) -> Result<Split, RouteSha
             if headers.is_empty() {
                 catch_all = true;
             } else {
-                header_rules.push(HeaderRule { matches: headers, weights });
+                header_rules.push(HeaderRule::new(headers, weights));
             }
         }
         if catch_all {
             default.get_or_insert(weights);
         }
     }
-    Ok(Split { header_rules, default: default.unwrap_or_default(), mirror_percent: None })
+    Ok(Split { header_rules, default: default.unwrap_or_default(), ..Split::default() })
 }
 
 /// Skipper canary Ingress: `zalando.org/backend-weights` (a JSON object of
@@ -687,7 +736,7 @@ pub fn parse_mesh_http_route(route: &Value, service: &str) -> Result<Split, Rout
                 if headers.is_empty() {
                     default.get_or_insert(weights);
                 } else {
-                    header_rules.push(HeaderRule { matches: headers, weights });
+                    header_rules.push(HeaderRule::new(headers, weights));
                 }
             }
         }
@@ -695,7 +744,7 @@ pub fn parse_mesh_http_route(route: &Value, service: &str) -> Result<Split, Rout
     Ok(Split {
         header_rules: most_specific_first(header_rules),
         default: default.unwrap_or_default(),
-        mirror_percent: None,
+        ..Split::default()
     })
 }
 
@@ -762,7 +811,7 @@ pub fn split_from_service_selector(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -824,13 +873,13 @@ mod tests {
         assert_eq!(split.mirror_percent, Some(50));
         assert_eq!(
             split.header_rules,
-            vec![HeaderRule {
-                matches: vec![
+            vec![HeaderRule::new(
+                vec![
                     HeaderMatch::new("x-canary", HeaderValueMatch::Exact("insider".into())),
                     HeaderMatch::new("cookie", HeaderValueMatch::Regex(".*canary.*".into())),
                 ],
-                weights: Weights::new(0, 100),
-            }]
+                Weights::new(0, 100),
+            )]
         );
     }
 
@@ -929,10 +978,10 @@ mod tests {
         assert_eq!(split.default, Weights::new(100, 0));
         assert_eq!(
             split.header_rules,
-            vec![HeaderRule {
-                matches: vec![HeaderMatch::new("x-canary", HeaderValueMatch::Exact("insider".into()))],
-                weights: Weights::ALL_CANARY,
-            }]
+            vec![HeaderRule::new(
+                vec![HeaderMatch::new("x-canary", HeaderValueMatch::Exact("insider".into()))],
+                Weights::ALL_CANARY,
+            )]
         );
 
         let ing = json!({"metadata": {"annotations": {
@@ -1027,7 +1076,7 @@ mod tests {
 
     /// What petrel's routers write (their checked-in manifests, `operator/tests/fixtures/
     /// routers/`), read by the simulator's own parsers.
-    fn petrel_fixture(file: &str) -> Value {
+    pub(in crate::simulator) fn petrel_fixture(file: &str) -> Value {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/tests/fixtures/routers").join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -1079,6 +1128,92 @@ mod tests {
             {"revisionName": "podinfo-00002", "percent": 30, "tag": "canary"}
         ]}});
         assert_eq!(knative_revision(&tagged, Side::Canary).as_deref(), Some("podinfo-00002"));
+    }
+
+    /// The sticky routes petrel writes for `analysis.sessionAffinity`: a rule per cookie
+    /// matching the `Cookie` header, before the weighted rule whose destinations set the
+    /// cookies; after the release, one rule that expires the canary cookie.
+    #[test]
+    fn sticky_manifests_read_as_cookie_rules_and_set_cookies() {
+        let canary_cookie = "canary-cookie=0123456789abcdef";
+        let cookie = |value: &str| BTreeMap::from([("cookie".to_string(), value.to_string())]);
+        for (provider, file, base) in [
+            // The Istio fixture's weighted route also matches `x-tenant: blue` (service.match).
+            (Provider::Istio, "istio_sticky.yaml", BTreeMap::from([("x-tenant".to_string(), "blue".to_string())])),
+            (Provider::GatewayApi, "gatewayapi_sticky.yaml", BTreeMap::new()),
+        ] {
+            let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+            let with = |extra: BTreeMap<String, String>| {
+                let mut headers = base.clone();
+                headers.extend(extra);
+                split.header_rule_for(&headers).cloned()
+            };
+            let weighted = with(BTreeMap::new()).map_or(split.default, |r| r.weights);
+            assert_eq!(weighted, Weights::new(90, 10), "{provider}");
+            let set_cookies = with(BTreeMap::new()).map_or(split.default_set_cookies.clone(), |r| r.set_cookies);
+            assert_eq!(
+                set_cookies,
+                SetCookies {
+                    primary: vec!["primary-cookie=fedcba9876543210; Max-Age=60".into()],
+                    canary: vec!["canary-cookie=0123456789abcdef; Max-Age=600".into()],
+                },
+                "{provider}"
+            );
+            let pinned = with(cookie(&format!("theme=dark; {canary_cookie}; lang=en"))).unwrap();
+            assert_eq!(pinned.weights, Weights::ALL_CANARY, "{provider}");
+            assert!(pinned.set_cookies.is_empty(), "{provider}: the sticky rule sets nothing");
+            let kept = with(cookie("primary-cookie=fedcba9876543210")).unwrap();
+            assert_eq!(kept.weights, Weights::ALL_PRIMARY, "{provider}");
+            // Another value of the cookie is not the release's.
+            let other = with(cookie("canary-cookie=ffffffffffffffff"));
+            assert_eq!(other.map_or(split.default, |r| r.weights), Weights::new(90, 10), "{provider}");
+        }
+        for (provider, file) in
+            [(Provider::Istio, "istio_sticky_expired.yaml"), (Provider::GatewayApi, "gatewayapi_sticky_expired.yaml")]
+        {
+            let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
+            assert_eq!(split.default, Weights::ALL_PRIMARY, "{provider}");
+            assert!(split.default_set_cookies.is_empty(), "{provider}");
+            let expire = split.header_rule_for(&cookie(canary_cookie)).unwrap();
+            assert_eq!(expire.weights, Weights::ALL_PRIMARY, "{provider}");
+            // On the rule, not on one destination: every response expires it, and other
+            // response headers (Istio's x-served-by) are not cookies.
+            let expired = vec!["canary-cookie=0123456789abcdef; Max-Age=-1".to_string()];
+            assert_eq!(expire.set_cookies, SetCookies { primary: expired.clone(), canary: expired }, "{provider}");
+        }
+    }
+
+    #[test]
+    fn set_cookie_modifiers_by_destination_and_rule() {
+        let vs = json!({"spec": {"http": [{
+            "headers": {"response": {"set": {"set-cookie": "a=1"}, "add": {"x-other": "no"}}},
+            "route": [
+                {"destination": {"host": "podinfo-primary"}, "weight": 50,
+                 "headers": {"response": {"add": {"Set-Cookie": "p=1; Max-Age=5"}}}},
+                {"destination": {"host": "elsewhere"}, "weight": 50,
+                 "headers": {"response": {"add": {"Set-Cookie": "lost=1"}}}}
+            ]
+        }]}});
+        let split = parse_virtual_service(&vs, "podinfo").unwrap();
+        assert_eq!(split.default_set_cookies.primary, vec!["a=1".to_string(), "p=1; Max-Age=5".to_string()]);
+        assert_eq!(split.default_set_cookies.canary, vec!["a=1".to_string()]);
+        let route = json!({"spec": {"rules": [{
+            "filters": [
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "SET-COOKIE", "value": "r=1"}]}},
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "Set-Cookie", "value": "no=1"}]}}
+            ],
+            "backendRefs": [
+                {"name": "podinfo-primary", "weight": 1},
+                {"name": "podinfo-canary", "weight": 1, "filters": [
+                    {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": "c=1"}]}}
+                ]}
+            ]
+        }]}});
+        let split = parse_http_route(&route, "podinfo").unwrap();
+        assert_eq!(
+            split.default_set_cookies,
+            SetCookies { primary: vec!["r=1".into()], canary: vec!["r=1".into(), "c=1".into()] }
+        );
     }
 
     #[test]

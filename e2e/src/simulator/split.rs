@@ -146,13 +146,83 @@ impl HeaderMatch {
     }
 }
 
-/// A rule that applies to requests carrying certain headers (A/B testing).
+/// The `Set-Cookie` values a rule's response header modifiers add to a response, by the
+/// side that served it (a modifier on the whole rule adds to both sides'). Other response
+/// headers are not kept: only cookies change what a client sends next.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct SetCookies {
+    /// Added to the primary's responses.
+    pub primary: Vec<String>,
+    /// Added to the canary's responses.
+    pub canary: Vec<String>,
+}
+
+impl SetCookies {
+    /// No cookie set on either side.
+    pub fn is_empty(&self) -> bool {
+        self.primary.is_empty() && self.canary.is_empty()
+    }
+
+    /// Adds `values` to the responses of `side`, or of both sides for `None` (a
+    /// modifier on the rule rather than on one destination).
+    pub fn add(&mut self, side: Option<Side>, values: &[String]) {
+        for s in Side::BOTH {
+            if side.is_none_or(|only| only == s) {
+                self.of_mut(s).extend(values.iter().cloned());
+            }
+        }
+    }
+
+    /// The values added to `side`'s responses.
+    pub fn of(&self, side: Side) -> &[String] {
+        match side {
+            Side::Primary => &self.primary,
+            Side::Canary => &self.canary,
+        }
+    }
+
+    fn of_mut(&mut self, side: Side) -> &mut Vec<String> {
+        match side {
+            Side::Primary => &mut self.primary,
+            Side::Canary => &mut self.canary,
+        }
+    }
+}
+
+/// A rule that applies to requests carrying certain headers (A/B testing, and the
+/// sticky rules of session affinity, which match the `Cookie` header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderRule {
     /// All of these must hold.
     pub matches: Vec<HeaderMatch>,
     /// Where matching requests go.
     pub weights: Weights,
+    /// Cookies its responses set.
+    #[serde(skip_serializing_if = "SetCookies::is_empty")]
+    pub set_cookies: SetCookies,
+}
+
+impl HeaderRule {
+    /// A rule whose responses set no cookie.
+    pub fn new(matches: Vec<HeaderMatch>, weights: Weights) -> Self {
+        HeaderRule { matches, weights, set_cookies: SetCookies::default() }
+    }
+}
+
+/// Where one request went, as a proxy decides it (see [`Split::route`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Routed {
+    /// Weights of the rule that decided.
+    pub weights: Weights,
+    /// The side that served it; `None`: no workload (weight on an unknown backend, or
+    /// no weight at all).
+    pub side: Option<Side>,
+    /// `Set-Cookie` values of the response.
+    pub set_cookies: Vec<String>,
+    /// A copy was mirrored to the canary.
+    pub mirrored: bool,
 }
 
 /// The routing a route object describes.
@@ -169,6 +239,9 @@ pub struct Split {
     /// are also copied to the canary (traffic mirroring); responses to the
     /// copies are discarded, but the canary serves and reports them.
     pub mirror_percent: Option<u32>,
+    /// Cookies the default rule's responses set.
+    #[serde(skip_serializing_if = "SetCookies::is_empty")]
+    pub default_set_cookies: SetCookies,
 }
 
 impl Split {
@@ -197,6 +270,23 @@ impl Split {
     /// The rule weights for a request with `headers` (lowercase names).
     pub fn weights_for(&self, headers: &BTreeMap<String, String>) -> Weights {
         self.header_rule_for(headers).map_or(self.default, |rule| rule.weights)
+    }
+
+    /// Where one request with `headers` (lowercase names; cookies in `cookie`) goes, as
+    /// a proxy decides it: the rule [`Split::header_rule_for`] picks (else the default),
+    /// then a backend by weight with `draw()` (uniform in [0, 1)), then a mirrored copy
+    /// (default rule only) with a second draw. The response carries the rule's
+    /// `Set-Cookie` values for the side that served it.
+    pub fn route(&self, headers: &BTreeMap<String, String>, mut draw: impl FnMut() -> f64) -> Routed {
+        let rule = self.header_rule_for(headers);
+        let (weights, cookies) =
+            rule.map_or((self.default, &self.default_set_cookies), |r| (r.weights, &r.set_cookies));
+        let side = pick(&weights, draw());
+        let mirrored = rule.is_none()
+            && side == Some(Side::Primary)
+            && draw() * 100.0 < f64::from(self.mirror_percent.unwrap_or(0).min(100));
+        let set_cookies = side.map(|s| cookies.of(s).to_vec()).unwrap_or_default();
+        Routed { weights, side, set_cookies, mirrored }
     }
 
     /// Every rule's weights (header rules, then the default).
@@ -308,6 +398,20 @@ impl Dispatcher {
     }
 }
 
+/// The side a request lands on for a `draw` uniform in [0, 1): primary, canary and
+/// unknown backends each take their weight's share of the interval.
+fn pick(weights: &Weights, draw: f64) -> Option<Side> {
+    let total = f64::from(weights.total());
+    let at = draw.clamp(0.0, 1.0 - f64::EPSILON) * total;
+    if at < f64::from(weights.primary) {
+        Some(Side::Primary)
+    } else if at < f64::from(weights.primary + weights.canary) {
+        Some(Side::Canary)
+    } else {
+        None
+    }
+}
+
 /// (primary, canary, lost) fractions of a rule's requests.
 fn shares(weights: &Weights) -> (f64, f64, f64) {
     let total = weights.total();
@@ -356,12 +460,12 @@ mod tests {
     #[test]
     fn header_rule_routes_only_matching_requests() {
         let split = Split {
-            header_rules: vec![HeaderRule {
-                matches: vec![HeaderMatch::new("X-Canary", HeaderValueMatch::Exact("insider".into()))],
-                weights: Weights::ALL_CANARY,
-            }],
+            header_rules: vec![HeaderRule::new(
+                vec![HeaderMatch::new("X-Canary", HeaderValueMatch::Exact("insider".into()))],
+                Weights::ALL_CANARY,
+            )],
             default: Weights::ALL_PRIMARY,
-            mirror_percent: None,
+            ..Split::default()
         };
         let mut p = profile(100.0);
         p.header_fraction = 0.2;
