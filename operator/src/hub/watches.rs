@@ -837,7 +837,10 @@ mod tests {
         assert_eq!(names(rollouts_concerning_cluster(&eu, &rollouts)), ["prod-app", "everywhere"]);
         // eu-1 relabelled from prod to stage: prod-app still lists it, and must drop it.
         let mut listed = (*rollouts[0]).clone();
-        listed.status = Some(serde_json::from_value(serde_json::json!({"members": [{"cluster": "eu-1", "state": "Succeeded"}]})).unwrap());
+        listed.status = Some(
+            serde_json::from_value(serde_json::json!({"members": [{"cluster": "eu-1", "state": "Succeeded"}]}))
+                .unwrap(),
+        );
         let rollouts = [Arc::new(listed), rollouts[1].clone(), rollouts[2].clone()];
         let relabelled = labelled_cluster("eu-1", "stage");
         assert_eq!(names(rollouts_concerning_cluster(&relabelled, &rollouts)), ["prod-app", "stage-app", "everywhere"]);
