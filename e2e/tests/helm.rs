@@ -380,6 +380,19 @@ fn the_hub_rendering_reads_secrets_only_where_kubeconfigs_live() {
 }
 
 #[test]
+fn the_reconcile_bound_becomes_one_flag() {
+    let bound = |docs: &[Value]| -> Vec<String> {
+        args_of(find(docs, "Deployment", "petrel"))
+            .into_iter()
+            .filter(|a| a.starts_with("--max-concurrent-reconciles"))
+            .collect()
+    };
+    assert_eq!(bound(&template(&[])), ["--max-concurrent-reconciles=32"], "the chart's default");
+    assert_eq!(bound(&template(&["--set", "member.maxConcurrentReconciles=0"])), ["--max-concurrent-reconciles=0"]);
+    assert!(bound(&template(&["--set", "mode=hub"])).is_empty(), "a member flag on the hub");
+}
+
+#[test]
 fn the_values_schema_and_the_chart_refuse_bad_values() {
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();
@@ -394,6 +407,7 @@ fn the_values_schema_and_the_chart_refuse_bad_values() {
         (&["--set", "replicas=2", "--set", "leaderElection.enabled=false"][..], "needs leaderElection.enabled"),
         (&["--set", "leaderElection.renewBeforeSeconds=15"][..], "renewBeforeSeconds must be smaller"),
         (&["--set", "member.egress.allowCidrs={everything}"][..], "/member/egress/allowCidrs/0"),
+        (&["--set", "member.maxConcurrentReconciles=-1"][..], "/member/maxConcurrentReconciles"),
     ] {
         let mut all = vec!["template", "petrel", chart];
         all.extend_from_slice(args);

@@ -90,6 +90,10 @@ struct Args {
     /// release, below the Pod's terminationGracePeriodSeconds.
     #[arg(long, env = "PETREL_SHUTDOWN_GRACE_SECONDS", default_value_t = 5)]
     shutdown_grace_seconds: u64,
+    /// At most this many Canary reconciles run at once; the others wait their turn in the
+    /// queue. Each one in flight holds memory and an API server connection; 0: no bound.
+    #[arg(long, env = "PETREL_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES)]
+    max_concurrent_reconciles: u16,
 }
 
 impl Args {
@@ -275,6 +279,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cluster_name: args.cluster_name,
                 identity_config_map,
                 traffic_rate_query: args.traffic_rate_query.filter(|q| !q.trim().is_empty()),
+                max_concurrent_reconciles: args.max_concurrent_reconciles,
             },
             metrics: metrics.clone(),
             caches: controller::Caches::new(readiness.watches()),
@@ -328,5 +333,14 @@ mod tests {
             assert!(!invoked_as_plugin(Some(OsStr::new(operator))), "{operator}");
         }
         assert!(!invoked_as_plugin(None));
+    }
+
+    #[test]
+    fn reconciles_are_bounded_unless_the_flag_says_otherwise() {
+        use clap::Parser;
+        let bound = |args: &[&str]| super::Args::try_parse_from(args).unwrap().max_concurrent_reconciles;
+        assert_eq!(bound(&["petrel"]), petrel::controller::DEFAULT_MAX_CONCURRENT_RECONCILES);
+        assert_eq!(bound(&["petrel", "--max-concurrent-reconciles", "0"]), 0, "0: no bound");
+        assert!(super::Args::try_parse_from(["petrel", "--max-concurrent-reconciles", "-1"]).is_err());
     }
 }

@@ -673,6 +673,45 @@ mod tests {
         serde_json::from_value(manifest).unwrap()
     }
 
+    /// The bytes one reconcile in flight holds before it allocates anything: the size of
+    /// its future, 40,592 bytes in this (unoptimised) test build on 2026-12-05. Unbounded,
+    /// a release of 1,000 Canaries held 1,000 of them at once; with
+    /// `--max-concurrent-reconciles` (32) they are at most about 1.3 MB, so the future is
+    /// not boxed smaller, only kept from growing unnoticed (issue 15, docs/benchmarks.md).
+    #[tokio::test]
+    async fn a_reconcile_in_flight_is_small() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let readiness = crate::telemetry::Readiness::new();
+        let ctx = Arc::new(Context {
+            events: super::super::EventSink::new(client.clone(), None),
+            client,
+            http: metrics_providers::EgressClient::new(
+                metrics_providers::EgressPolicy::strict(),
+                reqwest::Client::builder(),
+            )
+            .unwrap(),
+            settings: super::super::Settings {
+                default_provider: "kubernetes".into(),
+                metrics_server: "http://prometheus:9090".into(),
+                cluster_name: "cluster".into(),
+                identity_config_map: ("petrel-system".into(), "petrel-cluster-identity".into()),
+                traffic_rate_query: None,
+                max_concurrent_reconciles: super::super::DEFAULT_MAX_CONCURRENT_RECONCILES,
+            },
+            metrics: Arc::default(),
+            caches: super::super::Caches::new(readiness.watches()),
+            readiness,
+            canaries: Default::default(),
+        });
+        let future = reconcile(Arc::new(canary(json!({}))), ctx);
+        let bytes = std::mem::size_of_val(&future);
+        println!("reconcile future: {bytes} bytes");
+        assert!(bytes <= 48 << 10, "the reconcile future grew to {bytes} bytes");
+    }
+
     #[test]
     fn a_muted_notice_sends_no_alert_but_others_do() {
         let subscribed = canary(json!({"spec": {"analysis": {

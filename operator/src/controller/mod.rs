@@ -35,7 +35,7 @@ use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
 use crate::workloads::DeploymentCache;
-use watches::{drop_managed_fields, kept, objects_only};
+use watches::{drop_unread_fields, kept, objects_only};
 
 pub use canary::reconcile;
 pub use events::EventSink;
@@ -56,7 +56,19 @@ pub struct Settings {
     /// evaluated against `metrics_server` every minute and published in the
     /// ClusterIdentity's status for the fleet hub's blast radius; `None`: not measured.
     pub traffic_rate_query: Option<String>,
+    /// At most this many reconciles run at once (`--max-concurrent-reconciles`); the
+    /// others wait in the controller's queue, each held there as a key, not as a future
+    /// with its reads and connections. 0: no bound.
+    pub max_concurrent_reconciles: u16,
 }
+
+/// How many reconciles run at once unless `--max-concurrent-reconciles` says otherwise.
+///
+/// A reconcile mostly waits on the API server, so a few dozen keep a release of 1,000
+/// Canaries moving; without a bound each Canary woken at once holds its reconcile's
+/// future, buffers and an HTTP connection of its own at the same time (issue 15,
+/// docs/benchmarks.md).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 /// Everything a reconcile needs, shared across reconciles.
 pub struct Context {
@@ -323,8 +335,8 @@ fn canary_wakes(
 /// finish first.
 ///
 /// Every watch keeps its cache on its own (see [`watches`]) and reports its health to
-/// `/readyz`. Deployments and petrel's Services are cached whole (less their
-/// managedFields): the reconciles read them from there ([`crate::cache`]). DaemonSets,
+/// `/readyz`. Deployments and petrel's Services are cached whole (less what petrel never
+/// reads: [`watches::drop_unread_fields`]): the reconciles read them from there ([`crate::cache`]). DaemonSets,
 /// ConfigMaps and Secrets are watched by their metadata only: which object changed is
 /// all a trigger needs, and petrel holds no Secret data it does not use.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -340,10 +352,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
 
     let (store, canary_writer) = reflector::store();
     let canary_events =
-        kept("canaries", watcher(canaries, config()), &health).modify(drop_managed_fields).reflect(canary_writer);
+        kept("canaries", watcher(canaries, config()), &health).modify(drop_unread_fields).reflect(canary_writer);
     // Whole Deployments: the reconciles read targets and primaries from this cache.
     let deployments = kept(DEPLOYMENT_WATCH, watcher(api_in::<Deployment>(&client, &namespace), config()), &health)
-        .modify(drop_managed_fields)
+        .modify(drop_unread_fields)
         .reflect(writers.deployments);
     let daemon_sets =
         kept("daemonsets", watcher(api_in::<PartialObjectMeta<DaemonSet>>(&client, &namespace), config()), &health);
@@ -357,7 +369,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
     let services = kept(SERVICE_WATCH, watcher(api_in::<Service>(&client, &namespace), generated), &health)
-        .modify(drop_managed_fields)
+        .modify(drop_unread_fields)
         .reflect(writers.services);
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =
@@ -424,7 +436,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     });
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
     let mut controller = Controller::for_stream(objects_only(canary_wakes(canary_events.applied_objects())), store)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(100))
+                .concurrency(ctx.settings.max_concurrent_reconciles),
+        )
         .watches_stream(objects_only(deployments.touched_objects()), move |d: Deployment| {
             canaries_for_deployment(&s1, &d)
         })

@@ -75,11 +75,21 @@ fn is_expired<K>(event: &watcher::Result<watcher::Event<K>>) -> bool {
     matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410)
 }
 
-/// For `.modify` on a watch whose objects are cached: their managedFields go, since
-/// nothing in petrel reads them and every write (petrel's status writes included) adds
-/// to them.
-pub fn drop_managed_fields<K: kube::ResourceExt>(object: &mut K) {
+/// The annotation in which a client-side `kubectl apply` keeps a copy of the whole
+/// object it applied.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// For `.modify` on a watch whose objects are cached: what nothing in petrel reads goes,
+/// so that 1,000 cached Canaries and their Deployments do not hold it (issue 15): the
+/// managedFields (every write, petrel's status writes included, adds to them) and
+/// kubectl's last-applied copy of the object (never copied to a generated object either:
+/// `workloads::primary::copyable_metadata`). petrel never writes a cached object back
+/// whole, so what is dropped here is only forgotten, never removed from the cluster.
+pub fn drop_unread_fields<K: kube::ResourceExt>(object: &mut K) {
     object.managed_fields_mut().clear();
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
 }
 
 /// Only the objects of a stream: its errors were recorded (and logged) by [`kept`], and
@@ -101,6 +111,28 @@ mod tests {
         assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
         backoff.reset();
         assert_eq!(backoff.next(), Some(FIRST_RETRY));
+    }
+
+    #[test]
+    fn cached_objects_keep_what_petrel_reads_and_lose_what_it_never_does() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = Some("podinfo".into());
+        deployment.metadata.annotations = Some(
+            [
+                (LAST_APPLIED_ANNOTATION.to_string(), "{\"spec\":{}}".to_string()),
+                ("team".to_string(), "web".to_string()),
+            ]
+            .into(),
+        );
+        deployment.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        deployment.spec = Some(Default::default());
+        let mut kept = deployment.clone();
+        drop_unread_fields(&mut kept);
+        assert_eq!(kept.metadata.annotations, Some([("team".to_string(), "web".to_string())].into()));
+        assert_eq!(kept.metadata.managed_fields, Some(vec![]));
+        assert_eq!((kept.metadata.name, kept.spec), (deployment.metadata.name, deployment.spec));
     }
 
     #[tokio::test]
