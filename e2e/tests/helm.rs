@@ -387,8 +387,8 @@ fn the_reconcile_bound_becomes_one_flag() {
             .filter(|a| a.starts_with("--max-concurrent-reconciles"))
             .collect()
     };
-    assert_eq!(bound(&template(&[])), ["--max-concurrent-reconciles=32"], "the chart's default");
-    assert_eq!(bound(&template(&["--set", "member.maxConcurrentReconciles=0"])), ["--max-concurrent-reconciles=0"]);
+    assert_eq!(bound(&template(&[])), ["--max-concurrent-reconciles=0"], "the chart's default");
+    assert_eq!(bound(&template(&["--set", "member.maxConcurrentReconciles=32"])), ["--max-concurrent-reconciles=32"]);
     assert!(bound(&template(&["--set", "mode=hub"])).is_empty(), "a member flag on the hub");
 }
 

@@ -676,7 +676,7 @@ mod tests {
     /// The bytes one reconcile in flight holds before it allocates anything: the size of
     /// its future, 40,592 bytes in this (unoptimised) test build on 2026-12-05. Unbounded,
     /// a release of 1,000 Canaries held 1,000 of them at once; with
-    /// `--max-concurrent-reconciles` (32) they are at most about 1.3 MB, so the future is
+    /// `--max-concurrent-reconciles 32` they are at most about 1.3 MB, so the future is
     /// not boxed smaller, only kept from growing unnoticed (issue 15, docs/benchmarks.md).
     #[tokio::test]
     async fn a_reconcile_in_flight_is_small() {
