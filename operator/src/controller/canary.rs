@@ -113,7 +113,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let Some(message) = daemon_set_weights(canary, provider) {
         return stall(ctx, canary, status, "WeightsNotSupported", &message).await;
     }
-    if let Some(message) = affinity::refusal(canary, provider).or_else(|| options::refusal(canary, provider)) {
+    if let Some(message) = options::routing_refusal(canary, provider) {
         return stall(ctx, canary, status, "InvalidRouting", &message).await;
     }
     if let TargetKind::DaemonSet(daemon_set) = &snapshot.kind

@@ -195,7 +195,7 @@ pub fn convert(object: &Value) -> (Option<Value>, Vec<Finding>) {
 fn routing_refusal(converted: &Value) -> Option<String> {
     let canary: Canary = serde_json::from_value(converted.clone()).ok()?;
     let provider = crate::core::Provider::parse(canary.spec.provider.as_deref()?).ok()?;
-    crate::routers::affinity::refusal(&canary, provider).or_else(|| crate::routers::options::refusal(&canary, provider))
+    crate::routers::options::routing_refusal(&canary, provider)
 }
 
 /// The `spec` schema of petrel's CRD for `kind`.

@@ -5,8 +5,7 @@
 //! `retries` is accepted by Flagger and routed without them. petrel refuses such a Canary
 //! instead (Stalled, `InvalidRouting`, before any route is touched): every option set is
 //! written by the provider's router, or the Canary says which option the provider does not
-//! write and which providers do. The table below is the single place that knows; each
-//! router's unit tests show it writes what the table says it does.
+//! write and which providers do. The table below is the single place that knows.
 
 use crate::api::Canary;
 use crate::api::canary::{CanaryService, GatewayRef};
@@ -149,6 +148,13 @@ pub fn markdown_table() -> String {
         out.push_str(&format!("| `{}` | {} |\n", option.field(), providers_writing(option).join(", ")));
     }
     out
+}
+
+/// Why `provider` cannot route this Canary: it asks for session affinity, or sets route
+/// options, that the provider's router does not write. The one check the controller and
+/// `kubectl petrel import` both make.
+pub fn routing_refusal(canary: &Canary, provider: Provider) -> Option<String> {
+    super::affinity::refusal(canary, provider).or_else(|| refusal(canary, provider))
 }
 
 /// Why `provider` cannot route this Canary: it sets route options the provider's router
