@@ -17,15 +17,14 @@ pub fn identify(config: &mut kube::Config) {
     config.headers.push((reqwest::header::USER_AGENT, reqwest::header::HeaderValue::from_static(USER_AGENT)));
 }
 
-/// Standard label on every object petrel generates.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use petrel_api::MANAGED_BY_LABEL;
 
 pub mod analysis;
-pub mod api;
+pub use petrel_api as api;
 pub mod cache;
 pub mod controller;
-pub mod core;
-pub mod fleet;
+pub use petrel_core as core;
+pub use petrel_core::fleet;
 pub mod hub;
 pub mod leader;
 pub mod plugin;

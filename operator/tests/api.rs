@@ -96,7 +96,7 @@ fn generated_crds_match_the_checked_in_files() {
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 on_disk == crd_yaml(&crd).unwrap(),
-                "{} is stale: run `cargo run -p petrel --bin crdgen`",
+                "{} is stale: run `cargo run -p petrel-api --bin crdgen`",
                 path.display()
             );
         }

@@ -1,6 +1,6 @@
 //! The fleet hub (`petrel --mode hub`): orders a release across member clusters.
 //!
-//! The decisions live in [`crate::fleet`], [`decisions`] (one reconcile's decision and
+//! The decisions live in the core crate: [`crate::fleet`], [`decisions`] (one reconcile's decision and
 //! record: [`decisions::decide_rollout`], [`decisions::record`]) and [`input`] (bad input,
 //! transition Events); [`members`] builds clients for the members from their kubeconfig
 //! Secrets; [`watches`] keeps one watch per member Canary and wakes the reconciles;
@@ -9,8 +9,7 @@
 
 pub mod clusters;
 pub mod controller;
-pub mod decisions;
-pub mod input;
+pub use petrel_core::hub::{decisions, input};
 pub mod members;
 pub mod watches;
 
@@ -18,7 +17,5 @@ pub use controller::{CLUSTERS_WATCH, HUB_FIELD_MANAGER, HubContext, HubError, RO
 pub use members::{MemberClientError, MemberClients, MemberConnection};
 pub use watches::MemberWatches;
 
-#[cfg(test)]
-mod decide_props;
 #[cfg(test)]
 mod reconcile_tests;

@@ -52,10 +52,7 @@ use crate::workloads::PRIMARY_SUFFIX;
 pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 pub use ledger::{Observed, WriteLedger, ledger_key};
 
-/// Annotations that keep Flux from pruning or reverting objects petrel owns, should a
-/// copy of them also live in Git (Flagger sets the same ones).
-pub const GITOPS_ANNOTATIONS: [(&str, &str); 2] =
-    [("kustomize.toolkit.fluxcd.io/reconcile", "disabled"), ("helm.toolkit.fluxcd.io/driftDetection", "disabled")];
+pub use crate::api::common::GITOPS_ANNOTATIONS;
 
 /// How traffic is split between the primary and the canary.
 ///
