@@ -7,7 +7,6 @@
 pub mod bench;
 pub mod blast;
 pub mod chart;
-pub mod demo;
 pub mod fleet;
 pub mod fleet_scenario;
 pub mod image;

@@ -27,7 +27,7 @@ pub use petrel_core as core;
 pub use petrel_core::fleet;
 pub mod hub;
 pub mod leader;
-pub mod plugin;
+pub use petrel_plugin as plugin;
 pub mod preflight;
 pub mod routers;
 pub mod shutdown;

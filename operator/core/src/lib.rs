@@ -11,8 +11,12 @@ pub mod hub;
 pub mod machine;
 pub mod provider;
 pub mod requests;
+pub mod router_options;
 pub mod strategy;
 pub mod transitions;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 #[cfg(test)]
 mod comparison_props;

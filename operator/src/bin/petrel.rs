@@ -161,14 +161,9 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<(kube::C
 
 /// One binary, two programs: run by the name `kubectl-petrel` (the image links that name
 /// to this binary, so it carries the plugin's code once), it is the kubectl plugin.
-#[cfg(not(test))]
-#[path = "kubectl-petrel.rs"]
-mod kubectl_petrel;
-
 fn main() -> std::process::ExitCode {
-    #[cfg(not(test))]
     if invoked_as_plugin(std::env::args_os().next().as_deref()) {
-        return kubectl_petrel::main();
+        return petrel::plugin::cli::main(petrel::version::LONG);
     }
     operator()
 }

@@ -17,7 +17,6 @@
 
 use crate::api::Canary;
 use crate::api::canary::{CanarySpec, CanaryStatus, SessionAffinity};
-use crate::core::Provider;
 
 use super::{Weights, regex_escape};
 
@@ -32,21 +31,7 @@ pub const SET_COOKIE_HEADER: &str = "Set-Cookie";
 /// Characters of a generated cookie value (lowercase hex).
 pub const COOKIE_VALUE_LEN: usize = 16;
 
-/// The providers whose routers pin sessions (Flagger's too).
-pub fn supports_session_affinity(provider: Provider) -> bool {
-    matches!(provider, Provider::Istio | Provider::GatewayApi)
-}
-
-/// Why this Canary cannot be routed by `provider`: it asks for session affinity, which
-/// only the istio and gatewayapi routers write.
-pub fn refusal(canary: &Canary, provider: Provider) -> Option<String> {
-    let asked = canary.spec.analysis.as_ref().is_some_and(|a| a.session_affinity.is_some());
-    (asked && !supports_session_affinity(provider)).then(|| {
-        format!(
-            "analysis.sessionAffinity (cookie pinning) is written by the istio and gatewayapi routers only, not by provider {provider} (Flagger's {provider} router does not pin sessions either): use provider istio or gatewayapi, or remove analysis.sessionAffinity"
-        )
-    })
-}
+pub use crate::routers::options::{session_affinity_refusal as refusal, supports_session_affinity};
 
 fn affinity_of(spec: &CanarySpec) -> Option<&SessionAffinity> {
     spec.analysis.as_ref().and_then(|a| a.session_affinity.as_ref())
@@ -215,6 +200,7 @@ mod tests {
     use super::super::testing::{canary, weights};
     use super::*;
     use crate::api::canary::SessionAffinity;
+    use crate::core::Provider;
 
     fn values() -> impl FnMut() -> String {
         let mut n = 0u32;

@@ -23,10 +23,7 @@ const PROVIDER: &str = "linkerd";
 /// The kind a GAMMA parentRef names.
 const SERVICE_KIND: &str = "Service";
 
-/// Whether this Canary routes through Gateway API: it names parentRefs, all of kind Service.
-pub fn uses_gateway_api(canary: &Canary) -> bool {
-    !canary.spec.service.gateway_refs.is_empty()
-}
+pub use crate::routers::options::linkerd_uses_gateway_api as uses_gateway_api;
 
 /// The HTTPRoute `<svc>` Linkerd applies to the clients of the apex Service.
 pub fn build_gamma_route(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {

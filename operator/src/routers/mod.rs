@@ -20,7 +20,7 @@ pub mod kuma;
 pub mod ledger;
 pub mod linkerd;
 pub mod nginx;
-pub mod options;
+pub use petrel_core::router_options as options;
 pub mod services;
 pub mod skipper;
 pub mod smi;

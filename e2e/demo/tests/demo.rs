@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use petrel::api::canary::Phase;
 use petrel::api::rollout::{MemberState, RolloutPhase, WavePhase};
-use petrel_e2e::demo::{Demo, DemoOptions, Output, repo_root};
+use petrel_demo::{Demo, DemoOptions, Output, repo_root};
 
 const SOAK: Duration = Duration::from_secs(5);
 const STAGING: &str = "staging-eu-west-1";

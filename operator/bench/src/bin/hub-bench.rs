@@ -36,9 +36,7 @@ use petrel::hub::{CLUSTERS_WATCH, HubContext, clusters, reconcile};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-#[path = "shared/figures.rs"]
-mod figures;
-use figures::{fmt, proc_status_kib};
+use petrel_bench::figures::{fmt, proc_status_kib};
 
 const OLD: &str = "ghcr.io/stefanprodan/podinfo:6.4.0";
 const NEW: &str = "ghcr.io/stefanprodan/podinfo:6.5.0";

@@ -510,7 +510,7 @@ spec:
     /// with the labels the waves select and a Secret per Cluster.
     #[test]
     fn the_committed_hub_manifests_match_the_overlays() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/podinfo/hub");
+        let root = crate::repo_root().join("examples/podinfo/hub");
         let files = ["namespace.yaml", "clusters.yaml", "rollout.yaml"];
         let text: Vec<String> = files.iter().map(|f| std::fs::read_to_string(root.join(f)).unwrap()).collect();
         let rendered = text.join("\n---\n");

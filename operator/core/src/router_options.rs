@@ -7,11 +7,9 @@
 //! written by the provider's router, or the Canary says which option the provider does not
 //! write and which providers do. The table below is the single place that knows.
 
-use crate::api::Canary;
-use crate::api::canary::{CanaryService, GatewayRef};
-use crate::core::Provider;
-
-use super::linkerd;
+use crate::Provider;
+use petrel_api::Canary;
+use petrel_api::canary::{CanaryService, GatewayRef};
 
 /// A route option of `spec.service`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +85,12 @@ impl RouteOption {
     }
 }
 
+/// Whether a linkerd Canary routes through Gateway API (GAMMA): it names parentRefs,
+/// which must all be of kind Service. Without them, linkerd routes through SMI.
+pub fn linkerd_uses_gateway_api(canary: &Canary) -> bool {
+    !canary.spec.service.gateway_refs.is_empty()
+}
+
 /// The route options `provider`'s router writes for this Canary. Linkerd depends on the
 /// Canary: through Gateway API (GAMMA, `gatewayRefs` of kind Service) it writes what the
 /// gatewayapi router writes on an HTTPRoute, except host names (a route attached to a
@@ -99,7 +103,7 @@ pub fn written_by(provider: Provider, canary: &Canary) -> &'static [RouteOption]
             &[Match, Retries, Timeout, Headers, CorsPolicy, TrafficPolicy, Rewrite, Gateways, Hosts, Delegation]
         }
         Provider::GatewayApi => &[Match, Timeout, BackendTimeout, Headers, Rewrite, Mirror, Hosts, GatewayRefs],
-        Provider::Linkerd if linkerd::uses_gateway_api(canary) => {
+        Provider::Linkerd if linkerd_uses_gateway_api(canary) => {
             &[Match, Timeout, BackendTimeout, Headers, Rewrite, GatewayRefs]
         }
         // Flagger's contour router: the route's path prefix (`match[0].uri.prefix`), the
@@ -126,7 +130,7 @@ fn providers_writing(option: RouteOption) -> Vec<&'static str> {
     gamma.spec.service.gateway_refs =
         vec![GatewayRef { name: "any".into(), kind: Some("Service".into()), ..GatewayRef::default() }];
     let mut out: Vec<&'static str> = Vec::new();
-    for provider in crate::api::canary::PROVIDERS.iter().filter_map(|name| Provider::parse(name).ok()) {
+    for provider in petrel_api::canary::PROVIDERS.iter().filter_map(|name| Provider::parse(name).ok()) {
         let name = if written_by(provider, &plain).contains(&option) {
             provider.as_str()
         } else if written_by(provider, &gamma).contains(&option) {
@@ -150,11 +154,27 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// The providers whose routers pin sessions (Flagger's too).
+pub fn supports_session_affinity(provider: Provider) -> bool {
+    matches!(provider, Provider::Istio | Provider::GatewayApi)
+}
+
+/// Why this Canary cannot be routed by `provider`: it asks for session affinity, which
+/// only the istio and gatewayapi routers write.
+pub fn session_affinity_refusal(canary: &Canary, provider: Provider) -> Option<String> {
+    let asked = canary.spec.analysis.as_ref().is_some_and(|a| a.session_affinity.is_some());
+    (asked && !supports_session_affinity(provider)).then(|| {
+        format!(
+            "analysis.sessionAffinity (cookie pinning) is written by the istio and gatewayapi routers only, not by provider {provider} (Flagger's {provider} router does not pin sessions either): use provider istio or gatewayapi, or remove analysis.sessionAffinity"
+        )
+    })
+}
+
 /// Why `provider` cannot route this Canary: it asks for session affinity, or sets route
 /// options, that the provider's router does not write. The one check the controller and
 /// `kubectl petrel import` both make.
 pub fn routing_refusal(canary: &Canary, provider: Provider) -> Option<String> {
-    super::affinity::refusal(canary, provider).or_else(|| refusal(canary, provider))
+    session_affinity_refusal(canary, provider).or_else(|| refusal(canary, provider))
 }
 
 /// Why `provider` cannot route this Canary: it sets route options the provider's router
@@ -193,7 +213,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::routers::testing;
+    use crate::testing;
 
     /// The testing Canary with only its port and `service` set in `spec.service`.
     fn with_service(service: serde_json::Value) -> Canary {
@@ -253,7 +273,7 @@ mod tests {
     /// provider and every option.
     #[test]
     fn each_provider_refuses_exactly_the_options_it_does_not_write() {
-        for name in crate::api::canary::PROVIDERS {
+        for name in petrel_api::canary::PROVIDERS {
             let provider = Provider::parse(name).unwrap();
             for option in RouteOption::ALL {
                 let canary = with_service(set(option));
@@ -310,7 +330,7 @@ mod tests {
     /// docs/flagger.md shows the table this module decides by.
     #[test]
     fn the_flagger_doc_shows_this_table() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/flagger.md")).unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/flagger.md")).unwrap();
         let table = markdown_table();
         assert!(doc.contains(&table), "docs/flagger.md lacks the route option table; paste this:\n{table}");
     }

@@ -3,7 +3,7 @@
 //!
 //! [`Demo::start`] brings up a hub and one member per GitOps overlay of
 //! `examples/podinfo/clusters/<env>/<region>` (real control planes, see
-//! [`crate::fleet`]). Each member gets petrel's CRDs, its overlay
+//! [`petrel_e2e::fleet`]). Each member gets petrel's CRDs, its overlay
 //! (`kubectl apply -k`), a traffic simulator, a real Prometheus and a real
 //! `petrel`. The hub gets the hub CRDs, `examples/podinfo/hub` (the
 //! Clusters and the Rollout, `kubectl apply -k`), a kubeconfig Secret per
@@ -41,13 +41,13 @@ use petrel::api::rollout::{Rollout, RolloutPhase, RolloutStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use crate::blast::BlastRadius;
-use crate::fleet::{Cluster, Fleet, FleetOptions};
-use crate::prometheus::Prometheus;
-use crate::simulator::{
+use petrel_e2e::blast::BlastRadius;
+use petrel_e2e::fleet::{Cluster, Fleet, FleetOptions};
+use petrel_e2e::prometheus::Prometheus;
+use petrel_e2e::simulator::{
     App, AppCoords, AppSnapshot, Provider, Simulator, SimulatorConfig, TrafficProfile, VersionBehaviour,
 };
-use crate::wait::poll;
+use petrel_e2e::wait::poll;
 use plan::{AnalysisTuning, MemberSpec};
 use process::ChildProcess;
 use story::{Check, MemberSample, Timeline, WaveSpec};
@@ -109,7 +109,7 @@ pub struct DemoOptions {
     /// The `petrel` operator binary (member and hub mode).
     pub petrel_bin: PathBuf,
     /// Run petrel from this image (podman) instead of `petrel_bin`.
-    pub image: Option<crate::image::PetrelImage>,
+    pub image: Option<petrel_e2e::image::PetrelImage>,
     /// The healthy release's tag (the example runs 6.7.0).
     pub healthy_tag: String,
     /// The bad release's tag.
@@ -127,10 +127,10 @@ pub struct DemoOptions {
 
 impl DemoOptions {
     /// How petrel runs: from the image when one is set, else the binary.
-    pub fn launcher(&self) -> crate::image::Launcher {
+    pub fn launcher(&self) -> petrel_e2e::image::Launcher {
         match &self.image {
-            Some(image) => crate::image::Launcher::Image(image.clone()),
-            None => crate::image::Launcher::Binary(self.petrel_bin.clone()),
+            Some(image) => petrel_e2e::image::Launcher::Image(image.clone()),
+            None => petrel_e2e::image::Launcher::Binary(self.petrel_bin.clone()),
         }
     }
 
@@ -178,9 +178,7 @@ impl DemoOptions {
 }
 
 /// The repository root this crate was built from.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
+pub use petrel_e2e::scenario::workspace_root as repo_root;
 
 /// One release across the fleet as the demo saw it.
 #[derive(Debug, Clone)]
@@ -414,7 +412,7 @@ impl Demo {
         let t0 = Instant::now();
         let mut fleet_opts = FleetOptions::new(opts.work_dir.join("fleet"), names);
         fleet_opts.nodes_per_cluster = 2;
-        fleet_opts.bin_dir = Some(tokio::task::spawn_blocking(crate::fleet::ensure_binaries).await??);
+        fleet_opts.bin_dir = Some(tokio::task::spawn_blocking(petrel_e2e::fleet::ensure_binaries).await??);
         let fleet = Fleet::start(fleet_opts).await.context("starting the fleet")?;
         let fleet_start = t0.elapsed();
         board.say(format!("fleet of {} clusters ready in {:.1}s", fleet.clusters().len(), fleet_start.as_secs_f64()));

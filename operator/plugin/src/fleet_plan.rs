@@ -1,7 +1,7 @@
 //! `kubectl petrel plan <rollout>`: a dry run of a Rollout's waves over the Clusters on
 //! the hub — which wave each Cluster falls in and why, which it overlaps, which fall in
 //! no wave and which the Rollout leaves out. Pure: the same rules as the hub
-//! ([`crate::fleet::assign_waves`]: the first matching wave wins).
+//! ([`petrel_core::fleet::assign_waves`]: the first matching wave wins).
 
 use std::collections::BTreeMap;
 
@@ -9,13 +9,13 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use super::render::{aligned, column_widths};
-use crate::api::rollout::{Approval, ClusterSelector, LabelOperator, LabelRequirement};
-use crate::api::{Cluster, Rollout};
-use crate::fleet::traffic::{
+use petrel_api::rollout::{Approval, ClusterSelector, LabelOperator, LabelRequirement};
+use petrel_api::{Cluster, Rollout};
+use petrel_core::fleet::traffic::{
     BlastRadius, MemberShare, MemberTraffic, ShareSource, TRAFFIC_SHARE_LABEL, WaveTraffic, blast_radius, percent,
     traffic_share,
 };
-use crate::fleet::{Membership, PlanError, RolloutPlan, assign_waves, validate_plan};
+use petrel_core::fleet::{Membership, PlanError, RolloutPlan, assign_waves, validate_plan};
 
 /// The plan of `rollout` over `clusters` at `now` (measured request rates go stale) as
 /// text, or why the spec cannot be planned.
@@ -294,7 +294,7 @@ fn unmet(selector: &ClusterSelector, labels: &BTreeMap<String, String>) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::rollout::{MemberState, MemberStatus, RolloutStatus};
+    use petrel_api::rollout::{MemberState, MemberStatus, RolloutStatus};
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
@@ -425,7 +425,7 @@ Warnings
             ] }
         }))
         .unwrap();
-        let share = |v: &str| (crate::fleet::traffic::TRAFFIC_SHARE_LABEL, v.to_string());
+        let share = |v: &str| (petrel_core::fleet::traffic::TRAFFIC_SHARE_LABEL, v.to_string());
         let clusters = vec![
             cluster("staging-eu-west-1", &[("role", "canary"), (share(staging_share).0, &share(staging_share).1)]),
             cluster("production-eu-west-1", &[("env", "production"), (share("30").0, "30")]),
@@ -480,7 +480,7 @@ Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-
 
     /// Sets what the hub copied of a member's measured request rate, `age` seconds old.
     fn measured(cluster: &mut Cluster, rps: f64, age: i64) {
-        let rate = crate::api::cluster_identity::TrafficRate {
+        let rate = petrel_api::cluster_identity::TrafficRate {
             requests_per_second: Some(rps),
             measured_at: Some(now() - chrono::TimeDelta::seconds(age)),
             error: None,
@@ -497,7 +497,7 @@ Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-
             let name = c.name_any();
             match name.as_str() {
                 "production-us-east-1" | "production-ap-southeast-1" => {
-                    c.labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+                    c.labels_mut().remove(petrel_core::fleet::traffic::TRAFFIC_SHARE_LABEL);
                     measured(c, if name.contains("us-east") { 300.0 } else { 350.0 }, 30);
                 }
                 "production-eu-west-1" => measured(c, 5000.0, 30),
@@ -535,9 +535,9 @@ Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-
 
         // A canary cluster measured by metric among unknown members: no worst case.
         let (rollout, mut clusters) = demo_fleet("5");
-        clusters[0].labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+        clusters[0].labels_mut().remove(petrel_core::fleet::traffic::TRAFFIC_SHARE_LABEL);
         measured(&mut clusters[0], 50.0, 30);
-        clusters[3].labels_mut().remove(crate::fleet::traffic::TRAFFIC_SHARE_LABEL);
+        clusters[3].labels_mut().remove(petrel_core::fleet::traffic::TRAFFIC_SHARE_LABEL);
         let text = squeezed(&render_plan(&rollout, &clusters, now()).unwrap());
         assert!(
             text.contains("└── worst case unknown: the first wave's share is unknown: staging-eu-west-1: measured 50 requests/s, but the fleet's total request rate is unknown: no share for production-ap-southeast-1\n"),
@@ -560,7 +560,7 @@ Blast radius (percent of the fleet's traffic: each Cluster's petrel.dev/traffic-
     #[test]
     fn an_unplannable_spec_is_an_error() {
         let mut r = rollout();
-        r.spec.waves[1].max_concurrency = Some(crate::api::common::IntOrString::String("150%".into()));
+        r.spec.waves[1].max_concurrency = Some(petrel_api::common::IntOrString::String("150%".into()));
         let error = render_plan(&r, &fleet(), now()).unwrap_err().to_string();
         assert!(error.contains("maxConcurrency"), "{error}");
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use petrel_e2e::demo::{Demo, DemoOptions, DemoOutcome, Output, print_line, repo_root};
+use petrel_demo::{Demo, DemoOptions, DemoOutcome, Output, print_line, repo_root};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.keep {
         print_line("\nthe fleet keeps running; Ctrl-C to stop it");
         for (name, kubeconfig) in demo.kubeconfigs() {
-            let what = if name == petrel_e2e::demo::HUB {
+            let what = if name == petrel_demo::HUB {
                 "get rollouts.petrel.dev,clusters.petrel.dev -A"
             } else {
                 "get canaries -A"

@@ -15,8 +15,8 @@
 use kube::CustomResourceExt;
 use serde_json::{Map, Value};
 
-use crate::api::canary::{APP_MESH_FIELDS_MESSAGE, RETIRED_PROVIDER_MESSAGE, RETIRED_PROVIDERS};
-use crate::api::{AlertProvider, Canary, MetricTemplate};
+use petrel_api::canary::{APP_MESH_FIELDS_MESSAGE, RETIRED_PROVIDER_MESSAGE, RETIRED_PROVIDERS};
+use petrel_api::{AlertProvider, Canary, MetricTemplate};
 
 /// Flagger's API version, the one `import` reads.
 pub const FLAGGER_API_VERSION: &str = "flagger.app/v1beta1";
@@ -194,8 +194,8 @@ pub fn convert(object: &Value) -> (Option<Value>, Vec<Finding>) {
 /// takes the operator's default, unknown here, so it is not judged.
 fn routing_refusal(converted: &Value) -> Option<String> {
     let canary: Canary = serde_json::from_value(converted.clone()).ok()?;
-    let provider = crate::core::Provider::parse(canary.spec.provider.as_deref()?).ok()?;
-    crate::routers::options::routing_refusal(&canary, provider)
+    let provider = petrel_core::Provider::parse(canary.spec.provider.as_deref()?).ok()?;
+    petrel_core::router_options::routing_refusal(&canary, provider)
 }
 
 /// The `spec` schema of petrel's CRD for `kind`.
@@ -403,7 +403,7 @@ mod tests {
     fn the_corpus_imports_without_losing_a_field() {
         // e2e/corpus/flagger/accepted.yaml, back to Flagger's apiVersion: every field
         // Flagger documents and petrel acts on goes through unchanged.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/corpus/flagger/accepted.yaml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e/corpus/flagger/accepted.yaml");
         let text = std::fs::read_to_string(&path).expect("the corpus");
         let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| {

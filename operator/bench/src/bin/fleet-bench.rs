@@ -13,9 +13,7 @@ use petrel::api::rollout::{Approval, ClusterSelector, FailurePolicy, LabelOperat
 use petrel::fleet::identity::IdentityVerdict;
 use petrel::fleet::{CanaryObservation, MemberObservation, RolloutPlan, Share, WavePlan, build_status, decide_waves};
 
-#[path = "shared/figures.rs"]
-mod figures;
-use figures::{fmt, proc_status_kib};
+use petrel_bench::figures::{fmt, proc_status_kib};
 
 const RELEASE: &str = "ghcr.io/stefanprodan/podinfo:6.5.0";
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];

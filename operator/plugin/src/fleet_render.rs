@@ -5,12 +5,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kube::ResourceExt;
 
 use super::render::{age, aligned, column_widths};
-use crate::api::Rollout;
-use crate::api::common::Condition;
-use crate::api::rollout::{
+use petrel_api::Rollout;
+use petrel_api::common::Condition;
+use petrel_api::rollout::{
     Approval, MemberState, MemberStatus, RolloutPhase, RolloutStatus, RolloutSummary, Wave, WavePhase, WaveStatus,
 };
-use crate::core::strategy::parse_duration;
+use petrel_core::strategy::parse_duration;
 
 /// Width of the labels in the tree view (as for Canaries).
 const LABEL_WIDTH: usize = 17;
@@ -311,8 +311,8 @@ fn member_icon(state: MemberState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::Phase;
     use chrono::TimeZone;
+    use petrel_api::canary::Phase;
     use serde_json::json;
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {

@@ -1,7 +1,9 @@
 //! The `kubectl petrel` plugin's logic: rendering Canaries and fleet Rollouts, planning
-//! verbs, approvals and wave plans, as pure functions. The binary (`src/bin/kubectl-petrel.rs`) only reads, patches and prints.
+//! verbs, approvals and wave plans, as pure functions; [`cli`] is the program, which only
+//! reads, patches and prints.
 
 pub mod approve;
+pub mod cli;
 pub mod fleet_inventory;
 pub mod fleet_plan;
 pub mod fleet_render;

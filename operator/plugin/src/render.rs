@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
-use crate::api::Canary;
-use crate::api::canary::{CanaryStatus, MetricOutcome, Phase};
-use crate::api::verbs::{Verb, verb_requests};
-use crate::core::strategy::threshold_of;
+use petrel_api::Canary;
+use petrel_api::canary::{CanaryStatus, MetricOutcome, Phase};
+use petrel_api::verbs::{Verb, verb_requests};
+use petrel_core::strategy::threshold_of;
 
-use crate::api::canary::APPROVED_REVISION_ANNOTATION;
-use crate::api::canary::FLEET_ROLLOUT_ANNOTATION;
+use petrel_api::canary::APPROVED_REVISION_ANNOTATION;
+use petrel_api::canary::FLEET_ROLLOUT_ANNOTATION;
 
 /// Width of the labels in the tree view.
 const LABEL_WIDTH: usize = 17;
@@ -241,9 +241,9 @@ pub fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::MetricResult;
-    use crate::api::common::Condition;
     use chrono::TimeZone;
+    use petrel_api::canary::MetricResult;
+    use petrel_api::common::Condition;
     use serde_json::json;
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
@@ -367,8 +367,8 @@ Conditions
         canary.status.as_mut().unwrap().iterations = 3;
         let annotations = canary.annotations_mut();
         annotations.insert(FLEET_ROLLOUT_ANNOTATION.into(), "hub/podinfo".into());
-        annotations.insert(crate::api::verbs::ABORT_ANNOTATION.into(), "6f7d9c@20261122T023000Z".into());
-        annotations.insert(crate::api::verbs::RETRY_ANNOTATION.into(), "6f7d9c@20261122T022000Z".into());
+        annotations.insert(petrel_api::verbs::ABORT_ANNOTATION.into(), "6f7d9c@20261122T023000Z".into());
+        annotations.insert(petrel_api::verbs::RETRY_ANNOTATION.into(), "6f7d9c@20261122T022000Z".into());
         let text = render_canary(&canary, at(2, 30, 0));
         assert!(text.contains("Iterations:      3/10\n"), "{text}");
         assert!(text.contains("Fleet:           rollout hub/podinfo, approved revision none\n"), "{text}");

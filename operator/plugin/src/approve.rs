@@ -25,8 +25,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::verbs::Refusal;
-use crate::api::Rollout;
-use crate::api::rollout::{Approval, WavePhase};
+use petrel_api::Rollout;
+use petrel_api::rollout::{Approval, WavePhase};
 
 /// Field manager of the plugin's writes; `managedFields` then shows who approved.
 pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-petrel";
@@ -144,8 +144,8 @@ pub fn plan_approval(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::rollout::{RolloutPhase, RolloutStatus, WaveStatus};
     use chrono::TimeZone;
+    use petrel_api::rollout::{RolloutPhase, RolloutStatus, WaveStatus};
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 2, 30, 0).unwrap()

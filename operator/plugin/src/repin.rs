@@ -5,8 +5,8 @@
 //! `status.identity.observedUID`), so it cannot pin a cluster that changed again
 //! after the person looked.
 
-use crate::api::Cluster;
-use crate::api::cluster::REPIN_ANNOTATION;
+use petrel_api::Cluster;
+use petrel_api::cluster::REPIN_ANNOTATION;
 
 /// The annotation to write, and what to tell the person.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub fn plan_repin(cluster: &Cluster) -> Result<RepinPlan, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::cluster::{ClusterIdentityStatus, ClusterStatus};
+    use petrel_api::cluster::{ClusterIdentityStatus, ClusterStatus};
 
     fn cluster(pinned: Option<&str>, observed: Option<&str>) -> Cluster {
         let mut cluster = Cluster::new("prod-eu", Default::default());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::image::{Container, Launcher};
+use petrel_e2e::image::{Container, Launcher};
 
 /// Grace between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -46,8 +46,8 @@ impl ChildProcess {
         let err = out.try_clone().context("duplicating the log file handle")?;
         let (mut cmd, container) = launcher.command(args, &[]);
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        let child =
-            crate::fleet::spawn_tied_to_process(cmd).with_context(|| format!("starting {}", launcher.describe()))?;
+        let child = petrel_e2e::fleet::spawn_tied_to_process(cmd)
+            .with_context(|| format!("starting {}", launcher.describe()))?;
         Ok(ChildProcess { name: name.to_owned(), log: log.to_owned(), child: Some(child), container })
     }
 

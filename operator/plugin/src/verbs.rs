@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::canary::Phase;
-use crate::api::verbs::{Verb, VerbRequest};
-use crate::api::{Canary, Rollout};
+use petrel_api::canary::Phase;
+use petrel_api::verbs::{Verb, VerbRequest};
+use petrel_api::{Canary, Rollout};
 
-use crate::api::canary::FLEET_ROLLOUT_ANNOTATION;
+use petrel_api::canary::FLEET_ROLLOUT_ANNOTATION;
 
 /// A verb of `kubectl petrel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,8 +206,8 @@ fn check_phase(command: Command, name: &str, phase: Phase) -> Result<(), Refusal
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::CanaryStatus;
     use chrono::TimeZone;
+    use petrel_api::canary::CanaryStatus;
 
     fn canary(phase: Phase, suspend: bool) -> Canary {
         let mut canary: Canary = serde_json::from_value(json!({

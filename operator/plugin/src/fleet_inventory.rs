@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use super::render::{age, aligned, column_widths};
-use crate::api::Rollout;
-use crate::api::rollout::{MemberInventory, ReleaseOutcome, ReleaseRecord, RolloutStatus, WavePhase};
-use crate::fleet::inventory::{Drift, drift_of, last_successful};
+use petrel_api::Rollout;
+use petrel_api::rollout::{MemberInventory, ReleaseOutcome, ReleaseRecord, RolloutStatus, WavePhase};
+use petrel_core::fleet::inventory::{Drift, drift_of, last_successful};
 
 const GAP: &str = "  ";
 

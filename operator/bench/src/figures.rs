@@ -1,5 +1,5 @@
 //! How the benchmark binaries print what they measure (shared by `fleet-bench` and
-//! `hub-bench` through `#[path]`).
+//! `hub-bench`).
 
 use std::time::Duration;
 
