@@ -2,7 +2,7 @@
 //! decision (`decide_waves`) plus status construction (`build_status`) takes for a
 //! fleet of simulated members, and the process's peak resident memory.
 //!
-//! Run: `cargo run --release -p petrel --bin fleet-bench [-- --runs N]`
+//! Run: `cargo run --release -p petrel-bench --bin fleet-bench [-- --runs N]`
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -12,7 +12,7 @@
 //! - the requests one steady reconcile sends, and the resident memory the hub side
 //!   (member clients, watches, caches) adds.
 //!
-//! Run: `cargo run --release -p petrel --bin hub-bench [-- --members 100,1000 --steady 200]`
+//! Run: `cargo run --release -p petrel-bench --bin hub-bench [-- --members 100,1000 --steady 200]`
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
