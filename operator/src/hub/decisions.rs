@@ -296,9 +296,9 @@ pub fn events_between(old: Option<&RolloutStatus>, new: &RolloutStatus, notices:
 }
 
 /// The Events of a status change after those of the decision: approvals withdrawn now,
-/// members rolled back (an inventory entry newly `rolledBackFrom` a release), rollbacks
-/// failed (a failure the stored member message does not say yet), new problems (not in
-/// the stored `Valid` condition), and member, wave and release transitions.
+/// members rolled back (now, or an inventory entry newly `rolledBackFrom` a release),
+/// rollbacks failed (a failure the stored member message does not say yet), new problems
+/// (not in the stored `Valid` condition), and member, wave and release transitions.
 ///
 /// `ApprovalWithdrawn` is the one Event not keyed by the statuses: it is this
 /// reconcile's write (the status has no field for it), published after the status write
@@ -314,21 +314,22 @@ pub fn events_after_decision(old: Option<&RolloutStatus>, new: &RolloutStatus, n
             warning: true,
         })
         .collect();
+    // Rolled back: by this reconcile, or by one whose status write was refused (the
+    // retry finds the primary rolled back already, and the inventory records it now).
+    let mut rolled_back: BTreeMap<&str, String> =
+        notices.rollbacks_done.iter().map(|(cluster, done)| (cluster.as_str(), done.clone())).collect();
     for entry in &new.inventory {
         let Some(from) = &entry.rolled_back_from else { continue };
         let before = old.and_then(|o| o.inventory.iter().find(|e| e.cluster == entry.cluster));
-        if before.and_then(|b| b.rolled_back_from.as_ref()) == Some(from) {
-            continue;
+        if before.and_then(|b| b.rolled_back_from.as_ref()) != Some(from) {
+            rolled_back.entry(entry.cluster.as_str()).or_insert_with(|| {
+                format!("rolled back from release {from} to {}", entry.release.as_deref().unwrap_or("unknown"))
+            });
         }
-        let cluster = &entry.cluster;
-        let done = notices.rollbacks_done.get(cluster).cloned().unwrap_or_else(|| {
-            format!("rolled back from release {from} to {}", entry.release.as_deref().unwrap_or("unknown"))
-        });
-        events.push(HubEvent {
-            reason: "MemberRolledBack",
-            message: format!("cluster {cluster}: {done}"),
-            warning: false,
-        });
+    }
+    for (cluster, done) in rolled_back {
+        let message = format!("cluster {cluster}: {done}");
+        events.push(HubEvent { reason: "MemberRolledBack", message, warning: false });
     }
     let stored_message = |cluster: &str| {
         old.filter(|o| o.release == new.release)
@@ -1293,6 +1294,11 @@ mod tests {
         );
         let again = events_after_decision(Some(&after), &after, &notices);
         assert!(again.iter().all(|e| e.reason != "MemberRolledBack" && e.reason != "RollbackFailed"), "{again:?}");
+        // A primary rolled back now is said even when the inventory had it rolled back
+        // from that release already (the release was retried and taken back again).
+        let twice =
+            events_after_decision(Some(&after), &after, &Notices { rollback_failures: BTreeMap::new(), ..done });
+        assert_eq!(twice.iter().map(|e| e.reason).collect::<Vec<_>>(), ["MemberRolledBack"]);
     }
 
     #[test]
