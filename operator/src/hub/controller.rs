@@ -11,10 +11,21 @@
 //! 3. **apply** (`apply`): the hub's annotations on the member Canaries (server-side
 //!    apply of the annotations only, field manager [`HUB_FIELD_MANAGER`]) and the
 //!    rollbacks, each outcome collected;
-//! 4. **record** ([`record`], pure): the status and the Events, from the decision and the
-//!    outcomes;
+//! 4. **record** ([`record`], pure): the status, from the decision and the outcomes, and
+//!    the Events of the change from the stored status to it
+//!    ([`super::decisions::events_between`]);
 //! 5. the status write (conditional on the resourceVersion decided from), and only once
-//!    it succeeded, the Events.
+//!    it succeeded, the Events. Keyed by the two statuses, they are derived again by a
+//!    reconcile after a refused write (the stored status did not change) and by none
+//!    after a written one.
+//!
+//! The member writes come before the status write, not after: the status records their
+//! outcomes (write errors on the members, the release a rollback put back in the
+//! inventory), and both are idempotent (an apply of the same annotations; a rollback
+//! that finds the primary's template already put back does nothing). A write whose
+//! status was refused is found done by the retry, which records it then: an approval
+//! on the member is recorded with its Event
+//! ([`super::decisions::with_delivered_approvals`]), a rollback in the inventory.
 //!
 //! A change of a watched member Canary, or of a member's reachability, wakes the
 //! reconciles of the Rollouts that select that member; a slower safety requeue catches
@@ -251,7 +262,8 @@ fn event_action(reason: &str, note: &str) -> String {
 }
 
 /// Publishes Events after the status write they go with: a reconcile whose write was
-/// refused (409) decides again from the newer Rollout and does not repeat them.
+/// refused (409) publishes none, and the next one derives them again from the stored
+/// status, which did not change.
 async fn publish_all(ctx: &HubContext, rollout: &Rollout, events: Vec<HubEvent>) {
     for event in events {
         publish(ctx, rollout, event.reason, &event.message, event.warning).await;

@@ -472,17 +472,18 @@ async fn a_refused_status_write_publishes_no_event_and_the_next_one_publishes_ea
     member.insert(CANARY_PATH, canary);
     reconcile(read_at("8"), ctx.clone()).await.unwrap();
     assert_eq!(last_status(&hub)["phase"], "Progressing");
-    // Not `MemberApproved`: the approval was written before the refused status, and this
-    // reconcile finds it delivered (member writes still precede the status write).
-    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened"]);
+    // `MemberApproved` too: the approval was written before the refused status (member
+    // writes still precede the status write); this reconcile finds it delivered and
+    // records it, and the Event goes with the status that records it.
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved"]);
 
     // Blocked: the Canary is gone from the only member.
     connect(&ctx, "canary-1", "kubeconfig", FakeApi::new().client());
     reconcile(read_at("7"), ctx.clone()).await.unwrap();
-    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened"], "a blocked refusal announces nothing");
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved"], "a blocked refusal announces nothing");
     reconcile(read_at("8"), ctx).await.unwrap();
     assert_eq!(condition(&last_status(&hub), "Progressing")["reason"], "CanaryNotFound");
-    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "CanaryNotFound"]);
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved", "CanaryNotFound"]);
 }
 
 fn events(hub: &FakeApi) -> Vec<String> {
@@ -849,4 +850,47 @@ async fn two_clusters_reaching_one_member_block_the_rollout() {
     let message = valid["message"].as_str().unwrap();
     assert!(message.contains("prod-eu and prod-us (kube-system UID uid-prod-eu)"), "{message}");
     assert!(events(&hub).contains(&"ClustersShareIdentity".to_string()), "{:?}", events(&hub));
+}
+
+/// Issue 16: an approval written to a member by a reconcile whose status write was
+/// refused (409) is announced by the retry, which records it in the status (its
+/// `MemberApproved` Event is keyed by that status, not by the write this reconcile made);
+/// a reconcile after it announces nothing again.
+#[tokio::test]
+async fn an_approval_written_before_a_refused_status_is_announced_once_by_the_retry() {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let read_at = |version: &str, status: Option<Value>| {
+        let mut rollout = rollout();
+        rollout.metadata.resource_version = Some(version.into());
+        rollout.status = status.map(|s| serde_json::from_value(s).unwrap());
+        Arc::new(rollout)
+    };
+
+    // Refused: the approval reached the member, the status (and its Events) did not.
+    reconcile(read_at("7", None), ctx.clone()).await.unwrap();
+    assert_eq!(applied_annotations(&member).len(), 1);
+    assert_eq!(events(&hub), Vec::<String>::new());
+
+    // The retry finds the approval on the member: nothing to write there, but the status
+    // records the approval, and its Event goes out with it.
+    let mut canary = member_canary("Waiting", NEW, "rev-new", "rev-old");
+    canary["metadata"]["annotations"] =
+        json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo", APPROVED_REVISION_ANNOTATION: "rev-new"});
+    member.insert(CANARY_PATH, canary);
+    reconcile(read_at("8", None), ctx.clone()).await.unwrap();
+    assert_eq!(applied_annotations(&member).len(), 1, "the approval is in place");
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved"]);
+    let written = last_status(&hub);
+    assert!(written["members"][0]["approvedAt"].is_string(), "the approval is recorded: {written}");
+
+    // Once recorded, nothing is announced again.
+    reconcile(read_at("8", Some(written)), ctx).await.unwrap();
+    assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved"], "announced once");
 }

@@ -344,3 +344,294 @@ proptest! {
         prop_assert_eq!(&recorded.events[..planned.events.len()], &planned.events[..], "the decision's Events come first");
     }
 }
+
+/// A member Canary of the sequences below: at [`NEW`], revision `rev-<index>`.
+fn member_canary(index: usize, phase: Phase, promoted: bool, annotations: &BTreeMap<String, String>) -> Canary {
+    let revision = format!("rev-{index}");
+    let mut status = json!({
+        "phase": phase, "release": NEW, "lastAppliedSpec": revision,
+        "lastPromotedSpec": if promoted { revision.clone() } else { "rev-old".to_string() },
+        "lastTransitionTime": time(1),
+    });
+    if promoted {
+        status["promotedRelease"] = json!(NEW);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "petrel.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": "test", "annotations": annotations},
+        "spec": {"targetRef": {"kind": "Deployment", "name": "podinfo"}, "service": {"port": 9898}},
+        "status": status
+    }))
+    .unwrap()
+}
+
+/// One member cluster as a sequence of reconciles goes: what its Canary carries.
+#[derive(Clone, Debug)]
+struct Member {
+    role: &'static str,
+    phase: Phase,
+    promoted: bool,
+    annotations: BTreeMap<String, String>,
+    reachable: bool,
+    rolled_back: bool,
+}
+
+/// What happens before one reconcile, and how its writes go.
+#[derive(Clone, Debug)]
+struct Step {
+    /// Per member: 0 nothing, 1 its Canary moves on (if approved), 2 it fails instead,
+    /// 3 its reachability flips, 4 it answers again.
+    moves: Vec<u8>,
+    member_write_fails: bool,
+    status_write_refused: bool,
+}
+
+fn step(members: usize) -> impl Strategy<Value = Step> {
+    (prop::collection::vec(0..4u8, members), prop::bool::weighted(0.15), prop::bool::weighted(0.4)).prop_map(
+        |(moves, member_write_fails, status_write_refused)| Step { moves, member_write_fails, status_write_refused },
+    )
+}
+
+fn sequence() -> impl Strategy<Value = (Vec<Member>, bool, i32, Vec<Step>)> {
+    (1..4usize).prop_flat_map(|n| {
+        (
+            prop::collection::vec(prop::sample::select(vec!["canary", "prod"]), n),
+            any::<bool>(),
+            0..2i32,
+            prop::collection::vec(step(n), 1..14),
+        )
+            .prop_map(|(roles, rollback_all, failures, steps)| {
+                let members = roles
+                    .into_iter()
+                    .map(|role| Member {
+                        role,
+                        phase: Phase::Waiting,
+                        promoted: false,
+                        annotations: BTreeMap::new(),
+                        reachable: true,
+                        rolled_back: false,
+                    })
+                    .collect();
+                (members, rollback_all, failures, steps)
+            })
+    })
+}
+
+/// The transitions between two stored statuses that each deserve one Event, as
+/// `(reason, subject)`: said here independently of the hub's code.
+fn transitions(
+    old: Option<&petrel_api::rollout::RolloutStatus>,
+    new: &petrel_api::rollout::RolloutStatus,
+) -> Vec<(&'static str, String)> {
+    use petrel_api::rollout::{MemberState, RolloutPhase};
+    let mut out = Vec::new();
+    if new.release.is_some() && old.and_then(|o| o.release.as_ref()) != new.release.as_ref() {
+        out.push(("ReleaseStarted", new.release.clone().unwrap_or_default()));
+    }
+    let same = old.filter(|o| o.release == new.release);
+    for wave in &new.waves {
+        let before = same.and_then(|o| o.waves.iter().find(|w| w.name == wave.name));
+        if wave.opened_at.is_some() && before.is_none_or(|w| w.opened_at.is_none()) {
+            out.push(("WaveOpened", wave.name.clone()));
+        }
+        if wave.phase == WavePhase::Failed && before.is_none_or(|w| w.phase != WavePhase::Failed) {
+            out.push(("WaveFailed", wave.name.clone()));
+        }
+        if wave.phase == WavePhase::Succeeded && before.is_none_or(|w| w.phase != WavePhase::Succeeded) {
+            out.push(("WaveSucceeded", wave.name.clone()));
+        }
+    }
+    for member in &new.members {
+        let before = same.and_then(|o| o.members.iter().find(|m| m.cluster == member.cluster));
+        if member.approved_at.is_some() && before.is_none_or(|m| m.approved_at.is_none()) {
+            out.push(("MemberApproved", member.cluster.clone()));
+        }
+        let reason = match member.state {
+            MemberState::Succeeded => "MemberSucceeded",
+            MemberState::Failed => "MemberFailed",
+            MemberState::TimedOut => "MemberTimedOut",
+            MemberState::Unreachable => "MemberUnreachable",
+            _ => continue,
+        };
+        if before.is_none_or(|m| m.state != member.state) {
+            out.push((reason, member.cluster.clone()));
+        }
+    }
+    if new.phase == Some(RolloutPhase::Succeeded) && same.and_then(|o| o.phase) != Some(RolloutPhase::Succeeded) {
+        out.push(("RolloutSucceeded", String::new()));
+    }
+    for entry in &new.inventory {
+        let before = old.and_then(|o| o.inventory.iter().find(|e| e.cluster == entry.cluster));
+        if entry.rolled_back_from.is_some()
+            && before.and_then(|b| b.rolled_back_from.as_ref()) != entry.rolled_back_from.as_ref()
+        {
+            out.push(("MemberRolledBack", entry.cluster.clone()));
+        }
+    }
+    out
+}
+
+/// The cluster or wave an Event of a status transition is about, as its message names it.
+fn subject(event: &super::decisions::HubEvent) -> String {
+    let after = |prefix: &str| {
+        event
+            .message
+            .split(prefix)
+            .nth(1)
+            .and_then(|rest| rest.split([' ', ':']).next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    match event.reason {
+        "ReleaseStarted" => event.message.split(' ').nth(1).unwrap_or_default().to_string(),
+        "WaveOpened" | "WaveFailed" | "WaveSucceeded" => after("wave "),
+        "MemberApproved" => after("on cluster "),
+        "RolloutSucceeded" => String::new(),
+        _ => after("cluster "),
+    }
+}
+
+const TRANSITION_REASONS: [&str; 11] = [
+    "ReleaseStarted",
+    "WaveOpened",
+    "MemberApproved",
+    "WaveFailed",
+    "WaveSucceeded",
+    "MemberSucceeded",
+    "MemberFailed",
+    "MemberTimedOut",
+    "MemberUnreachable",
+    "RolloutSucceeded",
+    "MemberRolledBack",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Issue 16: over a sequence of reconciles whose status writes are written or refused
+    /// (409) at random, while the members move on and member writes sometimes fail, the
+    /// Events published (only after a status write) are exactly one per transition of the
+    /// stored status; a refused write publishes nothing and loses nothing. In the end,
+    /// every approval a member holds is recorded and was announced once.
+    #[test]
+    fn every_status_transition_is_announced_exactly_once(
+        (mut world, rollback_all, failures, steps) in sequence(),
+    ) {
+        let mut rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "podinfo", "namespace": "fleet", "generation": 1},
+            "spec": {
+                "canaryRef": {"namespace": "test", "name": "podinfo"},
+                "waves": [
+                    {"name": "canary", "clusterSelector": {"matchLabels": {"role": "canary"}}, "maxFailures": failures},
+                    {"name": "rest", "maxConcurrency": 1, "maxFailures": failures}
+                ],
+                "onFailure": if rollback_all { "RollbackAll" } else { "Halt" }
+            }
+        }))
+        .unwrap();
+        // At the end every member answers, and every write goes through.
+        let settle = Step { moves: vec![4; world.len()], member_write_fails: false, status_write_refused: false };
+        let steps: Vec<Step> = steps.into_iter().chain(std::iter::repeat_n(settle, 3)).collect();
+        let mut published: Vec<(&'static str, String)> = Vec::new();
+        let mut expected: Vec<(&'static str, String)> = Vec::new();
+        let mut withdrawals: Vec<String> = Vec::new();
+        for (minute, step) in steps.iter().enumerate() {
+            for (member, change) in world.iter_mut().zip(&step.moves) {
+                let approved = member.annotations.contains_key(APPROVED_REVISION_ANNOTATION);
+                match (change, member.phase) {
+                    (1, Phase::Waiting) if approved => member.phase = Phase::Progressing,
+                    (1, Phase::Progressing) => {
+                        member.phase = Phase::Succeeded;
+                        member.promoted = true;
+                    }
+                    (2, Phase::Progressing) => member.phase = Phase::Failed,
+                    (3, _) => member.reachable = !member.reachable,
+                    (4, _) => member.reachable = true,
+                    _ => {}
+                }
+            }
+            let members: Vec<MemberReading> = world
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let name = format!("m{i}");
+                    let cluster: Cluster = serde_json::from_value(json!({
+                        "apiVersion": "petrel.dev/v1alpha1", "kind": "Cluster",
+                        "metadata": {"name": name, "labels": {"role": m.role}},
+                        "spec": {"kubeconfigSecretRef": {"name": name, "namespace": "petrel-system"}}
+                    }))
+                    .unwrap();
+                    let read = if m.reachable {
+                        MemberRead::Reached(Some(Box::new(member_canary(i, m.phase, m.promoted, &m.annotations))))
+                    } else {
+                        MemberRead::Unreachable("no answer".into())
+                    };
+                    let observed_uid = Some(format!("uid-{name}"));
+                    MemberReading { cluster, read, contact: None, client_problem: None, identity: IdentityVerdict::Verified, observed_uid }
+                })
+                .collect();
+            let input = input(&rollout, members, at(20 + minute as i64));
+            let decision = decide_rollout(&input);
+            let mut outcomes = WriteOutcomes::default();
+            if let RolloutDecision::Proceed(planned) = &decision {
+                for write in &planned.annotations {
+                    let index: usize = write.cluster[1..].parse().unwrap();
+                    let result = if step.member_write_fails {
+                        Err("refused".to_string())
+                    } else {
+                        // Server-side apply: the hub's annotations are exactly the applied ones.
+                        let member = &mut world[index];
+                        member.annotations.remove(APPROVED_REVISION_ANNOTATION);
+                        member.annotations.extend(write.annotations.clone());
+                        Ok(())
+                    };
+                    outcomes.annotations.insert(write.cluster.clone(), result);
+                }
+                for name in &planned.rollbacks {
+                    let index: usize = name[1..].parse().unwrap();
+                    let result = if step.member_write_fails {
+                        Err(format!("no stored template on {name}"))
+                    } else {
+                        let done = (!world[index].rolled_back).then(|| format!("rolled {name} back"));
+                        world[index].rolled_back = true;
+                        Ok(RolledBack { release: OLD.into(), done })
+                    };
+                    outcomes.rollbacks.insert(name.clone(), result);
+                }
+            }
+            let recorded = record(&input, decision, &outcomes);
+            let stored = rollout.status.as_ref();
+            // The record's Events are those of the change from the stored status.
+            let worth = super::decisions::status_worth_writing(stored, &recorded.status);
+            if worth && step.status_write_refused {
+                continue; // 409: nothing written, nothing published.
+            }
+            published.extend(recorded.events.iter().filter(|e| TRANSITION_REASONS.contains(&e.reason)).map(|e| (e.reason, subject(e))));
+            withdrawals.extend(recorded.events.iter().filter(|e| e.reason == "ApprovalWithdrawn").map(subject));
+            if worth {
+                expected.extend(transitions(stored, &recorded.status));
+                rollout.status = Some(recorded.status);
+            } else {
+                prop_assert_eq!(transitions(stored, &recorded.status), vec![], "a status not written changes nothing");
+            }
+        }
+        let sorted = |mut v: Vec<(&'static str, String)>| { v.sort(); v };
+        prop_assert_eq!(sorted(published.clone()), sorted(expected), "one Event per transition of the stored status");
+
+        let withdrawn: BTreeSet<&String> = withdrawals.iter().collect();
+        prop_assert_eq!(withdrawn.len(), withdrawals.len(), "an approval withdrawn is announced at most once");
+
+        // Nothing held by a member goes unrecorded or unannounced.
+        let stored = rollout.status.clone().unwrap_or_default();
+        for (i, member) in world.iter().enumerate() {
+            let name = format!("m{i}");
+            if member.annotations.get(APPROVED_REVISION_ANNOTATION) == Some(&format!("rev-{i}")) {
+                let entry = stored.members.iter().find(|m| m.cluster == name);
+                prop_assert!(entry.is_some_and(|m| m.approved_at.is_some()), "{name}'s approval is not recorded: {stored:?}");
+                let announced = published.iter().filter(|(r, s)| *r == "MemberApproved" && *s == name).count();
+                prop_assert_eq!(announced, 1, "{}'s approval announced {} times", name, announced);
+            }
+        }
+    }
+}

@@ -22,8 +22,7 @@ use crate::fleet::identity::IdentityVerdict;
 use crate::fleet::inventory::{HubRollback, with_inventory};
 use crate::fleet::{
     APPROVED_REVISION_ANNOTATION, CanaryObservation, FLEET_ROLLOUT_ANNOTATION, MemberObservation, Membership,
-    PlanError, ReleaseHistory, RolloutPlan, WaveDecision, assign_waves, build_status, decide_waves,
-    history_for_release,
+    PlanError, ReleaseHistory, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release,
 };
 use petrel_api::canary::Phase;
 use petrel_api::common::Condition;
@@ -99,6 +98,21 @@ pub fn last_seen_canary(previous: &MemberStatus) -> Option<CanaryObservation> {
 pub fn with_approvals(members: &mut [MemberObservation], history: &ReleaseHistory) {
     for member in members {
         member.approved_at = history.approvals.get(&member.cluster).copied();
+    }
+}
+
+/// Records, at `now`, an approval a verified member holds that the history lacks: the
+/// hub's approval of the very revision the member's Canary releases at `release`, written
+/// by a reconcile whose status write was then refused or failed. Without it that approval
+/// would never be recorded (no approval time, no `MemberApproved` Event).
+pub fn with_delivered_approvals(members: &mut [MemberObservation], release: &str, now: DateTime<Utc>) {
+    for member in members.iter_mut().filter(|m| m.approved_at.is_none() && m.identity.is_verified()) {
+        let delivered = member.canary.as_ref().is_some_and(|c| {
+            c.release.as_deref() == Some(release) && c.revision.is_some() && c.approved_revision == c.revision
+        });
+        if delivered {
+            member.approved_at = Some(now);
+        }
     }
 }
 
@@ -203,13 +217,19 @@ pub struct HubEvent {
     pub warning: bool,
 }
 
-/// The Events a decision is worth: waves that open now, new approvals, and a failure
-/// budget breached now (not the ones already recorded in `history`).
-pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &str) -> Vec<HubEvent> {
-    let before = |name: &str| history.waves.iter().find(|w| w.name == name);
-    let mut events = Vec::new();
-    for wave in &decision.waves {
-        if wave.opened_at.is_some() && before(&wave.name).is_none_or(|w| w.opened_at.is_none()) {
+/// The Events of the decision a status records, from the stored status `old` to the
+/// status `new` about to be written: the release started, waves opened, members approved
+/// (their `approvedAt` set), a failure budget breached. A status of another release
+/// counts as none. Keyed by the two statuses alone: a reconcile whose status write was
+/// refused derives them again from the unchanged stored status, and one after a written
+/// status derives none.
+pub fn decision_events(old: Option<&RolloutStatus>, new: &RolloutStatus) -> Vec<HubEvent> {
+    let Some(release) = new.release.as_deref() else { return Vec::new() };
+    let before = old.filter(|o| o.release.as_deref() == Some(release));
+    let wave_before = |name: &str| before.and_then(|b| b.waves.iter().find(|w| w.name == name));
+    let mut events: Vec<HubEvent> = release_started(old, release).into_iter().collect();
+    for wave in &new.waves {
+        if wave.opened_at.is_some() && wave_before(&wave.name).is_none_or(|w| w.opened_at.is_none()) {
             events.push(HubEvent {
                 reason: "WaveOpened",
                 message: format!("wave {} opened for release {release} ({} clusters)", wave.name, wave.members),
@@ -217,30 +237,113 @@ pub fn hub_events(history: &ReleaseHistory, decision: &WaveDecision, release: &s
             });
         }
     }
-    // An approval the history records already is being re-sent (the annotation did not
-    // arrive yet); it was announced when it was given.
-    for approval in decision.approve.iter().filter(|a| !history.approvals.contains_key(&a.cluster)) {
-        events.push(HubEvent {
-            reason: "MemberApproved",
-            message: format!(
-                "approved revision {} on cluster {} (release {release})",
-                approval.revision, approval.cluster
-            ),
-            warning: false,
-        });
+    // An approval the stored status records already is being re-sent (the annotation did
+    // not arrive yet); it was announced when it was recorded.
+    for member in new.members.iter().filter(|m| m.approved_at.is_some()) {
+        let recorded = before
+            .and_then(|b| b.members.iter().find(|m| m.cluster == member.cluster))
+            .is_some_and(|m| m.approved_at.is_some());
+        if !recorded {
+            events.push(HubEvent {
+                reason: "MemberApproved",
+                message: format!(
+                    "approved revision {} on cluster {} (release {release})",
+                    member.revision.as_deref().unwrap_or("unknown"),
+                    member.cluster
+                ),
+                warning: false,
+            });
+        }
     }
-    if let Some(name) = &decision.budget_breached
-        && before(name).is_none_or(|w| w.phase != WavePhase::Failed)
-    {
-        let failed = decision.waves.iter().find(|w| &w.name == name).map_or(0, |w| w.failed);
-        events.push(HubEvent {
-            reason: "WaveFailed",
-            message: format!(
-                "wave {name} breached its failure budget for release {release} ({failed} cluster(s) failed or timed out)"
-            ),
+    for wave in new.waves.iter().filter(|w| w.phase == WavePhase::Failed) {
+        if wave_before(&wave.name).is_none_or(|w| w.phase != WavePhase::Failed) {
+            events.push(HubEvent {
+                reason: "WaveFailed",
+                message: format!(
+                    "wave {} breached its failure budget for release {release} ({} cluster(s) failed or timed out)",
+                    wave.name, wave.failed
+                ),
+                warning: true,
+            });
+        }
+    }
+    events
+}
+
+/// What a status records only as text, or not at all, that its Events announce: the
+/// problems its `Valid` condition lists, the rollbacks that failed (on the members'
+/// messages), what the rollbacks done now did, and the approvals withdrawn now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Notices {
+    /// Every problem with the input, most serious first.
+    pub problems: Vec<InputProblem>,
+    /// Why a member's rollback failed, by member (its message says so).
+    pub rollback_failures: BTreeMap<String, String>,
+    /// What a rollback made now did, by member: the wording of its `MemberRolledBack`
+    /// (the inventory records that it happened).
+    pub rollbacks_done: BTreeMap<String, String>,
+    /// Members whose approval this reconcile withdrew (the status does not record it).
+    pub withdrawn: Vec<String>,
+}
+
+/// Every Event of the change from the stored status `old` to the status `new` about to
+/// be written, published once `new` is written: [`decision_events`], then
+/// [`events_after_decision`]. Pure.
+pub fn events_between(old: Option<&RolloutStatus>, new: &RolloutStatus, notices: &Notices) -> Vec<HubEvent> {
+    let mut events = decision_events(old, new);
+    events.extend(events_after_decision(old, new, notices));
+    events
+}
+
+/// The Events of a status change after those of the decision: approvals withdrawn now,
+/// members rolled back (now, or an inventory entry newly `rolledBackFrom` a release),
+/// rollbacks failed (a failure the stored member message does not say yet), new problems
+/// (not in the stored `Valid` condition), and member, wave and release transitions.
+///
+/// `ApprovalWithdrawn` is the one Event not keyed by the statuses: it is this
+/// reconcile's write (the status has no field for it), published after the status write
+/// like the others, at most once (a retried reconcile finds the approval gone).
+pub fn events_after_decision(old: Option<&RolloutStatus>, new: &RolloutStatus, notices: &Notices) -> Vec<HubEvent> {
+    let release = new.release.as_deref().unwrap_or("unknown");
+    let mut events: Vec<HubEvent> = notices
+        .withdrawn
+        .iter()
+        .map(|cluster| HubEvent {
+            reason: "ApprovalWithdrawn",
+            message: format!("withdrew the approval of cluster {cluster} (release {release}): its Canary aborts"),
             warning: true,
-        });
+        })
+        .collect();
+    // Rolled back: by this reconcile, or by one whose status write was refused (the
+    // retry finds the primary rolled back already, and the inventory records it now).
+    let mut rolled_back: BTreeMap<&str, String> =
+        notices.rollbacks_done.iter().map(|(cluster, done)| (cluster.as_str(), done.clone())).collect();
+    for entry in &new.inventory {
+        let Some(from) = &entry.rolled_back_from else { continue };
+        let before = old.and_then(|o| o.inventory.iter().find(|e| e.cluster == entry.cluster));
+        if before.and_then(|b| b.rolled_back_from.as_ref()) != Some(from) {
+            rolled_back.entry(entry.cluster.as_str()).or_insert_with(|| {
+                format!("rolled back from release {from} to {}", entry.release.as_deref().unwrap_or("unknown"))
+            });
+        }
     }
+    for (cluster, done) in rolled_back {
+        let message = format!("cluster {cluster}: {done}");
+        events.push(HubEvent { reason: "MemberRolledBack", message, warning: false });
+    }
+    let stored_message = |cluster: &str| {
+        old.filter(|o| o.release == new.release)
+            .and_then(|o| o.members.iter().find(|m| m.cluster == cluster))
+            .map_or("", |m| m.message.as_str())
+    };
+    for (cluster, failure) in &notices.rollback_failures {
+        if !stored_message(cluster).contains(failure.as_str()) {
+            let message = format!("cluster {cluster}: {failure}");
+            events.push(HubEvent { reason: "RollbackFailed", message, warning: true });
+        }
+    }
+    events.extend(problem_events(old.map_or(&[][..], |o| &o.conditions), &notices.problems));
+    events.extend(transition_events(old, new));
     events
 }
 
@@ -415,7 +518,8 @@ pub struct Proceed {
     /// inventory, no `Valid` condition yet).
     pub draft: RolloutStatus,
     /// The Events of the decision itself (release started, waves opened, approvals,
-    /// budget breached), before those of the writes' outcomes.
+    /// budget breached: [`decision_events`] from the previous status to `draft`), before
+    /// those of the writes' outcomes.
     pub events: Vec<HubEvent>,
     pub requeue: Duration,
 }
@@ -534,6 +638,7 @@ pub fn decide_rollout(input: &RolloutInput) -> RolloutDecision {
     };
     let history = history_for_release(previous, &release);
     with_approvals(&mut observations, &history);
+    with_delivered_approvals(&mut observations, &release, now);
     let decision = decide_waves(plan, &release, &history.waves, &observations, now);
 
     // Annotations: the Rollout marker everywhere, approvals and withdrawals where decided.
@@ -585,8 +690,7 @@ pub fn decide_rollout(input: &RolloutInput) -> RolloutDecision {
         })
         .collect();
     explain_unreachable(&mut draft, &unreachable);
-    let events =
-        release_started(previous, &release).into_iter().chain(hub_events(&history, &decision, &release)).collect();
+    let events = decision_events(previous, &draft);
     RolloutDecision::Proceed(Box::new(Proceed {
         release,
         annotations,
@@ -617,36 +721,29 @@ fn with_validity(
 
 /// The status and the Events of a decision once its writes' `outcomes` are known: write
 /// errors on the members' messages, rollbacks in the inventory, the `Valid` condition,
-/// and the Events of the decision, of the outcomes, of the problems and of the
-/// transitions, in that order. Pure.
+/// and the Events of the change from the stored status to this one ([`events_between`]:
+/// the decision's, then those of the outcomes, the problems and the transitions). Pure.
 pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteOutcomes) -> Recorded {
     let (rollout, now) = (input.rollout, input.now);
     let previous = rollout.status.as_ref();
-    let previous_conditions = previous.map_or(&[][..], |s| &s.conditions);
     let proceed = match decision {
         RolloutDecision::Blocked(blocked) => {
             let mut status =
                 blocked_status(previous, rollout.metadata.generation, blocked.reason, blocked.message, now);
             with_validity(&mut status, previous, &blocked.problems, now);
-            let events = problem_events(previous_conditions, &blocked.problems);
+            let notices = Notices { problems: blocked.problems, ..Notices::default() };
+            let events = events_between(previous, &status, &notices);
             return Recorded { status, events, requeue: blocked.requeue };
         }
         RolloutDecision::Proceed(proceed) => *proceed,
     };
     let Proceed { release, annotations, rollbacks, rollbacks_pending, observations, problems, draft, events, requeue } =
         proceed;
-    let mut events = events;
+    let mut notices = Notices { problems, ..Notices::default() };
     let mut write_errors: BTreeMap<String, String> = BTreeMap::new();
     for write in &annotations {
         match outcomes.annotations.get(&write.cluster) {
-            Some(Ok(())) if write.withdraws => events.push(HubEvent {
-                reason: "ApprovalWithdrawn",
-                message: format!(
-                    "withdrew the approval of cluster {} (release {release}): its Canary aborts",
-                    write.cluster
-                ),
-                warning: true,
-            }),
+            Some(Ok(())) if write.withdraws => notices.withdrawn.push(write.cluster.clone()),
             Some(Err(e)) => {
                 let message = format!("annotating Canary {}/{}: {e}", write.namespace, write.name);
                 write_errors.insert(write.cluster.clone(), message);
@@ -662,15 +759,13 @@ pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteO
         match outcomes.rollbacks.get(&name) {
             Some(Ok(done)) => {
                 if let Some(done) = &done.done {
-                    let message = format!("cluster {name}: {done}");
-                    events.push(HubEvent { reason: "MemberRolledBack", message, warning: false });
+                    notices.rollbacks_done.insert(name.clone(), done.clone());
                 }
                 rolled_back.insert(name, HubRollback { from: release.clone(), to: done.release.clone() });
             }
             Some(Err(e)) => {
                 let message = format!("rollback failed: {e}");
-                let event = format!("cluster {name}: {message}");
-                events.push(HubEvent { reason: "RollbackFailed", message: event, warning: true });
+                notices.rollback_failures.insert(name.clone(), message.clone());
                 write_errors.insert(name, message);
             }
             None => {}
@@ -679,16 +774,17 @@ pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteO
     let mut status = draft;
     explain_unreachable(&mut status, &write_errors);
     with_inventory(&mut status, previous, &observations, &rolled_back, now);
-    with_validity(&mut status, previous, &problems, now);
-    events.extend(problem_events(previous_conditions, &problems));
-    events.extend(transition_events(previous, &status));
+    with_validity(&mut status, previous, &notices.problems, now);
+    // The decision's Events are the same from the draft as from this status: the
+    // outcomes change neither waves, approvals nor the release.
+    let mut events = events;
+    events.extend(events_after_decision(previous, &status, &notices));
     Recorded { status, events, requeue }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::MemberApproval;
     use chrono::{TimeDelta, TimeZone};
     use petrel_api::canary::{CanaryStatus, Phase};
     use petrel_api::cluster::{ClusterSpec, KubeconfigSecretRef};
@@ -1055,36 +1151,44 @@ mod tests {
         assert_eq!(patch.as_object().unwrap().keys().collect::<Vec<_>>(), ["apiVersion", "kind", "metadata"]);
     }
 
-    fn decision(waves: Vec<WaveStatus>) -> WaveDecision {
-        WaveDecision {
-            approve: vec![],
-            timed_out: vec![],
-            budget_breached: None,
-            rollback: vec![],
-            withdraw: vec![],
-            unassigned: vec![],
-            current_wave: Some(0),
-            phase: RolloutPhase::Progressing,
-            waves,
-            members: vec![],
-            recheck_after: None,
-        }
-    }
-
     fn wave(name: &str, phase: WavePhase, opened: Option<u32>) -> WaveStatus {
         WaveStatus { phase, opened_at: opened.map(at), members: 2, failed: 1, ..WaveStatus::pending(name) }
     }
 
+    /// A status of release NEW with these waves and these members approved (at minute).
+    fn recorded(waves: Vec<WaveStatus>, approvals: &[(&str, u32)]) -> RolloutStatus {
+        let members = approvals
+            .iter()
+            .map(|(cluster, minute)| MemberStatus {
+                approved_at: Some(at(*minute)),
+                ..member_status(cluster, MemberState::Approved, Some(Phase::Waiting))
+            })
+            .collect();
+        RolloutStatus { waves, members, ..status(NEW, RolloutPhase::Progressing) }
+    }
+
+    /// `status` with `cluster` approved at `revision`: an approval it records already
+    /// keeps its time (the annotation is being sent again).
+    fn approve(status: &mut RolloutStatus, cluster: &str, revision: &str) {
+        match status.members.iter_mut().find(|m| m.cluster == cluster) {
+            Some(member) => member.revision = Some(revision.into()),
+            None => status.members.push(MemberStatus {
+                revision: Some(revision.into()),
+                approved_at: Some(at(9)),
+                ..member_status(cluster, MemberState::Pending, Some(Phase::Waiting))
+            }),
+        }
+    }
+
     #[test]
     fn events_report_what_changed_now() {
-        let history =
-            ReleaseHistory { waves: vec![wave("canary", WavePhase::Progressing, Some(1))], approvals: [].into() };
-        let mut d = decision(vec![
-            wave("canary", WavePhase::Progressing, Some(1)),
-            wave("rest", WavePhase::Progressing, Some(4)),
-        ]);
-        d.approve = vec![MemberApproval { cluster: "eu-1".into(), revision: "rev-2".into() }];
-        let events = hub_events(&history, &d, NEW);
+        let history = recorded(vec![wave("canary", WavePhase::Progressing, Some(1))], &[]);
+        let mut d = recorded(
+            vec![wave("canary", WavePhase::Progressing, Some(1)), wave("rest", WavePhase::Progressing, Some(4))],
+            &[],
+        );
+        approve(&mut d, "eu-1", "rev-2");
+        let events = decision_events(Some(&history), &d);
         let reasons: Vec<_> = events.iter().map(|e| e.reason).collect();
         assert_eq!(reasons, ["WaveOpened", "MemberApproved"]);
         assert_eq!(events[0].message, format!("wave rest opened for release {NEW} (2 clusters)"));
@@ -1093,28 +1197,108 @@ mod tests {
 
     #[test]
     fn a_breached_budget_is_reported_once() {
-        let mut d = decision(vec![wave("canary", WavePhase::Failed, Some(1))]);
-        d.budget_breached = Some("canary".into());
-        let open =
-            ReleaseHistory { waves: vec![wave("canary", WavePhase::Progressing, Some(1))], approvals: [].into() };
-        let events = hub_events(&open, &d, NEW);
+        let d = recorded(vec![wave("canary", WavePhase::Failed, Some(1))], &[]);
+        let open = recorded(vec![wave("canary", WavePhase::Progressing, Some(1))], &[]);
+        let events = decision_events(Some(&open), &d);
         assert_eq!(events.len(), 1);
         assert!(events[0].warning && events[0].reason == "WaveFailed", "{events:?}");
-        let failed = ReleaseHistory { waves: vec![wave("canary", WavePhase::Failed, Some(1))], approvals: [].into() };
-        assert_eq!(hub_events(&failed, &d, NEW), vec![]);
+        let failed = recorded(vec![wave("canary", WavePhase::Failed, Some(1))], &[]);
+        assert_eq!(decision_events(Some(&failed), &d), vec![]);
     }
 
     #[test]
     fn an_approval_sent_again_is_not_announced_again() {
-        let history = ReleaseHistory { waves: vec![], approvals: [("eu-1".to_string(), at(1))].into() };
-        let mut d = decision(vec![]);
-        d.approve = vec![
-            MemberApproval { cluster: "eu-1".into(), revision: "rev-2".into() },
-            MemberApproval { cluster: "eu-2".into(), revision: "rev-2".into() },
-        ];
-        let events = hub_events(&history, &d, NEW);
+        let history = recorded(vec![], &[("eu-1", 1)]);
+        let mut d = history.clone();
+        approve(&mut d, "eu-1", "rev-2");
+        approve(&mut d, "eu-2", "rev-2");
+        let events = decision_events(Some(&history), &d);
         assert_eq!(events.len(), 1);
         assert!(events[0].message.contains("eu-2"), "{events:?}");
+    }
+
+    #[test]
+    fn a_status_of_another_release_or_none_announces_the_release_and_all_it_records() {
+        let mut next = recorded(vec![wave("canary", WavePhase::Progressing, Some(1))], &[("eu-1", 1)]);
+        next.members[0].revision = Some("rev-2".into());
+        let reasons = |old: Option<&RolloutStatus>| -> Vec<&str> {
+            decision_events(old, &next).iter().map(|e| e.reason).collect()
+        };
+        assert_eq!(reasons(None), ["ReleaseStarted", "WaveOpened", "MemberApproved"]);
+        let old = RolloutStatus { release: Some(OLD.into()), ..next.clone() };
+        assert_eq!(reasons(Some(&old)), ["ReleaseStarted", "WaveOpened", "MemberApproved"]);
+        assert_eq!(reasons(Some(&next)), Vec::<&str>::new(), "nothing changed");
+        assert_eq!(decision_events(Some(&next), &RolloutStatus::default()), vec![], "no release, no Event");
+    }
+
+    /// Issue 16: an approval a member holds for the revision it releases, which the
+    /// status does not record (its write was refused after the annotation went out), is
+    /// recorded now; one for another revision, of another release, or on a member not
+    /// verified is not.
+    #[test]
+    fn a_delivered_approval_the_history_lacks_is_recorded_now() {
+        let held = |revision: &str, release: &str| {
+            let mut m = observed("a", "canary", release, 0);
+            m.canary.as_mut().unwrap().approved_revision = Some(revision.into());
+            m
+        };
+        let mut members = vec![
+            held(&format!("rev-{NEW}"), NEW),
+            held("rev-other", NEW),
+            held(&format!("rev-{OLD}"), OLD),
+            MemberObservation {
+                identity: IdentityVerdict::Unverified("no probe".into()),
+                ..held(&format!("rev-{NEW}"), NEW)
+            },
+            MemberObservation { approved_at: Some(at(1)), ..held(&format!("rev-{NEW}"), NEW) },
+        ];
+        with_delivered_approvals(&mut members, NEW, at(7));
+        let approved: Vec<_> = members.iter().map(|m| m.approved_at).collect();
+        assert_eq!(approved, [Some(at(7)), None, None, None, Some(at(1))]);
+    }
+
+    #[test]
+    fn a_rollback_is_announced_when_the_inventory_records_it_and_a_failure_once() {
+        let before = recorded(vec![], &[]);
+        let mut after = before.clone();
+        after.inventory = vec![petrel_api::rollout::MemberInventory {
+            cluster: "eu-1".into(),
+            release: Some(OLD.into()),
+            rolled_back_from: Some(NEW.into()),
+            ..Default::default()
+        }];
+        after.members = vec![MemberStatus {
+            message: "promoted: rollback failed: no template".into(),
+            ..member_status("eu-2", MemberState::Succeeded, Some(Phase::Succeeded))
+        }];
+        let failures: BTreeMap<String, String> =
+            [("eu-2".to_string(), "rollback failed: no template".to_string())].into();
+        let notices = Notices { rollback_failures: failures, ..Notices::default() };
+        let events = events_after_decision(Some(&before), &after, &notices);
+        let said: Vec<_> = events.iter().map(|e| (e.reason, e.message.as_str())).collect();
+        assert_eq!(
+            said[..2],
+            [
+                ("MemberRolledBack", format!("cluster eu-1: rolled back from release {NEW} to {OLD}").as_str()),
+                ("RollbackFailed", "cluster eu-2: rollback failed: no template"),
+            ]
+        );
+        // The rollback made now words it; once recorded, neither is said again.
+        let done = Notices {
+            rollbacks_done: [("eu-1".to_string(), "rolled test/podinfo-primary back".to_string())].into(),
+            ..notices.clone()
+        };
+        assert_eq!(
+            events_after_decision(Some(&before), &after, &done)[0].message,
+            "cluster eu-1: rolled test/podinfo-primary back"
+        );
+        let again = events_after_decision(Some(&after), &after, &notices);
+        assert!(again.iter().all(|e| e.reason != "MemberRolledBack" && e.reason != "RollbackFailed"), "{again:?}");
+        // A primary rolled back now is said even when the inventory had it rolled back
+        // from that release already (the release was retried and taken back again).
+        let twice =
+            events_after_decision(Some(&after), &after, &Notices { rollback_failures: BTreeMap::new(), ..done });
+        assert_eq!(twice.iter().map(|e| e.reason).collect::<Vec<_>>(), ["MemberRolledBack"]);
     }
 
     #[test]

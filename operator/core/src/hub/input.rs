@@ -232,7 +232,7 @@ pub fn release_started(previous: Option<&RolloutStatus>, release: &str) -> Optio
 /// failed, timed out, became unreachable or promoted; waves that succeeded; the
 /// release done. A status of another release counts as no status.
 pub fn transition_events(previous: Option<&RolloutStatus>, next: &RolloutStatus) -> Vec<HubEvent> {
-    let previous = previous.filter(|p| p.release.is_some() && p.release == next.release);
+    let previous = previous.filter(|p| p.release == next.release);
     let release = next.release.as_deref().unwrap_or("unknown");
     let mut events = Vec::new();
     for member in &next.members {
