@@ -31,6 +31,7 @@ pub mod leader;
 pub mod plugin;
 pub mod preflight;
 pub mod routers;
+pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
 pub mod version;
