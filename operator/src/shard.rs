@@ -9,8 +9,11 @@
 //! Changing it is a breaking change: two versions would then both reconcile some Canaries
 //! during a rolling upgrade.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -75,12 +78,27 @@ pub fn campaign_order(preferred: Option<u32>, shards: u32) -> Vec<u32> {
 pub struct HeldShards {
     shards: u32,
     held: Arc<RwLock<BTreeSet<u32>>>,
+    /// Counts acquisitions, so the controller can reconcile every Canary when a shard
+    /// comes in ([`HeldShards::acquisitions`]).
+    acquired: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl HeldShards {
     /// `shards` shards, none held yet (with `shards` ≤ 1: everything is owned).
     pub fn new(shards: u32) -> Self {
-        Self { shards: shards.max(1), held: Arc::default() }
+        Self { shards: shards.max(1), held: Arc::default(), acquired: Arc::new(tokio::sync::watch::Sender::new(0)) }
+    }
+
+    /// One item each time a shard is newly held (several acquisitions close together may
+    /// come as one), for `Controller::reconcile_all_on`: the Canaries of a shard taken
+    /// over are picked up at once instead of at their next change.
+    pub fn acquisitions(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        let mut receiver = self.acquired.subscribe();
+        receiver.mark_unchanged();
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.changed().await.ok()?;
+            Some(((), receiver))
+        })
     }
 
     /// The number of shards the Canaries are split into.
@@ -102,14 +120,88 @@ impl HeldShards {
 
     /// Marks shard `index` held (`true`) or lost (`false`); returns whether that changed.
     pub fn set(&self, index: u32, held: bool) -> bool {
-        let mut set = self.held.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held { set.insert(index) } else { set.remove(&index) }
+        let changed = {
+            let mut set = self.held.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if held { set.insert(index) } else { set.remove(&index) }
+        };
+        if changed && held {
+            self.acquired.send_modify(|count| *count = count.wrapping_add(1));
+        }
+        changed
     }
 
     /// The shards held now, in rising order.
     pub fn held(&self) -> Vec<u32> {
         self.held.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
     }
+}
+
+/// What a replica saw of a shard's Lease at its last look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseSeen {
+    /// Held by another replica that renewed it within its duration.
+    Held,
+    /// Held, but not renewed within its duration (the holder died or is cut off), or
+    /// held by this very identity (an earlier life of this replica).
+    Expired,
+    /// No holder (never taken, or released by a replica that stopped), seen so for `since`.
+    Free { since: Duration },
+}
+
+/// Classifies a shard's Lease from its holder, last renewal and duration, as the lease
+/// manager does (a holder without a renewal time or duration has expired). Pure.
+pub fn lease_seen(
+    holder: Option<&str>,
+    renewed: Option<DateTime<Utc>>,
+    duration_seconds: Option<i32>,
+    identity: &str,
+    now: DateTime<Utc>,
+    free_since: Duration,
+) -> LeaseSeen {
+    match holder.filter(|h| !h.is_empty()) {
+        None => LeaseSeen::Free { since: free_since },
+        Some(holder) if holder == identity => LeaseSeen::Expired,
+        Some(_) => match (renewed, duration_seconds) {
+            (Some(renewed), Some(seconds)) if now <= renewed + chrono::Duration::seconds(i64::from(seconds)) => {
+                LeaseSeen::Held
+            }
+            _ => LeaseSeen::Expired,
+        },
+    }
+}
+
+/// The shards a replica starts campaigning for now, given what it campaigns for already
+/// and what it saw of the other Leases. Pure.
+///
+/// - Its preferred shard at once: its own, whoever else is up.
+/// - Any other shard only when nobody can be counting on it: its Lease expired (its
+///   holder died: taken over after about one lease duration), or it has been free for
+///   `grace` (one lease duration: time for the replica that prefers it to start and take
+///   it, so a fleet that starts together ends with one shard each, not one replica
+///   holding every shard).
+/// - A replica with no preferred shard (a Deployment's Pod) that campaigns for nothing
+///   yet takes one free shard at once, the first in its `order`.
+/// - At most one other shard per look, in `order`, so survivors share a dead replica's
+///   shards instead of the fastest taking them all.
+pub fn shards_to_campaign(
+    order: &[u32],
+    preferred: Option<u32>,
+    campaigning: &BTreeSet<u32>,
+    seen: &BTreeMap<u32, LeaseSeen>,
+    grace: Duration,
+) -> Vec<u32> {
+    let mut start: Vec<u32> = preferred.filter(|p| !campaigning.contains(p)).into_iter().collect();
+    let idle = preferred.is_none() && campaigning.is_empty();
+    let other =
+        order.iter().copied().filter(|i| Some(*i) != preferred && !campaigning.contains(i)).find(|i| {
+            match seen.get(i) {
+                Some(LeaseSeen::Expired) => true,
+                Some(LeaseSeen::Free { since }) => idle || *since >= grace,
+                Some(LeaseSeen::Held) | None => false,
+            }
+        });
+    start.extend(other);
+    start
 }
 
 #[cfg(test)]
@@ -182,6 +274,192 @@ mod tests {
         assert_eq!(held.held(), vec![shard]);
         assert!(held.set(shard, false));
         assert!(!held.owns("test", "web"), "a lost shard stops the writes at once");
+    }
+
+    #[tokio::test]
+    async fn a_newly_held_shard_is_announced_and_a_loss_is_not() {
+        use futures::StreamExt;
+        let held = HeldShards::new(3);
+        let mut acquisitions = Box::pin(held.acquisitions());
+        held.set(2, true);
+        let announced = tokio::time::timeout(Duration::from_secs(1), acquisitions.next()).await;
+        assert_eq!(announced, Ok(Some(())), "an acquisition is announced");
+        held.set(2, false);
+        held.set(2, false);
+        let quiet = tokio::time::timeout(Duration::from_millis(100), acquisitions.next()).await;
+        assert!(quiet.is_err(), "a loss triggers nothing");
+        held.set(1, true);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(1), acquisitions.next()).await, Ok(Some(())));
+    }
+
+    #[test]
+    fn leases_are_held_expired_or_free() {
+        let now = chrono::Utc::now();
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        let free = Duration::from_secs(4);
+        assert_eq!(lease_seen(Some("b"), ago(3), Some(15), "a", now, free), LeaseSeen::Held);
+        assert_eq!(lease_seen(Some("b"), ago(16), Some(15), "a", now, free), LeaseSeen::Expired);
+        assert_eq!(lease_seen(Some("b"), None, Some(15), "a", now, free), LeaseSeen::Expired, "no renewal time");
+        assert_eq!(lease_seen(Some("a"), ago(1), Some(15), "a", now, free), LeaseSeen::Expired, "an earlier life");
+        assert_eq!(lease_seen(None, None, None, "a", now, free), LeaseSeen::Free { since: free });
+        assert_eq!(lease_seen(Some(""), ago(1), Some(15), "a", now, free), LeaseSeen::Free { since: free });
+    }
+
+    #[test]
+    fn the_preferred_shard_at_once_the_others_only_when_nobody_counts_on_them() {
+        let grace = Duration::from_secs(15);
+        let order = campaign_order(Some(1), 3);
+        let seen = |entries: &[(u32, LeaseSeen)]| entries.iter().copied().collect::<BTreeMap<_, _>>();
+        let none = BTreeSet::new();
+        let young = LeaseSeen::Free { since: Duration::from_secs(2) };
+        let old = LeaseSeen::Free { since: grace };
+        assert_eq!(shards_to_campaign(&order, Some(1), &none, &seen(&[(0, young), (2, young)]), grace), vec![1]);
+        let mine: BTreeSet<u32> = [1].into();
+        assert!(
+            shards_to_campaign(&order, Some(1), &mine, &seen(&[(0, young), (2, LeaseSeen::Held)]), grace).is_empty()
+        );
+        assert_eq!(
+            shards_to_campaign(
+                &order,
+                Some(1),
+                &mine,
+                &seen(&[(0, LeaseSeen::Expired), (2, LeaseSeen::Expired)]),
+                grace
+            ),
+            vec![2],
+            "one other shard per look, in campaign order (2 after 1)"
+        );
+        assert_eq!(
+            shards_to_campaign(&order, Some(1), &mine, &seen(&[(0, old), (2, LeaseSeen::Held)]), grace),
+            vec![0]
+        );
+        let order = campaign_order(None, 3);
+        assert_eq!(
+            shards_to_campaign(&order, None, &none, &seen(&[(0, LeaseSeen::Held), (1, young), (2, young)]), grace),
+            vec![1],
+            "a replica without preference takes one free shard at once"
+        );
+        let one: BTreeSet<u32> = [1].into();
+        assert!(shards_to_campaign(&order, None, &one, &seen(&[(0, LeaseSeen::Held), (2, young)]), grace).is_empty());
+    }
+
+    /// A fleet of replicas looking once per tick: each starts the campaigns
+    /// [`shards_to_campaign`] gives, and a campaign takes a Lease that is free or whose
+    /// holder is dead (as the lease manager does), first come first served.
+    struct Fleet {
+        holders: Vec<Option<usize>>,
+        alive: Vec<bool>,
+        campaigning: Vec<BTreeSet<u32>>,
+        free_since: Vec<BTreeMap<u32, u32>>,
+        preferred: Vec<Option<u32>>,
+    }
+
+    impl Fleet {
+        fn new(shards: u32, preferred: Vec<Option<u32>>) -> Fleet {
+            let replicas = preferred.len();
+            Fleet {
+                holders: vec![None; shards as usize],
+                alive: vec![false; replicas],
+                campaigning: vec![BTreeSet::new(); replicas],
+                free_since: vec![BTreeMap::new(); replicas],
+                preferred,
+            }
+        }
+
+        fn tick(&mut self, now: u32, grace: u32, looking: &[usize]) {
+            let shards = self.holders.len() as u32;
+            for &r in looking.iter().filter(|r| self.alive[**r]) {
+                let mut seen = BTreeMap::new();
+                for i in 0..shards {
+                    let state = match self.holders[i as usize] {
+                        Some(h) if h != r && self.alive[h] => {
+                            self.free_since[r].remove(&i);
+                            LeaseSeen::Held
+                        }
+                        Some(_) => LeaseSeen::Expired,
+                        None => {
+                            let since = *self.free_since[r].entry(i).or_insert(now);
+                            LeaseSeen::Free { since: Duration::from_secs(u64::from(now - since)) }
+                        }
+                    };
+                    seen.insert(i, state);
+                }
+                let order = campaign_order(self.preferred[r], shards);
+                let start = shards_to_campaign(
+                    &order,
+                    self.preferred[r],
+                    &self.campaigning[r],
+                    &seen,
+                    Duration::from_secs(u64::from(grace)),
+                );
+                self.campaigning[r].extend(start);
+                for &i in &self.campaigning[r] {
+                    let holder = &mut self.holders[i as usize];
+                    if holder.is_none_or(|h| !self.alive[h]) {
+                        *holder = Some(r);
+                    }
+                }
+            }
+        }
+
+        fn held_by(&self, r: usize) -> Vec<u32> {
+            (0..self.holders.len() as u32).filter(|i| self.holders[*i as usize] == Some(r)).collect()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_fleet_starting_within_the_grace_ends_with_one_shard_each_and_survivors_take_a_dead_ones(
+            shards in 2u32..8,
+            starts in proptest::collection::vec(0u32..5, 8),
+            orders in proptest::collection::vec(proptest::sample::subsequence((0..8usize).collect::<Vec<_>>(), 8).prop_shuffle(), 40),
+            dead in 0usize..8,
+        ) {
+            let grace = 5;
+            let n = shards as usize;
+            let mut fleet = Fleet::new(shards, (0..shards).map(Some).collect());
+            for now in 0..20u32 {
+                for (r, start) in starts.iter().enumerate().take(n) {
+                    if *start == now {
+                        fleet.alive[r] = true;
+                    }
+                }
+                let order: Vec<usize> = orders[now as usize].iter().copied().filter(|r| *r < n).collect();
+                fleet.tick(now, grace, &order);
+            }
+            for r in 0..n {
+                prop_assert_eq!(fleet.held_by(r), vec![r as u32], "replica {} after a start within the grace", r);
+            }
+            // One dies: its shard goes to one survivor at the next look, nobody else moves.
+            let dead = dead % n;
+            fleet.alive[dead] = false;
+            for now in 20..22u32 {
+                let order: Vec<usize> = orders[now as usize].iter().copied().filter(|r| *r < n).collect();
+                fleet.tick(now, grace, &order);
+            }
+            let taker = fleet.holders[dead].expect("a dead replica's shard is taken within two looks");
+            prop_assert!(taker != dead && fleet.alive[taker]);
+            for r in (0..n).filter(|r| *r != dead && *r != taker) {
+                prop_assert_eq!(fleet.held_by(r), vec![r as u32]);
+            }
+        }
+
+        #[test]
+        fn replicas_without_preference_spread_over_the_shards(
+            shards in 2u32..8,
+            orders in proptest::collection::vec(proptest::sample::subsequence((0..8usize).collect::<Vec<_>>(), 8).prop_shuffle(), 30),
+        ) {
+            let n = shards as usize;
+            let mut fleet = Fleet::new(shards, vec![None; n]);
+            fleet.alive = vec![true; n];
+            for now in 0..30u32 {
+                let order: Vec<usize> = orders[now as usize].iter().copied().filter(|r| *r < n).collect();
+                fleet.tick(now, 5, &order);
+            }
+            prop_assert!(fleet.holders.iter().all(Option::is_some), "every shard held: {:?}", fleet.holders);
+            let most = (0..n).map(|r| fleet.held_by(r).len()).max().unwrap_or(0);
+            prop_assert!(most <= 2, "{:?}", fleet.holders);
+        }
     }
 
     proptest! {
