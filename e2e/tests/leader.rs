@@ -6,7 +6,8 @@
 //!
 //! Sharding (`--shards 3`): three replicas each hold one shard's Lease and progress only
 //! their shard's Canaries; SIGKILL one mid-release and a survivor takes its shard once
-//! the Lease expires and finishes its Canaries' releases, no step applied twice.
+//! the Lease expires and finishes its Canaries' releases, no step applied twice; started
+//! again, the replica asks for its shard and the survivor hands it back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -454,8 +455,30 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
     );
     assert!(!resumed_after_kill.is_empty(), "no release was handed over mid-way");
 
+    // petrel-1 comes back: it asks for its shard on the Lease, the taker hands it back.
+    let restarted = Instant::now();
+    replicas[victim] =
+        Replica::start_with(&petrel, &cluster.kubeconfig_path, &dir, SHARD_REPLICAS[victim], &shard_flags)?;
+    within("petrel-1 to get its shard back", Duration::from_secs(LEASE_SECONDS + 30), async || {
+        Ok((holder_of(&leases, &victim_lease).await.as_deref() == Some(SHARD_REPLICAS[victim])).then_some(()))
+    })
+    .await?;
+    eprintln!("[shards] petrel-1 restarted and holds shard 1 again {:.1?} later", restarted.elapsed());
+    let survivor = replicas.iter().find(|r| r.name == taker).context("the taker")?;
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    assert!(
+        metrics.lines().any(|l| l == "petrel_shard_held{shard=\"1\"} 0"),
+        "{} still reports shard 1 held:\n{}",
+        survivor.name,
+        survivor.log()
+    );
+    for (shard, name) in SHARD_REPLICAS.iter().enumerate() {
+        let lease = petrel::shard::lease_name(LEASE, shard as u32);
+        assert_eq!(holder_of(&leases, &lease).await.as_deref(), Some(*name), "one shard each again");
+    }
+
     // A graceful stop hands the shards back at once.
-    for replica in replicas.iter_mut().filter(|r| r.name != SHARD_REPLICAS[victim]) {
+    for replica in replicas.iter_mut() {
         replica.signal(libc::SIGTERM);
     }
     for (shard, _) in SHARD_REPLICAS.iter().enumerate() {
@@ -465,8 +488,8 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
         })
         .await?;
     }
-    for replica in replicas.iter_mut().filter(|r| r.name != SHARD_REPLICAS[victim]) {
-        let status = eventually("a survivor to exit", Duration::from_secs(15), async || replica.exit_status()).await?;
+    for replica in replicas.iter_mut() {
+        let status = eventually("a replica to exit", Duration::from_secs(15), async || replica.exit_status()).await?;
         assert!(status.success(), "{} exits cleanly ({status}):\n{}", replica.name, replica.log());
     }
     eprintln!("[shards] passed in {:.1?}", t0.elapsed());

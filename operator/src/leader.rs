@@ -16,6 +16,7 @@ use std::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
 use tokio_util::sync::CancellationToken;
@@ -213,8 +214,27 @@ pub struct Sharding {
 struct ShardCampaign {
     election: LeaderElection,
     manager: Arc<LeaseManager>,
+    /// Stops this campaign's renewal loop (a child of the process-wide stop).
+    stop: CancellationToken,
     renewals: tokio::task::JoinHandle<()>,
     follower: tokio::task::JoinHandle<()>,
+}
+
+impl ShardCampaign {
+    /// Stops renewing, then (with `release`) releases the Lease, once no renewal can
+    /// take it back.
+    async fn stop(self, release_lease: bool) -> Result<(), LeaderError> {
+        self.stop.cancel();
+        if let Err(e) = self.renewals.await {
+            warn!(lease = %self.election.lease_name, error = %e, "the lease renewal task failed");
+        }
+        self.follower.abort();
+        if !release_lease {
+            return Ok(());
+        }
+        info!(lease = %self.election.lease_name, "releasing the lease");
+        release(&self.manager, &self.election).await
+    }
 }
 
 /// Runs `work` (the controllers) from the start, while campaigning for shard Leases
@@ -257,13 +277,8 @@ where
     };
     let mut first_error = None;
     for campaign in campaigns {
-        // The renewal loop stops before the release, so no renewal takes the Lease back.
-        if let Err(e) = campaign.renewals.await {
-            warn!(lease = %campaign.election.lease_name, error = %e, "the lease renewal task failed");
-        }
-        campaign.follower.abort();
-        info!(lease = %campaign.election.lease_name, "releasing the lease");
-        if let Err(e) = release(&campaign.manager, &campaign.election).await {
+        // Every Lease campaigned for: a release of one held by another changes nothing.
+        if let Err(e) = campaign.stop(true).await {
             first_error.get_or_insert(e);
         }
     }
@@ -277,8 +292,10 @@ where
     }
 }
 
-/// Looks at the shard Leases once per renew period and starts the campaigns
-/// [`shard::shards_to_campaign`] decides on, until `stop`; returns every campaign started.
+/// Looks at the shard Leases once per renew period, tends the campaigns it runs
+/// ([`shard::stewardship`]: ask for its preferred shard back, hand back another's, drop a
+/// lost race) and starts the campaigns [`shard::shards_to_campaign`] decides on, until
+/// `stop`; returns every campaign it still runs.
 async fn campaign(
     client: Client,
     election: LeaderElection,
@@ -299,21 +316,36 @@ async fn campaign(
     let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
     let mut campaigns: BTreeMap<u32, ShardCampaign> = BTreeMap::new();
     let mut free_since: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
+    // Shards this replica handed back, left to the replica that asked for one lease
+    // duration (a replica without a preferred shard would otherwise take it again).
+    let mut handed_back: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
     loop {
         let mut seen = BTreeMap::new();
-        for &index in order.iter().filter(|i| !campaigns.contains_key(i) && Some(**i) != sharding.preferred) {
+        let mut asked = BTreeSet::new();
+        let now = chrono::Utc::now();
+        for &index in &order {
             let name = shard::lease_name(&election.lease_name, index);
-            let spec = match leases.get_opt(&name).await {
-                Ok(lease) => lease.and_then(|l| l.spec).unwrap_or_default(),
+            let lease = match leases.get_opt(&name).await {
+                Ok(lease) => lease,
                 Err(e) => {
                     warn!(lease = %name, error = %e, "could not read a shard's Lease; looking again later");
                     continue;
                 }
             };
+            let annotations = lease.as_ref().and_then(|l| l.metadata.annotations.as_ref());
+            let wanted = annotations.and_then(|a| {
+                let by = a.get(shard::WANTED_BY_ANNOTATION)?;
+                let at = chrono::DateTime::parse_from_rfc3339(a.get(shard::WANTED_AT_ANNOTATION)?).ok()?;
+                Some((by.as_str(), at.with_timezone(&chrono::Utc)))
+            });
+            if shard::asked_by_another(wanted, &election.identity, now, grace) {
+                asked.insert(index);
+            }
+            let spec = lease.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
             let holder = spec.holder_identity.filter(|h| !h.is_empty());
-            let now = tokio::time::Instant::now();
+            let instant = tokio::time::Instant::now();
             let free_for = if holder.is_none() {
-                now.duration_since(*free_since.entry(index).or_insert(now))
+                instant.duration_since(*free_since.entry(index).or_insert(instant))
             } else {
                 free_since.remove(&index);
                 Duration::ZERO
@@ -323,11 +355,47 @@ async fn campaign(
                 spec.renew_time.and_then(|t| crate::workloads::health::timestamp_to_chrono(&t.0)),
                 spec.lease_duration_seconds,
                 &election.identity,
-                chrono::Utc::now(),
+                now,
                 free_for,
             );
             seen.insert(index, state);
         }
+
+        let running: Vec<u32> = campaigns.keys().copied().collect();
+        for index in running {
+            let Some(state) = seen.get(&index).copied() else { continue };
+            let holds = sharding.held.holds(index);
+            match shard::stewardship(index, sharding.preferred, holds, state, asked.contains(&index)) {
+                shard::Stewardship::Keep => {}
+                shard::Stewardship::Ask => {
+                    let name = shard::lease_name(&election.lease_name, index);
+                    let request = serde_json::json!({"metadata": {"annotations": {
+                        shard::WANTED_BY_ANNOTATION: election.identity,
+                        shard::WANTED_AT_ANNOTATION: now.to_rfc3339(),
+                    }}});
+                    if let Err(e) = leases.patch(&name, &PatchParams::default(), &Patch::Merge(&request)).await {
+                        warn!(lease = %name, error = %e, "could not ask for this replica's shard back");
+                    }
+                }
+                shard::Stewardship::HandBack | shard::Stewardship::Drop => {
+                    let Some(campaign) = campaigns.remove(&index) else { continue };
+                    let hand_back = holds;
+                    if hand_back {
+                        // No reconcile of its Canaries from here on, then the Lease goes.
+                        sharding.held.set(index, false);
+                        metrics.observe_shard(index, false);
+                        handed_back.insert(index, tokio::time::Instant::now());
+                        info!(lease = %campaign.election.lease_name, shard = index, "handing the shard back to the replica that prefers it");
+                    }
+                    if let Err(e) = campaign.stop(hand_back).await {
+                        warn!(shard = index, error = %e, "could not hand the shard back; its Lease expires on its own");
+                    }
+                }
+            }
+        }
+
+        handed_back.retain(|_, at| at.elapsed() < grace);
+        seen.retain(|index, _| !handed_back.contains_key(index));
         let campaigning: BTreeSet<u32> = campaigns.keys().copied().collect();
         for index in shard::shards_to_campaign(&order, sharding.preferred, &campaigning, &seen, grace) {
             let shard_election =
@@ -359,6 +427,7 @@ async fn start_campaign(
     let manager = Arc::new(lease_manager(client.clone(), &election).await?);
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     info!(lease = %election.lease_name, shard = index, "campaigning for a shard");
+    let stop = stop.child_token();
     let renewals = tokio::spawn(keep_lease(manager.clone(), leading_tx, stop.clone(), election.clone()));
     let (held, metrics, lease) = (held.clone(), metrics.clone(), election.lease_name.clone());
     let follower = tokio::spawn(async move {
@@ -374,7 +443,7 @@ async fn start_campaign(
             metrics.observe_shard(index, holds);
         }
     });
-    Ok(ShardCampaign { election, manager, renewals, follower })
+    Ok(ShardCampaign { election, manager, stop, renewals, follower })
 }
 
 /// Acquires and renews the Lease until `stop`, publishing whether this replica leads.

@@ -204,6 +204,54 @@ pub fn shards_to_campaign(
     start
 }
 
+/// The annotations a replica writes on the Lease of its preferred shard while another
+/// replica holds it: who wants it back, and when it last said so.
+pub const WANTED_BY_ANNOTATION: &str = "petrel.dev/wanted-by";
+pub const WANTED_AT_ANNOTATION: &str = "petrel.dev/wanted-at";
+
+/// What a replica does, at a look, with a shard it campaigns for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stewardship {
+    /// Go on: hold it, or wait for it.
+    Keep,
+    /// Its preferred shard, held by another replica: ask for it back (write
+    /// [`WANTED_BY_ANNOTATION`] and [`WANTED_AT_ANNOTATION`] on its Lease).
+    Ask,
+    /// Held, but another replica prefers it and asked for it within `fresh`: stop
+    /// reconciling it and release its Lease, so that replica takes it.
+    HandBack,
+    /// Not its preferred shard, not held, and held by another replica: stop campaigning
+    /// (it lost the race for it), so that it does not snatch the shard when its holder
+    /// hands it back to the replica that prefers it.
+    Drop,
+}
+
+/// Whether the request on a Lease (`wanted`: who, when) is another replica's, made within
+/// `fresh`. A replica that wants its shard back asks at every look, so an older request
+/// is from one that got its shard or died, and is ignored: a survivor that took a dead
+/// replica's shard keeps it. Pure.
+pub fn asked_by_another(
+    wanted: Option<(&str, DateTime<Utc>)>,
+    identity: &str,
+    now: DateTime<Utc>,
+    fresh: Duration,
+) -> bool {
+    let fresh = chrono::Duration::from_std(fresh).unwrap_or(chrono::Duration::MAX);
+    wanted.is_some_and(|(by, at)| by != identity && now - at <= fresh)
+}
+
+/// Decides [`Stewardship`] for shard `index`, which this replica campaigns for; `asked`:
+/// [`asked_by_another`] of its Lease. Pure.
+pub fn stewardship(index: u32, preferred: Option<u32>, holds: bool, seen: LeaseSeen, asked: bool) -> Stewardship {
+    match (Some(index) == preferred, holds, seen) {
+        (true, false, LeaseSeen::Held) => Stewardship::Ask,
+        (true, _, _) => Stewardship::Keep,
+        (false, true, _) if asked => Stewardship::HandBack,
+        (false, false, LeaseSeen::Held) => Stewardship::Drop,
+        (false, _, _) => Stewardship::Keep,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +338,28 @@ mod tests {
         assert!(quiet.is_err(), "a loss triggers nothing");
         held.set(1, true);
         assert_eq!(tokio::time::timeout(Duration::from_secs(1), acquisitions.next()).await, Ok(Some(())));
+    }
+
+    #[test]
+    fn a_preferred_shard_is_asked_back_and_handed_back_once_only_while_the_request_is_fresh() {
+        let now = chrono::Utc::now();
+        let fresh = Duration::from_secs(15);
+        let asked = |seconds_ago: i64| Some(("petrel-1", now - chrono::Duration::seconds(seconds_ago)));
+        let decide = |index, holds, seen, wanted| {
+            stewardship(index, Some(0), holds, seen, asked_by_another(wanted, "petrel-0", now, fresh))
+        };
+        // petrel-0 prefers 0 and holds 1, which petrel-1 prefers.
+        assert_eq!(decide(1, true, LeaseSeen::Expired, asked(2)), Stewardship::HandBack);
+        assert_eq!(decide(1, true, LeaseSeen::Expired, asked(16)), Stewardship::Keep, "a stale request: a dead asker");
+        assert_eq!(decide(1, true, LeaseSeen::Expired, None), Stewardship::Keep);
+        let own = Some(("petrel-0", now));
+        assert_eq!(decide(1, true, LeaseSeen::Expired, own), Stewardship::Keep, "its own request");
+        assert_eq!(decide(1, false, LeaseSeen::Held, None), Stewardship::Drop, "lost the race for shard 1");
+        assert_eq!(decide(1, false, LeaseSeen::Expired, None), Stewardship::Keep, "still in the race");
+        // Its own shard: asked for while another holds it, kept otherwise, never handed back.
+        assert_eq!(decide(0, false, LeaseSeen::Held, None), Stewardship::Ask);
+        assert_eq!(decide(0, false, LeaseSeen::Free { since: Duration::ZERO }, None), Stewardship::Keep);
+        assert_eq!(decide(0, true, LeaseSeen::Expired, asked(1)), Stewardship::Keep, "a preferred shard stays");
     }
 
     #[test]
