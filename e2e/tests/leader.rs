@@ -237,7 +237,9 @@ async fn canary_events(events: &Api<Event>) -> Result<CanaryEvents> {
             .as_ref()
             .map(|t| t.0)
             .or(e.last_timestamp.as_ref().map(|t| t.0))
-            .and_then(|t| chrono::DateTime::from_timestamp(t.as_second(), 0))
+            .and_then(|t| {
+                chrono::DateTime::from_timestamp(t.as_second(), u32::try_from(t.subsec_nanosecond()).unwrap_or(0))
+            })
             .unwrap_or_default();
         let count = e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1);
         by_canary.entry(e.involved_object.name.unwrap_or_default()).or_default().push((
@@ -415,6 +417,7 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
     })
     .await?;
     let mut resumed_after_kill = Vec::new();
+    let mut slowest_resume = Duration::ZERO;
     for app in &apps {
         let events = &by_canary[app];
         let shard = shard_of(app) as usize;
@@ -442,6 +445,16 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
             if !after.is_empty() && events.iter().any(|e| e.0 == SHARD_REPLICAS[victim]) {
                 resumed_after_kill.push(app.clone());
             }
+            // It went on within the lease duration and a few intervals, not at some
+            // later change: its next step's Event came soon after the takeover.
+            if let Some(first) = after.first() {
+                let resumed = (first.4 - killed_at).to_std().unwrap_or_default();
+                assert!(
+                    resumed <= Duration::from_secs(LEASE_SECONDS + 10),
+                    "{app}: resumed {resumed:?} after the kill"
+                );
+                slowest_resume = slowest_resume.max(resumed);
+            }
         } else {
             assert!(
                 writers.iter().all(|w| *w == SHARD_REPLICAS[shard]),
@@ -450,7 +463,7 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
         }
     }
     eprintln!(
-        "[shards] {} of petrel-1's Canaries were started by petrel-1 and finished by {taker}",
+        "[shards] {} of petrel-1's Canaries were started by petrel-1 and finished by {taker}; the last resumed {slowest_resume:.1?} after the kill",
         resumed_after_kill.len()
     );
     assert!(!resumed_after_kill.is_empty(), "no release was handed over mid-way");
