@@ -393,6 +393,57 @@ fn the_reconcile_bound_becomes_one_flag() {
 }
 
 #[test]
+fn member_shards_become_a_statefulset_with_one_lease_per_shard() {
+    let lease_names = |docs: &[Value]| -> Vec<String> {
+        let role = find(docs, "Role", "petrel-leader-election");
+        role["rules"].as_array().expect("rules").iter().flat_map(|r| strings(&r["resourceNames"])).collect()
+    };
+    let shard_args = |workload: &Value| -> Vec<String> {
+        args_of(workload).into_iter().filter(|a| a.starts_with("--shards")).collect()
+    };
+
+    // The default: one Deployment, one Lease, no --shards.
+    let single = template(&[]);
+    assert!(!kinds(&single).iter().any(|k| k.starts_with("StatefulSet/")), "{:?}", kinds(&single));
+    assert!(shard_args(find(&single, "Deployment", "petrel")).is_empty());
+    assert_eq!(lease_names(&single), ["petrel-member"]);
+
+    let sharded = template(&["--set", "member.shards=3", "--set", "replicas=1"]);
+    assert!(!kinds(&sharded).iter().any(|k| k.starts_with("Deployment/")), "{:?}", kinds(&sharded));
+    let set = find(&sharded, "StatefulSet", "petrel");
+    assert_eq!(set["spec"]["replicas"], 3, "one replica per shard, whatever replicas says");
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel", "every replica starts at once");
+    assert_eq!(set["spec"]["serviceName"], "petrel-metrics");
+    assert_hardened_and_probed(set);
+    assert_eq!(shard_args(set), ["--shards=3"]);
+    // The shard comes from the Pod name's ordinal (POD_NAME, checked above), not a flag.
+    assert!(!args_of(set).iter().any(|a| a.starts_with("--shard-index")));
+    assert!(args_of(set).contains(&"--leader-elect".to_string()));
+    assert_eq!(lease_names(&sharded), ["petrel-member-shard-0", "petrel-member-shard-1", "petrel-member-shard-2"]);
+
+    // The hub has no shards: the member value changes nothing there.
+    let hub = template(&["--set", "mode=hub", "--set", "member.shards=3"]);
+    assert!(shard_args(find(&hub, "Deployment", "petrel")).is_empty());
+
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for (args, says) in [
+        (&["--set", "member.shards=0"][..], "/member/shards"),
+        (
+            &["--set", "member.shards=3", "--set", "leaderElection.enabled=false"][..],
+            "member.shards > 1 needs leaderElection.enabled",
+        ),
+    ] {
+        let mut all = vec!["template", "petrel", chart];
+        all.extend_from_slice(args);
+        let out = run(&helm(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "helm template {args:?} rendered");
+        assert!(stderr.contains(says), "helm template {args:?} failed without naming {says:?}: {stderr}");
+    }
+}
+
+#[test]
 fn the_values_schema_and_the_chart_refuse_bad_values() {
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();

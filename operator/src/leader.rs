@@ -13,12 +13,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::shard::{self, HeldShards};
 use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
 
 /// Where the Lease lives and how long a holder keeps it without renewing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,21 +131,7 @@ where
     W: Future<Output = T>,
 {
     election.validate()?;
-    let lease_error = |source| LeaderError::Lease {
-        namespace: election.namespace.clone(),
-        name: election.lease_name.clone(),
-        source,
-    };
-    // validate() proved 0 < renew_before < duration, the only way LeaseParams::new panics.
-    let params = LeaseParams::new(&election.identity, election.lease_duration_seconds, election.renew_before_seconds)
-        .with_field_manager(format!("petrel-leader-{}", election.identity));
-    let manager = LeaseManagerBuilder::new(client, &election.lease_name)
-        .with_namespace(&election.namespace)
-        .with_parameters(params)
-        .build()
-        .await
-        .map_err(lease_error)?;
-    let manager = Arc::new(manager);
+    let manager = Arc::new(lease_manager(client, election).await?);
     // The renewal loop runs beside `work`; stopping it before the release means no
     // renewal can race the release and take the Lease back.
     let stop_renewing = CancellationToken::new();
@@ -189,6 +181,269 @@ where
     info!(lease = %election.lease_name, "releasing the lease");
     release(&manager, election).await?;
     outcome
+}
+
+/// The lease manager of `election.lease_name`; `election` must be valid
+/// ([`LeaderElection::validate`]).
+async fn lease_manager(client: Client, election: &LeaderElection) -> Result<LeaseManager, LeaderError> {
+    let lease_error = |source| LeaderError::Lease {
+        namespace: election.namespace.clone(),
+        name: election.lease_name.clone(),
+        source,
+    };
+    // validate() proved 0 < renew_before < duration, the only way LeaseParams::new panics.
+    let params = LeaseParams::new(&election.identity, election.lease_duration_seconds, election.renew_before_seconds)
+        .with_field_manager(format!("petrel-leader-{}", election.identity));
+    LeaseManagerBuilder::new(client, &election.lease_name)
+        .with_namespace(&election.namespace)
+        .with_parameters(params)
+        .build()
+        .await
+        .map_err(lease_error)
+}
+
+/// How a replica of `--shards N` takes part: the number of shards, the one it prefers
+/// (`--shard-index` or its StatefulSet ordinal) and the set the reconciles read.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    pub preferred: Option<u32>,
+    pub held: HeldShards,
+}
+
+/// One shard this replica campaigns for: its Lease's manager and renewal loop.
+struct ShardCampaign {
+    election: LeaderElection,
+    manager: Arc<LeaseManager>,
+    /// Stops this campaign's renewal loop (a child of the process-wide stop).
+    stop: CancellationToken,
+    renewals: tokio::task::JoinHandle<()>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl ShardCampaign {
+    /// Stops renewing, then (with `release`) releases the Lease, once no renewal can
+    /// take it back.
+    async fn stop(self, release_lease: bool) -> Result<(), LeaderError> {
+        self.stop.cancel();
+        if let Err(e) = self.renewals.await {
+            warn!(lease = %self.election.lease_name, error = %e, "the lease renewal task failed");
+        }
+        self.follower.abort();
+        if !release_lease {
+            return Ok(());
+        }
+        info!(lease = %self.election.lease_name, "releasing the lease");
+        release(&self.manager, &self.election).await
+    }
+}
+
+/// Runs `work` (the controllers) from the start, while campaigning for shard Leases
+/// beside it: one Lease per shard, `<lease-name>-shard-<i>`, each kept by the same
+/// renewal loop as the single leader's ([`keep_lease`]). What is held goes to
+/// `sharding.held` (which the reconciles ask before they touch a Canary) and to the
+/// `petrel_shard_held` metric; a lost shard is dropped from the set, not a reason to stop.
+///
+/// Which shards to campaign for is [`shard::shards_to_campaign`]'s decision, taken at
+/// every look (once per renew period) from a GET of the Leases this replica does not
+/// campaign for yet. Once `work` ends, the renewals stop and every Lease this replica
+/// campaigned for is released (a release of a Lease held by another is a no-op), so the
+/// others take its shards at once; a release that fails is [`LeaderError::Release`].
+pub async fn run_sharded<W, T>(
+    client: Client,
+    election: &LeaderElection,
+    sharding: &Sharding,
+    metrics: Arc<Metrics>,
+    work: W,
+) -> Result<T, LeaderError>
+where
+    W: Future<Output = T>,
+{
+    election.validate()?;
+    let shards = sharding.held.shards();
+    for index in 0..shards {
+        metrics.observe_shard(index, false);
+    }
+    info!(shards, preferred = ?sharding.preferred, identity = %election.identity, "campaigning for shards");
+    let stop = CancellationToken::new();
+    let campaigns = tokio::spawn(campaign(client, election.clone(), sharding.clone(), metrics.clone(), stop.clone()));
+    let result = work.await;
+    stop.cancel();
+    let campaigns = match campaigns.await {
+        Ok(campaigns) => campaigns,
+        Err(e) => {
+            warn!(error = %e, "the shard campaign task failed");
+            Vec::new()
+        }
+    };
+    let mut first_error = None;
+    for campaign in campaigns {
+        // Every Lease campaigned for: a release of one held by another changes nothing.
+        if let Err(e) = campaign.stop(true).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    for index in sharding.held.held() {
+        sharding.held.set(index, false);
+        metrics.observe_shard(index, false);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
+}
+
+/// Looks at the shard Leases once per renew period, tends the campaigns it runs
+/// ([`shard::stewardship`]: ask for its preferred shard back, hand back another's, drop a
+/// lost race) and starts the campaigns [`shard::shards_to_campaign`] decides on, until
+/// `stop`; returns every campaign it still runs.
+async fn campaign(
+    client: Client,
+    election: LeaderElection,
+    sharding: Sharding,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Vec<ShardCampaign> {
+    let shards = sharding.held.shards();
+    // Without a preference, replicas start their campaign at different shards (by their
+    // identity), so that they do not all try shard 0 first.
+    let start = sharding.preferred.or_else(|| {
+        // The remainder is < shards, a u32.
+        u32::try_from(shard::fnv1a(election.identity.as_bytes()) % u64::from(shards)).ok()
+    });
+    let order = shard::campaign_order(start, shards);
+    let grace = Duration::from_secs(election.lease_duration_seconds);
+    let look = Duration::from_secs(election.renew_before_seconds.max(1));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
+    let mut campaigns: BTreeMap<u32, ShardCampaign> = BTreeMap::new();
+    let mut free_since: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
+    // Shards this replica handed back, left to the replica that asked for one lease
+    // duration (a replica without a preferred shard would otherwise take it again).
+    let mut handed_back: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        let mut seen = BTreeMap::new();
+        let mut asked = BTreeSet::new();
+        let now = chrono::Utc::now();
+        for &index in &order {
+            let name = shard::lease_name(&election.lease_name, index);
+            let lease = match leases.get_opt(&name).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    warn!(lease = %name, error = %e, "could not read a shard's Lease; looking again later");
+                    continue;
+                }
+            };
+            let annotations = lease.as_ref().and_then(|l| l.metadata.annotations.as_ref());
+            let wanted = annotations.and_then(|a| {
+                let by = a.get(shard::WANTED_BY_ANNOTATION)?;
+                let at = chrono::DateTime::parse_from_rfc3339(a.get(shard::WANTED_AT_ANNOTATION)?).ok()?;
+                Some((by.as_str(), at.with_timezone(&chrono::Utc)))
+            });
+            if shard::asked_by_another(wanted, &election.identity, now, grace) {
+                asked.insert(index);
+            }
+            let spec = lease.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
+            let holder = spec.holder_identity.filter(|h| !h.is_empty());
+            let instant = tokio::time::Instant::now();
+            let free_for = if holder.is_none() {
+                instant.duration_since(*free_since.entry(index).or_insert(instant))
+            } else {
+                free_since.remove(&index);
+                Duration::ZERO
+            };
+            let state = shard::lease_seen(
+                holder.as_deref(),
+                spec.renew_time.and_then(|t| crate::workloads::health::timestamp_to_chrono(&t.0)),
+                spec.lease_duration_seconds,
+                &election.identity,
+                now,
+                free_for,
+            );
+            seen.insert(index, state);
+        }
+
+        let running: Vec<u32> = campaigns.keys().copied().collect();
+        for index in running {
+            let Some(state) = seen.get(&index).copied() else { continue };
+            let holds = sharding.held.holds(index);
+            match shard::stewardship(index, sharding.preferred, holds, state, asked.contains(&index)) {
+                shard::Stewardship::Keep => {}
+                shard::Stewardship::Ask => {
+                    let name = shard::lease_name(&election.lease_name, index);
+                    let request = serde_json::json!({"metadata": {"annotations": {
+                        shard::WANTED_BY_ANNOTATION: election.identity,
+                        shard::WANTED_AT_ANNOTATION: now.to_rfc3339(),
+                    }}});
+                    if let Err(e) = leases.patch(&name, &PatchParams::default(), &Patch::Merge(&request)).await {
+                        warn!(lease = %name, error = %e, "could not ask for this replica's shard back");
+                    }
+                }
+                shard::Stewardship::HandBack | shard::Stewardship::Drop => {
+                    let Some(campaign) = campaigns.remove(&index) else { continue };
+                    let hand_back = holds;
+                    if hand_back {
+                        // No reconcile of its Canaries from here on, then the Lease goes.
+                        sharding.held.set(index, false);
+                        metrics.observe_shard(index, false);
+                        handed_back.insert(index, tokio::time::Instant::now());
+                        info!(lease = %campaign.election.lease_name, shard = index, "handing the shard back to the replica that prefers it");
+                    }
+                    if let Err(e) = campaign.stop(hand_back).await {
+                        warn!(shard = index, error = %e, "could not hand the shard back; its Lease expires on its own");
+                    }
+                }
+            }
+        }
+
+        handed_back.retain(|_, at| at.elapsed() < grace);
+        seen.retain(|index, _| !handed_back.contains_key(index));
+        let campaigning: BTreeSet<u32> = campaigns.keys().copied().collect();
+        for index in shard::shards_to_campaign(&order, sharding.preferred, &campaigning, &seen, grace) {
+            let shard_election =
+                LeaderElection { lease_name: shard::lease_name(&election.lease_name, index), ..election.clone() };
+            match start_campaign(&client, shard_election, index, &sharding.held, &metrics, &stop).await {
+                Ok(campaign) => {
+                    campaigns.insert(index, campaign);
+                }
+                Err(e) => warn!(shard = index, error = %e, "could not campaign for a shard; trying again later"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return campaigns.into_values().collect(),
+            () = tokio::time::sleep(look) => {}
+        }
+    }
+}
+
+/// Starts keeping shard `index`'s Lease ([`keep_lease`]) and following what it says
+/// into `held` and the metric.
+async fn start_campaign(
+    client: &Client,
+    election: LeaderElection,
+    index: u32,
+    held: &HeldShards,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<ShardCampaign, LeaderError> {
+    let manager = Arc::new(lease_manager(client.clone(), &election).await?);
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    info!(lease = %election.lease_name, shard = index, "campaigning for a shard");
+    let stop = stop.child_token();
+    let renewals = tokio::spawn(keep_lease(manager.clone(), leading_tx, stop.clone(), election.clone()));
+    let (held, metrics, lease) = (held.clone(), metrics.clone(), election.lease_name.clone());
+    let follower = tokio::spawn(async move {
+        while leading.changed().await.is_ok() {
+            let holds = *leading.borrow_and_update();
+            if held.set(index, holds) {
+                if holds {
+                    info!(%lease, shard = index, "holding a shard");
+                } else {
+                    warn!(%lease, shard = index, "lost a shard; its Canaries are left to its new holder");
+                }
+            }
+            metrics.observe_shard(index, holds);
+        }
+    });
+    Ok(ShardCampaign { election, manager, stop, renewals, follower })
 }
 
 /// Acquires and renews the Lease until `stop`, publishing whether this replica leads.

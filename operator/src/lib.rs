@@ -30,6 +30,7 @@ pub mod leader;
 pub use petrel_plugin as plugin;
 pub mod preflight;
 pub mod routers;
+pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
 pub mod version;

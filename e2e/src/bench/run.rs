@@ -340,7 +340,8 @@ where
     stream::iter(items.into_iter().map(work)).buffer_unordered(limit.max(1)).try_for_each(|_| async { Ok(()) }).await
 }
 
-async fn wait_deployments_available(api: &Api<Deployment>, expected: usize, timeout: Duration) -> Result<()> {
+/// Waits until `expected` Deployments of `api` have all their replicas available.
+pub async fn wait_deployments_available(api: &Api<Deployment>, expected: usize, timeout: Duration) -> Result<()> {
     let mut available = 0;
     let all = poll(Instant::now() + timeout, Duration::from_secs(1), async || {
         let list = api.list(&ListParams::default()).await.context("listing Deployments")?;

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use metrics_providers::{EgressClient, EgressPolicy};
 use petrel::controller::{self, Context, EventSink, Settings};
 use petrel::leader::{self, LeaderElection};
+use petrel::shard;
 use petrel::shutdown::{self, Shutdown};
 use petrel::telemetry::{self, Metrics, Readiness};
 
@@ -94,6 +95,28 @@ struct Args {
     /// queue. Each one in flight holds memory and an API server connection; 0: no bound.
     #[arg(long, env = "PETREL_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES)]
     max_concurrent_reconciles: u16,
+    /// Split the Canaries over this many shards, by a stable hash of namespace/name: each
+    /// replica holds the Lease `<lease-name>-shard-<i>` of one shard (or more, when
+    /// replicas are missing) and reconciles only its Canaries. Run as many replicas as
+    /// shards; needs --leader-elect. 1: one Lease, one active replica.
+    #[arg(long, env = "PETREL_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: u32,
+    /// The shard this replica campaigns for first (default: the ordinal of a StatefulSet
+    /// Pod's name, `petrel-2` → 2; none for a Deployment's Pod, which then takes the
+    /// shards nobody holds). Taken modulo --shards.
+    #[arg(long, env = "PETREL_SHARD_INDEX")]
+    shard_index: Option<u32>,
+}
+
+/// Why the flags cannot run together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum FlagError {
+    #[error(
+        "--shards {0} needs --leader-elect: each replica holds one shard's Lease, and without Leases every replica would reconcile every Canary"
+    )]
+    ShardsWithoutLeaderElection(u32),
+    #[error("--shards and --shard-index apply to --mode member only; the hub runs one active replica")]
+    ShardsInHub,
 }
 
 impl Args {
@@ -105,6 +128,25 @@ impl Args {
             EgressPolicy::strict()
         };
         self.egress_allow_cidrs.iter().fold(policy, |policy, net| policy.allowing(*net))
+    }
+
+    /// Refuses combinations of flags that cannot work. Pure.
+    fn check(&self) -> Result<(), FlagError> {
+        if self.shards > 1 && self.mode == Mode::Hub {
+            return Err(FlagError::ShardsInHub);
+        }
+        if self.shards > 1 && !self.leader_elect {
+            return Err(FlagError::ShardsWithoutLeaderElection(self.shards));
+        }
+        Ok(())
+    }
+
+    /// With --shards N > 1: the shard this replica prefers and the (empty) set it holds.
+    fn sharding(&self, pod_name: Option<&str>) -> Option<leader::Sharding> {
+        (self.shards > 1).then(|| leader::Sharding {
+            preferred: shard::preferred_shard(self.shard_index, pod_name, self.shards),
+            held: shard::HeldShards::new(self.shards),
+        })
     }
 
     fn leader_election(&self) -> Option<LeaderElection> {
@@ -220,7 +262,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // action that would kill petrel while it holds its Lease.
     let shutdown = Shutdown::on_signals().context("installing the SIGTERM and SIGINT handlers")?;
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
+    args.check()?;
     let election = args.leader_election();
+    let sharding = args.sharding(std::env::var("POD_NAME").ok().as_deref());
+    let shards = sharding.as_ref().map_or_else(|| shard::HeldShards::new(1), |s| s.held.clone());
     if let Some(election) = &election {
         election.validate()?;
     }
@@ -239,6 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = telemetry::bind(&args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr().context("reading the metrics address")?, "serving /metrics, /livez and /readyz");
     let metrics = Arc::new(Metrics::default());
+    let shard_metrics = metrics.clone();
     let readiness = Readiness::new();
     let standby = readiness.clone();
     // The server runs from the start, also while a standby waits for the lease.
@@ -280,6 +326,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             caches: controller::Caches::new(readiness.watches()),
             readiness: readiness.clone(),
             canaries: Default::default(),
+            shards,
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };
@@ -292,9 +339,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let leading = async {
-        match &election {
-            None => work.await,
-            Some(election) => {
+        match (&election, &sharding) {
+            (None, _) => work.await,
+            (Some(election), Some(sharding)) => {
+                leader::run_sharded(lease_client, election, sharding, shard_metrics, work).await?
+            }
+            (Some(election), None) => {
                 standby.set_standby(true);
                 let work = async {
                     standby.set_standby(false);
@@ -337,5 +387,28 @@ mod tests {
         assert_eq!(bound(&["petrel"]), petrel::controller::DEFAULT_MAX_CONCURRENT_RECONCILES);
         assert_eq!(bound(&["petrel", "--max-concurrent-reconciles", "0"]), 0, "0: no bound");
         assert!(super::Args::try_parse_from(["petrel", "--max-concurrent-reconciles", "-1"]).is_err());
+    }
+
+    #[test]
+    fn shards_need_leader_election_and_default_to_one() {
+        use super::{Args, FlagError};
+        use clap::Parser;
+        let args = |argv: &[&str]| Args::try_parse_from(argv).unwrap();
+        let single = args(&["petrel"]);
+        assert_eq!((single.shards, single.check()), (1, Ok(())));
+        assert!(single.sharding(Some("petrel-1")).is_none(), "one shard: today's single Lease");
+        assert_eq!(args(&["petrel", "--shards", "3"]).check(), Err(FlagError::ShardsWithoutLeaderElection(3)));
+        assert_eq!(
+            args(&["petrel", "--shards", "3", "--leader-elect", "--mode", "hub"]).check(),
+            Err(FlagError::ShardsInHub)
+        );
+        let sharded = args(&["petrel", "--shards", "3", "--leader-elect"]);
+        assert_eq!(sharded.check(), Ok(()));
+        let preferred = |args: &Args, pod| args.sharding(pod).map(|s| (s.preferred, s.held.shards()));
+        assert_eq!(preferred(&sharded, Some("petrel-2")), Some((Some(2), 3)), "the StatefulSet ordinal");
+        assert_eq!(preferred(&sharded, Some("petrel-6d9f-x7k2p")), Some((None, 3)), "a Deployment's Pod");
+        let indexed = args(&["petrel", "--shards", "3", "--leader-elect", "--shard-index", "4"]);
+        assert_eq!(preferred(&indexed, Some("petrel-2")), Some((Some(1), 3)), "--shard-index wins, modulo N");
+        assert!(Args::try_parse_from(["petrel", "--shards", "0"]).is_err());
     }
 }

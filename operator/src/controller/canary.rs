@@ -54,6 +54,12 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(200);
 /// later; only transient failures are retried soon.
 #[instrument(skip_all, fields(canary = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
 pub async fn reconcile(cached: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // With --shards N, another replica holds this Canary's shard: nothing is read or
+    // written here. Should this replica take the shard over, every Canary is queued again.
+    if !ctx.shards.owns(cached.metadata.namespace.as_deref().unwrap_or_default(), &cached.name_any()) {
+        debug!("another replica's shard: not reconciling");
+        return Ok(Requeue::await_change());
+    }
     let _timer = ctx.metrics.time_reconcile(crate::telemetry::CANARY_CONTROLLER);
     let Some(canary) = ctx.caches.status_versions.current(&ctx.client, &cached).await? else {
         debug!("deleted meanwhile: nothing to do");
@@ -678,11 +684,13 @@ mod tests {
     /// a release of 1,000 Canaries held 1,000 of them at once; with
     /// `--max-concurrent-reconciles 32` they are at most about 1.3 MB, so the future is
     /// not boxed smaller, only kept from growing unnoticed (issue 15, docs/benchmarks.md).
-    #[tokio::test]
-    async fn a_reconcile_in_flight_is_small() {
+    type ApiHandle = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+    /// A Context whose client talks to a mock API server, and the mock's handle.
+    fn context(shards: crate::shard::HeldShards) -> (Arc<Context>, ApiHandle) {
         use http::{Request, Response};
         use kube::client::Body;
-        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let readiness = crate::telemetry::Readiness::new();
         let ctx = Arc::new(Context {
@@ -705,11 +713,42 @@ mod tests {
             caches: super::super::Caches::new(readiness.watches()),
             readiness,
             canaries: Default::default(),
+            shards,
         });
+        (ctx, handle)
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_in_flight_is_small() {
+        let (ctx, _handle) = context(crate::shard::HeldShards::new(1));
         let future = reconcile(Arc::new(canary(json!({}))), ctx);
         let bytes = std::mem::size_of_val(&future);
         println!("reconcile future: {bytes} bytes");
         assert!(bytes <= 48 << 10, "the reconcile future grew to {bytes} bytes");
+    }
+
+    /// With --shards N, a Canary of a shard this replica does not hold is left alone:
+    /// no request at all (the mock API server never answers, so one would hang), until
+    /// the shard is held; then the same reconcile goes to the API server.
+    #[tokio::test]
+    async fn a_canary_of_a_shard_not_held_is_neither_read_nor_written() {
+        let shards = crate::shard::HeldShards::new(3);
+        let (ctx, mut handle) = context(shards.clone());
+        let podinfo = Arc::new(canary(json!({})));
+        let outcome = tokio::time::timeout(Duration::from_secs(5), reconcile(podinfo.clone(), ctx.clone()))
+            .await
+            .expect("no request was made, so nothing waits for an answer")
+            .expect("not an error");
+        assert_eq!(outcome, Requeue::await_change());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(),
+            "no request reached the API server"
+        );
+        shards.set(crate::shard::shard_of("test", "podinfo", 3), true);
+        let held = tokio::spawn(reconcile(podinfo, ctx));
+        let request = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
+        assert!(request.is_ok_and(|r| r.is_some()), "the shard's holder reads the Canary");
+        held.abort();
     }
 
     #[test]

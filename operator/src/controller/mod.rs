@@ -85,6 +85,9 @@ pub struct Context {
     pub caches: Caches,
     /// The controller's Canary cache, to compare a Canary with its neighbours.
     pub canaries: CanaryCache,
+    /// The shards this replica holds (`--shards N`); a reconcile of a Canary of another
+    /// shard returns without reading or writing. `HeldShards::new(1)`: every Canary.
+    pub shards: crate::shard::HeldShards,
 }
 
 /// What the controller keeps between reconciles; all of it is rebuilt from the API
@@ -456,7 +459,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         .watches_stream(objects_only(templates.touched_objects()), move |t: MetricTemplate| {
             canaries_using_template(&s4, t.namespace(), &t.name_any())
         })
-        .owns_stream(objects_only(services.touched_objects()));
+        .owns_stream(objects_only(services.touched_objects()))
+        // A shard taken over (its holder died or stopped): its Canaries now pass the
+        // guard in reconcile, and are picked up at once rather than at their next change.
+        .reconcile_all_on(ctx.shards.acquisitions());
     if let Some(knative_services) = knative_services {
         controller = controller.watches_stream_with(
             objects_only(knative_services.touched_objects()),

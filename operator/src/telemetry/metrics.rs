@@ -149,6 +149,11 @@ struct MemberWeightLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
     cluster: String,
 }
@@ -226,6 +231,7 @@ pub struct Metrics {
     cluster_reachable: Family<ClusterLabels, Gauge>,
     fleet_member_release: Family<FleetReleaseLabels, Gauge>,
     fleet_member_drift: Family<FleetMemberLabels, Gauge<f64, AtomicU64>>,
+    shard_held: Family<ShardLabels, Gauge>,
     /// Per Rollout, the label values of its status-driven series.
     rollout_series: Mutex<BTreeMap<CanaryLabels, RolloutSeries>>,
     /// Clusters with a `petrel_cluster_reachable` series.
@@ -265,6 +271,7 @@ impl Metrics {
         let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
         let fleet_member_release = Family::<FleetReleaseLabels, Gauge>::default();
         let fleet_member_drift = Family::<FleetMemberLabels, Gauge<f64, AtomicU64>>::default();
+        let shard_held = Family::<ShardLabels, Gauge>::default();
 
         registry.register(
             "petrel",
@@ -366,6 +373,11 @@ impl Metrics {
             Unit::Seconds,
             fleet_member_drift.clone(),
         );
+        registry.register(
+            "petrel_shard_held",
+            "With --shards N: whether this replica holds the shard's Lease and reconciles its Canaries (1) or not (0)",
+            shard_held.clone(),
+        );
 
         Self {
             registry,
@@ -389,6 +401,7 @@ impl Metrics {
             cluster_reachable,
             fleet_member_release,
             fleet_member_drift,
+            shard_held,
             rollout_series: Mutex::new(BTreeMap::new()),
             clusters_seen: Mutex::new(BTreeSet::new()),
             series: Mutex::new(BTreeMap::new()),
@@ -710,6 +723,11 @@ impl Metrics {
         for key in gone {
             self.forget_rollout(&key.namespace, &key.name);
         }
+    }
+
+    /// Records whether this replica holds shard `index` (`--shards N`).
+    pub fn observe_shard(&self, index: u32, held: bool) {
+        self.shard_held.get_or_create(&ShardLabels { shard: index.to_string() }).set(i64::from(held));
     }
 
     /// Records whether the hub's last probe reached a member.

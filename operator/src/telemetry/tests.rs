@@ -260,3 +260,23 @@ fn flagger_status_codes() {
         assert_eq!(status_code(phase), 0, "{phase}");
     }
 }
+
+#[test]
+fn held_shards_are_one_and_the_others_zero() {
+    let metrics = Metrics::new("1.2.3");
+    assert!(series(&metrics, "petrel_shard_held").is_empty(), "no series without --shards");
+    for shard in 0..3 {
+        metrics.observe_shard(shard, false);
+    }
+    metrics.observe_shard(1, true);
+    assert_eq!(
+        series(&metrics, "petrel_shard_held"),
+        set(&[
+            r#"petrel_shard_held{shard="0"} 0"#,
+            r#"petrel_shard_held{shard="1"} 1"#,
+            r#"petrel_shard_held{shard="2"} 0"#
+        ])
+    );
+    metrics.observe_shard(1, false);
+    assert!(series(&metrics, "petrel_shard_held").iter().all(|line| line.ends_with(" 0")));
+}

@@ -20,8 +20,13 @@ const NEW_REPLICA_SET_AVAILABLE: &str = "NewReplicaSetAvailable";
 
 /// Converts a Kubernetes time (a `jiff` timestamp) to chrono, which petrel's status uses.
 fn to_chrono(time: &Time) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(time.0.subsec_nanosecond()).ok()?;
-    DateTime::from_timestamp(time.0.as_second(), nanos)
+    timestamp_to_chrono(&time.0)
+}
+
+/// Converts the `jiff` timestamp of a `Time` or `MicroTime` to chrono.
+pub(crate) fn timestamp_to_chrono(time: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(time.subsec_nanosecond()).ok()?;
+    DateTime::from_timestamp(time.as_second(), nanos)
 }
 
 fn condition<'a>(deployment: &'a Deployment, type_: &str) -> Option<&'a DeploymentCondition> {
