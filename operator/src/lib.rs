@@ -4,8 +4,7 @@
 //! shell (the controller, routers and workload management) that reads the world, calls
 //! the core and applies its actions.
 
-/// Field manager of every write petrel makes (server-side apply and status).
-pub const FIELD_MANAGER: &str = "petrel";
+pub use petrel_api::FIELD_MANAGER;
 
 /// The `User-Agent` of petrel's requests: to Kubernetes API servers, so their audit logs
 /// (and a person reading them) can tell petrel's requests from other clients', and to
@@ -21,7 +20,7 @@ pub use petrel_api::MANAGED_BY_LABEL;
 
 pub mod analysis;
 pub use petrel_api as api;
-pub mod cache;
+pub use petrel_routers::cache;
 pub mod controller;
 pub use petrel_core as core;
 pub use petrel_core::fleet;
@@ -29,7 +28,7 @@ pub mod hub;
 pub mod leader;
 pub use petrel_plugin as plugin;
 pub mod preflight;
-pub mod routers;
+pub use petrel_routers as routers;
 pub mod shard;
 pub mod shutdown;
 pub mod telemetry;

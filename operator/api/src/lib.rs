@@ -33,6 +33,12 @@ pub mod core {
 #[doc(hidden)]
 pub use kube_derive::KubeSchema;
 
+/// Field manager of every write petrel makes (server-side apply and status).
+pub const FIELD_MANAGER: &str = "petrel";
+
+/// Suffix of every primary object's name.
+pub const PRIMARY_SUFFIX: &str = "-primary";
+
 /// Standard label on every object petrel generates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 

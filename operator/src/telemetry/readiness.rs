@@ -104,6 +104,14 @@ impl WatchState {
     }
 }
 
+/// The caches routers and the controller read are trusted only while their watch
+/// keeps them.
+impl crate::cache::KeepsCache for WatchHealth {
+    fn keeps(&self, watch: &'static str) -> bool {
+        WatchHealth::keeps(self, watch)
+    }
+}
+
 /// The health of every watch that keeps a cache. Cheap to clone; clones share it.
 #[derive(Clone, Debug, Default)]
 pub struct WatchHealth {

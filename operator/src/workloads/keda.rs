@@ -247,6 +247,15 @@ pub async fn set_target_paused(client: &Client, canary: &Canary, paused: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The e2e clusters serve ScaledObjects, so the KEDA scenarios' writes reach them.
+    #[test]
+    fn the_e2e_crds_serve_scaled_objects() {
+        let served = crate::routers::testing::e2e_third_party_served();
+        let r = scaled_object_resource();
+        let wanted = (r.group.clone(), r.version.clone(), r.kind.clone(), r.plural.clone());
+        assert!(served.contains(&wanted), "no CRD in e2e/crds/third-party serves {wanted:?}");
+    }
     use crate::api::canary::ScalerReplicas;
     use crate::workloads::test_support::canary;
 

@@ -65,8 +65,7 @@ pub const CANARY_LABEL: &str = "petrel.dev/canary";
 /// so that "does the primary run revision X" is a lookup rather than a guess.
 pub const REVISION_ANNOTATION: &str = "petrel.dev/revision";
 
-/// Suffix of every primary object's name.
-pub const PRIMARY_SUFFIX: &str = "-primary";
+pub use crate::api::PRIMARY_SUFFIX;
 
 /// Why a workload operation failed. Each message names the object involved so that it
 /// can be shown as-is in a condition or Event.

@@ -15,8 +15,8 @@
 //! reconciler once per release ([`next_cookies`], with the value from the I/O shell), so
 //! that the routes built from them are the same at every reconcile.
 
-use crate::api::Canary;
-use crate::api::canary::{CanarySpec, CanaryStatus, SessionAffinity};
+use petrel_api::Canary;
+use petrel_api::canary::{CanarySpec, CanaryStatus, SessionAffinity};
 
 use super::{Weights, regex_escape};
 
@@ -31,7 +31,7 @@ pub const SET_COOKIE_HEADER: &str = "Set-Cookie";
 /// Characters of a generated cookie value (lowercase hex).
 pub const COOKIE_VALUE_LEN: usize = 16;
 
-pub use crate::routers::options::{session_affinity_refusal as refusal, supports_session_affinity};
+pub use crate::options::{session_affinity_refusal as refusal, supports_session_affinity};
 
 fn affinity_of(spec: &CanarySpec) -> Option<&SessionAffinity> {
     spec.analysis.as_ref().and_then(|a| a.session_affinity.as_ref())
@@ -172,7 +172,7 @@ pub fn sticky(canary: &Canary, weights: Weights) -> Sticky {
         .and_then(Cookie::parse)
         .map(|c| {
             // Flagger: the primary cookie lasts one analysis interval.
-            let interval = crate::core::strategy::analysis_interval(&canary.spec).as_secs().max(1);
+            let interval = petrel_core::strategy::analysis_interval(&canary.spec).as_secs().max(1);
             let max_age = i64::try_from(interval).unwrap_or(i64::MAX);
             (c.clone(), c.set_cookie(max_age))
         });
@@ -199,8 +199,8 @@ pub fn is_sticky_regex(regex: &str) -> bool {
 mod tests {
     use super::super::testing::{canary, weights};
     use super::*;
-    use crate::api::canary::SessionAffinity;
-    use crate::core::Provider;
+    use petrel_api::canary::SessionAffinity;
+    use petrel_core::Provider;
 
     fn values() -> impl FnMut() -> String {
         let mut n = 0u32;

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::Weights;
-use crate::api::Canary;
-use crate::api::canary::{CanaryAnalysis, HttpMatch, StringMatch};
+use petrel_api::Canary;
+use petrel_api::canary::{CanaryAnalysis, HttpMatch, StringMatch};
 
 pub use petrel_core::testing::canary;
 
@@ -43,12 +43,12 @@ pub fn ab_canary() -> Canary {
 pub fn sticky_canary(primary: bool, cookies: super::affinity::Cookies) -> Canary {
     let mut canary = canary();
     canary.spec.analysis.get_or_insert_with(CanaryAnalysis::default).session_affinity =
-        Some(crate::api::canary::SessionAffinity {
+        Some(petrel_api::canary::SessionAffinity {
             cookie_name: Some("canary-cookie".into()),
             primary_cookie_name: primary.then(|| "primary-cookie".into()),
             max_age: Some(600),
         });
-    let mut status = crate::api::CanaryStatus::default();
+    let mut status = petrel_api::CanaryStatus::default();
     cookies.write_into(&mut status);
     canary.status = Some(status);
     canary
@@ -78,7 +78,7 @@ pub fn any_weights(mirror_allowed: bool) -> impl Strategy<Value = Weights> {
 }
 
 fn fixture_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/routers").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/routers").join(file)
 }
 
 /// Compares a built object with the expected manifest `file`. With
@@ -104,4 +104,34 @@ pub fn assert_manifest(actual: &impl serde::Serialize, file: &str) {
             serde_yaml::to_string(&actual).unwrap_or_default()
         );
     }
+}
+
+/// What the CRDs the e2e clusters install (`e2e/crds/third-party/`) serve, as (group,
+/// version, kind, plural), after checking each file is a sound CRD.
+pub fn e2e_third_party_served() -> Vec<(String, String, String, String)> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e/crds/third-party");
+    let mut served = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("e2e/crds/third-party exists") {
+        let path = entry.expect("readable dir entry").path();
+        // kubectl applies the YAML files of the directory; the README and scripts are not CRDs.
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable CRD file");
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
+        let spec = &crd.spec;
+        assert_eq!(crd.metadata.name.as_deref(), Some(format!("{}.{}", spec.names.plural, spec.group).as_str()));
+        assert_eq!(spec.versions.iter().filter(|v| v.storage).count(), 1, "{}: one storage version", path.display());
+        // The API server refuses CRDs in its own protected groups without this annotation.
+        if spec.group.ends_with(".k8s.io") || spec.group.ends_with(".kubernetes.io") {
+            let approved = crd.metadata.annotations.as_ref().and_then(|a| a.get("api-approved.kubernetes.io"));
+            assert!(approved.is_some(), "{} needs api-approved.kubernetes.io", path.display());
+        }
+        for version in spec.versions.iter().filter(|v| v.served) {
+            served.push((spec.group.clone(), version.name.clone(), spec.names.kind.clone(), spec.names.plural.clone()));
+        }
+    }
+    served
 }

@@ -15,9 +15,9 @@ use kube::{Client, ResourceExt};
 use super::{
     FIELD_MANAGER, RouterError, RouterMemory, ServiceNames, canary_key, generated_metadata, ledger_key, namespace_of,
 };
-use crate::api::Canary;
-use crate::api::canary::CanaryService;
-use crate::api::common::{CustomMetadata, IntOrString};
+use petrel_api::Canary;
+use petrel_api::canary::CanaryService;
+use petrel_api::common::{CustomMetadata, IntOrString};
 
 /// Selector label keys, in the order they are looked for in the target's selector.
 pub const SELECTOR_LABEL_KEYS: [&str; 3] = ["app", "name", "app.kubernetes.io/name"];
@@ -338,11 +338,7 @@ pub(crate) async fn read_apex(
 
 /// Applies a Service unless the ledger of `memory` shows petrel already wrote exactly
 /// this and nobody changed it since.
-pub(crate) async fn apply_service(
-    client: &Client,
-    memory: &RouterMemory,
-    service: &Service,
-) -> Result<(), RouterError> {
+pub async fn apply_service(client: &Client, memory: &RouterMemory, service: &Service) -> Result<(), RouterError> {
     let namespace = service.namespace().unwrap_or_default();
     let name = service.name_any();
     let manifest = serde_json::to_value(service).map_err(|source| RouterError::Json {
@@ -560,7 +556,7 @@ mod tests {
 
     #[test]
     fn unmanaged_keys_are_left_out_of_what_petrel_applies() {
-        use crate::api::common::UnmanagedMetadata;
+        use petrel_api::common::UnmanagedMetadata;
         let mut canary = canary();
         let custom = CustomMetadata {
             labels: BTreeMap::from([("team".to_string(), "a".to_string()), ("tier".to_string(), "web".to_string())]),

@@ -9,7 +9,7 @@ use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, malformed, manifest,
     unsupported, weight_field,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "smi";
 

@@ -9,7 +9,7 @@ use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, malformed, manifest,
     service_port, unsupported, weight_field,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "traefik";
 

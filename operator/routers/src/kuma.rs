@@ -20,8 +20,8 @@ use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key,
     generated_metadata, malformed, namespace_of, regex_escape, service_port, unsupported, weight_field,
 };
-use crate::api::Canary;
-use crate::api::canary::{HttpMatch, StringMatch};
+use petrel_api::Canary;
+use petrel_api::canary::{HttpMatch, StringMatch};
 
 const PROVIDER: &str = "kuma";
 const KIND: &str = "MeshHTTPRoute";

@@ -21,8 +21,8 @@ use super::{
     canary_key, delete_dynamic, ledger_key, malformed, manifest, namespace_of, observed_version, read_dynamic,
     regex_escape, service_port, services, unsupported, weight_field,
 };
-use crate::api::Canary;
-use crate::api::canary::{HttpMatch, StringMatch};
+use petrel_api::Canary;
+use petrel_api::canary::{HttpMatch, StringMatch};
 
 const PROVIDER: &str = "gloo";
 

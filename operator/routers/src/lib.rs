@@ -7,9 +7,12 @@
 //!
 //! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
 //! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
+//! Routers read through [`cache`]: the runtime's watch caches, trusted only while their
+//! watch keeps them.
 
 pub mod affinity;
 pub mod apisix;
+pub mod cache;
 pub mod contour;
 pub mod gatewayapi;
 pub mod gloo;
@@ -28,8 +31,8 @@ pub mod traefik;
 
 #[cfg(test)]
 mod io_tests;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -44,15 +47,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
-use crate::api::Canary;
 use crate::cache::WatchCache;
-use crate::core::Provider;
-use crate::workloads::PRIMARY_SUFFIX;
+use petrel_api::Canary;
+use petrel_api::PRIMARY_SUFFIX;
+use petrel_core::Provider;
 
-pub use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 pub use ledger::{Observed, WriteLedger, ledger_key};
+pub use petrel_api::{FIELD_MANAGER, MANAGED_BY_LABEL};
 
-pub use crate::api::common::GITOPS_ANNOTATIONS;
+pub use petrel_api::common::GITOPS_ANNOTATIONS;
 
 /// How traffic is split between the primary and the canary.
 ///
@@ -711,7 +714,7 @@ pub(crate) async fn delete_dynamic(
 }
 
 /// The ApiResource of a third-party kind, with its plural spelled out (never guessed).
-pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&kube::core::GroupVersionKind::gvk(group, version, kind), plural)
 }
 
@@ -739,7 +742,7 @@ pub(crate) fn unsupported(provider: &'static str, what: impl Into<String>) -> Ro
 }
 
 /// Whether the Canary asks for A/B routing (requests matching conditions go to the canary).
-pub(crate) fn ab_matches(canary: &Canary) -> &[crate::api::canary::HttpMatch] {
+pub(crate) fn ab_matches(canary: &Canary) -> &[petrel_api::canary::HttpMatch] {
     canary.spec.analysis.as_ref().and_then(|a| a.match_.as_deref()).unwrap_or(&[])
 }
 
@@ -957,47 +960,11 @@ mod tests {
     /// must be served there, or server-side apply fails with 404.
     #[test]
     fn e2e_crds_serve_every_third_party_resource() {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/crds/third-party");
-        let mut served = Vec::new();
-        for entry in std::fs::read_dir(&dir).expect("e2e/crds/third-party exists") {
-            let path = entry.expect("readable dir entry").path();
-            // kubectl applies the YAML files of the directory; the README and scripts are not CRDs.
-            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("readable CRD file");
-            let crd: CustomResourceDefinition =
-                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
-            let spec = &crd.spec;
-            assert_eq!(crd.metadata.name.as_deref(), Some(format!("{}.{}", spec.names.plural, spec.group).as_str()));
-            assert_eq!(
-                spec.versions.iter().filter(|v| v.storage).count(),
-                1,
-                "{}: one storage version",
-                path.display()
-            );
-            // The API server refuses CRDs in its own protected groups without this annotation.
-            if spec.group.ends_with(".k8s.io") || spec.group.ends_with(".kubernetes.io") {
-                let approved = crd.metadata.annotations.as_ref().and_then(|a| a.get("api-approved.kubernetes.io"));
-                assert!(approved.is_some(), "{} needs api-approved.kubernetes.io", path.display());
-            }
-            for version in spec.versions.iter().filter(|v| v.served) {
-                served.push((
-                    spec.group.clone(),
-                    version.name.clone(),
-                    spec.names.kind.clone(),
-                    spec.names.plural.clone(),
-                ));
-            }
-        }
-        for r in third_party_resources().into_iter().chain([
-            knative::service_resource(),
-            knative::revision_resource(),
-            crate::workloads::keda::scaled_object_resource(),
-        ]) {
+        let served = testing::e2e_third_party_served();
+        for r in third_party_resources().into_iter().chain([knative::service_resource(), knative::revision_resource()])
+        {
             let wanted = (r.group.clone(), r.version.clone(), r.kind.clone(), r.plural.clone());
-            assert!(served.contains(&wanted), "no CRD in {} serves {wanted:?}", dir.display());
+            assert!(served.contains(&wanted), "no CRD in e2e/crds/third-party serves {wanted:?}");
         }
     }
 

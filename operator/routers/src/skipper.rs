@@ -21,7 +21,7 @@ use super::{
     RouterError, ServiceNames, TrafficRouter, Weights, ab_matches, canary_key, generated_metadata, services,
     unsupported,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "skipper";
 pub const BACKEND_WEIGHTS: &str = "zalando.org/backend-weights";

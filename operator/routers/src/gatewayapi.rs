@@ -20,9 +20,9 @@ use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
     manifest, mirror_percent, regex_escape, service_port, weight_field,
 };
-use crate::api::Canary;
-use crate::api::canary::{HttpMatch, StringMatch};
-use crate::api::route_options::{HeaderOperations, HttpMatchRequest, IstioStringMatch};
+use petrel_api::Canary;
+use petrel_api::canary::{HttpMatch, StringMatch};
+use petrel_api::route_options::{HeaderOperations, HttpMatchRequest, IstioStringMatch};
 
 const PROVIDER: &str = "gatewayapi";
 const GROUP: &str = "gateway.networking.k8s.io";

@@ -24,7 +24,7 @@ use super::{
     MeshRoutes, RequiredReferrer, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource,
     canary_key, malformed, manifest, mirror_percent, service_port, unsupported, weight_field,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "istio";
 const GROUP: &str = "networking.istio.io";

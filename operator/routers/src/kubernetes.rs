@@ -8,7 +8,7 @@ use kube::{Client, ResourceExt};
 
 use super::services::{self, ApexTarget, PodSelector, TargetPods};
 use super::{RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "kubernetes";
 

@@ -25,7 +25,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::telemetry::WatchHealth;
+/// Whether a watch keeps its cache now: synced, and not failing or relisting. The
+/// runtime's watch health answers; a cache is read only while it says so.
+pub trait KeepsCache: Send + Sync {
+    fn keeps(&self, watch: &'static str) -> bool;
+}
 
 /// A watch cache of `K` with the API server behind it. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -46,7 +50,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
-    health: WatchHealth,
+    health: Arc<dyn KeepsCache>,
     watch: &'static str,
 }
 
@@ -67,8 +71,8 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     /// Reads `store` while the watch `watch` (as `health` records it) keeps it.
-    pub fn kept_by(store: Store<K>, health: WatchHealth, watch: &'static str) -> Self {
-        WatchCache { kept: Some(Kept { store, health, watch }), written: Arc::default() }
+    pub fn kept_by(store: Store<K>, health: impl KeepsCache + 'static, watch: &'static str) -> Self {
+        WatchCache { kept: Some(Kept { store, health: Arc::new(health), watch }), written: Arc::default() }
     }
 
     /// The store itself, read as the watch left it (for what only needs a version).
@@ -200,18 +204,22 @@ mod tests {
         (Client::new(service, "default"), gets)
     }
 
+    /// A watch health that says every watch is (or is not) kept.
+    struct Synced(bool);
+
+    impl KeepsCache for Synced {
+        fn keeps(&self, _watch: &'static str) -> bool {
+            self.0
+        }
+    }
+
     /// A cache holding `cached`, whose watch has synced (or not).
     fn cache_holding(cached: Deployment, synced: bool) -> WatchCache<Deployment> {
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Init);
         writer.apply_watcher_event(&watcher::Event::InitApply(cached));
         writer.apply_watcher_event(&watcher::Event::InitDone);
-        let health = WatchHealth::default();
-        health.register("deployments");
-        if synced {
-            health.observe::<Deployment>("deployments", &Ok(watcher::Event::InitDone));
-        }
-        WatchCache::kept_by(store, health, "deployments")
+        WatchCache::kept_by(store, Synced(synced), "deployments")
     }
 
     #[tokio::test]

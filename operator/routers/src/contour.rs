@@ -15,9 +15,9 @@ use super::{
     MeshRoutes, RouteObject, RouterError, ServiceNames, Weights, ab_matches, api_resource, canary_key, malformed,
     manifest, service_port, unsupported, weight_field,
 };
-use crate::api::Canary;
-use crate::api::canary::{HttpMatch, StringMatch};
-use crate::api::route_options::{HttpMatchRequest, IstioStringMatch};
+use petrel_api::Canary;
+use petrel_api::canary::{HttpMatch, StringMatch};
+use petrel_api::route_options::{HttpMatchRequest, IstioStringMatch};
 
 const PROVIDER: &str = "contour";
 
@@ -238,7 +238,7 @@ mod tests {
     fn timeouts_and_retries_are_translated() {
         let mut canary = canary();
         canary.spec.service.timeout = Some("15s".into());
-        canary.spec.service.retries = Some(crate::api::route_options::HttpRetry {
+        canary.spec.service.retries = Some(petrel_api::route_options::HttpRetry {
             attempts: Some(2),
             per_try_timeout: Some("3s".into()),
             retry_on: Some("5xx,gateway-error".into()),

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::testing::{canary, weights};
 use super::{RouterError, Weights, kubernetes, nginx, router_for, services, smi};
-use crate::api::common::ObjectRef;
-use crate::core::Provider;
+use petrel_api::common::ObjectRef;
+use petrel_core::Provider;
 
 /// One request the scripted API server answered.
 #[derive(Clone, Debug)]
@@ -275,7 +275,7 @@ mod live {
     use kube::api::{Patch, PatchParams};
 
     use super::*;
-    use crate::api::Canary;
+    use petrel_api::Canary;
 
     const NAMESPACE: &str = "petrel-router-live";
 
@@ -402,7 +402,7 @@ async fn apisix_gloo_and_knative_write_the_same_weights_once() {
     knative.spec.provider = Some("knative".into());
     knative.spec.target_ref.api_version = "serving.knative.dev/v1".into();
     knative.spec.target_ref.kind = "Service".into();
-    knative.status = Some(crate::api::canary::CanaryStatus {
+    knative.status = Some(petrel_api::canary::CanaryStatus {
         last_applied_spec: Some("podinfo-00002".into()),
         ..Default::default()
     });

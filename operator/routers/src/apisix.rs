@@ -19,7 +19,7 @@ use super::{
     apply_dynamic, canary_key, delete_dynamic, generated_metadata, ledger_key, malformed, namespace_of,
     observed_version, read_dynamic, services, unsupported, weight_field,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "apisix";
 const KIND: &str = "ApisixRoute";
@@ -222,7 +222,7 @@ mod tests {
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
     use super::*;
-    use crate::api::common::ObjectRef;
+    use petrel_api::common::ObjectRef;
 
     fn with_route_ref(mut canary: Canary) -> Canary {
         canary.spec.provider = Some("apisix".into());

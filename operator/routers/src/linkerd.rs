@@ -17,13 +17,13 @@ use super::{
     MeshRouter, MeshRoutes, RouteObject, RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, canary_key,
     gatewayapi, smi, unsupported,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "linkerd";
 /// The kind a GAMMA parentRef names.
 const SERVICE_KIND: &str = "Service";
 
-pub use crate::routers::options::linkerd_uses_gateway_api as uses_gateway_api;
+pub use crate::options::linkerd_uses_gateway_api as uses_gateway_api;
 
 /// The HTTPRoute `<svc>` Linkerd applies to the clients of the apex Service.
 pub fn build_gamma_route(canary: &Canary, weights: Weights) -> Result<Value, RouterError> {
@@ -113,7 +113,7 @@ mod tests {
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
     use super::*;
-    use crate::api::canary::GatewayRef;
+    use petrel_api::canary::GatewayRef;
 
     /// The Canary of Flagger's Linkerd tutorial: the HTTPRoute attaches to the apex Service.
     fn gamma(mut canary: Canary) -> Canary {

@@ -17,8 +17,8 @@ use super::{
     FIELD_MANAGER, RouterError, ServiceNames, TrafficRouter, Weights, ab_matches, canary_key, generated_metadata,
     namespace_of, regex_escape, services, unsupported,
 };
-use crate::api::Canary;
-use crate::api::canary::StringMatch;
+use petrel_api::Canary;
+use petrel_api::canary::StringMatch;
 
 const PROVIDER: &str = "nginx";
 const PREFIX: &str = "nginx.ingress.kubernetes.io";
@@ -336,7 +336,7 @@ mod tests {
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
     use super::*;
-    use crate::api::common::ObjectRef;
+    use petrel_api::common::ObjectRef;
 
     fn backend(service: &str) -> IngressBackend {
         IngressBackend {

@@ -21,7 +21,7 @@ use super::{
     FIELD_MANAGER, Observed, RouterError, RouterMemory, TrafficRouter, Weights, ab_matches, api_resource, canary_key,
     ledger_key, malformed, namespace_of, observed_version, read_dynamic, unsupported, weight_field,
 };
-use crate::api::Canary;
+use petrel_api::Canary;
 
 const PROVIDER: &str = "knative";
 const KIND: &str = "Service";
@@ -237,7 +237,7 @@ mod tests {
 
     use super::super::testing::{ab_canary, any_weights, assert_manifest, canary, weights};
     use super::*;
-    use crate::api::canary::{CanaryStatus, TargetRef};
+    use petrel_api::canary::{CanaryStatus, TargetRef};
 
     fn knative_canary() -> Canary {
         let mut canary = canary();
