@@ -1,21 +1,14 @@
-//! Prometheus HTTP API client: instant queries (`/api/v1/query`) for
-//! threshold checks, range queries (`/api/v1/query_range`) for
-//! statistical comparison.
+//! Prometheus HTTP API client: instant queries (`/api/v1/query`), one value
+//! per analysis tick (statistical comparison records those too).
 //!
 //! Works with anything that serves the Prometheus query API (Prometheus,
 //! Thanos, Cortex, Mimir, VictoriaMetrics). Decoding an answer is a pure
-//! function, [`parse_response`] / [`parse_range_response`]; the client
-//! around them only does I/O.
-
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! function, [`parse_response`]; the client around it only does I/O.
 
 use serde::Deserialize;
 
 use crate::http::{HttpClient, parse_address};
 use crate::provider::{MetricProvider, ProviderConfig, QueryError, quote_body, quote_query};
-
-/// The query [`MetricProvider::is_online`] sends; a healthy server answers 1.
-const ONLINE_QUERY: &str = "vector(1)";
 
 /// A Prometheus HTTP API client.
 #[derive(Debug, Clone)]
@@ -55,45 +48,6 @@ impl MetricProvider for PrometheusProvider {
         tracing::debug!(query, status, ?value, "prometheus query");
         value
     }
-
-    /// Uses `/api/v1/query_range`; run it once for the canary and once for
-    /// the primary to feed [`compare`](crate::judge::compare).
-    async fn query_range(
-        &self,
-        query: &str,
-        end: SystemTime,
-        window: Duration,
-        step: Duration,
-    ) -> Result<Vec<f64>, QueryError> {
-        if step.is_zero() || window < step {
-            return Err(QueryError::InvalidConfig(format!(
-                "range query needs 0 < step <= window, got step {step:?}, window {window:?}"
-            )));
-        }
-        let end =
-            end.duration_since(UNIX_EPOCH).map_err(|_| QueryError::InvalidConfig("range end is before 1970".into()))?;
-        let start = end.saturating_sub(window);
-        let (start, end, step) = (
-            format!("{:.3}", start.as_secs_f64()),
-            format!("{:.3}", end.as_secs_f64()),
-            format!("{:.3}", step.as_secs_f64()),
-        );
-        let params = [("query", query), ("start", start.as_str()), ("end", end.as_str()), ("step", step.as_str())];
-        let (status, body) = self.get("query_range", &params).await?;
-        let values = parse_range_response(status, &body, query);
-        tracing::debug!(query, status, samples = ?values.as_ref().map(Vec::len), "prometheus range query");
-        values
-    }
-
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let value = self.query(ONLINE_QUERY).await?;
-        // Exact comparison is right here: Prometheus formats 1 as "1".
-        if value == 1.0 {
-            Ok(())
-        } else {
-            Err(QueryError::BadResponse(format!("{ONLINE_QUERY} returned {value}, expected 1")))
-        }
-    }
 }
 
 /// `{address}/api/v1/`, keeping any path prefix of `address`.
@@ -120,7 +74,8 @@ struct ApiResponse {
 enum QueryData {
     Vector(Vec<VectorSample>),
     Scalar(Sample),
-    Matrix(Vec<MatrixSeries>),
+    /// A range vector: only its number of series is told.
+    Matrix(Vec<serde::de::IgnoredAny>),
     String(serde_json::Value),
 }
 
@@ -131,15 +86,9 @@ struct VectorSample {
     value: Option<Sample>,
 }
 
-#[derive(Debug, Deserialize)]
-struct MatrixSeries {
-    /// `[[unix_time, "value"], ...]`; absent for native histogram series.
-    values: Option<Vec<Sample>>,
-}
-
 /// `[unix_time, "value"]`: Prometheus sends values as strings so that
 /// NaN and ±Inf survive JSON. The time is not needed: instant queries are
-/// evaluated "now", and range samples arrive in time order.
+/// evaluated "now".
 #[derive(Debug, Deserialize)]
 struct Sample(serde::de::IgnoredAny, String);
 
@@ -221,26 +170,6 @@ pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, 
         Ok(value)
     } else {
         Err(QueryError::NotANumber { value: sample.1, query: quote_query(query) })
-    }
-}
-
-/// Decodes one `/api/v1/query_range` answer into the values of the single
-/// series it must hold, oldest first.
-///
-/// NaN and ±Inf samples are kept: the statistical judge drops and counts
-/// them, so the count can appear in its verdict.
-pub fn parse_range_response(http_status: u16, body: &str, query: &str) -> Result<Vec<f64>, QueryError> {
-    match parse_envelope(http_status, body, query)? {
-        QueryData::Matrix(series) => single(series, query)?
-            .values
-            .ok_or_else(|| native_histogram(query))?
-            .iter()
-            .map(|sample| parse_sample_value(&sample.1))
-            .collect(),
-        QueryData::String(value) => Err(string_result(&value, query)),
-        QueryData::Vector(_) | QueryData::Scalar(_) => {
-            Err(QueryError::BadResponse("range query answered with an instant result".into()))
-        }
     }
 }
 
@@ -345,44 +274,6 @@ mod tests {
         for body in [matrix, string, histogram] {
             assert!(matches!(parse_response(200, body, "q"), Err(QueryError::BadResponse(_))), "{body}");
         }
-    }
-
-    fn matrix(series: &[&[&str]]) -> String {
-        let result: Vec<String> = series
-            .iter()
-            .map(|values| {
-                let points: Vec<String> = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| format!(r#"[{}.5,"{v}"]"#, 1_700_000_000 + 15 * i))
-                    .collect();
-                format!(r#"{{"metric":{{"job":"x"}},"values":[{}]}}"#, points.join(","))
-            })
-            .collect();
-        format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#, result.join(","))
-    }
-
-    #[test]
-    fn range_series_values_keep_order_and_non_finite_samples() {
-        let values = parse_range_response(200, &matrix(&[&["1", "2.5", "NaN", "+Inf"]]), "q").unwrap();
-        assert_eq!(values[..2], [1.0, 2.5]);
-        assert!(values[2].is_nan());
-        assert_eq!(values[3], f64::INFINITY);
-    }
-
-    #[test]
-    fn range_results_need_exactly_one_series() {
-        assert_eq!(parse_range_response(200, &matrix(&[]), "q"), Err(QueryError::NoData { query: "q".into() }));
-        assert_eq!(
-            parse_range_response(200, &matrix(&[&["1"], &["2"]]), "q"),
-            Err(QueryError::MultipleSeries { count: 2, query: "q".into() })
-        );
-        assert!(matches!(parse_range_response(200, &vector(&["1"]), "q"), Err(QueryError::BadResponse(_))));
-        let error = r#"{"status":"error","errorType":"bad_data","error":"exceeded maximum resolution of 11,000 points per timeseries"}"#;
-        assert!(matches!(
-            parse_range_response(400, error, "q"),
-            Err(QueryError::QueryFailed { error_type, .. }) if error_type == "bad_data"
-        ));
     }
 
     #[test]

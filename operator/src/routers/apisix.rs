@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use kube::Client;
 use kube::core::ApiResource;
-use kube::{Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use super::nginx::{copied_label, gitops_tracking};
@@ -189,18 +189,6 @@ impl TrafficRouter for ApisixRouter {
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(self.apply(canary, weights, Observed::Unknown))
-    }
-
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let existing = self.current(canary).await?.ok_or_else(|| RouterError::NotFound {
-                kind: KIND.into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: canary_route_name(canary).unwrap_or_default(),
-                reason: "the apisix router has not created it yet".into(),
-            })?;
-            weights_of(&existing, &ServiceNames::of(canary))
-        })
     }
 
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {

@@ -154,8 +154,6 @@ pub fn weights_of(proxy: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Contour;
 
 impl MeshRoutes for Contour {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: http_proxy_resource(), manifest: build_http_proxy(canary, weights)? }])
     }

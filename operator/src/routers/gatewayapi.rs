@@ -492,8 +492,6 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct GatewayApi;
 
 impl MeshRoutes for GatewayApi {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: http_route_resource(canary), manifest: build_http_route(canary, weights)? }])
     }

@@ -254,18 +254,6 @@ impl super::TrafficRouter for GlooRouter {
         Box::pin(self.apply_table(canary, weights, Observed::Unknown))
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let existing = self.current(canary).await?.ok_or_else(|| RouterError::NotFound {
-                kind: "RouteTable".into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: ServiceNames::of(canary).apex,
-                reason: "the gloo router has not created it yet".into(),
-            })?;
-            weights_of(&existing, canary)
-        })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let namespace = namespace_of(canary)?;

@@ -325,8 +325,6 @@ pub fn weights_of(vs: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Istio;
 
 impl MeshRoutes for Istio {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         let [primary_rule, canary_rule] = build_destination_rules(canary)?;
         // DestinationRules first: a VirtualService naming hosts without rules is fine, but

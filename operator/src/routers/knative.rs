@@ -205,10 +205,6 @@ impl TrafficRouter for KnativeRouter {
         })
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move { weights_of(&self.service(canary).await?) })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             // The Knative Service is the user's: traffic stays, all of it on the primary.

@@ -4,10 +4,10 @@
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
-use kube::{Client, ResourceExt};
+use kube::Client;
 
 use super::services::{self, ApexTarget, PodSelector, TargetPods};
-use super::{RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
+use super::{RouterError, RouterMemory, TrafficRouter, Weights, namespace_of, unsupported};
 use crate::api::Canary;
 
 const PROVIDER: &str = "kubernetes";
@@ -68,21 +68,6 @@ impl TrafficRouter for KubernetesRouter {
         Box::pin(async move {
             let pods = services::target_pods(&self.client, &self.memory, canary).await?;
             services::apply_service(&self.client, &self.memory, &build_apex(canary, &pods, weights)?).await
-        })
-    }
-
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let selector = services::target_selector(&self.client, &self.memory, canary).await?;
-            let apex = services::read_apex(&self.client, &self.memory, canary).await?.ok_or_else(|| {
-                RouterError::NotFound {
-                    kind: "Service".into(),
-                    namespace: canary.namespace().unwrap_or_default(),
-                    name: ServiceNames::of(canary).apex,
-                    reason: "the kubernetes router has not created it yet".into(),
-                }
-            })?;
-            weights_of(&apex, &selector)
         })
     }
 

@@ -159,8 +159,6 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Kuma;
 
 impl MeshRoutes for Kuma {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject {
             resource: mesh_http_route_resource(),

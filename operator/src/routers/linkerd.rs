@@ -54,8 +54,6 @@ pub fn build_gamma_route(canary: &Canary, weights: Weights) -> Result<Value, Rou
 pub(crate) struct LinkerdGamma;
 
 impl MeshRoutes for LinkerdGamma {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject {
             resource: gatewayapi::http_route_resource(canary),
@@ -95,10 +93,6 @@ impl TrafficRouter for LinkerdRouter {
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         self.pick(canary).set_routes(canary, weights)
-    }
-
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        self.pick(canary).get_routes(canary)
     }
 
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {

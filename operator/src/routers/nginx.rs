@@ -295,19 +295,6 @@ impl TrafficRouter for NginxRouter {
         Box::pin(self.apply(canary, weights))
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let clone = canary_ingress_name(&Self::ingress_name(canary)?);
-            let existing = self.read(canary, &clone).await?.ok_or_else(|| RouterError::NotFound {
-                kind: "Ingress".into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: clone.clone(),
-                reason: "the nginx router has not created it yet".into(),
-            })?;
-            weights_of(&existing)
-        })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let clone = canary_ingress_name(&Self::ingress_name(canary)?);

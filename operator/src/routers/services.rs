@@ -260,15 +260,6 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 // ---------------------------------------------------------------------------------------
 // I/O
 
-/// Reads the target's pod selector (a Deployment's, or a DaemonSet's).
-pub async fn target_selector(
-    client: &Client,
-    memory: &RouterMemory,
-    canary: &Canary,
-) -> Result<PodSelector, RouterError> {
-    Ok(target_pods(client, memory, canary).await?.selector)
-}
-
 /// Reads what the generated Services take from the target (see [`TargetPods`]): every
 /// writer of a generated Service builds it from this, so none drops a discovered port.
 /// A Deployment comes from the cache of `memory` (see [`crate::cache`]).

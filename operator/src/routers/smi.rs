@@ -56,8 +56,6 @@ pub fn weights_of(split: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Smi;
 
 impl MeshRoutes for Smi {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: traffic_split_resource(), manifest: build_traffic_split(canary, weights)? }])
     }

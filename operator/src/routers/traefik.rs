@@ -60,8 +60,6 @@ pub fn weights_of(service: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Traefik;
 
 impl MeshRoutes for Traefik {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject {
             resource: traefik_service_resource(),
