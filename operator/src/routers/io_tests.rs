@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use super::testing::{canary, weights};
-use super::{RouterError, Weights, kubernetes, nginx, router_for, services, smi};
+use super::{RouterError, RouterMemory, Weights, kubernetes, nginx, router_with, services, smi};
 use crate::api::Canary;
 use crate::api::common::ObjectRef;
 use crate::core::Provider;
@@ -135,7 +135,7 @@ async fn weights_in_cluster(client: &Client, provider: Provider, canary: &Canary
             let services_api: kube::Api<k8s_openapi::api::core::v1::Service> =
                 kube::Api::namespaced(client.clone(), namespace);
             let apex = services_api.get_opt(&super::ServiceNames::of(canary).apex).await.expect("read the apex")?;
-            let pods = services::target_pods(client, &super::RouterMemory::default(), canary).await.expect("target");
+            let pods = services::target_pods(client, &RouterMemory::default(), canary).await.expect("target");
             Some(kubernetes::weights_of(&apex, &pods.selector).expect("the apex selects primary or canary pods"))
         }
         other => panic!("the tests read no route object of provider {other}"),
@@ -149,7 +149,7 @@ async fn reconcile_creates_services_then_a_primary_only_route() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
-    finish(router_for(Provider::Smi, client).reconcile(&canary())).await.unwrap();
+    finish(router_with(Provider::Smi, client, RouterMemory::default()).reconcile(&canary())).await.unwrap();
 
     let calls = calls.lock().unwrap().clone();
     let applied = applies(&calls);
@@ -208,7 +208,7 @@ async fn reconcile_keeps_the_weights_of_a_release_in_progress() {
     // Linkerd without gatewayRefs: SMI.
     let mut linkerd = canary();
     linkerd.spec.service.gateway_refs.clear();
-    let router = router_for(Provider::Linkerd, client.clone());
+    let router = router_with(Provider::Linkerd, client.clone(), RouterMemory::default());
     finish(router.reconcile(&linkerd)).await.unwrap();
     assert_eq!(finish(weights_in_cluster(&client, Provider::Linkerd, &linkerd)).await, Some(weights(70, 30, false)));
 
@@ -229,7 +229,7 @@ async fn reconcile_keeps_a_blue_green_switch() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
-    let router = router_for(Provider::Kubernetes, client);
+    let router = router_with(Provider::Kubernetes, client, RouterMemory::default());
     finish(router.reconcile(&canary())).await.unwrap();
     let applied = applies(&calls.lock().unwrap());
     let (_, apex) = applied.iter().find(|(p, _)| p == &format!("{SERVICES}/podinfo")).expect("apex applied");
@@ -243,7 +243,7 @@ async fn kubernetes_router_refuses_a_split_before_touching_the_apex() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
-    let router = router_for(Provider::Kubernetes, client);
+    let router = router_with(Provider::Kubernetes, client, RouterMemory::default());
     let err = finish(router.set_routes(&canary(), weights(90, 10, false))).await.unwrap_err();
     assert!(matches!(err, RouterError::Unsupported { .. }), "{err}");
     assert!(applies(&calls.lock().unwrap()).is_empty());
@@ -268,7 +268,7 @@ async fn nginx_writes_only_the_clone() {
         ("GET", _) => Reply::NotFound,
         _ => Reply::Echo,
     });
-    let router = router_for(Provider::Nginx, client);
+    let router = router_with(Provider::Nginx, client, RouterMemory::default());
 
     let err = finish(router.reconcile(&canary())).await.unwrap_err();
     assert!(matches!(err, RouterError::InvalidCanary { .. }), "a Canary without ingressRef: {err}");
@@ -289,7 +289,7 @@ async fn finalize_deletes_route_objects_and_tolerates_missing_ones() {
         "DELETE" => Reply::NotFound,
         _ => Reply::Echo,
     });
-    finish(router_for(Provider::Istio, client).finalize(&canary())).await.unwrap();
+    finish(router_with(Provider::Istio, client, RouterMemory::default()).finalize(&canary())).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     let deleted: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(Call::path).collect();
     assert_eq!(
@@ -373,7 +373,7 @@ mod live {
         ] {
             let mut canary = stored.clone();
             canary.spec.provider = Some(name.into());
-            let router = router_for(provider, client.clone());
+            let router = router_with(provider, client.clone(), RouterMemory::default());
             router.reconcile(&canary).await.unwrap_or_else(|e| panic!("{name} reconcile: {e}"));
             let routed = || weights_in_cluster(&client, provider, &canary);
             assert_eq!(routed().await, Some(Weights::primary_only()), "{name} starts on the primary");
@@ -440,7 +440,7 @@ async fn apisix_gloo_and_knative_write_the_same_weights_once() {
     });
 
     for (provider, canary) in [(Provider::Apisix, apisix), (Provider::Gloo, gloo), (Provider::Knative, knative)] {
-        let router = super::router_with(provider, client.clone(), super::RouterMemory::default());
+        let router = router_with(provider, client.clone(), RouterMemory::default());
         let patches = || applies(&calls.lock().unwrap()).len();
         let before = patches();
         finish(router.set_routes(&canary, weights(90, 10, false))).await.unwrap();
@@ -481,7 +481,7 @@ async fn every_service_write_keeps_the_discovered_ports() {
     });
     let mut discovering = canary();
     discovering.spec.service.port_discovery = true;
-    let router = router_for(Provider::Kubernetes, client);
+    let router = router_with(Provider::Kubernetes, client, RouterMemory::default());
     finish(router.reconcile(&discovering)).await.unwrap();
     finish(router.set_routes(&discovering, Weights::canary_only())).await.unwrap();
     finish(router.finalize(&discovering)).await.unwrap();

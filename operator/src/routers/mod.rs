@@ -170,15 +170,9 @@ pub trait TrafficRouter: Send + Sync {
     }
 }
 
-/// The router for a provider. The provider was parsed with [`Provider::parse`], so an
-/// unknown name never gets this far. It remembers nothing between calls: every write
-/// goes out (see [`router_with`]).
-pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> {
-    router_with(provider, client, RouterMemory::default())
-}
-
 /// The router for a provider, writing only what differs from what `memory` says it
-/// last wrote.
+/// last wrote (every write goes out with an empty memory). The provider was parsed with
+/// [`Provider::parse`], so an unknown name never gets this far.
 pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> Box<dyn TrafficRouter> {
     match provider {
         Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client, memory)),

@@ -141,15 +141,6 @@ fn providers_writing(option: RouteOption) -> Vec<&'static str> {
     out
 }
 
-/// The table of docs/flagger.md: each option and the providers whose router writes it.
-pub fn markdown_table() -> String {
-    let mut out = String::from("| route option | written by |\n|---|---|\n");
-    for option in RouteOption::ALL {
-        out.push_str(&format!("| `{}` | {} |\n", option.field(), providers_writing(option).join(", ")));
-    }
-    out
-}
-
 /// Why `provider` cannot route this Canary: it asks for session affinity, or sets route
 /// options, that the provider's router does not write. The one check the controller and
 /// `kubectl petrel import` both make.
@@ -305,6 +296,15 @@ mod tests {
         with_hosts["mirror"] = json!([{ "backendRef": { "name": "shadow", "port": 80 } }]);
         let message = refusal(&with_service(with_hosts), Provider::Linkerd).unwrap();
         assert!(message.starts_with("spec.service.mirror, spec.service.hosts are not written"), "{message}");
+    }
+
+    /// The table of docs/flagger.md: each option and the providers whose router writes it.
+    fn markdown_table() -> String {
+        let mut out = String::from("| route option | written by |\n|---|---|\n");
+        for option in RouteOption::ALL {
+            out.push_str(&format!("| `{}` | {} |\n", option.field(), providers_writing(option).join(", ")));
+        }
+        out
     }
 
     /// docs/flagger.md shows the table this module decides by.
