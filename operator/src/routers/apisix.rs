@@ -255,14 +255,8 @@ mod tests {
     #[test]
     fn routes_match_their_manifests() {
         let canary = with_route_ref(canary());
-        assert_manifest(
-            &build_canary_route(&canary, &user_route(), weights(100, 0, false)).unwrap(),
-            "apisix_100_0.yaml",
-        );
-        assert_manifest(
-            &build_canary_route(&canary, &user_route(), weights(90, 10, false)).unwrap(),
-            "apisix_90_10.yaml",
-        );
+        assert_manifest(&build_canary_route(&canary, &user_route(), weights(100, 0, false)).unwrap(), "apisix_100_0");
+        assert_manifest(&build_canary_route(&canary, &user_route(), weights(90, 10, false)).unwrap(), "apisix_90_10");
     }
 
     #[test]

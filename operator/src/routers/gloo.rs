@@ -287,9 +287,9 @@ mod tests {
 
     #[test]
     fn route_tables_match_their_manifests() {
-        assert_manifest(&build_route_table(&canary(), weights(100, 0, false)).unwrap(), "gloo_100_0.yaml");
-        assert_manifest(&build_route_table(&canary(), weights(90, 10, false)).unwrap(), "gloo_90_10.yaml");
-        assert_manifest(&build_route_table(&ab_canary(), weights(0, 100, false)).unwrap(), "gloo_ab.yaml");
+        assert_manifest(&build_route_table(&canary(), weights(100, 0, false)).unwrap(), "gloo_100_0");
+        assert_manifest(&build_route_table(&canary(), weights(90, 10, false)).unwrap(), "gloo_90_10");
+        assert_manifest(&build_route_table(&ab_canary(), weights(0, 100, false)).unwrap(), "gloo_ab");
     }
 
     #[test]
@@ -307,7 +307,7 @@ mod tests {
         let canary = canary();
         assert_manifest(
             &build_upstream(&canary, Side::Canary, &selector(), Some(&template)).unwrap(),
-            "gloo_upstream_canary.yaml",
+            "gloo_upstream_canary",
         );
         let primary = build_upstream(&canary, Side::Primary, &selector(), None).unwrap();
         assert_eq!(primary["metadata"]["name"], "test-podinfo-primaryupstream-9898");

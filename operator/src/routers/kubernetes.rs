@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn all_primary_and_all_canary_match_their_manifests() {
-        assert_manifest(&build_apex(&canary(), &pods(), weights(100, 0, false)).unwrap(), "kubernetes_100_0.yaml");
-        assert_manifest(&build_apex(&canary(), &pods(), weights(0, 100, false)).unwrap(), "kubernetes_0_100.yaml");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(100, 0, false)).unwrap(), "kubernetes_100_0");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(0, 100, false)).unwrap(), "kubernetes_0_100");
     }
 
     #[test]

@@ -184,9 +184,9 @@ mod tests {
 
     #[test]
     fn routes_match_their_manifests() {
-        assert_manifest(&build_mesh_http_route(&canary(), weights(100, 0, false)).unwrap(), "kuma_100_0.yaml");
-        assert_manifest(&build_mesh_http_route(&canary(), weights(90, 10, false)).unwrap(), "kuma_90_10.yaml");
-        assert_manifest(&build_mesh_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "kuma_ab.yaml");
+        assert_manifest(&build_mesh_http_route(&canary(), weights(100, 0, false)).unwrap(), "kuma_100_0");
+        assert_manifest(&build_mesh_http_route(&canary(), weights(90, 10, false)).unwrap(), "kuma_90_10");
+        assert_manifest(&build_mesh_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "kuma_ab");
     }
 
     #[test]

@@ -128,18 +128,9 @@ mod tests {
 
     #[test]
     fn gamma_routes_match_their_manifests() {
-        assert_manifest(
-            &build_gamma_route(&gamma(canary()), weights(100, 0, false)).unwrap(),
-            "linkerd_gamma_100_0.yaml",
-        );
-        assert_manifest(
-            &build_gamma_route(&gamma(canary()), weights(80, 20, false)).unwrap(),
-            "linkerd_gamma_80_20.yaml",
-        );
-        assert_manifest(
-            &build_gamma_route(&gamma(ab_canary()), weights(0, 100, false)).unwrap(),
-            "linkerd_gamma_ab.yaml",
-        );
+        assert_manifest(&build_gamma_route(&gamma(canary()), weights(100, 0, false)).unwrap(), "linkerd_gamma_100_0");
+        assert_manifest(&build_gamma_route(&gamma(canary()), weights(80, 20, false)).unwrap(), "linkerd_gamma_80_20");
+        assert_manifest(&build_gamma_route(&gamma(ab_canary()), weights(0, 100, false)).unwrap(), "linkerd_gamma_ab");
     }
 
     #[test]

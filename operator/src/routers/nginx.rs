@@ -397,15 +397,15 @@ mod tests {
         let ingress = user_ingress();
         assert_manifest(
             &build_canary_ingress(&nginx_canary(), &ingress, weights(100, 0, false)).unwrap(),
-            "nginx_100_0.yaml",
+            "nginx_100_0",
         );
         assert_manifest(
             &build_canary_ingress(&nginx_canary(), &ingress, weights(90, 10, false)).unwrap(),
-            "nginx_90_10.yaml",
+            "nginx_90_10",
         );
         assert_manifest(
             &build_canary_ingress(&nginx_ab_canary(), &ingress, weights(0, 100, false)).unwrap(),
-            "nginx_ab.yaml",
+            "nginx_ab",
         );
     }
 

@@ -406,9 +406,9 @@ mod tests {
     fn the_three_services_match_their_manifests() {
         let canary = canary();
         let pods = app_pods();
-        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex.yaml");
-        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary.yaml");
-        assert_manifest(&build_canary_service(&canary, &pods).unwrap(), "service_canary.yaml");
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex");
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary");
+        assert_manifest(&build_canary_service(&canary, &pods).unwrap(), "service_canary");
     }
 
     #[test]
@@ -424,7 +424,7 @@ mod tests {
             annotations: BTreeMap::from([("note".to_string(), "stable".to_string())]),
         });
         let pods = TargetPods::without_ports(PodSelector { key: "app.kubernetes.io/name".into(), value: "web".into() });
-        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary_options.yaml");
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary_options");
         // The apex stays addressable even when the others are headless.
         let apex = build_apex_service(&canary, &pods, ApexTarget::Canary).unwrap();
         assert_eq!(apex.spec.as_ref().unwrap().cluster_ip, None);
@@ -512,7 +512,7 @@ mod tests {
         assert!(ports.iter().all(|p| p.target_port == Some(IntOrString::Int(p.port))));
 
         let pods = TargetPods { selector: app_selector(), discovered_ports: ports };
-        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex_ports.yaml");
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex_ports");
         for service in [build_primary_service(&canary, &pods).unwrap(), build_canary_service(&canary, &pods).unwrap()] {
             let all = names_and_numbers(service.spec.as_ref().unwrap().ports.as_ref().unwrap());
             assert_eq!(all.len(), 4, "{all:?}");

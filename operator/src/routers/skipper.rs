@@ -268,11 +268,11 @@ mod tests {
     fn clones_match_their_manifests() {
         assert_manifest(
             &build_canary_ingress(&canary(), &user_ingress(), weights(100, 0, false)).unwrap(),
-            "skipper_100_0.yaml",
+            "skipper_100_0",
         );
         assert_manifest(
             &build_canary_ingress(&canary(), &user_ingress(), weights(90, 10, false)).unwrap(),
-            "skipper_90_10.yaml",
+            "skipper_90_10",
         );
     }
 
