@@ -686,12 +686,31 @@ async fn probes_write_each_clusters_status_and_only_when_it_changed() {
     assert_eq!(cluster_status_writes(&hub).len(), 2, "no write storm");
 }
 
+/// A member kubeconfig: API server `server`, token `abc`.
 fn kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster:\n    server: {server}\n\
-         users:\n- name: hub\n  user:\n    token: abc\ncontexts:\n- name: m\n  context: {{cluster: m, user: hub}}\n\
-         current-context: m\n"
-    )
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+    let config = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: "m".into(),
+            cluster: Some(Cluster { server: Some(server.into()), ..Cluster::default() }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "hub".into(),
+            auth_info: Some(AuthInfo { token: Some("abc".to_string().into()), ..AuthInfo::default() }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: "m".into(),
+            context: Some(Context { cluster: "m".into(), user: Some("hub".into()), ..Context::default() }),
+            ..NamedContext::default()
+        }],
+        current_context: Some("m".into()),
+        ..Kubeconfig::default()
+    };
+    serde_yaml::to_string(&config).expect("a kubeconfig serialises")
 }
 
 fn kubeconfig_secret(name: &str, kubeconfig: &str) -> Value {
