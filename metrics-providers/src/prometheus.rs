@@ -4,6 +4,10 @@
 //! Works with anything that serves the Prometheus query API (Prometheus,
 //! Thanos, Cortex, Mimir, VictoriaMetrics). Decoding an answer is a pure
 //! function, [`parse_response`]; the client around it only does I/O.
+//! [`parse_answer`] decodes a whole answer, every series of it, for tools
+//! that read Prometheus themselves (petrel's end-to-end tests).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -74,23 +78,65 @@ struct ApiResponse {
 enum QueryData {
     Vector(Vec<VectorSample>),
     Scalar(Sample),
-    /// A range vector: only its number of series is told.
-    Matrix(Vec<serde::de::IgnoredAny>),
+    Matrix(Vec<MatrixSeries>),
     String(serde_json::Value),
 }
 
 #[derive(Debug, Deserialize)]
 struct VectorSample {
+    /// The series' labels (read by [`parse_answer`] only).
+    #[serde(default)]
+    metric: serde_json::Value,
     /// `[unix_time, "value"]`; absent for native histogram samples, which
     /// carry `histogram` instead.
     value: Option<Sample>,
 }
 
-/// `[unix_time, "value"]`: Prometheus sends values as strings so that
-/// NaN and ±Inf survive JSON. The time is not needed: instant queries are
-/// evaluated "now".
 #[derive(Debug, Deserialize)]
-struct Sample(serde::de::IgnoredAny, String);
+struct MatrixSeries {
+    /// The series' labels.
+    #[serde(default)]
+    metric: serde_json::Value,
+    /// `[[unix_time, "value"], ...]`; absent for native histogram series.
+    values: Option<Vec<Sample>>,
+}
+
+/// `[unix_time, "value"]`: Prometheus sends values as strings so that
+/// NaN and ±Inf survive JSON. Only [`parse_answer`] reads the time:
+/// instant queries are evaluated "now".
+#[derive(Debug, Deserialize)]
+struct Sample(serde_json::Value, String);
+
+impl Sample {
+    /// `(unix seconds, value)`, NaN and ±Inf kept.
+    fn point(&self) -> Result<(f64, f64), QueryError> {
+        let time = self.0.as_f64().ok_or_else(|| {
+            QueryError::BadResponse(format!("sample time {} is not a number", quote_body(&self.0.to_string())))
+        })?;
+        Ok((time, parse_sample_value(&self.1)?))
+    }
+}
+
+/// One series of an answer: its labels and its `(unix seconds, value)`
+/// points, oldest first (one for a sample of an instant vector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The labels (`__name__` included when the query keeps it).
+    pub labels: BTreeMap<String, String>,
+    /// The points; NaN and ±Inf are kept.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Everything an answer holds, by `resultType`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// An instant vector (`/api/v1/query`): one point per series.
+    Vector(Vec<Series>),
+    /// A scalar: `(unix seconds, value)`.
+    Scalar((f64, f64)),
+    /// A range vector (`/api/v1/query_range`, or a range selector).
+    Matrix(Vec<Series>),
+}
 
 /// Checks the envelope of an answer and returns its `data`: Prometheus
 /// `status: "error"` bodies, non-2xx statuses and non-API bodies become
@@ -171,6 +217,44 @@ pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, 
     } else {
         Err(QueryError::NotANumber { value: sample.1, query: quote_query(query) })
     }
+}
+
+/// Decodes one Prometheus API answer whole: every series with its labels
+/// and points, where [`parse_response`] needs one number. The envelope is
+/// checked as there (errors, HTTP status, non-API bodies); a string result
+/// or a native histogram is an error.
+///
+/// `query` is used only for error messages.
+pub fn parse_answer(http_status: u16, body: &str, query: &str) -> Result<Answer, QueryError> {
+    fn labels(metric: &serde_json::Value) -> BTreeMap<String, String> {
+        metric
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+            .unwrap_or_default()
+    }
+    Ok(match parse_envelope(http_status, body, query)? {
+        QueryData::Vector(samples) => Answer::Vector(
+            samples
+                .iter()
+                .map(|s| {
+                    let point = s.value.as_ref().ok_or_else(|| native_histogram(query))?.point()?;
+                    Ok(Series { labels: labels(&s.metric), points: vec![point] })
+                })
+                .collect::<Result<_, QueryError>>()?,
+        ),
+        QueryData::Scalar(sample) => Answer::Scalar(sample.point()?),
+        QueryData::Matrix(series) => Answer::Matrix(
+            series
+                .iter()
+                .map(|s| {
+                    let values = s.values.as_ref().ok_or_else(|| native_histogram(query))?;
+                    let points = values.iter().map(Sample::point).collect::<Result<_, _>>()?;
+                    Ok(Series { labels: labels(&s.metric), points })
+                })
+                .collect::<Result<_, QueryError>>()?,
+        ),
+        QueryData::String(value) => return Err(string_result(&value, query)),
+    })
 }
 
 /// Parses a sample value string; Prometheus writes `NaN`, `+Inf`, `-Inf`,
@@ -273,6 +357,44 @@ mod tests {
         let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#;
         for body in [matrix, string, histogram] {
             assert!(matches!(parse_response(200, body, "q"), Err(QueryError::BadResponse(_))), "{body}");
+        }
+    }
+
+    #[test]
+    fn whole_answers_keep_every_series_labels_and_points() {
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"workload":"canary"},"values":[[10,"0"],[11.5,"NaN"]]},
+            {"metric":{},"values":[]}]}}"#;
+        let Ok(Answer::Matrix(series)) = parse_answer(200, matrix, "q") else { panic!("a matrix") };
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].labels["workload"], "canary");
+        assert_eq!(series[0].points[0], (10.0, 0.0));
+        assert!(series[0].points[1].1.is_nan());
+        assert_eq!(
+            parse_answer(200, &vector(&["1", "2"]), "q").map(|a| match a {
+                Answer::Vector(samples) =>
+                    samples.iter().map(|s| (s.labels["pod"].clone(), s.points.clone())).collect(),
+                _ => Vec::new(),
+            }),
+            Ok(vec![("p0".to_string(), vec![(1700000000.123, 1.0)]), ("p1".to_string(), vec![(1700000000.123, 2.0)])])
+        );
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+        assert_eq!(parse_answer(200, scalar, "q"), Ok(Answer::Scalar((1700000000.0, 42.0))));
+        assert_eq!(parse_answer(200, &vector(&[]), "q"), Ok(Answer::Vector(Vec::new())));
+    }
+
+    #[test]
+    fn whole_answers_refuse_what_parse_response_refuses() {
+        let error = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(matches!(
+            parse_answer(400, error, "q"),
+            Err(QueryError::QueryFailed { error_type, message, .. }) if error_type == "bad_data" && message == "parse error"
+        ));
+        let string = r#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#;
+        let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#;
+        let bad_time = r#"{"status":"success","data":{"resultType":"scalar","result":["now","1"]}}"#;
+        for body in [string, histogram, bad_time, "<html>login</html>"] {
+            assert!(matches!(parse_answer(200, body, "q"), Err(QueryError::BadResponse(_))), "{body}");
         }
     }
 
