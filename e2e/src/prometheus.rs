@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use metrics_providers::QueryError;
+use metrics_providers::prometheus::{Answer, parse_answer};
 
 use crate::wait::poll;
 
@@ -249,19 +250,9 @@ impl Prometheus {
     /// `Ok(None)` when there is no data (an empty vector, or NaN as a
     /// ratio of two zero rates gives); more than one series is an error.
     pub async fn query(&self, promql: &str) -> Result<Option<f64>, PrometheusError> {
-        let url = format!("{}/api/v1/query", self.url());
-        let response = self
-            .http
-            .get(&url)
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .map_err(|source| PrometheusError::Http { action: format!("querying {url}"), source })?;
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|source| PrometheusError::Http { action: format!("reading the answer of {url}"), source })?;
-        parse_query_result(&body).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
+        let (status, body) = self.api_get("query", &[("query", promql.to_owned())]).await?;
+        parse_query_result(status, &body, promql)
+            .map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
     }
 
     /// Polls `promql` until its value satisfies `accept`, and returns it.
@@ -373,43 +364,18 @@ pub fn config_yaml(targets: &[SocketAddr]) -> String {
     )
 }
 
-/// The single number of an instant query's answer.
-fn parse_query_result(body: &Value) -> Result<Option<f64>, String> {
-    if body.get("status").and_then(Value::as_str) != Some("success") {
-        return Err(format!(
-            "{}: {}",
-            body.get("errorType").and_then(Value::as_str).unwrap_or("error"),
-            body.get("error").and_then(Value::as_str).unwrap_or("no error message")
-        ));
+/// The single number of an instant query's answer (decoded by petrel's own
+/// Prometheus client, `metrics-providers`).
+fn parse_query_result(status: u16, body: &str, query: &str) -> Result<Option<f64>, String> {
+    match parse_samples(status, body, query)?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok((!one.value.is_nan()).then_some(one.value)),
+        many => Err(format!(
+            "{} series, expected one (aggregate with sum(...)): {}",
+            many.len(),
+            many.iter().map(|s| serde_json::to_string(&s.labels).unwrap_or_default()).collect::<Vec<_>>().join(", ")
+        )),
     }
-    let data = body.get("data").ok_or("no data in the answer")?;
-    let sample = match data.get("resultType").and_then(Value::as_str) {
-        Some("vector") => {
-            let result = data.get("result").and_then(Value::as_array).ok_or("vector without result")?;
-            match result.as_slice() {
-                [] => return Ok(None),
-                [one] => one.get("value").ok_or("sample without value")?,
-                many => {
-                    return Err(format!(
-                        "{} series, expected one (aggregate with sum(...)): {}",
-                        many.len(),
-                        many.iter()
-                            .filter_map(|s| s.get("metric"))
-                            .map(Value::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-            }
-        }
-        Some("scalar") => data.get("result").ok_or("scalar without result")?,
-        other => {
-            return Err(format!("result type {other:?}, expected a vector or scalar"));
-        }
-    };
-    let text = sample.get(1).and_then(Value::as_str).ok_or("sample is not [time, \"value\"]")?;
-    let value: f64 = text.parse().map_err(|_| format!("value {text:?} is not a number"))?;
-    Ok((!value.is_nan()).then_some(value))
 }
 
 /// The last lines of a log file, for error messages.
@@ -504,24 +470,28 @@ mod tests {
         assert_eq!(targets[1], "127.0.0.1:9101");
     }
 
+    /// The single number of an answer with this body.
+    fn instant(body: &serde_json::Value) -> Result<Option<f64>, String> {
+        parse_query_result(200, &body.to_string(), "q")
+    }
+
     #[test]
     fn query_results() {
-        let vector = |result: Value| json!({"status": "success", "data": {"resultType": "vector", "result": result}});
-        assert_eq!(parse_query_result(&vector(json!([{"metric": {}, "value": [1.0, "80.5"]}]))), Ok(Some(80.5)));
-        assert_eq!(parse_query_result(&vector(json!([]))), Ok(None));
-        assert_eq!(parse_query_result(&vector(json!([{"metric": {}, "value": [1.0, "NaN"]}]))), Ok(None));
-        let two = parse_query_result(&vector(json!([
+        let vector = |result: serde_json::Value| json!({"status": "success", "data": {"resultType": "vector", "result": result}});
+        assert_eq!(instant(&vector(json!([{"metric": {}, "value": [1.0, "80.5"]}]))), Ok(Some(80.5)));
+        assert_eq!(instant(&vector(json!([]))), Ok(None));
+        assert_eq!(instant(&vector(json!([{"metric": {}, "value": [1.0, "NaN"]}]))), Ok(None));
+        let two = instant(&vector(json!([
             {"metric": {"a": "1"}, "value": [1.0, "1"]},
             {"metric": {"a": "2"}, "value": [1.0, "2"]}
         ])))
         .unwrap_err();
         assert!(two.contains("2 series"), "{two}");
         assert_eq!(
-            parse_query_result(&json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}})),
+            instant(&json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}})),
             Ok(Some(3.0))
         );
-        let err = parse_query_result(&json!({"status": "error", "errorType": "bad_data", "error": "parse error"}))
-            .unwrap_err();
+        let err = instant(&json!({"status": "error", "errorType": "bad_data", "error": "parse error"})).unwrap_err();
         assert_eq!(err, "bad_data: parse error");
     }
 }
@@ -549,10 +519,9 @@ impl Prometheus {
     /// series without labels). A parse error is an `Err`, so callers can tell a broken
     /// expression from one without data.
     pub async fn query_series(&self, promql: &str) -> Result<Vec<Sample>, PrometheusError> {
-        let body = self.api_get("query", &[("query", promql.to_owned())]).await?;
-        let data =
-            success_data(&body).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })?;
-        parse_samples(data).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
+        let (status, body) = self.api_get("query", &[("query", promql.to_owned())]).await?;
+        parse_samples(status, &body, promql)
+            .map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
     }
 
     /// Evaluates `promql` at every `step` from `start` to `end` (unix seconds), as a
@@ -570,13 +539,13 @@ impl Prometheus {
             ("end", format!("{end:.3}")),
             ("step", format!("{}", step.as_secs_f64())),
         ];
-        let body = self.api_get("query_range", &params).await?;
-        let data =
-            success_data(&body).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })?;
-        parse_matrix(data).map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
+        let (status, body) = self.api_get("query_range", &params).await?;
+        parse_matrix(status, &body, promql)
+            .map_err(|message| PrometheusError::Query { query: promql.to_owned(), message })
     }
 
-    async fn api_get(&self, endpoint: &str, params: &[(&str, String)]) -> Result<Value, PrometheusError> {
+    /// The HTTP status and body of a GET of `/api/v1/{endpoint}`.
+    async fn api_get(&self, endpoint: &str, params: &[(&str, String)]) -> Result<(u16, String), PrometheusError> {
         let url = format!("{}/api/v1/{endpoint}", self.url());
         let response = self
             .http
@@ -585,86 +554,63 @@ impl Prometheus {
             .send()
             .await
             .map_err(|source| PrometheusError::Http { action: format!("querying {url}"), source })?;
-        response
-            .json()
+        let status = response.status().as_u16();
+        let body = response
+            .text()
             .await
-            .map_err(|source| PrometheusError::Http { action: format!("reading the answer of {url}"), source })
+            .map_err(|source| PrometheusError::Http { action: format!("reading the answer of {url}"), source })?;
+        Ok((status, body))
     }
 }
 
-/// The `data` of a successful API answer, or the error Prometheus gave.
-fn success_data(body: &Value) -> Result<&Value, String> {
-    if body.get("status").and_then(Value::as_str) != Some("success") {
-        return Err(format!(
-            "{}: {}",
-            body.get("errorType").and_then(Value::as_str).unwrap_or("error"),
-            body.get("error").and_then(Value::as_str).unwrap_or("no error message")
-        ));
+/// What Prometheus said went wrong: its own `errorType: error` when it answered one.
+fn message(error: QueryError) -> String {
+    match error {
+        QueryError::QueryFailed { error_type, message, .. } => format!("{error_type}: {message}"),
+        other => other.to_string(),
     }
-    body.get("data").ok_or_else(|| "no data in the answer".to_owned())
 }
 
-fn parse_labels(series: &Value) -> std::collections::BTreeMap<String, String> {
-    series
-        .get("metric")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-        .unwrap_or_default()
+/// Every series of an instant query's answer (a scalar is one series without labels).
+fn parse_samples(status: u16, body: &str, query: &str) -> Result<Vec<Sample>, String> {
+    match parse_answer(status, body, query).map_err(message)? {
+        Answer::Vector(series) => Ok(series
+            .into_iter()
+            .map(|s| Sample { value: s.points.first().map_or(f64::NAN, |(_, value)| *value), labels: s.labels })
+            .collect()),
+        Answer::Scalar((_, value)) => Ok(vec![Sample { labels: Default::default(), value }]),
+        Answer::Matrix(_) => Err("result type \"matrix\", expected a vector or scalar".into()),
+    }
 }
 
-/// `[time, "value"]` as numbers.
-fn parse_point(point: &Value) -> Result<(f64, f64), String> {
-    let time = point.get(0).and_then(Value::as_f64).ok_or("point without a time")?;
-    let text = point.get(1).and_then(Value::as_str).ok_or("point is not [time, \"value\"]")?;
-    let value = text.parse().map_err(|_| format!("value {text:?} is not a number"))?;
-    Ok((time, value))
-}
-
-fn parse_samples(data: &Value) -> Result<Vec<Sample>, String> {
-    match data.get("resultType").and_then(Value::as_str) {
-        Some("vector") => data
-            .get("result")
-            .and_then(Value::as_array)
-            .ok_or("vector without result")?
-            .iter()
-            .map(|s| {
-                let (_, value) = parse_point(s.get("value").ok_or("sample without value")?)?;
-                Ok(Sample { labels: parse_labels(s), value })
-            })
-            .collect(),
-        Some("scalar") => {
-            let (_, value) = parse_point(data.get("result").ok_or("scalar without result")?)?;
-            Ok(vec![Sample { labels: Default::default(), value }])
+/// Every series of a range query's answer.
+fn parse_matrix(status: u16, body: &str, query: &str) -> Result<Vec<RangeSeries>, String> {
+    match parse_answer(status, body, query).map_err(message)? {
+        Answer::Matrix(series) => {
+            Ok(series.into_iter().map(|s| RangeSeries { labels: s.labels, points: s.points }).collect())
         }
-        other => Err(format!("result type {other:?}, expected a vector or scalar")),
+        Answer::Vector(_) => Err("result type \"vector\", expected a matrix".into()),
+        Answer::Scalar(_) => Err("result type \"scalar\", expected a matrix".into()),
     }
-}
-
-fn parse_matrix(data: &Value) -> Result<Vec<RangeSeries>, String> {
-    if data.get("resultType").and_then(Value::as_str) != Some("matrix") {
-        return Err(format!("result type {:?}, expected a matrix", data.get("resultType")));
-    }
-    data.get("result")
-        .and_then(Value::as_array)
-        .ok_or("matrix without result")?
-        .iter()
-        .map(|s| {
-            let points = s
-                .get("values")
-                .and_then(Value::as_array)
-                .ok_or("series without values")?
-                .iter()
-                .map(parse_point)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(RangeSeries { labels: parse_labels(s), points })
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod series_tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// A successful answer holding `data`.
+    fn answer(data: &Value) -> String {
+        json!({"status": "success", "data": data}).to_string()
+    }
+
+    fn samples_of(data: &Value) -> Result<Vec<Sample>, String> {
+        parse_samples(200, &answer(data), "q")
+    }
+
+    fn matrix_of(data: &Value) -> Result<Vec<RangeSeries>, String> {
+        parse_matrix(200, &answer(data), "q")
+    }
 
     #[test]
     fn samples_keep_every_series_and_nan() {
@@ -672,12 +618,12 @@ mod series_tests {
             {"metric": {"phase": "Progressing"}, "value": [1.0, "1"]},
             {"metric": {"phase": "Failed"}, "value": [1.0, "NaN"]}
         ]});
-        let samples = parse_samples(&data).unwrap();
+        let samples = samples_of(&data).unwrap();
         assert_eq!(samples.len(), 2);
         assert_eq!(samples[0].labels["phase"], "Progressing");
         assert_eq!(samples[0].value, 1.0);
         assert!(samples[1].value.is_nan());
-        assert_eq!(parse_samples(&json!({"resultType": "vector", "result": []})).unwrap(), vec![]);
+        assert_eq!(samples_of(&json!({"resultType": "vector", "result": []})).unwrap(), vec![]);
     }
 
     #[test]
@@ -685,16 +631,16 @@ mod series_tests {
         let data = json!({"resultType": "matrix", "result": [
             {"metric": {"workload": "canary"}, "values": [[10.0, "0"], [11.5, "20"]]}
         ]});
-        let series = parse_matrix(&data).unwrap();
+        let series = matrix_of(&data).unwrap();
         assert_eq!(series[0].labels["workload"], "canary");
         assert_eq!(series[0].points, vec![(10.0, 0.0), (11.5, 20.0)]);
-        assert!(parse_matrix(&json!({"resultType": "vector", "result": []})).is_err());
+        assert!(matrix_of(&json!({"resultType": "vector", "result": []})).is_err());
     }
 
     #[test]
     fn errors_carry_prometheus_message() {
-        let err = success_data(&json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}))
-            .unwrap_err();
+        let body = json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"});
+        let err = parse_samples(400, &body.to_string(), "q").unwrap_err();
         assert_eq!(err, "bad_data: parse error at char 5");
     }
 }

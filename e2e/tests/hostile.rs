@@ -233,6 +233,33 @@ const SLACK_TOKEN: &str = "xoxb-hostile-slack-token-4f1c2";
 const TEMPLATE_PASSWORD: &str = "hostile-template-password-77aa";
 const KUBECONFIG_TOKEN: &str = "hostile-kubeconfig-token-9b3e";
 
+/// A kubeconfig that reaches `server` with `token`.
+fn token_kubeconfig(server: &str, token: &str) -> String {
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+    let config = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: "c".into(),
+            cluster: Some(Cluster { server: Some(server.into()), ..Cluster::default() }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "u".into(),
+            auth_info: Some(AuthInfo { token: Some(token.to_string().into()), ..AuthInfo::default() }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: "x".into(),
+            context: Some(Context { cluster: "c".into(), user: Some("u".into()), ..Context::default() }),
+            ..NamedContext::default()
+        }],
+        current_context: Some("x".into()),
+        ..Kubeconfig::default()
+    };
+    serde_yaml::to_string(&config).expect("a kubeconfig serialises")
+}
+
 fn cases() -> Vec<Case> {
     let long_name = "a".repeat(253);
     let mut cases = vec![
@@ -504,9 +531,7 @@ fn cases() -> Vec<Case> {
             "cluster-token-unreachable",
             "Cluster",
             Box::new(|ns| {
-                let kubeconfig = format!(
-                    "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:1'}}}}]\nusers: [{{name: u, user: {{token: {KUBECONFIG_TOKEN}}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
-                );
+                let kubeconfig = token_kubeconfig("https://127.0.0.1:1", KUBECONFIG_TOKEN);
                 vec![in_namespace(&secret("remote", json!({"kubeconfig": kubeconfig})), ns), cluster("hostile-unreachable", "remote", ns)]
             }),
             Expect::Condition { kind: "Cluster", name: "hostile-unreachable", type_: "Reachable", status: "False", reason: "Unreachable" },

@@ -563,6 +563,18 @@ fn deployment(ns: &str) -> serde_json::Value {
     })
 }
 
+/// A new namespace `ns` holding the Deployment [`APP`] (unless `target` is false) and a
+/// Canary of `spec`: the setup of each bad-input case.
+async fn bad_canary(env: &SharedEnv, ns: &str, target: bool, spec: serde_json::Value) {
+    namespace(env, ns).await;
+    if target {
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+        deployments.patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
+    }
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
+    canaries.patch(APP, &ssa(), &Patch::Apply(canary(ns, spec))).await.unwrap();
+}
+
 async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
     let t0 = Instant::now();
     let client = env.client.clone();
@@ -570,68 +582,36 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
         |env, ns| Api::namespaced(env.client.clone(), ns);
 
     // A Knative target that does not exist.
-    namespace(env, "bad-knative-target").await;
-    Api::<Canary>::namespaced(client.clone(), "bad-knative-target")
-        .patch(
-            APP,
-            &ssa(),
-            &Patch::Apply(canary(
-                "bad-knative-target",
-                json!({
-                    "provider": "knative",
-                    "targetRef": { "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": APP },
-                    "service": { "port": 9898 },
-                }),
-            )),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "provider": "knative",
+        "targetRef": { "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": APP },
+        "service": { "port": 9898 },
+    });
+    bad_canary(env, "bad-knative-target", false, spec).await;
     stalled(env, "bad-knative-target", "TargetNotFound", |m| m.contains("Knative Service bad-knative-target/podinfo"))
         .await;
 
     // A routeRef naming no ApisixRoute.
-    namespace(env, "bad-route-ref").await;
-    deployments(env, "bad-route-ref").patch(APP, &ssa(), &Patch::Apply(deployment("bad-route-ref"))).await.unwrap();
-    Api::<Canary>::namespaced(client.clone(), "bad-route-ref")
-        .patch(
-            APP,
-            &ssa(),
-            &Patch::Apply(canary(
-                "bad-route-ref",
-                json!({
-                    "provider": "apisix",
-                    "routeRef": { "name": "missing" },
-                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
-                    "service": { "port": 9898 },
-                }),
-            )),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "provider": "apisix",
+        "routeRef": { "name": "missing" },
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "service": { "port": 9898 },
+    });
+    bad_canary(env, "bad-route-ref", true, spec).await;
     stalled(env, "bad-route-ref", "RouteTargetNotFound", |m| m.contains("ApisixRoute bad-route-ref/missing")).await;
     no_traffic_touched(env, "bad-route-ref").await;
 
     // Istio route options on a provider whose router does not write them (Flagger's nginx
     // router ignores them): refused, not dropped.
     let ns = "bad-route-options";
-    namespace(env, ns).await;
-    deployments(env, ns).patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
-    Api::<Canary>::namespaced(client.clone(), ns)
-        .patch(
-            APP,
-            &ssa(),
-            &Patch::Apply(canary(
-                ns,
-                json!({
-                    "provider": "nginx",
-                    "ingressRef": { "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": APP },
-                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
-                    "service": { "port": 9898, "retries": { "attempts": 3 }, "hosts": ["app.example.com"] },
-                }),
-            )),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "provider": "nginx",
+        "ingressRef": { "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": APP },
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "service": { "port": 9898, "retries": { "attempts": 3 }, "hosts": ["app.example.com"] },
+    });
+    bad_canary(env, ns, true, spec).await;
     stalled(env, ns, "InvalidRouting", |m| {
         m.contains("spec.service.retries, spec.service.hosts are not written by provider nginx's router")
     })
@@ -649,46 +629,24 @@ async fn bad_input_is_stalled_and_touches_no_traffic(env: &SharedEnv) {
     .unwrap();
     // petrel trusts a discovery answer that a kind is served for a few seconds.
     tokio::time::sleep(petrel::routers::SERVED_KINDS_TTL).await;
-    namespace(env, "bad-no-crds").await;
-    deployments(env, "bad-no-crds").patch(APP, &ssa(), &Patch::Apply(deployment("bad-no-crds"))).await.unwrap();
-    Api::<Canary>::namespaced(client.clone(), "bad-no-crds")
-        .patch(
-            APP,
-            &ssa(),
-            &Patch::Apply(canary(
-                "bad-no-crds",
-                json!({
-                    "provider": "kuma",
-                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
-                    "service": { "port": 9898 },
-                }),
-            )),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "provider": "kuma",
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "service": { "port": 9898 },
+    });
+    bad_canary(env, "bad-no-crds", true, spec).await;
     stalled(env, "bad-no-crds", "ProviderKindsNotServed", |m| m.contains("MeshHTTPRoute (kuma.io/v1alpha1)")).await;
     no_traffic_touched(env, "bad-no-crds").await;
     let primary = deployments(env, "bad-no-crds").get_opt(&format!("{APP}-primary")).await.unwrap();
     assert!(primary.is_none(), "a primary was created for a Canary whose provider is not installed");
     // Istio delegation without a root VirtualService delegating to the Canary's.
     let ns = "bad-delegation";
-    namespace(env, ns).await;
-    deployments(env, ns).patch(APP, &ssa(), &Patch::Apply(deployment(ns))).await.unwrap();
-    Api::<Canary>::namespaced(client.clone(), ns)
-        .patch(
-            APP,
-            &ssa(),
-            &Patch::Apply(canary(
-                ns,
-                json!({
-                    "provider": "istio",
-                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
-                    "service": { "port": 9898, "delegation": true, "hosts": ["app.example.com"], "gateways": ["public"] },
-                }),
-            )),
-        )
-        .await
-        .unwrap();
+    let spec = json!({
+        "provider": "istio",
+        "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": APP },
+        "service": { "port": 9898, "delegation": true, "hosts": ["app.example.com"], "gateways": ["public"] },
+    });
+    bad_canary(env, ns, true, spec).await;
     stalled(env, ns, "RouteTargetNotFound", |m| m.contains(&format!("no VirtualService delegates to {ns}/{APP}")))
         .await;
     no_traffic_touched(env, ns).await;

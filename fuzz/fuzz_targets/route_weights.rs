@@ -1,4 +1,4 @@
-//! The route objects petrel reads its weights back from (`get_routes`): for every
+//! The route objects petrel reads its weights back from (`reconcile` keeps them): for every
 //! provider, the object built for some weights reads back as those weights, and the same
 //! object edited anywhere by the fuzzer (a field removed or replaced: what another
 //! controller or a person may do to it) reads back as some weights or as an error,

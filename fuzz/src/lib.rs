@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use metrics_providers::http_json::parse_json_response;
-use metrics_providers::prometheus::{parse_range_response, parse_response};
+use metrics_providers::prometheus::{parse_answer, parse_response};
 use metrics_providers::template::MAX_QUERY_BYTES;
 use metrics_providers::{QueryLanguage, QueryVars, render_query};
 use petrel::core::strategy::parse_duration;
@@ -62,8 +62,9 @@ pub fn query_template(data: &[u8]) {
 /// The credentials of the webhook URL [`answers`] quotes answers for.
 const CREDENTIALS: [&str; 3] = ["gate-user1", "gate-pw-2", "tok3n-4"];
 
-/// What petrel parses from answers it gets over the network: Prometheus' instant and
-/// range query answers, the http-json contract, and the quote of a webhook's answer in
+/// What petrel parses from answers it gets over the network: Prometheus' answers (the
+/// single number an analysis needs, and whole answers as the e2e tests read them), the
+/// http-json contract, and the quote of a webhook's answer in
 /// an error message. None panics; a webhook's quote is bounded and never holds the
 /// credentials of the webhook's URL, whatever the server echoes. The first byte picks
 /// the HTTP status, the rest is the body.
@@ -72,7 +73,7 @@ pub fn answers(data: &[u8]) {
     let status = 100 + u16::from(status) * 2;
     let body = String::from_utf8_lossy(body);
     let _ = parse_response(status, &body, "sum(up)");
-    let _ = parse_range_response(status, &body, "sum(up)");
+    let _ = parse_answer(status, &body, "sum(up)");
     let _ = parse_json_response(status, &body, "sum(up)");
 
     let url = reqwest::Url::parse("http://gate-user1:gate-pw-2@gate.example:8080/approve?token=tok3n-4")

@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::cache::ExpiringCache;
-use crate::http::{HttpClient, HttpResponse, build, no_range_queries, parse_address, secret_header, unix_now};
+use crate::http::{HttpClient, HttpResponse, build, parse_address, secret_header, unix_now};
 use crate::outbound::EgressPolicy;
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 use crate::secret::Redactor;
@@ -455,26 +455,6 @@ impl MetricProvider for CloudWatchProvider {
             Err(error) => Err(error),
         };
         value.map_err(|error| self.redactor.scrub_error(error))
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::CloudWatch))
-    }
-
-    /// Sends an empty query, as Flagger does: CloudWatch answers a validation
-    /// error (400) when the request is signed with valid credentials, 403
-    /// otherwise.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let result = async {
-            let response =
-                self.get_metric_data(&json!({"MetricDataQueries": [], "StartTime": 0, "EndTime": 0})).await?;
-            if response.is_success() || response.status == 400 {
-                Ok(())
-            } else {
-                Err(response.status_error(error_detail(&response.body)))
-            }
-        };
-        result.await.map_err(|error| self.redactor.scrub_error(error))
     }
 }
 

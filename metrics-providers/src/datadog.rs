@@ -12,15 +12,13 @@
 //! Unlike Flagger, a query that returns several series is refused (Flagger
 //! takes the first), as for Prometheus: the query must aggregate.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
-use crate::http::{
-    HttpClient, HttpResponse, address_or, endpoint, no_range_queries, parse_address, secret_header, unix_now,
-};
+use crate::http::{HttpClient, HttpResponse, address_or, endpoint, parse_address, secret_header, unix_now};
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 
 /// Datadog's US1 site, Flagger's default.
@@ -37,7 +35,6 @@ const WINDOW_INTERVALS: u32 = 10;
 pub struct DatadogProvider {
     http: HttpClient,
     query_url: reqwest::Url,
-    validate_url: reqwest::Url,
     api_key: HeaderValue,
     application_key: HeaderValue,
     window: Duration,
@@ -53,7 +50,6 @@ impl DatadogProvider {
         Ok(Self {
             http: HttpClient::new(config)?,
             query_url: endpoint(&base, "/api/v1/query"),
-            validate_url: endpoint(&base, "/api/v1/validate"),
             api_key: secret_header(&api_key, "the Secret's datadog_api_key")?,
             application_key: secret_header(&application_key, "the Secret's datadog_application_key")?,
             window: config.interval.saturating_mul(WINDOW_INTERVALS),
@@ -78,16 +74,6 @@ impl MetricProvider for DatadogProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "datadog query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::Datadog))
-    }
-
-    /// Datadog's key validation endpoint (`GET /api/v1/validate`).
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let response = self.http.send(self.request(&self.validate_url)).await?;
-        if response.is_success() { Ok(()) } else { Err(response.status_error(error_detail(&response.body))) }
     }
 }
 

@@ -11,15 +11,13 @@
 //! refused (Flagger takes the last one): aggregate it, e.g. with
 //! `:splitBy()`.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
-use crate::http::{
-    HttpClient, HttpResponse, endpoint, no_range_queries, parse_address, required_address, secret_header, unix_now,
-};
+use crate::http::{HttpClient, HttpResponse, endpoint, parse_address, required_address, secret_header, unix_now};
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 
 /// Secret key of the API token.
@@ -32,7 +30,6 @@ const WINDOW_INTERVALS: u32 = 10;
 pub struct DynatraceProvider {
     http: HttpClient,
     query_url: reqwest::Url,
-    metrics_url: reqwest::Url,
     authorization: HeaderValue,
     window: Duration,
 }
@@ -45,7 +42,6 @@ impl DynatraceProvider {
         Ok(Self {
             http: HttpClient::new(config)?,
             query_url: endpoint(&base, "/api/v2/metrics/query"),
-            metrics_url: endpoint(&base, "/api/v2/metrics"),
             authorization: secret_header(&format!("Api-Token {token}"), "the Secret's dynatrace_token")?,
             window: config.interval.saturating_mul(WINDOW_INTERVALS),
         })
@@ -66,21 +62,6 @@ impl MetricProvider for DynatraceProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "dynatrace query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::Dynatrace))
-    }
-
-    /// Lists one metric (`GET /api/v2/metrics?pageSize=1`), as Flagger does.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let request = self
-            .http
-            .request(Method::GET, &self.metrics_url)
-            .header(AUTHORIZATION, self.authorization.clone())
-            .query(&[("pageSize", "1")]);
-        let response = self.http.send(request).await?;
-        if response.is_success() { Ok(()) } else { Err(response.status_error(error_detail(&response.body))) }
     }
 }
 

@@ -11,13 +11,11 @@
 //! returns; unlike Flagger (which takes the last non-null point of any
 //! series), several series are refused.
 
-use std::time::{Duration, SystemTime};
-
 use reqwest::Method;
 use serde::Deserialize;
 
-use crate::http::{HttpClient, HttpResponse, endpoint, no_range_queries, parse_address, required_address};
-use crate::provider::{Credentials, MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
+use crate::http::{HttpClient, HttpResponse, endpoint, parse_address, required_address};
+use crate::provider::{Credentials, MetricProvider, ProviderConfig, QueryError, quote_body, quote_query};
 
 /// A Graphite render API client.
 #[derive(Debug, Clone)]
@@ -68,18 +66,6 @@ impl MetricProvider for GraphiteProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "graphite query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::Graphite))
-    }
-
-    /// Renders a target that matches nothing: a healthy Graphite answers `[]`.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let request =
-            self.http.request(Method::GET, &self.render_url).query(&[("target", "petrel.online"), ("format", "json")]);
-        let response = self.http.send(request).await?;
-        if response.is_success() { Ok(()) } else { Err(response.status_error(None)) }
     }
 }
 

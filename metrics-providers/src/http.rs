@@ -212,12 +212,6 @@ pub(crate) fn required_address(config: &ProviderConfig) -> Result<&str, QueryErr
     }
 }
 
-/// The answer of a backend that has no range queries: statistical comparison
-/// queries one value per analysis tick, so it does not need them.
-pub(crate) fn no_range_queries(kind: crate::ProviderKind) -> QueryError {
-    QueryError::InvalidConfig(format!("the {kind} provider has no range queries; petrel reads one value per tick"))
-}
-
 fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, QueryError> {
     headers
         .iter()

@@ -17,8 +17,6 @@
 //! - Online check: `GET {address}` (without `query`) answers with any
 //!   status below 500.
 
-use std::time::{Duration, SystemTime};
-
 use serde_json::Value;
 
 use crate::http::{HttpClient, parse_address};
@@ -46,26 +44,6 @@ impl MetricProvider for HttpJsonProvider {
         let value = parse_json_response(status, &body, query);
         tracing::debug!(query, status, ?value, "http-json query");
         value
-    }
-
-    /// The contract has no series over time: always
-    /// [`QueryError::InvalidConfig`], as asking for it is a configuration
-    /// mistake (statistical comparison needs a Prometheus provider).
-    async fn query_range(
-        &self,
-        _query: &str,
-        _end: SystemTime,
-        _window: Duration,
-        _step: Duration,
-    ) -> Result<Vec<f64>, QueryError> {
-        Err(QueryError::InvalidConfig(
-            "the http-json provider has no range queries; statistical comparison needs a prometheus provider".into(),
-        ))
-    }
-
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let (status, body) = self.http.get(&self.url, &[]).await?;
-        if status < 500 { Ok(()) } else { Err(QueryError::Http { status, body: quote_body(&body) }) }
     }
 }
 

@@ -10,15 +10,11 @@
 //! several rows or tables is refused: aggregate it (`|> sum()`,
 //! `|> mean()`, `|> last()`, `|> group()`).
 
-use std::time::{Duration, SystemTime};
-
 use reqwest::Method;
 use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::json;
 
-use crate::http::{
-    HttpClient, HttpResponse, endpoint, no_range_queries, parse_address, required_address, secret_header,
-};
+use crate::http::{HttpClient, HttpResponse, endpoint, parse_address, required_address, secret_header};
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 
 /// Secret key of the API token.
@@ -31,7 +27,6 @@ pub const ORG: &str = "org";
 pub struct InfluxDbProvider {
     http: HttpClient,
     query_url: reqwest::Url,
-    health_url: reqwest::Url,
     /// `Token <token>` and the organization, when the template names a Secret.
     auth: Option<(HeaderValue, String)>,
 }
@@ -52,12 +47,7 @@ impl InfluxDbProvider {
         // (from the same Secret key) would send a second Authorization.
         let mut plain = config.clone();
         plain.credentials = crate::Credentials::None;
-        Ok(Self {
-            http: HttpClient::new(&plain)?,
-            query_url: endpoint(&base, "/api/v2/query"),
-            health_url: endpoint(&base, "/health"),
-            auth,
-        })
+        Ok(Self { http: HttpClient::new(&plain)?, query_url: endpoint(&base, "/api/v2/query"), auth })
     }
 }
 
@@ -76,16 +66,6 @@ impl MetricProvider for InfluxDbProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "influxdb query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::InfluxDb))
-    }
-
-    /// InfluxDB's `GET /health`.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let response = self.http.send(self.http.request(Method::GET, &self.health_url)).await?;
-        if response.is_success() { Ok(()) } else { Err(response.status_error(error_detail(&response.body))) }
     }
 }
 

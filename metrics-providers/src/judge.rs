@@ -22,13 +22,6 @@ pub enum Verdict {
     Inconclusive(String),
 }
 
-impl Verdict {
-    /// Whether this is [`Verdict::Pass`].
-    pub fn is_pass(&self) -> bool {
-        matches!(self, Self::Pass)
-    }
-}
-
 /// Inclusive bounds a metric value must lie in (`thresholdRange`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ThresholdRange {
@@ -310,9 +303,9 @@ mod tests {
         assert_eq!(range.check(100.0), Verdict::Pass);
         assert_eq!(range.check(98.5), Verdict::Fail("value 98.5 is below the minimum 99".into()));
         assert_eq!(range.check(100.5), Verdict::Fail("value 100.5 is above the maximum 100".into()));
-        assert!(!range.check(f64::NAN).is_pass());
-        assert!(ThresholdRange::default().check(-1e300).is_pass());
-        assert!(!ThresholdRange { min: Some(f64::NAN), max: None }.check(1.0).is_pass());
+        assert!(!matches!(range.check(f64::NAN), Verdict::Pass));
+        assert!(matches!(ThresholdRange::default().check(-1e300), Verdict::Pass));
+        assert!(!matches!(ThresholdRange { min: Some(f64::NAN), max: None }.check(1.0), Verdict::Pass));
     }
 
     /// Hand check of the first case: pooled ranks 11y 12y 16x 17y 19x 20y
@@ -417,7 +410,7 @@ mod tests {
     fn too_few_samples_is_pending_not_pass() {
         let c = compare(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0, 5.0], &CompareConfig::default());
         assert!(matches!(c.verdict, Verdict::Pending(_)));
-        assert!(!c.verdict.is_pass());
+        assert!(!matches!(c.verdict, Verdict::Pass));
         let c = compare(&[], &[], &CompareConfig { min_samples: 0, ..CompareConfig::default() });
         assert!(matches!(c.verdict, Verdict::Pending(_)));
         // A clearly worse canary is still pending below min_samples, not failed.
@@ -470,13 +463,13 @@ mod tests {
             let within = !v.is_nan()
                 && min.is_none_or(|m| v >= m)
                 && max.is_none_or(|m| v <= m);
-            prop_assert_eq!(verdict.is_pass(), within);
+            prop_assert_eq!(matches!(verdict, Verdict::Pass), within);
         }
 
         #[test]
         fn nan_never_passes(min in prop::option::of(prop::num::f64::ANY), max in prop::option::of(prop::num::f64::ANY)) {
             let range = ThresholdRange { min, max };
-            prop_assert!(!range.check(f64::NAN).is_pass());
+            prop_assert!(!matches!(range.check(f64::NAN), Verdict::Pass));
         }
 
         #[test]

@@ -64,7 +64,6 @@
 //! let mut config = ProviderConfig::new(ProviderKind::Prometheus, "http://prometheus.monitoring:9090");
 //! config.credentials = Credentials::Bearer(token);
 //! let prometheus = build_provider(&config)?;
-//! prometheus.is_online().await?;
 //! let value = prometheus.query("sum(rate(http_requests_total[1m]))").await?;
 //! # let _ = value;
 //! # Ok(())

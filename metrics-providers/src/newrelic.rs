@@ -19,13 +19,11 @@
 //! holding exactly one number; a `FACET` query (several rows) or several
 //! selected values are refused rather than one picked.
 
-use std::time::{Duration, SystemTime};
-
 use reqwest::Method;
 use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::http::{HttpClient, HttpResponse, address_or, endpoint, no_range_queries, parse_address, secret_header};
+use crate::http::{HttpClient, HttpResponse, address_or, endpoint, parse_address, secret_header};
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 
 /// NerdGraph's US endpoint.
@@ -43,8 +41,6 @@ pub const QUERY_KEY: &str = "newrelic_query_key";
 /// nothing from the template is spliced into GraphQL.
 const NERDGRAPH_QUERY: &str =
     "query($accountId: Int!, $nrql: Nrql!) { actor { account(id: $accountId) { nrql(query: $nrql) { results } } } }";
-/// NerdGraph's cheapest authenticated question, for [`MetricProvider::is_online`].
-const NERDGRAPH_PING: &str = "{ actor { user { id } } }";
 
 #[derive(Debug, Clone)]
 enum Api {
@@ -118,33 +114,6 @@ impl MetricProvider for NewRelicProvider {
         };
         tracing::debug!(query, status = response.status, ?value, "newrelic query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::NewRelic))
-    }
-
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let response = match &self.api {
-            Api::NerdGraph { url, api_key } => {
-                let request = self
-                    .http
-                    .request(Method::POST, url)
-                    .header("API-Key", api_key.clone())
-                    .json(&json!({"query": NERDGRAPH_PING}));
-                self.http.send(request).await?
-            }
-            Api::Insights { .. } => self.run("SELECT count(*) FROM Transaction SINCE 1 minute ago").await?,
-        };
-        if !response.is_success() {
-            return Err(response.status_error(error_detail(&response.body)));
-        }
-        match graphql_errors(&response.body) {
-            Some(errors) => {
-                Err(QueryError::QueryFailed { error_type: "graphql".into(), message: errors, query: String::new() })
-            }
-            None => Ok(()),
-        }
     }
 }
 

@@ -1,21 +1,18 @@
-//! Prometheus HTTP API client: instant queries (`/api/v1/query`) for
-//! threshold checks, range queries (`/api/v1/query_range`) for
-//! statistical comparison.
+//! Prometheus HTTP API client: instant queries (`/api/v1/query`), one value
+//! per analysis tick (statistical comparison records those too).
 //!
 //! Works with anything that serves the Prometheus query API (Prometheus,
 //! Thanos, Cortex, Mimir, VictoriaMetrics). Decoding an answer is a pure
-//! function, [`parse_response`] / [`parse_range_response`]; the client
-//! around them only does I/O.
+//! function, [`parse_response`]; the client around it only does I/O.
+//! [`parse_answer`] decodes a whole answer, every series of it, for tools
+//! that read Prometheus themselves (petrel's end-to-end tests).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::http::{HttpClient, parse_address};
 use crate::provider::{MetricProvider, ProviderConfig, QueryError, quote_body, quote_query};
-
-/// The query [`MetricProvider::is_online`] sends; a healthy server answers 1.
-const ONLINE_QUERY: &str = "vector(1)";
 
 /// A Prometheus HTTP API client.
 #[derive(Debug, Clone)]
@@ -55,45 +52,6 @@ impl MetricProvider for PrometheusProvider {
         tracing::debug!(query, status, ?value, "prometheus query");
         value
     }
-
-    /// Uses `/api/v1/query_range`; run it once for the canary and once for
-    /// the primary to feed [`compare`](crate::judge::compare).
-    async fn query_range(
-        &self,
-        query: &str,
-        end: SystemTime,
-        window: Duration,
-        step: Duration,
-    ) -> Result<Vec<f64>, QueryError> {
-        if step.is_zero() || window < step {
-            return Err(QueryError::InvalidConfig(format!(
-                "range query needs 0 < step <= window, got step {step:?}, window {window:?}"
-            )));
-        }
-        let end =
-            end.duration_since(UNIX_EPOCH).map_err(|_| QueryError::InvalidConfig("range end is before 1970".into()))?;
-        let start = end.saturating_sub(window);
-        let (start, end, step) = (
-            format!("{:.3}", start.as_secs_f64()),
-            format!("{:.3}", end.as_secs_f64()),
-            format!("{:.3}", step.as_secs_f64()),
-        );
-        let params = [("query", query), ("start", start.as_str()), ("end", end.as_str()), ("step", step.as_str())];
-        let (status, body) = self.get("query_range", &params).await?;
-        let values = parse_range_response(status, &body, query);
-        tracing::debug!(query, status, samples = ?values.as_ref().map(Vec::len), "prometheus range query");
-        values
-    }
-
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let value = self.query(ONLINE_QUERY).await?;
-        // Exact comparison is right here: Prometheus formats 1 as "1".
-        if value == 1.0 {
-            Ok(())
-        } else {
-            Err(QueryError::BadResponse(format!("{ONLINE_QUERY} returned {value}, expected 1")))
-        }
-    }
 }
 
 /// `{address}/api/v1/`, keeping any path prefix of `address`.
@@ -126,6 +84,9 @@ enum QueryData {
 
 #[derive(Debug, Deserialize)]
 struct VectorSample {
+    /// The series' labels (read by [`parse_answer`] only).
+    #[serde(default)]
+    metric: serde_json::Value,
     /// `[unix_time, "value"]`; absent for native histogram samples, which
     /// carry `histogram` instead.
     value: Option<Sample>,
@@ -133,15 +94,49 @@ struct VectorSample {
 
 #[derive(Debug, Deserialize)]
 struct MatrixSeries {
+    /// The series' labels.
+    #[serde(default)]
+    metric: serde_json::Value,
     /// `[[unix_time, "value"], ...]`; absent for native histogram series.
     values: Option<Vec<Sample>>,
 }
 
 /// `[unix_time, "value"]`: Prometheus sends values as strings so that
-/// NaN and ±Inf survive JSON. The time is not needed: instant queries are
-/// evaluated "now", and range samples arrive in time order.
+/// NaN and ±Inf survive JSON. Only [`parse_answer`] reads the time:
+/// instant queries are evaluated "now".
 #[derive(Debug, Deserialize)]
-struct Sample(serde::de::IgnoredAny, String);
+struct Sample(serde_json::Value, String);
+
+impl Sample {
+    /// `(unix seconds, value)`, NaN and ±Inf kept.
+    fn point(&self) -> Result<(f64, f64), QueryError> {
+        let time = self.0.as_f64().ok_or_else(|| {
+            QueryError::BadResponse(format!("sample time {} is not a number", quote_body(&self.0.to_string())))
+        })?;
+        Ok((time, parse_sample_value(&self.1)?))
+    }
+}
+
+/// One series of an answer: its labels and its `(unix seconds, value)`
+/// points, oldest first (one for a sample of an instant vector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The labels (`__name__` included when the query keeps it).
+    pub labels: BTreeMap<String, String>,
+    /// The points; NaN and ±Inf are kept.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Everything an answer holds, by `resultType`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// An instant vector (`/api/v1/query`): one point per series.
+    Vector(Vec<Series>),
+    /// A scalar: `(unix seconds, value)`.
+    Scalar((f64, f64)),
+    /// A range vector (`/api/v1/query_range`, or a range selector).
+    Matrix(Vec<Series>),
+}
 
 /// Checks the envelope of an answer and returns its `data`: Prometheus
 /// `status: "error"` bodies, non-2xx statuses and non-API bodies become
@@ -224,24 +219,42 @@ pub fn parse_response(http_status: u16, body: &str, query: &str) -> Result<f64, 
     }
 }
 
-/// Decodes one `/api/v1/query_range` answer into the values of the single
-/// series it must hold, oldest first.
+/// Decodes one Prometheus API answer whole: every series with its labels
+/// and points, where [`parse_response`] needs one number. The envelope is
+/// checked as there (errors, HTTP status, non-API bodies); a string result
+/// or a native histogram is an error.
 ///
-/// NaN and ±Inf samples are kept: the statistical judge drops and counts
-/// them, so the count can appear in its verdict.
-pub fn parse_range_response(http_status: u16, body: &str, query: &str) -> Result<Vec<f64>, QueryError> {
-    match parse_envelope(http_status, body, query)? {
-        QueryData::Matrix(series) => single(series, query)?
-            .values
-            .ok_or_else(|| native_histogram(query))?
-            .iter()
-            .map(|sample| parse_sample_value(&sample.1))
-            .collect(),
-        QueryData::String(value) => Err(string_result(&value, query)),
-        QueryData::Vector(_) | QueryData::Scalar(_) => {
-            Err(QueryError::BadResponse("range query answered with an instant result".into()))
-        }
+/// `query` is used only for error messages.
+pub fn parse_answer(http_status: u16, body: &str, query: &str) -> Result<Answer, QueryError> {
+    fn labels(metric: &serde_json::Value) -> BTreeMap<String, String> {
+        metric
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+            .unwrap_or_default()
     }
+    Ok(match parse_envelope(http_status, body, query)? {
+        QueryData::Vector(samples) => Answer::Vector(
+            samples
+                .iter()
+                .map(|s| {
+                    let point = s.value.as_ref().ok_or_else(|| native_histogram(query))?.point()?;
+                    Ok(Series { labels: labels(&s.metric), points: vec![point] })
+                })
+                .collect::<Result<_, QueryError>>()?,
+        ),
+        QueryData::Scalar(sample) => Answer::Scalar(sample.point()?),
+        QueryData::Matrix(series) => Answer::Matrix(
+            series
+                .iter()
+                .map(|s| {
+                    let values = s.values.as_ref().ok_or_else(|| native_histogram(query))?;
+                    let points = values.iter().map(Sample::point).collect::<Result<_, _>>()?;
+                    Ok(Series { labels: labels(&s.metric), points })
+                })
+                .collect::<Result<_, QueryError>>()?,
+        ),
+        QueryData::String(value) => return Err(string_result(&value, query)),
+    })
 }
 
 /// Parses a sample value string; Prometheus writes `NaN`, `+Inf`, `-Inf`,
@@ -347,42 +360,42 @@ mod tests {
         }
     }
 
-    fn matrix(series: &[&[&str]]) -> String {
-        let result: Vec<String> = series
-            .iter()
-            .map(|values| {
-                let points: Vec<String> = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| format!(r#"[{}.5,"{v}"]"#, 1_700_000_000 + 15 * i))
-                    .collect();
-                format!(r#"{{"metric":{{"job":"x"}},"values":[{}]}}"#, points.join(","))
-            })
-            .collect();
-        format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#, result.join(","))
-    }
-
     #[test]
-    fn range_series_values_keep_order_and_non_finite_samples() {
-        let values = parse_range_response(200, &matrix(&[&["1", "2.5", "NaN", "+Inf"]]), "q").unwrap();
-        assert_eq!(values[..2], [1.0, 2.5]);
-        assert!(values[2].is_nan());
-        assert_eq!(values[3], f64::INFINITY);
-    }
-
-    #[test]
-    fn range_results_need_exactly_one_series() {
-        assert_eq!(parse_range_response(200, &matrix(&[]), "q"), Err(QueryError::NoData { query: "q".into() }));
+    fn whole_answers_keep_every_series_labels_and_points() {
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"workload":"canary"},"values":[[10,"0"],[11.5,"NaN"]]},
+            {"metric":{},"values":[]}]}}"#;
+        let Ok(Answer::Matrix(series)) = parse_answer(200, matrix, "q") else { panic!("a matrix") };
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].labels["workload"], "canary");
+        assert_eq!(series[0].points[0], (10.0, 0.0));
+        assert!(series[0].points[1].1.is_nan());
         assert_eq!(
-            parse_range_response(200, &matrix(&[&["1"], &["2"]]), "q"),
-            Err(QueryError::MultipleSeries { count: 2, query: "q".into() })
+            parse_answer(200, &vector(&["1", "2"]), "q").map(|a| match a {
+                Answer::Vector(samples) =>
+                    samples.iter().map(|s| (s.labels["pod"].clone(), s.points.clone())).collect(),
+                _ => Vec::new(),
+            }),
+            Ok(vec![("p0".to_string(), vec![(1700000000.123, 1.0)]), ("p1".to_string(), vec![(1700000000.123, 2.0)])])
         );
-        assert!(matches!(parse_range_response(200, &vector(&["1"]), "q"), Err(QueryError::BadResponse(_))));
-        let error = r#"{"status":"error","errorType":"bad_data","error":"exceeded maximum resolution of 11,000 points per timeseries"}"#;
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+        assert_eq!(parse_answer(200, scalar, "q"), Ok(Answer::Scalar((1700000000.0, 42.0))));
+        assert_eq!(parse_answer(200, &vector(&[]), "q"), Ok(Answer::Vector(Vec::new())));
+    }
+
+    #[test]
+    fn whole_answers_refuse_what_parse_response_refuses() {
+        let error = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
         assert!(matches!(
-            parse_range_response(400, error, "q"),
-            Err(QueryError::QueryFailed { error_type, .. }) if error_type == "bad_data"
+            parse_answer(400, error, "q"),
+            Err(QueryError::QueryFailed { error_type, message, .. }) if error_type == "bad_data" && message == "parse error"
         ));
+        let string = r#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#;
+        let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#;
+        let bad_time = r#"{"status":"success","data":{"resultType":"scalar","result":["now","1"]}}"#;
+        for body in [string, histogram, bad_time, "<html>login</html>"] {
+            assert!(matches!(parse_answer(200, body, "q"), Err(QueryError::BadResponse(_))), "{body}");
+        }
     }
 
     #[test]

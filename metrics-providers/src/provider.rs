@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::cloudwatch::CloudWatchProvider;
 use crate::datadog::DatadogProvider;
@@ -173,21 +173,6 @@ pub trait MetricProvider {
     /// [`render_query`](crate::template::render_query)) at the current time
     /// and returns its single value.
     fn query(&self, query: &str) -> impl Future<Output = Result<f64, QueryError>> + Send;
-
-    /// Evaluates `query` over the `window` ending at `end`, one value every
-    /// `step`, and returns the values of its single series, oldest first.
-    /// Feeds [`compare`](crate::judge::compare). NaN/Inf samples are kept
-    /// (the judge drops and counts them).
-    fn query_range(
-        &self,
-        query: &str,
-        end: SystemTime,
-        window: Duration,
-        step: Duration,
-    ) -> impl Future<Output = Result<Vec<f64>, QueryError>> + Send;
-
-    /// Checks that the backend is reachable and answers queries.
-    fn is_online(&self) -> impl Future<Output = Result<(), QueryError>> + Send;
 }
 
 /// Metric backend types a MetricTemplate may name (`spec.provider.type`).
@@ -500,22 +485,6 @@ impl Provider {
 impl MetricProvider for Provider {
     async fn query(&self, query: &str) -> Result<f64, QueryError> {
         let result = on_backend!(&self.backend, client => client.query(query).await);
-        result.map_err(|error| self.redactor.scrub_error(error))
-    }
-
-    async fn query_range(
-        &self,
-        query: &str,
-        end: SystemTime,
-        window: Duration,
-        step: Duration,
-    ) -> Result<Vec<f64>, QueryError> {
-        let result = on_backend!(&self.backend, client => client.query_range(query, end, window, step).await);
-        result.map_err(|error| self.redactor.scrub_error(error))
-    }
-
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let result = on_backend!(&self.backend, client => client.is_online().await);
         result.map_err(|error| self.redactor.scrub_error(error))
     }
 }

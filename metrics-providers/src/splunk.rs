@@ -15,15 +15,13 @@
 //! The value is the last data point of the one time series the program
 //! publishes; several time series are refused, as in Flagger.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 
-use crate::http::{
-    HttpClient, HttpResponse, endpoint, no_range_queries, parse_address, required_address, secret_header, unix_now,
-};
+use crate::http::{HttpClient, HttpResponse, endpoint, parse_address, required_address, secret_header, unix_now};
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 
 /// Secret key of the organization access token.
@@ -36,7 +34,6 @@ const WINDOW_INTERVALS: u32 = 10;
 pub struct SplunkProvider {
     http: HttpClient,
     execute_url: reqwest::Url,
-    validate_url: reqwest::Url,
     token: HeaderValue,
     window: Duration,
 }
@@ -45,11 +42,10 @@ impl SplunkProvider {
     /// Builds a client from `config`; the Secret must hold `sf_token_key`.
     pub fn new(config: &ProviderConfig) -> Result<Self, QueryError> {
         let token = config.required_secret()?.required(ProviderKind::Splunk, TOKEN)?;
-        let (stream, api) = realm_hosts(required_address(config)?)?;
+        let (stream, _api) = realm_hosts(required_address(config)?)?;
         Ok(Self {
             http: HttpClient::new(config)?,
             execute_url: endpoint(&stream, "/v2/signalflow/execute"),
-            validate_url: endpoint(&api, "/v2/metric"),
             token: secret_header(&token, "the Secret's sf_token_key")?,
             window: config.interval.saturating_mul(WINDOW_INTERVALS),
         })
@@ -97,22 +93,6 @@ impl MetricProvider for SplunkProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "signalflow query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::Splunk))
-    }
-
-    /// Lists one metric (`GET /v2/metric?limit=1` on the API host), as
-    /// Flagger does.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        let request = self
-            .http
-            .request(Method::GET, &self.validate_url)
-            .header("X-SF-Token", self.token.clone())
-            .query(&[("limit", "1")]);
-        let response = self.http.send(request).await?;
-        if response.is_success() { Ok(()) } else { Err(response.status_error(error_detail(&response.body))) }
     }
 }
 

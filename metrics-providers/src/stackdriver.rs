@@ -21,7 +21,7 @@
 //! takes the first).
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
@@ -30,9 +30,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::cache::ExpiringCache;
-use crate::http::{
-    HttpClient, HttpResponse, address_or, endpoint, no_range_queries, parse_address, secret_header, unix_now,
-};
+use crate::http::{HttpClient, HttpResponse, address_or, endpoint, parse_address, secret_header, unix_now};
 use crate::outbound::EgressPolicy;
 use crate::provider::{MetricProvider, ProviderConfig, ProviderKind, QueryError, quote_body, quote_query};
 use crate::secret::Redactor;
@@ -251,15 +249,6 @@ impl MetricProvider for StackdriverProvider {
         let value = parse_response(&response, query);
         tracing::debug!(query, status = response.status, ?value, "cloud monitoring query");
         value
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(no_range_queries(ProviderKind::Stackdriver))
-    }
-
-    /// Gets a token: the part that fails when credentials are wrong.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        self.access_token().await.map(drop)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -93,39 +93,11 @@ async fn api_query(
     }
 }
 
-/// `/api/v1/query_range`: checks the range parameters the way Prometheus
-/// does, then answers a series with one value per step.
-async fn api_query_range(State(fake): State<Fake>, Query(params): Query<HashMap<String, String>>) -> Response {
-    let number = |key: &str| params.get(key).and_then(|v| v.parse::<f64>().ok());
-    let (Some(query), Some(start), Some(end), Some(step)) =
-        (params.get("query"), number("start"), number("end"), number("step"))
-    else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            r#"{"status":"error","errorType":"bad_data","error":"invalid parameter"}"#.into(),
-        );
-    };
-    fake.seen.lock().unwrap().push(format!("{query} {start} {end} {step}"));
-    let points: Vec<String> = (0..)
-        .map(|i| start + step * f64::from(i))
-        .take_while(|t| *t <= end)
-        .enumerate()
-        .map(|(i, t)| {
-            let value = if query == "with_nan" && i == 1 { "NaN".to_string() } else { i.to_string() };
-            format!(r#"[{t},"{value}"]"#)
-        })
-        .collect();
-    let series = format!(r#"{{"metric":{{}},"values":[{}]}}"#, points.join(","));
-    let result = if query == "two" { format!("{series},{series}") } else { series };
-    json(StatusCode::OK, format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{result}]}}}}"#))
-}
-
 /// Starts a fake Prometheus under `prefix` and returns its base address.
 async fn start(auth: Auth, prefix: &str) -> (String, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let app = Router::new()
         .route(&format!("{prefix}/api/v1/query"), get(api_query))
-        .route(&format!("{prefix}/api/v1/query_range"), get(api_query_range))
         .with_state(Fake { auth, seen: seen.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -252,59 +224,18 @@ async fn address_path_prefix_is_kept() {
 }
 
 #[tokio::test]
-async fn is_online_queries_vector_1_and_expects_1() {
-    let (address, seen) = start(Auth::None, "").await;
-    assert_eq!(provider(&address).is_online().await, Ok(()));
-    assert_eq!(seen.lock().unwrap().as_slice(), ["vector(1)"]);
-
-    // A server that needs a token and gets none is not online for us.
-    let (guarded, _) = start(Auth::Exactly("Bearer t"), "").await;
-    assert!(matches!(provider(&guarded).is_online().await, Err(QueryError::Http { status: 401, .. })));
-}
-
-#[tokio::test]
 async fn unreachable_server_is_a_transport_error() {
     // Bind then drop a listener: the port is then (almost surely) closed.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let result = provider(&format!("http://{addr}")).is_online().await;
+    let result = provider(&format!("http://{addr}")).query("up").await;
     match result {
         Err(QueryError::Transport(message)) => {
             assert!(message.contains(&addr.to_string()), "{message}")
         }
         other => panic!("expected a transport error, got {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn range_query_sends_window_and_step_and_returns_values_in_order() {
-    let (address, seen) = start(Auth::None, "/prom").await;
-    let end = UNIX_EPOCH + Duration::from_secs(1_763_776_800);
-    let values = provider(&address)
-        .query_range("with_nan", end, Duration::from_secs(60), Duration::from_secs(15))
-        .await
-        .unwrap();
-    assert_eq!(seen.lock().unwrap().as_slice(), ["with_nan 1763776740 1763776800 15"]);
-    assert_eq!(values.len(), 5);
-    assert!(values[1].is_nan());
-    assert_eq!([values[0], values[2], values[3], values[4]], [0.0, 2.0, 3.0, 4.0]);
-}
-
-#[tokio::test]
-async fn range_query_refuses_two_series_and_bad_windows() {
-    let (address, seen) = start(Auth::None, "").await;
-    let p = provider(&address);
-    let minute = Duration::from_secs(60);
-    assert!(matches!(
-        p.query_range("two", SystemTime::now(), minute, Duration::from_secs(10)).await,
-        Err(QueryError::MultipleSeries { count: 2, .. })
-    ));
-    for (window, step) in [(minute, Duration::ZERO), (Duration::from_secs(5), minute)] {
-        assert!(matches!(p.query_range("x", SystemTime::now(), window, step).await, Err(QueryError::InvalidConfig(_))));
-    }
-    // Invalid windows never reach the server.
-    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -343,12 +274,6 @@ async fn http_json_provider_speaks_its_contract() {
     assert_eq!(p.query("error_rate{app=\"web\"}").await, Ok(0.25));
     assert_eq!(p.query("none").await, Err(QueryError::NoData { query: "none".into() }));
     assert_eq!(p.query("other").await, Err(QueryError::Http { status: 400, body: "bad query".into() }));
-    // 404 without a query still proves the endpoint is up.
-    assert_eq!(p.is_online().await, Ok(()));
-    assert!(matches!(
-        p.query_range("x", SystemTime::now(), Duration::from_secs(60), Duration::from_secs(10)).await,
-        Err(QueryError::InvalidConfig(_))
-    ));
 
     config.credentials = Credentials::None;
     assert!(matches!(build_provider(&config).unwrap().query("none").await, Err(QueryError::Http { status: 401, .. })));

@@ -70,7 +70,7 @@ async fn self_signed_certificate_is_rejected_unless_insecure_skip_verify() {
     let address = start_https().await;
     let mut config = local_config(ProviderKind::Prometheus, address);
 
-    match build_provider(&config).unwrap().is_online().await {
+    match build_provider(&config).unwrap().query("vector(1)").await {
         Err(QueryError::Transport(message)) => {
             assert!(message.to_lowercase().contains("certificate"), "{message}")
         }
@@ -78,7 +78,7 @@ async fn self_signed_certificate_is_rejected_unless_insecure_skip_verify() {
     }
 
     config.insecure_skip_verify = true;
-    assert_eq!(build_provider(&config).unwrap().is_online().await, Ok(()));
+    assert_eq!(build_provider(&config).unwrap().query("vector(1)").await, Ok(1.0));
 }
 
 /// A config for a backend on 127.0.0.1, which the strict default egress policy refuses.

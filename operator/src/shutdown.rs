@@ -59,11 +59,6 @@ impl Shutdown {
         self.token.cancel();
     }
 
-    /// Whether a stop was asked for.
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Completes once a stop is asked for.
     pub fn requested(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
         self.token.clone().cancelled_owned()
@@ -195,6 +190,6 @@ mod tests {
         let outcome = stop_within(std::future::pending::<()>(), &shutdown, Duration::from_secs(3)).await;
         assert_eq!(outcome, None);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
-        assert!(shutdown.is_requested());
+        assert!(shutdown.token.is_cancelled(), "the stop is still asked for");
     }
 }

@@ -94,14 +94,14 @@ async fn ready_after_the_canary_cache_syncs_and_deleted_canaries_are_swept() {
     // wakes only the latest waiter, which must not leave petrel unready forever.
     let controller = tokio::spawn(async move { store.wait_until_ready().await.is_ok() });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!readiness.is_ready(), "ready before the cache listed anything");
+    assert!(readiness.not_ready_because().is_some(), "ready before the cache listed anything");
 
     writer.apply_watcher_event(&watcher::Event::Init);
     writer.apply_watcher_event(&watcher::Event::InitApply(canary("kept")));
     writer.apply_watcher_event(&watcher::Event::InitDone);
 
     assert!(controller.await.expect("the controller's wait"), "the store never turned ready");
-    assert!(eventually(|| readiness.is_ready()).await, "not ready after the cache synced");
+    assert!(eventually(|| readiness.not_ready_because().is_none()).await, "not ready after the cache synced");
     assert!(
         eventually(|| !metrics.render().contains("name=\"deleted\"")).await,
         "the deleted Canary's series are still exported"

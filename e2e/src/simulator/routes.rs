@@ -1074,13 +1074,20 @@ pub(super) mod tests {
         assert_eq!(split_from_service_selector(&shared, Some((&p, 3)), Some((&c, 1))), Split::weighted(3, 1));
     }
 
-    /// What petrel's routers write (their checked-in manifests, `operator/tests/fixtures/
-    /// routers/`), read by the simulator's own parsers.
-    pub(in crate::simulator) fn petrel_fixture(file: &str) -> Value {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/tests/fixtures/routers").join(file);
+    /// What petrel's routers write (their checked-in manifests, the insta snapshots in
+    /// `operator/routers/src/snapshots/`), read by the simulator's own parsers.
+    pub(in crate::simulator) fn petrel_fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../operator/routers/src/snapshots")
+            .join(format!("{name}.snap"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_yaml::from_str(&text).unwrap()
+        // An insta snapshot: a `---` header of metadata, then the YAML.
+        let yaml = text
+            .strip_prefix("---\n")
+            .and_then(|rest| rest.split_once("\n---\n"))
+            .map(|(_, yaml)| yaml)
+            .unwrap_or_else(|| panic!("{} has no insta header", path.display()));
+        serde_yaml::from_str(yaml).unwrap()
     }
 
     fn insider() -> BTreeMap<String, String> {
@@ -1090,24 +1097,24 @@ pub(super) mod tests {
     #[test]
     fn the_new_routers_manifests_read_as_their_weights() {
         let read = |provider, file: &str| parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
-        assert_eq!(read(Provider::Apisix, "apisix_90_10.yaml"), Split::weighted(90, 10));
-        assert_eq!(read(Provider::Gloo, "gloo_90_10.yaml"), Split::weighted(90, 10));
-        assert_eq!(read(Provider::Kuma, "kuma_90_10.yaml"), Split::weighted(90, 10));
-        assert_eq!(read(Provider::Skipper, "skipper_90_10.yaml"), Split::weighted(90, 10));
-        assert_eq!(read(Provider::Knative, "knative_90_10.yaml"), Split::weighted(90, 10));
-        assert_eq!(read(Provider::LinkerdGatewayApi, "linkerd_gamma_80_20.yaml"), Split::weighted(80, 20));
+        assert_eq!(read(Provider::Apisix, "apisix_90_10"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Gloo, "gloo_90_10"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Kuma, "kuma_90_10"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Skipper, "skipper_90_10"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::Knative, "knative_90_10"), Split::weighted(90, 10));
+        assert_eq!(read(Provider::LinkerdGatewayApi, "linkerd_gamma_80_20"), Split::weighted(80, 20));
         // Skipper's clone is switched off at weight 0: the user's Ingress serves everything.
-        assert_eq!(read(Provider::Skipper, "skipper_100_0.yaml"), Split::all_to(Side::Primary));
-        let promoted = json!({"spec": {"traffic": petrel_fixture("knative_promoted.yaml")}});
+        assert_eq!(read(Provider::Skipper, "skipper_100_0"), Split::all_to(Side::Primary));
+        let promoted = json!({"spec": {"traffic": petrel_fixture("knative_promoted")}});
         assert_eq!(parse_route(Provider::Knative, &promoted, "podinfo").unwrap(), Split::all_to(Side::Primary));
     }
 
     #[test]
     fn ab_manifests_send_only_matched_requests_to_the_canary() {
         for (provider, file) in [
-            (Provider::Gloo, "gloo_ab.yaml"),
-            (Provider::Kuma, "kuma_ab.yaml"),
-            (Provider::LinkerdGatewayApi, "linkerd_gamma_ab.yaml"),
+            (Provider::Gloo, "gloo_ab"),
+            (Provider::Kuma, "kuma_ab"),
+            (Provider::LinkerdGatewayApi, "linkerd_gamma_ab"),
         ] {
             let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
             assert_eq!(split.default, Weights::ALL_PRIMARY, "{provider}");
@@ -1139,8 +1146,8 @@ pub(super) mod tests {
         let cookie = |value: &str| BTreeMap::from([("cookie".to_string(), value.to_string())]);
         for (provider, file, base) in [
             // The Istio fixture's weighted route also matches `x-tenant: blue` (service.match).
-            (Provider::Istio, "istio_sticky.yaml", BTreeMap::from([("x-tenant".to_string(), "blue".to_string())])),
-            (Provider::GatewayApi, "gatewayapi_sticky.yaml", BTreeMap::new()),
+            (Provider::Istio, "istio_sticky", BTreeMap::from([("x-tenant".to_string(), "blue".to_string())])),
+            (Provider::GatewayApi, "gatewayapi_sticky", BTreeMap::new()),
         ] {
             let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
             let with = |extra: BTreeMap<String, String>| {
@@ -1169,7 +1176,7 @@ pub(super) mod tests {
             assert_eq!(other.map_or(split.default, |r| r.weights), Weights::new(90, 10), "{provider}");
         }
         for (provider, file) in
-            [(Provider::Istio, "istio_sticky_expired.yaml"), (Provider::GatewayApi, "gatewayapi_sticky_expired.yaml")]
+            [(Provider::Istio, "istio_sticky_expired"), (Provider::GatewayApi, "gatewayapi_sticky_expired")]
         {
             let split = parse_route(provider, &petrel_fixture(file), "podinfo").unwrap();
             assert_eq!(split.default, Weights::ALL_PRIMARY, "{provider}");

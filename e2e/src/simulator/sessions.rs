@@ -380,8 +380,8 @@ mod tests {
     #[test]
     fn a_session_given_the_canary_cookie_stays_on_the_canary_until_it_is_expired() {
         for (provider, pinned, expired) in [
-            (Provider::Istio, "istio_sticky.yaml", "istio_sticky_expired.yaml"),
-            (Provider::GatewayApi, "gatewayapi_sticky.yaml", "gatewayapi_sticky_expired.yaml"),
+            (Provider::Istio, "istio_sticky", "istio_sticky_expired"),
+            (Provider::GatewayApi, "gatewayapi_sticky", "gatewayapi_sticky_expired"),
         ] {
             let mut pool = SessionPool::new(profile(provider));
             // 30 s at 90/10: every session draws a side until a cookie pins it (the
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn a_primary_cookie_lasts_its_max_age_then_the_session_draws_again() {
         let mut pool = SessionPool::new(profile(Provider::GatewayApi));
-        let during = split(Provider::GatewayApi, "gatewayapi_sticky.yaml");
+        let during = split(Provider::GatewayApi, "gatewayapi_sticky");
         pool.step(&during, SECOND);
         let on_primary: Vec<usize> =
             pool.logs().iter().filter(|l| l.requests[0].was_given(PRIMARY)).map(|l| l.index).collect();

@@ -10,7 +10,6 @@ mod harness;
 mod sigv4;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use harness::{Answer, Recorded, Vendor, check_window, expect_eq, no_aux, run_cases, secret};
 use metrics_providers::{
@@ -860,16 +859,4 @@ async fn a_query_the_backend_refuses_never_reaches_it() {
     let error = cloudwatch.query("SELECT AVG(CPUUtilization) FROM SCHEMA(\"AWS/EC2\")").await.unwrap_err();
     assert!(error.to_string().contains("JSON list of MetricDataQuery"), "{error}");
     assert!(server.requests().is_empty());
-}
-
-#[tokio::test]
-async fn every_backend_has_no_range_queries_and_says_so() {
-    for vendor in [datadog(), graphite(), dynatrace(), splunk(), influxdb(), newrelic_insights()] {
-        let provider = build_provider(&(vendor.config)("http://127.0.0.1:1")).unwrap();
-        let error = provider
-            .query_range("q", std::time::SystemTime::now(), Duration::from_secs(60), Duration::from_secs(10))
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("no range queries"), "{}: {error}", vendor.kind);
-    }
 }

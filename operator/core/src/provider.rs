@@ -76,11 +76,6 @@ impl Provider {
         }
     }
 
-    /// Whether the provider can split traffic by weight (everything but plain Kubernetes).
-    pub fn supports_weights(self) -> bool {
-        self != Provider::Kubernetes
-    }
-
     /// Whether the provider can route by header or cookie (A/B testing). Linkerd can
     /// through Gateway API only: see `petrel::routers::supports_matching` for a Canary.
     pub fn supports_matching(self) -> bool {

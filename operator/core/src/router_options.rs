@@ -145,15 +145,6 @@ fn providers_writing(option: RouteOption) -> Vec<&'static str> {
     out
 }
 
-/// The table of docs/flagger.md: each option and the providers whose router writes it.
-pub fn markdown_table() -> String {
-    let mut out = String::from("| route option | written by |\n|---|---|\n");
-    for option in RouteOption::ALL {
-        out.push_str(&format!("| `{}` | {} |\n", option.field(), providers_writing(option).join(", ")));
-    }
-    out
-}
-
 /// The providers whose routers pin sessions (Flagger's too).
 pub fn supports_session_affinity(provider: Provider) -> bool {
     matches!(provider, Provider::Istio | Provider::GatewayApi)
@@ -325,6 +316,15 @@ mod tests {
         with_hosts["mirror"] = json!([{ "backendRef": { "name": "shadow", "port": 80 } }]);
         let message = refusal(&with_service(with_hosts), Provider::Linkerd).unwrap();
         assert!(message.starts_with("spec.service.mirror, spec.service.hosts are not written"), "{message}");
+    }
+
+    /// The table of docs/flagger.md: each option and the providers whose router writes it.
+    fn markdown_table() -> String {
+        let mut out = String::from("| route option | written by |\n|---|---|\n");
+        for option in RouteOption::ALL {
+            out.push_str(&format!("| `{}` | {} |\n", option.field(), providers_writing(option).join(", ")));
+        }
+        out
     }
 
     /// docs/flagger.md shows the table this module decides by.

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use kube::Client;
 use kube::core::ApiResource;
-use kube::{Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use super::nginx::{copied_label, gitops_tracking};
@@ -191,18 +191,6 @@ impl TrafficRouter for ApisixRouter {
         Box::pin(self.apply(canary, weights, Observed::Unknown))
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let existing = self.current(canary).await?.ok_or_else(|| RouterError::NotFound {
-                kind: KIND.into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: canary_route_name(canary).unwrap_or_default(),
-                reason: "the apisix router has not created it yet".into(),
-            })?;
-            weights_of(&existing, &ServiceNames::of(canary))
-        })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let (namespace, name) = (namespace_of(canary)?, canary_route_name(canary)?);
@@ -267,14 +255,8 @@ mod tests {
     #[test]
     fn routes_match_their_manifests() {
         let canary = with_route_ref(canary());
-        assert_manifest(
-            &build_canary_route(&canary, &user_route(), weights(100, 0, false)).unwrap(),
-            "apisix_100_0.yaml",
-        );
-        assert_manifest(
-            &build_canary_route(&canary, &user_route(), weights(90, 10, false)).unwrap(),
-            "apisix_90_10.yaml",
-        );
+        assert_manifest(&build_canary_route(&canary, &user_route(), weights(100, 0, false)).unwrap(), "apisix_100_0");
+        assert_manifest(&build_canary_route(&canary, &user_route(), weights(90, 10, false)).unwrap(), "apisix_90_10");
     }
 
     #[test]

@@ -154,8 +154,6 @@ pub fn weights_of(proxy: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Contour;
 
 impl MeshRoutes for Contour {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: http_proxy_resource(), manifest: build_http_proxy(canary, weights)? }])
     }
@@ -185,9 +183,9 @@ mod tests {
 
     #[test]
     fn proxies_match_their_manifests() {
-        assert_manifest(&build_http_proxy(&canary(), weights(100, 0, false)).unwrap(), "contour_100_0.yaml");
-        assert_manifest(&build_http_proxy(&canary(), weights(90, 10, false)).unwrap(), "contour_90_10.yaml");
-        assert_manifest(&build_http_proxy(&exact_ab_canary(), weights(0, 100, false)).unwrap(), "contour_ab.yaml");
+        assert_manifest(&build_http_proxy(&canary(), weights(100, 0, false)).unwrap(), "contour_100_0");
+        assert_manifest(&build_http_proxy(&canary(), weights(90, 10, false)).unwrap(), "contour_90_10");
+        assert_manifest(&build_http_proxy(&exact_ab_canary(), weights(0, 100, false)).unwrap(), "contour_ab");
     }
 
     #[test]

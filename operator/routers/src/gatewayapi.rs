@@ -492,8 +492,6 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct GatewayApi;
 
 impl MeshRoutes for GatewayApi {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: http_route_resource(canary), manifest: build_http_route(canary, weights)? }])
     }
@@ -617,10 +615,10 @@ mod tests {
 
     #[test]
     fn routes_match_their_manifests() {
-        assert_manifest(&build_http_route(&canary(), weights(100, 0, false)).unwrap(), "gatewayapi_100_0.yaml");
-        assert_manifest(&build_http_route(&canary(), weights(90, 10, false)).unwrap(), "gatewayapi_90_10.yaml");
-        assert_manifest(&build_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "gatewayapi_ab.yaml");
-        assert_manifest(&build_http_route(&canary(), weights(100, 0, true)).unwrap(), "gatewayapi_mirror.yaml");
+        assert_manifest(&build_http_route(&canary(), weights(100, 0, false)).unwrap(), "gatewayapi_100_0");
+        assert_manifest(&build_http_route(&canary(), weights(90, 10, false)).unwrap(), "gatewayapi_90_10");
+        assert_manifest(&build_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "gatewayapi_ab");
+        assert_manifest(&build_http_route(&canary(), weights(100, 0, true)).unwrap(), "gatewayapi_mirror");
     }
 
     #[test]
@@ -695,7 +693,7 @@ mod tests {
         use super::super::testing::{expired_cookies, pinned_cookies, sticky_canary};
         let pinned = sticky_canary(true, pinned_cookies());
         let route = build_http_route(&pinned, weights(90, 10, false)).unwrap();
-        assert_manifest(&route, "gatewayapi_sticky.yaml");
+        assert_manifest(&route, "gatewayapi_sticky");
         let rules = route["spec"]["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 3);
         // The sticky canary rule: the canary cookie to the canary.
@@ -730,7 +728,7 @@ mod tests {
         // it go where everyone else goes.
         let expired = sticky_canary(true, expired_cookies());
         let route = build_http_route(&expired, weights(100, 0, false)).unwrap();
-        assert_manifest(&route, "gatewayapi_sticky_expired.yaml");
+        assert_manifest(&route, "gatewayapi_sticky_expired");
         let rules = route["spec"]["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 2);
         assert_eq!(

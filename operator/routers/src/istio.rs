@@ -325,8 +325,6 @@ pub fn weights_of(vs: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Istio;
 
 impl MeshRoutes for Istio {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         let [primary_rule, canary_rule] = build_destination_rules(canary)?;
         // DestinationRules first: a VirtualService naming hosts without rules is fine, but
@@ -369,10 +367,10 @@ mod tests {
 
     #[test]
     fn virtual_services_match_their_manifests() {
-        assert_manifest(&build_virtual_service(&canary(), weights(100, 0, false)).unwrap(), "istio_100_0.yaml");
-        assert_manifest(&build_virtual_service(&canary(), weights(90, 10, false)).unwrap(), "istio_90_10.yaml");
-        assert_manifest(&build_virtual_service(&ab_canary(), weights(0, 100, false)).unwrap(), "istio_ab.yaml");
-        assert_manifest(&build_virtual_service(&canary(), weights(100, 0, true)).unwrap(), "istio_mirror.yaml");
+        assert_manifest(&build_virtual_service(&canary(), weights(100, 0, false)).unwrap(), "istio_100_0");
+        assert_manifest(&build_virtual_service(&canary(), weights(90, 10, false)).unwrap(), "istio_90_10");
+        assert_manifest(&build_virtual_service(&ab_canary(), weights(0, 100, false)).unwrap(), "istio_ab");
+        assert_manifest(&build_virtual_service(&canary(), weights(100, 0, true)).unwrap(), "istio_mirror");
     }
 
     #[test]
@@ -381,7 +379,7 @@ mod tests {
         canary.spec.service.traffic_policy =
             Some(serde_json::from_value(json!({ "tls": { "mode": "ISTIO_MUTUAL" } })).unwrap());
         let [primary, canary_rule] = build_destination_rules(&canary).unwrap();
-        assert_manifest(&primary, "istio_destinationrule_primary.yaml");
+        assert_manifest(&primary, "istio_destinationrule_primary");
         assert_eq!(canary_rule.pointer("/spec/host"), Some(&json!("podinfo-canary")));
         assert_eq!(canary_rule.pointer("/spec/trafficPolicy/tls/mode"), Some(&json!("ISTIO_MUTUAL")));
     }
@@ -419,7 +417,7 @@ mod tests {
         canary.spec.service.hosts = vec!["app.example.com".into()];
         canary.spec.service.delegation = true;
         let vs = build_virtual_service(&canary, weights(90, 10, false)).unwrap();
-        assert_manifest(&vs, "istio_delegate.yaml");
+        assert_manifest(&vs, "istio_delegate");
         assert_eq!(vs.pointer("/spec/hosts"), None);
         assert_eq!(vs.pointer("/spec/gateways"), None);
         assert_eq!(weights_of(&vs).unwrap(), weights(90, 10, false));
@@ -477,7 +475,7 @@ mod tests {
             .unwrap(),
         );
         let vs = build_virtual_service(&pinned, weights(90, 10, false)).unwrap();
-        assert_manifest(&vs, "istio_sticky.yaml");
+        assert_manifest(&vs, "istio_sticky");
         let routes = vs["spec"]["http"].as_array().unwrap();
         assert_eq!(routes.len(), 3);
         assert_eq!(routes[0]["name"], "sticky-route");
@@ -504,7 +502,7 @@ mod tests {
         expired.spec.service.headers =
             Some(serde_json::from_value(json!({ "response": { "add": { "x-served-by": "petrel" } } })).unwrap());
         let vs = build_virtual_service(&expired, weights(100, 0, false)).unwrap();
-        assert_manifest(&vs, "istio_sticky_expired.yaml");
+        assert_manifest(&vs, "istio_sticky_expired");
         let routes = vs["spec"]["http"].as_array().unwrap();
         assert_eq!(routes.len(), 2);
         assert_eq!(

@@ -205,10 +205,6 @@ impl TrafficRouter for KnativeRouter {
         })
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move { weights_of(&self.service(canary).await?) })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             // The Knative Service is the user's: traffic stays, all of it on the primary.
@@ -257,11 +253,11 @@ mod tests {
 
     #[test]
     fn traffic_blocks_match_their_manifests() {
-        assert_manifest(&patch(weights(100, 0, false)), "knative_100_0.yaml");
-        assert_manifest(&patch(weights(90, 10, false)), "knative_90_10.yaml");
+        assert_manifest(&patch(weights(100, 0, false)), "knative_100_0");
+        assert_manifest(&patch(weights(90, 10, false)), "knative_90_10");
         let canary = knative_canary();
         let settled = build_traffic(&canary, "podinfo-00002", Some("podinfo-00002"), weights(100, 0, false)).unwrap();
-        assert_manifest(&settled, "knative_promoted.yaml");
+        assert_manifest(&settled, "knative_promoted");
     }
 
     #[test]

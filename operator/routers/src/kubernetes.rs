@@ -4,10 +4,10 @@
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
-use kube::{Client, ResourceExt};
+use kube::Client;
 
 use super::services::{self, ApexTarget, PodSelector, TargetPods};
-use super::{RouterError, RouterMemory, ServiceNames, TrafficRouter, Weights, namespace_of, unsupported};
+use super::{RouterError, RouterMemory, TrafficRouter, Weights, namespace_of, unsupported};
 use petrel_api::Canary;
 
 const PROVIDER: &str = "kubernetes";
@@ -71,21 +71,6 @@ impl TrafficRouter for KubernetesRouter {
         })
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let selector = services::target_selector(&self.client, &self.memory, canary).await?;
-            let apex = services::read_apex(&self.client, &self.memory, canary).await?.ok_or_else(|| {
-                RouterError::NotFound {
-                    kind: "Service".into(),
-                    namespace: canary.namespace().unwrap_or_default(),
-                    name: ServiceNames::of(canary).apex,
-                    reason: "the kubernetes router has not created it yet".into(),
-                }
-            })?;
-            weights_of(&apex, &selector)
-        })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             namespace_of(canary)?;
@@ -118,8 +103,8 @@ mod tests {
 
     #[test]
     fn all_primary_and_all_canary_match_their_manifests() {
-        assert_manifest(&build_apex(&canary(), &pods(), weights(100, 0, false)).unwrap(), "kubernetes_100_0.yaml");
-        assert_manifest(&build_apex(&canary(), &pods(), weights(0, 100, false)).unwrap(), "kubernetes_0_100.yaml");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(100, 0, false)).unwrap(), "kubernetes_100_0");
+        assert_manifest(&build_apex(&canary(), &pods(), weights(0, 100, false)).unwrap(), "kubernetes_0_100");
     }
 
     #[test]

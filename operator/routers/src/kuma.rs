@@ -159,8 +159,6 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Kuma;
 
 impl MeshRoutes for Kuma {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject {
             resource: mesh_http_route_resource(),
@@ -186,9 +184,9 @@ mod tests {
 
     #[test]
     fn routes_match_their_manifests() {
-        assert_manifest(&build_mesh_http_route(&canary(), weights(100, 0, false)).unwrap(), "kuma_100_0.yaml");
-        assert_manifest(&build_mesh_http_route(&canary(), weights(90, 10, false)).unwrap(), "kuma_90_10.yaml");
-        assert_manifest(&build_mesh_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "kuma_ab.yaml");
+        assert_manifest(&build_mesh_http_route(&canary(), weights(100, 0, false)).unwrap(), "kuma_100_0");
+        assert_manifest(&build_mesh_http_route(&canary(), weights(90, 10, false)).unwrap(), "kuma_90_10");
+        assert_manifest(&build_mesh_http_route(&ab_canary(), weights(0, 100, false)).unwrap(), "kuma_ab");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Traffic routers: the objects that decide which pods a request reaches.
 //!
-//! Every router has the same four verbs as Flagger's (`reconcile`, `set_routes`,
-//! `get_routes`, `finalize`). Each provider lives in its own file whose heart is a pure
-//! builder (`build_*`: Canary + weights -> manifest) and its inverse (`weights_of`:
-//! manifest -> weights); the I/O around them is a server-side apply, a get or a delete.
+//! Every router has the verbs of Flagger's that petrel calls (`reconcile`, `set_routes`,
+//! `finalize`; Flagger's `get_routes` has no caller here). Each provider lives in its own
+//! file whose heart is a pure builder (`build_*`: Canary + weights -> manifest) and its
+//! inverse (`weights_of`: manifest -> weights); the I/O around them is a server-side
+//! apply, a get or a delete.
 //!
 //! Every router's `reconcile` also ensures the three Services (`<svc>`, `<svc>-primary`,
 //! `<svc>-canary`, see [`services`]), so the reconciler needs exactly one router call.
@@ -157,9 +158,6 @@ pub trait TrafficRouter: Send + Sync {
     /// Writes these weights to the route objects.
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>>;
 
-    /// Reads the weights back from the route objects as the API server has them.
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>>;
-
     /// Removes the routing petrel added, leaving traffic on the primary. Services stay:
     /// removing the apex Service would cut traffic; they go with the Canary by owner reference.
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
@@ -172,15 +170,9 @@ pub trait TrafficRouter: Send + Sync {
     }
 }
 
-/// The router for a provider. The provider was parsed with [`Provider::parse`], so an
-/// unknown name never gets this far. It remembers nothing between calls: every write
-/// goes out (see [`router_with`]).
-pub fn router_for(provider: Provider, client: Client) -> Box<dyn TrafficRouter> {
-    router_with(provider, client, RouterMemory::default())
-}
-
 /// The router for a provider, writing only what differs from what `memory` says it
-/// last wrote.
+/// last wrote (every write goes out with an empty memory). The provider was parsed with
+/// [`Provider::parse`], so an unknown name never gets this far.
 pub fn router_with(provider: Provider, client: Client, memory: RouterMemory) -> Box<dyn TrafficRouter> {
     match provider {
         Provider::GatewayApi => Box::new(MeshRouter::<gatewayapi::GatewayApi>::new(client, memory)),
@@ -485,9 +477,6 @@ pub(crate) struct RouteObject {
 
 /// The pure half of a router that writes third-party objects.
 pub(crate) trait MeshRoutes: Send + Sync + 'static {
-    /// Provider name for messages.
-    const PROVIDER: &'static str;
-
     /// Every object this router writes, built for these weights.
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError>;
 
@@ -573,10 +562,6 @@ impl<R: MeshRoutes> MeshRouter<R> {
         }
     }
 
-    async fn current_weights(&self, canary: &Canary) -> Result<Option<Weights>, RouterError> {
-        Ok(self.current(canary).await?.map(|(weights, _)| weights))
-    }
-
     /// Applies the route objects for `weights`, skipping those the ledger says are
     /// unchanged. `weighted` is what was just read of the weighted object, if it was.
     async fn apply(&self, canary: &Canary, weights: Weights, weighted: Observed) -> Result<(), RouterError> {
@@ -612,20 +597,6 @@ impl<R: MeshRoutes> TrafficRouter for MeshRouter<R> {
 
     fn set_routes<'a>(&'a self, canary: &'a Canary, weights: Weights) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(self.apply(canary, weights, Observed::Unknown))
-    }
-
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            self.current_weights(canary).await?.ok_or_else(|| {
-                let (resource, name) = R::weighted_object(canary);
-                RouterError::NotFound {
-                    kind: resource.kind,
-                    namespace: canary.namespace().unwrap_or_default(),
-                    name,
-                    reason: format!("the {} router has not created it yet", R::PROVIDER),
-                }
-            })
-        })
     }
 
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
@@ -864,7 +835,7 @@ mod tests {
         Provider::Kuma,
     ];
 
-    /// `finalize` deletes `all_objects` and `get_routes` reads `weighted_object`: both must
+    /// `finalize` deletes `all_objects` and `reconcile` reads `weighted_object`: both must
     /// name exactly what `build` writes.
     #[test]
     fn mesh_routers_finalize_and_read_what_they_write() {

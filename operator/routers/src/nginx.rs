@@ -295,19 +295,6 @@ impl TrafficRouter for NginxRouter {
         Box::pin(self.apply(canary, weights))
     }
 
-    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Weights, RouterError>> {
-        Box::pin(async move {
-            let clone = canary_ingress_name(&Self::ingress_name(canary)?);
-            let existing = self.read(canary, &clone).await?.ok_or_else(|| RouterError::NotFound {
-                kind: "Ingress".into(),
-                namespace: canary.namespace().unwrap_or_default(),
-                name: clone.clone(),
-                reason: "the nginx router has not created it yet".into(),
-            })?;
-            weights_of(&existing)
-        })
-    }
-
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             let clone = canary_ingress_name(&Self::ingress_name(canary)?);
@@ -410,15 +397,15 @@ mod tests {
         let ingress = user_ingress();
         assert_manifest(
             &build_canary_ingress(&nginx_canary(), &ingress, weights(100, 0, false)).unwrap(),
-            "nginx_100_0.yaml",
+            "nginx_100_0",
         );
         assert_manifest(
             &build_canary_ingress(&nginx_canary(), &ingress, weights(90, 10, false)).unwrap(),
-            "nginx_90_10.yaml",
+            "nginx_90_10",
         );
         assert_manifest(
             &build_canary_ingress(&nginx_ab_canary(), &ingress, weights(0, 100, false)).unwrap(),
-            "nginx_ab.yaml",
+            "nginx_ab",
         );
     }
 

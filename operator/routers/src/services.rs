@@ -260,15 +260,6 @@ pub fn apex_target_to_keep(existing: Option<&Service>, selector: &PodSelector) -
 // ---------------------------------------------------------------------------------------
 // I/O
 
-/// Reads the target's pod selector (a Deployment's, or a DaemonSet's).
-pub async fn target_selector(
-    client: &Client,
-    memory: &RouterMemory,
-    canary: &Canary,
-) -> Result<PodSelector, RouterError> {
-    Ok(target_pods(client, memory, canary).await?.selector)
-}
-
 /// Reads what the generated Services take from the target (see [`TargetPods`]): every
 /// writer of a generated Service builds it from this, so none drops a discovered port.
 /// A Deployment comes from the cache of `memory` (see [`crate::cache`]).
@@ -411,9 +402,9 @@ mod tests {
     fn the_three_services_match_their_manifests() {
         let canary = canary();
         let pods = app_pods();
-        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex.yaml");
-        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary.yaml");
-        assert_manifest(&build_canary_service(&canary, &pods).unwrap(), "service_canary.yaml");
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex");
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary");
+        assert_manifest(&build_canary_service(&canary, &pods).unwrap(), "service_canary");
     }
 
     #[test]
@@ -429,7 +420,7 @@ mod tests {
             annotations: BTreeMap::from([("note".to_string(), "stable".to_string())]),
         });
         let pods = TargetPods::without_ports(PodSelector { key: "app.kubernetes.io/name".into(), value: "web".into() });
-        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary_options.yaml");
+        assert_manifest(&build_primary_service(&canary, &pods).unwrap(), "service_primary_options");
         // The apex stays addressable even when the others are headless.
         let apex = build_apex_service(&canary, &pods, ApexTarget::Canary).unwrap();
         assert_eq!(apex.spec.as_ref().unwrap().cluster_ip, None);
@@ -517,7 +508,7 @@ mod tests {
         assert!(ports.iter().all(|p| p.target_port == Some(IntOrString::Int(p.port))));
 
         let pods = TargetPods { selector: app_selector(), discovered_ports: ports };
-        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex_ports.yaml");
+        assert_manifest(&build_apex_service(&canary, &pods, ApexTarget::Primary).unwrap(), "service_apex_ports");
         for service in [build_primary_service(&canary, &pods).unwrap(), build_canary_service(&canary, &pods).unwrap()] {
             let all = names_and_numbers(service.spec.as_ref().unwrap().ports.as_ref().unwrap());
             assert_eq!(all.len(), 4, "{all:?}");

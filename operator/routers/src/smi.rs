@@ -56,8 +56,6 @@ pub fn weights_of(split: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Smi;
 
 impl MeshRoutes for Smi {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject { resource: traffic_split_resource(), manifest: build_traffic_split(canary, weights)? }])
     }
@@ -80,8 +78,8 @@ mod tests {
 
     #[test]
     fn splits_match_their_manifests() {
-        assert_manifest(&build_traffic_split(&canary(), weights(100, 0, false)).unwrap(), "smi_100_0.yaml");
-        assert_manifest(&build_traffic_split(&canary(), weights(90, 10, false)).unwrap(), "smi_90_10.yaml");
+        assert_manifest(&build_traffic_split(&canary(), weights(100, 0, false)).unwrap(), "smi_100_0");
+        assert_manifest(&build_traffic_split(&canary(), weights(90, 10, false)).unwrap(), "smi_90_10");
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! Test helpers shared by the router tests: a representative Canary and the comparison
-//! of built objects with the expected manifests under `operator/tests/fixtures/routers/`.
+//! of built objects with the expected manifests, insta snapshots under `snapshots/`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use proptest::prelude::*;
-use serde_json::Value;
 
 use super::Weights;
 use petrel_api::Canary;
@@ -77,33 +75,16 @@ pub fn any_weights(mirror_allowed: bool) -> impl Strategy<Value = Weights> {
     (0u8..=100, any::<bool>()).prop_map(move |(canary, mirror)| weights(100 - canary, canary, mirror && mirror_allowed))
 }
 
-fn fixture_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/routers").join(file)
-}
-
-/// Compares a built object with the expected manifest `file`. With
-/// `PETREL_UPDATE_FIXTURES=1` the fixture is (re)written instead: do that only
-/// deliberately, and review the diff.
-pub fn assert_manifest(actual: &impl serde::Serialize, file: &str) {
+/// Compares a built object with its snapshot, `snapshots/<name>.snap` next to this file
+/// (YAML, maps sorted). A difference fails the test. To change the expected manifest
+/// deliberately: `cargo insta test` (or `cargo test`, which writes `<name>.snap.new` next
+/// to the snapshot, never over it), then `cargo insta review`, and review the diff. With
+/// `CI` set or `INSTA_UPDATE=no` (as `scripts/test` runs), nothing is written.
+pub fn assert_manifest(actual: &impl serde::Serialize, name: &str) {
     let actual = serde_json::to_value(actual).expect("built objects serialise");
-    let path = fixture_path(file);
-    if std::env::var_os("PETREL_UPDATE_FIXTURES").is_some() {
-        std::fs::create_dir_all(path.parent().expect("fixture path has a parent")).expect("create fixture dir");
-        let yaml = serde_yaml::to_string(&actual).expect("JSON converts to YAML");
-        std::fs::write(&path, yaml).expect("write fixture");
-        return;
-    }
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read fixture {}: {e} (PETREL_UPDATE_FIXTURES=1 creates it)", path.display())
+    insta::with_settings!({ prepend_module_to_snapshot => false, sort_maps => true, omit_expression => true }, {
+        insta::assert_yaml_snapshot!(name, actual);
     });
-    let expected: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("fixture {file} is not YAML: {e}"));
-    if actual != expected {
-        panic!(
-            "built object differs from fixture {file}\n--- expected\n{}\n--- actual\n{}",
-            serde_yaml::to_string(&expected).unwrap_or_default(),
-            serde_yaml::to_string(&actual).unwrap_or_default()
-        );
-    }
 }
 
 /// What the CRDs the e2e clusters install (`e2e/crds/third-party/`) serve, as (group,

@@ -60,8 +60,6 @@ pub fn weights_of(service: &Value) -> Result<Weights, RouterError> {
 pub(crate) struct Traefik;
 
 impl MeshRoutes for Traefik {
-    const PROVIDER: &'static str = PROVIDER;
-
     fn build(canary: &Canary, weights: Weights) -> Result<Vec<RouteObject>, RouterError> {
         Ok(vec![RouteObject {
             resource: traefik_service_resource(),
@@ -87,8 +85,8 @@ mod tests {
 
     #[test]
     fn services_match_their_manifests() {
-        assert_manifest(&build_traefik_service(&canary(), weights(100, 0, false)).unwrap(), "traefik_100_0.yaml");
-        assert_manifest(&build_traefik_service(&canary(), weights(90, 10, false)).unwrap(), "traefik_90_10.yaml");
+        assert_manifest(&build_traefik_service(&canary(), weights(100, 0, false)).unwrap(), "traefik_100_0");
+        assert_manifest(&build_traefik_service(&canary(), weights(90, 10, false)).unwrap(), "traefik_90_10");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! check: Keptn keeps the last value when it stops fetching, and a stale value must not
 //! pass an analysis.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::core::ApiResource;
@@ -116,17 +116,6 @@ impl<S: MetricSource> MetricProvider for KeptnProvider<'_, S> {
             SourceError::Unreadable { .. } => QueryError::Transport(error.to_string()),
         })?;
         metric_value(&object, Utc::now())
-    }
-
-    async fn query_range(&self, _: &str, _: SystemTime, _: Duration, _: Duration) -> Result<Vec<f64>, QueryError> {
-        Err(QueryError::InvalidConfig(
-            "the keptn provider has no range queries; petrel reads one value per tick".into(),
-        ))
-    }
-
-    /// The backend is the Kubernetes API, which the operator talks to anyway.
-    async fn is_online(&self) -> Result<(), QueryError> {
-        Ok(())
     }
 }
 

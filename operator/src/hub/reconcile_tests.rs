@@ -209,6 +209,20 @@ fn cluster_list(clusters: Vec<Value>) -> Value {
     json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "ClusterList", "metadata": {}, "items": clusters})
 }
 
+/// The smallest fleet: the hub lists `canary_cluster` (a Cluster `canary-1`) and holds its
+/// kubeconfig Secret; its member holds the Canary waiting for release `NEW`; the hub's
+/// context is connected to it (see [`connect`]). Returns the hub, the member, the context.
+fn one_member_fleet(canary_cluster: Value) -> (FakeApi, FakeApi, Arc<HubContext>) {
+    let hub = FakeApi::new();
+    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![canary_cluster]));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    let member = FakeApi::new();
+    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    (hub, member, ctx)
+}
+
 fn labelled(name: &str, labels: Value) -> Value {
     let mut c = cluster(name, "none");
     c["metadata"]["labels"] = labels;
@@ -366,13 +380,7 @@ async fn a_fresh_watch_cache_replaces_the_get_and_a_failed_watch_is_unreachable(
 
 #[tokio::test]
 async fn the_hub_exports_its_rollout_metrics_and_reconcile_time() {
-    let hub = FakeApi::new();
-    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
-    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
-    let member = FakeApi::new();
-    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
-    let ctx = Arc::new(HubContext::new(hub.client(), None));
-    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let (_hub, _member, ctx) = one_member_fleet(cluster("canary-1", "canary"));
     reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
     let text = ctx.metrics.render();
     for line in [
@@ -387,18 +395,7 @@ async fn the_hub_exports_its_rollout_metrics_and_reconcile_time() {
 
 #[tokio::test]
 async fn a_second_reconcile_reapplies_nothing_and_reports_progress() {
-    let hub = FakeApi::new();
-    hub.insert(
-        "/apis/petrel.dev/v1alpha1/clusters",
-        json!({"apiVersion": "petrel.dev/v1alpha1", "kind": "ClusterList", "metadata": {}, "items": [
-            cluster("canary-1", "canary")
-        ]}),
-    );
-    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
-    let member = FakeApi::new();
-    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
-    let ctx = Arc::new(HubContext::new(hub.client(), None));
-    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let (hub, member, ctx) = one_member_fleet(cluster("canary-1", "canary"));
     reconcile(Arc::new(rollout()), ctx.clone()).await.unwrap();
     let written = hub.requests().into_iter().rfind(|r| r.path == STATUS_PATH).unwrap().body.unwrap();
 
@@ -447,14 +444,8 @@ async fn a_status_decided_from_an_old_rollout_is_refused_and_announces_nothing()
 /// of the Rollout read again announces each once.
 #[tokio::test]
 async fn a_refused_status_write_publishes_no_event_and_the_next_one_publishes_each_once() {
-    let hub = FakeApi::new();
-    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![cluster("canary-1", "canary")]));
-    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
+    let (hub, member, ctx) = one_member_fleet(cluster("canary-1", "canary"));
     hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
-    let member = FakeApi::new();
-    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
-    let ctx = Arc::new(HubContext::new(hub.client(), None));
-    connect(&ctx, "canary-1", "kubeconfig", member.client());
     let read_at = |version: &str| {
         let mut rollout = rollout();
         rollout.metadata.resource_version = Some(version.into());
@@ -581,15 +572,9 @@ async fn a_breached_budget_with_rollback_all_rolls_promoted_members_back_once() 
 
 #[tokio::test]
 async fn approvals_stay_the_approvers_and_unreadable_traffic_shares_are_reported() {
-    let hub = FakeApi::new();
     let mut canary_cluster = cluster("canary-1", "canary");
     canary_cluster["metadata"]["labels"]["petrel.dev/traffic-share"] = json!("lots");
-    hub.insert("/apis/petrel.dev/v1alpha1/clusters", cluster_list(vec![canary_cluster]));
-    hub.insert("/api/v1/namespaces/petrel-system/secrets/canary-1", secret("canary-1"));
-    let member = FakeApi::new();
-    member.insert(CANARY_PATH, member_canary("Waiting", NEW, "rev-new", "rev-old"));
-    let ctx = HubContext::new(hub.client(), None);
-    connect(&ctx, "canary-1", "kubeconfig", member.client());
+    let (hub, member, ctx) = one_member_fleet(canary_cluster);
     let mut manual = rollout();
     manual.spec.waves[0].approval = crate::api::rollout::Approval::Manual;
     manual.status = Some(
@@ -598,7 +583,7 @@ async fn approvals_stay_the_approvers_and_unreadable_traffic_shares_are_reported
         ]}))
         .unwrap(),
     );
-    reconcile(Arc::new(manual), Arc::new(ctx)).await.unwrap();
+    reconcile(Arc::new(manual), ctx).await.unwrap();
 
     let written = last_status(&hub);
     let wave = &written["waves"][0];
@@ -687,12 +672,31 @@ async fn probes_write_each_clusters_status_and_only_when_it_changed() {
     assert_eq!(cluster_status_writes(&hub).len(), 2, "no write storm");
 }
 
+/// A member kubeconfig: API server `server`, token `abc`.
 fn kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster:\n    server: {server}\n\
-         users:\n- name: hub\n  user:\n    token: abc\ncontexts:\n- name: m\n  context: {{cluster: m, user: hub}}\n\
-         current-context: m\n"
-    )
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+    let config = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: "m".into(),
+            cluster: Some(Cluster { server: Some(server.into()), ..Cluster::default() }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "hub".into(),
+            auth_info: Some(AuthInfo { token: Some("abc".to_string().into()), ..AuthInfo::default() }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: "m".into(),
+            context: Some(Context { cluster: "m".into(), user: Some("hub".into()), ..Context::default() }),
+            ..NamedContext::default()
+        }],
+        current_context: Some("m".into()),
+        ..Kubeconfig::default()
+    };
+    serde_yaml::to_string(&config).expect("a kubeconfig serialises")
 }
 
 fn kubeconfig_secret(name: &str, kubeconfig: &str) -> Value {

@@ -186,10 +186,6 @@ impl Readiness {
         Self::default()
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.not_ready_because().is_none()
-    }
-
     /// Why this replica is not ready, or `None` when it is.
     pub fn not_ready_because(&self) -> Option<String> {
         if self.standby.load(Ordering::Acquire) {
@@ -337,9 +333,9 @@ mod tests {
         assert!(readiness.not_ready_because().unwrap().contains("the canaries watch has not synced"));
         readiness.watches().observe::<()>("canaries", &Ok(watcher::Event::Init));
         readiness.watches().observe::<()>("canaries", &Ok(watcher::Event::InitDone));
-        assert!(readiness.is_ready());
+        assert!(readiness.not_ready_because().is_none());
         readiness.set_standby(true);
         readiness.watches().observe::<()>("canaries", &Ok(watcher::Event::Init));
-        assert!(readiness.is_ready(), "a standby is ready whatever its caches");
+        assert!(readiness.not_ready_because().is_none(), "a standby is ready whatever its caches");
     }
 }

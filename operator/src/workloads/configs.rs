@@ -53,14 +53,6 @@ impl ConfigRefs {
         let entry = map.entry(name.to_string()).or_insert(need);
         *entry = (*entry).max(need);
     }
-
-    pub fn config_map_names(&self) -> BTreeSet<String> {
-        self.config_maps.keys().cloned().collect()
-    }
-
-    pub fn secret_names(&self) -> BTreeSet<String> {
-        self.secrets.keys().cloned().collect()
-    }
 }
 
 /// Names of tracked ConfigMaps and Secrets (those whose references the primary rewrites).
@@ -381,6 +373,10 @@ pub async fn copy_configs_to_primary(
 mod tests {
     use super::*;
     use crate::workloads::test_support::{canary, labels};
+
+    fn names_of(refs: &BTreeMap<String, Need>) -> BTreeSet<String> {
+        refs.keys().cloned().collect()
+    }
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{
         ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapProjection, ConfigMapVolumeSource, EnvFromSource, EnvVar,
@@ -613,12 +609,12 @@ mod tests {
         );
         let refs = referenced_configs(&rewritten);
         assert_eq!(
-            refs.config_map_names(),
+            names_of(&refs.config_maps),
             ["env-cm-primary", "key-cm-primary", "proj-cm-primary", "vol-cm-primary"].map(String::from).into()
         );
         // proj-secret is not tracked (opted out): it keeps its name.
         assert_eq!(
-            refs.secret_names(),
+            names_of(&refs.secrets),
             ["env-secret-primary", "init-secret-primary", "proj-secret", "vol-secret-primary"].map(String::from).into()
         );
         // Nothing else changed.
@@ -694,8 +690,8 @@ mod tests {
             let expected_config_maps: BTreeSet<String> =
                 config_maps.iter().map(|n| renamed(n, &tracked_config_maps)).collect();
             let expected_secrets: BTreeSet<String> = secrets.iter().map(|n| renamed(n, &tracked_secrets)).collect();
-            proptest::prop_assert_eq!(refs.config_map_names(), expected_config_maps);
-            proptest::prop_assert_eq!(refs.secret_names(), expected_secrets);
+            proptest::prop_assert_eq!(names_of(&refs.config_maps), expected_config_maps);
+            proptest::prop_assert_eq!(names_of(&refs.secrets), expected_secrets);
         }
     }
 }

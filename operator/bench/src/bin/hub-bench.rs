@@ -24,6 +24,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use futures::StreamExt;
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
@@ -452,7 +454,7 @@ fn kubeconfig(addr: SocketAddr, cluster: &str) -> Result<String, serde_yaml::Err
             name: cluster.into(),
             cluster: Some(kube::config::Cluster {
                 server: Some(format!("http://{addr}/members/{cluster}")),
-                certificate_authority_data: Some(base64(MEMBER_CA_PEM.as_bytes())),
+                certificate_authority_data: Some(STANDARD.encode(MEMBER_CA_PEM)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -475,14 +477,6 @@ fn kubeconfig(addr: SocketAddr, cluster: &str) -> Result<String, serde_yaml::Err
         ..Default::default()
     };
     serde_yaml::to_string(&kubeconfig)
-}
-
-fn base64(bytes: &[u8]) -> String {
-    // ByteString serialises as base64; reuse it rather than a second encoder.
-    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 async fn handle(State((world, addr)): State<AppState>, request: Request) -> Response {
@@ -540,7 +534,7 @@ fn hub_request(world: &Mutex<World>, addr: SocketAddr, method: &Method, path: &s
                     StatusCode::OK,
                     &json!({"apiVersion": "v1", "kind": "Secret",
                             "metadata": {"name": name, "namespace": "petrel-system", "resourceVersion": "1"},
-                            "data": {"kubeconfig": base64(kubeconfig.as_bytes())}}),
+                            "data": {"kubeconfig": k8s_openapi::ByteString(kubeconfig.into_bytes())}}),
                 ),
                 Err(e) => json_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
