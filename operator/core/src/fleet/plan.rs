@@ -213,11 +213,6 @@ pub struct PlanReport {
 }
 
 impl PlanReport {
-    /// True when every wave has members and every selected member has a wave.
-    pub fn is_clean(&self) -> bool {
-        self.empty_waves.is_empty() && self.unassigned.is_empty()
-    }
-
     /// One line per problem, for a condition message or an Event.
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -387,7 +382,7 @@ mod tests {
         assert_eq!(report.empty_waves, vec!["canary".to_string(), "eu-again".to_string()]);
         assert_eq!(report.unassigned, vec!["b".to_string()]);
         assert_eq!(report.members_per_wave[1], ("eu".to_string(), vec!["a".to_string()]));
-        assert!(!report.is_clean());
+        assert!(!report.warnings().is_empty());
         let warnings = report.warnings().join("\n");
         assert!(warnings.contains("\"canary\"") && warnings.contains("will not get the release: b"), "{warnings}");
     }
