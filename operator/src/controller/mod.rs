@@ -366,9 +366,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
     let secrets =
         kept(SECRET_WATCH, watcher(api_in::<PartialObjectMeta<Secret>>(&client, &namespace), config()), &health)
+            .modify(drop_unread_fields)
             .reflect(source_writers.secrets);
     let templates =
         kept(METRIC_TEMPLATE_WATCH, watcher(api_in::<MetricTemplate>(&client, &namespace), config()), &health)
+            .modify(drop_unread_fields)
             .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
     let services = kept(SERVICE_WATCH, watcher(api_in::<Service>(&client, &namespace), generated), &health)
@@ -377,6 +379,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =
         kept(ALERT_PROVIDER_WATCH, watcher(api_in::<AlertProvider>(&client, &namespace), config()), &health)
+            .modify(drop_unread_fields)
             .reflect(source_writers.alert_providers)
             .for_each(|_| std::future::ready(()));
     let alert_providers = tokio::spawn(alert_providers);

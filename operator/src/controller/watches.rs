@@ -80,7 +80,8 @@ fn is_expired<K>(event: &watcher::Result<watcher::Event<K>>) -> bool {
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// For `.modify` on a watch whose objects are cached: what nothing in petrel reads goes,
-/// so that 1,000 cached Canaries and their Deployments do not hold it (issue 15): the
+/// so that 1,000 cached Canaries and their Deployments, and every Secret's metadata, do
+/// not hold it (issues 15 and 16; for a Secret the last-applied copy is its data): the
 /// managedFields (every write, petrel's status writes included, adds to them) and
 /// kubectl's last-applied copy of the object (never copied to a generated object either:
 /// `workloads::primary::copyable_metadata`). petrel never writes a cached object back
@@ -133,6 +134,26 @@ mod tests {
         assert_eq!(kept.metadata.annotations, Some([("team".to_string(), "web".to_string())].into()));
         assert_eq!(kept.metadata.managed_fields, Some(vec![]));
         assert_eq!((kept.metadata.name, kept.spec), (deployment.metadata.name, deployment.spec));
+    }
+
+    /// A Secret applied with `kubectl apply` carries its data in the last-applied
+    /// annotation, even in the metadata the Secret watch caches: it must not stay there.
+    #[test]
+    fn cached_secret_metadata_loses_the_applied_copy_of_the_data() {
+        use k8s_openapi::api::core::v1::Secret;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        use kube::core::PartialObjectMeta;
+        let mut secret: PartialObjectMeta<Secret> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "api-token", "namespace": "apps", "resourceVersion": "42",
+                "annotations": {LAST_APPLIED_ANNOTATION: "{\"data\":{\"token\":\"c2VjcmV0\"}}"}},
+        }))
+        .unwrap();
+        secret.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        drop_unread_fields(&mut secret);
+        assert_eq!(secret.metadata.annotations, Some(Default::default()));
+        assert_eq!(secret.metadata.managed_fields, Some(vec![]));
+        assert_eq!(secret.metadata.resource_version.as_deref(), Some("42"), "the version the analysis compares stays");
     }
 
     #[tokio::test]
