@@ -21,6 +21,8 @@ pub struct RoundFigures {
     /// Operator CPU while idle, in percent of one core.
     pub idle_cpu_percent: f64,
     pub idle_calls: Vec<(String, usize)>,
+    /// Resident memory of the operator at the end of the idle window (`VmRSS`).
+    pub idle_rss_bytes: u64,
     /// From each Deployment's image change to its Canary leaving the idle phase.
     pub detection_p50: Option<Duration>,
     pub detection_p99: Option<Duration>,
@@ -91,6 +93,7 @@ const ROWS: &[Row] = &[
     Row { label: "requests to initialize", value: |f| Some(f.init_requests as f64), show: count },
     Row { label: "idle: requests per minute", value: |f| Some(f.idle_requests_per_minute), show: per_minute },
     Row { label: "idle: operator CPU (of one core)", value: |f| Some(f.idle_cpu_percent), show: percent },
+    Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
     Row { label: "release: all Succeeded", value: |f| d(f.all_succeeded), show: secs },
@@ -288,6 +291,7 @@ mod tests {
             succeeded: 9,
             release_calls: vec![("patch canaries/status".into(), requests / 2), ("get deployments".into(), 3)],
             load: (3.25, 4.5),
+            idle_rss_bytes: 48 * 1024 * 1024,
             ..RoundFigures::default()
         }
     }
@@ -304,6 +308,7 @@ mod tests {
         assert!(table.contains("| release: detection p99 | — | — | — |"), "{table}");
         assert!(table.contains("| release: API requests per Canary | 50.0 | 100.0 | 0.50 |"), "{table}");
         assert!(table.contains("| 10/10 · 9/10 | 10/10 · 9/10 |"), "{table}");
+        assert!(table.contains("| idle: operator RSS (end of the window) | 48.0 MiB | 48.0 MiB | 1.00 |"), "{table}");
         assert!(table.contains("| 3.2 → 4.5 |"), "{table}");
         // Every line has as many cells as the header.
         let cells = |l: &str| l.matches('|').count();

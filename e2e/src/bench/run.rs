@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -64,6 +64,11 @@ pub struct BenchOptions {
     pub concurrency: usize,
     pub nodes: usize,
     pub pods_per_node: u32,
+    /// Secrets in the cluster before the operator starts (none of them used): half in
+    /// each round's namespace, the rest in [`workload::SECRETS_NAMESPACE`].
+    pub secrets: usize,
+    /// Bytes of data of each of them.
+    pub secret_bytes: usize,
 }
 
 /// The control plane and what every round shares.
@@ -124,6 +129,11 @@ impl BenchEnv {
             kubectl(&fleet, &kubeconfig, &["apply", "--server-side", "--field-manager", MANAGER, "-f", &path])?;
         }
         kubectl(&fleet, &kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+        let (_, elsewhere) = workload::secret_split(options.secrets);
+        if elsewhere > 0 {
+            create_namespace(&client, workload::SECRETS_NAMESPACE).await?;
+            apply_secrets(&client, workload::SECRETS_NAMESPACE, elsewhere, options).await?;
+        }
         let audit = AuditTail::new(cluster.audit_log_path());
         Ok(BenchEnv { fleet, client, kubeconfig, dir, audit, rounds: 0 })
     }
@@ -160,10 +170,8 @@ impl BenchEnv {
         };
 
         // The apps, as Git would apply them, ready before the operator starts.
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": namespace}}))?)
-            .await
-            .with_context(|| format!("creating namespace {namespace}"))?;
+        create_namespace(&self.client, &namespace).await?;
+        apply_secrets(&self.client, &namespace, workload::secret_split(options.secrets).0, options).await?;
         let config_maps = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace);
         let deployments = Api::<Deployment>::namespaced(self.client.clone(), &namespace);
         let all_config_maps: Vec<serde_json::Value> = bad.iter().flat_map(|b| b.config_maps.clone()).collect();
@@ -247,6 +255,7 @@ impl BenchEnv {
         figures.idle_requests_per_minute = idle_requests.len() as f64 * 60.0 / idle_elapsed.as_secs_f64();
         figures.idle_cpu_percent = idle_cpu.as_secs_f64() * 100.0 / idle_elapsed.as_secs_f64();
         figures.idle_calls = super::audit::tally(&idle_requests);
+        figures.idle_rss_bytes = status_bytes(pid, "VmRSS:").unwrap_or(0);
 
         // The release: every Deployment at once.
         let apiserver = self.apiserver_pid()?;
@@ -338,6 +347,38 @@ where
     Fut: std::future::Future<Output = Result<R>>,
 {
     stream::iter(items.into_iter().map(work)).buffer_unordered(limit.max(1)).try_for_each(|_| async { Ok(()) }).await
+}
+
+async fn create_namespace(client: &Client, namespace: &str) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": namespace}}))?)
+        .await
+        .with_context(|| format!("creating namespace {namespace}"))?;
+    Ok(())
+}
+
+/// Applies `count` Secrets of `options.secret_bytes` each in `namespace`,
+/// `options.concurrency` at a time.
+async fn apply_secrets(client: &Client, namespace: &str, count: usize, options: &BenchOptions) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    for_each_concurrently(options.concurrency, (0..count).map(workload::secret_name).collect(), |name| {
+        let api = api.clone();
+        let manifest = workload::secret(namespace, &name, options.secret_bytes);
+        async move {
+            api.patch(&name, &ssa(), &Patch::Apply(manifest)).await.with_context(|| format!("applying Secret {name}"))
+        }
+    })
+    .await?;
+    eprintln!(
+        "canary-bench:   {count} Secrets of {} bytes in {namespace} ({:.1} s)",
+        options.secret_bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Waits until `expected` Deployments of `api` have all their replicas available.

@@ -1,7 +1,9 @@
 //! The objects a benchmark round applies, for petrel and for Flagger alike: N
-//! Deployments, a Canary each (the same spec in each API), and the bad-input targets.
-//! Pure: manifests as JSON.
+//! Deployments, a Canary each (the same spec in each API), the bad-input targets, and
+//! the Secrets that only sit in the cluster (`--secrets`). Pure: manifests as JSON.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
@@ -208,6 +210,35 @@ pub fn bad_targets(namespace: &str, image: &str) -> Vec<BadTarget> {
     ]
 }
 
+/// The namespace that holds the Secrets not in a round's namespace (`--secrets`); it
+/// lives as long as the control plane.
+pub const SECRETS_NAMESPACE: &str = "bench-secrets";
+
+/// How `total` Secrets are spread: (in each round's namespace, in [`SECRETS_NAMESPACE`]).
+/// Half (rounded down) sit with the Canaries, the rest elsewhere: a member operator
+/// watching the whole cluster sees both.
+pub fn secret_split(total: usize) -> (usize, usize) {
+    (total / 2, total - total / 2)
+}
+
+/// Name of the i-th Secret of a namespace.
+pub fn secret_name(index: usize) -> String {
+    format!("bench-secret-{index:05}")
+}
+
+/// A Secret no workload uses, with one key of `bytes` bytes of data. The bytes vary
+/// (not one repeated character) so nothing on the way compresses them into nothing.
+pub fn secret(namespace: &str, name: &str, bytes: usize) -> Value {
+    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {"payload": STANDARD.encode(data)},
+    })
+}
+
 /// Sets the image of a Deployment manifest (every container: the apps have one).
 pub fn with_image(mut deployment: Value, image: &str) -> Value {
     if let Some(containers) = deployment["spec"]["template"]["spec"]["containers"].as_array_mut() {
@@ -261,6 +292,19 @@ mod tests {
         assert!(template.len() > BAD_TEMPLATE_BYTES, "{}", template.len());
         let released = with_image(bad[2].deployment.clone(), IMAGE_V1);
         assert_eq!(released["spec"]["template"]["spec"]["containers"][0]["image"], IMAGE_V1);
+    }
+
+    #[test]
+    fn secrets_carry_the_asked_bytes_and_are_split_without_loss() {
+        let s = secret("ns", &secret_name(7), 10 * 1024);
+        assert_eq!(s["metadata"]["name"], "bench-secret-00007");
+        assert_eq!(s["metadata"]["namespace"], "ns");
+        let payload = STANDARD.decode(s["data"]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(payload.len(), 10 * 1024);
+        assert_ne!(payload[0], payload[1]);
+        assert_eq!(secret_split(5000), (2500, 2500));
+        assert_eq!(secret_split(5), (2, 3));
+        assert_eq!(secret_split(0), (0, 0));
     }
 
     #[test]

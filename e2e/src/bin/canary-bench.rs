@@ -7,14 +7,18 @@
 //! docs/benchmarks.md: the time to initialize all N, idle requests per minute and
 //! operator CPU, the time from each image change to its Canary leaving idle (p50, p99),
 //! the time until all Succeeded, the requests, API server CPU, operator CPU and peak
-//! memory of the release, requests by verb and resource (from the API server's audit
-//! log, by user agent), and the ratios to Flagger.
+//! memory of the release, the operator's memory at the end of the idle window, requests
+//! by verb and resource (from the API server's audit log, by user agent), and the ratios
+//! to Flagger. With `--secrets N`, N unused Secrets sit in the cluster while it runs.
 //!
 //! ```sh
 //! cargo run --release -p petrel-e2e --bin canary-bench -- --sizes 10,100 --write
 //! # compare builds: any number of petrel binaries, each with its own label
 //! cargo run --release -p petrel-e2e --bin canary-bench -- \
 //!     --petrel "petrel (main)=/tmp/petrel-main" --petrel "petrel=target/release/petrel"
+//! # the member's memory with 5,000 unused Secrets of 10 KiB in the cluster
+//! cargo run --release -p petrel-e2e --bin canary-bench -- --no-flagger --sizes 10 \
+//!     --petrel before=/tmp/petrel-before --petrel after=/tmp/petrel-after --secrets 5000 --secret-kib 10
 //! ```
 //!
 //! Flagger is built from the Go module proxy by `e2e/scripts/build-flagger.sh` into
@@ -86,6 +90,13 @@ struct Cli {
     nodes: usize,
     #[arg(long, default_value_t = 2000)]
     pods_per_node: u32,
+    /// Secrets in the cluster before each operator starts, used by nothing: half in the
+    /// round's namespace (created with it), the rest in namespace `bench-secrets`.
+    #[arg(long, default_value_t = 0)]
+    secrets: usize,
+    /// KiB of data in each of those Secrets.
+    #[arg(long, default_value_t = 10)]
+    secret_kib: usize,
     /// Work dir (control plane, operator logs).
     #[arg(long, default_value = "/tmp/canary-bench")]
     dir: PathBuf,
@@ -232,6 +243,8 @@ fn main() -> Result<()> {
         concurrency: cli.concurrency,
         nodes: cli.nodes,
         pods_per_node: cli.pods_per_node,
+        secrets: cli.secrets,
+        secret_bytes: cli.secret_kib * 1024,
     };
     let command = std::iter::once("cargo run --release -p petrel-e2e --bin canary-bench --".to_string())
         .chain(std::env::args().skip(1).map(|a| if a.contains(' ') { format!("'{a}'") } else { a }))
@@ -267,29 +280,36 @@ fn main() -> Result<()> {
         anyhow::Ok(rounds)
     })?;
 
+    let (with_canaries, elsewhere) = petrel_e2e::bench::workload::secret_split(cli.secrets);
+    let mut setup = vec![
+        format!(
+            "One control plane (kube-apiserver, kube-controller-manager, kube-scheduler {} from e2e/versions.env, one etcd, kwok with {} fake nodes), its audit log on (metadata level, every request) for the request counts; each operator runs as a process with the admin kubeconfig",
+            petrel_e2e::fleet::Versions::load().map(|v| v.kubernetes).unwrap_or_default(),
+            cli.nodes
+        ),
+        format!(
+            "Per round: a fresh namespace, N Deployments of {} replica(s), available before the operator starts; the Canaries are applied {} at a time; {} s of quiet, then a {} s idle window; then every Deployment's image is changed ({} patches in flight); the namespace is deleted before the next round",
+            cli.replicas, cli.concurrency, cli.settle, cli.idle, cli.concurrency
+        ),
+        "Detection: from the response to a Deployment's patch to the benchmark's watch seeing its Canary in a phase other than Initialized or Succeeded. API server and operator CPU: user + system time from /proc over the window. Requests: audit log lines of the operator's user agent. Idle RSS: VmRSS at the end of the idle window".to_string(),
+    ];
+    if cli.secrets > 0 {
+        setup.push(format!(
+            "Secrets: {} Secrets of {} KiB of data each in the cluster before every operator starts, used by no workload: {with_canaries} in the round's namespace (applied {} at a time after the namespace), {elsewhere} in namespace `{}` (applied once, before the first round)",
+            cli.secrets,
+            cli.secret_kib,
+            cli.concurrency,
+            petrel_e2e::bench::workload::SECRETS_NAMESPACE
+        ));
+    }
     let info = RunInfo {
         command,
         machine: machine(),
-        when: format!(
-            "{} UTC, {:.0} min",
-            started_at.format("%Y-%m-%d %H:%M"),
-            started.elapsed().as_secs_f64() / 60.0
-        ),
+        when: format!("{} UTC, {:.0} min", started_at.format("%Y-%m-%d %H:%M"), started.elapsed().as_secs_f64() / 60.0),
         load: format!("{load_at_start} → {}", loads()),
         operators: origins,
         variants: variants.iter().map(|v| (*v, v.describe(&analysis))).collect(),
-        setup: vec![
-            format!(
-                "One control plane (kube-apiserver, kube-controller-manager, kube-scheduler {} from e2e/versions.env, one etcd, kwok with {} fake nodes), its audit log on (metadata level, every request) for the request counts; each operator runs as a process with the admin kubeconfig",
-                petrel_e2e::fleet::Versions::load().map(|v| v.kubernetes).unwrap_or_default(),
-                cli.nodes
-            ),
-            format!(
-                "Per round: a fresh namespace, N Deployments of {} replica(s), available before the operator starts; the Canaries are applied {} at a time; {} s of quiet, then a {} s idle window; then every Deployment's image is changed ({} patches in flight); the namespace is deleted before the next round",
-                cli.replicas, cli.concurrency, cli.settle, cli.idle, cli.concurrency
-            ),
-            "Detection: from the response to a Deployment's patch to the benchmark's watch seeing its Canary in a phase other than Initialized or Succeeded. API server and operator CPU: user + system time from /proc over the window. Requests: audit log lines of the operator's user agent".to_string(),
-        ],
+        setup,
     };
     let section = report::document(&info, &rounds, &flagger_label);
     println!("{section}");
