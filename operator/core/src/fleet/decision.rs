@@ -136,7 +136,7 @@ impl CanaryObservation {
         }
     }
 
-    fn is_at(&self, release: &str) -> bool {
+    pub(crate) fn is_at(&self, release: &str) -> bool {
         self.release.as_deref() == Some(release)
     }
 
@@ -151,7 +151,7 @@ impl CanaryObservation {
             && self.promoted_revision == self.revision
     }
 
-    fn approval_delivered(&self) -> bool {
+    pub(crate) fn approval_delivered(&self) -> bool {
         self.approved_revision.is_some() && self.approved_revision == self.revision
     }
 }

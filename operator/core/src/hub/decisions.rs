@@ -107,9 +107,7 @@ pub fn with_approvals(members: &mut [MemberObservation], history: &ReleaseHistor
 /// would never be recorded (no approval time, no `MemberApproved` Event).
 pub fn with_delivered_approvals(members: &mut [MemberObservation], release: &str, now: DateTime<Utc>) {
     for member in members.iter_mut().filter(|m| m.approved_at.is_none() && m.identity.is_verified()) {
-        let delivered = member.canary.as_ref().is_some_and(|c| {
-            c.release.as_deref() == Some(release) && c.revision.is_some() && c.approved_revision == c.revision
-        });
+        let delivered = member.canary.as_ref().is_some_and(|c| c.is_at(release) && c.approval_delivered());
         if delivered {
             member.approved_at = Some(now);
         }
