@@ -127,7 +127,14 @@ async fn four_clusters_run_deployments_and_stop_cleanly() {
     let deps: Api<Deployment> = Api::namespaced(m3.client().await.unwrap(), "default");
     assert!(deps.get_opt("smoke").await.unwrap().is_some(), "member-3 lost its Deployment");
     // SIGKILL one component and restart it.
-    let kwok = m3.pid(Component::Kwok).unwrap();
+    let kwok = m3.pid(Component::Kwok).unwrap_or_else(|| {
+        let log = std::fs::read_to_string(m3.log_path(Component::Kwok)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "member-3's kwok is not running after the restart; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    });
     fleet.kill_component("member-3", Component::Kwok, libc::SIGKILL).unwrap();
     assert!(!alive(kwok) && !m3.is_running(Component::Kwok));
     fleet.restart_component("member-3", Component::Kwok).unwrap();

@@ -385,15 +385,59 @@ impl Cluster {
         self.start_component(spawner, Component::KubeApiserver)?;
         let client = self.wait_apiserver_ready(deadline).await?;
         debug!(cluster = %self.name, elapsed = ?t0.elapsed(), "apiserver ready");
-        for c in [Component::KubeControllerManager, Component::KubeScheduler, Component::Kwok] {
+        for c in BOOT_SUPERVISED {
             self.start_component(spawner, c)?;
         }
+        let mut spawned = Instant::now();
         self.create_nodes(&client).await?;
-        self.wait_workable(&client, deadline).await?;
+        let mut restarts = 0;
+        loop {
+            let settled = async {
+                self.wait_workable(&client, deadline).await?;
+                // On a restart the nodes are still Ready from before, so the cluster looks
+                // workable the moment the components are spawned: give them the time a
+                // startup failure takes to show before calling the cluster ready (a fresh
+                // cluster has spent it already, waiting for kwok to make its nodes Ready).
+                tokio::time::sleep_until((spawned + BOOT_SETTLE).into()).await;
+                for c in Component::ALL {
+                    self.check_alive(c)?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            match settled {
+                Ok(()) => break,
+                Err(e) if restarts < BOOT_RESTARTS && Instant::now() < deadline => {
+                    // What a kubelet does for a static pod that exits at start: start it
+                    // again, and say why. The API server is not restarted here: its exit
+                    // is never transient in this harness.
+                    let exited: Vec<Component> =
+                        BOOT_SUPERVISED.into_iter().filter(|&c| self.check_alive(c).is_err()).collect();
+                    if exited.is_empty() {
+                        return Err(e);
+                    }
+                    restarts += 1;
+                    warn!(cluster = %self.name, error = %format!("{e:#}"), ?exited, restarts, "a component exited while the cluster booted; starting it again");
+                    for c in exited {
+                        self.start_component(spawner, c)?;
+                    }
+                    spawned = Instant::now();
+                }
+                Err(e) => return Err(e),
+            }
+        }
         info!(cluster = %self.name, url = %self.api_url, elapsed = ?t0.elapsed(), "cluster ready");
         Ok(())
     }
 }
+
+/// The components started after the API server answers, which boot starts again when
+/// one exits before the cluster is ready.
+const BOOT_SUPERVISED: [Component; 3] = [Component::KubeControllerManager, Component::KubeScheduler, Component::Kwok];
+/// How often boot starts an exited component again before giving up with its log.
+const BOOT_RESTARTS: u32 = 3;
+/// How long every component must have stayed up before the cluster is called ready.
+const BOOT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Handle of a running fleet. Dropping it stops every process (see module docs).
 pub struct Fleet {
