@@ -320,53 +320,16 @@ async fn campaign(
     // duration (a replica without a preferred shard would otherwise take it again).
     let mut handed_back: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
     loop {
-        let mut seen = BTreeMap::new();
-        let mut asked = BTreeSet::new();
         let now = chrono::Utc::now();
-        for &index in &order {
-            let name = shard::lease_name(&election.lease_name, index);
-            let lease = match leases.get_opt(&name).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    warn!(lease = %name, error = %e, "could not read a shard's Lease; looking again later");
-                    continue;
-                }
-            };
-            let annotations = lease.as_ref().and_then(|l| l.metadata.annotations.as_ref());
-            let wanted = annotations.and_then(|a| {
-                let by = a.get(shard::WANTED_BY_ANNOTATION)?;
-                let at = chrono::DateTime::parse_from_rfc3339(a.get(shard::WANTED_AT_ANNOTATION)?).ok()?;
-                Some((by.as_str(), at.with_timezone(&chrono::Utc)))
-            });
-            if shard::asked_by_another(wanted, &election.identity, now, grace) {
-                asked.insert(index);
-            }
-            let spec = lease.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
-            let holder = spec.holder_identity.filter(|h| !h.is_empty());
-            let instant = tokio::time::Instant::now();
-            let free_for = if holder.is_none() {
-                instant.duration_since(*free_since.entry(index).or_insert(instant))
-            } else {
-                free_since.remove(&index);
-                Duration::ZERO
-            };
-            let state = shard::lease_seen(
-                holder.as_deref(),
-                spec.renew_time.and_then(|t| crate::workloads::health::timestamp_to_chrono(&t.0)),
-                spec.lease_duration_seconds,
-                &election.identity,
-                now,
-                free_for,
-            );
-            seen.insert(index, state);
-        }
-
+        let LeasesLook { mut seen, asked, requested } =
+            look_at_leases(&leases, &order, &election, &mut free_since, grace, look).await;
         let running: Vec<u32> = campaigns.keys().copied().collect();
         for index in running {
             let Some(state) = seen.get(&index).copied() else { continue };
             let holds = sharding.held.holds(index);
             match shard::stewardship(index, sharding.preferred, holds, state, asked.contains(&index)) {
                 shard::Stewardship::Keep => {}
+                shard::Stewardship::Ask if requested.contains(&index) => {}
                 shard::Stewardship::Ask => {
                     let name = shard::lease_name(&election.lease_name, index);
                     let request = serde_json::json!({"metadata": {"annotations": {
@@ -412,6 +375,73 @@ async fn campaign(
             () = tokio::time::sleep(look) => {}
         }
     }
+}
+
+/// What one look at the shard Leases found.
+struct LeasesLook {
+    /// Each Lease read, classified ([`shard::lease_seen`]); a Lease that could not be
+    /// read is left out (looked at again next time).
+    seen: BTreeMap<u32, shard::LeaseSeen>,
+    /// Shards whose Lease carries another replica's fresh request for it.
+    asked: BTreeSet<u32>,
+    /// Shards whose Lease carries this replica's own request, recent enough to be left
+    /// as it is ([`shard::request_is_current`]).
+    requested: BTreeSet<u32>,
+}
+
+/// Reads every shard's Lease, in `order`, and classifies what it says; `free_since`
+/// remembers since when each Lease has been without a holder.
+async fn look_at_leases(
+    leases: &Api<Lease>,
+    order: &[u32],
+    election: &LeaderElection,
+    free_since: &mut BTreeMap<u32, tokio::time::Instant>,
+    grace: Duration,
+    look: Duration,
+) -> LeasesLook {
+    let mut found = LeasesLook { seen: BTreeMap::new(), asked: BTreeSet::new(), requested: BTreeSet::new() };
+    let now = chrono::Utc::now();
+    for &index in order {
+        let name = shard::lease_name(&election.lease_name, index);
+        let lease = match leases.get_opt(&name).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                warn!(lease = %name, error = %e, "could not read a shard's Lease; looking again later");
+                continue;
+            }
+        };
+        let annotations = lease.as_ref().and_then(|l| l.metadata.annotations.as_ref());
+        let wanted = annotations.and_then(|a| {
+            let by = a.get(shard::WANTED_BY_ANNOTATION)?;
+            let at = chrono::DateTime::parse_from_rfc3339(a.get(shard::WANTED_AT_ANNOTATION)?).ok()?;
+            Some((by.as_str(), at.with_timezone(&chrono::Utc)))
+        });
+        if shard::asked_by_another(wanted, &election.identity, now, grace) {
+            found.asked.insert(index);
+        }
+        if shard::request_is_current(wanted, &election.identity, now, grace, look) {
+            found.requested.insert(index);
+        }
+        let spec = lease.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
+        let holder = spec.holder_identity.filter(|h| !h.is_empty());
+        let instant = tokio::time::Instant::now();
+        let free_for = if holder.is_none() {
+            instant.duration_since(*free_since.entry(index).or_insert(instant))
+        } else {
+            free_since.remove(&index);
+            Duration::ZERO
+        };
+        let state = shard::lease_seen(
+            holder.as_deref(),
+            spec.renew_time.and_then(|t| crate::workloads::health::timestamp_to_chrono(&t.0)),
+            spec.lease_duration_seconds,
+            &election.identity,
+            now,
+            free_for,
+        );
+        found.seen.insert(index, state);
+    }
+    found
 }
 
 /// Starts keeping shard `index`'s Lease ([`keep_lease`]) and following what it says

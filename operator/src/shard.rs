@@ -240,6 +240,25 @@ pub fn asked_by_another(
     wanted.is_some_and(|(by, at)| by != identity && now - at <= fresh)
 }
 
+/// Whether the request on a Lease is this replica's own and young enough to need no
+/// refresh yet: it must stay within `fresh` (what [`asked_by_another`] honours) until
+/// the look after the next one, `look` apart, so a holder reading at any moment between
+/// two looks still sees it. A replica that asks for its shard back writes the Lease only
+/// when this is false, not at every look. Pure.
+pub fn request_is_current(
+    wanted: Option<(&str, DateTime<Utc>)>,
+    identity: &str,
+    now: DateTime<Utc>,
+    fresh: Duration,
+    look: Duration,
+) -> bool {
+    let fresh = chrono::Duration::from_std(fresh).unwrap_or(chrono::Duration::MAX);
+    let two_looks = chrono::Duration::from_std(look.saturating_mul(2)).unwrap_or(chrono::Duration::MAX);
+    wanted.is_some_and(|(by, at)| {
+        by == identity && at <= now && (now - at).checked_add(&two_looks).is_some_and(|age| age <= fresh)
+    })
+}
+
 /// Decides [`Stewardship`] for shard `index`, which this replica campaigns for; `asked`:
 /// [`asked_by_another`] of its Lease. Pure.
 pub fn stewardship(index: u32, preferred: Option<u32>, holds: bool, seen: LeaseSeen, asked: bool) -> Stewardship {
@@ -256,6 +275,38 @@ pub fn stewardship(index: u32, preferred: Option<u32>, holds: bool, seen: LeaseS
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_own_request_is_refreshed_only_when_it_would_go_stale_before_the_look_after_next() {
+        let now = chrono::Utc::now();
+        let (fresh, look) = (Duration::from_secs(15), Duration::from_secs(5));
+        let ago = |s: i64| now - chrono::Duration::seconds(s);
+        let current = |wanted| request_is_current(wanted, "petrel-0", now, fresh, look);
+        assert!(!current(None), "no request yet: ask");
+        assert!(current(Some(("petrel-0", ago(0)))));
+        assert!(current(Some(("petrel-0", ago(5)))), "15 s fresh, 5 s old: still fresh two looks on");
+        assert!(!current(Some(("petrel-0", ago(6)))), "would be 16 s old at the look after next");
+        assert!(!current(Some(("petrel-1", ago(0)))), "another replica's request is not ours");
+        assert!(
+            !current(Some(("petrel-0", now + chrono::Duration::seconds(30)))),
+            "a time in the future is not trusted"
+        );
+    }
+
+    proptest! {
+        /// Whatever the timing, a request the rule leaves alone is still honoured by
+        /// every holder that reads the Lease before the next refresh can land.
+        #[test]
+        fn a_request_left_alone_stays_fresh_until_the_next_refresh(age in 0u64..100, fresh in 1u64..60, look in 1u64..30) {
+            let now = chrono::Utc::now();
+            let at = now - chrono::Duration::seconds(age as i64);
+            let (fresh, look) = (Duration::from_secs(fresh), Duration::from_secs(look));
+            if request_is_current(Some(("petrel-0", at)), "petrel-0", now, fresh, look) {
+                let before_refresh = now + chrono::Duration::from_std(look * 2).unwrap();
+                prop_assert!(asked_by_another(Some(("petrel-0", at)), "petrel-1", before_refresh, fresh));
+            }
+        }
+    }
 
     #[test]
     fn fnv1a_matches_the_reference_vectors() {
