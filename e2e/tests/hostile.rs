@@ -31,6 +31,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind,
 use kube::{Client, ResourceExt};
 use petrel::api::Canary;
 use petrel::api::canary::Phase;
+use petrel_e2e::bench::stats::{cpu_time, status_bytes};
 use petrel_e2e::scenario::{
     APP, CanaryOptions, IMAGE_V0, IMAGE_V1, IMAGE_V2, NAMESPACE, TestEnv, eventually, petrel_binary,
 };
@@ -1059,36 +1060,26 @@ async fn template_gets(client: &Client) -> Result<f64> {
 // The operator's resources, the hub, secrets
 // ------------------------------------------------------------------------------------
 
-/// CPU time (clock ticks) and resident memory (KiB) of a process, from `/proc`.
-fn proc_usage(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) start at the state, field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some((ticks, rss))
-}
-
 /// Samples the operator's usage every second until stopped.
 struct Sampler {
-    max_rss_kib: Arc<Mutex<u64>>,
+    max_rss_bytes: Arc<Mutex<u64>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
-    start: (Instant, u64),
+    start: (Instant, Duration),
     pid: u32,
 }
 
 impl Sampler {
     fn start(pid: u32) -> Result<Sampler> {
-        let (ticks, rss) = proc_usage(pid).context("reading the operator's /proc")?;
-        let max_rss_kib = Arc::new(Mutex::new(rss));
+        let cpu = cpu_time(pid).context("reading the operator's /proc/<pid>/stat")?;
+        let rss = status_bytes(pid, "VmRSS:").context("reading the operator's /proc/<pid>/status")?;
+        let max_rss_bytes = Arc::new(Mutex::new(rss));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
-            let (max, stop) = (max_rss_kib.clone(), stop.clone());
+            let (max, stop) = (max_rss_bytes.clone(), stop.clone());
             async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some((_, rss)) = proc_usage(pid) {
+                    if let Some(rss) = status_bytes(pid, "VmRSS:") {
                         let mut max = max.lock().unwrap_or_else(|e| e.into_inner());
                         *max = (*max).max(rss);
                     }
@@ -1096,18 +1087,16 @@ impl Sampler {
                 }
             }
         });
-        Ok(Sampler { max_rss_kib, stop, task, start: (Instant::now(), ticks), pid })
+        Ok(Sampler { max_rss_bytes, stop, task, start: (Instant::now(), cpu), pid })
     }
 
     /// (share of one core used since the start, largest RSS in MiB).
     fn finish(self) -> Result<(f64, u64)> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.abort();
-        let (ticks, _) = proc_usage(self.pid).context("the operator is gone")?;
-        // SAFETY: sysconf only reads a constant of the system.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu = (ticks - self.start.1) as f64 / per_second / self.start.0.elapsed().as_secs_f64();
-        let rss = *self.max_rss_kib.lock().unwrap_or_else(|e| e.into_inner()) / 1024;
+        let used = cpu_time(self.pid).context("the operator is gone")?.saturating_sub(self.start.1);
+        let cpu = used.as_secs_f64() / self.start.0.elapsed().as_secs_f64();
+        let rss = *self.max_rss_bytes.lock().unwrap_or_else(|e| e.into_inner()) / (1024 * 1024);
         Ok((cpu, rss))
     }
 }

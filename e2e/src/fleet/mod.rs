@@ -921,15 +921,7 @@ pub fn node_ready(n: &Node) -> bool {
 
 /// Resident memory of a process (`VmRSS`), 0 when it cannot be read.
 pub fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::bench::stats::status_bytes(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// Minimal HTTP/1.0 GET over plain TCP (for etcd's /health).
