@@ -408,7 +408,7 @@ struct Member {
     annotations: BTreeMap<String, String>,
     reachable: bool,
     rolled_back: bool,
-    /// A write of the hub removed the approval its Canary carried.
+    /// A write of the hub removed the approval its Canary carried, and none gave it back.
     withdrawn: bool,
 }
 
@@ -625,7 +625,10 @@ proptest! {
                         let member = &mut world[index];
                         let held = member.annotations.remove(APPROVED_REVISION_ANNOTATION).is_some();
                         member.annotations.extend(write.annotations.clone());
-                        member.withdrawn |= held && !member.annotations.contains_key(APPROVED_REVISION_ANNOTATION);
+                        // Approved again (a breach whose status was refused, not seen by the
+                        // next reconcile): the withdrawal is undone before it was recorded.
+                        let holds = member.annotations.contains_key(APPROVED_REVISION_ANNOTATION);
+                        member.withdrawn = (member.withdrawn || held) && !holds;
                         Ok(())
                     };
                     outcomes.annotations.insert(write.cluster.clone(), result);
