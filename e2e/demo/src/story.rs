@@ -338,6 +338,7 @@ mod tests {
             release: None,
             revision: None,
             approved_at: approved.map(at),
+            approval_withdrawn_at: None,
             last_contact: None,
             max_weight: None,
             message: String::new(),

@@ -482,6 +482,13 @@ pub struct MemberStatus {
     /// When the hub approved this member for the current release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_at: Option<DateTime<Utc>>,
+    /// When the hub withdrew this member's approval for the current release: a wave's
+    /// failure budget breached with `onFailure: RollbackAll` withdraws it from every
+    /// member approved or progressing (its Canary aborts); this is when the hub removed
+    /// it from the member's Canary, or found it removed. Unset for a new release, and
+    /// when the member is approved again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_withdrawn_at: Option<DateTime<Utc>>,
     /// When the hub last reached the member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,

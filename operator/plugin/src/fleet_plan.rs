@@ -393,6 +393,7 @@ Warnings
                 release: None,
                 revision: None,
                 approved_at: None,
+                approval_withdrawn_at: None,
                 last_contact: None,
                 max_weight: None,
                 message: String::new(),

@@ -330,6 +330,7 @@ mod tests {
             release: Some("podinfo:6.0.1".into()),
             revision: Some("6f7d9c".into()),
             approved_at: None,
+            approval_withdrawn_at: None,
             last_contact: Some(at(2, 29, 55)),
             max_weight: None,
             message: String::new(),

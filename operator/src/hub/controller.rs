@@ -25,7 +25,9 @@
 //! that finds the primary's template already put back does nothing). A write whose
 //! status was refused is found done by the retry, which records it then: an approval
 //! on the member is recorded with its Event
-//! ([`super::decisions::with_delivered_approvals`]), a rollback in the inventory.
+//! ([`super::decisions::with_delivered_approvals`]), an approval gone from the member
+//! likewise (`approvalWithdrawnAt`, [`super::decisions::withdrawn_before`]), a rollback
+//! in the inventory.
 //!
 //! A change of a watched member Canary, or of a member's reachability, wakes the
 //! reconciles of the Rollouts that select that member; a slower safety requeue catches

@@ -898,3 +898,80 @@ async fn an_approval_written_before_a_refused_status_is_announced_once_by_the_re
     reconcile(read_at("8", Some(written)), ctx).await.unwrap();
     assert_eq!(events(&hub), ["ReleaseStarted", "WaveOpened", "MemberApproved"], "announced once");
 }
+
+/// Issue 16: an approval withdrawn from a member (a breached budget with RollbackAll)
+/// by a reconcile whose status write was refused (409) is announced by the retry, which
+/// finds it gone from the member and records it (`approvalWithdrawnAt`: the
+/// `ApprovalWithdrawn` Event is keyed by that status, not by the write this reconcile
+/// made); a reconcile after it announces nothing again.
+#[tokio::test]
+async fn an_approval_withdrawn_before_a_refused_status_is_announced_once_by_the_retry() {
+    let hub = FakeApi::new();
+    hub.insert(
+        "/apis/petrel.dev/v1alpha1/clusters",
+        cluster_list(vec![cluster("eu-1", "prod"), cluster("eu-2", "prod")]),
+    );
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/eu-1", secret("eu-1"));
+    hub.insert("/api/v1/namespaces/petrel-system/secrets/eu-2", secret("eu-2"));
+    hub.insert(STATUS_PATH, json!({"metadata": {"name": "podinfo", "namespace": "fleet", "resourceVersion": "8"}}));
+    let approved = json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo", APPROVED_REVISION_ANNOTATION: "rev-new"});
+    let canary = |phase: &str, annotations: &Value| {
+        let mut canary = member_canary(phase, NEW, "rev-new", "rev-old");
+        canary["metadata"]["annotations"] = annotations.clone();
+        canary
+    };
+    let (progressing, failed) = (FakeApi::new(), FakeApi::new());
+    progressing.insert(CANARY_PATH, canary("Progressing", &approved));
+    failed.insert(CANARY_PATH, canary("Failed", &approved));
+    let ctx = Arc::new(HubContext::new(hub.client(), None));
+    connect(&ctx, "eu-1", "kubeconfig", progressing.client());
+    connect(&ctx, "eu-2", "kubeconfig", failed.client());
+    // The release is in flight: both members were approved a minute ago, and both progressed.
+    let minute_ago = (chrono::Utc::now() - chrono::TimeDelta::minutes(1)).to_rfc3339();
+    let members: Vec<Value> = ["eu-1", "eu-2"]
+        .map(|name| {
+            json!({
+                "cluster": name, "wave": "prod", "state": "Progressing", "phase": "Progressing", "release": NEW,
+                "revision": "rev-new", "approvedAt": minute_ago
+            })
+        })
+        .to_vec();
+    let in_flight = json!({
+        "release": NEW, "phase": "Progressing", "currentWave": "prod",
+        "waves": [{"name": "prod", "phase": "Progressing", "openedAt": minute_ago, "members": 2}],
+        "members": members
+    });
+    let read_at = |version: &str, status: &Value| {
+        let mut rollout = rollout();
+        rollout.spec.waves = vec![serde_json::from_value(json!({"name": "prod"})).unwrap()];
+        rollout.spec.on_failure = crate::api::rollout::FailurePolicy::RollbackAll;
+        rollout.metadata.resource_version = Some(version.into());
+        rollout.status = Some(serde_json::from_value(status.clone()).unwrap());
+        Arc::new(rollout)
+    };
+    let withdrawals = |hub: &FakeApi| events(hub).iter().filter(|e| *e == "ApprovalWithdrawn").count();
+
+    // Refused: the withdrawal reached eu-1, the status (and its Events) did not.
+    reconcile(read_at("7", &in_flight), ctx.clone()).await.unwrap();
+    let applied = applied_annotations(&progressing);
+    assert_eq!(applied, [json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo"})], "eu-1's approval is withdrawn");
+    assert_eq!(applied_annotations(&failed), Vec::<Value>::new(), "eu-2 failed on its own: nothing to withdraw");
+    assert_eq!(events(&hub), Vec::<String>::new());
+
+    // The retry finds the approval gone from eu-1 (whose Canary went back to its gate):
+    // nothing to write there, but the status records the withdrawal, and its Event goes
+    // out with it.
+    progressing.insert(CANARY_PATH, canary("Waiting", &json!({FLEET_ROLLOUT_ANNOTATION: "fleet/podinfo"})));
+    reconcile(read_at("8", &in_flight), ctx.clone()).await.unwrap();
+    assert_eq!(applied_annotations(&progressing).len(), 1, "nothing left to withdraw");
+    assert_eq!(withdrawals(&hub), 1, "{:?}", events(&hub));
+    let written = last_status(&hub);
+    assert!(written["members"][0]["approvalWithdrawnAt"].is_string(), "the withdrawal is recorded: {written}");
+    assert!(written["members"][1].get("approvalWithdrawnAt").is_none(), "{written}");
+
+    // Once recorded, nothing is announced again.
+    let announced = events(&hub);
+    reconcile(read_at("8", &written), ctx).await.unwrap();
+    assert_eq!(events(&hub), announced, "announced once");
+    assert_eq!(last_status(&hub)["members"][0]["approvalWithdrawnAt"], written["members"][0]["approvalWithdrawnAt"]);
+}

@@ -65,6 +65,9 @@ pub fn build_status(
                 release: canary.and_then(|c| c.release.clone()),
                 revision: canary.and_then(|c| c.revision.clone()),
                 approved_at,
+                // The hub's to fill: whether a withdrawal happened is known only from
+                // the member's Canary and the writes (`hub::decisions::with_withdrawals`).
+                approval_withdrawn_at: None,
                 last_contact: member.last_contact,
                 max_weight: canary.and_then(|c| c.max_weight),
                 message: verdict.message.clone(),

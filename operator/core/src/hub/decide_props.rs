@@ -48,6 +48,7 @@ fn previous(members: usize) -> impl Strategy<Value = Option<Value>> {
         prop::option::of(0..30i64),
         prop::option::of(0..30i64),
         prop::option::of(prop::sample::select(vec!["Waiting", "Progressing", "Succeeded", "Failed"])),
+        prop::option::weighted(0.2, 0..30i64),
     );
     prop::option::weighted(
         0.7,
@@ -62,7 +63,7 @@ fn previous(members: usize) -> impl Strategy<Value = Option<Value>> {
                 let members: Vec<Value> = members
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (state, approved, contact, phase))| {
+                    .map(|(i, (state, approved, contact, phase, withdrawn))| {
                         let mut m = json!({
                             "cluster": format!("m{i}"), "state": state, "release": release, "revision": "r1", "phase": phase
                         });
@@ -71,6 +72,9 @@ fn previous(members: usize) -> impl Strategy<Value = Option<Value>> {
                         }
                         if let Some(c) = contact {
                             m["lastContact"] = time(c);
+                        }
+                        if let Some(w) = withdrawn {
+                            m["approvalWithdrawnAt"] = time(w);
                         }
                         m
                     })
@@ -337,8 +341,38 @@ proptest! {
             prop_assert!(message(cluster).contains("rollback pending"), "{}", message(cluster));
         }
         let count = |reason: &str| recorded.events.iter().filter(|e| e.reason == reason).count();
-        let withdrawn = planned.annotations.iter().filter(|w| w.withdraws && outcomes.annotations[&w.cluster].is_ok()).count();
-        prop_assert_eq!(count("ApprovalWithdrawn"), withdrawn);
+        // Withdrawals: the approval a write that went through removed from a Canary, and
+        // an approval the hub had recorded or decided to withdraw that a Canary no longer
+        // carries, are recorded (now, unless the stored status of this release had it
+        // already); a recorded withdrawal of another release is not kept; each one newly
+        // recorded is announced once.
+        let holds_approval = |annotations: &BTreeMap<String, String>| annotations.contains_key(APPROVED_REVISION_ANNOTATION);
+        let removed_now: BTreeSet<&str> = planned
+            .annotations
+            .iter()
+            .filter(|w| outcomes.annotations[&w.cluster].is_ok() && !holds_approval(&w.annotations))
+            .filter(|w| input.canary_of(&w.cluster).is_some_and(|c| holds_approval(c.annotations())))
+            .map(|w| w.cluster.as_str())
+            .collect();
+        let stored = rollout.status.as_ref().filter(|s| s.release == recorded.status.release);
+        let stored_withdrawal = |cluster: &str| {
+            stored.and_then(|s| s.members.iter().find(|m| m.cluster == cluster)).and_then(|m| m.approval_withdrawn_at)
+        };
+        let mut newly = 0;
+        for member in &recorded.status.members {
+            let Some(withdrawn_at) = member.approval_withdrawn_at else {
+                prop_assert!(!removed_now.contains(member.cluster.as_str()), "{}'s withdrawal is not recorded", member.cluster);
+                continue;
+            };
+            if stored_withdrawal(&member.cluster) == Some(withdrawn_at) {
+                continue;
+            }
+            newly += 1;
+            prop_assert_eq!(withdrawn_at, now, "{}", member.cluster);
+            let gone = input.canary_of(&member.cluster).is_some_and(|c| !holds_approval(c.annotations()));
+            prop_assert!(removed_now.contains(member.cluster.as_str()) || gone, "{} withdrawn with its approval in place", member.cluster);
+        }
+        prop_assert_eq!(count("ApprovalWithdrawn"), newly);
         prop_assert_eq!(count("MemberRolledBack"), outcomes.rollbacks.values().filter(|r| r.is_ok()).count());
         prop_assert_eq!(count("RollbackFailed"), outcomes.rollbacks.values().filter(|r| r.is_err()).count());
         prop_assert_eq!(&recorded.events[..planned.events.len()], &planned.events[..], "the decision's Events come first");
@@ -374,6 +408,8 @@ struct Member {
     annotations: BTreeMap<String, String>,
     reachable: bool,
     rolled_back: bool,
+    /// A write of the hub removed the approval its Canary carried, and none gave it back.
+    withdrawn: bool,
 }
 
 /// What happens before one reconcile, and how its writes go.
@@ -410,6 +446,7 @@ fn sequence() -> impl Strategy<Value = (Vec<Member>, bool, i32, Vec<Step>)> {
                         annotations: BTreeMap::new(),
                         reachable: true,
                         rolled_back: false,
+                        withdrawn: false,
                     })
                     .collect();
                 (members, rollback_all, failures, steps)
@@ -445,6 +482,9 @@ fn transitions(
         let before = same.and_then(|o| o.members.iter().find(|m| m.cluster == member.cluster));
         if member.approved_at.is_some() && before.is_none_or(|m| m.approved_at.is_none()) {
             out.push(("MemberApproved", member.cluster.clone()));
+        }
+        if member.approval_withdrawn_at.is_some() && before.is_none_or(|m| m.approval_withdrawn_at.is_none()) {
+            out.push(("ApprovalWithdrawn", member.cluster.clone()));
         }
         let reason = match member.state {
             MemberState::Succeeded => "MemberSucceeded",
@@ -491,10 +531,11 @@ fn subject(event: &super::decisions::HubEvent) -> String {
     }
 }
 
-const TRANSITION_REASONS: [&str; 11] = [
+const TRANSITION_REASONS: [&str; 12] = [
     "ReleaseStarted",
     "WaveOpened",
     "MemberApproved",
+    "ApprovalWithdrawn",
     "WaveFailed",
     "WaveSucceeded",
     "MemberSucceeded",
@@ -512,7 +553,8 @@ proptest! {
     /// (409) at random, while the members move on and member writes sometimes fail, the
     /// Events published (only after a status write) are exactly one per transition of the
     /// stored status; a refused write publishes nothing and loses nothing. In the end,
-    /// every approval a member holds is recorded and was announced once.
+    /// every approval a member holds, and every approval the hub removed from a member,
+    /// is recorded and was announced once.
     #[test]
     fn every_status_transition_is_announced_exactly_once(
         (mut world, rollback_all, failures, steps) in sequence(),
@@ -535,7 +577,6 @@ proptest! {
         let steps: Vec<Step> = steps.into_iter().chain(std::iter::repeat_n(settle, 3)).collect();
         let mut published: Vec<(&'static str, String)> = Vec::new();
         let mut expected: Vec<(&'static str, String)> = Vec::new();
-        let mut withdrawals: Vec<String> = Vec::new();
         for (minute, step) in steps.iter().enumerate() {
             for (member, change) in world.iter_mut().zip(&step.moves) {
                 let approved = member.annotations.contains_key(APPROVED_REVISION_ANNOTATION);
@@ -582,8 +623,12 @@ proptest! {
                     } else {
                         // Server-side apply: the hub's annotations are exactly the applied ones.
                         let member = &mut world[index];
-                        member.annotations.remove(APPROVED_REVISION_ANNOTATION);
+                        let held = member.annotations.remove(APPROVED_REVISION_ANNOTATION).is_some();
                         member.annotations.extend(write.annotations.clone());
+                        // Approved again (a breach whose status was refused, not seen by the
+                        // next reconcile): the withdrawal is undone before it was recorded.
+                        let holds = member.annotations.contains_key(APPROVED_REVISION_ANNOTATION);
+                        member.withdrawn = (member.withdrawn || held) && !holds;
                         Ok(())
                     };
                     outcomes.annotations.insert(write.cluster.clone(), result);
@@ -608,7 +653,6 @@ proptest! {
                 continue; // 409: nothing written, nothing published.
             }
             published.extend(recorded.events.iter().filter(|e| TRANSITION_REASONS.contains(&e.reason)).map(|e| (e.reason, subject(e))));
-            withdrawals.extend(recorded.events.iter().filter(|e| e.reason == "ApprovalWithdrawn").map(subject));
             if worth {
                 expected.extend(transitions(stored, &recorded.status));
                 rollout.status = Some(recorded.status);
@@ -619,9 +663,6 @@ proptest! {
         let sorted = |mut v: Vec<(&'static str, String)>| { v.sort(); v };
         prop_assert_eq!(sorted(published.clone()), sorted(expected), "one Event per transition of the stored status");
 
-        let withdrawn: BTreeSet<&String> = withdrawals.iter().collect();
-        prop_assert_eq!(withdrawn.len(), withdrawals.len(), "an approval withdrawn is announced at most once");
-
         // Nothing held by a member goes unrecorded or unannounced.
         let stored = rollout.status.clone().unwrap_or_default();
         for (i, member) in world.iter().enumerate() {
@@ -631,6 +672,17 @@ proptest! {
                 prop_assert!(entry.is_some_and(|m| m.approved_at.is_some()), "{name}'s approval is not recorded: {stored:?}");
                 let announced = published.iter().filter(|(r, s)| *r == "MemberApproved" && *s == name).count();
                 prop_assert_eq!(announced, 1, "{}'s approval announced {} times", name, announced);
+            }
+            // No withdrawal of an approval that was announced is lost, even when the status
+            // write that went with it was refused. (An approval delivered and withdrawn
+            // while every status write was refused was never recorded: the member's Canary
+            // without it looks like one never approved, and neither is announced.)
+            let approval_announced = published.iter().any(|(r, s)| *r == "MemberApproved" && *s == name);
+            if member.withdrawn && approval_announced {
+                let entry = stored.members.iter().find(|m| m.cluster == name);
+                prop_assert!(entry.is_some_and(|m| m.approval_withdrawn_at.is_some()), "{name}'s withdrawal is not recorded: {stored:?}");
+                let announced = published.iter().filter(|(r, s)| *r == "ApprovalWithdrawn" && *s == name).count();
+                prop_assert_eq!(announced, 1, "{}'s withdrawal announced {} times", name, announced);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! [`record`] (→ the status to write and the Events to publish after it). Their
 //! properties are tested in `decide_props`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,11 +22,14 @@ use crate::fleet::identity::IdentityVerdict;
 use crate::fleet::inventory::{HubRollback, with_inventory};
 use crate::fleet::{
     APPROVED_REVISION_ANNOTATION, CanaryObservation, FLEET_ROLLOUT_ANNOTATION, MemberObservation, Membership,
-    PlanError, ReleaseHistory, RolloutPlan, assign_waves, build_status, decide_waves, history_for_release,
+    PlanError, ReleaseHistory, RolloutPlan, WaveDecision, assign_waves, build_status, decide_waves,
+    history_for_release,
 };
 use petrel_api::canary::Phase;
 use petrel_api::common::Condition;
-use petrel_api::rollout::{CONDITION_PROGRESSING, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase};
+use petrel_api::rollout::{
+    CONDITION_PROGRESSING, FailurePolicy, MemberState, MemberStatus, RolloutPhase, RolloutStatus, WavePhase,
+};
 use petrel_api::{Canary, Cluster, Rollout};
 
 /// How often the hub looks at a Rollout when nothing else is due. Member changes wake
@@ -112,6 +115,52 @@ pub fn with_delivered_approvals(members: &mut [MemberObservation], release: &str
             member.approved_at = Some(now);
         }
     }
+}
+
+/// Keeps on each member of `status` when the hub withdrew its approval, as `previous`
+/// recorded it for the same release; a new release, or a member approved again now
+/// (`approved_now`), starts without one.
+pub fn with_withdrawals(status: &mut RolloutStatus, previous: Option<&RolloutStatus>, approved_now: &BTreeSet<&str>) {
+    let same = previous.filter(|p| p.release.is_some() && p.release == status.release);
+    for member in &mut status.members {
+        member.approval_withdrawn_at = same
+            .and_then(|p| p.members.iter().find(|m| m.cluster == member.cluster))
+            .and_then(|m| m.approval_withdrawn_at)
+            .filter(|_| !approved_now.contains(member.cluster.as_str()));
+    }
+}
+
+/// Records `now` as when the hub withdrew the approval of each of `withdrawn` that has
+/// no withdrawal recorded yet.
+pub fn mark_withdrawn(status: &mut RolloutStatus, withdrawn: &BTreeSet<&str>, now: DateTime<Utc>) {
+    for member in status.members.iter_mut().filter(|m| withdrawn.contains(m.cluster.as_str())) {
+        member.approval_withdrawn_at.get_or_insert(now);
+    }
+}
+
+/// The members whose approval the hub withdrew before this reconcile: the decision
+/// withdraws it, or (a breached budget with `onFailure: RollbackAll` withdrawing every
+/// approval) the status records approving the member, which has moved on since (failed,
+/// promoted, timed out); and its Canary, read now, no longer carries the hub's approval.
+/// A withdrawal written by a reconcile whose status write was then refused or failed is
+/// so recorded by the retry, as [`with_delivered_approvals`] records an approval: without
+/// it, it would never be (no `approvalWithdrawnAt`, no `ApprovalWithdrawn` Event).
+pub fn withdrawn_before<'a>(
+    input: &RolloutInput,
+    plan: &RolloutPlan,
+    decision: &WaveDecision,
+    observations: &'a [MemberObservation],
+) -> BTreeSet<&'a str> {
+    let withdrawing = decision.budget_breached.is_some() && plan.on_failure == FailurePolicy::RollbackAll;
+    let approval_gone = |cluster: &str| {
+        input.canary_of(cluster).is_some_and(|c| !c.annotations().contains_key(APPROVED_REVISION_ANNOTATION))
+    };
+    observations
+        .iter()
+        .filter(|m| decision.withdraw.contains(&m.cluster) || (withdrawing && m.approved_at.is_some()))
+        .filter(|m| approval_gone(&m.cluster))
+        .map(|m| m.cluster.as_str())
+        .collect()
 }
 
 /// Whether the previous status describes a release still moving through the fleet.
@@ -270,7 +319,7 @@ pub fn decision_events(old: Option<&RolloutStatus>, new: &RolloutStatus) -> Vec<
 
 /// What a status records only as text, or not at all, that its Events announce: the
 /// problems its `Valid` condition lists, the rollbacks that failed (on the members'
-/// messages), what the rollbacks done now did, and the approvals withdrawn now.
+/// messages) and what the rollbacks done now did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Notices {
     /// Every problem with the input, most serious first.
@@ -280,8 +329,6 @@ pub struct Notices {
     /// What a rollback made now did, by member: the wording of its `MemberRolledBack`
     /// (the inventory records that it happened).
     pub rollbacks_done: BTreeMap<String, String>,
-    /// Members whose approval this reconcile withdrew (the status does not record it).
-    pub withdrawn: Vec<String>,
 }
 
 /// Every Event of the change from the stored status `old` to the status `new` about to
@@ -293,22 +340,28 @@ pub fn events_between(old: Option<&RolloutStatus>, new: &RolloutStatus, notices:
     events
 }
 
-/// The Events of a status change after those of the decision: approvals withdrawn now,
-/// members rolled back (now, or an inventory entry newly `rolledBackFrom` a release),
-/// rollbacks failed (a failure the stored member message does not say yet), new problems
-/// (not in the stored `Valid` condition), and member, wave and release transitions.
+/// The Events of a status change after those of the decision: approvals withdrawn
+/// (a member's `approvalWithdrawnAt` newly set), members rolled back (now, or an
+/// inventory entry newly `rolledBackFrom` a release), rollbacks failed (a failure the
+/// stored member message does not say yet), new problems (not in the stored `Valid`
+/// condition), and member, wave and release transitions.
 ///
-/// `ApprovalWithdrawn` is the one Event not keyed by the statuses: it is this
-/// reconcile's write (the status has no field for it), published after the status write
-/// like the others, at most once (a retried reconcile finds the approval gone).
+/// Every one is keyed by the statuses (and the notices the status records as text): a
+/// withdrawal whose status write was refused is recorded, and announced, by the retry
+/// (see [`withdrawn_before`]).
 pub fn events_after_decision(old: Option<&RolloutStatus>, new: &RolloutStatus, notices: &Notices) -> Vec<HubEvent> {
     let release = new.release.as_deref().unwrap_or("unknown");
-    let mut events: Vec<HubEvent> = notices
-        .withdrawn
+    let stored = |cluster: &str| {
+        old.filter(|o| o.release == new.release).and_then(|o| o.members.iter().find(|m| m.cluster == cluster))
+    };
+    let mut events: Vec<HubEvent> = new
+        .members
         .iter()
-        .map(|cluster| HubEvent {
+        .filter(|m| m.approval_withdrawn_at.is_some())
+        .filter(|m| stored(&m.cluster).is_none_or(|before| before.approval_withdrawn_at.is_none()))
+        .map(|m| HubEvent {
             reason: "ApprovalWithdrawn",
-            message: format!("withdrew the approval of cluster {cluster} (release {release}): its Canary aborts"),
+            message: format!("withdrew the approval of cluster {} (release {release}): its Canary aborts", m.cluster),
             warning: true,
         })
         .collect();
@@ -329,11 +382,7 @@ pub fn events_after_decision(old: Option<&RolloutStatus>, new: &RolloutStatus, n
         let message = format!("cluster {cluster}: {done}");
         events.push(HubEvent { reason: "MemberRolledBack", message, warning: false });
     }
-    let stored_message = |cluster: &str| {
-        old.filter(|o| o.release == new.release)
-            .and_then(|o| o.members.iter().find(|m| m.cluster == cluster))
-            .map_or("", |m| m.message.as_str())
-    };
+    let stored_message = |cluster: &str| stored(cluster).map_or("", |m| m.message.as_str());
     for (cluster, failure) in &notices.rollback_failures {
         if !stored_message(cluster).contains(failure.as_str()) {
             let message = format!("cluster {cluster}: {failure}");
@@ -688,6 +737,10 @@ pub fn decide_rollout(input: &RolloutInput) -> RolloutDecision {
         })
         .collect();
     explain_unreachable(&mut draft, &unreachable);
+    let approved_now: BTreeSet<&str> = decision.approve.iter().map(|a| a.cluster.as_str()).collect();
+    with_withdrawals(&mut draft, previous, &approved_now);
+    let withdrawn = withdrawn_before(input, plan, &decision, &observations);
+    mark_withdrawn(&mut draft, &withdrawn, now);
     let events = decision_events(previous, &draft);
     RolloutDecision::Proceed(Box::new(Proceed {
         release,
@@ -739,9 +792,12 @@ pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteO
         proceed;
     let mut notices = Notices { problems, ..Notices::default() };
     let mut write_errors: BTreeMap<String, String> = BTreeMap::new();
+    let mut withdrawn_now: BTreeSet<&str> = BTreeSet::new();
     for write in &annotations {
         match outcomes.annotations.get(&write.cluster) {
-            Some(Ok(())) if write.withdraws => notices.withdrawn.push(write.cluster.clone()),
+            Some(Ok(())) if write.withdraws => {
+                withdrawn_now.insert(write.cluster.as_str());
+            }
             Some(Err(e)) => {
                 let message = format!("annotating Canary {}/{}: {e}", write.namespace, write.name);
                 write_errors.insert(write.cluster.clone(), message);
@@ -770,6 +826,7 @@ pub fn record(input: &RolloutInput, decision: RolloutDecision, outcomes: &WriteO
         }
     }
     let mut status = draft;
+    mark_withdrawn(&mut status, &withdrawn_now, now);
     explain_unreachable(&mut status, &write_errors);
     with_inventory(&mut status, previous, &observations, &rolled_back, now);
     with_validity(&mut status, previous, &notices.problems, now);
@@ -855,6 +912,7 @@ mod tests {
             release: Some(NEW.into()),
             revision: Some("rev-2".into()),
             approved_at: Some(at(1)),
+            approval_withdrawn_at: None,
             last_contact: Some(at(2)),
             max_weight: None,
             message: String::new(),
@@ -1253,6 +1311,127 @@ mod tests {
         with_delivered_approvals(&mut members, NEW, at(7));
         let approved: Vec<_> = members.iter().map(|m| m.approved_at).collect();
         assert_eq!(approved, [Some(at(7)), None, None, None, Some(at(1))]);
+    }
+
+    /// A breached budget with `onFailure: RollbackAll` over a wave where eu-1 progresses
+    /// (approved at minute 1, its Canary carrying the approval) and eu-2 failed: what a
+    /// reconcile at `minute` reads when eu-1's Canary is in `phase`, with the hub's
+    /// approval or without it, the stored status being `stored`.
+    fn withdrawing(minute: u32, phase: Phase, approval: bool, stored: RolloutStatus) -> (Rollout, Vec<MemberReading>) {
+        let mut rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "petrel.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "podinfo", "namespace": "fleet", "generation": 1},
+            "spec": {
+                "canaryRef": {"namespace": "test", "name": "podinfo"},
+                "waves": [{"name": "prod", "maxFailures": 0}],
+                "onFailure": "RollbackAll"
+            }
+        }))
+        .unwrap();
+        rollout.status = Some(stored);
+        let mut progressing = canary(phase, NEW, "rev-2", "rev-1");
+        let mut annotations = annotations(&[(FLEET_ROLLOUT_ANNOTATION, "fleet/podinfo")]);
+        if approval {
+            annotations.insert(APPROVED_REVISION_ANNOTATION.into(), "rev-2".into());
+        }
+        progressing.metadata.annotations = Some(annotations.clone());
+        let mut failed = canary(Phase::Failed, NEW, "rev-2", "rev-1");
+        annotations.insert(APPROVED_REVISION_ANNOTATION.into(), "rev-2".into());
+        failed.metadata.annotations = Some(annotations);
+        let reading = |name: &str, canary: Canary| MemberReading {
+            cluster: cluster(name, "prod"),
+            read: MemberRead::Reached(Some(Box::new(canary))),
+            contact: Some(at(minute)),
+            client_problem: None,
+            identity: IdentityVerdict::Verified,
+            observed_uid: Some(format!("uid-{name}")),
+        };
+        (rollout, vec![reading("eu-1", progressing), reading("eu-2", failed)])
+    }
+
+    /// Issue 16: an approval withdrawn by a reconcile whose status write is refused (409)
+    /// is recorded (`approvalWithdrawnAt`) and announced by the retry, which finds it
+    /// gone from the member, even when the member's Canary failed in between; once
+    /// recorded it is not announced again, and it is kept.
+    #[test]
+    fn an_approval_withdrawn_before_a_refused_status_is_announced_once_by_the_retry() {
+        let mut stored = status(NEW, RolloutPhase::Progressing);
+        stored.waves = vec![WaveStatus { opened_at: Some(at(0)), ..WaveStatus::pending("prod") }];
+        stored.members = ["eu-1", "eu-2"]
+            .map(|name| MemberStatus {
+                wave: Some("prod".into()),
+                ..member_status(name, MemberState::Progressing, Some(Phase::Progressing))
+            })
+            .to_vec();
+        let reconcile = |minute: u32, phase: Phase, approval: bool, stored: &RolloutStatus| {
+            let (rollout, members) = withdrawing(minute, phase, approval, stored.clone());
+            let input = RolloutInput {
+                plan: RolloutPlan::from_spec(&rollout.spec),
+                rollout: &rollout,
+                members,
+                now: at(minute),
+            };
+            let decision = decide_rollout(&input);
+            let RolloutDecision::Proceed(planned) = &decision else { panic!("blocked: {decision:?}") };
+            let outcomes = WriteOutcomes {
+                annotations: planned.annotations.iter().map(|w| (w.cluster.clone(), Ok(()))).collect(),
+                ..WriteOutcomes::default()
+            };
+            let withdraws: Vec<&str> =
+                planned.annotations.iter().filter(|w| w.withdraws).map(|w| w.cluster.as_str()).collect();
+            let withdraws = withdraws.join(",");
+            (record(&input, decision, &outcomes), withdraws)
+        };
+        let withdrawn = |recorded: &Recorded| {
+            let member = recorded.status.members.iter().find(|m| m.cluster == "eu-1").unwrap();
+            let events = recorded.events.iter().filter(|e| e.reason == "ApprovalWithdrawn").count();
+            (member.approval_withdrawn_at, events)
+        };
+
+        // The withdrawal is written; its status (and Event) would go with it, but is refused.
+        let (refused, withdraws) = reconcile(10, Phase::Progressing, true, &stored);
+        assert_eq!(withdraws, "eu-1");
+        assert_eq!(withdrawn(&refused), (Some(at(10)), 1));
+
+        // The retry finds the approval gone, whether eu-1 still progresses, went back to its
+        // gate, failed or even promoted since.
+        for phase in [Phase::Progressing, Phase::Waiting, Phase::Failed, Phase::Succeeded] {
+            let (retry, withdraws) = reconcile(11, phase, false, &stored);
+            assert_eq!(withdraws, "", "nothing left to withdraw");
+            assert_eq!(withdrawn(&retry), (Some(at(11)), 1), "{phase}: recorded and announced by the retry");
+            let message = &retry.events.iter().find(|e| e.reason == "ApprovalWithdrawn").unwrap().message;
+            assert!(message.contains("cluster eu-1 (release podinfo:6.1.0)"), "{message}");
+
+            // Written: announced once, kept.
+            let (after, _) = reconcile(12, phase, false, &retry.status);
+            assert_eq!(withdrawn(&after), (Some(at(11)), 0), "{phase}: announced once");
+        }
+
+        // Without a withdrawal, nothing is recorded: eu-2 failed with its approval in place.
+        let eu2 = refused.status.members.iter().find(|m| m.cluster == "eu-2").unwrap();
+        assert_eq!(eu2.approval_withdrawn_at, None);
+    }
+
+    /// `approvalWithdrawnAt` belongs to the release it was recorded for, and to the
+    /// approval it withdrew: a new release, or a new approval, starts without it.
+    #[test]
+    fn a_withdrawal_is_kept_for_its_release_until_the_member_is_approved_again() {
+        let mut previous = recorded(vec![], &[("eu-1", 1), ("eu-2", 1)]);
+        for member in &mut previous.members {
+            member.approval_withdrawn_at = Some(at(5));
+        }
+        let mut next = recorded(vec![], &[("eu-1", 1), ("eu-2", 1)]);
+        with_withdrawals(&mut next, Some(&previous), &BTreeSet::from(["eu-2"]));
+        let kept: Vec<_> = next.members.iter().map(|m| m.approval_withdrawn_at).collect();
+        assert_eq!(kept, [Some(at(5)), None]);
+
+        let mut other = RolloutStatus { release: Some(OLD.into()), ..next.clone() };
+        with_withdrawals(&mut other, Some(&previous), &BTreeSet::new());
+        assert!(other.members.iter().all(|m| m.approval_withdrawn_at.is_none()), "another release");
+
+        mark_withdrawn(&mut next, &BTreeSet::from(["eu-1", "eu-2"]), at(9));
+        let marked: Vec<_> = next.members.iter().map(|m| m.approval_withdrawn_at).collect();
+        assert_eq!(marked, [Some(at(5)), Some(at(9))], "the first withdrawal time stays");
     }
 
     #[test]

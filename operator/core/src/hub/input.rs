@@ -427,6 +427,7 @@ mod tests {
             release: Some("r2".into()),
             revision: None,
             approved_at: None,
+            approval_withdrawn_at: None,
             last_contact: Some(at(3)),
             max_weight: None,
             message: String::new(),
