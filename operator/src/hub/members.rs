@@ -142,15 +142,74 @@ pub async fn member_watch_config(cluster: &str, kubeconfig: &str) -> Result<Conf
 
 /// The one client of a member: the watch configuration (no read timeout on the
 /// connection) with `answer_timeout` on the start of every answer.
+///
+/// Over TLS it offers HTTP/2 (ALPN), which every Kubernetes API server speaks: the
+/// member's watches and requests then share one connection instead of holding one
+/// HTTP/1 connection (and its buffers) each, which is what the hub's memory grows with
+/// at 1,000 members (docs/benchmarks.md). A plain-HTTP member, or one that answers only
+/// HTTP/1.1, gets HTTP/1.1. A kubeconfig with a `proxy-url` gets kube's own client
+/// (HTTP/1.1 through the proxy).
 pub async fn member_client(
     cluster: &str,
     kubeconfig: &str,
     answer_timeout: Duration,
 ) -> Result<Client, MemberClientError> {
     let config = member_watch_config(cluster, kubeconfig).await?;
-    let builder = kube::client::ClientBuilder::try_from(config)
-        .map_err(|source| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) })?;
-    Ok(builder.with_layer(&tower::timeout::TimeoutLayer::new(answer_timeout)).build())
+    let client_error =
+        |source: kube::Error| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) };
+    let answer_timeout = tower::timeout::TimeoutLayer::new(answer_timeout);
+    if config.proxy_url.is_some() {
+        let builder = kube::client::ClientBuilder::try_from(config).map_err(client_error)?;
+        return Ok(builder.with_layer(&answer_timeout).build());
+    }
+    multiplexing_client(config, answer_timeout).map_err(client_error)
+}
+
+/// kube's client stack (base URI, retries of server errors, credentials, headers) over a
+/// connector that negotiates HTTP/2 over TLS, with `answer_timeout` on every answer.
+fn multiplexing_client(config: Config, answer_timeout: tower::timeout::TimeoutLayer) -> Result<Client, kube::Error> {
+    use kube::client::ConfigExt as _;
+    use tower::ServiceBuilder;
+
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(config.connect_timeout);
+    // HTTP/2 writes a request as several frames; without TCP_NODELAY, Nagle's algorithm
+    // holds the later ones until the peer's delayed ACK.
+    http.set_nodelay(true);
+    let tls = config.rustls_client_config()?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let https = match &config.tls_server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                kube::Error::Service(format!("tls-server-name {name:?} is not a valid server name: {e}").into())
+            })?;
+            https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => https,
+    };
+    let https = https.enable_all_versions().wrap_connector(http);
+    let hyper_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            // A member's connections are few and long-lived; HTTP/2 ones send pings so a
+            // dead one is noticed while a watch is quiet.
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .http2_keep_alive_while_idle(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(
+            config
+                .default_retry
+                .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())),
+        )
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .layer(answer_timeout)
+        .map_err(tower::BoxError::from)
+        .service(hyper_client);
+    Ok(Client::new(service, config.default_namespace))
 }
 
 /// A connection cached for a Cluster, with where and when its kubeconfig was read.
@@ -273,6 +332,8 @@ impl MemberClients {
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn secret_ref() -> KubeconfigSecretRef {
         KubeconfigSecretRef { name: "eu-1".into(), namespace: "petrel-system".into(), key: "kubeconfig".into() }
@@ -396,6 +457,94 @@ current-context: eu-1
         let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap();
         let event = first.expect("an event").expect("the watch outlives the answer timeout");
         assert!(matches!(event, kube::api::WatchEvent::Added(_)), "{event:?}");
+    }
+
+    /// A member on loopback behind TLS that offers HTTP/2 and HTTP/1.1 (ALPN), as a
+    /// Kubernetes API server does: answers a watch with one event and keeps it open, and
+    /// any other request with a ConfigMap. Returns its kubeconfig, the number of TCP
+    /// connections accepted and the HTTP version of every request.
+    async fn tls_member() -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<http::Version>>>) {
+        use futures::StreamExt as _;
+        use http_body_util::{Full, StreamBody};
+        use hyper::body::{Bytes, Frame};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tokio_rustls::rustls;
+
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, seen) = (connections.clone(), versions.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(request.version());
+                        let watch = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+                        async move {
+                            let body: http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> = if watch {
+                                let event = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","resourceVersion":"2"}}}"#;
+                                let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+                                    Bytes::from(format!("{event}\n")),
+                                ))]);
+                                http_body_util::BodyExt::boxed(StreamBody::new(first.chain(futures::stream::pending())))
+                            } else {
+                                let object = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","resourceVersion":"2"}}"#;
+                                http_body_util::BodyExt::boxed(Full::new(Bytes::from(object)))
+                            };
+                            let mut response = http::Response::new(body);
+                            response
+                                .headers_mut()
+                                .insert("content-type", http::HeaderValue::from_static("application/json"));
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let io = TokioIo::new(stream);
+                    let _ = if h2 {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+                    };
+                });
+            }
+        });
+        (KUBECONFIG.replace("127.0.0.1:6443", &addr.to_string()), connections, versions)
+    }
+
+    #[tokio::test]
+    async fn a_tls_member_gets_its_watch_and_requests_on_one_http2_connection() {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let (kubeconfig, connections, versions) = tls_member().await;
+        let client = member_client("eu-1", &kubeconfig, Duration::from_secs(5)).await.unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        let mut events = api.watch(&kube::api::WatchParams::default(), "1").await.unwrap().boxed();
+        let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap();
+        assert!(matches!(first, Some(Ok(kube::api::WatchEvent::Added(_)))), "{first:?}");
+        // While the watch stays open, requests go over the same connection.
+        let gets = futures::future::join_all((0..3).map(|_| api.get("a"))).await;
+        assert!(gets.iter().all(Result::is_ok), "{gets:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for the watch and the requests");
+        let versions = versions.lock().unwrap().clone();
+        assert_eq!(versions, vec![http::Version::HTTP_2; 4]);
     }
 
     #[test]
