@@ -57,6 +57,7 @@ fn main() -> Result<()> {
         .map(|n| n.trim().parse().context("--members takes numbers separated by commas"))
         .collect::<Result<_>>()?;
     let steady: usize = value("--steady").map_or(Ok(200), |n| n.parse()).context("--steady takes a number")?;
+    let protocol = MemberProtocol::parse(value("--member-protocol").as_deref().unwrap_or("plain"))?;
 
     // Quiet unless RUST_LOG asks (logging would be part of what is measured).
     tracing_subscriber::fmt()
@@ -66,11 +67,14 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(members) = value("--fake-api") {
         let members = members.parse().context("--fake-api takes a number of members")?;
-        return runtime.block_on(serve_fake(members));
+        return runtime.block_on(serve_fake(members, protocol));
     }
-    println!("hub-bench: whole hub reconciles against a fake API in a child process (hub + members on 127.0.0.1)");
+    println!(
+        "hub-bench: whole hub reconciles against a fake API in a child process (hub + members on 127.0.0.1); members speak {}",
+        protocol.describe()
+    );
     for members in sizes {
-        runtime.block_on(bench(members, steady))?;
+        runtime.block_on(bench(members, steady, protocol))?;
     }
     if let Some(kib) = proc_status_kib("VmHWM:") {
         println!("\npeak resident memory of the hub process (VmHWM): {:.1} MiB", kib as f64 / 1024.0);
@@ -78,9 +82,49 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// How the fake members answer the hub. Kubernetes API servers speak HTTPS and offer
+/// HTTP/2; `plain` (the default, and what the earlier figures in docs/benchmarks.md used)
+/// leaves TLS out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberProtocol {
+    /// Plain HTTP/1.1.
+    Plain,
+    /// HTTPS offering only HTTP/1.1 (ALPN `http/1.1`).
+    Http1,
+    /// HTTPS offering HTTP/2 and HTTP/1.1 (ALPN `h2`, `http/1.1`), as an API server does.
+    H2,
+}
+
+impl MemberProtocol {
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "plain" => Ok(Self::Plain),
+            "http1" => Ok(Self::Http1),
+            "h2" => Ok(Self::H2),
+            other => bail!("--member-protocol takes plain, http1 or h2, not {other:?}"),
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Plain => "plain HTTP/1.1",
+            Self::Http1 => "HTTPS offering HTTP/1.1 only",
+            Self::H2 => "HTTPS offering HTTP/2 and HTTP/1.1",
+        }
+    }
+}
+
 /// The child process: serves the fake API and prints its address on the first line.
-async fn serve_fake(members: usize) -> Result<()> {
-    let fake = Fake::start(members).await?;
+async fn serve_fake(members: usize, protocol: MemberProtocol) -> Result<()> {
+    let fake = Fake::start(members, protocol).await?;
     println!("{}", fake.addr);
     // Until the parent closes our stdin (or dies).
     tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await??;
@@ -95,10 +139,10 @@ struct FakeApi {
 }
 
 impl FakeApi {
-    async fn spawn(members: usize) -> Result<FakeApi> {
+    async fn spawn(members: usize, protocol: MemberProtocol) -> Result<FakeApi> {
         use tokio::io::AsyncBufReadExt as _;
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["--fake-api", &members.to_string()])
+            .args(["--fake-api", &members.to_string(), "--member-protocol", protocol.flag()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -166,9 +210,9 @@ impl FakeApi {
     }
 }
 
-async fn bench(members: usize, steady: usize) -> Result<()> {
+async fn bench(members: usize, steady: usize, protocol: MemberProtocol) -> Result<()> {
     println!("\n== {members} members ==");
-    let fake = FakeApi::spawn(members).await?;
+    let fake = FakeApi::spawn(members, protocol).await?;
     let rss_before = proc_status_kib("VmRSS:").unwrap_or(0);
 
     // The hub as `petrel --mode hub` runs it, minus the Controller's scheduling: the
@@ -356,9 +400,21 @@ fn waves() -> Value {
 }
 
 impl Fake {
-    async fn start(members: usize) -> Result<Fake> {
+    async fn start(members: usize, protocol: MemberProtocol) -> Result<Fake> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        // The members' endpoint: the same server, or a TLS listener beside it.
+        let member_tls = match protocol {
+            MemberProtocol::Plain => None,
+            MemberProtocol::Http1 | MemberProtocol::H2 => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                Some((listener.local_addr()?, listener))
+            }
+        };
+        let members_url: Arc<str> = match &member_tls {
+            None => format!("http://{addr}").into(),
+            Some((tls_addr, _)) => format!("https://{tls_addr}").into(),
+        };
         let gate_time = Utc::now().to_rfc3339();
         let mut clusters = Vec::with_capacity(members);
         let mut fake_members = HashMap::with_capacity(members);
@@ -404,7 +460,10 @@ impl Fake {
             open_watches: 0,
             last_change: Instant::now(),
         }));
-        let app = axum::Router::new().fallback(handle).with_state((world.clone(), addr));
+        let app = axum::Router::new().fallback(handle).with_state((world.clone(), members_url));
+        if let Some((_, tls_listener)) = member_tls {
+            tokio::spawn(serve_tls(tls_listener, app.clone(), protocol == MemberProtocol::H2)?);
+        }
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("fake API stopped: {e}");
@@ -414,7 +473,51 @@ impl Fake {
     }
 }
 
-type AppState = (Arc<Mutex<World>>, SocketAddr);
+/// The fake's world, and the base URL of the members' endpoint (for their kubeconfigs).
+type AppState = (Arc<Mutex<World>>, Arc<str>);
+
+/// Serves `app` over TLS on `listener` with a self-signed certificate, offering HTTP/2
+/// (when `h2`) and HTTP/1.1 by ALPN, as a Kubernetes API server does.
+fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    h2: bool,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("the fake members' key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    tls.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    Ok(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            // As an API server does (Go sets TCP_NODELAY on every connection).
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let io = TokioIo::new(stream);
+                let _ = if negotiated_h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(1000)
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+                };
+            });
+        }
+    })
+}
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
@@ -446,15 +549,18 @@ wgaQ5WrgYIpln3oySzBUZqQTEofXNaoCIQChAQB6WuxT48h5SCTQtd/oExbRcJql\n\
 l32ViEx8nbbPyg==\n\
 -----END CERTIFICATE-----\n";
 
-fn kubeconfig(addr: SocketAddr, cluster: &str) -> Result<String, serde_yaml::Error> {
+fn kubeconfig(members_url: &str, cluster: &str) -> Result<String, serde_yaml::Error> {
+    let tls = members_url.starts_with("https://");
     let kubeconfig = Kubeconfig {
         api_version: Some("v1".into()),
         kind: Some("Config".into()),
         clusters: vec![NamedCluster {
             name: cluster.into(),
             cluster: Some(kube::config::Cluster {
-                server: Some(format!("http://{addr}/members/{cluster}")),
-                certificate_authority_data: Some(STANDARD.encode(MEMBER_CA_PEM)),
+                server: Some(format!("{members_url}/members/{cluster}")),
+                // Over TLS the fake's certificate is made up at its start: not verified.
+                certificate_authority_data: (!tls).then(|| STANDARD.encode(MEMBER_CA_PEM)),
+                insecure_skip_tls_verify: tls.then_some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -479,7 +585,7 @@ fn kubeconfig(addr: SocketAddr, cluster: &str) -> Result<String, serde_yaml::Err
     serde_yaml::to_string(&kubeconfig)
 }
 
-async fn handle(State((world, addr)): State<AppState>, request: Request) -> Response {
+async fn handle(State((world, members_url)): State<AppState>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
@@ -493,7 +599,7 @@ async fn handle(State((world, addr)): State<AppState>, request: Request) -> Resp
     if let Some(bench) = path.strip_prefix("/bench/") {
         return bench_request(&world, bench);
     }
-    hub_request(&world, addr, &method, &path, body)
+    hub_request(&world, &members_url, &method, &path, body)
 }
 
 /// The bench's own view of the fake: the Rollout, the watches, the request counts.
@@ -514,7 +620,7 @@ fn count(world: &mut World, kind: &'static str) {
     *world.counts.entry(kind).or_default() += 1;
 }
 
-fn hub_request(world: &Mutex<World>, addr: SocketAddr, method: &Method, path: &str, body: Value) -> Response {
+fn hub_request(world: &Mutex<World>, members_url: &str, method: &Method, path: &str, body: Value) -> Response {
     let mut world = lock(world);
     match (method.as_str(), path) {
         ("GET", "/apis/petrel.dev/v1alpha1/clusters") => {
@@ -529,7 +635,7 @@ fn hub_request(world: &Mutex<World>, addr: SocketAddr, method: &Method, path: &s
         ("GET", p) if p.starts_with("/api/v1/namespaces/petrel-system/secrets/") => {
             count(&mut world, "hub GET secret");
             let name = p.rsplit('/').next().unwrap_or_default();
-            match kubeconfig(addr, name) {
+            match kubeconfig(members_url, name) {
                 Ok(kubeconfig) => json_response(
                     StatusCode::OK,
                     &json!({"apiVersion": "v1", "kind": "Secret",
