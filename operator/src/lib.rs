@@ -21,6 +21,7 @@ pub use petrel_api::MANAGED_BY_LABEL;
 pub mod analysis;
 pub use petrel_api as api;
 pub use petrel_routers::cache;
+pub mod client;
 pub mod controller;
 pub use petrel_core as core;
 pub use petrel_core::fleet;

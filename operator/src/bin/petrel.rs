@@ -198,7 +198,9 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<(kube::C
     };
     petrel::identify(&mut config);
     let server = config.cluster_url.to_string();
-    Ok((kube::Client::try_from(config).context("creating the Kubernetes client")?, server))
+    // kube's read timeout bounds the wait for each answer; a watch's answer starts at once.
+    let answer_timeout = config.read_timeout;
+    Ok((petrel::client::build(config, answer_timeout).context("creating the Kubernetes client")?, server))
 }
 
 /// One binary, two programs: run by the name `kubectl-petrel` (the image links that name

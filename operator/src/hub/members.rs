@@ -141,75 +141,19 @@ pub async fn member_watch_config(cluster: &str, kubeconfig: &str) -> Result<Conf
 }
 
 /// The one client of a member: the watch configuration (no read timeout on the
-/// connection) with `answer_timeout` on the start of every answer.
-///
-/// Over TLS it offers HTTP/2 (ALPN), which every Kubernetes API server speaks: the
-/// member's watches and requests then share one connection instead of holding one
-/// HTTP/1 connection (and its buffers) each, which is what the hub's memory grows with
-/// at 1,000 members (docs/benchmarks.md). A plain-HTTP member, or one that answers only
-/// HTTP/1.1, gets HTTP/1.1. A kubeconfig with a `proxy-url` gets kube's own client
-/// (HTTP/1.1 through the proxy).
+/// connection) with `answer_timeout` on the start of every answer, over
+/// [`crate::client::build`]: one HTTP/2 connection per member where it speaks HTTP/2
+/// over TLS, as every Kubernetes API server does, instead of one HTTP/1 connection (and
+/// its buffers) per watch and request, which is what the hub's memory grows with at
+/// 1,000 members (docs/benchmarks.md).
 pub async fn member_client(
     cluster: &str,
     kubeconfig: &str,
     answer_timeout: Duration,
 ) -> Result<Client, MemberClientError> {
     let config = member_watch_config(cluster, kubeconfig).await?;
-    let client_error =
-        |source: kube::Error| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) };
-    let answer_timeout = tower::timeout::TimeoutLayer::new(answer_timeout);
-    if config.proxy_url.is_some() {
-        let builder = kube::client::ClientBuilder::try_from(config).map_err(client_error)?;
-        return Ok(builder.with_layer(&answer_timeout).build());
-    }
-    multiplexing_client(config, answer_timeout).map_err(client_error)
-}
-
-/// kube's client stack (base URI, retries of server errors, credentials, headers) over a
-/// connector that negotiates HTTP/2 over TLS, with `answer_timeout` on every answer.
-fn multiplexing_client(config: Config, answer_timeout: tower::timeout::TimeoutLayer) -> Result<Client, kube::Error> {
-    use kube::client::ConfigExt as _;
-    use tower::ServiceBuilder;
-
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(config.connect_timeout);
-    // HTTP/2 writes a request as several frames; without TCP_NODELAY, Nagle's algorithm
-    // holds the later ones until the peer's delayed ACK.
-    http.set_nodelay(true);
-    let tls = config.rustls_client_config()?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    let https = match &config.tls_server_name {
-        Some(name) => {
-            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-                kube::Error::Service(format!("tls-server-name {name:?} is not a valid server name: {e}").into())
-            })?;
-            https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-        }
-        None => https,
-    };
-    let https = https.enable_all_versions().wrap_connector(http);
-    let hyper_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            // A member's connections are few and long-lived; HTTP/2 ones send pings so a
-            // dead one is noticed while a watch is quiet.
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_keep_alive_while_idle(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
-    let service = ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(
-            config
-                .default_retry
-                .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())),
-        )
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .layer(answer_timeout)
-        .map_err(tower::BoxError::from)
-        .service(hyper_client);
-    Ok(Client::new(service, config.default_namespace))
+    crate::client::build(config, Some(answer_timeout))
+        .map_err(|source| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) })
 }
 
 /// A connection cached for a Cluster, with where and when its kubeconfig was read.
