@@ -125,7 +125,8 @@ impl MemberProtocol {
 /// The child process: serves the fake API and prints its address on the first line.
 async fn serve_fake(members: usize, protocol: MemberProtocol) -> Result<()> {
     let fake = Fake::start(members, protocol).await?;
-    println!("{}", fake.addr);
+    // The parent reads the plain address (its own view, /bench/) and the one the hub uses.
+    println!("{} {}", fake.addr, fake.hub_url);
     // Until the parent closes our stdin (or dies).
     tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await??;
     Ok(())
@@ -135,6 +136,8 @@ async fn serve_fake(members: usize, protocol: MemberProtocol) -> Result<()> {
 struct FakeApi {
     child: tokio::process::Child,
     addr: SocketAddr,
+    /// The URL the hub's client uses ([`Fake::hub_url`]).
+    hub_url: String,
     http: reqwest::Client,
 }
 
@@ -151,13 +154,19 @@ impl FakeApi {
         let stdout = child.stdout.take().context("the child's stdout")?;
         let mut line = String::new();
         tokio::io::BufReader::new(stdout).read_line(&mut line).await?;
-        let addr = line.trim().parse().with_context(|| format!("the fake API's address, got {line:?}"))?;
-        Ok(FakeApi { child, addr, http: reqwest::Client::new() })
+        let (addr, hub_url) =
+            line.trim().split_once(' ').with_context(|| format!("the fake API's addresses, got {line:?}"))?;
+        let addr = addr.parse().with_context(|| format!("the fake API's address, got {line:?}"))?;
+        Ok(FakeApi { child, addr, hub_url: hub_url.to_string(), http: reqwest::Client::new() })
     }
 
     fn client(&self) -> Result<Client> {
-        let url = format!("http://{}", self.addr).parse().context("the fake API's address")?;
-        Ok(Client::try_from(Config::new(url))?)
+        // The hub's own client, built as `petrel --mode hub` builds it; over TLS the fake's
+        // made-up certificate is not verified.
+        let mut config = Config::new(self.hub_url.parse().context("the fake API's address")?);
+        config.accept_invalid_certs = self.hub_url.starts_with("https://");
+        let answer_timeout = config.read_timeout;
+        Ok(petrel::client::build(config, answer_timeout)?)
     }
 
     async fn bench_state(&self) -> Result<Value> {
@@ -372,6 +381,9 @@ struct World {
 
 struct Fake {
     addr: SocketAddr,
+    /// Where the hub reaches the fake: the TLS listener when the members speak TLS (an
+    /// API server answers its own operator as it answers the hub), else `addr`.
+    hub_url: String,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -460,7 +472,7 @@ impl Fake {
             open_watches: 0,
             last_change: Instant::now(),
         }));
-        let app = axum::Router::new().fallback(handle).with_state((world.clone(), members_url));
+        let app = axum::Router::new().fallback(handle).with_state((world.clone(), members_url.clone()));
         if let Some((_, tls_listener)) = member_tls {
             tokio::spawn(serve_tls(tls_listener, app.clone(), protocol == MemberProtocol::H2)?);
         }
@@ -469,7 +481,7 @@ impl Fake {
                 eprintln!("fake API stopped: {e}");
             }
         });
-        Ok(Fake { addr, _server: server })
+        Ok(Fake { addr, hub_url: members_url.to_string(), _server: server })
     }
 }
 
