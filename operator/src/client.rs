@@ -5,8 +5,11 @@
 //! concurrent requests open more, each with its read and write buffers and, over TLS,
 //! its session. Every Kubernetes API server speaks HTTP/2 over TLS: this client offers it
 //! (ALPN `h2`, then `http/1.1`), so the watches and requests to one API server share one
-//! connection. The rest is kube's stack as it is: base URI, retries of server errors,
-//! credentials, extra headers (the user agent).
+//! connection. The rest is kube's stack: base URI, retries of server errors,
+//! credentials, extra headers (the user agent). Two parts of it are not kept: the
+//! per-request debug span, and the read and write timeouts on the socket, which would
+//! cut a quiet watch. In their place every answer has a deadline for its start, and a
+//! dead connection is noticed by HTTP/2 pings or TCP keepalive.
 
 use std::sync::Arc;
 use std::time::Duration;

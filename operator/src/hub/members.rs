@@ -90,7 +90,10 @@ pub fn kubeconfig_fingerprint(kubeconfig: &str) -> String {
     hex::encode(sha2::Sha256::digest(kubeconfig.as_bytes()))
 }
 
-/// The client configuration for a member, with the hub's short timeouts.
+/// The client configuration for a member, with the hub's short timeouts. The read and
+/// write timeouts reach the socket only through kube's own client (a kubeconfig with a
+/// `proxy-url`, see [`crate::client::build`]); otherwise a member's requests are bounded
+/// by the answer timeout [`member_client`] is given.
 pub async fn member_config(cluster: &str, kubeconfig: &str) -> Result<Config, MemberClientError> {
     let invalid =
         |source| MemberClientError::InvalidKubeconfig { cluster: cluster.to_string(), source: Box::new(source) };
