@@ -57,8 +57,9 @@ pub fn build(config: Config, answer_timeout: Option<Duration>) -> Result<Client,
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
     let https = match &config.tls_server_name {
         Some(name) => {
-            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-                kube::Error::Service(format!("tls-server-name {name:?} is not a valid server name: {e}").into())
+            // The value is not repeated: a member's kubeconfig is read from a Secret.
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                kube::Error::Service("the kubeconfig's tls-server-name is not a valid server name".into())
             })?;
             https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
         }
