@@ -357,7 +357,9 @@ fn cases() -> Vec<Case> {
             Expect::Check(|ctx, ns| async move { check_event(&ctx, &ns, "app", "Initialized", "").await }.boxed_local()),
         )
         .secret(DB_PASSWORD),
-        // ---- Issue 11, defect 3: Canaries that would take another's objects.
+        // ---- Issue 11, defect 3: Canaries that would take another's objects. The
+        // refusals name the Canary that goes on; why ("older", "already in place", "created
+        // in the same second") depends on the second each case lands in, so it is not checked.
         Case::new(
             "target-another-canarys-primary",
             "Canary",
@@ -369,7 +371,7 @@ fn cases() -> Vec<Case> {
             "second-canary-on-the-target",
             "Canary",
             Box::new(|ns| vec![named_canary(ns, "podinfo-twin", json!({"spec": {"provider": "gatewayapi"}}))]),
-            Expect::Stalled { canary: "podinfo-twin", reason: "ClaimedByAnotherCanary", message: "Canary test/podinfo (older) already claims Deployment podinfo", untouched: true },
+            Expect::Stalled { canary: "podinfo-twin", reason: "ClaimedByAnotherCanary", message: "Canary test/podinfo (", untouched: true },
         )
         .at(Home::Healthy),
         Case::new(
@@ -864,7 +866,7 @@ async fn check_primary_attack(ctx: &Ctx, ns: &str) -> Result<String> {
 /// its apex Service, still selecting the primary's pods.
 async fn check_refused_canary_deleted(ctx: &Ctx, ns: &str) -> Result<String> {
     let name = "podinfo-shadow";
-    check_stalled(ctx, ns, name, "ClaimedByAnotherCanary", "Canary test/podinfo (older)", true).await?;
+    check_stalled(ctx, ns, name, "ClaimedByAnotherCanary", "Canary test/podinfo (", true).await?;
     let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
     let healthy_uid = canaries.get(APP).await?.uid().context("the healthy Canary has a uid")?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
@@ -899,7 +901,7 @@ async fn check_two_canaries(ctx: &Ctx, ns: &str) -> Result<String> {
     })
     .await?;
     let outcome =
-        check_stalled(ctx, ns, "second", "ClaimedByAnotherCanary", &format!("Canary {ns}/app (older)"), true).await?;
+        check_stalled(ctx, ns, "second", "ClaimedByAnotherCanary", &format!("Canary {ns}/app ("), true).await?;
     let first = canaries.get("app").await?;
     ensure!(
         !first.status.unwrap_or_default().conditions.iter().any(|c| c.type_ == "Stalled" && c.is_true()),

@@ -512,7 +512,8 @@ pub(super) async fn refusal_by_claims(
         return Ok(Some(refusal));
     }
     let neighbours = ctx.canaries.in_namespace(&ctx.client, namespace).await?;
-    if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref)) {
+    let read: Vec<&Deployment> = target.into_iter().chain(primary).collect();
+    if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref), &read) {
         return Ok(Some(refusal));
     }
     let Some(primary) = primary else { return Ok(None) };

@@ -7,8 +7,12 @@
 //! another Canary's `-primary`) would scale it to zero under that Canary's route. So:
 //!
 //! - a target petrel manages (owned by a Canary, or carrying petrel's labels) is refused;
-//! - of two Canaries with overlapping claims, the older one (by creationTimestamp, then
-//!   name) goes on and the younger one is refused, naming the older;
+//! - of two Canaries with overlapping claims, the one already in place goes on: the one
+//!   petrel initialised (it has a primary revision) or that owns the contested primary;
+//!   between two in place, or two not yet, the older one (by creationTimestamp, then
+//!   name) goes on. The other is refused, naming it. Age alone is not enough: creation
+//!   times have a resolution of one second, and a Canary created in the same second as
+//!   one that already serves traffic must not stop it because its name sorts first;
 //! - an existing `<target>-primary` that belongs to another live Canary, or that petrel
 //!   did not create, is never taken over.
 //!
@@ -30,6 +34,8 @@ pub const TARGET_MANAGED: &str = "TargetManagedByPetrel";
 pub const CLAIM_CONFLICT: &str = "ClaimedByAnotherCanary";
 /// Stall reason: `<target>-primary` exists and is not this Canary's to take.
 pub const PRIMARY_TAKEN: &str = "PrimaryNameTaken";
+
+const DEPLOYMENT: &str = "Deployment";
 
 /// A refusal: the Stalled reason and a message a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +75,7 @@ fn claims(canary: &Canary) -> impl Iterator<Item = Claim<'_>> {
         // Petrel writes only the Knative Service's traffic block: no primary, no Services.
         [claim("Knative Service", target, ""), None, None, None, None, None]
     } else {
-        let kind = if canary.spec.target_ref.is_daemon_set() { "DaemonSet" } else { "Deployment" };
+        let kind = if canary.spec.target_ref.is_daemon_set() { "DaemonSet" } else { DEPLOYMENT };
         let apex = ServiceNames::apex_of(canary);
         [
             claim(kind, target, ""),
@@ -92,20 +98,31 @@ fn name_of(canary: &Canary) -> &str {
     canary.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// The order in which Canaries got their claims: older first, by creationTimestamp, then
-/// name (creation times have a resolution of one second).
-fn seniority(canary: &Canary) -> (Option<k8s_openapi::jiff::Timestamp>, &str) {
-    (canary.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(canary))
+/// Whether a Canary already holds its claims in the cluster: petrel initialised it (its
+/// status records the revision its primary runs), or it owns a Deployment the two
+/// Canaries compared both claim (`owns_shared`: a Canary between creating its primary
+/// and writing its status).
+fn is_in_place(canary: &Canary, owns_shared: bool) -> bool {
+    owns_shared || canary.status.as_ref().is_some_and(|status| status.last_promoted_spec.is_some())
 }
 
-/// Whether `a` holds its claims before `b`. A Canary without a creation time (not read
-/// from the API server) comes last.
-fn is_older(a: &Canary, b: &Canary) -> bool {
-    match (seniority(a), seniority(b)) {
-        ((Some(ta), na), (Some(tb), nb)) => (ta, na) < (tb, nb),
-        ((Some(_), _), (None, _)) => true,
-        ((None, _), (Some(_), _)) => false,
-        ((None, na), (None, nb)) => na < nb,
+/// The order in which Canaries hold their claims: those in place first, then older first
+/// by creationTimestamp, then name (creation times have a resolution of one second). A
+/// Canary without a creation time (not read from the API server) comes after those with.
+type Seniority<'a> = (bool, bool, Option<k8s_openapi::jiff::Timestamp>, &'a str);
+
+fn seniority(canary: &Canary, owns_shared: bool) -> Seniority<'_> {
+    let created = canary.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (!is_in_place(canary, owns_shared), created.is_none(), created, name_of(canary))
+}
+
+/// Why `elder` goes before `younger`, for the refusal message.
+fn precedence(elder: &Seniority<'_>, younger: &Seniority<'_>) -> &'static str {
+    match (elder, younger) {
+        ((_, _, Some(a), _), (_, _, Some(b), _)) if a < b => "older",
+        ((false, ..), (true, ..)) => "already in place",
+        ((_, false, ..), (_, true, ..)) => "older",
+        _ => "created in the same second, first by name",
     }
 }
 
@@ -113,23 +130,52 @@ fn key(canary: &Canary) -> String {
     format!("{}/{}", canary.metadata.namespace.as_deref().unwrap_or_default(), name_of(canary))
 }
 
-/// The oldest Canary of the same namespace that claims something `canary` claims and is
-/// older than it, as a refusal; `None` when `canary` holds all its claims. `neighbours`
-/// may include `canary` itself (it is skipped).
-pub fn conflict<'a>(canary: &Canary, neighbours: impl IntoIterator<Item = &'a Canary>) -> Option<Refusal> {
+/// The senior Canary of the same namespace that claims something `canary` claims, as a
+/// refusal; `None` when `canary` holds all its claims. `neighbours` may include `canary`
+/// itself (it is skipped). `read` holds the Deployments read for `canary` (its target
+/// and its `-primary`, those that exist): of two Canaries that both claim one of them,
+/// the one its owner reference names is in place. Both Canaries of a pair read the
+/// Deployments they share, so each decides alike whichever of them asks.
+pub fn conflict<'a>(
+    canary: &Canary,
+    neighbours: impl IntoIterator<Item = &'a Canary>,
+    read: &[&Deployment],
+) -> Option<Refusal> {
     let mine: Vec<Claim<'_>> = claims(canary).collect();
+    let owned: Vec<(&Claim<'_>, String)> = read
+        .iter()
+        .filter_map(|deployment| {
+            let (_, owner) = canary_owner(deployment)?;
+            let name = deployment.metadata.name.as_deref()?;
+            let claim =
+                mine.iter().find(|claim| claim.is_same_object(&Claim { kind: DEPLOYMENT, stem: name, suffix: "" }))?;
+            Some((claim, owner))
+        })
+        .collect();
     let shares_a_claim = |other: &Canary| claims(other).any(|theirs| mine.iter().any(|m| m.is_same_object(&theirs)));
     let elder = neighbours
         .into_iter()
         .filter(|other| other.metadata.namespace == canary.metadata.namespace && name_of(other) != name_of(canary))
-        .filter(|other| is_older(other, canary) && shares_a_claim(other))
-        .min_by(|a, b| seniority(a).cmp(&seniority(b)))?;
+        .filter_map(|other| {
+            let owns_shared = |owner: &Canary| {
+                owned.iter().any(|(claim, uid)| {
+                    owner.metadata.uid.as_deref() == Some(uid.as_str())
+                        && claims(other).any(|theirs| theirs.is_same_object(claim))
+                })
+            };
+            let theirs = seniority(other, owns_shared(other));
+            let my_seniority = seniority(canary, owns_shared(canary));
+            (theirs < my_seniority && shares_a_claim(other)).then_some((theirs, my_seniority, other))
+        })
+        .min_by(|(a, ..), (b, ..)| a.cmp(b));
+    let (elder_seniority, my_seniority, elder) = elder?;
     let shared: Vec<String> = claims_of(elder).intersection(&claims_of(canary)).cloned().collect();
     Some(Refusal {
         reason: CLAIM_CONFLICT,
         message: format!(
-            "Canary {} (older) already claims {}; petrel releases each Deployment, and owns each generated Service and Ingress, for one Canary only: delete this Canary or point it at another target and service.name",
+            "Canary {} ({}) already claims {}; petrel releases each Deployment, and owns each generated Service and Ingress, for one Canary only: delete this Canary or point it at another target and service.name",
             key(elder),
+            precedence(&elder_seniority, &my_seniority),
             shared.join(", ")
         ),
     })
@@ -232,8 +278,8 @@ mod tests {
         let first = canary("podinfo", "podinfo", 0);
         let second = canary("another", "podinfo", 5);
         let all = [first.clone(), second.clone()];
-        assert_eq!(conflict(&first, &all), None, "the older one goes on");
-        let refusal = conflict(&second, &all).expect("the younger one is refused");
+        assert_eq!(conflict(&first, &all, &[]), None, "the older one goes on");
+        let refusal = conflict(&second, &all, &[]).expect("the younger one is refused");
         assert_eq!(refusal.reason, CLAIM_CONFLICT);
         assert!(refusal.message.contains("Canary apps/podinfo (older)"), "{}", refusal.message);
         assert!(refusal.message.contains("Deployment podinfo"), "{}", refusal.message);
@@ -244,8 +290,8 @@ mod tests {
         let b = canary("b", "podinfo", 0);
         let a = canary("a", "podinfo", 0);
         for all in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
-            assert_eq!(conflict(&a, &all), None);
-            assert!(conflict(&b, &all).is_some_and(|r| r.message.contains("apps/a")));
+            assert_eq!(conflict(&a, &all, &[]), None);
+            assert!(conflict(&b, &all, &[]).is_some_and(|r| r.message.contains("apps/a")));
         }
     }
 
@@ -254,7 +300,7 @@ mod tests {
         let first = canary("podinfo", "podinfo", 0);
         let mut same_service = canary("api", "api", 1);
         same_service.spec.service.name = Some("podinfo-canary".into());
-        let refusal = conflict(&same_service, [&first]).expect("its apex Service is the other's canary Service");
+        let refusal = conflict(&same_service, [&first], &[]).expect("its apex Service is the other's canary Service");
         assert!(refusal.message.contains("Service podinfo-canary"), "{}", refusal.message);
 
         let mut with_ingress = canary("web", "web", 0);
@@ -262,11 +308,11 @@ mod tests {
             Some(crate::api::common::ObjectRef { name: "public".into(), ..Default::default() });
         let mut other_ingress = canary("shop", "shop", 1);
         other_ingress.spec.ingress_ref = with_ingress.spec.ingress_ref.clone();
-        assert!(conflict(&other_ingress, [&with_ingress]).is_some_and(|r| r.message.contains("Ingress public")));
+        assert!(conflict(&other_ingress, [&with_ingress], &[]).is_some_and(|r| r.message.contains("Ingress public")));
         // Different namespaces never conflict.
         let mut elsewhere = canary("podinfo2", "podinfo", 1);
         elsewhere.metadata.namespace = Some("other".into());
-        assert_eq!(conflict(&elsewhere, [&first]), None);
+        assert_eq!(conflict(&elsewhere, [&first], &[]), None);
     }
 
     #[test]
@@ -280,9 +326,9 @@ mod tests {
         let first = knative("podinfo", 0);
         assert_eq!(claims_of(&first), BTreeSet::from(["Knative Service podinfo".to_string()]));
         // Two Canaries on one Knative Service conflict; a Deployment of the same name does not.
-        let refusal = conflict(&knative("again", 1), [&first]).expect("same Knative Service");
+        let refusal = conflict(&knative("again", 1), [&first], &[]).expect("same Knative Service");
         assert!(refusal.message.contains("Knative Service podinfo"), "{}", refusal.message);
-        assert_eq!(conflict(&canary("deployment", "podinfo", 1), [&first]), None);
+        assert_eq!(conflict(&canary("deployment", "podinfo", 1), [&first], &[]), None);
     }
 
     #[test]
@@ -294,7 +340,7 @@ mod tests {
         assert!(!claims.iter().any(|c| c.starts_with("Deployment")), "{claims:?}");
         // A Deployment Canary of the same name shares the Services, so it conflicts.
         let older = canary("older", "podinfo", -10);
-        assert!(conflict(&ds, [&older]).is_some());
+        assert!(conflict(&ds, [&older], &[]).is_some());
     }
 
     #[test]
@@ -306,7 +352,7 @@ mod tests {
         assert_eq!(refusal.reason, TARGET_MANAGED);
         assert!(refusal.message.contains("belongs to Canary apps/podinfo"), "{}", refusal.message);
         // And by claims: the attacker's target is the owner's primary.
-        assert!(conflict(&owner, [&attacker]).is_some(), "the older attacker also holds the name");
+        assert!(conflict(&owner, [&attacker], &[]).is_some(), "the older attacker also holds the name");
 
         // Without an owner reference (orphaned), petrel's labels are enough.
         let mut orphan = crate::workloads::test_support::deployment("podinfo-primary", &[("app", "p")], "i");
@@ -315,6 +361,64 @@ mod tests {
         // A user's Deployment is a fine target.
         let users = crate::workloads::test_support::deployment("podinfo", &[("app", "podinfo")], "i");
         assert_eq!(managed_target(&owner, &users), None);
+    }
+
+    fn initialised(mut canary: Canary) -> Canary {
+        canary.status =
+            Some(crate::api::canary::CanaryStatus { last_promoted_spec: Some("rev-1".into()), ..Default::default() });
+        canary
+    }
+
+    /// The CI failure of stop 27: the hostile suite created `attacker` (target
+    /// `podinfo-primary`) in the same second as the healthy `podinfo`, which was already
+    /// initialised; `attacker` sorts first, so the healthy Canary was refused mid-release.
+    #[test]
+    fn a_canary_in_place_is_not_stopped_by_one_created_in_the_same_second_whose_name_sorts_first() {
+        let podinfo = canary("podinfo", "podinfo", 0);
+        let attacker = canary("attacker", "podinfo-primary", 0);
+        let primary = owned_by("podinfo-primary", &podinfo);
+        // Initialised: in place by its status, with or without its primary read.
+        let initialised = initialised(podinfo.clone());
+        assert_eq!(conflict(&initialised, [&attacker], &[]), None);
+        assert_eq!(conflict(&initialised, [&attacker], &[&primary]), None);
+        // Between creating its primary and writing its status: in place by the owner reference.
+        assert_eq!(conflict(&podinfo, [&attacker], &[&primary]), None);
+        // The newcomer is the one refused, and the message says why; reading its target
+        // (podinfo's primary) it finds podinfo in place even before podinfo's status says so.
+        let refusal = conflict(&attacker, [&initialised], &[]).expect("attacker is refused");
+        assert!(refusal.message.contains("Canary apps/podinfo (already in place)"), "{}", refusal.message);
+        assert!(conflict(&attacker, [&podinfo], &[&primary]).is_some());
+        // Neither in place: the same second is decided by name, and said so.
+        let refusal = conflict(&podinfo, [&attacker], &[]).expect("by name");
+        assert!(refusal.message.contains("(created in the same second, first by name)"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn two_canaries_on_one_target_agree_on_the_owner_of_its_primary_whichever_asks() {
+        let early = canary("a-early", "podinfo", 0);
+        let late = canary("z-late", "podinfo", 0);
+        // z-late created the primary first (its status not written yet): it goes on and
+        // a-early, first by name, is refused; both read the same primary.
+        let primary = owned_by("podinfo-primary", &late);
+        assert_eq!(conflict(&late, [&early], &[&primary]), None);
+        let refusal = conflict(&early, [&late], &[&primary]).expect("a-early is refused");
+        assert!(refusal.message.contains("apps/z-late (already in place)"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn two_canaries_meeting_on_a_service_decide_by_status_and_age_not_by_their_own_primaries() {
+        // Each owns its own primary; they share only the Service podinfo-canary.
+        let first = canary("podinfo", "podinfo", 0);
+        let mut second = canary("api", "api", 1);
+        second.spec.service.name = Some("podinfo-canary".into());
+        let first_primary = owned_by("podinfo-primary", &first);
+        let second_primary = owned_by("api-primary", &second);
+        assert_eq!(conflict(&first, [&second], &[&first_primary]), None);
+        assert!(conflict(&second, [&first], &[&second_primary]).is_some(), "the younger is refused");
+        // The younger one initialised (it was there before the older one's edit): it stays.
+        let second = initialised(second);
+        assert_eq!(conflict(&second, [&first], &[&second_primary]), None);
+        assert!(conflict(&first, [&second], &[&first_primary]).is_some_and(|r| r.message.contains("already in place")));
     }
 
     #[test]
@@ -381,6 +485,63 @@ mod tests {
                 })
         }
 
+        fn an_owner() -> impl Strategy<Value = Option<&'static str>> {
+            prop::option::of(prop::sample::select(vec!["c1", "c2", "c3", "c4", "gone"]))
+        }
+
+        proptest! {
+            // Most draws are pairs whose claims do not meet (returned at once): hence the cases.
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Of two Canaries of one namespace whose claims meet, exactly one goes on,
+            /// whichever reconciles: each reads its target and its `-primary` (a person's
+            /// Deployment, one owned by either of them or by a deleted Canary, or absent;
+            /// two reading one name read one object), and either may be initialised.
+            /// Never both refused (a deadlock), never both going on (a fight).
+            #[test]
+            fn of_two_canaries_whose_claims_meet_exactly_one_goes_on(
+                a in a_canary(),
+                b in a_canary(),
+                owners in prop::collection::btree_map(a_name(), an_owner(), 0..6),
+                a_initialised: bool,
+                b_initialised: bool,
+            ) {
+                let mut b = b;
+                b.metadata.namespace = a.metadata.namespace.clone();
+                if a.name_any() == b.name_any() || claims_of(&a).is_disjoint(&claims_of(&b)) {
+                    return Ok(());
+                }
+                let a = if a_initialised { initialised(a) } else { a };
+                let b = if b_initialised { initialised(b) } else { b };
+                let by_uid = |name: &str| canary(name, "x", 0);
+                // What the reconciler reads for a Canary: its target and its primary.
+                let read = |c: &Canary| -> Vec<Deployment> {
+                    let target = &c.spec.target_ref.name;
+                    [target.clone(), format!("{target}{PRIMARY_SUFFIX}")]
+                        .iter()
+                        .filter_map(|name| owners.get(name).map(|owner| (name, owner)))
+                        .map(|(name, owner)| match owner {
+                            Some(owner) => owned_by(name, &by_uid(owner)),
+                            None => crate::workloads::test_support::deployment(name, &[("app", name)], "i"),
+                        })
+                        .collect()
+                };
+                let (ra, rb) = (read(&a), read(&b));
+                let a_refusal = conflict(&a, [&b], &ra.iter().collect::<Vec<_>>());
+                let b_refusal = conflict(&b, [&a], &rb.iter().collect::<Vec<_>>());
+                let (a_refused, b_refused) = (a_refusal.is_some(), b_refusal.is_some());
+                prop_assert!(a_refused != b_refused, "a: {a_refusal:?}, b: {b_refusal:?}");
+                // An initialised Canary is never refused by one that is neither initialised
+                // nor the owner of a Deployment they share.
+                let owns_one = |c: &Canary| {
+                    ra.iter().chain(&rb).any(|d| canary_owner(d).is_some_and(|(_, uid)| c.uid() == Some(uid)))
+                };
+                let stopped_by_a_newcomer = |me: bool, other: bool, other_owns: bool, refused: bool| me && !other && !other_owns && refused;
+                prop_assert!(!stopped_by_a_newcomer(a_initialised, b_initialised, owns_one(&b), a_refused), "{a_refusal:?}");
+                prop_assert!(!stopped_by_a_newcomer(b_initialised, a_initialised, owns_one(&a), b_refused), "{b_refusal:?}");
+            }
+        }
+
         proptest! {
             /// The borrowed comparison decides exactly as the intersection of the claimed
             /// names (the definition), and names the same elder and the same objects.
@@ -393,12 +554,12 @@ mod tests {
                 let expected = neighbours
                     .iter()
                     .filter(|o| o.metadata.namespace == me.metadata.namespace && o.name_any() != me.name_any())
-                    .filter(|o| is_older(o, &me) && !claims_of(o).is_disjoint(&mine))
-                    .min_by(|a, b| seniority(a).cmp(&seniority(b)));
-                let got = conflict(&me, &neighbours);
+                    .filter(|o| seniority(o, false) < seniority(&me, false) && !claims_of(o).is_disjoint(&mine))
+                    .min_by(|a, b| seniority(a, false).cmp(&seniority(b, false)));
+                let got = conflict(&me, &neighbours, &[]);
                 prop_assert_eq!(got.is_some(), expected.is_some());
                 if let (Some(got), Some(elder)) = (got, expected) {
-                    prop_assert!(got.message.contains(&format!("Canary {} (older)", key(elder))), "{}", got.message);
+                    prop_assert!(got.message.contains(&format!("Canary {} (", key(elder))), "{}", got.message);
                     let shared: Vec<String> = claims_of(elder).intersection(&mine).cloned().collect();
                     prop_assert!(got.message.contains(&shared.join(", ")), "{}", got.message);
                 }

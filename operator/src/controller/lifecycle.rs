@@ -292,7 +292,7 @@ async fn refusal(
         }
         None => {
             let neighbours = ctx.canaries.in_namespace(&ctx.client, &namespace).await?;
-            Ok(super::claims::conflict(canary, neighbours.iter().map(AsRef::as_ref)))
+            Ok(super::claims::conflict(canary, neighbours.iter().map(AsRef::as_ref), &[]))
         }
     }
 }
