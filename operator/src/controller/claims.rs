@@ -7,12 +7,12 @@
 //! another Canary's `-primary`) would scale it to zero under that Canary's route. So:
 //!
 //! - a target petrel manages (owned by a Canary, or carrying petrel's labels) is refused;
-//! - of two Canaries with overlapping claims, the one already in place goes on: the one
-//!   petrel initialised (it has a primary revision) or that owns the contested primary;
-//!   between two in place, or two not yet, the older one (by creationTimestamp, then
-//!   name) goes on. The other is refused, naming it. Age alone is not enough: creation
-//!   times have a resolution of one second, and a Canary created in the same second as
-//!   one that already serves traffic must not stop it because its name sorts first;
+//! - of two Canaries with overlapping claims, the one already in place goes on (it owns
+//!   the contested primary, or petrel initialised it), else the older one (by
+//!   creationTimestamp, then name); the other is refused, naming it. Age alone is not
+//!   enough: creation times have a resolution of one second, and a Canary created in the
+//!   same second as one that already serves traffic must not stop it because its name
+//!   sorts first;
 //! - an existing `<target>-primary` that belongs to another live Canary, or that petrel
 //!   did not create, is never taken over.
 //!
@@ -98,31 +98,32 @@ fn name_of(canary: &Canary) -> &str {
     canary.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// Whether a Canary already holds its claims in the cluster: petrel initialised it (its
-/// status records the revision its primary runs), or it owns a Deployment the two
-/// Canaries compared both claim (`owns_shared`: a Canary between creating its primary
-/// and writing its status).
-fn is_in_place(canary: &Canary, owns_shared: bool) -> bool {
-    owns_shared || canary.status.as_ref().is_some_and(|status| status.last_promoted_spec.is_some())
-}
-
-/// The order in which Canaries hold their claims: those in place first, then older first
-/// by creationTimestamp, then name (creation times have a resolution of one second). A
-/// Canary without a creation time (not read from the API server) comes after those with.
-type Seniority<'a> = (bool, bool, Option<k8s_openapi::jiff::Timestamp>, &'a str);
+/// The order in which Canaries hold their claims, most senior first:
+/// 1. the owner of a Deployment both Canaries claim (`owns_shared`, from its owner
+///    reference: the Canary that created the contested primary, even before its status
+///    says so, or after its spec was edited onto another's target);
+/// 2. a Canary petrel initialised (its status records the revision its primary runs);
+/// 3. the older by creationTimestamp (one without comes after those with: it was not
+///    read from the API server);
+/// 4. the first by name (creation times have a resolution of one second).
+type Seniority<'a> = (bool, bool, bool, Option<k8s_openapi::jiff::Timestamp>, &'a str);
 
 fn seniority(canary: &Canary, owns_shared: bool) -> Seniority<'_> {
+    let initialised = canary.status.as_ref().is_some_and(|status| status.last_promoted_spec.is_some());
     let created = canary.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    (!is_in_place(canary, owns_shared), created.is_none(), created, name_of(canary))
+    (!owns_shared, !initialised, created.is_none(), created, name_of(canary))
 }
 
-/// Why `elder` goes before `younger`, for the refusal message.
+/// Why `elder` goes before `younger`: the first rank of [`Seniority`] that differs.
 fn precedence(elder: &Seniority<'_>, younger: &Seniority<'_>) -> &'static str {
-    match (elder, younger) {
-        ((_, _, Some(a), _), (_, _, Some(b), _)) if a < b => "older",
-        ((false, ..), (true, ..)) => "already in place",
-        ((_, false, ..), (_, true, ..)) => "older",
-        _ => "created in the same second, first by name",
+    if elder.0 != younger.0 {
+        "already in place: it owns a Deployment both claim"
+    } else if elder.1 != younger.1 {
+        "already in place"
+    } else if elder.2 != younger.2 || elder.3 != younger.3 {
+        "older"
+    } else {
+        "created in the same second, first by name"
     }
 }
 
@@ -402,7 +403,20 @@ mod tests {
         let primary = owned_by("podinfo-primary", &late);
         assert_eq!(conflict(&late, [&early], &[&primary]), None);
         let refusal = conflict(&early, [&late], &[&primary]).expect("a-early is refused");
-        assert!(refusal.message.contains("apps/z-late (already in place)"), "{}", refusal.message);
+        assert!(refusal.message.contains("apps/z-late (already in place: it owns"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn a_canary_edited_onto_another_ones_target_does_not_stop_the_owner_of_its_primary() {
+        // Both initialised; the older one's targetRef was edited to the younger one's target.
+        let owner = initialised(canary("podinfo", "podinfo", 10));
+        let edited = initialised(canary("older", "podinfo", 0));
+        let primary = owned_by("podinfo-primary", &owner);
+        let target = crate::workloads::test_support::deployment("podinfo", &[("app", "podinfo")], "i");
+        let read = [&target, &primary];
+        assert_eq!(conflict(&owner, [&edited], &read), None);
+        let refusal = conflict(&edited, [&owner], &read).expect("the edited one is refused");
+        assert!(refusal.message.contains("apps/podinfo (already in place: it owns"), "{}", refusal.message);
     }
 
     #[test]
