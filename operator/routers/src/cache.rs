@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -132,6 +133,110 @@ where
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, String>> {
         // A panic while holding the lock leaves a consistent map (every change is one call).
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whole objects read from the API server, reused while a metadata-only watch shows them
+/// at the resourceVersion they were read at. For what petrel reads whole on every
+/// reconcile but must not cache whole for the cluster: the ConfigMaps and Secrets a
+/// target's pods use (a Canary whose target uses 200 ConfigMaps made 200 GETs on every
+/// reconcile, 8,600 in one release; caching every ConfigMap and Secret of the cluster
+/// would hold data petrel never reads). Only objects read are kept, and an object the
+/// watch no longer holds is forgotten. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct ReadsAtVersion<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    versions: Option<Kept<PartialObjectMeta<K>>>,
+    read: Arc<Mutex<ReadAt<K>>>,
+}
+
+/// Each object read: the resourceVersion it was read at, and the object.
+type ReadAt<K> = HashMap<ObjectRef<K>, (String, Arc<K>)>;
+
+impl<K> Default for ReadsAtVersion<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// No watch: every read goes to the API server.
+    fn default() -> Self {
+        ReadsAtVersion { versions: None, read: Arc::default() }
+    }
+}
+
+impl<K> ReadsAtVersion<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    /// Compares with the versions in `store` while the watch `watch` keeps it.
+    pub fn kept_by(store: Store<PartialObjectMeta<K>>, health: impl KeepsCache + 'static, watch: &'static str) -> Self {
+        ReadsAtVersion { versions: Some(Kept { store, health: Arc::new(health), watch }), read: Arc::default() }
+    }
+
+    /// The object `namespace/name` (`None`: it does not exist): the copy read before when
+    /// the watch shows it unchanged since, else read from the API server.
+    pub async fn get(&self, client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error> {
+        let key = ObjectRef::new(name).within(namespace);
+        let current = self.current_version(namespace, name);
+        if let Some(current) = &current
+            && let Some(object) =
+                self.lock().get(&key).filter(|(read_at, _)| read_at == current).map(|(_, o)| o.clone())
+        {
+            return Ok(Some(K::clone(&object)));
+        }
+        let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?;
+        match (&read, &self.versions) {
+            (Some(object), Some(_)) => {
+                if let Some(version) = object.resource_version() {
+                    self.lock().insert(key, (version, Arc::new(object.clone())));
+                }
+            }
+            _ => {
+                self.lock().remove(&key);
+            }
+        }
+        Ok(read)
+    }
+
+    /// The resourceVersion the watch shows, when it keeps its cache and holds the object.
+    /// An object it lacks may be new (the watch behind) or gone: it is read, not assumed.
+    fn current_version(&self, namespace: &str, name: &str) -> Option<String> {
+        let kept = self.versions.as_ref()?;
+        if !kept.health.keeps(kept.watch) {
+            return None;
+        }
+        kept.store.get(&ObjectRef::new(name).within(namespace))?.resource_version()
+    }
+
+    /// Forgets the objects the watch no longer holds (deleted), while it keeps its cache.
+    pub fn forget_gone(&self) {
+        let Some(kept) = &self.versions else { return };
+        if !kept.health.keeps(kept.watch) {
+            return;
+        }
+        self.lock().retain(|key, _| {
+            let namespace = key.namespace.as_deref().unwrap_or_default();
+            kept.store.get(&ObjectRef::new(&key.name).within(namespace)).is_some()
+        });
+    }
+
+    /// How many objects are kept (for tests and the memory figures).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no object is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
+        // A panic while holding the lock leaves a consistent map (every change is one call).
+        self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -261,5 +366,64 @@ mod tests {
         caught_up.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         caught_up.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 2, "a cache past the write answers");
+    }
+    fn meta_of(deployment: &Deployment) -> PartialObjectMeta<Deployment> {
+        PartialObjectMeta { metadata: deployment.metadata.clone(), ..Default::default() }
+    }
+
+    /// Reads compared with a metadata watch that holds `shown`, synced (or not).
+    fn reads_comparing_with(
+        shown: &[Deployment],
+        synced: bool,
+    ) -> (ReadsAtVersion<Deployment>, reflector::store::Writer<PartialObjectMeta<Deployment>>) {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for deployment in shown {
+            writer.apply_watcher_event(&watcher::Event::InitApply(meta_of(deployment)));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (ReadsAtVersion::kept_by(store, Synced(synced), "deployments"), writer)
+    }
+
+    #[tokio::test]
+    async fn an_object_read_once_is_read_again_only_when_the_watch_shows_a_new_version() {
+        let (client, gets) = api_answering(deployment("podinfo", "10", 1));
+        let (reads, mut writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], true);
+        for _ in 0..3 {
+            let read = reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+            assert_eq!(read.resource_version().as_deref(), Some("10"));
+        }
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "one GET, then the copy");
+        // The object changed: the watch shows version 11, so it is read again.
+        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "11", 1))));
+        reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 2);
+        // The API server answered version 10 (this fake's only answer), not 11: kept at
+        // 10, so the next read asks again until what it reads is what the watch shows.
+        reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 3);
+        assert_eq!(reads.len(), 1);
+        // Deleted: forgotten.
+        writer.apply_watcher_event(&watcher::Event::Delete(meta_of(&deployment("podinfo", "11", 1))));
+        reads.forget_gone();
+        assert!(reads.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_kept_watch_or_a_version_every_read_goes_to_the_api_server() {
+        let (client, gets) = api_answering(deployment("podinfo", "10", 1));
+        let (unsynced, _writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], false);
+        unsynced.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        unsynced.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 2, "an unsynced watch shows no version");
+        // The watch does not hold it (new, the watch behind): read, not assumed missing.
+        let (lacking, _writer) = reads_comparing_with(&[], true);
+        lacking.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        lacking.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 4);
+        let none = ReadsAtVersion::<Deployment>::default();
+        none.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 5);
+        assert!(none.is_empty(), "nothing kept without a watch to compare with");
     }
 }

@@ -98,7 +98,8 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if !unserved.is_empty() {
         return stall(ctx, canary, status, "ProviderKindsNotServed", &unserved_message(provider, &unserved)).await;
     }
-    let snapshot = match workloads::read_target(&ctx.client, &ctx.caches.deployments, canary).await {
+    let snapshot = match workloads::read_target(&ctx.client, &ctx.caches.deployments, &ctx.caches.configs, canary).await
+    {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_stalled() => return stall(ctx, canary, status, stall_reason(&e), &e.to_string()).await,
         Err(e) => return Err(workload_error("reading the target", e)),

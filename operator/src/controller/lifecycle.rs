@@ -32,7 +32,7 @@ use crate::workloads::daemonset::{self, DaemonSetSnapshot};
 use crate::workloads::handover::{
     self, FINALIZER, HandoverPlan, HandoverView, Names, RouteObjects, Side, Step, Then, WorkloadView,
 };
-use crate::workloads::{self, DeploymentCache, WorkloadError, WorkloadSnapshot};
+use crate::workloads::{self, ConfigReads, DeploymentCache, WorkloadError, WorkloadSnapshot};
 
 /// How soon a hand-over waiting for the target's pods looks again (the Deployment watch
 /// usually wakes it sooner).
@@ -154,7 +154,14 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
     let deadline = progress_deadline(&canary.spec);
     // Read from the API server, not the cache: what a deletion hands traffic to is
     // decided once, from the newest state.
-    let snapshot = match workloads::read_workloads(&ctx.client, &DeploymentCache::default(), canary).await {
+    let snapshot = match workloads::read_workloads(
+        &ctx.client,
+        &DeploymentCache::default(),
+        &ConfigReads::default(),
+        canary,
+    )
+    .await
+    {
         Ok(snapshot) => Some(snapshot),
         // A target that is gone, or that cannot be read as a release (a config it uses is
         // gone): not something to hand traffic to.
@@ -235,7 +242,7 @@ async fn observe_daemon_set(ctx: &Context, canary: &Canary) -> Result<Observed, 
     let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     let status = canary.status.clone().unwrap_or_default();
     let now = Utc::now();
-    let snapshot = match daemonset::read_daemon_sets(&ctx.client, canary).await {
+    let snapshot = match daemonset::read_daemon_sets(&ctx.client, &ConfigReads::default(), canary).await {
         Ok(snapshot) => Some(snapshot),
         Err(e) if e.is_stalled() => None,
         Err(e) => return Err(workload_error("reading the DaemonSets", e)),

@@ -29,12 +29,12 @@ use tracing::{info, warn};
 
 use crate::analysis::{ALERT_PROVIDER_WATCH, METRIC_TEMPLATE_WATCH, SECRET_WATCH, SourceCaches, SourceWriters};
 use crate::api::{AlertProvider, Canary, MetricTemplate};
-use crate::cache::WatchCache;
+use crate::cache::{ReadsAtVersion, WatchCache};
 use crate::core::Provider;
 use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
-use crate::workloads::DeploymentCache;
+use crate::workloads::{ConfigReads, DeploymentCache};
 use watches::{drop_unread_fields, kept, objects_only};
 
 pub use canary::reconcile;
@@ -99,6 +99,8 @@ pub struct Caches {
     pub services: WatchCache<Service>,
     /// Deployments, read by the reconciles instead of the API server (see [`crate::cache`]).
     pub deployments: DeploymentCache,
+    /// The ConfigMaps and Secrets targets use, read again only when their watch shows a change.
+    pub configs: ConfigReads,
     /// The newest resourceVersion petrel knows of each Canary.
     pub status_versions: StatusVersions,
     /// What the routers last wrote.
@@ -113,12 +115,16 @@ struct WatchWriters {
     sources: SourceWriters,
     services: Writer<Service>,
     deployments: Writer<Deployment>,
+    config_maps: Writer<PartialObjectMeta<ConfigMap>>,
 }
 
 /// The watch that fills [`Caches::deployments`].
 const DEPLOYMENT_WATCH: &str = "deployments";
 /// The watch that fills [`Caches::services`].
 const SERVICE_WATCH: &str = "services";
+/// The metadata-only watch of ConfigMaps: it wakes the Canaries whose targets use one, and
+/// [`Caches::configs`] compares with its versions.
+const CONFIG_MAP_WATCH: &str = "configmaps";
 
 impl Caches {
     /// Empty caches whose watches report into `health` (the `/readyz` of the process).
@@ -126,7 +132,13 @@ impl Caches {
         let (sources, source_writers) = SourceCaches::new(health.clone());
         let (services, service_writer) = reflector::store();
         let (deployments, deployment_writer) = reflector::store();
+        let (config_maps, config_map_writer) = reflector::store();
+        let configs = ConfigReads {
+            config_maps: ReadsAtVersion::kept_by(config_maps, health.clone(), CONFIG_MAP_WATCH),
+            secrets: ReadsAtVersion::kept_by(sources.secrets.clone(), health.clone(), SECRET_WATCH),
+        };
         Caches {
+            configs,
             sources,
             services: WatchCache::kept_by(services, health.clone(), SERVICE_WATCH),
             deployments: WatchCache::kept_by(deployments, health.clone(), DEPLOYMENT_WATCH),
@@ -137,6 +149,7 @@ impl Caches {
                 sources: source_writers,
                 services: service_writer,
                 deployments: deployment_writer,
+                config_maps: config_map_writer,
             })),
         }
     }
@@ -341,7 +354,9 @@ fn canary_wakes(
 /// `/readyz`. Deployments and petrel's Services are cached whole (less what petrel never
 /// reads: [`watches::drop_unread_fields`]): the reconciles read them from there ([`crate::cache`]). DaemonSets,
 /// ConfigMaps and Secrets are watched by their metadata only: which object changed is
-/// all a trigger needs, and petrel holds no Secret data it does not use.
+/// all a trigger needs, and petrel holds no Secret data it does not use. Those a target
+/// uses are read whole once, and again when their watch shows a new version
+/// ([`Caches::configs`]).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let canaries: Api<Canary> = api_in(&client, &namespace);
@@ -363,7 +378,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     let daemon_sets =
         kept("daemonsets", watcher(api_in::<PartialObjectMeta<DaemonSet>>(&client, &namespace), config()), &health);
     let configmaps =
-        kept("configmaps", watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health);
+        kept(CONFIG_MAP_WATCH, watcher(api_in::<PartialObjectMeta<ConfigMap>>(&client, &namespace), config()), &health)
+            .modify(drop_unread_fields)
+            .reflect(writers.config_maps);
     let secrets =
         kept(SECRET_WATCH, watcher(api_in::<PartialObjectMeta<Secret>>(&client, &namespace), config()), &health)
             .modify(drop_unread_fields)
@@ -408,9 +425,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             shutdown.clone(),
         ))
     });
-    // What petrel remembers of deleted Canaries goes with them.
+    // What petrel remembers of deleted Canaries, ConfigMaps and Secrets goes with them.
     let forget = tokio::spawn({
-        let (store, versions) = (store.clone(), ctx.caches.status_versions.clone());
+        let (store, versions, configs) =
+            (store.clone(), ctx.caches.status_versions.clone(), ctx.caches.configs.clone());
         async move {
             loop {
                 tokio::time::sleep(crate::telemetry::SWEEP_INTERVAL).await;
@@ -420,6 +438,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
                     .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
                     .collect();
                 versions.retain(&live);
+                configs.forget_gone();
             }
         }
     });

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{Api, Client};
 
-use super::configs::{TrackedConfigs, read_tracked_configs};
+use super::configs::{ConfigReads, TrackedConfigs, read_tracked_configs};
 use super::health::{deployment_health, primary_runs_revision};
 use super::history::{list_primary_revisions, stored_release, stored_replicas, stored_revision, stored_template_of};
 use super::hpa::{check_autoscaler_ref, ensure_primary_hpa};
@@ -108,6 +108,7 @@ fn hpa_managed(canary: &Canary) -> bool {
 pub async fn read_workloads(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
 ) -> Result<WorkloadSnapshot, WorkloadError> {
     let namespace = canary_namespace(canary)?;
@@ -118,7 +119,7 @@ pub async fn read_workloads(
         .map_err(|e| WorkloadError::kube(format!("reading Deployment {namespace}/{target_name}"), e))?
         .ok_or_else(|| WorkloadError::TargetNotFound { namespace: namespace.clone(), name: target_name.clone() })?;
     let selector = pod_selector(&target)?;
-    let tracked = read_tracked_configs(client, &target).await?;
+    let tracked = read_tracked_configs(client, configs, &target).await?;
     let template = target.spec.as_ref().map(|spec| spec.template.clone()).unwrap_or_default();
     let revision = revision(&template, &tracked.checksums());
     let release = release_identity(&template);
@@ -371,7 +372,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let first = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let first =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
         (fake, client, canary, first)
     }
@@ -382,10 +384,67 @@ mod tests {
             .clone()
     }
 
+    /// A watch health that keeps every cache.
+    struct Kept;
+
+    impl crate::cache::KeepsCache for Kept {
+        fn keeps(&self, _watch: &'static str) -> bool {
+            true
+        }
+    }
+
+    /// The bad-input benchmark's defect: a target using 200 ConfigMaps cost 200 GETs on
+    /// every reconcile (8,600 in one release of 100 Canaries). A ConfigMap is read again
+    /// only when its metadata watch shows a new resourceVersion.
+    #[tokio::test]
+    async fn a_tracked_config_is_read_again_only_when_its_watch_shows_a_change() {
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::{reflector, watcher};
+        let at_version = |greeting: &str, version: &str| {
+            let mut config_map = settings(greeting);
+            config_map["metadata"]["resourceVersion"] = json!(version);
+            config_map
+        };
+        let meta = |config_map: &Value| PartialObjectMeta::<k8s_openapi::api::core::v1::ConfigMap> {
+            metadata: serde_json::from_value(config_map["metadata"].clone()).unwrap(),
+            ..Default::default()
+        };
+        let fake = world("podinfo:1", "hello");
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), at_version("hello", "5"));
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(meta(&at_version("hello", "5"))));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let reads = ConfigReads {
+            config_maps: crate::cache::ReadsAtVersion::kept_by(store, Kept, "configmaps"),
+            secrets: Default::default(),
+        };
+        let (client, canary) = (fake.client(), canary("podinfo"));
+        let gets = || fake.calls().iter().filter(|c| *c == &format!("GET {CONFIG_MAPS}/settings")).count();
+
+        let first = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        let again = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        assert_eq!(gets(), 1, "{:?}", fake.calls());
+        assert_eq!(again.revision, first.revision);
+        assert_eq!(again.tracked, first.tracked, "the same ConfigMap, for the primary's copy too");
+
+        // Changed: the watch shows version 6, so the new content is read and it is a new revision.
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), at_version("bonjour", "6"));
+        writer.apply_watcher_event(&watcher::Event::Apply(meta(&at_version("bonjour", "6"))));
+        let changed = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        assert_eq!(gets(), 2);
+        assert_ne!(changed.revision, first.revision);
+        read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        assert_eq!(gets(), 2);
+    }
+
     #[tokio::test]
     async fn read_workloads_tracks_configs_and_computes_the_revision() {
         let fake = world("podinfo:1", "hello");
-        let snapshot = read_workloads(&fake.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap();
+        let snapshot =
+            read_workloads(&fake.client(), &DeploymentCache::default(), &ConfigReads::default(), &canary("podinfo"))
+                .await
+                .unwrap();
         assert_eq!(snapshot.selector, PodSelector { key: "app".into(), value: "podinfo".into() });
         assert_eq!(snapshot.release, "podinfo:1");
         assert_eq!(snapshot.primary, None);
@@ -395,22 +454,33 @@ mod tests {
         assert_eq!(snapshot.revision, revision(&template, &checksums));
 
         let changed = world("podinfo:1", "bonjour");
-        let after = read_workloads(&changed.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap();
+        let after =
+            read_workloads(&changed.client(), &DeploymentCache::default(), &ConfigReads::default(), &canary("podinfo"))
+                .await
+                .unwrap();
         assert_ne!(after.revision, snapshot.revision, "a config change is a new revision");
         assert_eq!(after.release, snapshot.release, "but not a new release identity");
     }
 
     #[tokio::test]
     async fn missing_target_or_required_config_is_stalled() {
-        let error = read_workloads(&FakeApi::new().client(), &DeploymentCache::default(), &canary("podinfo"))
-            .await
-            .unwrap_err();
+        let error = read_workloads(
+            &FakeApi::new().client(),
+            &DeploymentCache::default(),
+            &ConfigReads::default(),
+            &canary("podinfo"),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(error, WorkloadError::TargetNotFound { .. }), "{error}");
         assert!(error.is_stalled());
 
         let fake = FakeApi::new();
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:1"));
-        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &canary("podinfo")).await.unwrap_err();
+        let error =
+            read_workloads(&fake.client(), &DeploymentCache::default(), &ConfigReads::default(), &canary("podinfo"))
+                .await
+                .unwrap_err();
         assert!(matches!(&error, WorkloadError::MissingConfig { name, .. } if name == "settings"), "{error}");
         assert!(error.is_stalled());
     }
@@ -420,7 +490,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let revision_name = format!("podinfo-primary-{}", snapshot.revision);
         assert_eq!(
@@ -445,7 +516,8 @@ mod tests {
 
         // Once it exists, the primary is not touched again, even if the target changed.
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         assert_eq!(fake.writes().len(), writes_before);
@@ -457,7 +529,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         scale_canary_to_zero(&client, &DeploymentCache::default(), &snapshot).await.unwrap();
         assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 0);
@@ -467,7 +540,8 @@ mod tests {
         assert!(patch.query.contains("fieldManager=petrel"));
 
         // Scaling up uses the primary's replicas, not the target's (now 0).
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(scale_canary_up(&client, &DeploymentCache::default(), &snapshot).await.unwrap(), 3);
         assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 3);
     }
@@ -478,7 +552,8 @@ mod tests {
 
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         fake.insert(&format!("{CONFIG_MAPS}/settings"), settings("bonjour"));
-        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let second =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
         promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         let first_name = format!("podinfo-primary-{}", first.revision);
@@ -503,7 +578,8 @@ mod tests {
         assert_eq!((newest["revision"].clone(), newest["data"]["release"].clone()), (json!(2), json!("podinfo:2")));
 
         // The primary now runs the second revision (once its rollout finishes).
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let primary = snapshot.primary.as_ref().unwrap();
         assert_eq!(
             primary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
@@ -532,10 +608,12 @@ mod tests {
         for n in 1..=KEPT_REVISIONS as i64 {
             old_revision(&fake, n);
         }
-        let first = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let first =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let second =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-01")));
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-02")));
@@ -563,7 +641,8 @@ mod tests {
     async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
         let (fake, client, canary, _) = initialized().await;
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
-        let second = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let second =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let revision_writes =
             |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
         promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
@@ -635,7 +714,8 @@ mod tests {
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
         deployments.delete("podinfo-primary", &Default::default()).await.unwrap();
-        let mid_release = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let mid_release =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert!(mid_release.primary.is_none());
 
         let message = restore_missing_primary(&client, &canary, &mid_release, Some(&first.revision)).await.unwrap();
@@ -649,7 +729,7 @@ mod tests {
         initialize_primary(&client, &DeploymentCache::default(), &canary, &mid_release).await.unwrap();
         assert_eq!(primary_image(&fake), "podinfo:1");
         // An existing primary is never rebuilt.
-        let now = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let now = read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(restore_missing_primary(&client, &canary, &now, Some(&first.revision)).await.unwrap(), None);
     }
 
@@ -658,7 +738,8 @@ mod tests {
         let fake = world("podinfo:1", "hello");
         let client = fake.client();
         let canary = canary("podinfo");
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let path = format!("{DEPLOYMENTS}/podinfo-primary");
         let mut released = fake.get(&path).unwrap();
@@ -671,7 +752,7 @@ mod tests {
             &client,
             &DeploymentCache::default(),
             &recreated,
-            &read_workloads(&client, &DeploymentCache::default(), &recreated).await.unwrap(),
+            &read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &recreated).await.unwrap(),
         )
         .await
         .unwrap();
@@ -718,7 +799,8 @@ mod tests {
         );
         let client = fake.client();
         let canary = with_hpa(canary("podinfo"));
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
         let created = initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         assert_eq!(created.spec.unwrap().replicas, None);
@@ -751,7 +833,8 @@ mod tests {
             name: "podinfo".into(),
             ..Default::default()
         });
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
         initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
         let primary = fake.get(&format!("{SCALED_OBJECTS}/podinfo-primary")).unwrap();
@@ -761,7 +844,8 @@ mod tests {
         scale_canary_to_zero(&client, &DeploymentCache::default(), &snapshot).await.unwrap();
         let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
         assert_eq!(target["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"], "0");
-        let snapshot = read_workloads(&client, &DeploymentCache::default(), &canary).await.unwrap();
+        let snapshot =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert!(snapshot.target_scaler.as_ref().unwrap().paused);
         assert_eq!(scale_canary_up(&client, &DeploymentCache::default(), &snapshot).await.unwrap(), 2);
         let target = fake.get(&format!("{SCALED_OBJECTS}/podinfo")).unwrap();
@@ -774,7 +858,9 @@ mod tests {
         let mut canary = canary("podinfo");
         canary.spec.autoscaler_ref =
             Some(AutoscalerRef { kind: "ScaledObject".into(), name: "podinfo".into(), ..Default::default() });
-        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &canary).await.unwrap_err();
+        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &ConfigReads::default(), &canary)
+            .await
+            .unwrap_err();
         assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
         assert!(
             error.to_string().contains("ScaledObject apps/podinfo") && error.to_string().contains("KEDA"),
@@ -785,9 +871,14 @@ mod tests {
     #[tokio::test]
     async fn missing_hpa_is_stalled() {
         let fake = world("podinfo:1", "hello");
-        let error = read_workloads(&fake.client(), &DeploymentCache::default(), &with_hpa(canary("podinfo")))
-            .await
-            .unwrap_err();
+        let error = read_workloads(
+            &fake.client(),
+            &DeploymentCache::default(),
+            &ConfigReads::default(),
+            &with_hpa(canary("podinfo")),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(error, WorkloadError::AutoscalerNotFound { .. }), "{error}");
         assert!(error.is_stalled());
         assert!(ensure_primary_hpa(&fake.client(), &with_hpa(canary("podinfo"))).await.is_err());

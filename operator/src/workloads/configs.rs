@@ -20,6 +20,7 @@ use super::{
     canary_owner_reference, primary::copyable_metadata,
 };
 use crate::api::Canary;
+use crate::cache::ReadsAtVersion;
 
 /// Annotations that opt a ConfigMap or Secret out of tracking.
 pub const TRACKING_OPT_OUT_ANNOTATIONS: &[&str] = &["petrel.dev/config-tracking", "flagger.app/config-tracking"];
@@ -301,15 +302,37 @@ pub fn build_primary_secret(secret: &Secret, canary: &Canary) -> Result<Secret, 
     })
 }
 
+/// The ConfigMaps and Secrets the reconciles read, kept while the controller's
+/// metadata-only watches show them unchanged ([`ReadsAtVersion`]). The default reads
+/// every object from the API server.
+#[derive(Clone, Default)]
+pub struct ConfigReads {
+    pub config_maps: ReadsAtVersion<ConfigMap>,
+    pub secrets: ReadsAtVersion<Secret>,
+}
+
+impl ConfigReads {
+    /// Forgets what was read of objects since deleted.
+    pub fn forget_gone(&self) {
+        self.config_maps.forget_gone();
+        self.secrets.forget_gone();
+    }
+}
+
 /// Reads the ConfigMaps and Secrets the target's pods use and returns the tracked ones.
-pub async fn read_tracked_configs(client: &Client, target: &Deployment) -> Result<TrackedConfigs, WorkloadError> {
+pub async fn read_tracked_configs(
+    client: &Client,
+    reads: &ConfigReads,
+    target: &Deployment,
+) -> Result<TrackedConfigs, WorkloadError> {
     let pod_spec = target.spec.as_ref().and_then(|spec| spec.template.spec.as_ref());
-    read_tracked_configs_of(client, &target.metadata, pod_spec).await
+    read_tracked_configs_of(client, reads, &target.metadata, pod_spec).await
 }
 
 /// [`read_tracked_configs`] of any workload: its metadata and pod spec.
 pub async fn read_tracked_configs_of(
     client: &Client,
+    reads: &ConfigReads,
     target: &ObjectMeta,
     pod_spec: Option<&PodSpec>,
 ) -> Result<TrackedConfigs, WorkloadError> {
@@ -319,20 +342,20 @@ pub async fn read_tracked_configs_of(
         return Ok(TrackedConfigs::default());
     };
     let refs = referenced_configs(pod_spec);
-    let config_map_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let mut config_maps = Vec::new();
     for name in refs.config_maps.keys() {
-        let found = config_map_api
-            .get_opt(name)
+        let found = reads
+            .config_maps
+            .get(client, &namespace, name)
             .await
             .map_err(|e| WorkloadError::kube(format!("reading ConfigMap {namespace}/{name}"), e))?;
         config_maps.extend(found);
     }
     let mut secrets = Vec::new();
     for name in refs.secrets.keys() {
-        let found = secret_api
-            .get_opt(name)
+        let found = reads
+            .secrets
+            .get(client, &namespace, name)
             .await
             .map_err(|e| WorkloadError::kube(format!("reading Secret {namespace}/{name}"), e))?;
         secrets.extend(found);

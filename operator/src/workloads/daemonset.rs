@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-use super::configs::{ConfigNames, TrackedConfigs, copy_configs_to_primary, read_tracked_configs_of};
+use super::configs::{ConfigNames, ConfigReads, TrackedConfigs, copy_configs_to_primary, read_tracked_configs_of};
 use super::primary::{adoption_patch, copyable_metadata, primary_name, primary_template};
 use super::revision::{release_identity, revision};
 use super::selector::{PodSelector, SELECTOR_LABELS, primary_value};
@@ -262,7 +262,11 @@ fn api(client: &Client, namespace: &str) -> Api<DaemonSet> {
 }
 
 /// Reads the target DaemonSet, its tracked configs and its primary.
-pub async fn read_daemon_sets(client: &Client, canary: &Canary) -> Result<DaemonSetSnapshot, WorkloadError> {
+pub async fn read_daemon_sets(
+    client: &Client,
+    configs: &ConfigReads,
+    canary: &Canary,
+) -> Result<DaemonSetSnapshot, WorkloadError> {
     let namespace = canary_namespace(canary)?;
     let name = canary.spec.target_ref.name.clone();
     let daemon_sets = api(client, &namespace);
@@ -273,7 +277,7 @@ pub async fn read_daemon_sets(client: &Client, canary: &Canary) -> Result<Daemon
         .ok_or_else(|| WorkloadError::DaemonSetNotFound { namespace: namespace.clone(), name: name.clone() })?;
     let selector = check_target(&target)?;
     let template = unscaled_template(&target.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default());
-    let tracked = read_tracked_configs_of(client, &target.metadata, template.spec.as_ref()).await?;
+    let tracked = read_tracked_configs_of(client, configs, &target.metadata, template.spec.as_ref()).await?;
     let revision = revision(&template, &tracked.checksums());
     let release = release_identity(&template);
     let primary_name = primary_name(&name);

@@ -30,9 +30,9 @@ pub use actions::{
     read_workloads, restore_missing_primary, scale_canary_to_zero, scale_canary_up,
 };
 pub use configs::{
-    ConfigNames, ConfigRefs, Need, TrackedConfigs, build_primary_config_map, build_primary_secret, config_map_checksum,
-    copy_configs_to_primary, read_tracked_configs, referenced_configs, resolve_tracked_configs, rewrite_config_refs,
-    secret_checksum, tracking_disabled,
+    ConfigNames, ConfigReads, ConfigRefs, Need, TrackedConfigs, build_primary_config_map, build_primary_secret,
+    config_map_checksum, copy_configs_to_primary, read_tracked_configs, referenced_configs, resolve_tracked_configs,
+    rewrite_config_refs, secret_checksum, tracking_disabled,
 };
 pub use health::{deployment_health, primary_runs_revision, primary_runs_template, primary_template_is_revision};
 pub use history::{

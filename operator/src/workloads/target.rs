@@ -13,7 +13,7 @@ use kube::Client;
 use super::actions::{self, WorkloadSnapshot};
 use super::daemonset::{self, DaemonSetSnapshot};
 use super::knative::{self, KnativeSnapshot};
-use super::{DeploymentCache, WorkloadError};
+use super::{ConfigReads, DeploymentCache, WorkloadError};
 use crate::api::Canary;
 use crate::core::WorkloadHealth;
 
@@ -130,16 +130,17 @@ impl TargetSnapshot {
 pub async fn read_target(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
 ) -> Result<TargetSnapshot, WorkloadError> {
     if canary.spec.target_ref.is_daemon_set() {
         if let Some(autoscaler) = &canary.spec.autoscaler_ref {
             return Err(WorkloadError::DaemonSetAutoscaler { name: autoscaler.name.clone() });
         }
-        return daemonset::read_daemon_sets(client, canary).await.map(TargetSnapshot::daemon_set);
+        return daemonset::read_daemon_sets(client, configs, canary).await.map(TargetSnapshot::daemon_set);
     }
     if !canary.spec.target_ref.is_knative_service() {
-        return actions::read_workloads(client, deployments, canary).await.map(TargetSnapshot::deployment);
+        return actions::read_workloads(client, deployments, configs, canary).await.map(TargetSnapshot::deployment);
     }
     if let Some(autoscaler) = &canary.spec.autoscaler_ref {
         return Err(WorkloadError::KnativeAutoscaler { name: autoscaler.name.clone() });
