@@ -55,6 +55,17 @@ where
     watch: &'static str,
 }
 
+impl<K> Kept<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// The store, while the watch keeps it.
+    fn store_if_kept(&self) -> Option<&Store<K>> {
+        self.health.keeps(self.watch).then_some(&self.store)
+    }
+}
+
 impl<K> Default for WatchCache<K>
 where
     K: Resource + Clone + 'static,
@@ -94,11 +105,7 @@ where
 
     /// The cached object when the watch keeps the cache and it holds petrel's last write.
     fn cached(&self, key: &ObjectRef<K>) -> Option<K> {
-        let kept = self.kept.as_ref()?;
-        if !kept.health.keeps(kept.watch) {
-            return None;
-        }
-        let cached = kept.store.get(key)?;
+        let cached = self.kept.as_ref()?.store_if_kept()?.get(key)?;
         let cached = cached.as_ref();
         if !self.forget_if_reached(key, cached) {
             return None;
@@ -189,15 +196,11 @@ where
             return Ok(Some(K::clone(&object)));
         }
         let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?;
-        match (&read, &self.versions) {
-            (Some(object), Some(_)) => {
-                if let Some(version) = object.resource_version() {
-                    self.lock().insert(key, (version, Arc::new(object.clone())));
-                }
-            }
-            _ => {
-                self.lock().remove(&key);
-            }
+        if self.versions.is_some() {
+            match read.as_ref().and_then(|object| Some((object.resource_version()?, object))) {
+                Some((version, object)) => self.lock().insert(key, (version, Arc::new(object.clone()))),
+                None => self.lock().remove(&key),
+            };
         }
         Ok(read)
     }
@@ -205,33 +208,23 @@ where
     /// The resourceVersion the watch shows, when it keeps its cache and holds the object.
     /// An object it lacks may be new (the watch behind) or gone: it is read, not assumed.
     fn current_version(&self, namespace: &str, name: &str) -> Option<String> {
-        let kept = self.versions.as_ref()?;
-        if !kept.health.keeps(kept.watch) {
-            return None;
-        }
-        kept.store.get(&ObjectRef::new(name).within(namespace))?.resource_version()
+        let store = self.versions.as_ref()?.store_if_kept()?;
+        store.get(&ObjectRef::new(name).within(namespace))?.resource_version()
     }
 
     /// Forgets the objects the watch no longer holds (deleted), while it keeps its cache.
     pub fn forget_gone(&self) {
-        let Some(kept) = &self.versions else { return };
-        if !kept.health.keeps(kept.watch) {
-            return;
-        }
+        let Some(store) = self.versions.as_ref().and_then(Kept::store_if_kept) else { return };
         self.lock().retain(|key, _| {
             let namespace = key.namespace.as_deref().unwrap_or_default();
-            kept.store.get(&ObjectRef::new(&key.name).within(namespace)).is_some()
+            store.get(&ObjectRef::new(&key.name).within(namespace)).is_some()
         });
     }
 
-    /// How many objects are kept (for tests and the memory figures).
-    pub fn len(&self) -> usize {
+    /// How many objects are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no object is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
@@ -367,6 +360,7 @@ mod tests {
         caught_up.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 2, "a cache past the write answers");
     }
+
     fn meta_of(deployment: &Deployment) -> PartialObjectMeta<Deployment> {
         PartialObjectMeta { metadata: deployment.metadata.clone(), ..Default::default() }
     }
@@ -406,7 +400,7 @@ mod tests {
         // Deleted: forgotten.
         writer.apply_watcher_event(&watcher::Event::Delete(meta_of(&deployment("podinfo", "11", 1))));
         reads.forget_gone();
-        assert!(reads.is_empty());
+        assert_eq!(reads.len(), 0);
     }
 
     #[tokio::test]
@@ -424,6 +418,6 @@ mod tests {
         let none = ReadsAtVersion::<Deployment>::default();
         none.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 5);
-        assert!(none.is_empty(), "nothing kept without a watch to compare with");
+        assert_eq!(none.len(), 0, "nothing kept without a watch to compare with");
     }
 }

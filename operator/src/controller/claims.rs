@@ -98,29 +98,41 @@ fn name_of(canary: &Canary) -> &str {
     canary.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// The order in which Canaries hold their claims, most senior first:
-/// 1. the owner of a Deployment both Canaries claim (`owns_shared`, from its owner
-///    reference: the Canary that created the contested primary, even before its status
-///    says so, or after its spec was edited onto another's target);
-/// 2. a Canary petrel initialised (its status records the revision its primary runs);
-/// 3. the older by creationTimestamp (one without comes after those with: it was not
-///    read from the API server);
-/// 4. the first by name (creation times have a resolution of one second).
-type Seniority<'a> = (bool, bool, bool, Option<k8s_openapi::jiff::Timestamp>, &'a str);
-
-fn seniority(canary: &Canary, owns_shared: bool) -> Seniority<'_> {
-    let initialised = canary.status.as_ref().is_some_and(|status| status.last_promoted_spec.is_some());
-    let created = canary.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    (!owns_shared, !initialised, created.is_none(), created, name_of(canary))
+/// The order in which Canaries hold their claims, most senior (smallest) first: the
+/// fields compare in their order, `false` before `true`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seniority<'a> {
+    /// Not the owner of a Deployment both Canaries claim (from its owner reference: the
+    /// Canary that created the contested primary, even before its status says so, or
+    /// after its spec was edited onto another's target).
+    not_owner: bool,
+    /// Not initialised by petrel (its status records no revision its primary runs).
+    not_initialised: bool,
+    /// No creationTimestamp (not read from the API server): after those with one.
+    not_created: bool,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Last: creation times have a resolution of one second.
+    name: &'a str,
 }
 
-/// Why `elder` goes before `younger`: the first rank of [`Seniority`] that differs.
+fn seniority(canary: &Canary, owns_shared: bool) -> Seniority<'_> {
+    let created = canary.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    Seniority {
+        not_owner: !owns_shared,
+        not_initialised: canary.status.as_ref().is_none_or(|status| status.last_promoted_spec.is_none()),
+        not_created: created.is_none(),
+        created,
+        name: name_of(canary),
+    }
+}
+
+/// Why `elder` goes before `younger`: the first field of [`Seniority`] that differs.
 fn precedence(elder: &Seniority<'_>, younger: &Seniority<'_>) -> &'static str {
-    if elder.0 != younger.0 {
+    if elder.not_owner != younger.not_owner {
         "already in place: it owns a Deployment both claim"
-    } else if elder.1 != younger.1 {
+    } else if elder.not_initialised != younger.not_initialised {
         "already in place"
-    } else if elder.2 != younger.2 || elder.3 != younger.3 {
+    } else if (elder.not_created, elder.created) != (younger.not_created, younger.created) {
         "older"
     } else {
         "created in the same second, first by name"

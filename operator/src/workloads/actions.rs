@@ -384,15 +384,6 @@ mod tests {
             .clone()
     }
 
-    /// A watch health that keeps every cache.
-    struct Kept;
-
-    impl crate::cache::KeepsCache for Kept {
-        fn keeps(&self, _watch: &'static str) -> bool {
-            true
-        }
-    }
-
     /// The bad-input benchmark's defect: a target using 200 ConfigMaps cost 200 GETs on
     /// every reconcile (8,600 in one release of 100 Canaries). A ConfigMap is read again
     /// only when its metadata watch shows a new resourceVersion.
@@ -415,8 +406,11 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Init);
         writer.apply_watcher_event(&watcher::Event::InitApply(meta(&at_version("hello", "5"))));
         writer.apply_watcher_event(&watcher::Event::InitDone);
+        let health = crate::telemetry::WatchHealth::default();
+        health.observe::<()>("configmaps", &Ok(watcher::Event::Init));
+        health.observe::<()>("configmaps", &Ok(watcher::Event::InitDone));
         let reads = ConfigReads {
-            config_maps: crate::cache::ReadsAtVersion::kept_by(store, Kept, "configmaps"),
+            config_maps: crate::cache::ReadsAtVersion::kept_by(store, health, "configmaps"),
             secrets: Default::default(),
         };
         let (client, canary) = (fake.client(), canary("podinfo"));
