@@ -193,11 +193,15 @@ async fn gateway_api_route_options_reach_the_http_route() {
         plural: "httproutes".into(),
     };
     let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &resource);
-    let route = eventually(&format!("{ns}: the HTTPRoute"), Duration::from_secs(60), async || {
-        routes.get_opt(APP).await.ok().flatten()
+    eventually(&format!("{ns}: Initialized"), Duration::from_secs(60), async || {
+        (canaries.get(APP).await.ok()?.status?.phase == petrel::api::canary::Phase::Initialized).then_some(())
     })
     .await
     .unwrap();
+    // Two analysis intervals on: each reconcile reads the route back, and the user's own
+    // mirror must not be taken for the release's (which would add a mirror to the canary).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let route = routes.get(APP).await.unwrap();
     let rule = &route.data["spec"]["rules"][0];
     assert_eq!(rule["matches"][0]["path"], json!({ "type": "PathPrefix", "value": "/api" }), "{rule}");
     assert_eq!(rule["matches"][0]["headers"][0]["name"], "x-tenant", "{rule}");

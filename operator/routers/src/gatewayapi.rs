@@ -480,12 +480,18 @@ pub fn weights_of(route: &Value) -> Result<Weights, RouterError> {
         weight_field(backend.get("weight"), bad)
     };
     let names = ServiceNames::from_apex(apex);
+    // Only a mirror to the canary Service is the release's mirroring: `spec.service.mirror`
+    // adds RequestMirror filters of its own (to shadows the user names), and taking those
+    // for it would turn mirroring on at the next write.
+    let mirror = rule.get("filters").and_then(Value::as_array).is_some_and(|filters| {
+        filters.iter().any(|f| {
+            f.get("type").and_then(Value::as_str) == Some("RequestMirror")
+                && f.pointer("/requestMirror/backendRef/name").and_then(Value::as_str) == Some(names.canary.as_str())
+                && f.pointer("/requestMirror/backendRef/namespace").is_none()
+        })
+    });
     let primary = weight_of(names.primary)?;
     let canary = weight_of(names.canary)?;
-    let mirror = rule
-        .get("filters")
-        .and_then(Value::as_array)
-        .is_some_and(|filters| filters.iter().any(|f| f.get("type").and_then(Value::as_str) == Some("RequestMirror")));
     Weights::new(primary, canary, mirror)
 }
 
@@ -800,8 +806,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn weights_round_trip(w in any_weights(true), ab in any::<bool>()) {
-            let canary = if ab { ab_canary() } else { canary() };
+        fn weights_round_trip(w in any_weights(true), ab in any::<bool>(), shadow in any::<bool>()) {
+            let mut canary = if ab { ab_canary() } else { canary() };
+            if shadow {
+                // The user's own mirrors are not the release's mirroring.
+                canary.spec.service.mirror = Some(serde_json::from_value(json!([
+                    { "backendRef": { "name": "shadow", "port": 9898 } },
+                    { "backendRef": { "name": "podinfo-canary", "namespace": "audit", "port": 9898 } },
+                ])).unwrap());
+            }
             prop_assert_eq!(weights_of(&build_http_route(&canary, w).unwrap()).unwrap(), w);
         }
 
