@@ -166,3 +166,78 @@ async fn an_idle_canary_costs_no_api_requests() {
     assert_eq!(env.canary_status().await.unwrap().phase, Phase::Succeeded);
     eprintln!("[idle-cost] passed in {:.1?}", t0.elapsed());
 }
+
+/// petrel's Event recorder against a real API server: the Event it creates and the
+/// series patch of a repeat are accepted (`events.k8s.io/v1` validates both), a repeat
+/// after the object changed (another resourceVersion, as after a Canary's status write)
+/// folds into the first Event's series, another note is another Event, and a repeat of
+/// an Event that is gone creates it again.
+///
+/// `cargo test -p petrel-e2e --test api_server events_fold -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_fold_repeats_into_series_across_status_writes() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Resource as _;
+    use kube::api::{Api, DeleteParams, ListParams, PostParams};
+    use petrel_e2e::fleet::{Fleet, FleetOptions, ensure_binaries};
+
+    let t0 = Instant::now();
+    let dir = std::env::temp_dir().join(format!("petrel-e2e-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut options = FleetOptions::new(dir.join("fleet"), ["events"]);
+    options.bin_dir = Some(tokio::task::spawn_blocking(ensure_binaries).await.unwrap().unwrap());
+    options.nodes_per_cluster = 0;
+    let fleet = Fleet::start(options).await.unwrap();
+    let client = fleet.cluster("events").unwrap().client().await.unwrap();
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let subject =
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "subject" }, "data": { "v": "1" } });
+    let created = config_maps.create(&PostParams::default(), &serde_json::from_value(subject).unwrap()).await.unwrap();
+    let recorder = petrel::events::EventRecorder::new(client.clone(), "petrel-e2e", Some("replica-0".into()));
+    recorder.publish(&created.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    let changed = config_maps
+        .patch("subject", &PatchParams::default(), &Patch::Merge(json!({ "data": { "v": "2" } })))
+        .await
+        .unwrap();
+    assert_ne!(changed.metadata.resource_version, created.metadata.resource_version);
+    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo-primary is not ready", true).await.unwrap();
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let of_subject = async || -> Vec<Event> {
+        let mut list = events.list(&ListParams::default()).await.unwrap().items;
+        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("subject"));
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list
+    };
+    let list = of_subject().await;
+    let summary: Vec<_> = list
+        .iter()
+        .map(|e| (e.note.clone().unwrap_or_default(), e.type_.clone(), e.series.as_ref().map(|s| s.count)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("podinfo is not ready".to_string(), Some("Normal".to_string()), Some(3)),
+            ("podinfo-primary is not ready".to_string(), Some("Warning".to_string()), None),
+        ],
+        "{list:#?}"
+    );
+    let first = &list[0];
+    assert_eq!(first.reporting_controller.as_deref(), Some("petrel-e2e"));
+    assert_eq!(first.reporting_instance.as_deref(), Some("replica-0"));
+    assert_eq!(first.regarding.as_ref().and_then(|r| r.uid.clone()), created.metadata.uid);
+
+    // The Event is gone (the API server's TTL, or someone deleted it): a repeat is new.
+    events.delete(first.metadata.name.as_deref().unwrap(), &DeleteParams::default()).await.unwrap();
+    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    let list = of_subject().await;
+    let again: Vec<_> =
+        list.iter().filter(|e| e.note.as_deref() == Some("podinfo is not ready")).map(|e| e.series.clone()).collect();
+    assert_eq!(again, [None], "{list:#?}");
+    eprintln!("[events] passed in {:.1?}", t0.elapsed());
+}

@@ -23,6 +23,7 @@ pub use petrel_api as api;
 pub use petrel_routers::cache;
 pub mod client;
 pub mod controller;
+pub mod events;
 pub use petrel_core as core;
 pub use petrel_core::fleet;
 pub mod hub;

@@ -41,7 +41,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -81,7 +80,7 @@ pub const MEMBER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HubContext {
     pub client: Client,
     pub members: MemberClients,
-    pub recorder: Recorder,
+    pub recorder: crate::events::EventRecorder,
     pub watches: MemberWatches,
     pub metrics: Arc<Metrics>,
     /// Health of the hub's own watches (Rollouts, Clusters), for `/readyz`.
@@ -98,10 +97,9 @@ impl HubContext {
 
     /// A context recording into `metrics` (the registry `/metrics` serves).
     pub fn with_metrics(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter { controller: "petrel-hub".into(), instance };
         Self {
             members: MemberClients::new(client.clone()),
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::events::EventRecorder::new(client.clone(), "petrel-hub", instance),
             watches: MemberWatches::new(),
             metrics,
             health: Default::default(),
@@ -244,23 +242,9 @@ pub(crate) async fn publish_on(
     } else {
         info!(kind, name, reason, message, "event");
     }
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.to_string(),
-        note: Some(message.chars().take(1000).collect()),
-        action: event_action(reason, message),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, object).await {
+    if let Err(e) = ctx.recorder.publish(object, reason, message, warning).await {
         warn!(kind, name, reason, error = %e, "could not record event");
     }
-}
-
-/// kube's `Recorder` folds Events with the same reason and action into one series that
-/// keeps the first note; a digest of the note in the action folds only true repeats.
-fn event_action(reason: &str, note: &str) -> String {
-    use sha2::Digest as _;
-    format!("{reason}-{}", hex::encode(&sha2::Sha256::digest(note.as_bytes())[..4]))
 }
 
 /// Publishes Events after the status write they go with: a reconcile whose write was
