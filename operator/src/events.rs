@@ -108,7 +108,7 @@ impl EventRecorder {
         let object = regarding.name.as_deref().unwrap_or(&self.controller);
         Event {
             metadata: ObjectMeta {
-                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                name: Some(event_name(object, now)),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
@@ -123,6 +123,17 @@ impl EventRecorder {
             ..Event::default()
         }
     }
+}
+
+/// A new Event's name: the object's and the time in nanoseconds (hexadecimal), as
+/// client-go names them, the object's part cut so the whole stays a valid name (253).
+fn event_name(object: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    // Object names are DNS subdomains (ASCII), so any byte is a character boundary; a
+    // cut that ends on a dot or dash would still be refused, so those are trimmed.
+    let room = 253 - suffix.len();
+    let object = object.get(..room.min(object.len())).unwrap_or(object).trim_end_matches(['.', '-']);
+    format!("{object}{suffix}")
 }
 
 /// The Event's `action` (required, at most 128 characters): the reason and a digest of
@@ -306,6 +317,15 @@ mod tests {
         // A repeat of a remembered one evicts nothing.
         recent.remember(key(2), "e2".into(), 2, at(190));
         assert_eq!(recent.len(), 3);
+    }
+
+    #[test]
+    fn an_event_name_is_valid_for_any_object_name() {
+        assert_eq!(event_name("podinfo", at(0)), format!("podinfo.{:x}", at(0).as_nanosecond()));
+        let long = format!("{}.{}", "a".repeat(235), "b".repeat(17));
+        let name = event_name(&long, at(0));
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(!name.contains("..") && !name.contains("-."), "{name}");
     }
 
     #[test]
