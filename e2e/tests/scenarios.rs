@@ -643,7 +643,10 @@ async fn comparison_rolls_back_a_slower_canary_and_promotes_an_equal_one() {
     env.simulator.set_version("podinfo:6.0.1", VersionBehaviour::new(0.0, 20.0)).unwrap();
     env.canaries().patch(APP, &manager, &Patch::Apply(manifest(10, 50, None))).await.unwrap();
     env.set_image(IMAGE_V1).await.unwrap();
-    env.wait_weights("canary weight 30", RELEASE, |h| h.last().is_some_and(|r| r.canary() == 30)).await.unwrap();
+    // The status, not the route: the route is written before the status, and a spec that
+    // lands between the two makes that tick decide again with the comparison, which then
+    // collects a third value and needs no hold.
+    env.wait_status("canary weight 30", RELEASE, |s| s.canary_weight == 30).await.unwrap();
     let with_comparison = manifest(10, 50, Some(json!({"direction": "increase", "minSamples": 4})));
     env.canaries().patch(APP, &manager, &Patch::Apply(with_comparison)).await.unwrap();
     let (_, held) = env.wait_event("ComparisonPending", RELEASE, |m| m.contains("weight 50")).await.unwrap();
