@@ -421,9 +421,10 @@ async fn publish(ctx: &Context, source: &KubeSource, canary: &Canary, next: &Can
 ///
 /// Boxed, like every callee of a reconcile whose state is more than a few KiB: an `async
 /// fn` reserves room for the largest future it awaits, and a release of 1,000 Canaries
-/// keeps 1,000 reconciles in flight at once, so the deletion path's or a stall's state,
-/// held by every one of them, was 34 KiB a Canary. Boxed, a reconcile holds only the
-/// state of the call it is waiting on (`a_reconcile_in_flight_is_small`).
+/// keeps 1,000 reconciles in flight at once, each of which held room for the largest
+/// callee (the deletion path's 34 KiB; a stall's 5 KiB, awaited at many places). Boxed,
+/// a reconcile holds only the state of the call it is waiting on
+/// (`a_reconcile_in_flight_is_small`).
 fn stall<'a>(
     ctx: &'a Context,
     canary: &'a Canary,
