@@ -107,7 +107,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
             Err(e) => return Err(workload_error("reading the target", e)),
         };
     if let Some(refusal) =
-        refusal_by_claims(ctx, canary, &namespace, snapshot.target_deployment(), snapshot.primary_deployment()).await?
+        refusal_by_claims(ctx, canary, snapshot.target_deployment(), snapshot.primary_deployment()).await?
     {
         return stall(ctx, canary, status, refusal.reason, &refusal.message).await;
     }
@@ -509,12 +509,13 @@ fn refused_by_api_server(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 400 || status.code == 422)
 }
 
-/// Checks against the other Canaries of the namespace and the objects petrel would take
-/// over (see [`claims`]): `Some` refusal when this Canary must not touch anything.
+/// Checks against the other Canaries of the namespace that claim the same objects, and the
+/// objects petrel would take over (see [`claims`]): `Some` refusal when this Canary must
+/// not touch anything. The owners of the Deployments read are looked up too: a primary
+/// held by a live Canary edited onto another target is still that Canary's.
 pub(super) async fn refusal_by_claims(
     ctx: &Context,
     canary: &Canary,
-    namespace: &str,
     target: Option<&Deployment>,
     primary: Option<&Deployment>,
 ) -> Result<Option<claims::Refusal>, Error> {
@@ -523,8 +524,10 @@ pub(super) async fn refusal_by_claims(
     {
         return Ok(Some(refusal));
     }
-    let neighbours = ctx.canaries.in_namespace(&ctx.client, namespace).await?;
     let read: Vec<&Deployment> = target.into_iter().chain(primary).collect();
+    let owners: Vec<String> =
+        read.iter().filter_map(|deployment| claims::canary_owner(deployment)).map(|(name, _)| name).collect();
+    let neighbours = ctx.canaries.neighbours(&ctx.client, canary, &owners).await?;
     if let Some(refusal) = claims::conflict(canary, neighbours.iter().map(Arc::as_ref), &read) {
         return Ok(Some(refusal));
     }

@@ -195,7 +195,7 @@ pub fn conflict<'a>(
 }
 
 /// The Canary that owns a Deployment through an owner reference, as `(name, uid)`.
-fn canary_owner(deployment: &Deployment) -> Option<(String, String)> {
+pub fn canary_owner(deployment: &Deployment) -> Option<(String, String)> {
     deployment
         .owner_references()
         .iter()

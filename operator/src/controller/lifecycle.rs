@@ -291,14 +291,12 @@ async fn refusal(
     canary: &Canary,
     snapshot: Option<&WorkloadSnapshot>,
 ) -> Result<Option<super::claims::Refusal>, Error> {
-    let namespace = canary.namespace().ok_or(Error::MissingNamespace)?;
     match snapshot {
         Some(snapshot) => {
-            super::canary::refusal_by_claims(ctx, canary, &namespace, Some(&snapshot.target), snapshot.primary.as_ref())
-                .await
+            super::canary::refusal_by_claims(ctx, canary, Some(&snapshot.target), snapshot.primary.as_ref()).await
         }
         None => {
-            let neighbours = ctx.canaries.in_namespace(&ctx.client, &namespace).await?;
+            let neighbours = ctx.canaries.neighbours(&ctx.client, canary, &[]).await?;
             Ok(super::claims::conflict(canary, neighbours.iter().map(AsRef::as_ref), &[]))
         }
     }

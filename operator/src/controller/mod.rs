@@ -4,6 +4,7 @@
 //! [`crate::core::decide`]), applies the actions and writes the status once.
 
 mod canary;
+mod claim_index;
 mod claims;
 mod events;
 pub mod freshness;
@@ -35,6 +36,7 @@ use crate::routers::{RouterMemory, WriteLedger};
 use crate::shutdown::Shutdown;
 use crate::telemetry::WatchHealth;
 use crate::workloads::{ConfigReads, DeploymentCache};
+use claim_index::ClaimIndex;
 use watches::{drop_unread_fields, kept, objects_only};
 
 pub use canary::reconcile;
@@ -169,20 +171,33 @@ impl Caches {
 }
 
 /// The Canaries the controller's cache holds, for the checks that compare a Canary with
-/// the others of its namespace (two Canaries claiming one Deployment). [`run`] fills it.
+/// the others of its namespace (two Canaries claiming one Deployment), and the index of
+/// what each claims ([`ClaimIndex`]) that narrows those checks to the Canaries that
+/// could conflict. [`run`] fills both.
 #[derive(Clone, Default)]
-pub struct CanaryCache(Arc<OnceLock<Store<Canary>>>);
+pub struct CanaryCache {
+    store: Arc<OnceLock<Store<Canary>>>,
+    index: Arc<Mutex<ClaimIndex>>,
+}
 
 impl CanaryCache {
-    /// The Canaries of `namespace`: from the cache once the controller runs, else (a
-    /// reconcile called outside [`run`]) read from the API server.
-    pub(crate) async fn in_namespace(&self, client: &Client, namespace: &str) -> Result<Vec<Arc<Canary>>, Error> {
-        if let Some(store) = self.0.get() {
-            return Ok(store
-                .state()
-                .into_iter()
-                .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
-                .collect());
+    /// The Canaries that may claim something `canary` claims, and those named by
+    /// `owners` (the owner references of the Deployments read for it), `canary` among
+    /// them: from the cache and its index once the controller runs, else (a reconcile
+    /// called outside [`run`]) every Canary of the namespace, read from the API server.
+    pub(crate) async fn neighbours(
+        &self,
+        client: &Client,
+        canary: &Canary,
+        owners: &[String],
+    ) -> Result<Vec<Arc<Canary>>, Error> {
+        let namespace = canary.metadata.namespace.as_deref().ok_or(Error::MissingNamespace)?;
+        if let Some(store) = self.store.get() {
+            let mut references = self.index().claim_neighbours(canary);
+            references.extend(owners.iter().map(|owner| ObjectRef::new(owner).within(namespace)));
+            references.sort_by(|a, b| a.name.cmp(&b.name));
+            references.dedup();
+            return Ok(references.iter().filter_map(|reference| store.get(reference)).collect());
         }
         let list = Api::<Canary>::namespaced(client.clone(), namespace)
             .list(&kube::api::ListParams::default())
@@ -191,9 +206,33 @@ impl CanaryCache {
         Ok(list.items.into_iter().map(Arc::new).collect())
     }
 
+    fn index(&self) -> std::sync::MutexGuard<'_, ClaimIndex> {
+        // The index is consistent after each call that holds the lock: a panic in one
+        // cannot leave it half-updated in a way later lookups would trust (they verify).
+        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Feeds the index with one event of the Canary watch: called before the cache sees it.
+    fn follow(&self, event: &watcher::Result<watcher::Event<Canary>>) {
+        if let Ok(event) = event {
+            self.index().apply(event);
+        }
+    }
+
+    /// The Canaries whose target is `name` in `namespace`, from the cache.
+    fn targeting(&self, namespace: Option<&str>, name: &str) -> Vec<Arc<Canary>> {
+        let Some(store) = self.store.get() else { return Vec::new() };
+        let references = self.index().targeting(namespace, name);
+        references
+            .iter()
+            .filter_map(|reference| store.get(reference))
+            .filter(|canary| canary.metadata.namespace.as_deref() == namespace && canary.spec.target_ref.name == name)
+            .collect()
+    }
+
     fn fill(&self, store: Store<Canary>) {
         // Set once per process; a second controller on the same Context keeps the first cache.
-        let _ = self.0.set(store);
+        let _ = self.store.set(store);
     }
 }
 
@@ -246,15 +285,11 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Action
 }
 
 /// The Canaries whose target is this Deployment (or DaemonSet), or that own it (the primary).
-fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) -> Vec<ObjectRef<Canary>> {
+fn canaries_for_deployment(canaries: &CanaryCache, deployment: &impl Resource) -> Vec<ObjectRef<Canary>> {
     let namespace = deployment.namespace();
     let name = deployment.name_any();
-    let mut refs: Vec<ObjectRef<Canary>> = store
-        .state()
-        .iter()
-        .filter(|c| c.metadata.namespace == namespace && c.spec.target_ref.name == name)
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect();
+    let mut refs: Vec<ObjectRef<Canary>> =
+        canaries.targeting(namespace.as_deref(), &name).iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect();
     for owner in deployment.owner_references() {
         if owner.kind == Canary::kind(&()) && owner.api_version == Canary::api_version(&()) {
             let mut r = ObjectRef::<Canary>::new(&owner.name);
@@ -271,17 +306,11 @@ fn canaries_for_deployment(store: &Store<Canary>, deployment: &impl Resource) ->
 const KNATIVE_SERVICE_WATCH: &str = "knative services";
 
 /// The Canaries whose target is this Knative Service.
-fn canaries_for_knative_service(store: &Store<Canary>, service: &DynamicObject) -> Vec<ObjectRef<Canary>> {
-    let namespace = service.namespace();
-    let name = service.name_any();
-    store
-        .state()
+fn canaries_for_knative_service(canaries: &CanaryCache, service: &DynamicObject) -> Vec<ObjectRef<Canary>> {
+    canaries
+        .targeting(service.namespace().as_deref(), &service.name_any())
         .iter()
-        .filter(|c| {
-            c.metadata.namespace == namespace
-                && c.spec.target_ref.is_knative_service()
-                && c.spec.target_ref.name == name
-        })
+        .filter(|c| c.spec.target_ref.is_knative_service())
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -369,8 +398,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     let config = || watcher::Config::default().any_semantic();
 
     let (store, canary_writer) = reflector::store();
-    let canary_events =
-        kept("canaries", watcher(canaries, config()), &health).modify(drop_unread_fields).reflect(canary_writer);
+    // The claims index follows each event before the cache does (see [`ClaimIndex`]).
+    let claim_index = ctx.canaries.clone();
+    let canary_events = kept("canaries", watcher(canaries, config()), &health)
+        .modify(drop_unread_fields)
+        .inspect(move |event| claim_index.follow(event))
+        .reflect(canary_writer);
     // Whole Deployments: the reconciles read targets and primaries from this cache.
     let deployments = kept(DEPLOYMENT_WATCH, watcher(api_in::<Deployment>(&client, &namespace), config()), &health)
         .modify(drop_unread_fields)
@@ -442,8 +475,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             }
         }
     });
-    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
-    let s6 = store.clone();
+    let (s2, s3, s4) = (store.clone(), store.clone(), store.clone());
+    let (by_deployment, by_daemon_set, by_knative_service) =
+        (ctx.canaries.clone(), ctx.canaries.clone(), ctx.canaries.clone());
     let ready_store = store.clone();
     // Knative Service targets are watched when the cluster serves them at start (a watch of
     // an unserved kind fails forever); a Knative CRD installed later needs a restart.
@@ -467,10 +501,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
                 .concurrency(ctx.settings.max_concurrent_reconciles),
         )
         .watches_stream(objects_only(deployments.touched_objects()), move |d: Deployment| {
-            canaries_for_deployment(&s1, &d)
+            canaries_for_deployment(&by_deployment, &d)
         })
         .watches_stream(objects_only(daemon_sets.touched_objects()), move |d: PartialObjectMeta<DaemonSet>| {
-            canaries_for_deployment(&s6, &d)
+            canaries_for_deployment(&by_daemon_set, &d)
         })
         .watches_stream(objects_only(configmaps.touched_objects()), move |cm: PartialObjectMeta<ConfigMap>| {
             canaries_tracking(&s2, cm.namespace(), format!("configmap/{}", cm.name_any()))
@@ -488,7 +522,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     if let Some(knative_services) = knative_services {
         controller = controller.watches_stream_with(
             objects_only(knative_services.touched_objects()),
-            move |s| canaries_for_knative_service(&s5, &s),
+            move |s| canaries_for_knative_service(&by_knative_service, &s),
             knative,
         );
     }
