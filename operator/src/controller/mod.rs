@@ -207,8 +207,8 @@ impl CanaryCache {
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, ClaimIndex> {
-        // The index is consistent after each call that holds the lock: a panic in one
-        // cannot leave it half-updated in a way later lookups would trust (they verify).
+        // Nothing under this lock panics but an allocation failure, which aborts the
+        // process: a poisoned lock cannot hold a half-updated index.
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -632,6 +632,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_promotion_and_a_rollback_list_the_stored_revisions_once_each() {
+        let (fake, client, canary, first) = initialized().await;
+        let lists = |fake: &FakeApi| fake.calls().iter().filter(|call| **call == format!("GET {REVISIONS}")).count();
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let second =
+            read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
+        let before = lists(&fake);
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        assert_eq!(lists(&fake) - before, 1, "{:#?}", fake.calls());
+
+        let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
+        let stored = revisions.list(&Default::default()).await.unwrap().items;
+        let numbered = |name: String| stored.iter().find(|r| r.metadata.name == Some(name.clone())).map(|r| r.revision);
+        assert_eq!(numbered(format!("podinfo-primary-{}", first.revision)), Some(1));
+        assert_eq!(numbered(format!("podinfo-primary-{}", second.revision)), Some(2));
+        let old = stored.iter().find(|r| r.revision == 1).unwrap().clone();
+        let before = lists(&fake);
+        rollback_primary_to(&client, &canary, "podinfo-primary", &old).await.unwrap();
+        assert_eq!(lists(&fake) - before, 1, "{:#?}", fake.calls());
+        assert_eq!(primary_image(&fake), "podinfo:1");
+        let after = revisions.list(&Default::default()).await.unwrap().items;
+        let newest = after.iter().max_by_key(|r| r.revision).unwrap();
+        assert_eq!((newest.revision, newest.metadata.name.clone()), (3, old.metadata.name.clone()));
+    }
+
+    #[tokio::test]
     async fn a_retried_promotion_or_rollback_to_the_current_template_writes_no_history() {
         let (fake, client, canary, _) = initialized().await;
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));

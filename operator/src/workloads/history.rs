@@ -185,42 +185,71 @@ pub async fn record_primary_revision(
     canary: &Canary,
     primary: &Deployment,
 ) -> Result<ControllerRevision, WorkloadError> {
-    let (api, namespace) = revision_api(client, canary)?;
-    let existing = list_primary_revisions(client, canary).await?;
-    let provisional = build_controller_revision(canary, primary, 0)?;
-    let name = provisional.metadata.name.clone().unwrap_or_default();
-    let newest = existing.iter().max_by_key(|revision| revision.revision);
-    let number = match newest {
-        // Stored already as the newest (a retried promotion): nothing to write.
-        Some(newest)
-            if newest.metadata.name.as_deref() == Some(name.as_str())
-                && stored_replicas(newest) == stored_replicas(&provisional) =>
-        {
-            return Ok(newest.clone());
-        }
-        Some(newest) if newest.metadata.name.as_deref() == Some(name.as_str()) => newest.revision,
-        _ => next_revision_number(&existing),
-    };
-    let revision = ControllerRevision { revision: number, ..provisional };
-    api.patch(&name, &apply_params(), &Patch::Apply(&revision))
-        .await
-        .map_err(|e| WorkloadError::kube(format!("applying ControllerRevision {namespace}/{name}"), e))
+    PrimaryHistory::read(client, canary).await?.record(canary, primary).await
 }
 
-/// Deletes the ControllerRevisions beyond the newest [`KEPT_REVISIONS`].
-pub async fn prune_revisions(client: &Client, canary: &Canary) -> Result<(), WorkloadError> {
-    let (api, namespace) = revision_api(client, canary)?;
-    let existing = list_primary_revisions(client, canary).await?;
-    for name in revisions_to_prune(&existing, KEPT_REVISIONS) {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                return Err(WorkloadError::kube(format!("deleting ControllerRevision {namespace}/{name}"), e));
-            }
-        }
+/// A Canary's ControllerRevisions, listed once for a change that stores and prunes
+/// several (a promotion, a rollback) and kept up to date with its own writes. Listing
+/// before each step made a promotion cost three lists of the namespace's revisions
+/// (docs/benchmarks.md, issue 15). A Canary is reconciled by one task at a time, so
+/// nothing else writes its revisions between the steps.
+pub struct PrimaryHistory {
+    api: Api<ControllerRevision>,
+    namespace: String,
+    stored: Vec<ControllerRevision>,
+}
+
+impl PrimaryHistory {
+    /// Lists the revisions stored for `canary`.
+    pub async fn read(client: &Client, canary: &Canary) -> Result<PrimaryHistory, WorkloadError> {
+        let (api, namespace) = revision_api(client, canary)?;
+        let stored = list_primary_revisions(client, canary).await?;
+        Ok(PrimaryHistory { api, namespace, stored })
     }
-    Ok(())
+
+    /// Stores the primary's template as the newest revision (see [`record_primary_revision`]).
+    pub async fn record(&mut self, canary: &Canary, primary: &Deployment) -> Result<ControllerRevision, WorkloadError> {
+        let provisional = build_controller_revision(canary, primary, 0)?;
+        let name = provisional.metadata.name.clone().unwrap_or_default();
+        let newest = self.stored.iter().max_by_key(|revision| revision.revision);
+        let number = match newest {
+            // Stored already as the newest (a retried promotion): nothing to write.
+            Some(newest)
+                if newest.metadata.name.as_deref() == Some(name.as_str())
+                    && stored_replicas(newest) == stored_replicas(&provisional) =>
+            {
+                return Ok(newest.clone());
+            }
+            Some(newest) if newest.metadata.name.as_deref() == Some(name.as_str()) => newest.revision,
+            _ => next_revision_number(&self.stored),
+        };
+        let revision = ControllerRevision { revision: number, ..provisional };
+        let written =
+            self.api.patch(&name, &apply_params(), &Patch::Apply(&revision)).await.map_err(|e| {
+                WorkloadError::kube(format!("applying ControllerRevision {}/{name}", self.namespace), e)
+            })?;
+        self.stored.retain(|revision| revision.metadata.name.as_deref() != Some(name.as_str()));
+        self.stored.push(written.clone());
+        Ok(written)
+    }
+
+    /// Deletes the revisions beyond the newest [`KEPT_REVISIONS`].
+    pub async fn prune(&mut self) -> Result<(), WorkloadError> {
+        for name in revisions_to_prune(&self.stored, KEPT_REVISIONS) {
+            match self.api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(WorkloadError::kube(
+                        format!("deleting ControllerRevision {}/{name}", self.namespace),
+                        e,
+                    ));
+                }
+            }
+            self.stored.retain(|revision| revision.metadata.name.as_deref() != Some(name.as_str()));
+        }
+        Ok(())
+    }
 }
 
 /// The primary with its template replaced by `template`, ready to be applied by petrel:
@@ -265,11 +294,12 @@ pub async fn rollback_primary_to(
     if current.spec.as_ref().map(|spec| &spec.template) == Some(&template) {
         return Ok(current);
     }
-    record_primary_revision(client, canary, &current).await?;
+    let mut history = PrimaryHistory::read(client, canary).await?;
+    history.record(canary, &current).await?;
     let hpa_managed = canary.spec.autoscaler_ref.is_some();
     let desired = primary_with_template(&current, template, hpa_managed);
-    record_primary_revision(client, canary, &desired).await?;
-    prune_revisions(client, canary).await?;
+    history.record(canary, &desired).await?;
+    history.prune().await?;
     api.patch(primary_name, &apply_params(), &Patch::Apply(&desired))
         .await
         .map_err(|e| WorkloadError::kube(format!("applying Deployment {namespace}/{primary_name}"), e))

@@ -37,8 +37,8 @@ pub use configs::{
 pub use health::{deployment_health, primary_runs_revision, primary_runs_template, primary_template_is_revision};
 pub use history::{
     build_controller_revision, controller_revision_name, list_primary_revisions, next_revision_number,
-    previous_release_revision, prune_revisions, record_primary_revision, revisions_to_prune, rollback_primary_to,
-    stored_release, stored_replicas, stored_revision, stored_template_of, template_from_revision,
+    previous_release_revision, record_primary_revision, revisions_to_prune, rollback_primary_to, stored_release,
+    stored_replicas, stored_revision, stored_template_of, template_from_revision,
 };
 pub use hpa::{build_primary_hpa, check_autoscaler_ref, ensure_primary_hpa, primary_hpa_name};
 pub use primary::{build_primary, ensure_primary, primary_name, promote, rebuild_primary};

@@ -11,7 +11,7 @@ use kube::{Api, Client, Resource};
 use super::actions::WorkloadSnapshot;
 use super::configs::{ConfigNames, TrackedConfigs, copy_configs_to_primary, rewrite_config_refs};
 use super::history::{
-    prune_revisions, record_primary_revision, stored_revision, template_from_revision, template_revision,
+    PrimaryHistory, record_primary_revision, stored_revision, template_from_revision, template_revision,
 };
 use super::selector::{PodSelector, primary_value};
 use super::{
@@ -310,13 +310,14 @@ pub async fn promote(
     let (api, namespace) = deployment_api(client, target);
     let name = primary_name(&target.metadata.name.clone().unwrap_or_default());
     copy_configs_to_primary(client, canary, tracked).await?;
+    let mut history = PrimaryHistory::read(client, canary).await?;
     match api.get(&name).await {
         // A retried promotion finds the primary already on `revision`: storing that
         // template would make history claim it was a previous one.
         Ok(current)
             if current.spec.as_ref().map(|spec| template_revision(&spec.template)).as_deref() != Some(revision) =>
         {
-            record_primary_revision(client, canary, &current).await?;
+            history.record(canary, &current).await?;
         }
         Ok(_) => {}
         Err(e) if is_not_found(&e) => {}
@@ -327,8 +328,8 @@ pub async fn promote(
     let primary = build_primary(target, canary, selector, &tracked.names(), revision, replicas)?;
     // Stored before it is written, so the newest stored template is always the one the
     // primary runs (or is about to run), whatever fails next.
-    record_primary_revision(client, canary, &primary).await?;
-    prune_revisions(client, canary).await?;
+    history.record(canary, &primary).await?;
+    history.prune().await?;
     api.patch(&name, &apply_params(), &Patch::Apply(&primary))
         .await
         .map_err(|e| WorkloadError::kube(format!("applying Deployment {namespace}/{name}"), e))
