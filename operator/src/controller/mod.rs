@@ -258,6 +258,10 @@ pub enum Error {
     Refused { reason: &'static str, message: String },
     #[error("Canary has no namespace")]
     MissingNamespace,
+    /// The reconcile's task panicked or was cancelled ([`reconcile_as_task`]): retried
+    /// like any failed reconcile, while the other Canaries go on.
+    #[error("the reconcile stopped before it finished: {message}")]
+    Stopped { message: String },
 }
 
 impl Error {
@@ -274,8 +278,25 @@ impl Error {
             Error::Workload { .. } => "workload",
             Error::Refused { .. } => "refused",
             Error::MissingNamespace => "invalid",
+            Error::Stopped { .. } => "stopped",
         }
     }
+}
+
+/// Runs one reconcile as a task of its own. kube-runtime's controller polls every
+/// reconcile in flight from the one task that also drives its watches and its queue, so
+/// without this all of petrel's reconciling (and the decoding of watch events) shares one
+/// core, and a release of many Canaries waits its turn on it (docs/benchmarks.md). The
+/// handle aborts the task when dropped: a controller stopped hard cancels its reconciles,
+/// as it did when they were polled in place.
+async fn reconcile_as_task(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    as_task(reconcile(canary, ctx)).await
+}
+
+async fn as_task(reconcile: impl Future<Output = Result<Action, Error>> + Send + 'static) -> Result<Action, Error> {
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reconcile))
+        .await
+        .map_err(|e| Error::Stopped { message: e.to_string() })?
 }
 
 fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -526,13 +547,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             knative,
         );
     }
-    let controller = controller.graceful_shutdown_on(shutdown.requested()).run(reconcile, error_policy, ctx).for_each(
-        |result| async move {
+    let controller = controller
+        .graceful_shutdown_on(shutdown.requested())
+        .run(reconcile_as_task, error_policy, ctx)
+        .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "controller stream error");
             }
-        },
-    );
+        });
     crate::shutdown::run_controller(controller, &ready_store, &shutdown).await;
     telemetry.abort();
     identity.abort();
@@ -557,6 +579,59 @@ pub(crate) fn provider_of(
 mod tests {
     use super::*;
     use crate::workloads::test_support::canary;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Two reconciles polled from one task (as kube-runtime's controller polls them) run
+    /// on both worker threads at once: each blocks its thread until the other has
+    /// started, which polled in place never happens (the first gives up after its wait).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconciles_polled_from_one_task_run_in_parallel() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let busy_until_both_started = |started: Arc<AtomicUsize>| async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while started.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            let both = started.load(Ordering::SeqCst) == 2;
+            Ok(if both { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
+        };
+        let (a, b) = futures::join!(
+            as_task(busy_until_both_started(started.clone())),
+            as_task(busy_until_both_started(started.clone()))
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (Action::await_change(), Action::await_change()));
+    }
+
+    /// A reconcile that panics fails like any other (retried by the error policy), and
+    /// one dropped (the controller stopped hard) is cancelled, not left running.
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_an_error_and_a_dropped_one_stops() {
+        let panicked = as_task(async { panic!("a bug") }).await;
+        assert!(matches!(&panicked, Err(Error::Stopped { message }) if message.contains("panicked")), "{panicked:?}");
+
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let guard = Dropped(dropped.clone());
+        let pending = as_task(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(Action::await_change())
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(50), pending).await.is_err());
+        for _ in 0..100 {
+            if dropped.load(Ordering::SeqCst) == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the reconcile's task still runs after its handle was dropped");
+    }
 
     fn at(generation: i64) -> Canary {
         let mut canary = canary("podinfo");
