@@ -191,8 +191,10 @@ pub async fn record_primary_revision(
 /// A Canary's ControllerRevisions, listed once for a change that stores and prunes
 /// several (a promotion, a rollback) and kept up to date with its own writes. Listing
 /// before each step made a promotion cost three lists of the namespace's revisions
-/// (docs/benchmarks.md, issue 15). A Canary is reconciled by one task at a time, so
-/// nothing else writes its revisions between the steps.
+/// (docs/benchmarks.md, issue 15). A Canary is reconciled by one task at a time, so its
+/// own reconciles never write its revisions between the steps. The hub's fleet rollback
+/// of the same Canary could, as it could between each list and its write before: a
+/// rollback racing a promotion on one member is not guarded against, then or now.
 pub struct PrimaryHistory {
     api: Api<ControllerRevision>,
     namespace: String,
