@@ -119,8 +119,9 @@ impl ClaimIndex {
         }
     }
 
-    /// The Canaries that may claim something `canary` claims, or own the Deployments it
-    /// reads (`canary` itself among them, and perhaps some that no longer do).
+    /// The Canaries that may claim something `canary` claims (`canary` itself among
+    /// them, and perhaps some that no longer do), sorted and without repeats. The owners
+    /// of the Deployments it reads are added by the caller, which has read them.
     pub fn claim_neighbours(&self, canary: &Canary) -> Vec<ObjectRef<Canary>> {
         let mut found: Vec<ObjectRef<Canary>> =
             keys_of(canary).into_iter().flat_map(|key| self.live.holding(key)).cloned().collect();

@@ -46,8 +46,9 @@ pub struct Refusal {
 
 /// One object a Canary drives or creates: its kind, and its name as a stem (a name the
 /// Canary's spec gives) plus the suffix petrel appends ("" for the stem itself). Claims
-/// compare without building either name: the conflict check runs on every reconcile
-/// against every Canary of the namespace, so it must not allocate per neighbour.
+/// compare without building either name: the conflict check runs on every reconcile,
+/// against the neighbours [`super::claim_index`] names (every Canary of the namespace
+/// when a reconcile runs outside the controller), and allocates nothing per neighbour.
 #[derive(Clone, Copy, Debug)]
 struct Claim<'a> {
     kind: &'static str,
