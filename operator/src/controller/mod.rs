@@ -172,7 +172,7 @@ impl Caches {
 
 /// The Canaries the controller's cache holds, for the checks that compare a Canary with
 /// the others of its namespace (two Canaries claiming one Deployment), and the index of
-/// what each claims ([`ClaimIndex`]) that narrows those checks to the Canaries that
+/// what each claims (`claim_index::ClaimIndex`) that narrows those checks to the Canaries that
 /// could conflict. [`run`] fills both.
 #[derive(Clone, Default)]
 pub struct CanaryCache {
@@ -258,7 +258,7 @@ pub enum Error {
     Refused { reason: &'static str, message: String },
     #[error("Canary has no namespace")]
     MissingNamespace,
-    /// The reconcile's task panicked or was cancelled ([`reconcile_as_task`]): retried
+    /// The reconcile's task panicked or was cancelled (`reconcile_as_task`): retried
     /// like any failed reconcile, while the other Canaries go on.
     #[error("the reconcile stopped before it finished: {message}")]
     Stopped { message: String },
