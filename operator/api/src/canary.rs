@@ -904,6 +904,12 @@ pub struct CanaryStatus {
     /// unless every comparison is judged first. Cleared when the run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison_pending_since: Option<DateTime<Utc>>,
+    /// When the canary workload last served a revision other than the one under
+    /// analysis: the end of the previous run (promotion, rollback, withdrawal), or the
+    /// target changing mid-run. The canary's metrics hold that revision's requests until
+    /// one metric window later, so no check of the run is judged before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision_traffic_until: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `analysis.sessionAffinity`: the canary cookie of the release in progress, as

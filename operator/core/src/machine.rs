@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use crate::provider::Provider;
 use crate::requests::{Triage, triage};
 use crate::strategy::{
-    NextStep, Routes, StepKind, Strategy, analysis_interval, progress_deadline, promotion_step, strategy_of,
-    threshold_of, weight_after_promotion_step,
+    NextStep, Routes, StepKind, Strategy, analysis_interval, longest_metric_window, progress_deadline, promotion_step,
+    strategy_of, threshold_of, weight_after_promotion_step,
 };
 use crate::transitions::{Effect, Event, is_idle, transition};
 use petrel_api::canary::Phase;
@@ -170,6 +170,9 @@ enum Situation {
 struct Tick {
     /// First tick of the run: pre-rollout hooks instead of the checks.
     first: bool,
+    /// Until when the metrics' window still reaches back to requests of another revision
+    /// the canary served (see [`window_clear_at`]): the hooks run, no metric is judged.
+    held_until: Option<DateTime<Utc>>,
     step: NextStep,
 }
 
@@ -194,9 +197,34 @@ fn is_due(spec: &CanarySpec, status: &CanaryStatus, now: DateTime<Utc>) -> bool 
     time_to_tick(spec, status, now).is_zero()
 }
 
+/// When the canary's metrics stop holding requests of the revision it served before this
+/// run (`status.previousRevisionTrafficUntil`): one metric window after it. Flagger judges
+/// the first check of a release pushed right after a rollback on the rolled-back version's
+/// errors (and one after a promotion on the promoted version's successes); petrel does not
+/// judge a check before this. `None` when nothing is held (no such revision, no metrics,
+/// or Knative, whose queries select the revision itself).
+fn window_clear_at(spec: &CanarySpec, status: &CanaryStatus, provider: Provider) -> Option<DateTime<Utc>> {
+    if provider == Provider::Knative {
+        return None;
+    }
+    let until = status.previous_revision_traffic_until?;
+    let window = longest_metric_window(spec);
+    if window.is_zero() {
+        return None;
+    }
+    // An overflowing window (validation bypassed) holds for ever rather than not at all.
+    Some(
+        chrono::Duration::from_std(window)
+            .ok()
+            .and_then(|w| until.checked_add_signed(w))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
+}
+
 fn assess(
     spec: &CanarySpec,
     status: &CanaryStatus,
+    provider: Provider,
     strategy: &Strategy,
     target_revision: &str,
     fleet: &FleetGate,
@@ -223,7 +251,12 @@ fn assess(
             let tick = is_due(spec, status, now).then(|| {
                 let weight = clamp_weight(status.canary_weight);
                 let iterations = status.iterations.max(0) as u32;
-                Tick { first: weight == 0 && iterations == 0, step: strategy.next_step(weight, iterations) }
+                let first = weight == 0 && iterations == 0;
+                Tick {
+                    first,
+                    held_until: window_clear_at(spec, status, provider).filter(|clear| !first && now < *clear),
+                    step: strategy.next_step(weight, iterations),
+                }
             });
             Situation::Analysis { tick }
         }
@@ -258,11 +291,15 @@ fn plan_for(spec: &CanarySpec, status: &CanaryStatus, situation: &Situation) -> 
             if tick.first {
                 hooks.push(HookType::PreRollout);
             } else {
+                // Rollout hooks (load tests) run while the window is held, so it fills
+                // with this revision's requests.
                 hooks.push(HookType::Rollout);
-                run_metrics = true;
+                run_metrics = tick.held_until.is_none();
             }
-            // Gates are asked on every due tick; their answer only counts when the checks pass.
+            // Gates are asked on every due tick that can pass; their answer only counts
+            // when the checks pass.
             match tick.step {
+                _ if tick.held_until.is_some() => {}
                 NextStep::Advance { kind, .. } if kind.increases_traffic() => {
                     hooks.push(HookType::ConfirmTrafficIncrease)
                 }
@@ -289,7 +326,7 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Plan {
     let strategy = strategy_of(spec, provider);
-    let situation = assess(spec, status, &strategy, target_revision, fleet, now);
+    let situation = assess(spec, status, provider, &strategy, target_revision, fleet, now);
     plan_for(spec, status, &situation)
 }
 
@@ -467,6 +504,18 @@ fn classify(
                 let event = if failed_checks + 1 >= threshold { Event::ThresholdReached } else { Event::CheckFailed };
                 return Classified::consumed(event, Some(why));
             }
+            if let Some(clear) = tick.held_until {
+                let until = status.previous_revision_traffic_until.unwrap_or(obs.now);
+                return Classified::consumed(
+                    Event::MetricWindowHeld,
+                    Some(format!(
+                        "the canary served another revision until {} and the metrics reach back {}: no metric is judged before {}",
+                        until.format("%Y-%m-%dT%H:%M:%SZ"),
+                        human(longest_metric_window(spec)),
+                        clear.format("%Y-%m-%dT%H:%M:%SZ"),
+                    )),
+                );
+            }
             let pending = pending_metrics(spec, plan, gates);
             let pending_note = (!pending.notes.is_empty()).then(|| format!("pending: {}", pending.notes.join("; ")));
             if let Some(note) = &pending_note
@@ -542,7 +591,7 @@ fn classify(
 /// gates and checks [`plan`] asked for.
 pub fn decide(spec: &CanarySpec, status: &CanaryStatus, provider: Provider, obs: &Observation) -> Decision {
     let strategy = strategy_of(spec, provider);
-    let situation = assess(spec, status, &strategy, &obs.target_revision, &obs.fleet, obs.now);
+    let situation = assess(spec, status, provider, &strategy, &obs.target_revision, &obs.fleet, obs.now);
     let plan = plan_for(spec, status, &situation);
     // Suspended means touch nothing: requests wait, unhandled, until it resumes.
     let requests = if situation == Situation::Suspended {
@@ -690,6 +739,10 @@ impl Apply<'_> {
                     &obs.gates,
                     "WaitingForPromotion",
                     format!("Analysis of {} complete at weight {}; confirm-promotion webhook said not yet ({detail}); checks keep running", short(revision), old.canary_weight),
+                )),
+                Event::MetricWindowHeld => actions.push(info(
+                    "MetricWindowHeld",
+                    format!("Revision {} holds at weight {}: {detail}", short(revision), old.canary_weight),
                 )),
                 _ => {}
             },
@@ -932,6 +985,10 @@ impl Apply<'_> {
         // The hold's clock belongs to one run under analysis.
         if !matches!(new.phase, Phase::Progressing | Phase::WaitingPromotion) {
             new.comparison_pending_since = None;
+        }
+        // The canary stops serving the revision of a run that ends or is replaced now.
+        if old.phase.is_active() && (!new.phase.is_active() || new.last_applied_spec != old.last_applied_spec) {
+            new.previous_revision_traffic_until = Some(now);
         }
         let requeue_after = self.requeue(&new);
         let target = Some(self.obs.target_revision.as_str());

@@ -14,7 +14,7 @@ use crate::machine::{Action, Decision, FleetGate, GateResults, Observation, Work
 use crate::machine_tests::start;
 use crate::provider::Provider;
 use crate::requests::is_pending;
-use crate::strategy::{strategy_of, threshold_of};
+use crate::strategy::{longest_metric_window, strategy_of, threshold_of};
 use petrel_api::canary::{
     CanaryAnalysis, CanaryMetric, CanarySpec, CanaryStatus, CanaryWebhook, HookType, HttpMatch, MetricOutcome,
     MetricResult, Phase,
@@ -76,32 +76,39 @@ fn spec() -> impl Strategy<Value = CanarySpec> {
         0..3usize,
         prop_oneof![9 => Just(false), 1 => Just(true)],
         prop_oneof![19 => Just(false), 1 => Just(true)],
+        prop_oneof![Just(None), Just(Some("90s")), Just(Some("5m"))],
     )
-        .prop_map(|(traffic, interval, threshold, mirror, promotion, hooks, metrics, skip, suspend)| CanarySpec {
-            analysis: Some(CanaryAnalysis {
-                interval: Some(interval.into()),
-                threshold: Some(threshold),
-                mirror,
-                step_weight_promotion: promotion,
-                webhooks: HOOK_TYPES
-                    .iter()
-                    .zip(hooks)
-                    .filter(|(_, on)| *on)
-                    .map(|(type_, _)| CanaryWebhook {
-                        name: format!("{type_:?}"),
-                        type_: *type_,
-                        url: "http://h".into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                metrics: (0..metrics)
-                    .map(|i| CanaryMetric { name: format!("metric-{i}"), ..Default::default() })
-                    .collect(),
-                ..traffic
-            }),
-            skip_analysis: skip,
-            suspend,
-            ..Default::default()
+        .prop_map(|(traffic, interval, threshold, mirror, promotion, hooks, metrics, skip, suspend, window)| {
+            CanarySpec {
+                analysis: Some(CanaryAnalysis {
+                    interval: Some(interval.into()),
+                    threshold: Some(threshold),
+                    mirror,
+                    step_weight_promotion: promotion,
+                    webhooks: HOOK_TYPES
+                        .iter()
+                        .zip(hooks)
+                        .filter(|(_, on)| *on)
+                        .map(|(type_, _)| CanaryWebhook {
+                            name: format!("{type_:?}"),
+                            type_: *type_,
+                            url: "http://h".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    metrics: (0..metrics)
+                        .map(|i| CanaryMetric {
+                            name: format!("metric-{i}"),
+                            interval: window.map(str::to_string),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..traffic
+                }),
+                skip_analysis: skip,
+                suspend,
+                ..Default::default()
+            }
         })
 }
 
@@ -207,19 +214,23 @@ pub(super) fn status() -> impl Strategy<Value = CanaryStatus> {
         revision(),
         revision(),
         proptest::option::of(0..300i64),
+        proptest::option::of(0..400i64),
     )
-        .prop_map(|(phase, failed_checks, canary_weight, iterations, applied, promoted, analysed_ago)| {
-            CanaryStatus {
-                phase,
-                failed_checks,
-                canary_weight,
-                iterations,
-                last_applied_spec: applied,
-                last_promoted_spec: promoted,
-                last_analysis_time: analysed_ago.map(|ago| start() - Span::seconds(ago)),
-                ..Default::default()
-            }
-        })
+        .prop_map(
+            |(phase, failed_checks, canary_weight, iterations, applied, promoted, analysed_ago, left_ago)| {
+                CanaryStatus {
+                    phase,
+                    failed_checks,
+                    canary_weight,
+                    iterations,
+                    last_applied_spec: applied,
+                    last_promoted_spec: promoted,
+                    last_analysis_time: analysed_ago.map(|ago| start() - Span::seconds(ago)),
+                    previous_revision_traffic_until: left_ago.map(|ago| start() - Span::seconds(ago)),
+                    ..Default::default()
+                }
+            },
+        )
 }
 
 fn observe(
@@ -332,6 +343,9 @@ fn drive(
     let mut promoted_in_run = false;
     let mut failed_revision: Option<String> =
         (status.phase == Phase::Failed).then(|| status.last_applied_spec.clone()).flatten();
+    // When the canary last stopped serving a revision, seen from the actions alone.
+    let mut canary_left = status.previous_revision_traffic_until;
+    let window = longest_metric_window(&spec);
 
     for world in worlds {
         now += Span::seconds(world.wait_secs);
@@ -351,6 +365,15 @@ fn drive(
             };
             annotations
                 .insert(request.verb.annotation().to_string(), VerbRequest::value_for(&named, &request.id.to_string()));
+        }
+        let planned = plan(&spec, &status, provider, &revision, &fleet, now);
+        // (i) no metric is judged on a window reaching back to another revision's requests
+        // (Knative's queries select the revision, not the workload: nothing to hold).
+        if planned.run_metrics
+            && provider != Provider::Knative
+            && let Some(left) = canary_left
+        {
+            prop_assert!(now >= left + Span::from_std(window).unwrap(), "judged at {now}, canary left {left}");
         }
         let (mut obs, passing_tick) = observe(&spec, &status, provider, &world, &revision, now, fleet);
         // Every request on the object, handled or not: `decide` must skip the handled ones.
@@ -475,6 +498,12 @@ fn drive(
 
         if new.phase == Phase::Failed && old.phase != Phase::Failed {
             failed_revision = new.last_applied_spec.clone();
+        }
+        if old.phase.is_active()
+            && (decision.actions.contains(&Action::ScaleCanaryToZero)
+                || reasons(&decision).contains(&"RestartedAnalysis"))
+        {
+            canary_left = Some(now);
         }
         status = decision.status;
     }

@@ -755,3 +755,137 @@ fn initialising_over_an_existing_primary_keeps_its_revision_as_the_promoted_one(
     assert_eq!(sim.status.phase, Phase::Progressing, "the target's r1 is released, not taken as promoted");
     assert_eq!(sim.status.last_applied_spec.as_deref(), Some("r1"));
 }
+
+/// A spec whose metric reaches back 2m while ticks come every 30s, with a rollout hook
+/// (a load test) and a confirm-traffic-increase gate.
+fn long_window() -> CanarySpec {
+    let mut spec = analysis(CanaryAnalysis {
+        step_weight: Some(20),
+        max_weight: Some(40),
+        webhooks: vec![hook(HookType::Rollout), hook(HookType::ConfirmTrafficIncrease)],
+        ..Default::default()
+    });
+    if let Some(analysis) = spec.analysis.as_mut() {
+        analysis.metrics[0].interval = Some("2m".into());
+    }
+    spec
+}
+
+/// The CI failure of stop 31 (dashboards): 6.0.2, pushed as 6.0.1 was rolled back, failed
+/// on 6.0.1's errors, which its metric window still held. Flagger judges it the same way.
+#[test]
+fn a_release_right_after_a_rollback_is_not_judged_on_the_rolled_back_requests() {
+    let mut sim = Sim::new(long_window(), Provider::Istio);
+    sim.initialized_then_release("r1");
+    sim.next_tick();
+    sim.metrics_pass = false;
+    let rolled_back = sim.next_tick();
+    assert_eq!(rolled_back.status.phase, Phase::Failed);
+    let rollback_at = sim.now;
+    assert_eq!(rolled_back.status.previous_revision_traffic_until, Some(rollback_at));
+
+    // r2 is healthy, but any check before rollback + 2m would read r1's errors.
+    sim.metrics_pass = true;
+    sim.revision = "r2".into();
+    let started = sim.after(Duration::from_secs(1));
+    assert_eq!(reasons(&started), vec!["NewRevision"]);
+    let first = sim.next_tick();
+    assert_eq!(routes_of(&first), vec![(80, 20, false)]);
+    sim.metrics_pass = false; // what the window would say, were it queried
+    let mut held = 0;
+    while sim.now + chrono::Duration::seconds(30) < rollback_at + chrono::Duration::minutes(2) {
+        let tick = sim.next_tick();
+        assert_eq!(reasons(&tick), vec!["MetricWindowHeld"], "at {}", sim.now);
+        assert!(!sim.last_plan.run_metrics, "a metric judged on r1's requests at {}", sim.now);
+        assert_eq!(sim.last_plan.hooks, vec![HookType::Rollout], "the load test runs, no gate is asked");
+        assert!(routes_of(&tick).is_empty() && tick.status.canary_weight == 20);
+        assert_eq!(tick.status.failed_checks, 0);
+        assert_eq!(tick.requeue_after, Duration::from_secs(30));
+        let message = event_message(&tick, "MetricWindowHeld");
+        assert!(message.contains("2m") && message.contains("2026-01-01T00:"), "{message}");
+        held += 1;
+    }
+    assert_eq!(held, 2, "ticks at rollback + 62s and + 92s are held");
+
+    sim.metrics_pass = true;
+    let judged = sim.next_tick();
+    assert!(sim.now >= rollback_at + chrono::Duration::minutes(2));
+    assert!(sim.last_plan.run_metrics);
+    assert_eq!(routes_of(&judged), vec![(60, 40, false)]);
+}
+
+fn event_message(decision: &Decision, wanted: &str) -> String {
+    decision
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Event { reason, message, .. } if *reason == wanted => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_release_long_after_the_last_one_is_judged_at_its_second_tick() {
+    let mut sim = Sim::new(long_window(), Provider::Istio);
+    sim.initialized_then_release("r1");
+    for _ in 0..2 {
+        sim.next_tick();
+    }
+    let promoting = sim.next_tick();
+    assert_eq!(promoting.status.phase, Phase::Promoting);
+    assert_eq!(promoting.status.previous_revision_traffic_until, None, "r1 still runs");
+    sim.after(Duration::from_secs(2));
+    let done = sim.after(Duration::from_secs(1));
+    assert_eq!(done.status.phase, Phase::Succeeded);
+    assert_eq!(done.status.previous_revision_traffic_until, Some(sim.now), "the canary stopped serving r1");
+
+    sim.revision = "r2".into();
+    sim.after(Duration::from_secs(150));
+    sim.next_tick();
+    let second = sim.next_tick();
+    assert!(sim.last_plan.run_metrics, "r1 left the window 2m after its promotion");
+    assert_eq!(routes_of(&second), vec![(60, 40, false)]);
+}
+
+#[test]
+fn a_target_changed_mid_run_holds_the_checks_of_the_new_revision() {
+    let mut spec = long_window();
+    if let Some(analysis) = spec.analysis.as_mut() {
+        analysis.threshold = Some(2);
+    }
+    let mut sim = Sim::new(spec, Provider::Istio);
+    sim.initialized_then_release("r1");
+    sim.next_tick();
+    sim.metrics_pass = false;
+    let failed_once = sim.next_tick();
+    assert_eq!(failed_once.status.failed_checks, 1);
+    assert_eq!(failed_once.status.previous_revision_traffic_until, None, "a failed check ends nothing");
+
+    sim.revision = "r2".into();
+    let restarted = sim.after(Duration::from_secs(5));
+    assert_eq!(reasons(&restarted), vec!["RestartedAnalysis"]);
+    assert_eq!(restarted.status.previous_revision_traffic_until, Some(sim.now));
+    sim.next_tick();
+    let held = sim.next_tick();
+    assert_eq!(reasons(&held), vec!["MetricWindowHeld"]);
+    assert_eq!(held.status.failed_checks, 0);
+}
+
+/// Knative's queries select the revision by name, so another revision's requests are never
+/// in them: nothing is held.
+#[test]
+fn knative_judges_a_release_right_after_a_rollback_at_once() {
+    let mut sim = Sim::new(long_window(), Provider::Knative);
+    sim.initialized_then_release("r1");
+    sim.next_tick();
+    sim.metrics_pass = false;
+    assert_eq!(sim.next_tick().status.phase, Phase::Failed);
+    sim.metrics_pass = true;
+    sim.revision = "r2".into();
+    sim.after(Duration::from_secs(1));
+    sim.next_tick();
+    let second = sim.next_tick();
+    assert!(sim.last_plan.run_metrics);
+    assert_eq!(second.status.canary_weight, 40);
+}

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::provider::Provider;
-use petrel_api::canary::{CanaryAnalysis, CanarySpec};
+use petrel_api::canary::{CanaryAnalysis, CanaryMetric, CanarySpec};
 
 /// Analysis interval when `analysis.interval` is unset (Flagger: 1m).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -335,6 +335,27 @@ pub fn threshold_of(spec: &CanarySpec) -> u32 {
 /// machine keeps the documented default rather than spinning.
 pub fn analysis_interval(spec: &CanarySpec) -> Duration {
     interval_of(spec).unwrap_or(DEFAULT_INTERVAL)
+}
+
+/// The range window of `metric`'s queries (`{{ interval }}`) as written: the metric's
+/// own `interval`, else the analysis interval; `None` when neither is set (the default).
+pub fn metric_interval_text<'a>(spec: &'a CanarySpec, metric: &'a CanaryMetric) -> Option<&'a str> {
+    metric.interval.as_deref().or_else(|| spec.analysis.as_ref().and_then(|a| a.interval.as_deref()))
+}
+
+/// The longest range window of the analysis's metrics (zero without metrics): how far
+/// back the queries of one check reach. An interval that does not parse (validation
+/// bypassed) counts as the default, as [`analysis_interval`] does.
+pub fn longest_metric_window(spec: &CanarySpec) -> Duration {
+    spec.analysis
+        .iter()
+        .flat_map(|a| &a.metrics)
+        .map(|metric| match metric_interval_text(spec, metric) {
+            Some(text) => parse_duration(text).unwrap_or(DEFAULT_INTERVAL),
+            None => DEFAULT_INTERVAL,
+        })
+        .max()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// `analysis.interval` parsed, or the default when unset.

@@ -42,6 +42,10 @@ pub enum Event {
     CheckFailed,
     /// Checks passed; a confirm-traffic-increase webhook held the next step.
     TrafficIncreaseRejected,
+    /// A tick whose metrics would be judged on a window that still holds requests of
+    /// another revision the canary served: its hooks ran, no metric is judged, the step
+    /// stays.
+    MetricWindowHeld,
     /// Checks passed, or some comparison is still pending while the next step is not one
     /// that waits for judged comparisons: take the strategy's next step.
     StepPassed,
@@ -156,6 +160,7 @@ pub const TRANSITIONS: &[(&[Phase], Event, Next, Effect)] = &[
     (ANALYSING,                 E::InsufficientSamples,        To(P::Failed),           F::Rollback),
     (ANALYSING,                 E::FleetNotApproved,           To(P::Waiting),          F::Wait),
     (ANALYSING,                 E::TrafficIncreaseRejected,    Stay,                    F::Hold),
+    (ANALYSING,                 E::MetricWindowHeld,           Stay,                    F::Hold),
     (ANALYSING,                 E::StepPassed,                 To(P::Progressing),      F::Advance),
     (ANALYSING,                 E::AnalysisComplete,           To(P::Promoting),        F::StartPromotion),
     (ANALYSING,                 E::PromotionRejected,          To(P::WaitingPromotion), F::Hold),

@@ -42,7 +42,7 @@ use crate::api::canary::{
 };
 use crate::api::metric_template::MetricProviderSpec;
 use crate::core::Provider;
-use crate::core::strategy::parse_duration;
+use crate::core::strategy::{metric_interval_text, parse_duration};
 
 /// Range window of a query when neither the metric nor the analysis sets an interval.
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
@@ -226,11 +226,7 @@ fn describe_range(range: &ThresholdRange) -> String {
 pub fn query_vars(canary: &Canary, metric: &CanaryMetric) -> QueryVars {
     let spec = &canary.spec;
     let target = spec.target_ref.name.clone();
-    let interval = metric
-        .interval
-        .clone()
-        .or_else(|| spec.analysis.as_ref().and_then(|analysis| analysis.interval.clone()))
-        .unwrap_or_else(|| DEFAULT_METRIC_INTERVAL.to_string());
+    let interval = metric_interval_text(spec, metric).unwrap_or(DEFAULT_METRIC_INTERVAL).to_string();
     QueryVars {
         name: canary.metadata.name.clone().unwrap_or_default(),
         namespace: canary.metadata.namespace.clone().unwrap_or_default(),
