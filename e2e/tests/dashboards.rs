@@ -505,9 +505,16 @@ async fn every_dashboard_expression_returns_data_during_a_release() {
     env.set_image(IMAGE_V1).await.unwrap();
     check_until_phase(&env, &mut checks, Phase::Failed, RELEASE).await.unwrap();
     let rolled_back = unix_now();
+    // The healthy release starts at once: its first check must wait until the metric
+    // window (10s) no longer holds the rolled-back version's errors, so none fails.
     env.set_image(IMAGE_V2).await.unwrap();
     check_until_phase(&env, &mut checks, Phase::Succeeded, RELEASE).await.unwrap();
     let promoted = unix_now();
+    let succeeded = env.canary_status().await.unwrap();
+    let events = env.canary_event_counts().await.unwrap_or_default();
+    assert_eq!(succeeded.failed_checks, 0, "6.0.2 judged on 6.0.1's requests: {events:?}");
+    let held: i32 = events.iter().filter(|(reason, _, _)| reason == "MetricWindowHeld").map(|(_, _, n)| n).sum();
+    eprintln!("[dashboards] 6.0.2 held {held} tick(s) while the metric window held 6.0.1's requests");
     // The promotion counter and the last weights reach Prometheus a scrape later.
     check_for(&env.prometheus, &mut checks, Duration::from_secs(20)).await;
     let picture = std::env::var_os("PETREL_DASHBOARD_PNG");
