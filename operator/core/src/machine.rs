@@ -990,6 +990,11 @@ impl Apply<'_> {
         if old.phase.is_active() && (!new.phase.is_active() || new.last_applied_spec != old.last_applied_spec) {
             new.previous_revision_traffic_until = Some(now);
         }
+        // A moment petrel cannot have recorded yet (an edited status, or a leader whose
+        // clock ran ahead) is recorded as now: it holds one window from here, never for ever.
+        if new.previous_revision_traffic_until.is_some_and(|until| until > now) {
+            new.previous_revision_traffic_until = Some(now);
+        }
         let requeue_after = self.requeue(&new);
         let target = Some(self.obs.target_revision.as_str());
         let at_target = new.last_applied_spec.as_deref() == target || new.last_promoted_spec.as_deref() == target;

@@ -889,3 +889,28 @@ fn knative_judges_a_release_right_after_a_rollback_at_once() {
     assert!(sim.last_plan.run_metrics);
     assert_eq!(second.status.canary_weight, 40);
 }
+
+/// A status edited to say the canary served another revision until next year holds the
+/// checks for one window, not until then.
+#[test]
+fn a_moment_in_the_future_holds_one_window_not_until_then() {
+    let mut sim = Sim::new(long_window(), Provider::Istio);
+    sim.initialized_then_release("r1");
+    sim.next_tick();
+    sim.status.previous_revision_traffic_until = Some(sim.now + chrono::Duration::days(365));
+    let edited_at = sim.now;
+    let mut held = 0;
+    loop {
+        let tick = sim.next_tick();
+        if sim.last_plan.run_metrics {
+            assert_eq!(routes_of(&tick), vec![(60, 40, false)]);
+            break;
+        }
+        held += 1;
+        assert!(held < 10, "still held at {}", sim.now);
+    }
+    // The first reconcile after the edit records its own now (edit + 30s); the window
+    // counts from there: held at + 30s, 60s, 90s and 120s, judged at + 150s.
+    assert_eq!(held, 4);
+    assert_eq!(sim.now, edited_at + chrono::Duration::seconds(150));
+}
