@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::machine::Action;
-use crate::machine_tests::{Sim, analysis, reasons, routes_of};
+use crate::machine_tests::{Sim, analysis, event_message, reasons, routes_of};
 use crate::provider::Provider;
 use crate::strategy::{comparison_shortfall, strategy_of};
 use petrel_api::canary::{
@@ -54,17 +54,6 @@ fn at_last_step() -> Sim {
 
 fn condition_reason(sim: &Sim, type_: &str) -> String {
     sim.status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
-}
-
-fn event_message(decision: &crate::Decision, reason: &str) -> String {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Event { reason: r, message, .. } if *r == reason => Some(message.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {reason} Event in {:?}", decision.actions))
 }
 
 #[test]

@@ -177,6 +177,18 @@ pub(crate) fn reasons(decision: &Decision) -> Vec<&'static str> {
         .collect()
 }
 
+/// The message of the decision's Event with `reason`; panics when there is none.
+pub(crate) fn event_message(decision: &Decision, reason: &str) -> String {
+    decision
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Event { reason: r, message, .. } if *r == reason => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {reason} Event in {:?}", decision.actions))
+}
+
 fn has(decision: &Decision, action: &Action) -> bool {
     decision.actions.contains(action)
 }
@@ -756,6 +768,18 @@ fn initialising_over_an_existing_primary_keeps_its_revision_as_the_promoted_one(
     assert_eq!(sim.status.last_applied_spec.as_deref(), Some("r1"));
 }
 
+/// Releases r1 and rolls it back at its first check (metrics fail, threshold 1); the
+/// metrics pass again afterwards.
+fn rolled_back_at_its_first_check(sim: &mut Sim) -> Decision {
+    sim.initialized_then_release("r1");
+    sim.next_tick();
+    sim.metrics_pass = false;
+    let rolled_back = sim.next_tick();
+    assert_eq!(rolled_back.status.phase, Phase::Failed);
+    sim.metrics_pass = true;
+    rolled_back
+}
+
 /// A spec whose metric reaches back 2m while ticks come every 30s, with a rollout hook
 /// (a load test) and a confirm-traffic-increase gate.
 fn long_window() -> CanarySpec {
@@ -776,16 +800,11 @@ fn long_window() -> CanarySpec {
 #[test]
 fn a_release_right_after_a_rollback_is_not_judged_on_the_rolled_back_requests() {
     let mut sim = Sim::new(long_window(), Provider::Istio);
-    sim.initialized_then_release("r1");
-    sim.next_tick();
-    sim.metrics_pass = false;
-    let rolled_back = sim.next_tick();
-    assert_eq!(rolled_back.status.phase, Phase::Failed);
+    let rolled_back = rolled_back_at_its_first_check(&mut sim);
     let rollback_at = sim.now;
     assert_eq!(rolled_back.status.previous_revision_traffic_until, Some(rollback_at));
 
     // r2 is healthy, but any check before rollback + 2m would read r1's errors.
-    sim.metrics_pass = true;
     sim.revision = "r2".into();
     let started = sim.after(Duration::from_secs(1));
     assert_eq!(reasons(&started), vec!["NewRevision"]);
@@ -812,17 +831,6 @@ fn a_release_right_after_a_rollback_is_not_judged_on_the_rolled_back_requests() 
     assert!(sim.now >= rollback_at + chrono::Duration::minutes(2));
     assert!(sim.last_plan.run_metrics);
     assert_eq!(routes_of(&judged), vec![(60, 40, false)]);
-}
-
-fn event_message(decision: &Decision, wanted: &str) -> String {
-    decision
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Event { reason, message, .. } if *reason == wanted => Some(message.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -877,11 +885,7 @@ fn a_target_changed_mid_run_holds_the_checks_of_the_new_revision() {
 #[test]
 fn knative_judges_a_release_right_after_a_rollback_at_once() {
     let mut sim = Sim::new(long_window(), Provider::Knative);
-    sim.initialized_then_release("r1");
-    sim.next_tick();
-    sim.metrics_pass = false;
-    assert_eq!(sim.next_tick().status.phase, Phase::Failed);
-    sim.metrics_pass = true;
+    rolled_back_at_its_first_check(&mut sim);
     sim.revision = "r2".into();
     sim.after(Duration::from_secs(1));
     sim.next_tick();

@@ -350,9 +350,8 @@ pub fn longest_metric_window(spec: &CanarySpec) -> Duration {
     spec.analysis
         .iter()
         .flat_map(|a| &a.metrics)
-        .map(|metric| match metric_interval_text(spec, metric) {
-            Some(text) => parse_duration(text).unwrap_or(DEFAULT_INTERVAL),
-            None => DEFAULT_INTERVAL,
+        .map(|metric| {
+            metric_interval_text(spec, metric).and_then(|text| parse_duration(text).ok()).unwrap_or(DEFAULT_INTERVAL)
         })
         .max()
         .unwrap_or(Duration::ZERO)
