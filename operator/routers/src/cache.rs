@@ -148,8 +148,9 @@ where
 /// reconcile but must not cache whole for the cluster: the ConfigMaps and Secrets a
 /// target's pods use (a Canary whose target uses 200 ConfigMaps made 200 GETs on every
 /// reconcile, 8,600 in one release; caching every ConfigMap and Secret of the cluster
-/// would hold data petrel never reads). Only objects read are kept, and an object the
-/// watch no longer holds is forgotten. Cheap to clone; clones share it.
+/// would hold data petrel never reads). Only objects read, or written by petrel (the
+/// `-primary` config copies, so an unchanged copy is not written again), are kept, and an
+/// object the watch no longer holds is forgotten. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct ReadsAtVersion<K>
 where
@@ -187,22 +188,41 @@ where
     /// The object `namespace/name` (`None`: it does not exist): the copy read before when
     /// the watch shows it unchanged since, else read from the API server.
     pub async fn get(&self, client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error> {
-        let key = ObjectRef::new(name).within(namespace);
-        let current = self.current_version(namespace, name);
-        if let Some(current) = &current
-            && let Some(object) =
-                self.lock().get(&key).filter(|(read_at, _)| read_at == current).map(|(_, o)| o.clone())
-        {
-            return Ok(Some(K::clone(&object)));
+        if let Some(kept) = self.kept(namespace, name) {
+            return Ok(Some(kept));
         }
         let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?;
-        if self.versions.is_some() {
-            match read.as_ref().and_then(|object| Some((object.resource_version()?, object))) {
-                Some((version, object)) => self.lock().insert(key, (version, Arc::new(object.clone()))),
-                None => self.lock().remove(&key),
-            };
+        match &read {
+            Some(object) => self.keep(object),
+            None => {
+                self.lock().remove(&ObjectRef::new(name).within(namespace));
+            }
         }
         Ok(read)
+    }
+
+    /// The object `namespace/name` as last read or written, without a request, while the
+    /// watch shows it still at that resourceVersion; `None` otherwise (never read, changed
+    /// since, or the watch does not keep its cache).
+    pub fn kept(&self, namespace: &str, name: &str) -> Option<K> {
+        let current = self.current_version(namespace, name)?;
+        let key = ObjectRef::new(name).within(namespace);
+        let kept = self.lock().get(&key).filter(|(read_at, _)| *read_at == current).map(|(_, o)| o.clone())?;
+        Some(K::clone(&kept))
+    }
+
+    /// Keeps `object` as read at its resourceVersion: an object read, or the API server's
+    /// answer to petrel's write of it (one without a version is forgotten). Nothing is
+    /// kept without a watch to compare with.
+    pub fn keep(&self, object: &K) {
+        let Some(namespace) = object.namespace().filter(|_| self.versions.is_some()) else {
+            return;
+        };
+        let key = ObjectRef::new(&object.name_any()).within(&namespace);
+        match object.resource_version() {
+            Some(version) => self.lock().insert(key, (version, Arc::new(object.clone()))),
+            None => self.lock().remove(&key),
+        };
     }
 
     /// The resourceVersion the watch shows, when it keeps its cache and holds the object.
@@ -404,6 +424,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_written_object_is_kept_while_the_watch_shows_the_version_written() {
+        let (client, gets) = api_answering(deployment("podinfo", "10", 1));
+        let (reads, mut writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], true);
+        assert_eq!(reads.kept("apps", "podinfo"), None, "never read nor written");
+        // petrel's write answered version 12; the watch has not shown it yet.
+        reads.keep(&deployment("podinfo", "12", 2));
+        assert_eq!(reads.kept("apps", "podinfo"), None, "the watch still shows 10");
+        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "12", 2))));
+        let kept = reads.kept("apps", "podinfo").expect("the watch shows the version written");
+        assert_eq!(kept.spec.and_then(|spec| spec.replicas), Some(2));
+        reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 0, "what was written is read without a request");
+        // Someone else changed it: no longer kept.
+        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "13", 3))));
+        assert_eq!(reads.kept("apps", "podinfo"), None);
+        // An answer without a version forgets it.
+        reads.keep(&deployment("podinfo", "13", 3));
+        assert!(reads.kept("apps", "podinfo").is_some());
+        let mut unversioned = deployment("podinfo", "13", 3);
+        unversioned.metadata.resource_version = None;
+        reads.keep(&unversioned);
+        assert_eq!(reads.len(), 0);
+    }
+
+    #[tokio::test]
     async fn without_a_kept_watch_or_a_version_every_read_goes_to_the_api_server() {
         let (client, gets) = api_answering(deployment("podinfo", "10", 1));
         let (unsynced, _writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], false);
@@ -418,6 +463,7 @@ mod tests {
         let none = ReadsAtVersion::<Deployment>::default();
         none.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 5);
+        none.keep(&deployment("podinfo", "10", 1));
         assert_eq!(none.len(), 0, "nothing kept without a watch to compare with");
     }
 }

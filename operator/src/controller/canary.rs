@@ -158,6 +158,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     Box::pin(workloads::target::initialize(
         &ctx.client,
         &ctx.caches.deployments,
+        &ctx.caches.configs,
         canary,
         &snapshot,
         lifecycle::revision_of_the_primary(&status),
@@ -306,7 +307,7 @@ async fn apply_changes(
                     .map_err(|e| workload_error("scaling the canary to zero", e))?;
             }
             Action::PromoteCanaryToPrimary => {
-                workloads::target::promote(&ctx.client, &ctx.caches.deployments, canary, snapshot)
+                workloads::target::promote(&ctx.client, &ctx.caches.deployments, &ctx.caches.configs, canary, snapshot)
                     .await
                     .map_err(|e| workload_error("promoting the canary", e))?;
             }

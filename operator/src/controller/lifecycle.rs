@@ -341,9 +341,15 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                     context: "recreating the primary DaemonSet".into(),
                     message: "the target could not be read".into(),
                 })?;
-                daemonset::initialize(&ctx.client, canary, snapshot, revision_of_the_primary(&status))
-                    .await
-                    .map_err(|e| workload_error("recreating the primary DaemonSet", e))?;
+                daemonset::initialize(
+                    &ctx.client,
+                    &ctx.caches.configs,
+                    canary,
+                    snapshot,
+                    revision_of_the_primary(&status),
+                )
+                .await
+                .map_err(|e| workload_error("recreating the primary DaemonSet", e))?;
             }
             Step::RebuildPrimary => {
                 let snapshot = observed.snapshot.as_ref().ok_or_else(|| Error::Workload {
@@ -354,9 +360,15 @@ async fn execute(ctx: &Context, canary: &Canary, observed: &Observed, plan: &Han
                 workloads::restore_missing_primary(&ctx.client, canary, snapshot, promoted)
                     .await
                     .map_err(|e| workload_error("rebuilding the primary", e))?;
-                workloads::initialize_primary(&ctx.client, &ctx.caches.deployments, canary, snapshot)
-                    .await
-                    .map_err(|e| workload_error("rebuilding the primary", e))?;
+                workloads::initialize_primary(
+                    &ctx.client,
+                    &ctx.caches.deployments,
+                    &ctx.caches.configs,
+                    canary,
+                    snapshot,
+                )
+                .await
+                .map_err(|e| workload_error("rebuilding the primary", e))?;
             }
             Step::RouteAllTo(side) => {
                 let weights = match side {

@@ -182,12 +182,13 @@ pub async fn read_workloads(
 pub async fn initialize_primary(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
     let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
-    let primary = ensure_primary(client, canary, snapshot, replicas).await?;
+    let primary = ensure_primary(client, configs, canary, snapshot, replicas).await?;
     deployments.wrote(&primary);
     Ok(primary)
 }
@@ -300,14 +301,13 @@ pub async fn scale_canary_to_zero(
 pub async fn promote_canary_to_primary(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
     let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
-    let primary =
-        promote(client, canary, &snapshot.target, &snapshot.selector, &snapshot.tracked, &snapshot.revision, replicas)
-            .await?;
+    let primary = promote(client, configs, canary, snapshot, replicas).await?;
     deployments.wrote(&primary);
     Ok(primary)
 }
@@ -374,7 +374,9 @@ mod tests {
         let canary = canary("podinfo");
         let first =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &first)
+            .await
+            .unwrap();
         (fake, client, canary, first)
     }
 
@@ -384,27 +386,24 @@ mod tests {
             .clone()
     }
 
-    /// The bad-input benchmark's defect: a target using 200 ConfigMaps cost 200 GETs on
-    /// every reconcile (8,600 in one release of 100 Canaries). A ConfigMap is read again
-    /// only when its metadata watch shows a new resourceVersion.
-    #[tokio::test]
-    async fn a_tracked_config_is_read_again_only_when_its_watch_shows_a_change() {
-        use kube::core::PartialObjectMeta;
-        use kube::runtime::{reflector, watcher};
-        let at_version = |greeting: &str, version: &str| {
-            let mut config_map = settings(greeting);
-            config_map["metadata"]["resourceVersion"] = json!(version);
-            config_map
-        };
-        let meta = |config_map: &Value| PartialObjectMeta::<k8s_openapi::api::core::v1::ConfigMap> {
+    type ConfigMapMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>;
+
+    fn config_map_meta(config_map: &Value) -> ConfigMapMeta {
+        ConfigMapMeta {
             metadata: serde_json::from_value(config_map["metadata"].clone()).unwrap(),
             ..Default::default()
-        };
-        let fake = world("podinfo:1", "hello");
-        fake.insert(&format!("{CONFIG_MAPS}/settings"), at_version("hello", "5"));
+        }
+    }
+
+    /// ConfigReads compared with a synced metadata watch of ConfigMaps that shows `shown`;
+    /// its writer shows more.
+    fn config_reads_watching(shown: &[Value]) -> (ConfigReads, kube::runtime::reflector::store::Writer<ConfigMapMeta>) {
+        use kube::runtime::{reflector, watcher};
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitApply(meta(&at_version("hello", "5"))));
+        for config_map in shown {
+            writer.apply_watcher_event(&watcher::Event::InitApply(config_map_meta(config_map)));
+        }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         let health = crate::telemetry::WatchHealth::default();
         health.observe::<()>("configmaps", &Ok(watcher::Event::Init));
@@ -413,6 +412,23 @@ mod tests {
             config_maps: crate::cache::ReadsAtVersion::kept_by(store, health, "configmaps"),
             secrets: Default::default(),
         };
+        (reads, writer)
+    }
+
+    /// The bad-input benchmark's defect: a target using 200 ConfigMaps cost 200 GETs on
+    /// every reconcile (8,600 in one release of 100 Canaries). A ConfigMap is read again
+    /// only when its metadata watch shows a new resourceVersion.
+    #[tokio::test]
+    async fn a_tracked_config_is_read_again_only_when_its_watch_shows_a_change() {
+        use kube::runtime::watcher;
+        let at_version = |greeting: &str, version: &str| {
+            let mut config_map = settings(greeting);
+            config_map["metadata"]["resourceVersion"] = json!(version);
+            config_map
+        };
+        let fake = world("podinfo:1", "hello");
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), at_version("hello", "5"));
+        let (reads, mut writer) = config_reads_watching(&[at_version("hello", "5")]);
         let (client, canary) = (fake.client(), canary("podinfo"));
         let gets = || fake.calls().iter().filter(|c| *c == &format!("GET {CONFIG_MAPS}/settings")).count();
 
@@ -424,12 +440,69 @@ mod tests {
 
         // Changed: the watch shows version 6, so the new content is read and it is a new revision.
         fake.insert(&format!("{CONFIG_MAPS}/settings"), at_version("bonjour", "6"));
-        writer.apply_watcher_event(&watcher::Event::Apply(meta(&at_version("bonjour", "6"))));
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map_meta(&at_version("bonjour", "6"))));
         let changed = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
         assert_eq!(gets(), 2);
         assert_ne!(changed.revision, first.revision);
         read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
         assert_eq!(gets(), 2);
+    }
+
+    /// The bad-input benchmark's 200-ConfigMap target: every promotion applied its 200
+    /// `-primary` copies again, changed or not. A copy is written when its source changed
+    /// or someone else changed the copy; a promotion of a new image alone writes none.
+    #[tokio::test]
+    async fn a_promotion_writes_a_config_copy_only_when_it_would_change() {
+        use kube::runtime::watcher;
+        let fake = FakeApi::with_resource_versions();
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:1"));
+        let mut source = settings("hello");
+        source["metadata"]["resourceVersion"] = json!("5");
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), source.clone());
+        let (reads, mut writer) = config_reads_watching(&[source]);
+        let (client, canary) = (fake.client(), canary("podinfo"));
+        let copy_path = format!("{CONFIG_MAPS}/settings-primary");
+        let copy_writes = || fake.writes().iter().filter(|c| **c == format!("PATCH {copy_path}")).count();
+        let mut show = |object: Value| writer.apply_watcher_event(&watcher::Event::Apply(config_map_meta(&object)));
+
+        let first = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &reads, &canary, &first).await.unwrap();
+        assert_eq!(copy_writes(), 1);
+        show(fake.get(&copy_path).unwrap());
+
+        // A new image, the same configuration: the copy is as written, so it is not written.
+        fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
+        let second = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &reads, &canary, &second).await.unwrap();
+        assert_eq!(copy_writes(), 1, "{:?}", fake.writes());
+        assert_eq!(primary_image(&fake), "podinfo:2", "the primary itself is promoted");
+
+        // Someone edited the copy (the watch shows a version petrel did not write): repaired.
+        let mut edited = fake.get(&copy_path).unwrap();
+        edited["data"]["greeting"] = json!("tampered");
+        edited["metadata"]["resourceVersion"] = json!("900");
+        fake.insert(&copy_path, edited.clone());
+        show(edited);
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &reads, &canary, &second).await.unwrap();
+        assert_eq!(copy_writes(), 2);
+        assert_eq!(fake.get(&copy_path).unwrap()["data"]["greeting"], "hello");
+        show(fake.get(&copy_path).unwrap());
+
+        // The source changed: the copy is written with the new content.
+        let mut changed = settings("bonjour");
+        changed["metadata"]["resourceVersion"] = json!("6");
+        fake.insert(&format!("{CONFIG_MAPS}/settings"), changed.clone());
+        show(changed);
+        let third = read_workloads(&client, &DeploymentCache::default(), &reads, &canary).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &reads, &canary, &third).await.unwrap();
+        assert_eq!(copy_writes(), 3);
+        assert_eq!(fake.get(&copy_path).unwrap()["data"]["greeting"], "bonjour");
+
+        // Without a watch to compare with (the default), every promotion writes it, as before.
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &third)
+            .await
+            .unwrap();
+        assert_eq!(copy_writes(), 4);
     }
 
     #[tokio::test]
@@ -486,7 +559,9 @@ mod tests {
         let canary = canary("podinfo");
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+            .await
+            .unwrap();
         let revision_name = format!("podinfo-primary-{}", snapshot.revision);
         assert_eq!(
             fake.writes(),
@@ -513,7 +588,9 @@ mod tests {
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+            .await
+            .unwrap();
         assert_eq!(fake.writes().len(), writes_before);
         assert_eq!(primary_image(&fake), "podinfo:1");
     }
@@ -525,7 +602,9 @@ mod tests {
         let canary = canary("podinfo");
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+            .await
+            .unwrap();
         scale_canary_to_zero(&client, &DeploymentCache::default(), &snapshot).await.unwrap();
         assert_eq!(fake.get(&format!("{DEPLOYMENTS}/podinfo")).unwrap()["spec"]["replicas"], 0);
         let patch = fake.requests().into_iter().rev().find(|r| r.method == "PATCH").unwrap();
@@ -549,7 +628,9 @@ mod tests {
         let second =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let writes_before = fake.writes().len();
-        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &second)
+            .await
+            .unwrap();
         let first_name = format!("podinfo-primary-{}", first.revision);
         let second_name = format!("podinfo-primary-{}", second.revision);
         // The template the primary ran is stored (as the newest) already: only the new one is written.
@@ -604,11 +685,15 @@ mod tests {
         }
         let first =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &first).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &first)
+            .await
+            .unwrap();
         fake.insert(&format!("{DEPLOYMENTS}/podinfo"), target("podinfo:2"));
         let second =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &second)
+            .await
+            .unwrap();
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-01")));
         assert!(fake.calls().contains(&format!("DELETE {REVISIONS}/old-02")));
         let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
@@ -639,7 +724,9 @@ mod tests {
         let second =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let before = lists(&fake);
-        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &second)
+            .await
+            .unwrap();
         assert_eq!(lists(&fake) - before, 1, "{:#?}", fake.calls());
 
         let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
@@ -665,9 +752,13 @@ mod tests {
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         let revision_writes =
             |fake: &FakeApi| fake.writes().into_iter().filter(|c| c.contains("controllerrevisions/")).count();
-        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &second)
+            .await
+            .unwrap();
         assert_eq!(revision_writes(&fake), 2, "the first template at creation, the second at promotion");
-        promote_canary_to_primary(&client, &DeploymentCache::default(), &canary, &second).await.unwrap();
+        promote_canary_to_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &second)
+            .await
+            .unwrap();
         assert_eq!(revision_writes(&fake), 2, "a retried promotion stores nothing");
 
         let stored: Api<ControllerRevision> = Api::namespaced(client.clone(), "apps");
@@ -746,7 +837,9 @@ mod tests {
         assert_eq!(rebuilt["spec"]["replicas"], 3);
         assert_eq!(rebuilt["metadata"]["ownerReferences"][0]["uid"], "c0ffee-uid");
         // initialize_primary then finds it and leaves it alone.
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &mid_release).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &mid_release)
+            .await
+            .unwrap();
         assert_eq!(primary_image(&fake), "podinfo:1");
         // An existing primary is never rebuilt.
         let now = read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
@@ -760,7 +853,9 @@ mod tests {
         let canary = canary("podinfo");
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+            .await
+            .unwrap();
         let path = format!("{DEPLOYMENTS}/podinfo-primary");
         let mut released = fake.get(&path).unwrap();
         released["metadata"]["ownerReferences"] = Value::Null;
@@ -771,6 +866,7 @@ mod tests {
         initialize_primary(
             &client,
             &DeploymentCache::default(),
+            &ConfigReads::default(),
             &recreated,
             &read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &recreated).await.unwrap(),
         )
@@ -822,7 +918,10 @@ mod tests {
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
-        let created = initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        let created =
+            initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+                .await
+                .unwrap();
         assert_eq!(created.spec.unwrap().replicas, None);
         let mirrored = fake.get(&format!("{HPAS}/podinfo-primary")).unwrap();
         assert_eq!(mirrored["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
@@ -856,7 +955,9 @@ mod tests {
         let snapshot =
             read_workloads(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary).await.unwrap();
         assert_eq!(snapshot.target_hpa_min_replicas, Some(2));
-        initialize_primary(&client, &DeploymentCache::default(), &canary, &snapshot).await.unwrap();
+        initialize_primary(&client, &DeploymentCache::default(), &ConfigReads::default(), &canary, &snapshot)
+            .await
+            .unwrap();
         let primary = fake.get(&format!("{SCALED_OBJECTS}/podinfo-primary")).unwrap();
         assert_eq!(primary["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
         assert_eq!(primary["spec"]["triggers"][0]["metadata"]["query"], "rate(x{app=\"podinfo-primary\"}[1m])");

@@ -294,6 +294,7 @@ pub async fn read_daemon_sets(
 /// DaemonSet primaries have no stored history.
 pub async fn initialize(
     client: &Client,
+    configs: &ConfigReads,
     canary: &Canary,
     snapshot: &DaemonSetSnapshot,
     promoted_revision: Option<&str>,
@@ -320,7 +321,7 @@ pub async fn initialize(
         return Ok(());
     }
     super::actions::missing_primary_source(&name, promoted_revision, &snapshot.revision, &[])?;
-    copy_configs_to_primary(client, canary, &snapshot.tracked).await?;
+    copy_configs_to_primary(client, configs, canary, &snapshot.tracked).await?;
     let primary =
         build_primary(&snapshot.target, canary, &snapshot.selector, &snapshot.tracked.names(), &snapshot.revision)?;
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
@@ -348,9 +349,14 @@ pub async fn scale(client: &Client, namespace: &str, name: &str, down: bool) -> 
 
 /// `Action::PromoteCanaryToPrimary`: the tracked configs and the target's template into
 /// the primary (server-side apply).
-pub async fn promote(client: &Client, canary: &Canary, snapshot: &DaemonSetSnapshot) -> Result<(), WorkloadError> {
+pub async fn promote(
+    client: &Client,
+    configs: &ConfigReads,
+    canary: &Canary,
+    snapshot: &DaemonSetSnapshot,
+) -> Result<(), WorkloadError> {
     let namespace = canary_namespace(canary)?;
-    copy_configs_to_primary(client, canary, &snapshot.tracked).await?;
+    copy_configs_to_primary(client, configs, canary, &snapshot.tracked).await?;
     let primary =
         build_primary(&snapshot.target, canary, &snapshot.selector, &snapshot.tracked.names(), &snapshot.revision)?;
     let name = primary.metadata.name.clone().unwrap_or_default();

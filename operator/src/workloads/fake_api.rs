@@ -3,6 +3,7 @@
 //! JSON merge patch) and DELETE; every request recorded in order.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
@@ -31,6 +32,8 @@ impl Recorded {
 pub struct FakeApi {
     pub objects: Arc<Mutex<BTreeMap<String, Value>>>,
     pub log: Arc<Mutex<Vec<Recorded>>>,
+    /// The last resourceVersion given, when writes are given one.
+    versions: Option<Arc<AtomicU64>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -81,6 +84,23 @@ impl FakeApi {
         Self::default()
     }
 
+    /// A fake that gives every object it writes a new resourceVersion (from 100), as an
+    /// API server does. The default leaves versions as written.
+    pub fn with_resource_versions() -> Self {
+        FakeApi { versions: Some(Arc::new(AtomicU64::new(100))), ..Self::default() }
+    }
+
+    /// The object written, with a new resourceVersion when this fake gives them.
+    fn versioned(&self, mut object: Value) -> Value {
+        if let Some(versions) = &self.versions
+            && let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            let version = versions.fetch_add(1, Ordering::SeqCst) + 1;
+            metadata.insert("resourceVersion".into(), json!(version.to_string()));
+        }
+        object
+    }
+
     pub fn insert(&self, path: &str, object: Value) {
         self.objects.lock().unwrap().insert(path.to_string(), object);
     }
@@ -126,6 +146,7 @@ impl FakeApi {
                 if objects.contains_key(&object_path) {
                     return (409, status(409, "AlreadyExists", &format!("{object_path} exists")));
                 }
+                let body = self.versioned(body);
                 objects.insert(object_path, body.clone());
                 (201, body)
             }
@@ -149,12 +170,14 @@ impl FakeApi {
                 if let Some(existing_status) = objects.get(&path).and_then(|o| o.get("status")).cloned() {
                     body["status"] = existing_status;
                 }
+                let body = self.versioned(body);
                 objects.insert(path, body.clone());
                 (200, body)
             }
             "PATCH" => match objects.get_mut(&path) {
                 Some(object) => {
                     merge(object, &request.body.clone().unwrap_or_default());
+                    *object = self.versioned(object.clone());
                     (200, object.clone())
                 }
                 None => (404, status(404, "NotFound", &format!("{path} not found"))),

@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 
 use super::actions::WorkloadSnapshot;
-use super::configs::{ConfigNames, TrackedConfigs, copy_configs_to_primary, rewrite_config_refs};
+use super::configs::{ConfigNames, ConfigReads, TrackedConfigs, copy_configs_to_primary, rewrite_config_refs};
 use super::history::{
     PrimaryHistory, record_primary_revision, stored_revision, template_from_revision, template_revision,
 };
@@ -227,6 +227,7 @@ pub(crate) fn adoption_patch(
 /// first ControllerRevision, so the primary can be rebuilt from it.
 pub async fn ensure_primary(
     client: &Client,
+    configs: &ConfigReads,
     canary: &Canary,
     snapshot: &WorkloadSnapshot,
     replicas: Option<i32>,
@@ -246,7 +247,7 @@ pub async fn ensure_primary(
         }
         return Ok(existing.clone());
     }
-    copy_configs_to_primary(client, canary, tracked).await?;
+    copy_configs_to_primary(client, configs, canary, tracked).await?;
     let primary = build_primary(target, canary, selector, &tracked.names(), revision, replicas)?;
     record_primary_revision(client, canary, &primary).await?;
     create_primary(&api, &namespace, &primary).await
@@ -300,22 +301,22 @@ async fn create_primary(
 /// are stored as `ControllerRevision`s before it is replaced.
 pub async fn promote(
     client: &Client,
+    configs: &ConfigReads,
     canary: &Canary,
-    target: &Deployment,
-    selector: &PodSelector,
-    tracked: &TrackedConfigs,
-    revision: &str,
+    snapshot: &WorkloadSnapshot,
     replicas: Option<i32>,
 ) -> Result<Deployment, WorkloadError> {
+    let WorkloadSnapshot { target, selector, tracked, revision, .. } = snapshot;
     let (api, namespace) = deployment_api(client, target);
     let name = primary_name(&target.metadata.name.clone().unwrap_or_default());
-    copy_configs_to_primary(client, canary, tracked).await?;
+    copy_configs_to_primary(client, configs, canary, tracked).await?;
     let mut history = PrimaryHistory::read(client, canary).await?;
     match api.get(&name).await {
         // A retried promotion finds the primary already on `revision`: storing that
         // template would make history claim it was a previous one.
         Ok(current)
-            if current.spec.as_ref().map(|spec| template_revision(&spec.template)).as_deref() != Some(revision) =>
+            if current.spec.as_ref().map(|spec| template_revision(&spec.template)).as_deref()
+                != Some(revision.as_str()) =>
         {
             history.record(canary, &current).await?;
         }

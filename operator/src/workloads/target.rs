@@ -154,14 +154,17 @@ pub async fn read_target(
 pub async fn initialize(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
     target: &TargetSnapshot,
     promoted_revision: Option<&str>,
 ) -> Result<(), WorkloadError> {
     match &target.kind {
-        TargetKind::DaemonSet(snapshot) => daemonset::initialize(client, canary, snapshot, promoted_revision).await,
+        TargetKind::DaemonSet(snapshot) => {
+            daemonset::initialize(client, configs, canary, snapshot, promoted_revision).await
+        }
         TargetKind::Deployment(snapshot) => {
-            actions::initialize_primary(client, deployments, canary, snapshot).await.map(|_| ())
+            actions::initialize_primary(client, deployments, configs, canary, snapshot).await.map(|_| ())
         }
         TargetKind::Knative(snapshot) => knative::initialize(client, snapshot).await,
     }
@@ -198,15 +201,16 @@ pub async fn scale_canary_to_zero(
 pub async fn promote(
     client: &Client,
     deployments: &DeploymentCache,
+    configs: &ConfigReads,
     canary: &Canary,
     target: &TargetSnapshot,
 ) -> Result<(), WorkloadError> {
     match &target.kind {
         TargetKind::Deployment(snapshot) => {
-            actions::promote_canary_to_primary(client, deployments, canary, snapshot).await.map(|_| ())
+            actions::promote_canary_to_primary(client, deployments, configs, canary, snapshot).await.map(|_| ())
         }
         TargetKind::Knative(snapshot) => knative::promote(client, snapshot).await,
-        TargetKind::DaemonSet(snapshot) => daemonset::promote(client, canary, snapshot).await,
+        TargetKind::DaemonSet(snapshot) => daemonset::promote(client, configs, canary, snapshot).await,
     }
 }
 
