@@ -727,8 +727,8 @@ mod tests {
         written.metadata.resource_version = Some("7".into());
         written.metadata.uid = Some("copy-uid".into());
         assert!(config_map_copy_is_current(&written, &desired));
-        let no_annotations = ConfigMap { binary_data: Some(BTreeMap::new()), ..written.clone() };
-        assert!(config_map_copy_is_current(&no_annotations, &desired), "an empty map is a missing one");
+        let empty_binary_data = ConfigMap { binary_data: Some(BTreeMap::new()), ..written.clone() };
+        assert!(config_map_copy_is_current(&empty_binary_data, &desired), "an empty map is a missing one");
 
         let changed: [fn(&mut ConfigMap); 6] = [
             |copy| copy.data = Some(labels(&[("a", "2")])),
