@@ -148,9 +148,8 @@ where
 /// reconcile but must not cache whole for the cluster: the ConfigMaps and Secrets a
 /// target's pods use (a Canary whose target uses 200 ConfigMaps made 200 GETs on every
 /// reconcile, 8,600 in one release; caching every ConfigMap and Secret of the cluster
-/// would hold data petrel never reads). Only objects read, or written by petrel (the
-/// `-primary` config copies, so an unchanged copy is not written again), are kept, and an
-/// object the watch no longer holds is forgotten. Cheap to clone; clones share it.
+/// would hold data petrel never reads). Only objects read are kept, and an object the
+/// watch no longer holds is forgotten. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct ReadsAtVersion<K>
 where
@@ -201,20 +200,19 @@ where
         Ok(read)
     }
 
-    /// The object `namespace/name` as last read or written, without a request, while the
-    /// watch shows it still at that resourceVersion; `None` otherwise (never read, changed
-    /// since, or the watch does not keep its cache).
-    pub fn kept(&self, namespace: &str, name: &str) -> Option<K> {
+    /// The object `namespace/name` as last read, without a request, while the watch shows
+    /// it still at that resourceVersion; `None` otherwise (never read, changed since, or
+    /// the watch does not keep its cache).
+    fn kept(&self, namespace: &str, name: &str) -> Option<K> {
         let current = self.current_version(namespace, name)?;
         let key = ObjectRef::new(name).within(namespace);
         let kept = self.lock().get(&key).filter(|(read_at, _)| *read_at == current).map(|(_, o)| o.clone())?;
         Some(K::clone(&kept))
     }
 
-    /// Keeps `object` as read at its resourceVersion: an object read, or the API server's
-    /// answer to petrel's write of it (one without a version is forgotten). Nothing is
-    /// kept without a watch to compare with.
-    pub fn keep(&self, object: &K) {
+    /// Keeps `object` as read at its resourceVersion (one without a version is forgotten).
+    /// Nothing is kept without a watch to compare with.
+    fn keep(&self, object: &K) {
         let Some(namespace) = object.namespace().filter(|_| self.versions.is_some()) else {
             return;
         };
@@ -223,6 +221,15 @@ where
             Some(version) => self.lock().insert(key, (version, Arc::new(object.clone()))),
             None => self.lock().remove(&key),
         };
+    }
+
+    /// What the watch shows of `namespace/name`'s version, for the [`WriteLedger`] of
+    /// what petrel writes to such objects: `Version(None)` when the watch does not hold it
+    /// or does not keep its cache, so that a write is not skipped on a guess.
+    ///
+    /// [`WriteLedger`]: crate::WriteLedger
+    pub fn observed(&self, namespace: &str, name: &str) -> crate::Observed {
+        crate::Observed::Version(self.current_version(namespace, name))
     }
 
     /// The resourceVersion the watch shows, when it keeps its cache and holds the object.
@@ -423,29 +430,20 @@ mod tests {
         assert_eq!(reads.len(), 0);
     }
 
-    #[tokio::test]
-    async fn a_written_object_is_kept_while_the_watch_shows_the_version_written() {
-        let (client, gets) = api_answering(deployment("podinfo", "10", 1));
+    /// What a write ledger is told of an object's version: the watch's, and `None` (write,
+    /// do not skip) whenever the watch cannot vouch for it.
+    #[test]
+    fn observed_is_the_watched_version_only_while_the_watch_keeps_its_cache() {
+        use crate::Observed;
         let (reads, mut writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], true);
-        assert_eq!(reads.kept("apps", "podinfo"), None, "never read nor written");
-        // petrel's write answered version 12; the watch has not shown it yet.
-        reads.keep(&deployment("podinfo", "12", 2));
-        assert_eq!(reads.kept("apps", "podinfo"), None, "the watch still shows 10");
-        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "12", 2))));
-        let kept = reads.kept("apps", "podinfo").expect("the watch shows the version written");
-        assert_eq!(kept.spec.and_then(|spec| spec.replicas), Some(2));
-        reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
-        assert_eq!(gets.load(Ordering::SeqCst), 0, "what was written is read without a request");
-        // Someone else changed it: no longer kept.
-        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "13", 3))));
-        assert_eq!(reads.kept("apps", "podinfo"), None);
-        // An answer without a version forgets it.
-        reads.keep(&deployment("podinfo", "13", 3));
-        assert!(reads.kept("apps", "podinfo").is_some());
-        let mut unversioned = deployment("podinfo", "13", 3);
-        unversioned.metadata.resource_version = None;
-        reads.keep(&unversioned);
-        assert_eq!(reads.len(), 0);
+        assert_eq!(reads.observed("apps", "podinfo"), Observed::Version(Some("10".into())));
+        writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "11", 2))));
+        assert_eq!(reads.observed("apps", "podinfo"), Observed::Version(Some("11".into())));
+        assert_eq!(reads.observed("apps", "other"), Observed::Version(None), "not in the watch");
+        let (unsynced, _writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], false);
+        assert_eq!(unsynced.observed("apps", "podinfo"), Observed::Version(None), "the watch does not keep it");
+        let unwatched = ReadsAtVersion::<Deployment>::default();
+        assert_eq!(unwatched.observed("apps", "podinfo"), Observed::Version(None), "no watch");
     }
 
     #[tokio::test]
@@ -463,7 +461,6 @@ mod tests {
         let none = ReadsAtVersion::<Deployment>::default();
         none.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 5);
-        none.keep(&deployment("podinfo", "10", 1));
         assert_eq!(none.len(), 0, "nothing kept without a watch to compare with");
     }
 }

@@ -135,9 +135,12 @@ impl Caches {
         let (services, service_writer) = reflector::store();
         let (deployments, deployment_writer) = reflector::store();
         let (config_maps, config_map_writer) = reflector::store();
+        // One ledger for every object petrel writes: the routers' and the config copies'.
+        let ledger = WriteLedger::default();
         let configs = ConfigReads {
             config_maps: ReadsAtVersion::kept_by(config_maps, health.clone(), CONFIG_MAP_WATCH),
             secrets: ReadsAtVersion::kept_by(sources.secrets.clone(), health.clone(), SECRET_WATCH),
+            ledger: ledger.clone(),
         };
         Caches {
             configs,
@@ -145,7 +148,7 @@ impl Caches {
             services: WatchCache::kept_by(services, health.clone(), SERVICE_WATCH),
             deployments: WatchCache::kept_by(deployments, health.clone(), DEPLOYMENT_WATCH),
             status_versions: StatusVersions::default(),
-            ledger: WriteLedger::default(),
+            ledger,
             served_kinds: crate::routers::ServedKinds::default(),
             writers: Mutex::new(Some(WatchWriters {
                 sources: source_writers,

@@ -411,6 +411,7 @@ mod tests {
         let reads = ConfigReads {
             config_maps: crate::cache::ReadsAtVersion::kept_by(store, health, "configmaps"),
             secrets: Default::default(),
+            ledger: Default::default(),
         };
         (reads, writer)
     }

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::api::Canary;
 use crate::cache::ReadsAtVersion;
+use crate::routers::{Observed, WriteLedger, ledger_key};
 
 /// Annotations that opt a ConfigMap or Secret out of tracking.
 pub const TRACKING_OPT_OUT_ANNOTATIONS: &[&str] = &["petrel.dev/config-tracking", "flagger.app/config-tracking"];
@@ -303,12 +304,15 @@ pub fn build_primary_secret(secret: &Secret, canary: &Canary) -> Result<Secret, 
 }
 
 /// The ConfigMaps and Secrets the reconciles read, kept while the controller's
-/// metadata-only watches show them unchanged ([`ReadsAtVersion`]). The default reads
-/// every object from the API server.
+/// metadata-only watches show them unchanged ([`ReadsAtVersion`]), and the ledger of the
+/// `-primary` copies petrel writes. The default reads every object from the API server
+/// and writes every copy.
 #[derive(Clone, Default)]
 pub struct ConfigReads {
     pub config_maps: ReadsAtVersion<ConfigMap>,
     pub secrets: ReadsAtVersion<Secret>,
+    /// The controller's write ledger (shared with the routers).
+    pub ledger: WriteLedger,
 }
 
 impl ConfigReads {
@@ -366,11 +370,11 @@ pub async fn read_tracked_configs_of(
 /// Writes the `-primary` copy of every tracked ConfigMap and Secret (server-side apply).
 /// Called before the primary's template is replaced so new pods find their configuration.
 ///
-/// A copy is written only when it differs from petrel's last write of it while the
-/// metadata watch in `reads` shows nobody changed it since: a promotion whose configs did
-/// not change writes nothing (a target using 200 ConfigMaps made 200 patches at every
-/// promotion). A copy petrel has not written since it started, or one changed by anyone
-/// else, is written as before.
+/// A copy is skipped when the write ledger in `reads` shows petrel applied exactly this
+/// copy and the metadata watch shows it still at the version that write returned: a
+/// promotion whose configs did not change writes nothing (a target using 200 ConfigMaps
+/// made 200 patches at every promotion). A copy petrel has not written since it started,
+/// one changed or deleted by anyone else, or one the watch cannot vouch for is written.
 pub async fn copy_configs_to_primary(
     client: &Client,
     reads: &ConfigReads,
@@ -378,67 +382,64 @@ pub async fn copy_configs_to_primary(
     tracked: &TrackedConfigs,
 ) -> Result<(), WorkloadError> {
     let namespace = canary_namespace(canary)?;
-    let config_map_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for config_map in &tracked.config_maps {
         let copy = build_primary_config_map(config_map, canary)?;
-        let name = object_name(&copy.metadata);
-        if reads.config_maps.kept(&namespace, &name).is_some_and(|written| config_map_copy_is_current(&written, &copy))
-        {
-            continue;
-        }
-        let written = config_map_api
-            .patch(&name, &apply_params(), &Patch::Apply(&copy))
-            .await
-            .map_err(|e| WorkloadError::kube(format!("applying ConfigMap {namespace}/{name}"), e))?;
-        reads.config_maps.keep(&written);
+        apply_copy(
+            client,
+            &reads.ledger,
+            &namespace,
+            &copy,
+            reads.config_maps.observed(&namespace, &object_name(&copy.metadata)),
+        )
+        .await?;
     }
     for secret in &tracked.secrets {
         let copy = build_primary_secret(secret, canary)?;
-        let name = object_name(&copy.metadata);
-        if reads.secrets.kept(&namespace, &name).is_some_and(|written| secret_copy_is_current(&written, &copy)) {
-            continue;
-        }
-        let written = secret_api
-            .patch(&name, &apply_params(), &Patch::Apply(&copy))
-            .await
-            .map_err(|e| WorkloadError::kube(format!("applying Secret {namespace}/{name}"), e))?;
-        reads.secrets.keep(&written);
+        apply_copy(
+            client,
+            &reads.ledger,
+            &namespace,
+            &copy,
+            reads.secrets.observed(&namespace, &object_name(&copy.metadata)),
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// Whether applying `desired` to the copy as it is (`current`) would change nothing petrel
-/// writes: the same data and the same labels, annotations and owners. Exact equality, so a
-/// label the source dropped (still on the copy) or one another writer added means a write,
-/// as does a copy being deleted. Pure.
-fn config_map_copy_is_current(current: &ConfigMap, desired: &ConfigMap) -> bool {
-    copy_metadata_is_current(&current.metadata, &desired.metadata)
-        && same_map(&current.data, &desired.data)
-        && same_map(&current.binary_data, &desired.binary_data)
-}
-
-/// [`config_map_copy_is_current`] for a Secret (its type included). Pure.
-fn secret_copy_is_current(current: &Secret, desired: &Secret) -> bool {
-    copy_metadata_is_current(&current.metadata, &desired.metadata)
-        && same_map(&current.data, &desired.data)
-        && current.type_ == desired.type_
-}
-
-fn copy_metadata_is_current(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
-    current.deletion_timestamp.is_none()
-        && same_map(&current.labels, &desired.labels)
-        && same_map(&current.annotations, &desired.annotations)
-        && current.owner_references.as_deref().unwrap_or_default()
-            == desired.owner_references.as_deref().unwrap_or_default()
-}
-
-/// Equal maps, a missing one being empty (the API server omits empty maps).
-fn same_map<V: PartialEq>(a: &Option<BTreeMap<String, V>>, b: &Option<BTreeMap<String, V>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => a == b,
-        (Some(map), None) | (None, Some(map)) => map.is_empty(),
-        (None, None) => true,
+/// Applies one `-primary` copy unless `ledger` shows it unchanged at `observed`.
+async fn apply_copy<K>(
+    client: &Client,
+    ledger: &WriteLedger,
+    namespace: &str,
+    copy: &K,
+    observed: Observed,
+) -> Result<(), WorkloadError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let (kind, name) = (K::kind(&()), object_name(copy.meta()));
+    let key = ledger_key(&kind, namespace, &name);
+    // The digest covers everything applied (data, labels, annotations, owners); a copy
+    // that cannot be serialised is written, never skipped.
+    let manifest = serde_json::to_value(copy).unwrap_or(serde_json::Value::Null);
+    if !manifest.is_null() && ledger.unchanged(&key, &manifest, &observed) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.patch(&name, &apply_params(), &Patch::Apply(copy)).await {
+        Ok(written) => {
+            ledger.record(key, &manifest, written.meta().resource_version.clone());
+            Ok(())
+        }
+        Err(error) => {
+            ledger.forget(&key);
+            Err(WorkloadError::kube(format!("applying {kind} {namespace}/{name}"), error))
+        }
     }
 }
 
@@ -716,47 +717,6 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("token-primary"));
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
         assert_eq!(s.data, secret("token", &[("k", b"v")]).data);
-    }
-
-    #[test]
-    fn a_copy_is_current_only_when_applying_it_again_would_change_nothing() {
-        let canary = canary("podinfo");
-        let desired = build_primary_config_map(&config_map("settings", &[("a", "1")]), &canary).unwrap();
-        // As the API server answers: its own fields added, empty maps omitted.
-        let mut written = desired.clone();
-        written.metadata.resource_version = Some("7".into());
-        written.metadata.uid = Some("copy-uid".into());
-        assert!(config_map_copy_is_current(&written, &desired));
-        let empty_binary_data = ConfigMap { binary_data: Some(BTreeMap::new()), ..written.clone() };
-        assert!(config_map_copy_is_current(&empty_binary_data, &desired), "an empty map is a missing one");
-
-        let changed: [fn(&mut ConfigMap); 6] = [
-            |copy| copy.data = Some(labels(&[("a", "2")])),
-            |copy| copy.data = Some(labels(&[("a", "1"), ("b", "2")])),
-            |copy| copy.binary_data = Some(BTreeMap::from([("b".into(), k8s_openapi::ByteString(vec![1]))])),
-            // A label the source dropped, or another writer added: the apply would remove
-            // the one and cannot tell the other, so it is written.
-            |copy| {
-                copy.metadata.labels.get_or_insert_default().insert("extra".into(), "x".into());
-            },
-            |copy| copy.metadata.owner_references = None,
-            |copy| {
-                let epoch = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
-                copy.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(epoch));
-            },
-        ];
-        for change in changed {
-            let mut current = written.clone();
-            change(&mut current);
-            assert!(!config_map_copy_is_current(&current, &desired), "{current:?}");
-        }
-
-        let desired = build_primary_secret(&secret("token", &[("k", b"v")]), &canary).unwrap();
-        assert!(secret_copy_is_current(&desired.clone(), &desired));
-        let other_type = Secret { type_: Some("kubernetes.io/tls".into()), ..desired.clone() };
-        assert!(!secret_copy_is_current(&other_type, &desired));
-        let other_data = Secret { data: secret("token", &[("k", b"w")]).data, ..desired.clone() };
-        assert!(!secret_copy_is_current(&other_data, &desired));
     }
 
     #[test]
