@@ -26,6 +26,10 @@ pub struct RoundFigures {
     /// From each Deployment's image change to its Canary leaving the idle phase.
     pub detection_p50: Option<Duration>,
     pub detection_p99: Option<Duration>,
+    /// petrel only: from a watch event reaching petrel to the start of the reconcile it
+    /// woke, over the release (`petrel_reconcile_wait_seconds`; a bucket's upper bound).
+    pub release_wait_p50: Option<f64>,
+    pub release_wait_p99: Option<f64>,
     /// How many Canaries left idle (of n).
     pub detected: usize,
     /// From the first image change until every Canary is Succeeded.
@@ -96,6 +100,8 @@ const ROWS: &[Row] = &[
     Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
+    Row { label: "release: reconcile wait p50 (≤, petrel's histogram)", value: |f| f.release_wait_p50, show: secs },
+    Row { label: "release: reconcile wait p99 (≤, petrel's histogram)", value: |f| f.release_wait_p99, show: secs },
     Row { label: "release: all Succeeded", value: |f| d(f.all_succeeded), show: secs },
     Row { label: "release: API requests", value: |f| Some(f.release_requests as f64), show: count },
     Row {

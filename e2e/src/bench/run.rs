@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::audit::AuditTail;
 use super::report::RoundFigures;
-use super::stats::{cpu_time, load_average, quantile, status_bytes};
+use super::stats::{cpu_time, histogram_buckets, histogram_quantile, load_average, quantile, status_bytes};
 use super::workload::{self, Analysis, OperatorKind, Variant};
 use crate::fleet::{Cluster, Component, Fleet, FleetOptions};
 use crate::prometheus::Prometheus;
@@ -262,6 +262,7 @@ impl BenchEnv {
         let rss = RssSampler::start(pid);
         let (apiserver_cpu, operator_cpu) =
             (cpu_time(apiserver).unwrap_or_default(), cpu_time(pid).unwrap_or_default());
+        let waits_before = process.reconcile_wait_buckets().await;
         let release_from = Utc::now();
         let release_started = Instant::now();
         let patched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -290,6 +291,9 @@ impl BenchEnv {
         figures.release_apiserver_cpu = cpu_time(apiserver).unwrap_or_default().saturating_sub(apiserver_cpu);
         figures.release_operator_cpu = cpu_time(pid).unwrap_or_default().saturating_sub(operator_cpu);
         figures.release_peak_rss_bytes = rss.stop().await;
+        let waits_after = process.reconcile_wait_buckets().await;
+        figures.release_wait_p50 = histogram_quantile(&waits_before, &waits_after, 0.5);
+        figures.release_wait_p99 = histogram_quantile(&waits_before, &waits_after, 0.99);
         let release_requests = self.audit.requests(operator.kind, release_from, release_to).await?;
         figures.release_requests = release_requests.len();
         figures.release_calls = super::audit::tally(&release_requests);
@@ -456,6 +460,8 @@ struct OperatorProcess {
     label: String,
     log: PathBuf,
     health: String,
+    /// petrel's `/metrics` (Flagger's histograms are not comparable).
+    metrics: Option<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -474,7 +480,7 @@ impl OperatorProcess {
         let port = free_port()?;
         let kubeconfig = kubeconfig.to_string_lossy().into_owned();
         let mut command = Command::new(&spec.binary);
-        let health = match spec.kind {
+        let (health, metrics) = match spec.kind {
             OperatorKind::Petrel => {
                 let provider = match variant {
                     Variant::GatewayApi => "gatewayapi",
@@ -483,7 +489,7 @@ impl OperatorProcess {
                 command.args(["--kubeconfig", &kubeconfig, "--provider", provider, "--metrics-server", metrics_server]);
                 command.args(["--cluster-name", CLUSTER, "--metrics-addr", &format!("127.0.0.1:{port}")]);
                 command.env("RUST_LOG", "info,kube=warn,tower=warn,hyper=warn");
-                format!("http://127.0.0.1:{port}/readyz")
+                (format!("http://127.0.0.1:{port}/readyz"), Some(format!("http://127.0.0.1:{port}/metrics")))
             }
             OperatorKind::Flagger => {
                 let provider = match variant {
@@ -498,7 +504,7 @@ impl OperatorProcess {
                     "-log-level=info",
                     "-enable-leader-election=false",
                 ]);
-                format!("http://127.0.0.1:{port}/healthz")
+                (format!("http://127.0.0.1:{port}/healthz"), None)
             }
         };
         let log = dir.join("operator.log");
@@ -506,11 +512,28 @@ impl OperatorProcess {
         command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
         let child = crate::fleet::spawn_tied_to_process(command)
             .with_context(|| format!("starting {}", spec.binary.display()))?;
-        Ok(OperatorProcess { child, label: spec.label.clone(), log, health })
+        Ok(OperatorProcess { child, label: spec.label.clone(), log, health, metrics })
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The buckets of petrel's reconcile-wait histogram now; empty for Flagger, or when the
+    /// scrape fails (the figure is then missing, not wrong).
+    async fn reconcile_wait_buckets(&self) -> Vec<(f64, u64)> {
+        let Some(url) = &self.metrics else { return Vec::new() };
+        let scrape = async {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+            http.get(url).send().await?.error_for_status()?.text().await
+        };
+        match scrape.await {
+            Ok(text) => histogram_buckets(&text, "petrel_reconcile_wait_seconds", r#"controller="canary""#),
+            Err(error) => {
+                eprintln!("canary-bench:   scraping {url}: {error}");
+                Vec::new()
+            }
+        }
     }
 
     fn exited(&mut self) -> Option<String> {

@@ -69,6 +69,41 @@ pub fn load_average() -> Option<[f64; 3]> {
     Some([fields.next()??, fields.next()??, fields.next()??])
 }
 
+/// The cumulative buckets of one Prometheus histogram series in a scrape (text format):
+/// `(le, count)` of every `<name>_bucket` line whose labels contain `selector`, in order.
+pub fn histogram_buckets(scrape: &str, name: &str, selector: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{");
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(&prefix) && line.contains(selector))
+        .filter_map(|line| {
+            let (labels, count) = line.rsplit_once(' ')?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// The `q`-quantile of what a histogram counted between two scrapes (`before` and `after`,
+/// as [`histogram_buckets`] reads them): the upper bound of the first bucket holding it.
+/// `None` when nothing was counted or the buckets differ.
+pub fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let counted = |at: usize| {
+        let earlier = before.get(at).filter(|(le, _)| *le == after[at].0).map_or(0, |(_, count)| *count);
+        after[at].1.saturating_sub(earlier)
+    };
+    if !before.is_empty() && before.len() != after.len() {
+        return None;
+    }
+    let total = counted(after.len().checked_sub(1)?);
+    if total == 0 {
+        return None;
+    }
+    let wanted = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+    (0..after.len()).find(|&at| counted(at) >= wanted).map(|at| after[at].0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +149,33 @@ mod tests {
         assert_eq!(status_field_bytes(status, "VmRSS:"), Some(40 * 1024 * 1024));
         assert_eq!(status_field_bytes(status, "VmHWM:"), Some(50 * 1024 * 1024));
         assert_eq!(status_field_bytes(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn histogram_quantiles_are_bucket_bounds_of_what_was_counted_between_scrapes() {
+        let scrape = |counts: [u64; 4]| {
+            format!(
+                "# TYPE petrel_reconcile_wait_seconds histogram\n\
+                 petrel_reconcile_wait_seconds_bucket{{controller=\"canary\",le=\"0.1\"}} {}\n\
+                 petrel_reconcile_wait_seconds_bucket{{controller=\"canary\",le=\"1.0\"}} {}\n\
+                 petrel_reconcile_wait_seconds_bucket{{controller=\"canary\",le=\"5.0\"}} {}\n\
+                 petrel_reconcile_wait_seconds_bucket{{controller=\"canary\",le=\"+Inf\"}} {}\n\
+                 petrel_reconcile_wait_seconds_bucket{{controller=\"rollout\",le=\"0.1\"}} 7\n",
+                counts[0], counts[1], counts[2], counts[3]
+            )
+        };
+        let read =
+            |counts| histogram_buckets(&scrape(counts), "petrel_reconcile_wait_seconds", "controller=\"canary\"");
+        let before = read([10, 10, 10, 10]);
+        assert_eq!(before.len(), 4, "the other controller's series is not read");
+        assert_eq!(before[3], (f64::INFINITY, 10));
+        // Between the scrapes: 50 within 0.1 s, 40 more within 1 s, 10 more within 5 s.
+        let after = read([60, 100, 110, 110]);
+        assert_eq!(histogram_quantile(&before, &after, 0.5), Some(0.1));
+        assert_eq!(histogram_quantile(&before, &after, 0.9), Some(1.0));
+        assert_eq!(histogram_quantile(&before, &after, 0.99), Some(5.0));
+        assert_eq!(histogram_quantile(&[], &after, 0.6), Some(1.0), "no earlier scrape: all of it (66 of 110)");
+        assert_eq!(histogram_quantile(&before, &before, 0.5), None, "nothing counted between");
+        assert_eq!(histogram_quantile(&before, &[], 0.5), None);
     }
 }

@@ -771,6 +771,33 @@ mod tests {
         held.abort();
     }
 
+    /// A reconcile that a watch event asked for records how long it waited for its turn
+    /// (`petrel_reconcile_wait_seconds`); one nothing woke (a requeue) records nothing.
+    #[tokio::test]
+    async fn a_woken_reconcile_records_how_long_it_waited() {
+        // No shard held: the reconcile returns without a request.
+        let (ctx, _handle) = context(crate::shard::HeldShards::new(3));
+        let podinfo = Arc::new(canary(json!({})));
+        let waits = |ctx: &Context| {
+            ctx.metrics
+                .render()
+                .lines()
+                .find(|line| line.starts_with("petrel_reconcile_wait_seconds_count"))
+                .map(str::to_string)
+        };
+        super::super::reconcile_as_task(podinfo.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(waits(&ctx), None, "a requeue");
+        ctx.caches.wakes.woke(vec![kube::runtime::reflector::ObjectRef::from_obj(podinfo.as_ref())]);
+        super::super::reconcile_as_task(podinfo.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(waits(&ctx).as_deref(), Some(r#"petrel_reconcile_wait_seconds_count{controller="canary"} 1"#));
+        super::super::reconcile_as_task(podinfo, ctx.clone()).await.unwrap();
+        assert_eq!(
+            waits(&ctx).as_deref(),
+            Some(r#"petrel_reconcile_wait_seconds_count{controller="canary"} 1"#),
+            "the wake was served"
+        );
+    }
+
     #[test]
     fn a_muted_notice_sends_no_alert_but_others_do() {
         let subscribed = canary(json!({"spec": {"analysis": {

@@ -10,6 +10,7 @@ mod events;
 pub mod freshness;
 pub mod identity;
 mod lifecycle;
+pub mod wakes;
 pub mod watches;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -105,8 +106,10 @@ pub struct Caches {
     pub configs: ConfigReads,
     /// The newest resourceVersion petrel knows of each Canary.
     pub status_versions: StatusVersions,
-    /// What the routers last wrote.
+    /// What petrel last wrote: the routers' objects and the `-primary` config copies.
     pub ledger: WriteLedger,
+    /// When a watch event last woke each Canary, for `petrel_reconcile_wait_seconds`.
+    pub wakes: wakes::WakeTimes,
     /// What discovery last said each provider's group version serves.
     pub served_kinds: crate::routers::ServedKinds,
     writers: Mutex<Option<WatchWriters>>,
@@ -149,6 +152,7 @@ impl Caches {
             deployments: WatchCache::kept_by(deployments, health.clone(), DEPLOYMENT_WATCH),
             status_versions: StatusVersions::default(),
             ledger,
+            wakes: wakes::WakeTimes::default(),
             served_kinds: crate::routers::ServedKinds::default(),
             writers: Mutex::new(Some(WatchWriters {
                 sources: source_writers,
@@ -293,7 +297,14 @@ impl Error {
 /// handle aborts the task when dropped: a controller stopped hard cancels its reconciles,
 /// as it did when they were polled in place.
 async fn reconcile_as_task(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
-    as_task(reconcile(canary, ctx)).await
+    as_task(async move {
+        // Measured at the task's first poll, so the wait for a worker thread counts too.
+        if let Some(waited) = ctx.caches.wakes.served(&ObjectRef::from_obj(canary.as_ref())) {
+            ctx.metrics.record_reconcile_wait(crate::telemetry::CANARY_CONTROLLER, waited);
+        }
+        reconcile(canary, ctx).await
+    })
+    .await
 }
 
 async fn as_task(reconcile: impl Future<Output = Result<Action, Error>> + Send + 'static) -> Result<Action, Error> {
@@ -484,8 +495,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     });
     // What petrel remembers of deleted Canaries, ConfigMaps and Secrets goes with them.
     let forget = tokio::spawn({
-        let (store, versions, configs) =
-            (store.clone(), ctx.caches.status_versions.clone(), ctx.caches.configs.clone());
+        let (store, versions, configs, wakes) =
+            (store.clone(), ctx.caches.status_versions.clone(), ctx.caches.configs.clone(), ctx.caches.wakes.clone());
         async move {
             loop {
                 tokio::time::sleep(crate::telemetry::SWEEP_INTERVAL).await;
@@ -495,6 +506,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
                     .map(|c| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()))
                     .collect();
                 versions.retain(&live);
+                wakes.retain(&live);
                 configs.forget_gone();
             }
         }
@@ -518,35 +530,44 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
         kept(KNATIVE_SERVICE_WATCH, watcher(api, config()), &health)
     });
     info!(provider = %ctx.settings.default_provider, metrics_server = %ctx.settings.metrics_server, "starting the Canary controller");
-    let mut controller = Controller::for_stream(objects_only(canary_wakes(canary_events.applied_objects())), store)
+    // Every watch event that names Canaries notes when it woke them (`wakes`).
+    let wakes = ctx.caches.wakes.clone();
+    let (w1, w2, w3, w4, w5, w6) = (wakes.clone(), wakes.clone(), wakes.clone(), wakes.clone(), wakes.clone(), wakes);
+    let canaries_woken = canary_wakes(canary_events.applied_objects()).inspect(move |event| {
+        if let Ok(canary) = event {
+            w1.woke(vec![ObjectRef::from_obj(canary)]);
+        }
+    });
+    let mut controller = Controller::for_stream(objects_only(canaries_woken), store)
         .with_config(
             ControllerConfig::default()
                 .debounce(Duration::from_millis(100))
                 .concurrency(ctx.settings.max_concurrent_reconciles),
         )
         .watches_stream(objects_only(deployments.touched_objects()), move |d: Deployment| {
-            canaries_for_deployment(&by_deployment, &d)
+            w2.woke(canaries_for_deployment(&by_deployment, &d))
         })
         .watches_stream(objects_only(daemon_sets.touched_objects()), move |d: PartialObjectMeta<DaemonSet>| {
-            canaries_for_deployment(&by_daemon_set, &d)
+            w3.woke(canaries_for_deployment(&by_daemon_set, &d))
         })
         .watches_stream(objects_only(configmaps.touched_objects()), move |cm: PartialObjectMeta<ConfigMap>| {
-            canaries_tracking(&s2, cm.namespace(), format!("configmap/{}", cm.name_any()))
+            w4.woke(canaries_tracking(&s2, cm.namespace(), format!("configmap/{}", cm.name_any())))
         })
         .watches_stream(objects_only(secrets.touched_objects()), move |s: PartialObjectMeta<Secret>| {
-            canaries_tracking(&s3, s.namespace(), format!("secret/{}", s.name_any()))
+            w5.woke(canaries_tracking(&s3, s.namespace(), format!("secret/{}", s.name_any())))
         })
         .watches_stream(objects_only(templates.touched_objects()), move |t: MetricTemplate| {
-            canaries_using_template(&s4, t.namespace(), &t.name_any())
+            w6.woke(canaries_using_template(&s4, t.namespace(), &t.name_any()))
         })
         .owns_stream(objects_only(services.touched_objects()))
         // A shard taken over (its holder died or stopped): its Canaries now pass the
         // guard in reconcile, and are picked up at once rather than at their next change.
         .reconcile_all_on(ctx.shards.acquisitions());
     if let Some(knative_services) = knative_services {
+        let wakes = ctx.caches.wakes.clone();
         controller = controller.watches_stream_with(
             objects_only(knative_services.touched_objects()),
-            move |s| canaries_for_knative_service(&by_knative_service, &s),
+            move |s| wakes.woke(canaries_for_knative_service(&by_knative_service, &s)),
             knative,
         );
     }

@@ -221,6 +221,7 @@ pub struct Metrics {
     canary_failures: Family<OutcomeLabels, Counter>,
     alert_failures: Family<AlertFailureLabels, Counter>,
     reconcile_duration: HistogramFamily<ControllerLabels>,
+    reconcile_wait: HistogramFamily<ControllerLabels>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     api_errors: Family<ApiErrorLabels, Counter>,
     rollout_info: Family<RolloutInfoLabels, Gauge>,
@@ -261,6 +262,7 @@ impl Metrics {
         let canary_failures = Family::<OutcomeLabels, Counter>::default();
         let alert_failures = Family::<AlertFailureLabels, Counter>::default();
         let reconcile_duration: HistogramFamily<ControllerLabels> = Family::new_with_constructor(reconcile_histogram);
+        let reconcile_wait: HistogramFamily<ControllerLabels> = Family::new_with_constructor(reconcile_histogram);
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let api_errors = Family::<ApiErrorLabels, Counter>::default();
         let rollout_info = Family::<RolloutInfoLabels, Gauge>::default();
@@ -321,6 +323,12 @@ impl Metrics {
             "Time one reconcile took",
             Unit::Seconds,
             reconcile_duration.clone(),
+        );
+        registry.register_with_unit(
+            "petrel_reconcile_wait",
+            "Time from a watch event that concerns an object to the start of its reconcile: the controller's queue (with its 100 ms debounce) and the wait for a worker thread",
+            Unit::Seconds,
+            reconcile_wait.clone(),
         );
         registry.register(
             "petrel_reconcile_errors",
@@ -391,6 +399,7 @@ impl Metrics {
             canary_failures,
             alert_failures,
             reconcile_duration,
+            reconcile_wait,
             reconcile_errors,
             api_errors,
             rollout_info,
@@ -560,6 +569,12 @@ impl Metrics {
     /// drops, so every return path (including `?`) is measured.
     pub fn time_reconcile(&self, controller: &str) -> ReconcileTimer<'_> {
         ReconcileTimer { metrics: self, controller: controller.to_string(), started: Instant::now() }
+    }
+
+    /// Records how long a reconcile of `controller` waited after the watch event that woke it.
+    pub fn record_reconcile_wait(&self, controller: &str, waited: std::time::Duration) {
+        let labels = ControllerLabels { controller: controller.to_string() };
+        self.reconcile_wait.get_or_create(&labels).observe(waited.as_secs_f64());
     }
 
     /// Records a failed reconcile of `controller`.
