@@ -262,7 +262,9 @@ impl BenchEnv {
         let rss = RssSampler::start(pid);
         let (apiserver_cpu, operator_cpu) =
             (cpu_time(apiserver).unwrap_or_default(), cpu_time(pid).unwrap_or_default());
-        let waits_before = process.reconcile_wait_buckets().await;
+        let wait_buckets =
+            |scrape: &str| histogram_buckets(scrape, "petrel_reconcile_wait_seconds", r#"controller="canary""#);
+        let waits_before = wait_buckets(&process.scrape_metrics(&log_dir.join("metrics-release-start.txt")).await);
         let release_from = Utc::now();
         let release_started = Instant::now();
         let patched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -291,7 +293,7 @@ impl BenchEnv {
         figures.release_apiserver_cpu = cpu_time(apiserver).unwrap_or_default().saturating_sub(apiserver_cpu);
         figures.release_operator_cpu = cpu_time(pid).unwrap_or_default().saturating_sub(operator_cpu);
         figures.release_peak_rss_bytes = rss.stop().await;
-        let waits_after = process.reconcile_wait_buckets().await;
+        let waits_after = wait_buckets(&process.scrape_metrics(&log_dir.join("metrics-release-end.txt")).await);
         figures.release_wait_p50 = histogram_quantile(&waits_before, &waits_after, 0.5);
         figures.release_wait_p99 = histogram_quantile(&waits_before, &waits_after, 0.99);
         let release_requests = self.audit.requests(operator.kind, release_from, release_to).await?;
@@ -519,19 +521,25 @@ impl OperatorProcess {
         self.child.id()
     }
 
-    /// The buckets of petrel's reconcile-wait histogram now; empty for Flagger, or when the
-    /// scrape fails (the figure is then missing, not wrong).
-    async fn reconcile_wait_buckets(&self) -> Vec<(f64, u64)> {
-        let Some(url) = &self.metrics else { return Vec::new() };
+    /// petrel's metrics now, also written to `save_as` (for figures the table does not
+    /// hold); empty for Flagger, or when the scrape fails (the figures are then missing,
+    /// not wrong).
+    async fn scrape_metrics(&self, save_as: &Path) -> String {
+        let Some(url) = &self.metrics else { return String::new() };
         let scrape = async {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
             http.get(url).send().await?.error_for_status()?.text().await
         };
         match scrape.await {
-            Ok(text) => histogram_buckets(&text, "petrel_reconcile_wait_seconds", r#"controller="canary""#),
+            Ok(text) => {
+                if let Err(error) = std::fs::write(save_as, &text) {
+                    eprintln!("canary-bench:   writing {}: {error}", save_as.display());
+                }
+                text
+            }
             Err(error) => {
                 eprintln!("canary-bench:   scraping {url}: {error}");
-                Vec::new()
+                String::new()
             }
         }
     }
