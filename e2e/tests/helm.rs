@@ -1210,6 +1210,25 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
         Ok(weight) => weight,
         Err(e) => bail!("{e:#}; petrel's log:\n{}", old.log()),
     };
+    // Every weight from here on is recorded, through the upgrade and the hand-over: the old
+    // petrel keeps stepping while the CRDs and the chart are upgraded, which takes longer
+    // than a step on a loaded machine. One task polls (each GET is a quorum read, so what
+    // it records is in order) and is the only writer.
+    let weights_seen = std::sync::Arc::new(std::sync::Mutex::new(vec![weight_before]));
+    let recorder = tokio::spawn({
+        let (canaries, weights_seen) = (canaries.clone(), weights_seen.clone());
+        async move {
+            loop {
+                if let Some(status) = canaries.get(APP).await.ok().and_then(|c| c.status) {
+                    let mut seen = weights_seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if seen.last() != Some(&status.canary_weight) {
+                        seen.push(status.canary_weight);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     // The old pod is the previous release's own binary under its own chart's RBAC.
     ensure!(old.child.try_wait()?.is_none(), "the old petrel exited:\n{}", old.log());
     old.assert_never_refused()?;
@@ -1246,12 +1265,8 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
     let new = release.run_petrel("petrel", RELEASE_NAMESPACE, "petrel", "petrel-new")?;
     old.terminate(Duration::from_secs(15))?;
     let t0 = Instant::now();
-    let mut weights = vec![weight_before];
     let outcome = eventually("the release to complete after the upgrade", Duration::from_secs(120), async || {
         let status = canaries.get(APP).await.ok()?.status?;
-        if weights.last() != Some(&status.canary_weight) {
-            weights.push(status.canary_weight);
-        }
         match status.phase {
             Phase::Succeeded => Some(Ok(())),
             Phase::Failed => Some(Err(anyhow::anyhow!("the Canary failed: {:?}", status.conditions))),
@@ -1263,9 +1278,18 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_canary_in_flight_going() -
     if let Err(e) = outcome {
         bail!("{e:#}; old petrel:\n{}\nnew petrel:\n{}", old.log(), new.log());
     }
+    let read_weights = || weights_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // The promotion's weight 0 may reach the recorder a poll after the phase reached this loop.
+    let _ = eventually("the recorder to see the promotion", Duration::from_secs(5), async || {
+        (read_weights().last() == Some(&0)).then_some(())
+    })
+    .await;
+    recorder.abort();
+    let weights = read_weights();
     eprintln!("[upgrade] Canary Succeeded {:.1?} after the upgrade; weights seen {weights:?}", t0.elapsed());
-    // Every step once, in order, across the hand-over (the status is polled every 200 ms and
-    // steps are 4 s apart, so none is missed): no step repeated, none skipped.
+    // Every step once, in order, across the upgrade and the hand-over (the status is polled
+    // every 200 ms from the first step on, and steps are 4 s apart, so none is missed): no
+    // step repeated, none skipped.
     let expected: Vec<i32> = (weight_before..=50).step_by(10).chain([0]).collect();
     ensure!(weights == expected, "weights across the upgrade: {weights:?}, expected {expected:?}");
     let primary = deployments.get(&format!("{APP}-primary")).await?;
