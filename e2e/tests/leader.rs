@@ -329,9 +329,15 @@ async fn three_shards_split_the_canaries_and_survivors_finish_a_dead_ones() -> R
     })
     .await?;
     eprintln!("[shards] every replica holds its own shard at t={:.1?}", t0.elapsed());
+    // Holding a Lease comes before the caches' first list: readiness follows within moments.
     for replica in &replicas {
+        let ready = within(&format!("{} to be ready", replica.name), Duration::from_secs(30), async || {
+            let (status, body) = readyz(replica).await?;
+            Ok((status == 200).then_some(body))
+        })
+        .await;
         let (status, body) = readyz(replica).await?;
-        assert_eq!(status, 200, "{} readiness: {body}", replica.name);
+        assert!(ready.is_ok(), "{} readiness: {status} {body}", replica.name);
     }
 
     let analysis = workload::Analysis { interval: "3s".into(), iterations: 5, ..workload::Analysis::default() };
