@@ -129,8 +129,6 @@ pub struct Decision {
     pub idle: bool,
 }
 
-/// Requeue while waiting for pods (canary or primary) to become ready.
-const POD_WAIT: Duration = Duration::from_secs(2);
 /// Requeue between two promotion phases that need no wait (Promoting → Finalising).
 const PROMPTLY: Duration = Duration::from_secs(1);
 /// Shortest requeue, so a tick due "now" is not retried in a busy loop.
@@ -1088,14 +1086,18 @@ impl Apply<'_> {
         let until_tick = time_to_tick(self.spec, new, self.obs.now).max(MIN_REQUEUE);
         match (self.classified.event, new.phase) {
             (Event::Suspended, _) => interval,
-            (Event::CanaryNotReady | Event::PrimaryRollingOut, _) => POD_WAIT,
-            (_, Phase::Initializing) => POD_WAIT,
+            // Waiting for pods: the watch of the target and of the primary (owned by the
+            // Canary) wakes the reconcile at each change of their status, so the requeue is
+            // only the analysis interval's check of the progress deadline, as Flagger's tick.
+            // A poll every few seconds here was most of petrel's CPU in a release of 1,000.
+            (Event::CanaryNotReady | Event::PrimaryRollingOut, _) => interval,
+            (_, Phase::Initializing) => interval,
             (_, Phase::Progressing | Phase::WaitingPromotion) => until_tick,
             (_, Phase::Waiting) if approved_for(&self.obs.fleet, &self.obs.target_revision) => until_tick,
             (_, Phase::Promoting) if promotion_step(self.spec).is_some() && self.strategy.steps_promotion() => {
                 until_tick.min(interval)
             }
-            (_, Phase::Promoting) => POD_WAIT,
+            (_, Phase::Promoting) => interval,
             (_, Phase::Finalising) => PROMPTLY,
             _ => interval,
         }

@@ -199,7 +199,8 @@ fn initializing_waits_for_the_primary_then_records_its_revision() {
     sim.primary = WorkloadHealth::NotReady { reason: "0/2 ready".into() };
     let waiting = sim.reconcile();
     assert_eq!(waiting.status.phase, Phase::Initializing);
-    assert_eq!(waiting.requeue_after, Duration::from_secs(2));
+    // The primary's watch wakes the reconcile when it gets ready; the requeue is the interval.
+    assert_eq!(waiting.requeue_after, Duration::from_secs(30));
 
     sim.primary = WorkloadHealth::Ready;
     let ready = sim.after(Duration::from_secs(2));
@@ -253,7 +254,7 @@ fn canary_walks_the_weights_then_promotes() {
     let rolling = sim.after(Duration::from_secs(2));
     assert_eq!(rolling.status.phase, Phase::Promoting);
     assert!(rolling.actions.is_empty());
-    assert_eq!(rolling.requeue_after, Duration::from_secs(2));
+    assert_eq!(rolling.requeue_after, Duration::from_secs(30), "the primary's watch wakes it sooner");
 
     sim.primary_updated = true;
     let routed = sim.after(Duration::from_secs(2));
@@ -607,6 +608,7 @@ fn an_unready_canary_holds_and_a_stuck_one_rolls_back() {
     assert_eq!(held.status.phase, Phase::Progressing);
     assert_eq!(held.status.failed_checks, 0, "pods not ready is not a failed check");
     assert!(held.actions.is_empty());
+    assert_eq!(held.requeue_after, Duration::from_secs(30), "no poll for pods: their watch wakes the reconcile");
 
     sim.canary = WorkloadHealth::DeadlineExceeded { reason: "ProgressDeadlineExceeded".into() };
     let rolled_back = sim.after(Duration::from_secs(2));
