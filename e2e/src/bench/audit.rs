@@ -2,8 +2,10 @@
 //! attributed by user agent: petrel's start with `petrel/` (builds before it named itself
 //! send none), Flagger's with `flagger/` (client-go's default, from its binary name).
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -71,16 +73,48 @@ impl AuditTail {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<AuditRecord>> {
+        let answered = self.answered(from, to).await?;
+        Ok(answered.into_iter().filter(|r| made_by(kind, &r.user_agent)).collect())
+    }
+
+    /// Every client's requests answered in `[from, to)`.
+    pub async fn answered(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         // The API server writes a request's line when it completes: give the last ones a moment.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         self.read_new()?;
-        Ok(self
-            .records
-            .iter()
-            .filter(|r| r.is_request() && made_by(kind, &r.user_agent) && r.at >= from && r.at < to)
-            .cloned()
-            .collect())
+        Ok(self.records.iter().filter(|r| r.is_request() && r.at >= from && r.at < to).cloned().collect())
     }
+}
+
+/// Detection as the API server saw it: for each Deployment the benchmark (`bench_agent`)
+/// patched, the time from that patch's completion to the first successful write of the
+/// same-named Canary's status by `kind`'s operator after it. Unlike the benchmark's own
+/// detection, it leaves out how late the benchmark's watch of the Canaries delivers on a
+/// saturated control plane. Pure.
+pub fn status_writes_after_patches(records: &[AuditRecord], kind: OperatorKind, bench_agent: &str) -> Vec<Duration> {
+    let mut patched: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for r in records {
+        if r.user_agent == bench_agent && r.verb == "patch" && r.resource == "deployments" && r.subresource.is_empty() {
+            patched.entry(r.name.as_str()).or_insert(r.at);
+        }
+    }
+    let mut written: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for r in records {
+        let status_write = r.resource == "canaries"
+            && r.subresource == "status"
+            && matches!(r.verb.as_str(), "patch" | "update")
+            && r.code.is_some_and(|code| (200..300).contains(&code));
+        if !status_write || !made_by(kind, &r.user_agent) {
+            continue;
+        }
+        if let Some(since) = patched.get(r.name.as_str())
+            && r.at >= *since
+        {
+            let first = written.entry(r.name.as_str()).or_insert(r.at);
+            *first = (*first).min(r.at);
+        }
+    }
+    written.iter().filter_map(|(name, at)| (*at - patched[name]).to_std().ok()).collect()
 }
 
 #[cfg(test)]
@@ -95,6 +129,45 @@ mod tests {
         assert!(!made_by(OperatorKind::Petrel, "kube-controller-manager/v1.36.4 (linux/amd64) kubernetes/abc"));
         assert!(made_by(OperatorKind::Flagger, "flagger/v0.0.0 (linux/amd64) kubernetes/$Format"));
         assert!(!made_by(OperatorKind::Flagger, ""));
+    }
+
+    fn record(agent: &str, verb: &str, resource: &str, name: &str, code: u16, at: &str) -> AuditRecord {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        AuditRecord {
+            user_agent: agent.into(),
+            verb: verb.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: "bench-1".into(),
+            name: name.into(),
+            stage: "ResponseComplete".into(),
+            code: Some(code),
+            at: format!("2026-01-01T00:00:{at}Z").parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn detection_at_the_api_server_is_each_patch_to_the_first_status_write_after_it() {
+        let petrel = "petrel/0.1.0";
+        let records = vec![
+            record(petrel, "patch", "canaries/status", "app-1", 200, "00.5"),
+            record("canary-bench", "patch", "deployments", "app-1", 200, "01.0"),
+            record("canary-bench", "patch", "deployments", "app-2", 200, "01.5"),
+            record(petrel, "patch", "deployments", "app-1", 200, "02.0"),
+            record(petrel, "patch", "canaries/status", "app-1", 409, "02.5"),
+            record(petrel, "patch", "canaries/status", "app-1", 200, "03.0"),
+            record(petrel, "patch", "canaries/status", "app-1", 200, "04.0"),
+            record("flagger/v1", "update", "canaries/status", "app-2", 200, "05.0"),
+            record(petrel, "patch", "canaries/status", "app-3", 200, "06.0"),
+        ];
+        let got = status_writes_after_patches(&records, OperatorKind::Petrel, "canary-bench");
+        assert_eq!(
+            got,
+            vec![Duration::from_secs(2)],
+            "app-1 only: a write before the patch, a conflict, a write by another operator and an app never patched do not count"
+        );
+        let flagger = status_writes_after_patches(&records, OperatorKind::Flagger, "canary-bench");
+        assert_eq!(flagger, vec![Duration::from_millis(3500)]);
     }
 
     #[tokio::test]

@@ -30,6 +30,14 @@ pub struct RoundFigures {
     /// woke, over the release (`petrel_reconcile_wait_seconds`; a bucket's upper bound).
     pub release_wait_p50: Option<f64>,
     pub release_wait_p99: Option<f64>,
+    /// From each image change to the operator's first status write of its Canary, both as
+    /// the API server completed them (the audit log): detection without the delay of the
+    /// benchmark's own watch.
+    pub api_detection_p50: Option<Duration>,
+    pub api_detection_p99: Option<Duration>,
+    /// petrel only: reconciles of Canaries during the release (woken and requeued alike;
+    /// `petrel_reconcile_duration_seconds`).
+    pub release_reconciles: Option<f64>,
     /// How many Canaries left idle (of n).
     pub detected: usize,
     /// From the first image change until every Canary is Succeeded.
@@ -100,8 +108,19 @@ const ROWS: &[Row] = &[
     Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
+    Row {
+        label: "release: detection at the API server p50 (audit log)",
+        value: |f| d(f.api_detection_p50),
+        show: secs,
+    },
+    Row {
+        label: "release: detection at the API server p99 (audit log)",
+        value: |f| d(f.api_detection_p99),
+        show: secs,
+    },
     Row { label: "release: reconcile wait p50 (≤, petrel's histogram)", value: |f| f.release_wait_p50, show: secs },
     Row { label: "release: reconcile wait p99 (≤, petrel's histogram)", value: |f| f.release_wait_p99, show: secs },
+    Row { label: "release: reconciles (petrel's histogram)", value: |f| f.release_reconciles, show: count },
     Row { label: "release: all Succeeded", value: |f| d(f.all_succeeded), show: secs },
     Row { label: "release: API requests", value: |f| Some(f.release_requests as f64), show: count },
     Row {

@@ -18,9 +18,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::audit::AuditTail;
+use super::audit::{AuditTail, made_by, status_writes_after_patches};
 use super::report::RoundFigures;
-use super::stats::{cpu_time, histogram_buckets, histogram_quantile, load_average, quantile, status_bytes};
+use super::stats::{
+    cpu_time, histogram_buckets, histogram_count, histogram_quantile, load_average, quantile, status_bytes,
+};
 use super::workload::{self, Analysis, OperatorKind, Variant};
 use crate::fleet::{Cluster, Component, Fleet, FleetOptions};
 use crate::prometheus::Prometheus;
@@ -264,7 +266,10 @@ impl BenchEnv {
             (cpu_time(apiserver).unwrap_or_default(), cpu_time(pid).unwrap_or_default());
         let wait_buckets =
             |scrape: &str| histogram_buckets(scrape, "petrel_reconcile_wait_seconds", r#"controller="canary""#);
-        let waits_before = wait_buckets(&process.scrape_metrics(&log_dir.join("metrics-release-start.txt")).await);
+        let reconcile_buckets =
+            |scrape: &str| histogram_buckets(scrape, "petrel_reconcile_duration_seconds", r#"controller="canary""#);
+        let start_scrape = process.scrape_metrics(&log_dir.join("metrics-release-start.txt")).await;
+        let (waits_before, reconciles_before) = (wait_buckets(&start_scrape), reconcile_buckets(&start_scrape));
         let release_from = Utc::now();
         let release_started = Instant::now();
         let patched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -293,10 +298,17 @@ impl BenchEnv {
         figures.release_apiserver_cpu = cpu_time(apiserver).unwrap_or_default().saturating_sub(apiserver_cpu);
         figures.release_operator_cpu = cpu_time(pid).unwrap_or_default().saturating_sub(operator_cpu);
         figures.release_peak_rss_bytes = rss.stop().await;
-        let waits_after = wait_buckets(&process.scrape_metrics(&log_dir.join("metrics-release-end.txt")).await);
+        let end_scrape = process.scrape_metrics(&log_dir.join("metrics-release-end.txt")).await;
+        let waits_after = wait_buckets(&end_scrape);
         figures.release_wait_p50 = histogram_quantile(&waits_before, &waits_after, 0.5);
         figures.release_wait_p99 = histogram_quantile(&waits_before, &waits_after, 0.99);
-        let release_requests = self.audit.requests(operator.kind, release_from, release_to).await?;
+        figures.release_reconciles = histogram_count(&reconciles_before, &reconcile_buckets(&end_scrape));
+        let release_answered = self.audit.answered(release_from, release_to).await?;
+        let api_detections = status_writes_after_patches(&release_answered, operator.kind, BENCH_USER_AGENT);
+        figures.api_detection_p50 = quantile(&api_detections, 0.5);
+        figures.api_detection_p99 = quantile(&api_detections, 0.99);
+        let release_requests: Vec<_> =
+            release_answered.into_iter().filter(|r| made_by(operator.kind, &r.user_agent)).collect();
         figures.release_requests = release_requests.len();
         figures.release_calls = super::audit::tally(&release_requests);
         let histories = phases.histories();
@@ -330,11 +342,13 @@ impl BenchEnv {
         delete_namespace(&self.client, &namespace, Duration::from_secs(900)).await?;
         figures.load = (load_start, load_average().map_or(0.0, |l| l[0]));
         eprintln!(
-            "canary-bench:   init {:?}, idle {:.0} req/min, detection p50 {:?} p99 {:?}, all Succeeded {:?}, release {} requests",
+            "canary-bench:   init {:?}, idle {:.0} req/min, detection p50 {:?} p99 {:?} (at the API server {:?} / {:?}), all Succeeded {:?}, release {} requests",
             figures.init,
             figures.idle_requests_per_minute,
             figures.detection_p50,
             figures.detection_p99,
+            figures.api_detection_p50,
+            figures.api_detection_p99,
             figures.all_succeeded,
             figures.release_requests
         );

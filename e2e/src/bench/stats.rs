@@ -85,6 +85,14 @@ pub fn histogram_buckets(scrape: &str, name: &str, selector: &str) -> Vec<(f64, 
         .collect()
 }
 
+/// How many observations a histogram counted between two scrapes (its `+Inf` bucket):
+/// `None` when the later scrape has no such histogram.
+pub fn histogram_count(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
+    let (_, total) = after.iter().find(|(le, _)| le.is_infinite())?;
+    let earlier = before.iter().find(|(le, _)| le.is_infinite()).map_or(0, |(_, count)| *count);
+    Some(total.saturating_sub(earlier) as f64)
+}
+
 /// The `q`-quantile of what a histogram counted between two scrapes (`before` and `after`,
 /// as [`histogram_buckets`] reads them): the upper bound of the first bucket holding it.
 /// `None` when nothing was counted or the buckets differ.
@@ -177,5 +185,8 @@ mod tests {
         assert_eq!(histogram_quantile(&[], &after, 0.6), Some(1.0), "no earlier scrape: all of it (66 of 110)");
         assert_eq!(histogram_quantile(&before, &before, 0.5), None, "nothing counted between");
         assert_eq!(histogram_quantile(&before, &[], 0.5), None);
+        assert_eq!(histogram_count(&before, &after), Some(100.0));
+        assert_eq!(histogram_count(&[], &after), Some(110.0), "no earlier scrape: all of it");
+        assert_eq!(histogram_count(&before, &[]), None, "no histogram: no count, not zero");
     }
 }
