@@ -7,7 +7,7 @@
 //! manifest is the same and the object is still at that version (someone else's edit or
 //! a deletion moves or removes it, and the next reconcile restores petrel's fields).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -26,6 +26,18 @@ pub enum Observed {
 struct Written {
     digest: [u8; 32],
     resource_version: Option<String>,
+    /// `namespace/name` of the Canary the manifest names as its owner, if any: when that
+    /// Canary is gone, so is the reason to remember the write.
+    owner: Option<String>,
+}
+
+/// `namespace/name` of the Canary among a manifest's `ownerReferences`.
+fn canary_owner(manifest: &Value) -> Option<String> {
+    let metadata = manifest.get("metadata")?;
+    let namespace = metadata.get("namespace")?.as_str()?;
+    let owners = metadata.get("ownerReferences")?.as_array()?;
+    let canary = owners.iter().find(|owner| owner.get("kind").and_then(Value::as_str) == Some("Canary"))?;
+    Some(format!("{namespace}/{}", canary.get("name")?.as_str()?))
 }
 
 /// The last write of each object, keyed by `kind/namespace/name`. Cheap to clone;
@@ -61,7 +73,7 @@ impl WriteLedger {
 
     /// Records a successful apply and the resourceVersion it returned.
     pub fn record(&self, key: String, manifest: &Value, resource_version: Option<String>) {
-        self.lock().insert(key, Written { digest: digest(manifest), resource_version });
+        self.lock().insert(key, Written { digest: digest(manifest), resource_version, owner: canary_owner(manifest) });
     }
 
     /// Forgets an object (its write failed, or it was deleted): the next apply goes out.
@@ -69,9 +81,11 @@ impl WriteLedger {
         self.lock().remove(key);
     }
 
-    /// Drops what is known of objects whose keys `keep` refuses (deleted Canaries).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.lock().retain(|key, _| keep(key));
+    /// Forgets the writes of objects owned by Canaries that are gone (`live` holds the
+    /// `namespace/name` of those that are not). Writes of objects no Canary owns (the
+    /// traffic block petrel applies to a user's Knative Service) stay.
+    pub fn retain_owned_by(&self, live: &HashSet<String>) {
+        self.lock().retain(|_, written| written.owner.as_ref().is_none_or(|owner| live.contains(owner)));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
@@ -101,5 +115,26 @@ mod tests {
         assert!(!ledger.unchanged(&key, &other, &at("41")), "petrel wants something else");
         ledger.forget(&key);
         assert!(!ledger.unchanged(&key, &manifest, &at("41")));
+    }
+
+    #[test]
+    fn writes_of_a_deleted_canarys_objects_are_forgotten() {
+        let ledger = WriteLedger::default();
+        let owned = |name: &str, canary: &str| {
+            json!({"metadata": {"name": name, "namespace": "test", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "other"},
+                {"apiVersion": "petrel.dev/v1alpha1", "kind": "Canary", "name": canary},
+            ]}})
+        };
+        let (kept, gone) = (owned("podinfo-canary", "podinfo"), owned("backend-canary", "backend"));
+        let unowned = json!({"metadata": {"name": "podinfo", "namespace": "test"}, "spec": {"traffic": []}});
+        let key = |name: &str| ledger_key("Service", "test", name);
+        ledger.record(key("podinfo-canary"), &kept, Some("1".into()));
+        ledger.record(key("backend-canary"), &gone, Some("2".into()));
+        ledger.record(key("podinfo"), &unowned, Some("3".into()));
+        ledger.retain_owned_by(&HashSet::from(["test/podinfo".to_string()]));
+        assert!(ledger.unchanged(&key("podinfo-canary"), &kept, &Observed::Unknown), "its Canary lives");
+        assert!(!ledger.unchanged(&key("backend-canary"), &gone, &Observed::Unknown), "its Canary is gone");
+        assert!(ledger.unchanged(&key("podinfo"), &unowned, &Observed::Unknown), "no Canary owns it");
     }
 }

@@ -495,8 +495,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     });
     // What petrel remembers of deleted Canaries, ConfigMaps and Secrets goes with them.
     let forget = tokio::spawn({
-        let (store, versions, configs, wakes) =
-            (store.clone(), ctx.caches.status_versions.clone(), ctx.caches.configs.clone(), ctx.caches.wakes.clone());
+        let (store, versions, configs, wakes, ledger) = (
+            store.clone(),
+            ctx.caches.status_versions.clone(),
+            ctx.caches.configs.clone(),
+            ctx.caches.wakes.clone(),
+            ctx.caches.ledger.clone(),
+        );
         async move {
             loop {
                 tokio::time::sleep(crate::telemetry::SWEEP_INTERVAL).await;
@@ -507,6 +512,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
                     .collect();
                 versions.retain(&live);
                 wakes.retain(&live);
+                ledger.retain_owned_by(&live);
                 configs.forget_gone();
             }
         }
