@@ -162,27 +162,21 @@ impl KnativeRouter {
         let namespace = namespace_of(canary)?;
         let name = canary.spec.target_ref.name.clone();
         let key = traffic_key(&namespace, &name);
-        if self.memory.ledger.unchanged(&key, &body, &observed) {
-            return Ok(());
-        }
         let api: Api<kube::api::DynamicObject> =
             Api::namespaced_with(self.client.clone(), &namespace, &service_resource());
-        match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
-            Ok(applied) => {
-                self.memory.ledger.record(key, &body, applied.metadata.resource_version);
-                Ok(())
-            }
-            Err(source) => {
-                self.memory.ledger.forget(&key);
-                Err(RouterError::Api {
+        let write = async {
+            match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+                Ok(applied) => Ok(applied.metadata.resource_version),
+                Err(source) => Err(RouterError::Api {
                     verb: "apply the traffic block of",
                     kind: "Knative Service".into(),
-                    namespace,
-                    name,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
                     source: Box::new(source),
-                })
+                }),
             }
-        }
+        };
+        self.memory.ledger.apply(key, &body, &observed, write).await
     }
 }
 

@@ -71,6 +71,33 @@ impl WriteLedger {
         same_version && last.digest == digest(manifest)
     }
 
+    /// Applies `manifest` with `write` unless [`unchanged`](Self::unchanged) says petrel
+    /// already wrote exactly this at the version `observed`. A successful write is
+    /// recorded with the resourceVersion it returns; a failed one forgets the object, so
+    /// the next reconcile writes it again. `write` is not polled when the write is skipped.
+    /// A manifest that could not be serialised (`Null`) is always written.
+    pub async fn apply<E>(
+        &self,
+        key: String,
+        manifest: &Value,
+        observed: &Observed,
+        write: impl Future<Output = Result<Option<String>, E>>,
+    ) -> Result<(), E> {
+        if !manifest.is_null() && self.unchanged(&key, manifest, observed) {
+            return Ok(());
+        }
+        match write.await {
+            Ok(resource_version) => {
+                self.record(key, manifest, resource_version);
+                Ok(())
+            }
+            Err(error) => {
+                self.forget(&key);
+                Err(error)
+            }
+        }
+    }
+
     /// Records a successful apply and the resourceVersion it returned.
     pub fn record(&self, key: String, manifest: &Value, resource_version: Option<String>) {
         self.lock().insert(key, Written { digest: digest(manifest), resource_version, owner: canary_owner(manifest) });
@@ -115,6 +142,32 @@ mod tests {
         assert!(!ledger.unchanged(&key, &other, &at("41")), "petrel wants something else");
         ledger.forget(&key);
         assert!(!ledger.unchanged(&key, &manifest, &at("41")));
+    }
+
+    #[tokio::test]
+    async fn apply_writes_only_what_changed_and_forgets_a_failed_write() {
+        let ledger = WriteLedger::default();
+        let key = ledger_key("Service", "test", "podinfo");
+        let manifest = json!({"spec": {"selector": {"app": "podinfo-primary"}}});
+        let writes = std::cell::Cell::new(0);
+        let write = |result: Result<Option<String>, &'static str>| {
+            let writes = &writes;
+            async move {
+                writes.set(writes.get() + 1);
+                result
+            }
+        };
+        let at = |version: &str| Observed::Version(Some(version.to_string()));
+        ledger.apply(key.clone(), &manifest, &at("1"), write(Ok(Some("5".into())))).await.unwrap();
+        assert_eq!(writes.get(), 1, "never written: written");
+        ledger.apply(key.clone(), &manifest, &at("5"), write(Ok(Some("6".into())))).await.unwrap();
+        assert_eq!(writes.get(), 1, "unchanged at the version written: the write is not even started");
+        let failed = ledger.apply(key.clone(), &manifest, &at("9"), write(Err("conflict"))).await;
+        assert_eq!((failed, writes.get()), (Err("conflict"), 2), "edited by someone else: written, and it failed");
+        ledger.apply(key.clone(), &manifest, &Observed::Unknown, write(Ok(Some("10".into())))).await.unwrap();
+        assert_eq!(writes.get(), 3, "a failed write is forgotten: the next one goes out");
+        ledger.apply(key.clone(), &Value::Null, &at("10"), write(Ok(Some("11".into())))).await.unwrap();
+        assert_eq!(writes.get(), 4, "a manifest that could not be serialised is always written");
     }
 
     #[test]

@@ -642,26 +642,20 @@ pub(crate) async fn apply_dynamic(
 ) -> Result<(), RouterError> {
     let (_, name) = name_of(&object.manifest);
     let key = ledger_key(&object.resource.kind, namespace, &name);
-    if ledger.unchanged(&key, &object.manifest, observed) {
-        return Ok(());
-    }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
-    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await {
-        Ok(applied) => {
-            ledger.record(key, &object.manifest, applied.metadata.resource_version);
-            Ok(())
-        }
-        Err(source) => {
-            ledger.forget(&key);
-            Err(RouterError::Api {
+    let write = async {
+        match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object.manifest)).await {
+            Ok(applied) => Ok(applied.metadata.resource_version),
+            Err(source) => Err(RouterError::Api {
                 verb: "apply",
                 kind: object.resource.kind.clone(),
                 namespace: namespace.to_string(),
-                name,
+                name: name.clone(),
                 source: Box::new(source),
-            })
+            }),
         }
-    }
+    };
+    ledger.apply(key, &object.manifest, observed, write).await
 }
 
 pub(crate) async fn delete_dynamic(

@@ -338,21 +338,24 @@ pub async fn apply_service(client: &Client, memory: &RouterMemory, service: &Ser
         source,
     })?;
     let key = ledger_key("Service", &namespace, &name);
-    if memory.ledger.unchanged(&key, &manifest, &memory.observed_service(&namespace, &name)) {
-        return Ok(());
-    }
+    let observed = memory.observed_service(&namespace, &name);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    match services.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(service)).await {
-        Ok(applied) => {
-            memory.services.wrote(&applied);
-            memory.ledger.record(key, &manifest, applied.metadata.resource_version);
-            Ok(())
+    let write = async {
+        match services.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(service)).await {
+            Ok(applied) => {
+                memory.services.wrote(&applied);
+                Ok(applied.metadata.resource_version)
+            }
+            Err(source) => Err(RouterError::Api {
+                verb: "apply",
+                kind: "Service".into(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source: Box::new(source),
+            }),
         }
-        Err(source) => {
-            memory.ledger.forget(&key);
-            Err(RouterError::Api { verb: "apply", kind: "Service".into(), namespace, name, source: Box::new(source) })
-        }
-    }
+    };
+    memory.ledger.apply(key, &manifest, &observed, write).await
 }
 
 /// Creates or updates the three Services (only those that differ from what petrel last

@@ -427,20 +427,14 @@ where
     // The digest covers everything applied (data, labels, annotations, owners); a copy
     // that cannot be serialised is written, never skipped.
     let manifest = serde_json::to_value(copy).unwrap_or(serde_json::Value::Null);
-    if !manifest.is_null() && ledger.unchanged(&key, &manifest, &observed) {
-        return Ok(());
-    }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    match api.patch(&name, &apply_params(), &Patch::Apply(copy)).await {
-        Ok(written) => {
-            ledger.record(key, &manifest, written.meta().resource_version.clone());
-            Ok(())
+    let write = async {
+        match api.patch(&name, &apply_params(), &Patch::Apply(copy)).await {
+            Ok(written) => Ok(written.meta().resource_version.clone()),
+            Err(error) => Err(WorkloadError::kube(format!("applying {kind} {namespace}/{name}"), error)),
         }
-        Err(error) => {
-            ledger.forget(&key);
-            Err(WorkloadError::kube(format!("applying {kind} {namespace}/{name}"), error))
-        }
-    }
+    };
+    ledger.apply(key, &manifest, &observed, write).await
 }
 
 #[cfg(test)]
