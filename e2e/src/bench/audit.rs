@@ -86,35 +86,59 @@ impl AuditTail {
     }
 }
 
+/// Which of the operator's requests [`first_after_patches`] looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaction {
+    /// Any successful write (create, patch, update) of an object with the app's name: its
+    /// Deployment (scaling the canary up) or its Canary.
+    AnyWrite,
+    /// A successful write of the Canary's status: the operator saying it saw the release.
+    StatusWrite,
+}
+
+impl Reaction {
+    fn matches(self, r: &AuditRecord) -> bool {
+        let succeeded = r.code.is_some_and(|code| (200..300).contains(&code));
+        let write = matches!(r.verb.as_str(), "create" | "patch" | "update");
+        succeeded
+            && write
+            && match self {
+                Reaction::AnyWrite => true,
+                Reaction::StatusWrite => r.resource == "canaries" && r.subresource == "status",
+            }
+    }
+}
+
 /// Detection as the API server saw it: for each Deployment the benchmark (`bench_agent`)
-/// patched, the time from that patch's completion to the first successful write of the
-/// same-named Canary's status by `kind`'s operator after it. Unlike the benchmark's own
-/// detection, it leaves out how late the benchmark's watch of the Canaries delivers on a
-/// saturated control plane. Pure.
-pub fn status_writes_after_patches(records: &[AuditRecord], kind: OperatorKind, bench_agent: &str) -> Vec<Duration> {
+/// patched, the time from that patch's completion to the completion of the first request
+/// of `kind`'s operator, on an object of the same name, that is the `reaction`. Unlike
+/// the benchmark's own detection, it leaves out how late the benchmark's watch of the
+/// Canaries delivers on a saturated control plane. Pure.
+pub fn first_after_patches(
+    records: &[AuditRecord],
+    kind: OperatorKind,
+    bench_agent: &str,
+    reaction: Reaction,
+) -> Vec<Duration> {
     let mut patched: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for r in records {
         if r.user_agent == bench_agent && r.verb == "patch" && r.resource == "deployments" && r.subresource.is_empty() {
             patched.entry(r.name.as_str()).or_insert(r.at);
         }
     }
-    let mut written: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    let mut first: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for r in records {
-        let status_write = r.resource == "canaries"
-            && r.subresource == "status"
-            && matches!(r.verb.as_str(), "patch" | "update")
-            && r.code.is_some_and(|code| (200..300).contains(&code));
-        if !status_write || !made_by(kind, &r.user_agent) {
+        if !reaction.matches(r) || !made_by(kind, &r.user_agent) {
             continue;
         }
         if let Some(since) = patched.get(r.name.as_str())
             && r.at >= *since
         {
-            let first = written.entry(r.name.as_str()).or_insert(r.at);
-            *first = (*first).min(r.at);
+            let at = first.entry(r.name.as_str()).or_insert(r.at);
+            *at = (*at).min(r.at);
         }
     }
-    written.iter().filter_map(|(name, at)| (*at - patched[name]).to_std().ok()).collect()
+    first.iter().filter_map(|(name, at)| (*at - patched[name]).to_std().ok()).collect()
 }
 
 #[cfg(test)]
@@ -147,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn detection_at_the_api_server_is_each_patch_to_the_first_status_write_after_it() {
+    fn detection_at_the_api_server_is_each_patch_to_the_first_reaction_after_it() {
         let petrel = "petrel/0.1.0";
         let records = vec![
             record(petrel, "patch", "canaries/status", "app-1", 200, "00.5"),
@@ -160,14 +184,15 @@ mod tests {
             record("flagger/v1", "update", "canaries/status", "app-2", 200, "05.0"),
             record(petrel, "patch", "canaries/status", "app-3", 200, "06.0"),
         ];
-        let got = status_writes_after_patches(&records, OperatorKind::Petrel, "canary-bench");
+        let status = |kind| first_after_patches(&records, kind, "canary-bench", Reaction::StatusWrite);
         assert_eq!(
-            got,
+            status(OperatorKind::Petrel),
             vec![Duration::from_secs(2)],
             "app-1 only: a write before the patch, a conflict, a write by another operator and an app never patched do not count"
         );
-        let flagger = status_writes_after_patches(&records, OperatorKind::Flagger, "canary-bench");
-        assert_eq!(flagger, vec![Duration::from_millis(3500)]);
+        assert_eq!(status(OperatorKind::Flagger), vec![Duration::from_millis(3500)]);
+        let any = first_after_patches(&records, OperatorKind::Petrel, "canary-bench", Reaction::AnyWrite);
+        assert_eq!(any, vec![Duration::from_secs(1)], "the scale-up of app-1's Deployment came first");
     }
 
     #[tokio::test]

@@ -35,6 +35,10 @@ pub struct RoundFigures {
     /// benchmark's own watch.
     pub api_detection_p50: Option<Duration>,
     pub api_detection_p99: Option<Duration>,
+    /// From each image change to the operator's first write of an object of the app's
+    /// name (the audit log): its first reaction, often the canary's scale-up.
+    pub first_write_p50: Option<Duration>,
+    pub first_write_p99: Option<Duration>,
     /// petrel only: reconciles of Canaries during the release (woken and requeued alike;
     /// `petrel_reconcile_duration_seconds`).
     pub release_reconciles: Option<f64>,
@@ -108,6 +112,16 @@ const ROWS: &[Row] = &[
     Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
+    Row {
+        label: "release: first write after the image change p50 (audit log)",
+        value: |f| d(f.first_write_p50),
+        show: secs,
+    },
+    Row {
+        label: "release: first write after the image change p99 (audit log)",
+        value: |f| d(f.first_write_p99),
+        show: secs,
+    },
     Row {
         label: "release: detection at the API server p50 (audit log)",
         value: |f| d(f.api_detection_p50),

@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::audit::{AuditTail, made_by, status_writes_after_patches};
+use super::audit::{AuditTail, Reaction, first_after_patches, made_by};
 use super::report::RoundFigures;
 use super::stats::{
     cpu_time, histogram_buckets, histogram_count, histogram_quantile, load_average, quantile, status_bytes,
@@ -304,9 +304,12 @@ impl BenchEnv {
         figures.release_wait_p99 = histogram_quantile(&waits_before, &waits_after, 0.99);
         figures.release_reconciles = histogram_count(&reconciles_before, &reconcile_buckets(&end_scrape));
         let release_answered = self.audit.answered(release_from, release_to).await?;
-        let api_detections = status_writes_after_patches(&release_answered, operator.kind, BENCH_USER_AGENT);
+        let reactions = |reaction| first_after_patches(&release_answered, operator.kind, BENCH_USER_AGENT, reaction);
+        let (first_writes, api_detections) = (reactions(Reaction::AnyWrite), reactions(Reaction::StatusWrite));
         figures.api_detection_p50 = quantile(&api_detections, 0.5);
         figures.api_detection_p99 = quantile(&api_detections, 0.99);
+        figures.first_write_p50 = quantile(&first_writes, 0.5);
+        figures.first_write_p99 = quantile(&first_writes, 0.99);
         let release_requests: Vec<_> =
             release_answered.into_iter().filter(|r| made_by(operator.kind, &r.user_agent)).collect();
         figures.release_requests = release_requests.len();
