@@ -141,6 +141,31 @@ pub fn first_after_patches(
     first.iter().filter_map(|(name, at)| (*at - patched[name]).to_std().ok()).collect()
 }
 
+/// The most requests of `kind`'s operator the API server held at once, watches left out
+/// (each holds its stream for as long as it runs): from each request's receipt to its
+/// answer's completion. Over HTTP/2 every request shares one connection, whose streams
+/// the server limits; a flat ceiling here is that limit. Pure.
+pub fn most_in_flight(records: &[AuditRecord], kind: OperatorKind) -> usize {
+    let mut changes: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    for r in records {
+        if r.verb == "watch" || r.stage != "ResponseComplete" || !made_by(kind, &r.user_agent) {
+            continue;
+        }
+        if let Some(received) = r.received {
+            changes.push((received, 1));
+            changes.push((r.at, -1));
+        }
+    }
+    // At equal times an answer completes before the next request counts.
+    changes.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, change) in changes {
+        now += change;
+        most = most.max(now);
+    }
+    most.max(0) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +192,31 @@ mod tests {
             stage: "ResponseComplete".into(),
             code: Some(code),
             at: format!("2026-01-01T00:00:{at}Z").parse().unwrap(),
+            received: None,
         }
+    }
+
+    #[test]
+    fn requests_in_flight_are_counted_from_receipt_to_answer_without_watches() {
+        let petrel = "petrel/0.1.0";
+        let request = |verb: &str, agent: &str, from: &str, to: &str| AuditRecord {
+            received: Some(format!("2026-01-01T00:00:{from}Z").parse().unwrap()),
+            ..record(agent, verb, "deployments", "app-1", 200, to)
+        };
+        let records = vec![
+            request("patch", petrel, "01.0", "03.0"),
+            request("get", petrel, "02.0", "04.0"),
+            request("patch", petrel, "03.0", "05.0"),
+            request("watch", petrel, "00.0", "09.0"),
+            request("patch", "canary-bench", "02.5", "02.6"),
+            record(petrel, "patch", "deployments", "app-2", 200, "02.0"),
+        ];
+        assert_eq!(
+            most_in_flight(&records, OperatorKind::Petrel),
+            2,
+            "the third starts as the first ends; a watch, another client's request and a line without its receipt do not count"
+        );
+        assert_eq!(most_in_flight(&records, OperatorKind::Flagger), 0);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct RoundFigures {
     /// name (the audit log): its first reaction, often the canary's scale-up.
     pub first_write_p50: Option<Duration>,
     pub first_write_p99: Option<Duration>,
+    /// The most of the operator's requests (watches left out) the API server held at once
+    /// during the release (the audit log).
+    pub release_most_in_flight: usize,
     /// petrel only: reconciles of Canaries during the release (woken and requeued alike;
     /// `petrel_reconcile_duration_seconds`).
     pub release_reconciles: Option<f64>,
@@ -137,6 +140,11 @@ const ROWS: &[Row] = &[
     Row { label: "release: reconciles (petrel's histogram)", value: |f| f.release_reconciles, show: count },
     Row { label: "release: all Succeeded", value: |f| d(f.all_succeeded), show: secs },
     Row { label: "release: API requests", value: |f| Some(f.release_requests as f64), show: count },
+    Row {
+        label: "release: most requests in flight at the API server (audit log)",
+        value: |f| Some(f.release_most_in_flight as f64),
+        show: count,
+    },
     Row {
         label: "release: API requests per Canary",
         value: |f| (f.n > 0).then(|| f.release_requests as f64 / f.n as f64),

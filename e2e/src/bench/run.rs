@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::audit::{AuditTail, Reaction, first_after_patches, made_by};
+use super::audit::{AuditTail, Reaction, first_after_patches, made_by, most_in_flight};
 use super::report::RoundFigures;
 use super::stats::{
     cpu_time, histogram_buckets, histogram_count, histogram_quantile, load_average, quantile, status_bytes,
@@ -310,6 +310,7 @@ impl BenchEnv {
         figures.api_detection_p99 = quantile(&api_detections, 0.99);
         figures.first_write_p50 = quantile(&first_writes, 0.5);
         figures.first_write_p99 = quantile(&first_writes, 0.99);
+        figures.release_most_in_flight = most_in_flight(&release_answered, operator.kind);
         let release_requests: Vec<_> =
             release_answered.into_iter().filter(|r| made_by(operator.kind, &r.user_agent)).collect();
         figures.release_requests = release_requests.len();

@@ -36,7 +36,10 @@ pub struct AuditRecord {
     /// `ResponseStarted` (watches) or `ResponseComplete`.
     pub stage: String,
     pub code: Option<u16>,
+    /// When the request's answer completed (or, for a watch, started): `stageTimestamp`.
     pub at: DateTime<Utc>,
+    /// When the API server received the request: `requestReceivedTimestamp`.
+    pub received: Option<DateTime<Utc>>,
 }
 
 impl AuditRecord {
@@ -70,6 +73,7 @@ struct RawEvent {
     object_ref: Option<RawObjectRef>,
     response_status: Option<RawStatus>,
     stage_timestamp: DateTime<Utc>,
+    request_received_timestamp: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,6 +110,7 @@ pub fn parse_audit_log(text: &str) -> Vec<AuditRecord> {
                 stage: raw.stage,
                 code: raw.response_status.and_then(|s| s.code),
                 at: raw.stage_timestamp,
+                received: raw.request_received_timestamp,
             }
         })
         .collect()
