@@ -61,7 +61,7 @@ pub fn ledger_key(kind: &str, namespace: &str, name: &str) -> String {
 impl WriteLedger {
     /// Whether applying `manifest` would change nothing petrel wrote: it is what was last
     /// applied, and the object is still at the version that apply returned.
-    pub fn unchanged(&self, key: &str, manifest: &Value, observed: &Observed) -> bool {
+    fn unchanged(&self, key: &str, manifest: &Value, observed: &Observed) -> bool {
         let written = self.lock();
         let Some(last) = written.get(key) else { return false };
         let same_version = match observed {
@@ -99,7 +99,7 @@ impl WriteLedger {
     }
 
     /// Records a successful apply and the resourceVersion it returned.
-    pub fn record(&self, key: String, manifest: &Value, resource_version: Option<String>) {
+    fn record(&self, key: String, manifest: &Value, resource_version: Option<String>) {
         self.lock().insert(key, Written { digest: digest(manifest), resource_version, owner: canary_owner(manifest) });
     }
 
