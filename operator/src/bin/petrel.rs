@@ -106,6 +106,12 @@ struct Args {
     /// shards nobody holds). Taken modulo --shards.
     #[arg(long, env = "PETREL_SHARD_INDEX")]
     shard_index: Option<u32>,
+    /// HTTP/2 connections to the API server: the watches keep the first, the other
+    /// requests are dealt over the rest. kube-apiserver takes at most 100 requests at once
+    /// on one connection, so a release of many Canaries queues inside petrel below about
+    /// 100 per connection. 1: everything on one connection.
+    #[arg(long, env = "PETREL_API_CONNECTIONS", default_value_t = petrel::client::DEFAULT_API_CONNECTIONS)]
+    api_connections: std::num::NonZeroUsize,
 }
 
 /// Why the flags cannot run together.
@@ -185,7 +191,10 @@ fn init_tracing(json: bool) {
 }
 
 /// The client, and the API server's URL for messages.
-async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<(kube::Client, String)> {
+async fn client(
+    kubeconfig: Option<&std::path::Path>,
+    connections: std::num::NonZeroUsize,
+) -> anyhow::Result<(kube::Client, String)> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -200,7 +209,7 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<(kube::C
     let server = config.cluster_url.to_string();
     // kube's read timeout bounds the wait for each answer; a watch's answer starts at once.
     let answer_timeout = config.read_timeout;
-    Ok((petrel::client::build(config, answer_timeout).context("creating the Kubernetes client")?, server))
+    Ok((petrel::client::build(config, answer_timeout, connections).context("creating the Kubernetes client")?, server))
 }
 
 /// One binary, two programs: run by the name `kubectl-petrel` (the image links that name
@@ -271,7 +280,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(election) = &election {
         election.validate()?;
     }
-    let (client, server) = client(args.kubeconfig.as_deref()).await?;
+    let (client, server) = client(args.kubeconfig.as_deref(), args.api_connections).await?;
     // Unreachable, unauthenticated, not allowed, no CRDs: said now, in one line, rather
     // than by a pod that never turns ready.
     petrel::preflight::check(&client, &server, args.mode == Mode::Hub, args.namespace.as_deref()).await?;

@@ -155,7 +155,7 @@ pub async fn member_client(
     answer_timeout: Duration,
 ) -> Result<Client, MemberClientError> {
     let config = member_watch_config(cluster, kubeconfig).await?;
-    crate::client::build(config, Some(answer_timeout))
+    crate::client::build(config, Some(answer_timeout), std::num::NonZeroUsize::MIN)
         .map_err(|source| MemberClientError::Client { cluster: cluster.to_string(), source: Box::new(source) })
 }
 
@@ -406,73 +406,9 @@ current-context: eu-1
         assert!(matches!(event, kube::api::WatchEvent::Added(_)), "{event:?}");
     }
 
-    /// A member on loopback behind TLS that offers HTTP/2 and HTTP/1.1 (ALPN), as a
-    /// Kubernetes API server does: answers a watch with one event and keeps it open, and
-    /// any other request with a ConfigMap. Returns its kubeconfig, the number of TCP
-    /// connections accepted and the HTTP version of every request.
+    /// The API server of `crate::client::tests::tls_api_server`, with its kubeconfig.
     async fn tls_member() -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<http::Version>>>) {
-        use futures::StreamExt as _;
-        use http_body_util::{Full, StreamBody};
-        use hyper::body::{Bytes, Frame};
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use tokio_rustls::rustls;
-
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
-            .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let versions = Arc::new(Mutex::new(Vec::new()));
-        let (accepted, seen) = (connections.clone(), versions.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(tcp).await else { return };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                        seen.lock().unwrap().push(request.version());
-                        let watch = request.uri().query().is_some_and(|q| q.contains("watch=true"));
-                        async move {
-                            let body: http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> = if watch {
-                                let event = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","resourceVersion":"2"}}}"#;
-                                let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
-                                    Bytes::from(format!("{event}\n")),
-                                ))]);
-                                http_body_util::BodyExt::boxed(StreamBody::new(first.chain(futures::stream::pending())))
-                            } else {
-                                let object = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","resourceVersion":"2"}}"#;
-                                http_body_util::BodyExt::boxed(Full::new(Bytes::from(object)))
-                            };
-                            let mut response = http::Response::new(body);
-                            response
-                                .headers_mut()
-                                .insert("content-type", http::HeaderValue::from_static("application/json"));
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let io = TokioIo::new(stream);
-                    let _ = if h2 {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service)
-                            .await
-                    } else {
-                        hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
-                    };
-                });
-            }
-        });
+        let (addr, connections, versions) = crate::client::tests::tls_api_server().await;
         (KUBECONFIG.replace("127.0.0.1:6443", &addr.to_string()), connections, versions)
     }
 

@@ -166,7 +166,7 @@ impl FakeApi {
         let mut config = Config::new(self.hub_url.parse().context("the fake API's address")?);
         config.accept_invalid_certs = self.hub_url.starts_with("https://");
         let answer_timeout = config.read_timeout;
-        Ok(petrel::client::build(config, answer_timeout)?)
+        Ok(petrel::client::build(config, answer_timeout, petrel::client::DEFAULT_API_CONNECTIONS)?)
     }
 
     async fn bench_state(&self) -> Result<Value> {
