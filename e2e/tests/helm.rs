@@ -393,6 +393,16 @@ fn the_reconcile_bound_becomes_one_flag() {
 }
 
 #[test]
+fn the_api_connections_become_one_flag_in_either_mode() {
+    let connections = |docs: &[Value]| -> Vec<String> {
+        args_of(find(docs, "Deployment", "petrel")).into_iter().filter(|a| a.starts_with("--api-connections")).collect()
+    };
+    assert_eq!(connections(&template(&[])), ["--api-connections=4"], "the chart's default");
+    assert_eq!(connections(&template(&["--set", "apiConnections=1"])), ["--api-connections=1"]);
+    assert_eq!(connections(&template(&["--set", "mode=hub", "--set", "apiConnections=2"])), ["--api-connections=2"]);
+}
+
+#[test]
 fn member_shards_become_a_statefulset_with_one_lease_per_shard() {
     let lease_names = |docs: &[Value]| -> Vec<String> {
         let role = find(docs, "Role", "petrel-leader-election");
@@ -459,6 +469,7 @@ fn the_values_schema_and_the_chart_refuse_bad_values() {
         (&["--set", "leaderElection.renewBeforeSeconds=15"][..], "renewBeforeSeconds must be smaller"),
         (&["--set", "member.egress.allowCidrs={everything}"][..], "/member/egress/allowCidrs/0"),
         (&["--set", "member.maxConcurrentReconciles=-1"][..], "/member/maxConcurrentReconciles"),
+        (&["--set", "apiConnections=0"][..], "/apiConnections"),
     ] {
         let mut all = vec!["template", "petrel", chart];
         all.extend_from_slice(args);
