@@ -6,6 +6,7 @@
 //! clone has `value-primary`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Service, ServicePort, ServiceSpec};
@@ -315,7 +316,7 @@ pub(crate) async fn read_apex(
     client: &Client,
     memory: &RouterMemory,
     canary: &Canary,
-) -> Result<Option<Service>, RouterError> {
+) -> Result<Option<Arc<Service>>, RouterError> {
     let namespace = namespace_of(canary)?;
     let name = ServiceNames::of(canary).apex;
     memory.services.get(client, &namespace, &name).await.map_err(|source| RouterError::Api {
@@ -368,7 +369,7 @@ pub async fn ensure_services(
 ) -> Result<PodSelector, RouterError> {
     let pods = target_pods(client, memory, canary).await?;
     let existing_apex = read_apex(client, memory, canary).await?;
-    let apex_target = apex_target_to_keep(existing_apex.as_ref(), &pods.selector);
+    let apex_target = apex_target_to_keep(existing_apex.as_deref(), &pods.selector);
     apply_service(client, memory, &build_primary_service(canary, &pods)?).await?;
     apply_service(client, memory, &build_canary_service(canary, &pods)?).await?;
     apply_service(client, memory, &build_apex_service(canary, &pods, apex_target)?).await?;

@@ -11,6 +11,7 @@
 //! Each is one call at the top of the reconcile; the decisions are pure functions in
 //! `workloads`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -173,16 +174,16 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
     let primary_name = workloads::primary_name(&target_name);
     let (target, primary) = match &snapshot {
         Some(s) => (Some(s.target.clone()), s.primary.clone()),
-        None => (None, get_deployment(&deployments, &primary_name).await?),
+        None => (None, get_deployment(&deployments, &primary_name).await?.map(Arc::new)),
     };
-    let live = |d: Option<Deployment>| d.filter(|d| d.meta().deletion_timestamp.is_none());
+    let live = |d: Option<Arc<Deployment>>| d.filter(|d| d.meta().deletion_timestamp.is_none());
     let view_of = |d: &Deployment, revision: Option<String>| WorkloadView {
         revision,
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         ready: workloads::deployment_health(d, 100, deadline, now) == crate::core::WorkloadHealth::Ready,
     };
     let target = live(target);
-    let primary = live(primary).filter(|p| workloads::primary::is_this_canarys(canary, p));
+    let primary = live(primary).filter(|p| workloads::primary::is_this_canarys(canary, p.as_ref()));
     let target_view = target.as_ref().map(|t| view_of(t, snapshot.as_ref().map(|s| s.revision.clone())));
     let primary_view = primary.as_ref().map(|p| view_of(p, None));
     let primary_restorable = match (&snapshot, &primary, &target) {
@@ -202,7 +203,7 @@ async fn observe(ctx: &Context, canary: &Canary) -> Result<Observed, Error> {
     };
     let provider = provider_of(canary, &ctx.settings).ok();
     let target_replicas =
-        workloads::scale_up_replicas(primary.as_ref(), snapshot.as_ref().and_then(|s| s.target_hpa_min_replicas));
+        workloads::scale_up_replicas(primary.as_deref(), snapshot.as_ref().and_then(|s| s.target_hpa_min_replicas));
     let deleted_at = canary.meta().deletion_timestamp.as_ref().map(|t| t.0);
     let deadline_passed = deleted_at.is_some_and(|at| {
         let elapsed = jiff_elapsed(at, now);
@@ -293,7 +294,7 @@ async fn refusal(
 ) -> Result<Option<super::claims::Refusal>, Error> {
     match snapshot {
         Some(snapshot) => {
-            super::canary::refusal_by_claims(ctx, canary, Some(&snapshot.target), snapshot.primary.as_ref()).await
+            super::canary::refusal_by_claims(ctx, canary, Some(&snapshot.target), snapshot.primary.as_deref()).await
         }
         None => {
             let neighbours = ctx.canaries.neighbours(&ctx.client, canary, &[]).await?;

@@ -3,6 +3,7 @@
 //! `PromoteCanaryToPrimary`) from that reading.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
@@ -31,8 +32,8 @@ const DEFAULT_READY_THRESHOLD_PERCENT: i32 = 100;
 /// A Canary's workloads as read at the start of a reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadSnapshot {
-    /// The user's Deployment (the canary).
-    pub target: Deployment,
+    /// The user's Deployment (the canary), shared with the watch cache.
+    pub target: Arc<Deployment>,
     pub selector: PodSelector,
     /// The ConfigMaps and Secrets the target's pods use (opted-out ones excluded).
     pub tracked: TrackedConfigs,
@@ -40,8 +41,8 @@ pub struct WorkloadSnapshot {
     pub revision: String,
     /// The target's release identity (its images).
     pub release: String,
-    /// The `-primary` Deployment, once created.
-    pub primary: Option<Deployment>,
+    /// The `-primary` Deployment, once created; shared with the watch cache.
+    pub primary: Option<Arc<Deployment>>,
     /// `minReplicas` of the target's HPA when `spec.autoscalerRef` names one (a KEDA
     /// ScaledObject's `minReplicaCount` when it is at least 1).
     pub target_hpa_min_replicas: Option<i32>,
@@ -187,7 +188,7 @@ pub async fn initialize_primary(
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
-    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
+    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_deref(), hpa_managed(canary));
     let primary = ensure_primary(client, configs, canary, snapshot, replicas).await?;
     deployments.wrote(&primary);
     Ok(primary)
@@ -271,7 +272,7 @@ pub async fn scale_canary_up(
     deployments: &DeploymentCache,
     snapshot: &WorkloadSnapshot,
 ) -> Result<i32, WorkloadError> {
-    let replicas = scale_up_replicas(snapshot.primary.as_ref(), snapshot.target_hpa_min_replicas);
+    let replicas = scale_up_replicas(snapshot.primary.as_deref(), snapshot.target_hpa_min_replicas);
     if let Some(scaler) = &snapshot.target_scaler {
         set_paused(client, scaler, false).await?;
     }
@@ -306,7 +307,7 @@ pub async fn promote_canary_to_primary(
     snapshot: &WorkloadSnapshot,
 ) -> Result<Deployment, WorkloadError> {
     ensure_primary_hpa(client, canary).await?;
-    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_ref(), hpa_managed(canary));
+    let replicas = primary_replicas(&snapshot.target, snapshot.primary.as_deref(), hpa_managed(canary));
     let primary = promote(client, configs, canary, snapshot, replicas).await?;
     deployments.wrote(&primary);
     Ok(primary)
@@ -1009,7 +1010,7 @@ mod tests {
     #[test]
     fn primary_health_before_creation_is_not_ready() {
         let snapshot = WorkloadSnapshot {
-            target: serde_json::from_value(target("podinfo:1")).unwrap(),
+            target: Arc::new(serde_json::from_value(target("podinfo:1")).unwrap()),
             selector: PodSelector { key: "app".into(), value: "podinfo".into() },
             tracked: TrackedConfigs::default(),
             revision: "r".into(),

@@ -235,7 +235,7 @@ pub async fn ensure_primary(
     let WorkloadSnapshot { target, selector, tracked, revision, .. } = snapshot;
     let (api, namespace) = deployment_api(client, target);
     let name = primary_name(&target.metadata.name.clone().unwrap_or_default());
-    if let Some(existing) = &snapshot.primary {
+    if let Some(existing) = snapshot.primary.as_deref() {
         if let Some(patch) = adoption_patch(canary, existing)? {
             // Its template is the promoted one from now on: kept, so it can be rebuilt.
             record_primary_revision(client, canary, existing).await?;

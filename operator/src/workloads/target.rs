@@ -74,7 +74,7 @@ impl TargetSnapshot {
     /// The `-primary` Deployment, when the target is a Deployment and petrel created it.
     pub fn primary_deployment(&self) -> Option<&Deployment> {
         match &self.kind {
-            TargetKind::Deployment(snapshot) => snapshot.primary.as_ref(),
+            TargetKind::Deployment(snapshot) => snapshot.primary.as_deref(),
             TargetKind::Knative(_) | TargetKind::DaemonSet(_) => None,
         }
     }
