@@ -187,12 +187,14 @@ where
     }
 
     /// The object `namespace/name` (`None`: it does not exist): the copy read before when
-    /// the watch shows it unchanged since, else read from the API server.
-    pub async fn get(&self, client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error> {
+    /// the watch shows it unchanged since, else read from the API server. Shared with what
+    /// is kept, not copied: a target using 200 ConfigMaps would otherwise copy all their
+    /// data on every reconcile.
+    pub async fn get(&self, client: &Client, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         if let Some(kept) = self.kept(namespace, name) {
             return Ok(Some(kept));
         }
-        let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?;
+        let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new);
         match &read {
             Some(object) => self.keep(object),
             None => {
@@ -205,22 +207,21 @@ where
     /// The object `namespace/name` as last read, without a request, while the watch shows
     /// it still at that resourceVersion; `None` otherwise (never read, changed since, or
     /// the watch does not keep its cache).
-    fn kept(&self, namespace: &str, name: &str) -> Option<K> {
+    fn kept(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let current = self.current_version(namespace, name)?;
         let key = ObjectRef::new(name).within(namespace);
-        let kept = self.lock().get(&key).filter(|(read_at, _)| *read_at == current).map(|(_, o)| o.clone())?;
-        Some(K::clone(&kept))
+        self.lock().get(&key).filter(|(read_at, _)| *read_at == current).map(|(_, o)| o.clone())
     }
 
     /// Keeps `object` as read at its resourceVersion (one without a version is forgotten).
     /// Nothing is kept without a watch to compare with.
-    fn keep(&self, object: &K) {
+    fn keep(&self, object: &Arc<K>) {
         let Some(namespace) = object.namespace().filter(|_| self.versions.is_some()) else {
             return;
         };
         let key = ObjectRef::new(&object.name_any()).within(&namespace);
         match object.resource_version() {
-            Some(version) => self.lock().insert(key, (version, Arc::new(object.clone()))),
+            Some(version) => self.lock().insert(key, (version, object.clone())),
             None => self.lock().remove(&key),
         };
     }
@@ -414,11 +415,13 @@ mod tests {
     async fn an_object_read_once_is_read_again_only_when_the_watch_shows_a_new_version() {
         let (client, gets) = api_answering(deployment("podinfo", "10", 1));
         let (reads, mut writer) = reads_comparing_with(&[deployment("podinfo", "10", 1)], true);
-        for _ in 0..3 {
+        let first = reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        for _ in 0..2 {
             let read = reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();
             assert_eq!(read.resource_version().as_deref(), Some("10"));
+            assert!(Arc::ptr_eq(&read, &first), "the object kept, shared rather than copied");
         }
-        assert_eq!(gets.load(Ordering::SeqCst), 1, "one GET, then the copy");
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "one GET, then the object kept");
         // The object changed: the watch shows version 11, so it is read again.
         writer.apply_watcher_event(&watcher::Event::Apply(meta_of(&deployment("podinfo", "11", 1))));
         reads.get(&client, "apps", "podinfo").await.unwrap().unwrap();

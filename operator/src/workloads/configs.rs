@@ -8,6 +8,7 @@
 //! Deployments use it as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Secret};
@@ -67,8 +68,8 @@ pub struct ConfigNames {
 /// The tracked ConfigMaps and Secrets of a target, as read from the API server.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrackedConfigs {
-    pub config_maps: Vec<ConfigMap>,
-    pub secrets: Vec<Secret>,
+    pub config_maps: Vec<Arc<ConfigMap>>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 impl TrackedConfigs {
@@ -178,8 +179,8 @@ pub fn secret_checksum(secret: &Secret) -> String {
 /// are left out.
 pub fn resolve_tracked_configs(
     refs: &ConfigRefs,
-    found_config_maps: Vec<ConfigMap>,
-    found_secrets: Vec<Secret>,
+    found_config_maps: Vec<Arc<ConfigMap>>,
+    found_secrets: Vec<Arc<Secret>>,
     namespace: &str,
     deployment: &str,
 ) -> Result<TrackedConfigs, WorkloadError> {
@@ -189,9 +190,9 @@ pub fn resolve_tracked_configs(
         name: name.to_string(),
         deployment: deployment.to_string(),
     };
-    let mut config_maps: BTreeMap<String, ConfigMap> =
+    let mut config_maps: BTreeMap<String, Arc<ConfigMap>> =
         found_config_maps.into_iter().map(|cm| (object_name(&cm.metadata), cm)).collect();
-    let mut secrets: BTreeMap<String, Secret> =
+    let mut secrets: BTreeMap<String, Arc<Secret>> =
         found_secrets.into_iter().map(|secret| (object_name(&secret.metadata), secret)).collect();
 
     let mut tracked = TrackedConfigs::default();
@@ -624,6 +625,10 @@ mod tests {
         assert!(!tracking_disabled(&meta));
     }
 
+    fn shared<K>(objects: Vec<K>) -> Vec<Arc<K>> {
+        objects.into_iter().map(Arc::new).collect()
+    }
+
     #[test]
     fn resolve_tracks_found_objects_and_skips_optional_and_opted_out() {
         let refs = referenced_configs(&pod_spec_with_every_reference());
@@ -631,8 +636,8 @@ mod tests {
         opted_out.metadata.annotations = Some(labels(&[("flagger.app/config-tracking", "disabled")]));
         let tracked = resolve_tracked_configs(
             &refs,
-            vec![config_map("env-cm", &[("x", "1")]), opted_out, config_map("vol-cm", &[])],
-            vec![secret("init-secret", &[]), secret("proj-secret", &[]), secret("vol-secret", &[])],
+            shared(vec![config_map("env-cm", &[("x", "1")]), opted_out, config_map("vol-cm", &[])]),
+            shared(vec![secret("init-secret", &[]), secret("proj-secret", &[]), secret("vol-secret", &[])]),
             "apps",
             "podinfo",
         )
@@ -657,8 +662,8 @@ mod tests {
         let refs = referenced_configs(&pod_spec_with_every_reference());
         let error = resolve_tracked_configs(
             &refs,
-            vec![config_map("env-cm", &[]), config_map("key-cm", &[]), config_map("vol-cm", &[])],
-            vec![secret("init-secret", &[]), secret("proj-secret", &[])],
+            shared(vec![config_map("env-cm", &[]), config_map("key-cm", &[]), config_map("vol-cm", &[])]),
+            shared(vec![secret("init-secret", &[]), secret("proj-secret", &[])]),
             "apps",
             "podinfo",
         )
