@@ -197,15 +197,19 @@ async fn events_fold_repeats_into_series_across_status_writes() {
         json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "subject" }, "data": { "v": "1" } });
     let created = config_maps.create(&PostParams::default(), &serde_json::from_value(subject).unwrap()).await.unwrap();
     let recorder = petrel::events::EventRecorder::new(client.clone(), "petrel-e2e", Some("replica-0".into()));
-    recorder.publish(&created.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    // Queued, and written in order by the object's lane; drained before each look.
+    let drained = std::time::Duration::from_secs(20);
+    assert!(recorder.publish(&created.object_ref(&()), "Waiting", "podinfo is not ready", false));
+    assert!(recorder.drain(drained).await);
     let changed = config_maps
         .patch("subject", &PatchParams::default(), &Patch::Merge(json!({ "data": { "v": "2" } })))
         .await
         .unwrap();
     assert_ne!(changed.metadata.resource_version, created.metadata.resource_version);
-    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
-    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
-    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo-primary is not ready", true).await.unwrap();
+    assert!(recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false));
+    assert!(recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false));
+    assert!(recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo-primary is not ready", true));
+    assert!(recorder.drain(drained).await);
 
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let of_subject = async || -> Vec<Event> {
@@ -234,7 +238,8 @@ async fn events_fold_repeats_into_series_across_status_writes() {
 
     // The Event is gone (the API server's TTL, or someone deleted it): a repeat is new.
     events.delete(first.metadata.name.as_deref().unwrap(), &DeleteParams::default()).await.unwrap();
-    recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false).await.unwrap();
+    assert!(recorder.publish(&changed.object_ref(&()), "Waiting", "podinfo is not ready", false));
+    assert!(recorder.drain(drained).await);
     let list = of_subject().await;
     let again: Vec<_> =
         list.iter().filter(|e| e.note.as_deref() == Some("podinfo is not ready")).map(|e| e.series.clone()).collect();

@@ -351,7 +351,7 @@ async fn notify(
                     event: None,
                 };
                 if let Err(e) = run_hooks(&ctx.http, canary, *hook_type, &hook_ctx).await {
-                    ctx.events.publish(canary, "WebhookFailed", &e.to_string(), true).await;
+                    ctx.events.publish(canary, "WebhookFailed", &e.to_string(), true);
                 }
             }
             Action::Event { reason, message, warning, mute_alert } => {
@@ -392,7 +392,7 @@ fn alert_of(cluster: &str, canary: &Canary, next: &CanaryStatus, notice: &Notice
 /// forwarding can fail the reconcile.
 async fn publish(ctx: &Context, source: &KubeSource, canary: &Canary, next: &CanaryStatus, notice: &Notice<'_>) {
     let Notice { reason, message, warning, .. } = *notice;
-    ctx.events.publish(canary, reason, message, warning).await;
+    ctx.events.publish(canary, reason, message, warning);
     let has_event_hooks =
         canary.spec.analysis.as_ref().is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == HookType::Event));
     if has_event_hooks {
@@ -412,7 +412,7 @@ async fn publish(ctx: &Context, source: &KubeSource, canary: &Canary, next: &Can
     if let Some(alert) = alert_of(&ctx.settings.cluster_name, canary, next, notice) {
         for e in send_alerts(&ctx.http, source, canary, &alert).await {
             ctx.metrics.record_alert_failure(canary, e.alert(), e.kind());
-            ctx.events.publish(canary, "AlertFailed", &e.to_string(), true).await;
+            ctx.events.publish(canary, "AlertFailed", &e.to_string(), true);
         }
     }
 }
@@ -445,7 +445,7 @@ fn stall<'a>(
             return Ok(Requeue::requeue(CONFLICT_RETRY));
         }
         if !already {
-            ctx.events.publish(canary, reason, message, true).await;
+            ctx.events.publish(canary, reason, message, true);
         }
         Ok(Requeue::requeue(STALLED_RECHECK))
     })

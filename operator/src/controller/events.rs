@@ -17,17 +17,20 @@ impl EventSink {
         Self { recorder: EventRecorder::new(client, "petrel", instance) }
     }
 
-    /// Records an Event. Failing to record one is logged, never fatal: events report a
-    /// release, they do not drive it.
-    pub async fn publish(&self, canary: &Canary, reason: &str, message: &str, warning: bool) {
+    /// Records an Event: logged now, published soon (see [`crate::events`]). Failing to
+    /// record one is logged, never fatal: events report a release, they do not drive it.
+    pub fn publish(&self, canary: &Canary, reason: &str, message: &str, warning: bool) {
         if warning {
             warn!(canary = %canary_name(canary), reason, message, "event");
         } else {
             info!(canary = %canary_name(canary), reason, message, "event");
         }
-        if let Err(e) = self.recorder.publish(&canary.object_ref(&()), reason, message, warning).await {
-            warn!(canary = %canary_name(canary), reason, error = %e, "could not record event");
-        }
+        self.recorder.publish(&canary.object_ref(&()), reason, message, warning);
+    }
+
+    /// Waits for the queued Events to be published, at most `within` (for a shutdown).
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        self.recorder.drain(within).await
     }
 }
 

@@ -128,7 +128,7 @@ async fn hand_over(ctx: &Context, canary: &Canary) -> Result<Requeue, Error> {
 
 async fn release(ctx: &Context, canary: &Canary, reason: &str, message: &str, warning: bool) -> Result<Requeue, Error> {
     // Published while the Canary still exists, so the Event names a live object.
-    ctx.events.publish(canary, reason, message, warning).await;
+    ctx.events.publish(canary, reason, message, warning);
     if let Some(patch) = remove_finalizer_patch(canary) {
         patch_finalizers(ctx, canary, patch).await?;
     }
@@ -467,7 +467,7 @@ pub(super) async fn restore_primary(
 ) -> Result<Option<Stall>, Error> {
     match workloads::restore_missing_primary(&ctx.client, canary, snapshot, revision_of_the_primary(status)).await {
         Ok(Some(message)) => {
-            ctx.events.publish(canary, "PrimaryRestored", &message, true).await;
+            ctx.events.publish(canary, "PrimaryRestored", &message, true);
             Ok(None)
         }
         Ok(None) => Ok(None),
@@ -521,14 +521,14 @@ pub(super) async fn retire_previous_router(
             let message = format!(
                 "spec.provider changed from {previous_name} to {provider}: the {previous_name} routes were removed before the {provider} routes are written"
             );
-            ctx.events.publish(canary, "ProviderChanged", &message, false).await;
+            ctx.events.publish(canary, "ProviderChanged", &message, false);
             Ok(())
         }
         Err(e @ RouterError::InvalidCanary { .. }) => {
             let message = format!(
                 "spec.provider changed from {previous_name} to {provider}, but the {previous_name} routes cannot be found from this spec ({e}); remove them by hand"
             );
-            ctx.events.publish(canary, "PreviousRoutesLeft", &message, true).await;
+            ctx.events.publish(canary, "PreviousRoutesLeft", &message, true);
             Ok(())
         }
         Err(e) => {

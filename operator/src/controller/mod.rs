@@ -584,6 +584,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             knative,
         );
     }
+    let events = ctx.events.clone();
     let controller = controller
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile_as_task, error_policy, ctx)
@@ -600,6 +601,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
     }
     forget.abort();
     alert_providers.abort();
+    events.drain(crate::events::DRAIN_ON_SHUTDOWN).await;
     info!("Canary controller stopped");
     Ok(())
 }

@@ -242,7 +242,7 @@ pub(crate) async fn publish_on(
     } else {
         info!(kind, name, reason, message, "event");
     }
-    if let Err(e) = ctx.recorder.publish(object, reason, message, warning).await {
+    if let Err(e) = ctx.recorder.write_now(object, reason, message, warning).await {
         warn!(kind, name, reason, error = %e, "could not record event");
     }
 }
