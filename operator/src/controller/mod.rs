@@ -69,8 +69,10 @@ pub struct Settings {
 /// 0, no bound. A bound trades detection for memory: without one each Canary woken at
 /// once holds its reconcile's future, buffers and an HTTP connection at the same time;
 /// with 32, a release of 300 Canaries peaked 16 MiB lower, but a release of 1,000 waited
-/// its turn (detection p99 14.6 s, against the issue's 5 s). Until a bound is measured
-/// that keeps detection, none is the default (docs/benchmarks.md, issue 15).
+/// its turn (detection p99 14.6 s, against the issue's 5 s). Measured again with four
+/// API connections at 1,000: 100 and 300 took 27–32 MiB off the peak, but detection was
+/// 18.5 s p99 with 100 and 3.28 s p50 with 300 (2.27 s with none), and initializing took
+/// 1.3–1.5 times as long. None is the default (docs/benchmarks.md, issue 15).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 0;
 
 /// Everything a reconcile needs, shared across reconciles.
