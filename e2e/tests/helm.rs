@@ -393,6 +393,22 @@ fn the_reconcile_bound_becomes_one_flag() {
 }
 
 #[test]
+fn the_initialization_bound_becomes_one_flag() {
+    let bound = |docs: &[Value]| -> Vec<String> {
+        args_of(find(docs, "Deployment", "petrel"))
+            .into_iter()
+            .filter(|a| a.starts_with("--max-concurrent-initializations"))
+            .collect()
+    };
+    assert_eq!(bound(&template(&[])), ["--max-concurrent-initializations=64"], "the chart's default");
+    assert_eq!(
+        bound(&template(&["--set", "member.maxConcurrentInitializations=0"])),
+        ["--max-concurrent-initializations=0"]
+    );
+    assert!(bound(&template(&["--set", "mode=hub"])).is_empty(), "a member flag on the hub");
+}
+
+#[test]
 fn the_api_connections_become_one_flag_in_either_mode() {
     let connections = |docs: &[Value]| -> Vec<String> {
         args_of(find(docs, "Deployment", "petrel")).into_iter().filter(|a| a.starts_with("--api-connections")).collect()
@@ -469,6 +485,7 @@ fn the_values_schema_and_the_chart_refuse_bad_values() {
         (&["--set", "leaderElection.renewBeforeSeconds=15"][..], "renewBeforeSeconds must be smaller"),
         (&["--set", "member.egress.allowCidrs={everything}"][..], "/member/egress/allowCidrs/0"),
         (&["--set", "member.maxConcurrentReconciles=-1"][..], "/member/maxConcurrentReconciles"),
+        (&["--set", "member.maxConcurrentInitializations=-1"][..], "/member/maxConcurrentInitializations"),
         (&["--set", "apiConnections=0"][..], "/apiConnections"),
     ] {
         let mut all = vec!["template", "petrel", chart];

@@ -16,6 +16,9 @@ pub struct RoundFigures {
     /// From creating the Canaries until every one is Initialized.
     pub init: Option<Duration>,
     pub init_requests: usize,
+    /// Peak resident memory of the operator from its start to the end of the
+    /// initialization (`VmHWM` then).
+    pub init_peak_rss_bytes: u64,
     /// Operator requests per minute while every Canary is idle.
     pub idle_requests_per_minute: f64,
     /// Operator CPU while idle, in percent of one core.
@@ -110,6 +113,7 @@ fn d(v: Option<Duration>) -> Option<f64> {
 const ROWS: &[Row] = &[
     Row { label: "initialize all N", value: |f| d(f.init), show: secs },
     Row { label: "requests to initialize", value: |f| Some(f.init_requests as f64), show: count },
+    Row { label: "initialize: operator peak RSS (VmHWM)", value: |f| Some(f.init_peak_rss_bytes as f64), show: mib },
     Row { label: "idle: requests per minute", value: |f| Some(f.idle_requests_per_minute), show: per_minute },
     Row { label: "idle: operator CPU (of one core)", value: |f| Some(f.idle_cpu_percent), show: percent },
     Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },

@@ -241,6 +241,7 @@ impl BenchEnv {
         let init_to = Utc::now();
         figures.init = initialized.then(|| init_started.elapsed());
         figures.init_requests = self.audit.requests(operator.kind, init_from, init_to).await?.len();
+        figures.init_peak_rss_bytes = status_bytes(pid, "VmHWM:").unwrap_or(0);
         if !initialized {
             eprintln!("canary-bench:   not every Canary initialized within {:?}", options.init_timeout);
         }

@@ -95,6 +95,11 @@ struct Args {
     /// queue. Each one in flight holds memory and an API server connection; 0: no bound.
     #[arg(long, env = "PETREL_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES)]
     max_concurrent_reconciles: u16,
+    /// At most this many reconciles of Canaries not yet initialized run at once (Git
+    /// applying many Canaries together); Canaries already initialized never wait for them.
+    /// 0: no bound.
+    #[arg(long, env = "PETREL_MAX_CONCURRENT_INITIALIZATIONS", default_value_t = controller::DEFAULT_MAX_CONCURRENT_INITIALIZATIONS)]
+    max_concurrent_initializations: u16,
     /// Split the Canaries over this many shards, by a stable hash of namespace/name: each
     /// replica holds the Lease `<lease-name>-shard-<i>` of one shard (or more, when
     /// replicas are missing) and reconciles only its Canaries. Run as many replicas as
@@ -338,6 +343,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             readiness: readiness.clone(),
             canaries: Default::default(),
             shards,
+            initializations: controller::ReconcileGate::new(args.max_concurrent_initializations),
         });
         controller::run(ctx, args.namespace, controllers_shutdown).await
     };
@@ -398,6 +404,16 @@ mod tests {
         assert_eq!(bound(&["petrel"]), petrel::controller::DEFAULT_MAX_CONCURRENT_RECONCILES);
         assert_eq!(bound(&["petrel", "--max-concurrent-reconciles", "0"]), 0, "0: no bound");
         assert!(super::Args::try_parse_from(["petrel", "--max-concurrent-reconciles", "-1"]).is_err());
+    }
+
+    #[test]
+    fn initializations_are_bounded_unless_the_flag_says_otherwise() {
+        use clap::Parser;
+        let bound = |args: &[&str]| super::Args::try_parse_from(args).unwrap().max_concurrent_initializations;
+        assert_eq!(bound(&["petrel"]), petrel::controller::DEFAULT_MAX_CONCURRENT_INITIALIZATIONS);
+        assert_eq!(bound(&["petrel", "--max-concurrent-initializations", "0"]), 0, "0: no bound");
+        assert_eq!(bound(&["petrel", "--max-concurrent-initializations=8"]), 8);
+        assert!(super::Args::try_parse_from(["petrel", "--max-concurrent-initializations", "-1"]).is_err());
     }
 
     #[test]

@@ -731,6 +731,7 @@ mod tests {
             readiness,
             canaries: Default::default(),
             shards,
+            initializations: super::super::ReconcileGate::new(super::super::DEFAULT_MAX_CONCURRENT_INITIALIZATIONS),
         });
         (ctx, handle)
     }

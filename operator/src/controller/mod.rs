@@ -75,6 +75,62 @@ pub struct Settings {
 /// 1.3–1.5 times as long. None is the default (docs/benchmarks.md, issue 15).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 0;
 
+/// How many reconciles of Canaries not yet initialized (phase `Initializing`) run at once
+/// unless `--max-concurrent-initializations` says otherwise. When Git applies 1,000
+/// Canaries at once, each one's initialization (the primary, the Services, the routes)
+/// waits on a loaded API server, and all of them in flight together made the peak of
+/// the process's memory, which a busy allocator then keeps (docs/benchmarks.md). Unlike
+/// `--max-concurrent-reconciles`, this bound never delays a Canary already initialized:
+/// the detection of a new revision, an analysis, a rollback do not wait behind it.
+pub const DEFAULT_MAX_CONCURRENT_INITIALIZATIONS: u16 = 64;
+
+/// At most so many reconciles of one kind in flight, the others waiting for a permit
+/// before their reconcile exists. Cheap to clone; clones share the permits.
+#[derive(Clone, Debug)]
+pub struct ReconcileGate {
+    /// `None`: no bound.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl ReconcileGate {
+    /// A gate letting `bound` reconciles through at once; 0: all of them.
+    pub fn new(bound: u16) -> Self {
+        ReconcileGate { permits: (bound > 0).then(|| Arc::new(tokio::sync::Semaphore::new(usize::from(bound)))) }
+    }
+
+    /// Starts the reconcile `start` makes once a permit is free, as a task of its own (see
+    /// [`as_task`]) that keeps the permit until it ends. The reconcile is made only then, so
+    /// one waiting here holds its Canary and context, not a reconcile's state.
+    fn start<S, F>(&self, start: S) -> impl Future<Output = Result<Action, Error>> + Send + 'static + use<S, F>
+    where
+        S: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<Action, Error>> + Send + 'static,
+    {
+        let permits = self.permits.clone();
+        async move {
+            let permit = match permits {
+                Some(permits) => {
+                    Some(permits.acquire_owned().await.map_err(|e| Error::Stopped { message: e.to_string() })?)
+                }
+                None => None,
+            };
+            let reconcile = start();
+            as_task(async move {
+                let _permit = permit;
+                reconcile.await
+            })
+            .await
+        }
+    }
+}
+
+/// The gate a reconcile of `canary` passes: `initializations` when the reconcile
+/// initializes it (no status yet, or `Initializing`), none otherwise.
+fn gate_for(canary: &Canary, initializations: &ReconcileGate) -> ReconcileGate {
+    let initializing = canary.status.as_ref().is_none_or(|status| status.phase == crate::api::Phase::Initializing);
+    if initializing { initializations.clone() } else { ReconcileGate::new(0) }
+}
+
 /// Everything a reconcile needs, shared across reconciles.
 pub struct Context {
     pub client: Client,
@@ -93,6 +149,9 @@ pub struct Context {
     /// The shards this replica holds (`--shards N`); a reconcile of a Canary of another
     /// shard returns without reading or writing. `HeldShards::new(1)`: every Canary.
     pub shards: crate::shard::HeldShards,
+    /// Bounds the reconciles of Canaries being initialized
+    /// (`--max-concurrent-initializations`, [`DEFAULT_MAX_CONCURRENT_INITIALIZATIONS`]).
+    pub initializations: ReconcileGate,
 }
 
 /// What the controller keeps between reconciles; all of it is rebuilt from the API
@@ -302,8 +361,11 @@ fn reconcile_as_task(
     canary: Arc<Canary>,
     ctx: Arc<Context>,
 ) -> impl Future<Output = Result<Action, Error>> + Send + 'static {
-    as_task(async move {
-        // Measured at the task's first poll, so the wait for a worker thread counts too.
+    // Only initializations wait for a permit: a Canary already initialized (a release to
+    // detect, an analysis to run) never waits behind the Canaries Git just applied.
+    gate_for(&canary, &ctx.initializations).start(move || async move {
+        // Measured at the task's first poll, so the wait for a worker thread (and for a
+        // permit) counts too.
         if let Some(waited) = ctx.caches.wakes.served(&ObjectRef::from_obj(canary.as_ref())) {
             ctx.metrics.record_reconcile_wait(crate::telemetry::CANARY_CONTROLLER, waited);
         }
@@ -657,6 +719,84 @@ mod tests {
         let bytes = std::mem::size_of_val(&held);
         assert!(bytes <= 64, "the future kube-runtime holds is {bytes} bytes");
         assert_eq!(held.await.unwrap(), Action::await_change());
+    }
+
+    /// With a bound of 1 the second initialization is not even made until the first ends,
+    /// so what waits is a few hundred bytes, not a reconcile; without a bound both start.
+    #[tokio::test]
+    async fn an_initialization_waits_for_a_permit_before_its_reconcile_exists() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let (release_first, first_released) = tokio::sync::oneshot::channel::<()>();
+        let gate = ReconcileGate::new(1);
+        let first = gate.start({
+            let made = made.clone();
+            move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let _ = first_released.await;
+                    Ok(Action::await_change())
+                }
+            }
+        });
+        let second = gate.start({
+            let made = made.clone();
+            move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let state = [1u8; 16 << 10];
+                    tokio::task::yield_now().await;
+                    Ok(if state.iter().all(|b| *b == 1) {
+                        Action::requeue(Duration::from_secs(1))
+                    } else {
+                        Action::await_change()
+                    })
+                }
+            }
+        });
+        let bytes = std::mem::size_of_val(&second);
+        assert!(bytes <= 256, "a waiting reconcile is held in {bytes} bytes");
+        let (first, mut second) = (tokio::spawn(first), tokio::spawn(second));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(made.load(Ordering::SeqCst), 1, "the second waits for the first's permit");
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut second).await.is_err());
+        release_first.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), Action::await_change());
+        assert_eq!(second.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(made.load(Ordering::SeqCst), 2);
+
+        let unbounded = ReconcileGate::new(0);
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn(unbounded.start(move || async move {
+            let _ = held.await;
+            Ok(Action::await_change())
+        }));
+        let other = unbounded.start(|| async { Ok(Action::requeue(Duration::ZERO)) });
+        assert_eq!(other.await.unwrap(), Action::requeue(Duration::ZERO), "no bound: nothing waits");
+        hold.send(()).unwrap();
+        waiting.await.unwrap().unwrap();
+    }
+
+    /// Only Canaries not yet initialized pass the initialization gate: a full gate never
+    /// holds up the detection of a release or an analysis.
+    #[tokio::test]
+    async fn only_initializations_wait_at_the_initialization_gate() {
+        use crate::api::{CanaryStatus, Phase};
+        let full = ReconcileGate::new(1);
+        let _taken = full.permits.clone().unwrap().acquire_owned().await.unwrap();
+        let with_phase = |phase: Option<Phase>| {
+            let mut c = canary("podinfo");
+            c.status = phase.map(|phase| CanaryStatus { phase, ..CanaryStatus::default() });
+            c
+        };
+        for phase in [None, Some(Phase::Initializing)] {
+            let waits = gate_for(&with_phase(phase), &full).start(|| async { Ok(Action::await_change()) });
+            assert!(tokio::time::timeout(Duration::from_millis(20), waits).await.is_err(), "{phase:?} waits");
+        }
+        for phase in Phase::ALL.into_iter().filter(|p| *p != Phase::Initializing) {
+            let passes = gate_for(&with_phase(Some(phase)), &full).start(|| async { Ok(Action::await_change()) });
+            let done = tokio::time::timeout(Duration::from_secs(5), passes).await;
+            assert_eq!(done.unwrap_or_else(|_| panic!("{phase:?} waited")).unwrap(), Action::await_change());
+        }
     }
 
     /// A reconcile that panics fails like any other (retried by the error policy), and
