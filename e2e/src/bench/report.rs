@@ -26,6 +26,11 @@ pub struct RoundFigures {
     pub idle_calls: Vec<(String, usize)>,
     /// Resident memory of the operator at the end of the idle window (`VmRSS`).
     pub idle_rss_bytes: u64,
+    /// The two parts of it that matter: anonymous memory (the heap: caches and the rest,
+    /// `RssAnon`) and file-backed pages (the binary's code, `RssFile`), so a smaller binary
+    /// and a smaller heap can be told apart.
+    pub idle_rss_anon_bytes: u64,
+    pub idle_rss_file_bytes: u64,
     /// From each Deployment's image change to its Canary leaving the idle phase.
     pub detection_p50: Option<Duration>,
     pub detection_p99: Option<Duration>,
@@ -117,6 +122,8 @@ const ROWS: &[Row] = &[
     Row { label: "idle: requests per minute", value: |f| Some(f.idle_requests_per_minute), show: per_minute },
     Row { label: "idle: operator CPU (of one core)", value: |f| Some(f.idle_cpu_percent), show: percent },
     Row { label: "idle: operator RSS (end of the window)", value: |f| Some(f.idle_rss_bytes as f64), show: mib },
+    Row { label: "idle: of it anonymous (heap, RssAnon)", value: |f| Some(f.idle_rss_anon_bytes as f64), show: mib },
+    Row { label: "idle: of it file-backed (code, RssFile)", value: |f| Some(f.idle_rss_file_bytes as f64), show: mib },
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
     Row {
@@ -343,6 +350,8 @@ mod tests {
             release_calls: vec![("patch canaries/status".into(), requests / 2), ("get deployments".into(), 3)],
             load: (3.25, 4.5),
             idle_rss_bytes: 48 * 1024 * 1024,
+            idle_rss_anon_bytes: 35 * 1024 * 1024,
+            idle_rss_file_bytes: 13 * 1024 * 1024,
             ..RoundFigures::default()
         }
     }
@@ -360,6 +369,8 @@ mod tests {
         assert!(table.contains("| release: API requests per Canary | 50.0 | 100.0 | 0.50 |"), "{table}");
         assert!(table.contains("| 10/10 · 9/10 | 10/10 · 9/10 |"), "{table}");
         assert!(table.contains("| idle: operator RSS (end of the window) | 48.0 MiB | 48.0 MiB | 1.00 |"), "{table}");
+        assert!(table.contains("| idle: of it anonymous (heap, RssAnon) | 35.0 MiB | 35.0 MiB | 1.00 |"), "{table}");
+        assert!(table.contains("| idle: of it file-backed (code, RssFile) | 13.0 MiB | 13.0 MiB | 1.00 |"), "{table}");
         assert!(table.contains("| 3.2 → 4.5 |"), "{table}");
         // Every line has as many cells as the header.
         let cells = |l: &str| l.matches('|').count();

@@ -259,6 +259,8 @@ impl BenchEnv {
         figures.idle_cpu_percent = idle_cpu.as_secs_f64() * 100.0 / idle_elapsed.as_secs_f64();
         figures.idle_calls = super::audit::tally(&idle_requests);
         figures.idle_rss_bytes = status_bytes(pid, "VmRSS:").unwrap_or(0);
+        figures.idle_rss_anon_bytes = status_bytes(pid, "RssAnon:").unwrap_or(0);
+        figures.idle_rss_file_bytes = status_bytes(pid, "RssFile:").unwrap_or(0);
 
         // The release: every Deployment at once.
         let apiserver = self.apiserver_pid()?;

@@ -153,9 +153,12 @@ mod tests {
 
     #[test]
     fn parses_proc_status_fields() {
-        let status = "Name:\tpetrel\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
+        let status =
+            "Name:\tpetrel\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\nRssAnon:\t   28672 kB\nRssFile:\t   12288 kB\n";
         assert_eq!(status_field_bytes(status, "VmRSS:"), Some(40 * 1024 * 1024));
         assert_eq!(status_field_bytes(status, "VmHWM:"), Some(50 * 1024 * 1024));
+        assert_eq!(status_field_bytes(status, "RssAnon:"), Some(28 * 1024 * 1024));
+        assert_eq!(status_field_bytes(status, "RssFile:"), Some(12 * 1024 * 1024));
         assert_eq!(status_field_bytes(status, "VmSwap:"), None);
     }
 

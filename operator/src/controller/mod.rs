@@ -159,7 +159,7 @@ pub struct Context {
 pub struct Caches {
     /// MetricTemplates, AlertProviders and the metadata of Secrets, for analysis.
     pub sources: SourceCaches,
-    /// The Services petrel generates (the routers read them and their resourceVersions).
+    /// The Services petrel generates: their versions, owners and selectors, all the routers read of them.
     pub services: WatchCache<Service>,
     /// Deployments, read by the reconciles instead of the API server (see [`crate::cache`]).
     pub deployments: DeploymentCache,
@@ -486,8 +486,10 @@ fn canary_wakes(
 /// finish first.
 ///
 /// Every watch keeps its cache on its own (see [`watches`]) and reports its health to
-/// `/readyz`. Deployments and petrel's Services are cached whole (less what petrel never
-/// reads: [`watches::drop_unread_fields`]): the reconciles read them from there ([`crate::cache`]). DaemonSets,
+/// `/readyz`. Deployments are cached whole (less what petrel never reads:
+/// [`watches::drop_unread_fields`]), petrel's Services by what the routers read of them
+/// ([`crate::routers::services::keep_what_is_read_of_a_generated_service`]): the
+/// reconciles read them from there ([`crate::cache`]). DaemonSets,
 /// ConfigMaps and Secrets are watched by their metadata only: which object changed is
 /// all a trigger needs, and petrel holds no Secret data it does not use. Those a target
 /// uses are read whole once, and again when their watch shows a new version
@@ -530,7 +532,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdow
             .reflect(source_writers.templates);
     let generated = config().labels(&format!("{}={}", crate::MANAGED_BY_LABEL, crate::FIELD_MANAGER));
     let services = kept(SERVICE_WATCH, watcher(api_in::<Service>(&client, &namespace), generated), &health)
-        .modify(drop_unread_fields)
+        .modify(crate::routers::services::keep_what_is_read_of_a_generated_service)
         .reflect(writers.services);
     // AlertProviders wake no Canary: their cache only has to be kept.
     let alert_providers =
