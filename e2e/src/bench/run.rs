@@ -71,6 +71,9 @@ pub struct BenchOptions {
     pub secrets: usize,
     /// Bytes of data of each of them.
     pub secret_bytes: usize,
+    /// Deployments of no replicas that no Canary names, in
+    /// [`workload::OTHER_DEPLOYMENTS_NAMESPACE`]: the rest of a cluster's apps.
+    pub other_deployments: usize,
 }
 
 /// The control plane and what every round shares.
@@ -135,6 +138,10 @@ impl BenchEnv {
         if elsewhere > 0 {
             create_namespace(&client, workload::SECRETS_NAMESPACE).await?;
             apply_secrets(&client, workload::SECRETS_NAMESPACE, elsewhere, options).await?;
+        }
+        if options.other_deployments > 0 {
+            create_namespace(&client, workload::OTHER_DEPLOYMENTS_NAMESPACE).await?;
+            apply_other_deployments(&client, options).await?;
         }
         let audit = AuditTail::new(cluster.audit_log_path());
         Ok(BenchEnv { fleet, client, kubeconfig, dir, audit, rounds: 0 })
@@ -403,6 +410,31 @@ async fn apply_secrets(client: &Client, namespace: &str, count: usize, options: 
     eprintln!(
         "canary-bench:   {count} Secrets of {} bytes in {namespace} ({:.1} s)",
         options.secret_bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Applies the Deployments no Canary names ([`BenchOptions::other_deployments`]),
+/// `options.concurrency` at a time.
+async fn apply_other_deployments(client: &Client, options: &BenchOptions) -> Result<()> {
+    let started = Instant::now();
+    let namespace = workload::OTHER_DEPLOYMENTS_NAMESPACE;
+    let api = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let names = (0..options.other_deployments).map(workload::other_deployment_name).collect();
+    for_each_concurrently(options.concurrency, names, |name| {
+        let api = api.clone();
+        let manifest = workload::deployment(namespace, &name, workload::IMAGE_V0, 0);
+        async move {
+            api.patch(&name, &ssa(), &Patch::Apply(manifest))
+                .await
+                .with_context(|| format!("applying Deployment {name}"))
+        }
+    })
+    .await?;
+    eprintln!(
+        "canary-bench:   {} Deployments no Canary names in {namespace} ({:.1} s)",
+        options.other_deployments,
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -221,6 +221,15 @@ pub fn secret_split(total: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
+/// The namespace of the Deployments no Canary names (`--other-deployments`); it lives
+/// as long as the control plane.
+pub const OTHER_DEPLOYMENTS_NAMESPACE: &str = "bench-other";
+
+/// Name of the i-th Deployment no Canary names.
+pub fn other_deployment_name(index: usize) -> String {
+    format!("other-{index:05}")
+}
+
 /// Name of the i-th Secret of a namespace.
 pub fn secret_name(index: usize) -> String {
     format!("bench-secret-{index:05}")

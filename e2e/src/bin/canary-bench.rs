@@ -9,7 +9,8 @@
 //! the time until all Succeeded, the requests, API server CPU, operator CPU and peak
 //! memory of the release, the operator's memory at the end of the idle window, requests
 //! by verb and resource (from the API server's audit log, by user agent), and the ratios
-//! to Flagger. With `--secrets N`, N unused Secrets sit in the cluster while it runs.
+//! to Flagger. With `--secrets N`, N unused Secrets sit in the cluster while it runs;
+//! with `--other-deployments N`, N Deployments that no Canary names.
 //!
 //! ```sh
 //! cargo run --release -p petrel-e2e --bin canary-bench -- --sizes 10,100 --write
@@ -97,6 +98,10 @@ struct Cli {
     /// KiB of data in each of those Secrets.
     #[arg(long, default_value_t = 10)]
     secret_kib: usize,
+    /// Deployments of no replicas in the cluster, named by no Canary (the rest of a
+    /// cluster's apps), in namespace `bench-other`, applied once before the first round.
+    #[arg(long, default_value_t = 0)]
+    other_deployments: usize,
     /// Work dir (control plane, operator logs).
     #[arg(long, default_value = "/tmp/canary-bench")]
     dir: PathBuf,
@@ -245,6 +250,7 @@ fn main() -> Result<()> {
         pods_per_node: cli.pods_per_node,
         secrets: cli.secrets,
         secret_bytes: cli.secret_kib * 1024,
+        other_deployments: cli.other_deployments,
     };
     let command = std::iter::once("cargo run --release -p petrel-e2e --bin canary-bench --".to_string())
         .chain(std::env::args().skip(1).map(|a| if a.contains(' ') { format!("'{a}'") } else { a }))
@@ -300,6 +306,13 @@ fn main() -> Result<()> {
             cli.secret_kib,
             cli.concurrency,
             petrel_e2e::bench::workload::SECRETS_NAMESPACE
+        ));
+    }
+    if cli.other_deployments > 0 {
+        setup.push(format!(
+            "Other apps: {} Deployments of 0 replicas that no Canary names, in namespace `{}` (applied once, before the first round)",
+            cli.other_deployments,
+            petrel_e2e::bench::workload::OTHER_DEPLOYMENTS_NAMESPACE
         ));
     }
     let info = RunInfo {

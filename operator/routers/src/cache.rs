@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use kube::core::PartialObjectMeta;
+use kube::core::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -42,6 +42,21 @@ where
     kept: Option<Kept<K>>,
     /// The resourceVersion of petrel's last write of each object, until the cache holds it.
     written: Arc<Mutex<HashMap<ObjectRef<K>, String>>>,
+    /// When the watch keeps some objects by their metadata only ([`WatchCache::partly_kept`]).
+    partial: Option<Partial<K>>,
+}
+
+/// How to tell an object the watch keeps whole from one it keeps by its metadata only,
+/// and the whole ones read from the API server for the latter, each at the version it
+/// was read at (as [`ReadsAtVersion`] keeps them).
+#[derive(Clone)]
+struct Partial<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    is_whole: fn(&K) -> bool,
+    read: Arc<Mutex<ReadAt<K>>>,
 }
 
 #[derive(Clone)]
@@ -73,7 +88,7 @@ where
 {
     /// No cache: every read goes to the API server.
     fn default() -> Self {
-        WatchCache { kept: None, written: Arc::default() }
+        WatchCache { kept: None, written: Arc::default(), partial: None }
     }
 }
 
@@ -84,7 +99,19 @@ where
 {
     /// Reads `store` while the watch `watch` (as `health` records it) keeps it.
     pub fn kept_by(store: Store<K>, health: impl KeepsCache + 'static, watch: &'static str) -> Self {
-        WatchCache { kept: Some(Kept { store, health: Arc::new(health), watch }), written: Arc::default() }
+        WatchCache {
+            kept: Some(Kept { store, health: Arc::new(health), watch }),
+            written: Arc::default(),
+            partial: None,
+        }
+    }
+
+    /// For a watch that keeps some objects by their metadata only (to save memory: those
+    /// no reader is expected to ask for), told apart by `is_whole`. Such an object is
+    /// read whole from the API server when asked for, and that copy is reused while the
+    /// watch shows the object at the version it was read at.
+    pub fn partly_kept(self, is_whole: fn(&K) -> bool) -> Self {
+        WatchCache { partial: Some(Partial { is_whole, read: Arc::default() }), ..self }
     }
 
     /// The store itself, read as the watch left it (for what only needs a version).
@@ -99,11 +126,42 @@ where
     /// and the primary (5 MB at the peak of a release of 1,000, issue 15).
     pub async fn get(&self, client: &Client, namespace: &str, name: &str) -> Result<Option<Arc<K>>, kube::Error> {
         let key = ObjectRef::new(name).within(namespace);
-        if let Some(cached) = self.cached(&key) {
-            return Ok(Some(cached));
+        let cached = self.cached(&key);
+        let partly_kept = match (cached, &self.partial) {
+            (Some(cached), Some(partial)) if !(partial.is_whole)(&cached) => Some((cached, partial)),
+            (Some(cached), _) => return Ok(Some(cached)),
+            (None, _) => None,
+        };
+        if let Some((cached, partial)) = &partly_kept
+            && let Some(copy) = partial.read_at(&key, cached.resource_version().as_deref())
+        {
+            return Ok(Some(copy));
         }
         // The write stays remembered until the cache itself holds it.
-        Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new))
+        let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new);
+        if let Some((_, partial)) = partly_kept {
+            partial.keep(key, read.clone());
+        }
+        Ok(read)
+    }
+
+    /// Forgets the whole copies of objects the watch now keeps whole, at another version,
+    /// or not at all (deleted), while it keeps its cache.
+    pub fn forget_stale_copies(&self) {
+        let (Some(partial), Some(store)) = (&self.partial, self.kept.as_ref().and_then(Kept::store_if_kept)) else {
+            return;
+        };
+        partial.lock().retain(|key, (read_at, _)| {
+            store.get(key).is_some_and(|cached| {
+                !(partial.is_whole)(&cached) && cached.resource_version().as_deref() == Some(read_at.as_str())
+            })
+        });
+    }
+
+    /// How many whole copies of partly kept objects are held.
+    #[cfg(test)]
+    fn copies(&self) -> usize {
+        self.partial.as_ref().map_or(0, |partial| partial.lock().len())
     }
 
     /// The cached object when the watch keeps the cache and it holds petrel's last write.
@@ -142,6 +200,32 @@ where
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, String>> {
         // A panic while holding the lock leaves a consistent map (every change is one call).
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<K> Partial<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// The whole copy of `key` read at `version`, if one is held.
+    fn read_at(&self, key: &ObjectRef<K>, version: Option<&str>) -> Option<Arc<K>> {
+        let version = version?;
+        self.lock().get(key).filter(|(read_at, _)| read_at == version).map(|(_, object)| object.clone())
+    }
+
+    /// Holds what was read of `key` (forgets it when it is gone or has no version).
+    fn keep(&self, key: ObjectRef<K>, read: Option<Arc<K>>) {
+        let mut held = self.lock();
+        match read.and_then(|object| Some((object.resource_version()?, object))) {
+            Some(versioned) => held.insert(key, versioned),
+            None => held.remove(&key),
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
+        // A panic while holding the lock leaves a consistent map (every change is one call).
+        self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -260,6 +344,21 @@ where
     fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
         // A panic while holding the lock leaves a consistent map (every change is one call).
         self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What a cache keeps of an object's metadata when it keeps little of the object: what
+/// names and versions it, and who owns it (kube-runtime maps a change to its owner by the
+/// owner references). Labels, annotations and managedFields go.
+pub fn identifying_metadata(metadata: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        resource_version: metadata.resource_version,
+        uid: metadata.uid,
+        owner_references: metadata.owner_references,
+        deletion_timestamp: metadata.deletion_timestamp,
+        ..ObjectMeta::default()
     }
 }
 
@@ -391,6 +490,52 @@ mod tests {
         caught_up.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         caught_up.get(&client, "apps", "podinfo").await.unwrap().unwrap();
         assert_eq!(gets.load(Ordering::SeqCst), 2, "a cache past the write answers");
+    }
+
+    /// A Deployment as a partly kept watch holds one it keeps by metadata only.
+    fn metadata_only(name: &str, version: &str) -> Deployment {
+        Deployment { spec: None, ..deployment(name, version, 0) }
+    }
+
+    #[tokio::test]
+    async fn an_object_kept_by_its_metadata_is_read_whole_once_per_version() {
+        let (client, gets) = api_answering(deployment("podinfo", "10", 3));
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(metadata_only("podinfo", "10")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let cache =
+            WatchCache::kept_by(store, Synced(true), "deployments").partly_kept(|d: &Deployment| d.spec.is_some());
+
+        let first = cache.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(first.spec.as_ref().and_then(|spec| spec.replicas), Some(3), "the whole object, not the metadata");
+        let again = cache.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the copy read at version 10 is reused");
+        assert_eq!(gets.load(Ordering::SeqCst), 1);
+
+        // Changed, still kept by metadata: read again (the fake answers version 10, so
+        // what it reads is not what the watch shows, and it is read each time).
+        writer.apply_watcher_event(&watcher::Event::Apply(metadata_only("podinfo", "11")));
+        cache.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 2);
+        cache.forget_stale_copies();
+        assert_eq!(cache.copies(), 0, "a copy at a version the watch no longer shows goes");
+
+        // Kept whole now: the cache answers, and the copy is no longer held.
+        writer.apply_watcher_event(&watcher::Event::Apply(metadata_only("podinfo", "12")));
+        cache.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!((gets.load(Ordering::SeqCst), cache.copies()), (3, 1));
+        writer.apply_watcher_event(&watcher::Event::Apply(deployment("podinfo", "13", 5)));
+        let whole = cache.get(&client, "apps", "podinfo").await.unwrap().unwrap();
+        assert_eq!(whole.spec.as_ref().and_then(|spec| spec.replicas), Some(5));
+        assert_eq!(gets.load(Ordering::SeqCst), 3);
+        cache.forget_stale_copies();
+        assert_eq!(cache.copies(), 0);
+
+        // Without `partly_kept`, a cache takes what it holds as the whole object.
+        let plain = cache_holding(metadata_only("podinfo", "10"), true);
+        assert!(plain.get(&client, "apps", "podinfo").await.unwrap().unwrap().spec.is_none());
+        assert_eq!(gets.load(Ordering::SeqCst), 3);
     }
 
     fn meta_of(deployment: &Deployment) -> PartialObjectMeta<Deployment> {

@@ -322,17 +322,8 @@ pub async fn target_pods(client: &Client, memory: &RouterMemory, canary: &Canary
 /// (issue 15). Nothing is written back from the cache, so what goes is only forgotten.
 pub fn keep_what_is_read_of_a_generated_service(service: &mut Service) {
     let selector = service.spec.take().and_then(|spec| spec.selector);
-    let metadata = std::mem::take(&mut service.metadata);
     *service = Service {
-        metadata: kube::api::ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            resource_version: metadata.resource_version,
-            uid: metadata.uid,
-            owner_references: metadata.owner_references,
-            deletion_timestamp: metadata.deletion_timestamp,
-            ..Default::default()
-        },
+        metadata: crate::cache::identifying_metadata(std::mem::take(&mut service.metadata)),
         spec: selector.map(|selector| ServiceSpec { selector: Some(selector), ..Default::default() }),
         status: None,
     };

@@ -135,6 +135,15 @@ impl ClaimIndex {
         self.live.holding(target_key(namespace, name)).cloned().collect()
     }
 
+    /// Whether a Canary's `targetRef` may name `name` in `namespace`, counting a re-list
+    /// in progress: for a decision that must not miss one (see
+    /// [`super::CanaryCache::keep_unread_by_metadata`]).
+    pub fn may_target(&self, namespace: Option<&str>, name: &str) -> bool {
+        let key = target_key(namespace, name);
+        self.live.holding(key).next().is_some()
+            || self.relisting.as_ref().is_some_and(|listed| listed.holding(key).next().is_some())
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.live.keys.len()
