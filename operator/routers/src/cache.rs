@@ -47,8 +47,7 @@ where
 }
 
 /// How to tell an object the watch keeps whole from one it keeps by its metadata only,
-/// and the whole ones read from the API server for the latter, each at the version it
-/// was read at (as [`ReadsAtVersion`] keeps them).
+/// and the whole ones read from the API server for the latter.
 #[derive(Clone)]
 struct Partial<K>
 where
@@ -56,7 +55,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     is_whole: fn(&K) -> bool,
-    read: Arc<Mutex<ReadAt<K>>>,
+    copies: ReadCopies<K>,
 }
 
 #[derive(Clone)]
@@ -111,7 +110,7 @@ where
     /// read whole from the API server when asked for, and that copy is reused while the
     /// watch shows the object at the version it was read at.
     pub fn partly_kept(self, is_whole: fn(&K) -> bool) -> Self {
-        WatchCache { partial: Some(Partial { is_whole, read: Arc::default() }), ..self }
+        WatchCache { partial: Some(Partial { is_whole, copies: ReadCopies::default() }), ..self }
     }
 
     /// The store itself, read as the watch left it (for what only needs a version).
@@ -133,14 +132,14 @@ where
             (None, _) => None,
         };
         if let Some((cached, partial)) = &partly_kept
-            && let Some(copy) = partial.read_at(&key, cached.resource_version().as_deref())
+            && let Some(copy) = partial.copies.at(&key, cached.resource_version().as_deref())
         {
             return Ok(Some(copy));
         }
         // The write stays remembered until the cache itself holds it.
         let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new);
         if let Some((_, partial)) = partly_kept {
-            partial.keep(key, read.clone());
+            partial.copies.keep(key, read.clone());
         }
         Ok(read)
     }
@@ -151,9 +150,9 @@ where
         let (Some(partial), Some(store)) = (&self.partial, self.kept.as_ref().and_then(Kept::store_if_kept)) else {
             return;
         };
-        partial.lock().retain(|key, (read_at, _)| {
+        partial.copies.retain(|key, read_at| {
             store.get(key).is_some_and(|cached| {
-                !(partial.is_whole)(&cached) && cached.resource_version().as_deref() == Some(read_at.as_str())
+                !(partial.is_whole)(&cached) && cached.resource_version().as_deref() == Some(read_at)
             })
         });
     }
@@ -161,7 +160,7 @@ where
     /// How many whole copies of partly kept objects are held.
     #[cfg(test)]
     fn copies(&self) -> usize {
-        self.partial.as_ref().map_or(0, |partial| partial.lock().len())
+        self.partial.as_ref().map_or(0, |partial| partial.copies.len())
     }
 
     /// The cached object when the watch keeps the cache and it holds petrel's last write.
@@ -203,13 +202,44 @@ where
     }
 }
 
-impl<K> Partial<K>
+/// Whole objects read from the API server, each with the resourceVersion it was read at:
+/// reused while a watch shows that version ([`ReadsAtVersion`], [`WatchCache::partly_kept`]).
+/// Cheap to clone; clones share it.
+struct ReadCopies<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    /// The whole copy of `key` read at `version`, if one is held.
-    fn read_at(&self, key: &ObjectRef<K>, version: Option<&str>) -> Option<Arc<K>> {
+    read: Arc<Mutex<ReadAt<K>>>,
+}
+
+impl<K> Clone for ReadCopies<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        ReadCopies { read: self.read.clone() }
+    }
+}
+
+impl<K> Default for ReadCopies<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn default() -> Self {
+        ReadCopies { read: Arc::default() }
+    }
+}
+
+impl<K> ReadCopies<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// The copy of `key` read at `version`, if one is held.
+    fn at(&self, key: &ObjectRef<K>, version: Option<&str>) -> Option<Arc<K>> {
         let version = version?;
         self.lock().get(key).filter(|(read_at, _)| read_at == version).map(|(_, object)| object.clone())
     }
@@ -221,6 +251,16 @@ where
             Some(versioned) => held.insert(key, versioned),
             None => held.remove(&key),
         };
+    }
+
+    /// Keeps the copies for which `keep(key, version read at)` holds.
+    fn retain(&self, mut keep: impl FnMut(&ObjectRef<K>, &str) -> bool) {
+        self.lock().retain(|key, (read_at, _)| keep(key, read_at));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
@@ -243,7 +283,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     versions: Option<Kept<PartialObjectMeta<K>>>,
-    read: Arc<Mutex<ReadAt<K>>>,
+    read: ReadCopies<K>,
 }
 
 /// Each object read: the resourceVersion it was read at, and the object.
@@ -256,7 +296,7 @@ where
 {
     /// No watch: every read goes to the API server.
     fn default() -> Self {
-        ReadsAtVersion { versions: None, read: Arc::default() }
+        ReadsAtVersion { versions: None, read: ReadCopies::default() }
     }
 }
 
@@ -267,7 +307,7 @@ where
 {
     /// Compares with the versions in `store` while the watch `watch` keeps it.
     pub fn kept_by(store: Store<PartialObjectMeta<K>>, health: impl KeepsCache + 'static, watch: &'static str) -> Self {
-        ReadsAtVersion { versions: Some(Kept { store, health: Arc::new(health), watch }), read: Arc::default() }
+        ReadsAtVersion { versions: Some(Kept { store, health: Arc::new(health), watch }), read: ReadCopies::default() }
     }
 
     /// The object `namespace/name` (`None`: it does not exist): the copy read before when
@@ -279,11 +319,9 @@ where
             return Ok(Some(kept));
         }
         let read = Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new);
-        match &read {
-            Some(object) => self.keep(object),
-            None => {
-                self.lock().remove(&ObjectRef::new(name).within(namespace));
-            }
+        // Nothing is kept without a watch to compare with.
+        if self.versions.is_some() {
+            self.read.keep(ObjectRef::new(name).within(namespace), read.clone());
         }
         Ok(read)
     }
@@ -293,21 +331,7 @@ where
     /// the watch does not keep its cache).
     fn kept(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let current = self.current_version(namespace, name)?;
-        let key = ObjectRef::new(name).within(namespace);
-        self.lock().get(&key).filter(|(read_at, _)| *read_at == current).map(|(_, o)| o.clone())
-    }
-
-    /// Keeps `object` as read at its resourceVersion (one without a version is forgotten).
-    /// Nothing is kept without a watch to compare with.
-    fn keep(&self, object: &Arc<K>) {
-        let Some(namespace) = object.namespace().filter(|_| self.versions.is_some()) else {
-            return;
-        };
-        let key = ObjectRef::new(&object.name_any()).within(&namespace);
-        match object.resource_version() {
-            Some(version) => self.lock().insert(key, (version, object.clone())),
-            None => self.lock().remove(&key),
-        };
+        self.read.at(&ObjectRef::new(name).within(namespace), Some(&current))
     }
 
     /// What the watch shows of `namespace/name`'s version, for the [`WriteLedger`] of
@@ -329,7 +353,7 @@ where
     /// Forgets the objects the watch no longer holds (deleted), while it keeps its cache.
     pub fn forget_gone(&self) {
         let Some(store) = self.versions.as_ref().and_then(Kept::store_if_kept) else { return };
-        self.lock().retain(|key, _| {
+        self.read.retain(|key, _| {
             let namespace = key.namespace.as_deref().unwrap_or_default();
             store.get(&ObjectRef::new(&key.name).within(namespace)).is_some()
         });
@@ -338,12 +362,7 @@ where
     /// How many objects are kept.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReadAt<K>> {
-        // A panic while holding the lock leaves a consistent map (every change is one call).
-        self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.read.len()
     }
 }
 

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -317,10 +318,7 @@ impl CanaryCache {
 
     /// Whether any Canary may read `deployment` (a superset: see [`ClaimIndex`]).
     fn may_read(&self, deployment: &Deployment) -> bool {
-        let owned = deployment
-            .owner_references()
-            .iter()
-            .any(|owner| owner.kind == Canary::kind(&()) && owner.api_version == Canary::api_version(&()));
+        let owned = deployment.owner_references().iter().any(is_canary);
         let namespace = deployment.metadata.namespace.as_deref();
         let name = deployment.metadata.name.as_deref().unwrap_or_default();
         let index = self.index();
@@ -429,16 +427,19 @@ fn canaries_for_deployment(canaries: &CanaryCache, deployment: &impl Resource) -
     let name = deployment.name_any();
     let mut refs: Vec<ObjectRef<Canary>> =
         canaries.targeting(namespace.as_deref(), &name).iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect();
-    for owner in deployment.owner_references() {
-        if owner.kind == Canary::kind(&()) && owner.api_version == Canary::api_version(&()) {
-            let mut r = ObjectRef::<Canary>::new(&owner.name);
-            if let Some(ns) = &namespace {
-                r = r.within(ns);
-            }
-            refs.push(r);
+    for owner in deployment.owner_references().iter().filter(|owner| is_canary(owner)) {
+        let mut r = ObjectRef::<Canary>::new(&owner.name);
+        if let Some(ns) = &namespace {
+            r = r.within(ns);
         }
+        refs.push(r);
     }
     refs
+}
+
+/// Whether an owner reference names a petrel Canary.
+fn is_canary(owner: &OwnerReference) -> bool {
+    owner.kind == Canary::kind(&()) && owner.api_version == Canary::api_version(&())
 }
 
 /// Whether the Deployment cache holds `deployment` whole, not by its metadata only
@@ -742,15 +743,14 @@ mod tests {
         }))
         .unwrap();
         if let Some(owner) = owner {
-            deployment.metadata.owner_references =
-                Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                    api_version: Canary::api_version(&()).into(),
-                    kind: Canary::kind(&()).into(),
-                    name: owner.into(),
-                    uid: format!("uid-{owner}"),
-                    controller: Some(true),
-                    ..Default::default()
-                }]);
+            deployment.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: Canary::api_version(&()).into(),
+                kind: Canary::kind(&()).into(),
+                name: owner.into(),
+                uid: format!("uid-{owner}"),
+                controller: Some(true),
+                ..Default::default()
+            }]);
         }
         deployment
     }
