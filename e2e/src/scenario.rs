@@ -618,6 +618,16 @@ impl TestEnv {
         Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
     }
 
+    /// Sets a Deployment's replicas through its scale subresource, as `kubectl scale` does.
+    pub async fn scale(&self, deployment: &str, replicas: i32) -> Result<()> {
+        let patch = json!({"spec": {"replicas": replicas}});
+        self.deployments()
+            .patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("scaling {deployment} to {replicas}"))?;
+        Ok(())
+    }
+
     /// ControllerRevisions of the namespace (petrel keeps previous primary templates).
     pub async fn controller_revisions(&self) -> Result<Vec<ControllerRevision>> {
         Ok(Api::<ControllerRevision>::namespaced(self.client.clone(), NAMESPACE)

@@ -113,6 +113,38 @@ async fn deleting_the_canary_mid_release_keeps_the_promoted_primary_serving() {
     eprintln!("[canary-deleted] passed in {:.1?}", t0.elapsed());
 }
 
+/// A canary scaled to zero in the middle of its analysis (by a person, or petrel's own
+/// scale-up, which follows the status write that starts the run, did not land): petrel
+/// scales it up again to the primary's replicas, judges nothing while it has no pods, and
+/// the release goes on to its promotion. Before, a Deployment at zero replicas counted as
+/// ready, so the analysis went on judging a canary with no pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_scaled_to_zero_mid_release_is_scaled_up_again() {
+    let t0 = Instant::now();
+    let env = TestEnv::start("canary-scaled-down", Provider::GatewayApi).await.unwrap();
+    env.apply_canary(&CanaryOptions::canary(Provider::GatewayApi)).await.unwrap();
+    env.wait_phase(Phase::Initialized, SETUP).await.unwrap();
+    let replicas = env.replicas_of(&primary()).await.unwrap();
+    env.set_image(IMAGE_V1).await.unwrap();
+    env.wait_weights("canary traffic", RELEASE, |h| h.iter().any(|r| r.canary() >= 20)).await.unwrap();
+    assert_eq!(env.replicas_of(APP).await.unwrap(), replicas, "the run scaled the canary up");
+
+    env.scale(APP, 0).await.unwrap();
+    env.wait_event("CanaryScaledUpAgain", SETUP, |m| m.contains("runs no pods")).await.unwrap();
+    eventually("the canary to be scaled up again", SETUP, async || {
+        env.replicas_of(APP).await.ok().filter(|r| *r == replicas)
+    })
+    .await
+    .unwrap();
+
+    let done = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
+    assert_eq!(done.last_promoted_spec, done.last_applied_spec);
+    assert_eq!(env.image_of(&primary()).await.unwrap(), IMAGE_V1);
+    env.wait_traffic_only_on(IMAGE_V1, SETUP).await.unwrap();
+    env.assert_weights_sum_to_100();
+    eprintln!("[canary-scaled-down] passed in {:.1?}", t0.elapsed());
+}
+
 /// `revertOnDeletion: true` after a promotion: as Flagger documents it, the target is
 /// scaled back up to the primary's replicas, the routes and the apex Service point at
 /// it, and what petrel generated goes away.

@@ -89,9 +89,10 @@ impl AuditTail {
 /// Which of the operator's requests [`first_after_patches`] looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reaction {
-    /// Any successful write (create, patch, update) of an object with the app's name: its
-    /// Deployment (scaling the canary up) or its Canary.
-    AnyWrite,
+    /// A successful write of the app's Deployment, its scale included: the canary's
+    /// scale-up (petrel makes it once the status that starts the run is written, Flagger
+    /// before).
+    TargetWrite,
     /// A successful write of the Canary's status: the operator saying it saw the release.
     StatusWrite,
 }
@@ -103,7 +104,7 @@ impl Reaction {
         succeeded
             && write
             && match self {
-                Reaction::AnyWrite => true,
+                Reaction::TargetWrite => r.resource == "deployments",
                 Reaction::StatusWrite => r.resource == "canaries" && r.subresource == "status",
             }
     }
@@ -240,8 +241,19 @@ mod tests {
             "app-1 only: a write before the patch, a conflict, a write by another operator and an app never patched do not count"
         );
         assert_eq!(status(OperatorKind::Flagger), vec![Duration::from_millis(3500)]);
-        let any = first_after_patches(&records, OperatorKind::Petrel, "canary-bench", Reaction::AnyWrite);
-        assert_eq!(any, vec![Duration::from_secs(1)], "the scale-up of app-1's Deployment came first");
+        let scale_ups = first_after_patches(&records, OperatorKind::Petrel, "canary-bench", Reaction::TargetWrite);
+        assert_eq!(
+            scale_ups,
+            vec![Duration::from_secs(1)],
+            "the scale-up of app-1's Deployment, a status write left out"
+        );
+        let records = vec![
+            record("canary-bench", "patch", "deployments", "app-1", 200, "01.0"),
+            record(petrel, "patch", "canaries/status", "app-1", 200, "01.5"),
+            record(petrel, "patch", "deployments/scale", "app-1", 200, "02.5"),
+        ];
+        let scale_ups = first_after_patches(&records, OperatorKind::Petrel, "canary-bench", Reaction::TargetWrite);
+        assert_eq!(scale_ups, vec![Duration::from_millis(1500)], "through the scale subresource, after the status");
     }
 
     #[tokio::test]

@@ -43,10 +43,10 @@ pub struct RoundFigures {
     /// benchmark's own watch.
     pub api_detection_p50: Option<Duration>,
     pub api_detection_p99: Option<Duration>,
-    /// From each image change to the operator's first write of an object of the app's
-    /// name (the audit log): its first reaction, often the canary's scale-up.
-    pub first_write_p50: Option<Duration>,
-    pub first_write_p99: Option<Duration>,
+    /// From each image change to the operator's first write of the app's Deployment (the
+    /// audit log): the canary's scale-up.
+    pub scale_up_p50: Option<Duration>,
+    pub scale_up_p99: Option<Duration>,
     /// The most of the operator's requests (watches left out) the API server held at once
     /// during the release (the audit log).
     pub release_most_in_flight: usize,
@@ -127,13 +127,13 @@ const ROWS: &[Row] = &[
     Row { label: "release: detection p50", value: |f| d(f.detection_p50), show: secs },
     Row { label: "release: detection p99", value: |f| d(f.detection_p99), show: secs },
     Row {
-        label: "release: first write after the image change p50 (audit log)",
-        value: |f| d(f.first_write_p50),
+        label: "release: canary scale-up after the image change p50 (audit log)",
+        value: |f| d(f.scale_up_p50),
         show: secs,
     },
     Row {
-        label: "release: first write after the image change p99 (audit log)",
-        value: |f| d(f.first_write_p99),
+        label: "release: canary scale-up after the image change p99 (audit log)",
+        value: |f| d(f.scale_up_p99),
         show: secs,
     },
     Row {

@@ -315,11 +315,11 @@ impl BenchEnv {
         figures.release_reconciles = histogram_count(&reconciles_before, &reconcile_buckets(&end_scrape));
         let release_answered = self.audit.answered(release_from, release_to).await?;
         let reactions = |reaction| first_after_patches(&release_answered, operator.kind, BENCH_USER_AGENT, reaction);
-        let (first_writes, api_detections) = (reactions(Reaction::AnyWrite), reactions(Reaction::StatusWrite));
+        let (scale_ups, api_detections) = (reactions(Reaction::TargetWrite), reactions(Reaction::StatusWrite));
         figures.api_detection_p50 = quantile(&api_detections, 0.5);
         figures.api_detection_p99 = quantile(&api_detections, 0.99);
-        figures.first_write_p50 = quantile(&first_writes, 0.5);
-        figures.first_write_p99 = quantile(&first_writes, 0.99);
+        figures.scale_up_p50 = quantile(&scale_ups, 0.5);
+        figures.scale_up_p99 = quantile(&scale_ups, 0.99);
         figures.release_most_in_flight = most_in_flight(&release_answered, operator.kind);
         let release_requests: Vec<_> =
             release_answered.into_iter().filter(|r| made_by(operator.kind, &r.user_agent)).collect();

@@ -194,6 +194,7 @@ fn drive(
             target_revision: revision.clone(),
             target_release: format!("app:{revision}"),
             canary: world.canary.clone(),
+            canary_scaled_down: false,
             primary: world.primary.clone(),
             primary_updated: true,
             primary_template: None,
@@ -262,7 +263,7 @@ fn drive(
             prop_assert_eq!(new.comparison_pending_since, None, "the hold outlived its run");
         }
 
-        let run_started = decision.actions.contains(&Action::ScaleCanaryUp)
+        let run_started = decision.actions.contains(&Action::ScaleCanaryUp { after_status: true })
             || reasons.contains(&"RestartedAnalysis")
             || new.last_applied_spec != old.last_applied_spec;
         if run_started {

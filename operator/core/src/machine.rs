@@ -83,6 +83,9 @@ pub struct Observation {
     pub target_release: String,
     /// Health of the canary (the target Deployment).
     pub canary: WorkloadHealth,
+    /// The canary is scaled down (a Deployment at zero replicas, a DaemonSet on no node):
+    /// between runs that is petrel's own doing; during one, its pods are missing.
+    pub canary_scaled_down: bool,
     /// Health of the `-primary` Deployment.
     pub primary: WorkloadHealth,
     /// Whether the primary runs the template last promoted (its rollout finished).
@@ -103,8 +106,14 @@ pub struct Observation {
 pub enum Action {
     /// Write route weights. `primary + canary == 100` always.
     SetRoutes { primary: u8, canary: u8, mirror: bool },
-    /// Scale the target (canary) up to its desired replicas.
-    ScaleCanaryUp,
+    /// Scale the target (canary) up to its desired replicas. `after_status`: applied once
+    /// the status write of its reconcile succeeded, not before it as the other changes.
+    /// The scale-up that starts a run is: the run is on record (Progressing) one request
+    /// sooner, and a status write that loses a conflict leaves no canary scaled up outside
+    /// a run. A scale-up that does not land then is seen as [`Observation::canary_scaled_down`]
+    /// during the run, and done again (before the status write, so a refused one stalls
+    /// the Canary without clearing and setting `Stalled` at every reconcile).
+    ScaleCanaryUp { after_status: bool },
     /// Scale the target (canary) to zero.
     ScaleCanaryToZero,
     /// Copy the target's pod template (and tracked configs) into the primary.
@@ -471,18 +480,20 @@ fn classify(
             if failed_checks >= threshold {
                 return Classified::just(Event::ThresholdReached);
             }
-            match &obs.canary {
-                WorkloadHealth::NotReady { reason } => {
-                    return Classified { event: Event::CanaryNotReady, consumed: false, detail: Some(reason.clone()) };
-                }
-                WorkloadHealth::DeadlineExceeded { reason } => {
-                    return Classified {
-                        event: Event::ProgressDeadlineExceeded,
-                        consumed: false,
-                        detail: Some(reason.clone()),
-                    };
-                }
-                WorkloadHealth::Ready => {}
+            if let WorkloadHealth::DeadlineExceeded { reason } = &obs.canary {
+                return Classified {
+                    event: Event::ProgressDeadlineExceeded,
+                    consumed: false,
+                    detail: Some(reason.clone()),
+                };
+            }
+            // No pods to analyse or to send traffic to (a Deployment at zero counts as
+            // ready): nothing is judged until they are back.
+            if obs.canary_scaled_down {
+                return Classified::just(Event::CanaryScaledDown);
+            }
+            if let WorkloadHealth::NotReady { reason } = &obs.canary {
+                return Classified { event: Event::CanaryNotReady, consumed: false, detail: Some(reason.clone()) };
             }
             if spec.skip_analysis {
                 return Classified::just(Event::SkipAnalysis);
@@ -767,7 +778,7 @@ impl Apply<'_> {
                     new.fleet_approved_revision = Some(approved.clone());
                 }
                 reset_run(&mut new);
-                actions.push(Action::ScaleCanaryUp);
+                actions.push(Action::ScaleCanaryUp { after_status: true });
                 let how = if spec.skip_analysis {
                     "skipAnalysis is set: it will be promoted once its pods are ready".to_string()
                 } else {
@@ -784,6 +795,16 @@ impl Apply<'_> {
                         format!("New revision {} ({}) detected, scaling the canary up; {how}", short(revision), obs.target_release),
                     ));
                 }
+            }
+            Effect::ScaleUpAgain => {
+                actions.push(Action::ScaleCanaryUp { after_status: false });
+                actions.push(warn(
+                    "CanaryScaledUpAgain",
+                    format!(
+                        "The canary of revision {} runs no pods during its analysis (its scale-up did not land, or it was scaled down since): scaling it up again; nothing is judged until its pods are ready",
+                        short(revision)
+                    ),
+                ));
             }
             Effect::Wait => {
                 // The hub cannot compute a member's revision (overlays differ per cluster):
@@ -1090,7 +1111,7 @@ impl Apply<'_> {
             // Canary) wakes the reconcile at each change of their status, so the requeue is
             // only the analysis interval's check of the progress deadline, as Flagger's tick.
             // A poll every few seconds here was most of petrel's CPU in a release of 1,000.
-            (Event::CanaryNotReady | Event::PrimaryRollingOut, _) => interval,
+            (Event::CanaryNotReady | Event::CanaryScaledDown | Event::PrimaryRollingOut, _) => interval,
             (_, Phase::Initializing) => interval,
             (_, Phase::Progressing | Phase::WaitingPromotion) => until_tick,
             (_, Phase::Waiting) if approved_for(&self.obs.fleet, &self.obs.target_revision) => until_tick,

@@ -126,6 +126,8 @@ struct World {
     wait_secs: i64,
     new_revision: Option<usize>,
     canary: WorkloadHealth,
+    /// The canary is at zero (its scale-up did not land, or someone scaled it down).
+    canary_scaled_down: bool,
     primary: WorkloadHealth,
     primary_updated: bool,
     /// Only used when the Canary belongs to a fleet.
@@ -164,7 +166,7 @@ fn world() -> impl Strategy<Value = World> {
     (
         prop_oneof![Just(1i64), Just(2), 0..120i64],
         prop_oneof![9 => Just(None), 1 => (0..REVISIONS.len()).prop_map(Some)],
-        health(),
+        (health(), prop_oneof![14 => Just(false), 1 => Just(true)]),
         health(),
         prop_oneof![3 => Just(true), 1 => Just(false)],
         prop_oneof![3 => Just(true), 1 => Just(false)],
@@ -177,7 +179,7 @@ fn world() -> impl Strategy<Value = World> {
             |(
                 wait_secs,
                 new_revision,
-                canary,
+                (canary, canary_scaled_down),
                 primary,
                 primary_updated,
                 fleet_approves,
@@ -189,6 +191,7 @@ fn world() -> impl Strategy<Value = World> {
                 wait_secs,
                 new_revision,
                 canary,
+                canary_scaled_down,
                 primary,
                 primary_updated,
                 fleet_approves,
@@ -273,6 +276,7 @@ fn observe(
         target_revision: revision.to_string(),
         target_release: format!("app:{revision}"),
         canary: world.canary.clone(),
+        canary_scaled_down: world.canary_scaled_down,
         primary: world.primary.clone(),
         primary_updated: world.primary_updated,
         primary_template: None,
@@ -288,6 +292,11 @@ fn set_routes(decision: &Decision) -> impl Iterator<Item = (u8, u8)> + '_ {
         Action::SetRoutes { primary, canary, .. } => Some((*primary, *canary)),
         _ => None,
     })
+}
+
+/// Whether the decision scales the canary up, to start a run or again during one.
+fn scales_up(decision: &Decision) -> bool {
+    decision.actions.iter().any(|a| matches!(a, Action::ScaleCanaryUp { .. }))
 }
 
 fn reasons(decision: &Decision) -> Vec<&'static str> {
@@ -319,6 +328,8 @@ fn acted_reason(verb: Verb) -> &'static str {
 struct Handled {
     acted: BTreeMap<Verb, usize>,
     ignored: usize,
+    /// Reconciles that found the canary scaled down during its run (invariant (j)).
+    scaled_up_again: usize,
 }
 
 /// Drives the machine through `worlds` and checks every invariant at every step.
@@ -432,7 +443,7 @@ fn drive(
                 "failed {failed} got traffic: {:?}",
                 decision.actions
             );
-            prop_assert!(!decision.actions.contains(&Action::ScaleCanaryUp), "failed {failed} scaled up");
+            prop_assert!(!scales_up(&decision), "failed {failed} scaled up");
         }
 
         // (d) failedChecks reaching the threshold rolls back; nothing keeps analysing past it.
@@ -461,6 +472,30 @@ fn drive(
             prop_assert!(set_routes(&decision).any(|r| r == (100, 0)));
         }
 
+        // (j) a canary scaled down during the analysis of its revision is scaled up again
+        // before anything else: no step, no traffic to it, no promotion (a person's request,
+        // the threshold and the progress deadline still end the run).
+        if !spec.suspend
+            && world.canary_scaled_down
+            && analysing(old.phase)
+            && same_run
+            && approved
+            && acted.is_empty()
+            && old.failed_checks < threshold
+            && !matches!(obs.canary, WorkloadHealth::DeadlineExceeded { .. })
+        {
+            prop_assert!(
+                decision.actions.contains(&Action::ScaleCanaryUp { after_status: false }),
+                "{:?}",
+                decision.actions
+            );
+            prop_assert!(set_routes(&decision).all(|(_, canary)| canary == 0), "{:?}", decision.actions);
+            prop_assert!(!decision.actions.contains(&Action::PromoteCanaryToPrimary));
+            prop_assert_eq!(new.phase, old.phase);
+            prop_assert_eq!(new.canary_weight, old.canary_weight);
+            handled.scaled_up_again += 1;
+        }
+
         // (f) a pending fleet gate never leads to canary traffic or a scale-up.
         if !approved && !matches!(old.phase, Phase::Promoting | Phase::Finalising) {
             prop_assert!(
@@ -468,12 +503,12 @@ fn drive(
                 "unapproved traffic: {:?}",
                 decision.actions
             );
-            prop_assert!(!decision.actions.contains(&Action::ScaleCanaryUp));
+            prop_assert!(!scales_up(&decision));
         }
 
         // (b) promotion only after the declared analysis passed (or skipAnalysis).
-        let run_started =
-            decision.actions.contains(&Action::ScaleCanaryUp) || reasons(&decision).contains(&"RestartedAnalysis");
+        let run_started = decision.actions.contains(&Action::ScaleCanaryUp { after_status: true })
+            || reasons(&decision).contains(&"RestartedAnalysis");
         if run_started {
             run = new.last_applied_spec.clone();
             passing_ticks = 0;
@@ -581,9 +616,11 @@ fn generated_runs_act_on_and_ignore_requests() {
             *total.acted.entry(verb).or_default() += count;
         }
         total.ignored += handled.ignored;
+        total.scaled_up_again += handled.scaled_up_again;
     }
     for verb in Verb::ALL {
         assert!(total.acted.get(&verb).copied().unwrap_or(0) > 10, "{verb} acted too rarely: {total:?}");
     }
     assert!(total.ignored > 50, "{total:?}");
+    assert!(total.scaled_up_again > 50, "{total:?}");
 }

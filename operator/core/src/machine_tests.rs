@@ -21,6 +21,8 @@ pub(crate) struct Sim {
     pub now: DateTime<Utc>,
     pub revision: String,
     pub canary: WorkloadHealth,
+    /// `Observation::canary_scaled_down`.
+    pub canary_scaled_down: bool,
     pub primary: WorkloadHealth,
     pub primary_updated: bool,
     /// `Observation::primary_template`.
@@ -49,6 +51,7 @@ impl Sim {
             now: start(),
             revision: "r0".into(),
             canary: WorkloadHealth::Ready,
+            canary_scaled_down: false,
             primary: WorkloadHealth::Ready,
             primary_updated: true,
             primary_template: None,
@@ -95,6 +98,7 @@ impl Sim {
             target_revision: self.revision.clone(),
             target_release: format!("app:{}", self.revision),
             canary: self.canary.clone(),
+            canary_scaled_down: self.canary_scaled_down,
             primary: self.primary.clone(),
             primary_updated: self.primary_updated,
             primary_template: self.primary_template.clone(),
@@ -216,6 +220,53 @@ fn initializing_waits_for_the_primary_then_records_its_revision() {
     assert!(idle.actions.is_empty(), "nothing changes without a new revision: {:?}", idle.actions);
 }
 
+/// The scale-up that starts a run follows the status write (`after_status`); when it did
+/// not land, or someone scaled the canary down during its run, the next reconcile scales
+/// it up again, before its status write, and judges nothing until its pods are back.
+#[test]
+fn a_canary_scaled_down_during_its_run_is_scaled_up_again_before_anything_is_judged() {
+    let mut sim = Sim::new(
+        analysis(CanaryAnalysis { step_weight: Some(20), max_weight: Some(50), ..Default::default() }),
+        Provider::Istio,
+    );
+    let started = sim.initialized_then_release("r1");
+    assert_eq!(started.status.phase, Phase::Progressing);
+    let scale_ups: Vec<_> = started.actions.iter().filter(|a| matches!(a, Action::ScaleCanaryUp { .. })).collect();
+    assert_eq!(scale_ups, vec![&Action::ScaleCanaryUp { after_status: true }]);
+
+    // The scale-up did not land: the canary is still at zero (and a Deployment at zero
+    // counts as ready).
+    sim.canary_scaled_down = true;
+    let again = sim.next_tick();
+    assert_eq!(again.status.phase, Phase::Progressing);
+    assert!(has(&again, &Action::ScaleCanaryUp { after_status: false }), "{:?}", again.actions);
+    assert_eq!(reasons(&again), vec!["CanaryScaledUpAgain"]);
+    assert!(routes_of(&again).is_empty(), "no step while no canary pod runs: {:?}", again.actions);
+    assert_eq!(again.status.canary_weight, 0);
+    assert_eq!(again.status.last_analysis_time, started.status.last_analysis_time, "the tick is not used up");
+    assert_eq!(again.requeue_after, Duration::from_secs(30));
+
+    // Back up: the run goes on from where it was.
+    sim.canary_scaled_down = false;
+    let first = sim.after(Duration::from_secs(1));
+    assert_eq!(reasons(&first), vec!["AnalysisStarted", "WeightIncreased"]);
+    assert_eq!(routes_of(&first), vec![(80, 20, false)]);
+
+    // Scaled down in the middle of the run: scaled up again, the weight stays where it was.
+    sim.canary_scaled_down = true;
+    let mid = sim.next_tick();
+    assert!(has(&mid, &Action::ScaleCanaryUp { after_status: false }));
+    assert!(routes_of(&mid).is_empty());
+    assert_eq!(mid.status.canary_weight, 20);
+    assert_eq!(mid.status.failed_checks, 0);
+
+    // The progress deadline still ends the run, scaled down or not.
+    sim.canary = WorkloadHealth::DeadlineExceeded { reason: "stuck".into() };
+    let failed = sim.next_tick();
+    assert_eq!(failed.status.phase, Phase::Failed);
+    assert!(!failed.actions.iter().any(|a| matches!(a, Action::ScaleCanaryUp { .. })));
+}
+
 #[test]
 fn canary_walks_the_weights_then_promotes() {
     let mut sim = Sim::new(
@@ -224,7 +275,7 @@ fn canary_walks_the_weights_then_promotes() {
     );
     let started = sim.initialized_then_release("r1");
     assert_eq!(started.status.phase, Phase::Progressing);
-    assert!(has(&started, &Action::ScaleCanaryUp));
+    assert!(has(&started, &Action::ScaleCanaryUp { after_status: true }));
     assert_eq!(reasons(&started), vec!["NewRevision"]);
     assert_eq!(started.status.last_applied_spec.as_deref(), Some("r1"));
     assert_eq!(started.requeue_after, Duration::from_secs(30));
@@ -564,7 +615,7 @@ fn a_pending_fleet_gate_waits_without_traffic() {
     sim.fleet = FleetGate::Pending { approved: Some("r0".into()) };
     let waiting = sim.initialized_then_release("r1");
     assert_eq!(waiting.status.phase, Phase::Waiting);
-    assert!(!has(&waiting, &Action::ScaleCanaryUp));
+    assert!(!has(&waiting, &Action::ScaleCanaryUp { after_status: true }));
     assert_eq!(reasons(&waiting), vec!["WaitingForFleetApproval"]);
     // The hub reads what to approve from here; the run fields still name the last run.
     assert_eq!(waiting.status.waiting_revision.as_deref(), Some("r1"));
@@ -575,7 +626,7 @@ fn a_pending_fleet_gate_waits_without_traffic() {
     sim.fleet = FleetGate::Approved { revision: "r1".into() };
     let started = sim.after(Duration::from_secs(1));
     assert_eq!(started.status.phase, Phase::Progressing);
-    assert!(has(&started, &Action::ScaleCanaryUp));
+    assert!(has(&started, &Action::ScaleCanaryUp { after_status: true }));
     assert_eq!(started.status.fleet_approved_revision.as_deref(), Some("r1"));
 }
 
@@ -678,6 +729,7 @@ fn a_tick_whose_checks_did_not_run_changes_nothing() {
         target_revision: "r1".into(),
         target_release: "app:r1".into(),
         canary: WorkloadHealth::Ready,
+        canary_scaled_down: false,
         primary: WorkloadHealth::Ready,
         primary_updated: true,
         primary_template: None,
@@ -719,6 +771,7 @@ fn comparison_samples_accumulate_during_a_run_and_reset_on_restart() {
             target_revision: "r1".into(),
             target_release: "app:r1".into(),
             canary: WorkloadHealth::Ready,
+            canary_scaled_down: false,
             primary: WorkloadHealth::Ready,
             primary_updated: true,
             primary_template: None,

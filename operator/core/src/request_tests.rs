@@ -173,7 +173,7 @@ fn retry_runs_the_failed_revision_again_with_fresh_counters() {
     request(&mut sim, RETRY_ANNOTATION, "r1@1");
     let retrying = sim.after(Duration::from_secs(1));
     assert_eq!(retrying.status.phase, Phase::Progressing);
-    assert!(has(&retrying, &Action::ScaleCanaryUp));
+    assert!(has(&retrying, &Action::ScaleCanaryUp { after_status: true }));
     assert_eq!(reasons(&retrying), vec!["Retrying"]);
     assert_eq!((retrying.status.failed_checks, retrying.status.canary_weight), (0, 0));
     assert_eq!(handled(&retrying, RETRY_ANNOTATION), Some("r1@1"));
@@ -207,7 +207,7 @@ fn retry_under_a_pending_fleet_gate_waits_for_the_hub() {
     request(&mut sim, RETRY_ANNOTATION, "r1@1");
     let waiting = sim.after(Duration::from_secs(1));
     assert_eq!(waiting.status.phase, Phase::Waiting);
-    assert!(!has(&waiting, &Action::ScaleCanaryUp));
+    assert!(!has(&waiting, &Action::ScaleCanaryUp { after_status: true }));
     assert!(routes_of(&waiting).iter().all(|(_, canary, _)| *canary == 0));
     assert_eq!(reasons(&waiting), vec!["Retrying", "WaitingForFleetApproval"]);
     assert_eq!(waiting.status.failed_checks, 0);
@@ -215,7 +215,7 @@ fn retry_under_a_pending_fleet_gate_waits_for_the_hub() {
     sim.fleet = FleetGate::Approved { revision: "r1".into() };
     let started = sim.after(Duration::from_secs(1));
     assert_eq!(started.status.phase, Phase::Progressing);
-    assert!(has(&started, &Action::ScaleCanaryUp));
+    assert!(has(&started, &Action::ScaleCanaryUp { after_status: true }));
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub enum Event {
     RevisionChangedNotApproved,
     /// The canary's pods are not ready yet (not a failed check).
     CanaryNotReady,
+    /// The canary is scaled down while its revision is analysed: the scale-up that
+    /// started the run did not land, or someone scaled it down since.
+    CanaryScaledDown,
     /// The canary stayed unavailable past `progressDeadlineSeconds`.
     ProgressDeadlineExceeded,
     /// `skipAnalysis`: promote without analysis.
@@ -90,6 +93,8 @@ pub enum Effect {
     Initialize,
     /// Scale the canary up and reset the run's counters.
     StartRun,
+    /// Scale the canary up again; the run and its counters stay.
+    ScaleUpAgain,
     /// Withdraw canary traffic (if any) and wait at the gate.
     Wait,
     /// Route all traffic to the primary and reset the run for the new revision.
@@ -150,6 +155,7 @@ pub const TRANSITIONS: &[(&[Phase], Event, Next, Effect)] = &[
     (ANALYSING,                 E::RevertedToPromoted,         To(P::Succeeded),        F::Withdraw),
     (ANALYSING,                 E::RevisionChangedMidRun,      To(P::Progressing),      F::Restart),
     (ANALYSING,                 E::RevisionChangedNotApproved, To(P::Waiting),          F::Wait),
+    (ANALYSING,                 E::CanaryScaledDown,           Stay,                    F::ScaleUpAgain),
     (ANALYSING,                 E::CanaryNotReady,             Stay,                    F::Hold),
     (ANALYSING,                 E::ProgressDeadlineExceeded,   To(P::Failed),           F::Rollback),
     (ANALYSING,                 E::SkipAnalysis,               To(P::Succeeded),        F::PromoteNow),

@@ -186,6 +186,7 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
         target_revision: snapshot.revision.clone(),
         target_release: snapshot.release.clone(),
         canary: snapshot.canary_health(canary, now),
+        canary_scaled_down: snapshot.canary_scaled_down(),
         primary: snapshot.primary_health(canary, now),
         primary_updated: snapshot.primary_runs(&promoting_revision),
         primary_template: snapshot.primary_template(),
@@ -195,8 +196,14 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     };
     let decision = core::decide(&canary.spec, &status, provider, &observation);
 
-    let (changes, notices): (Vec<Action>, Vec<Action>) =
-        decision.actions.into_iter().partition(|action| !is_notice(action));
+    let (mut changes, mut after_status, mut notices) = (Vec::new(), Vec::new(), Vec::new());
+    for action in decision.actions {
+        match stage_of(&action) {
+            Stage::BeforeStatus => changes.push(action),
+            Stage::AfterStatus => after_status.push(action),
+            Stage::Notice => notices.push(action),
+        }
+    }
     let cookies = Box::pin(apply_changes(ctx, canary, &snapshot, router.as_ref(), &changes)).await?;
 
     let mut next = decision.status;
@@ -210,8 +217,12 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     if let WriteOutcome::Conflict = Box::pin(write_status(ctx, canary, &status, next.clone())).await? {
         return Ok(Requeue::requeue(CONFLICT_RETRY));
     }
+    // A failure here is returned once people are told of the written status: the next
+    // reconcile finds the canary still scaled down and scales it up again.
+    let late_changes = Box::pin(apply_changes(ctx, canary, &snapshot, router.as_ref(), &after_status)).await;
     Box::pin(notify(ctx, &source, canary, &snapshot, &notices, &next)).await;
     ctx.metrics.observe_canary(canary, &status, &next, provider, analysis_time);
+    late_changes?;
     if decision.idle {
         // Nothing is due until the Canary, its target or its configs change, and those
         // are watched: no tick, no API call.
@@ -220,10 +231,29 @@ async fn reconcile_canary(canary: &Canary, ctx: &Arc<Context>) -> Result<Requeue
     Ok(Requeue::requeue(decision.requeue_after))
 }
 
-/// Whether an action only tells people (Events, alerts, `event` and post-rollout
-/// webhooks): those follow a successful status write, so they happen once.
-fn is_notice(action: &Action) -> bool {
-    matches!(action, Action::Event { .. } | Action::FireHooks(_))
+/// When a reconcile applies an action, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Changes to the world, before the status write: a failing one stops the reconcile
+    /// with the status as it was, so the next one decides again from it.
+    BeforeStatus,
+    /// The scale-up that starts a run, once its status is written (see
+    /// `Action::ScaleCanaryUp`).
+    AfterStatus,
+    /// What only tells people (Events, alerts, `event` and post-rollout webhooks): after
+    /// a successful status write, so it happens once.
+    Notice,
+}
+
+fn stage_of(action: &Action) -> Stage {
+    match action {
+        Action::Event { .. } | Action::FireHooks(_) => Stage::Notice,
+        Action::ScaleCanaryUp { after_status: true } => Stage::AfterStatus,
+        Action::SetRoutes { .. }
+        | Action::ScaleCanaryUp { after_status: false }
+        | Action::ScaleCanaryToZero
+        | Action::PromoteCanaryToPrimary => Stage::BeforeStatus,
+    }
 }
 
 /// Runs the hooks and metrics the plan names, in order, and collects their outcomes.
@@ -296,7 +326,7 @@ async fn apply_changes(
                     .map_err(|e| router_error(format!("setting routes to {weights}"), e))?;
                 cookies = Some(next);
             }
-            Action::ScaleCanaryUp => {
+            Action::ScaleCanaryUp { .. } => {
                 workloads::target::scale_canary_up(&ctx.client, &ctx.caches.deployments, snapshot)
                     .await
                     .map_err(|e| workload_error("scaling the canary up", e))?;
@@ -359,7 +389,7 @@ async fn notify(
                 publish(ctx, source, canary, next, &notice).await;
             }
             Action::SetRoutes { .. }
-            | Action::ScaleCanaryUp
+            | Action::ScaleCanaryUp { .. }
             | Action::ScaleCanaryToZero
             | Action::PromoteCanaryToPrimary => {}
         }
@@ -873,21 +903,20 @@ mod tests {
     #[test]
     fn people_are_told_after_the_status_write_and_the_world_changed_before() {
         use crate::api::canary::HookType;
-        assert!(is_notice(&Action::Event {
-            reason: "WeightIncreased",
-            message: String::new(),
-            warning: false,
-            mute_alert: false
-        }));
-        assert!(is_notice(&Action::FireHooks(HookType::PostRollout)));
+        let event =
+            Action::Event { reason: "WeightIncreased", message: String::new(), warning: false, mute_alert: false };
+        assert_eq!(stage_of(&event), Stage::Notice);
+        assert_eq!(stage_of(&Action::FireHooks(HookType::PostRollout)), Stage::Notice);
         for change in [
             Action::SetRoutes { primary: 90, canary: 10, mirror: false },
-            Action::ScaleCanaryUp,
+            Action::ScaleCanaryUp { after_status: false },
             Action::ScaleCanaryToZero,
             Action::PromoteCanaryToPrimary,
         ] {
-            assert!(!is_notice(&change), "{change:?}");
+            assert_eq!(stage_of(&change), Stage::BeforeStatus, "{change:?}");
         }
+        // The run is on record before its canary gets pods.
+        assert_eq!(stage_of(&Action::ScaleCanaryUp { after_status: true }), Stage::AfterStatus);
     }
 
     #[test]

@@ -96,6 +96,17 @@ impl TargetSnapshot {
         }
     }
 
+    /// Whether the canary is scaled down (`Observation::canary_scaled_down`): a Deployment
+    /// at zero replicas, a DaemonSet on petrel's scale-down node selector. Knative scales
+    /// revisions by their traffic itself: never.
+    pub fn canary_scaled_down(&self) -> bool {
+        match &self.kind {
+            TargetKind::Deployment(snapshot) => snapshot.target.spec.as_ref().and_then(|spec| spec.replicas) == Some(0),
+            TargetKind::DaemonSet(snapshot) => daemonset::is_scaled_down(&snapshot.target),
+            TargetKind::Knative(_) => false,
+        }
+    }
+
     pub fn primary_health(&self, canary: &Canary, now: DateTime<Utc>) -> WorkloadHealth {
         match &self.kind {
             TargetKind::Deployment(snapshot) => snapshot.primary_health(canary, now),
