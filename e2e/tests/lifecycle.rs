@@ -130,12 +130,12 @@ async fn a_canary_scaled_to_zero_mid_release_is_scaled_up_again() {
     assert_eq!(env.replicas_of(APP).await.unwrap(), replicas, "the run scaled the canary up");
 
     env.scale(APP, 0).await.unwrap();
-    env.wait_event("CanaryScaledUpAgain", SETUP, |m| m.contains("runs no pods")).await.unwrap();
     eventually("the canary to be scaled up again", SETUP, async || {
         env.replicas_of(APP).await.ok().filter(|r| *r == replicas)
     })
     .await
     .unwrap();
+    env.wait_event("CanaryScaledUpAgain", SETUP, |m| m.contains("runs no pods")).await.unwrap();
 
     let done = env.wait_phase(Phase::Succeeded, RELEASE).await.unwrap();
     assert_eq!(done.last_promoted_spec, done.last_applied_spec);
