@@ -579,10 +579,9 @@ pub(crate) fn target_scaled_to_zero(
     target: &Deployment,
     primary: Option<&Deployment>,
 ) -> Option<String> {
-    let replicas = target.spec.as_ref().and_then(|spec| spec.replicas);
     let adopts_a_primary = primary.is_some_and(|primary| workloads::primary::is_this_canarys(canary, primary));
     let never_initialised = status.last_promoted_spec.is_none() && !adopts_a_primary;
-    (never_initialised && canary.spec.autoscaler_ref.is_none() && replicas == Some(0)).then(|| {
+    (never_initialised && canary.spec.autoscaler_ref.is_none() && workloads::is_at_zero(target)).then(|| {
         format!(
             "Deployment {} has spec.replicas 0: there would be no pods to serve or analyse; scale it up (or set spec.autoscalerRef) and petrel creates the primary with that many replicas",
             canary.spec.target_ref.name

@@ -43,7 +43,7 @@ pub use history::{
 pub use hpa::{build_primary_hpa, check_autoscaler_ref, ensure_primary_hpa, primary_hpa_name};
 pub use primary::{build_primary, ensure_primary, primary_name, promote, rebuild_primary};
 pub use revision::{release_identity, revision};
-pub use scaling::{primary_replicas, scale_target, scale_up_replicas};
+pub use scaling::{is_at_zero, primary_replicas, scale_target, scale_up_replicas};
 pub use selector::{PodSelector, pod_selector, primary_value};
 pub use target::{TargetSnapshot, read_target};
 

@@ -11,6 +11,11 @@ use kube::api::{Patch, PatchParams};
 
 use super::{FIELD_MANAGER, WorkloadError};
 
+/// Whether a Deployment asks for no pods (`spec.replicas` 0; an absent field is 1).
+pub fn is_at_zero(deployment: &Deployment) -> bool {
+    deployment.spec.as_ref().and_then(|spec| spec.replicas) == Some(0)
+}
+
 /// Replicas to give the canary when a release starts.
 pub fn scale_up_replicas(primary: Option<&Deployment>, hpa_min_replicas: Option<i32>) -> i32 {
     if let Some(min) = hpa_min_replicas {

@@ -101,7 +101,7 @@ impl TargetSnapshot {
     /// revisions by their traffic itself: never.
     pub fn canary_scaled_down(&self) -> bool {
         match &self.kind {
-            TargetKind::Deployment(snapshot) => snapshot.target.spec.as_ref().and_then(|spec| spec.replicas) == Some(0),
+            TargetKind::Deployment(snapshot) => super::is_at_zero(&snapshot.target),
             TargetKind::DaemonSet(snapshot) => daemonset::is_scaled_down(&snapshot.target),
             TargetKind::Knative(_) => false,
         }
